@@ -1,0 +1,24 @@
+"""jaxcl: continual learning in JAX — Avalanche's benchmarks, strategies and metrics as pure, jit-compiled functions.
+
+Example:
+  >>> import jaxcl, optax
+  >>> bench = jaxcl.benchmarks.split_mnist(n_experiences=5, seed=0)  # doctest: +SKIP
+  >>> result = jaxcl.fit(jaxcl.models.MLP(num_classes=bench.n_classes),
+  ...                    jaxcl.strategies.naive(), optax.sgd(0.01), bench)  # doctest: +SKIP
+"""
+
+from jaxcl import benchmarks, evaluation, models, strategies, training
+from jaxcl.training import Result, TrainState, fit
+
+__all__ = [
+    "Result",
+    "TrainState",
+    "benchmarks",
+    "evaluation",
+    "fit",
+    "models",
+    "strategies",
+    "training",
+]
+
+__version__ = "0.1.0"

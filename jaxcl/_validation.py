@@ -1,0 +1,71 @@
+"""Argument checks shared by the public API: clear errors before any compile.
+
+Every error names the argument, the value received and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = [
+    "check_choice",
+    "check_finite",
+    "check_in_range",
+    "check_non_negative",
+    "check_positive_int",
+]
+
+
+def check_positive_int(name: str, value) -> int:
+  """Returns ``value`` if it is an integer >= 1, else raises a clear error."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be a positive integer, got {value!r} "
+                    f"of type {type(value).__name__}.")
+  if value < 1:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def check_non_negative(name: str, value) -> float:
+  """Returns ``value`` as a float if it is a finite number >= 0."""
+  return check_in_range(name, value, low=0.0)
+
+
+def check_in_range(name: str, value, *, low: float | None = None,
+                   high: float | None = None, low_inclusive: bool = True,
+                   high_inclusive: bool = True) -> float:
+  """Returns ``value`` as a float if it is a finite number within the bounds."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    raise TypeError(f"{name} must be a real number, got {value!r} of type "
+                    f"{type(value).__name__}.")
+  value = float(value)
+  below = low is not None and (value < low if low_inclusive else value <= low)
+  above = high is not None and (value > high if high_inclusive else value >= high)
+  if not np.isfinite(value) or below or above:
+    lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
+    hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
+    raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}.")
+  return value
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+  """Returns ``value`` if it is one of ``choices``; suggests the closest one."""
+  choices = sorted(choices)
+  if value in choices:
+    return value
+  hint = difflib.get_close_matches(str(value), choices, n=1)
+  did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+  raise ValueError(f"Unknown {name} {value!r}; expected one of "
+                   f"{', '.join(choices)}.{did_you_mean}")
+
+
+def check_finite(name: str, x: np.ndarray) -> None:
+  """Raises if a floating-point array holds NaN or infinite values."""
+  if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+    bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    raise ValueError(f"{name} contains {bad} NaN or infinite values; expected "
+                     "finite inputs.")

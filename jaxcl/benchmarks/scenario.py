@@ -1,0 +1,193 @@
+"""The data model of a continual-learning benchmark: experiences, streams, benchmarks.
+
+An :class:`Experience` is the data of one step of a stream (host-side numpy
+arrays) with its metadata; a :class:`Stream` is an ordered, indexable sequence
+of experiences; a :class:`Benchmark` bundles the train and test streams with
+what the training loop needs to allocate fixed shapes once for the whole
+stream (number of classes, input shape) and the on-device preprocessing.
+
+Example:
+  >>> import numpy as np
+  >>> exp = Experience(x=np.zeros((4, 2), np.float32), y=np.array([0, 1, 0, 1]),
+  ...                  task=np.zeros(4, np.int32), index=0, classes=(0, 1),
+  ...                  origin="train")
+  >>> len(exp)
+  4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import overload
+
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Benchmark",
+    "Experience",
+    "Preprocess",
+    "Stream",
+    "normalizer",
+]
+
+Preprocess = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experience:
+  """One step of a stream: samples, labels, per-sample task labels, metadata.
+
+  Attributes:
+    x: Inputs, ``[n, *input_shape]`` (any dtype; preprocessing happens on the
+      device, see :attr:`Benchmark.preprocess`).
+    y: Integer class labels, ``[n]``.
+    task: Integer task label of each sample, ``[n]``.
+    index: Position of the experience in its stream.
+    classes: Sorted classes present in this experience.
+    origin: Name of the stream this experience belongs to (``"train"``...).
+    previous_classes: Classes of the experiences before this one.
+    future_classes: Classes that only appear after this experience.
+  """
+
+  x: np.ndarray
+  y: np.ndarray
+  task: np.ndarray
+  index: int
+  classes: tuple[int, ...]
+  origin: str
+  previous_classes: tuple[int, ...] = ()
+  future_classes: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    object.__setattr__(self, "y", np.asarray(self.y, np.int32))
+    object.__setattr__(self, "task", np.asarray(self.task, np.int32))
+    if not (len(self.x) == len(self.y) == len(self.task)):
+      raise ValueError(
+          f"Experience {self.index} of stream {self.origin!r}: x, y and task "
+          f"must have the same length, got {len(self.x)}, {len(self.y)} and "
+          f"{len(self.task)}.")
+
+  def __len__(self) -> int:
+    return len(self.y)
+
+  @property
+  def classes_in_this_experience(self) -> tuple[int, ...]:
+    """Avalanche's name for :attr:`classes`."""
+    return self.classes
+
+  @property
+  def classes_seen_so_far(self) -> tuple[int, ...]:
+    """Classes of this experience and of every experience before it."""
+    return tuple(sorted(set(self.previous_classes) | set(self.classes)))
+
+  @property
+  def task_label(self) -> int:
+    """The experience's task label (the first one when several are present)."""
+    return int(self.task[0]) if len(self.task) else 0
+
+  @property
+  def task_labels(self) -> tuple[int, ...]:
+    """Sorted distinct task labels present in the experience."""
+    return tuple(int(t) for t in np.unique(self.task))
+
+
+class Stream(Sequence[Experience]):
+  """An ordered, indexable, sliceable sequence of experiences.
+
+  Example:
+    >>> stream = Stream("train", [])
+    >>> len(stream)
+    0
+  """
+
+  def __init__(self, name: str, experiences: Sequence[Experience]):
+    self.name = name
+    self._experiences = tuple(experiences)
+
+  def __len__(self) -> int:
+    return len(self._experiences)
+
+  @overload
+  def __getitem__(self, i: int) -> Experience: ...
+
+  @overload
+  def __getitem__(self, i: slice) -> Stream: ...
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return Stream(self.name, self._experiences[i])
+    return self._experiences[i]
+
+  def __iter__(self) -> Iterator[Experience]:
+    return iter(self._experiences)
+
+  def __repr__(self) -> str:
+    sizes = [len(e) for e in self._experiences]
+    return f"Stream({self.name!r}, {len(self)} experiences, sizes={sizes})"
+
+  @property
+  def max_size(self) -> int:
+    """Number of samples of the largest experience (shapes are padded to it)."""
+    return max((len(e) for e in self._experiences), default=0)
+
+
+def normalizer(mean: Sequence[float] | float, std: Sequence[float] | float,
+               scale: float = 255.0) -> Preprocess:
+  """Returns ``x -> (x / scale - mean) / std`` as a jit-compatible function.
+
+  Args:
+    mean: Per-channel (or scalar) mean of the data scaled to ``[0, 1]``.
+    std: Per-channel (or scalar) standard deviation of the scaled data.
+    scale: Maximum raw value (255 for uint8 images).
+
+  Example:
+    >>> f = normalizer(0.1307, 0.3081)
+    >>> float(f(jnp.array([0.0]))[0])  # doctest: +ELLIPSIS
+    -0.4242...
+  """
+  mean_arr = np.asarray(mean, np.float32)
+  std_arr = np.asarray(std, np.float32)
+
+  def preprocess(x: jnp.ndarray) -> jnp.ndarray:
+    return (x.astype(jnp.float32) / scale - mean_arr) / std_arr
+
+  return preprocess
+
+
+def _as_float(x: jnp.ndarray) -> jnp.ndarray:
+  return x.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Benchmark:
+  """A continual-learning benchmark: train/test streams plus static facts.
+
+  Attributes:
+    train_stream: The experiences to train on, in order.
+    test_stream: The experiences to evaluate on (same length as train).
+    n_classes: Number of classes of the whole benchmark (the head's width).
+    class_order: The order in which classes were assigned to experiences.
+    input_shape: Shape of one input sample.
+    scenario: ``"class_incremental"``, ``"task_incremental"``,
+      ``"domain_incremental"``...
+    name: A short name for logs.
+    preprocess: Jit-compatible function applied to each batch of raw inputs on
+      the device (e.g. normalisation).
+    n_tasks: Number of distinct task labels.
+  """
+
+  train_stream: Stream
+  test_stream: Stream
+  n_classes: int
+  class_order: tuple[int, ...]
+  input_shape: tuple[int, ...]
+  scenario: str
+  name: str = "custom"
+  preprocess: Preprocess = _as_float
+  n_tasks: int = 1
+
+  @property
+  def n_experiences(self) -> int:
+    return len(self.train_stream)

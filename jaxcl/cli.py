@@ -1,0 +1,252 @@
+"""The ``jaxcl`` command: run a strategy on a benchmark and write the results.
+
+Example:
+  $ jaxcl run --benchmark split_mnist --strategy naive --epochs 1 --logdir runs/x
+
+``jaxcl run`` shows progress, prints the accuracy matrix and a final metrics
+table, and writes into ``--logdir``: TensorBoard event files, ``metrics.jsonl``,
+CSV files, a text log and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+_DEFAULT_CACHE = pathlib.Path("~/.cache/jaxcl/xla").expanduser()
+
+
+def _flag(name: str) -> str:
+  return "--" + name.replace("_", "-")
+
+
+def _strategy_flags(parser: argparse.ArgumentParser) -> None:
+  """One flag per hyperparameter of the registered strategies."""
+  from jaxcl.strategies import REGISTRY
+  group = parser.add_argument_group(
+      "strategy hyperparameters",
+      "Each applies to every strategy in --strategy that takes it; unset "
+      "flags keep the strategy's default.")
+  seen: dict[str, list[str]] = {}
+  params: dict[str, inspect.Parameter] = {}
+  for entry in REGISTRY.values():
+    for name, p in entry.parameters.items():
+      seen.setdefault(name, []).append(entry.name)
+      params.setdefault(name, p)
+  for name, p in sorted(params.items()):
+    default = p.default
+    kind = type(default) if default not in (None, inspect.Parameter.empty) else float
+    if kind is bool:
+      group.add_argument(_flag(name), type=lambda v: v.lower() in ("1", "true", "yes"),
+                         default=None, metavar="BOOL",
+                         help=f"{', '.join(seen[name])} (default {default})")
+    else:
+      group.add_argument(_flag(name), type=kind, default=None,
+                         help=f"{', '.join(seen[name])} (default {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  """The argument parser of the ``jaxcl`` command."""
+  from jaxcl.benchmarks import BENCHMARKS
+  from jaxcl.models import MODELS
+  parser = argparse.ArgumentParser(
+      prog="jaxcl", description="Continual learning in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True)
+  run = sub.add_parser(
+      "run", help="train a strategy over a benchmark and evaluate it",
+      description="Train a strategy over a benchmark's train stream, evaluate "
+      "on the test stream after every experience, and write the results.",
+      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  data = run.add_argument_group("benchmark")
+  data.add_argument("--benchmark", default="split_mnist",
+                    help=f"one of: {', '.join(sorted(BENCHMARKS))}")
+  data.add_argument("--n-experiences", type=int, default=5,
+                    help="number of experiences of the stream")
+  data.add_argument("--return-task-id", action="store_true",
+                    help="give experience i task label i (task-incremental)")
+  data.add_argument("--data-dir", default=None,
+                    help="tfds data directory with the full dataset prepared; "
+                    "without it the bundled data is used")
+  model = run.add_argument_group("model")
+  model.add_argument("--model", default="mlp",
+                     help=f"one of: {', '.join(sorted(MODELS))}")
+  model.add_argument("--hidden-size", type=int, default=512,
+                     help="width of each hidden layer")
+  model.add_argument("--hidden-layers", type=int, default=1,
+                     help="number of hidden layers")
+  model.add_argument("--drop-rate", type=float, default=0.5,
+                     help="dropout probability")
+  train = run.add_argument_group("training")
+  train.add_argument("--strategy", default="naive",
+                     help="strategy name, or names joined by '+' to chain them")
+  train.add_argument("--optimizer", default="sgd", help="sgd or adam")
+  train.add_argument("--lr", type=float, default=0.01, help="learning rate")
+  train.add_argument("--momentum", type=float, default=0.0,
+                     help="SGD momentum")
+  train.add_argument("--epochs", type=int, default=1,
+                     help="passes over each experience")
+  train.add_argument("--batch-size", type=int, default=32,
+                     help="mini-batch size")
+  train.add_argument("--eval-batch-size", type=int, default=1000,
+                     help="evaluation chunk size")
+  train.add_argument("--seed", type=int, default=0,
+                     help="seed of every random choice of the run")
+  out = run.add_argument_group("output")
+  out.add_argument("--logdir", default=None,
+                   help="output folder (default: runs/<timestamp>)")
+  out.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files")
+  out.add_argument("--no-progress", action="store_true",
+                   help="do not show progress bars")
+  out.add_argument("--quiet", action="store_true",
+                   help="do not print per-experience metrics")
+  out.add_argument("--compilation-cache", default=str(_DEFAULT_CACHE),
+                   help="JAX persistent compilation cache folder ('' to "
+                   "disable)")
+  _strategy_flags(run)
+  return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+  """Validates names and numbers before anything is loaded or compiled."""
+  from jaxcl import _validation
+  from jaxcl.benchmarks import BENCHMARKS
+  from jaxcl.models import MODELS
+  from jaxcl.strategies import REGISTRY
+  _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
+  _validation.check_choice("model", args.model, MODELS)
+  _validation.check_choice("optimizer", args.optimizer, ("sgd", "adam"))
+  for name in args.strategy.split("+"):
+    _validation.check_choice("strategy", name.strip(), REGISTRY)
+  for name in ("n_experiences", "hidden_size", "hidden_layers", "epochs",
+               "batch_size", "eval_batch_size"):
+    _validation.check_positive_int(_flag(name), getattr(args, name))
+  _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
+  _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
+                             high_inclusive=False)
+  _validation.check_in_range("--drop-rate", args.drop_rate, low=0.0, high=1.0,
+                             high_inclusive=False)
+  if args.logdir is not None and pathlib.Path(args.logdir).is_file():
+    raise ValueError(f"--logdir {args.logdir!r} is a file; expected a folder "
+                     "(existing or new).")
+
+
+def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:
+  from jaxcl.strategies import REGISTRY
+  names = {p for e in REGISTRY.values() for p in e.parameters}
+  return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def _json_safe(value: Any) -> Any:
+  """Converts numpy values to JSON; NaN becomes null."""
+  import numpy as np
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    return _json_safe(value.tolist())
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return None if math.isnan(value) or math.isinf(value) else float(value)
+  if isinstance(value, np.integer):
+    return int(value)
+  return value
+
+
+def _enable_compilation_cache(folder: str) -> None:
+  import jax
+  if not folder:
+    return
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs ``jaxcl run`` with parsed arguments; returns the results dict."""
+  start = time.perf_counter()
+  _check_args(args)
+  logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
+                        .now().strftime("%Y%m%d-%H%M%S"))
+  import jax
+  import optax
+
+  import jaxcl
+  from jaxcl import loggers
+  from jaxcl.benchmarks import BENCHMARKS
+  from jaxcl.models import MODELS
+  _enable_compilation_cache(args.compilation_cache)
+  # Everything that can reject the arguments runs before the logdir exists.
+  strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
+  factory = BENCHMARKS[args.benchmark]
+  bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
+                  "return_task_id": args.return_task_id,
+                  "data_dir": args.data_dir}
+  accepted = inspect.signature(factory).parameters
+  benchmark = factory(**{k: v for k, v in bench_kwargs.items() if k in accepted})
+  model = MODELS[args.model](
+      num_classes=benchmark.n_classes, hidden_size=args.hidden_size,
+      hidden_layers=args.hidden_layers, drop_rate=args.drop_rate)
+  optimizer = (optax.sgd(args.lr, momentum=args.momentum or None)
+               if args.optimizer == "sgd" else optax.adam(args.lr))
+  writer = loggers.create_writers(str(logdir), console=not args.quiet,
+                                  tensorboard=not args.no_tensorboard)
+  config = {k: v for k, v in vars(args).items() if k != "command"}
+  config["strategy_name"] = strategy.name
+  writer.write_hparams({k: v for k, v in config.items()
+                        if isinstance(v, (int, float, str, bool))})
+  try:
+    result = jaxcl.fit(model, strategy, optimizer, benchmark,
+                       epochs=args.epochs, batch_size=args.batch_size,
+                       seed=args.seed, eval_batch_size=args.eval_batch_size,
+                       writer=writer, progress=not args.no_progress)
+  finally:
+    writer.close()
+  results = {
+      "accuracy_matrix": result.accuracy_matrix,
+      "metrics": result.metrics,
+      "timings": {**result.timings,
+                  "process_s": time.perf_counter() - start},
+      "history": result.history,
+      "initial_accuracies": result.initial_accuracies,
+      "confusion_matrix": result.confusion_matrix,
+      "config": config,
+      "environment": {"jax": jax.__version__, "jaxcl": jaxcl.__version__,
+                      "device": str(jax.devices()[0].device_kind),
+                      "platform": jax.default_backend()},
+  }
+  (logdir / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
+  print("\nAccuracy matrix (row: after training experience i; column: test "
+        "experience j)")
+  print(loggers.format_accuracy_matrix(result.accuracy_matrix))
+  print()
+  print(loggers.format_metrics_table({**result.metrics, **result.timings}))
+  print(f"\nResults written to {logdir}")
+  return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the ``jaxcl`` console script."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    run(args)
+  except (ValueError, TypeError) as e:
+    print(f"jaxcl: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

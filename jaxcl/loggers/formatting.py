@@ -1,0 +1,124 @@
+"""Plain-text formatting of metrics, shared by the text writers and the CLI."""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "format_value",
+    "format_scalars",
+    "format_accuracy_matrix",
+    "format_metrics_table",
+    "as_matrix",
+]
+
+
+def format_value(value: ArrayLike) -> str:
+    """Formats one scalar: integers as is, floats with 4 decimals.
+
+    Floats too small or too large for 4 decimals use scientific notation.
+
+    Example:
+        >>> format_value(0.912), format_value(3), format_value(2.5e-5)
+        ('0.9120', '3', '2.5000e-05')
+    """
+    value = np.asarray(value).item()
+    if isinstance(value, int):  # Includes bool.
+        return str(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.4f}"
+    return f"{value:.4e}"
+
+
+def format_scalars(step: int, scalars: Mapping[str, ArrayLike]) -> str:
+    """Formats one `write_scalars` call as a single human-readable line.
+
+    Example:
+        >>> format_scalars(3, {"eval/stream/accuracy": 0.912, "eval/stream/loss": 0.3})
+        'step 3 | eval/stream/accuracy 0.9120 | eval/stream/loss 0.3000'
+    """
+    fields = [f"{name} {format_value(value)}" for name, value in scalars.items()]
+    return " | ".join([f"step {step}", *fields])
+
+
+def as_matrix(matrix: ArrayLike, name: str = "matrix") -> np.ndarray:
+    """Returns `matrix` as a 2-D float array, or raises `ValueError`.
+
+    Example:
+        >>> as_matrix([[1, 0], [0, 1]]).dtype
+        dtype('float64')
+    """
+    array = np.asarray(matrix, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {name}.shape={array.shape}.")
+    return array
+
+
+def format_accuracy_matrix(matrix: ArrayLike) -> str:
+    """Formats an accuracy matrix as an aligned text table.
+
+    Row `i` holds the accuracy on every experience after training on
+    experience `i`; column `j` is the experience evaluated. Values have 4
+    decimals; NaN (not evaluated) is shown as "-".
+
+    Args:
+        matrix: Array of shape [num_trained, num_evaluated].
+
+    Returns:
+        The table, one line per row plus a header line, without a trailing
+        newline.
+
+    Example:
+        >>> print(format_accuracy_matrix([[0.9, float("nan")], [0.8, 0.95]]))
+                      exp 0   exp 1
+        after exp 0  0.9000       -
+        after exp 1  0.8000  0.9500
+    """
+    matrix = as_matrix(matrix, "matrix")
+    cells = [[("-" if np.isnan(v) else f"{v:.4f}") for v in row] for row in matrix]
+    header = [f"exp {j}" for j in range(matrix.shape[1])]
+    labels = [f"after exp {i}" for i in range(matrix.shape[0])]
+    label_width = max(map(len, labels), default=0)
+    cell_width = max(map(len, header + [c for row in cells for c in row]), default=0)
+
+    def line(label: str, row: Sequence[str]) -> str:
+        return "  ".join([label.ljust(label_width), *(c.rjust(cell_width) for c in row)])
+
+    return "\n".join(
+        [line("", header)] + [line(label, row) for label, row in zip(labels, cells, strict=True)]
+    )
+
+
+def _format_entry(value: float | None | Sequence[float]) -> str:
+    if value is None:
+        return "n/a"
+    if np.ndim(value) == 0:
+        return format_value(value)
+    mean, std = value
+    return f"{float(mean):.3f} ± {float(std):.3f}"
+
+
+def format_metrics_table(metrics: Mapping[str, float | None | Sequence[float]]) -> str:
+    """Formats named results as two aligned columns.
+
+    Args:
+        metrics: Metric name to value: a number, `None` (shown as "n/a", e.g.
+            forgetting after a single experience), or a `(mean, std)` pair
+            (e.g. over seeds), shown as "0.912 ± 0.010".
+
+    Returns:
+        One line per metric, names left-aligned and values right-aligned,
+        without a trailing newline.
+
+    Example:
+        >>> print(format_metrics_table({"accuracy": (0.912, 0.01), "forgetting": None}))
+        accuracy    0.912 ± 0.010
+        forgetting            n/a
+    """
+    entries = {name: _format_entry(value) for name, value in metrics.items()}
+    name_width = max(map(len, entries), default=0)
+    value_width = max(map(len, entries.values()), default=0)
+    return "\n".join(
+        f"{name.ljust(name_width)}  {entry.rjust(value_width)}" for name, entry in entries.items()
+    )

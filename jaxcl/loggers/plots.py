@@ -1,0 +1,242 @@
+"""Result plots rendered to RGB arrays, for TensorBoard and PNG files.
+
+Matplotlib is imported inside the functions, so importing this module stays
+cheap. Figures are drawn on their own Agg canvas, without `pyplot`, so the
+global backend (e.g. a notebook's inline backend) is left untouched.
+"""
+
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from jaxcl.loggers.base import MetricWriter
+from jaxcl.loggers.formatting import as_matrix
+
+__all__ = [
+    "plot_accuracy_matrix",
+    "plot_accuracy_curves",
+    "plot_confusion_matrix",
+    "save_png",
+    "write_result_images",
+]
+
+# Heatmaps larger than this per side get no value annotations or tick labels:
+# they would not be readable.
+_MAX_LABELLED_SIDE = 20
+
+
+def _new_axes(width: float, height: float) -> tuple[Any, Any]:
+    """Returns a (figure, axes) pair drawn by its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _render(figure: Any) -> np.ndarray:
+    """Draws `figure` and returns it as a uint8 array of shape [H, W, 3]."""
+    figure.canvas.draw()
+    return np.array(figure.canvas.buffer_rgba())[..., :3]
+
+
+def _heatmap(
+    values: np.ndarray,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xticklabels: Sequence[str],
+    yticklabels: Sequence[str],
+    vmax: float,
+    fmt: str,
+) -> np.ndarray:
+    """Renders `values` as an annotated heatmap on [0, vmax]; NaN cells are grey."""
+    import matplotlib
+
+    side = max(values.shape)
+    size = min(12.0, 3.0 + 0.45 * side)
+    figure, axes = _new_axes(size + 1.0, size)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = axes.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if side <= _MAX_LABELLED_SIDE:
+        rotation = 90 if max(map(len, xticklabels), default=0) > 3 else 0
+        axes.set_xticks(range(values.shape[1]), xticklabels, rotation=rotation)
+        axes.set_yticks(range(values.shape[0]), yticklabels)
+        for (i, j), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                color = "white" if value < vmax / 2 else "black"
+                axes.text(j, i, format(value, fmt), ha="center", va="center", color=color)
+    return _render(figure)
+
+
+def plot_accuracy_matrix(matrix: ArrayLike) -> np.ndarray:
+    """Plots an accuracy matrix as a heatmap with the values written in.
+
+    Args:
+        matrix: Array of shape [num_trained, num_evaluated] with values in
+            [0, 1]; row `i` is after training on experience `i`, column `j` the
+            experience evaluated. NaN cells (not evaluated) are left blank.
+
+    Returns:
+        The plot as a uint8 array of shape [H, W, 3].
+
+    Example:
+        >>> image = plot_accuracy_matrix([[0.9, float("nan")], [0.8, 0.95]])
+        >>> image.dtype, image.ndim
+        (dtype('uint8'), 3)
+    """
+    matrix = as_matrix(matrix, "matrix")
+    return _heatmap(
+        matrix,
+        title="Accuracy matrix",
+        xlabel="evaluated on experience",
+        ylabel="after training on experience",
+        xticklabels=[str(j) for j in range(matrix.shape[1])],
+        yticklabels=[str(i) for i in range(matrix.shape[0])],
+        vmax=1.0,
+        fmt=".2f",
+    )
+
+
+def plot_accuracy_curves(matrix: ArrayLike) -> np.ndarray:
+    """Plots the accuracy on each experience as training goes on.
+
+    One line per evaluated experience `j`: its accuracy (column `j` of the
+    matrix) against the training experience just finished (the row). Drops in
+    a line are forgetting.
+
+    Args:
+        matrix: Accuracy matrix, as for `plot_accuracy_matrix`.
+
+    Returns:
+        The plot as a uint8 array of shape [H, W, 3].
+
+    Example:
+        >>> plot_accuracy_curves([[0.9, 0.1], [0.8, 0.95]]).shape[-1]
+        3
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    matrix = as_matrix(matrix, "matrix")
+    figure, axes = _new_axes(7.0, 4.0)
+    trained = np.arange(matrix.shape[0])
+    for j in range(matrix.shape[1]):
+        axes.plot(trained, matrix[:, j], marker="o", label=f"exp {j}")
+    axes.set(
+        title="Accuracy per experience",
+        xlabel="after training on experience",
+        ylabel="accuracy",
+        ylim=(0.0, 1.05),
+    )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    columns = math.ceil(matrix.shape[1] / 15)
+    figure.legend(loc="outside right upper", fontsize="small", ncols=columns)
+    return _render(figure)
+
+
+def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str] | None = None) -> np.ndarray:
+    """Plots a confusion matrix (rows: true class, columns: predicted class).
+
+    Args:
+        cm: Array of shape [num_classes, num_classes], counts or rates.
+        class_names: Optional tick labels, one per class; class indices are
+            used otherwise. Beyond 20 classes, ticks and cell values are not
+            drawn.
+
+    Returns:
+        The plot as a uint8 array of shape [H, W, 3].
+
+    Example:
+        >>> plot_confusion_matrix([[5, 1], [0, 6]], ["cat", "dog"]).dtype
+        dtype('uint8')
+    """
+    cm = as_matrix(cm, "cm")
+    if cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be square, got cm.shape={cm.shape}.")
+    if class_names is None:
+        class_names = [str(c) for c in range(cm.shape[0])]
+    if len(class_names) != cm.shape[0]:
+        raise ValueError(
+            f"class_names must have one name per class ({cm.shape[0]}), "
+            f"got len(class_names)={len(class_names)}."
+        )
+    return _heatmap(
+        cm,
+        title="Confusion matrix",
+        xlabel="predicted class",
+        ylabel="true class",
+        xticklabels=class_names,
+        yticklabels=class_names,
+        vmax=max(float(cm.max()), 1e-12),
+        fmt=".0f" if np.array_equal(cm, np.round(cm)) else ".2f",
+    )
+
+
+def save_png(image: ArrayLike, path: str | os.PathLike[str]) -> None:
+    """Saves a uint8 image of shape [H, W], [H, W, 3] or [H, W, 4] as a PNG.
+
+    Parent directories are created.
+
+    Example:
+        >>> save_png(plot_accuracy_matrix([[0.9]]), "/tmp/jaxcl_example/acc.png")
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must have dtype uint8, got image.dtype={image.dtype}.")
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path, format="PNG")
+
+
+def write_result_images(
+    writer: MetricWriter,
+    step: int,
+    logdir: str | os.PathLike[str] | None,
+    *,
+    accuracy_matrix: ArrayLike,
+    confusion_matrix: ArrayLike | None = None,
+) -> None:
+    """Plots the results, writes them as images and saves them as PNGs.
+
+    The images are `eval/stream/accuracy_matrix`, `eval/stream/accuracy_curves`
+    and, if `confusion_matrix` is given, `eval/stream/confusion_matrix`. Each
+    goes to `writer.write_images` with a leading batch dimension of 1, and to
+    `<logdir>/<last name component>.png`, overwriting the previous PNG (the
+    writer keeps the history per step).
+
+    Args:
+        writer: Where to write the images, e.g. from `create_writers`.
+        step: Step of the images: the index of the training experience just
+            finished.
+        logdir: Directory for the PNGs; `None` saves none.
+        accuracy_matrix: Accuracy matrix, as for `plot_accuracy_matrix`.
+        confusion_matrix: Optional confusion matrix on the whole stream.
+
+    Example:
+        >>> from jaxcl.loggers import create_writers
+        >>> writer = create_writers(None, console=False)
+        >>> write_result_images(writer, 1, "/tmp/jaxcl_example",
+        ...                     accuracy_matrix=[[0.9, 0.1], [0.8, 0.95]])
+    """
+    images = {
+        "eval/stream/accuracy_matrix": plot_accuracy_matrix(accuracy_matrix),
+        "eval/stream/accuracy_curves": plot_accuracy_curves(accuracy_matrix),
+    }
+    if confusion_matrix is not None:
+        images["eval/stream/confusion_matrix"] = plot_confusion_matrix(confusion_matrix)
+    writer.write_images(step, {name: image[None] for name, image in images.items()})
+    if logdir is not None:
+        for name, image in images.items():
+            save_png(image, pathlib.Path(logdir) / f"{name.rsplit('/', 1)[-1]}.png")

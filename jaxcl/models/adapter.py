@@ -1,0 +1,99 @@
+"""One calling convention for every model: Flax modules or plain functions.
+
+The training loop only sees a :class:`Model`: ``init(key, x, task)`` returns
+``(params, model_state)`` and ``apply(params, model_state, x, task, train,
+key)`` returns ``(logits, new_model_state)``. ``model_state`` holds Flax's
+non-parameter collections (e.g. ``batch_stats``), updated in training and
+frozen in evaluation.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxcl.models import MLP
+  >>> model = as_model(MLP(num_classes=3, hidden_size=4))
+  >>> params, model_state = model.init(jax.random.key(0), jnp.zeros((1, 2)),
+  ...                                  jnp.zeros((1,), jnp.int32))
+  >>> logits, _ = model.apply(params, model_state, jnp.ones((5, 2)),
+  ...                         jnp.zeros((5,), jnp.int32), False, None)
+  >>> logits.shape
+  (5, 3)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from flax import linen as nn
+
+__all__ = ["Model", "as_model"]
+
+PyTree = Any
+
+
+class Model(NamedTuple):
+  """A model as two pure functions.
+
+  Attributes:
+    init: ``(key, x, task) -> (params, model_state)``.
+    apply: ``(params, model_state, x, task, train, key) -> (logits,
+      new_model_state)``; ``key`` drives dropout and may be None in evaluation.
+  """
+
+  init: Callable[..., tuple[PyTree, PyTree]]
+  apply: Callable[..., tuple[jax.Array, PyTree]]
+
+
+def _accepts(module: nn.Module, name: str) -> bool:
+  return name in inspect.signature(type(module).__call__).parameters
+
+
+def as_model(model: nn.Module | Model) -> Model:
+  """Wraps a Flax linen module (or returns a :class:`Model` unchanged).
+
+  The module's ``__call__`` may take ``train`` (dropout/batch-norm mode) and
+  ``task`` (per-sample task labels, for multi-head models) keyword arguments;
+  they are passed only when the module accepts them.
+
+  Args:
+    model: A ``flax.linen.Module`` or a :class:`Model`.
+
+  Returns:
+    The model as a :class:`Model`.
+  """
+  if isinstance(model, Model):
+    return model
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax.linen.Module or jaxcl.models.Model, "
+                    f"got {type(model).__name__}.")
+  takes_train, takes_task = _accepts(model, "train"), _accepts(model, "task")
+
+  def kwargs(task, train):
+    kw = {}
+    if takes_train:
+      kw["train"] = train
+    if takes_task:
+      kw["task"] = task
+    return kw
+
+  def init(key, x, task):
+    params_key, dropout_key = jax.random.split(key)
+    variables = model.init({"params": params_key, "dropout": dropout_key}, x,
+                           **kwargs(task, False))
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+  def apply(params, model_state, x, task, train, key):
+    variables = {"params": params, **model_state}
+    rngs = {"dropout": key} if key is not None else {}
+    if train and model_state:
+      logits, updated = model.apply(variables, x, rngs=rngs,
+                                    mutable=list(model_state),
+                                    **kwargs(task, train))
+      return logits, {**model_state, **updated}
+    logits = model.apply(variables, x, rngs=rngs, **kwargs(task, train))
+    return logits, model_state
+
+  return Model(init=init, apply=apply)

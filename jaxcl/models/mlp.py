@@ -1,0 +1,75 @@
+"""Multi-layer perceptrons (Avalanche's ``SimpleMLP``) in Flax linen.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> model = MLP(num_classes=10)
+  >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  >>> model.apply(variables, jnp.zeros((2, 28, 28, 1))).shape
+  (2, 10)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+__all__ = ["MLP", "TorchLinear"]
+
+
+def _torch_bias_init(fan_in: int):
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class TorchLinear(nn.Module):
+  """A dense layer initialised like PyTorch's ``nn.Linear``.
+
+  Weights and biases are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
+  models start from the same distribution as Avalanche's.
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    fan_in = x.shape[-1]
+    return nn.Dense(
+        self.features,
+        kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+        bias_init=_torch_bias_init(fan_in))(x)
+
+
+class MLP(nn.Module):
+  """Avalanche's ``SimpleMLP``: [Linear, ReLU, Dropout] x hidden_layers + Linear.
+
+  Attributes:
+    num_classes: Width of the output layer.
+    input_size: Expected number of input features after flattening; ``None``
+      infers it from the data. A mismatch raises a ``ValueError``.
+    hidden_size: Width of each hidden layer.
+    hidden_layers: Number of hidden layers.
+    drop_rate: Dropout probability after each hidden layer (training only).
+  """
+
+  num_classes: int
+  input_size: int | None = None
+  hidden_size: int = 512
+  hidden_layers: int = 1
+  drop_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = x.reshape((x.shape[0], -1))
+    if self.input_size is not None and x.shape[-1] != self.input_size:
+      raise ValueError(f"MLP input_size={self.input_size} but the inputs have "
+                       f"{x.shape[-1]} features per sample after flattening.")
+    for _ in range(self.hidden_layers):
+      x = nn.relu(TorchLinear(self.hidden_size)(x))
+      x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+    return TorchLinear(self.num_classes)(x)

@@ -1,0 +1,32 @@
+"""Continual-learning strategies as composable NamedTuples of pure functions.
+
+Each family module exports its factories in ``__all__`` and a ``STRATEGIES``
+mapping (CLI name -> factory); all are registered here for :func:`from_spec`
+and the ``jaxcl`` command.
+"""
+
+from jaxcl.strategies import projection, regularization, rehearsal
+from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.projection import *  # noqa: F403
+from jaxcl.strategies.registry import REGISTRY, StrategyEntry, from_spec, register
+from jaxcl.strategies.regularization import *  # noqa: F403
+from jaxcl.strategies.rehearsal import *  # noqa: F403
+
+__all__ = [
+    "REGISTRY",
+    "Strategy",
+    "StrategyContext",
+    "StrategyEntry",
+    "chain",
+    "from_spec",
+    "naive",
+    "register",
+    *projection.__all__,
+    *regularization.__all__,
+    *rehearsal.__all__,
+]
+
+register("naive", naive)
+for _family in (regularization, rehearsal, projection):
+  for _name, _factory in _family.STRATEGIES.items():
+    register(_name, _factory)

@@ -1,0 +1,270 @@
+"""The strategy protocol: optax-like NamedTuples of pure functions, and ``chain``.
+
+A :class:`Strategy` has one slot per moment of the training loop. Every slot
+has a no-op default, so a strategy only fills the slots it needs, and
+``chain(a, b, ...)`` composes strategies the way ``optax.chain`` composes
+gradient transformations: the strategy state is a tuple with one entry per
+strategy, batch and gradient transforms apply in order, penalties add up.
+
+Every hook receives a static :class:`StrategyContext` first (the model, the
+on-device preprocessing, the task loss and the stream's sizes), so hooks that
+must run the model can do so. Hooks that run on the device are traced once per
+stream: they must keep shapes fixed (pre-allocate state at full size in
+``init``).
+
+Slots (``ctx`` is the context, ``state`` a :class:`jaxcl.training.TrainState`
+whose ``cl_state`` is this strategy's own state):
+
+=====================  ==========================================================
+slot                   signature
+=====================  ==========================================================
+``init``               ``(ctx, params, key) -> cl_state``
+``adapt_data``         ``(experience, stream, seed) -> experience`` (host side)
+``begin_experience``   ``(ctx, state, data, key) -> state``
+``transform_batch``    ``(ctx, cl_state, batch, key) -> batch``
+``penalty``            ``(ctx, params, cl_state, batch, logits) -> scalar``
+``transform_grads``    ``(ctx, grads, state, batch, key) -> grads``
+``after_step``         ``(ctx, old_state, new_state, grads, batch, key) -> cl_state``
+``end_experience``     ``(ctx, state, data, key) -> state``
+``predict``            ``(ctx, params, model_state, cl_state, x, task) -> logits``
+=====================  ==========================================================
+
+A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
+``weight`` (1 for real samples, 0 for padding); strategies may add keys (the
+task loss honours an optional ``class_mask`` of shape ``[batch, n_classes]``).
+``data`` is a :class:`jaxcl.training.ExperienceData`: the experience padded to
+the stream's largest size, on the device. ``adapt_data`` is the one host-side
+slot: ``fit`` calls it for every experience before compiling (with the whole
+train stream and the run's seed), so that the padded size is known; it serves
+strategies that change what is trained on (cumulative, joint, GDumb).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> import jax
+  >>> def l2(ctx, params, cl_state, batch, logits):
+  ...   return 1e-4 * sum(jnp.sum(p ** 2) for p in jax.tree.leaves(params))
+  >>> weight_decay = Strategy(name="l2", penalty=l2)
+  >>> strategy = chain(naive(), weight_decay)
+  >>> strategy.name
+  'naive+l2'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Strategy",
+    "StrategyContext",
+    "chain",
+    "naive",
+]
+
+PyTree = Any
+
+
+class StrategyContext(NamedTuple):
+  """Static facts and functions that strategy hooks may use.
+
+  Attributes:
+    model: The :class:`jaxcl.models.Model` being trained.
+    preprocess: On-device preprocessing of raw inputs.
+    loss: ``(logits, batch) -> [batch]`` per-sample task loss (cross-entropy
+      honouring ``batch["class_mask"]`` if present).
+    n_classes: Width of the classifier.
+    n_experiences: Length of the training stream.
+    input_shape: Shape of one raw input sample.
+    batch_size: Training mini-batch size (of current-experience samples).
+    experience_size: Padded size of every training experience on the device.
+    x_dtype: Dtype of the raw inputs (buffers store raw inputs).
+    optimizer: The optax optimizer (to re-initialise its state).
+  """
+
+  model: Any
+  preprocess: Callable[[jax.Array], jax.Array]
+  loss: Callable[[jax.Array, dict], jax.Array]
+  n_classes: int
+  n_experiences: int
+  input_shape: tuple[int, ...]
+  batch_size: int
+  experience_size: int
+  x_dtype: Any = jnp.float32
+  optimizer: Any = None
+
+  def logits(self, params: PyTree, model_state: PyTree, x: jax.Array,
+             task: jax.Array, train: bool = False,
+             key: jax.Array | None = None) -> jax.Array:
+    """Runs the model on raw inputs (preprocessed here); returns the logits."""
+    out, _ = self.model.apply(params, model_state, self.preprocess(x), task,
+                              train, key)
+    return out
+
+
+def _init_empty(ctx, params, key):
+  del ctx, params, key
+  return ()
+
+
+def _keep_experience(experience, stream, seed):
+  del stream, seed
+  return experience
+
+
+def _keep_state(ctx, state, data, key):
+  del ctx, data, key
+  return state
+
+
+def _keep_batch(ctx, cl_state, batch, key):
+  del ctx, cl_state, key
+  return batch
+
+
+def _no_penalty(ctx, params, cl_state, batch, logits):
+  del ctx, params, cl_state, batch, logits
+  return jnp.zeros((), jnp.float32)
+
+
+def _keep_grads(ctx, grads, state, batch, key):
+  del ctx, state, batch, key
+  return grads
+
+
+def _keep_cl_state(ctx, old_state, new_state, grads, batch, key):
+  del ctx, old_state, grads, batch, key
+  return new_state.cl_state
+
+
+class Strategy(NamedTuple):
+  """A continual-learning strategy as a NamedTuple of pure functions.
+
+  Every slot defaults to a no-op; see the module docstring for signatures.
+  ``predict`` is None unless the strategy replaces the prediction rule.
+  """
+
+  name: str = "naive"
+  init: Callable = _init_empty
+  adapt_data: Callable = _keep_experience
+  begin_experience: Callable = _keep_state
+  transform_batch: Callable = _keep_batch
+  penalty: Callable = _no_penalty
+  transform_grads: Callable = _keep_grads
+  after_step: Callable = _keep_cl_state
+  end_experience: Callable = _keep_state
+  predict: Callable | None = None
+
+
+def naive() -> Strategy:
+  """Plain fine-tuning: train on each experience in turn, nothing else.
+
+  Example:
+    >>> naive().name
+    'naive'
+  """
+  return Strategy(name="naive")
+
+
+def _exclusive_slot(strategies: Sequence[Strategy], slot: str,
+                    default: Any) -> Strategy | None:
+  owners = [s for s in strategies if getattr(s, slot) is not default]
+  if len(owners) > 1:
+    raise ValueError(
+        f"chain: strategies {[s.name for s in owners]} all replace "
+        f"`{slot}`; at most one strategy in a chain may do so.")
+  return owners[0] if owners else None
+
+
+def chain(*strategies: Strategy) -> Strategy:
+  """Composes strategies into one, as ``optax.chain`` composes transforms.
+
+  The combined state is a tuple of the strategies' states. Batch and gradient
+  transforms and the experience hooks apply in order, penalties add up. At most
+  one strategy may replace the training data (``adapt_data``) and at most one
+  the prediction rule (``predict``); otherwise a ``ValueError`` is raised.
+
+  Args:
+    *strategies: The strategies to combine, in order.
+
+  Returns:
+    A :class:`Strategy` named ``"a+b+..."``.
+
+  Example:
+    >>> chain(naive(), naive()).name
+    'naive+naive'
+  """
+  if not strategies:
+    raise ValueError("chain needs at least one strategy, got none.")
+  for i, s in enumerate(strategies):
+    if not isinstance(s, Strategy):
+      raise TypeError(f"chain argument {i} must be a jaxcl Strategy, got "
+                      f"{type(s).__name__}.")
+  data_owner = _exclusive_slot(strategies, "adapt_data", _keep_experience)
+  predict_owner = _exclusive_slot(strategies, "predict", None)
+  indexed = tuple(enumerate(strategies))
+
+  def view(state, i):
+    return state.replace(cl_state=state.cl_state[i])
+
+  def merged(state, i, new):
+    """``new`` (a view of strategy i) with the full tuple of states."""
+    states = list(state.cl_state)
+    states[i] = new.cl_state
+    return new.replace(cl_state=tuple(states))
+
+  def init(ctx, params, key):
+    keys = jax.random.split(key, len(strategies))
+    return tuple(s.init(ctx, params, k) for (_, s), k in zip(indexed, keys))
+
+  def adapt_data(experience, stream, seed):
+    return data_owner.adapt_data(experience, stream, seed)
+
+  def state_hook(slot):
+    def hook(ctx, state, data, key):
+      keys = jax.random.split(key, len(strategies))
+      for (i, s), k in zip(indexed, keys):
+        state = merged(state, i, getattr(s, slot)(ctx, view(state, i), data, k))
+      return state
+    return hook
+
+  def transform_batch(ctx, cl_state, batch, key):
+    keys = jax.random.split(key, len(strategies))
+    for (i, s), k in zip(indexed, keys):
+      batch = s.transform_batch(ctx, cl_state[i], batch, k)
+    return batch
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    return sum(s.penalty(ctx, params, cl_state[i], batch, logits)
+               for i, s in indexed)
+
+  def transform_grads(ctx, grads, state, batch, key):
+    keys = jax.random.split(key, len(strategies))
+    for (i, s), k in zip(indexed, keys):
+      grads = s.transform_grads(ctx, grads, view(state, i), batch, k)
+    return grads
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    keys = jax.random.split(key, len(strategies))
+    return tuple(
+        s.after_step(ctx, view(old_state, i), view(new_state, i), grads, batch, k)
+        for (i, s), k in zip(indexed, keys))
+
+  def predict(ctx, params, model_state, cl_state, x, task):
+    i = strategies.index(predict_owner)
+    return predict_owner.predict(ctx, params, model_state, cl_state[i], x, task)
+
+  return Strategy(
+      name="+".join(s.name for s in strategies),
+      init=init,
+      adapt_data=adapt_data if data_owner else _keep_experience,
+      begin_experience=state_hook("begin_experience"),
+      transform_batch=transform_batch,
+      penalty=penalty,
+      transform_grads=transform_grads,
+      after_step=after_step,
+      end_experience=state_hook("end_experience"),
+      predict=predict if predict_owner else None,
+  )

@@ -1,0 +1,5 @@
+"""Placeholder, filled by its issue."""
+
+__all__ = []
+
+STRATEGIES = {}

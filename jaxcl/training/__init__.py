@@ -1,0 +1,24 @@
+"""The training loop: state, jit-compiled experience training and evaluation, fit."""
+
+from jaxcl.training.fit import Result, fit
+from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
+                                 init_state, make_evaluate,
+                                 make_train_experience, mask_unseen)
+from jaxcl.training.state import (ExperienceData, TrainState, experience_data,
+                                  stack_experiences)
+
+__all__ = [
+    "EvalCounts",
+    "ExperienceData",
+    "Result",
+    "TrainMetrics",
+    "TrainState",
+    "cross_entropy",
+    "experience_data",
+    "fit",
+    "init_state",
+    "make_evaluate",
+    "make_train_experience",
+    "mask_unseen",
+    "stack_experiences",
+]

@@ -1,0 +1,305 @@
+"""The jit-compiled pieces of the loop: train one experience, evaluate a stream.
+
+``make_train_experience`` returns one pure function that runs a whole
+experience: ``begin_experience``, all epochs as a ``lax.scan`` over batches
+gathered by index from device-resident data (reshuffled per epoch from the
+key), then ``end_experience``. ``make_evaluate`` returns one pure function that
+evaluates every experience of a (stacked) stream. Both keep every shape fixed,
+so each compiles once per stream.
+
+Example:
+  >>> import optax
+  >>> from jaxcl.strategies import naive
+  >>> train = make_train_experience(ctx, naive(), optax.sgd(0.1),
+  ...                               epochs=1)  # doctest: +SKIP
+  >>> state, metrics = jax.jit(train)(state, data)  # doctest: +SKIP
+"""
+
+# No `from __future__ import annotations`: clu reads Collection annotations.
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics as clu_metrics
+
+from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.training.state import ExperienceData, TrainState
+
+__all__ = [
+    "EvalCounts",
+    "TrainMetrics",
+    "cross_entropy",
+    "init_state",
+    "make_evaluate",
+    "make_train_experience",
+    "mask_unseen",
+]
+
+# Avalanche's IncrementalClassifier sets never-seen units to this value.
+MASK_VALUE = -1000.0
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """Training metrics accumulated through the scan (sample-weighted)."""
+
+  loss: clu_metrics.Average.from_output("loss")
+  accuracy: clu_metrics.Accuracy
+
+
+def cross_entropy(logits: jax.Array, batch: dict) -> jax.Array:
+  """Per-sample softmax cross-entropy; ``batch["class_mask"]`` restricts classes."""
+  if "class_mask" in batch:
+    logits = jnp.where(batch["class_mask"], logits, MASK_VALUE)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+
+
+def mask_unseen(logits: jax.Array, seen_classes: jax.Array) -> jax.Array:
+  """Sets the logits of never-seen classes to -1000, as Avalanche does."""
+  return jnp.where(seen_classes, logits, MASK_VALUE)
+
+
+def init_state(ctx: StrategyContext, strategy: Strategy,
+               optimizer: optax.GradientTransformation, key: jax.Array,
+               sample_x: jax.Array, sample_task: jax.Array) -> TrainState:
+  """Initialises the model, the optimizer and the strategy state.
+
+  Args:
+    ctx: The strategy context (holds the model).
+    strategy: The strategy whose ``init`` builds ``cl_state``.
+    optimizer: An optax gradient transformation.
+    key: The run's PRNG key.
+    sample_x: One batch of raw inputs (only its shape matters).
+    sample_task: Matching task labels.
+
+  Returns:
+    The initial :class:`TrainState`.
+  """
+  model_key, strategy_key, loop_key = jax.random.split(key, 3)
+  params, model_state = ctx.model.init(model_key, ctx.preprocess(sample_x),
+                                       sample_task)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=optimizer.init(params),
+      cl_state=strategy.init(ctx, params, strategy_key),
+      key=loop_key,
+      seen_classes=jnp.zeros(ctx.n_classes, bool),
+      experience=jnp.zeros((), jnp.int32),
+  )
+
+
+def _epoch_order(key: jax.Array, size: jax.Array, padded: int,
+                 total: int) -> tuple[jax.Array, jax.Array]:
+  """A random order of the ``size`` real rows first, padded to ``total``."""
+  rank = jax.random.uniform(key, (padded,))
+  rank = jnp.where(jnp.arange(padded) < size, rank, 2.0)
+  order = jnp.argsort(rank)
+  order = jnp.pad(order, (0, total - padded))
+  return order, jnp.arange(total) < size
+
+
+def make_train_experience(
+    ctx: StrategyContext,
+    strategy: Strategy,
+    optimizer: optax.GradientTransformation,
+    *,
+    epochs: int,
+    mask_classes: bool = True,
+    skip_empty_steps: bool = False,
+) -> Callable[[TrainState, ExperienceData], tuple[TrainState, dict]]:
+  """Builds the function that trains on one experience (to be jitted once).
+
+  Args:
+    ctx: Static context; ``ctx.batch_size`` and ``ctx.experience_size`` fix
+      the number of steps per epoch, ``ceil(experience_size / batch_size)``.
+    strategy: The strategy whose hooks run inside the loop.
+    optimizer: An optax gradient transformation.
+    epochs: Number of passes over the experience.
+    mask_classes: Mask the logits of classes not seen so far (class-incremental
+      head); when False the head is used as is.
+    skip_empty_steps: Guard steps that hold no real sample (needed only when
+      some experience is smaller than the largest by at least a batch).
+
+  Returns:
+    ``train_experience(state, data) -> (state, metrics)`` where ``metrics``
+    maps ``loss``/``accuracy`` to arrays with one entry per epoch and
+    ``first_nonfinite_step`` to the first step whose loss was NaN/inf (-1 if
+    none).
+  """
+  batch_size = ctx.batch_size
+  steps = math.ceil(ctx.experience_size / batch_size)
+
+  def loss_fn(params, state: TrainState, batch: dict, key):
+    logits, model_state = ctx.model.apply(
+        params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
+        True, key)
+    if mask_classes:
+      logits = mask_unseen(logits, state.seen_classes)
+    weight = batch["weight"]
+    task_loss = jnp.sum(ctx.loss(logits, batch) * weight) / jnp.maximum(
+        jnp.sum(weight), 1.0)
+    total = task_loss + strategy.penalty(ctx, params, state.cl_state, batch,
+                                         logits)
+    return total, (logits, model_state)
+
+  def train_step(state: TrainState, batch: dict, key):
+    batch_key, dropout_key, grads_key, after_key = jax.random.split(key, 4)
+    batch = strategy.transform_batch(ctx, state.cl_state, batch, batch_key)
+    (loss, (logits, model_state)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params, state, batch, dropout_key)
+    grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        model_state=model_state,
+        opt_state=opt_state)
+    new_state = new_state.replace(cl_state=strategy.after_step(
+        ctx, state, new_state, grads, batch, after_key))
+    metrics = TrainMetrics.single_from_model_output(
+        loss=jnp.full(batch["y"].shape, loss), logits=logits,
+        labels=batch["y"], mask=batch["weight"] > 0)
+    return new_state, metrics, loss
+
+  def guarded_step(state, batch, key):
+    def skip(state, batch, key):
+      del key
+      empty = TrainMetrics.single_from_model_output(
+          loss=jnp.zeros(batch["y"].shape), labels=batch["y"],
+          logits=jnp.zeros(batch["y"].shape + (ctx.n_classes,)),
+          mask=jnp.zeros(batch["y"].shape, bool))
+      return state, empty, jnp.zeros(())
+    return jax.lax.cond(jnp.any(batch["weight"] > 0), train_step, skip,
+                        state, batch, key)
+
+  step_fn = guarded_step if skip_empty_steps else train_step
+
+  def run_epoch(carry, epoch_key):
+    state, data, first_bad = carry
+    order_key, steps_key = jax.random.split(epoch_key)
+    order, valid = _epoch_order(order_key, data.size, ctx.experience_size,
+                                steps * batch_size)
+    order = order.reshape(steps, batch_size)
+    valid = valid.reshape(steps, batch_size)
+
+    def body(carry, inputs):
+      state, metrics, first_bad = carry
+      idx, mask, i = inputs
+      batch = {"x": data.x[idx], "y": data.y[idx], "task": data.task[idx],
+               "weight": mask.astype(jnp.float32)}
+      state, step_metrics, loss = step_fn(state, batch,
+                                          jax.random.fold_in(steps_key, i))
+      bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
+      first_bad = jnp.where(bad, state.step - 1, first_bad)
+      return (state, metrics.merge(step_metrics), first_bad), None
+
+    (state, metrics, first_bad), _ = jax.lax.scan(
+        body, (state, TrainMetrics.empty(), first_bad),
+        (order, valid, jnp.arange(steps)))
+    return (state, data, first_bad), metrics.compute()
+
+  def train_experience(state: TrainState, data: ExperienceData):
+    key, begin_key, epochs_key, end_key = jax.random.split(state.key, 4)
+    state = state.replace(
+        key=key, experience=data.index,
+        seen_classes=state.seen_classes | data.classes_mask)
+    state = strategy.begin_experience(ctx, state, data, begin_key)
+    (state, _, first_bad), epoch_metrics = jax.lax.scan(
+        run_epoch, (state, data, jnp.array(-1, jnp.int32)),
+        jax.random.split(epochs_key, epochs))
+    state = strategy.end_experience(ctx, state, data, end_key)
+    return state, {**epoch_metrics, "first_nonfinite_step": first_bad}
+
+  return train_experience
+
+
+@flax.struct.dataclass
+class EvalCounts:
+  """Sums gathered by one evaluation of a stream.
+
+  Attributes:
+    correct: ``[T]`` correct top-1 predictions per experience.
+    correct_top5: ``[T]`` samples whose label is among the 5 highest logits.
+    count: ``[T]`` samples per experience.
+    loss_sum: ``[T]`` summed cross-entropy per experience.
+    confusion: ``[n_classes, n_classes]`` counts of (label, prediction) pairs
+      over the whole stream.
+  """
+
+  correct: jax.Array
+  correct_top5: jax.Array
+  count: jax.Array
+  loss_sum: jax.Array
+  confusion: jax.Array
+
+
+def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
+                  eval_batch_size: int, mask_classes: bool = True
+                  ) -> Callable[[TrainState, ExperienceData], EvalCounts]:
+  """Builds the function that evaluates a stacked stream (to be jitted once).
+
+  Args:
+    ctx: Static context.
+    strategy: Its ``predict`` slot, if set, replaces the model's prediction.
+    eval_batch_size: Samples per evaluation chunk (memory/speed trade-off).
+    mask_classes: Mask the logits of classes not seen so far.
+
+  Returns:
+    ``evaluate(state, stream) -> EvalCounts`` where ``stream`` is an
+    :class:`ExperienceData` with a leading experience axis.
+  """
+  n_classes = ctx.n_classes
+  top_k = min(5, n_classes)
+
+  def logits_fn(state: TrainState, x, task):
+    if strategy.predict is not None:
+      logits = strategy.predict(ctx, state.params, state.model_state,
+                                state.cl_state, x, task)
+    else:
+      logits = ctx.logits(state.params, state.model_state, x, task)
+    return mask_unseen(logits, state.seen_classes) if mask_classes else logits
+
+  def evaluate(state: TrainState, stream: ExperienceData) -> EvalCounts:
+    size = stream.y.shape[1]
+    chunk = min(eval_batch_size, size)
+    chunks = math.ceil(size / chunk)
+    pad = chunks * chunk - size
+
+    def reshape(a):
+      a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+      return a.reshape((chunks, chunk) + a.shape[1:])
+
+    def one_experience(confusion, exp: ExperienceData):
+      def one_chunk(carry, inputs):
+        confusion, sums = carry
+        x, y, task, valid = inputs
+        logits = logits_fn(state, x, task)
+        w = valid.astype(jnp.float32)
+        pred = jnp.argmax(logits, -1)
+        in_top = jnp.any(jax.lax.top_k(logits, top_k)[1] == y[:, None], -1)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        sums = sums + jnp.stack([jnp.sum((pred == y) * w), jnp.sum(in_top * w),
+                                 jnp.sum(w), jnp.sum(loss * w)])
+        confusion = confusion.at[y, pred].add(valid.astype(confusion.dtype))
+        return (confusion, sums), None
+
+      (confusion, sums), _ = jax.lax.scan(
+          one_chunk, (confusion, jnp.zeros(4)),
+          (reshape(exp.x), reshape(exp.y), reshape(exp.task),
+           reshape(exp.valid)))
+      return confusion, sums
+
+    confusion, sums = jax.lax.scan(
+        one_experience, jnp.zeros((n_classes, n_classes), jnp.int32), stream)
+    return EvalCounts(correct=sums[:, 0], correct_top5=sums[:, 1],
+                      count=sums[:, 2], loss_sum=sums[:, 3],
+                      confusion=confusion)
+
+  return evaluate

@@ -1,0 +1,112 @@
+"""Training state and device-side experience data: fixed-shape pytrees.
+
+Example:
+  >>> import numpy as np
+  >>> from jaxcl.benchmarks import Experience
+  >>> exp = Experience(x=np.ones((3, 2), np.float32), y=[0, 1, 1],
+  ...                  task=[0, 0, 0], index=0, classes=(0, 1), origin="train")
+  >>> data = experience_data(exp, size=5, n_classes=4)
+  >>> data.x.shape, int(data.size), data.classes_mask.tolist()
+  ((5, 2), 3, [True, True, False, False])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcl.benchmarks.scenario import Experience
+
+__all__ = ["ExperienceData", "TrainState", "experience_data", "stack_experiences"]
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree.
+
+  Attributes:
+    step: Number of optimizer updates applied so far.
+    params: Model parameters.
+    model_state: Non-parameter model variables (e.g. ``batch_stats``).
+    opt_state: optax optimizer state.
+    cl_state: The strategy's state (a tuple for chained strategies).
+    key: PRNG key from which every later random choice is split.
+    seen_classes: ``bool[n_classes]``: classes trained on so far (the
+      class-incremental head masks the others).
+    experience: Index of the experience being (or last) trained.
+  """
+
+  step: jax.Array
+  params: PyTree
+  model_state: PyTree
+  opt_state: PyTree
+  cl_state: PyTree
+  key: jax.Array
+  seen_classes: jax.Array
+  experience: jax.Array
+
+
+@flax.struct.dataclass
+class ExperienceData:
+  """One experience on the device, padded to a fixed size.
+
+  Attributes:
+    x: Raw inputs ``[size_max, *input_shape]``; rows past ``size`` are padding.
+    y: Labels ``[size_max]`` (0 in padding).
+    task: Task labels ``[size_max]``.
+    size: Number of real samples (scalar int32).
+    index: Position of the experience in its stream (scalar int32).
+    classes_mask: ``bool[n_classes]``, the classes present in the experience.
+  """
+
+  x: jax.Array
+  y: jax.Array
+  task: jax.Array
+  size: jax.Array
+  index: jax.Array
+  classes_mask: jax.Array
+
+  @property
+  def valid(self) -> jax.Array:
+    """``bool[size_max]``: which rows are real samples."""
+    return jnp.arange(self.y.shape[-1]) < self.size[..., None]
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+  return np.pad(a, [(0, size - len(a))] + [(0, 0)] * (a.ndim - 1))
+
+
+def experience_data(experience: Experience, size: int,
+                    n_classes: int) -> ExperienceData:
+  """Pads an experience to ``size`` samples (host side, numpy arrays).
+
+  Args:
+    experience: The experience to pad.
+    size: The padded length (the stream's largest experience).
+    n_classes: Width of ``classes_mask``.
+
+  Returns:
+    An :class:`ExperienceData` of numpy arrays, ready for ``jax.device_put``.
+  """
+  mask = np.zeros(n_classes, bool)
+  mask[list(experience.classes)] = True
+  return ExperienceData(
+      x=_pad(np.asarray(experience.x), size),
+      y=_pad(experience.y, size),
+      task=_pad(experience.task, size),
+      size=np.int32(len(experience)),
+      index=np.int32(experience.index),
+      classes_mask=mask)
+
+
+def stack_experiences(experiences, n_classes: int) -> ExperienceData:
+  """Pads experiences to a common size and stacks them on a leading axis."""
+  size = max(len(e) for e in experiences)
+  padded = [experience_data(e, size, n_classes) for e in experiences]
+  return jax.tree.map(lambda *a: np.stack(a), *padded)

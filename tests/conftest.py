@@ -1,0 +1,29 @@
+"""Shared fixtures: small synthetic benchmarks that train in well under a second."""
+
+import numpy as np
+import pytest
+
+import jaxcl
+
+
+def make_benchmark(n_classes=4, n_experiences=2, per_class=12, dim=6, seed=0,
+                   sizes=None, **kwargs):
+  """Separable Gaussian blobs, one class-incremental benchmark."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(0, 3, (n_classes, dim))
+  counts = sizes or [per_class] * n_classes
+  y = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+  x = (centers[y] + rng.normal(0, 0.5, (len(y), dim))).astype(np.float32)
+  return jaxcl.benchmarks.class_incremental(
+      (x, y), (x, y), n_experiences, fixed_class_order=range(n_classes),
+      **kwargs)
+
+
+@pytest.fixture
+def tiny_benchmark():
+  return make_benchmark()
+
+
+@pytest.fixture
+def tiny_model():
+  return jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)

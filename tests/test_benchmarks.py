@@ -1,0 +1,86 @@
+"""Scenario generators: exact partitions, seeded class orders, clear errors."""
+
+import numpy as np
+import pytest
+
+import jaxcl
+from jaxcl.benchmarks import class_incremental
+
+
+def _data(n_classes=6, per_class=5, dim=3):
+  y = np.repeat(np.arange(n_classes), per_class)
+  x = np.arange(len(y) * dim, dtype=np.float32).reshape(len(y), dim)
+  return x, y
+
+
+def test_class_incremental_partitions_exactly():
+  x, y = _data()
+  bench = class_incremental((x, y), (x, y), 3, seed=4)
+  seen = np.concatenate([e.x[:, 0] for e in bench.train_stream])
+  np.testing.assert_array_equal(np.sort(seen), np.sort(x[:, 0]))  # no loss/dup
+  groups = [set(e.classes) for e in bench.train_stream]
+  assert set().union(*groups) == set(range(6))
+  assert all(len(g) == 2 for g in groups)
+  for e in bench.train_stream:
+    assert set(np.unique(e.y)) == set(e.classes)
+    np.testing.assert_array_equal(e.task, 0)
+  assert bench.train_stream[2].previous_classes == tuple(
+      sorted(groups[0] | groups[1]))
+  assert bench.train_stream[0].future_classes == tuple(sorted(groups[1] | groups[2]))
+  assert [e.classes for e in bench.test_stream] == [e.classes for e in bench.train_stream]
+
+
+def test_class_order_from_seed_and_fixed():
+  x, y = _data()
+  a = class_incremental((x, y), (x, y), 3, seed=1).class_order
+  assert a == class_incremental((x, y), (x, y), 3, seed=1).class_order
+  assert a != class_incremental((x, y), (x, y), 3, seed=2).class_order
+  fixed = class_incremental((x, y), (x, y), 3, fixed_class_order=[5, 4, 3, 2, 1, 0])
+  assert [e.classes for e in fixed.train_stream] == [(4, 5), (2, 3), (0, 1)]
+
+
+def test_task_labels():
+  x, y = _data()
+  bench = class_incremental((x, y), (x, y), 3, return_task_id=True)
+  assert bench.scenario == "task_incremental" and bench.n_tasks == 3
+  for i, e in enumerate(bench.train_stream):
+    np.testing.assert_array_equal(e.task, i)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(n_experiences=4), ValueError, "does not divide the 6 classes"),
+    (dict(n_experiences=0), ValueError, "n_experiences must be a positive"),
+    (dict(n_experiences=2.5), TypeError, "n_experiences must be a positive"),
+    (dict(n_experiences=3, fixed_class_order=[0, 1, 2, 3, 4, 4]), ValueError,
+     "permutation of the classes"),
+])
+def test_bad_arguments(kwargs, error, match):
+  x, y = _data()
+  with pytest.raises(error, match=match):
+    class_incremental((x, y), (x, y), **kwargs)
+
+
+def test_bad_data():
+  x, y = _data()
+  with pytest.raises(ValueError, match=r"test labels \[9\] are out of range"):
+    class_incremental((x, y), (x[:2], np.array([0, 9])), 3)
+  with pytest.raises(TypeError, match="labels must be integers"):
+    class_incremental((x, y.astype(np.float32)), (x, y), 3)
+  bad = x.copy()
+  bad[0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    class_incremental((bad, y), (x, y), 3)
+  with pytest.raises(ValueError, match="train is empty"):
+    class_incremental((x[:0], y[:0]), (x, y), 3)
+
+
+def test_split_mnist_bundled():
+  bench = jaxcl.benchmarks.split_mnist(n_experiences=5, seed=0)
+  assert bench.n_classes == 10 and bench.input_shape == (28, 28, 1)
+  assert [len(e) for e in bench.train_stream] == [800] * 5
+  assert [len(e) for e in bench.test_stream] == [200] * 5
+  assert bench.train_stream[0].x.dtype == np.uint8
+  x = np.asarray(bench.preprocess(bench.train_stream[0].x[:50]))
+  assert x.dtype == np.float32
+  # Normalised with MNIST's mean and std: background pixels map to -0.4242.
+  assert x.min() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)

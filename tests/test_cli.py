@@ -1,0 +1,72 @@
+"""The `jaxcl` command end to end, and its argument errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from jaxcl import cli
+
+
+def _jaxcl(*args, cwd):
+  return subprocess.run([sys.executable, "-m", "jaxcl.cli", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_run_end_to_end(tmp_path):
+  logdir = tmp_path / "run"
+  out = _jaxcl("run", "--n-experiences", "2", "--epochs", "1",
+               "--batch-size", "64", "--hidden-size", "32", "--logdir",
+               str(logdir), "--no-progress", "--compilation-cache", "",
+               cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert "Accuracy matrix" in out.stdout and "stream_accuracy" in out.stdout
+  results = json.loads((logdir / "results.json").read_text())
+  matrix = results["accuracy_matrix"]
+  assert len(matrix) == 2 and len(matrix[0]) == 2
+  assert 0.0 <= results["metrics"]["stream_accuracy"] <= 1.0
+  assert results["metrics"]["forgetting"] >= -1.0
+  assert set(results["timings"]) >= {"compile_s", "train_s", "eval_s", "total_s"}
+  assert results["config"]["batch_size"] == 64
+  assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard file"
+  lines = (logdir / "metrics.jsonl").read_text().splitlines()
+  assert any("eval/stream/accuracy" in json.loads(line) for line in lines)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--benchmark", "split_mnst"], "Did you mean 'split_mnist'"),
+    (["--strategy", "naiv"], "Did you mean 'naive'"),
+    (["--n-experiences", "3"], "does not divide the 10 classes"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
+    (["--lr", "-1"], "--lr must be in (0"),
+])
+def test_bad_arguments_exit_2_with_clear_message(tmp_path, capsys, args, message):
+  logdir = tmp_path / "never"
+  code = cli.main(["run", *args, "--logdir", str(logdir), "--no-progress",
+                   "--no-tensorboard", "--compilation-cache", ""])
+  assert code == 2
+  assert message in capsys.readouterr().err
+  assert not logdir.exists()
+
+
+def test_logdir_that_is_a_file_is_refused(tmp_path, capsys):
+  target = tmp_path / "file"
+  target.write_text("keep me")
+  assert cli.main(["run", "--logdir", str(target)]) == 2
+  assert "is a file" in capsys.readouterr().err
+  assert target.read_text() == "keep me"
+
+
+def test_help_documents_every_flag():
+  text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+  for flag in ("--benchmark", "--strategy", "--epochs", "--batch-size", "--lr",
+               "--seed", "--logdir"):
+    assert flag in text
+
+
+def test_readme_test_command_is_what_ci_runs():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
+  assert ci in (root / "README.md").read_text()

@@ -1,0 +1,257 @@
+"""Tests for jaxcl.loggers."""
+
+import csv
+import io
+import json
+import math
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxcl import loggers
+from jaxcl.loggers.base import MetricWriter
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ACCURACY = np.array([[0.9, np.nan, np.nan], [0.8, 0.95, np.nan], [0.7, 0.85, 0.925]])
+
+
+class RecordingWriter(MetricWriter):
+    """Keeps the images it is given."""
+
+    def __init__(self):
+        self.images = []
+
+    def write_images(self, step, images):
+        self.images.append((step, dict(images)))
+
+
+def png_size(path):
+    """Returns (width, height) from a PNG's IHDR chunk, checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def test_import_does_not_import_tensorflow_or_matplotlib():
+    code = (
+        "import sys, jaxcl.loggers; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'matplotlib'})"
+        " + sorted(m for m in sys.modules if m.startswith('clu.metric_writers')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_jsonl_writer_round_trip(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    writer = loggers.JsonlWriter(path)
+    writer.write_hparams({"lr": 0.1, "seed": np.int64(3), "strategy": "ewc"})
+    writer.write_scalars(7, {"train/loss": np.float32(0.5), "train/accuracy": 0.25})
+    writer.write_texts(7, {"eval/stream/note": "done"})
+    writer.write_images(7, {"eval/stream/accuracy_matrix": np.zeros((1, 2, 2, 3), np.uint8)})
+    writer.close()
+    # A second writer appends to the same file.
+    writer = loggers.JsonlWriter(path)
+    writer.write_scalars(0, {"eval/stream/accuracy": float("nan")})
+    writer.close()
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[:3] == [
+        {"hparams": {"lr": 0.1, "seed": 3, "strategy": "ewc"}},
+        {"step": 7, "train/loss": 0.5, "train/accuracy": 0.25},
+        {"step": 7, "eval/stream/note": "done"},
+    ]
+    assert len(records) == 4 and records[3]["step"] == 0
+    assert math.isnan(records[3]["eval/stream/accuracy"])
+
+
+def test_csv_writer_splits_train_and_eval(tmp_path):
+    writer = loggers.CsvWriter(tmp_path)
+    writer.write_scalars(10, {"train/loss": 0.125, "train/accuracy": 0.5})
+    writer.write_scalars(0, {"eval/exp_000/accuracy": 0.9, "eval/stream/accuracy": 0.875})
+    writer.close()
+    loggers.CsvWriter(tmp_path).close()  # Reopening must not repeat the header.
+
+    assert read_csv(tmp_path / "training_results.csv") == [
+        ["step", "metric", "value"],
+        ["10", "train/loss", "0.125"],
+        ["10", "train/accuracy", "0.5"],
+    ]
+    assert read_csv(tmp_path / "eval_results.csv") == [
+        ["step", "metric", "value"],
+        ["0", "eval/exp_000/accuracy", "0.9"],
+        ["0", "eval/stream/accuracy", "0.875"],
+    ]
+
+
+def test_console_and_text_log_write_the_same_lines(tmp_path, capsys):
+    stream = io.StringIO()
+    path = tmp_path / "log.txt"
+    writers = [loggers.ConsoleWriter(), loggers.ConsoleWriter(stream), loggers.TextLogWriter(path)]
+    writer = loggers.MultiWriter(writers)
+    writer.write_hparams({"lr": 0.1})
+    writer.write_scalars(3, {"eval/stream/accuracy": np.float32(0.912), "train/step": 40})
+    writer.write_texts(3, {"note": "hello"})
+    writer.close()
+
+    expected = (
+        "hparams | lr 0.1\n"
+        "step 3 | eval/stream/accuracy 0.9120 | train/step 40\n"
+        "step 3 | note: hello\n"
+    )
+    assert capsys.readouterr().out == expected
+    assert stream.getvalue() == expected
+    assert path.read_text() == expected
+
+
+def test_async_writer_writes_in_background_and_reraises(tmp_path):
+    writer = loggers.create_writers(
+        tmp_path, console=False, tensorboard=False, csv=False, text=False, asynchronous=True
+    )
+    writer.write_scalars(1, {"eval/stream/accuracy": 0.5})
+    writer.flush()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "step": 1,
+        "eval/stream/accuracy": 0.5,
+    }
+    writer.write_scalars(2, {"eval/stream/accuracy": "not a number"})
+    with pytest.raises(Exception, match="not a number"):
+        writer.close()
+
+
+def test_create_writers_rejects_a_file_as_logdir(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("")
+    with pytest.raises(ValueError, match="logdir") as error:
+        loggers.create_writers(path)
+    assert str(path) in str(error.value)
+
+
+def test_create_writers_without_logdir_only_prints(capsys):
+    writer = loggers.create_writers(None)
+    writer.write_scalars(0, {"eval/stream/accuracy": 1.0})
+    writer.close()
+    assert capsys.readouterr().out == "step 0 | eval/stream/accuracy 1.0000\n"
+
+
+def test_tensorboard_round_trip_through_create_writers(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    writer = loggers.create_writers(tmp_path, console=False)
+    writer.write_scalars(5, {"train/loss": 0.25})
+    writer.write_scalars(2, {"eval/exp_001/accuracy": 0.75, "eval/stream/accuracy": 0.5})
+    loggers.write_result_images(writer, 2, tmp_path, accuracy_matrix=ACCURACY)
+    writer.close()
+
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["tensors"])
+    assert {
+        "train/loss",
+        "eval/exp_001/accuracy",
+        "eval/stream/accuracy",
+        "eval/stream/accuracy_matrix",
+        "eval/stream/accuracy_curves",
+    } <= tags
+
+    def only_event(tag):
+        (event,) = accumulator.Tensors(tag)
+        return event.step, tensor_util.make_ndarray(event.tensor_proto)
+
+    assert only_event("train/loss") == (5, pytest.approx(0.25))
+    assert only_event("eval/exp_001/accuracy") == (2, pytest.approx(0.75))
+    step, image = only_event("eval/stream/accuracy_matrix")
+    # Image summaries hold [width, height, png bytes...] as strings.
+    assert step == 2 and image[2][:8] == PNG_SIGNATURE
+    assert (int(image[0]), int(image[1])) == png_size(tmp_path / "accuracy_matrix.png")
+    for name in ("metrics.jsonl", "training_results.csv", "eval_results.csv", "log.txt"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_tensorboard_errors_surface_on_first_use(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    writer = loggers.tensorboard_writer(not_a_dir)  # Must not raise yet.
+    with pytest.raises(RuntimeError, match="TensorBoard writer for logdir="):
+        writer.write_scalars(0, {"train/loss": 1.0})
+
+
+def test_our_writers_work_inside_clu_writers(tmp_path):
+    from clu import metric_writers
+
+    writer = metric_writers.AsyncWriter(
+        metric_writers.MultiWriter([loggers.JsonlWriter(tmp_path / "m.jsonl")])
+    )
+    writer.write_scalars(4, {"eval/stream/bwt": -0.5})
+    writer.close()
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {"step": 4, "eval/stream/bwt": -0.5}
+
+
+def test_plots_are_rgb_uint8():
+    cm = np.array([[5, 1, 0], [2, 6, 1], [0, 0, 9]])
+    images = [
+        loggers.plot_accuracy_matrix(ACCURACY),
+        loggers.plot_accuracy_curves(ACCURACY),
+        loggers.plot_confusion_matrix(cm, ["cat", "dog", "bird"]),
+        loggers.plot_confusion_matrix(cm / cm.sum(axis=1, keepdims=True)),
+    ]
+    for image in images:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+        assert image.min() < image.max()  # Something was drawn.
+    with pytest.raises(ValueError, match="class_names"):
+        loggers.plot_confusion_matrix(cm, ["cat"])
+
+
+def test_write_result_images_batches_and_saves_pngs(tmp_path):
+    writer = RecordingWriter()
+    cm = np.eye(3, dtype=np.int32) * 4
+    loggers.write_result_images(writer, 2, tmp_path, accuracy_matrix=ACCURACY, confusion_matrix=cm)
+
+    ((step, images),) = writer.images
+    assert step == 2
+    assert sorted(images) == [
+        "eval/stream/accuracy_curves",
+        "eval/stream/accuracy_matrix",
+        "eval/stream/confusion_matrix",
+    ]
+    for name, batch in images.items():
+        assert batch.dtype == np.uint8 and batch.ndim == 4 and batch.shape[0] == 1
+        height, width = batch.shape[1:3]
+        assert png_size(tmp_path / f"{name.rsplit('/', 1)[-1]}.png") == (width, height)
+
+
+def test_save_png_rejects_float_images(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        loggers.save_png(np.zeros((2, 2, 3)), tmp_path / "x.png")
+
+
+def test_format_accuracy_matrix():
+    lines = loggers.format_accuracy_matrix(ACCURACY).splitlines()
+    assert lines[0].split() == ["exp", "0", "exp", "1", "exp", "2"]
+    assert lines[1].split() == ["after", "exp", "0", "0.9000", "-", "-"]
+    assert lines[3].split() == ["after", "exp", "2", "0.7000", "0.8500", "0.9250"]
+    assert len({len(line) for line in lines}) == 1  # Aligned columns.
+    with pytest.raises(ValueError, match="2-D"):
+        loggers.format_accuracy_matrix(np.zeros(3))
+
+
+def test_format_metrics_table():
+    table = loggers.format_metrics_table(
+        {"eval/stream/accuracy": (0.912, 0.0101), "eval/stream/forgetting": None, "bwt": -0.05}
+    )
+    assert table.splitlines() == [
+        "eval/stream/accuracy    0.912 ± 0.010",
+        "eval/stream/forgetting            n/a",
+        "bwt                           -0.0500",
+    ]

@@ -1,0 +1,157 @@
+"""The training loop: evaluation against numpy, one compile, seeds, NaN guard."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl.benchmarks import Experience
+from jaxcl.models import Model
+from jaxcl.strategies import Strategy, StrategyContext, chain, naive
+from jaxcl.training import (cross_entropy, init_state, make_evaluate,
+                            stack_experiences)
+
+# A "model" whose logits are its inputs: evaluation can be checked by hand.
+IDENTITY = Model(init=lambda key, x, task: ({"b": jnp.zeros(())}, {}),
+                 apply=lambda p, s, x, task, train, key: (x + p["b"], s))
+
+
+def _ctx(n_classes):
+  return StrategyContext(model=IDENTITY, preprocess=lambda x: x,
+                         loss=cross_entropy, n_classes=n_classes,
+                         n_experiences=2, input_shape=(n_classes,),
+                         batch_size=4, experience_size=8)
+
+
+def test_evaluate_matches_numpy_on_unequal_experiences():
+  rng = np.random.default_rng(0)
+  n_classes = 6
+  exps = []
+  for i, n in enumerate([7, 3]):
+    exps.append(Experience(x=rng.normal(size=(n, n_classes)).astype(np.float32),
+                           y=rng.integers(0, n_classes, n), task=np.zeros(n),
+                           index=i, classes=tuple(range(n_classes)),
+                           origin="test"))
+  ctx = _ctx(n_classes)
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  state = state.replace(seen_classes=jnp.ones(n_classes, bool))
+  evaluate = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=2))
+  counts = jax.device_get(evaluate(state, stack_experiences(exps, n_classes)))
+  confusion = np.zeros((n_classes, n_classes), int)
+  for j, e in enumerate(exps):
+    pred = e.x.argmax(1)
+    assert counts.correct[j] == np.sum(pred == e.y)
+    assert counts.count[j] == len(e)
+    top5 = np.argsort(-e.x, 1)[:, :5]
+    assert counts.correct_top5[j] == np.sum((top5 == e.y[:, None]).any(1))
+    logp = e.x - np.log(np.exp(e.x).sum(1, keepdims=True))
+    np.testing.assert_allclose(counts.loss_sum[j],
+                               -logp[np.arange(len(e)), e.y].sum(), rtol=1e-5)
+    np.add.at(confusion, (e.y, pred), 1)
+  np.testing.assert_array_equal(counts.confusion, confusion)
+
+
+def test_unseen_classes_are_masked_in_evaluation():
+  n_classes = 4
+  x = np.array([[0, 0, 0, 5.0], [3.0, 1, 0, 0]], np.float32)
+  exp = Experience(x=x, y=[3, 0], task=[0, 0], index=0, classes=(0, 3),
+                   origin="test")
+  ctx = _ctx(n_classes)
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  state = state.replace(seen_classes=jnp.array([True, True, False, False]))
+  counts = make_evaluate(ctx, naive(), eval_batch_size=8)(
+      state, stack_experiences([exp], n_classes))
+  # Class 3 is masked: the first sample falls back to the best seen class.
+  assert int(counts.correct[0]) == 1
+  assert int(counts.confusion[3, 0]) == 1
+
+
+def _count_traces(strategy):
+  """Wraps the penalty so each trace of the training function is counted."""
+  calls = []
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    calls.append(1)
+    return strategy.penalty(ctx, params, cl_state, batch, logits)
+
+  return strategy._replace(penalty=penalty), calls
+
+
+def test_one_compile_per_stream_with_unequal_experiences(tiny_model):
+  bench = make_benchmark(n_classes=6, n_experiences=3, sizes=[3, 30, 10, 10, 2, 9])
+  strategy = naive()._replace(
+      penalty=chex.assert_max_traces(naive().penalty, n=1))
+  result = jaxcl.fit(jaxcl.models.MLP(6, hidden_size=8), strategy,
+                     optax.sgd(0.1), bench, epochs=2, batch_size=4)
+  assert result.accuracy_matrix.shape == (3, 3)
+  # Steps actually taken: empty padded steps are skipped.
+  expected = 2 * sum(-(-len(e) // 4) for e in bench.train_stream)
+  assert int(result.state.step) == expected
+
+
+def test_same_seed_same_numbers_different_seed_different(tiny_benchmark,
+                                                         tiny_model):
+  def run(seed):
+    return jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
+                     epochs=2, batch_size=5, seed=seed)
+  a, b, c = run(0), run(0), run(1)
+  np.testing.assert_array_equal(a.accuracy_matrix, b.accuracy_matrix)
+  chex.assert_trees_all_equal(a.state.params, b.state.params)
+  assert not np.allclose(
+      jax.tree.leaves(a.state.params)[0], jax.tree.leaves(c.state.params)[0])
+
+
+def test_fit_learns_and_forgets_without_a_strategy(tiny_benchmark, tiny_model):
+  result = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                     epochs=20, batch_size=4)
+  R = result.accuracy_matrix
+  assert R[0, 0] == 1.0 and R[1, 1] == 1.0
+  # Masked head: the untrained second experience is unreachable after exp 0.
+  assert R[0, 1] == 0.0
+  assert result.metrics["forgetting"] == pytest.approx(R[0, 0] - R[1, 0])
+  assert result.metrics["bwt"] == pytest.approx(-result.metrics["forgetting"])
+  assert set(result.timings) == {"compile_s", "train_s", "eval_s", "total_s"}
+
+
+def test_nonfinite_loss_names_experience_and_step(tiny_benchmark, tiny_model):
+  bad = Strategy(name="bad",
+                 penalty=lambda ctx, p, s, batch, logits: jnp.float32(jnp.nan))
+  with pytest.raises(FloatingPointError, match=r"experience 0 at optimizer step 0"):
+    jaxcl.fit(tiny_model, bad, optax.sgd(0.1), tiny_benchmark, batch_size=4)
+
+
+def test_chain_adds_penalties_and_threads_states():
+  def constant(value, name):
+    return Strategy(name=name, init=lambda ctx, p, k: jnp.float32(value),
+                    penalty=lambda ctx, p, s, b, logits: s)
+  strategy = chain(constant(1.5, "a"), constant(2.0, "b"))
+  state = strategy.init(None, {}, jax.random.key(0))
+  assert state == (1.5, 2.0)
+  assert float(strategy.penalty(None, {}, state, {}, None)) == 3.5
+
+
+def test_chain_refuses_two_prediction_rules():
+  predictor = Strategy(name="ncm", predict=lambda *a: None)
+  with pytest.raises(ValueError, match="predict"):
+    chain(predictor, predictor._replace(name="icarl"))
+  with pytest.raises(TypeError, match="chain argument 1"):
+    chain(naive(), "ewc")
+
+
+def test_bad_arguments_fail_before_compiling(tiny_benchmark, tiny_model):
+  with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+    jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark, batch_size=0)
+  with pytest.raises(TypeError, match="optimizer must be an optax"):
+    jaxcl.fit(tiny_model, naive(), 0.1, tiny_benchmark)
+  with pytest.raises(ValueError, match=r"logits of shape \(3,\)"):
+    jaxcl.fit(jaxcl.models.MLP(3, hidden_size=4), naive(), optax.sgd(0.1),
+              tiny_benchmark)
+  with pytest.raises(ValueError, match="input_size=5"):
+    jaxcl.fit(jaxcl.models.MLP(4, input_size=5), naive(), optax.sgd(0.1),
+              tiny_benchmark)
