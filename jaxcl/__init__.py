@@ -8,14 +8,16 @@ Example:
 """
 
 from jaxcl import benchmarks, evaluation, models, strategies, training
-from jaxcl.training import Result, TrainState, fit
+from jaxcl.training import MultiResult, Result, TrainState, fit, sweep
 
 __all__ = [
+    "MultiResult",
     "Result",
     "TrainState",
     "benchmarks",
     "evaluation",
     "fit",
+    "sweep",
     "models",
     "strategies",
     "training",

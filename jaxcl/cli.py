@@ -101,7 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--eval-batch-size", type=int, default=1000,
                      help="evaluation chunk size")
   train.add_argument("--seed", type=int, default=0,
-                     help="seed of every random choice of the run")
+                     help="seed of every random choice of the run (and of "
+                     "the benchmark's class order)")
+  scale = run.add_argument_group("many runs in one program")
+  scale.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                     help="run these seeds as one vmapped program; metrics "
+                     "are reported as mean ± std")
+  scale.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
+                     help="run these values of one numeric hyperparameter "
+                     "(a strategy hyperparameter such as ewc_lambda, or lr) "
+                     "as one vmapped program")
   out = run.add_argument_group("output")
   out.add_argument("--logdir", default=None,
                    help="output folder (default: runs/<timestamp>)")
@@ -164,6 +173,68 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
+def _numbers(flag: str, text: str, kind: type) -> list:
+  try:
+    values = [kind(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise ValueError(f"{flag} must be a comma-separated list of "
+                     f"{kind.__name__} values, got {text!r}.") from None
+  if not values:
+    raise ValueError(f"{flag} must list at least one value, got {text!r}.")
+  return values
+
+
+def _seeds(args: argparse.Namespace) -> list[int] | None:
+  return None if args.seeds is None else _numbers("--seeds", args.seeds, int)
+
+
+def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
+  """Parses ``--sweep name=v1,v2`` and checks the name can be swept."""
+  if args.sweep is None:
+    return None, []
+  if args.seeds is not None:
+    raise ValueError("--sweep and --seeds cannot be combined; got both.")
+  name, sep, values = args.sweep.partition("=")
+  name = name.strip().replace("-", "_")
+  if not sep:
+    raise ValueError(f"--sweep must look like NAME=V1,V2,..., got {args.sweep!r}.")
+  from jaxcl import _validation
+  from jaxcl.strategies import REGISTRY
+  takes = {p for n in args.strategy.split("+")
+           for p in REGISTRY[n.strip()].parameters}
+  _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
+  return name, _numbers("--sweep", values, float)
+
+
+def _optimizer(args: argparse.Namespace, lr: float, optax, inject: bool = False):
+  """The optimizer of ``--optimizer``; ``inject`` puts lr in its state."""
+  if args.optimizer == "sgd":
+    make = lambda learning_rate: optax.sgd(learning_rate,
+                                           momentum=args.momentum or None)
+  else:
+    make = optax.adam
+  return optax.inject_hyperparams(make)(learning_rate=lr) if inject else make(lr)
+
+
+def _result_fields(result) -> dict[str, Any]:
+  """The results.json fields of a Result or a MultiResult."""
+  if not hasattr(result, "runs"):
+    return {"accuracy_matrix": result.accuracy_matrix,
+            "metrics": result.metrics,
+            "history": result.history,
+            "initial_accuracies": result.initial_accuracies,
+            "confusion_matrix": result.confusion_matrix}
+  return {
+      "labels": list(result.labels),
+      "accuracy_matrix": result.accuracy_matrices.mean(0),
+      "accuracy_matrices": result.accuracy_matrices,
+      "metrics": {k: mean for k, (mean, _) in result.metrics.items()},
+      "metrics_std": {k: std for k, (_, std) in result.metrics.items()},
+      "metrics_per_run": result.metrics_per_run,
+      "history": [run.history for run in result.runs],
+  }
+
+
 def _enable_compilation_cache(folder: str) -> None:
   import jax
   if not folder:
@@ -198,29 +269,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   model = MODELS[args.model](
       num_classes=benchmark.n_classes, hidden_size=args.hidden_size,
       hidden_layers=args.hidden_layers, drop_rate=args.drop_rate)
-  optimizer = (optax.sgd(args.lr, momentum=args.momentum or None)
-               if args.optimizer == "sgd" else optax.adam(args.lr))
+  seeds, (sweep_name, sweep_values) = _seeds(args), _sweep(args)
   writer = loggers.create_writers(str(logdir), console=not args.quiet,
                                   tensorboard=not args.no_tensorboard)
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
   writer.write_hparams({k: v for k, v in config.items()
                         if isinstance(v, (int, float, str, bool))})
+  fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
+                    eval_batch_size=args.eval_batch_size, writer=writer,
+                    progress=not args.no_progress)
   try:
-    result = jaxcl.fit(model, strategy, optimizer, benchmark,
-                       epochs=args.epochs, batch_size=args.batch_size,
-                       seed=args.seed, eval_batch_size=args.eval_batch_size,
-                       writer=writer, progress=not args.no_progress)
+    if sweep_name is None:
+      result = jaxcl.fit(model, strategy, _optimizer(args, args.lr, optax),
+                         benchmark, seed=args.seed, seeds=seeds, **fit_kwargs)
+    else:
+      hparams = _strategy_hparams(args)
+      result = jaxcl.sweep(
+          model, benchmark, sweep_values, seed=args.seed,
+          strategy=(strategy if sweep_name == "lr" else lambda v:
+                    jaxcl.strategies.from_spec(args.strategy,
+                                               **{**hparams, sweep_name: v})),
+          optimizer=(lambda v: _optimizer(args, v, optax, inject=True))
+          if sweep_name == "lr" else _optimizer(args, args.lr, optax),
+          **fit_kwargs)
   finally:
     writer.close()
   results = {
-      "accuracy_matrix": result.accuracy_matrix,
-      "metrics": result.metrics,
+      **_result_fields(result),
       "timings": {**result.timings,
                   "process_s": time.perf_counter() - start},
-      "history": result.history,
-      "initial_accuracies": result.initial_accuracies,
-      "confusion_matrix": result.confusion_matrix,
       "config": config,
       "environment": {"jax": jax.__version__, "jaxcl": jaxcl.__version__,
                       "device": str(jax.devices()[0].device_kind),
@@ -229,7 +307,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   (logdir / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
   print("\nAccuracy matrix (row: after training experience i; column: test "
         "experience j)")
-  print(loggers.format_accuracy_matrix(result.accuracy_matrix))
+  matrices = getattr(result, "accuracy_matrices", None)
+  if matrices is None:
+    print(loggers.format_accuracy_matrix(result.accuracy_matrix))
+  else:
+    print(f"mean over {len(matrices)} runs {list(result.labels)}:")
+    print(loggers.format_accuracy_matrix(matrices.mean(0)))
   print()
   print(loggers.format_metrics_table({**result.metrics, **result.timings}))
   print(f"\nResults written to {logdir}")

@@ -70,3 +70,24 @@ def test_readme_test_command_is_what_ci_runs():
   root = pathlib.Path(__file__).resolve().parents[1]
   ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
   assert ci in (root / "README.md").read_text()
+
+
+def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
+  logdir = tmp_path / "sweep"
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--batch-size", "64", "--sweep", "lr=0.01,0.1", "--logdir",
+                   str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 0
+  results = json.loads((logdir / "results.json").read_text())
+  assert results["labels"] == [0.01, 0.1]
+  per_run = results["metrics_per_run"]["stream_accuracy"]
+  assert len(per_run) == 2
+  assert results["metrics"]["stream_accuracy"] == pytest.approx(sum(per_run) / 2)
+  assert len(results["accuracy_matrices"]) == 2
+
+
+def test_seeds_and_sweep_together_are_refused(tmp_path, capsys):
+  code = cli.main(["run", "--seeds", "0,1", "--sweep", "lr=0.1,0.2",
+                   "--logdir", str(tmp_path / "x")])
+  assert code == 2 and "cannot be combined" in capsys.readouterr().err

@@ -155,3 +155,14 @@ def test_bad_arguments_fail_before_compiling(tiny_benchmark, tiny_model):
   with pytest.raises(ValueError, match="input_size=5"):
     jaxcl.fit(jaxcl.models.MLP(4, input_size=5), naive(), optax.sgd(0.1),
               tiny_benchmark)
+
+
+def test_task_incremental_predictions_stay_within_the_task():
+  bench = make_benchmark(n_classes=4, n_experiences=2, return_task_id=True)
+  result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0), naive(),
+                     optax.sgd(0.1), bench, epochs=10, batch_size=4)
+  # Task labels at test time: a sample can only be confused within its task,
+  # so the confusion matrix is block-diagonal over the two tasks' classes.
+  cm = result.confusion_matrix
+  assert cm[:2, 2:].sum() == 0 and cm[2:, :2].sum() == 0
+  assert cm.sum() == sum(len(e) for e in bench.test_stream)

@@ -2,8 +2,8 @@
 
 from jaxcl.benchmarks.classic import MNIST_MEAN, MNIST_STD, split_mnist
 from jaxcl.benchmarks.generators import as_arrays, class_incremental
-from jaxcl.benchmarks.scenario import (Benchmark, Experience, Preprocess,
-                                       Stream, normalizer)
+from jaxcl.benchmarks.scenario import (Augment, Benchmark, Experience,
+                                       Preprocess, Stream, normalizer)
 
 BENCHMARKS = {"split_mnist": split_mnist}
 """The catalogue by name (used by the CLI)."""
@@ -12,6 +12,7 @@ __all__ = [
     "BENCHMARKS",
     "MNIST_MEAN",
     "MNIST_STD",
+    "Augment",
     "Benchmark",
     "Experience",
     "Preprocess",

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "Augment",
     "Benchmark",
     "Experience",
     "Preprocess",
@@ -33,6 +34,7 @@ __all__ = [
 ]
 
 Preprocess = Callable[[jnp.ndarray], jnp.ndarray]
+Augment = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -176,6 +178,9 @@ class Benchmark:
     preprocess: Jit-compatible function applied to each batch of raw inputs on
       the device (e.g. normalisation).
     n_tasks: Number of distinct task labels.
+    augment: Optional jit-compatible training augmentation ``(x, key) -> x``
+      applied to raw training batches (before ``preprocess``) inside the
+      compiled step; it should draw per-sample randomness from ``key``.
   """
 
   train_stream: Stream
@@ -187,6 +192,7 @@ class Benchmark:
   name: str = "custom"
   preprocess: Preprocess = _as_float
   n_tasks: int = 1
+  augment: Augment | None = None
 
   @property
   def n_experiences(self) -> int:

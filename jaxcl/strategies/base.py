@@ -82,6 +82,10 @@ class StrategyContext(NamedTuple):
     experience_size: Padded size of every training experience on the device.
     x_dtype: Dtype of the raw inputs (buffers store raw inputs).
     optimizer: The optax optimizer (to re-initialise its state).
+    augment: The benchmark's training augmentation ``(x, key) -> x`` or None.
+    task_classes: ``bool[n_tasks, n_classes]`` classes of each task when the
+      stream has several tasks (predictions are restricted to the sample's
+      task), else None.
   """
 
   model: Any
@@ -94,6 +98,8 @@ class StrategyContext(NamedTuple):
   experience_size: int
   x_dtype: Any = jnp.float32
   optimizer: Any = None
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  task_classes: Any = None
 
   def logits(self, params: PyTree, model_state: PyTree, x: jax.Array,
              task: jax.Array, train: bool = False,

@@ -1,6 +1,6 @@
 """The training loop: state, jit-compiled experience training and evaluation, fit."""
 
-from jaxcl.training.fit import Result, fit
+from jaxcl.training.fit import MultiResult, Result, Run, fit, sweep
 from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
                                  init_state, make_evaluate,
                                  make_train_experience, mask_unseen)
@@ -10,12 +10,15 @@ from jaxcl.training.state import (ExperienceData, TrainState, experience_data,
 __all__ = [
     "EvalCounts",
     "ExperienceData",
+    "MultiResult",
     "Result",
+    "Run",
     "TrainMetrics",
     "TrainState",
     "cross_entropy",
     "experience_data",
     "fit",
+    "sweep",
     "init_state",
     "make_evaluate",
     "make_train_experience",

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import loop
 from jaxcl.training.state import TrainState, experience_data, stack_experiences
 
-__all__ = ["Result", "fit"]
+__all__ = ["MultiResult", "Result", "Run", "fit", "sweep"]
 
 
 @dataclasses.dataclass
@@ -64,22 +65,23 @@ class Result:
   state: TrainState
 
 
-def _check_args(model, strategy, optimizer, benchmark, epochs, batch_size,
-                eval_batch_size, seed):
+def _check_run(run: Run) -> None:
+  if not isinstance(run.strategy, Strategy):
+    raise TypeError(f"strategy must be a jaxcl Strategy (e.g. "
+                    f"jaxcl.strategies.naive()), got {type(run.strategy).__name__}.")
+  if not isinstance(run.optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. "
+                    f"optax.sgd(0.01)), got {type(run.optimizer).__name__}.")
+  _check_seed(run.seed)
+
+
+def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
   if not isinstance(benchmark, Benchmark):
     raise TypeError(f"benchmark must be a jaxcl Benchmark, got "
                     f"{type(benchmark).__name__}.")
-  if not isinstance(strategy, Strategy):
-    raise TypeError(f"strategy must be a jaxcl Strategy (e.g. "
-                    f"jaxcl.strategies.naive()), got {type(strategy).__name__}.")
-  if not isinstance(optimizer, optax.GradientTransformation):
-    raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. "
-                    f"optax.sgd(0.01)), got {type(optimizer).__name__}.")
   _validation.check_positive_int("epochs", epochs)
   _validation.check_positive_int("batch_size", batch_size)
   _validation.check_positive_int("eval_batch_size", eval_batch_size)
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise TypeError(f"seed must be an integer, got {seed!r}.")
   if len(benchmark.train_stream) == 0:
     raise ValueError("benchmark.train_stream is empty; expected experiences.")
   for stream in (benchmark.train_stream, benchmark.test_stream):
@@ -117,22 +119,52 @@ def _check_model_output(ctx: StrategyContext, sample, task):
                      "the benchmark (set num_classes=benchmark.n_classes).")
 
 
+def _task_classes(benchmark: Benchmark) -> np.ndarray | None:
+  """``bool[n_tasks, n_classes]``: the classes of each task (None for one task)."""
+  tasks = {t for e in benchmark.train_stream for t in e.task_labels}
+  if len(tasks) <= 1:
+    return None
+  table = np.zeros((max(tasks) + 1, benchmark.n_classes), bool)
+  for e in benchmark.train_stream:
+    for t in e.task_labels:
+      table[t, list(np.unique(e.y[e.task == t]))] = True
+  return table
+
+
 def _timed(fn, *args):
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
   return out, time.perf_counter() - start
 
 
-def _experience_row(counts: loop.EvalCounts) -> tuple[np.ndarray, dict]:
-  counts = jax.device_get(counts)
-  acc = counts.correct / np.maximum(counts.count, 1)
-  pooled = {
-      "stream_accuracy": cl_metrics.stream_accuracy(counts.correct, counts.count),
-      "top5_accuracy": cl_metrics.stream_accuracy(counts.correct_top5,
-                                                  counts.count),
-      "stream_loss": float(np.sum(counts.loss_sum) / np.sum(counts.count)),
-  }
-  return acc, pooled
+class Run(NamedTuple):
+  """One member of a batch of runs: its strategy, optimizer and seed."""
+
+  strategy: Strategy
+  optimizer: optax.GradientTransformation
+  seed: int
+
+
+@dataclasses.dataclass
+class MultiResult:
+  """Results of several runs executed as one vmapped program.
+
+  Attributes:
+    labels: What distinguishes the runs (the seeds, or the swept values).
+    runs: One :class:`Result` per run (its ``timings`` are the shared ones).
+    accuracy_matrices: ``[runs, T, T]``.
+    metrics: ``{name: (mean, std)}`` over runs of the final metrics.
+    metrics_per_run: ``{name: [value per run]}``.
+    timings: ``compile_s``, ``train_s``, ``eval_s``, ``total_s`` of the
+      whole batch.
+  """
+
+  labels: tuple
+  runs: list[Result]
+  accuracy_matrices: np.ndarray
+  metrics: dict[str, tuple[float, float]]
+  metrics_per_run: dict[str, list[float]]
+  timings: dict[str, float]
 
 
 def fit(
@@ -144,17 +176,20 @@ def fit(
     epochs: int = 1,
     batch_size: int = 32,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     eval_batch_size: int = 1000,
     mask_unseen_classes: bool = True,
     eval_before_training: bool = True,
     writer: Any = None,
     progress: bool = False,
-) -> Result:
+) -> Result | MultiResult:
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
   Training of each experience is one call of one compiled function (all
   epochs scanned on the device); evaluation of the whole test stream is one
-  call of another. Both compile once for the whole stream.
+  call of another. Both compile once for the whole stream. With ``seeds``,
+  all seeds run as one ``vmap``-ped program (parameters, optimizer and
+  strategy state and data order stacked on a leading axis).
 
   Args:
     model: A Flax linen module (e.g. :class:`jaxcl.models.MLP`) or a
@@ -167,32 +202,144 @@ def fit(
     batch_size: Mini-batch size of current-experience samples.
     seed: Seed of every random choice of the run (init, shuffling, dropout,
       strategy sampling).
+    seeds: Several seeds to run at once; then a :class:`MultiResult` is
+      returned and ``seed`` is ignored. The benchmark (class order) is shared.
     eval_batch_size: Chunk size of evaluation.
     mask_unseen_classes: Mask the logits of classes not trained on so far
       (Avalanche's incremental classifier with masking).
     eval_before_training: Evaluate the initial model too (needed by
       ``forward_transfer``).
-    writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`).
+    writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
+      several runs, the mean and ``<name>_std`` over runs are written.
     progress: Show a progress bar over experiences.
 
   Returns:
-    A :class:`Result`.
+    A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.
   """
+  settings = dict(epochs=epochs, batch_size=batch_size,
+                  eval_batch_size=eval_batch_size,
+                  mask_unseen_classes=mask_unseen_classes,
+                  eval_before_training=eval_before_training, writer=writer,
+                  progress=progress)
+  if seeds is None:
+    return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
+                     batched=False, **settings).runs[0]
+  seeds = [_check_seed(s) for s in seeds]
+  if not seeds:
+    raise ValueError("seeds must hold at least one seed, got [].")
+  return _fit_runs(model, [Run(strategy, optimizer, s) for s in seeds],
+                   benchmark, batched=True, labels=tuple(seeds), **settings)
+
+
+def sweep(
+    model,
+    benchmark: Benchmark,
+    values: Sequence[float],
+    *,
+    strategy: Strategy | Callable[[float], Strategy],
+    optimizer: (optax.GradientTransformation
+                | Callable[[float], optax.GradientTransformation]),
+    seed: int = 0,
+    **fit_kwargs: Any,
+) -> MultiResult:
+  """Runs one hyperparameter's values as one ``vmap``-ped program.
+
+  The swept value must live in the strategy state or the optimizer state as
+  an array (jaxcl's strategies store λ, α, temperatures that way; for a
+  learning rate use ``optax.inject_hyperparams``), so that one compiled
+  program serves every value.
+
+  Args:
+    model: As for :func:`fit`.
+    benchmark: As for :func:`fit`.
+    values: The values to run.
+    strategy: A strategy, or a function from a value to a strategy.
+    optimizer: An optimizer, or a function from a value to an optimizer.
+    seed: The seed shared by every run.
+    **fit_kwargs: Other :func:`fit` arguments (epochs, batch_size, ...).
+
+  Returns:
+    A :class:`MultiResult` labelled by ``values``.
+
+  Example:
+    >>> res = sweep(model, bench, [0.1, 1.0, 10.0],
+    ...             strategy=lambda v: jaxcl.strategies.ewc(ewc_lambda=v),
+    ...             optimizer=optax.sgd(0.01))  # doctest: +SKIP
+  """
+  values = list(values)
+  if not values:
+    raise ValueError("values must hold at least one value, got [].")
+  runs = [Run(strategy(v) if callable(strategy) else strategy,
+              optimizer(v) if callable(optimizer) else optimizer,
+              _check_seed(seed)) for v in values]
+  return _fit_runs(model, runs, benchmark, batched=True, labels=tuple(values),
+                   **fit_kwargs)
+
+
+def _check_seed(seed) -> int:
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    raise TypeError(f"seed must be an integer, got {seed!r}.")
+  return int(seed)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _init_fn(ctx, runs: Sequence[Run], sample, sample_task, batched: bool):
+  """A jittable ``seeds -> state`` building every run's initial state."""
+  def init_one(run: Run, seed):
+    return loop.init_state(ctx, run.strategy, run.optimizer,
+                           jax.random.key(seed), sample, sample_task)
+  if not batched:
+    return lambda seeds: init_one(runs[0], seeds[0])
+  if all(r.strategy is runs[0].strategy and r.optimizer is runs[0].optimizer
+         for r in runs):
+    return jax.vmap(functools.partial(init_one, runs[0]))
+  # Runs differ by hyperparameters stored in their states: build each.
+  return lambda seeds: _stack([init_one(r, s) for r, s in zip(runs, seeds)])
+
+
+def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
+  """Refuses a sweep whose values do not reach the state (they would be lost)."""
+  if len(runs) < 2 or all(r.strategy is runs[0].strategy and
+                          r.optimizer is runs[0].optimizer for r in runs):
+    return
+  leaves = jax.tree.leaves((state.cl_state, state.opt_state))
+  for i in range(1, len(runs)):
+    if all(np.array_equal(leaf[0], leaf[i]) for leaf in leaves):
+      raise ValueError(
+          f"run {i} of the sweep has the same strategy and optimizer state as "
+          "run 0: the swept hyperparameter is not stored in the state, so one "
+          "compiled program cannot vary it. Store it as an array in the "
+          "strategy state, or use optax.inject_hyperparams for optimizers.")
+
+
+def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
+              batched: bool, epochs: int = 1, batch_size: int = 32,
+              eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
+              eval_before_training: bool = True, writer: Any = None,
+              progress: bool = False, labels: tuple = ()) -> MultiResult:
+  """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
-  model = _check_args(model, strategy, optimizer, benchmark, epochs,
-                      batch_size, eval_batch_size, seed)
+  strategy, optimizer = runs[0].strategy, runs[0].optimizer
+  for run in runs:
+    _check_run(run)
+  model_fns = _check_args(model, benchmark, epochs, batch_size, eval_batch_size)
   test_stream = benchmark.test_stream
+  # Host-side data adaptation is shared by all runs: it uses the first seed.
   train_stream = Stream(benchmark.train_stream.name, [
-      strategy.adapt_data(e, benchmark.train_stream, seed)
+      strategy.adapt_data(e, benchmark.train_stream, runs[0].seed)
       for e in benchmark.train_stream])
   n_classes, n_exp = benchmark.n_classes, len(train_stream)
   size = train_stream.max_size
   sample = jnp.asarray(train_stream[0].x[:1])
   ctx = StrategyContext(
-      model=model, preprocess=benchmark.preprocess, loss=loop.cross_entropy,
-      n_classes=n_classes, n_experiences=n_exp,
+      model=model_fns, preprocess=benchmark.preprocess,
+      loss=loop.cross_entropy, n_classes=n_classes, n_experiences=n_exp,
       input_shape=tuple(benchmark.input_shape), batch_size=batch_size,
-      experience_size=size, x_dtype=sample.dtype, optimizer=optimizer)
+      experience_size=size, x_dtype=sample.dtype, optimizer=optimizer,
+      augment=benchmark.augment, task_classes=_task_classes(benchmark))
   sample_task = jnp.zeros((1,), jnp.int32)
   _check_model_output(ctx, sample, sample_task)
 
@@ -203,16 +350,18 @@ def fit(
       skip_empty_steps=skip_empty)
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
                                mask_classes=mask_unseen_classes)
+  if batched:
+    train_fn = jax.vmap(train_fn, in_axes=(0, None))
+    eval_fn = jax.vmap(eval_fn, in_axes=(0, None))
 
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
-  init_fn = jax.jit(lambda seed: loop.init_state(
-      ctx, strategy, optimizer, jax.random.key(seed), sample, sample_task))
-  seed_arr = np.uint32(seed)
-  state_shape = jax.eval_shape(init_fn, seed_arr)
+  init_fn = jax.jit(_init_fn(ctx, runs, sample, sample_task, batched))
+  seeds = np.array([r.seed for r in runs], np.uint32)
+  state_shape = jax.eval_shape(init_fn, seeds)
   test_data = jax.device_put(stack_experiences(list(test_stream), n_classes))
   first = jax.device_put(experience_data(train_stream[0], size, n_classes))
-  lowered = (init_fn.lower(seed_arr),
+  lowered = (init_fn.lower(seeds),
              jax.jit(train_fn, donate_argnums=0).lower(state_shape, first),
              jax.jit(eval_fn).lower(state_shape, test_data))
   # Init runs once, so its code is not worth optimising; XLA compiles without
@@ -221,18 +370,26 @@ def fit(
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     init_exec, train_exec, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
-  state = init_exec(seed_arr)
+  state = init_exec(seeds)
   compile_s = time.perf_counter() - start
+  if batched:
+    _check_sweep_varies(state, runs)
+
+  def per_run(tree):
+    """Host copy with a leading run axis, whether or not runs are batched."""
+    tree = jax.device_get(tree)
+    return tree if batched else jax.tree.map(lambda a: np.asarray(a)[None], tree)
 
   eval_s = train_s = 0.0
-  initial = np.full(len(test_stream), np.nan)
+  n_runs = len(runs)
+  initial = np.full((n_runs, len(test_stream)), np.nan)
   if eval_before_training:
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
-    initial = _experience_row(counts)[0]
+    initial = _accuracies(per_run(counts))
 
-  R = np.full((n_exp, len(test_stream)), np.nan)
-  history: list[dict[str, float]] = []
+  R = np.full((n_runs, n_exp, len(test_stream)), np.nan)
+  histories: list[list[dict[str, float]]] = [[] for _ in runs]
   bar = _progress_bar(n_exp) if progress else None
   for i, experience in enumerate(train_stream):
     data = first if i == 0 else jax.device_put(
@@ -241,46 +398,76 @@ def fit(
     train_s += seconds
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
-    R[i], pooled = _experience_row(counts)
-    train_metrics = jax.device_get(train_metrics)
-    row = {
-        "experience": i,
-        **pooled,
-        "forgetting": cl_metrics.stream_forgetting(R, i),
-        "bwt": cl_metrics.stream_bwt(R, i),
-        "forward_transfer": cl_metrics.stream_forward_transfer(R, initial, i),
-        "train_loss": float(train_metrics["loss"][-1]),
-        "train_accuracy": float(train_metrics["accuracy"][-1]),
-    }
-    history.append(row)
+    counts, train_metrics = per_run(counts), per_run(train_metrics)
+    R[:, i] = _accuracies(counts)
+    rows = [_experience_metrics(i, R[r], initial[r],
+                                jax.tree.map(lambda a: a[r], counts),
+                                jax.tree.map(lambda a: a[r], train_metrics))
+            for r in range(n_runs)]
+    for history, row in zip(histories, rows):
+      history.append(row)
     if writer is not None:
-      _write(writer, i, row, R[i], train_metrics)
+      _write(writer, i, rows, R[:, i], train_metrics)
     if bar is not None:
-      bar.set_postfix(acc=f"{row['stream_accuracy']:.3f}")
+      bar.set_postfix(acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
       bar.update()
-    bad_step = int(train_metrics["first_nonfinite_step"])
-    if bad_step >= 0:
+    bad = train_metrics["first_nonfinite_step"]
+    if np.any(bad >= 0):
       if writer is not None:
         writer.flush()
+      r = int(np.argmax(bad >= 0))
+      which = f" (run {r}, label {labels[r]})" if batched else ""
       raise FloatingPointError(
           f"The training loss became NaN or infinite in experience {i} at "
-          f"optimizer step {bad_step} (global count); metrics up to experience "
+          f"optimizer step {int(bad[r])}{which}; metrics up to experience "
           f"{i} were written. Lower the learning rate or check the inputs.")
   if bar is not None:
     bar.close()
   if writer is not None:
     writer.flush()
-  final = {k: v for k, v in history[-1].items() if k != "experience"}
-  return Result(
-      accuracy_matrix=R,
-      metrics=final,
-      history=history,
-      timings={"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
-               "total_s": time.perf_counter() - start_total},
-      initial_accuracies=initial,
-      confusion_matrix=np.asarray(jax.device_get(counts.confusion)),
-      state=state,
-  )
+  timings = {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
+             "total_s": time.perf_counter() - start_total}
+  confusion = counts.confusion  # Already per run.
+  results = [
+      Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
+             history=histories[r], timings=timings,
+             initial_accuracies=initial[r], confusion_matrix=confusion[r],
+             state=jax.tree.map(lambda a: a[r], state) if batched else state)
+      for r in range(n_runs)]
+  per_metric = {k: [res.metrics[k] for res in results] for k in results[0].metrics}
+  return MultiResult(
+      labels=labels, runs=results, accuracy_matrices=R,
+      metrics={k: (float(np.mean(v)), float(np.std(v)))
+               for k, v in per_metric.items()},
+      metrics_per_run=per_metric, timings=timings)
+
+
+def _final(history: list[dict[str, float]]) -> dict[str, float]:
+  return {k: v for k, v in history[-1].items() if k != "experience"}
+
+
+def _accuracies(counts: loop.EvalCounts) -> np.ndarray:
+  """Per-run, per-experience accuracy from counts with a leading run axis."""
+  return counts.correct / np.maximum(counts.count, 1)
+
+
+def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
+                        counts: loop.EvalCounts,
+                        train_metrics: Mapping[str, np.ndarray]) -> dict:
+  """One run's metrics after training experience ``i``."""
+  return {
+      "experience": i,
+      "stream_accuracy": cl_metrics.stream_accuracy(counts.correct,
+                                                    counts.count),
+      "top5_accuracy": cl_metrics.stream_accuracy(counts.correct_top5,
+                                                  counts.count),
+      "stream_loss": float(np.sum(counts.loss_sum) / np.sum(counts.count)),
+      "forgetting": cl_metrics.stream_forgetting(R, i),
+      "bwt": cl_metrics.stream_bwt(R, i),
+      "forward_transfer": cl_metrics.stream_forward_transfer(R, initial, i),
+      "train_loss": float(train_metrics["loss"][-1]),
+      "train_accuracy": float(train_metrics["accuracy"][-1]),
+  }
 
 
 def _progress_bar(total: int):
@@ -288,19 +475,32 @@ def _progress_bar(total: int):
   return tqdm(total=total, desc="experiences", unit="exp")
 
 
-def _write(writer, i: int, row: Mapping[str, float], accuracies: np.ndarray,
-           train_metrics: Mapping[str, np.ndarray]) -> None:
-  """Writes one experience's metrics (train: step = epoch count over the stream)."""
-  epochs = len(train_metrics["loss"])
+def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
+           accuracies: np.ndarray, train_metrics: Mapping[str, np.ndarray]) -> None:
+  """Writes one experience's metrics; the mean (and std) over runs if several.
+
+  Train metrics' step is the epoch count over the stream; eval metrics' step
+  is the experience index.
+  """
+  def with_std(name: str, values) -> dict[str, float]:
+    values = np.asarray(values, np.float64)
+    if np.all(np.isnan(values)):
+      return {}
+    out = {name: float(np.mean(values))}
+    if len(values) > 1:
+      out[name + "_std"] = float(np.std(values))
+    return out
+
+  epochs = train_metrics["loss"].shape[1]
   for e in range(epochs):
     writer.write_scalars(i * epochs + e, {
-        "train/loss": float(train_metrics["loss"][e]),
-        "train/accuracy": float(train_metrics["accuracy"][e])})
-  scalars = {f"eval/exp_{j:03d}/accuracy": float(a)
-             for j, a in enumerate(accuracies)}
+        **with_std("train/loss", train_metrics["loss"][:, e]),
+        **with_std("train/accuracy", train_metrics["accuracy"][:, e])})
+  scalars = {}
+  for j in range(accuracies.shape[1]):
+    scalars.update(with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
   for name in ("stream_accuracy", "top5_accuracy", "stream_loss", "forgetting",
                "bwt", "forward_transfer"):
-    metric = name.removeprefix("stream_")
-    if not np.isnan(row[name]):
-      scalars[f"eval/stream/{metric}"] = row[name]
+    scalars.update(with_std(f"eval/stream/{name.removeprefix('stream_')}",
+                            [row[name] for row in rows]))
   writer.write_scalars(i, scalars)

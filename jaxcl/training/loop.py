@@ -59,9 +59,24 @@ def cross_entropy(logits: jax.Array, batch: dict) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
 
 
-def mask_unseen(logits: jax.Array, seen_classes: jax.Array) -> jax.Array:
-  """Sets the logits of never-seen classes to -1000, as Avalanche does."""
-  return jnp.where(seen_classes, logits, MASK_VALUE)
+def mask_unseen(logits: jax.Array, seen_classes: jax.Array,
+                task_classes: jax.Array | None = None,
+                task: jax.Array | None = None) -> jax.Array:
+  """Sets the logits of never-seen classes to -1000, as Avalanche does.
+
+  Args:
+    logits: ``[batch, n_classes]``.
+    seen_classes: ``bool[n_classes]``, classes trained on so far.
+    task_classes: Optional ``bool[n_tasks, n_classes]``: the classes of each
+      task. When given, each sample's logits are further restricted to the
+      classes of its task (task-incremental prediction, as a multi-head
+      classifier does).
+    task: ``int[batch]`` task labels, needed with ``task_classes``.
+  """
+  mask = seen_classes
+  if task_classes is not None:
+    mask = mask & jnp.asarray(task_classes)[task]
+  return jnp.where(mask, logits, MASK_VALUE)
 
 
 def init_state(ctx: StrategyContext, strategy: Strategy,
@@ -123,7 +138,8 @@ def make_train_experience(
     optimizer: An optax gradient transformation.
     epochs: Number of passes over the experience.
     mask_classes: Mask the logits of classes not seen so far (class-incremental
-      head); when False the head is used as is.
+      head) and, with ``ctx.task_classes``, of classes outside each sample's
+      task; when False the head is used as is.
     skip_empty_steps: Guard steps that hold no real sample (needed only when
       some experience is smaller than the largest by at least a batch).
 
@@ -137,11 +153,15 @@ def make_train_experience(
   steps = math.ceil(ctx.experience_size / batch_size)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
+    x = batch["x"]
+    if ctx.augment is not None:
+      key, augment_key = jax.random.split(key)
+      x = ctx.augment(x, augment_key)
     logits, model_state = ctx.model.apply(
-        params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
-        True, key)
+        params, state.model_state, ctx.preprocess(x), batch["task"], True, key)
     if mask_classes:
-      logits = mask_unseen(logits, state.seen_classes)
+      logits = mask_unseen(logits, state.seen_classes, ctx.task_classes,
+                           batch["task"])
     weight = batch["weight"]
     task_loss = jnp.sum(ctx.loss(logits, batch) * weight) / jnp.maximum(
         jnp.sum(weight), 1.0)
@@ -264,7 +284,9 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
                                 state.cl_state, x, task)
     else:
       logits = ctx.logits(state.params, state.model_state, x, task)
-    return mask_unseen(logits, state.seen_classes) if mask_classes else logits
+    if not mask_classes:
+      return logits
+    return mask_unseen(logits, state.seen_classes, ctx.task_classes, task)
 
   def evaluate(state: TrainState, stream: ExperienceData) -> EvalCounts:
     size = stream.y.shape[1]

@@ -1,0 +1,50 @@
+"""Many runs in one program: seeds and sweeps equal separate runs."""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxcl
+from jaxcl.strategies import Strategy, naive
+
+
+def test_seeds_equal_separate_runs(tiny_benchmark, tiny_model):
+  kwargs = dict(epochs=2, batch_size=5)
+  multi = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
+                    seeds=[0, 3, 7], **kwargs)
+  assert multi.labels == (0, 3, 7) and multi.accuracy_matrices.shape == (3, 2, 2)
+  for seed, run in zip(multi.labels, multi.runs):
+    single = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
+                       seed=seed, **kwargs)
+    np.testing.assert_allclose(run.accuracy_matrix, single.accuracy_matrix)
+    chex.assert_trees_all_close(run.state.params, single.state.params,
+                                rtol=1e-5, atol=1e-6)
+    assert run.metrics["train_loss"] == pytest.approx(
+        single.metrics["train_loss"], rel=1e-4)
+  values = multi.metrics_per_run["stream_accuracy"]
+  assert multi.metrics["stream_accuracy"] == pytest.approx(
+      (np.mean(values), np.std(values)))
+
+
+def test_learning_rate_sweep_equals_separate_runs(tiny_benchmark, tiny_model):
+  lrs = [0.01, 0.1]
+  sgd = optax.inject_hyperparams(optax.sgd)
+  multi = jaxcl.sweep(tiny_model, tiny_benchmark, lrs, strategy=naive(),
+                      optimizer=lambda lr: sgd(learning_rate=lr), batch_size=5)
+  assert multi.labels == (0.01, 0.1)
+  for lr, run in zip(lrs, multi.runs):
+    single = jaxcl.fit(tiny_model, naive(), sgd(learning_rate=lr),
+                       tiny_benchmark, batch_size=5)
+    chex.assert_trees_all_close(run.state.params, single.state.params,
+                                rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_refuses_a_value_that_is_not_in_the_state(tiny_benchmark,
+                                                        tiny_model):
+  def constant_penalty(value):  # Closes over the value: not sweepable.
+    return Strategy(name="c", penalty=lambda ctx, p, s, b, logits: jnp.float32(value))
+  with pytest.raises(ValueError, match="not stored in the state"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0],
+                strategy=constant_penalty, optimizer=optax.sgd(0.1))
