@@ -86,6 +86,8 @@ class StrategyContext(NamedTuple):
     task_classes: ``bool[n_tasks, n_classes]`` classes of each task when the
       stream has several tasks (predictions are restricted to the sample's
       task), else None.
+    batch_sharding: With data parallelism, the ``jax.sharding.Sharding`` that
+      splits a batch's leading axis over the devices; else None.
   """
 
   model: Any
@@ -100,6 +102,7 @@ class StrategyContext(NamedTuple):
   optimizer: Any = None
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   task_classes: Any = None
+  batch_sharding: Any = None
 
   def logits(self, params: PyTree, model_state: PyTree, x: jax.Array,
              task: jax.Array, train: bool = False,

@@ -182,6 +182,7 @@ def fit(
     eval_before_training: bool = True,
     writer: Any = None,
     progress: bool = False,
+    data_parallel: bool | None = None,
 ) -> Result | MultiResult:
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
@@ -212,6 +213,11 @@ def fit(
     writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
       several runs, the mean and ``<name>_std`` over runs are written.
     progress: Show a progress bar over experiences.
+    data_parallel: Spread the work over all local devices (a ``Mesh`` with one
+      ``"data"`` axis): batches are split over devices and the state is
+      replicated; with several runs whose number the devices divide, the runs
+      are split over the devices instead. ``None`` (default) turns it on when
+      more than one device is present.
 
   Returns:
     A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.
@@ -220,7 +226,7 @@ def fit(
                   eval_batch_size=eval_batch_size,
                   mask_unseen_classes=mask_unseen_classes,
                   eval_before_training=eval_before_training, writer=writer,
-                  progress=progress)
+                  progress=progress, data_parallel=data_parallel)
   if seeds is None:
     return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
                      batched=False, **settings).runs[0]
@@ -276,6 +282,35 @@ def sweep(
                    **fit_kwargs)
 
 
+class _Placement(NamedTuple):
+  """Where arrays live: shardings of the state, the data and each batch."""
+
+  state: Any = None
+  data: Any = None
+  batch: Any = None
+
+
+def _placement(data_parallel: bool | None, n_runs: int,
+               batch_size: int) -> _Placement:
+  """Shards runs (if the devices divide them) or batches over local devices."""
+  devices = jax.local_devices()
+  if data_parallel is None:
+    data_parallel = len(devices) > 1
+  if not data_parallel or len(devices) == 1:
+    return _Placement()
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  if n_runs and n_runs % len(devices) == 0:
+    return _Placement(state=split, data=replicated)
+  if batch_size % len(devices):
+    raise ValueError(
+        f"batch_size={batch_size} must be a multiple of the {len(devices)} "
+        "devices to split batches over them; change it or pass "
+        "data_parallel=False.")
+  return _Placement(state=replicated, data=replicated, batch=split)
+
+
 def _check_seed(seed) -> int:
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise TypeError(f"seed must be an integer, got {seed!r}.")
@@ -319,7 +354,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
               batched: bool, epochs: int = 1, batch_size: int = 32,
               eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
               eval_before_training: bool = True, writer: Any = None,
-              progress: bool = False, labels: tuple = ()) -> MultiResult:
+              progress: bool = False, data_parallel: bool | None = None,
+              labels: tuple = ()) -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
@@ -334,12 +370,14 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   n_classes, n_exp = benchmark.n_classes, len(train_stream)
   size = train_stream.max_size
   sample = jnp.asarray(train_stream[0].x[:1])
+  place = _placement(data_parallel, len(runs) if batched else 0, batch_size)
   ctx = StrategyContext(
       model=model_fns, preprocess=benchmark.preprocess,
       loss=loop.cross_entropy, n_classes=n_classes, n_experiences=n_exp,
       input_shape=tuple(benchmark.input_shape), batch_size=batch_size,
       experience_size=size, x_dtype=sample.dtype, optimizer=optimizer,
-      augment=benchmark.augment, task_classes=_task_classes(benchmark))
+      augment=benchmark.augment, task_classes=_task_classes(benchmark),
+      batch_sharding=place.batch)
   sample_task = jnp.zeros((1,), jnp.int32)
   _check_model_output(ctx, sample, sample_task)
 
@@ -356,14 +394,20 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
 
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
-  init_fn = jax.jit(_init_fn(ctx, runs, sample, sample_task, batched))
+  init_fn = jax.jit(_init_fn(ctx, runs, sample, sample_task, batched),
+                    out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
-  test_data = jax.device_put(stack_experiences(list(test_stream), n_classes))
-  first = jax.device_put(experience_data(train_stream[0], size, n_classes))
-  lowered = (init_fn.lower(seeds),
-             jax.jit(train_fn, donate_argnums=0).lower(state_shape, first),
-             jax.jit(eval_fn).lower(state_shape, test_data))
+  test_data = jax.device_put(stack_experiences(list(test_stream), n_classes),
+                             place.data)
+  first = jax.device_put(experience_data(train_stream[0], size, n_classes),
+                         place.data)
+  lowered = (
+      init_fn.lower(seeds),
+      jax.jit(train_fn, donate_argnums=0, in_shardings=(place.state, place.data),
+              out_shardings=(place.state, place.state)).lower(state_shape, first),
+      jax.jit(eval_fn, in_shardings=(place.state, place.data),
+              out_shardings=place.state).lower(state_shape, test_data))
   # Init runs once, so its code is not worth optimising; XLA compiles without
   # the GIL, so the three executables build in parallel.
   options = ({"xla_backend_optimization_level": 0}, None, None)
@@ -393,7 +437,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   bar = _progress_bar(n_exp) if progress else None
   for i, experience in enumerate(train_stream):
     data = first if i == 0 else jax.device_put(
-        experience_data(experience, size, n_classes))
+        experience_data(experience, size, n_classes), place.data)
     (state, train_metrics), seconds = _timed(train_exec, state, data)
     train_s += seconds
     counts, seconds = _timed(eval_exec, state, test_data)

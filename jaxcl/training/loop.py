@@ -79,6 +79,14 @@ def mask_unseen(logits: jax.Array, seen_classes: jax.Array,
   return jnp.where(mask, logits, MASK_VALUE)
 
 
+def _shard(tree, sharding):
+  """Splits the batch axis over devices (data parallelism), if asked."""
+  if sharding is None:
+    return tree
+  return jax.tree.map(
+      lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+
+
 def init_state(ctx: StrategyContext, strategy: Strategy,
                optimizer: optax.GradientTransformation, key: jax.Array,
                sample_x: jax.Array, sample_task: jax.Array) -> TrainState:
@@ -212,8 +220,9 @@ def make_train_experience(
     def body(carry, inputs):
       state, metrics, first_bad = carry
       idx, mask, i = inputs
-      batch = {"x": data.x[idx], "y": data.y[idx], "task": data.task[idx],
-               "weight": mask.astype(jnp.float32)}
+      batch = _shard({"x": data.x[idx], "y": data.y[idx],
+                      "task": data.task[idx],
+                      "weight": mask.astype(jnp.float32)}, ctx.batch_sharding)
       state, step_metrics, loss = step_fn(state, batch,
                                           jax.random.fold_in(steps_key, i))
       bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
@@ -301,7 +310,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     def one_experience(confusion, exp: ExperienceData):
       def one_chunk(carry, inputs):
         confusion, sums = carry
-        x, y, task, valid = inputs
+        x, y, task, valid = _shard(inputs, ctx.batch_sharding)
         logits = logits_fn(state, x, task)
         w = valid.astype(jnp.float32)
         pred = jnp.argmax(logits, -1)
