@@ -1,9 +1,10 @@
 """The training loop: state, jit-compiled experience training and evaluation, fit."""
 
-from jaxcl.training.fit import MultiResult, Result, Run, fit, sweep
+from jaxcl.training.fit import MultiResult, Result, Run, fit, make_context, sweep
 from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
                                  init_state, make_evaluate,
-                                 make_train_experience, mask_unseen)
+                                 make_train_experience, make_train_step,
+                                 mask_unseen)
 from jaxcl.training.state import (ExperienceData, TrainState, experience_data,
                                   stack_experiences)
 
@@ -22,6 +23,8 @@ __all__ = [
     "init_state",
     "make_evaluate",
     "make_train_experience",
+    "make_context",
+    "make_train_step",
     "mask_unseen",
     "stack_experiences",
 ]

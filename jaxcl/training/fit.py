@@ -32,7 +32,7 @@ from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import loop
 from jaxcl.training.state import TrainState, experience_data, stack_experiences
 
-__all__ = ["MultiResult", "Result", "Run", "fit", "sweep"]
+__all__ = ["MultiResult", "Result", "Run", "fit", "make_context", "sweep"]
 
 
 @dataclasses.dataclass
@@ -117,6 +117,40 @@ def _check_model_output(ctx: StrategyContext, sample, task):
     raise ValueError(f"model outputs logits of shape {out.shape[1:]} per "
                      f"sample; expected ({ctx.n_classes},), one per class of "
                      "the benchmark (set num_classes=benchmark.n_classes).")
+
+
+def make_context(model, benchmark: Benchmark,
+                 optimizer: optax.GradientTransformation, *, batch_size: int,
+                 experience_size: int | None = None,
+                 batch_sharding: Any = None) -> StrategyContext:
+  """The static :class:`StrategyContext` of a benchmark, for custom loops.
+
+  Args:
+    model: A Flax module or :class:`jaxcl.models.Model`.
+    benchmark: The benchmark whose sizes and preprocessing apply.
+    optimizer: The optax optimizer.
+    batch_size: Training mini-batch size.
+    experience_size: Padded experience size (default: the largest train
+      experience).
+    batch_sharding: Sharding that splits batches over devices, if any.
+
+  Returns:
+    The context passed to every strategy hook.
+
+  Example:
+    >>> ctx = make_context(jaxcl.models.MLP(10), bench, optax.sgd(0.1),
+    ...                    batch_size=32)  # doctest: +SKIP
+  """
+  stream = benchmark.train_stream
+  return StrategyContext(
+      model=as_model(model), preprocess=benchmark.preprocess,
+      loss=loop.cross_entropy, n_classes=benchmark.n_classes,
+      n_experiences=len(stream), input_shape=tuple(benchmark.input_shape),
+      batch_size=batch_size,
+      experience_size=experience_size or stream.max_size,
+      x_dtype=np.asarray(stream[0].x[:1]).dtype, optimizer=optimizer,
+      augment=benchmark.augment, task_classes=_task_classes(benchmark),
+      batch_sharding=batch_sharding)
 
 
 def _task_classes(benchmark: Benchmark) -> np.ndarray | None:
@@ -371,13 +405,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   size = train_stream.max_size
   sample = jnp.asarray(train_stream[0].x[:1])
   place = _placement(data_parallel, len(runs) if batched else 0, batch_size)
-  ctx = StrategyContext(
-      model=model_fns, preprocess=benchmark.preprocess,
-      loss=loop.cross_entropy, n_classes=n_classes, n_experiences=n_exp,
-      input_shape=tuple(benchmark.input_shape), batch_size=batch_size,
-      experience_size=size, x_dtype=sample.dtype, optimizer=optimizer,
-      augment=benchmark.augment, task_classes=_task_classes(benchmark),
-      batch_sharding=place.batch)
+  ctx = make_context(model_fns, benchmark, optimizer, batch_size=batch_size,
+                     experience_size=size, batch_sharding=place.batch)
   sample_task = jnp.zeros((1,), jnp.int32)
   _check_model_output(ctx, sample, sample_task)
 

@@ -37,6 +37,7 @@ __all__ = [
     "init_state",
     "make_evaluate",
     "make_train_experience",
+    "make_train_step",
     "mask_unseen",
 ]
 
@@ -128,37 +129,27 @@ def _epoch_order(key: jax.Array, size: jax.Array, padded: int,
   return order, jnp.arange(total) < size
 
 
-def make_train_experience(
+def make_train_step(
     ctx: StrategyContext,
     strategy: Strategy,
     optimizer: optax.GradientTransformation,
     *,
-    epochs: int,
     mask_classes: bool = True,
-    skip_empty_steps: bool = False,
-) -> Callable[[TrainState, ExperienceData], tuple[TrainState, dict]]:
-  """Builds the function that trains on one experience (to be jitted once).
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Any, jax.Array]]:
+  """Builds one optimizer step: the body of every training scan.
+
+  ``transform_batch`` -> loss (masked, weighted cross-entropy + ``penalty``)
+  -> gradient -> ``transform_grads`` -> optax update -> ``after_step``.
 
   Args:
-    ctx: Static context; ``ctx.batch_size`` and ``ctx.experience_size`` fix
-      the number of steps per epoch, ``ceil(experience_size / batch_size)``.
-    strategy: The strategy whose hooks run inside the loop.
+    ctx: Static context.
+    strategy: The strategy whose per-step hooks run.
     optimizer: An optax gradient transformation.
-    epochs: Number of passes over the experience.
-    mask_classes: Mask the logits of classes not seen so far (class-incremental
-      head) and, with ``ctx.task_classes``, of classes outside each sample's
-      task; when False the head is used as is.
-    skip_empty_steps: Guard steps that hold no real sample (needed only when
-      some experience is smaller than the largest by at least a batch).
+    mask_classes: As for :func:`make_train_experience`.
 
   Returns:
-    ``train_experience(state, data) -> (state, metrics)`` where ``metrics``
-    maps ``loss``/``accuracy`` to arrays with one entry per epoch and
-    ``first_nonfinite_step`` to the first step whose loss was NaN/inf (-1 if
-    none).
+    ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
-  batch_size = ctx.batch_size
-  steps = math.ceil(ctx.experience_size / batch_size)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
     x = batch["x"]
@@ -195,6 +186,43 @@ def make_train_experience(
         loss=jnp.full(batch["y"].shape, loss), logits=logits,
         labels=batch["y"], mask=batch["weight"] > 0)
     return new_state, metrics, loss
+
+  return train_step
+
+
+def make_train_experience(
+    ctx: StrategyContext,
+    strategy: Strategy,
+    optimizer: optax.GradientTransformation,
+    *,
+    epochs: int,
+    mask_classes: bool = True,
+    skip_empty_steps: bool = False,
+) -> Callable[[TrainState, ExperienceData], tuple[TrainState, dict]]:
+  """Builds the function that trains on one experience (to be jitted once).
+
+  Args:
+    ctx: Static context; ``ctx.batch_size`` and ``ctx.experience_size`` fix
+      the number of steps per epoch, ``ceil(experience_size / batch_size)``.
+    strategy: The strategy whose hooks run inside the loop.
+    optimizer: An optax gradient transformation.
+    epochs: Number of passes over the experience.
+    mask_classes: Mask the logits of classes not seen so far (class-incremental
+      head) and, with ``ctx.task_classes``, of classes outside each sample's
+      task; when False the head is used as is.
+    skip_empty_steps: Guard steps that hold no real sample (needed only when
+      some experience is smaller than the largest by at least a batch).
+
+  Returns:
+    ``train_experience(state, data) -> (state, metrics)`` where ``metrics``
+    maps ``loss``/``accuracy`` to arrays with one entry per epoch and
+    ``first_nonfinite_step`` to the first step whose loss was NaN/inf (-1 if
+    none).
+  """
+  batch_size = ctx.batch_size
+  steps = math.ceil(ctx.experience_size / batch_size)
+  train_step = make_train_step(ctx, strategy, optimizer,
+                               mask_classes=mask_classes)
 
   def guarded_step(state, batch, key):
     def skip(state, batch, key):
