@@ -1,8 +1,18 @@
 """The classic benchmark catalogue, by Avalanche's names.
 
-Each benchmark reads the real tfds dataset from ``data_dir`` when one is given
-and otherwise falls back to the real data bundled in ``benchmarks_data/``
-(no network needed).
+Each benchmark reads its real dataset through tfds. With ``data_dir`` it reads
+the prepared tfds dataset there (``tfds build NAME --data_dir DIR
+--file_format array_record``); without it, the MNIST benchmarks fall back to
+the real MNIST digits bundled in ``benchmarks_data/`` (no network needed) and
+the others use tfds's default data directory if the dataset is prepared
+there, else raise a ``ValueError`` saying how to prepare it. Tiny ImageNet and
+CORe50 are not in tfds: they are read from prepared image folders with
+``tfds.ImageFolder``.
+
+Images stay in their stored dtype (uint8) on the host and on the device;
+each benchmark normalises them in ``preprocess`` and augments training batches
+in ``augment``, both inside the compiled step, with Avalanche's constants and
+default training transforms.
 
 Example:
   >>> bench = split_mnist(n_experiences=5, seed=0)  # doctest: +SKIP
@@ -13,24 +23,109 @@ Example:
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from jaxcl.benchmarks import generators
-from jaxcl.benchmarks.scenario import Benchmark, normalizer
+import numpy as np
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "split_mnist"]
+from jaxcl import _validation
+from jaxcl.benchmarks import augment, generators
+from jaxcl.benchmarks.scenario import Augment, Benchmark, normalizer
 
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+__all__ = [
+  "CIFAR10_MEAN",
+  "CIFAR10_STD",
+  "CIFAR100_MEAN",
+  "CIFAR100_STD",
+  "CORE50_MEAN",
+  "CORE50_STD",
+  "FIVE_DATASETS",
+  "FMNIST_MEAN",
+  "FMNIST_STD",
+  "KMNIST_MEAN",
+  "KMNIST_STD",
+  "MNIST_MEAN",
+  "MNIST_STD",
+  "OMNIGLOT_MEAN",
+  "OMNIGLOT_STD",
+  "SVHN_MEAN",
+  "SVHN_STD",
+  "core50",
+  "five_datasets",
+  "permuted_mnist",
+  "prepare_tiny_imagenet",
+  "rotated_mnist",
+  "split_cifar10",
+  "split_cifar100",
+  "split_cifar110",
+  "split_cub200",
+  "split_fmnist",
+  "split_kmnist",
+  "split_mnist",
+  "split_omniglot",
+  "split_svhn",
+  "split_tiny_imagenet",
+]
+
+PathLike = str | os.PathLike
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
+KMNIST_MEAN, KMNIST_STD = 0.1918, 0.3483
+OMNIGLOT_MEAN, OMNIGLOT_STD = 0.9221, 0.2681
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+CORE50_MEAN, CORE50_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# Avalanche's default training transforms, as on-device augmentations.
+_CROP_FLIP = augment.compose(augment.random_crop(4), augment.random_flip())
+_FLIP = augment.random_flip()
+
+# CORe50's sessions: 8 for training, 3 for testing (Lomonaco & Maltoni, 2017).
+_CORE50_TRAIN = (1, 2, 4, 5, 6, 8, 9, 11)
+_CORE50_TEST = (3, 7, 10)
 
 
-def _mnist_splits(data_dir: str | os.PathLike | None):
+def _check_available(benchmark: str, tfds_name: str,
+                     data_dir: PathLike | None) -> None:
+  """Without ``data_dir``, a dataset must be prepared in tfds's default one."""
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  if data_dir is None and not sources.has_tfds_dataset(tfds_name, None):
+    raise ValueError(
+        f"{benchmark} reads the tfds dataset {tfds_name!r}, which is not "
+        "bundled with jaxcl; no data_dir was given and it is not prepared in "
+        "tfds's default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). "
+        "Prepare it on a machine with internet access with `tfds build "
+        f"{tfds_name} --data_dir DIR --file_format array_record`, copy DIR "
+        "here and pass data_dir=DIR (CLI: --data-dir DIR).")
+
+
+def _load(benchmark: str, tfds_name: str, data_dir: PathLike | None,
+          splits: Sequence[str] = ("train", "test")) -> list[Any]:
+  """Reads tfds splits as arrays, with a clear error when they are missing."""
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  _check_available(benchmark, tfds_name, data_dir)
+  return [sources.load_tfds_split(tfds_name, s, data_dir=data_dir)
+          for s in splits]
+
+
+def _mnist(benchmark: str, data_dir: PathLike | None) -> list[Any]:
   from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
   if data_dir is None:
-    return (sources.load_bundled("mnist_bundled", "train"),
-            sources.load_bundled("mnist_bundled", "test"))
-  return (sources.load_tfds_split("mnist", "train", data_dir=data_dir),
-          sources.load_tfds_split("mnist", "test", data_dir=data_dir))
+    return [sources.load_bundled("mnist_bundled", s) for s in ("train", "test")]
+  return _load(benchmark, "mnist", data_dir)
+
+
+def _split(name: str, splits: Sequence[Any], n_experiences: int, mean, std,
+           augmentation: Augment | None = None, **kwargs) -> Benchmark:
+  """A class-incremental catalogue entry with its normalisation."""
+  train, test = splits
+  return generators.class_incremental(
+      train, test, n_experiences, preprocess=normalizer(mean, std),
+      augment=augmentation, name=name, **kwargs)
 
 
 def split_mnist(
@@ -39,7 +134,9 @@ def split_mnist(
     return_task_id: bool = False,
     seed: int = 0,
     fixed_class_order: Sequence[int] | None = None,
-    data_dir: str | os.PathLike | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
 ) -> Benchmark:
   """SplitMNIST: the ten digits split into ``n_experiences`` groups of classes.
 
@@ -48,16 +145,640 @@ def split_mnist(
     return_task_id: Task label ``i`` for experience ``i`` (task-incremental).
     seed: Seed of the class order.
     fixed_class_order: Explicit class order instead of a seeded permutation.
+    shuffle: Draw the class order from ``seed`` (else 0, 1, ..., 9).
+    class_ids_from_zero_in_each_exp: Relabel each experience's classes
+      ``0..k-1`` (see :func:`jaxcl.benchmarks.class_incremental`).
     data_dir: A tfds data directory holding the prepared ``mnist`` dataset
       (70,000 digits). Without it, the 5,000 real MNIST digits bundled with
       jaxcl are used (4,000 train / 1,000 test).
 
   Returns:
     A class-incremental (or task-incremental) :class:`Benchmark`, inputs
-    normalised with MNIST's mean 0.1307 and std 0.3081 on the device.
+    normalised with MNIST's mean 0.1307 and std 0.3081 on the device, no
+    augmentation.
+
+  Example:
+    >>> bench = split_mnist(n_experiences=5, seed=0)
+    >>> bench.n_classes, [len(e) for e in bench.train_stream]
+    (10, [800, 800, 800, 800, 800])
   """
-  train, test = _mnist_splits(data_dir)
+  return _split("split_mnist", _mnist("split_mnist", data_dir), n_experiences,
+                MNIST_MEAN, MNIST_STD, return_task_id=return_task_id,
+                seed=seed, fixed_class_order=fixed_class_order,
+                shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_fmnist(
+    n_experiences: int = 5,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitFashionMNIST: tfds ``fashion_mnist`` split by classes.
+
+  Arguments as :func:`split_mnist`; ``data_dir`` must hold the prepared
+  ``fashion_mnist`` (no bundled fallback). Normalised with mean 0.2860, std
+  0.3530; no augmentation.
+
+  Example:
+    >>> bench = split_fmnist(5, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  return _split("split_fmnist", _load("split_fmnist", "fashion_mnist",
+                                      data_dir),
+                n_experiences, FMNIST_MEAN, FMNIST_STD,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_kmnist(
+    n_experiences: int = 5,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitKMNIST: tfds ``kmnist`` (Kuzushiji-MNIST) split by classes.
+
+  Arguments as :func:`split_mnist`; ``data_dir`` must hold the prepared
+  ``kmnist``. Normalised with mean 0.1918, std 0.3483; no augmentation.
+
+  Example:
+    >>> bench = split_kmnist(5, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  return _split("split_kmnist", _load("split_kmnist", "kmnist", data_dir),
+                n_experiences, KMNIST_MEAN, KMNIST_STD,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_cifar10(
+    n_experiences: int = 5,
+    *,
+    first_exp_with_half_classes: bool = False,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitCIFAR10: tfds ``cifar10`` split by classes.
+
+  Arguments as :func:`split_mnist`, plus ``first_exp_with_half_classes``
+  (a first experience with 5 classes, the others split evenly over the other
+  experiences). Normalised with CIFAR-10's mean (0.4914, 0.4822, 0.4465) and
+  std (0.2023, 0.1994, 0.2010); training batches get Avalanche's random crop
+  (32, padding 4) and horizontal flip.
+
+  Example:
+    >>> bench = split_cifar10(5, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  return _split("split_cifar10", _load("split_cifar10", "cifar10", data_dir),
+                n_experiences, CIFAR10_MEAN, CIFAR10_STD, _CROP_FLIP,
+                per_exp_classes={0: 5} if first_exp_with_half_classes else None,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_cifar100(
+    n_experiences: int = 10,
+    *,
+    first_exp_with_half_classes: bool = False,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitCIFAR100: tfds ``cifar100`` (fine labels) split by classes.
+
+  Arguments as :func:`split_cifar10` (``first_exp_with_half_classes``: 50
+  classes first). Normalised with CIFAR-100's mean (0.5071, 0.4865, 0.4409)
+  and std (0.2673, 0.2564, 0.2762); random crop (padding 4) and horizontal
+  flip in training.
+
+  Example:
+    >>> bench = split_cifar100(10, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  return _split("split_cifar100", _load("split_cifar100", "cifar100",
+                                        data_dir),
+                n_experiences, CIFAR100_MEAN, CIFAR100_STD, _CROP_FLIP,
+                per_exp_classes={0: 50} if first_exp_with_half_classes else None,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_cifar110(
+    n_experiences: int = 11,
+    *,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitCIFAR110: all of CIFAR-10 first, then CIFAR-100 split by classes.
+
+  As Avalanche's ``SplitCIFAR110``: CIFAR-10 (labels 0-9) is the first
+  experience; CIFAR-100's classes (labels 10-109) follow in
+  ``fixed_class_order`` (a permutation of 0..99) or a seeded order, split
+  evenly over the other ``n_experiences - 1`` experiences. Task label 0,
+  CIFAR-100's normalisation, random crop and flip in training.
+
+  Args:
+    n_experiences: Number of experiences; ``n_experiences - 1`` must divide
+      100.
+    seed: Seed of the CIFAR-100 class order.
+    fixed_class_order: Order of the CIFAR-100 classes (0..99).
+    data_dir: tfds data directory with ``cifar10`` and ``cifar100``.
+
+  Returns:
+    A class-incremental :class:`Benchmark` over 110 classes.
+
+  Example:
+    >>> bench = split_cifar110(11, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
+  if n_experiences < 2:
+    raise ValueError(f"n_experiences must be at least 2 (CIFAR-10, then "
+                     f"CIFAR-100), got {n_experiences}.")
+  if fixed_class_order is None:
+    order100 = np.random.default_rng(seed).permutation(100)
+  elif sorted(int(c) for c in fixed_class_order) != list(range(100)):
+    raise ValueError("fixed_class_order must be a permutation of the CIFAR-100 "
+                     f"classes 0..99, got {list(fixed_class_order)}.")
+  else:
+    order100 = np.asarray(fixed_class_order)
+  c10 = _load("split_cifar110", "cifar10", data_dir)
+  c100 = _load("split_cifar110", "cifar100", data_dir)
+  train, test = [(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y + 10]))
+                 for a, b in zip(c10, c100)]
+  return _split("split_cifar110", (train, test), n_experiences, CIFAR100_MEAN,
+                CIFAR100_STD, _CROP_FLIP, per_exp_classes={0: 10},
+                fixed_class_order=[*range(10), *(order100 + 10)])
+
+
+def split_svhn(
+    n_experiences: int = 5,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitSVHN: tfds ``svhn_cropped`` (train / test, no extra) split by classes.
+
+  Arguments as :func:`split_mnist`. Not in Avalanche's catalogue; normalised
+  with SVHN's mean (0.4377, 0.4438, 0.4728) and std (0.1980, 0.2010,
+  0.1970); no augmentation (a flipped digit is another digit).
+
+  Example:
+    >>> bench = split_svhn(5, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  return _split("split_svhn", _load("split_svhn", "svhn_cropped", data_dir),
+                n_experiences, SVHN_MEAN, SVHN_STD,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def split_omniglot(
+    n_experiences: int = 4,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitOmniglot: the 964 characters of Omniglot's background set by classes.
+
+  tfds ``omniglot``'s ``train`` split (the background alphabets, 964
+  characters of 20 drawings each), as in Avalanche. Avalanche tests on the
+  evaluation alphabets, whose characters are other classes; jaxcl instead
+  holds out 4 of the 20 drawings of every character as the test set
+  (:func:`jaxcl.benchmarks.builders.stratified_split`, seed 0), so test
+  classes are train classes. Characters are relabelled ``0..963`` in tfds
+  label order; images are 105x105x1 (one channel of tfds's RGB copy),
+  normalised with mean 0.9221, std 0.2681; no augmentation.
+
+  Arguments as :func:`split_mnist` (``n_experiences`` divides 964: 1, 2, 4,
+  241, 482 or 964).
+
+  Example:
+    >>> bench = split_omniglot(4, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  from jaxcl.benchmarks import builders  # Lazy: tfds import is not free.
+  (full,) = _load("split_omniglot", "omniglot", data_dir, splits=("train",))
+  _, y = np.unique(full.y, return_inverse=True)
+  x = full.x[..., :1]
+  train, test = builders.stratified_split(y)
+  return _split("split_omniglot", ((x[train], y[train]), (x[test], y[test])),
+                n_experiences, OMNIGLOT_MEAN, OMNIGLOT_STD,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of one uint8 image to ``size x size`` (PIL)."""
+  from PIL import Image  # Lazy: only datasets of varying image sizes need it.
+  squeezed = image[..., 0] if image.shape[-1] == 1 else image
+  out = np.asarray(Image.fromarray(squeezed).resize((size, size),
+                                                    Image.BILINEAR))
+  return out.reshape(size, size, image.shape[-1])
+
+
+class _Resized(Sequence):
+  """A data source whose records' images are resized when read."""
+
+  def __init__(self, source: Sequence, size: int):
+    self._source, self._size = source, size
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _map(self, record):
+    return {"image": _resize(np.asarray(record["image"]), self._size),
+            "label": record["label"]}
+
+  def __getitem__(self, i):
+    return self._map(self._source[i])
+
+  def __getitems__(self, keys):
+    get = getattr(self._source, "__getitems__", None)
+    records = get(keys) if get else [self._source[k] for k in keys]
+    return [self._map(r) for r in records]
+
+
+def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
+                  size: int) -> list[Any]:
+  """Like :func:`_load` for images of varying sizes, resized on the host."""
+  import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
+
+  from jaxcl.benchmarks import sources
+  _check_available(benchmark, tfds_name, data_dir)
+  out = []
+  for split in ("train", "test"):
+    try:
+      source = tfds.builder(tfds_name, data_dir=data_dir).as_data_source(
+          split=split)
+    except Exception as error:  # Re-raised with the preparation advice.
+      raise ValueError(sources._tfds_load_error(  # pylint: disable=protected-access
+          tfds_name, split, data_dir, error)) from error
+    out.append(sources.arrays_from_data_source(_Resized(source, size)))
+  return out
+
+
+def split_cub200(
+    n_experiences: int = 11,
+    *,
+    classes_first_batch: int | None = 100,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = False,
+    image_size: int = 224,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitCUB200: tfds ``caltech_birds2011`` (200 bird species) by classes.
+
+  As Avalanche's ``SplitCUB200``: 11 experiences by default, the first with
+  ``classes_first_batch`` classes and the others splitting the rest evenly;
+  classes in label order unless ``shuffle``. The images (of varying sizes)
+  are resized on the host to ``image_size`` x ``image_size`` (bilinear;
+  Avalanche leaves sizing to the user's transforms); normalised with
+  CIFAR-10's constants and flipped horizontally in training, as in
+  Avalanche. Needs the dataset prepared in ArrayRecord format.
+
+  Args:
+    n_experiences: Number of experiences.
+    classes_first_batch: Classes of the first experience (None: all equal).
+    return_task_id: Task label ``i`` for experience ``i``.
+    seed: Seed of the class order (with ``shuffle``).
+    fixed_class_order: Explicit class order.
+    shuffle: Draw the class order from ``seed``.
+    image_size: Side of the resized square images.
+    data_dir: tfds data directory with ``caltech_birds2011``.
+
+  Returns:
+    A class-incremental :class:`Benchmark` over 200 classes.
+
+  Example:
+    >>> bench = split_cub200(data_dir="~/tfds")  # doctest: +SKIP
+  """
+  image_size = _validation.check_positive_int("image_size", image_size)
+  per_exp = None if classes_first_batch is None else {0: classes_first_batch}
+  return _split("split_cub200", _load_resized(
+      "split_cub200", "caltech_birds2011", data_dir, image_size),
+                n_experiences, CIFAR10_MEAN, CIFAR10_STD, _FLIP,
+                per_exp_classes=per_exp, return_task_id=return_task_id,
+                seed=seed, fixed_class_order=fixed_class_order,
+                shuffle=shuffle)
+
+
+def _rgb32(x: np.ndarray) -> np.ndarray:
+  """Zero-pads images to 32x32 and repeats a single channel to three."""
+  h, w = x.shape[1:3]
+  if h > 32 or w > 32:
+    raise ValueError(f"five_datasets expects images of at most 32x32, got "
+                     f"{h}x{w}.")
+  top, left = (32 - h) // 2, (32 - w) // 2
+  x = np.pad(x, [(0, 0), (top, 32 - h - top), (left, 32 - w - left), (0, 0)])
+  return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+FIVE_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10", "svhn_cropped")
+"""The tfds datasets of :func:`five_datasets`, in experience order."""
+
+
+def five_datasets(
+    *,
+    return_task_id: bool = False,
+    offset_class_ids: bool = True,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """5-datasets (Ebrahimi et al., 2020): one dataset per experience.
+
+  MNIST, notMNIST, Fashion-MNIST, CIFAR-10 and SVHN in the original; notMNIST
+  is not in tfds, so jaxcl uses KMNIST (ten classes of 28x28 handwritten
+  Japanese characters) in its place. Each is one experience
+  (:func:`jaxcl.benchmarks.dataset_per_experience`); 28x28x1 images are
+  zero-padded to 32x32 and repeated to three channels on the host. All
+  experiences share one normalisation, ``(x / 255 - 0.5) / 0.5`` (the
+  original normalises each dataset with its own statistics, which one
+  on-device ``preprocess`` cannot do); no augmentation.
+
+  Args:
+    return_task_id: Task label ``k`` for dataset ``k`` (the usual
+      task-incremental protocol).
+    offset_class_ids: Labels ``10k..10k+9`` for dataset ``k`` (50 classes);
+      if False every dataset keeps labels 0-9 (10 shared classes).
+    data_dir: tfds data directory with the five datasets
+      (:data:`FIVE_DATASETS`).
+
+  Returns:
+    A :class:`Benchmark` with five 32x32x3 experiences.
+
+  Example:
+    >>> bench = five_datasets(return_task_id=True, data_dir="~/tfds")  # doctest: +SKIP
+  """
+  pairs = []
+  for name in FIVE_DATASETS:
+    train, test = _load("five_datasets", name, data_dir)
+    pairs.append(((_rgb32(train.x), train.y), (_rgb32(test.x), test.y)))
+  return generators.dataset_per_experience(
+      pairs, offset_class_ids=offset_class_ids, return_task_id=return_task_id,
+      preprocess=normalizer(0.5, 0.5), name="five_datasets")
+
+
+def permuted_mnist(
+    n_experiences: int = 10,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """PermutedMNIST: one fixed pixel permutation of MNIST per experience.
+
+  See :func:`jaxcl.benchmarks.permuted`: every experience (the first one
+  too, as in Avalanche) has its own permutation drawn from ``seed``; labels
+  0-9 everywhere, task label 0 (one shared head) unless ``return_task_id``.
+  MNIST normalisation, no augmentation. ``data_dir`` and the bundled
+  fallback as in :func:`split_mnist`.
+
+  Example:
+    >>> bench = permuted_mnist(3, seed=0)
+    >>> bench.scenario, [e.classes == tuple(range(10)) for e in bench.train_stream]
+    ('domain_incremental', [True, True, True])
+  """
+  train, test = _mnist("permuted_mnist", data_dir)
+  return generators.permuted(
+      train, test, n_experiences, seed=seed, return_task_id=return_task_id,
+      preprocess=normalizer(MNIST_MEAN, MNIST_STD), name="permuted_mnist")
+
+
+def rotated_mnist(
+    n_experiences: int = 10,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    rotations_list: Sequence[float] | None = None,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """RotatedMNIST: one fixed rotation of MNIST per experience.
+
+  See :func:`jaxcl.benchmarks.rotated`: integer angles in [-180, 180] drawn
+  from ``seed`` unless ``rotations_list`` gives them (Avalanche's
+  parameter name). MNIST normalisation; ``data_dir`` and the bundled fallback
+  as in :func:`split_mnist`.
+
+  Example:
+    >>> bench = rotated_mnist(2, rotations_list=[0, 90])
+    >>> bench.input_shape
+    (28, 28, 1)
+  """
+  train, test = _mnist("rotated_mnist", data_dir)
+  return generators.rotated(
+      train, test, n_experiences, seed=seed, angles=rotations_list,
+      return_task_id=return_task_id,
+      preprocess=normalizer(MNIST_MEAN, MNIST_STD), name="rotated_mnist")
+
+
+def _image_folder(root: Path, splits: Sequence[str],
+                  shape: tuple[int, int, int], advice: str):
+  """Reads splits of a ``root/split/label/image`` folder with tfds.ImageFolder.
+
+  Returns:
+    The splits' arrays and the sorted label names (label ``i`` is the
+    ``i``-th name).
+  """
+  import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
+
+  from jaxcl.benchmarks import sources
+  missing = [s for s in splits if not (root / s).is_dir()]
+  if missing:
+    raise ValueError(f"{root} lacks the image folders {missing}. {advice}")
+  builder = tfds.ImageFolder(str(root), shape=shape)
+  try:
+    arrays = [sources._read_with_tensorflow(builder, s)  # pylint: disable=protected-access
+              for s in splits]
+  except Exception as error:  # TensorFlow's decoding errors, for one.
+    raise ValueError(f"Cannot read the images under {root} as {shape} images "
+                     f"({type(error).__name__}). {advice}") from error
+  return arrays, builder.info.features["label"].names
+
+
+_TINY_IMAGENET_ADVICE = (
+    "Prepare Tiny ImageNet once: download and unzip "
+    "http://cs231n.stanford.edu/tiny-imagenet-200.zip, then run "
+    "`jaxcl.benchmarks.prepare_tiny_imagenet('tiny-imagenet-200', DIR)`, which "
+    "links the images into DIR/tiny_imagenet/{train,test}/<wnid>/ (the "
+    "validation images become the test split), and pass data_dir=DIR.")
+
+
+def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
+                          link: bool = True) -> Path:
+  """Lays the official Tiny ImageNet out as a ``tfds.ImageFolder`` directory.
+
+  Args:
+    source_dir: The unzipped ``tiny-imagenet-200`` (``train/<wnid>/images``,
+      ``val/images`` and ``val/val_annotations.txt``).
+    data_dir: Where to write ``tiny_imagenet/{train,test}/<wnid>/``.
+    link: Symlink the images (else copy them).
+
+  Returns:
+    The ``data_dir/tiny_imagenet`` folder.
+
+  Example:
+    >>> prepare_tiny_imagenet("tiny-imagenet-200", "data")  # doctest: +SKIP
+    PosixPath('data/tiny_imagenet')
+  """
+  source, target = Path(source_dir), Path(data_dir) / "tiny_imagenet"
+  annotations = source / "val" / "val_annotations.txt"
+  if not (source / "train").is_dir() or not annotations.is_file():
+    raise ValueError(f"{source} is not an unzipped tiny-imagenet-200 folder: "
+                     "expected train/<wnid>/images/ and val/val_annotations.txt.")
+  place = os.symlink if link else shutil.copy2
+  files = [(path, target / "train" / path.parent.parent.name / path.name)
+           for path in sorted((source / "train").glob("*/images/*"))]
+  for line in annotations.read_text().splitlines():
+    name, wnid = line.split("\t")[:2]
+    files.append((source / "val" / "images" / name,
+                  target / "test" / wnid / name))
+  for src, dst in files:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+      place(src.resolve(), dst)
+  return target
+
+
+def _folder_root(benchmark: str, data_dir: PathLike | None, folder: str,
+                 advice: str) -> Path:
+  if data_dir is None:
+    raise ValueError(f"{benchmark} is not in tfds and not bundled: it needs "
+                     f"data_dir, a directory holding {folder}/. {advice}")
+  return Path(data_dir).expanduser() / folder
+
+
+def split_tiny_imagenet(
+    n_experiences: int = 10,
+    *,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """SplitTinyImageNet: Tiny ImageNet's 200 classes (64x64x3) split by classes.
+
+  Tiny ImageNet is not in tfds: it is read with ``tfds.ImageFolder`` from
+  ``data_dir/tiny_imagenet/{train,test}/<wnid>/*.JPEG`` (see
+  :func:`prepare_tiny_imagenet`; the official validation set is the test
+  set). Labels are the wnids' sorted positions. Normalised with CIFAR-10's
+  constants and flipped horizontally in training, as in Avalanche. Reading
+  the JPEGs imports TensorFlow (kept off the accelerators).
+
+  Arguments as :func:`split_mnist`.
+
+  Example:
+    >>> bench = split_tiny_imagenet(10, data_dir="data")  # doctest: +SKIP
+  """
+  root = _folder_root("split_tiny_imagenet", data_dir, "tiny_imagenet",
+                      _TINY_IMAGENET_ADVICE)
+  splits, _ = _image_folder(root, ("train", "test"), (64, 64, 3),
+                            _TINY_IMAGENET_ADVICE)
+  return _split("split_tiny_imagenet", splits, n_experiences, CIFAR10_MEAN,
+                CIFAR10_STD, _FLIP, return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+
+
+_CORE50_ADVICE = (
+    "Download core50_128x128.zip (or core50_32x32.zip for mini=True) from "
+    "https://vlomonaco.github.io/core50/ and unzip it into data_dir, giving "
+    "data_dir/core50_128x128/s1..s11/o1..o50/*.png.")
+
+
+def core50(
+    *,
+    scenario: str = "ni",
+    seed: int = 0,
+    object_lvl: bool = True,
+    mini: bool = False,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """CORe50 (Lomonaco & Maltoni, 2017): 50 objects in 11 sessions.
+
+  Read with ``tfds.ImageFolder`` from the official image folders
+  (``data_dir/core50_128x128/s<session>/o<object>/*.png``; sessions 3, 7
+  and 10 are the test set). Scenarios, as Avalanche's ``CORe50``:
+
+  * ``"ni"``: 8 experiences, one per training session, in an order drawn
+    from ``seed``; one test experience with all test sessions.
+  * ``"nc"``: 9 experiences over a class order drawn from ``seed``: 10
+    objects then 5 per experience (2 categories then 1 with
+    ``object_lvl=False``); one test experience per training experience.
+
+  Avalanche's fixed "runs" come from filelists shipped with the dataset;
+  jaxcl draws the orders from ``seed`` instead (NIC is not offered).
+  Normalised with ImageNet's mean and std, flipped horizontally in
+  training, as in Avalanche.
+
+  Args:
+    scenario: ``"ni"`` or ``"nc"``.
+    seed: Seed of the session or class order.
+    object_lvl: 50 object classes (else the 10 categories, object // 5).
+    mini: Use the 32x32 images (``core50_32x32``) instead of 128x128.
+    data_dir: Directory holding ``core50_128x128`` (or ``core50_32x32``).
+
+  Returns:
+    A :class:`Benchmark` (``new_instances`` or ``class_incremental``).
+
+  Example:
+    >>> bench = core50(scenario="nc", data_dir="data")  # doctest: +SKIP
+  """
+  _validation.check_choice("scenario", scenario, ("ni", "nc"))
+  size = 32 if mini else 128
+  folder = f"core50_{size}x{size}"
+  root = _folder_root("core50", data_dir, folder, _CORE50_ADVICE)
+  sessions = _CORE50_TRAIN + _CORE50_TEST
+  arrays, names = _image_folder(root, tuple(f"s{s}" for s in sessions),
+                                (size, size, 3), _CORE50_ADVICE)
+  objects = np.array([int(n.removeprefix("o")) - 1 for n in names])
+  labels = [objects[a.y] if object_lvl else objects[a.y] // 5 for a in arrays]
+  n_train = len(_CORE50_TRAIN)
+
+  def pooled(parts):
+    return (np.concatenate([arrays[i].x for i in parts]),
+            np.concatenate([labels[i] for i in parts]))
+
+  train = pooled(range(n_train))
+  test = pooled(range(n_train, len(sessions)))
+  common = {"preprocess": normalizer(CORE50_MEAN, CORE50_STD),
+            "augment": _FLIP, "name": f"core50_{scenario}"}
+  if scenario == "ni":
+    bounds = np.cumsum([0] + [len(labels[i]) for i in range(n_train)])
+    order = np.random.default_rng(seed).permutation(n_train)
+    assignment = [np.arange(bounds[i], bounds[i + 1]) for i in order]
+    return generators.new_instances(train, test, n_train,
+                                    fixed_exp_assignment=assignment, **common)
   return generators.class_incremental(
-      train, test, n_experiences, fixed_class_order=fixed_class_order,
-      seed=seed, return_task_id=return_task_id,
-      preprocess=normalizer(MNIST_MEAN, MNIST_STD), name="split_mnist")
+      train, test, 9, per_exp_classes={0: 10 if object_lvl else 2}, seed=seed,
+      **common)
+

@@ -51,6 +51,13 @@ class Experience:
     origin: Name of the stream this experience belongs to (``"train"``...).
     previous_classes: Classes of the experiences before this one.
     future_classes: Classes that only appear after this experience.
+    origin_experience: For an experience split from a larger one (online
+      streams, :func:`jaxcl.benchmarks.split_online`), the index of that
+      experience in the original stream; None otherwise.
+    is_first_subexp: Whether this is the first mini-experience of its origin
+      experience; None unless the stream gives access to task boundaries.
+    is_last_subexp: Whether this is the last mini-experience of its origin
+      experience; None unless the stream gives access to task boundaries.
   """
 
   x: np.ndarray
@@ -61,6 +68,9 @@ class Experience:
   origin: str
   previous_classes: tuple[int, ...] = ()
   future_classes: tuple[int, ...] = ()
+  origin_experience: int | None = None
+  is_first_subexp: bool | None = None
+  is_last_subexp: bool | None = None
 
   def __post_init__(self):
     object.__setattr__(self, "y", np.asarray(self.y, np.int32))
@@ -168,7 +178,9 @@ class Benchmark:
 
   Attributes:
     train_stream: The experiences to train on, in order.
-    test_stream: The experiences to evaluate on (same length as train).
+    test_stream: The experiences to evaluate on: one per train experience,
+      or one holding the whole test set (new-instances scenarios); online
+      streams (:func:`jaxcl.benchmarks.split_online`) keep the original one.
     n_classes: Number of classes of the whole benchmark (the head's width).
     class_order: The order in which classes were assigned to experiences.
     input_shape: Shape of one input sample.
@@ -181,6 +193,9 @@ class Benchmark:
     augment: Optional jit-compatible training augmentation ``(x, key) -> x``
       applied to raw training batches (before ``preprocess``) inside the
       compiled step; it should draw per-sample randomness from ``key``.
+    valid_stream: Optional validation experiences (held-out training
+      samples, one per train experience), see
+      :func:`jaxcl.benchmarks.with_validation`.
   """
 
   train_stream: Stream
@@ -193,6 +208,7 @@ class Benchmark:
   preprocess: Preprocess = _as_float
   n_tasks: int = 1
   augment: Augment | None = None
+  valid_stream: Stream | None = None
 
   @property
   def n_experiences(self) -> int:

@@ -1,9 +1,44 @@
 """Models for continual learning: Flax linen modules and the model adapter."""
 
 from jaxcl.models.adapter import Model, as_model
+from jaxcl.models.cnn import SimpleCNN, TorchConv
+from jaxcl.models.heads import (
+                                MTMLP,
+                                MLPFeatures,
+                                MultiHead,
+                                MultiHeadClassifier,
+                                mt_simple_cnn,
+                                mt_slim_resnet18,
+)
 from jaxcl.models.mlp import MLP, TorchLinear
+from jaxcl.models.resnet import ResNet32, SlimResNet18
 
-MODELS = {"mlp": MLP}
-"""Models by name (used by the CLI)."""
+MODELS = {
+    "mlp": MLP,
+    "mt_mlp": MTMLP,
+    "simple_cnn": SimpleCNN,
+    "mt_simple_cnn": mt_simple_cnn,
+    "slim_resnet18": SlimResNet18,
+    "mt_slim_resnet18": mt_slim_resnet18,
+    "resnet32": ResNet32,
+}
+"""Models by name (used by the CLI); construct with the keyword arguments each
+accepts (``num_classes`` always, ``n_tasks`` for multi-head ``mt_*`` ones)."""
 
-__all__ = ["MLP", "MODELS", "Model", "TorchLinear", "as_model"]
+__all__ = [
+                                "MLP",
+                                "MODELS",
+                                "MTMLP",
+                                "MLPFeatures",
+                                "Model",
+                                "MultiHead",
+                                "MultiHeadClassifier",
+                                "ResNet32",
+                                "SimpleCNN",
+                                "SlimResNet18",
+                                "TorchConv",
+                                "TorchLinear",
+                                "as_model",
+                                "mt_simple_cnn",
+                                "mt_slim_resnet18",
+]

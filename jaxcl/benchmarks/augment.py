@@ -1,0 +1,142 @@
+"""On-device training augmentation: jit-compatible ``(x, key) -> x`` functions.
+
+A benchmark's ``augment`` runs inside the compiled training step on each raw
+batch ``x`` of images ``[B, H, W, C]`` (before ``preprocess``), with one key
+per batch. The functions here split that key into one key per sample and
+``vmap`` a per-image transform, so every sample draws its own randomness.
+:func:`per_sample` lifts any ``(image, key) -> image`` function the same way,
+and :func:`compose` chains augmentations like torchvision's ``Compose``.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> aug = compose(random_crop(4), random_flip())  # CIFAR's augmentation.
+  >>> aug(jnp.zeros((2, 32, 32, 3), jnp.uint8), jax.random.key(0)).shape
+  (2, 32, 32, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxcl import _validation
+from jaxcl.benchmarks.scenario import Augment
+
+__all__ = ["compose", "per_sample", "random_crop", "random_flip"]
+
+ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def per_sample(fn: ImageFn) -> Augment:
+  """Lifts ``fn(image, key) -> image`` to batches, with one key per sample.
+
+  Args:
+    fn: A jit-compatible transform of one image ``[H, W, C]``.
+
+  Returns:
+    ``augment(x, key)`` applying ``fn`` to every image of ``x`` ``[B, H, W,
+    C]`` with keys ``jax.random.split(key, B)``.
+
+  Example:
+    >>> noisy = per_sample(lambda img, k: img + jax.random.normal(k, img.shape))
+    >>> noisy(jnp.zeros((3, 2, 2, 1)), jax.random.key(0)).shape
+    (3, 2, 2, 1)
+  """
+  def augment(x: jax.Array, key: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f"augmentations expect images [B, H, W, C], got a "
+                       f"batch of shape {x.shape}.")
+    return jax.vmap(fn)(x, jax.random.split(key, x.shape[0]))
+
+  return augment
+
+
+def random_crop(padding: int) -> Augment:
+  """Random crop of the image's size from the image zero-padded by ``padding``.
+
+  torchvision's ``RandomCrop(size, padding=padding)`` with ``size`` the
+  image size: the image gets ``padding`` zero pixels on each side, then a
+  window of the original size is cut at an offset drawn uniformly from
+  ``{0, ..., 2 * padding}`` in each direction.
+
+  Args:
+    padding: Zero pixels added on each side (CIFAR: 4).
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> crop = random_crop(4)
+    >>> crop(jnp.ones((2, 8, 8, 1)), jax.random.key(1)).shape
+    (2, 8, 8, 1)
+  """
+  if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+    raise ValueError(f"padding must be a non-negative integer, got {padding!r}.")
+
+  def crop(image: jax.Array, key: jax.Array) -> jax.Array:
+    h, w = image.shape[:2]
+    padded = jnp.pad(image, [(padding, padding), (padding, padding), (0, 0)])
+    dy, dx = jax.random.randint(key, (2,), 0, 2 * padding + 1)
+    return jax.lax.dynamic_slice(padded, (dy, dx, 0), (h, w, image.shape[2]))
+
+  return per_sample(crop)
+
+
+def random_flip(probability: float = 0.5) -> Augment:
+  """Horizontal flip (left-right) of each image with ``probability``.
+
+  torchvision's ``RandomHorizontalFlip(p=probability)``.
+
+  Args:
+    probability: Chance that an image is flipped.
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> flip = random_flip(1.0)
+    >>> x = jnp.arange(4.0).reshape(1, 1, 4, 1)
+    >>> flip(x, jax.random.key(0)).ravel().tolist()
+    [3.0, 2.0, 1.0, 0.0]
+  """
+  probability = _validation.check_in_range("probability", probability, low=0,
+                                           high=1)
+
+  def flip(image: jax.Array, key: jax.Array) -> jax.Array:
+    return jnp.where(jax.random.bernoulli(key, probability), image[:, ::-1],
+                     image)
+
+  return per_sample(flip)
+
+
+def compose(*augmentations: Augment) -> Augment:
+  """Applies augmentations in order, each with its own key.
+
+  Args:
+    *augmentations: ``(x, key) -> x`` functions (from this module or the
+      user's own).
+
+  Returns:
+    Their composition, an ``(x, key) -> x`` function.
+
+  Example:
+    >>> aug = compose(random_crop(2), random_flip())
+    >>> aug(jnp.ones((1, 4, 4, 3)), jax.random.key(0)).shape
+    (1, 4, 4, 3)
+  """
+  if not augmentations:
+    raise ValueError("compose needs at least one augmentation.")
+  for i, fn in enumerate(augmentations):
+    if not callable(fn):
+      raise TypeError(f"augmentation {i} must be a callable (x, key) -> x, "
+                      f"got {type(fn).__name__}.")
+
+  def augment(x: jax.Array, key: jax.Array) -> jax.Array:
+    for fn, k in zip(augmentations,
+                     jax.random.split(key, len(augmentations))):
+      x = fn(x, k)
+    return x
+
+  return augment

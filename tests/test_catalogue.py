@@ -1,0 +1,259 @@
+"""The benchmark catalogue through tfds's real loading path, and augmentations.
+
+tfds datasets are mocked with ``tfds.testing.mock_data(as_data_source_fn=...)``:
+``tfds.builder(name, data_dir=...)`` builds the real builder (features, label
+counts) and only ``as_data_source`` is replaced, by records that cover every
+class (tfds 4.9.10's default mock returns random labels and its batched
+``__getitems__`` is broken, see tests/test_sources.py).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import jaxcl
+from jaxcl.benchmarks import augment, classic, sources
+
+# Label ids used by the fake records; Omniglot's 1623 are capped to keep the
+# fake data small (its loader relabels the characters present).
+_N_LABELS = {"omniglot": 12}
+_PER_CLASS = 5
+
+
+def _fake_source(builder, split, **kwargs):
+  """Deterministic records: ``_PER_CLASS`` per class; pixel = record index."""
+  del kwargs
+  features = builder.info.features
+  n_labels = _N_LABELS.get(builder.name, features["label"].num_classes)
+  records = []
+  for i in range(_PER_CLASS * n_labels):
+    shape = [d if d is not None else 6 + i % 3 for d in features["image"].shape]
+    image = np.full(shape, (i + (split == "test")) % 256, np.uint8)
+    records.append({"image": image, "label": i % n_labels})
+  return records
+
+
+@pytest.fixture
+def mock_tfds(tmp_path):
+  """A tfds data_dir whose datasets all read the fake records."""
+  with tfds.testing.mock_data(as_data_source_fn=_fake_source):
+    yield tmp_path
+
+
+def _normalised_zero(bench):
+  return np.asarray(bench.preprocess(jnp.zeros((1,) + bench.input_shape,
+                                               jnp.uint8)))[0]
+
+
+def _check_exact(bench, n_records):
+  """Every record of each split is in exactly one experience."""
+  assert sum(len(e) for e in bench.train_stream) == n_records
+  assert sum(len(e) for e in bench.test_stream) == n_records
+  for e in bench.train_stream:
+    assert e.x.dtype == np.uint8 and e.x.shape[1:] == bench.input_shape
+    assert set(np.unique(e.y)) == set(e.classes)
+
+
+@pytest.mark.parametrize("factory, kwargs, n_classes, shape, mean, std, aug", [
+    ("split_mnist", {}, 10, (28, 28, 1), classic.MNIST_MEAN,
+     classic.MNIST_STD, False),
+    ("split_fmnist", {}, 10, (28, 28, 1), classic.FMNIST_MEAN,
+     classic.FMNIST_STD, False),
+    ("split_kmnist", {}, 10, (28, 28, 1), classic.KMNIST_MEAN,
+     classic.KMNIST_STD, False),
+    ("split_cifar10", {}, 10, (32, 32, 3), classic.CIFAR10_MEAN,
+     classic.CIFAR10_STD, True),
+    ("split_cifar100", {"n_experiences": 10}, 100, (32, 32, 3),
+     classic.CIFAR100_MEAN, classic.CIFAR100_STD, True),
+    ("split_svhn", {}, 10, (32, 32, 3), classic.SVHN_MEAN, classic.SVHN_STD,
+     False),
+    ("split_cub200", {"image_size": 8}, 200, (8, 8, 3), classic.CIFAR10_MEAN,
+     classic.CIFAR10_STD, True),
+])
+def test_class_incremental_entries(mock_tfds, factory, kwargs, n_classes, shape,
+                                   mean, std, aug):
+  bench = jaxcl.benchmarks.BENCHMARKS[factory](data_dir=mock_tfds, **kwargs)
+  assert bench.n_classes == n_classes and bench.input_shape == shape
+  assert bench.name == factory and bench.scenario == "class_incremental"
+  _check_exact(bench, _PER_CLASS * n_classes)
+  np.testing.assert_allclose(_normalised_zero(bench),
+                             np.broadcast_to(-np.divide(mean, std), shape),
+                             rtol=1e-5)
+  assert (bench.augment is not None) == aug
+
+
+def test_first_experience_with_half_classes_and_cub_default(mock_tfds):
+  bench = classic.split_cifar100(6, first_exp_with_half_classes=True, seed=3,
+                                 data_dir=mock_tfds)
+  assert [len(e.classes) for e in bench.train_stream] == [50] + [10] * 5
+  cub = classic.split_cub200(image_size=8, data_dir=mock_tfds)
+  assert [len(e.classes) for e in cub.train_stream] == [100] + [10] * 10
+  assert cub.train_stream[0].classes == tuple(range(100))  # shuffle=False.
+
+
+def test_split_cifar110(mock_tfds):
+  bench = classic.split_cifar110(6, seed=1, data_dir=mock_tfds)
+  assert bench.n_classes == 110
+  assert bench.train_stream[0].classes == tuple(range(10))
+  later = [c for e in bench.train_stream[1:] for c in e.classes]
+  assert sorted(later) == list(range(10, 110))
+  assert all(len(e.classes) == 20 for e in bench.train_stream[1:])
+  _check_exact(bench, _PER_CLASS * 110)
+  with pytest.raises(ValueError, match="permutation of the CIFAR-100 classes"):
+    classic.split_cifar110(data_dir=mock_tfds, fixed_class_order=[0, 1])
+
+
+def test_split_omniglot_holds_out_drawings_of_each_class(mock_tfds):
+  bench = classic.split_omniglot(4, data_dir=mock_tfds)
+  assert bench.n_classes == 12 and bench.input_shape == (105, 105, 1)
+  for train, test in zip(bench.train_stream, bench.test_stream):
+    assert train.classes == test.classes and len(train.classes) == 3
+    # 5 drawings per character: 5 // 5 = 1 to test, 4 to train.
+    np.testing.assert_array_equal(np.bincount(test.y)[list(test.classes)], 1)
+    np.testing.assert_array_equal(np.bincount(train.y)[list(train.classes)], 4)
+
+
+def test_five_datasets(mock_tfds):
+  bench = classic.five_datasets(return_task_id=True, data_dir=mock_tfds)
+  assert bench.input_shape == (32, 32, 3) and bench.n_classes == 50
+  assert [e.classes for e in bench.train_stream] == [
+      tuple(range(10 * k, 10 * k + 10)) for k in range(5)]
+  assert [e.task_label for e in bench.test_stream] == [0, 1, 2, 3, 4]
+  mnist = bench.train_stream[0].x
+  # 28x28x1 padded by 2 pixels of 0 and repeated to three channels.
+  assert (mnist[:, :2] == 0).all() and (mnist[:, -2:] == 0).all()
+  np.testing.assert_array_equal(mnist[..., 0], mnist[..., 2])
+  assert mnist[1, 2, 2, 0] == 1  # Record 1's pixels, past the padding.
+  np.testing.assert_allclose(_normalised_zero(bench), -1.0)
+
+
+def test_permuted_mnist_from_tfds(mock_tfds):
+  bench = classic.permuted_mnist(2, seed=0, data_dir=mock_tfds)
+  assert [len(e) for e in bench.train_stream] == [50, 50]  # Mocked mnist.
+  assert bench.n_classes == 10 and bench.scenario == "domain_incremental"
+
+
+def test_rotated_mnist_bundled_without_data_dir():
+  bench = classic.rotated_mnist(2, rotations_list=[90, -90])
+  assert [len(e) for e in bench.train_stream] == [4000, 4000]
+  np.testing.assert_array_equal(
+      bench.train_stream[1].x[:5],
+      np.rot90(bench.train_stream[0].x[:5], 2, axes=(1, 2)))
+  assert bench.train_stream[0].x.dtype == np.uint8
+
+
+def test_missing_tfds_dataset_says_how_to_prepare(monkeypatch, tmp_path):
+  monkeypatch.setattr(sources, "has_tfds_dataset", lambda *args: False)
+  for factory, name in [(classic.split_cifar10, "cifar10"),
+                        (classic.split_cub200, "caltech_birds2011"),
+                        (classic.five_datasets, "mnist")]:
+    with pytest.raises(ValueError, match=f"tfds build {name} --data_dir DIR "
+                       "--file_format array_record"):
+      factory()
+  with pytest.raises(ValueError, match="tfds build svhn_cropped"):
+    classic.split_svhn(data_dir=tmp_path)  # Not prepared there.
+
+
+def _write_images(folder, count, size, value):
+  folder.mkdir(parents=True)
+  for i in range(count):
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(
+        folder / f"{i}.png")
+
+
+def test_core50_from_image_folders(tmp_path, monkeypatch):
+  # Both scenarios read the same folders: read them once (TensorFlow is slow).
+  monkeypatch.setattr(classic, "_image_folder",
+                      functools.cache(classic._image_folder))
+  root = tmp_path / "core50_32x32"
+  objects = range(1, 50, 5)  # One object of each of the 10 categories.
+  for session in range(1, 12):
+    for obj in objects:
+      _write_images(root / f"s{session}" / f"o{obj}", 1, 32, obj)
+  ni = classic.core50(scenario="ni", mini=True, seed=1, data_dir=tmp_path)
+  assert len(ni.train_stream) == 8 and len(ni.test_stream) == 1
+  assert len(ni.test_stream[0]) == 30 and ni.input_shape == (32, 32, 3)
+  for e in ni.train_stream:  # Pixel value = object number = label + 1.
+    np.testing.assert_array_equal(e.x[:, 0, 0, 0], e.y + 1)
+    assert e.classes == tuple(o - 1 for o in objects)
+  nc = classic.core50(scenario="nc", mini=True, object_lvl=False,
+                      data_dir=tmp_path)
+  assert nc.n_classes == 10 and [len(e.classes) for e in nc.train_stream] == (
+      [2] + [1] * 8)
+  for e in nc.train_stream:
+    np.testing.assert_array_equal(e.y, (e.x[:, 0, 0, 0] - 1) // 5)
+  with pytest.raises(ValueError, match="core50_128x128.zip"):
+    classic.core50(data_dir=tmp_path)
+  with pytest.raises(ValueError, match="needs data_dir"):
+    classic.core50()
+
+
+def test_tiny_imagenet_prepared_from_the_official_layout(tmp_path):
+  source = tmp_path / "tiny-imagenet-200"
+  wnids = ["n02", "n01", "n03", "n04"]
+  for k, wnid in enumerate(wnids):
+    _write_images(source / "train" / wnid / "images", 2, 64, 10 * k)
+  _write_images(source / "val" / "images", 4, 64, 0)
+  (source / "val" / "val_annotations.txt").write_text("".join(
+      f"{i}.png\t{wnid}\t0\t0\t63\t63\n" for i, wnid in enumerate(wnids)))
+  with pytest.raises(ValueError, match="prepare_tiny_imagenet"):
+    classic.split_tiny_imagenet(data_dir=tmp_path / "data")
+  classic.prepare_tiny_imagenet(source, tmp_path / "data")
+  bench = classic.split_tiny_imagenet(2, shuffle=False,
+                                      data_dir=tmp_path / "data")
+  assert bench.n_classes == 4 and bench.input_shape == (64, 64, 3)
+  # Labels are the sorted wnids' positions: n01 -> 0, n02 -> 1, ...
+  train = {int(y): int(x[0, 0, 0]) for e in bench.train_stream
+           for x, y in zip(e.x, e.y)}
+  assert train == {0: 10, 1: 0, 2: 20, 3: 30}
+  assert [len(e) for e in bench.test_stream] == [2, 2]
+
+
+# Augmentations (the catalogue's defaults are built from them).
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+  x = jnp.arange(4 * 5 * 6 * 2, dtype=jnp.float32).reshape(4, 5, 6, 2) + 1
+  out = np.asarray(jax.jit(augment.random_crop(2))(x, jax.random.key(0)))
+  assert out.shape == x.shape
+  padded = np.pad(np.asarray(x), [(0, 0), (2, 2), (2, 2), (0, 0)])
+  offsets = []
+  for image, pad in zip(out, padded):
+    hits = [(dy, dx) for dy in range(5) for dx in range(5)
+            if np.array_equal(image, pad[dy:dy + 5, dx:dx + 6])]
+    assert len(hits) == 1
+    offsets.append(hits[0])
+  assert len(set(offsets)) > 1  # Each sample draws its own offset.
+  again = augment.random_crop(2)(x, jax.random.key(0))
+  np.testing.assert_array_equal(out, again)
+  np.testing.assert_array_equal(augment.random_crop(0)(x, jax.random.key(3)), x)
+
+
+def test_random_flip_flips_left_right_per_sample():
+  x = jnp.arange(16 * 2 * 3, dtype=jnp.int32).reshape(16, 2, 3, 1)
+  out = np.asarray(jax.jit(augment.random_flip())(x, jax.random.key(1)))
+  flipped = [np.array_equal(o, np.asarray(i)[:, ::-1]) for o, i in zip(out, x)]
+  kept = [np.array_equal(o, i) for o, i in zip(out, x)]
+  assert all(f != k for f, k in zip(flipped, kept))  # Each is one or other.
+  assert 0 < sum(flipped) < 16
+  np.testing.assert_array_equal(augment.random_flip(0.0)(x, jax.random.key(1)), x)
+
+
+def test_compose_uses_one_key_per_augmentation():
+  x = jnp.ones((3, 4, 4, 1))
+  shift = augment.per_sample(lambda img, key: img + jax.random.uniform(key))
+  both = augment.compose(shift, shift)(x, jax.random.key(0))
+  k1, k2 = jax.random.split(jax.random.key(0))
+  expected = shift(shift(x, k1), k2)
+  np.testing.assert_allclose(both, expected)
+  with pytest.raises(ValueError, match="at least one"):
+    augment.compose()
+  with pytest.raises(ValueError, match="padding must be a non-negative"):
+    augment.random_crop(-1)
+  with pytest.raises(ValueError, match="expect images"):
+    augment.random_flip()(jnp.ones((2, 3)), jax.random.key(0))

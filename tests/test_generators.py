@@ -1,0 +1,308 @@
+"""Scenario generators: exact partitions, class timelines, seeds, clear errors."""
+
+import numpy as np
+import pytest
+
+from jaxcl.benchmarks import (
+  class_incremental,
+  data_incremental,
+  dataset_per_experience,
+  new_instances,
+  permuted,
+  rotate_images,
+  rotated,
+  split_online,
+  task_incremental,
+  with_validation,
+)
+
+
+def _data(n_classes=6, per_class=5, offset=0):
+  """Column 0 is a unique sample id, column 1 the original label."""
+  y = np.repeat(np.arange(n_classes), per_class)
+  ids = np.arange(len(y)) + offset
+  return np.stack([ids, y], 1).astype(np.float32), y
+
+
+def _ids(stream):
+  return np.concatenate([e.x[:, 0] for e in stream])
+
+
+def _check_timeline(stream):
+  """previous/future classes agree with the classes of the other experiences."""
+  for i, e in enumerate(stream):
+    before = set().union(*[s.classes for s in stream[:i]])
+    after = set().union(*[s.classes for s in stream[i + 1:]])
+    assert set(e.previous_classes) == before
+    assert set(e.future_classes) == after - before - set(e.classes)
+    assert set(e.classes_seen_so_far) == before | set(e.classes)
+    assert e.index == i
+
+
+def test_per_exp_classes_and_remaining_split_evenly():
+  x, y = _data(n_classes=7)
+  b = class_incremental((x, y), (x, y), 3, per_exp_classes={0: 3}, seed=1)
+  assert [len(e.classes) for e in b.train_stream] == [3, 2, 2]
+  order = b.class_order
+  assert [e.classes for e in b.train_stream] == [
+      tuple(sorted(order[:3])), tuple(sorted(order[3:5])),
+      tuple(sorted(order[5:]))]
+  np.testing.assert_array_equal(np.sort(_ids(b.train_stream)), x[:, 0])
+  for e in b.train_stream:
+    assert set(np.unique(e.y)) == set(e.classes)
+  _check_timeline(b.train_stream)
+  _check_timeline(b.test_stream)
+  b = class_incremental((x, y), (x, y), 3, per_exp_classes={2: 1},
+                        shuffle=False)
+  assert [e.classes for e in b.train_stream] == [(0, 1, 2), (3, 4, 5), (6,)]
+
+
+def test_class_ids_from_zero_in_each_exp():
+  x, y = _data(n_classes=6)
+  b = class_incremental((x, y), (x, y), 2, per_exp_classes={0: 4},
+                        fixed_class_order=[5, 0, 3, 1, 4, 2],
+                        class_ids_from_zero_in_each_exp=True,
+                        return_task_id=True)
+  assert b.n_classes == 4 and b.class_order == (5, 0, 3, 1, 4, 2)
+  assert [e.classes for e in b.train_stream] == [(0, 1, 2, 3), (0, 1)]
+  # The j-th class of experience i in class order becomes label j.
+  mapping = [{5: 0, 0: 1, 3: 2, 1: 3}, {4: 0, 2: 1}]
+  for stream in (b.train_stream, b.test_stream):
+    for e, m in zip(stream, mapping):
+      original = e.x[:, 1].astype(int)
+      np.testing.assert_array_equal(e.y, [m[c] for c in original])
+      np.testing.assert_array_equal(e.task, e.index)
+  assert b.train_stream[1].previous_classes == (0, 1, 2, 3)
+  assert b.train_stream[1].future_classes == ()
+
+
+@pytest.mark.parametrize("per_exp, match", [
+    ({0: 7}, "leaves -1 of the 6 classes"),
+    ({0: 3}, "leaves 3 of the 6 classes for the other 2"),
+    ({0: 2, 1: 2, 2: 1}, "leaves 1 of the 6 classes for the other 0"),
+    ({3: 2}, "keys must be experience indices"),
+    ({0: 0}, "per_exp_classes\\[0\\] must be a positive"),
+])
+def test_per_exp_classes_errors(per_exp, match):
+  x, y = _data()
+  with pytest.raises(ValueError, match=match):
+    class_incremental((x, y), (x, y), 3, per_exp_classes=per_exp)
+
+
+def test_new_instances_partition_sizes_and_seed():
+  x, y = _data(n_classes=3, per_class=11)
+  b = new_instances((x, y), (x[:9], y[:9]), 4, seed=3)
+  np.testing.assert_array_equal(np.sort(_ids(b.train_stream)), x[:, 0])
+  assert sorted(len(e) for e in b.train_stream) == [8, 8, 8, 9]
+  assert len(b.test_stream) == 1 and len(b.test_stream[0]) == 9
+  assert b.scenario == "new_instances" and b.n_classes == 3
+  for e in b.train_stream:
+    np.testing.assert_array_equal(e.y, e.x[:, 1])
+    np.testing.assert_array_equal(e.task, 0)
+  _check_timeline(b.train_stream)
+  again = new_instances((x, y), (x, y), 4, seed=3)
+  other = new_instances((x, y), (x, y), 4, seed=4)
+  same = [np.array_equal(a.x, c.x) for a, c in zip(b.train_stream,
+                                                    again.train_stream)]
+  assert all(same)
+  assert not all(np.array_equal(a.x, c.x)
+                 for a, c in zip(b.train_stream, other.train_stream))
+  ordered = new_instances((x, y), (x, y), 3, shuffle=False)
+  np.testing.assert_array_equal(ordered.train_stream[0].x[:, 0], np.arange(11))
+
+
+def test_new_instances_balanced():
+  x, y = _data(n_classes=3, per_class=10)
+  b = new_instances((x, y), (x, y), 4, balance_experiences=True, seed=0)
+  np.testing.assert_array_equal(np.sort(_ids(b.train_stream)), x[:, 0])
+  counts = np.array([np.bincount(e.y, minlength=3) for e in b.train_stream])
+  np.testing.assert_array_equal(counts.sum(0), [10, 10, 10])
+  assert set(counts.ravel()) <= {2, 3}  # 10 = 2 * 4 + 2: off by at most one.
+
+
+def test_new_instances_fixed_assignment_and_errors():
+  x, y = _data(n_classes=2, per_class=3)
+  b = new_instances((x, y), (x, y), 2, fixed_exp_assignment=[[5, 0], [2]])
+  assert [e.x[:, 0].tolist() for e in b.train_stream] == [[5.0, 0.0], [2.0]]
+  with pytest.raises(ValueError, match="disjoint"):
+    new_instances((x, y), (x, y), 2, fixed_exp_assignment=[[0, 1], [1]])
+  with pytest.raises(ValueError, match="outside"):
+    new_instances((x, y), (x, y), 2, fixed_exp_assignment=[[0], [6]])
+  with pytest.raises(ValueError, match="one per experience"):
+    new_instances((x, y), (x, y), 3, fixed_exp_assignment=[[0], [1]])
+  with pytest.raises(ValueError, match="exceeds the 6 training samples"):
+    new_instances((x, y), (x, y), 7)
+
+
+def test_dataset_per_experience_offsets_and_tasks():
+  a = _data(n_classes=2, per_class=3)
+  b = _data(n_classes=3, per_class=2, offset=100)
+  bench = dataset_per_experience([(a, a), (b, b)], offset_class_ids=True,
+                                 return_task_id=True)
+  assert [e.classes for e in bench.train_stream] == [(0, 1), (2, 3, 4)]
+  assert bench.n_classes == 5 and bench.n_tasks == 2
+  assert bench.scenario == "task_incremental"
+  for stream in (bench.train_stream, bench.test_stream):
+    np.testing.assert_array_equal(stream[1].y, b[1] + 2)
+    np.testing.assert_array_equal(stream[1].x, b[0])
+    np.testing.assert_array_equal(stream[1].task, 1)
+  _check_timeline(bench.train_stream)
+  shared = dataset_per_experience([(a, a), (b, b)])
+  assert [e.classes for e in shared.train_stream] == [(0, 1), (0, 1, 2)]
+  assert shared.scenario == "domain_incremental" and shared.n_classes == 3
+  assert shared.train_stream[1].future_classes == ()
+  wide = (np.zeros((6, 3), np.float32), a[1])
+  with pytest.raises(ValueError, match="datasets\\[1\\] has inputs of sample "
+                     "shape \\(3,\\)"):
+    dataset_per_experience([(a, a), (wide, wide)])
+  with pytest.raises(ValueError, match="non-empty sequence"):
+    dataset_per_experience([])
+
+
+def test_task_incremental_relabels_every_stream():
+  x, y = _data()
+  b = with_validation(class_incremental((x, y), (x, y), 3), 0.4)
+  t = task_incremental(b)
+  assert t.scenario == "task_incremental" and t.n_tasks == 3
+  for stream in (t.train_stream, t.test_stream, t.valid_stream):
+    for e in stream:
+      np.testing.assert_array_equal(e.task, e.index)
+  online = task_incremental(split_online(b, 4))
+  for e in online.train_stream:
+    np.testing.assert_array_equal(e.task, e.origin_experience)
+  with pytest.raises(ValueError, match="one test experience per task"):
+    task_incremental(new_instances((x, y), (x, y), 3))
+
+
+def _pixels(n=4, h=3, w=4):
+  x = np.arange(n * h * w, dtype=np.uint8).reshape(n, h, w, 1)
+  return x, np.arange(n) % 2
+
+
+def test_permuted_is_seeded_per_experience_permutation():
+  x, y = _pixels()
+  b = permuted((x, y), (x[:2], y[:2]), 3, seed=7)
+  assert b.scenario == "domain_incremental" and b.n_tasks == 1
+  perms = []
+  for train, test in zip(b.train_stream, b.test_stream):
+    flat, out = x.reshape(4, -1), train.x.reshape(4, -1)
+    perm = np.argsort(flat[0])[np.searchsorted(np.sort(flat[0]), out[0])]
+    np.testing.assert_array_equal(out, flat[:, perm])  # Same for all samples.
+    np.testing.assert_array_equal(test.x.reshape(2, -1), flat[:2, perm])
+    np.testing.assert_array_equal(train.y, y)
+    assert train.classes == (0, 1)
+    perms.append(perm)
+  assert not np.array_equal(perms[0], np.arange(12))  # Avalanche: exp 0 too.
+  assert len({p.tobytes() for p in perms}) == 3
+  again = permuted((x, y), (x, y), 3, seed=7)
+  other = permuted((x, y), (x, y), 3, seed=8)
+  assert all(np.array_equal(a.x, c.x)
+             for a, c in zip(b.train_stream, again.train_stream))
+  assert not np.array_equal(b.train_stream[0].x, other.train_stream[0].x)
+  tasks = permuted((x, y), (x, y), 2, return_task_id=True)
+  assert tasks.n_tasks == 2 and tasks.test_stream[1].task_label == 1
+
+
+def test_rotate_images_matches_rot90_and_flips():
+  img = np.arange(2 * 5 * 5 * 2).reshape(2, 5, 5, 2)
+  np.testing.assert_array_equal(rotate_images(img, 0), img)
+  np.testing.assert_array_equal(rotate_images(img, 360), img)
+  np.testing.assert_array_equal(rotate_images(img, 90),
+                                np.rot90(img, 1, axes=(1, 2)))
+  np.testing.assert_array_equal(rotate_images(img, -90),
+                                np.rot90(img, -1, axes=(1, 2)))
+  np.testing.assert_array_equal(rotate_images(img, 180), img[:, ::-1, ::-1])
+  # 45 degrees on a 5x5 image: the centre stays, corners fall outside (0).
+  out = rotate_images(np.ones((1, 5, 5), np.uint8), 45)
+  assert out[0, 2, 2] == 1 and out[0, 0, 0] == 0 and out[0, 4, 4] == 0
+  with pytest.raises(ValueError, match="images"):
+    rotate_images(np.zeros((4, 4)), 10)
+
+
+def test_rotated_angles_from_seed_or_list():
+  x, y = _pixels(h=5, w=5)
+  b = rotated((x, y), (x, y), 3, angles=[90, 0, -180])
+  np.testing.assert_array_equal(b.train_stream[0].x, np.rot90(x, axes=(1, 2)))
+  np.testing.assert_array_equal(b.train_stream[1].x, x)
+  np.testing.assert_array_equal(b.test_stream[2].x, x[:, ::-1, ::-1])
+  seeded = [rotated((x, y), (x, y), 4, seed=s) for s in (0, 0, 1)]
+  rng = np.random.default_rng(0)
+  for e, angle in zip(seeded[0].train_stream, rng.integers(-180, 181, 4)):
+    np.testing.assert_array_equal(e.x, rotate_images(x, angle))
+  assert all(np.array_equal(a.x, c.x) for a, c in
+             zip(seeded[0].train_stream, seeded[1].train_stream))
+  assert not all(np.array_equal(a.x, c.x) for a, c in
+                 zip(seeded[0].train_stream, seeded[2].train_stream))
+  with pytest.raises(ValueError, match="one per experience"):
+    rotated((x, y), (x, y), 3, angles=[0, 90])
+  with pytest.raises(ValueError, match=r"angles\[1\] must be in \[-180, 180\]"):
+    rotated((x, y), (x, y), 2, angles=[0, 190])
+
+
+def test_split_online_sizes_origins_and_boundaries():
+  x, y = _data(n_classes=4, per_class=5)
+  base = class_incremental((x, y), (x, y), 2, fixed_class_order=range(4))
+  b = split_online(base, 4, seed=1, access_task_boundaries=True)
+  assert [len(e) for e in b.train_stream] == [4, 4, 2, 4, 4, 2]
+  assert [e.origin_experience for e in b.train_stream] == [0, 0, 0, 1, 1, 1]
+  assert [e.is_first_subexp for e in b.train_stream] == [True, False, False] * 2
+  assert [e.is_last_subexp for e in b.train_stream] == [False, False, True] * 2
+  for origin in range(2):
+    minis = [e for e in b.train_stream if e.origin_experience == origin]
+    np.testing.assert_array_equal(np.sort(_ids(minis)),
+                                  np.sort(base.train_stream[origin].x[:, 0]))
+  assert b.test_stream is base.test_stream and b.name == "class_incremental_online"
+  _check_timeline(b.train_stream)
+  hidden = split_online(base, 4)
+  assert {e.is_first_subexp for e in hidden.train_stream} == {None}
+  assert {e.origin_experience for e in hidden.train_stream} == {0, 1}
+  dropped = split_online(base, 4, drop_last=True)
+  assert [len(e) for e in dropped.train_stream] == [4, 4, 4, 4]
+  ordered = split_online(base, 3, shuffle=False)
+  np.testing.assert_array_equal(_ids(ordered.train_stream), _ids(base.train_stream))
+  with pytest.raises(ValueError, match="drops every sample"):
+    split_online(base, 11, drop_last=True)
+  with pytest.raises(ValueError, match="experience_size must be a positive"):
+    split_online(base, 0)
+
+
+def test_data_incremental_consecutive_chunks():
+  x, y = _data(n_classes=4, per_class=5)
+  base = class_incremental((x, y), (x, y), 2, seed=2)
+  b = data_incremental(base, 3)
+  assert [len(e) for e in b.train_stream] == [7, 7, 6]
+  np.testing.assert_array_equal(_ids(b.train_stream), _ids(base.train_stream))
+  assert b.test_stream is base.test_stream
+  _check_timeline(b.train_stream)
+  shuffled = data_incremental(base, 2, shuffle=True, seed=0)
+  # Shuffled within each original experience only: halves keep their samples.
+  for new, old in zip(shuffled.train_stream, base.train_stream):
+    np.testing.assert_array_equal(np.sort(new.x[:, 0]), np.sort(old.x[:, 0]))
+  with pytest.raises(ValueError, match="exceeds the 20 training samples"):
+    data_incremental(base, 21)
+
+
+def test_with_validation_partition_and_class_balance():
+  y = np.concatenate([np.zeros(10, int), np.ones(30, int)])
+  x = np.stack([np.arange(40), y], 1).astype(np.float32)
+  base = new_instances((x, y), (x, y), 2, shuffle=False)
+  b = with_validation(base, 0.25, class_balanced=True, seed=0)
+  for train, valid, old in zip(b.train_stream, b.valid_stream,
+                               base.train_stream):
+    np.testing.assert_array_equal(
+        np.sort(np.concatenate([train.x[:, 0], valid.x[:, 0]])),
+        np.sort(old.x[:, 0]))
+    counts = np.bincount(old.y, minlength=2)
+    np.testing.assert_array_equal(np.bincount(valid.y, minlength=2),
+                                  (counts * 0.25).astype(int))
+    assert valid.origin == "valid" and valid.index == old.index
+  assert b.test_stream is base.test_stream
+  fixed = with_validation(base, 3, seed=1)
+  assert [len(e) for e in fixed.valid_stream] == [3, 3]
+  assert [len(e) for e in fixed.train_stream] == [17, 17]
+  with pytest.raises(ValueError, match="needs validation_size as a fraction"):
+    with_validation(base, 3, class_balanced=True)
+  with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+    with_validation(base, 1.0)
+  with pytest.raises(ValueError, match="leaves 20 of the 20 samples"):
+    with_validation(base, 20)

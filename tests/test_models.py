@@ -1,0 +1,215 @@
+"""Model zoo: architectures, batch-norm state, per-sample heads, fit on images."""
+
+import inspect
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl.benchmarks import augment, class_incremental, normalizer
+from jaxcl.models import MODELS, MTMLP, MultiHead, ResNet32, SlimResNet18, as_model
+from jaxcl.strategies import naive
+
+
+def _images(n_classes=4, per_class=6, size=8, seed=0):
+  """Class-incremental uint8 images whose mean brightness encodes the class."""
+  rng = np.random.default_rng(seed)
+  y = np.repeat(np.arange(n_classes), per_class)
+  x = rng.integers(0, 40, (len(y), size, size, 3)) + 50 * y[:, None, None, None]
+  return class_incremental(
+      (x.astype(np.uint8), y), (x.astype(np.uint8), y), 2,
+      fixed_class_order=range(n_classes), preprocess=normalizer(0.5, 0.25),
+      augment=augment.compose(augment.random_crop(1), augment.random_flip()))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+  """Tiny inputs run once here: compile time (large for convolutions on CPU,
+  halved without XLA's optimisations) is what matters."""
+  previous = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _traced_once():
+  """naive() whose penalty raises if traced twice: one compile per stream.
+
+  chex counts traces per call site (the calling test), so every test that
+  uses this gets its own count.
+  """
+  def penalty(*args):
+    return naive().penalty(*args)
+
+  return naive()._replace(penalty=chex.assert_max_traces(penalty, n=1))
+
+
+def _count(tree):
+  return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def _slim_resnet18_size(nf, classes, channels=3):
+  """Parameter count of GEM's slim ResNet-18, from its definition."""
+  def conv(k, i, o):
+    return k * k * i * o
+
+  total, width = conv(3, channels, nf) + 2 * nf, nf
+  for multiple, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+    out = nf * multiple
+    for block in range(2):
+      cin = width if block == 0 else out
+      total += conv(3, cin, out) + conv(3, out, out) + 4 * out
+      if block == 0 and (stride != 1 or cin != out):
+        total += conv(1, cin, out) + 2 * out  # Projection shortcut.
+    width = out
+  return total + 8 * nf * classes + classes
+
+
+def _resnet32_size(n, classes, channels=3):
+  """iCaRL ResNet-32: 3x3 convs, no biases, identity (option A) shortcuts."""
+  total, width = 9 * channels * 16 + 2 * 16, 16
+  for out in (16, 32, 64):
+    for _ in range(n):
+      total += 9 * width * out + 9 * out * out + 4 * out
+      width = out
+  return total + 64 * classes + classes
+
+
+@pytest.mark.parametrize("model, expected", [
+    (SlimResNet18(num_classes=10), _slim_resnet18_size(20, 10)),
+    (SlimResNet18(num_classes=100, nf=8), _slim_resnet18_size(8, 100)),
+    (ResNet32(num_classes=100), _resnet32_size(5, 100)),
+    (ResNet32(num_classes=10, n=3), _resnet32_size(3, 10)),
+])
+def test_resnet_parameter_counts_match_their_definitions(model, expected):
+  variables = jax.eval_shape(model.init, jax.random.key(0),
+                             jnp.zeros((1, 32, 32, 3)))
+  assert _count(variables["params"]) == expected
+  # Running mean and variance: as many as batch-norm scales and offsets.
+  bn_params = sum(int(np.prod(a.shape)) for path, a in
+                  jax.tree_util.tree_leaves_with_path(variables["params"])
+                  if "BatchNorm" in jax.tree_util.keystr(path))
+  assert _count(variables["batch_stats"]) == bn_params
+
+
+def test_batch_norm_state_updates_in_training_and_freezes_in_evaluation():
+  model = as_model(SlimResNet18(num_classes=3, nf=4))
+  x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3))
+  task = jnp.zeros(6, jnp.int32)
+  params, state = jax.jit(model.init)(jax.random.key(0), x, task)
+  chex.assert_trees_all_equal(state["batch_stats"]["BatchNorm_0"]["mean"],
+                              jnp.zeros(4))
+  train = jax.jit(lambda p, s, x: model.apply(p, s, x, task, True, None))
+  evaluate = jax.jit(lambda p, s, x: model.apply(p, s, x, task, False, None))
+  logits, new_state = train(params, state, x)
+  assert logits.shape == (6, 3)
+  # PyTorch momentum 0.1: running mean = 0.9 * 0 + 0.1 * batch mean of the
+  # first convolution's output (3x3, padding 1, no bias).
+  kernel = params["TorchConv_0"]["Conv_0"]["kernel"]
+  conv = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(new_state["batch_stats"]["BatchNorm_0"]["mean"],
+                             0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-4,
+                             atol=1e-6)
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state, new_state)
+  assert all(jax.tree.leaves(changed))  # Every running statistic moved.
+  eval_logits, eval_state = evaluate(params, new_state, x)
+  chex.assert_trees_all_equal(eval_state, new_state)  # Frozen in evaluation.
+  # Evaluation uses running statistics: a sample's logits do not depend on
+  # the rest of the batch; in training, batch statistics make them depend.
+  others = x.at[2:].set(x[2:] * 3 + 1)
+  np.testing.assert_allclose(evaluate(params, new_state, others)[0][:2],
+                             eval_logits[:2], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(train(params, state, others)[0][:2], logits[:2],
+                         atol=1e-3)
+
+
+def test_mtmlp_selects_the_head_of_each_sample():
+  model = MTMLP(num_classes=3, n_tasks=4, hidden_size=5, drop_rate=0.0)
+  x = jax.random.normal(jax.random.key(1), (5, 2, 3))
+  task = jnp.array([3, 0, 1, 3, 2])
+  params = jax.jit(model.init)(jax.random.key(0), x, task)["params"]
+  apply = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+  dense = params["features"]["TorchLinear_0"]["Dense_0"]
+  h = np.maximum(np.asarray(x).reshape(5, 6) @ dense["kernel"] + dense["bias"],
+                 0)
+  kernel, bias = np.asarray(params["heads"]["kernel"]), params["heads"]["bias"]
+  expected = np.stack([h[i] @ kernel[t] + bias[t]
+                       for i, t in enumerate(task.tolist())])
+  np.testing.assert_allclose(apply(params, x, task), expected, rtol=1e-5,
+                             atol=1e-6)
+  # Heads of tasks absent from the batch get no gradient.
+  two = jnp.array([3, 0, 0, 3, 0])
+  grads = jax.jit(jax.grad(lambda p: apply(p, x, two).sum()))(params)
+  used = np.abs(grads["heads"]["kernel"]).sum(axis=(1, 2))
+  assert used[1] == 0 and used[2] == 0 and used[0] > 0 and used[3] > 0
+  # A task label without a head gives NaN logits, not another head's.
+  bad = apply(params, x, jnp.array([0, 4, 0, 0, 0]))
+  assert np.isfinite(bad[0]).all() and np.isnan(bad[1]).all()
+
+
+def test_multi_head_model_learns_a_task_incremental_stream():
+  bench = make_benchmark(n_classes=4, n_experiences=2, return_task_id=True,
+                         class_ids_from_zero_in_each_exp=True)
+  assert bench.n_classes == 2 and bench.n_tasks == 2
+  model = MTMLP(num_classes=2, n_tasks=bench.n_tasks, hidden_size=16,
+                drop_rate=0.0)
+  strategy = _traced_once()
+  result = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, epochs=10,
+                     batch_size=4)
+  assert result.accuracy_matrix[1, 1] == 1.0
+  assert result.accuracy_matrix[0, 0] == 1.0
+
+
+def test_multi_head_cnn_fits_augmented_images_in_one_compile():
+  bench = jaxcl.benchmarks.task_incremental(_images(size=12))
+  strategy = _traced_once()
+  model = jaxcl.models.mt_simple_cnn(num_classes=4, n_tasks=2)
+  result = jaxcl.fit(model, strategy, optax.adam(0.01), bench, epochs=3,
+                     batch_size=4)
+  assert result.accuracy_matrix.shape == (2, 2)
+  assert np.isfinite(result.metrics["train_loss"])
+  assert result.accuracy_matrix[1, 1] > 0.5  # Brightness is easy to learn.
+  assert result.state.params["heads"]["kernel"].shape == (2, 64, 4)
+
+
+def test_resnet_fit_carries_batch_stats():
+  bench = _images(size=8)
+  model = ResNet32(num_classes=4, n=1)
+  result = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, epochs=1,
+                     batch_size=6)
+  stats = result.state.model_state["batch_stats"]
+  init = jax.eval_shape(as_model(model).init, jax.random.key(0),
+                        jnp.zeros((1, 8, 8, 3)), jnp.zeros(1, jnp.int32))[1]
+  assert jax.tree.structure(stats) == jax.tree.structure(init["batch_stats"])
+  means = [a for p, a in jax.tree_util.tree_leaves_with_path(stats)
+           if "mean" in jax.tree_util.keystr(p)]
+  assert all(np.abs(m).sum() > 0 for m in means)  # Updated from zero.
+  assert np.isfinite(result.accuracy_matrix).all()
+
+
+def test_multi_head_wrapper_and_registry():
+  x, task = jnp.zeros((2, 32, 32, 3)), jnp.array([0, 2])
+  wrapped = MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=2,
+                      n_tasks=3)
+  variables = jax.eval_shape(wrapped.init, jax.random.key(0), x, task)
+  assert variables["params"]["heads"]["kernel"].shape == (3, 32, 2)
+  assert "batch_stats" in variables
+  # The CLI passes the keyword arguments each registered model accepts.
+  offered = {"num_classes": 7, "n_tasks": 3, "hidden_size": 8,
+             "hidden_layers": 1, "drop_rate": 0.0}
+  for name, factory in MODELS.items():
+    accepted = inspect.signature(factory).parameters
+    model = as_model(factory(**{k: v for k, v in offered.items()
+                                if k in accepted}))
+
+    def forward(model=model):
+      params, state = model.init(jax.random.key(0), x, task)
+      return model.apply(params, state, x, task, False, None)[0]
+
+    assert jax.eval_shape(forward).shape == (2, 7), name
