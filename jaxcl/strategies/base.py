@@ -88,6 +88,8 @@ class StrategyContext(NamedTuple):
       task), else None.
     batch_sharding: With data parallelism, the ``jax.sharding.Sharding`` that
       splits a batch's leading axis over the devices; else None.
+    mask_classes: Whether the loop masks never-seen classes (strategies that
+      run the model on their own should do the same).
   """
 
   model: Any
@@ -103,6 +105,7 @@ class StrategyContext(NamedTuple):
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   task_classes: Any = None
   batch_sharding: Any = None
+  mask_classes: bool = True
 
   def logits(self, params: PyTree, model_state: PyTree, x: jax.Array,
              task: jax.Array, train: bool = False,

@@ -1,5 +1,596 @@
-"""Placeholder, filled by its issue."""
+"""Rehearsal and data strategies: replay, GDumb, DER/DER++, ER-ACE, MIR,
+cumulative, joint and from-scratch training.
 
-__all__ = []
+The replay strategies keep a fixed-capacity :class:`~jaxcl.strategies.buffers.Buffer`
+in their ``cl_state`` and append memory rows to each batch with
+:func:`~jaxcl.strategies.buffers.concat_batches` (the current samples stay
+the first ``ctx.batch_size`` rows). How much each memory row counts is set
+through the batch's ``weight`` (the loop's task loss is the weighted mean of
+the per-sample losses) or, where Avalanche sums separately normalised terms,
+through the strategy's ``penalty``/``transform_grads``.
 
-STRATEGIES = {}
+The data strategies (cumulative, joint, GDumb) replace what is trained on
+through the host-side ``adapt_data`` slot; GDumb and from-scratch training
+re-initialise the model and the optimizer state in ``begin_experience``.
+
+Example:
+  >>> import optax, jaxcl
+  >>> from jaxcl.strategies import chain, ewc
+  >>> strategy = chain(replay(mem_size=200), ewc(ewc_lambda=1.0))
+  >>> strategy.name
+  'replay+ewc'
+  >>> result = jaxcl.fit(jaxcl.models.MLP(10), strategy, optax.sgd(0.1),
+  ...                    jaxcl.benchmarks.split_mnist())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcl import _validation
+from jaxcl.benchmarks.scenario import Experience, Stream
+from jaxcl.strategies import buffers
+from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.strategies.model_utils import example_inputs, weighted_mean
+
+__all__ = [
+    "DerState",
+    "ErAceState",
+    "MirState",
+    "cumulative",
+    "der",
+    "er_ace",
+    "from_scratch",
+    "gdumb",
+    "joint",
+    "mir",
+    "replay",
+]
+
+
+def _check_batch_size_mem(value) -> int:
+  """``batch_size_mem`` is a positive int, or 0 for the training batch size."""
+  if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
+      and value == 0:
+    return 0
+  try:
+    return _validation.check_positive_int("batch_size_mem", value)
+  except ValueError:
+    raise ValueError(f"batch_size_mem must be a positive integer, or 0 for the "
+                     f"training batch size; got {value!r}.") from None
+
+
+def _memory_rows(ctx: StrategyContext, batch_size_mem: int) -> int:
+  return batch_size_mem or ctx.batch_size
+
+
+# --- Replay ------------------------------------------------------------------
+
+
+def replay(mem_size: int = 200, batch_size_mem: int = 0,
+           storage: str = "experience_balanced") -> Strategy:
+  """Experience replay (Avalanche's ``ReplayPlugin``).
+
+  Each step appends ``batch_size_mem`` samples drawn uniformly (without
+  replacement) from the memory to the ``batch_size`` current samples; the task
+  loss is the mean over the concatenated batch. The memory is updated with
+  the whole experience after training on it, in one vectorised insertion.
+  Memory rows weigh 0 while the memory is empty.
+
+  Args:
+    mem_size: Memory capacity (samples).
+    batch_size_mem: Memory samples per step; 0 means the training batch size
+      (Avalanche's ``None``).
+    storage: ``"experience_balanced"`` (Avalanche's default),
+      ``"class_balanced"`` or ``"reservoir"`` (see
+      :mod:`jaxcl.strategies.buffers`).
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`~jaxcl.strategies.buffers.Buffer`.
+
+  Example:
+    >>> replay(mem_size=500, storage="class_balanced").name
+    'replay'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  storage = _validation.check_choice("storage", storage, buffers.POLICIES)
+
+  def init(ctx, params, key):
+    del params, key
+    return buffers.for_context(ctx, mem_size, policy=storage)
+
+  def transform_batch(ctx, buffer, batch, key):
+    rows = buffers.sample(buffer, key, _memory_rows(ctx, batch_size_mem))
+    return buffers.concat_batches(batch, rows)
+
+  def end_experience(ctx, state, data, key):
+    return state.replace(
+        cl_state=buffers.add_experience(state.cl_state, key, data))
+
+  return Strategy(name="replay", init=init, transform_batch=transform_batch,
+                  end_experience=end_experience)
+
+
+# --- DER / DER++ -------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class DerState:
+  """State of :func:`der`.
+
+  Attributes:
+    buffer: Reservoir memory; its extras ``der_logits`` hold the model's
+      logits at insertion and ``der_logits_mask`` the classes seen then.
+    alpha: Weight of the logit-matching (MSE) term.
+    beta: Weight of the memory cross-entropy term (DER++).
+  """
+
+  buffer: buffers.Buffer
+  alpha: jax.Array
+  beta: jax.Array
+
+
+def _as_weight(rows: dict, name: str) -> dict:
+  """Memory rows counted only by a strategy's penalty, not the task loss."""
+  return {**rows, name: rows["weight"], "weight": jnp.zeros_like(rows["weight"])}
+
+
+def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
+        batch_size_mem: int = 0) -> Strategy:
+  """Dark Experience Replay (DER, and DER++ when ``beta > 0``).
+
+  Buzzega et al., "Dark Experience for General Continual Learning", 2020.
+  The loss of each step is::
+
+    CE(current) + alpha * MSE(logits(x'), z') + beta * CE(logits(x''), y'')
+
+  where ``(x', z')`` and ``(x'', y'')`` are two independent draws of
+  ``batch_size_mem`` memory samples and ``z'`` the logits stored with them.
+  As in the paper, the memory is a reservoir over every sample seen and is
+  filled online: after each step the current batch is offered with the
+  logits of the model before the update (evaluation mode). The MSE averages
+  over rows and classes (PyTorch's ``mse_loss``) but only compares the
+  classes already seen when a sample was stored (the class-incremental head
+  masks the others).
+
+  Args:
+    mem_size: Memory capacity.
+    alpha: Weight of the logit-matching term.
+    beta: Weight of the memory cross-entropy; 0 gives DER. The second draw
+      is made even then, so that ``beta`` can be swept (``vmap``) through 0.
+    batch_size_mem: Memory samples per draw; 0 means the training batch size.
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`DerState`.
+
+  Example:
+    >>> der(mem_size=500, alpha=0.2, beta=0.5).name
+    'der'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  alpha = _validation.check_non_negative("alpha", alpha)
+  beta = _validation.check_non_negative("beta", beta)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+
+  def init(ctx, params, key):
+    del params, key
+    per_class = (ctx.n_classes,)
+    extras = {"der_logits": jax.ShapeDtypeStruct(per_class, jnp.float32),
+              "der_logits_mask": jax.ShapeDtypeStruct(per_class, jnp.bool_)}
+    return DerState(
+        buffer=buffers.for_context(ctx, mem_size, policy="reservoir",
+                                   extras=extras),
+        alpha=jnp.float32(alpha), beta=jnp.float32(beta))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    n = _memory_rows(ctx, batch_size_mem)
+    mse_key, ce_key = jax.random.split(key)
+    return buffers.concat_batches(
+        batch,
+        _as_weight(buffers.sample(cl_state.buffer, mse_key, n),
+                   "der_mse_weight"),
+        _as_weight(buffers.sample(cl_state.buffer, ce_key, n),
+                   "der_ce_weight"))
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    del params
+    diff = jnp.where(batch["der_logits_mask"], logits - batch["der_logits"], 0.)
+    mse = jnp.sum(diff ** 2, -1) / ctx.n_classes
+    ce = ctx.loss(logits, batch)
+    return (cl_state.alpha * weighted_mean(mse, batch["der_mse_weight"])
+            + cl_state.beta * weighted_mean(ce, batch["der_ce_weight"]))
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    del grads
+    b = ctx.batch_size
+    x, y, task = batch["x"][:b], batch["y"][:b], batch["task"][:b]
+    logits = ctx.logits(old_state.params, old_state.model_state, x, task)
+    extras = {"der_logits": logits,
+              "der_logits_mask": jnp.broadcast_to(old_state.seen_classes,
+                                                  logits.shape)}
+    cl_state = new_state.cl_state
+    return cl_state.replace(buffer=buffers.add(
+        cl_state.buffer, key, x, y, task, valid=batch["weight"][:b] > 0,
+        extras=extras))
+
+  return Strategy(name="der", init=init, transform_batch=transform_batch,
+                  penalty=penalty, after_step=after_step)
+
+
+# --- ER-ACE ------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class ErAceState:
+  """State of :func:`er_ace`.
+
+  Attributes:
+    buffer: Class-balanced memory (holds the current experience too).
+    replaying: Whether the current experience replays (not the first
+      experience, and at least ``batch_size_mem`` samples stored).
+  """
+
+  buffer: buffers.Buffer
+  replaying: jax.Array
+
+
+def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
+  """Experience replay with asymmetric cross-entropy (Avalanche's ``ER_ACE``).
+
+  Caccia et al., "New Insights on Reducing Abrupt Representation Change in
+  Online Continual Learning", ICLR 2022. While replaying, the loss is::
+
+    (CE_restricted(current) + CE(memory)) / 2
+
+  where the current samples' cross-entropy only uses the classes present in
+  the current batch (``batch["class_mask"]``) and the memory samples' uses
+  every class seen. Before the first replay (first experience, or fewer than
+  ``batch_size_mem`` stored samples) the loss is the plain cross-entropy.
+  As in Avalanche's offline ER-ACE, the class-balanced memory is updated with
+  the whole experience before training on it.
+
+  Args:
+    mem_size: Memory capacity.
+    batch_size_mem: Memory samples per step; 0 means the training batch size.
+
+  Returns:
+    The strategy; its ``cl_state`` is an :class:`ErAceState`.
+
+  Example:
+    >>> er_ace(mem_size=1000).name
+    'er_ace'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+
+  def init(ctx, params, key):
+    del params, key
+    return ErAceState(
+        buffers.for_context(ctx, mem_size, policy="class_balanced"),
+        jnp.zeros((), bool))
+
+  def begin_experience(ctx, state, data, key):
+    buffer = buffers.add_experience(state.cl_state.buffer, key, data)
+    replaying = (data.index > 0) & (
+        buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem))
+    return state.replace(cl_state=ErAceState(buffer, replaying))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    current = batch["weight"] > 0
+    present = jnp.zeros(ctx.n_classes, bool).at[
+        jnp.where(current, batch["y"], ctx.n_classes)].set(True, mode="drop")
+    restrict = jnp.where(cl_state.replaying, present, True)
+    class_mask = batch.get("class_mask", True) & restrict
+    rows = buffers.sample(cl_state.buffer, key,
+                          _memory_rows(ctx, batch_size_mem))
+    # Weights making the weighted mean equal to (mean_cur + mean_mem) / 2.
+    scale = jnp.sum(batch["weight"]) / jnp.maximum(jnp.sum(rows["weight"]), 1.)
+    rows["weight"] = rows["weight"] * scale * cl_state.replaying
+    current_rows = {**batch, "class_mask": jnp.broadcast_to(
+        class_mask, (batch["y"].shape[0], ctx.n_classes))}
+    return buffers.concat_batches(current_rows, rows)
+
+  return Strategy(name="er_ace", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch)
+
+
+# --- MIR ---------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class MirState:
+  """State of :func:`mir`.
+
+  Attributes:
+    buffer: Class-balanced memory, updated after each experience.
+    mir_lr: Learning rate of the virtual SGD step.
+  """
+
+  buffer: buffers.Buffer
+  mir_lr: jax.Array
+
+
+def _seen_loss(ctx, state, params, rows, train=False, key=None):
+  """Per-row task loss of ``rows`` under ``params``, over the seen classes."""
+  logits = ctx.logits(params, state.model_state, rows["x"], rows["task"],
+                      train, key)
+  mask = jnp.broadcast_to(state.seen_classes, logits.shape)
+  return ctx.loss(logits, {"y": rows["y"], "class_mask": mask})
+
+
+def mir(mem_size: int = 200, subsample: int = 50, batch_size_mem: int = 10,
+        mir_lr: float = 0.1) -> Strategy:
+  """Maximally Interfered Retrieval (Avalanche's ``MIR``).
+
+  Aljundi et al., "Online Continual Learning with Maximally Interfered
+  Retrieval", NeurIPS 2019. Each step draws ``subsample`` memory samples,
+  takes a virtual SGD step ``params - mir_lr * g`` along the gradient ``g``
+  of the current loss, and replays the ``batch_size_mem`` samples whose loss
+  would rise most. The total gradient is ``g`` plus the gradient of the mean
+  cross-entropy of the chosen samples (Avalanche adds the two losses). The
+  class-balanced memory is updated with each experience after training on it.
+
+  Avalanche takes the virtual step's learning rate from the PyTorch
+  optimizer; optax optimizers do not expose one, so it is the
+  hyperparameter ``mir_lr`` (set it to the optimizer's learning rate to
+  match Avalanche). The loss increases are measured in evaluation mode.
+
+  Args:
+    mem_size: Memory capacity.
+    subsample: Memory samples scored per step.
+    batch_size_mem: Samples replayed per step (at most ``subsample``); 0
+      means the training batch size, capped at ``subsample``.
+    mir_lr: Learning rate of the virtual SGD step.
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`MirState`.
+
+  Example:
+    >>> mir(mem_size=500, subsample=100).name
+    'mir'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  subsample = _validation.check_positive_int("subsample", subsample)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  if batch_size_mem > subsample:
+    raise ValueError(f"batch_size_mem={batch_size_mem} must be at most "
+                     f"subsample={subsample} (replayed samples are chosen "
+                     "among the subsample).")
+  mir_lr = _validation.check_in_range("mir_lr", mir_lr, low=0.0,
+                                      low_inclusive=False)
+
+  def init(ctx, params, key):
+    del params, key
+    return MirState(buffers.for_context(ctx, mem_size, policy="class_balanced"),
+                    jnp.float32(mir_lr))
+
+  def transform_grads(ctx, grads, state, batch, key):
+    del batch
+    sample_key, dropout_key = jax.random.split(key)
+    cl_state = state.cl_state
+    candidates = buffers.sample(cl_state.buffer, sample_key, subsample)
+    virtual = jax.tree.map(lambda p, g: p - cl_state.mir_lr * g, state.params,
+                           grads)
+    rise = (_seen_loss(ctx, state, virtual, candidates)
+            - _seen_loss(ctx, state, state.params, candidates))
+    rise = jnp.where(candidates["weight"] > 0, rise, -jnp.inf)
+    n = min(_memory_rows(ctx, batch_size_mem), subsample)
+    chosen = jax.tree.map(lambda a: a[jax.lax.top_k(rise, n)[1]], candidates)
+
+    def replay_loss(params):
+      losses = _seen_loss(ctx, state, params, chosen, True, dropout_key)
+      return weighted_mean(losses, chosen["weight"])
+
+    return jax.tree.map(jnp.add, grads, jax.grad(replay_loss)(state.params))
+
+  def end_experience(ctx, state, data, key):
+    cl_state = state.cl_state
+    return state.replace(cl_state=cl_state.replace(
+        buffer=buffers.add_experience(cl_state.buffer, key, data)))
+
+  return Strategy(name="mir", init=init, transform_grads=transform_grads,
+                  end_experience=end_experience)
+
+
+# --- Data strategies ---------------------------------------------------------
+
+
+def _position(experience: Experience, stream: Stream) -> int:
+  for i, e in enumerate(stream):
+    if e is experience:
+      return i
+  return experience.index
+
+
+def _assemble(parts: Sequence[tuple[Experience, np.ndarray | slice]],
+              like: Experience) -> Experience:
+  """An experience made of rows of other experiences, with ``like``'s metadata."""
+  def cat(field, empty):
+    arrays = [getattr(e, field)[rows] for e, rows in parts]
+    return np.concatenate(arrays) if arrays else empty
+
+  y = cat("y", np.zeros(0, np.int32))
+  return Experience(
+      x=cat("x", np.zeros((0, *like.x.shape[1:]), like.x.dtype)),
+      y=y, task=cat("task", np.zeros(0, np.int32)), index=like.index,
+      classes=tuple(int(c) for c in np.unique(y)), origin=like.origin,
+      previous_classes=like.previous_classes,
+      future_classes=like.future_classes)
+
+
+def cumulative() -> Strategy:
+  """Trains on all the data seen so far (Avalanche's ``Cumulative``).
+
+  Experience ``i`` is replaced by the union of experiences ``0..i`` (host
+  side, before compiling), so every experience is padded to the whole
+  stream's size.
+
+  Example:
+    >>> cumulative().name
+    'cumulative'
+  """
+  def adapt_data(experience, stream, seed):
+    del seed
+    seen = stream[:_position(experience, stream) + 1]
+    return _assemble([(e, slice(None)) for e in seen], experience)
+
+  return Strategy(name="cumulative", adapt_data=adapt_data)
+
+
+def joint() -> Strategy:
+  """Trains once on the whole stream (Avalanche's ``JointTraining``).
+
+  The first experience is replaced by the union of all experiences and the
+  others by empty experiences (no step is taken), so the accuracy matrix
+  shows the jointly trained model from the first row on.
+
+  Example:
+    >>> joint().name
+    'joint'
+  """
+  def adapt_data(experience, stream, seed):
+    del seed
+    everything = _position(experience, stream) == 0
+    return _assemble([(e, slice(None)) for e in stream] if everything else [],
+                     experience)
+
+  return Strategy(name="joint", adapt_data=adapt_data)
+
+
+def _reinit_key(ctx, params, key):
+  del ctx, params
+  return key
+
+
+def _reinitialise(ctx: StrategyContext, state, data, key):
+  """Fresh model parameters, model state and optimizer state.
+
+  The parameters come from ``ctx.model.init`` with the key kept in
+  ``cl_state``, so every experience starts from the same weights, as
+  Avalanche restores its initial model.
+  """
+  del data, key
+  if ctx.optimizer is None:
+    raise ValueError("re-initialising needs ctx.optimizer (the optax "
+                     "optimizer), got None.")
+  x, task = example_inputs(ctx)
+  params, model_state = ctx.model.init(state.cl_state, ctx.preprocess(x), task)
+  return state.replace(params=params, model_state=model_state,
+                       opt_state=ctx.optimizer.init(params))
+
+
+def from_scratch() -> Strategy:
+  """Re-initialises the model and optimizer before every experience.
+
+  Avalanche's ``FromScratchTraining``: each experience is learned from the
+  same initial weights and a fresh optimizer state.
+
+  Example:
+    >>> from_scratch().name
+    'from_scratch'
+  """
+  return Strategy(name="from_scratch", init=_reinit_key,
+                  begin_experience=_reinitialise)
+
+
+class _GreedyMemory:
+  """GDumb's greedy class-balanced sampler, replayed over a stream.
+
+  The memory after experience ``i`` is a deterministic function of the
+  stream, the seed and ``i``; results are cached for the last stream so that
+  an online stream costs one pass over its samples in total.
+  """
+
+  def __init__(self, mem_size: int):
+    self.mem_size = mem_size
+    self._stream = None
+    self._seed = None
+    self._snapshots = []  # after each experience: (slots, seen, rng state)
+
+  def __call__(self, experience: Experience, stream: Stream,
+               seed: int) -> Experience:
+    if self._stream is not stream or self._seed != seed:
+      self._stream, self._seed, self._snapshots = stream, seed, []
+    position = _position(experience, stream)
+    while len(self._snapshots) <= position:
+      self._snapshots.append(self._fill(len(self._snapshots)))
+    slots = np.array(self._snapshots[position][0], np.int64).reshape(-1, 2)
+    parts = [(stream[e], slots[slots[:, 0] == e, 1])
+             for e in np.unique(slots[:, 0])]
+    return _assemble(parts, experience)
+
+  def _fill(self, i: int):
+    """Offers experience ``i``'s samples, in a random order, to the memory."""
+    if i == 0:
+      slots, seen = [], set()
+      rng = np.random.default_rng(self._seed)
+    else:
+      slots, seen, state = self._snapshots[i - 1]
+      slots, seen = list(slots), set(seen)
+      rng = np.random.default_rng()
+      rng.bit_generator.state = state
+    labels = self._stream[i].y
+    by_class = {c: [] for c in seen}
+    for s, (e, j) in enumerate(slots):
+      by_class[int(self._stream[e].y[j])].append(s)
+    for j in rng.permutation(len(labels)):
+      c = int(labels[j])
+      members = by_class.setdefault(c, [])
+      if len(slots) < self.mem_size:
+        members.append(len(slots))
+        slots.append((i, int(j)))
+      elif len(members) < self.mem_size / len(by_class):
+        largest = by_class[max(by_class, key=lambda k: (len(by_class[k]), -k))]
+        pick = int(rng.integers(len(largest)))
+        slot = largest[pick]
+        largest[pick] = largest[-1]
+        largest.pop()
+        members.append(slot)
+        slots[slot] = (i, int(j))
+    return slots, set(by_class), rng.bit_generator.state
+
+
+def gdumb(mem_size: int = 200) -> Strategy:
+  """GDumb: greedy class-balanced memory, model retrained from scratch on it.
+
+  Prabhu et al., "GDumb: A Simple Approach that Questions Our Progress in
+  Continual Learning", ECCV 2020. Samples arrive one by one (each
+  experience in a random order drawn from the run's seed); a sample is
+  stored while the memory has room, or, when full, if its class holds fewer
+  than ``mem_size / classes seen`` samples, replacing a random sample of the
+  largest class. Before every experience the model and the optimizer state
+  are re-initialised, and the experience is replaced by the memory (host side,
+  ``adapt_data``), so the model only ever trains on the memory.
+
+  Args:
+    mem_size: Memory capacity.
+
+  Returns:
+    The strategy.
+
+  Example:
+    >>> gdumb(mem_size=4400).name
+    'gdumb'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  return Strategy(name="gdumb", init=_reinit_key,
+                  adapt_data=_GreedyMemory(mem_size),
+                  begin_experience=_reinitialise)
+
+
+STRATEGIES = {
+    "replay": replay,
+    "der": der,
+    "er_ace": er_ace,
+    "mir": mir,
+    "gdumb": gdumb,
+    "cumulative": cumulative,
+    "joint": joint,
+    "from_scratch": from_scratch,
+}

@@ -1,0 +1,443 @@
+"""Exemplar memories and iCaRL: per-experience slots, herding, nearest means.
+
+Two fixed-shape memories of raw samples, allocated at full size in ``init`` so
+that a stream compiles once:
+
+* :class:`ExperienceMemory` (GEM, A-GEM): ``patterns_per_exp`` slots per
+  experience of the stream with a ``valid`` mask, filled at the end of each
+  experience with a random subset of its samples (:func:`store_experience`).
+* The iCaRL exemplar set (:func:`icarl`): per-class sets chosen by
+  :func:`herding` (Rebuffi et al., 2017), kept in one flat array with each
+  exemplar's class and herding rank, so that shrinking a class to its first
+  ``m`` exemplars is a mask.
+
+Features, for herding and for the nearest-mean-of-exemplars classifier, are
+the model's penultimate activations: the inputs of its output layer
+(:func:`jaxcl.strategies.model_utils.penultimate_features`).
+
+Example:
+  >>> import optax, jaxcl
+  >>> strategy = icarl(memory_size=200)
+  >>> result = jaxcl.fit(jaxcl.models.MLP(num_classes=10), strategy,
+  ...                    optax.sgd(0.05),
+  ...                    jaxcl.benchmarks.split_mnist())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcl import _validation
+from jaxcl.strategies import buffers
+from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.strategies.model_utils import (MASK_VALUE, example_inputs,
+                                          init_model_state,
+                                          penultimate_features, weighted_mean)
+
+__all__ = [
+    "ExperienceMemory",
+    "ICaRLState",
+    "experience_memory",
+    "herding",
+    "icarl",
+    "nearest_mean_logits",
+    "store_experience",
+]
+
+PyTree = Any
+
+# Rows per forward pass when featurising a whole experience or the memory.
+_CHUNK = 512
+
+
+# ------------------------------------------------------ per-experience memory
+
+
+@flax.struct.dataclass
+class ExperienceMemory:
+  """``patterns_per_exp`` samples for each experience of the stream.
+
+  Slot ``i`` holds samples of the ``i``-th experience trained.
+
+  Attributes:
+    x: ``[n_experiences, patterns_per_exp, *input_shape]`` raw inputs.
+    y: ``[n_experiences, patterns_per_exp]`` labels.
+    task: ``[n_experiences, patterns_per_exp]`` task labels.
+    valid: ``bool[n_experiences, patterns_per_exp]``: slots holding a sample.
+    count: Number of experiences stored so far (int32 scalar).
+  """
+
+  x: jax.Array
+  y: jax.Array
+  task: jax.Array
+  valid: jax.Array
+  count: jax.Array
+
+  @property
+  def stored(self) -> jax.Array:
+    """``bool[n_experiences]``: slots already filled (past experiences)."""
+    return jnp.arange(self.valid.shape[0]) < self.count
+
+
+def experience_memory(ctx: StrategyContext,
+                      patterns_per_exp: int) -> ExperienceMemory:
+  """An empty memory of ``patterns_per_exp`` slots per experience.
+
+  Example:
+    >>> from jaxcl.strategies.base import StrategyContext
+    >>> ctx = StrategyContext(None, None, None, 4, 3, (2,), 8, 10)
+    >>> experience_memory(ctx, 5).x.shape
+    (3, 5, 2)
+  """
+  shape = (ctx.n_experiences, patterns_per_exp)
+  return ExperienceMemory(
+      x=jnp.zeros(shape + tuple(ctx.input_shape), ctx.x_dtype),
+      y=jnp.zeros(shape, jnp.int32), task=jnp.zeros(shape, jnp.int32),
+      valid=jnp.zeros(shape, bool), count=jnp.zeros((), jnp.int32))
+
+
+def store_experience(memory: ExperienceMemory, data,
+                     key: jax.Array) -> ExperienceMemory:
+  """Fills the next experience's slots with a random subset of ``data``.
+
+  ``min(patterns_per_exp, data.size)`` distinct samples are chosen uniformly
+  (GEM and A-GEM keep ``patterns_per_exp`` random patterns per experience).
+
+  Args:
+    memory: The memory.
+    data: The experience (:class:`jaxcl.training.ExperienceData`).
+    key: PRNG key of the random subset.
+
+  Returns:
+    The memory with the experience's slots replaced.
+
+  Example:
+    >>> memory = store_experience(memory, data, key)  # doctest: +SKIP
+  """
+  patterns = memory.valid.shape[1]
+  k = min(patterns, data.y.shape[0])
+  rows, real = buffers.random_rows(key, data.valid, k)
+
+  def slots(a, like):
+    a = a[rows].astype(like.dtype)
+    return jnp.pad(a, [(0, patterns - k)] + [(0, 0)] * (a.ndim - 1))
+
+  i = memory.count
+  return ExperienceMemory(
+      x=memory.x.at[i].set(slots(data.x, memory.x)),
+      y=memory.y.at[i].set(slots(data.y, memory.y)),
+      task=memory.task.at[i].set(slots(data.task, memory.task)),
+      valid=memory.valid.at[i].set(slots(real, memory.valid)),
+      count=i + 1)
+
+
+# ------------------------------------------------------------------ features
+
+
+def _normalize(f: jax.Array) -> jax.Array:
+  return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+
+
+def _in_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
+  """``fn`` over row chunks of ``arrays``: one compiled body, bounded memory."""
+  n = arrays[0].shape[0]
+  chunk = min(_CHUNK, n)
+  count = -(-n // chunk)
+
+  def split(a):
+    a = jnp.pad(a, [(0, count * chunk - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((count, chunk) + a.shape[1:])
+
+  out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in arrays))
+  return out.reshape((count * chunk,) + out.shape[2:])[:n]
+
+
+# ------------------------------------------------------------------- herding
+
+
+def herding(features: jax.Array, member: jax.Array,
+            n: jax.Array | int) -> jax.Array:
+  """Herding selection of exemplars (Rebuffi et al., 2017, Algorithm 4).
+
+  On L2-normalised features ``φ``, with ``μ`` the mean of the member rows,
+  step ``k = 1..n`` picks among the member rows not picked yet the one that
+  brings the mean of the picked rows closest to ``μ``:
+  ``p_k = argmin_i ‖μ − (φ_i + Σ_{j<k} φ_{p_j}) / k‖``.
+
+  Args:
+    features: ``[N, F]`` features (normalised here).
+    member: ``bool[N]``, the rows of the class.
+    n: Number of exemplars to pick (may be traced; at most the members).
+
+  Returns:
+    ``int32[N]``: the herding rank of each row (``k`` for the ``k``-th pick,
+    0 for rows not picked).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> phi = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> herding(phi, jnp.array([True, True, True]), 2).tolist()
+    [2, 0, 1]
+  """
+  phi = _normalize(features)
+  weight = member.astype(phi.dtype)
+  mu = weight @ phi / jnp.maximum(jnp.sum(weight), 1.0)
+  sq_norm = jnp.sum(phi * phi, -1)
+
+  def pick(k, carry):
+    rank, total = carry
+    # ‖k μ − Σ − φ_i‖² = k² × the squared distance of the mean to μ.
+    target = (k + 1) * mu - total
+    dist = sq_norm - 2 * phi @ target
+    dist = jnp.where(member & (rank == 0), dist, jnp.inf)
+    i = jnp.argmin(dist)
+    return rank.at[i].set(k + 1), total + phi[i]
+
+  rank = jnp.zeros(member.shape, jnp.int32)
+  rank, _ = jax.lax.fori_loop(0, n, pick, (rank, jnp.zeros_like(mu)))
+  return rank
+
+
+# ------------------------------------------------------------------ NME rule
+
+
+def nearest_mean_logits(features: jax.Array, means: jax.Array,
+                        has_mean: jax.Array) -> jax.Array:
+  """Nearest-mean-of-exemplars logits: ``−‖φ(x)/‖φ(x)‖ − μ_c‖`` per class.
+
+  Classes without a mean get ``MASK_VALUE``, so ``argmax`` is the nearest
+  class mean (Avalanche's ``NCMClassifier``).
+
+  Args:
+    features: ``[batch, F]`` (normalised here).
+    means: ``[n_classes, F]`` class means (normalised).
+    has_mean: ``bool[n_classes]``.
+
+  Returns:
+    ``[batch, n_classes]`` logits.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> logits = nearest_mean_logits(jnp.array([[3.0, 0.0]]),
+    ...                              jnp.array([[1.0, 0.0], [0.0, 1.0]]),
+    ...                              jnp.array([True, True]))
+    >>> np.asarray(logits, float).round(3).tolist()
+    [[-0.0, -1.414]]
+  """
+  diff = _normalize(features)[:, None, :] - means[None]
+  distance = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 0.0))
+  return jnp.where(has_mean, -distance, MASK_VALUE)
+
+
+# --------------------------------------------------------------------- iCaRL
+
+
+@flax.struct.dataclass
+class ICaRLState:
+  """iCaRL's memory, classifier and teacher (fixed shapes for the stream).
+
+  Attributes:
+    x: ``[capacity, *input_shape]`` exemplars (raw inputs).
+    y: ``[capacity]`` their classes.
+    task: ``[capacity]`` their task labels.
+    rank: ``int32[capacity]`` herding rank within the class (1 = first
+      pick); 0 marks an empty slot.
+    class_means: ``[n_classes, F]`` normalised exemplar means.
+    has_mean: ``bool[n_classes]``, classes with exemplars.
+    teacher_params: The model after the previous experience.
+    teacher_model_state: Its model state.
+    old_classes: ``bool[n_classes]``, classes of previous experiences.
+    seen_classes: ``bool[n_classes]``, classes seen so far.
+    n_current: Size of the current experience (float32).
+  """
+
+  x: jax.Array
+  y: jax.Array
+  task: jax.Array
+  rank: jax.Array
+  class_means: jax.Array
+  has_mean: jax.Array
+  teacher_params: PyTree
+  teacher_model_state: PyTree
+  old_classes: jax.Array
+  seen_classes: jax.Array
+  n_current: jax.Array
+
+
+def _flipped_too(ctx: StrategyContext, x: jax.Array) -> bool:
+  """Whether class means also average the exemplars' horizontal flips.
+
+  Avalanche always does for image batches (from iCaRL's CIFAR code, whose
+  training augmentation flips); jaxcl does when the benchmark has a training
+  augmentation, so digits are not mirrored.
+  """
+  return x.ndim == 4 and ctx.augment is not None
+
+
+def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
+  """iCaRL (Rebuffi et al., 2017) as Avalanche's ``ICaRL`` strategy.
+
+  * **Exemplars.** After each experience every class of it gets an exemplar
+    set chosen by :func:`herding` on its samples' normalised penultimate
+    features (:func:`penultimate_features`). With ``fixed_memory`` a class
+    keeps ``m = ceil(memory_size / n_seen_classes)`` exemplars (older sets are
+    cut to their first ``m`` picks); otherwise ``memory_size`` per class.
+  * **Replay.** Exemplars join the training data: each step appends
+    ``batch_size`` exemplars drawn uniformly, weighted so that exemplars and
+    current samples contribute in proportion to their counts, as in
+    Avalanche's concatenated dataset.
+  * **Loss.** iCaRL's binary cross-entropy replaces the task loss: targets are
+    the previous model's sigmoid outputs on the classes of previous
+    experiences and the one-hot label elsewhere, averaged over the classes
+    seen so far. The protocol adds penalties to the task loss, so the penalty
+    is ``BCE − CE`` (the task loss cancels, gradients included).
+  * **Prediction.** Nearest mean of exemplars (``predict`` slot): logits are
+    ``−‖φ(x) − μ_c‖`` with ``μ_c`` the normalised mean of the normalised
+    features of class ``c``'s exemplars, averaged with that of their
+    horizontal flips when the benchmark has a training augmentation (Avalanche
+    always flips image inputs).
+
+  Args:
+    memory_size: Total exemplars (``fixed_memory``) or exemplars per class.
+    fixed_memory: Share ``memory_size`` among the classes seen so far.
+
+  Returns:
+    The strategy; its state is an :class:`ICaRLState`.
+
+  Example:
+    >>> icarl(memory_size=500).name
+    'icarl'
+  """
+  memory_size = _validation.check_positive_int("memory_size", memory_size)
+  if not isinstance(fixed_memory, bool):
+    raise TypeError(f"fixed_memory must be a bool, got {fixed_memory!r}.")
+
+  def capacity(ctx):
+    # ceil(M / n) per class over n classes is at most M + n - 1 exemplars.
+    if fixed_memory:
+      return memory_size + ctx.n_classes - 1
+    return memory_size * ctx.n_classes
+
+  def init(ctx, params, key):
+    x, task = example_inputs(ctx)
+    model_state = init_model_state(ctx, key)
+    n_features = jax.eval_shape(
+        lambda p: penultimate_features(ctx, p, model_state, x, task),
+        params).shape[-1]
+    cap = capacity(ctx)
+    return ICaRLState(
+        x=jnp.zeros((cap, *ctx.input_shape), ctx.x_dtype),
+        y=jnp.zeros(cap, jnp.int32), task=jnp.zeros(cap, jnp.int32),
+        rank=jnp.zeros(cap, jnp.int32),
+        class_means=jnp.zeros((ctx.n_classes, n_features), jnp.float32),
+        has_mean=jnp.zeros(ctx.n_classes, bool),
+        teacher_params=params, teacher_model_state=model_state,
+        old_classes=jnp.zeros(ctx.n_classes, bool),
+        seen_classes=jnp.zeros(ctx.n_classes, bool),
+        n_current=jnp.ones((), jnp.float32))
+
+  def begin_experience(ctx, state, data, key):
+    del ctx, key
+    return state.replace(cl_state=state.cl_state.replace(
+        seen_classes=state.seen_classes,
+        n_current=data.size.astype(jnp.float32)))
+
+  def transform_batch(ctx, cl, batch, key):
+    valid = cl.rank > 0
+    rows, real = buffers.random_rows(key, valid,
+                                     min(ctx.batch_size, valid.shape[0]))
+    # Each exemplar row stands for n_exemplars / k_real exemplars and each
+    # current row for n_current / batch rows: the D ∪ E mixture's proportions.
+    current = jnp.sum(batch["weight"][:ctx.batch_size])
+    share = (jnp.sum(valid) / cl.n_current * current
+             / jnp.maximum(jnp.sum(real), 1))
+    return buffers.concat_batches(batch, {
+        "x": cl.x[rows], "y": cl.y[rows], "task": cl.task[rows],
+        "weight": jnp.where(real, share, 0.0)})
+
+  def penalty(ctx, params, cl, batch, logits):
+    del params
+    teacher = ctx.logits(cl.teacher_params, cl.teacher_model_state,
+                         batch["x"], batch["task"])
+    targets = jnp.where(cl.old_classes, jax.nn.sigmoid(teacher),
+                        jax.nn.one_hot(batch["y"], ctx.n_classes))
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+    seen = cl.seen_classes.astype(bce.dtype)
+    per_sample = bce @ seen / jnp.maximum(jnp.sum(seen), 1.0)
+    # The loop adds this to its own cross-entropy, which it cancels.
+    return weighted_mean(per_sample - ctx.loss(logits, batch), batch["weight"])
+
+  def end_experience(ctx, state, data, key):
+    del key
+    cl = state.cl_state
+
+    def features(x, task):
+      return penultimate_features(ctx, state.params, state.model_state, x,
+                                  task)
+
+    n_seen = jnp.sum(state.seen_classes)
+    if fixed_memory:
+      share = jnp.ceil(memory_size / jnp.maximum(n_seen, 1))
+      per_class = share.astype(jnp.int32)
+    else:
+      per_class = jnp.int32(memory_size)
+    # Older classes keep their first picks; this experience's classes are
+    # (re)selected from its data.
+    keep = (cl.rank > 0) & (cl.rank <= per_class) & ~data.classes_mask[cl.y]
+
+    phi = _in_chunks(features, data.x, data.task)
+    labels = data.y.astype(jnp.int32)
+
+    def select(rank, c):
+      member = data.valid & (labels == c)
+      n = jnp.minimum(per_class, jnp.sum(member))
+      return rank + herding(phi, member, n), None
+
+    picked, _ = jax.lax.scan(select, jnp.zeros(labels.shape, jnp.int32),
+                             jnp.arange(ctx.n_classes))
+    # The j-th picked row of the data goes to the j-th free slot.
+    cap, k = keep.shape[0], min(keep.shape[0], labels.shape[0])
+    chosen = picked > 0
+    src = jnp.argsort(~chosen, stable=True)[:k]
+    dst = jnp.argsort(keep, stable=True)[:k]
+    ok = jnp.arange(k) < jnp.minimum(jnp.sum(chosen), jnp.sum(~keep))
+    dst = jnp.where(ok, dst, cap)
+
+    def write(old, new):
+      return old.at[dst].set(new[src].astype(old.dtype), mode="drop")
+
+    rank = jnp.where(keep, cl.rank, 0)
+    cl = cl.replace(x=write(cl.x, data.x), y=write(cl.y, labels),
+                    task=write(cl.task, data.task), rank=write(rank, picked))
+
+    valid = (cl.rank > 0).astype(jnp.float32)
+    count = jax.ops.segment_sum(valid, cl.y, ctx.n_classes)
+
+    def class_mean(x):
+      phi = _normalize(_in_chunks(features, x, cl.task)) * valid[:, None]
+      return (jax.ops.segment_sum(phi, cl.y, ctx.n_classes)
+              / jnp.maximum(count, 1.0)[:, None])
+
+    means = class_mean(cl.x)
+    if _flipped_too(ctx, cl.x):
+      means = (means + class_mean(jnp.flip(cl.x, axis=2))) / 2
+    means = _normalize(means)
+    return state.replace(cl_state=cl.replace(
+        class_means=means, has_mean=count > 0,
+        teacher_params=state.params, teacher_model_state=state.model_state,
+        old_classes=state.seen_classes))
+
+  def predict(ctx, params, model_state, cl, x, task):
+    return nearest_mean_logits(
+        penultimate_features(ctx, params, model_state, x, task),
+        cl.class_means, cl.has_mean)
+
+  return Strategy(name="icarl", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch, penalty=penalty,
+                  end_experience=end_experience, predict=predict)

@@ -1,0 +1,218 @@
+"""Running the model inside strategy hooks: masked losses and features.
+
+Strategies that run the model on their own (importance estimation, memory
+gradients, distillation, exemplar features) must see the logits the loop
+trains on, so :func:`mask_logits` masks them the same way and
+:func:`task_loss` is the loop's task loss averaged over the real rows.
+Penultimate features are, by convention, the inputs of the model's output
+layer (the last ``flax.linen.Dense``, ``DenseGeneral`` or
+:class:`jaxcl.models.MultiHeadClassifier` it calls), captured with
+``flax.linen.intercept_methods`` (:func:`penultimate_features`).
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> float(weighted_mean(jnp.array([1.0, 3.0, 9.0]),
+  ...                     jnp.array([1.0, 1.0, 0.0])))
+  2.0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxcl.models import MultiHeadClassifier
+from jaxcl.strategies.base import StrategyContext
+
+__all__ = [
+    "MASK_VALUE",
+    "example_inputs",
+    "init_model_state",
+    "mask_logits",
+    "output_layer_call",
+    "penultimate_features",
+    "task_loss",
+    "weighted_mean",
+]
+
+PyTree = Any
+
+MASK_VALUE = -1000.0
+"""Logit of classes that cannot be predicted (Avalanche's incremental head)."""
+
+# Output layers whose first input is the penultimate features.
+_OUTPUT_LAYERS = (nn.Dense, nn.DenseGeneral, MultiHeadClassifier)
+
+
+def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
+  """Mean over the real rows of a batch (``weight`` is 0 on padding).
+
+  An all-padding batch gives 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(weighted_mean(jnp.array([2.0, 4.0]), jnp.array([1.0, 0.0])))
+    2.0
+  """
+  return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def mask_logits(ctx: StrategyContext, logits: jax.Array, seen: jax.Array,
+                task: jax.Array) -> jax.Array:
+  """Masks logits as the training loop does, with ``MASK_VALUE``.
+
+  Classes not seen so far are masked and, with ``ctx.task_classes``, so are
+  the classes outside each sample's task. With ``ctx.mask_classes`` off the
+  logits are returned unchanged.
+
+  Args:
+    ctx: Strategy context.
+    logits: ``[batch, n_classes]``.
+    seen: ``bool[n_classes]``, the classes seen so far.
+    task: ``[batch]`` task labels.
+
+  Returns:
+    The masked logits.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxcl.strategies.base import StrategyContext
+    >>> ctx = StrategyContext(None, None, None, 3, 1, (2,), 1, 1)
+    >>> mask_logits(ctx, jnp.zeros((1, 3)), jnp.array([True, False, True]),
+    ...             jnp.zeros(1, int)).tolist()
+    [[0.0, -1000.0, 0.0]]
+  """
+  if not ctx.mask_classes:
+    return logits
+  mask = seen
+  if ctx.task_classes is not None:
+    mask = mask & jnp.asarray(ctx.task_classes)[task]
+  return jnp.where(mask, logits, MASK_VALUE)
+
+
+def task_loss(ctx: StrategyContext, params: PyTree, model_state: PyTree,
+              batch: dict, seen: jax.Array, train: bool = False,
+              key: jax.Array | None = None) -> jax.Array:
+  """Mean task loss over the real rows of ``batch``, logits masked as the loop.
+
+  Args:
+    ctx: Strategy context.
+    params: Model parameters.
+    model_state: Model state.
+    batch: ``x``, ``y``, ``task`` and ``weight`` (0 on padding).
+    seen: ``bool[n_classes]``, the classes seen so far.
+    train: Run the model in training mode.
+    key: PRNG key of the model in training mode (dropout).
+
+  Returns:
+    A scalar.
+
+  Example:
+    >>> loss = task_loss(ctx, params, state, batch, seen)  # doctest: +SKIP
+  """
+  logits = ctx.logits(params, model_state, batch["x"], batch["task"], train,
+                      key)
+  logits = mask_logits(ctx, logits, seen, batch["task"])
+  return weighted_mean(ctx.loss(logits, batch), batch["weight"])
+
+
+def example_inputs(ctx: StrategyContext) -> tuple[jax.Array, jax.Array]:
+  """One all-zero raw input and its task label, to initialise or trace.
+
+  Example:
+    >>> from jaxcl.strategies.base import StrategyContext
+    >>> ctx = StrategyContext(None, None, None, 3, 1, (2,), 1, 1)
+    >>> [a.shape for a in example_inputs(ctx)]
+    [(1, 2), (1,)]
+  """
+  return (jnp.zeros((1, *ctx.input_shape), ctx.x_dtype),
+          jnp.zeros((1,), jnp.int32))
+
+
+def init_model_state(ctx: StrategyContext, key: jax.Array) -> PyTree:
+  """A model state of the right shapes, all zeros.
+
+  The ``init`` hook gets the parameters but no model state; its shapes come
+  from an abstract (compiled-away) model initialisation.
+
+  Example:
+    >>> model_state = init_model_state(ctx, key)  # doctest: +SKIP
+  """
+  x, task = example_inputs(ctx)
+  shapes = jax.eval_shape(
+      lambda k: ctx.model.init(k, ctx.preprocess(x), task)[1], key)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def output_layer_call(ctx: StrategyContext, params: PyTree,
+                      model_state: PyTree, x: jax.Array, task: jax.Array
+                      ) -> tuple[tuple[str, ...], jax.Array]:
+  """The scope path and the inputs of the model's output layer.
+
+  The output layer is the last ``flax.linen.Dense``, ``DenseGeneral`` or
+  :class:`jaxcl.models.MultiHeadClassifier` the model calls (evaluation
+  mode). The path is where its parameters sit in ``params``.
+
+  Args:
+    ctx: Strategy context (holds the model and preprocessing).
+    params: Model parameters.
+    model_state: Model state.
+    x: Raw inputs ``[batch, *input_shape]``.
+    task: Task labels ``[batch]``.
+
+  Returns:
+    ``(path, inputs)``.
+
+  Raises:
+    ValueError: If the model calls no such layer (or is not a Flax module).
+
+  Example:
+    >>> path, x = output_layer_call(ctx, params, state, x, task)  # doctest: +SKIP
+    >>> path  # doctest: +SKIP
+    ('TorchLinear_1', 'Dense_0')
+  """
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    if (isinstance(context.module, _OUTPUT_LAYERS)
+        and context.method_name == "__call__"):
+      inputs = args[0] if args else kwargs["inputs"]
+      calls.append((tuple(context.module.scope.path), inputs))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    ctx.logits(params, model_state, x, task)
+  if not calls:
+    raise ValueError(
+        "penultimate features need a Flax model whose output layer is a "
+        "flax.linen.Dense or jaxcl.models.MultiHeadClassifier (such as "
+        "jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
+  return calls[-1]
+
+
+def penultimate_features(ctx: StrategyContext, params: PyTree,
+                         model_state: PyTree, x: jax.Array,
+                         task: jax.Array) -> jax.Array:
+  """The model's penultimate activations, in evaluation mode.
+
+  The inputs of the output layer, flattened per sample; for
+  :class:`jaxcl.models.MLP` that is the last hidden layer.
+
+  Args:
+    ctx, params, model_state, x, task: As for :func:`output_layer_call`.
+
+  Returns:
+    ``[batch, n_features]``.
+
+  Raises:
+    ValueError: If the model has no output layer that
+      :func:`output_layer_call` recognises.
+
+  Example:
+    >>> f = penultimate_features(ctx, params, state, x, task)  # doctest: +SKIP
+  """
+  inputs = output_layer_call(ctx, params, model_state, x, task)[1]
+  return inputs.reshape(inputs.shape[0], -1)

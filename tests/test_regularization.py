@@ -1,0 +1,505 @@
+"""Regularisation and distillation strategies against hand-computed values.
+
+Most checks run the hooks directly on a linear softmax model, whose gradients
+have closed forms in numpy; a few run whole streams through ``jaxcl.fit`` and
+``make_train_experience`` (one compile per stream, vmap over λ).
+"""
+
+import collections
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl import cli
+from jaxcl.benchmarks import Experience
+from jaxcl.models import MLP, Model, as_model
+from jaxcl.strategies import (StrategyContext, chain, ewc, from_spec, lfl, lwf,
+                              mas, rwalk, si)
+from jaxcl.training import (cross_entropy, experience_data, init_state,
+                            make_train_experience)
+
+N_CLASSES, DIM = 3, 2
+LINEAR = Model(
+    init=lambda key, x, task: ({"w": jnp.zeros((DIM, N_CLASSES)),
+                                "b": jnp.zeros(N_CLASSES)}, {}),
+    apply=lambda p, s, x, task, train, key: (x @ p["w"] + p["b"], s))
+
+
+def _ctx(model=LINEAR, batch_size=2, experience_size=5, input_dim=DIM):
+  return StrategyContext(model=model, preprocess=lambda x: x,
+                         loss=cross_entropy, n_classes=N_CLASSES,
+                         n_experiences=3, input_shape=(input_dim,),
+                         batch_size=batch_size,
+                         experience_size=experience_size)
+
+
+def _data(seed, n=3, size=5, input_dim=DIM, index=0, labels=(0, 1, 2)):
+  rng = np.random.default_rng(seed)
+  exp = Experience(x=rng.normal(size=(n, input_dim)).astype(np.float32),
+                   y=rng.choice(labels, n), task=np.zeros(n),
+                   index=index, classes=tuple(range(N_CLASSES)), origin="train")
+  return exp, jax.tree.map(jnp.asarray, experience_data(exp, size, N_CLASSES))
+
+
+def _params(seed):
+  rng = np.random.default_rng(seed)
+  return {"w": jnp.asarray(rng.normal(size=(DIM, N_CLASSES)), jnp.float32),
+          "b": jnp.asarray(rng.normal(size=N_CLASSES), jnp.float32)}
+
+
+def _state(strategy, ctx, params, seen=(True,) * N_CLASSES):
+  state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1,) + ctx.input_shape),
+                     jnp.zeros((1,), jnp.int32))
+  cl_state = strategy.init(ctx, params, jax.random.key(1))
+  return state.replace(params=params, cl_state=cl_state,
+                       seen_classes=jnp.asarray(seen))
+
+
+def _ender(strategy, ctx):
+  """The strategy's ``end_experience``, jitted once for repeated calls."""
+  end = jax.jit(functools.partial(strategy.end_experience, ctx))
+  return lambda state, data: end(state, data, jax.random.key(2))
+
+
+def _end(strategy, ctx, state, data):
+  return _ender(strategy, ctx)(state, data)
+
+
+def _penalty(strategy, ctx, params, cl_state, batch=None, logits=None):
+  return float(strategy.penalty(ctx, params, cl_state, batch, logits))
+
+
+# numpy references for the linear model -------------------------------------
+
+
+def _softmax(z, seen):
+  z = np.where(seen, z, -np.inf)
+  e = np.exp(z - z.max(1, keepdims=True))
+  return e / e.sum(1, keepdims=True)
+
+
+def _ce_grad(params, x, y, seen):
+  """Gradient of the mean cross-entropy of a linear softmax model."""
+  w, b = np.asarray(params["w"], np.float64), np.asarray(params["b"], np.float64)
+  dz = _softmax(x @ w + b, np.asarray(seen)) - np.eye(N_CLASSES)[y]
+  return {"w": x.T @ dz / len(y), "b": dz.mean(0)}
+
+
+def _np_fisher(params, exp, batch_size, seen):
+  """Avalanche: mean over DataLoader batches of the squared batch gradient."""
+  starts = range(0, len(exp), batch_size)
+  grads = [_ce_grad(params, exp.x[s:s + batch_size], exp.y[s:s + batch_size],
+                    seen) for s in starts]
+  return {k: np.mean([g[k] ** 2 for g in grads], 0) for k in ("w", "b")}
+
+
+def _np_quadratic(weight, params, anchor):
+  return sum(np.sum(np.asarray(weight[k]) * (np.asarray(params[k]) -
+                                             np.asarray(anchor[k])) ** 2)
+             for k in ("w", "b"))
+
+
+def _close(tree, expected, rtol=1e-5, atol=1e-7):
+  for k in ("w", "b"):
+    np.testing.assert_allclose(tree[k], expected[k], rtol=rtol, atol=atol)
+
+
+# EWC -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seen", [(True, True, True), (True, False, True)])
+def test_ewc_fisher_is_mean_squared_minibatch_gradient(seen):
+  ctx, strategy = _ctx(), ewc(ewc_lambda=2.0)
+  # 3 real rows padded to 5: batches of 2, 1 and 0 real rows.
+  exp, data = _data(0, labels=np.flatnonzero(seen))
+  params = _params(1)
+  state = _end(strategy, ctx, _state(strategy, ctx, params, seen), data)
+  expected = _np_fisher(params, exp, 2, seen)
+  _close(state.cl_state["importance"], expected)
+  if not seen[1]:  # Masked classes get no gradient, hence no importance.
+    assert np.all(np.asarray(state.cl_state["importance"]["w"])[:, 1] == 0)
+  theta = _params(7)
+  assert _penalty(strategy, ctx, theta, state.cl_state) == pytest.approx(
+      2.0 * _np_quadratic(expected, theta, params), rel=1e-5)
+
+
+def test_ewc_per_sample_fisher_is_mean_squared_sample_gradient():
+  ctx, strategy = _ctx(), ewc(fisher="empirical_per_sample")
+  exp, data = _data(3)
+  params = _params(4)
+  state = _end(strategy, ctx, _state(strategy, ctx, params), data)
+  grads = [_ce_grad(params, exp.x[i:i + 1], exp.y[i:i + 1], [True] * 3)
+           for i in range(len(exp))]
+  _close(state.cl_state["importance"],
+         {k: np.mean([g[k] ** 2 for g in grads], 0) for k in ("w", "b")})
+
+
+def test_ewc_separate_equals_explicit_sum_over_experiences():
+  ctx, strategy = _ctx(), ewc(ewc_lambda=0.5)
+  state, end = _state(strategy, ctx, _params(0)), _ender(strategy, ctx)
+  terms = []
+  for e in range(3):
+    exp, data = _data(10 + e, n=2 + e)
+    params = {k: v * (1 + e) for k, v in _params(20 + e).items()}
+    state = end(state.replace(params=params), data)
+    terms.append((_np_fisher(params, exp, 2, [True] * 3), params))
+  theta = _params(99)
+  explicit = sum(_np_quadratic(f, theta, anchor) for f, anchor in terms)
+  assert _penalty(strategy, ctx, theta, state.cl_state) == pytest.approx(
+      0.5 * explicit, rel=1e-5)
+  # At every past anchor the penalty is the other experiences' terms only.
+  at_first = sum(_np_quadratic(f, terms[0][1], a) for f, a in terms[1:])
+  assert _penalty(strategy, ctx, terms[0][1], state.cl_state) == pytest.approx(
+      0.5 * at_first, rel=1e-4)
+
+
+def test_online_ewc_decays_importance_and_anchors_last_params():
+  ctx, strategy = _ctx(), ewc(ewc_lambda=1.5, mode="online", decay_factor=0.3)
+  state, end = _state(strategy, ctx, _params(0)), _ender(strategy, ctx)
+  fishers = []
+  for e in range(3):
+    exp, data = _data(30 + e)
+    params = _params(40 + e)
+    state = end(state.replace(params=params), data)
+    fishers.append(_np_fisher(params, exp, 2, [True] * 3))
+  expected = {k: 0.09 * fishers[0][k] + 0.3 * fishers[1][k] + fishers[2][k]
+              for k in ("w", "b")}
+  _close(state.cl_state["importance"], expected)
+  theta = _params(5)
+  assert _penalty(strategy, ctx, theta, state.cl_state) == pytest.approx(
+      1.5 * _np_quadratic(expected, theta, params), rel=1e-5)
+
+
+# SI --------------------------------------------------------------------------
+
+
+def test_si_path_integral_on_two_sgd_steps():
+  lr, eps, lam = 0.5, 10.0, 3.0
+  ctx = _ctx(batch_size=4, experience_size=4)
+  strategy = si(si_lambda=lam, eps=eps)
+  exp, data = _data(5, n=4, size=4)
+  theta0 = _params(6)
+  train = make_train_experience(ctx, strategy, optax.sgd(lr), epochs=2)
+  state, _ = jax.jit(train)(_state(strategy, ctx, theta0), data)
+  # One batch holds the whole experience: two plain gradient steps.
+  thetas, path = [jax.tree.map(np.asarray, theta0)], {"w": 0.0, "b": 0.0}
+  for _ in range(2):
+    g = _ce_grad(thetas[-1], exp.x, exp.y, [True] * 3)
+    thetas.append({k: thetas[-1][k] - lr * g[k] for k in g})
+    path = {k: path[k] + g[k] * (thetas[-1][k] - thetas[-2][k]) for k in g}
+  cl = state.cl_state
+  _close(cl["path"], path, rtol=1e-4)
+  _close(state.params, thetas[-1], rtol=1e-5)
+  cum = {k: path[k] / ((thetas[2][k] - thetas[0][k]) ** 2 + eps) for k in path}
+  importance = {k: np.minimum(-cum[k], 1e-3) for k in cum}
+  _close(cl["importance"], importance, rtol=1e-4)
+  assert np.any(np.asarray(cl["importance"]["w"]) < 1e-3)  # Not all capped.
+  theta = _params(8)
+  assert _penalty(strategy, ctx, theta, cl) == pytest.approx(
+      lam / 2 * _np_quadratic(importance, theta, thetas[2]), rel=1e-4)
+
+
+# MAS -------------------------------------------------------------------------
+
+
+def test_mas_importance_and_alpha_blend():
+  ctx, strategy = _ctx(), mas(lambda_reg=2.0, alpha=0.25)
+
+  def np_importance(params, exp):
+    w, b = np.asarray(params["w"]), np.asarray(params["b"])
+    out = {"w": [], "b": []}
+    for s in range(0, len(exp), 2):
+      x = exp.x[s:s + 2]
+      f = x @ w + b  # d mean_i ||f_i||^2 = 2 f / n.
+      out["w"].append(np.abs(x.T @ (2 * f / len(x))))
+      out["b"].append(np.abs((2 * f / len(x)).sum(0)))
+    return {k: np.mean(v, 0) for k, v in out.items()}
+
+  state, end = _state(strategy, ctx, _params(0)), _ender(strategy, ctx)
+  expected = {"w": 0.0, "b": 0.0}
+  for e in range(2):
+    exp, data = _data(50 + e)
+    params = _params(60 + e)
+    state = end(state.replace(params=params), data)
+    new = np_importance(params, exp)
+    expected = {k: 0.25 * expected[k] + 0.75 * new[k] for k in new}
+  _close(state.cl_state["importance"], expected, rtol=1e-5)
+  theta = _params(9)
+  assert _penalty(strategy, ctx, theta, state.cl_state) == pytest.approx(
+      2.0 * _np_quadratic(expected, theta, params), rel=1e-5)
+
+
+# RWalk -----------------------------------------------------------------------
+
+
+def test_rwalk_fisher_scores_and_penalty_weights():
+  ctx, alpha = _ctx(), 0.75
+  strategy = rwalk(ewc_lambda=0.5, ewc_alpha=alpha, delta_t=2)
+  exp, _ = _data(70, n=4)
+  batch = {"x": jnp.asarray(exp.x), "y": jnp.asarray(exp.y),
+           "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+  thetas = [_params(71), _params(72), _params(73)]
+  state = _state(strategy, ctx, thetas[0])
+  after = jax.jit(functools.partial(strategy.after_step, ctx))
+  for t in range(2):
+    old = state.replace(params=thetas[t], step=jnp.int32(t))
+    new = old.replace(params=thetas[t + 1], step=jnp.int32(t + 1))
+    state = new.replace(cl_state=after(old, new, None, batch,
+                                       jax.random.key(0)))
+  g = [_ce_grad(thetas[t], exp.x, exp.y, [True] * 3) for t in range(2)]
+  np_theta = [jax.tree.map(np.asarray, t) for t in thetas]
+  fisher = {k: alpha * g[1][k] ** 2 + (1 - alpha) * g[0][k] ** 2 for k in "wb"}
+  loss = {k: -sum(g[t][k] * (np_theta[t + 1][k] - np_theta[t][k])
+                  for t in range(2)) for k in "wb"}
+  score = {k: loss[k] / (0.5 * fisher[k] * (np_theta[2][k] - np_theta[0][k])
+                         ** 2 + np.finfo(np.float32).eps) for k in "wb"}
+  cl = state.cl_state
+  _close(cl["fisher"], fisher, rtol=1e-5)
+  _close(cl["window_score"], score, rtol=1e-3)  # The window closed at step 2.
+  _close(cl["window_loss"], {"w": 0, "b": 0})
+  _close(cl["window_start"], np_theta[2])
+  state = _end(strategy, ctx, state, None)
+  max_f = max(fisher[k].max() for k in "wb")
+  max_s = max(score[k].max() for k in "wb")
+  weight = {k: fisher[k] / max_f + np.maximum(score[k], 0) / max_s for k in "wb"}
+  _close(state.cl_state["importance"], weight, rtol=1e-3)
+  theta = _params(74)
+  assert _penalty(strategy, ctx, theta, state.cl_state) == pytest.approx(
+      0.5 * _np_quadratic(weight, theta, np_theta[2]), rel=1e-3)
+
+
+# LwF and LFL -----------------------------------------------------------------
+
+
+def _np_kl(teacher, student, classes, temperature):
+  q = _softmax(teacher / temperature, classes)[:, classes]
+  p = _softmax(student / temperature, classes)[:, classes]
+  return np.mean(np.sum(q * (np.log(q) - np.log(p)), 1))
+
+
+def test_lwf_distils_only_old_classes_with_per_experience_alpha():
+  ctx, strategy = _ctx(), lwf(alpha=[0.0, 2.0], temperature=3.0)
+  exp, data = _data(80)
+  teacher = _params(81)
+  state = _state(strategy, ctx, teacher, seen=(True, False, True))
+  begin = jax.jit(functools.partial(strategy.begin_experience, ctx))
+  state = begin(state, data, jax.random.key(0))
+  assert _penalty(strategy, ctx, teacher, state.cl_state,
+                  {"x": exp.x, "task": exp.task, "weight": np.ones(3)},
+                  jnp.ones((3, N_CLASSES))) == 0.0  # No teacher yet.
+  state = _end(strategy, ctx, state, data)
+  _, data1 = _data(82, index=1)
+  state = begin(state.replace(seen_classes=jnp.ones(3, bool)), data1,
+                jax.random.key(0))
+  cl = state.cl_state
+  np.testing.assert_array_equal(cl["old_classes"], [True, False, True])
+  batch = {"x": exp.x, "task": exp.task, "weight": np.ones(3)}
+  teacher_logits = exp.x @ np.asarray(teacher["w"]) + np.asarray(teacher["b"])
+  assert _penalty(strategy, ctx, teacher, cl, batch, teacher_logits) == (
+      pytest.approx(0.0, abs=1e-6))
+  student = teacher_logits + np.random.default_rng(0).normal(size=(3, 3))
+  value = _penalty(strategy, ctx, teacher, cl, batch, student)
+  old = np.array([True, False, True])
+  assert value > 0
+  assert value == pytest.approx(
+      2.0 * _np_kl(teacher_logits, student, old, 3.0), rel=1e-5)
+  # Class 1 was not seen before: its logit does not matter.
+  student[:, 1] += 5.0
+  assert _penalty(strategy, ctx, teacher, cl, batch, student) == (
+      pytest.approx(value, rel=1e-6))
+
+
+# One linear head per task: sample i uses head task[i].
+MULTI_HEAD = Model(
+    init=lambda key, x, task: ({"w": jnp.zeros((2, DIM, N_CLASSES)),
+                                "b": jnp.zeros((2, N_CLASSES))}, {}),
+    apply=lambda p, s, x, task, train, key: (
+        jnp.einsum("bd,bdc->bc", x, p["w"][task]) + p["b"][task], s))
+
+
+def test_lwf_with_task_labels_distils_each_past_task_head():
+  # Task 0 holds classes {0, 1} (seen before), task 1 class {2} (current).
+  ctx = _ctx(model=MULTI_HEAD)._replace(
+      task_classes=np.array([[1, 1, 0], [0, 0, 1]], bool))
+  strategy = lwf(alpha=1.0, temperature=2.0)
+  exp, data = _data(83)
+  rng = np.random.default_rng(84)
+  teacher, student = ({"w": jnp.asarray(rng.normal(size=(2, DIM, 3)),
+                                        jnp.float32),
+                       "b": jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)}
+                      for _ in range(2))
+  state = _state(strategy, ctx, teacher, seen=(True, True, False))
+  state = _end(strategy, ctx, state, data)
+  batch = {"x": exp.x, "task": np.ones(3, np.int32), "weight": np.ones(3)}
+  # The trained logits hold task 1's head only (masked): head 0 is recomputed.
+  masked = np.full((3, N_CLASSES), -1000.0)
+  value = _penalty(strategy, ctx, student, state.cl_state, batch, masked)
+
+  def head0(p):
+    return exp.x @ np.asarray(p["w"][0]) + np.asarray(p["b"][0])
+
+  assert value > 0
+  assert value == pytest.approx(
+      _np_kl(head0(teacher), head0(student), np.array([True, True, False]),
+             2.0), rel=1e-5)
+
+
+def test_lfl_penalises_penultimate_features_and_freezes_head():
+  module = MLP(N_CLASSES, hidden_size=5, drop_rate=0.0)
+  ctx = _ctx(model=as_model(module), input_dim=4)
+  strategy = lfl(lambda_e=[0.5, 3.0])
+  exp, data = _data(90, input_dim=4)
+  params, _ = ctx.model.init(jax.random.key(0), jnp.zeros((1, 4)),
+                             jnp.zeros((1,), jnp.int32))
+  state = _state(strategy, ctx, params)
+  batch = {"x": jnp.asarray(exp.x), "task": jnp.zeros(3, jnp.int32),
+           "weight": jnp.asarray([1.0, 1.0, 0.0])}
+  grads = jax.tree.map(jnp.ones_like, params)
+  freeze = jax.jit(functools.partial(strategy.transform_grads, ctx))
+  kept = freeze(grads, state, batch, jax.random.key(0))
+  chex.assert_trees_all_equal(kept, grads)  # No teacher: nothing frozen.
+  state = _end(strategy, ctx, state, data)
+  state = strategy.begin_experience(ctx, state, data.replace(index=1), None)
+  moved = jax.tree.map(lambda p: p + 0.1, params)
+
+  def hidden(p):
+    layer = p["TorchLinear_0"]["Dense_0"]
+    return np.maximum(exp.x[:2] @ layer["kernel"] + layer["bias"], 0)
+
+  expected = 3.0 * np.mean((hidden(moved) - hidden(params)) ** 2)
+  assert _penalty(strategy, ctx, moved, state.cl_state, batch) == (
+      pytest.approx(expected, rel=1e-5))
+  assert _penalty(strategy, ctx, params, state.cl_state, batch) == 0.0
+  frozen = freeze(grads, state.replace(params=moved), batch,
+                  jax.random.key(0))
+  chex.assert_trees_all_equal(frozen["TorchLinear_0"], grads["TorchLinear_0"])
+  assert all(np.all(g == 0) for g in jax.tree.leaves(frozen["TorchLinear_1"]))
+
+
+def test_lfl_refuses_models_without_a_dense_output_layer():
+  strategy = lfl()
+  state = _state(strategy, _ctx(), _params(0))
+  with pytest.raises(ValueError, match="flax.linen.Dense"):
+    strategy.penalty(_ctx(), _params(0), state.cl_state,
+                     {"x": jnp.ones((2, DIM)), "task": jnp.zeros(2, jnp.int32),
+                      "weight": jnp.ones(2)}, None)
+
+
+# Composition, compilation, vmap ---------------------------------------------
+
+
+def test_chain_penalty_is_the_sum_of_penalties():
+  ctx = _ctx()
+  parts = (ewc(ewc_lambda=2.0), lwf(alpha=1.5), mas(lambda_reg=0.7))
+  combined = chain(*parts)
+  exp, data = _data(100)
+  state = _end(combined, ctx, _state(combined, ctx, _params(101)), data)
+  theta = _params(102)
+  batch = {"x": exp.x, "task": exp.task, "weight": np.ones(3)}
+  logits = np.random.default_rng(1).normal(size=(3, N_CLASSES))
+  values = [_penalty(s, ctx, theta, cl, batch, logits)
+            for s, cl in zip(parts, state.cl_state)]
+  assert all(v > 0 for v in values)
+  assert _penalty(combined, ctx, theta, state.cl_state, batch, logits) == (
+      pytest.approx(sum(values), rel=1e-6))
+
+
+def _counting(strategy, calls):
+  """Counts Python calls of two hooks: under jit, one call is one trace."""
+  def penalty(*args):
+    calls[strategy.name, "penalty"] += 1
+    return strategy.penalty(*args)
+
+  def end_experience(*args):
+    calls[strategy.name, "end_experience"] += 1
+    return strategy.end_experience(*args)
+
+  return strategy._replace(penalty=penalty, end_experience=end_experience)
+
+
+def test_every_strategy_compiles_once_per_stream_in_fit():
+  bench = make_benchmark(n_classes=6, n_experiences=3,
+                         sizes=[3, 30, 10, 10, 2, 9])
+  strategies = [ewc(), si(), mas(), rwalk(delta_t=3), lwf(), lfl()]
+  calls = collections.Counter()
+  strategy = chain(*(_counting(s, calls) for s in strategies))
+  result = jaxcl.fit(MLP(6, hidden_size=8, drop_rate=0.0), strategy,
+                     optax.sgd(0.05), bench, epochs=2, batch_size=4)
+  assert np.all(np.isfinite(result.accuracy_matrix))
+  assert calls == {(s.name, hook): 1 for s in strategies
+                   for hook in ("penalty", "end_experience")}
+  ewc_state, si_state, *_ = result.state.cl_state
+  assert float(jax.tree.leaves(ewc_state["importance"])[0].sum()) > 0
+  assert int(si_state["experience"]) == 2
+
+
+def test_vmap_over_hyperparameters_matches_separate_runs():
+  ctx, optimizer = _ctx(), optax.sgd(0.5)
+  strategy = chain(ewc(), lwf(alpha=[1.0, 1.0]))
+  train = jax.jit(make_train_experience(ctx, strategy, optimizer, epochs=2))
+  (_, first), (_, second) = _data(110), _data(111, n=5, index=1)
+  state, _ = train(_state(strategy, ctx, _params(112)), first)
+  # Three settings of (ewc_lambda, lwf alpha per experience).
+  copies = [state.replace(cl_state=(
+      {**state.cl_state[0], "ewc_lambda": jnp.float32(lam)},
+      {**state.cl_state[1], "alpha": jnp.full(3, alpha, jnp.float32)}))
+            for lam, alpha in [(0.0, 0.0), (1.0, 2.0), (30.0, 9.0)]]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *copies)
+  batched, _ = jax.jit(jax.vmap(train, in_axes=(0, None)))(stacked, second)
+  finals = [train(c, second)[0].params for c in copies]
+  for i, params in enumerate(finals):
+    chex.assert_trees_all_close({k: v[i] for k, v in batched.params.items()},
+                                params, rtol=1e-5, atol=1e-6)
+  # The values matter: the three runs end in different places.
+  assert not np.allclose(finals[0]["w"], finals[2]["w"], atol=1e-3)
+
+
+# Construction ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ewc(ewc_lambda=-1.0), ValueError, "ewc_lambda must be in"),
+    (lambda: ewc(mode="offline"), ValueError, "Unknown ewc mode 'offline'"),
+    (lambda: ewc(mode="online"), ValueError, "needs decay_factor"),
+    (lambda: ewc(mode="online", decay_factor=1.5), ValueError,
+     r"decay_factor must be in \[0, 1\], got 1.5"),
+    (lambda: ewc(decay_factor=0.5), ValueError, "only applies to mode='online'"),
+    (lambda: ewc(fisher="exact"), ValueError, "Unknown fisher 'exact'"),
+    (lambda: si(si_lambda=-0.1), ValueError, "si_lambda must be in"),
+    (lambda: si(si_lambda=[1.0, -2.0]), ValueError, r"si_lambda\[1\]"),
+    (lambda: si(eps=0.0), ValueError, r"eps must be in \(0, inf\), got 0.0"),
+    (lambda: mas(lambda_reg=-2), ValueError, "lambda_reg must be in"),
+    (lambda: mas(alpha=1.2), ValueError, r"alpha must be in \[0, 1\]"),
+    (lambda: rwalk(ewc_alpha=-0.1), ValueError, "ewc_alpha must be in"),
+    (lambda: rwalk(delta_t=0), ValueError, "delta_t must be a positive"),
+    (lambda: lwf(temperature=0.0), ValueError, "temperature must be in"),
+    (lambda: lwf(alpha=[]), ValueError, "non-empty list"),
+    (lambda: lwf(alpha="big"), TypeError, "alpha must be a real number"),
+    (lambda: lfl(lambda_e=-1e-4), ValueError, "lambda_e must be in"),
+    (lambda: lfl(freeze_head="yes"), TypeError, "freeze_head must be a bool"),
+])
+def test_factories_reject_bad_hyperparameters(build, error, message):
+  with pytest.raises(error, match=message):
+    build()
+
+
+def test_cli_flags_come_from_factory_signatures():
+  args = cli.build_parser().parse_args([
+      "run", "--strategy", "ewc+lwf", "--ewc-lambda", "3", "--mode", "online",
+      "--decay-factor", "0.5", "--temperature", "4"])
+  strategy = from_spec(args.strategy, **cli._strategy_hparams(args))
+  assert strategy.name == "ewc+lwf"
+  ewc_state, lwf_state = strategy.init(_ctx(), _params(0), jax.random.key(0))
+  assert float(ewc_state["ewc_lambda"]) == 3.0
+  assert float(ewc_state["decay_factor"]) == 0.5
+  assert float(lwf_state["temperature"]) == 4.0
+  with pytest.raises(ValueError, match="not used by strategy 'naive'"):
+    from_spec("naive", ewc_lambda=1.0)
