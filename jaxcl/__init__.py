@@ -7,8 +7,7 @@ Example:
   ...                    jaxcl.strategies.naive(), optax.sgd(0.01), bench)  # doctest: +SKIP
 """
 
-from jaxcl import benchmarks, evaluation, models, strategies, training
-from jaxcl.training import MultiResult, Result, TrainState, fit, sweep
+import importlib
 
 __all__ = [
     "MultiResult",
@@ -17,10 +16,29 @@ __all__ = [
     "benchmarks",
     "evaluation",
     "fit",
-    "sweep",
+    "loggers",
     "models",
     "strategies",
+    "sweep",
     "training",
 ]
+
+_SUBMODULES = ("benchmarks", "evaluation", "loggers", "models", "strategies",
+               "training")
+_TRAINING_NAMES = ("MultiResult", "Result", "TrainState", "fit", "sweep")
+
+
+def __getattr__(name: str):
+  # Submodules load on first use, so that `import jaxcl` (and processes that
+  # need only `jaxcl.loggers` or `jaxcl.cli`) do not pay for JAX and Flax.
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jaxcl.{name}")
+  if name in _TRAINING_NAMES:
+    return getattr(importlib.import_module("jaxcl.training"), name)
+  raise AttributeError(f"module 'jaxcl' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(__all__)
 
 __version__ = "0.1.0"

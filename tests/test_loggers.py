@@ -4,9 +4,11 @@ import csv
 import io
 import json
 import math
+import pathlib
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,6 +38,15 @@ def png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
+def is_running(pid):
+    """Whether process `pid` exists and is not a zombie (Linux)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.reader(f))
@@ -47,7 +58,9 @@ def test_import_does_not_import_tensorflow_or_matplotlib():
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'matplotlib'})"
         " + sorted(m for m in sys.modules if m.startswith('clu.metric_writers')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -144,7 +157,7 @@ def test_create_writers_without_logdir_only_prints(capsys):
     assert capsys.readouterr().out == "step 0 | eval/stream/accuracy 1.0000\n"
 
 
-def test_tensorboard_round_trip_through_create_writers(tmp_path):
+def test_tensorboard_round_trip_through_create_writers(tmp_path, capfd):
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
@@ -153,6 +166,8 @@ def test_tensorboard_round_trip_through_create_writers(tmp_path):
     writer.write_scalars(2, {"eval/exp_001/accuracy": 0.75, "eval/stream/accuracy": 0.5})
     loggers.write_result_images(writer, 2, tmp_path, accuracy_matrix=ACCURACY)
     writer.close()
+    writer.close()  # Idempotent.
+    assert capfd.readouterr() == ("", "")  # TensorFlow's log lines stay in the child.
 
     accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
     accumulator.Reload()
@@ -179,12 +194,77 @@ def test_tensorboard_round_trip_through_create_writers(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def test_tensorboard_errors_surface_on_first_use(tmp_path):
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("")
-    writer = loggers.tensorboard_writer(not_a_dir)  # Must not raise yet.
-    with pytest.raises(RuntimeError, match="TensorBoard writer for logdir="):
-        writer.write_scalars(0, {"train/loss": 1.0})
+def test_tensorboard_import_error_surfaces_in_parent(tmp_path, monkeypatch):
+    # The child gets the parent's sys.path, so this stub shadows TensorFlow
+    # there: a quick, reliable failure while creating the writer.
+    stub = tmp_path / "stub" / "tensorflow"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('no TensorFlow here')\n")
+    monkeypatch.syspath_prepend(str(stub.parent))
+    logdir = tmp_path / "tb"
+    writer = loggers.tensorboard_writer(logdir)  # Must not raise yet.
+    writer.write_scalars(0, {"train/loss": 1.0})  # Queued; the child is still starting.
+    with pytest.raises(RuntimeError, match="TensorBoard writer for logdir=") as error:
+        writer.flush()
+    message = str(error.value)
+    assert str(logdir) in message
+    # The child's traceback.
+    assert "Traceback (most recent call last)" in message
+    assert "ImportError: no TensorFlow here" in message
+    with pytest.raises(RuntimeError, match="failed in its child process"):
+        writer.write_scalars(1, {"train/loss": 1.0})
+    writer.close()  # The error was raised already: close just cleans up,
+    writer.close()  # and closing again does nothing.
+    with pytest.raises(RuntimeError, match="is closed"):
+        writer.write_scalars(2, {"train/loss": 1.0})
+
+
+def test_tensorboard_write_error_surfaces_and_keeps_earlier_events(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    writer = loggers.tensorboard_writer(tmp_path)
+    writer.write_scalars(0, {"train/loss": 0.5})
+    writer.write_images(0, {"eval/bad": np.zeros(3, np.uint8)})  # Not [N, H, W, C].
+    writer.write_scalars(1, {"train/loss": 0.25})  # Never runs.
+    with pytest.raises(RuntimeError, match="in write_images") as error:
+        writer.close()  # An error not raised yet is raised by close.
+    assert str(tmp_path) in str(error.value)
+    writer.close()
+
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Tensors("train/loss")] == [0]
+
+
+def test_tensorboard_parent_never_imports_tensorflow_and_orphans_exit(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    # The parent dies (os._exit: no atexit, no close) right after a flush; its
+    # orphaned child must notice and exit on its own, and the flushed event
+    # must be on disk.
+    code = (
+        "import multiprocessing, os, sys\n"
+        "from jaxcl import loggers\n"
+        f"writer = loggers.tensorboard_writer({str(tmp_path)!r})\n"
+        "writer.write_scalars(0, {'train/loss': 0.5})\n"
+        "writer.flush()\n"
+        "(child,) = multiprocessing.active_children()\n"
+        "print('tensorflow' in sys.modules, child.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    imported, pid = result.stdout.split()
+    assert imported == "False"
+    deadline = time.monotonic() + 30
+    while is_running(int(pid)):
+        assert time.monotonic() < deadline, "orphaned TensorBoard child did not exit"
+        time.sleep(0.1)
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Tensors("train/loss")] == [0]
 
 
 def test_our_writers_work_inside_clu_writers(tmp_path):

@@ -3,7 +3,7 @@
 All writers here have the methods of `clu.metric_writers.MetricWriter`, so
 they mix freely with clu's writers. Importing this package imports neither
 TensorFlow nor matplotlib: TensorBoard's TensorFlow import runs in a
-background thread when a TensorBoard writer is created, and matplotlib is
+child process when a TensorBoard writer is created, and matplotlib is
 imported when a plot is drawn.
 
 Metric names used throughout jaxcl:

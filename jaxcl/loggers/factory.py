@@ -36,7 +36,7 @@ def create_writers(
             the console only.
         console: Print each call to `sys.stdout`.
         tensorboard: Write TensorBoard event files. TensorFlow is imported in a
-            background thread, see `tensorboard_writer`.
+            child process, see `tensorboard_writer`.
         jsonl: Write `metrics.jsonl`, see `JsonlWriter`.
         csv: Write Avalanche's CSV files, see `CsvWriter`.
         text: Write the console lines to `log.txt`, see `TextLogWriter`.

@@ -1,16 +1,16 @@
 """TensorBoard writer running clu's `SummaryWriter` in a child process.
 
 clu's `SummaryWriter` needs TensorFlow, whose import is seconds of mostly
-Python work. Run in a thread, it holds the GIL against JAX tracing and
-compiling in the main thread (measured: `jaxcl run` compile time 1.8 s ->
-8.6 s). So the writer lives in a child process started with the "spawn"
-method, which works from notebooks and never forks a process holding JAX/XLA
-state. Creating the writer returns at once; method calls are pickled as plain
-data (method name and arguments, arrays as numpy) onto a queue that the child
-executes in order.
+Python work. In a background thread that import competes for the GIL with JAX
+tracing and compiling in the main thread and slows them several-fold. So the
+writer lives in a child process started with the "spawn" method, which works
+from notebooks and never forks a process holding JAX/XLA state. Creating the
+writer returns at once; method calls are pickled as plain data (method name
+and arguments, arrays as numpy) onto a queue that the child runs in order.
 
-The child quiets TensorFlow's C++ logging unless `TF_CPP_MIN_LOG_LEVEL` is set,
-sends its own stdout and stderr to `os.devnull`, and hides GPUs and TPUs from
+The child runs at lower CPU priority (nice 10), quiets TensorFlow's C++
+logging unless `TF_CPP_MIN_LOG_LEVEL` is set, sends its own stdout and stderr
+to `os.devnull` (errors still reach the parent), and hides GPUs and TPUs from
 TensorFlow (TensorFlow only: JAX in the parent still sees them), so it holds
 no accelerator memory. A failure in the child (TensorFlow import, writer
 creation, a write) is sent back with its traceback and raised in the parent by
@@ -24,6 +24,7 @@ script's main module.
 
 import atexit
 import multiprocessing
+import multiprocessing.queues
 import os
 import pickle
 import queue
@@ -71,17 +72,24 @@ def _create_summary_writer(logdir: str) -> MetricWriter:
 
 
 def _serve(
-    logdir: str, requests: multiprocessing.Queue, replies: Connection
+    logdir: str, requests: multiprocessing.queues.Queue, replies: Connection
 ) -> None:
     """Child process: runs the parent's writer calls until `close`.
 
     A request is a pickled `(method, args, kwargs, token)`. After running it,
     a request with a token is acknowledged with `("ack", token)`. Any
-    exception is sent as `("error", traceback)` and ends the child.
+    exception is sent as `("error", traceback)` and ends the loop, as does the
+    parent's death; the `SummaryWriter` is then closed, keeping what was
+    written.
     """
     # Ctrl-C reaches the whole process group; the parent decides what to do
     # (typically `close`, which needs this process alive).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Background work: when CPUs are short (e.g. the TensorFlow import while
+    # XLA compiles), the training process comes first.
+    if hasattr(os, "nice"):
+        os.nice(10)
+    writer = None
     try:
         _silence_output()
         writer = _create_summary_writer(logdir)
@@ -92,17 +100,19 @@ def _serve(
             except queue.Empty:
                 if parent.is_alive():
                     continue
-                # Orphaned, e.g. the parent was killed: keep what was written.
-                writer.close()
-                return
+                break  # Orphaned, e.g. the parent was killed.
             method, args, kwargs, token = pickle.loads(request)
             getattr(writer, method)(*args, **kwargs)
             if token is not None:
                 replies.send(("ack", token))
             if method == "close":
-                return
-    except Exception:
+                # Everything is written; skip TensorFlow's interpreter
+                # teardown, which takes seconds that `close` would wait for.
+                os._exit(0)
+    except Exception:  # noqa: BLE001 -- every failure must reach the parent.
         replies.send(("error", traceback.format_exc()))
+    if writer is not None:
+        writer.close()  # Keeps what was written before the failure.
 
 
 def _to_numpy(value: Any) -> Any:
@@ -130,6 +140,7 @@ class _SummaryWriterProcess(ForwardingWriter):
             daemon=True,
         )
         self._process.start()
+        self._owner_pid = os.getpid()
         # Only the child may hold the sending end, so its exit reads as EOF.
         child_replies.close()
         self._sent = 0  # Tokens of requests that expect an acknowledgement.
@@ -200,7 +211,9 @@ class _SummaryWriterProcess(ForwardingWriter):
         self._run_and_wait("flush")
 
     def close(self) -> None:
-        if self._closed:
+        # A forked copy of this process (its atexit hooks included) must not
+        # close the child, which belongs to the original.
+        if self._closed or os.getpid() != self._owner_pid:
             return
         atexit.unregister(self.close)
         try:
