@@ -14,7 +14,6 @@ import argparse
 import json
 import math
 import os
-import pathlib
 import subprocess
 import sys
 import tempfile

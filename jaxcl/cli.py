@@ -15,7 +15,6 @@ import datetime
 import inspect
 import json
 import math
-import os
 import pathlib
 import sys
 import time
@@ -31,29 +30,41 @@ def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
 
 
+def _flag_value(kind: type):
+  """Parses a flag value; for numbers, a comma-separated list gives a list
+  (per-experience values such as LwF's ``alpha``)."""
+  def parse(text: str):
+    if kind is bool:
+      return text.lower() in ("1", "true", "yes")
+    if kind in (int, float) and "," in text:
+      return [kind(v) for v in text.split(",")]
+    return kind(text)
+  parse.__name__ = kind.__name__  # argparse names the type in its errors.
+  return parse
+
+
 def _strategy_flags(parser: argparse.ArgumentParser) -> None:
   """One flag per hyperparameter of the registered strategies."""
   from jaxcl.strategies import REGISTRY
   group = parser.add_argument_group(
       "strategy hyperparameters",
-      "Each applies to every strategy in --strategy that takes it; unset "
-      "flags keep the strategy's default.")
-  seen: dict[str, list[str]] = {}
-  params: dict[str, inspect.Parameter] = {}
+      "Each applies to every strategy in --strategy that takes it (numbers "
+      "may be comma-separated per-experience lists where the strategy allows "
+      "it); unset flags keep each strategy's default.")
+  defaults: dict[str, dict[str, Any]] = {}
   for entry in REGISTRY.values():
     for name, p in entry.parameters.items():
-      seen.setdefault(name, []).append(entry.name)
-      params.setdefault(name, p)
-  for name, p in sorted(params.items()):
-    default = p.default
-    kind = type(default) if default not in (None, inspect.Parameter.empty) else float
-    if kind is bool:
-      group.add_argument(_flag(name), type=lambda v: v.lower() in ("1", "true", "yes"),
-                         default=None, metavar="BOOL",
-                         help=f"{', '.join(seen[name])} (default {default})")
-    else:
-      group.add_argument(_flag(name), type=kind, default=None,
-                         help=f"{', '.join(seen[name])} (default {default})")
+      defaults.setdefault(name, {})[entry.name] = p.default
+  for name, by_strategy in sorted(defaults.items()):
+    known = [d for d in by_strategy.values()
+             if d not in (None, inspect.Parameter.empty)]
+    kind = type(known[0]) if known else float
+    if kind is int and any(isinstance(d, float) for d in known):
+      kind = float
+    shown = "; ".join(f"{s}: {d}" for s, d in by_strategy.items())
+    group.add_argument(_flag(name), type=_flag_value(kind),
+                       default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                       help=f"defaults: {shown}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
   model.add_argument("--model", default="mlp",
                      help=f"one of: {', '.join(sorted(MODELS))}")
   model.add_argument("--hidden-size", type=int, default=512,
-                     help="width of each hidden layer")
+                     help="width of each hidden layer (MLP models)")
   model.add_argument("--hidden-layers", type=int, default=1,
                      help="number of hidden layers")
   model.add_argument("--drop-rate", type=float, default=0.5,
@@ -120,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
                    help="do not print per-experience metrics")
+  out.add_argument("--checkpoint-dir", default=None,
+                   help="save the whole run there after every experience and "
+                   "resume from it if it holds a checkpoint of the same "
+                   "configuration (pass the same --logdir to keep one log)")
+  out.add_argument("--checkpoint-keep", type=int, default=2,
+                   help="number of newest checkpoints kept")
   out.add_argument("--compilation-cache", default=str(_DEFAULT_CACHE),
                    help="JAX persistent compilation cache folder ('' to "
                    "disable)")
@@ -149,12 +166,17 @@ def _check_args(args: argparse.Namespace) -> None:
   if args.logdir is not None and pathlib.Path(args.logdir).is_file():
     raise ValueError(f"--logdir {args.logdir!r} is a file; expected a folder "
                      "(existing or new).")
+  _validation.check_positive_int("--checkpoint-keep", args.checkpoint_keep)
+  if (args.checkpoint_dir is not None
+      and pathlib.Path(args.checkpoint_dir).is_file()):
+    raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} is a file; "
+                     "expected a folder (existing or new).")
 
 
 def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcl.strategies import REGISTRY
   names = {p for e in REGISTRY.values() for p in e.parameters}
-  return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+  return {n: getattr(args, n) for n in names if hasattr(args, n)}
 
 
 def _json_safe(value: Any) -> Any:
@@ -266,9 +288,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "data_dir": args.data_dir}
   accepted = inspect.signature(factory).parameters
   benchmark = factory(**{k: v for k, v in bench_kwargs.items() if k in accepted})
-  model = MODELS[args.model](
-      num_classes=benchmark.n_classes, hidden_size=args.hidden_size,
-      hidden_layers=args.hidden_layers, drop_rate=args.drop_rate)
+  offered = dict(num_classes=benchmark.n_classes, n_tasks=benchmark.n_tasks,
+                 hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
+                 drop_rate=args.drop_rate)
+  accepted = inspect.signature(MODELS[args.model]).parameters
+  model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
   seeds, (sweep_name, sweep_values) = _seeds(args), _sweep(args)
   writer = loggers.create_writers(str(logdir), console=not args.quiet,
                                   tensorboard=not args.no_tensorboard)
@@ -278,7 +302,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         if isinstance(v, (int, float, str, bool))})
   fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size, writer=writer,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress,
+                    checkpoint_dir=args.checkpoint_dir,
+                    checkpoint_keep=args.checkpoint_keep)
   try:
     if sweep_name is None:
       result = jaxcl.fit(model, strategy, _optimizer(args, args.lr, optax),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxcl.evaluation import (experience_forgetting, forward_transfer,
+from jaxcl.evaluation import (experience_forgetting, forward_transfer, trained_columns,
                               stream_accuracy, stream_bwt, stream_forgetting,
                               stream_forward_transfer)
 
@@ -44,3 +44,25 @@ def test_forward_transfer_uses_accuracy_before_training():
   assert stream_forward_transfer(R, initial, 2) == pytest.approx(0.075)
   # After experience 0 only FWT_1 is defined.
   assert stream_forward_transfer(R, initial, 0) == pytest.approx(0.05)
+
+
+def test_online_stream_columns_map_mini_experiences_to_their_origin():
+  # Train experiences 0,1 belong to test experience 0; 2,3 to test experience 1.
+  columns = np.array([0, 0, 1, 1])
+  R = np.array([[0.5, 0.0], [0.9, 0.0], [0.7, 0.4], [0.6, 0.8]])
+  # While training experience 0's second half, nothing is forgotten yet.
+  assert np.isnan(stream_forgetting(R, 1, columns))
+  # Afterwards, forgetting of test experience 0 is measured from row 1.
+  assert stream_forgetting(R, 2, columns) == pytest.approx(0.9 - 0.7)
+  assert stream_forgetting(R, 3, columns) == pytest.approx(0.9 - 0.6)
+  initial = np.array([0.1, 0.2])
+  fwt = forward_transfer(R, initial, 3, columns)
+  assert np.isnan(fwt[0]) and fwt[1] == pytest.approx(0.0 - 0.2)
+
+
+def test_new_instances_single_test_experience():
+  # Every train experience trains the one test experience (-1: past its end).
+  columns = trained_columns([type("E", (), {"index": i})() for i in range(3)], 1)
+  np.testing.assert_array_equal(columns, [0, -1, -1])
+  R = np.array([[0.6], [0.7], [0.65]])
+  assert stream_forgetting(R, 2, columns) == pytest.approx(0.6 - 0.65)

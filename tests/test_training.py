@@ -48,7 +48,7 @@ def test_evaluate_matches_numpy_on_unequal_experiences():
     assert counts.correct[j] == np.sum(pred == e.y)
     assert counts.count[j] == len(e)
     top5 = np.argsort(-e.x, 1)[:, :5]
-    assert counts.correct_top5[j] == np.sum((top5 == e.y[:, None]).any(1))
+    assert counts.correct_topk[j] == np.sum((top5 == e.y[:, None]).any(1))
     logp = e.x - np.log(np.exp(e.x).sum(1, keepdims=True))
     np.testing.assert_allclose(counts.loss_sum[j],
                                -logp[np.arange(len(e)), e.y].sum(), rtol=1e-5)

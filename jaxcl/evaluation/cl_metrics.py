@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "accuracy_on_trained_experiences",
+    "trained_columns",
     "experience_forgetting",
     "forward_transfer",
     "stream_accuracy",
@@ -33,52 +35,128 @@ def stream_accuracy(correct: np.ndarray, count: np.ndarray) -> float:
   return float(np.sum(correct)) / total if total else float("nan")
 
 
-def experience_forgetting(R: np.ndarray, current: int) -> np.ndarray:
-  """``F_j = R[j, j] - R[current, j]`` for ``j < current``; NaN elsewhere.
+def trained_columns(train_stream, n_test: int) -> np.ndarray:
+  """The test experience each train experience trains, or -1 for none.
+
+  A train experience trains test column ``origin_experience`` (online
+  mini-experiences) or else its own index; columns past the test stream
+  (e.g. new-instances streams, whose test stream is one experience) are -1.
+
+  Example:
+    >>> trained_columns([type("E", (), {"index": i})() for i in range(3)], 1)
+    array([ 0, -1, -1])
+  """
+  cols = [getattr(e, "origin_experience", None) for e in train_stream]
+  cols = np.array([e.index if c is None else c
+                   for e, c in zip(train_stream, cols)], np.int64)
+  return np.where(cols < n_test, cols, -1)
+
+
+def _columns(R: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
+  if columns is None:
+    n_rows, n_cols = R.shape
+    columns = np.arange(n_rows)
+    return np.where(columns < n_cols, columns, -1)
+  return np.asarray(columns)
+
+
+def accuracy_on_trained_experiences(correct: np.ndarray, count: np.ndarray,
+                                    current: int,
+                                    columns: np.ndarray | None = None) -> float:
+  """Pooled accuracy over the test experiences trained so far only.
+
+  Avalanche's ``Accuracy_On_Trained_Experiences`` (``accuracy_metrics(
+  trained_experience=True)``): like :func:`stream_accuracy`, restricted to the
+  experiences trained up to ``current``.
+
+  Args:
+    correct: Correct predictions per test experience.
+    count: Samples per test experience.
+    current: Index of the last trained experience.
+    columns: Test column of each train experience (see :func:`trained_columns`);
+      default: train experience ``i`` trains test experience ``i``.
+
+  Example:
+    >>> accuracy_on_trained_experiences([9, 1, 0], [10, 10, 80], 1)
+    0.5
+  """
+  correct, count = np.asarray(correct), np.asarray(count)
+  if columns is None:
+    columns = np.arange(current + 1)
+  trained = np.unique(np.asarray(columns)[:current + 1])
+  trained = trained[(trained >= 0) & (trained < len(count))]
+  return stream_accuracy(correct[trained], count[trained])
+
+
+def experience_forgetting(R: np.ndarray, current: int,
+                          columns: np.ndarray | None = None) -> np.ndarray:
+  """``F_j = R[r_j, j] - R[current, j]`` where trained; NaN elsewhere.
 
   Avalanche's ``ExperienceForgetting``: accuracy just after training on ``j``
-  minus accuracy now; undefined for the current and for untrained experiences.
+  minus accuracy now. ``r_j`` is the last train experience up to ``current``
+  that trains test experience ``j`` (``r_j = j`` for ordinary streams; for
+  online streams the last mini-experience of ``j``); it is undefined for the
+  experience being trained and for untrained ones.
+
+  Args:
+    R: Accuracy matrix ``[train experiences, test experiences]``.
+    current: Index of the last trained experience.
+    columns: Test column of each train experience (see :func:`trained_columns`).
   """
   R = np.asarray(R, np.float64)
+  columns = _columns(R, columns)
   out = np.full(R.shape[1], np.nan)
-  j = np.arange(current)
-  out[j] = R[j, j] - R[current, j]
+  for j in range(R.shape[1]):
+    rows = np.flatnonzero(columns[:current + 1] == j)
+    if rows.size and rows[-1] < current and columns[current] != j:
+      out[j] = R[rows[-1], j] - R[current, j]
   return out
 
 
-def stream_forgetting(R: np.ndarray, current: int) -> float:
+def stream_forgetting(R: np.ndarray, current: int,
+                      columns: np.ndarray | None = None) -> float:
   """Mean experience forgetting over the experiences where it is defined.
 
   NaN after the first experience (nothing can have been forgotten yet).
   """
-  f = experience_forgetting(R, current)[:current]
+  f = experience_forgetting(R, current, columns)
+  f = f[~np.isnan(f)]
   return float(np.mean(f)) if f.size else float("nan")
 
 
-def stream_bwt(R: np.ndarray, current: int) -> float:
+def stream_bwt(R: np.ndarray, current: int,
+               columns: np.ndarray | None = None) -> float:
   """Backward transfer, Avalanche's ``StreamBWT``: minus stream forgetting."""
-  return -stream_forgetting(R, current)
+  return -stream_forgetting(R, current, columns)
 
 
-def forward_transfer(R: np.ndarray, initial: np.ndarray,
-                     current: int) -> np.ndarray:
-  """``FWT_k = R[k-1, k] - initial[k]`` for ``1 <= k <= current``; NaN elsewhere.
+def forward_transfer(R: np.ndarray, initial: np.ndarray, current: int,
+                     columns: np.ndarray | None = None) -> np.ndarray:
+  """``FWT_k = R[f_k - 1, k] - initial[k]``; NaN where undefined.
+
+  ``f_k`` is the first train experience that trains test experience ``k``
+  (``k`` itself for ordinary streams); defined when ``1 <= f_k <= current + 1``.
 
   Args:
     R: Accuracy matrix.
     initial: Accuracy on each test experience before any training.
     current: Index of the last trained experience.
+    columns: Test column of each train experience (see :func:`trained_columns`).
   """
   R = np.asarray(R, np.float64)
+  columns = _columns(R, columns)
+  initial = np.asarray(initial, np.float64)
   out = np.full(R.shape[1], np.nan)
-  k = np.arange(1, min(current + 2, R.shape[1]))
-  out[k] = R[k - 1, k] - np.asarray(initial, np.float64)[k]
+  for k in range(R.shape[1]):
+    first = np.flatnonzero(columns == k)
+    if first.size and 1 <= first[0] <= current + 1:
+      out[k] = R[first[0] - 1, k] - initial[k]
   return out
 
 
-def stream_forward_transfer(R: np.ndarray, initial: np.ndarray,
-                            current: int) -> float:
+def stream_forward_transfer(R: np.ndarray, initial: np.ndarray, current: int,
+                            columns: np.ndarray | None = None) -> float:
   """Mean forward transfer over the experiences where it is defined."""
-  f = forward_transfer(R, initial, current)
+  f = forward_transfer(R, initial, current, columns)
   f = f[~np.isnan(f)]
   return float(np.mean(f)) if f.size else float("nan")

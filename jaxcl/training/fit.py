@@ -15,6 +15,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -24,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcl import _validation
+from jaxcl import _validation, checkpoint
 from jaxcl.benchmarks.scenario import Benchmark, Stream
-from jaxcl.evaluation import cl_metrics
+from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import loop
@@ -42,9 +43,15 @@ class Result:
   Attributes:
     accuracy_matrix: ``[T, T]`` numpy array; ``R[i, j]`` is the accuracy on
       test experience ``j`` after training experience ``i``.
-    metrics: Final metrics (after the last experience): ``stream_accuracy``
-      (pooled), ``forgetting``, ``bwt``, ``forward_transfer``,
-      ``top5_accuracy``, ``stream_loss``, ``train_loss``, ``train_accuracy``.
+    metrics: Final scalar metrics (after the last experience), those of the
+      selected groups (``fit(metrics=...)``, see docs/metrics.md):
+      ``stream_accuracy`` (pooled), ``train_accuracy``, ``stream_loss``,
+      ``train_loss``, ``top5_accuracy`` (``top<k>_accuracy``),
+      ``accuracy_on_trained_experiences``, ``forgetting``, ``bwt``,
+      ``forward_transfer``, ``amca``, ``mean_class_accuracy``,
+      ``mean_score_new``, ``mean_score_old``, ``train_time_s``,
+      ``eval_time_s``, ``peak_host_memory_mb``, ``peak_device_memory_mb``,
+      ``train_flops``, ``eval_flops``; NaN where undefined or not reported.
     history: One metrics dict per trained experience (same keys plus
       ``experience``).
     timings: ``compile_s``, ``train_s``, ``eval_s`` (both without
@@ -52,8 +59,15 @@ class Result:
     initial_accuracies: Accuracy on each test experience before training
       (NaN if not evaluated).
     confusion_matrix: ``[n_classes, n_classes]`` (label, prediction) counts
-      over the test stream after the last experience.
+      over the test stream after the last experience (None unless the
+      ``confusion_matrix`` group is selected).
     state: The final :class:`TrainState`.
+    class_accuracy: ``[n_classes]`` accuracy of each class on the test stream
+      after the last experience, NaN for classes without test samples (None
+      unless ``class_accuracy`` is selected).
+    labels_repartition: ``int[T, n_classes]`` samples of each class in each
+      training experience as trained on (after the strategy's
+      ``adapt_data``; None unless ``labels_repartition`` is selected).
   """
 
   accuracy_matrix: np.ndarray
@@ -61,8 +75,10 @@ class Result:
   history: list[dict[str, float]]
   timings: dict[str, float]
   initial_accuracies: np.ndarray
-  confusion_matrix: np.ndarray
+  confusion_matrix: np.ndarray | None
   state: TrainState
+  class_accuracy: np.ndarray | None = None
+  labels_repartition: np.ndarray | None = None
 
 
 def _check_run(run: Run) -> None:
@@ -122,7 +138,8 @@ def _check_model_output(ctx: StrategyContext, sample, task):
 def make_context(model, benchmark: Benchmark,
                  optimizer: optax.GradientTransformation, *, batch_size: int,
                  experience_size: int | None = None,
-                 batch_sharding: Any = None) -> StrategyContext:
+                 batch_sharding: Any = None,
+                 mask_classes: bool = True) -> StrategyContext:
   """The static :class:`StrategyContext` of a benchmark, for custom loops.
 
   Args:
@@ -133,6 +150,7 @@ def make_context(model, benchmark: Benchmark,
     experience_size: Padded experience size (default: the largest train
       experience).
     batch_sharding: Sharding that splits batches over devices, if any.
+    mask_classes: Whether never-seen classes are masked.
 
   Returns:
     The context passed to every strategy hook.
@@ -150,7 +168,7 @@ def make_context(model, benchmark: Benchmark,
       experience_size=experience_size or stream.max_size,
       x_dtype=np.asarray(stream[0].x[:1]).dtype, optimizer=optimizer,
       augment=benchmark.augment, task_classes=_task_classes(benchmark),
-      batch_sharding=batch_sharding)
+      batch_sharding=batch_sharding, mask_classes=mask_classes)
 
 
 def _task_classes(benchmark: Benchmark) -> np.ndarray | None:
@@ -217,6 +235,9 @@ def fit(
     writer: Any = None,
     progress: bool = False,
     data_parallel: bool | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_keep: int = 2,
+    metrics: Sequence[str] | selection.MetricSelection | None = None,
 ) -> Result | MultiResult:
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
@@ -252,6 +273,16 @@ def fit(
       replicated; with several runs whose number the devices divide, the runs
       are split over the devices instead. ``None`` (default) turns it on when
       more than one device is present.
+    checkpoint_dir: Save the whole run (state, position in the stream,
+      metrics so far) there after every experience, and resume from the
+      newest usable checkpoint found there (see docs/checkpointing.md). A
+      resumed run gives exactly the numbers of an uninterrupted one; a
+      checkpoint written by a different configuration is refused.
+    checkpoint_keep: Number of newest checkpoints kept.
+    metrics: The metric groups to record: names from
+      :data:`jaxcl.evaluation.METRICS` or a
+      :func:`jaxcl.evaluation.metrics` selection (which also sets the ``k``
+      of the top-k accuracy). Default: all of them.
 
   Returns:
     A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.
@@ -260,7 +291,9 @@ def fit(
                   eval_batch_size=eval_batch_size,
                   mask_unseen_classes=mask_unseen_classes,
                   eval_before_training=eval_before_training, writer=writer,
-                  progress=progress, data_parallel=data_parallel)
+                  progress=progress, data_parallel=data_parallel,
+                  checkpoint_dir=checkpoint_dir,
+                  checkpoint_keep=checkpoint_keep, metrics=metrics)
   if seeds is None:
     return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
                      batched=False, **settings).runs[0]
@@ -389,12 +422,15 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
               eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
               eval_before_training: bool = True, writer: Any = None,
               progress: bool = False, data_parallel: bool | None = None,
-              labels: tuple = ()) -> MultiResult:
+              checkpoint_dir: str | os.PathLike[str] | None = None,
+              checkpoint_keep: int = 2, labels: tuple = (),
+              metrics: Any = None) -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
   for run in runs:
     _check_run(run)
+  chosen = selection.metrics(metrics)
   model_fns = _check_args(model, benchmark, epochs, batch_size, eval_batch_size)
   test_stream = benchmark.test_stream
   # Host-side data adaptation is shared by all runs: it uses the first seed.
@@ -406,7 +442,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   sample = jnp.asarray(train_stream[0].x[:1])
   place = _placement(data_parallel, len(runs) if batched else 0, batch_size)
   ctx = make_context(model_fns, benchmark, optimizer, batch_size=batch_size,
-                     experience_size=size, batch_sharding=place.batch)
+                     experience_size=size, batch_sharding=place.batch,
+                     mask_classes=mask_unseen_classes)
   sample_task = jnp.zeros((1,), jnp.int32)
   _check_model_output(ctx, sample, sample_task)
 
@@ -416,7 +453,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty)
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
-                               mask_classes=mask_unseen_classes)
+                               mask_classes=mask_unseen_classes,
+                               top_k=chosen.top_k)
   if batched:
     train_fn = jax.vmap(train_fn, in_axes=(0, None))
     eval_fn = jax.vmap(eval_fn, in_axes=(0, None))
@@ -437,14 +475,33 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
               out_shardings=(place.state, place.state)).lower(state_shape, first),
       jax.jit(eval_fn, in_shardings=(place.state, place.data),
               out_shardings=place.state).lower(state_shape, test_data))
+  checkpointer = restored = None
+  if checkpoint_dir is not None:
+    checkpointer = checkpoint.Checkpointer(
+        checkpoint_dir, keep=checkpoint_keep, config=checkpoint.run_config(
+            benchmark=benchmark, train_stream=train_stream, model=model,
+            strategy_name=strategy.name, seeds=[r.seed for r in runs],
+            labels=labels, state=state_shape, programs=lowered,
+            settings=dict(epochs=epochs, batch_size=batch_size,
+                          eval_batch_size=eval_batch_size,
+                          mask_unseen_classes=mask_unseen_classes,
+                          eval_before_training=eval_before_training,
+                          metrics=sorted(chosen.names), top_k=chosen.top_k)))
+    restored = checkpointer.restore(state_shape)
   # Init runs once, so its code is not worth optimising; XLA compiles without
   # the GIL, so the three executables build in parallel.
   options = ({"xla_backend_optimization_level": 0}, None, None)
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    # Analysing the FLOPs needs the GIL, which XLA's compiles leave free.
+    flops = pool.submit(
+        _program_flops, train_fn, eval_fn, state_shape, first, test_data,
+        epochs=epochs, steps=steps, eval_batch_size=eval_batch_size,
+        n_runs=len(runs) if batched else 1) if "flops" in chosen else None
     init_exec, train_exec, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
+  recorder = _recorder(chosen, benchmark, flops.result() if flops else {})
   if batched:
     _check_sweep_varies(state, runs)
 
@@ -456,15 +513,24 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   eval_s = train_s = 0.0
   n_runs = len(runs)
   initial = np.full((n_runs, len(test_stream)), np.nan)
-  if eval_before_training:
+  if eval_before_training and restored is None:
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
     initial = _accuracies(per_run(counts))
 
   R = np.full((n_runs, n_exp, len(test_stream)), np.nan)
   histories: list[list[dict[str, float]]] = [[] for _ in runs]
+  done = 0
+  if restored is not None:
+    state = checkpoint.place(restored.arrays, state)
+    done, meta = restored.step, restored.meta
+    R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
+    confusion, train_s, eval_s = meta["confusion"], meta["train_s"], meta["eval_s"]
   bar = _progress_bar(n_exp) if progress else None
-  for i, experience in enumerate(train_stream):
+  if bar is not None:
+    bar.update(done)
+  for i in range(done, n_exp):
+    experience = train_stream[i]
     data = first if i == 0 else jax.device_put(
         experience_data(experience, size, n_classes), place.data)
     (state, train_metrics), seconds = _timed(train_exec, state, data)
@@ -472,17 +538,21 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
     counts, train_metrics = per_run(counts), per_run(train_metrics)
+    confusion = counts.confusion
     R[:, i] = _accuracies(counts)
     rows = [_experience_metrics(i, R[r], initial[r],
                                 jax.tree.map(lambda a: a[r], counts),
-                                jax.tree.map(lambda a: a[r], train_metrics))
+                                jax.tree.map(lambda a: a[r], train_metrics),
+                                histories[r], recorder, train_s, seconds)
             for r in range(n_runs)]
     for history, row in zip(histories, rows):
       history.append(row)
     if writer is not None:
       _write(writer, i, rows, R[:, i], train_metrics)
     if bar is not None:
-      bar.set_postfix(acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
+      if "stream_accuracy" in rows[0]:
+        bar.set_postfix(
+            acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
       bar.update()
     bad = train_metrics["first_nonfinite_step"]
     if np.any(bad >= 0):
@@ -494,18 +564,32 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           f"The training loss became NaN or infinite in experience {i} at "
           f"optimizer step {int(bad[r])}{which}; metrics up to experience "
           f"{i} were written. Lower the learning rate or check the inputs.")
+    if checkpointer is not None:
+      checkpointer.save(i + 1, state, {
+          "accuracy": R, "initial": initial, "confusion": confusion,
+          "histories": histories, "train_s": train_s, "eval_s": eval_s})
+  if checkpointer is not None:
+    checkpointer.close()
   if bar is not None:
     bar.close()
-  if writer is not None:
-    writer.flush()
   timings = {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
              "total_s": time.perf_counter() - start_total}
-  confusion = counts.confusion  # Already per run.
+  if writer is not None:  # Outside total_s: a writer may still be starting.
+    writer.flush()
+  chosen_or_none = lambda name, make: make() if name in chosen else None
   results = [
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,
-             initial_accuracies=initial[r], confusion_matrix=confusion[r],
-             state=jax.tree.map(lambda a: a[r], state) if batched else state)
+             initial_accuracies=initial[r],
+             confusion_matrix=chosen_or_none("confusion_matrix",
+                                             lambda: confusion[r]),
+             state=jax.tree.map(lambda a: a[r], state) if batched else state,
+             class_accuracy=chosen_or_none(
+                 "class_accuracy", lambda: class_metrics.class_accuracy(
+                     np.diag(confusion[r]), confusion[r].sum(1))),
+             labels_repartition=chosen_or_none(
+                 "labels_repartition", lambda: class_metrics.labels_repartition(
+                     train_stream, n_classes)))
       for r in range(n_runs)]
   per_metric = {k: [res.metrics[k] for res in results] for k in results[0].metrics}
   return MultiResult(
@@ -524,23 +608,127 @@ def _accuracies(counts: loop.EvalCounts) -> np.ndarray:
   return counts.correct / np.maximum(counts.count, 1)
 
 
+class _Recorder(NamedTuple):
+  """What every experience's metrics need besides the evaluation counts.
+
+  Attributes:
+    chosen: The selected metric groups.
+    new_classes: ``bool[T, n_classes]``: the classes of training experience
+      ``i`` (before ``adapt_data``, as Avalanche's ``MeanScores`` takes them).
+    seen_classes: ``bool[T, n_classes]``: the classes of experiences ``0..i``.
+    flops: ``train_flops`` and ``eval_flops``, if selected.
+    columns: The test experience each train experience trains (-1: none),
+      see :func:`jaxcl.evaluation.trained_columns`.
+  """
+
+  chosen: selection.MetricSelection
+  new_classes: np.ndarray
+  seen_classes: np.ndarray
+  flops: Mapping[str, float]
+  columns: np.ndarray
+
+
+def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
+              flops: Mapping[str, float]) -> _Recorder:
+  new = np.zeros((len(benchmark.train_stream), benchmark.n_classes), bool)
+  for i, experience in enumerate(benchmark.train_stream):
+    new[i, list(experience.classes)] = True
+  return _Recorder(chosen, new, np.logical_or.accumulate(new, axis=0),
+                   dict(flops), cl_metrics.trained_columns(
+                       benchmark.train_stream, len(benchmark.test_stream)))
+
+
+def _program_flops(train_fn: Callable, eval_fn: Callable, state_shape: Any,
+                   first: Any, test_data: Any, *, epochs: int, steps: int,
+                   eval_batch_size: int, n_runs: int) -> dict[str, float]:
+  """FLOPs of one optimizer step and of evaluating one sample, for one run.
+
+  XLA counts a loop body once whatever its trip count, so the compiled
+  programs give no per-step number: the body of the scan over steps (inside
+  the scan over epochs) and of the scan over evaluation chunks (inside the
+  scan over test experiences) are analysed on their own. The programs'
+  jaxprs come from JAX's trace cache, so no hook is traced again. NaN where
+  a body cannot be isolated or the backend has no cost analysis.
+  """
+  size = test_data.y.shape[1]
+  chunk = min(eval_batch_size, size)
+  step = system.loop_body_flops(
+      jax.jit(train_fn).trace(state_shape, first).jaxpr, (epochs, steps))
+  evaluation = system.loop_body_flops(
+      jax.jit(eval_fn).trace(state_shape, test_data).jaxpr,
+      (test_data.y.shape[0], math.ceil(size / chunk)))
+  per_run = lambda value, n: float("nan") if value is None else value / n
+  return {"train_flops": per_run(step, n_runs),
+          "eval_flops": per_run(evaluation, n_runs * chunk)}
+
+
 def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
                         counts: loop.EvalCounts,
-                        train_metrics: Mapping[str, np.ndarray]) -> dict:
-  """One run's metrics after training experience ``i``."""
-  return {
-      "experience": i,
-      "stream_accuracy": cl_metrics.stream_accuracy(counts.correct,
-                                                    counts.count),
-      "top5_accuracy": cl_metrics.stream_accuracy(counts.correct_top5,
-                                                  counts.count),
-      "stream_loss": float(np.sum(counts.loss_sum) / np.sum(counts.count)),
-      "forgetting": cl_metrics.stream_forgetting(R, i),
-      "bwt": cl_metrics.stream_bwt(R, i),
-      "forward_transfer": cl_metrics.stream_forward_transfer(R, initial, i),
-      "train_loss": float(train_metrics["loss"][-1]),
-      "train_accuracy": float(train_metrics["accuracy"][-1]),
-  }
+                        train_metrics: Mapping[str, np.ndarray],
+                        history: Sequence[Mapping[str, float]],
+                        recorder: _Recorder, train_s: float,
+                        eval_seconds: float) -> dict:
+  """One run's metrics after training experience ``i`` (the selected groups).
+
+  Args:
+    i: Index of the experience just trained.
+    R: The run's accuracy matrix so far.
+    initial: The run's accuracies before training (NaN if not evaluated).
+    counts: The run's evaluation of the test stream after experience ``i``.
+    train_metrics: The run's per-epoch training metrics of experience ``i``.
+    history: The run's rows of experiences ``0..i-1``.
+    recorder: Selection, class masks and FLOPs of the stream.
+    train_s: Training seconds of experiences ``0..i`` (all runs together).
+    eval_seconds: Seconds of this evaluation (all runs together).
+
+  Returns:
+    A flat ``{name: float}`` row (plus ``experience``).
+  """
+  chosen = recorder.chosen
+  pooled = lambda correct: cl_metrics.stream_accuracy(correct, counts.count)
+  row: dict[str, Any] = {"experience": i}
+  if "accuracy" in chosen:
+    row["stream_accuracy"] = pooled(counts.correct)
+    row["train_accuracy"] = float(train_metrics["accuracy"][-1])
+  if "loss" in chosen:
+    row["stream_loss"] = float(np.sum(counts.loss_sum) / np.sum(counts.count))
+    row["train_loss"] = float(train_metrics["loss"][-1])
+  if "topk_accuracy" in chosen:
+    row[f"top{counts.top_k}_accuracy"] = pooled(counts.correct_topk)
+  if "trained_experience_accuracy" in chosen:
+    row["accuracy_on_trained_experiences"] = (
+        cl_metrics.accuracy_on_trained_experiences(
+            counts.correct, counts.count, i, recorder.columns))
+  if "forgetting" in chosen:
+    row["forgetting"] = cl_metrics.stream_forgetting(R, i, recorder.columns)
+  if "bwt" in chosen:
+    row["bwt"] = cl_metrics.stream_bwt(R, i, recorder.columns)
+  if "forward_transfer" in chosen:
+    row["forward_transfer"] = cl_metrics.stream_forward_transfer(
+        R, initial, i, recorder.columns)
+  if "amca" in chosen:
+    # Every evaluation sees the same test stream, so the tracked classes are
+    # those with test samples and AMCA is the running mean of each
+    # evaluation's mean class accuracy (averaged over task labels).
+    mca = class_metrics.mean_class_accuracy(counts.class_correct.sum(0),
+                                            counts.class_count.sum(0))
+    row["mean_class_accuracy"] = float(np.nanmean(mca))
+    row["amca"] = float(np.mean([h["mean_class_accuracy"] for h in history]
+                                + [row["mean_class_accuracy"]]))
+  if "mean_scores" in chosen:
+    new = recorder.new_classes[i]
+    row["mean_score_new"], row["mean_score_old"] = class_metrics.mean_scores(
+        counts.class_score.sum((0, 1)), counts.class_count.sum((0, 1)), new,
+        recorder.seen_classes[i] & ~new)
+  if "timing" in chosen:
+    row["train_time_s"] = train_s - sum(h["train_time_s"] for h in history)
+    row["eval_time_s"] = eval_seconds
+  if "memory" in chosen:
+    device = system.peak_device_memory_mb()
+    row["peak_host_memory_mb"] = system.peak_host_memory_mb()
+    row["peak_device_memory_mb"] = float("nan") if device is None else device
+  row.update(recorder.flops)
+  return row
 
 
 def _progress_bar(total: int):
@@ -572,8 +760,8 @@ def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
   scalars = {}
   for j in range(accuracies.shape[1]):
     scalars.update(with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
-  for name in ("stream_accuracy", "top5_accuracy", "stream_loss", "forgetting",
-               "bwt", "forward_transfer"):
-    scalars.update(with_std(f"eval/stream/{name.removeprefix('stream_')}",
-                            [row[name] for row in rows]))
+  for name in rows[0]:
+    if name not in ("experience", "train_loss", "train_accuracy"):
+      scalars.update(with_std(f"eval/stream/{name.removeprefix('stream_')}",
+                              [row[name] for row in rows]))
   writer.write_scalars(i, scalars)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
+from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
+                                       TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training.state import ExperienceData, TrainState
 
@@ -278,42 +280,71 @@ def make_train_experience(
 
 
 @flax.struct.dataclass
+class _ExperienceMetrics(clu_metrics.Collection):
+  """The per-experience reducers of evaluation (see :func:`make_evaluate`)."""
+
+  accuracy: clu_metrics.Accuracy
+  topk: TopKAccuracy
+  loss: clu_metrics.Average.from_output("loss")
+  classes: ClassCounts
+
+
+@flax.struct.dataclass
 class EvalCounts:
-  """Sums gathered by one evaluation of a stream.
+  """Sums gathered by one evaluation of a stream of ``T`` experiences.
+
+  Every metric of :mod:`jaxcl.evaluation` is a function of these sums.
 
   Attributes:
     correct: ``[T]`` correct top-1 predictions per experience.
-    correct_top5: ``[T]`` samples whose label is among the 5 highest logits.
+    correct_topk: ``[T]`` samples whose label is among the ``top_k`` highest
+      logits.
     count: ``[T]`` samples per experience.
     loss_sum: ``[T]`` summed cross-entropy per experience.
     confusion: ``[n_classes, n_classes]`` counts of (label, prediction) pairs
       over the whole stream.
+    class_correct: ``[T, n_tasks, n_classes]`` correct top-1 predictions per
+      experience, task label and class (``n_tasks`` is 1 unless the stream
+      has several task labels).
+    class_count: ``[T, n_tasks, n_classes]`` samples, likewise.
+    class_score: ``[T, n_tasks, n_classes]`` summed logit of the true class.
+    top_k: The ``k`` of ``correct_topk`` (static).
   """
 
   correct: jax.Array
-  correct_top5: jax.Array
+  correct_topk: jax.Array
   count: jax.Array
   loss_sum: jax.Array
   confusion: jax.Array
+  class_correct: jax.Array
+  class_count: jax.Array
+  class_score: jax.Array
+  top_k: int = flax.struct.field(pytree_node=False, default=5)
 
 
 def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
-                  eval_batch_size: int, mask_classes: bool = True
+                  eval_batch_size: int, mask_classes: bool = True,
+                  top_k: int = 5
                   ) -> Callable[[TrainState, ExperienceData], EvalCounts]:
   """Builds the function that evaluates a stacked stream (to be jitted once).
+
+  Per chunk of ``eval_batch_size`` samples, ``clu`` reducers
+  (:mod:`jaxcl.evaluation.reducers`) are built from the logits and merged: a
+  collection per experience and a confusion matrix over the whole stream.
 
   Args:
     ctx: Static context.
     strategy: Its ``predict`` slot, if set, replaces the model's prediction.
     eval_batch_size: Samples per evaluation chunk (memory/speed trade-off).
     mask_classes: Mask the logits of classes not seen so far.
+    top_k: The ``k`` of the top-k accuracy (capped at the number of classes).
 
   Returns:
     ``evaluate(state, stream) -> EvalCounts`` where ``stream`` is an
     :class:`ExperienceData` with a leading experience axis.
   """
   n_classes = ctx.n_classes
-  top_k = min(5, n_classes)
+  n_tasks = 1 if ctx.task_classes is None else len(ctx.task_classes)
 
   def logits_fn(state: TrainState, x, task):
     if strategy.predict is not None:
@@ -325,7 +356,18 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
       return logits
     return mask_unseen(logits, state.seen_classes, ctx.task_classes, task)
 
+  def reducers(logits, y, task, valid):
+    outputs = dict(logits=logits, labels=y, task=task, mask=valid,
+                   loss=optax.softmax_cross_entropy_with_integer_labels(
+                       logits, y))
+    return (_ExperienceMetrics.single_from_model_output(
+        k=top_k, n_tasks=n_tasks, **outputs),
+            ConfusionMatrix.from_model_output(**outputs))
+
   def evaluate(state: TrainState, stream: ExperienceData) -> EvalCounts:
+    # The reducers of an empty chunk: the identity of `merge`.
+    empty, _ = reducers(jnp.zeros((0, n_classes)), *[
+        jnp.zeros((0,), dtype) for dtype in (jnp.int32, jnp.int32, bool)])
     size = stream.y.shape[1]
     chunk = min(eval_batch_size, size)
     chunks = math.ceil(size / chunk)
@@ -335,30 +377,28 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
       a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
       return a.reshape((chunks, chunk) + a.shape[1:])
 
-    def one_experience(confusion, exp: ExperienceData):
-      def one_chunk(carry, inputs):
-        confusion, sums = carry
-        x, y, task, valid = _shard(inputs, ctx.batch_sharding)
-        logits = logits_fn(state, x, task)
-        w = valid.astype(jnp.float32)
-        pred = jnp.argmax(logits, -1)
-        in_top = jnp.any(jax.lax.top_k(logits, top_k)[1] == y[:, None], -1)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        sums = sums + jnp.stack([jnp.sum((pred == y) * w), jnp.sum(in_top * w),
-                                 jnp.sum(w), jnp.sum(loss * w)])
-        confusion = confusion.at[y, pred].add(valid.astype(confusion.dtype))
-        return (confusion, sums), None
+    def one_chunk(carry, inputs):
+      metrics, confusion = carry
+      x, y, task, valid = _shard(inputs, ctx.batch_sharding)
+      chunk_metrics, chunk_confusion = reducers(logits_fn(state, x, task), y,
+                                                task, valid)
+      return (metrics.merge(chunk_metrics),
+              confusion.merge(chunk_confusion)), None
 
-      (confusion, sums), _ = jax.lax.scan(
-          one_chunk, (confusion, jnp.zeros(4)),
+    def one_experience(confusion, exp: ExperienceData):
+      (metrics, confusion), _ = jax.lax.scan(
+          one_chunk, (empty, confusion),
           (reshape(exp.x), reshape(exp.y), reshape(exp.task),
            reshape(exp.valid)))
-      return confusion, sums
+      return confusion, metrics
 
-    confusion, sums = jax.lax.scan(
-        one_experience, jnp.zeros((n_classes, n_classes), jnp.int32), stream)
-    return EvalCounts(correct=sums[:, 0], correct_top5=sums[:, 1],
-                      count=sums[:, 2], loss_sum=sums[:, 3],
-                      confusion=confusion)
+    confusion, metrics = jax.lax.scan(
+        one_experience, ConfusionMatrix.empty(n_classes), stream)
+    return EvalCounts(
+        correct=metrics.accuracy.total, correct_topk=metrics.topk.total,
+        count=metrics.accuracy.count, loss_sum=metrics.loss.total,
+        confusion=confusion.matrix, class_correct=metrics.classes.correct,
+        class_count=metrics.classes.count, class_score=metrics.classes.score,
+        top_k=top_k)
 
   return evaluate

@@ -1,0 +1,438 @@
+"""Checkpoints of whole runs with orbax: resume a run exactly where it stopped.
+
+A checkpoint is one orbax step directory per finished experience holding two
+items: ``arrays`` (for ``fit``, the :class:`~jaxcl.training.TrainState`,
+written by orbax's ``StandardCheckpointHandler`` as tensorstore files; PRNG
+keys as their raw key data) and ``meta`` (one JSON file: the run's
+configuration fingerprint, SHA-256 checksums of the arrays and of the JSON
+itself, and, for ``fit``, the accuracy matrix, histories and timings recorded
+so far). Nothing is pickled: loading parses JSON and reads raw arrays, it
+never executes code from the checkpoint.
+
+orbax writes each step into a temporary directory and renames it when
+complete, so a process killed during a save leaves the previous checkpoint
+usable. On restore, a checkpoint whose files are unreadable or fail their
+checksums is set aside (renamed ``<step>.unusable``) and the previous
+one is used; a checkpoint written by a different configuration is refused
+with an error listing the differences.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> ckpt = Checkpointer("/tmp/jaxcl_doc_ckpt", config={"epochs": 1})
+  >>> ckpt.save(1, {"w": jnp.ones(3)}, {"completed": 1})  # doctest: +SKIP
+  >>> restored = ckpt.restore({"w": jnp.zeros(3)})  # doctest: +SKIP
+  >>> restored.step, restored.meta  # doctest: +SKIP
+  (1, {'completed': 1})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import pathlib
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Self
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxcl import _validation
+
+__all__ = ["CheckpointError", "Checkpointer", "Restored", "place", "run_config"]
+
+PyTree = Any
+
+# Version of the layout of ``meta``; bumped when it changes incompatibly.
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: unreadable, corrupt or another run's."""
+
+
+class Restored(NamedTuple):
+  """A checkpoint read back.
+
+  Attributes:
+    step: The step it was saved at (``fit``: experiences completed).
+    arrays: The saved arrays as host numpy arrays, PRNG keys as raw key data
+      (:func:`place` turns them back into device arrays and typed keys).
+    meta: The JSON-able values given to :meth:`Checkpointer.save`.
+  """
+
+  step: int
+  arrays: PyTree
+  meta: dict[str, Any]
+
+
+def _is_key(leaf) -> bool:
+  return jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key)
+
+
+def _raw(tree: PyTree) -> PyTree:
+  """Typed PRNG keys as their uint32 key data: orbax stores plain arrays."""
+  return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a,
+                      tree)
+
+
+def place(arrays: PyTree, like: PyTree) -> PyTree:
+  """Puts restored arrays on the devices, shaped and sharded like ``like``.
+
+  Args:
+    arrays: :attr:`Restored.arrays` (numpy, keys as key data).
+    like: A tree of device arrays with the same structure (e.g. a freshly
+      initialised state): gives each leaf's sharding and each key's PRNG
+      implementation.
+
+  Returns:
+    ``arrays`` as device arrays, with typed keys where ``like`` has them.
+
+  Example:
+    >>> state = place(checkpointer.restore(init_state).arrays,
+    ...               init_state)  # doctest: +SKIP
+  """
+  def one(raw, ref):
+    if _is_key(ref):
+      raw = jax.random.wrap_key_data(raw, impl=jax.random.key_impl(ref))
+    return jax.device_put(raw, ref.sharding)
+  return jax.tree.map(one, arrays, like)
+
+
+def _checksum(tree: PyTree) -> str:
+  """SHA-256 of every leaf's path, dtype, shape and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype.str}"
+                  f"{leaf.shape};".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
+
+
+def _json_sha256(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _encode(value: Any) -> Any:
+  """JSON-able form of ``value``; numpy arrays and scalars keep their dtype."""
+  if isinstance(value, Mapping):
+    return {str(k): _encode(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_encode(v) for v in value]
+  if isinstance(value, np.ndarray):
+    return {"__ndarray__": value.tolist(), "dtype": value.dtype.str,
+            "shape": list(value.shape)}
+  if isinstance(value, np.generic):
+    return {"__numpy__": value.item(), "dtype": value.dtype.str}
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  raise TypeError(f"checkpoint metadata must be JSON-able (numbers, strings, "
+                  f"lists, dicts, numpy arrays), got {type(value).__name__}.")
+
+
+def _decode(value: Any) -> Any:
+  if isinstance(value, list):
+    return [_decode(v) for v in value]
+  if not isinstance(value, dict):
+    return value
+  if "__ndarray__" in value:
+    return np.array(value["__ndarray__"], value["dtype"]).reshape(
+        value["shape"])
+  if "__numpy__" in value:
+    return np.dtype(value["dtype"]).type(value["__numpy__"])
+  return {k: _decode(v) for k, v in value.items()}
+
+
+# What a difference in a field that is only a hash means.
+_HINTS = {
+    "data_sha256": " (the benchmark's data differ)",
+    "programs_sha256": " (the compiled program differs: a hyperparameter held "
+                       "as a Python constant, such as the learning rate, or "
+                       "the model, strategy or JAX code changed)",
+}
+
+
+def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
+  """Human-readable differences between two JSON values, by key path.
+
+  Lists of strings (leaf descriptions) are compared element by element so
+  that the first differing leaf is named.
+  """
+  if isinstance(saved, dict) and isinstance(current, dict):
+    return [d for k in sorted(set(saved) | set(current))
+            for d in _differences(saved.get(k), current.get(k),
+                                  f"{name}.{k}" if name else k)]
+  if saved == current:
+    return []
+  if (isinstance(saved, list) and isinstance(current, list)
+      and all(isinstance(v, str) for v in saved + current)):
+    i = next((i for i, (a, b) in enumerate(zip(saved, current)) if a != b),
+             min(len(saved), len(current)))
+    saved, current = saved[i:i + 1], current[i:i + 1]
+    name = f"{name}[{i}]"
+  hint = _HINTS.get(name.split(".")[0], "")
+  return [(f"{name}: checkpoint has {_short(saved)}, this run has "
+           f"{_short(current)}{hint}")]
+
+
+def _reason(error: Exception) -> str:
+  text = " ".join(str(error).split())
+  text = text if len(text) <= 300 else text[:297] + "..."
+  return text if isinstance(error, CheckpointError) else (
+      f"{type(error).__name__}: {text}")
+
+
+def _short(value: Any, limit: int = 120) -> str:
+  text = " ".join(json.dumps(value).split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Checkpointer:
+  """Saves and restores the checkpoints of one run in one directory.
+
+  Args:
+    directory: The run's checkpoint folder (created on the first save).
+    config: JSON-able description of everything that determines the run's
+      numbers (see :func:`run_config`); a checkpoint whose config differs is
+      refused.
+    keep: How many of the newest checkpoints to keep (older ones are
+      deleted after each successful save); at least 2 keeps a fallback if
+      the newest is damaged.
+
+  Example:
+    >>> with Checkpointer("/tmp/ckpt", config={"seed": 0}) as ckpt:  # doctest: +SKIP
+    ...   restored = ckpt.restore(state)
+    ...   ckpt.save(1, state, {"completed": 1})
+  """
+
+  def __init__(self, directory: str | os.PathLike[str], *,
+               config: Mapping[str, Any], keep: int = 2):
+    self._keep = _validation.check_positive_int("checkpoint_keep", keep)
+    if not isinstance(directory, (str, os.PathLike)):
+      raise TypeError(f"checkpoint_dir must be a path, got {directory!r} of "
+                      f"type {type(directory).__name__}.")
+    self.directory = pathlib.Path(directory).expanduser().absolute()
+    if self.directory.exists() and not self.directory.is_dir():
+      raise ValueError(f"checkpoint_dir {str(directory)!r} is a file; "
+                       "expected a folder (existing or new).")
+    # A JSON round trip, so it compares equal to what is read back.
+    self.config = json.loads(json.dumps(_encode(config)))
+    self._manager: ocp.CheckpointManager | None = None
+
+  def _open(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          self.directory, item_names=("arrays", "meta"),
+          options=ocp.CheckpointManagerOptions(
+              preservation_policy=ocp.checkpoint_managers.LatestN(self._keep),
+              # Leftovers of a save that was killed: never a checkpoint.
+              cleanup_tmp_directories=True,
+              enable_async_checkpointing=False))
+    return self._manager
+
+  def steps(self) -> list[int]:
+    """The complete checkpoints' steps, oldest first."""
+    if not self.directory.is_dir():
+      return []
+    return sorted(self._open().all_steps())
+
+  def save(self, step: int, arrays: PyTree, meta: Mapping[str, Any]) -> None:
+    """Writes checkpoint ``step`` atomically, then prunes old ones.
+
+    Args:
+      step: A number larger than every saved step.
+      arrays: A pytree of arrays (device or numpy; typed PRNG keys allowed).
+      meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
+    """
+    host = jax.device_get(_raw(arrays))
+    body = {"config": self.config, "arrays_sha256": _checksum(host),
+            "meta": _encode(meta)}
+    payload = {"format": FORMAT, "sha256": _json_sha256(body), "body": body}
+    if not self._open().save(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(payload))):
+      raise ValueError(f"checkpoint {step} was not written: checkpoint_dir "
+                       f"{str(self.directory)!r} already holds checkpoint "
+                       f"{self._open().latest_step()}; expected a larger step.")
+
+  def restore(self, like: PyTree) -> Restored | None:
+    """Reads the newest usable checkpoint, or returns None if there is none.
+
+    A damaged newest checkpoint is renamed ``<step>.unusable`` (with a
+    warning) and the previous one is used.
+
+    Args:
+      like: A pytree of arrays or ``jax.ShapeDtypeStruct`` with the saved
+        structure, shapes and dtypes.
+
+    Returns:
+      The :class:`Restored` checkpoint, or None for a new run.
+
+    Raises:
+      CheckpointError: if the newest readable checkpoint comes from a different
+        configuration, or no checkpoint is usable.
+    """
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
+                          jax.eval_shape(_raw, like))
+    problems = []
+    for step in reversed(self.steps()):
+      try:
+        body = self._read_meta(step)
+      except Exception as e:  # Any failure to read means the step is damaged.
+        problems.append((step, _reason(e)))
+        continue
+      self._check_config(step, body["config"])
+      try:
+        arrays = self._read_arrays(step, target, body["arrays_sha256"])
+      except Exception as e:  # As above.
+        problems.append((step, _reason(e)))
+        continue
+      self._set_aside(problems, fallback=step)
+      return Restored(step, arrays, _decode(body["meta"]))
+    if problems:
+      raise CheckpointError(
+          f"no usable checkpoint in checkpoint_dir {str(self.directory)!r}: "
+          + "; ".join(f"checkpoint {s}: {p}" for s, p in problems) + ". "
+          "Delete the folder (or pass another checkpoint_dir) to start the "
+          "run over.")
+    return None
+
+  def _read_meta(self, step: int) -> dict[str, Any]:
+    """The checked ``body`` of a step's JSON: config, arrays' hash, meta."""
+    payload = self._open().restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+      raise CheckpointError(f"its metadata is not a jaxcl checkpoint of "
+                            f"format {FORMAT}")
+    if _json_sha256(payload.get("body")) != payload.get("sha256"):
+      raise CheckpointError("its metadata does not match its checksum")
+    return payload["body"]
+
+  def _read_arrays(self, step: int, target: PyTree, checksum: str) -> PyTree:
+    arrays = self._open().restore(step, args=ocp.args.Composite(
+        arrays=ocp.args.StandardRestore(target)))["arrays"]
+    if jax.tree.structure(arrays) != jax.tree.structure(target):
+      raise CheckpointError("its arrays have another structure")
+    if _checksum(arrays) != checksum:
+      raise CheckpointError("its arrays do not match their checksum")
+    return arrays
+
+  def _check_config(self, step: int, config: Any) -> None:
+    differences = _differences(config, self.config)
+    # The hashes matter only when no readable field explains the difference.
+    readable = [d for d in differences if d.split(":")[0].split(".")[0]
+                not in _HINTS]
+    differences = readable or differences
+    if differences:
+      raise CheckpointError(
+          f"checkpoint {step} in checkpoint_dir {str(self.directory)!r} was "
+          "written by a different configuration, so resuming would not "
+          "reproduce the run: " + "; ".join(differences) + ". Pass another "
+          "checkpoint_dir, or delete this one to start over.")
+
+  def _set_aside(self, problems: Sequence[tuple[int, str]],
+                 fallback: int) -> None:
+    """Renames damaged steps so that the resumed run can write them again."""
+    if not problems:
+      return
+    for step, _ in problems:
+      names = (f"{step}.unusable" + (f".{i}" if i else "")
+               for i in itertools.count())
+      self.directory.joinpath(str(step)).rename(next(
+          self.directory / n for n in names
+          if not (self.directory / n).exists()))
+    self._open().reload()
+    warnings.warn(
+        f"Resuming from checkpoint {fallback} in {str(self.directory)!r}: "
+        + "; ".join(f"checkpoint {s} is unusable ({p})" for s, p in problems)
+        + "; renamed to '<step>.unusable'.", RuntimeWarning, stacklevel=3)
+
+  def close(self) -> None:
+    """Waits for pending writes and releases orbax's resources."""
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
+
+  def __enter__(self) -> Self:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _describe(tree: PyTree) -> list[str]:
+  """One ``path: dtype[shape]`` line per leaf."""
+  return [f"{jax.tree_util.keystr(path)}: {leaf.dtype}{list(leaf.shape)}"
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _model_text(model) -> str:
+  """The model's repr on one line, without memory addresses.
+
+  Addresses (in the reprs of functions) differ between processes.
+  """
+  text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))
+  text = " ".join(text.replace("# attributes", "").split())
+  return text.replace("( ", "(").replace(" )", ")")
+
+
+def run_config(*, benchmark, train_stream, model, strategy_name: str,
+               seeds: Sequence[int], labels: Sequence[Any], state: PyTree,
+               programs: Sequence[jax.stages.Lowered],
+               settings: Mapping[str, Any]) -> dict[str, Any]:
+  """What determines a ``fit`` run's numbers, as a JSON-able fingerprint.
+
+  Readable fields (benchmark, model, strategy, seeds, settings, the state's
+  leaf shapes) say what differs; hashes of the data and of the lowered
+  programs (which hold every hyperparameter that is a Python constant, such
+  as a learning rate) catch the rest.
+
+  Args:
+    benchmark: The :class:`jaxcl.benchmarks.Benchmark`.
+    train_stream: The train stream as trained on (after ``adapt_data``).
+    model: The model given to ``fit``.
+    strategy_name: The strategy's name.
+    seeds: One seed per run.
+    labels: What distinguishes the runs (seeds or swept values).
+    state: The (abstract) initial state.
+    programs: The lowered init, train and evaluation programs.
+    settings: Other arguments of ``fit`` that change numbers.
+
+  Returns:
+    A dict of JSON values.
+
+  Example:
+    >>> config = run_config(benchmark=bench, train_stream=bench.train_stream,
+    ...                     model=model, strategy_name="naive", seeds=[0],
+    ...                     labels=[], state=state, programs=lowered,
+    ...                     settings={"epochs": 1})  # doctest: +SKIP
+  """
+  def sizes(stream):
+    return [len(e) for e in stream]
+  return {
+      "benchmark": {
+          "name": benchmark.name, "scenario": benchmark.scenario,
+          "n_classes": benchmark.n_classes, "n_tasks": benchmark.n_tasks,
+          "class_order": list(benchmark.class_order),
+          "input_shape": list(benchmark.input_shape),
+          "train_sizes": sizes(train_stream),
+          "test_sizes": sizes(benchmark.test_stream),
+      },
+      "data_sha256": _checksum([(e.x, e.y, e.task) for stream in
+                                (train_stream, benchmark.test_stream)
+                                for e in stream]),
+      "model": _model_text(model),
+      "strategy": strategy_name,
+      "seeds": [int(s) for s in seeds],
+      "labels": list(labels),
+      **settings,
+      "state": _describe(state),
+      "jax": jax.__version__,
+      "programs_sha256": {
+          name: hashlib.sha256(p.as_text().encode()).hexdigest()
+          for name, p in zip(("init", "train", "evaluate"), programs)},
+  }

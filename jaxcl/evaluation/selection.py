@@ -1,0 +1,96 @@
+"""Choosing metrics declaratively, like Avalanche's ``EvaluationPlugin``.
+
+``metrics([...])`` names the metric groups a run records; ``fit(...,
+metrics=...)`` takes the result (or the list itself). Every group is cheap
+(sums gathered in the one evaluation pass, host-side arithmetic, XLA's cost
+analysis of loop bodies of the programs already traced), so the default is
+all of them.
+
+Example:
+  >>> selection = metrics(["accuracy", "forgetting", "amca"], top_k=3)
+  >>> "amca" in selection, "flops" in selection
+  (True, False)
+  >>> sorted(metrics().names) == sorted(METRICS)
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from jaxcl import _validation
+
+__all__ = ["METRICS", "MetricSelection", "metrics"]
+
+# Group name -> what it records (Result.metrics keys or Result fields).
+METRICS: dict[str, str] = {
+    "accuracy": "stream_accuracy (pooled) and train_accuracy (per epoch); the "
+                "accuracy matrix is always recorded",
+    "loss": "stream_loss and train_loss",
+    "topk_accuracy": "top<k>_accuracy, pooled over the test stream",
+    "trained_experience_accuracy": "accuracy_on_trained_experiences, pooled "
+                                   "over the test experiences trained so far",
+    "forgetting": "forgetting (stream forgetting)",
+    "bwt": "bwt (backward transfer, minus forgetting)",
+    "forward_transfer": "forward_transfer (needs eval_before_training)",
+    "class_accuracy": "Result.class_accuracy: per-class accuracy on the test "
+                      "stream after the last experience",
+    "amca": "amca and mean_class_accuracy",
+    "confusion_matrix": "Result.confusion_matrix over the test stream",
+    "mean_scores": "mean_score_new and mean_score_old: mean true-class logit "
+                   "of new and old classes",
+    "labels_repartition": "Result.labels_repartition: samples per class in "
+                          "each training experience",
+    "timing": "train_time_s and eval_time_s per experience",
+    "memory": "peak_host_memory_mb and peak_device_memory_mb",
+    "flops": "train_flops (one optimizer step) and eval_flops (one sample)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSelection:
+  """The metric groups a run records.
+
+  Attributes:
+    names: Group names, keys of :data:`METRICS`.
+    top_k: The ``k`` of ``topk_accuracy``.
+  """
+
+  names: frozenset[str]
+  top_k: int = 5
+
+  def __contains__(self, name: str) -> bool:
+    return name in self.names
+
+
+def metrics(names: Iterable[str] | MetricSelection | None = None, *,
+            top_k: int = 5) -> MetricSelection:
+  """Selects metric groups by name (default: all of :data:`METRICS`).
+
+  Args:
+    names: Group names (see :data:`METRICS`), or a selection (returned as
+      is), or None for all.
+    top_k: The ``k`` of ``topk_accuracy`` (Avalanche's ``top_k``).
+
+  Returns:
+    A :class:`MetricSelection` for ``fit(..., metrics=...)``.
+
+  Raises:
+    ValueError: For an unknown name or a non-positive ``top_k``.
+
+  Example:
+    >>> metrics(["accuracy", "confusion_matrix"]).names == frozenset(
+    ...     {"accuracy", "confusion_matrix"})
+    True
+  """
+  if isinstance(names, MetricSelection):
+    return names
+  if isinstance(names, str):
+    raise TypeError(f"metrics names must be a list of names, got the string "
+                    f"{names!r}; write [{names!r}].")
+  names = METRICS if names is None else list(names)
+  for name in names:
+    _validation.check_choice("metric", name, METRICS)
+  return MetricSelection(frozenset(names),
+                         _validation.check_positive_int("top_k", top_k))

@@ -1,0 +1,141 @@
+"""System metrics: peak host and device memory, FLOPs of compiled programs.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> lowered = jax.jit(jnp.dot).lower(jnp.ones((4, 8)), jnp.ones((8, 16)))
+  >>> flops(lowered)  # 2 * 4 * 8 * 16
+  1024.0
+  >>> peak_host_memory_mb() > 0
+  True
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax.extend import core as jax_core
+
+__all__ = [
+    "flops",
+    "loop_body_flops",
+    "peak_device_memory_mb",
+    "peak_host_memory_mb",
+]
+
+_MB = 2.0**20
+
+
+def peak_host_memory_mb() -> float:
+  """Peak resident memory of this process so far, in MB (2**20 bytes).
+
+  ``getrusage``'s ``ru_maxrss``: the high-water mark over the process's life
+  (it cannot be reset), so with several runs in one process it is the peak
+  of all of them. Avalanche's ``MaxRAMUsage`` samples the resident size in a
+  thread instead; both report MB of 2**20 bytes.
+
+  Example:
+    >>> peak_host_memory_mb() > 0
+    True
+  """
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  # Linux reports KiB, macOS bytes.
+  return peak / (_MB if sys.platform == "darwin" else 1024.0)
+
+
+def peak_device_memory_mb(
+    devices: Sequence[jax.Device] | None = None) -> float | None:
+  """Peak memory in use on the busiest device so far, in MB (2**20 bytes).
+
+  The runtime's ``memory_stats()["peak_bytes_in_use"]`` (GPU, TPU), as
+  Avalanche's ``MaxGPU<n>Usage`` reports per GPU; the maximum over
+  ``devices``.
+
+  Args:
+    devices: Devices to look at (default: the local devices).
+
+  Returns:
+    The peak in MB, or None where the platform does not report it (CPU).
+
+  Example:
+    >>> peak = peak_device_memory_mb()  # None on CPU
+  """
+  peaks = []
+  for device in jax.local_devices() if devices is None else devices:
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      peaks.append(stats["peak_bytes_in_use"] / _MB)
+  return max(peaks) if peaks else None
+
+
+def flops(stage: Any) -> float | None:
+  """Floating-point operations of a lowered or compiled JAX program.
+
+  XLA's cost analysis (``stage.cost_analysis()["flops"]``). XLA counts the
+  body of a loop (``lax.scan``, ``fori_loop``, ``while_loop``) once, not
+  once per iteration: lower the function of one step (or one sample) to get
+  per-step (per-sample) FLOPs. A ``jax.stages.Lowered`` is analysed without
+  compiling; on an MLP its count is within 0.1% of the compiled one.
+
+  Args:
+    stage: A ``jax.stages.Lowered`` or ``jax.stages.Compiled``.
+
+  Returns:
+    The FLOPs, or None where the backend gives no cost analysis.
+
+  Example:
+    >>> f = jax.jit(lambda w, x: x @ w)
+    >>> flops(f.lower(jax.numpy.ones((3, 5)), jax.numpy.ones((2, 3))))
+    60.0
+  """
+  cost = stage.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # One entry per program in older JAX.
+    cost = cost[0] if cost else None
+  if not cost or "flops" not in cost:
+    return None
+  return float(cost["flops"])
+
+
+def loop_body_flops(jaxpr: jax_core.ClosedJaxpr,
+                    lengths: Sequence[int]) -> float | None:
+  """FLOPs of one iteration of the innermost of nested ``lax.scan`` loops.
+
+  Follows ``lengths`` down the program: the ``scan`` of ``lengths[0]``
+  iterations among the top-level operations of ``jaxpr``, then the ``scan``
+  of ``lengths[1]`` iterations in its body, and so on; the innermost body is
+  lowered on its own (from the jaxpr, so no Python function is traced again)
+  and analysed by XLA. This gives per-step FLOPs of a program that runs its
+  steps in a scan, which :func:`flops` of the whole program cannot (XLA
+  counts a loop body once).
+
+  Args:
+    jaxpr: The program, e.g. ``jax.jit(f).trace(*args).jaxpr``.
+    lengths: Trip counts of the nested scans, outermost first.
+
+  Returns:
+    The FLOPs of one iteration, or None if some level has no scan, or more
+    than one, of the given length, or the backend has no cost analysis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> def f(w, xs):  # xs: [epochs=3, steps=4, batch=2, 5]
+    ...   inner = lambda x: jax.lax.scan(lambda c, b: (c, b @ w), 0.0, x)[1]
+    ...   return jax.lax.scan(lambda c, x: (c, inner(x)), 0.0, xs)[1]
+    >>> traced = jax.jit(f).trace(jnp.ones((5, 7)), jnp.ones((3, 4, 2, 5)))
+    >>> loop_body_flops(traced.jaxpr, (3, 4))  # 2 * 2 * 5 * 7
+    140.0
+  """
+  body = jaxpr
+  for length in lengths:
+    found = [eqn.params["jaxpr"] for eqn in body.jaxpr.eqns
+             if eqn.primitive.name == "scan" and eqn.params["length"] == length]
+    if len(found) != 1:
+      return None
+    body = found[0]
+  args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype,
+                               weak_type=getattr(v.aval, "weak_type", False))
+          for v in body.jaxpr.invars]
+  return flops(jax.jit(jax_core.jaxpr_as_fun(body)).lower(*args))

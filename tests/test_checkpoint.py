@@ -1,0 +1,383 @@
+"""Checkpoint and resume: a run killed at any moment resumes to identical numbers.
+
+Run as a script, this file is the worker that the SIGKILL tests start:
+``python tests/test_checkpoint.py CHECKPOINT_DIR OUT [--die-in-writer K]
+[--die-in-save K] [--sleep S]``.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+from jax.experimental.compilation_cache import compilation_cache
+
+import jaxcl
+from jaxcl import checkpoint, cli
+from jaxcl.loggers import MetricWriter
+from jaxcl.strategies import REGISTRY, Strategy, from_spec, naive
+
+# A strategy with a replay buffer, a Fisher/parameter snapshot and λ in its
+# state, when those strategies are registered.
+SPEC, HPARAMS = (("replay+ewc", {"mem_size": 16})
+                 if {"replay", "ewc"} <= REGISTRY.keys() else ("naive", {}))
+# Timing and memory metrics differ between runs; FLOPs cost a lowering.
+SETTINGS = dict(epochs=3, batch_size=8, seed=3, metrics=[
+    m for m in jaxcl.evaluation.METRICS if m not in ("timing", "memory", "flops")])
+N_EXP = 4
+
+
+def _run(checkpoint_dir=None, *, writer=None, lr=0.01, hidden=16,
+         strategy=None, **kwargs):
+  bench = make_benchmark(n_classes=8, n_experiences=N_EXP, per_class=20)
+  # Dropout: the resumed run must continue the same random stream.
+  model = jaxcl.models.MLP(num_classes=8, hidden_size=hidden, drop_rate=0.25)
+  strategy = strategy or from_spec(SPEC, **HPARAMS)
+  return jaxcl.fit(model, strategy, optax.adam(lr), bench,
+                   checkpoint_dir=checkpoint_dir, writer=writer,
+                   **{**SETTINGS, **kwargs})
+
+
+def _state_sha256(state) -> str:
+  state = state.replace(key=jax.random.key_data(state.key))
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(state)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def _summary(result) -> str:
+  """Everything a run reports, as JSON text: exact, and NaN compares equal."""
+  return json.dumps({
+      "accuracy_matrix": result.accuracy_matrix.tolist(),
+      "initial": result.initial_accuracies.tolist(),
+      "confusion": np.asarray(result.confusion_matrix).tolist(),
+      "history": result.history, "metrics": result.metrics,
+      "state": _state_sha256(result.state)}, sort_keys=True)
+
+
+class _Writer(MetricWriter):
+  """Records the experiences whose eval metrics it gets; may sleep or die."""
+
+  def __init__(self, die_at: int = -1, sleep: float = 0.0):
+    self.die_at, self.sleep, self.steps = die_at, sleep, []
+
+  def write_scalars(self, step, scalars):
+    if any(name.startswith("eval/") for name in scalars):
+      if step == self.die_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+      self.steps.append(step)
+      time.sleep(self.sleep)
+
+
+def _die_while_saving(step: int) -> None:
+  """SIGKILLs the process half-way through writing checkpoint ``step``.
+
+  Hooks orbax's JSON writer (a private method) so the process dies with the
+  arrays written and the JSON file half written, before orbax's commit.
+  """
+  import orbax.checkpoint as ocp
+  write = ocp.JsonCheckpointHandler._save_fn
+
+  async def save_fn(self, item, directory):
+    if directory.parent.name.startswith(f"{step}."):
+      text = json.dumps(item)
+      (directory / "metadata").write_text(text[:len(text) // 2])
+      os.kill(os.getpid(), signal.SIGKILL)
+    await write(self, item, directory)
+
+  ocp.JsonCheckpointHandler._save_fn = save_fn
+
+
+def _worker(argv) -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("checkpoint_dir")
+  parser.add_argument("out")
+  parser.add_argument("--die-in-writer", type=int, default=-1)
+  parser.add_argument("--die-in-save", type=int, default=-1)
+  parser.add_argument("--sleep", type=float, default=0.0)
+  args = parser.parse_args(argv)
+  if args.die_in_save >= 0:
+    _die_while_saving(args.die_in_save)
+  result = _run(args.checkpoint_dir or None,
+                writer=_Writer(args.die_in_writer, args.sleep))
+  pathlib.Path(args.out).write_text(_summary(result))
+
+
+_CACHE_FLAGS = ("jax_compilation_cache_dir",
+                "jax_persistent_cache_min_compile_time_secs",
+                "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def xla_cache(tmp_path_factory):
+  """Most runs here compile the same programs: compile each once."""
+  folder = str(tmp_path_factory.mktemp("xla_cache"))
+  before = {name: getattr(jax.config, name) for name in _CACHE_FLAGS}
+  for name, value in zip(_CACHE_FLAGS, (folder, 0, 0)):
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  yield folder
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def _start(ckpt, out, *flags, cache=None):
+  env = dict(os.environ)
+  if cache:
+    env.update({name.upper(): str(value)
+                for name, value in zip(_CACHE_FLAGS, (cache, 0, 0))})
+  return subprocess.Popen([sys.executable, __file__, str(ckpt), str(out),
+                           *flags], stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(process, expect_killed: bool):
+  _, err = process.communicate(timeout=240)
+  assert process.returncode == (-signal.SIGKILL if expect_killed else 0), err
+
+
+def _listing(folder: pathlib.Path) -> list[str]:
+  return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """The uninterrupted run, in this process, without checkpoints."""
+  return _summary(_run())
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, reference):
+  """The checkpoints of a whole run (a fresh copy per test: see _copy)."""
+  folder = tmp_path_factory.mktemp("finished")
+  assert _summary(_run(folder)) == reference
+  return folder
+
+
+def _copy(finished, tmp_path) -> pathlib.Path:
+  return pathlib.Path(shutil.copytree(finished, tmp_path / "ckpt"))
+
+
+def test_sigkill_at_several_points_then_resume_is_identical(
+    tmp_path, reference, xla_cache):
+  ckpt, out = tmp_path / "ckpt", tmp_path / "out.json"
+  # 1. Killed after checkpoint 1, while experience 1's metrics are written.
+  _finish(_start(ckpt, out, "--die-in-writer", "1", cache=xla_cache),
+          expect_killed=True)
+  assert _listing(ckpt) == ["1"]
+  # 2. Killed from outside as soon as checkpoint 2 is complete (during
+  #    experience 2).
+  process = _start(ckpt, out, "--sleep", "0.3", cache=xla_cache)
+  while not (ckpt / "2").is_dir() and process.poll() is None:
+    time.sleep(0.005)
+  process.kill()
+  _finish(process, expect_killed=True)
+  assert "2" in _listing(ckpt)
+  # 3. Killed half-way through writing checkpoint 4: 3 is kept.
+  _finish(_start(ckpt, out, "--die-in-save", "4", cache=xla_cache),
+          expect_killed=True)
+  names = _listing(ckpt)
+  assert names[:2] == ["2", "3"] and names[2].startswith("4.orbax-checkpoint-tmp")
+  # 4. Resumed to the end: exactly the uninterrupted run's numbers.
+  _finish(_start(ckpt, out, cache=xla_cache), expect_killed=False)
+  assert out.read_text() == reference
+  assert _listing(ckpt) == ["3", "4"]
+
+
+def test_same_seed_bit_identical_across_processes(tmp_path, reference):
+  out = tmp_path / "out.json"
+  # No shared compilation cache: the other process compiles on its own.
+  _finish(_start("", out), expect_killed=False)
+  assert out.read_text() == reference
+
+
+def test_resume_restores_state_metrics_and_position(finished, tmp_path,
+                                                    reference):
+  ckpt = _copy(finished, tmp_path)
+  assert _listing(ckpt) == ["3", "4"]  # Pruned to the default keep=2.
+  # A finished run resumes to its result without training again.
+  writer = _Writer()
+  assert _summary(_run(ckpt, writer=writer)) == reference
+  assert writer.steps == []
+  # Resuming after experience 3 trains the last experience only, exactly.
+  (ckpt / "4").rename(tmp_path / "elsewhere")
+  writer = _Writer()
+  assert _summary(_run(ckpt, writer=writer)) == reference
+  assert writer.steps == [3]
+  assert _listing(ckpt) == ["3", "4"]
+
+
+@pytest.mark.parametrize("keep, steps", [(1, ["4"]), (3, ["2", "3", "4"])])
+def test_keep_prunes_older_checkpoints(tmp_path, keep, steps):
+  _run(tmp_path, checkpoint_keep=keep)
+  assert _listing(tmp_path) == steps
+
+
+def _truncate_arrays(step_dir: pathlib.Path) -> None:
+  for f in (step_dir / "arrays").rglob("*"):
+    if f.is_file() and f.stat().st_size > 100:
+      f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def _flip_a_byte(step_dir: pathlib.Path) -> None:
+  data = max((f for f in (step_dir / "arrays").rglob("*") if f.is_file()),
+             key=lambda f: f.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  data.write_bytes(bytes(raw))
+
+
+def _garble_metadata(step_dir: pathlib.Path) -> None:
+  (step_dir / "meta" / "metadata").write_text('{"format": 1, "conf')
+
+
+def _edit_a_metric(step_dir: pathlib.Path) -> None:
+  path = step_dir / "meta" / "metadata"
+  payload = json.loads(path.read_text())
+  payload["body"]["meta"]["train_s"] += 1.0
+  path.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize("damage", [_truncate_arrays, _flip_a_byte,
+                                    _garble_metadata, _edit_a_metric])
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    finished, tmp_path, reference, damage):
+  ckpt = _copy(finished, tmp_path)
+  damage(ckpt / "4")
+  with pytest.warns(RuntimeWarning, match=r"Resuming from checkpoint 3.*"
+                    r"checkpoint 4 is unusable"):
+    resumed = _run(ckpt)
+  assert _summary(resumed) == reference
+  assert _listing(ckpt) == ["3", "4", "4.unusable"]
+
+
+def _tree_digest(folder: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
+  ckpt = _copy(finished, tmp_path)
+  _garble_metadata(ckpt / "4")
+  _truncate_arrays(ckpt / "3")
+  before = _tree_digest(ckpt)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"no usable checkpoint in checkpoint_dir .*"
+                     r"checkpoint 4: JSONDecodeError.*checkpoint 3: "):
+    _run(ckpt)
+  assert _tree_digest(ckpt) == before
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(epochs=2), "epochs: checkpoint has 3, this run has 2"),
+    (dict(batch_size=4), "batch_size: checkpoint has 8, this run has 4"),
+    (dict(seed=4), "seeds: checkpoint has [3], this run has [4]"),
+    (dict(hidden=32), "hidden_size = 16"),
+    (dict(lr=0.02), "programs_sha256.train"),
+    (dict(strategy=Strategy(name="other")), "strategy: checkpoint has"),
+])
+def test_other_configuration_is_refused_and_left_intact(finished, tmp_path,
+                                                        change, named):
+  ckpt = _copy(finished, tmp_path)
+  before = _tree_digest(ckpt)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="written by a different configuration") as info:
+    _run(ckpt, **change)
+  assert named in str(info.value) and str(ckpt) in str(info.value)
+  assert _tree_digest(ckpt) == before
+
+
+def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path):
+  # NaN penalty on experience 2's classes (4 and 5) only.
+  nan_on_2 = Strategy(name="nan_on_2", penalty=lambda ctx, p, s, batch, logits:
+                      jnp.where(jnp.any((batch["y"] >= 4) & (batch["weight"] > 0)),
+                                jnp.nan, 0.0))
+  with pytest.raises(FloatingPointError, match="experience 2"):
+    _run(tmp_path, strategy=nan_on_2)
+  assert _listing(tmp_path) == ["1", "2"]
+  ckpt = checkpoint.Checkpointer(tmp_path, config={})
+  assert ckpt.steps() == [1, 2]
+
+
+def test_several_runs_resume_identically(tmp_path):
+  # The vmapped state: every leaf has a leading run axis.
+  run = lambda: _run(tmp_path, seeds=[0, 1], epochs=1, strategy=naive())
+  full = run()
+  (tmp_path / "4").rename(tmp_path / "elsewhere")
+  resumed = run()
+  np.testing.assert_array_equal(resumed.accuracy_matrices,
+                                full.accuracy_matrices)
+  np.testing.assert_equal(resumed.metrics_per_run, full.metrics_per_run)
+  assert [_state_sha256(r.state) for r in resumed.runs] == [
+      _state_sha256(r.state) for r in full.runs]
+
+
+def test_loading_never_unpickles(finished, tmp_path, monkeypatch, reference):
+  ckpt = _copy(finished, tmp_path)
+  (ckpt / "4").rename(tmp_path / "elsewhere")
+  def refuse(*args, **kwargs):
+    raise AssertionError("pickle used while loading a checkpoint")
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, refuse)
+  assert _summary(_run(ckpt)) == reference
+
+
+def test_checkpointer_round_trips_keys_and_metadata_types(tmp_path):
+  like = {"w": jnp.zeros(3), "key": jax.random.key(1)}
+  folder = tmp_path / "new"
+  ckpt = checkpoint.Checkpointer(folder, config={"a": 1})
+  assert ckpt.restore(like) is None and not folder.exists()
+  ckpt.save(5, {"w": jnp.arange(3.0), "key": jax.random.key(7)},
+            {"x": np.arange(4, dtype=np.int16), "y": np.float32(0.5),
+             "z": [1, float("nan")], "t": (2, "s")})
+  with pytest.raises(ValueError, match="already holds checkpoint 5"):
+    ckpt.save(3, like, {})
+  restored = checkpoint.Checkpointer(folder, config={"a": 1}).restore(like)
+  assert restored.step == 5
+  placed = checkpoint.place(restored.arrays, like)
+  np.testing.assert_array_equal(placed["w"], [0.0, 1.0, 2.0])
+  np.testing.assert_array_equal(jax.random.key_data(placed["key"]),
+                                jax.random.key_data(jax.random.key(7)))
+  meta = restored.meta
+  assert meta["x"].dtype == np.int16 and meta["x"].tolist() == [0, 1, 2, 3]
+  assert type(meta["y"]) is np.float32 and meta["y"] == 0.5
+  assert meta["z"][0] == 1 and np.isnan(meta["z"][1]) and meta["t"] == [2, "s"]
+  with pytest.raises(checkpoint.CheckpointError, match=r"a: checkpoint has 1, "
+                     "this run has 2"):
+    checkpoint.Checkpointer(folder, config={"a": 2}).restore(like)
+
+
+def test_cli_resumes_from_checkpoint_dir(tmp_path):
+  def run(logdir):
+    assert cli.main([
+        "run", "--n-experiences", "2", "--hidden-size", "16", "--batch-size",
+        "64", "--checkpoint-dir", str(tmp_path / "ckpt"), "--logdir",
+        str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
+        "--compilation-cache", ""]) == 0
+    results = json.loads((logdir / "results.json").read_text())
+    return results["accuracy_matrix"], {
+        k: results["metrics"][k] for k in ("stream_accuracy", "stream_loss",
+                                           "forgetting", "train_loss")}
+  full = run(tmp_path / "a")
+  assert _listing(tmp_path / "ckpt") == ["1", "2"]
+  (tmp_path / "ckpt" / "2").rename(tmp_path / "elsewhere")
+  assert run(tmp_path / "b") == full
+  assert _listing(tmp_path / "ckpt") == ["1", "2"]
+
+
+if __name__ == "__main__":
+  _worker(sys.argv[1:])

@@ -1,0 +1,293 @@
+"""The bad-input catalogue: every refusal names the argument, the value and
+what was expected, comes before anything is compiled, and leaves an existing
+checkpoint (and log folder) as it was. docs/errors.md lists the same cases.
+"""
+
+import contextlib
+import hashlib
+import io
+import pathlib
+import shutil
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl import checkpoint, cli
+from jaxcl.benchmarks import class_incremental, sources
+from jaxcl.strategies import REGISTRY, Strategy, chain, from_spec, naive
+
+
+class Paths(NamedTuple):
+  ckpt: pathlib.Path  # A good checkpoint of the standard run of _fit.
+  tmp: pathlib.Path
+
+
+class Case(NamedTuple):
+  name: str
+  call: Callable[[Paths], object]
+  error: type
+  match: str  # A regular expression the message must contain.
+  prepare: Callable[[Paths], None] | None = None
+
+
+class CliExit(Exception):
+  """The command exited with status 2; the message is its stderr."""
+
+
+def _fit(paths: Paths, *, model=None, strategy=None, optimizer=None,
+         benchmark=None, **kwargs):
+  """The standard tiny run, with one argument replaced."""
+  return jaxcl.fit(
+      model or jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0),
+      strategy or naive(), optimizer or optax.sgd(0.1),
+      benchmark or make_benchmark(), **{"checkpoint_dir": paths.ckpt, **kwargs})
+
+
+def _cli(paths: Paths, *args: str):
+  """Runs ``jaxcl run ARGS``; raises CliExit(stderr) if it exits with 2."""
+  logdir = paths.tmp / "logdir"
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    try:
+      # The last occurrence of a flag wins: ARGS override these defaults.
+      code = cli.main(["run", "--logdir", str(logdir), "--no-progress",
+                       "--no-tensorboard", "--quiet", "--compilation-cache",
+                       "", "--checkpoint-dir", str(paths.ckpt), *args])
+    except SystemExit as e:  # argparse's own refusals.
+      code = e.code
+  assert not logdir.exists(), "the log folder was created"
+  if code == 2:
+    raise CliExit(err.getvalue())
+  return code
+
+
+def _data():
+  """Two classes of samples: (x, y)."""
+  first = make_benchmark().train_stream[0]
+  return first.x, first.y
+
+
+def _with_nan():
+  x, y = _data()
+  x = x.copy()
+  x[1, 2] = np.nan
+  return class_incremental((x, y), (x, y), 2)
+
+
+def _damage_all(paths: Paths) -> None:
+  for meta in paths.ckpt.glob("*/meta/metadata"):
+    meta.write_text("{truncated")
+
+
+def _file(paths: Paths) -> pathlib.Path:
+  target = paths.tmp / "a_file"
+  target.write_text("keep me")
+  return target
+
+
+CASES = [
+    # fit: arguments.
+    Case("fit batch_size=0", lambda p: _fit(p, batch_size=0), ValueError,
+         r"batch_size must be a positive integer, got 0\."),
+    Case("fit epochs=1.5", lambda p: _fit(p, epochs=1.5), TypeError,
+         r"epochs must be a positive integer, got 1\.5 of type float"),
+    Case("fit epochs=0", lambda p: _fit(p, epochs=0), ValueError,
+         r"epochs must be a positive integer, got 0\."),
+    Case("fit eval_batch_size=-4", lambda p: _fit(p, eval_batch_size=-4),
+         ValueError, r"eval_batch_size must be a positive integer, got -4"),
+    Case("fit seed='0'", lambda p: _fit(p, seed="0"), TypeError,
+         r"seed must be an integer, got '0'"),
+    Case("fit seeds=[]", lambda p: _fit(p, seeds=[]), ValueError,
+         r"seeds must hold at least one seed, got \[\]"),
+    Case("fit optimizer=0.1", lambda p: _fit(p, optimizer=0.1), TypeError,
+         r"optimizer must be an optax.GradientTransformation .*got float"),
+    Case("fit strategy='ewc'", lambda p: _fit(p, strategy="ewc"), TypeError,
+         r"strategy must be a jaxcl Strategy .*got str"),
+    Case("fit benchmark=arrays", lambda p: _fit(p, benchmark=_data()),
+         TypeError, r"benchmark must be a jaxcl Benchmark, got tuple"),
+    Case("fit model='mlp'", lambda p: _fit(p, model="mlp"), TypeError,
+         r"model must be a flax.linen.Module or jaxcl.models.Model, got str"),
+    Case("fit model with 3 outputs for 4 classes",
+         lambda p: _fit(p, model=jaxcl.models.MLP(3, hidden_size=4)),
+         ValueError, r"logits of shape \(3,\) per sample; expected \(4,\)"),
+    Case("fit MLP input_size=5 on 6 features",
+         lambda p: _fit(p, model=jaxcl.models.MLP(4, input_size=5)),
+         ValueError, r"inputs of shape \(6,\).*input_size=5 but the inputs "
+         r"have 6 features"),
+    Case("fit CNN on flat inputs (wrong image shape)",
+         lambda p: _fit(p, model=jaxcl.models.MODELS["simple_cnn"](4)),
+         ValueError, r"inputs of shape \(6,\).*expects images"),
+    Case("fit metrics=['acuracy']", lambda p: _fit(p, metrics=["acuracy"]),
+         ValueError, r"Unknown metric 'acuracy'; expected one of .*Did you "
+         r"mean 'accuracy'\?"),
+    # fit: checkpoints.
+    Case("fit checkpoint_dir is a file",
+         lambda p: _fit(p, checkpoint_dir=_file(p)), ValueError,
+         r"checkpoint_dir '.*a_file' is a file; expected a folder"),
+    Case("fit checkpoint_keep=0", lambda p: _fit(p, checkpoint_keep=0),
+         ValueError, r"checkpoint_keep must be a positive integer, got 0"),
+    Case("fit checkpoint of another configuration",
+         lambda p: _fit(p, epochs=2), checkpoint.CheckpointError,
+         r"checkpoint 2 in checkpoint_dir '.*' was written by a different "
+         r"configuration.*epochs: checkpoint has 1, this run has 2"),
+    Case("fit corrupt checkpoints", _fit, checkpoint.CheckpointError,
+         r"no usable checkpoint in checkpoint_dir '.*': checkpoint 2: "
+         r"JSONDecodeError.*checkpoint 1: JSONDecodeError", _damage_all),
+    # Benchmarks and data.
+    Case("class_incremental NaN inputs", lambda p: _with_nan(), ValueError,
+         r"NaN or infinite values; expected finite inputs"),
+    Case("class_incremental n_experiences=3 for 2 classes",
+         lambda p: class_incremental(_data(), _data(), 3), ValueError,
+         r"n_experiences=3 does not divide the 2 classes"),
+    Case("class_incremental n_experiences=2.5",
+         lambda p: class_incremental(_data(), _data(), 2.5), TypeError,
+         r"n_experiences must be a positive integer, got 2\.5"),
+    Case("class_incremental fixed_class_order=[0, 0]",
+         lambda p: class_incremental(_data(), _data(), 2,
+                                     fixed_class_order=[0, 0]),
+         ValueError, r"fixed_class_order.*permutation of the classes"),
+    Case("class_incremental float labels",
+         lambda p: class_incremental((_data()[0], _data()[1] * 1.0), _data(),
+                                     2),
+         TypeError, r"labels must be integers"),
+    Case("class_incremental test label out of range",
+         lambda p: class_incremental(_data(), (_data()[0][:1], [9]), 2),
+         ValueError, r"test labels \[9\] are out of range"),
+    Case("split_mnist data_dir empty",
+         lambda p: jaxcl.benchmarks.split_mnist(data_dir=p.tmp), ValueError,
+         r"Cannot load split 'train' of tfds dataset 'mnist' from .*: it is "
+         r"not prepared there.*tfds build mnist --data_dir"),
+    Case("load_bundled unknown name",
+         lambda p: sources.load_bundled("cifar_bundled", "train"), ValueError,
+         r"cifar_bundled.*digits_bundled.*mnist_bundled"),
+    # Strategies.
+    Case("from_spec unknown name", lambda p: from_spec("naiv"), ValueError,
+         r"Unknown strategy 'naiv'; expected one of .*Did you mean 'naive'"),
+    Case("from_spec unused hyperparameter",
+         lambda p: from_spec("naive", mem_size=3), ValueError,
+         r"hyperparameters \['mem_size'\] are not used by strategy 'naive'"),
+    Case("chain of a non-strategy", lambda p: chain(naive(), "ewc"),
+         TypeError, r"chain argument 1"),
+    Case("chain of two prediction rules",
+         lambda p: chain(Strategy(name="a", predict=lambda *a: None),
+                         Strategy(name="b", predict=lambda *a: None)),
+         ValueError, r"\['a', 'b'\] all replace `predict`"),
+    # The command line.
+    Case("cli --benchmark split_mnst", lambda p: _cli(p, "--benchmark",
+                                                       "split_mnst"),
+         CliExit, r"Unknown benchmark 'split_mnst'.*Did you mean 'split_mnist'"),
+    Case("cli --model mpl", lambda p: _cli(p, "--model", "mpl"), CliExit,
+         r"Unknown model 'mpl'; expected one of .*Did you mean 'mlp'"),
+    Case("cli --strategy naiv", lambda p: _cli(p, "--strategy", "naiv"),
+         CliExit, r"Unknown strategy 'naiv'"),
+    Case("cli --n-experiences 3", lambda p: _cli(p, "--n-experiences", "3"),
+         CliExit, r"does not divide the 10 classes"),
+    Case("cli --epochs 1.5", lambda p: _cli(p, "--epochs", "1.5"), CliExit,
+         r"argument --epochs: invalid int value: '1\.5'"),
+    Case("cli --epochs 0", lambda p: _cli(p, "--epochs", "0"), CliExit,
+         r"--epochs must be a positive integer, got 0"),
+    Case("cli --batch-size 0", lambda p: _cli(p, "--batch-size", "0"),
+         CliExit, r"--batch-size must be a positive integer, got 0"),
+    Case("cli --lr -1", lambda p: _cli(p, "--lr", "-1"), CliExit,
+         r"--lr must be in \(0, inf\), got -1\.0"),
+    Case("cli --momentum 1.5", lambda p: _cli(p, "--momentum", "1.5"),
+         CliExit, r"--momentum must be in \[0, 1\), got 1\.5"),
+    Case("cli --drop-rate 1", lambda p: _cli(p, "--drop-rate", "1"), CliExit,
+         r"--drop-rate must be in \[0, 1\), got 1\.0"),
+    Case("cli --logdir is a file",
+         lambda p: _cli(p, "--logdir", str(_file(p))), CliExit,
+         r"--logdir '.*a_file' is a file; expected a folder"),
+    Case("cli --checkpoint-dir is a file",
+         lambda p: _cli(p, "--checkpoint-dir", str(_file(p))), CliExit,
+         r"--checkpoint-dir '.*a_file' is a file; expected a folder"),
+    Case("cli --checkpoint-keep 0", lambda p: _cli(p, "--checkpoint-keep", "0"),
+         CliExit, r"--checkpoint-keep must be a positive integer, got 0"),
+    Case("cli --seeds 0,x", lambda p: _cli(p, "--seeds", "0,x"), CliExit,
+         r"--seeds must be a comma-separated list of int values, got '0,x'"),
+    Case("cli --sweep lr", lambda p: _cli(p, "--sweep", "lr"), CliExit,
+         r"--sweep must look like NAME=V1,V2,\.\.\., got 'lr'"),
+    Case("cli --sweep with --seeds",
+         lambda p: _cli(p, "--sweep", "lr=0.1,0.2", "--seeds", "0,1"),
+         CliExit, r"--sweep and --seeds cannot be combined"),
+    Case("cli --data-dir empty", lambda p: _cli(p, "--data-dir", str(p.tmp)),
+         CliExit, r"tfds dataset 'mnist' from .*: it is not prepared there"),
+]
+
+
+def _registry_cases():
+  """Sizes <= 0 and negative λ for every registered strategy taking them."""
+  for name, entry in sorted(REGISTRY.items()):
+    for param in sorted(entry.parameters):
+      if param in ("mem_size", "memory_size", "patterns_per_exp"):
+        yield Case(f"from_spec({name!r}, {param}=0)",
+                   lambda p, n=name, k=param: from_spec(n, **{k: 0}),
+                   ValueError, rf"{param} must be a positive integer, got 0")
+      elif "lambda" in param:
+        yield Case(f"from_spec({name!r}, {param}=-1)",
+                   lambda p, n=name, k=param: from_spec(n, **{k: -1.0}),
+                   ValueError, rf"{param} must be in \[0, inf\), got -1\.0")
+  if {"gdumb", "cumulative"} <= REGISTRY.keys():
+    yield Case("from_spec('gdumb+cumulative'): two data rules",
+               lambda p: from_spec("gdumb+cumulative"), ValueError,
+               r"\['gdumb', 'cumulative'\] all replace `adapt_data`")
+  if "replay" in REGISTRY:
+    yield Case("cli --strategy replay --mem-size 0",
+               lambda p: _cli(p, "--strategy", "replay", "--mem-size", "0"),
+               CliExit, r"mem_size must be a positive integer, got 0")
+
+
+CASES += list(_registry_cases())
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("good")
+  paths = Paths(folder / "ckpt", folder)
+  _fit(paths)
+  return paths.ckpt
+
+
+def _digest(folder: pathlib.Path) -> dict[str, str]:
+  return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_catalogue_has_at_least_25_cases_with_unique_names():
+  assert len(CASES) >= 25
+  assert len({c.name for c in CASES}) == len(CASES)
+
+
+def _forbid_compiling(monkeypatch) -> None:
+  def compile_(*args, **kwargs):
+    raise AssertionError("compiled before refusing the input")
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+
+
+def test_the_compile_guard_catches_a_valid_run(tmp_path, monkeypatch):
+  _forbid_compiling(monkeypatch)
+  with pytest.raises(AssertionError, match="compiled before"):
+    _fit(Paths(tmp_path / "new", tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input_is_refused_clearly_before_compiling(case, good_checkpoint,
+                                                       tmp_path, monkeypatch):
+  _forbid_compiling(monkeypatch)
+  paths = Paths(pathlib.Path(shutil.copytree(good_checkpoint,
+                                             tmp_path / "ckpt")),
+                tmp_path / "work")
+  paths.tmp.mkdir()
+  if case.prepare is not None:
+    case.prepare(paths)
+  before = _digest(paths.ckpt)
+  with pytest.raises(case.error, match=case.match):
+    case.call(paths)
+  assert _digest(paths.ckpt) == before, "the checkpoint was changed"
+  for f in paths.tmp.glob("a_file"):
+    assert f.read_text() == "keep me"

@@ -1,0 +1,384 @@
+"""Avalanche's metric suite: reducers, pure metrics, system metrics, fit rows.
+
+Every metric is checked against an independent numpy computation on
+hand-made predictions (unequal experience sizes, empty classes, a single
+experience); AMCA against a step-by-step transcription of Avalanche's
+algorithm.
+"""
+
+import collections
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl import evaluation as ev
+from jaxcl.benchmarks import Experience
+from jaxcl.models import Model
+from jaxcl.models.adapter import as_model
+from jaxcl.strategies import StrategyContext, naive
+from jaxcl.training import (cross_entropy, init_state, make_evaluate,
+                            stack_experiences)
+
+# A "model" whose logits are its inputs: predictions are chosen by hand.
+IDENTITY = Model(init=lambda key, x, task: ({"b": jnp.zeros(())}, {}),
+                 apply=lambda p, s, x, task, train, key: (x + p["b"], s))
+
+
+# Reducers -----------------------------------------------------------------
+
+
+def test_topk_accuracy_counts_labels_among_the_k_best():
+  logits = jnp.array([[0.1, 0.5, 0.4], [0.9, 0.02, 0.08], [0.2, 0.3, 0.5]])
+  labels = jnp.array([2, 1, 2], jnp.int32)
+  acc = lambda k, mask=None: float(ev.TopKAccuracy.from_model_output(
+      logits=logits, labels=labels, k=k, mask=mask).compute())
+  assert acc(1) == pytest.approx(1 / 3)  # only the last sample
+  assert acc(2) == pytest.approx(2 / 3)
+  assert acc(3) == acc(10) == 1.0  # k capped at the number of classes
+  assert acc(2, mask=jnp.array([True, False, False])) == 1.0
+  merged = ev.TopKAccuracy.from_model_output(
+      logits=logits[:1], labels=labels[:1], k=1).merge(
+          ev.TopKAccuracy.from_model_output(logits=logits[1:],
+                                            labels=labels[1:], k=1))
+  assert float(merged.compute()) == pytest.approx(1 / 3)
+
+
+def test_class_counts_split_by_task_and_class():
+  logits = jnp.array([[3.0, 0, 0], [0, 2.0, 0], [1.0, 0, 0], [0, 0, 5.0],
+                      [0, 7.0, 0]])
+  labels = jnp.array([0, 1, 2, 2, 1], jnp.int32)
+  task = jnp.array([0, 1, 1, 1, 5], jnp.int32)  # task 5 is out of range
+  mask = jnp.array([True, True, True, True, True])
+  m = ev.ClassCounts.from_model_output(logits=logits, labels=labels,
+                                       task=task, mask=mask, n_tasks=2)
+  np.testing.assert_array_equal(m.count, [[1, 0, 0], [0, 1, 2]])
+  np.testing.assert_array_equal(m.correct, [[1, 0, 0], [0, 1, 1]])
+  np.testing.assert_allclose(m.score, [[3, 0, 0], [0, 2, 5]])
+  np.testing.assert_allclose(m.compute(), [[1, np.nan, np.nan],
+                                           [np.nan, 1, 0.5]])
+  # One task label: every sample counts, whatever its task.
+  single = ev.ClassCounts.from_model_output(logits=logits, labels=labels,
+                                            task=task)
+  np.testing.assert_array_equal(single.count, [[1, 2, 2]])
+  empty = ev.ClassCounts.empty(3, 2)
+  chex.assert_trees_all_equal(empty.merge(m), m)
+
+
+def test_confusion_matrix_counts_the_last_class():
+  n = 4
+  labels = jnp.array([3, 3, 0, 2], jnp.int32)
+  logits = jax.nn.one_hot(jnp.array([3, 1, 0, 3]), n)
+  cm = np.asarray(ev.ConfusionMatrix.from_model_output(
+      logits=logits, labels=labels).compute())
+  expected = np.zeros((n, n), int)
+  np.add.at(expected, ([3, 3, 0, 2], [3, 1, 0, 3]), 1)
+  np.testing.assert_array_equal(cm, expected)
+  assert cm[n - 1, n - 1] == 1 and cm.sum() == 4
+
+
+def _eval_ctx(n_classes, task_classes):
+  return StrategyContext(model=IDENTITY, preprocess=lambda x: x,
+                         loss=cross_entropy, n_classes=n_classes,
+                         n_experiences=3, input_shape=(n_classes,),
+                         batch_size=4, experience_size=8,
+                         task_classes=task_classes)
+
+
+def test_evaluate_gathers_every_count_like_numpy():
+  """Unequal experiences (7, 3, 1 samples), an empty class, two task labels."""
+  rng = np.random.default_rng(0)
+  n_classes, n_tasks = 6, 2
+  classes = np.array([0, 1, 2, 3, 5])  # class 4 has no test sample
+  exps = []
+  for i, n in enumerate([7, 3, 1]):
+    y = rng.choice(classes, n)
+    x = rng.normal(size=(n, n_classes)).astype(np.float32)
+    if i == 2:
+      x[0, 5], y[0] = 9.0, 5  # the last class, predicted right
+    exps.append(Experience(x=x, y=y, task=rng.integers(0, n_tasks, n),
+                           index=i, classes=tuple(np.unique(y)),
+                           origin="test"))
+  ctx = _eval_ctx(n_classes, np.ones((n_tasks, n_classes), bool))
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  evaluate = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=2,
+                                   mask_classes=False, top_k=2))
+  counts = jax.device_get(evaluate(state, stack_experiences(exps, n_classes)))
+
+  assert counts.top_k == 2
+  confusion = np.zeros((n_classes, n_classes), int)
+  for j, e in enumerate(exps):
+    pred = e.x.argmax(1)
+    hit = pred == e.y
+    assert counts.correct[j] == hit.sum() and counts.count[j] == len(e)
+    top2 = np.argsort(-e.x, 1)[:, :2]
+    assert counts.correct_topk[j] == (top2 == e.y[:, None]).any(1).sum()
+    logp = e.x - np.log(np.exp(e.x).sum(1, keepdims=True))
+    np.testing.assert_allclose(counts.loss_sum[j],
+                               -logp[np.arange(len(e)), e.y].sum(), rtol=1e-5)
+    np.add.at(confusion, (e.y, pred), 1)
+    for name, values in (("class_count", np.ones(len(e))),
+                         ("class_correct", hit),
+                         ("class_score", e.x[np.arange(len(e)), e.y])):
+      expected = np.zeros((n_tasks, n_classes))
+      np.add.at(expected, (e.task, e.y), values)
+      np.testing.assert_allclose(getattr(counts, name)[j], expected,
+                                 rtol=1e-6, err_msg=name)
+  np.testing.assert_array_equal(counts.confusion, confusion)
+  assert counts.confusion[5, 5] >= 1 and counts.confusion[4].sum() == 0
+
+
+# Pure metrics ---------------------------------------------------------------
+
+
+def test_accuracy_on_trained_experiences_pools_the_trained_ones():
+  correct, count = np.array([9, 1, 0]), np.array([10, 2, 100])
+  assert ev.accuracy_on_trained_experiences(correct, count, 0) == 0.9
+  assert ev.accuracy_on_trained_experiences(correct, count, 1) == \
+      pytest.approx(10 / 12)
+  assert ev.accuracy_on_trained_experiences(correct, count, 2) == \
+      pytest.approx(10 / 112)
+  assert ev.accuracy_on_trained_experiences([3], [4], 0) == 0.75
+
+
+def test_class_accuracy_and_mean_class_accuracy():
+  correct = np.array([[1.0, 0.0, 3.0, 0.0], [0.0, 2.0, 0.0, 0.0]])
+  count = np.array([[2, 0, 4, 1], [0, 2, 0, 0]])
+  np.testing.assert_allclose(ev.class_accuracy(correct, count),
+                             [[0.5, np.nan, 0.75, 0.0],
+                              [np.nan, 1.0, np.nan, np.nan]])
+  np.testing.assert_allclose(ev.mean_class_accuracy(correct, count),
+                             [(0.5 + 0.75 + 0.0) / 3, 1.0])
+  # A tracked class without samples counts as 0; untracked ones are skipped.
+  tracked = np.array([[True, True, False, False], [False, False, False, False]])
+  np.testing.assert_allclose(ev.mean_class_accuracy(correct, count, tracked),
+                             [0.25, np.nan])
+
+
+def _avalanche_amca(phases, classes=None):
+  """Avalanche's AverageMeanClassAccuracy, step by step, on label lists."""
+  tracked = collections.defaultdict(set)
+  for t, cs in (classes or {}).items():
+    tracked[t] |= set(cs)
+  previous = collections.defaultdict(list)
+  out = []
+  for labels, predictions, tasks in phases:
+    hits = collections.defaultdict(dict)
+    for t, cs in tracked.items():
+      for c in cs:
+        hits[t][c] = [0, 0]
+    for y, p, t in zip(labels, predictions, tasks):
+      if classes is None:
+        tracked[t].add(y)
+      elif y not in tracked[t]:
+        continue
+      h = hits[t].setdefault(y, [0, 0])
+      h[0] += int(p == y)
+      h[1] += 1
+    current = {t: np.mean([c / n if n else 0.0 for c, n in d.values()])
+               for t, d in hits.items() if d}
+    out.append({t: np.mean(previous[t] + [current.get(t, 0.0)])
+                for t in set(previous) | set(current)})
+    for t, value in current.items():
+      previous[t].append(value)
+  return out
+
+
+def _counts(phases, n_tasks, n_classes):
+  correct = np.zeros((len(phases), n_tasks, n_classes))
+  count = np.zeros((len(phases), n_tasks, n_classes), int)
+  for s, (labels, predictions, tasks) in enumerate(phases):
+    np.add.at(count[s], (tasks, labels), 1)
+    np.add.at(correct[s], (tasks, labels),
+              np.asarray(labels) == np.asarray(predictions))
+  return correct, count
+
+
+def test_amca_matches_avalanche_step_by_step():
+  # Three evaluations: task 1 appears in the second; class 2 of task 0
+  # disappears in the third (counts as 0 once tracked); class 3 never has
+  # samples (never tracked).
+  phases = [([0, 0, 1, 2], [0, 1, 1, 2], [0, 0, 0, 0]),
+            ([0, 1, 2, 4, 4, 5], [0, 0, 2, 4, 5, 5], [0, 0, 0, 1, 1, 1]),
+            ([0, 1, 1, 4, 5], [1, 1, 1, 4, 4], [0, 0, 0, 1, 1])]
+  correct, count = _counts(phases, 2, 6)
+  got = ev.amca(correct, count)
+  for s, expected in enumerate(_avalanche_amca(phases)):
+    for t in range(2):
+      if t in expected:
+        assert got[s, t] == pytest.approx(expected[t]), (s, t)
+      else:
+        assert np.isnan(got[s, t])
+  # Avalanche's `classes`: tracked from the start, others ignored.
+  classes = {0: [0, 1], 1: [4, 5]}
+  mask = np.zeros((2, 6), bool)
+  mask[0, [0, 1]] = mask[1, [4, 5]] = True
+  got = ev.amca(correct, count, mask)
+  for s, expected in enumerate(_avalanche_amca(phases, classes)):
+    np.testing.assert_allclose(got[s], [expected[0], expected[1]])
+  # A single evaluation: AMCA is its mean class accuracy.
+  np.testing.assert_allclose(ev.amca(correct[:1], count[:1])[0, 0],
+                             ev.mean_class_accuracy(correct[0], count[0])[0])
+
+
+def test_mean_scores_average_the_true_class_logit_by_group():
+  logits = np.array([[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [0.0, 0.0, -1.0],
+                     [4.0, 1.0, 0.0]])
+  labels = np.array([0, 1, 2, 0])
+  true_score = logits[np.arange(4), labels]
+  score = np.bincount(labels, true_score, 3)
+  count = np.bincount(labels, minlength=3)
+  new = np.array([False, False, True])
+  old = np.array([True, True, False])
+  got_new, got_old = ev.mean_scores(score, count, new, old)
+  assert got_new == pytest.approx(-1.0)
+  assert got_old == pytest.approx(np.mean(true_score[labels < 2]))
+  assert np.isnan(ev.mean_scores(score, count, new, ~np.ones(3, bool))[1])
+
+
+def test_labels_repartition_counts_each_experience():
+  exps = [Experience(x=np.zeros((n, 1)), y=y, task=t, index=i,
+                     classes=tuple(np.unique(y)), origin="train")
+          for i, (n, y, t) in enumerate([(5, [0, 0, 1, 1, 1], [0] * 5),
+                                         (1, [3], [1])])]
+  np.testing.assert_array_equal(ev.labels_repartition(exps, 4),
+                                [[2, 3, 0, 0], [0, 0, 0, 1]])
+  by_task = ev.labels_repartition(exps, 4, by_task=True)
+  assert by_task.shape == (2, 2, 4)
+  np.testing.assert_array_equal(by_task[1], [[0, 0, 0, 0], [0, 0, 0, 1]])
+
+
+# System metrics -------------------------------------------------------------
+
+
+def test_flops_of_a_dense_layer_are_two_in_out_batch():
+  batch, n_in, n_out = 8, 32, 16
+  layer = nn.Dense(n_out, use_bias=False)
+  x = jnp.ones((batch, n_in))
+  params = layer.init(jax.random.key(0), x)
+  lowered = jax.jit(layer.apply).lower(params, x)
+  assert ev.flops(lowered) == 2 * n_in * n_out * batch
+  assert ev.flops(lowered.compile()) == 2 * n_in * n_out * batch
+
+
+def test_loop_body_flops_counts_one_iteration_of_nested_scans():
+  w = jnp.ones((5, 7))
+  xs = jnp.ones((3, 4, 2, 5))  # 3 epochs of 4 steps of a [2, 5] batch
+
+  def program(w, xs):
+    steps = lambda x: jax.lax.scan(lambda c, b: (c, b @ w), 0.0, x)[1]
+    return jax.lax.scan(lambda c, x: (c, steps(x)), 0.0, xs)[1]
+
+  traced = jax.jit(program).trace(w, xs)
+  per_step = 2 * 2 * 5 * 7
+  assert ev.loop_body_flops(traced.jaxpr, (3, 4)) == per_step
+  # XLA counts a loop body once: the whole program is not 12 steps' worth.
+  assert ev.flops(traced.lower()) < 2 * per_step
+  assert ev.loop_body_flops(traced.jaxpr, (3, 5)) is None
+  assert ev.loop_body_flops(traced.jaxpr, (4,)) is None
+
+
+def test_peak_memory_is_reported():
+  assert ev.peak_host_memory_mb() > 0
+  device = ev.peak_device_memory_mb()
+  assert device is None or device > 0
+
+
+# Selection and fit ----------------------------------------------------------
+
+
+def test_metric_selection_validates_names():
+  assert ev.metrics().names == frozenset(ev.METRICS)
+  chosen = ev.metrics(["accuracy", "amca"], top_k=3)
+  assert "amca" in chosen and "flops" not in chosen and chosen.top_k == 3
+  assert ev.metrics(chosen) is chosen
+  with pytest.raises(ValueError, match="'acuracy'.*accuracy"):
+    ev.metrics(["acuracy"])
+  with pytest.raises(TypeError, match=r"\['amca'\]"):
+    ev.metrics("amca")
+  with pytest.raises(ValueError, match="top_k must be a positive integer"):
+    ev.metrics(top_k=0)
+
+
+def _traced_once_strategy():
+  """Naive with the penalty and prediction hooks asserted to trace once."""
+  def predict(ctx, params, model_state, cl_state, x, task):
+    return ctx.logits(params, model_state, x, task)
+  return naive()._replace(
+      penalty=chex.assert_max_traces(naive().penalty, n=1),
+      predict=chex.assert_max_traces(predict, n=1))
+
+
+def test_fit_records_every_metric_with_one_compile_per_stream():
+  bench = make_benchmark(n_classes=6, n_experiences=3,
+                         sizes=[3, 20, 10, 10, 2, 9])
+  model = jaxcl.models.MLP(6, hidden_size=8, drop_rate=0.0)
+  batch_size = 4
+  result = jaxcl.fit(model, _traced_once_strategy(), optax.sgd(0.1), bench,
+                     epochs=3, batch_size=batch_size)
+  m, R = result.metrics, result.accuracy_matrix
+  assert set(m) >= {"stream_accuracy", "forgetting", "bwt", "forward_transfer",
+                    "amca", "top5_accuracy", "train_flops", "eval_flops",
+                    "peak_host_memory_mb", "peak_device_memory_mb",
+                    "accuracy_on_trained_experiences", "mean_score_new",
+                    "mean_score_old", "train_time_s", "eval_time_s"}
+  n = np.array([len(e) for e in bench.test_stream])
+  assert m["stream_accuracy"] == pytest.approx(R[-1] @ n / n.sum())
+  for i, row in enumerate(result.history):
+    assert row["accuracy_on_trained_experiences"] == pytest.approx(
+        R[i, :i + 1] @ n[:i + 1] / n[:i + 1].sum())
+  # Per-class accuracy from the confusion matrix; AMCA from each evaluation.
+  cm = result.confusion_matrix
+  np.testing.assert_allclose(result.class_accuracy, np.diag(cm) / cm.sum(1))
+  assert m["mean_class_accuracy"] == pytest.approx(
+      np.mean(result.class_accuracy))
+  assert m["amca"] == pytest.approx(
+      np.mean([row["mean_class_accuracy"] for row in result.history]))
+  np.testing.assert_array_equal(
+      result.labels_repartition,
+      [np.bincount(e.y, minlength=6) for e in bench.train_stream])
+  # Mean scores recomputed from the final model's logits on the test stream.
+  x = np.concatenate([e.x for e in bench.test_stream])
+  y = np.concatenate([e.y for e in bench.test_stream])
+  logits, _ = as_model(model).apply(result.state.params,
+                                    result.state.model_state,
+                                    bench.preprocess(x), jnp.zeros(len(y)),
+                                    False, None)
+  true_score = np.asarray(logits)[np.arange(len(y)), y]
+  new = np.isin(y, bench.train_stream[-1].classes)
+  assert m["mean_score_new"] == pytest.approx(true_score[new].mean(), rel=1e-5)
+  assert m["mean_score_old"] == pytest.approx(true_score[~new].mean(), rel=1e-5)
+  # Timings split per experience; memory; FLOPs of one step / one sample.
+  assert sum(r["train_time_s"] for r in result.history) == pytest.approx(
+      result.timings["train_s"])
+  assert all(r["eval_time_s"] > 0 for r in result.history)
+  assert m["peak_host_memory_mb"] > 0
+  device = m["peak_device_memory_mb"]
+  assert np.isnan(device) or device > 0
+  forward = 2 * (6 * 8 + 8 * 6)  # the two dense layers, one sample
+  assert forward <= m["eval_flops"] < 10 * forward
+  batch_forward = forward * batch_size
+  assert 2 * batch_forward <= m["train_flops"] < 10 * batch_forward
+
+
+def test_fit_records_only_the_selected_metrics(tiny_benchmark, tiny_model):
+  chosen = ev.metrics(["accuracy", "topk_accuracy", "flops"], top_k=2)
+  multi = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                    batch_size=5, seeds=[0, 1], metrics=chosen)
+  assert set(multi.metrics) == {"stream_accuracy", "train_accuracy",
+                                "top2_accuracy", "train_flops", "eval_flops"}
+  run = multi.runs[0]
+  assert run.confusion_matrix is None and run.class_accuracy is None
+  single = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                     batch_size=5, metrics=chosen)
+  # FLOPs are per run, whether or not runs are batched.
+  for name in ("train_flops", "eval_flops"):
+    assert multi.metrics[name][0] == pytest.approx(single.metrics[name],
+                                                   rel=0.1)
