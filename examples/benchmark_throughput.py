@@ -72,27 +72,32 @@ def step_flops(model, strategy, optimizer, bench, batch_size: int) -> float:
   return float(cost["flops"])
 
 
-def measure(name: str, args, peak: float, seeds: int | None = None) -> dict:
-  bench = synthetic_benchmark(args.steps * args.batch_size)
+def measure(name: str, args, peak: float, seeds: int | None = None,
+            batch_size: int | None = None) -> dict:
+  batch_size = batch_size or args.batch_size
+  bench = synthetic_benchmark(args.steps * batch_size)
   model = jaxcl.models.MLP(10, hidden_size=args.hidden_size,
                            drop_rate=args.drop_rate)
   strategy = jaxcl.strategies.from_spec(name)
   optimizer = optax.sgd(0.01)
-  batch = args.batch_size
+  batch = batch_size
   if name.split("+")[0] == "replay":
-    batch = 2 * args.batch_size  # Current + memory samples per step.
-  flops = step_flops(model, strategy, optimizer, bench, args.batch_size)
+    batch = 2 * batch_size  # Current + memory samples per step.
+  flops = step_flops(model, strategy, optimizer, bench, batch_size)
   best = None
   for _ in range(args.repeats):
-    result = jaxcl.fit(model, strategy, optimizer, bench, epochs=1,
-                       batch_size=args.batch_size,
+    result = jaxcl.fit(model, strategy, optimizer, bench, epochs=args.epochs,
+                       batch_size=batch_size,
                        seeds=list(range(seeds)) if seeds else None,
                        eval_before_training=False)
     if best is None or result.timings["train_s"] < best["train_s"]:
       best = dict(result.timings)
-  steps_per_s = args.steps / best["train_s"]
+  steps_per_s = args.steps * args.epochs / best["train_s"]
   runs = seeds or 1
-  return {"name": name if not seeds else f"{name} x{seeds} seeds",
+  label = f"{name} x{seeds} seeds" if seeds else name
+  if batch_size != args.batch_size:
+    label = f"{name} (batch {batch_size})"
+  return {"name": label,
           "compile_s": best["compile_s"], "steps_per_s": steps_per_s,
           "samples_per_s": steps_per_s * batch * runs,
           "flops_per_step": flops * runs,
@@ -110,6 +115,10 @@ def main():
   parser.add_argument("--hidden-size", type=int, default=512)
   parser.add_argument("--drop-rate", type=float, default=0.0)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--epochs", type=int, default=1,
+                      help="epochs over the experience; per-experience work "
+                      "(importance estimation, buffer insertion) is amortised "
+                      "over them")
   parser.add_argument("--seeds", type=int, default=0,
                       help="also time this many vmapped seeds of the first strategy")
   args = parser.parse_args()
@@ -118,8 +127,13 @@ def main():
         f"jax {jax.__version__}, {os.cpu_count()} CPUs; matmul peak "
         f"{peak / 1e9:.1f} GFLOP/s")
   print(f"MLP 784-{args.hidden_size}-10, batch {args.batch_size}, "
-        f"{args.steps} steps, best of {args.repeats}")
-  rows = [measure(name, args, peak) for name in args.strategies.split(",")]
+        f"{args.steps} steps x {args.epochs} epochs, best of {args.repeats}")
+  names = args.strategies.split(",")
+  rows = [measure(name, args, peak) for name in names]
+  if any(n.split("+")[0] == "replay" for n in names):
+    # A replay step carries batch + batch_size_mem samples: compare it with a
+    # naive step of the same total batch.
+    rows.append(measure("naive", args, peak, batch_size=2 * args.batch_size))
   if args.seeds:
     rows.append(measure(args.strategies.split(",")[0], args, peak, args.seeds))
   naive_ms = rows[0]["step_ms"]
