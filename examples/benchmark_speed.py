@@ -20,23 +20,9 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import jaxcl
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """Best float32 GFLOP/s of an n x n matmul on the default device."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  best = math.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n**3 / best / 1e9
 
 
 def time_fit(repeats: int) -> dict:
@@ -79,7 +65,8 @@ def main():
   args = parser.parse_args()
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}, {os.cpu_count()} CPUs")
-  print(f"matmul peak: {matmul_peak_gflops():.1f} GFLOP/s (float32 2048^3)")
+  peak = jaxcl.evaluation.system.matmul_peak_flops()
+  print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (float32 2048^3)")
   fit = time_fit(args.repeats)
   print(f"fit (best of {args.repeats}): compile {fit['compile_s']:.2f} s, "
         f"train {fit['train_s']:.3f} s, eval {fit['eval_s']:.3f} s, "

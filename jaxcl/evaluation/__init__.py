@@ -29,7 +29,7 @@ from jaxcl.evaluation.class_metrics import (amca, class_accuracy,
 from jaxcl.evaluation.reducers import ClassCounts, ConfusionMatrix, TopKAccuracy
 from jaxcl.evaluation.selection import METRICS, MetricSelection, metrics
 from jaxcl.evaluation.system import (flops, loop_body_flops,
-                                     peak_device_memory_mb,
+                                     matmul_peak_flops, peak_device_memory_mb,
                                      peak_host_memory_mb)
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "forward_transfer",
     "labels_repartition",
     "loop_body_flops",
+    "matmul_peak_flops",
     "mean_class_accuracy",
     "mean_scores",
     "metrics",

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import resource
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 __all__ = [
+    "matmul_peak_flops",
     "flops",
     "loop_body_flops",
     "peak_device_memory_mb",
@@ -27,6 +30,38 @@ __all__ = [
 ]
 
 _MB = 2.0**20
+
+
+def matmul_peak_flops(n: int = 2048, chain: int = 1, repeats: int = 5) -> float:
+  """Best measured float32 FLOP/s of ``n x n`` matmuls on the default device.
+
+  The scale against which benchmarks report achieved FLOP/s.
+
+  Args:
+    n: Matrix size.
+    chain: Matmuls per timed call (``a @ a @ ...``; more amortises dispatch).
+    repeats: Timed calls; the fastest counts.
+
+  Example:
+    >>> matmul_peak_flops(n=64, repeats=1) > 0
+    True
+  """
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32) / n
+
+  def product(a):
+    out = a
+    for _ in range(chain):
+      out = out @ a
+    return out
+
+  f = jax.jit(product)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return chain * 2 * n**3 / best
 
 
 def peak_host_memory_mb() -> float:
