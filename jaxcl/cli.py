@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mini-batch size")
   train.add_argument("--eval-batch-size", type=int, default=1000,
                      help="evaluation chunk size")
+  train.add_argument("--eval-every", type=int, default=None,
+                     help="evaluate after every N-th experience and the last "
+                     "(default: every experience; online streams: the end of "
+                     "each original experience)")
   train.add_argument("--seed", type=int, default=0,
                      help="seed of every random choice of the run (and of "
                      "the benchmark's class order)")
@@ -158,6 +162,8 @@ def _check_args(args: argparse.Namespace) -> None:
   for name in ("n_experiences", "hidden_size", "hidden_layers", "epochs",
                "batch_size", "eval_batch_size"):
     _validation.check_positive_int(_flag(name), getattr(args, name))
+  if args.eval_every is not None:
+    _validation.check_positive_int("--eval-every", args.eval_every)
   _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
                              high_inclusive=False)
@@ -301,7 +307,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   writer.write_hparams({k: v for k, v in config.items()
                         if isinstance(v, (int, float, str, bool))})
   fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
-                    eval_batch_size=args.eval_batch_size, writer=writer,
+                    eval_batch_size=args.eval_batch_size,
+                    eval_every=args.eval_every, writer=writer,
                     progress=not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep)

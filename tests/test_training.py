@@ -166,3 +166,25 @@ def test_task_incremental_predictions_stay_within_the_task():
   cm = result.confusion_matrix
   assert cm[:2, 2:].sum() == 0 and cm[2:, :2].sum() == 0
   assert cm.sum() == sum(len(e) for e in bench.test_stream)
+
+
+def test_eval_every_skips_rows_and_metrics_use_evaluated_rows(tiny_model):
+  bench = make_benchmark(n_classes=6, n_experiences=3)
+  result = jaxcl.fit(jaxcl.models.MLP(6, hidden_size=8), naive(),
+                     optax.sgd(0.1), bench, epochs=3, batch_size=4, eval_every=2)
+  R = result.accuracy_matrix
+  # Evaluated after experience 1 (every 2nd) and after the last one only.
+  assert np.isnan(R[0]).all() and not np.isnan(R[1]).any() and not np.isnan(R[2]).any()
+  assert [row["experience"] for row in result.history] == [1, 2]
+  # Experience 0's forgetting is measured from the first evaluation after it.
+  expected = np.mean([R[1, 0] - R[2, 0], R[1, 1] - R[2, 1]])
+  assert result.metrics["forgetting"] == pytest.approx(expected)
+
+
+def test_online_streams_evaluate_at_the_end_of_each_origin_experience():
+  bench = jaxcl.benchmarks.split_online(make_benchmark(n_classes=4, n_experiences=2), 8)
+  origins = [e.origin_experience for e in bench.train_stream]
+  result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(),
+                     optax.sgd(0.1), bench, batch_size=8)
+  evaluated = [i for i in range(len(origins)) if not np.isnan(result.accuracy_matrix[i]).all()]
+  assert evaluated == [origins.index(1) - 1, len(origins) - 1]

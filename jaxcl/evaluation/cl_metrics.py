@@ -108,8 +108,13 @@ def experience_forgetting(R: np.ndarray, current: int,
   out = np.full(R.shape[1], np.nan)
   for j in range(R.shape[1]):
     rows = np.flatnonzero(columns[:current + 1] == j)
-    if rows.size and rows[-1] < current and columns[current] != j:
-      out[j] = R[rows[-1], j] - R[current, j]
+    if not rows.size or rows[-1] >= current or columns[current] == j:
+      continue
+    # With an evaluation schedule, "just after training j" is the first
+    # evaluated row from the end of j on.
+    evaluated = np.flatnonzero(~np.isnan(R[rows[-1]:current, j]))
+    if evaluated.size:
+      out[j] = R[rows[-1] + evaluated[0], j] - R[current, j]
   return out
 
 
@@ -149,8 +154,12 @@ def forward_transfer(R: np.ndarray, initial: np.ndarray, current: int,
   out = np.full(R.shape[1], np.nan)
   for k in range(R.shape[1]):
     first = np.flatnonzero(columns == k)
-    if first.size and 1 <= first[0] <= current + 1:
-      out[k] = R[first[0] - 1, k] - initial[k]
+    if not first.size or not 1 <= first[0] <= current + 1:
+      continue
+    # The last evaluation before k's training starts (rows may be skipped).
+    evaluated = np.flatnonzero(~np.isnan(R[:first[0], k]))
+    if evaluated.size:
+      out[k] = R[evaluated[-1], k] - initial[k]
   return out
 
 

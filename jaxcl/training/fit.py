@@ -232,6 +232,7 @@ def fit(
     eval_batch_size: int = 1000,
     mask_unseen_classes: bool = True,
     eval_before_training: bool = True,
+    eval_every: int | None = None,
     writer: Any = None,
     progress: bool = False,
     data_parallel: bool | None = None,
@@ -265,6 +266,11 @@ def fit(
       (Avalanche's incremental classifier with masking).
     eval_before_training: Evaluate the initial model too (needed by
       ``forward_transfer``).
+    eval_every: Evaluate the test stream after every ``eval_every``-th train
+      experience and after the last one. ``None`` (default): after every
+      experience, except on online streams (``split_online``), which are
+      evaluated at the end of each original experience only; rows of the
+      accuracy matrix that were not evaluated are NaN.
     writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
       several runs, the mean and ``<name>_std`` over runs are written.
     progress: Show a progress bar over experiences.
@@ -274,7 +280,7 @@ def fit(
       are split over the devices instead. ``None`` (default) turns it on when
       more than one device is present.
     checkpoint_dir: Save the whole run (state, position in the stream,
-      metrics so far) there after every experience, and resume from the
+      metrics so far) there after every evaluated experience, and resume from the
       newest usable checkpoint found there (see docs/checkpointing.md). A
       resumed run gives exactly the numbers of an uninterrupted one; a
       checkpoint written by a different configuration is refused.
@@ -290,7 +296,8 @@ def fit(
   settings = dict(epochs=epochs, batch_size=batch_size,
                   eval_batch_size=eval_batch_size,
                   mask_unseen_classes=mask_unseen_classes,
-                  eval_before_training=eval_before_training, writer=writer,
+                  eval_before_training=eval_before_training,
+                  eval_every=eval_every, writer=writer,
                   progress=progress, data_parallel=data_parallel,
                   checkpoint_dir=checkpoint_dir,
                   checkpoint_keep=checkpoint_keep, metrics=metrics)
@@ -420,7 +427,8 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
 def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
               batched: bool, epochs: int = 1, batch_size: int = 32,
               eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
-              eval_before_training: bool = True, writer: Any = None,
+              eval_before_training: bool = True,
+              eval_every: int | None = None, writer: Any = None,
               progress: bool = False, data_parallel: bool | None = None,
               checkpoint_dir: str | os.PathLike[str] | None = None,
               checkpoint_keep: int = 2, labels: tuple = (),
@@ -486,6 +494,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                           eval_batch_size=eval_batch_size,
                           mask_unseen_classes=mask_unseen_classes,
                           eval_before_training=eval_before_training,
+                          eval_every=eval_every,
                           metrics=sorted(chosen.names), top_k=chosen.top_k)))
     restored = checkpointer.restore(state_shape)
   # Init runs once, so its code is not worth optimising; XLA compiles without
@@ -526,6 +535,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     done, meta = restored.step, restored.meta
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
     confusion, train_s, eval_s = meta["confusion"], meta["train_s"], meta["eval_s"]
+  eval_points = _eval_points(train_stream, eval_every)
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
@@ -535,6 +545,12 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         experience_data(experience, size, n_classes), place.data)
     (state, train_metrics), seconds = _timed(train_exec, state, data)
     train_s += seconds
+    if i not in eval_points:
+      bad = per_run(train_metrics["first_nonfinite_step"])
+      _check_finite(bad, i, labels if batched else None, writer)
+      if bar is not None:
+        bar.update()
+      continue
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
     counts, train_metrics = per_run(counts), per_run(train_metrics)
@@ -554,16 +570,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         bar.set_postfix(
             acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
       bar.update()
-    bad = train_metrics["first_nonfinite_step"]
-    if np.any(bad >= 0):
-      if writer is not None:
-        writer.flush()
-      r = int(np.argmax(bad >= 0))
-      which = f" (run {r}, label {labels[r]})" if batched else ""
-      raise FloatingPointError(
-          f"The training loss became NaN or infinite in experience {i} at "
-          f"optimizer step {int(bad[r])}{which}; metrics up to experience "
-          f"{i} were written. Lower the learning rate or check the inputs.")
+    _check_finite(train_metrics["first_nonfinite_step"], i,
+                  labels if batched else None, writer)
     if checkpointer is not None:
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "confusion": confusion,
@@ -597,6 +605,34 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       metrics={k: (float(np.mean(v)), float(np.std(v)))
                for k, v in per_metric.items()},
       metrics_per_run=per_metric, timings=timings)
+
+
+def _eval_points(train_stream: Stream, eval_every: int | None) -> set[int]:
+  """Indices of the train experiences after which the test stream is evaluated."""
+  n = len(train_stream)
+  if eval_every is None:
+    origins = [getattr(e, "origin_experience", None) for e in train_stream]
+    if all(o is None for o in origins):
+      return set(range(n))
+    # Online stream: evaluate when an original experience is complete.
+    return {i for i in range(n) if i == n - 1 or origins[i + 1] != origins[i]}
+  eval_every = _validation.check_positive_int("eval_every", eval_every)
+  return {i for i in range(n) if (i + 1) % eval_every == 0 or i == n - 1}
+
+
+def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
+                  writer: Any) -> None:
+  """Raises if a run's loss became NaN/inf during experience ``i``."""
+  if not np.any(bad >= 0):
+    return
+  if writer is not None:
+    writer.flush()
+  r = int(np.argmax(bad >= 0))
+  which = f" (run {r}, label {labels[r]})" if labels is not None else ""
+  raise FloatingPointError(
+      f"The training loss became NaN or infinite in experience {i} at "
+      f"optimizer step {int(bad[r])}{which}; metrics up to experience "
+      f"{i} were written. Lower the learning rate or check the inputs.")
 
 
 def _final(history: list[dict[str, float]]) -> dict[str, float]:
