@@ -335,3 +335,6 @@ def test_format_metrics_table():
         "eval/stream/forgetting            n/a",
         "bwt                           -0.0500",
     ]
+    undefined = loggers.format_metrics_table({"peak_device_memory_mb": float("nan"),
+                                              "forgetting": (float("nan"), 0.0)})
+    assert [line.split()[-1] for line in undefined.splitlines()] == ["n/a", "n/a"]

@@ -91,11 +91,14 @@ def format_accuracy_matrix(matrix: ArrayLike) -> str:
 
 
 def _format_entry(value: float | None | Sequence[float]) -> str:
-    if value is None:
+    # NaN marks a metric that is undefined or that the platform cannot report.
+    if value is None or (np.ndim(value) == 0 and np.isnan(float(value))):
         return "n/a"
     if np.ndim(value) == 0:
         return format_value(value)
     mean, std = value
+    if np.isnan(float(mean)):
+        return "n/a"
     return f"{float(mean):.3f} ± {float(std):.3f}"
 
 
