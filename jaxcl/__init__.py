@@ -10,7 +10,9 @@ Example:
 import importlib
 
 __all__ = [
+    "EarlyStopping",
     "MultiResult",
+    "PeriodicEval",
     "Result",
     "TrainState",
     "benchmarks",
@@ -25,7 +27,8 @@ __all__ = [
 
 _SUBMODULES = ("benchmarks", "evaluation", "loggers", "models", "strategies",
                "training")
-_TRAINING_NAMES = ("MultiResult", "Result", "TrainState", "fit", "sweep")
+_TRAINING_NAMES = ("EarlyStopping", "MultiResult", "PeriodicEval", "Result",
+                   "TrainState", "fit", "sweep")
 
 
 def __getattr__(name: str):

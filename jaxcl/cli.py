@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import pathlib
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
   data.add_argument("--data-dir", default=None,
                     help="tfds data directory with the full dataset prepared; "
                     "without it the bundled data is used")
+  data.add_argument("--validation-size", type=float, default=0.0,
+                    help="hold out this fraction of every train experience as "
+                    "a validation stream (0: none)")
   model = run.add_argument_group("model")
   model.add_argument("--model", default="mlp",
                      help=f"one of: {', '.join(sorted(MODELS))}")
@@ -115,9 +119,39 @@ def build_parser() -> argparse.ArgumentParser:
                      help="evaluate after every N-th experience and the last "
                      "(default: every experience; online streams: the end of "
                      "each original experience)")
+  train.add_argument("--lr-schedule", default="constant",
+                     help="learning-rate schedule: constant, cosine, linear "
+                     "(both to 0) or step (x0.1 at 50%% and 75%%), over each "
+                     "experience with --reset-schedule, else over the stream")
+  train.add_argument("--reset-schedule", action="store_true",
+                     help="restart the learning-rate schedule at every "
+                     "experience")
+  train.add_argument("--reset-optimizer", action="store_true",
+                     help="fresh optimizer state at every experience "
+                     "(Avalanche's default)")
   train.add_argument("--seed", type=int, default=0,
                      help="seed of every random choice of the run (and of "
                      "the benchmark's class order)")
+  watch = run.add_argument_group(
+      "periodic evaluation and early stopping (inside each experience)")
+  watch.add_argument("--periodic-eval", type=int, default=0, metavar="N",
+                     help="evaluate every N epochs (or steps) while training "
+                     "(0: off)")
+  watch.add_argument("--periodic-unit", default="epoch",
+                     help="unit of --periodic-eval: epoch or step")
+  watch.add_argument("--periodic-stream", default="valid",
+                     help="stream evaluated periodically: valid (needs "
+                     "--validation-size) or test")
+  watch.add_argument("--early-stopping", type=int, default=0,
+                     metavar="PATIENCE",
+                     help="stop an experience after PATIENCE epochs (steps) "
+                     "without improvement and restore the best parameters "
+                     "(0: off; evaluates every epoch unless --periodic-eval)")
+  watch.add_argument("--early-stopping-metric", default="accuracy",
+                     help="accuracy or loss of the periodic stream")
+  watch.add_argument("--early-stopping-mode", default="max", help="max or min")
+  watch.add_argument("--early-stopping-margin", type=float, default=0.0,
+                     help="minimum change counted as an improvement")
   scale = run.add_argument_group("many runs in one program")
   scale.add_argument("--seeds", default=None, metavar="S1,S2,...",
                      help="run these seeds as one vmapped program; metrics "
@@ -164,6 +198,24 @@ def _check_args(args: argparse.Namespace) -> None:
     _validation.check_positive_int(_flag(name), getattr(args, name))
   if args.eval_every is not None:
     _validation.check_positive_int("--eval-every", args.eval_every)
+  for name in ("periodic_eval", "early_stopping"):
+    if getattr(args, name):
+      _validation.check_positive_int(_flag(name), getattr(args, name))
+  if args.validation_size:
+    _validation.check_in_range("--validation-size", args.validation_size,
+                               low=0.0, high=1.0, low_inclusive=False,
+                               high_inclusive=False)
+  watch = _watch_kwargs(args)
+  if watch["periodic_eval"] is not None:
+    watch["periodic_eval"].validate(has_valid_stream=args.validation_size > 0)
+  if watch["early_stopping"] is not None:
+    watch["early_stopping"].validate()
+  from jaxcl.training.optim import SCHEDULES
+  _validation.check_choice("--lr-schedule", args.lr_schedule, SCHEDULES)
+  if args.lr_schedule != "constant" and (args.sweep or "").startswith("lr="):
+    raise ValueError(f"--sweep lr=... needs --lr-schedule constant, got "
+                     f"{args.lr_schedule!r}: a swept schedule would need one "
+                     "program per value.")
   _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
                              high_inclusive=False)
@@ -234,14 +286,60 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   return name, _numbers("--sweep", values, float)
 
 
-def _optimizer(args: argparse.Namespace, lr: float, optax, inject: bool = False):
-  """The optimizer of ``--optimizer``; ``inject`` puts lr in its state."""
+def _optimizer(args: argparse.Namespace, lr: Any, optax, inject: bool = False):
+  """The optimizer of ``--optimizer``; ``inject`` puts lr in its state.
+
+  ``lr`` is a number or an optax schedule.
+  """
   if args.optimizer == "sgd":
     make = lambda learning_rate: optax.sgd(learning_rate,
                                            momentum=args.momentum or None)
   else:
     make = optax.adam
   return optax.inject_hyperparams(make)(learning_rate=lr) if inject else make(lr)
+
+
+def _learning_rate(args: argparse.Namespace, benchmark) -> Any:
+  """``--lr``, or the ``--lr-schedule`` starting from it."""
+  if args.lr_schedule == "constant":
+    return args.lr
+  from jaxcl.training.optim import schedule
+  steps = args.epochs * math.ceil(benchmark.train_stream.max_size /
+                                  args.batch_size)
+  if not (args.reset_schedule or args.reset_optimizer):
+    steps *= len(benchmark.train_stream)
+  return schedule(args.lr_schedule, args.lr, steps)
+
+
+def _watch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+  """``fit``'s ``periodic_eval`` and ``early_stopping`` from the flags."""
+  from jaxcl import EarlyStopping, PeriodicEval
+  periodic = None
+  if args.periodic_eval or args.early_stopping:
+    periodic = PeriodicEval(every=args.periodic_eval or 1,
+                            unit=args.periodic_unit,
+                            stream=args.periodic_stream)
+  stopping = None
+  if args.early_stopping:
+    stopping = EarlyStopping(patience=args.early_stopping,
+                             metric=args.early_stopping_metric,
+                             mode=args.early_stopping_mode,
+                             margin=args.early_stopping_margin)
+  return {"periodic_eval": periodic, "early_stopping": stopping}
+
+
+def _write_images(writer, logdir: pathlib.Path, result) -> None:
+  """Accuracy matrix, curves and confusion matrix to TensorBoard and PNGs."""
+  from jaxcl import loggers
+  if hasattr(result, "runs"):
+    matrix = result.accuracy_matrices.mean(0)
+    confusions = [r.confusion_matrix for r in result.runs]
+    confusion = None if confusions[0] is None else sum(confusions)
+  else:
+    matrix, confusion = result.accuracy_matrix, result.confusion_matrix
+  loggers.write_result_images(writer, len(matrix) - 1, logdir,
+                              accuracy_matrix=matrix,
+                              confusion_matrix=confusion)
 
 
 def _result_fields(result) -> dict[str, Any]:
@@ -251,7 +349,8 @@ def _result_fields(result) -> dict[str, Any]:
             "metrics": result.metrics,
             "history": result.history,
             "initial_accuracies": result.initial_accuracies,
-            "confusion_matrix": result.confusion_matrix}
+            "confusion_matrix": result.confusion_matrix,
+            "periodic": result.periodic}
   return {
       "labels": list(result.labels),
       "accuracy_matrix": result.accuracy_matrices.mean(0),
@@ -260,6 +359,7 @@ def _result_fields(result) -> dict[str, Any]:
       "metrics_std": {k: std for k, (_, std) in result.metrics.items()},
       "metrics_per_run": result.metrics_per_run,
       "history": [run.history for run in result.runs],
+      "periodic": [run.periodic for run in result.runs],
   }
 
 
@@ -283,6 +383,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   import jaxcl
   from jaxcl import loggers
+  from jaxcl.checkpoint import CheckpointError
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
   _enable_compilation_cache(args.compilation_cache)
@@ -294,12 +395,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "data_dir": args.data_dir}
   accepted = inspect.signature(factory).parameters
   benchmark = factory(**{k: v for k, v in bench_kwargs.items() if k in accepted})
+  if args.validation_size:
+    benchmark = jaxcl.benchmarks.with_validation(
+        benchmark, args.validation_size, seed=args.seed)
   offered = dict(num_classes=benchmark.n_classes, n_tasks=benchmark.n_tasks,
                  hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
                  drop_rate=args.drop_rate)
   accepted = inspect.signature(MODELS[args.model]).parameters
   model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
   seeds, (sweep_name, sweep_values) = _seeds(args), _sweep(args)
+  fresh_logdir = not logdir.exists()
   writer = loggers.create_writers(str(logdir), console=not args.quiet,
                                   tensorboard=not args.no_tensorboard)
   config = {k: v for k, v in vars(args).items() if k != "command"}
@@ -309,12 +414,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size,
                     eval_every=args.eval_every, writer=writer,
+                    **_watch_kwargs(args),
+                    reset_optimizer=args.reset_optimizer,
+                    reset_schedule=args.reset_schedule,
                     progress=not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep)
+  lr = _learning_rate(args, benchmark)
   try:
     if sweep_name is None:
-      result = jaxcl.fit(model, strategy, _optimizer(args, args.lr, optax),
+      result = jaxcl.fit(model, strategy, _optimizer(args, lr, optax),
                          benchmark, seed=args.seed, seeds=seeds, **fit_kwargs)
     else:
       hparams = _strategy_hparams(args)
@@ -324,8 +433,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jaxcl.strategies.from_spec(args.strategy,
                                                **{**hparams, sweep_name: v})),
           optimizer=(lambda v: _optimizer(args, v, optax, inject=True))
-          if sweep_name == "lr" else _optimizer(args, args.lr, optax),
+          if sweep_name == "lr" else _optimizer(args, lr, optax),
           **fit_kwargs)
+    _write_images(writer, logdir, result)
+  except CheckpointError:
+    writer.close()
+    if fresh_logdir:  # Nothing of this run is in it: leave no trace.
+      shutil.rmtree(logdir, ignore_errors=True)
+    raise
   finally:
     writer.close()
   results = {

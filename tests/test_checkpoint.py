@@ -377,6 +377,14 @@ def test_cli_resumes_from_checkpoint_dir(tmp_path):
   (tmp_path / "ckpt" / "2").rename(tmp_path / "elsewhere")
   assert run(tmp_path / "b") == full
   assert _listing(tmp_path / "ckpt") == ["1", "2"]
+  # Another configuration is refused, and its new logdir is not left behind.
+  code = cli.main([
+      "run", "--n-experiences", "2", "--hidden-size", "16", "--batch-size",
+      "64", "--lr", "0.5", "--checkpoint-dir", str(tmp_path / "ckpt"),
+      "--logdir", str(tmp_path / "c"), "--no-progress", "--no-tensorboard",
+      "--quiet", "--compilation-cache", ""])
+  assert code == 2 and not (tmp_path / "c").exists()
+  assert _listing(tmp_path / "ckpt") == ["1", "2"]
 
 
 if __name__ == "__main__":

@@ -33,6 +33,43 @@ def test_run_end_to_end(tmp_path):
   assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard file"
   lines = (logdir / "metrics.jsonl").read_text().splitlines()
   assert any("eval/stream/accuracy" in json.loads(line) for line in lines)
+  for name in ("accuracy_matrix", "accuracy_curves", "confusion_matrix"):
+    assert (logdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_periodic_eval_early_stopping_and_schedule_flags(tmp_path):
+  logdir = tmp_path / "watch"
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--batch-size", "64", "--epochs", "5", "--lr", "0.1",
+                   "--validation-size", "0.2", "--early-stopping", "1",
+                   "--lr-schedule", "cosine", "--reset-schedule", "--logdir",
+                   str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 0
+  results = json.loads((logdir / "results.json").read_text())
+  periodic = results["periodic"]
+  # Evaluated before each experience and after every epoch that trained.
+  trained = [h["epochs_trained"] for h in results["history"]]
+  assert [p["experience"] for p in periodic].count(1) == trained[1] + 1
+  assert all(1 <= t <= 5 for t in trained)
+  lines = [json.loads(line) for line in
+           (logdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("periodic/valid/accuracy" in line for line in lines)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--early-stopping", "2"], "has no valid_stream"),
+    (["--periodic-eval", "1", "--periodic-unit", "epochs"], "Did you mean 'epoch'"),
+    (["--lr-schedule", "cosin"], "Did you mean 'cosine'"),
+    (["--validation-size", "1.5"], "--validation-size must be in (0, 1)"),
+    (["--sweep", "lr=0.1,0.2", "--lr-schedule", "cosine"], "needs --lr-schedule"),
+])
+def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
+  code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",
+                   str(tmp_path / "x"), "--no-progress", "--no-tensorboard",
+                   "--quiet", "--compilation-cache", ""])
+  assert code == 2 and message in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("args, message", [

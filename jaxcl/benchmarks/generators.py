@@ -75,9 +75,12 @@ def as_arrays(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
     dtype('int32')
   """
   if isinstance(data, tuple) and len(data) == 2:
-    x, y = np.asarray(data[0]), np.asarray(data[1])
+    from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+    lazy = isinstance(data[0], sources.RecordArray)
+    x, y = data[0] if lazy else np.asarray(data[0]), np.asarray(data[1])
   elif hasattr(data, "__getitems__") or hasattr(data, "__getitem__"):
     from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+    lazy = False
     x, y = sources.arrays_from_data_source(data)
   else:
     raise TypeError(f"{name} must be an (x, y) pair of arrays or a tfds data "
@@ -93,7 +96,8 @@ def as_arrays(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"{name}: labels must be a 1-D array, got shape {y.shape}.")
   if y.min() < 0:
     raise ValueError(f"{name}: labels must be >= 0, got {int(y.min())}.")
-  _validation.check_finite(f"{name} inputs", x)
+  if not lazy:  # Lazy inputs are checked when read (they are images).
+    _validation.check_finite(f"{name} inputs", x)
   return x, y.astype(np.int32)
 
 

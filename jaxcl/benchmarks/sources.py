@@ -34,6 +34,7 @@ from jaxcl.benchmarks.builders import BUNDLED_BUILDERS
 __all__ = [
     "BUNDLED_DATA_DIR",
     "ArraySplit",
+    "RecordArray",
     "arrays_from_data_source",
     "has_tfds_dataset",
     "load_bundled",
@@ -67,16 +68,87 @@ class ArraySplit(NamedTuple):
     y: np.ndarray
 
 
-def arrays_from_data_source(source: Sequence[Mapping[str, Any]]) -> ArraySplit:
+class RecordArray:
+    """One feature of a random-access data source, read only when needed.
+
+    Acts as a read-only array along its first axis: ``len``, ``shape``,
+    ``dtype``, ``ndim``, ``nbytes``, and indexing by an integer (reads that
+    record) or by a slice, boolean mask or integer array (a new lazy view,
+    nothing read). ``np.asarray(view)`` reads the view's records, in batches
+    through ``__getitems__``. The scenario generators select samples with
+    such indexing, so a benchmark built on ``RecordArray`` inputs holds only
+    labels in memory, and ``fit`` streams its batches (docs/streaming.md).
+
+    Args:
+        source: A tfds data source (``tfds.data_source(...)``) or any
+            sequence of records.
+        feature: The record entry to read.
+        indices: Records of the view (default: all).
+
+    Example:
+        >>> records = [{"image": np.full((2, 2), i, np.uint8)} for i in range(5)]
+        >>> view = RecordArray(records)[np.array([4, 1])]
+        >>> view.shape, np.asarray(view)[:, 0, 0].tolist()
+        ((2, 2, 2), [4, 1])
+    """
+
+    def __init__(self, source: Sequence[Mapping[str, Any]], feature: str = "image",
+                 indices: np.ndarray | None = None):
+        self._source, self._feature = source, feature
+        self._indices = (np.arange(len(source)) if indices is None
+                         else np.asarray(indices, np.int64))
+        first = np.asarray(source[0][feature])
+        self._item_shape, self.dtype = first.shape, first.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self._indices),) + self._item_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return np.asarray(self._source[int(self._indices[key])][self._feature])
+        if isinstance(key, tuple):
+            raise TypeError("RecordArray supports indexing along the first axis "
+                            f"only, got {key!r}; read it with np.asarray first.")
+        return RecordArray(self._source, self._feature, self._indices[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        del copy  # Reading always makes a new array.
+        get_batch = getattr(self._source, "__getitems__", None) or (
+            lambda keys: [self._source[k] for k in keys])
+        out = np.empty(self.shape, self.dtype)
+        for start in range(0, len(self), _BATCH):
+            keys = self._indices[start:start + _BATCH].tolist()
+            records = get_batch(keys)
+            out[start:start + len(keys)] = np.stack(
+                [r[self._feature] for r in records])
+        return out if dtype is None else out.astype(dtype)
+
+
+def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
+                            lazy: bool = False) -> ArraySplit:
     """Reads every ``{"image", "label"}`` record of a data source into arrays.
 
     Args:
         source: A tfds random-access data source (``tfds.data_source(...)``)
             or any sequence of such records. ``__getitems__`` is used when
             available, to fetch records in batches.
+        lazy: Keep the images in the data source: ``x`` is a
+            :class:`RecordArray` (only the labels are held in memory).
 
     Returns:
-        The stacked images and int32 labels.
+        The stacked images (or their lazy view) and int32 labels.
 
     Raises:
         ValueError: If the source is empty or its records lack ``image`` or
@@ -98,18 +170,21 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]]) -> ArraySplit:
         raise ValueError(
             f"Records need 'image' and 'label' entries, got {sorted(first)}."
         )
-    x = np.empty((num, *np.shape(first["image"])), np.asarray(first["image"]).dtype)
+    x = np.empty((0 if lazy else num, *np.shape(first["image"])),
+                 np.asarray(first["image"]).dtype)
     y = np.empty((num,), np.int32)
     for start in range(0, num, _BATCH):
         stop = min(start + _BATCH, num)
         records = get_batch(list(range(start, stop)))
-        x[start:stop] = np.stack([r["image"] for r in records])
+        if not lazy:
+            x[start:stop] = np.stack([r["image"] for r in records])
         y[start:stop] = [r["label"] for r in records]
-    return ArraySplit(x, y)
+    return ArraySplit(RecordArray(source) if lazy else x, y)
 
 
 def load_tfds_split(
-    name: str, split: str, *, data_dir: str | os.PathLike | None = None
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+    lazy: bool = False,
 ) -> ArraySplit:
     """Loads a prepared tfds dataset split as arrays; never downloads.
 
@@ -118,6 +193,8 @@ def load_tfds_split(
         split: Split, e.g. ``"train"`` or ``"test[:10%]"``.
         data_dir: tfds data directory; ``None`` for tfds's default
             (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        lazy: Leave the images in the data source (a :class:`RecordArray`);
+            needs a random-access (ArrayRecord) dataset.
 
     Returns:
         The split's images and int32 labels.
@@ -137,14 +214,19 @@ def load_tfds_split(
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         if _is_prepared(builder) and not _has_random_access(builder):
+            if lazy:
+                raise ValueError("lazy=True needs an ArrayRecord dataset (tfds "
+                                 "build --file_format=array_record)")
             return _read_with_tensorflow(builder, split)
-        return arrays_from_data_source(builder.as_data_source(split=split))
+        return arrays_from_data_source(builder.as_data_source(split=split),
+                                       lazy=lazy)
     except Exception as error:  # Re-raised below as a ValueError.
         raise ValueError(_tfds_load_error(name, split, data_dir, error)) from error
 
 
 def load_bundled(
-    name: str, split: str, *, data_dir: str | os.PathLike | None = None
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+    lazy: bool = False,
 ) -> ArraySplit:
     """Loads a split of a dataset bundled with jaxcl.
 
@@ -154,6 +236,7 @@ def load_bundled(
             ``"train[:100]"``).
         data_dir: Directory holding the bundled datasets; defaults to
             :data:`BUNDLED_DATA_DIR`.
+        lazy: Leave the images in the data source (a :class:`RecordArray`).
 
     Returns:
         The split's uint8 images and int32 labels.
@@ -180,7 +263,8 @@ def load_bundled(
         )
     try:
         builder = tfds.builder_from_directory(version_dir)
-        return arrays_from_data_source(builder.as_data_source(split=split))
+        return arrays_from_data_source(builder.as_data_source(split=split),
+                                       lazy=lazy)
     except Exception as error:  # Re-raised below as a ValueError.
         raise ValueError(
             f"Cannot load split {split!r} of bundled dataset {name!r} from"

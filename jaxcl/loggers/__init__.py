@@ -8,10 +8,12 @@ imported when a plot is drawn.
 
 Metric names used throughout jaxcl:
 
-* `train/<metric>`, e.g. `train/loss`, `train/accuracy`. Step: the global
-  optimizer step.
+* `train/<metric>`, e.g. `train/loss`, `train/accuracy`. Step: the epoch
+  count over the stream.
 * `eval/exp_<jjj>/<metric>`, the metric on experience `jjj` (3 digits,
   0-based), e.g. `eval/exp_003/accuracy`.
+* `periodic/<stream>/<metric>`, periodic evaluation inside an experience
+  (`fit(periodic_eval=...)`). Step: the optimizer step.
 * `eval/stream/<metric>`, the metric on the whole evaluation stream, e.g.
   `eval/stream/accuracy`, `eval/stream/loss`, `eval/stream/forgetting`,
   `eval/stream/bwt`; and the images `eval/stream/accuracy_matrix`,

@@ -5,10 +5,13 @@ from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
                                  init_state, make_evaluate,
                                  make_train_experience, make_train_step,
                                  mask_unseen)
+from jaxcl.training.periodic import EarlyStopping, PeriodicEval
 from jaxcl.training.state import (ExperienceData, TrainState, experience_data,
                                   stack_experiences)
 
 __all__ = [
+    "EarlyStopping",
+    "PeriodicEval",
     "EvalCounts",
     "ExperienceData",
     "MultiResult",

@@ -30,7 +30,7 @@ from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.training import loop
+from jaxcl.training import loop, periodic, streaming
 from jaxcl.training.state import TrainState, experience_data, stack_experiences
 
 __all__ = ["MultiResult", "Result", "Run", "fit", "make_context", "sweep"]
@@ -68,6 +68,12 @@ class Result:
     labels_repartition: ``int[T, n_classes]`` samples of each class in each
       training experience as trained on (after the strategy's
       ``adapt_data``; None unless ``labels_repartition`` is selected).
+    periodic: The periodic evaluations (``fit(periodic_eval=...)``) in
+      order, one dict each: ``experience`` (being trained), ``step`` (optimizer
+      steps so far), ``stream_accuracy`` and ``stream_loss`` (pooled over the
+      monitored stream) and ``experience_accuracy`` (one per experience of
+      that stream). The first of each experience is taken before its first
+      step.
   """
 
   accuracy_matrix: np.ndarray
@@ -79,6 +85,7 @@ class Result:
   state: TrainState
   class_accuracy: np.ndarray | None = None
   labels_repartition: np.ndarray | None = None
+  periodic: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _check_run(run: Run) -> None:
@@ -233,12 +240,17 @@ def fit(
     mask_unseen_classes: bool = True,
     eval_before_training: bool = True,
     eval_every: int | None = None,
+    periodic_eval: periodic.PeriodicEval | None = None,
+    early_stopping: periodic.EarlyStopping | None = None,
+    reset_optimizer: bool = False,
+    reset_schedule: bool = False,
     writer: Any = None,
     progress: bool = False,
     data_parallel: bool | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_keep: int = 2,
     metrics: Sequence[str] | selection.MetricSelection | None = None,
+    device_memory_budget_mb: float | None = None,
 ) -> Result | MultiResult:
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
@@ -271,6 +283,21 @@ def fit(
       experience, except on online streams (``split_online``), which are
       evaluated at the end of each original experience only; rows of the
       accuracy matrix that were not evaluated are NaN.
+    periodic_eval: Also evaluate a stream while each experience trains
+      (every N epochs or steps, inside the compiled experience; Avalanche's
+      ``eval_every``), see :class:`jaxcl.PeriodicEval`. The evaluations are in
+      ``Result.periodic`` and written as ``periodic/<stream>/...``.
+    early_stopping: Stop each experience when the periodic evaluation's
+      metric stops improving and restore the best parameters (Avalanche's
+      ``EarlyStoppingPlugin``), see :class:`jaxcl.EarlyStopping`; needs
+      ``periodic_eval`` (default: every epoch on the ``valid`` stream).
+    reset_optimizer: Start every experience with a fresh optimizer state
+      (Avalanche's default; jaxcl's default keeps it across experiences).
+      Injected hyperparameters (``optax.inject_hyperparams``) are kept.
+    reset_schedule: Restart the optimizer's learning-rate schedules at every
+      experience (Avalanche's ``LRSchedulerPlugin(reset_scheduler=True)``);
+      otherwise a schedule runs across the whole stream. Implied by
+      ``reset_optimizer``.
     writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
       several runs, the mean and ``<name>_std`` over runs are written.
     progress: Show a progress bar over experiences.
@@ -289,6 +316,11 @@ def fit(
       :data:`jaxcl.evaluation.METRICS` or a
       :func:`jaxcl.evaluation.metrics` selection (which also sets the ``k``
       of the top-k accuracy). Default: all of them.
+    device_memory_budget_mb: Device memory the training data of one
+      experience may take; a stream whose largest experience exceeds it is
+      streamed from the host in chunks with background prefetch instead of
+      uploaded whole (same numbers for the same seed; see docs/streaming.md).
+      ``None``: a quarter of the device's memory (of the host's RAM on CPU).
 
   Returns:
     A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.
@@ -297,10 +329,14 @@ def fit(
                   eval_batch_size=eval_batch_size,
                   mask_unseen_classes=mask_unseen_classes,
                   eval_before_training=eval_before_training,
-                  eval_every=eval_every, writer=writer,
+                  eval_every=eval_every, periodic_eval=periodic_eval,
+                  early_stopping=early_stopping,
+                  reset_optimizer=reset_optimizer,
+                  reset_schedule=reset_schedule, writer=writer,
                   progress=progress, data_parallel=data_parallel,
                   checkpoint_dir=checkpoint_dir,
-                  checkpoint_keep=checkpoint_keep, metrics=metrics)
+                  checkpoint_keep=checkpoint_keep, metrics=metrics,
+                  device_memory_budget_mb=device_memory_budget_mb)
   if seeds is None:
     return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
                      batched=False, **settings).runs[0]
@@ -428,11 +464,16 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
               batched: bool, epochs: int = 1, batch_size: int = 32,
               eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
               eval_before_training: bool = True,
-              eval_every: int | None = None, writer: Any = None,
+              eval_every: int | None = None,
+              periodic_eval: periodic.PeriodicEval | None = None,
+              early_stopping: periodic.EarlyStopping | None = None,
+              reset_optimizer: bool = False, reset_schedule: bool = False,
+              writer: Any = None,
               progress: bool = False, data_parallel: bool | None = None,
               checkpoint_dir: str | os.PathLike[str] | None = None,
               checkpoint_keep: int = 2, labels: tuple = (),
-              metrics: Any = None) -> MultiResult:
+              metrics: Any = None,
+              device_memory_budget_mb: float | None = None) -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
@@ -457,14 +498,26 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
 
   steps = math.ceil(size / batch_size)
   skip_empty = any(math.ceil(len(e) / batch_size) < steps for e in train_stream)
-  train_fn = loop.make_train_experience(
-      ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
-      skip_empty_steps=skip_empty)
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
                                mask_classes=mask_unseen_classes,
                                top_k=chosen.top_k)
+  periodic_eval, periodic_stream = _periodic_setup(
+      periodic_eval, early_stopping, benchmark)
+  watcher = None if periodic_eval is None else periodic.make_watcher(
+      periodic_eval, early_stopping, eval_fn)
+  optimizer_reset = ("state" if reset_optimizer else
+                     "schedule" if reset_schedule else "none")
+  trainer = _streaming_trainer(
+      device_memory_budget_mb, train_stream, periodic_eval, ctx, strategy,
+      optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
+      optimizer_reset=optimizer_reset, batched=batched, seed=runs[0].seed,
+      place=place)
+  train_fn = loop.make_train_experience(
+      ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
+      skip_empty_steps=skip_empty, watcher=watcher,
+      optimizer_reset=optimizer_reset)
   if batched:
-    train_fn = jax.vmap(train_fn, in_axes=(0, None))
+    train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
     eval_fn = jax.vmap(eval_fn, in_axes=(0, None))
 
   start = time.perf_counter()
@@ -475,12 +528,24 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   state_shape = jax.eval_shape(init_fn, seeds)
   test_data = jax.device_put(stack_experiences(list(test_stream), n_classes),
                              place.data)
-  first = jax.device_put(experience_data(train_stream[0], size, n_classes),
-                         place.data)
+  first = None if trainer else jax.device_put(
+      experience_data(train_stream[0], size, n_classes), place.data)
+  periodic_data = None if periodic_stream is None else (
+      test_data if periodic_stream is test_stream else jax.device_put(
+          stack_experiences(list(periodic_stream), n_classes), place.data))
+  if trainer:
+    train_lowered = trainer.lower(state_shape, train_stream[0])
+    train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
+  else:
+    train_traced = jax.jit(
+        train_fn, donate_argnums=0,
+        in_shardings=(place.state, place.data, place.data),
+        out_shardings=(place.state, place.state)).trace(
+            state_shape, first, periodic_data)
+    train_lowered = [train_traced.lower()]
+    train_jaxpr, train_loops = train_traced.jaxpr, (epochs, steps)
   lowered = (
-      init_fn.lower(seeds),
-      jax.jit(train_fn, donate_argnums=0, in_shardings=(place.state, place.data),
-              out_shardings=(place.state, place.state)).lower(state_shape, first),
+      init_fn.lower(seeds), *train_lowered,
       jax.jit(eval_fn, in_shardings=(place.state, place.data),
               out_shardings=place.state).lower(state_shape, test_data))
   checkpointer = restored = None
@@ -495,19 +560,25 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                           mask_unseen_classes=mask_unseen_classes,
                           eval_before_training=eval_before_training,
                           eval_every=eval_every,
+                          periodic_eval=periodic_eval and periodic_eval._asdict(),
+                          early_stopping=early_stopping and early_stopping._asdict(),
+                          reset_optimizer=reset_optimizer,
+                          reset_schedule=reset_schedule,
+                          streaming=bool(trainer),
                           metrics=sorted(chosen.names), top_k=chosen.top_k)))
     restored = checkpointer.restore(state_shape)
   # Init runs once, so its code is not worth optimising; XLA compiles without
   # the GIL, so the three executables build in parallel.
-  options = ({"xla_backend_optimization_level": 0}, None, None)
+  options = [{"xla_backend_optimization_level": 0}] + [None] * (len(lowered) - 1)
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     # Analysing the FLOPs needs the GIL, which XLA's compiles leave free.
     flops = pool.submit(
-        _program_flops, train_fn, eval_fn, state_shape, first, test_data,
-        epochs=epochs, steps=steps, eval_batch_size=eval_batch_size,
+        _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
+        test_data, eval_batch_size=eval_batch_size,
         n_runs=len(runs) if batched else 1) if "flops" in chosen else None
-    init_exec, train_exec, eval_exec = pool.map(
+    init_exec, *train_execs, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
+  train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
   recorder = _recorder(chosen, benchmark, flops.result() if flops else {})
@@ -529,11 +600,13 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
 
   R = np.full((n_runs, n_exp, len(test_stream)), np.nan)
   histories: list[list[dict[str, float]]] = [[] for _ in runs]
+  periodic_histories: list[list[dict[str, Any]]] = [[] for _ in runs]
   done = 0
   if restored is not None:
     state = checkpoint.place(restored.arrays, state)
     done, meta = restored.step, restored.meta
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
+    periodic_histories = meta["periodic"]
     confusion, train_s, eval_s = meta["confusion"], meta["train_s"], meta["eval_s"]
   eval_points = _eval_points(train_stream, eval_every)
   bar = _progress_bar(n_exp) if progress else None
@@ -541,19 +614,30 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     bar.update(done)
   for i in range(done, n_exp):
     experience = train_stream[i]
-    data = first if i == 0 else jax.device_put(
-        experience_data(experience, size, n_classes), place.data)
-    (state, train_metrics), seconds = _timed(train_exec, state, data)
+    if trainer:
+      data = experience
+    else:
+      data = first if i == 0 else jax.device_put(
+          experience_data(experience, size, n_classes), place.data)
+    (state, train_metrics), seconds = _timed(train_exec, state, data,
+                                             periodic_data)
     train_s += seconds
+    train_metrics = per_run(train_metrics)
+    if periodic_eval is not None:
+      points = _periodic_rows(i, train_metrics.pop("periodic"))
+      for history, run_points in zip(periodic_histories, points):
+        history.extend(run_points)
+      if writer is not None:
+        _write_periodic(writer, periodic_eval.stream, points)
     if i not in eval_points:
-      bad = per_run(train_metrics["first_nonfinite_step"])
-      _check_finite(bad, i, labels if batched else None, writer)
+      _check_finite(train_metrics["first_nonfinite_step"], i,
+                    labels if batched else None, writer)
       if bar is not None:
         bar.update()
       continue
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
-    counts, train_metrics = per_run(counts), per_run(train_metrics)
+    counts = per_run(counts)
     confusion = counts.confusion
     R[:, i] = _accuracies(counts)
     rows = [_experience_metrics(i, R[r], initial[r],
@@ -561,7 +645,9 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                                 jax.tree.map(lambda a: a[r], train_metrics),
                                 histories[r], recorder, train_s, seconds)
             for r in range(n_runs)]
-    for history, row in zip(histories, rows):
+    for r, (history, row) in enumerate(zip(histories, rows)):
+      if early_stopping is not None:
+        row["epochs_trained"] = float(train_metrics["steps_trained"][r]) / steps
       history.append(row)
     if writer is not None:
       _write(writer, i, rows, R[:, i], train_metrics)
@@ -575,7 +661,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if checkpointer is not None:
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "confusion": confusion,
-          "histories": histories, "train_s": train_s, "eval_s": eval_s})
+          "histories": histories, "periodic": periodic_histories,
+          "train_s": train_s, "eval_s": eval_s})
   if checkpointer is not None:
     checkpointer.close()
   if bar is not None:
@@ -588,6 +675,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   results = [
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,
+             periodic=periodic_histories[r],
              initial_accuracies=initial[r],
              confusion_matrix=chosen_or_none("confusion_matrix",
                                              lambda: confusion[r]),
@@ -618,6 +706,78 @@ def _eval_points(train_stream: Stream, eval_every: int | None) -> set[int]:
     return {i for i in range(n) if i == n - 1 or origins[i + 1] != origins[i]}
   eval_every = _validation.check_positive_int("eval_every", eval_every)
   return {i for i in range(n) if (i + 1) % eval_every == 0 or i == n - 1}
+
+
+def _streaming_trainer(budget_mb: float | None, train_stream: Stream,
+                       periodic_eval: periodic.PeriodicEval | None,
+                       ctx: StrategyContext, strategy: Strategy,
+                       optimizer: optax.GradientTransformation, *, epochs: int,
+                       mask_classes: bool, optimizer_reset: str, batched: bool,
+                       seed: int, place: _Placement
+                       ) -> streaming.StreamingTrainer | None:
+  """A streaming trainer if the largest experience exceeds the budget, else None."""
+  if budget_mb is None:
+    budget = streaming.default_budget_bytes()
+  else:
+    budget = int(_validation.check_in_range(
+        "device_memory_budget_mb", budget_mb, low=0.0, low_inclusive=False)
+                 * 2**20)
+  sample_bytes = streaming.sample_nbytes(train_stream[0])
+  if train_stream.max_size * sample_bytes <= budget:
+    return None
+  if periodic_eval is not None:
+    raise ValueError(
+        f"the largest experience ({train_stream.max_size} samples, "
+        f"{train_stream.max_size * sample_bytes / 2**20:.1f} MB) exceeds "
+        f"device_memory_budget_mb={budget / 2**20:.1f}, so it would be "
+        "streamed, and periodic evaluation / early stopping need the "
+        "on-device path; raise the budget or drop periodic_eval.")
+  parts = loop.make_experience_parts(
+      ctx, strategy, optimizer, mask_classes=mask_classes,
+      skip_empty_steps=True, optimizer_reset=optimizer_reset)
+  return streaming.StreamingTrainer(
+      ctx, parts, epochs=epochs, budget_bytes=budget, sample_bytes=sample_bytes,
+      batched=batched, n_classes=ctx.n_classes, seed=seed, place=place)
+
+
+def _periodic_setup(periodic_eval: periodic.PeriodicEval | None,
+                    early_stopping: periodic.EarlyStopping | None,
+                    benchmark: Benchmark
+                    ) -> tuple[periodic.PeriodicEval | None, Stream | None]:
+  """Checks the periodic evaluation settings; returns them and their stream."""
+  if early_stopping is not None:
+    if not isinstance(early_stopping, periodic.EarlyStopping):
+      raise TypeError(f"early_stopping must be a jaxcl.EarlyStopping, got "
+                      f"{type(early_stopping).__name__}.")
+    early_stopping.validate()
+    periodic_eval = periodic_eval or periodic.PeriodicEval()
+  if periodic_eval is None:
+    return None, None
+  if not isinstance(periodic_eval, periodic.PeriodicEval):
+    raise TypeError(f"periodic_eval must be a jaxcl.PeriodicEval, got "
+                    f"{type(periodic_eval).__name__}.")
+  periodic_eval.validate(benchmark.valid_stream is not None)
+  stream = (benchmark.valid_stream if periodic_eval.stream == "valid"
+            else benchmark.test_stream)
+  return periodic_eval, stream
+
+
+def _periodic_rows(i: int, records: Mapping[str, np.ndarray]
+                   ) -> list[list[dict[str, Any]]]:
+  """Per run, the periodic evaluations of experience ``i`` that took place."""
+  rows = []
+  for r in range(records["count"].shape[0]):
+    count = records["count"][r]
+    run_rows = []
+    for p in np.flatnonzero(count.sum(-1) > 0):
+      correct, total = records["correct"][r, p], count[p]
+      run_rows.append({
+          "experience": i, "step": int(records["step"][r, p]),
+          "stream_accuracy": cl_metrics.stream_accuracy(correct, total),
+          "stream_loss": float(records["loss_sum"][r, p].sum() / total.sum()),
+          "experience_accuracy": (correct / np.maximum(total, 1)).tolist()})
+    rows.append(run_rows)
+  return rows
 
 
 def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
@@ -674,22 +834,22 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
                        benchmark.train_stream, len(benchmark.test_stream)))
 
 
-def _program_flops(train_fn: Callable, eval_fn: Callable, state_shape: Any,
-                   first: Any, test_data: Any, *, epochs: int, steps: int,
+def _program_flops(train_jaxpr: Any, train_loops: tuple[int, ...],
+                   eval_fn: Callable, state_shape: Any, test_data: Any, *,
                    eval_batch_size: int, n_runs: int) -> dict[str, float]:
   """FLOPs of one optimizer step and of evaluating one sample, for one run.
 
   XLA counts a loop body once whatever its trip count, so the compiled
-  programs give no per-step number: the body of the scan over steps (inside
-  the scan over epochs) and of the scan over evaluation chunks (inside the
+  programs give no per-step number: the body of the scan over steps (the
+  nested scans of ``train_loops`` trip counts: epochs then steps, or the
+  streaming chunk's steps) and of the scan over evaluation chunks (inside the
   scan over test experiences) are analysed on their own. The programs'
   jaxprs come from JAX's trace cache, so no hook is traced again. NaN where
   a body cannot be isolated or the backend has no cost analysis.
   """
   size = test_data.y.shape[1]
   chunk = min(eval_batch_size, size)
-  step = system.loop_body_flops(
-      jax.jit(train_fn).trace(state_shape, first).jaxpr, (epochs, steps))
+  step = system.loop_body_flops(train_jaxpr, train_loops)
   evaluation = system.loop_body_flops(
       jax.jit(eval_fn).trace(state_shape, test_data).jaxpr,
       (test_data.y.shape[0], math.ceil(size / chunk)))
@@ -725,10 +885,10 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
   row: dict[str, Any] = {"experience": i}
   if "accuracy" in chosen:
     row["stream_accuracy"] = pooled(counts.correct)
-    row["train_accuracy"] = float(train_metrics["accuracy"][-1])
+    row["train_accuracy"] = _last_trained(train_metrics["accuracy"])
   if "loss" in chosen:
     row["stream_loss"] = float(np.sum(counts.loss_sum) / np.sum(counts.count))
-    row["train_loss"] = float(train_metrics["loss"][-1])
+    row["train_loss"] = _last_trained(train_metrics["loss"])
   if "topk_accuracy" in chosen:
     row[f"top{counts.top_k}_accuracy"] = pooled(counts.correct_topk)
   if "trained_experience_accuracy" in chosen:
@@ -767,9 +927,42 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
   return row
 
 
+def _last_trained(per_epoch: np.ndarray) -> float:
+  """The value of the last epoch that trained (epochs after an early stop are NaN)."""
+  trained = per_epoch[~np.isnan(per_epoch)]
+  return float(trained[-1]) if trained.size else float("nan")
+
+
 def _progress_bar(total: int):
   from tqdm.auto import tqdm  # Lazy: only runs that show progress need it.
   return tqdm(total=total, desc="experiences", unit="exp")
+
+
+def _with_std(name: str, values) -> dict[str, float]:
+  """``{name: mean}`` over runs, plus ``name_std`` if several (NaNs skipped)."""
+  values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]
+  if not values.size:
+    return {}
+  out = {name: float(np.mean(values))}
+  if len(values) > 1:
+    out[name + "_std"] = float(np.std(values))
+  return out
+
+
+def _write_periodic(writer, stream: str,
+                    points: Sequence[Sequence[Mapping[str, Any]]]) -> None:
+  """Writes periodic evaluations at their optimizer step (mean over runs)."""
+  by_step: dict[int, list[Mapping[str, Any]]] = {}
+  for run_points in points:
+    for row in run_points:
+      by_step.setdefault(row["step"], []).append(row)
+  for step, rows in sorted(by_step.items()):
+    scalars = {}
+    for name in ("accuracy", "loss"):
+      scalars.update(_with_std(f"periodic/{stream}/{name}",
+                               [row[f"stream_{name}"] for row in rows]))
+    writer.write_scalars(step, scalars)
 
 
 def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
@@ -779,25 +972,16 @@ def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
   Train metrics' step is the epoch count over the stream; eval metrics' step
   is the experience index.
   """
-  def with_std(name: str, values) -> dict[str, float]:
-    values = np.asarray(values, np.float64)
-    if np.all(np.isnan(values)):
-      return {}
-    out = {name: float(np.mean(values))}
-    if len(values) > 1:
-      out[name + "_std"] = float(np.std(values))
-    return out
-
   epochs = train_metrics["loss"].shape[1]
   for e in range(epochs):
     writer.write_scalars(i * epochs + e, {
-        **with_std("train/loss", train_metrics["loss"][:, e]),
-        **with_std("train/accuracy", train_metrics["accuracy"][:, e])})
+        **_with_std("train/loss", train_metrics["loss"][:, e]),
+        **_with_std("train/accuracy", train_metrics["accuracy"][:, e])})
   scalars = {}
   for j in range(accuracies.shape[1]):
-    scalars.update(with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
+    scalars.update(_with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
   for name in rows[0]:
     if name not in ("experience", "train_loss", "train_accuracy"):
-      scalars.update(with_std(f"eval/stream/{name.removeprefix('stream_')}",
+      scalars.update(_with_std(f"eval/stream/{name.removeprefix('stream_')}",
                               [row[name] for row in rows]))
   writer.write_scalars(i, scalars)

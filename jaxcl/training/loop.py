@@ -19,7 +19,7 @@ Example:
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -30,14 +30,17 @@ from clu import metrics as clu_metrics
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.training import optim, periodic
 from jaxcl.training.state import ExperienceData, TrainState
 
 __all__ = [
     "EvalCounts",
+    "ExperienceParts",
     "TrainMetrics",
     "cross_entropy",
     "init_state",
     "make_evaluate",
+    "make_experience_parts",
     "make_train_experience",
     "make_train_step",
     "mask_unseen",
@@ -192,6 +195,100 @@ def make_train_step(
   return train_step
 
 
+class ExperienceParts(NamedTuple):
+  """The pieces of a training experience, shared by the on-device loop and
+  the streaming loop (:mod:`jaxcl.training.streaming`).
+
+  Attributes:
+    steps_per_epoch: ``ceil(experience_size / batch_size)``.
+    begin: ``begin(state, data) -> (state, epochs_key, end_key)``: seen
+      classes, optimizer resets and the strategy's ``begin_experience``.
+    epoch_order: ``epoch_order(epoch_key, size) -> (order, valid, steps_key)``:
+      the epoch's sample indices and real-row mask, ``[steps, batch]`` each.
+    step: ``step(carry, batch, key, eval_data) -> (carry, record)`` with
+      ``carry = (state, metrics, first_bad, trained, watch)``: one guarded
+      optimizer step (and a periodic check when it is counted in steps).
+    end: ``end(state, data, end_key) -> state``: the strategy's
+      ``end_experience``.
+  """
+
+  steps_per_epoch: int
+  begin: Callable[..., Any]
+  epoch_order: Callable[..., Any]
+  step: Callable[..., Any]
+  end: Callable[..., Any]
+
+
+def make_experience_parts(
+    ctx: StrategyContext,
+    strategy: Strategy,
+    optimizer: optax.GradientTransformation,
+    *,
+    mask_classes: bool = True,
+    skip_empty_steps: bool = False,
+    watcher: periodic.Watcher | None = None,
+    optimizer_reset: str = "none",
+) -> ExperienceParts:
+  """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
+  batch_size = ctx.batch_size
+  steps = math.ceil(ctx.experience_size / batch_size)
+  train_step = make_train_step(ctx, strategy, optimizer,
+                               mask_classes=mask_classes)
+  stops = watcher is not None and watcher.can_stop
+  by_step = watcher is not None and watcher.unit == "step"
+
+  def skip_step(state, batch, key):
+    del key
+    empty = TrainMetrics.single_from_model_output(
+        loss=jnp.zeros(batch["y"].shape), labels=batch["y"],
+        logits=jnp.zeros(batch["y"].shape + (ctx.n_classes,)),
+        mask=jnp.zeros(batch["y"].shape, bool))
+    return state, empty, jnp.zeros(())
+
+  def begin(state: TrainState, data: ExperienceData):
+    key, begin_key, epochs_key, end_key = jax.random.split(state.key, 4)
+    state = state.replace(
+        key=key, experience=data.index,
+        seen_classes=state.seen_classes | data.classes_mask)
+    if optimizer_reset == "state":
+      state = state.replace(opt_state=optim.reset_optimizer_state(
+          optimizer, state.opt_state, state.params))
+    elif optimizer_reset == "schedule":
+      state = state.replace(opt_state=optim.restart_schedules(state.opt_state))
+    state = strategy.begin_experience(ctx, state, data, begin_key)
+    return state, epochs_key, end_key
+
+  def epoch_order(epoch_key, size):
+    order_key, steps_key = jax.random.split(epoch_key)
+    order, valid = _epoch_order(order_key, size, ctx.experience_size,
+                                steps * batch_size)
+    return (order.reshape(steps, batch_size), valid.reshape(steps, batch_size),
+            steps_key)
+
+  def step(carry, batch, key, eval_data):
+    state, metrics, first_bad, trained, watch = carry
+    run = jnp.any(batch["weight"] > 0) & (watcher.active(watch) if stops
+                                          else True)
+    if skip_empty_steps or stops:
+      state, step_metrics, loss = jax.lax.cond(run, train_step, skip_step,
+                                               state, batch, key)
+    else:
+      state, step_metrics, loss = train_step(state, batch, key)
+    bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
+    first_bad = jnp.where(bad, state.step - 1, first_bad)
+    trained = trained + run
+    record = None
+    if by_step:
+      watch, record = watcher.check(state, watch, trained, eval_data, run)
+    return (state, metrics.merge(step_metrics), first_bad, trained,
+            watch), record
+
+  def end(state, data, end_key):
+    return strategy.end_experience(ctx, state, data, end_key)
+
+  return ExperienceParts(steps, begin, epoch_order, step, end)
+
+
 def make_train_experience(
     ctx: StrategyContext,
     strategy: Strategy,
@@ -200,7 +297,9 @@ def make_train_experience(
     epochs: int,
     mask_classes: bool = True,
     skip_empty_steps: bool = False,
-) -> Callable[[TrainState, ExperienceData], tuple[TrainState, dict]]:
+    watcher: periodic.Watcher | None = None,
+    optimizer_reset: str = "none",
+) -> Callable[..., tuple[TrainState, dict]]:
   """Builds the function that trains on one experience (to be jitted once).
 
   Args:
@@ -214,67 +313,67 @@ def make_train_experience(
       task; when False the head is used as is.
     skip_empty_steps: Guard steps that hold no real sample (needed only when
       some experience is smaller than the largest by at least a batch).
+    watcher: Periodic evaluation (and early stopping) inside the experience,
+      from :func:`jaxcl.training.periodic.make_watcher`.
+    optimizer_reset: What of the optimizer state starts over at the
+      experience: ``"none"``, ``"schedule"`` (the step counts of learning-rate
+      schedules) or ``"state"`` (all of it, as Avalanche does by default).
 
   Returns:
-    ``train_experience(state, data) -> (state, metrics)`` where ``metrics``
-    maps ``loss``/``accuracy`` to arrays with one entry per epoch and
-    ``first_nonfinite_step`` to the first step whose loss was NaN/inf (-1 if
-    none).
+    ``train_experience(state, data, eval_data=None) -> (state, metrics)``
+    where ``metrics`` maps ``loss``/``accuracy`` to arrays with one entry per
+    epoch, ``first_nonfinite_step`` to the first step whose loss was NaN/inf
+    (-1 if none), ``steps_trained`` to the optimizer steps taken and, with a
+    ``watcher``, ``periodic`` to the periodic evaluations of ``eval_data``
+    (see :func:`jaxcl.training.periodic.make_watcher`; the first is the one
+    before training).
   """
-  batch_size = ctx.batch_size
-  steps = math.ceil(ctx.experience_size / batch_size)
-  train_step = make_train_step(ctx, strategy, optimizer,
-                               mask_classes=mask_classes)
+  parts = make_experience_parts(
+      ctx, strategy, optimizer, mask_classes=mask_classes,
+      skip_empty_steps=skip_empty_steps, watcher=watcher,
+      optimizer_reset=optimizer_reset)
+  by_epoch = watcher is not None and watcher.unit == "epoch"
 
-  def guarded_step(state, batch, key):
-    def skip(state, batch, key):
-      del key
-      empty = TrainMetrics.single_from_model_output(
-          loss=jnp.zeros(batch["y"].shape), labels=batch["y"],
-          logits=jnp.zeros(batch["y"].shape + (ctx.n_classes,)),
-          mask=jnp.zeros(batch["y"].shape, bool))
-      return state, empty, jnp.zeros(())
-    return jax.lax.cond(jnp.any(batch["weight"] > 0), train_step, skip,
-                        state, batch, key)
-
-  step_fn = guarded_step if skip_empty_steps else train_step
-
-  def run_epoch(carry, epoch_key):
-    state, data, first_bad = carry
-    order_key, steps_key = jax.random.split(epoch_key)
-    order, valid = _epoch_order(order_key, data.size, ctx.experience_size,
-                                steps * batch_size)
-    order = order.reshape(steps, batch_size)
-    valid = valid.reshape(steps, batch_size)
+  def run_epoch(carry, inputs):
+    state, data, eval_data, first_bad, trained, watch = carry
+    epoch_key, epoch = inputs
+    order, valid, steps_key = parts.epoch_order(epoch_key, data.size)
 
     def body(carry, inputs):
-      state, metrics, first_bad = carry
       idx, mask, i = inputs
       batch = _shard({"x": data.x[idx], "y": data.y[idx],
                       "task": data.task[idx],
                       "weight": mask.astype(jnp.float32)}, ctx.batch_sharding)
-      state, step_metrics, loss = step_fn(state, batch,
-                                          jax.random.fold_in(steps_key, i))
-      bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
-      first_bad = jnp.where(bad, state.step - 1, first_bad)
-      return (state, metrics.merge(step_metrics), first_bad), None
+      return parts.step(carry, batch, jax.random.fold_in(steps_key, i),
+                        eval_data)
 
-    (state, metrics, first_bad), _ = jax.lax.scan(
-        body, (state, TrainMetrics.empty(), first_bad),
-        (order, valid, jnp.arange(steps)))
-    return (state, data, first_bad), metrics.compute()
+    (state, metrics, first_bad, trained, watch), records = jax.lax.scan(
+        body, (state, TrainMetrics.empty(), first_bad, trained, watch),
+        (order, valid, jnp.arange(parts.steps_per_epoch)))
+    if by_epoch:
+      watch, records = watcher.check(state, watch, epoch + 1, eval_data, True)
+    return ((state, data, eval_data, first_bad, trained, watch),
+            (metrics.compute(), records))
 
-  def train_experience(state: TrainState, data: ExperienceData):
-    key, begin_key, epochs_key, end_key = jax.random.split(state.key, 4)
-    state = state.replace(
-        key=key, experience=data.index,
-        seen_classes=state.seen_classes | data.classes_mask)
-    state = strategy.begin_experience(ctx, state, data, begin_key)
-    (state, _, first_bad), epoch_metrics = jax.lax.scan(
-        run_epoch, (state, data, jnp.array(-1, jnp.int32)),
-        jax.random.split(epochs_key, epochs))
-    state = strategy.end_experience(ctx, state, data, end_key)
-    return state, {**epoch_metrics, "first_nonfinite_step": first_bad}
+  def train_experience(state: TrainState, data: ExperienceData,
+                       eval_data: ExperienceData | None = None):
+    state, epochs_key, end_key = parts.begin(state, data)
+    watch = first = None
+    if watcher is not None:
+      watch, first = watcher.start(state, eval_data)
+    carry = (state, data, eval_data, jnp.array(-1, jnp.int32),
+             jnp.zeros((), jnp.int32), watch)
+    (state, _, _, first_bad, trained, watch), (epoch_metrics, records) = (
+        jax.lax.scan(run_epoch, carry, (jax.random.split(epochs_key, epochs),
+                                        jnp.arange(epochs))))
+    metrics = {**epoch_metrics, "first_nonfinite_step": first_bad,
+               "steps_trained": trained}
+    if watcher is not None:
+      state = watcher.finish(state, watch)
+      metrics["periodic"] = jax.tree.map(
+          lambda a, b: jnp.concatenate([a[None], b.reshape((-1,) + a.shape)]),
+          first, records)
+    return parts.end(state, data, end_key), metrics
 
   return train_experience
 

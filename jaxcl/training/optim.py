@@ -1,0 +1,125 @@
+"""Optimizer state between experiences: restart schedules or the whole state.
+
+Avalanche re-creates the optimizer state at every experience
+(``reset_optimizer``) and its ``LRSchedulerPlugin`` can restart the schedule
+(``reset_scheduler``) and the learning rate (``reset_lr``) there. In jaxcl a
+schedule is part of the optax optimizer (any ``optax.Schedule`` as its
+learning rate); these pure functions do the resets inside the compiled
+experience, so they cost no extra compile.
+
+Example:
+  >>> import optax, jax.numpy as jnp
+  >>> opt = optax.sgd(optax.cosine_decay_schedule(0.1, decay_steps=100))
+  >>> params = {"w": jnp.ones(3)}
+  >>> state = opt.init(params)
+  >>> _, state = opt.update(params, state, params)
+  >>> int(restart_schedules(state)[1].count)  # the schedule's step count
+  0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+from jaxcl import _validation
+
+__all__ = ["SCHEDULES", "reset_optimizer_state", "restart_schedules",
+           "schedule"]
+
+# Optimizer states whose `count` drives a schedule (not Adam's bias correction).
+_SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
+                    optax.InjectStatefulHyperparamsState)
+_INJECT_STATES = (optax.InjectHyperparamsState,
+                  optax.InjectStatefulHyperparamsState)
+
+
+def _is_schedule_state(node: Any) -> bool:
+  return isinstance(node, _SCHEDULE_STATES)
+
+
+def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
+  """Sets the step count of every schedule in ``opt_state`` back to zero.
+
+  Momentum, Adam moments and bias-correction counts are kept; only the
+  learning-rate (or any injected hyperparameter) schedules start over, as
+  Avalanche's ``LRSchedulerPlugin(reset_scheduler=True, reset_lr=True)``.
+
+  Args:
+    opt_state: The state of an optax optimizer.
+
+  Returns:
+    The same state with its schedules at step 0.
+  """
+  def restart(node):
+    if not _is_schedule_state(node):
+      return node
+    node = node._replace(count=node.count * 0)
+    if isinstance(node, optax.InjectStatefulHyperparamsState):
+      # The states of its schedules are step counts (optax's wrapped plain
+      # schedules): all start over.
+      node = node._replace(hyperparams_states=jax.tree.map(
+          lambda a: a * 0, node.hyperparams_states))
+    return node
+  return _map_nodes(restart, opt_state)
+
+
+def reset_optimizer_state(optimizer: optax.GradientTransformation,
+                          opt_state: optax.OptState,
+                          params: optax.Params) -> optax.OptState:
+  """A fresh ``optimizer.init(params)`` that keeps injected hyperparameters.
+
+  Avalanche's default between experiences. Hyperparameters injected with
+  ``optax.inject_hyperparams`` are kept from ``opt_state``, so a learning
+  rate swept over vmapped runs (:func:`jaxcl.sweep`) survives the reset.
+
+  Args:
+    optimizer: The optimizer whose state is reset.
+    opt_state: Its current state.
+    params: The parameters the new state is built for.
+
+  Returns:
+    The new optimizer state.
+  """
+  fresh = optimizer.init(params)
+
+  def keep_hyperparams(new, old):
+    if isinstance(new, _INJECT_STATES):
+      return new._replace(hyperparams=old.hyperparams)
+    return new
+  return _map_nodes(keep_hyperparams, fresh, opt_state)
+
+
+def _map_nodes(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+  """Applies ``fn`` to the schedule/inject state nodes of ``tree``."""
+  return jax.tree.map(fn, tree, *rest, is_leaf=_is_schedule_state)
+
+
+SCHEDULES: dict[str, Callable[[float, int], optax.Schedule]] = {
+    "constant": lambda lr, steps: optax.constant_schedule(lr),
+    "cosine": lambda lr, steps: optax.cosine_decay_schedule(lr, steps),
+    "linear": lambda lr, steps: optax.linear_schedule(lr, 0.0, steps),
+    # Avalanche's examples use MultiStepLR at 50% and 75% of training.
+    "step": lambda lr, steps: optax.piecewise_constant_schedule(
+        lr, {int(steps * 0.5): 0.1, int(steps * 0.75): 0.1}),
+}
+
+
+def schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule:
+  """A named learning-rate schedule over ``steps`` optimizer steps.
+
+  Args:
+    name: One of :data:`SCHEDULES`: ``constant``, ``cosine`` (to 0),
+      ``linear`` (to 0) or ``step`` (×0.1 at 50 % and 75 % of ``steps``).
+    learning_rate: The initial learning rate.
+    steps: Length of the schedule, e.g. the steps of one experience when it
+      restarts at every experience.
+
+  Returns:
+    An ``optax.Schedule``.
+  """
+  _validation.check_choice("lr schedule", name, SCHEDULES)
+  return SCHEDULES[name](learning_rate, max(int(steps), 1))

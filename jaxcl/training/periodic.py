@@ -1,0 +1,223 @@
+"""Periodic evaluation and early stopping inside a compiled experience.
+
+Avalanche's ``eval_every`` (periodic evaluation every N epochs or
+iterations) and ``EarlyStoppingPlugin`` run as part of the jitted training
+loop: the evaluation of the monitored stream is a ``lax.cond`` between
+epochs (or steps), the best parameters are carried in the loop state, and
+once the monitored metric has not improved for ``patience`` epochs (steps)
+the remaining steps of the experience are skipped. Nothing leaves the
+device until the experience is over, and the program still compiles once
+per stream.
+
+Example:
+  >>> import jaxcl, optax
+  >>> bench = jaxcl.benchmarks.with_validation(
+  ...     jaxcl.benchmarks.split_mnist(n_experiences=5), 0.1)
+  >>> result = jaxcl.fit(jaxcl.models.MLP(10), jaxcl.strategies.naive(),
+  ...                    optax.sgd(0.05), bench, epochs=10,
+  ...                    periodic_eval=PeriodicEval(every=1, stream="valid"),
+  ...                    early_stopping=EarlyStopping(patience=2))
+  >>> result.history[0]["epochs_trained"]  # doctest: +SKIP
+  4.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxcl import _validation
+from jaxcl.training.state import ExperienceData, TrainState
+
+__all__ = ["EarlyStopping", "PeriodicEval", "Watcher", "make_watcher"]
+
+_UNITS = ("epoch", "step")
+_STREAMS = ("valid", "test")
+_METRICS = ("accuracy", "loss")
+_MODES = ("max", "min")
+
+
+class PeriodicEval(NamedTuple):
+  """Evaluate a stream while an experience trains (Avalanche's ``eval_every``).
+
+  Attributes:
+    every: Evaluate after every ``every`` epochs (or steps) of each
+      experience, plus once before its first step.
+    unit: ``"epoch"`` or ``"step"`` (Avalanche's ``peval_mode``
+      ``"epoch"``/``"iteration"``).
+    stream: ``"valid"`` (the benchmark's ``valid_stream``, see
+      :func:`jaxcl.benchmarks.with_validation`) or ``"test"``.
+  """
+
+  every: int = 1
+  unit: str = "epoch"
+  stream: str = "valid"
+
+  def validate(self, has_valid_stream: bool) -> PeriodicEval:
+    """Checks the fields; raises ``ValueError`` naming the bad one."""
+    _validation.check_positive_int("periodic_eval.every", self.every)
+    _validation.check_choice("periodic_eval.unit", self.unit, _UNITS)
+    _validation.check_choice("periodic_eval.stream", self.stream, _STREAMS)
+    if self.stream == "valid" and not has_valid_stream:
+      raise ValueError(
+          "periodic_eval.stream='valid' but the benchmark has no valid_stream; "
+          "build one with jaxcl.benchmarks.with_validation(benchmark, ...) or "
+          "pass PeriodicEval(stream='test').")
+    return self
+
+
+class EarlyStopping(NamedTuple):
+  """Stop an experience when a metric stops improving (Avalanche's ``EarlyStoppingPlugin``).
+
+  The monitored value is a metric of the periodic evaluation's stream, pooled
+  over all of its experiences as Avalanche's ``Top1_Acc_Stream`` is. A value
+  improves on the best so far when it moves in ``mode``'s direction by more
+  than zero and by at least ``margin``. When ``patience`` epochs (or steps,
+  the unit of :class:`PeriodicEval`) have passed since the best value, the
+  rest of the experience is skipped. At the end of every experience the
+  parameters (and model state) of the best evaluation are restored, as
+  Avalanche loads its best checkpoint after training. Optimizer and strategy
+  state are not rolled back (Avalanche neither).
+
+  Attributes:
+    patience: Epochs (steps) without improvement before stopping.
+    metric: ``"accuracy"`` or ``"loss"`` of the monitored stream.
+    mode: ``"max"`` or ``"min"``.
+    margin: Minimum change that counts as an improvement.
+  """
+
+  patience: int
+  metric: str = "accuracy"
+  mode: str = "max"
+  margin: float = 0.0
+
+  def validate(self) -> EarlyStopping:
+    """Checks the fields; raises ``ValueError`` naming the bad one."""
+    _validation.check_positive_int("early_stopping.patience", self.patience)
+    _validation.check_choice("early_stopping.metric", self.metric, _METRICS)
+    _validation.check_choice("early_stopping.mode", self.mode, _MODES)
+    _validation.check_non_negative("early_stopping.margin", self.margin)
+    return self
+
+
+@flax.struct.dataclass
+class Watch:
+  """What the loop carries for periodic evaluation and early stopping.
+
+  Attributes:
+    stopped: The experience has stopped early.
+    best: Best monitored value so far (in ``mode``'s sign: higher is better).
+    best_at: Tick (epoch or step of the experience) of the best value.
+    best_params: Parameters of the best evaluation.
+    best_model_state: Model state of the best evaluation.
+  """
+
+  stopped: jax.Array
+  best: jax.Array
+  best_at: jax.Array
+  best_params: Any
+  best_model_state: Any
+
+
+class Watcher(NamedTuple):
+  """The pure functions :func:`make_watcher` builds (used by the train loop).
+
+  Attributes:
+    unit: ``"epoch"`` or ``"step"``.
+    can_stop: Early stopping is on.
+    start: ``start(state, eval_data) -> (watch, record)``: the evaluation
+      before the experience's first step.
+    check: ``check(state, watch, tick, eval_data, ran) -> (watch, record)``:
+      evaluates if ``tick`` (epochs/steps done in this experience) is due and
+      ``ran`` (the step just taken trained, a traced bool) holds.
+    finish: ``finish(state, watch) -> state``: restores the best parameters.
+    active: ``active(watch) -> bool``: training goes on.
+  """
+
+  unit: str
+  can_stop: bool
+  start: Callable[[TrainState, ExperienceData], tuple[Watch, dict]]
+  check: Callable[..., tuple[Watch, dict]]
+  finish: Callable[[TrainState, Watch], TrainState]
+  active: Callable[[Watch], jax.Array]
+
+
+def make_watcher(periodic: PeriodicEval,
+                 early_stopping: EarlyStopping | None,
+                 evaluate: Callable[[TrainState, ExperienceData], Any]) -> Watcher:
+  """Builds the in-loop periodic evaluation (and early stopping).
+
+  Args:
+    periodic: When to evaluate.
+    early_stopping: Optional stopping rule on the evaluated metric.
+    evaluate: ``evaluate(state, stream) -> EvalCounts`` (from
+      :func:`jaxcl.training.loop.make_evaluate`).
+
+  Returns:
+    A :class:`Watcher`. Each ``record`` holds the evaluation's per-experience
+    ``correct``, ``count`` and ``loss_sum`` (zeros when none was due, so the
+    host keeps the points with a nonzero count) and the optimizer ``step``.
+  """
+  sign = 1.0 if early_stopping is None or early_stopping.mode == "max" else -1.0
+
+  def measure(state, eval_data):
+    counts = evaluate(state, eval_data)
+    total = jnp.maximum(jnp.sum(counts.count), 1)
+    record = {"correct": counts.correct, "count": counts.count,
+              "loss_sum": counts.loss_sum, "step": state.step}
+    if early_stopping is None:
+      return record, jnp.zeros(())
+    value = (jnp.sum(counts.correct) if early_stopping.metric == "accuracy"
+             else jnp.sum(counts.loss_sum)) / total
+    return record, sign * value
+
+  def start(state, eval_data):
+    record, value = measure(state, eval_data)
+    watch = Watch(stopped=jnp.zeros((), bool), best=value,
+                  best_at=jnp.zeros((), jnp.int32),
+                  best_params=state.params if early_stopping else None,
+                  best_model_state=state.model_state if early_stopping else None)
+    return watch, record
+
+  def update(state, watch, tick, value):
+    delta = value - watch.best
+    improved = (delta > 0) & (delta >= early_stopping.margin)
+    pick = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(improved, a, b), new, old)
+    best_at = jnp.where(improved, tick, watch.best_at)
+    return watch.replace(
+        best=jnp.where(improved, value, watch.best), best_at=best_at,
+        best_params=pick(state.params, watch.best_params),
+        best_model_state=pick(state.model_state, watch.best_model_state),
+        stopped=tick - best_at >= early_stopping.patience)
+
+  def check(state, watch, tick, eval_data, ran):
+    def evaluate_now(state, watch):
+      record, value = measure(state, eval_data)
+      if early_stopping is not None:
+        watch = update(state, watch, tick, value)
+      return watch, record
+
+    def skip(state, watch):
+      record = jax.tree.map(jnp.zeros_like,
+                            jax.eval_shape(measure, state, eval_data)[0])
+      return watch, record
+
+    due = ran & (tick % periodic.every == 0) & ~watch.stopped
+    return jax.lax.cond(due, evaluate_now, skip, state, watch)
+
+  def finish(state, watch):
+    if early_stopping is None:
+      return state
+    return state.replace(params=watch.best_params,
+                         model_state=watch.best_model_state)
+
+  def active(watch):
+    return ~watch.stopped
+
+  return Watcher(periodic.unit, early_stopping is not None, start, check,
+                 finish, active)

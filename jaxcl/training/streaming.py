@@ -1,0 +1,235 @@
+"""Streaming: train on experiences larger than a device-memory budget.
+
+The on-device path uploads a whole experience and runs all its epochs in one
+compiled call. When the largest experience of a stream does not fit the
+budget, ``fit`` streams instead: the same pieces of the experience
+(:func:`jaxcl.training.loop.make_experience_parts`) run as four compiled
+programs — ``begin``, the epochs' sample ``orders`` (drawn on the device from
+the same keys), a ``chunk`` of steps (a ``lax.scan`` over batches the host
+prepared) and ``end`` — while a background thread gathers the next chunks'
+samples from the host data (numpy arrays, memory maps, or
+:class:`jaxcl.benchmarks.sources.RecordArray` views of a tfds data source)
+and puts them on the device. Batches, keys and steps are those of the
+on-device path, so a seed gives the same numbers.
+
+The strategy's ``begin_experience``/``end_experience`` hooks see a random
+subset of the experience that fits the budget (``hook_rows`` samples):
+importance passes (EWC, MAS) and buffer insertion (replay) use that subset.
+
+Example:
+  >>> result = jaxcl.fit(model, strategy, optax.sgd(0.1), bench,
+  ...                    device_memory_budget_mb=256)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcl.benchmarks.scenario import Experience
+from jaxcl.training import loop
+from jaxcl.training.state import TrainState, experience_data
+
+__all__ = ["StreamingTrainer", "default_budget_bytes", "sample_nbytes"]
+
+# Chunks gathered ahead of the one training.
+_PREFETCH = 2
+
+
+def sample_nbytes(experience: Experience) -> int:
+  """Device bytes of one sample: its input, label, task label and weight."""
+  x = experience.x
+  return int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize + 12
+
+
+def default_budget_bytes() -> int:
+  """A quarter of the first device's memory limit, or of the host's RAM (CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"]) // 4
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+class StreamingTrainer:
+  """Trains experiences chunk by chunk from host data (see the module doc).
+
+  Args:
+    ctx: The strategy context (its ``experience_size`` is the padded size).
+    parts: The experience's pieces, built with ``skip_empty_steps=True`` so
+      that the padding steps of a last chunk change nothing.
+    epochs: Passes over each experience.
+    budget_bytes: Device bytes the experience data may take.
+    sample_bytes: Bytes of one sample (:func:`sample_nbytes`).
+    batched: The state has a leading run axis (vmapped runs).
+    n_classes: Classes of the benchmark.
+    seed: Seed of the hooks' random subset.
+    place: Shardings of the state and the data (``fit``'s placement).
+  """
+
+  def __init__(self, ctx, parts: loop.ExperienceParts, *, epochs: int,
+               budget_bytes: int, sample_bytes: int, batched: bool,
+               n_classes: int, seed: int, place: Any):
+    self.parts, self.epochs, self.batched = parts, epochs, batched
+    self.n_classes, self.seed, self.place = n_classes, seed, place
+    self.batch_size = ctx.batch_size
+    budget_rows = max(budget_bytes // sample_bytes, 1)
+    self.hook_rows = int(min(ctx.experience_size, max(budget_rows // 2, 1)))
+    steps = parts.steps_per_epoch
+    # The current chunk and the prefetched ones share the other half.
+    per_chunk = budget_rows // (2 * (_PREFETCH + 1) * self.batch_size)
+    self.chunk_steps = int(min(steps, max(per_chunk, 1)))
+    self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
+    self.executables: tuple[Callable, ...] = ()
+    self.chunk_jaxpr = None  # Set by `lower`; its scan body is one step.
+
+  def _functions(self):
+    parts, chunk_steps = self.parts, self.chunk_steps
+
+    def orders(epochs_key, size):
+      keys = jax.random.split(epochs_key, self.epochs)
+      return jax.vmap(parts.epoch_order, in_axes=(0, None))(keys, size)
+
+    def chunk(state, batches, steps_key, first_step, first_bad, trained):
+      def body(carry, inputs):
+        batch, i = inputs
+        batch = loop._shard(batch, parts_sharding)
+        return parts.step(carry, batch, jax.random.fold_in(steps_key, i), None)
+      carry = (state, loop.TrainMetrics.empty(), first_bad, trained, None)
+      (state, metrics, first_bad, trained, _), _ = jax.lax.scan(
+          body, carry, (batches, first_step + jnp.arange(chunk_steps)))
+      return state, metrics, first_bad, trained
+
+    parts_sharding = self.place.batch
+    functions = (parts.begin, orders, chunk, parts.end)
+    if not self.batched:
+      return functions
+    return (jax.vmap(parts.begin, in_axes=(0, None)),
+            jax.vmap(orders, in_axes=(0, None)),
+            jax.vmap(chunk, in_axes=(0, 0, 0, None, 0, 0)),
+            jax.vmap(parts.end, in_axes=(0, None, 0)))
+
+  def lower(self, state_shape: Any, experience: Experience) -> list[Any]:
+    """Lowers the four programs for ``state_shape`` (compile them once)."""
+    begin, orders, chunk, end = self._functions()
+    hooks = self._hook_data(experience)
+    s = self.place.state
+    _, epochs_key, end_key = jax.eval_shape(begin, state_shape, hooks)
+    size = jax.ShapeDtypeStruct((), jnp.int32)
+    _, _, steps_keys = jax.eval_shape(orders, epochs_key, size)
+    runs = (state_shape.step.shape[0],) if self.batched else ()
+    shape = runs + (self.chunk_steps, self.batch_size)
+    batches = {
+        "x": jax.ShapeDtypeStruct(shape + tuple(experience.x.shape[1:]),
+                                  np.dtype(experience.x.dtype)),
+        "y": jax.ShapeDtypeStruct(shape, jnp.int32),
+        "task": jax.ShapeDtypeStruct(shape, jnp.int32),
+        "weight": jax.ShapeDtypeStruct(shape, jnp.float32)}
+    counter = jax.ShapeDtypeStruct(runs, jnp.int32)
+    steps_key = jax.ShapeDtypeStruct(runs, steps_keys.dtype)
+    chunk_traced = jax.jit(chunk, donate_argnums=0).trace(
+        state_shape, batches, steps_key, jax.ShapeDtypeStruct((), jnp.int32),
+        counter, counter)
+    self.chunk_jaxpr = chunk_traced.jaxpr
+    return [
+        jax.jit(begin, donate_argnums=0, in_shardings=(s, self.place.data),
+                out_shardings=s).lower(state_shape, hooks),
+        jax.jit(orders, in_shardings=(s, None), out_shardings=s).lower(
+            epochs_key, size),
+        chunk_traced.lower(),
+        jax.jit(end, donate_argnums=0, in_shardings=(s, self.place.data, s),
+                out_shardings=s).lower(state_shape, hooks, end_key),
+    ]
+
+  def bind(self, executables: tuple[Callable, ...]) -> StreamingTrainer:
+    """Uses the compiled ``executables`` (in :meth:`lower`'s order)."""
+    self.executables = tuple(executables)
+    return self
+
+  def _hook_data(self, experience: Experience):
+    """The hooks' view: a seeded random subset of ``hook_rows`` samples."""
+    n = len(experience)
+    rng = np.random.default_rng([self.seed, experience.index])
+    keep = np.sort(rng.permutation(n)[:self.hook_rows])
+    subset = Experience(
+        x=np.asarray(experience.x[keep]), y=experience.y[keep],
+        task=experience.task[keep], index=experience.index,
+        classes=experience.classes, origin=experience.origin)
+    data = experience_data(subset, self.hook_rows, self.n_classes)
+    # Seen classes come from the whole experience, not the subset.
+    mask = np.zeros(self.n_classes, bool)
+    mask[list(experience.classes)] = True
+    return data.replace(classes_mask=jnp.asarray(mask))
+
+  def _chunks(self, experience: Experience, order: np.ndarray,
+              valid: np.ndarray) -> Iterator[dict]:
+    """Yields the device batches of every chunk, gathered in a thread."""
+    steps, k = self.parts.steps_per_epoch, self.chunk_steps
+    pad = self.chunks_per_epoch * k - steps
+    widths = [(0, 0)] * (order.ndim - 3) + [(0, 0), (0, pad), (0, 0)]
+    order, valid = np.pad(order, widths), np.pad(valid, widths)
+    out: queue.Queue = queue.Queue(_PREFETCH)
+
+    def produce():
+      try:
+        for e in range(self.epochs):
+          for c in range(self.chunks_per_epoch):
+            idx = order[..., e, c * k:(c + 1) * k, :]
+            # Rows past the experience are the on-device path's zero padding.
+            inside = idx < len(experience)
+            idx = np.where(inside, idx, 0)
+            x = np.asarray(experience.x[idx.reshape(-1)])
+            x = x.reshape(idx.shape + x.shape[1:])
+            x[~inside] = 0
+            batch = {"x": x, "y": np.where(inside, experience.y[idx], 0),
+                     "task": np.where(inside, experience.task[idx], 0),
+                     "weight": valid[..., e, c * k:(c + 1) * k, :].astype(
+                         np.float32)}
+            out.put(jax.device_put(batch, self.place.data))
+      except BaseException as error:  # Re-raised in the consumer.
+        out.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    for _ in range(self.epochs * self.chunks_per_epoch):
+      item = out.get()
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+    thread.join()
+
+  def __call__(self, state: TrainState, experience: Experience,
+               eval_data: Any = None) -> tuple[TrainState, dict]:
+    """Trains one experience; returns what the on-device program returns."""
+    del eval_data  # Periodic evaluation is refused with streaming.
+    begin, orders, chunk, end = self.executables
+    hooks = jax.device_put(self._hook_data(experience), self.place.data)
+    state, epochs_key, end_key = begin(state, hooks)
+    order, valid, steps_keys = orders(epochs_key,
+                                      jnp.asarray(len(experience), jnp.int32))
+    order, valid = jax.device_get((order, valid))
+    runs = (state.step.shape[0],) if self.batched else ()
+    first_bad = jnp.full(runs, -1, jnp.int32)
+    trained = jnp.zeros(runs, jnp.int32)
+    epoch_metrics, metrics = [], None
+    for n, batches in enumerate(self._chunks(experience, order, valid)):
+      e, c = divmod(n, self.chunks_per_epoch)
+      state, chunk_metrics, first_bad, trained = chunk(
+          state, batches, steps_keys[..., e], jnp.int32(c * self.chunk_steps),
+          first_bad, trained)
+      metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
+      if c == self.chunks_per_epoch - 1:
+        compute = lambda m: m.compute()
+        epoch_metrics.append(jax.vmap(compute)(metrics) if self.batched
+                             else compute(metrics))
+    state = end(state, hooks, end_key)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
+    return state, {**stacked, "first_nonfinite_step": first_bad,
+                   "steps_trained": trained}

@@ -1,0 +1,195 @@
+"""Periodic evaluation, early stopping and optimizer resets inside the compiled loop."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl import EarlyStopping, PeriodicEval
+from jaxcl.strategies import naive
+from jaxcl.training import make_context, make_evaluate, stack_experiences
+from jaxcl.training.optim import reset_optimizer_state, restart_schedules
+
+
+def _bench(**kwargs):
+  # Overlapping blobs, so that validation accuracy moves from epoch to epoch.
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40, dim=6,
+                         seed=3, **kwargs)
+  return jaxcl.benchmarks.with_validation(bench, 0.25, seed=1)
+
+
+def _model():
+  return jaxcl.models.MLP(num_classes=4, hidden_size=16, drop_rate=0.0)
+
+
+def _valid_accuracy(bench, state):
+  """Pooled accuracy of ``state`` on the validation stream, evaluated anew."""
+  ctx = make_context(_model(), bench, optax.sgd(0.1), batch_size=8)
+  counts = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=100))(
+      state, stack_experiences(list(bench.valid_stream), bench.n_classes))
+  return float(np.sum(counts.correct) / np.sum(counts.count))
+
+
+def _stop_rule(values, patience, margin, sign):
+  """Avalanche's rule in numpy: (number of evaluations taken, best index)."""
+  best, best_at = sign * values[0], 0
+  for tick in range(1, len(values)):
+    delta = sign * values[tick] - best
+    if delta > 0 and delta >= margin:
+      best, best_at = sign * values[tick], tick
+    if tick - best_at >= patience:
+      return tick + 1, best_at
+  return len(values), best_at
+
+
+def test_periodic_eval_every_epoch_records_before_and_after_each_epoch():
+  bench = _bench()
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.2), bench, epochs=3,
+                     batch_size=8, periodic_eval=PeriodicEval(every=1))
+  steps = -(-len(bench.train_stream[0]) // 8)
+  # One evaluation before each experience plus one after each epoch.
+  assert [p["experience"] for p in result.periodic] == [0] * 4 + [1] * 4
+  assert [p["step"] for p in result.periodic] == [
+      e * steps for e in range(4)] + [3 * steps + e * steps for e in range(4)]
+  # After the last epoch of an experience the periodic evaluation sees the
+  # same model as an evaluation of the final state would.
+  assert result.periodic[-1]["stream_accuracy"] == pytest.approx(
+      _valid_accuracy(bench, result.state))
+  for p in result.periodic:
+    assert 0.0 <= p["stream_accuracy"] <= 1.0 and np.isfinite(p["stream_loss"])
+    assert len(p["experience_accuracy"]) == len(bench.valid_stream)
+
+
+def test_periodic_eval_by_steps_and_on_the_test_stream():
+  bench = _bench()
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.2), bench, epochs=2,
+                     batch_size=8,
+                     periodic_eval=PeriodicEval(every=5, unit="step",
+                                                stream="test"))
+  steps = 2 * -(-len(bench.train_stream[0]) // 8)
+  expected = [s for s in range(0, steps + 1, 5)]
+  got = [p["step"] for p in result.periodic if p["experience"] == 0]
+  assert got == expected
+  assert len(result.periodic[0]["experience_accuracy"]) == len(bench.test_stream)
+
+
+@pytest.mark.parametrize("metric,mode,margin", [("loss", "min", 0.0),
+                                                ("accuracy", "max", 0.02)])
+def test_early_stopping_follows_avalanche_rule_and_restores_the_best(
+    metric, mode, margin):
+  bench = _bench()
+  kwargs = dict(epochs=8, batch_size=8, periodic_eval=PeriodicEval(every=1),
+                eval_before_training=False)
+  plain = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, **kwargs)
+  stopped = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, **kwargs,
+                      early_stopping=EarlyStopping(patience=2, metric=metric,
+                                                   mode=mode, margin=margin))
+  sign = 1.0 if mode == "max" else -1.0
+  # Experience 0 starts from the same state in both runs, so the curves agree
+  # until the stop, which the numpy rule predicts from the full curve.
+  curve = [p[f"stream_{metric}"] for p in plain.periodic if p["experience"] == 0]
+  taken, best_at = _stop_rule(np.array(curve), 2, margin, sign)
+  got = [p[f"stream_{metric}"] for p in stopped.periodic if p["experience"] == 0]
+  np.testing.assert_allclose(got, curve[:taken], rtol=1e-6)
+  assert stopped.history[0]["epochs_trained"] == taken - 1
+  # The restored parameters are those of the best evaluation: re-evaluating
+  # the state after the last experience gives the best value recorded in it.
+  last = [p for p in stopped.periodic if p["experience"] == 1]
+  values = np.array([p[f"stream_{metric}"] for p in last])
+  _, best_last = _stop_rule(values, 2, margin, sign)
+  if metric == "accuracy":
+    assert _valid_accuracy(bench, stopped.state) == pytest.approx(
+        values[best_last])
+
+
+def test_early_stopping_keeps_one_compile_and_vmapped_runs_stop_separately():
+  bench = _bench()
+  strategy = naive()._replace(
+      penalty=chex.assert_max_traces(naive().penalty, n=1))
+  multi = jaxcl.fit(_model(), strategy, optax.sgd(0.5), bench, epochs=6,
+                    batch_size=8, seeds=[0, 1],
+                    early_stopping=EarlyStopping(patience=1))
+  for seed, run in zip([0, 1], multi.runs):
+    single = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, epochs=6,
+                       batch_size=8, seed=seed,
+                       early_stopping=EarlyStopping(patience=1))
+    assert [h["epochs_trained"] for h in run.history] == [
+        h["epochs_trained"] for h in single.history]
+    np.testing.assert_allclose(run.accuracy_matrix, single.accuracy_matrix,
+                               atol=1e-6)
+
+
+def test_reset_schedule_restarts_the_count_at_each_experience():
+  bench = _bench()
+  steps = 2 * -(-bench.train_stream.max_size // 8)
+  schedule = optax.linear_schedule(0.2, 0.0, 1000)
+  across = jaxcl.fit(_model(), naive(), optax.sgd(schedule, momentum=0.9),
+                     bench, epochs=2, batch_size=8)
+  reset = jaxcl.fit(_model(), naive(), optax.sgd(schedule, momentum=0.9),
+                    bench, epochs=2, batch_size=8, reset_schedule=True)
+  count = lambda r: int(r.state.opt_state[1].count)
+  assert count(across) == int(across.state.step) == 2 * steps
+  assert count(reset) == steps
+  # Momentum is not reset by a schedule restart.
+  assert float(jnp.abs(jax.tree.leaves(reset.state.opt_state[0])[0]).sum()) > 0
+
+
+def test_reset_optimizer_matches_a_fresh_state_and_keeps_swept_lr():
+  params = {"w": jnp.arange(3.0)}
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=0.1)
+  state = opt.init(params)
+  state = state._replace(hyperparams={**state.hyperparams,
+                                      "learning_rate": jnp.asarray(0.7)})
+  for _ in range(3):
+    _, state = opt.update(params, state, params)
+  fresh = reset_optimizer_state(opt, state, params)
+  expected = opt.init(params)
+  assert float(fresh.hyperparams["learning_rate"]) == pytest.approx(0.7)
+  chex.assert_trees_all_equal(fresh.inner_state, expected.inner_state)
+  assert int(fresh.count) == 0
+
+  bench = _bench()
+  result = jaxcl.sweep(
+      _model(), bench, [0.05, 0.2],
+      strategy=naive(), epochs=2, batch_size=8, reset_optimizer=True,
+      optimizer=lambda lr: optax.inject_hyperparams(optax.adam)(
+          learning_rate=lr))
+  steps = 2 * -(-bench.train_stream.max_size // 8)
+  for run, lr in zip(result.runs, [0.05, 0.2]):
+    adam = run.state.opt_state.inner_state[0]
+    assert int(adam.count) == steps  # The moments restarted at experience 1.
+    assert float(run.state.opt_state.hyperparams["learning_rate"]) == (
+        pytest.approx(lr))
+
+
+def test_restart_schedules_leaves_adam_bias_correction_alone():
+  opt = optax.adam(optax.cosine_decay_schedule(0.1, 50))
+  params = {"w": jnp.ones(2)}
+  state = opt.init(params)
+  for _ in range(4):
+    _, state = opt.update(params, state, params)
+  restarted = restart_schedules(state)
+  assert int(restarted[0].count) == 4 and int(restarted[1].count) == 0
+
+
+def test_bad_periodic_settings_are_refused_before_compiling():
+  bench = make_benchmark()
+  fit = lambda **kw: jaxcl.fit(_model(), naive(), optax.sgd(0.1), bench, **kw)
+  with pytest.raises(ValueError, match="valid_stream"):
+    fit(periodic_eval=PeriodicEval())
+  with pytest.raises(ValueError, match="valid_stream"):
+    fit(early_stopping=EarlyStopping(patience=2))
+  with pytest.raises(ValueError, match="periodic_eval.unit 'epochs'.*epoch"):
+    fit(periodic_eval=PeriodicEval(unit="epochs", stream="test"))
+  with pytest.raises(ValueError, match="early_stopping.mode 'maximum'"):
+    fit(early_stopping=EarlyStopping(2, mode="maximum"),
+        periodic_eval=PeriodicEval(stream="test"))
+  with pytest.raises(ValueError, match="early_stopping.patience"):
+    fit(early_stopping=EarlyStopping(0),
+        periodic_eval=PeriodicEval(stream="test"))
+  with pytest.raises(TypeError, match="early_stopping must be"):
+    fit(early_stopping=3)

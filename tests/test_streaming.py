@@ -1,0 +1,96 @@
+"""Streaming experiences that exceed the device-memory budget: same numbers as on device."""
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl.benchmarks import class_incremental, normalizer, sources
+from jaxcl.strategies import chain, lwf, naive, replay
+from jaxcl.training import streaming
+
+
+def _fit(bench, strategy, budget_mb=None, **kwargs):
+  model = jaxcl.models.MLP(num_classes=bench.n_classes, hidden_size=32)
+  return jaxcl.fit(model, strategy, optax.sgd(0.05), bench,
+                   device_memory_budget_mb=budget_mb, **kwargs)
+
+
+def _assert_same(a, b):
+  np.testing.assert_array_equal(a.accuracy_matrix, b.accuracy_matrix)
+  chex.assert_trees_all_close(a.state.params, b.state.params, rtol=1e-6,
+                              atol=1e-7)
+  assert int(a.state.step) == int(b.state.step)
+  for name in ("train_loss", "train_accuracy", "stream_accuracy"):
+    assert a.metrics[name] == pytest.approx(b.metrics[name], rel=1e-6)
+
+
+def test_record_array_views_read_only_what_is_asked():
+  reads = []
+
+  class Source(list):
+    def __getitems__(self, keys):
+      reads.append(list(keys))
+      return [self[k] for k in keys]
+
+  records = Source({"image": np.full((2,), i, np.uint8), "label": i % 3}
+                   for i in range(10))
+  split = sources.arrays_from_data_source(records, lazy=True)
+  np.testing.assert_array_equal(split.y, [i % 3 for i in range(10)])
+  reads.clear()
+  view = split.x[split.y == 1][::-1]  # Records 7, 4, 1: nothing read yet.
+  assert view.shape == (3, 2) and view.dtype == np.uint8 and not reads
+  np.testing.assert_array_equal(np.asarray(view)[:, 0], [7, 4, 1])
+  assert reads == [[7, 4, 1]]
+  assert int(view[1][0]) == 4
+  with pytest.raises(TypeError, match="first axis"):
+    view[:, 0]
+
+
+def test_streaming_equals_on_device_on_lazy_bundled_mnist():
+  # A tfds data source read lazily, a budget far below one experience (~630
+  # KB), chunks that do not divide the epoch: the numbers must not change.
+  train = sources.load_bundled("mnist_bundled", "train[:1000]", lazy=True)
+  test = sources.load_bundled("mnist_bundled", "test[:300]")
+  bench = class_incremental(train, test, 2, seed=0,
+                            preprocess=normalizer(0.1307, 0.3081))
+  assert isinstance(bench.train_stream[0].x, sources.RecordArray)
+  on_device = _fit(bench, naive(), epochs=2, batch_size=32)
+  streamed = _fit(bench, naive(), budget_mb=0.25, epochs=2, batch_size=32)
+  _assert_same(on_device, streamed)
+
+
+def test_streaming_equals_on_device_for_vmapped_seeds_and_a_teacher():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=30, dim=6,
+                         sizes=[30, 30, 20, 30])
+  strategy = chain(naive(), lwf(alpha=1.0))
+  kwargs = dict(epochs=2, batch_size=8, seeds=[0, 1])
+  on_device = _fit(bench, strategy, **kwargs)
+  budget = 8 * 3 * streaming.sample_nbytes(bench.train_stream[0]) / 2**20
+  streamed = _fit(bench, strategy, budget_mb=budget, **kwargs)
+  for a, b in zip(on_device.runs, streamed.runs):
+    _assert_same(a, b)
+
+
+def test_streaming_hooks_see_a_subset_within_the_budget():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40)
+  sample = streaming.sample_nbytes(bench.train_stream[0])
+  budget_rows = 24
+  result = _fit(bench, replay(mem_size=16), budget_mb=budget_rows * sample / 2**20,
+                epochs=1, batch_size=4)
+  buffer = result.state.cl_state
+  stored = np.asarray(jax.tree.leaves(buffer)[0])
+  assert stored.shape[0] == 16  # The buffer keeps its capacity.
+  assert np.isfinite(result.metrics["stream_accuracy"])
+
+
+def test_streaming_refuses_periodic_evaluation_before_compiling():
+  bench = jaxcl.benchmarks.with_validation(make_benchmark(), 0.25)
+  with pytest.raises(ValueError, match="streamed.*periodic"):
+    _fit(bench, naive(), budget_mb=1e-4,
+         periodic_eval=jaxcl.PeriodicEval(every=1))
+  with pytest.raises(ValueError, match="device_memory_budget_mb"):
+    _fit(bench, naive(), budget_mb=-1.0)
