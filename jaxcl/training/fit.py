@@ -612,6 +612,25 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
+  def read_back(pending):
+    """Host copies of the trained experiences' metrics, checked in order."""
+    for j, device_metrics in pending:
+      train_metrics = per_run(device_metrics)
+      if periodic_eval is not None:
+        points = _periodic_rows(j, train_metrics.pop("periodic"))
+        for history, run_points in zip(periodic_histories, points):
+          history.extend(run_points)
+        if writer is not None:
+          _write_periodic(writer, periodic_eval.stream, points)
+      _check_finite(train_metrics["first_nonfinite_step"], j,
+                    labels if batched else None, writer)
+    return train_metrics
+
+  # Experiences between two evaluations are dispatched without waiting, so
+  # the host prepares the next one while the device trains; their metrics
+  # are read back (and checked) at the evaluation.
+  pending = []
+  span_start = time.perf_counter()
   for i in range(done, n_exp):
     experience = train_stream[i]
     if trainer:
@@ -619,22 +638,15 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     else:
       data = first if i == 0 else jax.device_put(
           experience_data(experience, size, n_classes), place.data)
-    (state, train_metrics), seconds = _timed(train_exec, state, data,
-                                             periodic_data)
-    train_s += seconds
-    train_metrics = per_run(train_metrics)
-    if periodic_eval is not None:
-      points = _periodic_rows(i, train_metrics.pop("periodic"))
-      for history, run_points in zip(periodic_histories, points):
-        history.extend(run_points)
-      if writer is not None:
-        _write_periodic(writer, periodic_eval.stream, points)
+    state, device_metrics = train_exec(state, data, periodic_data)
+    pending.append((i, device_metrics))
     if i not in eval_points:
-      _check_finite(train_metrics["first_nonfinite_step"], i,
-                    labels if batched else None, writer)
       if bar is not None:
         bar.update()
       continue
+    jax.block_until_ready(state)
+    train_s += time.perf_counter() - span_start
+    train_metrics, pending = read_back(pending), []
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
     counts = per_run(counts)
@@ -656,13 +668,12 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         bar.set_postfix(
             acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
       bar.update()
-    _check_finite(train_metrics["first_nonfinite_step"], i,
-                  labels if batched else None, writer)
     if checkpointer is not None:
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "confusion": confusion,
           "histories": histories, "periodic": periodic_histories,
           "train_s": train_s, "eval_s": eval_s})
+    span_start = time.perf_counter()
   if checkpointer is not None:
     checkpointer.close()
   if bar is not None:
@@ -791,8 +802,8 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
   which = f" (run {r}, label {labels[r]})" if labels is not None else ""
   raise FloatingPointError(
       f"The training loss became NaN or infinite in experience {i} at "
-      f"optimizer step {int(bad[r])}{which}; metrics up to experience "
-      f"{i} were written. Lower the learning rate or check the inputs.")
+      f"optimizer step {int(bad[r])}{which}; the metrics of the evaluations "
+      "before it were written. Lower the learning rate or check the inputs.")
 
 
 def _final(history: list[dict[str, float]]) -> dict[str, float]:
