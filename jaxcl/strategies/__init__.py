@@ -5,8 +5,9 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import projection, regularization, rehearsal
+from jaxcl.strategies import generative, projection, regularization, rehearsal
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
 from jaxcl.strategies.registry import REGISTRY, StrategyEntry, from_spec, register
 from jaxcl.strategies.regularization import *  # noqa: F403
@@ -21,12 +22,13 @@ __all__ = [
     "from_spec",
     "naive",
     "register",
+    *generative.__all__,
     *projection.__all__,
     *regularization.__all__,
     *rehearsal.__all__,
 ]
 
 register("naive", naive)
-for _family in (regularization, rehearsal, projection):
+for _family in (regularization, rehearsal, projection, generative):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
