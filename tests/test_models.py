@@ -213,3 +213,20 @@ def test_multi_head_wrapper_and_registry():
       return model.apply(params, state, x, task, False, None)[0]
 
     assert jax.eval_shape(forward).shape == (2, 7), name
+
+
+@pytest.mark.parametrize("activation, fn", [("relu", lambda h: np.maximum(h, 0)),
+                                            ("tanh", np.tanh)])
+def test_mlp_activation_matches_numpy(activation, fn):
+  model = jaxcl.models.MLP(3, hidden_size=5, drop_rate=0.0,
+                           activation=activation)
+  x = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
+  params = model.init(jax.random.key(0), x)["params"]
+  (w1, b1), (w2, b2) = [(np.asarray(p["Dense_0"]["kernel"]),
+                         np.asarray(p["Dense_0"]["bias"]))
+                        for p in (params["TorchLinear_0"], params["TorchLinear_1"])]
+  expected = fn(x.reshape(4, -1) @ w1 + b1) @ w2 + b2
+  np.testing.assert_allclose(model.apply({"params": params}, x), expected,
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="activation 'gelu' is unknown"):
+    jaxcl.models.MLP(3, activation="gelu").init(jax.random.key(0), x)

@@ -77,9 +77,10 @@ EXPECTED = {
         {"mem_size": 4400},
         hidden_size=400, hidden_layers=2, epochs=10, batch_size=16),
     "smnist_lwf": _row(
-        0.23, "split_mnist", 5, False, "tanh_mlp", "sgd", 0.001, "lwf",
+        0.23, "split_mnist", 5, False, _MLP, "sgd", 0.001, "lwf",
         {"alpha": [0, 0.5, 1.33333, 2.25, 3.2], "temperature": 2.0},
-        hidden_size=200, hidden_layers=1, epochs=21, batch_size=128),
+        hidden_size=200, hidden_layers=1, epochs=21, batch_size=128,
+        activation="tanh"),
     "smnist_generative_replay": _row(
         0.75, "split_mnist", 5, False, _MLP, "adam", 0.001,
         "generative_replay", {},
@@ -160,7 +161,7 @@ def test_config_matches_the_published_row(name):
   assert config.benchmark.n_experiences == want["n_experiences"]
   assert config.benchmark.return_task_id == want["task_labels"]
   assert config.model.name == want["model"]
-  for key in ("hidden_size", "hidden_layers", "drop_rate", "nf"):
+  for key in ("hidden_size", "hidden_layers", "drop_rate", "nf", "activation"):
     if key in want:
       assert config.model[key] == want[key], key
   assert config.optimizer.name == want["optimizer"]

@@ -17,7 +17,7 @@ Config fields (see :func:`base_config`):
   mini-experiences; ``normalize`` = ``((mean...), (std...))`` replaces the
   catalogue's normalisation; ``train_per_class`` / ``test_per_class`` (> 0)
   keep that many images per class (local stand-in only).
-- ``model``: a ``jaxcl.models.MODELS`` name (or ``tanh_mlp``) and its
+- ``model``: a ``jaxcl.models.MODELS`` name and its
   keyword arguments.
 - ``optimizer``: ``sgd`` or ``adam``, ``lr``, ``momentum``, ``weight_decay``
   (PyTorch-style, added to the gradient), ``lr_milestones`` (epochs of the
@@ -69,7 +69,7 @@ from flax import linen as nn
 
 import jaxcl
 from jaxcl.benchmarks import augment, classic, generators, sources
-from jaxcl.models import MODELS, TorchLinear
+from jaxcl.models import MODELS
 from jaxcl.strategies import Strategy, chain, from_spec
 
 BASELINES = "continual-learning-baselines (Avalanche), full dataset, single seed"
@@ -82,30 +82,6 @@ _CIFAR_STATS = {
 }
 # Mammoth's Seq-CIFAR-10 normalisation (its std differs from Avalanche's).
 MAMMOTH_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615))
-
-
-class TanhMLP(nn.Module):
-  """The baselines' ``MLP(relu_act=False)``: [Linear, Tanh, Dropout] x L, Linear.
-
-  ``jaxcl.models.MLP`` has ReLU activations only; the LwF row uses tanh.
-  Layers are initialised like PyTorch's ``nn.Linear``.
-  """
-
-  num_classes: int
-  hidden_size: int = 200
-  hidden_layers: int = 1
-  drop_rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = x.reshape((x.shape[0], -1))
-    for _ in range(self.hidden_layers):
-      x = nn.tanh(TorchLinear(self.hidden_size)(x))
-      x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    return TorchLinear(self.num_classes)(x)
-
-
-_MODELS = {**MODELS, "tanh_mlp": TanhMLP}
 
 
 def base_config(*, name: str, row: str, published: float,
@@ -355,7 +331,7 @@ def build_model(model_config: ml_collections.ConfigDict,
                 bench: jaxcl.benchmarks.Benchmark) -> nn.Module:
   """The named model, with ``num_classes`` (and ``n_tasks``) from ``bench``."""
   kwargs = {k: v for k, v in model_config.items() if k != "name"}
-  factory = _MODELS[model_config.name]
+  factory = MODELS[model_config.name]
   accepted = inspect.signature(factory).parameters
   unknown = set(kwargs) - set(accepted)
   if unknown:

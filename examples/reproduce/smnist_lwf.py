@@ -17,8 +17,8 @@ def get_config():
   config = _common.base_config(name="smnist_lwf", row="SplitMNIST (5) / LwF",
                                published=0.23)
   config.benchmark.update(name="split_mnist", n_experiences=5)
-  config.model = {"name": "tanh_mlp", "hidden_size": 200, "hidden_layers": 1,
-                  "drop_rate": 0.0}
+  config.model = {"name": "mlp", "activation": "tanh", "hidden_size": 200,
+                  "hidden_layers": 1, "drop_rate": 0.0}
   config.optimizer.update(name="sgd", lr=0.001)
   config.strategy.update(
       name="lwf", scale_ce_by_experience=True,

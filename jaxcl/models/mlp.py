@@ -45,6 +45,11 @@ class TorchLinear(nn.Module):
         bias_init=_torch_bias_init(fan_in))(x)
 
 
+# Hidden-layer activations by name (ReLU is SimpleMLP's; tanh is the
+# continual-learning-baselines' ``MLP(relu_act=False)``).
+ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
+
+
 class MLP(nn.Module):
   """Avalanche's ``SimpleMLP``: [Linear, ReLU, Dropout] x hidden_layers + Linear.
 
@@ -55,6 +60,7 @@ class MLP(nn.Module):
     hidden_size: Width of each hidden layer.
     hidden_layers: Number of hidden layers.
     drop_rate: Dropout probability after each hidden layer (training only).
+    activation: Hidden-layer activation, ``"relu"`` (default) or ``"tanh"``.
   """
 
   num_classes: int
@@ -62,6 +68,7 @@ class MLP(nn.Module):
   hidden_size: int = 512
   hidden_layers: int = 1
   drop_rate: float = 0.5
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -69,7 +76,10 @@ class MLP(nn.Module):
     if self.input_size is not None and x.shape[-1] != self.input_size:
       raise ValueError(f"MLP input_size={self.input_size} but the inputs have "
                        f"{x.shape[-1]} features per sample after flattening.")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"MLP activation {self.activation!r} is unknown; "
+                       f"expected one of {sorted(ACTIVATIONS)}.")
     for _ in range(self.hidden_layers):
-      x = nn.relu(TorchLinear(self.hidden_size)(x))
+      x = ACTIVATIONS[self.activation](TorchLinear(self.hidden_size)(x))
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     return TorchLinear(self.num_classes)(x)
