@@ -237,22 +237,6 @@ def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:
   return {n: getattr(args, n) for n in names if hasattr(args, n)}
 
 
-def _json_safe(value: Any) -> Any:
-  """Converts numpy values to JSON; NaN becomes null."""
-  import numpy as np
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, np.ndarray):
-    return _json_safe(value.tolist())
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, (float, np.floating)):
-    return None if math.isnan(value) or math.isinf(value) else float(value)
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
 def _numbers(flag: str, text: str, kind: type) -> list:
   try:
     values = [kind(v) for v in text.split(",") if v.strip()]
@@ -452,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "device": str(jax.devices()[0].device_kind),
                       "platform": jax.default_backend()},
   }
-  (logdir / "results.json").write_text(json.dumps(_json_safe(results), indent=2))
+  (logdir / "results.json").write_text(json.dumps(loggers.json_safe(results), indent=2))
   print("\nAccuracy matrix (row: after training experience i; column: test "
         "experience j)")
   matrices = getattr(result, "accuracy_matrices", None)

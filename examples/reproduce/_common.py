@@ -69,6 +69,7 @@ from flax import linen as nn
 
 import jaxcl
 from jaxcl.benchmarks import augment, classic, generators, sources
+from jaxcl.loggers import json_safe
 from jaxcl.models import MODELS
 from jaxcl.strategies import Strategy, chain, from_spec
 
@@ -454,21 +455,6 @@ def run(config: ml_collections.ConfigDict, *, local: bool,
   }
 
 
-def _json_safe(value: Any) -> Any:
-  """numpy values and NaN (as null) made JSON-serialisable."""
-  if isinstance(value, dict):
-    return {k: _json_safe(v) for k, v in value.items()}
-  if isinstance(value, np.ndarray):
-    return _json_safe(value.tolist())
-  if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
-  if isinstance(value, (float, np.floating)):
-    return None if not math.isfinite(value) else float(value)
-  if isinstance(value, np.integer):
-    return int(value)
-  return value
-
-
 def summary(results: dict[str, Any]) -> str:
   """The lines printed at the end of a run."""
   acc, t = results["stream_accuracy"], results["timings"]
@@ -544,7 +530,7 @@ def main(get_config: Callable[[], ml_collections.ConfigDict],
   mode = "local" if args.local else "full"
   out = pathlib.Path(args.out or f"runs/reproduce/{config.name}-{mode}.json")
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(_json_safe(results), indent=2))
+  out.write_text(json.dumps(json_safe(results), indent=2))
   print(summary(results))
   print(f"  results: {out}")
   return results

@@ -1,26 +1,21 @@
 """Seq-CIFAR-10 (Mammoth), DER, buffer 500 — published 0.705 (Mammoth, Buzzega et al., 2020).
 
-Setting: Mammoth's Seq-CIFAR-10 (5 class-incremental experiences of 2
-classes, in the order 0..9; crop + flip; Mammoth's normalisation), ResNet-18
-(jaxcl's SlimResNet18 with nf 64, the same architecture), SGD without
-momentum, 50 epochs, batch 32, Mammoth's best hyperparameters for this
-buffer: lr 0.03, alpha 0.3 (beta 0: DER), 32 replayed samples per step.
-
---local: see `_common.mammoth_config`: a small padded-digit stand-in, nf 20,
-1 epoch; not comparable with the published number.
+The setting of `mammoth_der_200.py` with a 500-sample buffer and Mammoth's
+best hyperparameters for it (alpha 0.3 (beta 0: DER)).
 """
 
 import _common
+import mammoth_der_200
 
 
 def get_config():
   """The published setting of the row."""
-  return _common.mammoth_config(
-      name="mammoth_der_500",
-      row="Seq-CIFAR-10 (Mammoth), DER, buffer 500",
-      published=0.705,
-      strategy="der", lr=0.03,
-      hparams={"mem_size": 500, "alpha": 0.3, "beta": 0.0, "batch_size_mem": 32})
+  config = mammoth_der_200.get_config()
+  config.update(name="mammoth_der_500",
+                row="Seq-CIFAR-10 (Mammoth), DER, buffer 500",
+                published=0.705)
+  config.strategy.hparams.update({'mem_size': 500})
+  return config
 
 
 if __name__ == "__main__":

@@ -1,26 +1,21 @@
 """Seq-CIFAR-10 (Mammoth), ER, buffer 500 — published 0.577 (Mammoth, Buzzega et al., 2020).
 
-Setting: Mammoth's Seq-CIFAR-10 (5 class-incremental experiences of 2
-classes, in the order 0..9; crop + flip; Mammoth's normalisation), ResNet-18
-(jaxcl's SlimResNet18 with nf 64, the same architecture), SGD without
-momentum, 50 epochs, batch 32, Mammoth's best hyperparameters for this
-buffer: lr 0.1, 32 replayed samples per step, reservoir buffer.
-
---local: see `_common.mammoth_config`: a small padded-digit stand-in, nf 20,
-1 epoch; not comparable with the published number.
+The setting of `mammoth_er_200.py` with a 500-sample buffer and Mammoth's
+best hyperparameters for it (lr 0.1).
 """
 
 import _common
+import mammoth_er_200
 
 
 def get_config():
   """The published setting of the row."""
-  return _common.mammoth_config(
-      name="mammoth_er_500",
-      row="Seq-CIFAR-10 (Mammoth), ER, buffer 500",
-      published=0.577,
-      strategy="replay", lr=0.1,
-      hparams={"mem_size": 500, "batch_size_mem": 32, "storage": "reservoir"})
+  config = mammoth_er_200.get_config()
+  config.update(name="mammoth_er_500",
+                row="Seq-CIFAR-10 (Mammoth), ER, buffer 500",
+                published=0.577)
+  config.strategy.hparams.update({'mem_size': 500})
+  return config
 
 
 if __name__ == "__main__":

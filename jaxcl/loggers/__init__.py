@@ -35,7 +35,8 @@ from jaxcl.loggers.base import MetricWriter
 from jaxcl.loggers.combine import AsyncWriter, MultiWriter
 from jaxcl.loggers.factory import create_writers
 from jaxcl.loggers.files import CsvWriter, JsonlWriter
-from jaxcl.loggers.formatting import format_accuracy_matrix, format_metrics_table
+from jaxcl.loggers.formatting import (format_accuracy_matrix,
+                                      format_metrics_table, json_safe)
 from jaxcl.loggers.plots import (
     plot_accuracy_curves,
     plot_accuracy_matrix,
@@ -58,6 +59,7 @@ __all__ = [
     "TextLogWriter",
     "format_accuracy_matrix",
     "format_metrics_table",
+    "json_safe",
     "plot_accuracy_matrix",
     "plot_accuracy_curves",
     "plot_confusion_matrix",

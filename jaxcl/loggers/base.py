@@ -7,6 +7,7 @@ wherever clu expects a writer (`MultiWriter`, `AsyncWriter`, ...), and clu's
 writers work wherever jaxcl expects one.
 """
 
+import abc
 import os
 import pathlib
 from collections.abc import Mapping
@@ -82,7 +83,7 @@ class MetricWriter(Protocol):
         self.flush()
 
 
-class ForwardingWriter(MetricWriter):
+class ForwardingWriter(MetricWriter, abc.ABC):
     """Base for writers that hand every call on to other writers.
 
     Subclasses implement `_forward(method, *args, **kwargs)`, which receives
@@ -96,8 +97,9 @@ class ForwardingWriter(MetricWriter):
         write_scalars (0, {'train/loss': 1.0})
     """
 
+    @abc.abstractmethod
     def _forward(self, method: str, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError
+        """Receives every call as its method name and arguments."""
 
     def write_summaries(
         self,

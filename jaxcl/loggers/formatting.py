@@ -1,6 +1,8 @@
 """Plain-text formatting of metrics, shared by the text writers and the CLI."""
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -11,7 +13,28 @@ __all__ = [
     "format_accuracy_matrix",
     "format_metrics_table",
     "as_matrix",
+    "json_safe",
 ]
+
+
+def json_safe(value: Any) -> Any:
+    """numpy values made JSON-serialisable; NaN and infinities become null.
+
+    Example:
+        >>> json_safe({"a": np.array([1.0, np.nan]), "b": np.int64(2)})
+        {'a': [1.0, None], 'b': 2}
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def format_value(value: ArrayLike) -> str:
