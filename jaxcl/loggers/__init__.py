@@ -2,9 +2,11 @@
 
 All writers here have the methods of `clu.metric_writers.MetricWriter`, so
 they mix freely with clu's writers. Importing this package imports neither
-TensorFlow nor matplotlib: TensorBoard's TensorFlow import runs in a
-child process when a TensorBoard writer is created, and matplotlib is
-imported when a plot is drawn.
+TensorFlow nor matplotlib. TensorBoard files are written by
+`EventFileWriter`, in-process and without TensorFlow, with the same events as
+clu's `SummaryWriter`; `tensorboard_writer` (clu's own `SummaryWriter`, for
+remote file systems or users who want TensorFlow's writer) imports
+TensorFlow in a child process. Matplotlib is imported when a plot is drawn.
 
 Metric names used throughout jaxcl:
 
@@ -33,6 +35,7 @@ Example:
 
 from jaxcl.loggers.base import MetricWriter
 from jaxcl.loggers.combine import AsyncWriter, MultiWriter
+from jaxcl.loggers.event_file import EventFileWriter
 from jaxcl.loggers.factory import create_writers
 from jaxcl.loggers.files import CsvWriter, JsonlWriter
 from jaxcl.loggers.formatting import (format_accuracy_matrix,
@@ -52,6 +55,7 @@ __all__ = [
     "MultiWriter",
     "AsyncWriter",
     "create_writers",
+    "EventFileWriter",
     "tensorboard_writer",
     "JsonlWriter",
     "CsvWriter",

@@ -5,6 +5,7 @@ import pathlib
 
 from jaxcl.loggers.base import MetricWriter
 from jaxcl.loggers.combine import AsyncWriter, MultiWriter
+from jaxcl.loggers.event_file import EventFileWriter, is_remote_path
 from jaxcl.loggers.files import CsvWriter, JsonlWriter
 from jaxcl.loggers.tensorboard import tensorboard_writer
 from jaxcl.loggers.text import ConsoleWriter, TextLogWriter
@@ -31,12 +32,18 @@ def create_writers(
     * `training_results.csv` and `eval_results.csv` (`csv`),
     * `log.txt` (`text`).
 
+    A remote `logdir` (`gs://...`, anything with "://") takes the TensorBoard
+    files only, written by clu's `SummaryWriter` in a child process
+    (`tensorboard_writer`); the other files are local, so they must be
+    switched off.
+
     Args:
         logdir: Run directory. `None` disables every file-based writer, leaving
             the console only.
         console: Print each call to `sys.stdout`.
-        tensorboard: Write TensorBoard event files. TensorFlow is imported in a
-            child process, see `tensorboard_writer`.
+        tensorboard: Write TensorBoard event files: with `EventFileWriter` (in
+            this process, without TensorFlow) into a local `logdir`, with
+            `tensorboard_writer` into a remote one.
         jsonl: Write `metrics.jsonl`, see `JsonlWriter`.
         csv: Write Avalanche's CSV files, see `CsvWriter`.
         text: Write the console lines to `log.txt`, see `TextLogWriter`.
@@ -48,7 +55,8 @@ def create_writers(
         of the run.
 
     Raises:
-        ValueError: If `logdir` exists and is not a directory.
+        ValueError: If `logdir` exists and is not a directory, or if it is
+            remote and `jsonl`, `csv` or `text` is on.
 
     Example:
         >>> writer = create_writers("/tmp/jaxcl_example/run", tensorboard=False)
@@ -57,7 +65,16 @@ def create_writers(
         >>> writer.close()
     """
     writers: list[MetricWriter] = [ConsoleWriter()] if console else []
-    if logdir is not None:
+    if logdir is not None and is_remote_path(logdir):
+        local = [name for name, on in (("jsonl", jsonl), ("csv", csv), ("text", text)) if on]
+        if local:
+            raise ValueError(
+                f"logdir={os.fspath(logdir)!r} is remote, where only TensorBoard "
+                f"files can be written; pass {', '.join(f'{n}=False' for n in local)}."
+            )
+        if tensorboard:
+            writers.append(tensorboard_writer(logdir))
+    elif logdir is not None:
         path = pathlib.Path(logdir)
         if path.exists() and not path.is_dir():
             raise ValueError(
@@ -66,7 +83,7 @@ def create_writers(
             )
         path.mkdir(parents=True, exist_ok=True)
         if tensorboard:
-            writers.append(tensorboard_writer(path))
+            writers.append(EventFileWriter(path))
         if jsonl:
             writers.append(JsonlWriter(path / "metrics.jsonl"))
         if csv:

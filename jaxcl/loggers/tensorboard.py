@@ -1,5 +1,10 @@
 """TensorBoard writer running clu's `SummaryWriter` in a child process.
 
+For local directories, `EventFileWriter` writes the same events in-process
+without TensorFlow, and `create_writers` uses it; this writer serves remote
+file systems (`gs://...`, through TensorFlow's file system layer) and users
+who want TensorFlow's own writer.
+
 clu's `SummaryWriter` needs TensorFlow, whose import is seconds of mostly
 Python work. In a background thread that import competes for the GIL with JAX
 tracing and compiling in the main thread and slows them several-fold. So the
@@ -233,9 +238,11 @@ class _SummaryWriterProcess(ForwardingWriter):
 
 
 def tensorboard_writer(logdir: str | os.PathLike[str]) -> MetricWriter:
-    """Returns a writer of TensorBoard event files, run in a child process.
+    """Returns clu's own `SummaryWriter`, run in a child process.
 
-    The call returns immediately. A "spawn" child process imports TensorFlow,
+    `create_writers` uses it for remote logdirs (`gs://...`); for local ones
+    `EventFileWriter` writes the same events without TensorFlow or a child
+    process. The call returns immediately. A "spawn" child process imports TensorFlow,
     creates clu's `SummaryWriter(logdir)` and runs the writer's calls in
     order; the parent never imports TensorFlow. `flush` waits until the child
     has written everything sent so far; `close` also closes the
