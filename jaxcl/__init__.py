@@ -16,6 +16,7 @@ __all__ = [
     "Result",
     "TrainState",
     "benchmarks",
+    "enable_compilation_cache",
     "evaluation",
     "fit",
     "loggers",
@@ -36,6 +37,8 @@ def __getattr__(name: str):
   # need only `jaxcl.loggers` or `jaxcl.cli`) do not pay for JAX and Flax.
   if name in _SUBMODULES:
     return importlib.import_module(f"jaxcl.{name}")
+  if name == "enable_compilation_cache":
+    return importlib.import_module("jaxcl.compilation").enable_compilation_cache
   if name in _TRAINING_NAMES:
     return getattr(importlib.import_module("jaxcl.training"), name)
   raise AttributeError(f"module 'jaxcl' has no attribute {name!r}")

@@ -22,9 +22,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+from jaxcl import compilation
 
-_DEFAULT_CACHE = pathlib.Path("~/.cache/jaxcl/xla").expanduser()
+__all__ = ["main", "build_parser"]
 
 
 def _flag(name: str) -> str:
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "configuration (pass the same --logdir to keep one log)")
   out.add_argument("--checkpoint-keep", type=int, default=2,
                    help="number of newest checkpoints kept")
-  out.add_argument("--compilation-cache", default=str(_DEFAULT_CACHE),
+  out.add_argument("--compilation-cache", default=str(compilation.DEFAULT_CACHE_DIR),
                    help="JAX persistent compilation cache folder ('' to "
                    "disable)")
   _strategy_flags(run)
@@ -347,15 +347,6 @@ def _result_fields(result) -> dict[str, Any]:
   }
 
 
-def _enable_compilation_cache(folder: str) -> None:
-  import jax
-  if not folder:
-    return
-  jax.config.update("jax_compilation_cache_dir", folder)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """Runs ``jaxcl run`` with parsed arguments; returns the results dict."""
   start = time.perf_counter()
@@ -370,7 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcl.checkpoint import CheckpointError
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
-  _enable_compilation_cache(args.compilation_cache)
+  jaxcl.enable_compilation_cache(args.compilation_cache)
   # Everything that can reject the arguments runs before the logdir exists.
   strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
   factory = BENCHMARKS[args.benchmark]

@@ -570,18 +570,23 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # Init runs once, so its code is not worth optimising; XLA compiles without
   # the GIL, so the three executables build in parallel.
   options = [{"xla_backend_optimization_level": 0}] + [None] * (len(lowered) - 1)
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    # Analysing the FLOPs needs the GIL, which XLA's compiles leave free.
-    flops = pool.submit(
-        _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
-        test_data, eval_batch_size=eval_batch_size,
-        n_runs=len(runs) if batched else 1) if "flops" in chosen else None
+  pool = concurrent.futures.ThreadPoolExecutor(4)
+  # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
+  # first evaluation's metrics wait for it, so with cached programs it
+  # overlaps the first experiences instead of delaying them.
+  flops = pool.submit(
+      _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
+      test_data, eval_batch_size=eval_batch_size,
+      n_runs=len(runs) if batched else 1) if "flops" in chosen else None
+  try:
     init_exec, *train_execs, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
+  finally:
+    pool.shutdown(wait=False)
   train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
-  recorder = _recorder(chosen, benchmark, flops.result() if flops else {})
+  recorder = _recorder(chosen, benchmark, flops)
   if batched:
     _check_sweep_varies(state, runs)
 
@@ -823,7 +828,8 @@ class _Recorder(NamedTuple):
     new_classes: ``bool[T, n_classes]``: the classes of training experience
       ``i`` (before ``adapt_data``, as Avalanche's ``MeanScores`` takes them).
     seen_classes: ``bool[T, n_classes]``: the classes of experiences ``0..i``.
-    flops: ``train_flops`` and ``eval_flops``, if selected.
+    flops: The analysis giving ``train_flops`` and ``eval_flops`` (still
+      running while the first experiences train), if selected.
     columns: The test experience each train experience trains (-1: none),
       see :func:`jaxcl.evaluation.trained_columns`.
   """
@@ -831,17 +837,17 @@ class _Recorder(NamedTuple):
   chosen: selection.MetricSelection
   new_classes: np.ndarray
   seen_classes: np.ndarray
-  flops: Mapping[str, float]
+  flops: concurrent.futures.Future | None
   columns: np.ndarray
 
 
 def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
-              flops: Mapping[str, float]) -> _Recorder:
+              flops: concurrent.futures.Future | None) -> _Recorder:
   new = np.zeros((len(benchmark.train_stream), benchmark.n_classes), bool)
   for i, experience in enumerate(benchmark.train_stream):
     new[i, list(experience.classes)] = True
   return _Recorder(chosen, new, np.logical_or.accumulate(new, axis=0),
-                   dict(flops), cl_metrics.trained_columns(
+                   flops, cl_metrics.trained_columns(
                        benchmark.train_stream, len(benchmark.test_stream)))
 
 
@@ -934,7 +940,8 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
     device = system.peak_device_memory_mb()
     row["peak_host_memory_mb"] = system.peak_host_memory_mb()
     row["peak_device_memory_mb"] = float("nan") if device is None else device
-  row.update(recorder.flops)
+  if recorder.flops is not None:
+    row.update(recorder.flops.result())
   return row
 
 
