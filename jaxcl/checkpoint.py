@@ -35,13 +35,15 @@ import pathlib
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from jaxcl import _validation
+
+if TYPE_CHECKING:
+  import orbax.checkpoint as ocp
 
 __all__ = ["CheckpointError", "Checkpointer", "Restored", "place", "run_config"]
 
@@ -225,6 +227,9 @@ class Checkpointer:
     self._manager: ocp.CheckpointManager | None = None
 
   def _open(self) -> ocp.CheckpointManager:
+    # orbax loads here, not at import: runs without checkpoints (most) do
+    # not pay for it (≈ 0.2 s).
+    import orbax.checkpoint as ocp
     if self._manager is None:
       self._manager = ocp.CheckpointManager(
           self.directory, item_names=("arrays", "meta"),
@@ -249,6 +254,7 @@ class Checkpointer:
       arrays: A pytree of arrays (device or numpy; typed PRNG keys allowed).
       meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
     """
+    import orbax.checkpoint as ocp
     host = jax.device_get(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
             "meta": _encode(meta)}
@@ -303,6 +309,7 @@ class Checkpointer:
 
   def _read_meta(self, step: int) -> dict[str, Any]:
     """The checked ``body`` of a step's JSON: config, arrays' hash, meta."""
+    import orbax.checkpoint as ocp
     payload = self._open().restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -313,6 +320,7 @@ class Checkpointer:
     return payload["body"]
 
   def _read_arrays(self, step: int, target: PyTree, checksum: str) -> PyTree:
+    import orbax.checkpoint as ocp
     arrays = self._open().restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore(target)))["arrays"]
     if jax.tree.structure(arrays) != jax.tree.structure(target):
