@@ -41,7 +41,7 @@ _PAGES = {
 # A few names users look for first, checked by name in case an ``__all__``
 # loses them.
 _KEY_NAMES = {
-    "jaxcl": ["fit", "sweep", "Result"],
+    "jaxcl": ["fit", "sweep", "Result", "enable_compilation_cache"],
     "jaxcl.training": ["fit", "make_train_experience", "TrainState"],
     "jaxcl.strategies": ["chain", "naive", "ewc", "replay", "Strategy"],
     "jaxcl.benchmarks": ["split_mnist", "class_incremental", "split_online",
