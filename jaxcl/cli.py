@@ -221,14 +221,13 @@ def _check_args(args: argparse.Namespace) -> None:
                              high_inclusive=False)
   _validation.check_in_range("--drop-rate", args.drop_rate, low=0.0, high=1.0,
                              high_inclusive=False)
-  if args.logdir is not None and pathlib.Path(args.logdir).is_file():
-    raise ValueError(f"--logdir {args.logdir!r} is a file; expected a folder "
-                     "(existing or new).")
   _validation.check_positive_int("--checkpoint-keep", args.checkpoint_keep)
-  if (args.checkpoint_dir is not None
-      and pathlib.Path(args.checkpoint_dir).is_file()):
-    raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} is a file; "
-                     "expected a folder (existing or new).")
+  for flag, folder in (("--logdir", args.logdir),
+                       ("--checkpoint-dir", args.checkpoint_dir),
+                       ("--compilation-cache", args.compilation_cache)):
+    if folder and pathlib.Path(folder).expanduser().is_file():
+      raise ValueError(f"{flag} {folder!r} is a file; expected a folder "
+                       "(existing or new).")
 
 
 def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:

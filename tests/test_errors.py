@@ -189,6 +189,10 @@ CASES = [
     Case("load_bundled unknown name",
          lambda p: sources.load_bundled("cifar_bundled", "train"), ValueError,
          r"cifar_bundled.*digits_bundled.*mnist_bundled"),
+    Case("enable_compilation_cache on a file",
+         lambda p: jaxcl.enable_compilation_cache(_file(p)), ValueError,
+         r"folder must be a directory for the compilation cache, but "
+         r"folder='.*a_file' is an existing file"),
     # Strategies.
     Case("from_spec unknown name", lambda p: from_spec("naiv"), ValueError,
          r"Unknown strategy 'naiv'; expected one of .*Did you mean 'naive'"),
@@ -229,6 +233,9 @@ CASES = [
     Case("cli --checkpoint-dir is a file",
          lambda p: _cli(p, "--checkpoint-dir", str(_file(p))), CliExit,
          r"--checkpoint-dir '.*a_file' is a file; expected a folder"),
+    Case("cli --compilation-cache is a file",
+         lambda p: _cli(p, "--compilation-cache", str(_file(p))), CliExit,
+         r"--compilation-cache '.*a_file' is a file; expected a folder"),
     Case("cli --checkpoint-keep 0", lambda p: _cli(p, "--checkpoint-keep", "0"),
          CliExit, r"--checkpoint-keep must be a positive integer, got 0"),
     Case("cli --seeds 0,x", lambda p: _cli(p, "--seeds", "0,x"), CliExit,
