@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
   data.add_argument("--validation-size", type=float, default=0.0,
                     help="hold out this fraction of every train experience as "
                     "a validation stream (0: none)")
+  data.add_argument("--online-size", type=int, default=0,
+                    help="cut every train experience into online "
+                    "mini-experiences of this many samples, as Avalanche's "
+                    "split_online_stream (0: off)")
   model = run.add_argument_group("model")
   model.add_argument("--model", default="mlp",
                      help=f"one of: {', '.join(sorted(MODELS))}")
@@ -198,6 +202,8 @@ def _check_args(args: argparse.Namespace) -> None:
     _validation.check_positive_int(_flag(name), getattr(args, name))
   if args.eval_every is not None:
     _validation.check_positive_int("--eval-every", args.eval_every)
+  if args.online_size:
+    _validation.check_positive_int("--online-size", args.online_size)
   for name in ("periodic_eval", "early_stopping"):
     if getattr(args, name):
       _validation.check_positive_int(_flag(name), getattr(args, name))
@@ -372,6 +378,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if args.validation_size:
     benchmark = jaxcl.benchmarks.with_validation(
         benchmark, args.validation_size, seed=args.seed)
+  if args.online_size:
+    benchmark = jaxcl.benchmarks.split_online(benchmark, args.online_size,
+                                              seed=args.seed)
   offered = dict(num_classes=benchmark.n_classes, n_tasks=benchmark.n_tasks,
                  hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
                  drop_rate=args.drop_rate)

@@ -57,6 +57,24 @@ def test_periodic_eval_early_stopping_and_schedule_flags(tmp_path):
   assert any("periodic/valid/accuracy" in line for line in lines)
 
 
+def test_online_size_cuts_experiences_and_evaluates_at_their_ends(tmp_path):
+  logdir = tmp_path / "online"
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--online-size", "500", "--batch-size", "10",
+                   "--strategy", "replay", "--mem-size", "20", "--logdir",
+                   str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 0
+  results = json.loads((logdir / "results.json").read_text())
+  # 4,000 bundled digits in 2 experiences of 2,000: 4 mini-experiences each.
+  matrix = results["accuracy_matrix"]
+  assert len(matrix) == 8 and len(matrix[0]) == 2
+  evaluated = [i for i, row in enumerate(matrix) if row[0] is not None]
+  assert evaluated == [3, 7]  # The last mini-experience of each experience.
+  assert matrix[3][1] == 0.0  # Experience 1's classes are masked until seen.
+  assert results["config"]["online_size"] == 500
+
+
 @pytest.mark.parametrize("args, message", [
     (["--early-stopping", "2"], "has no valid_stream"),
     (["--periodic-eval", "1", "--periodic-unit", "epochs"], "Did you mean 'epoch'"),

@@ -236,6 +236,8 @@ CASES = [
     Case("cli --compilation-cache is a file",
          lambda p: _cli(p, "--compilation-cache", str(_file(p))), CliExit,
          r"--compilation-cache '.*a_file' is a file; expected a folder"),
+    Case("cli --online-size -1", lambda p: _cli(p, "--online-size", "-1"),
+         CliExit, r"--online-size must be a positive integer, got -1"),
     Case("cli --checkpoint-keep 0", lambda p: _cli(p, "--checkpoint-keep", "0"),
          CliExit, r"--checkpoint-keep must be a positive integer, got 0"),
     Case("cli --seeds 0,x", lambda p: _cli(p, "--seeds", "0,x"), CliExit,
