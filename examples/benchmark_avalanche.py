@@ -48,11 +48,13 @@ AVALANCHE = {
 def run_process(args: list[str], logdir: Path, cache: Path) -> dict:
   """Runs `jaxcl run` once; returns fit's timings and the process's wall time."""
   start = time.perf_counter()
-  subprocess.run([sys.executable, "-m", "jaxcl.cli", "run", *args,
-                  "--logdir", str(logdir), "--quiet", "--no-progress",
-                  "--compilation-cache", str(cache)],
-                 check=True, capture_output=True)
+  done = subprocess.run([sys.executable, "-m", "jaxcl.cli", "run", *args,
+                         "--logdir", str(logdir), "--quiet", "--no-progress",
+                         "--compilation-cache", str(cache)],
+                        capture_output=True, text=True)
   wall = time.perf_counter() - start
+  if done.returncode != 0:
+    sys.exit(f"jaxcl run {' '.join(args)} failed:\n{done.stderr}")
   results = json.loads((logdir / "results.json").read_text())
   return {**results["timings"], "wall_s": wall,
           "stream_accuracy": results["metrics"]["stream_accuracy"]}

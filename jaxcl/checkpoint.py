@@ -194,6 +194,13 @@ def _short(value: Any, limit: int = 120) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _orbax():
+  """``orbax.checkpoint``, imported on first use: runs without checkpoints
+  (most) do not pay for its import (≈ 0.2 s)."""
+  import orbax.checkpoint
+  return orbax.checkpoint
+
+
 class Checkpointer:
   """Saves and restores the checkpoints of one run in one directory.
 
@@ -227,9 +234,7 @@ class Checkpointer:
     self._manager: ocp.CheckpointManager | None = None
 
   def _open(self) -> ocp.CheckpointManager:
-    # orbax loads here, not at import: runs without checkpoints (most) do
-    # not pay for it (≈ 0.2 s).
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
     if self._manager is None:
       self._manager = ocp.CheckpointManager(
           self.directory, item_names=("arrays", "meta"),
@@ -254,7 +259,7 @@ class Checkpointer:
       arrays: A pytree of arrays (device or numpy; typed PRNG keys allowed).
       meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
     """
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
     host = jax.device_get(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
             "meta": _encode(meta)}
@@ -309,7 +314,7 @@ class Checkpointer:
 
   def _read_meta(self, step: int) -> dict[str, Any]:
     """The checked ``body`` of a step's JSON: config, arrays' hash, meta."""
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
     payload = self._open().restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -320,7 +325,7 @@ class Checkpointer:
     return payload["body"]
 
   def _read_arrays(self, step: int, target: PyTree, checksum: str) -> PyTree:
-    import orbax.checkpoint as ocp
+    ocp = _orbax()
     arrays = self._open().restore(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardRestore(target)))["arrays"]
     if jax.tree.structure(arrays) != jax.tree.structure(target):

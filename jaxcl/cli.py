@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   start = time.perf_counter()
   _check_args(args)
   logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
-                        .now().strftime("%Y%m%d-%H%M%S"))
+                        .now().strftime("%Y%m%d-%H%M%S")).expanduser()
   import jax
   import optax
 

@@ -26,14 +26,17 @@ def enable_compilation_cache(
   which are most of jaxcl's on an accelerator). A cached program is only
   reused for the same program, shapes, jax/jaxlib version, device kind and
   compiler options, so results do not change (tested bit for bit on CPU,
-  docs/reproducibility.md).
+  docs/reproducibility.md). Call it again to switch folders: JAX opens its
+  cache at the first compile, so a new folder resets that.
 
   Args:
-    folder: Cache directory (created by JAX when first written). ``None`` or
-      ``""`` leaves JAX's configuration untouched.
+    folder: Cache directory, created by JAX when first written. A local path
+      is made absolute (a later ``os.chdir`` does not move the cache); a URL
+      such as ``gs://bucket/xla`` is used as given. ``None`` or ``""``
+      leaves JAX's configuration untouched.
 
   Returns:
-    The cache directory in use, or ``None`` when ``folder`` is empty.
+    The cache location now in use, or ``None`` when ``folder`` is empty.
 
   Raises:
     ValueError: If ``folder`` exists and is not a directory.
@@ -44,14 +47,21 @@ def enable_compilation_cache(
   """
   if folder is None or os.fspath(folder) == "":
     return None
-  import jax  # Here, so that the CLI's parser can read the default cheaply.
+  # Imported here, so that the CLI's parser can read the default cheaply.
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
 
-  path = pathlib.Path(folder).expanduser()
-  if path.exists() and not path.is_dir():
-    raise ValueError(
-        f"folder must be a directory for the compilation cache, but "
-        f"folder={os.fspath(folder)!r} is an existing file.")
-  jax.config.update("jax_compilation_cache_dir", str(path))
+  location = os.fspath(folder)
+  if "://" not in location:
+    path = pathlib.Path(location).expanduser()
+    if path.exists() and not path.is_dir():
+      raise ValueError(
+          f"folder must be a directory for the compilation cache, but "
+          f"folder={location!r} is an existing file.")
+    location = str(path.absolute())
+  if jax.config.jax_compilation_cache_dir != location:
+    compilation_cache.reset_cache()
+  jax.config.update("jax_compilation_cache_dir", location)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  return str(path)
+  return location

@@ -387,5 +387,13 @@ def test_cli_resumes_from_checkpoint_dir(tmp_path):
   assert _listing(tmp_path / "ckpt") == ["1", "2"]
 
 
+def test_training_without_checkpoints_does_not_import_orbax():
+  code = ("import sys, jaxcl.training, jaxcl.checkpoint\n"
+          "print(sorted(m for m in sys.modules if m.startswith('orbax')))")
+  out = subprocess.run([sys.executable, "-c", code], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == "[]"
+
+
 if __name__ == "__main__":
   _worker(sys.argv[1:])

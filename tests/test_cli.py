@@ -75,6 +75,21 @@ def test_online_size_cuts_experiences_and_evaluates_at_their_ends(tmp_path):
   assert results["config"]["online_size"] == 500
 
 
+def test_online_size_after_validation_split_with_eval_every(tmp_path):
+  logdir = tmp_path / "online_valid"
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--validation-size", "0.2", "--online-size", "500",
+                   "--eval-every", "3", "--batch-size", "10", "--logdir",
+                   str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 0
+  matrix = json.loads((logdir / "results.json").read_text())["accuracy_matrix"]
+  # 2,000 digits per experience, 1,600 after the validation split: 500, 500,
+  # 500 and 100 per experience; every third and the last are evaluated.
+  assert len(matrix) == 8
+  assert [i for i, row in enumerate(matrix) if row[0] is not None] == [2, 5, 7]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--early-stopping", "2"], "has no valid_stream"),
     (["--periodic-eval", "1", "--periodic-unit", "epochs"], "Did you mean 'epoch'"),

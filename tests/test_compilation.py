@@ -1,11 +1,13 @@
 """jaxcl.enable_compilation_cache: a second process loads, not compiles."""
 
 import json
+import os
 import subprocess
 import sys
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 import jaxcl
 
@@ -44,6 +46,46 @@ def test_second_process_loads_the_program_from_the_cache(tmp_path):
   assert second["value"] == first["value"]
 
 
+_SWITCH = """
+import sys
+import jax, jax.numpy as jnp
+import jaxcl
+jaxcl.enable_compilation_cache(sys.argv[1])
+jax.jit(lambda x: x * 2.0)(jnp.ones(3)).block_until_ready()
+jaxcl.enable_compilation_cache(sys.argv[2])
+jax.jit(lambda x: jnp.cos(x) + 1.0)(jnp.ones(5)).block_until_ready()
+"""
+
+
+def test_switching_folders_takes_effect_after_a_compile(tmp_path):
+  first, second = tmp_path / "a", tmp_path / "b"
+  subprocess.run([sys.executable, "-c", _SWITCH, str(first), str(second)],
+                 check=True, capture_output=True, text=True)
+  # Each folder holds the one jitted lambda compiled while it was enabled.
+  for folder in (first, second):
+    lambdas = [p for p in folder.iterdir() if p.name.startswith("jit__lambda-")]
+    assert len(lambdas) == 1, sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def restored_cache_config():
+  before = jax.config.jax_compilation_cache_dir
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+  compilation_cache.reset_cache()
+
+
+def test_local_folders_become_absolute_and_urls_stay(tmp_path, monkeypatch,
+                                                    restored_cache_config):
+  monkeypatch.chdir(tmp_path)
+  assert jaxcl.enable_compilation_cache("xla") == str(tmp_path / "xla")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+  home = jaxcl.enable_compilation_cache("~/cache_test")
+  assert home == os.path.join(os.path.expanduser("~"), "cache_test")
+  assert jaxcl.enable_compilation_cache("gs://bucket/xla") == "gs://bucket/xla"
+  assert jax.config.jax_compilation_cache_dir == "gs://bucket/xla"
+
+
 def test_empty_folder_leaves_jax_configuration_alone():
   before = jax.config.jax_compilation_cache_dir
   assert jaxcl.enable_compilation_cache("") is None
@@ -58,3 +100,4 @@ def test_folder_that_is_a_file_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"folder=.*cache.* is an existing file"):
     jaxcl.enable_compilation_cache(file)
   assert jax.config.jax_compilation_cache_dir == before
+

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import wave
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
@@ -210,9 +211,13 @@ def test_hparams_and_raw_summaries_read_back(tmp_path):
                           "decay": None, "nesterov": True})
     writer.write_summaries(5, {"raw": np.eye(2, dtype=np.int64)},
                            metadata={"raw": summary_pb2.SummaryMetadata(display_name="R")})
+    writer.write_summaries(6, {"half": jnp.array([0.5, -2.0], jnp.bfloat16)})
     writer.close()
 
-    hparams_event, raw_event = read_events(tmp_path)[1:]
+    hparams_event, raw_event, half_event = read_events(tmp_path)[1:]
+    (half,) = half_event.summary.value
+    assert half.tensor.dtype == types_pb2.DT_BFLOAT16  # As TensorFlow writes it.
+    assert np.frombuffer(half.tensor.tensor_content, jnp.bfloat16).tolist() == [0.5, -2.0]
     (value,) = hparams_event.summary.value
     assert (hparams_event.step, value.tag) == (0, "_hparams_/session_start_info")
     assert value.metadata.plugin_data.plugin_name == "hparams"
@@ -259,9 +264,9 @@ def test_bad_input_raises_before_anything_is_written(tmp_path, method, args, mes
     assert len(read_events(tmp_path)) == 1  # The file version only.
 
 
-def test_unsupported_calls_raise_clear_errors(tmp_path):
+def test_unsupported_calls_warn_or_raise_clear_errors(tmp_path):
     writer = loggers.EventFileWriter(tmp_path)
-    with pytest.raises(NotImplementedError, match="no video summaries"):
+    with pytest.warns(UserWarning, match=r"dropped \['clip'\]: TensorBoard has no video"):
         writer.write_videos(0, {"clip": np.zeros((1, 2, 4, 4, 3), np.uint8)})
     with pytest.raises(ValueError, match="sample_rate must be a positive integer, got 0"):
         writer.write_audios(0, {"a": np.zeros((1, 4, 1))}, sample_rate=0)

@@ -21,6 +21,7 @@ import pathlib
 import socket
 import struct
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -89,8 +90,11 @@ def _tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
             dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=strings
         )
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    # tensorboard's dtype table (no TensorFlow) lacks bfloat16.
+    dtype = (types_pb2.DT_BFLOAT16 if array.dtype.name == "bfloat16"
+             else dtypes.as_dtype(array.dtype).as_datatype_enum)
     return tensor_pb2.TensorProto(
-        dtype=dtypes.as_dtype(array.dtype).as_datatype_enum,
+        dtype=dtype,
         tensor_shape=shape,
         tensor_content=array.tobytes(),
     )
@@ -147,6 +151,7 @@ def _image_batch(name: str, value: ArrayLike) -> np.ndarray:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data and the CRC-32 of type and data."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -290,9 +295,8 @@ class EventFileWriter(MetricWriter):
     * `write_hparams`: the HPARAMS tab's session start info, nested values
       flattened to dotted names as clu does.
     * `write_summaries`: raw tensors with the given `SummaryMetadata`.
-    * `write_videos`: TensorBoard has no video summaries; it raises
-      `NotImplementedError` (clu's `SummaryWriter` ignores videos with a
-      warning).
+    * `write_videos`: TensorBoard has no video summaries; it warns and
+      writes nothing, as clu's `SummaryWriter` does.
 
     Args:
         logdir: Local directory for the event file (created if missing).
@@ -301,6 +305,7 @@ class EventFileWriter(MetricWriter):
         ValueError: If `logdir` is remote (`gs://...`): use `tensorboard_writer`.
 
     Example:
+        >>> import numpy as np
         >>> writer = EventFileWriter("/tmp/jaxcl_example/events")
         >>> writer.write_scalars(0, {"train/loss": 0.5})
         >>> writer.write_images(0, {"eval/stream/sample": np.zeros((8, 8, 3), np.uint8)})
@@ -396,12 +401,14 @@ class EventFileWriter(MetricWriter):
         self._write_plugin(step, _IMAGE, _image_strings, images)
 
     def write_videos(self, step: int, videos: Mapping[str, ArrayLike]) -> None:
-        """Raises `NotImplementedError`: TensorBoard has no video summaries."""
+        """Warns and writes nothing: TensorBoard has no video summaries."""
         del step
-        raise NotImplementedError(
-            f"EventFileWriter.write_videos cannot write {sorted(videos)}: "
-            f"TensorBoard has no video summaries (clu's SummaryWriter drops "
-            f"them with a warning). Write frames with write_images instead."
+        # A warning, as clu's SummaryWriter gives: raising would stop a
+        # MultiWriter before the writers after this one.
+        warnings.warn(
+            f"EventFileWriter.write_videos dropped {sorted(videos)}: TensorBoard "
+            f"has no video summaries. Write frames with write_images instead.",
+            stacklevel=2,
         )
 
     def write_audios(

@@ -570,7 +570,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # Init runs once, so its code is not worth optimising; XLA compiles without
   # the GIL, so the three executables build in parallel.
   options = [{"xla_backend_optimization_level": 0}] + [None] * (len(lowered) - 1)
-  pool = concurrent.futures.ThreadPoolExecutor(4)
+  pool = concurrent.futures.ThreadPoolExecutor(
+      4, thread_name_prefix="jaxcl-compile")
   # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
   # first evaluation's metrics wait for it, so with cached programs it
   # overlaps the first experiences instead of delaying them.
@@ -582,7 +583,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     init_exec, *train_execs, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
   finally:
-    pool.shutdown(wait=False)
+    pool.shutdown(wait=False, cancel_futures=True)
   train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
