@@ -239,7 +239,14 @@ def _histogram(name: str, value: ArrayLike, buckets: int) -> np.ndarray:
         counts = np.zeros(buckets)
         counts[-1] = data.size
         return np.stack([np.full(buckets, high), np.full(buckets, high), counts], axis=1)
-    index = np.floor((data - low) / ((high - low) / buckets)).astype(np.int64)
+    with np.errstate(over="ignore", under="ignore"):
+        width = (high - low) / buckets
+    if not (np.isfinite(width) and width > 0):
+        raise ValueError(
+            f"arrays[{name!r}] spans [{float(low)!r}, {float(high)!r}]: its bucket width "
+            f"overflows or underflows float64; expected a narrower or wider range."
+        )
+    index = np.floor((data - low) / width).astype(np.int64)
     counts = np.bincount(np.minimum(index, buckets - 1), minlength=buckets)
     edges = np.linspace(low, high, buckets + 1)
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
