@@ -292,6 +292,38 @@ def test_flush_makes_data_visible_and_close_is_final(tmp_path):
     assert len(read_events(tmp_path)) == 2
 
 
+def test_a_write_cut_short_by_a_full_disk_leaves_only_whole_records(tmp_path):
+    # A file size limit stands in for a full disk: the image's record is cut
+    # short (EFBIG); the writer must remove the partial record, so that the
+    # events before and after it stay readable.
+    code = (
+        "import errno, pathlib, resource, signal\n"
+        "import numpy as np\n"
+        "from jaxcl import loggers\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"writer = loggers.EventFileWriter({str(tmp_path)!r})\n"
+        "writer.write_scalars(0, {'loss': 0.5})\n"
+        f"(path,) = pathlib.Path({str(tmp_path)!r}).glob('events.out.tfevents.*')\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 1000, hard))\n"
+        "noise = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)\n"
+        "try:\n"
+        "    writer.write_images(1, {'noise': noise})\n"
+        "except OSError as error:\n"
+        "    print(errno.errorcode[error.errno])\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))\n"
+        "writer.write_scalars(2, {'loss': 0.25})\n"
+        "writer.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "EFBIG"
+    found = summaries(tmp_path)
+    assert sorted(found) == ["loss"]
+    assert [(step, float(value)) for step, _, value in found["loss"]] == [(0, 0.5), (2, 0.25)]
+
+
 def test_writers_in_one_folder_write_separate_files(tmp_path):
     first, second = loggers.EventFileWriter(tmp_path), loggers.EventFileWriter(tmp_path)
     first.close()

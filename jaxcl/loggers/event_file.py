@@ -14,6 +14,7 @@ Only local paths are supported: remote file systems (`gs://...`) go through
 TensorFlow's file system layer, see `tensorboard_writer`.
 """
 
+import io
 import itertools
 import operator
 import os
@@ -333,8 +334,8 @@ class EventFileWriter(MetricWriter):
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
             f"{os.getpid()}.{next(_FILE_COUNTER)}.v2"
         )
-        self._file = open(directory / name, "xb")
-        self._records = RecordWriter(self._file)
+        # Unbuffered: `_write_events` sees every short write and can undo it.
+        self._file = open(directory / name, "xb", buffering=0)
         self._write_events([
             event_pb2.Event(
                 wall_time=time.time(),
@@ -344,11 +345,27 @@ class EventFileWriter(MetricWriter):
         ])
 
     def _write_events(self, events: list[event_pb2.Event]) -> None:
+        """Appends the events' records, all of them or (on an error) none.
+
+        Readers stop at the first damaged record, so a record cut short by a
+        full disk would hide every event written after it: on an error the
+        file is cut back to where this call started, then the error is raised.
+        """
         if self._file.closed:
             raise RuntimeError(f"The EventFileWriter for logdir={self._logdir!r} is closed.")
+        encoded = io.BytesIO()
+        records = RecordWriter(encoded)
         for event in events:
-            self._records.write(event.SerializeToString())
-        self._file.flush()
+            records.write(event.SerializeToString())
+        data = memoryview(encoded.getvalue())
+        start = self._file.tell()
+        try:
+            while data:
+                data = data[self._file.write(data):]
+        except OSError:
+            self._file.truncate(start)
+            self._file.seek(start)
+            raise
 
     def _write(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
         """Writes one event per summary value, all at `step`."""
