@@ -1,6 +1,7 @@
 """Model zoo: architectures, batch-norm state, per-sample heads, fit on images."""
 
 import inspect
+import re
 
 import chex
 import jax
@@ -12,7 +13,8 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl.benchmarks import augment, class_incremental, normalizer
-from jaxcl.models import MODELS, MTMLP, MultiHead, ResNet32, SlimResNet18, as_model
+from jaxcl.models import (MODELS, MTMLP, MultiHead, ResNet32, SlimResNet18,
+                          TorchConv, as_model)
 from jaxcl.strategies import naive
 
 
@@ -230,3 +232,68 @@ def test_mlp_activation_matches_numpy(activation, fn):
                              rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="activation 'gelu' is unknown"):
     jaxcl.models.MLP(3, activation="gelu").init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("kernel_size,strides,padding,size", [
+    (3, 1, 1, 9), (3, 1, 0, 8), (3, 2, 1, 9), (3, 2, 1, 8), (1, 1, 0, 5),
+    (5, 2, 2, 11), (3, 3, 0, 10)])
+def test_torch_conv_native_cpu_gradients_equal_jax_rules(kernel_size, strides,
+                                                          padding, size):
+  # The custom VJP must give JAX's own gradients for every stride, padding
+  # and size whose last window does not reach the edge exactly.
+  x = jax.random.normal(jax.random.key(0), (3, size, size, 2))
+  convs = {native: TorchConv(5, kernel_size, strides=strides, padding=padding,
+                             native_cpu_gradients=native)
+           for native in (True, False)}
+  params = convs[True].init(jax.random.key(1), x)
+
+  def loss(native, params, x):
+    return jnp.sum(jnp.sin(convs[native].apply(params, x)))
+
+  assert jax.default_backend() == "cpu"
+  grads = {native: jax.grad(loss, (1, 2))(native, params, x)
+           for native in (True, False)}
+  chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-5, atol=1e-5)
+  # Seeds vmapped over stacked parameters, and per-sample gradients.
+  stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+  seeds = {native: jax.vmap(jax.grad(loss, 1), (None, 0, None))(native,
+                                                                stacked, x)
+           for native in (True, False)}
+  chex.assert_trees_all_close(seeds[True], seeds[False], rtol=1e-5, atol=1e-5)
+  per_sample = {native: jax.vmap(jax.grad(loss, 1), (None, None, 0))(
+      native, params, x[:, None]) for native in (True, False)}
+  chex.assert_trees_all_close(per_sample[True], per_sample[False], rtol=1e-5,
+                              atol=1e-5)
+
+
+def test_torch_conv_gradients_in_a_scan_use_only_native_cpu_convolutions():
+  # What makes them fast: XLA:CPU's Eigen kernels take convolutions labelled
+  # b01f_01io->b01f; JAX's own rules leave permuted labels inside a scan.
+  model = jaxcl.models.SimpleCNN(3)
+  x = jnp.zeros((4, 6, 12, 12, 1))
+  params = model.init(jax.random.key(0), x[0])
+
+  def train(params, xs):
+    def step(params, x):
+      grads = jax.grad(lambda p: jnp.sum(model.apply(p, x)))(params)
+      return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), None
+    return jax.lax.scan(step, params, xs)[0]
+
+  hlo = jax.jit(train).lower(params, x).compile().as_text()
+  labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo)
+  # Five convolutions, their kernel gradients, the input gradients of all
+  # but the first (the images are not differentiated).
+  assert len(labels) == 5 + 5 + 4
+  assert set(labels) == {"b01f_01io->b01f"}
+
+
+def test_torch_conv_forward_mode_needs_jax_rules():
+  conv = TorchConv(2, 3, native_cpu_gradients=False)
+  x = jnp.ones((1, 5, 5, 1))
+  params = conv.init(jax.random.key(0), x)
+  _, tangent = jax.jvp(lambda x: conv.apply(params, x), (x,), (x,))
+  np.testing.assert_allclose(tangent, conv.apply(params, x)
+                             - params["params"]["Conv_0"]["bias"], rtol=1e-5)
+  native = TorchConv(2, 3)
+  with pytest.raises(TypeError, match="custom_vjp"):
+    jax.jvp(lambda x: native.apply(params, x), (x,), (x,))

@@ -14,14 +14,79 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 from jaxcl.models.mlp import TorchLinear, _torch_bias_init
 
 __all__ = ["SimpleCNN", "TorchConv"]
+
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+          padding: Padding) -> jax.Array:
+  """An NHWC/HWIO convolution whose gradients are NHWC/HWIO convolutions too.
+
+  JAX's own transpose rules express the gradients as convolutions with
+  permuted dimension labels. Inside a ``lax.scan`` XLA:CPU leaves those as
+  they are and runs them through its generic loop emitter instead of its
+  Eigen kernels, 10-25x slower (jax-ml/jax#12868). The gradients below are
+  the same sums, written with explicit transposes around convolutions in the
+  layout XLA:CPU runs natively.
+  """
+  return lax.conv_general_dilated(x, kernel, strides, padding,
+                                  dimension_numbers=_NHWC)
+
+
+def _conv_fwd(x, kernel, strides, padding):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_bwd(strides, padding, residuals, dy):
+  x, kernel = residuals
+  spatial = list(zip(kernel.shape[:2], padding, x.shape[1:3], dy.shape[1:3],
+                     strides))
+  # dx: dy spread out by the strides (lhs dilation), convolved with the
+  # kernel flipped in space and with its input and output channels swapped.
+  dx = lax.conv_general_dilated(
+      dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), (1, 1),
+      [(k - 1 - low, size - 1 - (out - 1) * s + low)
+       for k, (low, _), size, out, s in spatial],
+      lhs_dilation=strides, dimension_numbers=_NHWC)
+  # dkernel: a convolution over the images with dy as the kernel (dilated
+  # by the strides), the batch as the summed channel axis and the input
+  # channels as the batch axis.
+  dkernel = lax.conv_general_dilated(
+      x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
+      [(low, k + (out - 1) * s - size - low)
+       for k, (low, _), size, out, s in spatial],
+      rhs_dilation=strides, dimension_numbers=_NHWC)
+  return dx, dkernel.transpose(1, 2, 0, 3)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _conv_with_native_gradients(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+    padding: Sequence[tuple[int, int]], **unused) -> jax.Array:
+  """``nn.Conv``'s convolution call, routed to :func:`_conv`.
+
+  Only :class:`TorchConv` passes it, with what it always uses: NHWC inputs,
+  HWIO kernels, no dilation, one feature group, default precision.
+  """
+  del unused
+  return _conv(lhs, rhs, tuple(window_strides),
+               tuple(tuple(pad) for pad in padding))
 
 
 class TorchConv(nn.Module):
@@ -32,6 +97,13 @@ class TorchConv(nn.Module):
   Padding is explicit and symmetric, as PyTorch's ``padding=`` (Flax's
   ``"SAME"`` pads strided convolutions asymmetrically).
 
+  On the CPU backend the gradients are computed by a custom VJP with
+  convolutions in the layout XLA:CPU runs natively: the same values, 10-25x
+  faster inside jaxcl's scanned training loop (jax-ml/jax#12868). JAX
+  differentiates a custom VJP in reverse mode only: for forward mode
+  (``jax.jvp``, ``jax.hessian``) set ``native_cpu_gradients=False``. Other
+  backends always use JAX's own rules.
+
   Attributes:
     features: Output channels.
     kernel_size: Side of the square kernel.
@@ -39,6 +111,15 @@ class TorchConv(nn.Module):
     padding: Zero pixels added on each side.
     use_bias: Add a bias.
     kernel_init: Optional weight initialiser replacing PyTorch's default.
+    native_cpu_gradients: On the CPU backend, use the fast custom VJP above.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> conv = TorchConv(8, 3, strides=2, padding=1)
+    >>> x = jnp.ones((2, 9, 9, 3))
+    >>> params = conv.init(jax.random.key(0), x)
+    >>> conv.apply(params, x).shape
+    (2, 5, 5, 8)
   """
 
   features: int
@@ -47,15 +128,19 @@ class TorchConv(nn.Module):
   padding: int = 0
   use_bias: bool = True
   kernel_init: Callable | None = None
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     fan_in = x.shape[-1] * self.kernel_size ** 2
     p = self.padding
+    native = self.native_cpu_gradients and jax.default_backend() == "cpu"
     return nn.Conv(
         self.features, (self.kernel_size, self.kernel_size),
         strides=(self.strides, self.strides), padding=((p, p), (p, p)),
         use_bias=self.use_bias,
+        conv_general_dilated=(_conv_with_native_gradients if native
+                              else lax.conv_general_dilated),
         kernel_init=self.kernel_init or nn.initializers.variance_scaling(
             1 / 3, "fan_in", "uniform"),
         bias_init=_torch_bias_init(fan_in))(x)
