@@ -4,14 +4,17 @@ For each strategy: compile time, steps/s, samples/s, FLOPs per step (XLA's
 cost analysis of one compiled step), achieved FLOP/s and that as a fraction
 of the float32 matmul peak measured on the same device in the same run, and
 the cost of a step relative to the naive step. Runs one long experience of
-synthetic MNIST-shaped data (steps x batch samples), so the timed part is the
-library's hot loop: one compiled executable, `lax.scan` over steps.
+synthetic MNIST-shaped data (steps x batch samples; CIFAR-shaped 32x32x3 for
+the convolutional models), so the timed part is the library's hot loop: one
+compiled executable, `lax.scan` over steps.
 
 Usage:
   python examples/benchmark_throughput.py
   python examples/benchmark_throughput.py --strategies naive,ewc,si,mas,lwf,replay \
       --batch-size 32 --steps 2000 --hidden-size 512
   python examples/benchmark_throughput.py --seeds 8     # vmapped seeds vs one seed
+  python examples/benchmark_throughput.py --model simple_cnn --steps 200 \
+      [--jax-conv-gradients]   # JAX's own convolution gradients, for comparison
 """
 
 import argparse
@@ -26,10 +29,13 @@ import jaxcl
 from jaxcl.training import loop
 
 
-def synthetic_benchmark(n_samples: int):
-  """One experience of MNIST-shaped uint8 images of 10 classes."""
+CONV_MODELS = ("simple_cnn", "slim_resnet18", "resnet32")
+
+
+def synthetic_benchmark(n_samples: int, image_shape=(28, 28, 1)):
+  """One experience of uint8 images of 10 classes (MNIST-shaped by default)."""
   rng = np.random.default_rng(0)
-  x = rng.integers(0, 256, (n_samples, 28, 28, 1), dtype=np.uint8)
+  x = rng.integers(0, 256, (n_samples, *image_shape), dtype=np.uint8)
   y = np.tile(np.arange(10), n_samples // 10 + 1)[:n_samples]
   test = (x[:1000], y[:1000])
   bench = jaxcl.benchmarks.class_incremental(
@@ -60,9 +66,14 @@ def step_flops(model, strategy, optimizer, bench, batch_size: int) -> float:
 def measure(name: str, args, peak: float, seeds: int | None = None,
             batch_size: int | None = None) -> dict:
   batch_size = batch_size or args.batch_size
-  bench = synthetic_benchmark(args.steps * batch_size)
-  model = jaxcl.models.MLP(10, hidden_size=args.hidden_size,
-                           drop_rate=args.drop_rate)
+  if args.model == "mlp":
+    bench = synthetic_benchmark(args.steps * batch_size)
+    model = jaxcl.models.MLP(10, hidden_size=args.hidden_size,
+                             drop_rate=args.drop_rate)
+  else:
+    bench = synthetic_benchmark(args.steps * batch_size, (32, 32, 3))
+    model = jaxcl.models.MODELS[args.model](
+        num_classes=10, native_cpu_gradients=not args.jax_conv_gradients)
   strategy = jaxcl.strategies.from_spec(name)
   optimizer = optax.sgd(0.01)
   batch = batch_size
@@ -97,6 +108,10 @@ def main():
                       help="comma-separated strategy specs")
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--steps", type=int, default=2000)
+  parser.add_argument("--model", default="mlp", choices=("mlp", *CONV_MODELS))
+  parser.add_argument("--jax-conv-gradients", action="store_true",
+                      help="convolutional models: JAX's own gradient rules "
+                      "instead of TorchConv's native CPU ones")
   parser.add_argument("--hidden-size", type=int, default=512)
   parser.add_argument("--drop-rate", type=float, default=0.0)
   parser.add_argument("--repeats", type=int, default=3)
@@ -112,7 +127,10 @@ def main():
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
         f"jax {jax.__version__}, {os.cpu_count()} CPUs; matmul peak "
         f"{peak / 1e9:.1f} GFLOP/s")
-  print(f"MLP 784-{args.hidden_size}-10, batch {args.batch_size}, "
+  model = (f"MLP 784-{args.hidden_size}-10" if args.model == "mlp" else
+           f"{args.model} on 32x32x3" + (", JAX's conv gradients"
+                                         if args.jax_conv_gradients else ""))
+  print(f"{model}, batch {args.batch_size}, "
         f"{args.steps} steps x {args.epochs} epochs, best of {args.repeats}")
   names = args.strategies.split(",")
   rows = [measure(name, args, peak) for name in names]

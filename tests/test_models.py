@@ -287,6 +287,26 @@ def test_torch_conv_gradients_in_a_scan_use_only_native_cpu_convolutions():
   assert set(labels) == {"b01f_01io->b01f"}
 
 
+@pytest.mark.parametrize("make", [
+    lambda native: jaxcl.models.SimpleCNN(3, native_cpu_gradients=native),
+    lambda native: SlimResNet18(3, nf=4, native_cpu_gradients=native),
+    lambda native: ResNet32(3, n=1, native_cpu_gradients=native)])
+def test_conv_models_train_the_same_with_native_cpu_gradients(make):
+  models = {native: as_model(make(native)) for native in (True, False)}
+  x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
+  task = jnp.zeros(4, jnp.int32)
+  params, state = models[True].init(jax.random.key(1), x, task)
+
+  def loss(native, params):
+    logits, _ = models[native].apply(params, state, x, task, True,
+                                      jax.random.key(2))
+    return jnp.sum(logits ** 2)
+
+  chex.assert_trees_all_close(jax.grad(loss, 1)(True, params),
+                              jax.grad(loss, 1)(False, params),
+                              rtol=1e-4, atol=1e-5)
+
+
 def test_torch_conv_forward_mode_needs_jax_rules():
   conv = TorchConv(2, 3, native_cpu_gradients=False)
   x = jnp.ones((1, 5, 5, 1))
@@ -297,3 +317,10 @@ def test_torch_conv_forward_mode_needs_jax_rules():
   native = TorchConv(2, 3)
   with pytest.raises(TypeError, match="custom_vjp"):
     jax.jvp(lambda x: native.apply(params, x), (x,), (x,))
+  model = jaxcl.models.SimpleCNN(2, native_cpu_gradients=False)
+  images = jnp.ones((1, 10, 10, 1))
+  variables = model.init(jax.random.key(0), images)
+  # A Hessian-vector product, forward over reverse.
+  loss = lambda v: jnp.sum(model.apply(v, images) ** 2)
+  _, hvp = jax.jvp(jax.grad(loss), (variables,), (variables,))
+  assert jax.tree.structure(hvp) == jax.tree.structure(variables)

@@ -158,10 +158,12 @@ class SimpleCNN(nn.Module):
     num_classes: Width of the output layer; None returns the 64 pooled
       features (a backbone for :class:`jaxcl.models.MultiHead`).
     drop_rate: Dropout probability (training only).
+    native_cpu_gradients: As :class:`TorchConv`'s (False for forward mode).
   """
 
   num_classes: int | None = 10
   drop_rate: float = 0.25
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -172,11 +174,13 @@ class SimpleCNN(nn.Module):
     def drop(h):
       return nn.Dropout(self.drop_rate, deterministic=not train)(h)
 
+    conv = functools.partial(TorchConv,
+                             native_cpu_gradients=self.native_cpu_gradients)
     for features in (32, 64):
-      x = nn.relu(TorchConv(features, 3, padding=1)(x))
-      x = nn.relu(TorchConv(features, 3)(x))
+      x = nn.relu(conv(features, 3, padding=1)(x))
+      x = nn.relu(conv(features, 3)(x))
       x = drop(nn.max_pool(x, (2, 2), strides=(2, 2)))
-    x = nn.relu(TorchConv(64, 1)(x))
+    x = nn.relu(conv(64, 1)(x))
     x = drop(jnp.max(x, axis=(1, 2)))
     if self.num_classes is None:
       return x

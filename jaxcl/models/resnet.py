@@ -39,18 +39,19 @@ class _BasicBlock(nn.Module):
 
   features: int
   strides: int = 1
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    conv = functools.partial(TorchConv, kernel_size=3, padding=1,
-                             use_bias=False)
-    out = nn.relu(_batch_norm(train)(conv(self.features,
+    conv = functools.partial(TorchConv, use_bias=False,
+                             native_cpu_gradients=self.native_cpu_gradients)
+    out = nn.relu(_batch_norm(train)(conv(self.features, 3, padding=1,
                                           strides=self.strides)(x)))
-    out = _batch_norm(train)(conv(self.features)(out))
+    out = _batch_norm(train)(conv(self.features, 3, padding=1)(out))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = _batch_norm(train)(TorchConv(
-          self.features, 1, strides=self.strides, use_bias=False)(x))
+      shortcut = _batch_norm(train)(conv(self.features, 1,
+                                         strides=self.strides)(x))
     return nn.relu(out + shortcut)
 
 
@@ -66,18 +67,23 @@ class SlimResNet18(nn.Module):
     num_classes: Width of the output layer; None returns the ``8 * nf``
       pooled features (a backbone for :class:`jaxcl.models.MultiHead`).
     nf: Filters of the first stage (20 in GEM).
+    native_cpu_gradients: As :class:`jaxcl.models.TorchConv`'s (False for
+      forward-mode differentiation).
   """
 
   num_classes: int | None = 10
   nf: int = 20
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = TorchConv(self.nf, 3, padding=1, use_bias=False)(x)
+    native = self.native_cpu_gradients
+    x = TorchConv(self.nf, 3, padding=1, use_bias=False,
+                  native_cpu_gradients=native)(x)
     x = nn.relu(_batch_norm(train)(x))
     for multiple, strides in ((1, 1), (2, 2), (4, 2), (8, 2)):
-      x = _BasicBlock(self.nf * multiple, strides)(x, train)
-      x = _BasicBlock(self.nf * multiple)(x, train)
+      x = _BasicBlock(self.nf * multiple, strides, native)(x, train)
+      x = _BasicBlock(self.nf * multiple, native_cpu_gradients=native)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
@@ -96,12 +102,14 @@ class _IcarlBlock(nn.Module):
   features: int
   increase_dim: bool = False
   last: bool = False
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     strides = 2 if self.increase_dim else 1
     conv = functools.partial(TorchConv, kernel_size=3, padding=1,
-                             use_bias=False, kernel_init=_ICARL_CONV_INIT)
+                             use_bias=False, kernel_init=_ICARL_CONV_INIT,
+                             native_cpu_gradients=self.native_cpu_gradients)
     out = nn.relu(_batch_norm(train)(conv(self.features, strides=strides)(x)))
     out = _batch_norm(train)(conv(self.features)(out))
     shortcut = x
@@ -125,23 +133,29 @@ class ResNet32(nn.Module):
     num_classes: Width of the output layer; None returns the 64 pooled
       features.
     n: Residual blocks per stage.
+    native_cpu_gradients: As :class:`jaxcl.models.TorchConv`'s (False for
+      forward-mode differentiation).
   """
 
   num_classes: int | None = 100
   n: int = 5
+  native_cpu_gradients: bool = True
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     if self.n < 1:
       raise ValueError(f"ResNet32 n must be >= 1, got {self.n}.")
     x = TorchConv(16, 3, padding=1, use_bias=False,
-                  kernel_init=_ICARL_CONV_INIT)(x)
+                  kernel_init=_ICARL_CONV_INIT,
+                  native_cpu_gradients=self.native_cpu_gradients)(x)
     x = nn.relu(_batch_norm(train)(x))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.n):
         last = stage == 2 and block == self.n - 1
         x = _IcarlBlock(features, increase_dim=stage > 0 and block == 0,
-                        last=last)(x, train)
+                        last=last,
+                        native_cpu_gradients=self.native_cpu_gradients)(
+                            x, train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
