@@ -254,16 +254,21 @@ def test_torch_conv_native_cpu_gradients_equal_jax_rules(kernel_size, strides,
   grads = {native: jax.grad(loss, (1, 2))(native, params, x)
            for native in (True, False)}
   chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-5, atol=1e-5)
-  # Seeds vmapped over stacked parameters, and per-sample gradients.
-  stacked = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
-  seeds = {native: jax.vmap(jax.grad(loss, 1), (None, 0, None))(native,
-                                                                stacked, x)
-           for native in (True, False)}
-  chex.assert_trees_all_close(seeds[True], seeds[False], rtol=1e-5, atol=1e-5)
-  per_sample = {native: jax.vmap(jax.grad(loss, 1), (None, None, 0))(
-      native, params, x[:, None]) for native in (True, False)}
-  chex.assert_trees_all_close(per_sample[True], per_sample[False], rtol=1e-5,
-                              atol=1e-5)
+  # Seeds vmapped over stacked parameters, and per-sample gradients, with
+  # few (unrolled) and many (looped) kernels under vmap.
+  for n_seeds in (2, 9):
+    stacked = jax.tree.map(
+        lambda a: a * jnp.arange(1, n_seeds + 1).reshape(-1, *[1] * a.ndim),
+        params)
+    seeds = {native: jax.vmap(jax.grad(loss, 1), (None, 0, None))(
+        native, stacked, x) for native in (True, False)}
+    chex.assert_trees_all_close(seeds[True], seeds[False], rtol=1e-5,
+                                atol=1e-5)
+  for samples in (x, jnp.tile(x, (4, 1, 1, 1))):
+    per_sample = {native: jax.vmap(jax.grad(loss, 1), (None, None, 0))(
+        native, params, samples[:, None]) for native in (True, False)}
+    chex.assert_trees_all_close(per_sample[True], per_sample[False],
+                                rtol=1e-5, atol=1e-5)
 
 
 def test_torch_conv_gradients_in_a_scan_use_only_native_cpu_convolutions():

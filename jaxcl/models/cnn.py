@@ -31,6 +31,47 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
+# Up to this many kernels under `vmap` (seeds, sweeps) are convolved one by
+# one in the program; more go through a loop, which compiles to one body.
+_UNROLLED_KERNELS = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _native_conv(strides: tuple[int, int], padding: Padding,
+                 lhs_dilation: tuple[int, int] = (1, 1),
+                 rhs_dilation: tuple[int, int] = (1, 1)) -> Callable:
+  """An NHWC/HWIO convolution that stays NHWC/HWIO convolutions under `vmap`.
+
+  JAX batches a convolution whose kernel is vmapped (one kernel per seed)
+  into a grouped convolution, which XLA:CPU runs outside its Eigen kernels,
+  20-25x slower; this one convolves each kernel separately instead, and
+  folds a vmapped axis of the images alone into their batch.
+  """
+
+  def conv(x, kernel):
+    return lax.conv_general_dilated(
+        x, kernel, strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=_NHWC)
+
+  native = jax.custom_batching.custom_vmap(conv)
+
+  @native.def_vmap
+  def _vmapped(axis_size, in_batched, x, kernel):
+    x_batched, kernel_batched = in_batched
+    if not kernel_batched:
+      y = native(x.reshape(-1, *x.shape[2:]), kernel)
+      return y.reshape(axis_size, -1, *y.shape[1:]), True
+    image = lambda i: x[i] if x_batched else x
+    if axis_size <= _UNROLLED_KERNELS:
+      return jnp.stack([native(image(i), kernel[i])
+                        for i in range(axis_size)]), True
+    if x_batched:
+      return lax.map(lambda pair: native(*pair), (x, kernel)), True
+    return lax.map(lambda k: native(x, k), kernel), True
+
+  return native
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
           padding: Padding) -> jax.Array:
@@ -41,10 +82,10 @@ def _conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   they are and runs them through its generic loop emitter instead of its
   Eigen kernels, 10-25x slower (jax-ml/jax#12868). The gradients below are
   the same sums, written with explicit transposes around convolutions in the
-  layout XLA:CPU runs natively.
+  layout XLA:CPU runs natively, and all three keep that layout under `vmap`
+  (:func:`_native_conv`).
   """
-  return lax.conv_general_dilated(x, kernel, strides, padding,
-                                  dimension_numbers=_NHWC)
+  return _native_conv(strides, padding)(x, kernel)
 
 
 def _conv_fwd(x, kernel, strides, padding):
@@ -57,19 +98,17 @@ def _conv_bwd(strides, padding, residuals, dy):
                      strides))
   # dx: dy spread out by the strides (lhs dilation), convolved with the
   # kernel flipped in space and with its input and output channels swapped.
-  dx = lax.conv_general_dilated(
-      dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), (1, 1),
-      [(k - 1 - low, size - 1 - (out - 1) * s + low)
-       for k, (low, _), size, out, s in spatial],
-      lhs_dilation=strides, dimension_numbers=_NHWC)
+  dx = _native_conv((1, 1), tuple(
+      (k - 1 - low, size - 1 - (out - 1) * s + low)
+      for k, (low, _), size, out, s in spatial), lhs_dilation=strides)(
+          dy, jnp.flip(kernel, (0, 1)).swapaxes(2, 3))
   # dkernel: a convolution over the images with dy as the kernel (dilated
   # by the strides), the batch as the summed channel axis and the input
   # channels as the batch axis.
-  dkernel = lax.conv_general_dilated(
-      x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1),
-      [(low, k + (out - 1) * s - size - low)
-       for k, (low, _), size, out, s in spatial],
-      rhs_dilation=strides, dimension_numbers=_NHWC)
+  dkernel = _native_conv((1, 1), tuple(
+      (low, k + (out - 1) * s - size - low)
+      for k, (low, _), size, out, s in spatial), rhs_dilation=strides)(
+          x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3))
   return dx, dkernel.transpose(1, 2, 0, 3)
 
 
