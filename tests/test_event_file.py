@@ -41,6 +41,14 @@ def read_events(logdir):
     return events
 
 
+def run_python(code):
+    """Runs `code` in a fresh Python process; returns its stripped output."""
+    result = subprocess.run([sys.executable, "-c", code], check=False,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def summaries(logdir):
     """{tag: [(step, plugin name, array), ...]} of the summary events in `logdir`."""
     found = {}
@@ -315,10 +323,7 @@ def test_a_write_cut_short_by_a_full_disk_leaves_only_whole_records(tmp_path):
         "writer.write_scalars(2, {'loss': 0.25})\n"
         "writer.close()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "EFBIG"
+    assert run_python(code) == "EFBIG"
     found = summaries(tmp_path)
     assert sorted(found) == ["loss"]
     assert [(step, float(value)) for step, _, value in found["loss"]] == [(0, 0.5), (2, 0.25)]
@@ -344,10 +349,7 @@ def test_create_writers_never_imports_tensorflow(tmp_path):
         "writer.close()\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False,
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert run_python(code) == "False"
     assert sorted(summaries(tmp_path)) == [
         "_hparams_/session_start_info", "eval/image", "note", "train/loss", "weights"]
 
