@@ -42,17 +42,57 @@ print(json.dumps(out))
 """
 
 
+# TorchConv's CPU gradients (custom VJP, per-kernel vmap rule) under a
+# batch sharded over devices and under seeds sharded over devices.
+CNN_SCRIPT = r"""
+import json
+import jax, numpy as np, optax
+import jaxcl
+
+assert len(jax.local_devices()) == 4
+rng = np.random.default_rng(0)
+y = np.repeat(np.arange(4), 16)
+x = (rng.integers(0, 40, (64, 12, 12, 1))
+     + 50 * y[:, None, None, None]).astype(np.uint8)
+bench = jaxcl.benchmarks.class_incremental(
+    (x, y), (x, y), 2, fixed_class_order=range(4),
+    preprocess=jaxcl.benchmarks.normalizer(0.5, 0.25))
+model = jaxcl.models.SimpleCNN(4, drop_rate=0.0)
+fit = lambda **kw: jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1),
+                             bench, batch_size=8, epochs=2, **kw)
+diff = lambda a, b: max(float(np.abs(u - v).max()) for u, v in zip(
+    jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)))
+seeds = fit(seeds=[0, 1, 2, 3])
+print(json.dumps({
+    "data_parallel_diff": diff(fit(data_parallel=False),
+                               fit(data_parallel=True)),
+    "seeds_sharded_diff": diff(seeds.runs[2],
+                               fit(seed=2, data_parallel=False))}))
+"""
+
+
+def _run_on_four_devices(script):
+  """Runs `script` with 4 simulated CPU devices; returns its last JSON line."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", script], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_four_devices_equal_one_device():
   from jaxcl.strategies import REGISTRY
   names = [n for n in ("naive", "replay", "ewc") if n in REGISTRY]
   tests = str(pathlib.Path(__file__).parent)
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=tests, names=names)],
-                        env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  out = _run_on_four_devices(SCRIPT.format(tests=tests, names=names))
   for name in names:
     assert out[name]["param_diff"] < 1e-5, name
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
+  assert out["seeds_sharded_diff"] < 1e-5
+
+
+def test_convolutional_model_on_four_devices_equals_one_device():
+  out = _run_on_four_devices(CNN_SCRIPT)
+  assert out["data_parallel_diff"] < 1e-5
   assert out["seeds_sharded_diff"] < 1e-5
