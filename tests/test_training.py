@@ -1,5 +1,7 @@
 """The training loop: evaluation against numpy, one compile, seeds, NaN guard."""
 
+import importlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,9 @@ from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
 from jaxcl.training import (cross_entropy, init_state, make_evaluate,
                             stack_experiences)
+
+# The module, for its private helpers (``jaxcl.training.fit`` is the function).
+fit_module = importlib.import_module("jaxcl.training.fit")
 
 # A "model" whose logits are its inputs: evaluation can be checked by hand.
 IDENTITY = Model(init=lambda key, x, task: ({"b": jnp.zeros(())}, {}),
@@ -179,6 +184,58 @@ def test_eval_every_skips_rows_and_metrics_use_evaluated_rows(tiny_model):
   # Experience 0's forgetting is measured from the first evaluation after it.
   expected = np.mean([R[1, 0] - R[2, 0], R[1, 1] - R[2, 1]])
   assert result.metrics["forgetting"] == pytest.approx(expected)
+
+
+def test_blocks_cut_at_evaluations_and_at_their_length():
+  cut = fit_module._blocks
+  assert cut(range(7), {2, 6}, 2) == [[0, 1], [2], [3, 4], [5, 6]]
+  assert cut(range(3, 7), {6}, 10) == [[3, 4, 5, 6]]
+  assert cut(range(4), {0, 1, 2, 3}, 3) == [[0], [1], [2], [3]]
+
+
+def test_block_length_is_the_longest_span_within_the_byte_budget(monkeypatch):
+  # Two origin experiences of 24 samples: mini-experiences of 5, 5, 5, 5, 4.
+  bench = jaxcl.benchmarks.split_online(make_benchmark(), 5)
+  points = fit_module._eval_points(bench.train_stream, None)
+  assert sorted(points) == [4, 9]
+  assert fit_module._block_length(bench.train_stream, points) == 5
+  assert fit_module._block_length(bench.train_stream, {1, 9}) == 8
+  per_experience = 5 * (6 * 4 + 12)  # Samples times input, label, task, weight.
+  monkeypatch.setattr(fit_module, "_BLOCK_BYTES", 3 * per_experience + 1)
+  assert fit_module._block_length(bench.train_stream, points) == 3
+  every = set(range(len(bench.train_stream)))
+  assert fit_module._block_length(bench.train_stream, every) == 1
+
+
+@pytest.mark.parametrize("seeds", [None, [0, 1]])
+def test_blocks_of_experiences_train_as_one_call_per_experience(monkeypatch,
+                                                                seeds):
+  bench = jaxcl.benchmarks.split_online(make_benchmark(), 5)
+  per_experience = 5 * (6 * 4 + 12)
+
+  def run(block):
+    monkeypatch.setattr(fit_module, "_BLOCK_BYTES", block * per_experience)
+    strategy, traces = _count_traces(jaxcl.strategies.replay(mem_size=6))
+    result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), strategy,
+                       optax.sgd(0.1), bench, batch_size=2, seed=0, seeds=seeds)
+    # Traced once even when blocked: the block reuses the experience's trace.
+    assert len(traces) == 1
+    return result
+
+  # 1: one call per experience; 3: blocks of 3, 2, 3, 2 (the last of each
+  # span padded and skipped); 5: one block per span.
+  one, *blocked = run(1), run(3), run(5)
+  runs = lambda result: result.runs if seeds else [result]
+  for other in blocked:
+    for a, b in zip(runs(other), runs(one), strict=True):
+      np.testing.assert_allclose(a.accuracy_matrix, b.accuracy_matrix)
+      chex.assert_trees_all_close(a.state.params, b.state.params,
+                                  rtol=1e-6, atol=1e-6)
+      chex.assert_trees_all_equal(a.state.cl_state, b.state.cl_state)
+      chex.assert_trees_all_equal(a.state.step, b.state.step)
+      np.testing.assert_allclose([h["train_loss"] for h in a.history],
+                                 [h["train_loss"] for h in b.history],
+                                 rtol=1e-6)
 
 
 def test_online_streams_evaluate_at_the_end_of_each_origin_experience():

@@ -255,8 +255,11 @@ def fit(
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
   Training of each experience is one call of one compiled function (all
-  epochs scanned on the device); evaluation of the whole test stream is one
-  call of another. Both compile once for the whole stream. With ``seeds``,
+  epochs scanned on the device); where several experiences pass between two
+  evaluations (online streams, ``eval_every``), one call scans over a block
+  of them, saving the per-call host work that would outweigh a
+  mini-experience's training. Evaluation of the whole test stream is one
+  call of another function. Both compile once for the whole stream. With ``seeds``,
   all seeds run as one ``vmap``-ped program (parameters, optimizer and
   strategy state and data order stacked on a leading axis).
 
@@ -519,6 +522,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if batched:
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
     eval_fn = _evaluate_runs(eval_fn)
+  eval_points = _eval_points(train_stream, eval_every)
+  block = 1 if trainer else _block_length(train_stream, eval_points)
 
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
@@ -528,7 +533,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   state_shape = jax.eval_shape(init_fn, seeds)
   test_data = jax.device_put(stack_experiences(list(test_stream), n_classes),
                              place.data)
-  first = None if trainer else jax.device_put(
+  first = None if trainer or block > 1 else jax.device_put(
       experience_data(train_stream[0], size, n_classes), place.data)
   periodic_data = None if periodic_stream is None else (
       test_data if periodic_stream is test_stream else jax.device_put(
@@ -536,6 +541,19 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
     train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
+  elif block > 1:
+    one_experience = jax.jit(train_fn)
+    data_shape = jax.eval_shape(
+        lambda: experience_data(train_stream[0], size, n_classes))
+    block_shape = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((block, *a.shape), a.dtype), data_shape)
+    single = one_experience.trace(state_shape, data_shape, periodic_data)
+    train_lowered = [jax.jit(
+        _train_block(one_experience, single.out_info[1]), donate_argnums=0,
+        in_shardings=(place.state, place.data, place.data, place.data),
+        out_shardings=(place.state, place.state)).lower(
+            state_shape, block_shape, np.int32(block), periodic_data)]
+    train_jaxpr, train_loops = single.jaxpr, (epochs, steps)
   else:
     train_traced = jax.jit(
         train_fn, donate_argnums=0,
@@ -615,22 +633,24 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
     periodic_histories = meta["periodic"]
     confusion, train_s, eval_s = meta["confusion"], meta["train_s"], meta["eval_s"]
-  eval_points = _eval_points(train_stream, eval_every)
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
   def read_back(pending):
     """Host copies of the trained experiences' metrics, checked in order."""
-    for j, device_metrics in pending:
-      train_metrics = per_run(device_metrics)
-      if periodic_eval is not None:
-        points = _periodic_rows(j, train_metrics.pop("periodic"))
-        for history, run_points in zip(periodic_histories, points):
-          history.extend(run_points)
-        if writer is not None:
-          _write_periodic(writer, periodic_eval.stream, points)
-      _check_finite(train_metrics["first_nonfinite_step"], j,
-                    labels if batched else None, writer)
+    for indices, device_metrics in pending:
+      host = jax.device_get(device_metrics)
+      for k, j in enumerate(indices):
+        train_metrics = per_run(host if block == 1 else jax.tree.map(
+            lambda a, k=k: a[k], host))
+        if periodic_eval is not None:
+          points = _periodic_rows(j, train_metrics.pop("periodic"))
+          for history, run_points in zip(periodic_histories, points):
+            history.extend(run_points)
+          if writer is not None:
+            _write_periodic(writer, periodic_eval.stream, points)
+        _check_finite(train_metrics["first_nonfinite_step"], j,
+                      labels if batched else None, writer)
     return train_metrics
 
   # Experiences between two evaluations are dispatched without waiting, so
@@ -638,18 +658,24 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # are read back (and checked) at the evaluation.
   pending = []
   span_start = time.perf_counter()
-  for i in range(done, n_exp):
-    experience = train_stream[i]
+  for indices in _blocks(range(done, n_exp), eval_points, block):
+    i = indices[-1]
     if trainer:
-      data = experience
-    else:
+      state, device_metrics = train_exec(state, train_stream[i], periodic_data)
+    elif block == 1:
       data = first if i == 0 else jax.device_put(
-          experience_data(experience, size, n_classes), place.data)
-    state, device_metrics = train_exec(state, data, periodic_data)
-    pending.append((i, device_metrics))
+          experience_data(train_stream[i], size, n_classes), place.data)
+      state, device_metrics = train_exec(state, data, periodic_data)
+    else:
+      data = jax.device_put(stack_experiences(
+          [train_stream[j] for j in indices], n_classes, size=size,
+          length=block), place.data)
+      state, device_metrics = train_exec(state, data, np.int32(len(indices)),
+                                         periodic_data)
+    pending.append((indices, device_metrics))
     if i not in eval_points:
       if bar is not None:
-        bar.update()
+        bar.update(len(indices))
       continue
     jax.block_until_ready(state)
     train_s += time.perf_counter() - span_start
@@ -674,7 +700,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       if "stream_accuracy" in rows[0]:
         bar.set_postfix(
             acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
-      bar.update()
+      bar.update(len(indices))
     if checkpointer is not None:
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "confusion": confusion,
@@ -724,6 +750,66 @@ def _eval_points(train_stream: Stream, eval_every: int | None) -> set[int]:
     return {i for i in range(n) if i == n - 1 or origins[i + 1] != origins[i]}
   eval_every = _validation.check_positive_int("eval_every", eval_every)
   return {i for i in range(n) if (i + 1) % eval_every == 0 or i == n - 1}
+
+
+# Host bytes of the experiences that one call trains (see _block_length).
+_BLOCK_BYTES = 32 * 2**20
+
+
+def _block_length(train_stream: Stream, eval_points: set[int]) -> int:
+  """How many experiences one compiled call trains.
+
+  Each call costs about a millisecond of host work (padding, transfer,
+  dispatch), more than the training of a mini-experience of an online
+  stream. So the experiences between two evaluations are trained by one call
+  that scans over them, as many as the longest such span, within
+  ``_BLOCK_BYTES`` of data; 1 (one call per experience) where every
+  experience is evaluated or experiences are large.
+  """
+  span = longest = 0
+  for i in range(len(train_stream)):
+    span += 1
+    longest = max(longest, span)
+    span = 0 if i in eval_points else span
+  per_experience = train_stream.max_size * streaming.sample_nbytes(
+      train_stream[0])
+  return int(max(1, min(longest, _BLOCK_BYTES // per_experience)))
+
+
+def _blocks(indices: Sequence[int], eval_points: set[int],
+            length: int) -> list[list[int]]:
+  """``indices`` cut after every evaluation point and every ``length``."""
+  blocks, current = [], []
+  for i in indices:
+    current.append(i)
+    if i in eval_points or len(current) == length:
+      blocks.append(current)
+      current = []
+  return blocks + [current] * bool(current)
+
+
+def _train_block(train_fn: Callable, metrics_shape: Any) -> Callable:
+  """``(state, block, n_valid, eval_data) -> (state, metrics)`` over a block.
+
+  Trains the first ``n_valid`` of the block's stacked experiences in order
+  with ``train_fn``; the rest repeat the last one to keep the block's shape
+  (one program for every block) and are skipped. Metrics are stacked on a
+  leading experience axis (zeros for the skipped ones).
+  """
+
+  def skip(state, data, eval_data):
+    del data, eval_data
+    return state, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                               metrics_shape)
+
+  def train_block(state, block, n_valid, eval_data):
+    def body(state, inputs):
+      data, k = inputs
+      return jax.lax.cond(k < n_valid, train_fn, skip, state, data, eval_data)
+    length = jax.tree.leaves(block)[0].shape[0]
+    return jax.lax.scan(body, state, (block, jnp.arange(length)))
+
+  return train_block
 
 
 def _streaming_trainer(budget_mb: float | None, train_stream: Stream,

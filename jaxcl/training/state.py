@@ -105,8 +105,23 @@ def experience_data(experience: Experience, size: int,
       classes_mask=mask)
 
 
-def stack_experiences(experiences, n_classes: int) -> ExperienceData:
-  """Pads experiences to a common size and stacks them on a leading axis."""
-  size = max(len(e) for e in experiences)
+def stack_experiences(experiences, n_classes: int, size: int | None = None,
+                      length: int | None = None) -> ExperienceData:
+  """Pads experiences to a common size and stacks them on a leading axis.
+
+  Args:
+    experiences: The experiences, in order.
+    n_classes: Width of ``classes_mask``.
+    size: The padded number of samples (default: the largest experience's).
+    length: The stacked number of experiences (default: as many as given);
+      the last experience is repeated to fill it, for programs whose callers
+      skip the repeats.
+
+  Returns:
+    An :class:`ExperienceData` of numpy arrays with a leading experience axis.
+  """
+  if size is None:
+    size = max(len(e) for e in experiences)
   padded = [experience_data(e, size, n_classes) for e in experiences]
+  padded += padded[-1:] * ((length or len(padded)) - len(padded))
   return jax.tree.map(lambda *a: np.stack(a), *padded)
