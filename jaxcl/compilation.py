@@ -5,14 +5,23 @@ a second of training for the bundled benchmarks). With the persistent cache
 a process that builds programs it built before loads them from disk instead;
 only tracing and lowering remain (see docs/performance.md for the numbers).
 `jaxcl run` enables the cache by default (``--compilation-cache``).
+
+Numbers derived from a compiled program, such as its FLOP count, are kept in
+the same folder (:func:`cached_json`), so a process that loads its programs
+from the cache does not analyse them again either.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
 
-__all__ = ["DEFAULT_CACHE_DIR", "enable_compilation_cache"]
+__all__ = ["DEFAULT_CACHE_DIR", "cached_json", "enable_compilation_cache"]
 
 DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/jaxcl/xla").expanduser()
 
@@ -65,3 +74,56 @@ def enable_compilation_cache(
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return location
+
+
+def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> Any:
+  """``compute()``, remembered in the compilation cache folder under ``key``.
+
+  For values that are a function of programs the persistent cache holds
+  (put the programs' text, e.g. ``lowered.as_text()``, in ``key``): a
+  process that loads those programs from the cache loads the value too. The
+  value is stored as JSON in ``<cache folder>/jaxcl_<kind>/<sha256 of
+  key>.json``, written atomically; a missing or unreadable entry is
+  computed again, and a folder that cannot be written only costs the
+  caching. Without a local cache folder (none enabled, or a URL), this is
+  ``compute()``.
+
+  Args:
+    kind: Name of the value, one subfolder per kind.
+    key: Everything the value depends on; each item's ``str`` is hashed,
+      along with the jax version and the default backend's device kind.
+    compute: Computes the value (JSON-serialisable; NaN allowed).
+
+  Returns:
+    The value, computed or loaded.
+
+  Example:
+    >>> enable_compilation_cache("/tmp/jaxcl_example/xla")
+    '/tmp/jaxcl_example/xla'
+    >>> cached_json("example", ["program text"], lambda: {"flops": 2.0})
+    {'flops': 2.0}
+  """
+  import jax
+
+  location = jax.config.jax_compilation_cache_dir
+  if not location or "://" in location:
+    return compute()
+  digest = hashlib.sha256()
+  for item in (jax.__version__, jax.devices()[0].device_kind, *key):
+    digest.update(str(item).encode())
+    digest.update(b"\0")
+  path = pathlib.Path(location) / f"jaxcl_{kind}" / f"{digest.hexdigest()}.json"
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    pass
+  value = compute()
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
+                                     suffix=".tmp") as file:
+      json.dump(value, file)
+    os.replace(file.name, path)
+  except OSError:
+    pass
+  return value

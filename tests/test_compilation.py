@@ -1,15 +1,20 @@
 """jaxcl.enable_compilation_cache: a second process loads, not compiles."""
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 
 import jax
+import optax
 import pytest
+from conftest import make_benchmark
 from jax.experimental.compilation_cache import compilation_cache
 
 import jaxcl
+from jaxcl.compilation import cached_json
+from jaxcl.strategies import naive
 
 # One process: enable the cache, compile a small program, report the cache
 # events JAX recorded and the result.
@@ -101,3 +106,59 @@ def test_folder_that_is_a_file_is_refused(tmp_path):
     jaxcl.enable_compilation_cache(file)
   assert jax.config.jax_compilation_cache_dir == before
 
+
+
+def test_cached_json_computes_once_per_key_and_survives_bad_entries(
+    tmp_path, restored_cache_config):
+  calls = []
+
+  def compute(value):
+    def run():
+      calls.append(value)
+      return {"flops": value}
+    return run
+
+  # Without a cache folder every call computes.
+  jax.config.update("jax_compilation_cache_dir", None)
+  cached_json("t", ["a"], compute(1.0))
+  cached_json("t", ["a"], compute(1.0))
+  assert calls == [1.0, 1.0]
+  calls.clear()
+  jaxcl.enable_compilation_cache(tmp_path / "xla")
+  computed = cached_json("t", ["a"], compute(float("nan")))
+  loaded = cached_json("t", ["a"], compute(2.0))
+  assert len(calls) == 1
+  # NaN (a backend without cost analysis) round-trips; 2.0 was not computed.
+  assert computed["flops"] != computed["flops"] and loaded["flops"] != loaded["flops"]
+  assert cached_json("t", ["b"], compute(3.0)) == {"flops": 3.0}
+  assert len(calls) == 2
+  entries = list((tmp_path / "xla" / "jaxcl_t").glob("*.json"))
+  assert len(entries) == 2
+  for entry in entries:
+    entry.write_text("{truncated")
+  assert cached_json("t", ["b"], compute(4.0)) == {"flops": 4.0}
+  assert len(calls) == 3
+
+
+def test_fit_loads_its_flop_counts_with_cached_programs(tmp_path, monkeypatch,
+                                                        restored_cache_config):
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  analysed = []
+  analyse = fit_module._program_flops
+  monkeypatch.setattr(fit_module, "_program_flops",
+                      lambda *a, **k: analysed.append(1) or analyse(*a, **k))
+  jaxcl.enable_compilation_cache(tmp_path / "xla")
+  bench = make_benchmark()
+
+  def run(hidden):
+    return jaxcl.fit(jaxcl.models.MLP(4, hidden_size=hidden), naive(),
+                     optax.sgd(0.1), bench, batch_size=4)
+
+  first, second = run(8), run(8)
+  assert analysed == [1]
+  assert second.metrics["train_flops"] == first.metrics["train_flops"] > 0
+  assert second.metrics["eval_flops"] == first.metrics["eval_flops"] > 0
+  # Another program is analysed: a wider layer costs more per step.
+  wider = run(16)
+  assert analysed == [1, 1]
+  assert wider.metrics["train_flops"] > first.metrics["train_flops"]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcl import _validation, checkpoint
+from jaxcl import _validation, checkpoint, compilation
 from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -593,11 +593,16 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
   # first evaluation's metrics wait for it, so with cached programs it
   # overlaps the first experiences instead of delaying them.
-  flops = pool.submit(
+  # The FLOPs are a function of the programs, so they are cached with them.
+  flop_analysis = functools.partial(
       _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
       test_data, eval_batch_size=eval_batch_size,
       n_runs=len(runs) if batched else 1,
-      runs_loop=batched and _runs_one_by_one()) if "flops" in chosen else None
+      runs_loop=batched and _runs_one_by_one())
+  flops = pool.submit(
+      compilation.cached_json, "flops",
+      [*(program.as_text() for program in lowered), train_loops,
+       flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
   try:
     init_exec, *train_execs, eval_exec = pool.map(
         lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
