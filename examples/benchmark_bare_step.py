@@ -60,6 +60,7 @@ def main():
   print(f"bare scan: {args.steps / best:.0f} steps/s, {flops / 1e6:.1f} MFLOP/step, "
         f"{args.steps * flops / best / peak:.0%} of peak")
   settings = argparse.Namespace(batch_size=args.batch_size, steps=args.steps,
+                                model="mlp", jax_conv_gradients=False,
                                 hidden_size=512, drop_rate=0.0, repeats=3,
                                 epochs=1)
   row = benchmark_throughput.measure("naive", settings, peak)
