@@ -326,6 +326,25 @@ def test_several_runs_resume_identically(tmp_path):
       _state_sha256(r.state) for r in full.runs]
 
 
+def test_online_stream_trained_in_blocks_resumes_identically(tmp_path):
+  # Two origin experiences cut into 5 mini-experiences each; evaluations and
+  # checkpoints after mini-experiences 4 and 9, each span one block.
+  bench = jaxcl.benchmarks.split_online(make_benchmark(), 5)
+  run = lambda writer=None: jaxcl.fit(
+      jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.25),
+      from_spec("replay", mem_size=6), optax.sgd(0.1), bench,
+      checkpoint_dir=tmp_path, writer=writer,
+      **{**SETTINGS, "epochs": 1, "batch_size": 2})
+  full = run()
+  assert _listing(tmp_path) == ["10", "5"]
+  (tmp_path / "10").rename(tmp_path.parent / "elsewhere")
+  writer = _Writer()
+  resumed = run(writer)
+  assert writer.steps == [9]  # Only the second span was trained again.
+  assert _summary(resumed) == _summary(full)
+  assert _state_sha256(resumed.state) == _state_sha256(full.state)
+
+
 def test_loading_never_unpickles(finished, tmp_path, monkeypatch, reference):
   ckpt = _copy(finished, tmp_path)
   (ckpt / "4").rename(tmp_path / "elsewhere")

@@ -207,17 +207,21 @@ def test_block_length_is_the_longest_span_within_the_byte_budget(monkeypatch):
   assert fit_module._block_length(bench.train_stream, every) == 1
 
 
-@pytest.mark.parametrize("seeds", [None, [0, 1]])
-def test_blocks_of_experiences_train_as_one_call_per_experience(monkeypatch,
-                                                                seeds):
+@pytest.mark.parametrize("seeds, periodic", [(None, None), ([0, 1], None),
+                                             (None, "step")])
+def test_blocks_of_experiences_train_as_one_call_per_experience(
+    monkeypatch, seeds, periodic):
   bench = jaxcl.benchmarks.split_online(make_benchmark(), 5)
   per_experience = 5 * (6 * 4 + 12)
+  periodic_eval = periodic and jaxcl.PeriodicEval(every=2, unit=periodic,
+                                                  stream="test")
 
   def run(block):
     monkeypatch.setattr(fit_module, "_BLOCK_BYTES", block * per_experience)
     strategy, traces = _count_traces(jaxcl.strategies.replay(mem_size=6))
     result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), strategy,
-                       optax.sgd(0.1), bench, batch_size=2, seed=0, seeds=seeds)
+                       optax.sgd(0.1), bench, batch_size=2, seed=0, seeds=seeds,
+                       periodic_eval=periodic_eval)
     # Traced once even when blocked: the block reuses the experience's trace.
     assert len(traces) == 1
     return result
@@ -236,6 +240,12 @@ def test_blocks_of_experiences_train_as_one_call_per_experience(monkeypatch,
       np.testing.assert_allclose([h["train_loss"] for h in a.history],
                                  [h["train_loss"] for h in b.history],
                                  rtol=1e-6)
+      # Periodic evaluations inside each experience: 2 steps of 5 or 4
+      # samples at batch 2 give one (step 2) besides the one before training.
+      assert len(a.periodic) == len(b.periodic) == (20 if periodic else 0)
+      for p, q in zip(a.periodic, b.periodic):
+        assert (p["experience"], p["step"]) == (q["experience"], q["step"])
+        np.testing.assert_allclose(p["stream_accuracy"], q["stream_accuracy"])
 
 
 def test_online_streams_evaluate_at_the_end_of_each_origin_experience():
