@@ -38,6 +38,14 @@ single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
 out["seeds_sharded_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
     jax.tree.leaves(seeds.runs[2].state.params),
     jax.tree.leaves(single.state.params)))
+# An online stream: its mini-experiences train in blocks (one call per span).
+online = jaxcl.benchmarks.split_online(bench, 8)
+blocked = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), online,
+                     batch_size=8, data_parallel=parallel)
+           for parallel in (False, True)]
+out["online_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
+    jax.tree.leaves(blocked[0].state.params),
+    jax.tree.leaves(blocked[1].state.params)))
 print(json.dumps(out))
 """
 
@@ -90,6 +98,7 @@ def test_four_devices_equal_one_device():
     assert out[name]["param_diff"] < 1e-5, name
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
   assert out["seeds_sharded_diff"] < 1e-5
+  assert out["online_diff"] < 1e-5
 
 
 def test_convolutional_model_on_four_devices_equals_one_device():
