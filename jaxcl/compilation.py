@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,15 +83,16 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   (put the programs' text, e.g. ``lowered.as_text()``, in ``key``): a
   process that loads those programs from the cache loads the value too. The
   value is stored as JSON in ``<cache folder>/jaxcl_<kind>/<sha256 of
-  key>.json``, written atomically; a missing or unreadable entry is
-  computed again, and a folder that cannot be written only costs the
-  caching. Without a local cache folder (none enabled, or a URL), this is
-  ``compute()``.
+  key>.json``, written atomically with the umask's permissions (the folder
+  may be shared); a missing or unreadable entry is computed again, and a
+  folder that cannot be written only costs the caching. Without a local
+  cache folder (none enabled, or a URL), this is ``compute()``.
 
   Args:
     kind: Name of the value, one subfolder per kind.
     key: Everything the value depends on; each item's ``str`` is hashed,
-      along with the jax version and the default backend's device kind.
+      along with the jax and jaxlib versions and the default backend's
+      platform version and device kind.
     compute: Computes the value (JSON-serialisable; NaN allowed).
 
   Returns:
@@ -104,12 +105,15 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
     {'flops': 2.0}
   """
   import jax
+  import jaxlib.version
 
   location = jax.config.jax_compilation_cache_dir
   if not location or "://" in location:
     return compute()
+  device = jax.devices()[0]
   digest = hashlib.sha256()
-  for item in (jax.__version__, jax.devices()[0].device_kind, *key):
+  for item in (jax.__version__, jaxlib.version.__version__,
+               device.client.platform_version, device.device_kind, *key):
     digest.update(str(item).encode())
     digest.update(b"\0")
   path = pathlib.Path(location) / f"jaxcl_{kind}" / f"{digest.hexdigest()}.json"
@@ -118,12 +122,16 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   except (OSError, ValueError):
     pass
   value = compute()
+  text = json.dumps(value)
+  # A name of this thread's own, created with the umask's permissions (the
+  # folder may be shared), then renamed into place: readers see whole files.
+  partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False,
-                                     suffix=".tmp") as file:
-      json.dump(value, file)
-    os.replace(file.name, path)
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666),
+              "w") as file:
+      file.write(text)
+    os.replace(partial, path)
   except OSError:
-    pass
+    partial.unlink(missing_ok=True)
   return value

@@ -132,8 +132,12 @@ def test_cached_json_computes_once_per_key_and_survives_bad_entries(
   assert computed["flops"] != computed["flops"] and loaded["flops"] != loaded["flops"]
   assert cached_json("t", ["b"], compute(3.0)) == {"flops": 3.0}
   assert len(calls) == 2
-  entries = list((tmp_path / "xla" / "jaxcl_t").glob("*.json"))
-  assert len(entries) == 2
+  entries = list((tmp_path / "xla" / "jaxcl_t").iterdir())
+  assert len(entries) == 2 and all(e.suffix == ".json" for e in entries)
+  # Readable by whoever shares the folder, as the umask allows.
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {e.stat().st_mode & 0o777 for e in entries} == {0o666 & ~umask}
   for entry in entries:
     entry.write_text("{truncated")
   assert cached_json("t", ["b"], compute(4.0)) == {"flops": 4.0}

@@ -46,6 +46,15 @@ blocked = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), online,
 out["online_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
     jax.tree.leaves(blocked[0].state.params),
     jax.tree.leaves(blocked[1].state.params)))
+# Seeds sharded over the devices, blocks of 5 mini-experiences (not a
+# multiple of 4: the block axis must not be the one split).
+online_seeds = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1),
+                         online, batch_size=8, seeds=[0, 1, 2, 3])
+online_single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1),
+                          online, batch_size=8, seed=2, data_parallel=False)
+out["online_seeds_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
+    jax.tree.leaves(online_seeds.runs[2].state.params),
+    jax.tree.leaves(online_single.state.params)))
 print(json.dumps(out))
 """
 
@@ -99,6 +108,7 @@ def test_four_devices_equal_one_device():
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
   assert out["seeds_sharded_diff"] < 1e-5
   assert out["online_diff"] < 1e-5
+  assert out["online_seeds_diff"] < 1e-5
 
 
 def test_convolutional_model_on_four_devices_equals_one_device():

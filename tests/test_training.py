@@ -193,18 +193,24 @@ def test_blocks_cut_at_evaluations_and_at_their_length():
   assert cut(range(4), {0, 1, 2, 3}, 3) == [[0], [1], [2], [3]]
 
 
-def test_block_length_is_the_longest_span_within_the_byte_budget(monkeypatch):
+def test_block_length_is_the_longest_span_within_the_byte_budgets(monkeypatch):
   # Two origin experiences of 24 samples: mini-experiences of 5, 5, 5, 5, 4.
   bench = jaxcl.benchmarks.split_online(make_benchmark(), 5)
+  length = lambda points, budget=2**30: fit_module._block_length(
+      bench.train_stream, points, budget)
   points = fit_module._eval_points(bench.train_stream, None)
   assert sorted(points) == [4, 9]
-  assert fit_module._block_length(bench.train_stream, points) == 5
-  assert fit_module._block_length(bench.train_stream, {1, 9}) == 8
+  assert length(points) == 5
+  assert length({1, 9}) == 8
+  assert length(set(range(len(bench.train_stream)))) == 1
   per_experience = 5 * (6 * 4 + 12)  # Samples times input, label, task, weight.
-  monkeypatch.setattr(fit_module, "_BLOCK_BYTES", 3 * per_experience + 1)
-  assert fit_module._block_length(bench.train_stream, points) == 3
-  every = set(range(len(bench.train_stream)))
-  assert fit_module._block_length(bench.train_stream, every) == 1
+  # The device memory budget caps a block; spans are cut into near-equal
+  # blocks: 5 experiences within room for 4 make blocks of 3 and 2, not 4 and 1.
+  assert length(points, 4 * per_experience) == 3
+  assert length({1, 9}, 3 * per_experience) == 3  # 8 -> 3, 3, 2.
+  assert length(points, per_experience - 1) == 1
+  monkeypatch.setattr(fit_module, "_BLOCK_BYTES", 2 * per_experience)
+  assert length(points) == 2  # 5 -> 2, 2, 1.
 
 
 @pytest.mark.parametrize("seeds, periodic", [(None, None), ([0, 1], None),

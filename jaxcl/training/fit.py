@@ -322,7 +322,8 @@ def fit(
     device_memory_budget_mb: Device memory the training data of one
       experience may take; a stream whose largest experience exceeds it is
       streamed from the host in chunks with background prefetch instead of
-      uploaded whole (same numbers for the same seed; see docs/streaming.md).
+      uploaded whole (same numbers for the same seed; see docs/streaming.md);
+      a block of small experiences trained by one call stays within it too.
       ``None``: a quarter of the device's memory (of the host's RAM on CPU).
 
   Returns:
@@ -510,8 +511,9 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       periodic_eval, early_stopping, eval_fn)
   optimizer_reset = ("state" if reset_optimizer else
                      "schedule" if reset_schedule else "none")
+  budget = _budget_bytes(device_memory_budget_mb)
   trainer = _streaming_trainer(
-      device_memory_budget_mb, train_stream, periodic_eval, ctx, strategy,
+      budget, train_stream, periodic_eval, ctx, strategy,
       optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       optimizer_reset=optimizer_reset, batched=batched, seed=runs[0].seed,
       place=place)
@@ -523,7 +525,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
     eval_fn = _evaluate_runs(eval_fn)
   eval_points = _eval_points(train_stream, eval_every)
-  block = 1 if trainer else _block_length(train_stream, eval_points)
+  block = 1 if trainer else _block_length(train_stream, eval_points, budget)
 
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
@@ -551,7 +553,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     train_lowered = [jax.jit(
         _train_block(one_experience, single.out_info[1]), donate_argnums=0,
         in_shardings=(place.state, place.data, place.data, place.data),
-        out_shardings=(place.state, place.state)).lower(
+        out_shardings=(place.state, _behind_block_axis(place.state))).lower(
             state_shape, block_shape, np.int32(block), periodic_data)]
     train_jaxpr, train_loops = single.jaxpr, (epochs, steps)
   else:
@@ -761,14 +763,17 @@ def _eval_points(train_stream: Stream, eval_every: int | None) -> set[int]:
 _BLOCK_BYTES = 32 * 2**20
 
 
-def _block_length(train_stream: Stream, eval_points: set[int]) -> int:
+def _block_length(train_stream: Stream, eval_points: set[int],
+                  budget: int) -> int:
   """How many experiences one compiled call trains.
 
   Each call costs about a millisecond of host work (padding, transfer,
   dispatch), more than the training of a mini-experience of an online
   stream. So the experiences between two evaluations are trained by one call
-  that scans over them, as many as the longest such span, within
-  ``_BLOCK_BYTES`` of data; 1 (one call per experience) where every
+  that scans over them: as many as the longest such span, as long as their
+  data fits in ``_BLOCK_BYTES`` and in ``budget`` (the device memory budget,
+  bytes); a longer span is cut into blocks of near-equal length, so that its
+  last block is not mostly padding. 1 (one call per experience) where every
   experience is evaluated or experiences are large.
   """
   span = longest = 0
@@ -778,7 +783,8 @@ def _block_length(train_stream: Stream, eval_points: set[int]) -> int:
     span = 0 if i in eval_points else span
   per_experience = train_stream.max_size * streaming.sample_nbytes(
       train_stream[0])
-  return int(max(1, min(longest, _BLOCK_BYTES // per_experience)))
+  fits = max(1, min(_BLOCK_BYTES, budget) // per_experience)
+  return -(-longest // -(-longest // fits))
 
 
 def _blocks(indices: Sequence[int], eval_points: set[int],
@@ -791,6 +797,18 @@ def _blocks(indices: Sequence[int], eval_points: set[int],
       blocks.append(current)
       current = []
   return blocks + [current] * bool(current)
+
+
+def _behind_block_axis(sharding: Any) -> Any:
+  """``sharding`` of per-run arrays, for the same arrays stacked per experience.
+
+  A block's metrics carry the block's experience axis first, so runs split
+  over devices are split along the second axis.
+  """
+  if sharding is None:
+    return None
+  return jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
 
 
 def _train_block(train_fn: Callable, metrics_shape: Any) -> Callable:
@@ -817,20 +835,23 @@ def _train_block(train_fn: Callable, metrics_shape: Any) -> Callable:
   return train_block
 
 
-def _streaming_trainer(budget_mb: float | None, train_stream: Stream,
+def _budget_bytes(budget_mb: float | None) -> int:
+  """``device_memory_budget_mb`` in bytes, or the default budget."""
+  if budget_mb is None:
+    return streaming.default_budget_bytes()
+  return int(_validation.check_in_range(
+      "device_memory_budget_mb", budget_mb, low=0.0, low_inclusive=False)
+             * 2**20)
+
+
+def _streaming_trainer(budget: int, train_stream: Stream,
                        periodic_eval: periodic.PeriodicEval | None,
                        ctx: StrategyContext, strategy: Strategy,
                        optimizer: optax.GradientTransformation, *, epochs: int,
                        mask_classes: bool, optimizer_reset: str, batched: bool,
                        seed: int, place: _Placement
                        ) -> streaming.StreamingTrainer | None:
-  """A streaming trainer if the largest experience exceeds the budget, else None."""
-  if budget_mb is None:
-    budget = streaming.default_budget_bytes()
-  else:
-    budget = int(_validation.check_in_range(
-        "device_memory_budget_mb", budget_mb, low=0.0, low_inclusive=False)
-                 * 2**20)
+  """A streaming trainer if the largest experience exceeds ``budget`` bytes, else None."""
   sample_bytes = streaming.sample_nbytes(train_stream[0])
   if train_stream.max_size * sample_bytes <= budget:
     return None
