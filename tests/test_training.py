@@ -254,6 +254,24 @@ def test_blocks_of_experiences_train_as_one_call_per_experience(
         np.testing.assert_allclose(p["stream_accuracy"], q["stream_accuracy"])
 
 
+@pytest.mark.parametrize("block", [1, 5])
+def test_nonfinite_loss_inside_a_block_names_its_mini_experience(monkeypatch,
+                                                                 block):
+  bench = jaxcl.benchmarks.split_online(make_benchmark(), 5, shuffle=False)
+  monkeypatch.setattr(fit_module, "_BLOCK_BYTES", block * 5 * (6 * 4 + 12))
+  # NaN as soon as a batch holds class 3, which only the second origin
+  # experience has: the first mini-experience with a 3 is the culprit.
+  first = next(i for i, e in enumerate(bench.train_stream) if 3 in e.y)
+  assert first > 5  # Inside the second block, not at its start.
+  nan_on_3 = Strategy(name="nan_on_3", penalty=lambda ctx, p, s, batch, logits:
+                      jnp.where(jnp.any((batch["y"] == 3) & (batch["weight"] > 0)),
+                                jnp.nan, 0.0))
+  with pytest.raises(FloatingPointError,
+                     match=rf"in experience {first} at optimizer step"):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), nan_on_3, optax.sgd(0.1),
+              bench, batch_size=2)
+
+
 def test_online_streams_evaluate_at_the_end_of_each_origin_experience():
   bench = jaxcl.benchmarks.split_online(make_benchmark(n_classes=4, n_experiences=2), 8)
   origins = [e.origin_experience for e in bench.train_stream]
