@@ -784,7 +784,7 @@ def _block_length(train_stream: Stream, eval_points: set[int],
   per_experience = train_stream.max_size * streaming.sample_nbytes(
       train_stream[0])
   fits = max(1, min(_BLOCK_BYTES, budget) // per_experience)
-  return -(-longest // -(-longest // fits))
+  return math.ceil(longest / math.ceil(longest / fits))
 
 
 def _blocks(indices: Sequence[int], eval_points: set[int],
@@ -796,7 +796,9 @@ def _blocks(indices: Sequence[int], eval_points: set[int],
     if i in eval_points or len(current) == length:
       blocks.append(current)
       current = []
-  return blocks + [current] * bool(current)
+  if current:
+    blocks.append(current)
+  return blocks
 
 
 def _behind_block_axis(sharding: Any) -> Any:
