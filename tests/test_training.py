@@ -191,6 +191,7 @@ def test_blocks_cut_at_evaluations_and_at_their_length():
   assert cut(range(7), {2, 6}, 2) == [[0, 1], [2], [3, 4], [5, 6]]
   assert cut(range(3, 7), {6}, 10) == [[3, 4, 5, 6]]
   assert cut(range(4), {0, 1, 2, 3}, 3) == [[0], [1], [2], [3]]
+  assert cut(range(5), {1}, 10) == [[0, 1], [2, 3, 4]]
 
 
 def test_block_length_is_the_longest_span_within_the_byte_budgets(monkeypatch):
