@@ -55,9 +55,12 @@ def main():
 
   replay = jaxcl.strategies.replay(mem_size=200)
   probe = MemoryProbe()
+  # eval_every=1: the test stream after every mini-experience (an online
+  # stream is otherwise evaluated at the end of each original experience),
+  # so that the probe samples memory after every one.
   result = jaxcl.fit(jaxcl.models.MLP(10), replay._replace(penalty=counted_penalty),
                      optax.sgd(0.1), bench, batch_size=args.experience_size,
-                     writer=probe)
+                     writer=probe, eval_every=1)
   n = len(probe.samples)
   print(f"{len(bench.train_stream)} mini-experiences, training step traced "
         f"{len(traces)} time(s); timings: "
