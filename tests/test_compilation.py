@@ -6,7 +6,9 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
+import numpy as np
 import optax
 import pytest
 from conftest import make_benchmark
@@ -166,3 +168,43 @@ def test_fit_loads_its_flop_counts_with_cached_programs(tmp_path, monkeypatch,
   wider = run(16)
   assert analysed == [1, 1]
   assert wider.metrics["train_flops"] > first.metrics["train_flops"]
+
+
+@pytest.mark.parametrize("model", [
+    jaxcl.models.MLP(num_classes=4, hidden_size=16),
+    jaxcl.models.SimpleCNN(num_classes=4),
+], ids=["mlp", "simple_cnn"])
+def test_init_compiled_for_speed_builds_the_same_state(model):
+  """Init's compile-time options change no value by more than rounding.
+
+  XLA's optimisation level 0 rounds a few initial weights differently from
+  a default compile (by one unit in the last place of the layer's scale;
+  docs/reproducibility.md); the older fusion emitters must add nothing.
+  """
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  images = np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype(np.float32)
+  labels = np.arange(8) % 4
+  benchmark = jaxcl.benchmarks.class_incremental(
+      (images, labels), (images, labels), 2, fixed_class_order=range(4))
+  ctx = jaxcl.training.make_context(model, benchmark, optax.sgd(0.1),
+                                    batch_size=4)
+  lowered = jax.jit(lambda key: jaxcl.training.init_state(
+      ctx, naive(), optax.adam(0.1), key, images[:1],
+      np.zeros(1, np.int32))).lower(jax.random.key(3))
+  options = fit_module._compiler_options(1)[0]
+  assert options["xla_cpu_use_fusion_emitters"] is False
+  level_0 = {"xla_backend_optimization_level": 0}
+  fast, default, only_level_0 = (
+      jax.device_get(lowered.compile(compiler_options=opts)(jax.random.key(3)))
+      for opts in (options, None, level_0))
+  assert len(jax.tree.leaves(fast)) > 4
+  chex.assert_trees_all_equal_structs(fast, default)
+  def values(tree):
+    return [jax.random.key_data(leaf) if jax.dtypes.issubdtype(
+        leaf.dtype, jax.dtypes.prng_key) else leaf
+            for leaf in jax.tree.leaves(tree)]
+  for a, b, c in zip(*map(values, (fast, default, only_level_0))):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == c.tobytes()
+    scale = np.abs(b).max(initial=0) if np.issubdtype(a.dtype, np.floating) else 0
+    np.testing.assert_allclose(a, b, rtol=0, atol=np.spacing(scale))
