@@ -291,14 +291,20 @@ def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
     (dict(strategy=Strategy(name="other")), "strategy: checkpoint has"),
 ])
 def test_other_configuration_is_refused_and_left_intact(finished, tmp_path,
-                                                        change, named):
+                                                        monkeypatch, change,
+                                                        named):
   ckpt = _copy(finished, tmp_path)
   before = _tree_digest(ckpt)
+  compiled = []
+  compile_program = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, **kw: (
+      compiled.append(self), compile_program(self, **kw))[1])
   with pytest.raises(checkpoint.CheckpointError,
                      match="written by a different configuration") as info:
     _run(ckpt, **change)
   assert named in str(info.value) and str(ckpt) in str(info.value)
   assert _tree_digest(ckpt) == before
+  assert not compiled  # Refused before any compile.
 
 
 def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path):

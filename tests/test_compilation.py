@@ -191,7 +191,7 @@ def test_init_compiled_for_speed_builds_the_same_state(model):
   lowered = jax.jit(lambda key: jaxcl.training.init_state(
       ctx, naive(), optax.adam(0.1), key, images[:1],
       np.zeros(1, np.int32))).lower(jax.random.key(3))
-  options = fit_module._compiler_options(1)[0]
+  options = fit_module._init_compiler_options()
   assert options["xla_cpu_use_fusion_emitters"] is False
   level_0 = {"xla_backend_optimization_level": 0}
   fast, default, only_level_0 = (

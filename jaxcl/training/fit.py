@@ -564,49 +564,68 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             state_shape, first, periodic_data)
     train_lowered = [train_traced.lower()]
     train_jaxpr, train_loops = train_traced.jaxpr, (epochs, steps)
-  lowered = (
-      init_fn.lower(seeds), *train_lowered,
-      jax.jit(eval_fn, in_shardings=(place.state, place.data),
-              out_shardings=place.state).lower(state_shape, test_data))
-  checkpointer = restored = None
-  if checkpoint_dir is not None:
-    checkpointer = checkpoint.Checkpointer(
-        checkpoint_dir, keep=checkpoint_keep, config=checkpoint.run_config(
-            benchmark=benchmark, train_stream=train_stream, model=model,
-            strategy_name=strategy.name, seeds=[r.seed for r in runs],
-            labels=labels, state=state_shape, programs=lowered,
-            settings=dict(epochs=epochs, batch_size=batch_size,
-                          eval_batch_size=eval_batch_size,
-                          mask_unseen_classes=mask_unseen_classes,
-                          eval_before_training=eval_before_training,
-                          eval_every=eval_every,
-                          periodic_eval=periodic_eval and periodic_eval._asdict(),
-                          early_stopping=early_stopping and early_stopping._asdict(),
-                          reset_optimizer=reset_optimizer,
-                          reset_schedule=reset_schedule,
-                          streaming=bool(trainer),
-                          metrics=sorted(chosen.names), top_k=chosen.top_k)))
-    restored = checkpointer.restore(state_shape)
-  # XLA compiles without the GIL, so the executables build in parallel.
-  options = _compiler_options(len(train_lowered))
+  # XLA compiles without the GIL: each program compiles in a thread as soon
+  # as it is lowered, while the next one is traced and lowered (after the
+  # checkpoint's configuration is checked, if there is one). A thread per
+  # program and one for the FLOP analysis, so that none waits in a queue.
   pool = concurrent.futures.ThreadPoolExecutor(
-      4, thread_name_prefix="jaxcl-compile")
-  # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
-  # first evaluation's metrics wait for it, so with cached programs it
-  # overlaps the first experiences instead of delaying them.
-  # The FLOPs are a function of the programs, so they are cached with them.
-  flop_analysis = functools.partial(
-      _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
-      test_data, eval_batch_size=eval_batch_size,
-      n_runs=len(runs) if batched else 1,
-      runs_loop=batched and _runs_one_by_one())
-  flops = pool.submit(
-      compilation.cached_json, "flops",
-      [*(program.as_text() for program in lowered), train_loops,
-       flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
+      len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
+  programs: list[tuple[Any, dict[str, Any] | None]] = []
+  compiles: list[concurrent.futures.Future] = []
+
+  def compile_lowered():
+    compiles.extend(pool.submit(program.compile, compiler_options=options)
+                    for program, options in programs[len(compiles):])
+
   try:
-    init_exec, *train_execs, eval_exec = pool.map(
-        lambda lo, opts: lo.compile(compiler_options=opts), lowered, options)
+    programs.extend((program, None) for program in train_lowered)
+    if checkpoint_dir is None:
+      compile_lowered()
+    init_lowered = init_fn.lower(seeds)
+    programs.append((init_lowered, _init_compiler_options()))
+    if checkpoint_dir is None:
+      compile_lowered()
+    eval_lowered = jax.jit(
+        eval_fn, in_shardings=(place.state, place.data),
+        out_shardings=place.state).lower(state_shape, test_data)
+    programs.append((eval_lowered, None))
+    lowered = (init_lowered, *train_lowered, eval_lowered)
+    checkpointer = restored = None
+    if checkpoint_dir is not None:
+      checkpointer = checkpoint.Checkpointer(
+          checkpoint_dir, keep=checkpoint_keep, config=checkpoint.run_config(
+              benchmark=benchmark, train_stream=train_stream, model=model,
+              strategy_name=strategy.name, seeds=[r.seed for r in runs],
+              labels=labels, state=state_shape, programs=lowered,
+              settings=dict(epochs=epochs, batch_size=batch_size,
+                            eval_batch_size=eval_batch_size,
+                            mask_unseen_classes=mask_unseen_classes,
+                            eval_before_training=eval_before_training,
+                            eval_every=eval_every,
+                            periodic_eval=(periodic_eval and
+                                           periodic_eval._asdict()),
+                            early_stopping=(early_stopping and
+                                            early_stopping._asdict()),
+                            reset_optimizer=reset_optimizer,
+                            reset_schedule=reset_schedule,
+                            streaming=bool(trainer),
+                            metrics=sorted(chosen.names), top_k=chosen.top_k)))
+      restored = checkpointer.restore(state_shape)
+    compile_lowered()
+    # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
+    # first evaluation's metrics wait for it, so with cached programs it
+    # overlaps the first experiences instead of delaying them.
+    # The FLOPs are a function of the programs, so they are cached with them.
+    flop_analysis = functools.partial(
+        _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
+        test_data, eval_batch_size=eval_batch_size,
+        n_runs=len(runs) if batched else 1,
+        runs_loop=batched and _runs_one_by_one())
+    flops = pool.submit(
+        compilation.cached_json, "flops",
+        [*(program.as_text() for program in lowered), train_loops,
+         flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
+    *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
   finally:
     pool.shutdown(wait=False, cancel_futures=True)
   train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
@@ -966,19 +985,18 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
                        benchmark.train_stream, len(benchmark.test_stream)))
 
 
-def _compiler_options(n_train_programs: int) -> list[dict[str, Any] | None]:
-  """XLA options for the programs ``[init, *train, evaluate]``.
+def _init_compiler_options() -> dict[str, Any]:
+  """XLA options for the init program, which runs once.
 
-  Init runs once, so its code is not worth optimising: it is compiled for
-  compile time alone. On a CPU that includes XLA's older fusion emitters,
-  which compile it twice as fast as the MLIR ones (1.1-1.4 s against
-  0.6-0.7 s for an MLP with replay); training and evaluation keep the MLIR
+  Its code is not worth optimising, so it is compiled for compile time
+  alone. On a CPU that includes XLA's older fusion emitters, which compile it
+  twice as fast as the MLIR ones; training and evaluation keep the MLIR
   emitters, whose kernels run 2-15 % faster (docs/performance.md).
   """
-  init = {"xla_backend_optimization_level": 0}
+  options = {"xla_backend_optimization_level": 0}
   if jax.default_backend() == "cpu":
-    init["xla_cpu_use_fusion_emitters"] = False
-  return [init] + [None] * (n_train_programs + 1)
+    options["xla_cpu_use_fusion_emitters"] = False
+  return options
 
 
 def _runs_one_by_one() -> bool:
