@@ -41,6 +41,7 @@ import jax
 import numpy as np
 
 from jaxcl import _validation
+from jaxcl._hosts import host_copy
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -99,9 +100,12 @@ def place(arrays: PyTree, like: PyTree) -> PyTree:
     ...               init_state)  # doctest: +SKIP
   """
   def one(raw, ref):
+    # An ndarray, not a numpy scalar: on several hosts JAX places only
+    # ndarrays on devices that span them.
+    raw = jax.device_put(np.asarray(raw), ref.sharding)
     if _is_key(ref):
       raw = jax.random.wrap_key_data(raw, impl=jax.random.key_impl(ref))
-    return jax.device_put(raw, ref.sharding)
+    return raw
   return jax.tree.map(one, arrays, like)
 
 
@@ -260,7 +264,7 @@ class Checkpointer:
       meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
     """
     ocp = _orbax()
-    host = jax.device_get(_raw(arrays))
+    host = host_copy(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
             "meta": _encode(meta)}
     payload = {"format": FORMAT, "sha256": _json_sha256(body), "body": body}

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from jaxcl import _validation, checkpoint, compilation
+from jaxcl._hosts import host_copy, replicated
 from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -304,11 +305,12 @@ def fit(
     writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
       several runs, the mean and ``<name>_std`` over runs are written.
     progress: Show a progress bar over experiences.
-    data_parallel: Spread the work over all local devices (a ``Mesh`` with one
-      ``"data"`` axis): batches are split over devices and the state is
-      replicated; with several runs whose number the devices divide, the runs
-      are split over the devices instead. ``None`` (default) turns it on when
-      more than one device is present.
+    data_parallel: Spread the work over all devices, every host's after
+      ``jax.distributed.initialize`` (a ``Mesh`` with one ``"data"`` axis):
+      batches are split over devices and the state is replicated; with
+      several runs whose number the devices divide, the runs are split over
+      the devices instead. ``None`` (default) turns it on when more than one
+      device is present (docs/scale.md).
     checkpoint_dir: Save the whole run (state, position in the stream,
       metrics so far) there after every evaluated experience, and resume from the
       newest usable checkpoint found there (see docs/checkpointing.md). A
@@ -406,8 +408,8 @@ class _Placement(NamedTuple):
 
 def _placement(data_parallel: bool | None, n_runs: int,
                batch_size: int) -> _Placement:
-  """Shards runs (if the devices divide them) or batches over local devices."""
-  devices = jax.local_devices()
+  """Shards runs (if the devices divide them) or batches over all devices."""
+  devices = jax.devices()
   if data_parallel is None:
     data_parallel = len(devices) > 1
   if not data_parallel or len(devices) == 1:
@@ -454,7 +456,7 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
   if len(runs) < 2 or all(r.strategy is runs[0].strategy and
                           r.optimizer is runs[0].optimizer for r in runs):
     return
-  leaves = jax.tree.leaves((state.cl_state, state.opt_state))
+  leaves = jax.tree.leaves(host_copy((state.cl_state, state.opt_state)))
   for i in range(1, len(runs)):
     if all(np.array_equal(leaf[0], leaf[i]) for leaf in leaves):
       raise ValueError(
@@ -637,7 +639,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
 
   def per_run(tree):
     """Host copy with a leading run axis, whether or not runs are batched."""
-    tree = jax.device_get(tree)
+    tree = host_copy(tree)
     return tree if batched else jax.tree.map(lambda a: np.asarray(a)[None], tree)
 
   eval_s = train_s = 0.0
@@ -664,7 +666,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   def read_back(pending):
     """Host copies of the trained experiences' metrics, checked in order."""
     for indices, device_metrics in pending:
-      host = jax.device_get(device_metrics)
+      host = host_copy(device_metrics)
       for k, j in enumerate(indices):
         train_metrics = per_run(host if block == 1 else jax.tree.map(
             lambda a, k=k: a[k], host))
@@ -741,6 +743,8 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if writer is not None:  # Outside total_s: a writer may still be starting.
     writer.flush()
   chosen_or_none = lambda name, make: make() if name in chosen else None
+  # Runs split over several hosts' devices: every host gets every run.
+  state = replicated(state)
   results = [
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcl._hosts import host_copy
 from jaxcl.benchmarks.scenario import Experience
 from jaxcl.training import loop
 from jaxcl.training.state import TrainState, experience_data
@@ -214,7 +215,7 @@ class StreamingTrainer:
     state, epochs_key, end_key = begin(state, hooks)
     order, valid, steps_keys = orders(epochs_key,
                                       jnp.asarray(len(experience), jnp.int32))
-    order, valid = jax.device_get((order, valid))
+    order, valid = host_copy((order, valid))
     runs = (state.step.shape[0],) if self.batched else ()
     first_bad = jnp.full(runs, -1, jnp.int32)
     trained = jnp.zeros(runs, jnp.int32)
