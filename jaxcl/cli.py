@@ -164,6 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run these values of one numeric hyperparameter "
                      "(a strategy hyperparameter such as ewc_lambda, or lr) "
                      "as one vmapped program")
+  hosts = run.add_argument_group(
+      "many hosts", "run the same command on every host (docs/scale.md)")
+  hosts.add_argument("--distributed", action="store_true",
+                     help="join the other hosts with jax.distributed."
+                     "initialize and train over all their devices; only "
+                     "process 0 writes outputs")
+  hosts.add_argument("--coordinator-address", default=None,
+                     metavar="HOST:PORT",
+                     help="process 0's address (default: from the cluster "
+                     "environment, e.g. TPU pods, SLURM)")
+  hosts.add_argument("--num-processes", type=int, default=None,
+                     help="number of hosts (default: from the cluster)")
+  hosts.add_argument("--process-id", type=int, default=None,
+                     help="this host's index (default: from the cluster)")
   out = run.add_argument_group("output")
   out.add_argument("--logdir", default=None,
                    help="output folder (default: runs/<timestamp>)")
@@ -228,12 +242,41 @@ def _check_args(args: argparse.Namespace) -> None:
   _validation.check_in_range("--drop-rate", args.drop_rate, low=0.0, high=1.0,
                              high_inclusive=False)
   _validation.check_positive_int("--checkpoint-keep", args.checkpoint_keep)
+  _check_host_args(args)
   for flag, folder in (("--logdir", args.logdir),
                        ("--checkpoint-dir", args.checkpoint_dir),
                        ("--compilation-cache", args.compilation_cache)):
     if folder and pathlib.Path(folder).expanduser().is_file():
       raise ValueError(f"{flag} {folder!r} is a file; expected a folder "
                        "(existing or new).")
+
+
+def _check_host_args(args: argparse.Namespace) -> None:
+  from jaxcl import _validation
+  given = [_flag(name) for name in ("coordinator_address", "num_processes",
+                                    "process_id")
+           if getattr(args, name) is not None]
+  if given and not args.distributed:
+    raise ValueError(f"{', '.join(given)} given without --distributed; "
+                     "expected --distributed to join the other hosts.")
+  if args.num_processes is not None:
+    _validation.check_positive_int("--num-processes", args.num_processes)
+  if args.process_id is not None:
+    limit = args.num_processes
+    if args.process_id < 0 or (limit is not None and args.process_id >= limit):
+      raise ValueError(f"--process-id must be in [0, {limit or 'processes'}), "
+                       f"got {args.process_id}.")
+
+
+def _join_hosts(args: argparse.Namespace) -> None:
+  """``jax.distributed.initialize`` with the flags (None: auto-detected)."""
+  import jax
+  # XLA's CPU client needs it for collectives between processes; GPU and
+  # TPU clients ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                             num_processes=args.num_processes,
+                             process_id=args.process_id)
 
 
 def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -367,6 +410,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
   jaxcl.enable_compilation_cache(args.compilation_cache)
+  if args.distributed:
+    _join_hosts(args)
+  # Every host trains; one writes the outputs.
+  primary = jax.process_index() == 0
   # Everything that can reject the arguments runs before the logdir exists.
   strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
   factory = BENCHMARKS[args.benchmark]
@@ -388,19 +435,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
   seeds, (sweep_name, sweep_values) = _seeds(args), _sweep(args)
   fresh_logdir = not logdir.exists()
-  writer = loggers.create_writers(str(logdir), console=not args.quiet,
-                                  tensorboard=not args.no_tensorboard)
+  writer = loggers.create_writers(
+      str(logdir), console=not args.quiet,
+      tensorboard=not args.no_tensorboard) if primary else None
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
-  writer.write_hparams({k: v for k, v in config.items()
-                        if isinstance(v, (int, float, str, bool))})
+  if writer is not None:
+    writer.write_hparams({k: v for k, v in config.items()
+                          if isinstance(v, (int, float, str, bool))})
   fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size,
                     eval_every=args.eval_every, writer=writer,
                     **_watch_kwargs(args),
                     reset_optimizer=args.reset_optimizer,
                     reset_schedule=args.reset_schedule,
-                    progress=not args.no_progress,
+                    progress=primary and not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep)
   lr = _learning_rate(args, benchmark)
@@ -418,14 +467,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           optimizer=(lambda v: _optimizer(args, v, optax, inject=True))
           if sweep_name == "lr" else _optimizer(args, lr, optax),
           **fit_kwargs)
-    _write_images(writer, logdir, result)
+    if writer is not None:
+      _write_images(writer, logdir, result)
   except CheckpointError:
-    writer.close()
-    if fresh_logdir:  # Nothing of this run is in it: leave no trace.
-      shutil.rmtree(logdir, ignore_errors=True)
+    if writer is not None:
+      writer.close()
+      if fresh_logdir:  # Nothing of this run is in it: leave no trace.
+        shutil.rmtree(logdir, ignore_errors=True)
     raise
   finally:
-    writer.close()
+    if writer is not None:
+      writer.close()
   results = {
       **_result_fields(result),
       "timings": {**result.timings,
@@ -433,8 +485,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
       "config": config,
       "environment": {"jax": jax.__version__, "jaxcl": jaxcl.__version__,
                       "device": str(jax.devices()[0].device_kind),
-                      "platform": jax.default_backend()},
+                      "platform": jax.default_backend(),
+                      "processes": jax.process_count(),
+                      "devices": jax.device_count()},
   }
+  if not primary:
+    return results
   (logdir / "results.json").write_text(json.dumps(loggers.json_safe(results), indent=2))
   print("\nAccuracy matrix (row: after training experience i; column: test "
         "experience j)")

@@ -65,13 +65,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_hosts_train_as_one_run(tmp_path):
+def _on_two_hosts(command):
+  """Runs ``command(process_id)`` as two processes; returns their stdouts."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  args = [str(_free_port()), str(pathlib.Path(__file__).parent),
-          str(tmp_path / "checkpoints")]
-  hosts = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), *args],
-                            env=env, stdout=subprocess.PIPE,
+  hosts = [subprocess.Popen(command(i), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outputs = []
@@ -79,11 +77,20 @@ def test_two_hosts_train_as_one_run(tmp_path):
     for host in hosts:
       stdout, stderr = host.communicate(timeout=600)
       assert host.returncode == 0, stderr[-3000:]
-      outputs.append(json.loads(
-          [line for line in stdout.splitlines() if line.startswith("{")][-1]))
+      outputs.append(stdout)
   finally:
     for host in hosts:
       host.kill()
+  return outputs
+
+
+def test_two_hosts_train_as_one_run(tmp_path):
+  args = [str(_free_port()), str(pathlib.Path(__file__).parent),
+          str(tmp_path / "checkpoints")]
+  outputs = [json.loads([line for line in stdout.splitlines()
+                         if line.startswith("{")][-1])
+             for stdout in _on_two_hosts(
+                 lambda i: [sys.executable, "-c", WORKER, str(i), *args])]
   # Both hosts hold every number of every run.
   assert outputs[0] == outputs[1]
   out = outputs[0]
@@ -99,3 +106,19 @@ def test_two_hosts_train_as_one_run(tmp_path):
   # The second run resumed from the first's last checkpoint, written once.
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["1", "2"]
+
+
+def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
+  port = _free_port()
+  logdirs = [tmp_path / "host0", tmp_path / "host1"]
+  _on_two_hosts(lambda i: [
+      sys.executable, "-m", "jaxcl.cli", "run", "--distributed",
+      "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
+      "--process-id", str(i), "--n-experiences", "2", "--batch-size", "16",
+      "--hidden-size", "32", "--logdir", str(logdirs[i]), "--quiet",
+      "--no-progress", "--compilation-cache", ""])
+  results = json.loads((logdirs[0] / "results.json").read_text())
+  assert results["environment"]["processes"] == 2
+  assert results["environment"]["devices"] == 4
+  assert len(results["accuracy_matrix"]) == 2
+  assert not logdirs[1].exists()
