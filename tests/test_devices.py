@@ -55,6 +55,18 @@ online_single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1),
 out["online_seeds_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
     jax.tree.leaves(online_seeds.runs[2].state.params),
     jax.tree.leaves(online_single.state.params)))
+# Streamed from the host in chunks: batch split, and seeds sharded.
+streamed = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
+                      batch_size=8, epochs=2, device_memory_budget_mb=0.0005,
+                      **kwargs)
+            for kwargs in (dict(data_parallel=True), dict(seeds=[0, 1, 2, 3]),
+                           dict(data_parallel=False))]
+out["streamed_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
+    jax.tree.leaves(streamed[0].state.params),
+    jax.tree.leaves(streamed[2].state.params)))
+out["streamed_seeds_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
+    jax.tree.leaves(streamed[1].runs[0].state.params),
+    jax.tree.leaves(streamed[2].state.params)))
 print(json.dumps(out))
 """
 
@@ -109,6 +121,8 @@ def test_four_devices_equal_one_device():
   assert out["seeds_sharded_diff"] < 1e-5
   assert out["online_diff"] < 1e-5
   assert out["online_seeds_diff"] < 1e-5
+  assert out["streamed_diff"] < 1e-5
+  assert out["streamed_seeds_diff"] < 1e-5
 
 
 def test_convolutional_model_on_four_devices_equals_one_device():

@@ -90,6 +90,9 @@ class StreamingTrainer:
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
     self.chunk_jaxpr = None  # Set by `lower`; its scan body is one step.
+    # Stacked runs' batches have a run axis: they are placed like the state
+    # (split over devices with the runs, or replicated).
+    self.batches_sharding = place.state if batched else place.data
 
   def _functions(self):
     parts, chunk_steps = self.parts, self.chunk_steps
@@ -135,9 +138,12 @@ class StreamingTrainer:
         "weight": jax.ShapeDtypeStruct(shape, jnp.float32)}
     counter = jax.ShapeDtypeStruct(runs, jnp.int32)
     steps_key = jax.ShapeDtypeStruct(runs, steps_keys.dtype)
-    chunk_traced = jax.jit(chunk, donate_argnums=0).trace(
-        state_shape, batches, steps_key, jax.ShapeDtypeStruct((), jnp.int32),
-        counter, counter)
+    chunk_traced = jax.jit(
+        chunk, donate_argnums=0,
+        in_shardings=(s, self.batches_sharding, s, self.place.data, s, s),
+        out_shardings=s).trace(
+            state_shape, batches, steps_key,
+            jax.ShapeDtypeStruct((), jnp.int32), counter, counter)
     self.chunk_jaxpr = chunk_traced.jaxpr
     return [
         jax.jit(begin, donate_argnums=0, in_shardings=(s, self.place.data),
@@ -193,7 +199,7 @@ class StreamingTrainer:
                      "task": np.where(inside, experience.task[idx], 0),
                      "weight": valid[..., e, c * k:(c + 1) * k, :].astype(
                          np.float32)}
-            out.put(jax.device_put(batch, self.place.data))
+            out.put(jax.device_put(batch, self.batches_sharding))
       except BaseException as error:  # Re-raised in the consumer.
         out.put(error)
 
