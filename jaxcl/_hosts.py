@@ -1,48 +1,89 @@
-"""Host copies of device arrays, on one host or many.
+"""Several hosts (``jax.distributed``) running one ``fit``: reads and checks.
 
-With ``jax.distributed.initialize``, a mesh spans the devices of every
+After ``jax.distributed.initialize`` a mesh spans the devices of every
 process, and an array split over it (runs sharded over devices) has parts on
-other hosts that ``jax.device_get`` cannot fetch. Every process runs the
-same code, so they gather those arrays together.
+other hosts that ``jax.device_get`` cannot fetch. Every process runs the same
+code, so they gather such arrays together; on one host these functions cost
+nothing extra.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["host_copy", "replicated"]
+__all__ = ["addressable", "barrier", "check_same_everywhere", "host_copy"]
+
+
+def _addressable_leaf(leaf: Any) -> Any:
+  # A replicated array is readable from this host's copy as it is.
+  if (not isinstance(leaf, jax.Array) or leaf.is_fully_addressable
+      or leaf.is_fully_replicated):
+    return leaf
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    data = multihost_utils.process_allgather(jax.random.key_data(leaf),
+                                             tiled=True)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+  return multihost_utils.process_allgather(leaf, tiled=True)
+
+
+def addressable(tree: Any) -> Any:
+  """``tree`` with every array split over other hosts' devices gathered.
+
+  Such an array comes back as a numpy array on this host (typed PRNG keys as
+  keys on its default device); the others, replicated ones included, are
+  left as they are. Every process must call it with the same tree:
+  gathering is collective.
+  """
+  return jax.tree.map(_addressable_leaf, tree)
 
 
 def host_copy(tree: Any) -> Any:
   """``jax.device_get(tree)``, gathering arrays that span other hosts.
 
-  Every process must call it with the same tree (a collective when some
-  array is split over hosts).
-
   Example:
     >>> host_copy({"w": jax.numpy.ones(2)})
     {'w': array([1., 1.], dtype=float32)}
   """
-  def local(leaf):
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      return multihost_utils.process_allgather(leaf, tiled=True)
-    return leaf
-  return jax.device_get(jax.tree.map(local, tree))
+  return jax.device_get(addressable(tree))
 
 
-def replicated(tree: Any) -> Any:
-  """``tree`` replicated on every device if some array in it spans other hosts.
+def _digest(value: Any) -> np.ndarray:
+  text = json.dumps(value, sort_keys=True, default=repr)
+  return np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
 
-  Lets each process read every run of a result; ``tree`` comes back as it
-  is (no copy) when this process can already read all of it.
+
+def check_same_everywhere(what: str, fields: Mapping[str, Any],
+                          error: type[Exception] = ValueError) -> None:
+  """Raises ``error`` naming the ``fields`` whose values differ between hosts.
+
+  A collective on several hosts (every process must call it); nothing on one.
+
+  Args:
+    what: What the fields describe, for the message.
+    fields: JSON-able values (others are compared by ``repr``).
+    error: The exception class to raise.
   """
-  spread = [leaf for leaf in jax.tree.leaves(tree)
-            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable]
-  if not spread:
-    return tree
-  everywhere = jax.sharding.NamedSharding(spread[0].sharding.mesh,
-                                          jax.sharding.PartitionSpec())
-  return jax.jit(lambda t: t, out_shardings=everywhere)(tree)
+  if jax.process_count() == 1:
+    return
+  mine = np.stack([_digest(value) for value in fields.values()])
+  everyone = multihost_utils.process_allgather(mine)
+  differ = [name for i, name in enumerate(fields)
+            if (everyone[:, i] != everyone[0, i]).any()]
+  if differ:
+    raise error(
+        f"{what} differ between the {jax.process_count()} processes in: "
+        f"{', '.join(differ)}; expected the same on every host "
+        "(docs/scale.md, many hosts).")
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier ``name`` (one host: no-op)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)

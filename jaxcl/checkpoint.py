@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Self
 import jax
 import numpy as np
 
-from jaxcl import _validation
-from jaxcl._hosts import host_copy
+from jaxcl import _hosts, _validation
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -264,7 +263,7 @@ class Checkpointer:
       meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
     """
     ocp = _orbax()
-    host = host_copy(_raw(arrays))
+    host = _hosts.host_copy(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
             "meta": _encode(meta)}
     payload = {"format": FORMAT, "sha256": _json_sha256(body), "body": body}
@@ -293,7 +292,41 @@ class Checkpointer:
     """
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                           jax.eval_shape(_raw, like))
-    problems = []
+    # On several hosts orbax reads the folder on process 0 and shares what it
+    # finds (a collective), so every host must look at the same folder.
+    where = (f"the views of checkpoint_dir {str(self.directory)!r} (one "
+             "folder that every host must see)")
+    _hosts.check_same_everywhere(where, {
+        "folder": str(self.directory), "folder exists": self.directory.is_dir()},
+        error=CheckpointError)
+    problems, found, refusal = [], None, None
+    try:
+      found = self._newest_usable(target, problems)
+    except CheckpointError as e:
+      refusal = e
+    # Hosts that resumed different runs would wait on each other forever:
+    # they must agree, or all stop here.
+    _hosts.check_same_everywhere(where, {
+        "checkpoint resumed": found and found.step,
+        "checkpoints unusable": [step for step, _ in problems],
+        "refusal": refusal and str(refusal)}, error=CheckpointError)
+    if refusal is not None:
+      raise refusal
+    if found is not None:
+      self._set_aside(problems, fallback=found.step)
+      return found
+    if problems:
+      raise CheckpointError(
+          f"no usable checkpoint in checkpoint_dir {str(self.directory)!r}: "
+          + "; ".join(f"checkpoint {s}: {p}" for s, p in problems) + ". "
+          "Delete the folder (or pass another checkpoint_dir) to start the "
+          "run over.")
+    return None
+
+  def _newest_usable(self, target: PyTree,
+                     problems: list[tuple[int, str]]) -> Restored | None:
+    """The newest readable step of this configuration; damaged ones go to
+    ``problems``."""
     for step in reversed(self.steps()):
       try:
         body = self._read_meta(step)
@@ -306,14 +339,7 @@ class Checkpointer:
       except Exception as e:  # As above.
         problems.append((step, _reason(e)))
         continue
-      self._set_aside(problems, fallback=step)
       return Restored(step, arrays, _decode(body["meta"]))
-    if problems:
-      raise CheckpointError(
-          f"no usable checkpoint in checkpoint_dir {str(self.directory)!r}: "
-          + "; ".join(f"checkpoint {s}: {p}" for s, p in problems) + ". "
-          "Delete the folder (or pass another checkpoint_dir) to start the "
-          "run over.")
     return None
 
   def _read_meta(self, step: int) -> dict[str, Any]:
@@ -356,12 +382,15 @@ class Checkpointer:
     """Renames damaged steps so that the resumed run can write them again."""
     if not problems:
       return
-    for step, _ in problems:
-      names = (f"{step}.unusable" + (f".{i}" if i else "")
-               for i in itertools.count())
-      self.directory.joinpath(str(step)).rename(next(
-          self.directory / n for n in names
-          if not (self.directory / n).exists()))
+    # One host renames; the others wait for it before rereading the folder.
+    if jax.process_index() == 0:
+      for step, _ in problems:
+        names = (f"{step}.unusable" + (f".{i}" if i else "")
+                 for i in itertools.count())
+        self.directory.joinpath(str(step)).rename(next(
+            self.directory / n for n in names
+            if not (self.directory / n).exists()))
+    _hosts.barrier(f"jaxcl: unusable checkpoints set aside in {self.directory}")
     self._open().reload()
     warnings.warn(
         f"Resuming from checkpoint {fallback} in {str(self.directory)!r}: "
@@ -395,6 +424,14 @@ def _model_text(model) -> str:
   text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))
   text = " ".join(text.replace("# attributes", "").split())
   return text.replace("( ", "(").replace(" )", ")")
+
+
+def _programs_sha256(programs: Sequence[jax.stages.Lowered]) -> dict[str, Any]:
+  """Hashes of ``[init, *train, evaluate]``: one train program, or a list."""
+  digests = [hashlib.sha256(p.as_text().encode()).hexdigest() for p in programs]
+  train = digests[1:-1]
+  return {"init": digests[0], "train": train[0] if len(train) == 1 else train,
+          "evaluate": digests[-1]}
 
 
 def run_config(*, benchmark, train_stream, model, strategy_name: str,
@@ -449,7 +486,5 @@ def run_config(*, benchmark, train_stream, model, strategy_name: str,
       **settings,
       "state": _describe(state),
       "jax": jax.__version__,
-      "programs_sha256": {
-          name: hashlib.sha256(p.as_text().encode()).hexdigest()
-          for name, p in zip(("init", "train", "evaluate"), programs)},
+      "programs_sha256": _programs_sha256(programs),
   }

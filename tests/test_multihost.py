@@ -10,15 +10,17 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
 WORKER = r"""
-import json, sys
+import json, pathlib, shutil, sys
 process_id, port, tests, checkpoints = sys.argv[1:]
 import jax
+from jax.experimental import multihost_utils
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2,
                            process_id=int(process_id))
@@ -40,9 +42,11 @@ def fit(name="naive", benchmark=bench, **kwargs):
 
 def summary(result):
   params = jax.tree.leaves(result.state.params)
+  # Runs split over both hosts' devices come back gathered in host memory.
+  where = (len(params[0].sharding.device_set)
+           if isinstance(params[0], jax.Array) else "host")
   return {"params": [np.asarray(p).tolist() for p in params],
-          "devices": len(params[0].sharding.device_set),
-          "accuracy": result.accuracy_matrix.tolist()}
+          "devices": where, "accuracy": result.accuracy_matrix.tolist()}
 
 
 out = {}
@@ -53,8 +57,26 @@ out["seeds"] = [summary(fit(epochs=2, seeds=[0, 1, 2, 3]).runs[2]),
                 summary(fit(epochs=2, seed=2, data_parallel=False))]
 out["online"] = [summary(fit(benchmark=online, data_parallel=p))
                  for p in (True, False)]
-out["checkpoint"] = [summary(fit(epochs=2, checkpoint_dir=checkpoints))
-                     for _ in range(2)]
+whole = fit(epochs=2, checkpoint_dir=checkpoints)
+# Resume after the first experience: the newest checkpoint is damaged, and
+# is set aside once.
+if jax.process_index() == 0:
+  (pathlib.Path(checkpoints) / "2" / "meta" / "metadata").write_text("{")
+multihost_utils.sync_global_devices("checkpoint 2 damaged")
+out["checkpoint"] = [summary(fit(epochs=2, checkpoint_dir=checkpoints)),
+                     summary(whole)]
+# A folder of its own on each host: orbax writes and lists on process 0
+# only, so the hosts would resume different runs; they stop instead.
+try:
+  fit(epochs=2, checkpoint_dir=f"{checkpoints}-of-host-{process_id}")
+except jaxcl.checkpoint.CheckpointError as e:
+  out["unshared_checkpoints"] = (
+      "differ between the 2 processes in: folder" in str(e))
+# Hosts that disagree are stopped before anything compiles.
+try:
+  fit(epochs=2, seed=int(process_id))
+except ValueError as e:
+  out["disagreement"] = str(e)
 print(json.dumps(out))
 """
 
@@ -65,23 +87,34 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _on_two_hosts(command):
-  """Runs ``command(process_id)`` as two processes; returns their stdouts."""
+def _on_two_hosts(command, folder):
+  """Runs ``command(process_id)`` as two processes; returns their stdouts.
+
+  Output goes to files (a full pipe would block a host inside a collective),
+  and when one host fails the other, left waiting for it, is stopped.
+  """
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  hosts = [subprocess.Popen(command(i), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = []
+  logs = [(folder / f"host{i}.out", folder / f"host{i}.err") for i in range(2)]
+  hosts = []
+  for i, (out, err) in enumerate(logs):
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+      hosts.append(subprocess.Popen(command(i), env=env, stdout=stdout,
+                                    stderr=stderr))
+  deadline = time.monotonic() + 600
   try:
-    for host in hosts:
-      stdout, stderr = host.communicate(timeout=600)
-      assert host.returncode == 0, stderr[-3000:]
-      outputs.append(stdout)
+    while any(host.poll() is None for host in hosts):
+      failed = [h for h in hosts if h.poll() not in (None, 0)]
+      assert not failed and time.monotonic() < deadline, "\n".join(
+          f"host {i} exited with {h.poll()}:\n{err.read_text()[-3000:]}"
+          for i, (h, (_, err)) in enumerate(zip(hosts, logs)))
+      time.sleep(0.2)
   finally:
     for host in hosts:
       host.kill()
-  return outputs
+  for i, (host, (_, err)) in enumerate(zip(hosts, logs)):
+    assert host.returncode == 0, f"host {i}: {err.read_text()[-3000:]}"
+  return [out.read_text() for out, _ in logs]
 
 
 def test_two_hosts_train_as_one_run(tmp_path):
@@ -90,22 +123,28 @@ def test_two_hosts_train_as_one_run(tmp_path):
   outputs = [json.loads([line for line in stdout.splitlines()
                          if line.startswith("{")][-1])
              for stdout in _on_two_hosts(
-                 lambda i: [sys.executable, "-c", WORKER, str(i), *args])]
+                 lambda i: [sys.executable, "-c", WORKER, str(i), *args],
+                 tmp_path)]
   # Both hosts hold every number of every run.
   assert outputs[0] == outputs[1]
   out = outputs[0]
+  assert out.pop("unshared_checkpoints") is True
+  disagreement = out.pop("disagreement")
+  assert "fit's arguments differ between the 2 processes" in disagreement
+  assert "seeds" in disagreement and "model" not in disagreement
+  expected_devices = {"seeds": ("host", 1), "checkpoint": (4, 4)}
   assert set(out) == {"naive", "replay", "ewc", "seeds", "online",
                       "checkpoint"}
   for name, (spread, single) in out.items():
-    assert (spread["devices"], single["devices"]) == (
-        4, 4 if name == "checkpoint" else 1), name
+    assert (spread["devices"], single["devices"]) == expected_devices.get(
+        name, (4, 1)), name
     np.testing.assert_array_equal(spread["accuracy"], single["accuracy"],
                                   err_msg=name)
     for a, b in zip(spread["params"], single["params"], strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=name)
-  # The second run resumed from the first's last checkpoint, written once.
+  # The damaged checkpoint was set aside once; the resumed run wrote it again.
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()
-                if p.name.isdigit()) == ["1", "2"]
+                if p.name[0].isdigit()) == ["1", "2", "2.unusable"]
 
 
 def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
@@ -116,7 +155,7 @@ def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
       "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
       "--process-id", str(i), "--n-experiences", "2", "--batch-size", "16",
       "--hidden-size", "32", "--logdir", str(logdirs[i]), "--quiet",
-      "--no-progress", "--compilation-cache", ""])
+      "--no-progress", "--compilation-cache", ""], tmp_path)
   results = json.loads((logdirs[0] / "results.json").read_text())
   assert results["environment"]["processes"] == 2
   assert results["environment"]["devices"] == 4

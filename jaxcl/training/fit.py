@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from jaxcl import _validation, checkpoint, compilation
-from jaxcl._hosts import host_copy, replicated
+from jaxcl._hosts import addressable, check_same_everywhere, host_copy
 from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -310,7 +310,8 @@ def fit(
       batches are split over devices and the state is replicated; with
       several runs whose number the devices divide, the runs are split over
       the devices instead. ``None`` (default) turns it on when more than one
-      device is present (docs/scale.md).
+      device is present. On several hosts every process must make the same
+      call; ``fit`` checks that before compiling (docs/scale.md).
     checkpoint_dir: Save the whole run (state, position in the stream,
       metrics so far) there after every evaluated experience, and resume from the
       newest usable checkpoint found there (see docs/checkpointing.md). A
@@ -568,50 +569,56 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     train_jaxpr, train_loops = train_traced.jaxpr, (epochs, steps)
   # XLA compiles without the GIL: each program compiles in a thread as soon
   # as it is lowered, while the next one is traced and lowered (after the
-  # checkpoint's configuration is checked, if there is one). A thread per
-  # program and one for the FLOP analysis, so that none waits in a queue.
+  # checks of a checkpoint's configuration, or of every host having the same
+  # arguments, if there are any). A thread per program and one for the FLOP
+  # analysis, so that none waits in a queue; none can be cancelled once it
+  # runs, so after an error they finish in the background.
+  check_first = checkpoint_dir is not None or jax.process_count() > 1
   pool = concurrent.futures.ThreadPoolExecutor(
       len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
   programs: list[tuple[Any, dict[str, Any] | None]] = []
   compiles: list[concurrent.futures.Future] = []
 
   def compile_lowered():
-    compiles.extend(pool.submit(program.compile, compiler_options=options)
+    compiles.extend(pool.submit(_compile, program, options)
                     for program, options in programs[len(compiles):])
 
   try:
     programs.extend((program, None) for program in train_lowered)
-    if checkpoint_dir is None:
+    if not check_first:
       compile_lowered()
     init_lowered = init_fn.lower(seeds)
     programs.append((init_lowered, _init_compiler_options()))
-    if checkpoint_dir is None:
+    if not check_first:
       compile_lowered()
     eval_lowered = jax.jit(
         eval_fn, in_shardings=(place.state, place.data),
         out_shardings=place.state).lower(state_shape, test_data)
     programs.append((eval_lowered, None))
     lowered = (init_lowered, *train_lowered, eval_lowered)
-    checkpointer = restored = None
+    checkpointer = restored = config = None
+    if check_first:
+      config = checkpoint.run_config(
+          benchmark=benchmark, train_stream=train_stream, model=model,
+          strategy_name=strategy.name, seeds=[r.seed for r in runs],
+          labels=labels, state=state_shape, programs=lowered,
+          settings=dict(epochs=epochs, batch_size=batch_size,
+                        eval_batch_size=eval_batch_size,
+                        mask_unseen_classes=mask_unseen_classes,
+                        eval_before_training=eval_before_training,
+                        eval_every=eval_every,
+                        periodic_eval=(periodic_eval and
+                                       periodic_eval._asdict()),
+                        early_stopping=(early_stopping and
+                                        early_stopping._asdict()),
+                        reset_optimizer=reset_optimizer,
+                        reset_schedule=reset_schedule,
+                        streaming=bool(trainer),
+                        metrics=sorted(chosen.names), top_k=chosen.top_k))
+      check_same_everywhere("fit's arguments", config)
     if checkpoint_dir is not None:
       checkpointer = checkpoint.Checkpointer(
-          checkpoint_dir, keep=checkpoint_keep, config=checkpoint.run_config(
-              benchmark=benchmark, train_stream=train_stream, model=model,
-              strategy_name=strategy.name, seeds=[r.seed for r in runs],
-              labels=labels, state=state_shape, programs=lowered,
-              settings=dict(epochs=epochs, batch_size=batch_size,
-                            eval_batch_size=eval_batch_size,
-                            mask_unseen_classes=mask_unseen_classes,
-                            eval_before_training=eval_before_training,
-                            eval_every=eval_every,
-                            periodic_eval=(periodic_eval and
-                                           periodic_eval._asdict()),
-                            early_stopping=(early_stopping and
-                                            early_stopping._asdict()),
-                            reset_optimizer=reset_optimizer,
-                            reset_schedule=reset_schedule,
-                            streaming=bool(trainer),
-                            metrics=sorted(chosen.names), top_k=chosen.top_k)))
+          checkpoint_dir, keep=checkpoint_keep, config=config)
       restored = checkpointer.restore(state_shape)
     compile_lowered()
     # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
@@ -743,8 +750,9 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if writer is not None:  # Outside total_s: a writer may still be starting.
     writer.flush()
   chosen_or_none = lambda name, make: make() if name in chosen else None
-  # Runs split over several hosts' devices: every host gets every run.
-  state = replicated(state)
+  # Runs split over several hosts' devices: every host gets every run (in
+  # host memory, which holds all runs more easily than each device would).
+  state = addressable(state)
   results = [
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,
@@ -987,6 +995,19 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
   return _Recorder(chosen, new, np.logical_or.accumulate(new, axis=0),
                    flops, cl_metrics.trained_columns(
                        benchmark.train_stream, len(benchmark.test_stream)))
+
+
+def _compile(program: jax.stages.Lowered,
+             options: dict[str, Any] | None) -> jax.stages.Compiled:
+  """``program.compile``; options that this jaxlib does not know are dropped."""
+  try:
+    return program.compile(compiler_options=options)
+  except Exception as e:  # An unknown option is rejected by name.
+    unknown = [name for name in options or () if name in str(e)]
+    if not unknown:
+      raise
+    return program.compile(compiler_options={
+        name: value for name, value in options.items() if name not in unknown})
 
 
 def _init_compiler_options() -> dict[str, Any]:
