@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["addressable", "barrier", "check_same_everywhere", "host_copy"]
+__all__ = ["addressable", "check_same_everywhere", "host_copy", "put"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -54,6 +54,30 @@ def host_copy(tree: Any) -> Any:
   return jax.device_get(addressable(tree))
 
 
+def put(tree: Any, sharding: Any) -> Any:
+  """``jax.device_put(tree, sharding)`` of host data every process holds alike.
+
+  On several hosts ``jax.device_put`` first checks that every process passes
+  equal data, a collective; it must not run beside the training programs'
+  own collectives (the streaming trainer puts batches from a thread).
+  ``fit`` compares the data's hash once instead, so each host here places
+  its devices' parts without communicating.
+  """
+  if sharding is None or sharding.is_fully_addressable:
+    return jax.device_put(tree, sharding)
+
+  def one(leaf):
+    leaf = np.asarray(leaf)
+    return jax.make_array_from_callback(leaf.shape, sharding,
+                                        lambda index: leaf[index])
+  return jax.tree.map(one, tree)
+
+
+# Digests compared per field; a fixed number of rows, so that hosts running
+# different code still take part in the same collective (and are told).
+_FIELDS = 64
+
+
 def _digest(value: Any) -> np.ndarray:
   text = json.dumps(value, sort_keys=True, default=repr)
   return np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
@@ -72,18 +96,19 @@ def check_same_everywhere(what: str, fields: Mapping[str, Any],
   """
   if jax.process_count() == 1:
     return
-  mine = np.stack([_digest(value) for value in fields.values()])
+  names = list(fields)[:_FIELDS - 1]
+  mine = np.zeros((_FIELDS, 32), np.uint8)
+  mine[0] = _digest(names)
+  for i, name in enumerate(names, 1):
+    mine[i] = _digest(fields[name])
   everyone = multihost_utils.process_allgather(mine)
-  differ = [name for i, name in enumerate(fields)
+  if (everyone[:, 0] != everyone[0, 0]).any():
+    raise error(f"{what}: the processes compare different fields, so they "
+                "run different jaxcl versions; expected the same everywhere.")
+  differ = [name for i, name in enumerate(names, 1)
             if (everyone[:, i] != everyone[0, i]).any()]
   if differ:
     raise error(
         f"{what} differ between the {jax.process_count()} processes in: "
         f"{', '.join(differ)}; expected the same on every host "
         "(docs/scale.md, many hosts).")
-
-
-def barrier(name: str) -> None:
-  """Waits until every process reaches the barrier ``name`` (one host: no-op)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)

@@ -99,9 +99,7 @@ def place(arrays: PyTree, like: PyTree) -> PyTree:
     ...               init_state)  # doctest: +SKIP
   """
   def one(raw, ref):
-    # An ndarray, not a numpy scalar: on several hosts JAX places only
-    # ndarrays on devices that span them.
-    raw = jax.device_put(np.asarray(raw), ref.sharding)
+    raw = _hosts.put(raw, ref.sharding)
     if _is_key(ref):
       raw = jax.random.wrap_key_data(raw, impl=jax.random.key_impl(ref))
     return raw
@@ -302,7 +300,7 @@ class Checkpointer:
     problems, found, refusal = [], None, None
     try:
       found = self._newest_usable(target, problems)
-    except CheckpointError as e:
+    except Exception as e:  # Raised below, once every host has compared.
       refusal = e
     # Hosts that resumed different runs would wait on each other forever:
     # they must agree, or all stop here.
@@ -382,15 +380,27 @@ class Checkpointer:
     """Renames damaged steps so that the resumed run can write them again."""
     if not problems:
       return
-    # One host renames; the others wait for it before rereading the folder.
+    # One host renames; the others wait for it (comparing its outcome)
+    # before rereading the folder.
+    failure = None
     if jax.process_index() == 0:
-      for step, _ in problems:
-        names = (f"{step}.unusable" + (f".{i}" if i else "")
-                 for i in itertools.count())
-        self.directory.joinpath(str(step)).rename(next(
-            self.directory / n for n in names
-            if not (self.directory / n).exists()))
-    _hosts.barrier(f"jaxcl: unusable checkpoints set aside in {self.directory}")
+      try:
+        for step, _ in problems:
+          names = (f"{step}.unusable" + (f".{i}" if i else "")
+                   for i in itertools.count())
+          self.directory.joinpath(str(step)).rename(next(
+              self.directory / n for n in names
+              if not (self.directory / n).exists()))
+      except OSError as e:
+        failure = e
+    try:
+      _hosts.check_same_everywhere(
+          f"setting unusable checkpoints aside in {str(self.directory)!r}",
+          {"renamed": failure is None}, error=CheckpointError)
+    except CheckpointError as e:
+      raise e from failure
+    if failure is not None:
+      raise failure
     self._open().reload()
     warnings.warn(
         f"Resuming from checkpoint {fallback} in {str(self.directory)!r}: "

@@ -217,5 +217,9 @@ def test_compile_drops_options_this_jaxlib_does_not_know():
   with pytest.raises(Exception, match="xla_cpu_no_such_option"):
     lowered.compile(compiler_options={"xla_cpu_no_such_option": False})
   compiled = fit_module._compile(lowered, {
-      "xla_backend_optimization_level": 0, "xla_cpu_no_such_option": False})
+      "xla_backend_optimization_level": 0, "xla_cpu_no_such_option": False,
+      "xla_cpu_nor_this_one": 1})
   np.testing.assert_array_equal(compiled(np.arange(3.0)), [0.0, 2.0, 4.0])
+  # A bad value of a known option is an error, not an option to drop.
+  with pytest.raises(Exception, match="xla_backend_optimization_level"):
+    fit_module._compile(lowered, {"xla_backend_optimization_level": "high"})

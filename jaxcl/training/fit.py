@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -26,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxcl import _validation, checkpoint, compilation
-from jaxcl._hosts import addressable, check_same_everywhere, host_copy
+from jaxcl._hosts import addressable, check_same_everywhere, host_copy, put
 from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -536,12 +537,11 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
-  test_data = jax.device_put(stack_experiences(list(test_stream), n_classes),
-                             place.data)
-  first = None if trainer or block > 1 else jax.device_put(
+  test_data = put(stack_experiences(list(test_stream), n_classes), place.data)
+  first = None if trainer or block > 1 else put(
       experience_data(train_stream[0], size, n_classes), place.data)
   periodic_data = None if periodic_stream is None else (
-      test_data if periodic_stream is test_stream else jax.device_put(
+      test_data if periodic_stream is test_stream else put(
           stack_experiences(list(periodic_stream), n_classes), place.data))
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
@@ -571,8 +571,10 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # as it is lowered, while the next one is traced and lowered (after the
   # checks of a checkpoint's configuration, or of every host having the same
   # arguments, if there are any). A thread per program and one for the FLOP
-  # analysis, so that none waits in a queue; none can be cancelled once it
-  # runs, so after an error they finish in the background.
+  # analysis, so that none waits long in a queue. Nothing queued is
+  # cancelled: a thread that finished a compile may not yet have taken the
+  # FLOP analysis when the last compile returns. After an error the
+  # submitted jobs finish in the background.
   check_first = checkpoint_dir is not None or jax.process_count() > 1
   pool = concurrent.futures.ThreadPoolExecutor(
       len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
@@ -615,7 +617,10 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                         reset_schedule=reset_schedule,
                         streaming=bool(trainer),
                         metrics=sorted(chosen.names), top_k=chosen.top_k))
-      check_same_everywhere("fit's arguments", config)
+      # Checkpointing is compared too, but is not part of the fingerprint.
+      check_same_everywhere("fit's arguments", {
+          **config, "checkpoint_dir given": checkpoint_dir is not None,
+          "checkpoint_keep": checkpoint_keep})
     if checkpoint_dir is not None:
       checkpointer = checkpoint.Checkpointer(
           checkpoint_dir, keep=checkpoint_keep, config=config)
@@ -636,7 +641,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
          flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
     *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
   finally:
-    pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=False)
   train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
@@ -697,11 +702,11 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if trainer:
       state, device_metrics = train_exec(state, train_stream[i], periodic_data)
     elif block == 1:
-      data = first if i == 0 else jax.device_put(
+      data = first if i == 0 else put(
           experience_data(train_stream[i], size, n_classes), place.data)
       state, device_metrics = train_exec(state, data, periodic_data)
     else:
-      data = jax.device_put(stack_experiences(
+      data = put(stack_experiences(
           [train_stream[j] for j in indices], n_classes, size=size,
           length=block), place.data)
       state, device_metrics = train_exec(state, data, np.int32(len(indices)),
@@ -1000,14 +1005,15 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
 def _compile(program: jax.stages.Lowered,
              options: dict[str, Any] | None) -> jax.stages.Compiled:
   """``program.compile``; options that this jaxlib does not know are dropped."""
-  try:
-    return program.compile(compiler_options=options)
-  except Exception as e:  # An unknown option is rejected by name.
-    unknown = [name for name in options or () if name in str(e)]
-    if not unknown:
-      raise
-    return program.compile(compiler_options={
-        name: value for name, value in options.items() if name not in unknown})
+  options = dict(options or {})
+  while True:
+    try:
+      return program.compile(compiler_options=options or None)
+    except Exception as e:  # XLA names the first unknown option.
+      unknown = re.search(r"No such compile option: '(\w+)'", str(e))
+      if unknown is None or unknown.group(1) not in options:
+        raise
+      del options[unknown.group(1)]
 
 
 def _init_compiler_options() -> dict[str, Any]:

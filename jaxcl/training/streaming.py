@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcl._hosts import host_copy
+from jaxcl import _hosts
 from jaxcl.benchmarks.scenario import Experience
 from jaxcl.training import loop
 from jaxcl.training.state import TrainState, experience_data
@@ -199,7 +199,7 @@ class StreamingTrainer:
                      "task": np.where(inside, experience.task[idx], 0),
                      "weight": valid[..., e, c * k:(c + 1) * k, :].astype(
                          np.float32)}
-            out.put(jax.device_put(batch, self.batches_sharding))
+            out.put(_hosts.put(batch, self.batches_sharding))
       except BaseException as error:  # Re-raised in the consumer.
         out.put(error)
 
@@ -217,11 +217,11 @@ class StreamingTrainer:
     """Trains one experience; returns what the on-device program returns."""
     del eval_data  # Periodic evaluation is refused with streaming.
     begin, orders, chunk, end = self.executables
-    hooks = jax.device_put(self._hook_data(experience), self.place.data)
+    hooks = _hosts.put(self._hook_data(experience), self.place.data)
     state, epochs_key, end_key = begin(state, hooks)
     order, valid, steps_keys = orders(epochs_key,
                                       jnp.asarray(len(experience), jnp.int32))
-    order, valid = host_copy((order, valid))
+    order, valid = _hosts.host_copy((order, valid))
     runs = (state.step.shape[0],) if self.batched else ()
     first_bad = jnp.full(runs, -1, jnp.int32)
     trained = jnp.zeros(runs, jnp.int32)
