@@ -17,7 +17,9 @@ import numpy as np
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
 WORKER = r"""
-import json, pathlib, shutil, sys
+import faulthandler, json, pathlib, shutil, sys
+# A host stuck in a collective prints every thread's stack and exits.
+faulthandler.dump_traceback_later(240, exit=True)
 process_id, port, tests, checkpoints = sys.argv[1:]
 import jax
 from jax.experimental import multihost_utils

@@ -709,8 +709,10 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       data = put(stack_experiences(
           [train_stream[j] for j in indices], n_classes, size=size,
           length=block), place.data)
-      state, device_metrics = train_exec(state, data, np.int32(len(indices)),
-                                         periodic_data)
+      # Placed explicitly, without comparing it between hosts (_hosts.put)
+      # while the previous block may still be running its all-reduces.
+      state, device_metrics = train_exec(
+          state, data, put(np.int32(len(indices)), place.data), periodic_data)
     pending.append((indices, device_metrics))
     if i not in eval_points:
       if bar is not None:

@@ -219,17 +219,20 @@ class StreamingTrainer:
     begin, orders, chunk, end = self.executables
     hooks = _hosts.put(self._hook_data(experience), self.place.data)
     state, epochs_key, end_key = begin(state, hooks)
-    order, valid, steps_keys = orders(epochs_key,
-                                      jnp.asarray(len(experience), jnp.int32))
+    # Host values are placed explicitly: on several hosts an implicit
+    # placement compares them between hosts, a collective that could run
+    # beside the previous chunk's all-reduces (_hosts.put).
+    scalar = lambda value: _hosts.put(np.int32(value), self.place.data)
+    order, valid, steps_keys = orders(epochs_key, scalar(len(experience)))
     order, valid = _hosts.host_copy((order, valid))
     runs = (state.step.shape[0],) if self.batched else ()
-    first_bad = jnp.full(runs, -1, jnp.int32)
-    trained = jnp.zeros(runs, jnp.int32)
+    first_bad = _hosts.put(np.full(runs, -1, np.int32), self.place.state)
+    trained = _hosts.put(np.zeros(runs, np.int32), self.place.state)
     epoch_metrics, metrics = [], None
     for n, batches in enumerate(self._chunks(experience, order, valid)):
       e, c = divmod(n, self.chunks_per_epoch)
       state, chunk_metrics, first_bad, trained = chunk(
-          state, batches, steps_keys[..., e], jnp.int32(c * self.chunk_steps),
+          state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
           first_bad, trained)
       metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
       if c == self.chunks_per_epoch - 1:
