@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["addressable", "check_same_everywhere", "host_copy", "put"]
+__all__ = ["addressable", "check_same_everywhere", "host_copy", "put",
+           "put_parts"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -71,6 +72,35 @@ def put(tree: Any, sharding: Any) -> Any:
     return jax.make_array_from_callback(leaf.shape, sharding,
                                         lambda index: leaf[index])
   return jax.tree.map(one, tree)
+
+
+def put_parts(shape: tuple[int, ...], sharding: Any,
+              read: Callable[[tuple[slice, ...]], np.ndarray]) -> jax.Array:
+  """An array of ``shape`` whose parts this host reads, for its devices only.
+
+  ``read(index)`` returns the block ``array[index]`` (a tuple of slices, one
+  per axis); it is called once per distinct block held by this host's
+  devices, so a host reads only its share of data split over several hosts.
+  A ``sharding`` of None means the default device, as in ``jax.device_put``.
+
+  Example:
+    >>> rows = np.arange(6.0)
+    >>> put_parts((6,), jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+    ...           lambda index: rows[index]).tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+  """
+  if sharding is None:  # The default device.
+    return jax.device_put(read((slice(None),) * len(shape)))
+  blocks: dict[str, np.ndarray] = {}
+
+  def block(index):
+    # Replicas of a block (devices of a mesh axis that does not split it)
+    # share one read.
+    key = repr(index)
+    if key not in blocks:
+      blocks[key] = read(index)
+    return blocks[key]
+  return jax.make_array_from_callback(shape, sharding, block)
 
 
 # Digests compared per field; a fixed number of rows, so that hosts running

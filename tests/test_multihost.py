@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2,
                            process_id=int(process_id))
-import numpy as np, optax
+import numpy as np, optax, tensorflow_datasets as tfds
 sys.path.insert(0, tests)
 from conftest import make_benchmark
 import jaxcl
@@ -37,7 +37,7 @@ online = jaxcl.benchmarks.split_online(bench, 8)
 model = jaxcl.models.MLP(4, hidden_size=16, drop_rate=0.0)
 
 
-def fit(name="naive", benchmark=bench, **kwargs):
+def fit(name="naive", benchmark=bench, model=model, **kwargs):
   return jaxcl.fit(model, jaxcl.strategies.from_spec(name), optax.sgd(0.1),
                    benchmark, batch_size=8, **kwargs)
 
@@ -63,6 +63,49 @@ out["online"] = [summary(fit(benchmark=online, data_parallel=p))
 # the previous chunk's all-reduces run.
 out["streamed"] = [summary(fit(epochs=2, device_memory_budget_mb=0.0005,
                                data_parallel=p)) for p in (True, False)]
+
+
+class Counted:
+  # The digits' tfds data source, counting the records read through it.
+
+  def __init__(self, source):
+    self.source, self.reads = source, 0
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, key):
+    self.reads += 1
+    return self.source[key]
+
+  def __getitems__(self, keys):
+    self.reads += len(keys)
+    return self.source.__getitems__(keys)
+
+  def __getattr__(self, name):  # dataset_info, split: its fingerprint.
+    return getattr(self.source, name)
+
+
+# Each host reads half of the labels, and the images of its devices' half
+# of every streamed batch.
+sources = jaxcl.benchmarks.sources
+records = Counted(tfds.builder_from_directory(
+    str(sources.BUNDLED_DATA_DIR / "digits_bundled" / "1.0.0")
+).as_data_source(split="train"))
+train = sources.arrays_from_data_source(records, lazy=True,
+                                        split_over_hosts=True)
+reads = {"records": len(records), "labels": records.reads}
+digits = jaxcl.benchmarks.class_incremental(
+    train, sources.load_bundled("digits_bundled", "test"), 5, seed=0)
+out["lazy"] = []
+for p, name in ((True, "split"), (False, "whole")):
+  records.reads = 0
+  out["lazy"].append(summary(fit(
+      benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
+      device_memory_budget_mb=0.02, data_parallel=p)))
+  reads[name] = records.reads
+out["reads"] = reads
+
 whole = fit(epochs=2, checkpoint_dir=checkpoints)
 # Resume after the first experience: the newest checkpoint is damaged, and
 # is set aside once.
@@ -131,15 +174,29 @@ def test_two_hosts_train_as_one_run(tmp_path):
              for stdout in _on_two_hosts(
                  lambda i: [sys.executable, "-c", WORKER, str(i), *args],
                  tmp_path)]
+  reads = [out.pop("reads") for out in outputs]
   # Both hosts hold every number of every run.
   assert outputs[0] == outputs[1]
+  # Each host read the labels of half of the records (and twice the first
+  # record: for its entries, and the images' shape).
+  n = reads[0]["records"]
+  assert [r["labels"] for r in reads] == [n // 2 + 2, n - n // 2 + 2]
+  # Alone, each host reads every sample, plus the strategy hooks' subset and
+  # a few samples for shapes and padding. Together, each sample is read by
+  # one host, half by each, give or take the padding of the 5 experiences'
+  # last batches (it repeats sample 0, read again by each host's block).
+  extra = reads[0]["whole"] - n
+  assert reads[1]["whole"] == reads[0]["whole"] and 0 < extra < n
+  split = [r["split"] - extra for r in reads]
+  assert 0 <= sum(split) - n <= 4 * 5 and abs(split[0] - split[1]) <= 8 * 5, (
+      split)
   out = outputs[0]
   assert out.pop("unshared_checkpoints") is True
   assert "fit's arguments differ between the 2 processes in: seeds;" in (
       out.pop("disagreement"))
   expected_devices = {"seeds": ("host", 1), "checkpoint": (4, 4)}
   assert set(out) == {"naive", "replay", "ewc", "seeds", "online",
-                      "streamed", "checkpoint"}
+                      "streamed", "lazy", "checkpoint"}
   for name, (spread, single) in out.items():
     assert (spread["devices"], single["devices"]) == expected_devices.get(
         name, (4, 1)), name

@@ -1,13 +1,17 @@
 """Streaming experiences that exceed the device-memory budget: same numbers as on device."""
 
+import dataclasses
+
 import chex
 import jax
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 from conftest import make_benchmark
 
 import jaxcl
+from jaxcl import checkpoint
 from jaxcl.benchmarks import class_incremental, normalizer, sources
 from jaxcl.strategies import chain, lwf, naive, replay
 from jaxcl.training import streaming
@@ -48,6 +52,69 @@ def test_record_array_views_read_only_what_is_asked():
   assert int(view[1][0]) == 4
   with pytest.raises(TypeError, match="first axis"):
     view[:, 0]
+
+
+def test_tfds_views_are_fingerprinted_without_reading():
+  reads = []
+
+  class Counted:
+    """A tfds data source that counts the records read through it."""
+
+    def __init__(self, source):
+      self.source = source
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitems__(self, keys):
+      reads.extend(keys)
+      return self.source.__getitems__(keys)
+
+    def __getitem__(self, key):
+      reads.append(key)
+      return self.source[key]
+
+    def __getattr__(self, name):  # dataset_info, split, decoders
+      return getattr(self.source, name)
+
+  digits = sources.load_bundled("digits_bundled", "train", lazy=True)
+  source = digits.x._source
+  x = sources.RecordArray(Counted(source))
+  test_split = sources.RecordArray(
+      Counted(dataclasses.replace(source, split="test")))
+  reads.clear()  # Making a RecordArray reads its first record's shape.
+  names = {x.fingerprint(), x[:10].fingerprint(), x[1:11].fingerprint(),
+           test_split.fingerprint()}
+  assert len(names) == 4 and all("digits_bundled/1.0.0" in n for n in names)
+  assert x[np.arange(10)].fingerprint() == x[:10].fingerprint()
+  # A checkpoint's data hash names the records instead of reading them.
+  first = checkpoint._checksum([x[:10]])
+  assert first == checkpoint._checksum([x[np.arange(10)]]) != (
+      checkpoint._checksum([x[1:11]]))
+  assert not reads
+  # Sources without a dataset name (or with custom decoding) are hashed by
+  # their bytes.
+  records = [{"image": np.zeros(2, np.uint8) + i, "label": i} for i in range(3)]
+  assert sources.RecordArray(records).fingerprint() is None
+  decoded = dataclasses.replace(
+      source, decoders={"image": tfds.decode.SkipDecoding()})
+  assert sources.RecordArray(decoded).fingerprint() is None
+  plain = sources.RecordArray(records)
+  assert checkpoint._checksum([plain]) == checkpoint._checksum(
+      [np.asarray(plain)])
+
+
+def test_lazy_labels_are_read_without_decoding_images():
+  eager = sources.load_bundled("digits_bundled", "test")
+  lazy = sources.load_bundled("digits_bundled", "test", lazy=True,
+                              split_over_hosts=True)  # One host: all labels.
+  np.testing.assert_array_equal(lazy.y, eager.y)
+  np.testing.assert_array_equal(np.asarray(lazy.x), eager.x)
+  undecoded = sources._without_images(lazy.x._source)
+  assert isinstance(undecoded[0]["image"], bytes)
+  assert undecoded[0]["label"] == eager.y[0]
+  with pytest.raises(ValueError, match="split_over_hosts=True needs lazy"):
+    sources.load_bundled("digits_bundled", "test", split_over_hosts=True)
 
 
 def test_streaming_equals_on_device_on_lazy_bundled_mnist():

@@ -21,13 +21,18 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from jaxcl.benchmarks.builders import BUNDLED_BUILDERS
 
@@ -121,12 +126,28 @@ class RecordArray:
         if isinstance(key, tuple):
             raise TypeError("RecordArray supports indexing along the first axis "
                             f"only, got {key!r}; read it with np.asarray first.")
-        return RecordArray(self._source, self._feature, self._indices[key])
+        # A view shares the record shape and dtype: creating it reads nothing.
+        view = copy.copy(self)
+        view._indices = self._indices[key]
+        return view
+
+    def fingerprint(self) -> str | None:
+        """What identifies the view's records without reading them, or None.
+
+        A tfds data source names its dataset version and split, whose records
+        tfds never changes; the view adds its record indices. Other sources
+        (and decoded ones) have no such name: None.
+        """
+        info = getattr(self._source, "dataset_info", None)
+        if info is None or getattr(self._source, "decoders", None) is not None:
+            return None
+        indices = hashlib.sha256(self._indices.tobytes()).hexdigest()
+        return (f"{info.full_name}|{self._source.split}|{self._feature}|"
+                f"{self.dtype.str}{self.shape}|{indices}")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         del copy  # Reading always makes a new array.
-        get_batch = getattr(self._source, "__getitems__", None) or (
-            lambda keys: [self._source[k] for k in keys])
+        get_batch = _batch_reader(self._source)
         out = np.empty(self.shape, self.dtype)
         for start in range(0, len(self), _BATCH):
             keys = self._indices[start:start + _BATCH].tolist()
@@ -137,7 +158,8 @@ class RecordArray:
 
 
 def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
-                            lazy: bool = False) -> ArraySplit:
+                            lazy: bool = False,
+                            split_over_hosts: bool = False) -> ArraySplit:
     """Reads every ``{"image", "label"}`` record of a data source into arrays.
 
     Args:
@@ -145,14 +167,19 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
             or any sequence of such records. ``__getitems__`` is used when
             available, to fetch records in batches.
         lazy: Keep the images in the data source: ``x`` is a
-            :class:`RecordArray` (only the labels are held in memory).
+            :class:`RecordArray` (only the labels are held in memory; a tfds
+            source's images are not decoded to read them).
+        split_over_hosts: With ``lazy`` on several processes
+            (``jax.distributed``), each reads the labels of its share of the
+            records and they exchange them, so that no host reads every
+            record. A collective: every process must make the same call.
 
     Returns:
         The stacked images (or their lazy view) and int32 labels.
 
     Raises:
         ValueError: If the source is empty or its records lack ``image`` or
-            ``label``.
+            ``label``, or ``split_over_hosts`` is asked without ``lazy``.
 
     Example:
         >>> records = [{"image": np.zeros((2, 2, 1), np.uint8), "label": 3}]
@@ -162,29 +189,68 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
     num = len(source)
     if num == 0:
         raise ValueError("The data source has no records.")
-    get_batch = getattr(source, "__getitems__", None) or (
-        lambda keys: [source[k] for k in keys]
-    )
+    _check_split_over_hosts(lazy, split_over_hosts)
     first = source[0]
     if not {"image", "label"} <= set(first):
         raise ValueError(
             f"Records need 'image' and 'label' entries, got {sorted(first)}."
         )
-    x = np.empty((0 if lazy else num, *np.shape(first["image"])),
+    if lazy:
+        y = _labels(_without_images(source), split_over_hosts)
+        return ArraySplit(RecordArray(source), y)
+    get_batch = _batch_reader(source)
+    x = np.empty((num, *np.shape(first["image"])),
                  np.asarray(first["image"]).dtype)
     y = np.empty((num,), np.int32)
     for start in range(0, num, _BATCH):
         stop = min(start + _BATCH, num)
         records = get_batch(list(range(start, stop)))
-        if not lazy:
-            x[start:stop] = np.stack([r["image"] for r in records])
+        x[start:stop] = np.stack([r["image"] for r in records])
         y[start:stop] = [r["label"] for r in records]
-    return ArraySplit(RecordArray(source) if lazy else x, y)
+    return ArraySplit(x, y)
+
+
+def _check_split_over_hosts(lazy: bool, split_over_hosts: bool) -> None:
+    if split_over_hosts and not lazy:
+        raise ValueError("split_over_hosts=True needs lazy=True: without it "
+                         "every host reads every image anyway.")
+
+
+def _batch_reader(source: Sequence[Mapping[str, Any]]):
+    return getattr(source, "__getitems__", None) or (
+        lambda keys: [source[k] for k in keys])
+
+
+def _without_images(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """A tfds data source that leaves images undecoded; others as they are."""
+    if (dataclasses.is_dataclass(source) and hasattr(source, "decoders")
+            and source.decoders is None):
+        return dataclasses.replace(
+            source, decoders={"image": tfds.decode.SkipDecoding()})
+    return source
+
+
+def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.ndarray:
+    """The int32 labels of every record; each host reads a share if split."""
+    num = len(source)
+    hosts = jax.process_count() if split_over_hosts else 1
+    share = -(-num // hosts)
+    begin = jax.process_index() * share if hosts > 1 else 0
+    stop = min(begin + share, num)
+    mine = np.zeros((share,), np.int32)
+    get_batch = _batch_reader(source)
+    for start in range(begin, stop, _BATCH):
+        keys = list(range(start, min(start + _BATCH, stop)))
+        mine[start - begin:start - begin + len(keys)] = [
+            r["label"] for r in get_batch(keys)]
+    if hosts == 1:
+        return mine
+    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)[:num]
 
 
 def load_tfds_split(
     name: str, split: str, *, data_dir: str | os.PathLike | None = None,
-    lazy: bool = False,
+    lazy: bool = False, split_over_hosts: bool = False,
 ) -> ArraySplit:
     """Loads a prepared tfds dataset split as arrays; never downloads.
 
@@ -195,6 +261,8 @@ def load_tfds_split(
             (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
         lazy: Leave the images in the data source (a :class:`RecordArray`);
             needs a random-access (ArrayRecord) dataset.
+        split_over_hosts: Several hosts read the labels in shares
+            (:func:`arrays_from_data_source`); needs ``lazy``.
 
     Returns:
         The split's images and int32 labels.
@@ -211,6 +279,7 @@ def load_tfds_split(
     # tfds signals a missing or broken dataset with many exception types
     # (DatasetNotFoundError, NotImplementedError, FileNotFoundError, protobuf
     # ParseError, ...): all are reported as one ValueError saying what to do.
+    _check_split_over_hosts(lazy, split_over_hosts)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         if _is_prepared(builder) and not _has_random_access(builder):
@@ -219,14 +288,15 @@ def load_tfds_split(
                                  "build --file_format=array_record)")
             return _read_with_tensorflow(builder, split)
         return arrays_from_data_source(builder.as_data_source(split=split),
-                                       lazy=lazy)
+                                       lazy=lazy,
+                                       split_over_hosts=split_over_hosts)
     except Exception as error:  # Re-raised below as a ValueError.
         raise ValueError(_tfds_load_error(name, split, data_dir, error)) from error
 
 
 def load_bundled(
     name: str, split: str, *, data_dir: str | os.PathLike | None = None,
-    lazy: bool = False,
+    lazy: bool = False, split_over_hosts: bool = False,
 ) -> ArraySplit:
     """Loads a split of a dataset bundled with jaxcl.
 
@@ -237,6 +307,8 @@ def load_bundled(
         data_dir: Directory holding the bundled datasets; defaults to
             :data:`BUNDLED_DATA_DIR`.
         lazy: Leave the images in the data source (a :class:`RecordArray`).
+        split_over_hosts: Several hosts read the labels in shares
+            (:func:`arrays_from_data_source`); needs ``lazy``.
 
     Returns:
         The split's uint8 images and int32 labels.
@@ -250,6 +322,7 @@ def load_bundled(
         >>> test.x.shape, int(test.x.max())
         ((355, 8, 8, 1), 16)
     """
+    _check_split_over_hosts(lazy, split_over_hosts)
     if name not in BUNDLED_BUILDERS:
         raise ValueError(
             f"Unknown bundled dataset {name!r}; available: {sorted(BUNDLED_BUILDERS)}."
@@ -264,7 +337,8 @@ def load_bundled(
     try:
         builder = tfds.builder_from_directory(version_dir)
         return arrays_from_data_source(builder.as_data_source(split=split),
-                                       lazy=lazy)
+                                       lazy=lazy,
+                                       split_over_hosts=split_over_hosts)
     except Exception as error:  # Re-raised below as a ValueError.
         raise ValueError(
             f"Cannot load split {split!r} of bundled dataset {name!r} from"

@@ -90,9 +90,7 @@ class StreamingTrainer:
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
     self.chunk_jaxpr = None  # Set by `lower`; its scan body is one step.
-    # Stacked runs' batches have a run axis: they are placed like the state
-    # (split over devices with the runs, or replicated).
-    self.batches_sharding = place.state if batched else place.data
+    self.batches_sharding = _batches_sharding(place, batched)
 
   def _functions(self):
     parts, chunk_steps = self.parts, self.chunk_steps
@@ -123,7 +121,7 @@ class StreamingTrainer:
   def lower(self, state_shape: Any, experience: Experience) -> list[Any]:
     """Lowers the four programs for ``state_shape`` (compile them once)."""
     begin, orders, chunk, end = self._functions()
-    hooks = self._hook_data(experience)
+    hooks = self._hook_data(experience, read=False)
     s = self.place.state
     _, epochs_key, end_key = jax.eval_shape(begin, state_shape, hooks)
     size = jax.ShapeDtypeStruct((), jnp.int32)
@@ -160,9 +158,12 @@ class StreamingTrainer:
     self.executables = tuple(executables)
     return self
 
-  def _hook_data(self, experience: Experience):
-    """The hooks' view: a seeded random subset of ``hook_rows`` samples."""
-    n = len(experience)
+  def _hook_data(self, experience: Experience, read: bool = True):
+    """The hooks' view: a seeded random subset of ``hook_rows`` samples.
+
+    Without ``read``, zeros of the same shapes (for lowering).
+    """
+    n = len(experience) if read else 0
     rng = np.random.default_rng([self.seed, experience.index])
     keep = np.sort(rng.permutation(n)[:self.hook_rows])
     subset = Experience(
@@ -188,18 +189,8 @@ class StreamingTrainer:
       try:
         for e in range(self.epochs):
           for c in range(self.chunks_per_epoch):
-            idx = order[..., e, c * k:(c + 1) * k, :]
-            # Rows past the experience are the on-device path's zero padding.
-            inside = idx < len(experience)
-            idx = np.where(inside, idx, 0)
-            x = np.asarray(experience.x[idx.reshape(-1)])
-            x = x.reshape(idx.shape + x.shape[1:])
-            x[~inside] = 0
-            batch = {"x": x, "y": np.where(inside, experience.y[idx], 0),
-                     "task": np.where(inside, experience.task[idx], 0),
-                     "weight": valid[..., e, c * k:(c + 1) * k, :].astype(
-                         np.float32)}
-            out.put(_hosts.put(batch, self.batches_sharding))
+            steps = (..., e, slice(c * k, (c + 1) * k), slice(None))
+            out.put(self._put_batches(experience, order[steps], valid[steps]))
       except BaseException as error:  # Re-raised in the consumer.
         out.put(error)
 
@@ -211,6 +202,32 @@ class StreamingTrainer:
         raise item
       yield item
     thread.join()
+
+  def _put_batches(self, experience: Experience, idx: np.ndarray,
+                   valid: np.ndarray) -> dict[str, jax.Array]:
+    """The chunk's batches of sample indices ``idx``, on the devices.
+
+    Each host reads only the samples of its devices' parts of the batches.
+    Rows past the experience are the on-device path's zero padding.
+    """
+    inside = idx < len(experience)
+
+    def samples(values):
+      def read(index):
+        rows, keep = idx[index[:idx.ndim]], inside[index[:idx.ndim]]
+        # A sample repeated in the block (the order's padding repeats
+        # sample 0) is read once.
+        unique, where = np.unique(rows[keep], return_inverse=True)
+        picked = np.asarray(values[unique])
+        block = np.zeros(rows.shape + picked.shape[1:], picked.dtype)
+        block[keep] = picked[where]
+        return block[(Ellipsis, *index[idx.ndim:])]
+      return _hosts.put_parts(idx.shape + tuple(values.shape[1:]),
+                              self.batches_sharding, read)
+    return {"x": samples(experience.x), "y": samples(experience.y),
+            "task": samples(experience.task),
+            "weight": _hosts.put(valid.astype(np.float32),
+                                 self.batches_sharding)}
 
   def __call__(self, state: TrainState, experience: Experience,
                eval_data: Any = None) -> tuple[TrainState, dict]:
@@ -243,3 +260,17 @@ class StreamingTrainer:
     stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
     return state, {**stacked, "first_nonfinite_step": first_bad,
                    "steps_trained": trained}
+
+
+def _batches_sharding(place: Any, batched: bool) -> Any:
+  """Where a chunk's batches ``[runs?, steps, batch, ...]`` live.
+
+  Split over the devices as the training step splits them (the batch axis,
+  or the runs with the state), so that each host reads only the samples
+  its own devices train on.
+  """
+  if place.batch is not None:
+    leading = (None,) * (2 if batched else 1)
+    return jax.sharding.NamedSharding(
+        place.batch.mesh, jax.sharding.PartitionSpec(*leading, *place.batch.spec))
+  return place.state if batched else place.data
