@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 SCRIPT = r"""
-import json, sys
+import importlib, json, sys
 import jax, numpy as np, optax
 sys.path.insert(0, {tests!r})
 from conftest import make_benchmark
@@ -30,7 +30,16 @@ for name in {names!r}:
       jax.tree.leaves(runs[False].state.params),
       jax.tree.leaves(runs[True].state.params)))
   out[name] = {{"param_diff": diff, "acc": [runs[p].accuracy_matrix.tolist()
-                                           for p in (False, True)]}}
+                                           for p in (False, True)],
+               "loss": [runs[p].metrics["stream_loss"] for p in (False, True)]}}
+# The test stream is split over the devices with the batches; each
+# evaluates its share.
+fit_module = importlib.import_module("jaxcl.training.fit")
+place = fit_module._placement(True, 0, 8)
+test, _ = fit_module._put_test_stream(bench.test_stream, 4, place)
+out["test_rows"] = sorted(shard.data.shape[1]
+                          for shard in test.x.addressable_shards)
+out["test_size"] = bench.test_stream.max_size
 seeds = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
                   batch_size=8, epochs=2, seeds=[0, 1, 2, 3])
 single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
@@ -118,6 +127,8 @@ def test_four_devices_equal_one_device():
   for name in names:
     assert out[name]["param_diff"] < 1e-5, name
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
+    np.testing.assert_allclose(*out[name]["loss"], rtol=1e-6, err_msg=name)
+  assert out["test_rows"] == [-(-out["test_size"] // 4)] * 4
   assert out["seeds_sharded_diff"] < 1e-5
   assert out["online_diff"] < 1e-5
   assert out["online_seeds_diff"] < 1e-5

@@ -86,24 +86,26 @@ class Counted:
     return getattr(self.source, name)
 
 
-# Each host reads half of the labels, and the images of its devices' half
-# of every streamed batch.
+# Each host reads half of the labels, the images of its devices' half of
+# every streamed batch, and its devices' half of the test stream.
 sources = jaxcl.benchmarks.sources
-records = Counted(tfds.builder_from_directory(
+records = [Counted(tfds.builder_from_directory(
     str(sources.BUNDLED_DATA_DIR / "digits_bundled" / "1.0.0")
-).as_data_source(split="train"))
-train = sources.arrays_from_data_source(records, lazy=True,
-                                        split_over_hosts=True)
-reads = {"records": len(records), "labels": records.reads}
-digits = jaxcl.benchmarks.class_incremental(
-    train, sources.load_bundled("digits_bundled", "test"), 5, seed=0)
+).as_data_source(split=split)) for split in ("train", "test")]
+train, test = [sources.arrays_from_data_source(r, lazy=True,
+                                               split_over_hosts=True)
+               for r in records]
+reads = {"records": [len(r) for r in records],
+         "labels": [r.reads for r in records]}
+digits = jaxcl.benchmarks.class_incremental(train, test, 5, seed=0)
 out["lazy"] = []
 for p, name in ((True, "split"), (False, "whole")):
-  records.reads = 0
+  for r in records:
+    r.reads = 0
   out["lazy"].append(summary(fit(
       benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
       device_memory_budget_mb=0.02, data_parallel=p)))
-  reads[name] = records.reads
+  reads[name] = [r.reads for r in records]
 out["reads"] = reads
 
 whole = fit(epochs=2, checkpoint_dir=checkpoints)
@@ -179,17 +181,23 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert outputs[0] == outputs[1]
   # Each host read the labels of half of the records (and twice the first
   # record: for its entries, and the images' shape).
-  n = reads[0]["records"]
-  assert [r["labels"] for r in reads] == [n // 2 + 2, n - n // 2 + 2]
-  # Alone, each host reads every sample, plus the strategy hooks' subset and
-  # a few samples for shapes and padding. Together, each sample is read by
-  # one host, half by each, give or take the padding of the 5 experiences'
-  # last batches (it repeats sample 0, read again by each host's block).
-  extra = reads[0]["whole"] - n
-  assert reads[1]["whole"] == reads[0]["whole"] and 0 < extra < n
-  split = [r["split"] - extra for r in reads]
+  for n, labels in zip(reads[0]["records"], zip(*(r["labels"] for r in reads))):
+    assert list(labels) == [-(-n // 2) + 2, n // 2 + 2]
+  # Alone, each host reads every training sample, plus the strategy hooks'
+  # subset and a few samples for shapes and padding. Together, each sample
+  # is read by one host, half by each, give or take the padding of the 5
+  # experiences' last batches (it repeats sample 0, read again by each
+  # host's block).
+  n, n_test = reads[0]["records"]
+  extra = reads[0]["whole"][0] - n
+  assert reads[1]["whole"][0] == reads[0]["whole"][0] and 0 < extra < n
+  split = [r["split"][0] - extra for r in reads]
   assert 0 <= sum(split) - n <= 4 * 5 and abs(split[0] - split[1]) <= 8 * 5, (
       split)
+  # The test stream: read whole by a host alone; split, once over both.
+  assert [r["whole"][1] for r in reads] == [n_test, n_test]
+  split = [r["split"][1] for r in reads]
+  assert sum(split) == n_test and abs(split[0] - split[1]) <= 2 * 5, split
   out = outputs[0]
   assert out.pop("unshared_checkpoints") is True
   assert "fit's arguments differ between the 2 processes in: seeds;" in (

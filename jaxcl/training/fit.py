@@ -33,7 +33,13 @@ from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import loop, periodic, streaming
-from jaxcl.training.state import TrainState, experience_data, stack_experiences
+from jaxcl.training.state import (
+    ExperienceData,
+    TrainState,
+    experience_data,
+    put_experiences,
+    stack_experiences,
+)
 
 __all__ = ["MultiResult", "Result", "Run", "fit", "make_context", "sweep"]
 
@@ -525,9 +531,15 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty, watcher=watcher,
       optimizer_reset=optimizer_reset)
+  # FLOPs are counted on the evaluation of one device's view of the stream.
+  counted_eval_fn = eval_fn
   if batched:
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
-    eval_fn = _evaluate_runs(eval_fn)
+    eval_fn = counted_eval_fn = _evaluate_runs(eval_fn)
+  if place.batch is not None:
+    eval_fn = _evaluate_split(
+        ctx, strategy, place, batched, eval_batch_size=eval_batch_size,
+        mask_classes=mask_unseen_classes, top_k=chosen.top_k)
   eval_points = _eval_points(train_stream, eval_every)
   block = 1 if trainer else _block_length(train_stream, eval_points, budget)
 
@@ -537,12 +549,13 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
-  test_data = put(stack_experiences(list(test_stream), n_classes), place.data)
+  test_data, test_sharding = _put_test_stream(test_stream, n_classes, place)
   first = None if trainer or block > 1 else put(
       experience_data(train_stream[0], size, n_classes), place.data)
   periodic_data = None if periodic_stream is None else (
-      test_data if periodic_stream is test_stream else put(
-          stack_experiences(list(periodic_stream), n_classes), place.data))
+      test_data if periodic_stream is test_stream and place.batch is None
+      else put(stack_experiences(list(periodic_stream), n_classes),
+               place.data))
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
     train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
@@ -594,7 +607,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if not check_first:
       compile_lowered()
     eval_lowered = jax.jit(
-        eval_fn, in_shardings=(place.state, place.data),
+        eval_fn, in_shardings=(place.state, test_sharding),
         out_shardings=place.state).lower(state_shape, test_data)
     programs.append((eval_lowered, None))
     lowered = (init_lowered, *train_lowered, eval_lowered)
@@ -631,7 +644,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     # overlaps the first experiences instead of delaying them.
     # The FLOPs are a function of the programs, so they are cached with them.
     flop_analysis = functools.partial(
-        _program_flops, train_jaxpr, train_loops, eval_fn, state_shape,
+        _program_flops, train_jaxpr, train_loops, counted_eval_fn, state_shape,
         test_data, eval_batch_size=eval_batch_size,
         n_runs=len(runs) if batched else 1,
         runs_loop=batched and _runs_one_by_one())
@@ -1050,6 +1063,60 @@ def _evaluate_runs(eval_fn: Callable) -> Callable:
     return jax.vmap(eval_fn, in_axes=(0, None))
   return lambda states, data: jax.lax.map(
       lambda state: eval_fn(state, data), states)
+
+
+def _put_test_stream(stream: Stream, n_classes: int,
+                     place: _Placement) -> tuple[ExperienceData, Any]:
+  """The stacked test stream on the devices, and its shardings.
+
+  When batches are split over the devices, so are the test samples (see
+  :func:`_evaluate_split`): each host reads only its devices' share.
+  """
+  if place.batch is None:
+    return put_experiences(list(stream), n_classes, stream.max_size,
+                           place.data, place.data), place.data
+  mesh = place.batch.mesh
+  samples = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, *mesh.axis_names))
+  size = -(-stream.max_size // mesh.size) * mesh.size
+  data = put_experiences(list(stream), n_classes, size, samples, place.data)
+  return data, ExperienceData(x=samples, y=samples, task=samples,
+                              size=place.data, index=place.data,
+                              classes_mask=place.data)
+
+
+def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
+                    place: _Placement, batched: bool, *, eval_batch_size: int,
+                    **evaluate_kwargs: Any) -> Callable:
+  """Evaluates a stream whose samples are split over the devices.
+
+  Each device evaluates the samples it holds, ``eval_batch_size`` over the
+  devices at a time, and the counts are summed over the devices: no device
+  holds the whole stream, and no chunk of it moves between devices.
+  """
+  mesh = place.batch.mesh
+  (axis,) = mesh.axis_names
+  local = loop.make_evaluate(
+      ctx._replace(batch_sharding=None), strategy,
+      eval_batch_size=max(eval_batch_size // mesh.size, 1), **evaluate_kwargs)
+  if batched:
+    local = _evaluate_runs(local)
+
+  def on_device(state, data):
+    rows = data.y.shape[-1]
+    first = jax.lax.axis_index(axis) * rows
+    data = data.replace(size=jnp.clip(data.size - first, 0, rows))
+    return jax.lax.psum(local(state, data), axis)
+
+  split = jax.sharding.PartitionSpec(None, axis)
+  whole = jax.sharding.PartitionSpec()
+  data_specs = ExperienceData(x=split, y=split, task=split, size=whole,
+                              index=whole, classes_mask=whole)
+  # The evaluation's scans start from constant (device-invariant) counts and
+  # add device-varying ones; without the check, `psum` alone makes them
+  # invariant again.
+  return jax.shard_map(on_device, mesh=mesh, in_specs=(whole, data_specs),
+                       out_specs=whole, check_vma=False)
 
 
 def _program_flops(train_jaxpr: Any, train_loops: tuple[int, ...],

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -19,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcl import _hosts
 from jaxcl.benchmarks.scenario import Experience
 
-__all__ = ["ExperienceData", "TrainState", "experience_data", "stack_experiences"]
+__all__ = ["ExperienceData", "TrainState", "experience_data", "put_experiences",
+           "stack_experiences"]
 
 PyTree = Any
 
@@ -125,3 +128,57 @@ def stack_experiences(experiences, n_classes: int, size: int | None = None,
   padded = [experience_data(e, size, n_classes) for e in experiences]
   padded += padded[-1:] * ((length or len(padded)) - len(padded))
   return jax.tree.map(lambda *a: np.stack(a), *padded)
+
+
+def put_experiences(experiences: Sequence[Experience], n_classes: int,
+                    size: int, samples_sharding: Any,
+                    sharding: Any) -> ExperienceData:
+  """Stacks experiences on the devices, reading only this host's samples.
+
+  The same arrays as ``jax.device_put(stack_experiences(experiences,
+  n_classes, size))``, but inputs, labels and task labels ``[T, size, ...]``
+  are placed with ``samples_sharding``, which may split the sample axis over
+  devices: each host reads only the samples its devices hold (lazy inputs
+  such as :class:`jaxcl.benchmarks.sources.RecordArray` views are read in
+  those parts). The other fields are placed with ``sharding``.
+
+  Args:
+    experiences: The experiences, in order.
+    n_classes: Width of ``classes_mask``.
+    size: The padded number of samples (at least the largest experience's).
+    samples_sharding: Sharding of ``x``, ``y`` and ``task`` (None: the
+      default device).
+    sharding: Sharding of ``size``, ``index`` and ``classes_mask``.
+
+  Returns:
+    An :class:`ExperienceData` of device arrays with a leading experience
+    axis.
+
+  Example:
+    >>> data = put_experiences([exp], n_classes=4, size=5,
+    ...                        samples_sharding=None, sharding=None)
+    >>> data.x.shape, data.size.tolist()
+    ((1, 5, 2), [3])
+  """
+  def stacked(field: str) -> jax.Array:
+    def read(index):
+      start, stop, _ = index[1].indices(size)
+      blocks = []
+      for experience in experiences[index[0]]:
+        values = getattr(experience, field)
+        blocks.append(_pad(np.asarray(values[start:max(start, min(
+            stop, len(experience)))]), stop - start))
+      return np.stack(blocks)[(slice(None), slice(None), *index[2:])]
+    first = getattr(experiences[0], field)
+    return _hosts.put_parts((len(experiences), size, *first.shape[1:]),
+                            samples_sharding, read)
+
+  masks = np.zeros((len(experiences), n_classes), bool)
+  for row, experience in zip(masks, experiences):
+    row[list(experience.classes)] = True
+  return ExperienceData(
+      x=stacked("x"), y=stacked("y"), task=stacked("task"),
+      **_hosts.put({
+          "size": np.array([len(e) for e in experiences], np.int32),
+          "index": np.array([e.index for e in experiences], np.int32),
+          "classes_mask": masks}, sharding))
