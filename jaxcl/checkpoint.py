@@ -41,7 +41,6 @@ import jax
 import numpy as np
 
 from jaxcl import _hosts, _validation
-from jaxcl.benchmarks.sources import RecordArray
 
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
@@ -111,11 +110,14 @@ def _checksum(tree: PyTree) -> str:
   """SHA-256 of every leaf's path, dtype, shape and bytes.
 
   A lazy view of a tfds dataset counts by its name instead of its bytes
-  (:meth:`RecordArray.fingerprint`), so that nothing is read to hash it.
+  (:meth:`jaxcl.benchmarks.sources.RecordArray.fingerprint`), so that
+  nothing is read to hash it.
   """
   digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = leaf.fingerprint() if isinstance(leaf, RecordArray) else None
+    # Duck-typed: importing the sources module here would import tfds.
+    fingerprint = getattr(leaf, "fingerprint", None)
+    name = fingerprint() if callable(fingerprint) else None
     if name is not None:
       digest.update(f"{jax.tree_util.keystr(path)}:{name};".encode())
       continue

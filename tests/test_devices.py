@@ -36,10 +36,26 @@ for name in {names!r}:
 # evaluates its share.
 fit_module = importlib.import_module("jaxcl.training.fit")
 place = fit_module._placement(True, 0, 8)
-test, _ = fit_module._put_test_stream(bench.test_stream, 4, place)
+test, _ = fit_module._put_test_stream(bench.test_stream, 4, place, True)
 out["test_rows"] = sorted(shard.data.shape[1]
                           for shard in test.x.addressable_shards)
 out["test_size"] = bench.test_stream.max_size
+# Periodic evaluation of the test stream keeps it whole on every device.
+periodic = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
+                      batch_size=8, epochs=2, data_parallel=parallel,
+                      periodic_eval=jaxcl.training.periodic.PeriodicEval(
+                          stream="test"))
+            for parallel in (False, True)]
+out["periodic"] = [[row["stream_accuracy"] for row in r.periodic]
+                   for r in periodic]
+# 3 seeds on 4 devices: the runs stay together and batches (and the test
+# stream, 3 samples at a time: fewer than the devices) are split.
+three = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
+                  batch_size=8, epochs=2, seeds=[0, 1, 2], eval_batch_size=3)
+one = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
+                batch_size=8, epochs=2, seed=1, data_parallel=False,
+                eval_batch_size=3)
+out["three_seeds"] = [r.accuracy_matrix.tolist() for r in (three.runs[1], one)]
 seeds = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
                   batch_size=8, epochs=2, seeds=[0, 1, 2, 3])
 single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
@@ -129,6 +145,8 @@ def test_four_devices_equal_one_device():
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
     np.testing.assert_allclose(*out[name]["loss"], rtol=1e-6, err_msg=name)
   assert out["test_rows"] == [-(-out["test_size"] // 4)] * 4
+  assert len(out["periodic"][0]) > 2 and out["periodic"][0] == out["periodic"][1]
+  assert out["three_seeds"][0] == out["three_seeds"][1]
   assert out["seeds_sharded_diff"] < 1e-5
   assert out["online_diff"] < 1e-5
   assert out["online_seeds_diff"] < 1e-5

@@ -108,6 +108,22 @@ for p, name in ((True, "split"), (False, "whole")):
   reads[name] = [r.reads for r in records]
 out["reads"] = reads
 
+
+class Unreadable(Counted):
+  # Host 1 cannot read its share of the labels.
+
+  def __getitems__(self, keys):
+    if jax.process_index() == 1:
+      raise OSError("record unreadable")
+    return super().__getitems__(keys)
+
+
+try:
+  sources.arrays_from_data_source(Unreadable(records[1].source), lazy=True,
+                                  split_over_hosts=True)
+except Exception as e:
+  out["unreadable"] = f"{type(e).__name__}: {e}"
+
 whole = fit(epochs=2, checkpoint_dir=checkpoints)
 # Resume after the first experience: the newest checkpoint is damaged, and
 # is set aside once.
@@ -177,6 +193,11 @@ def test_two_hosts_train_as_one_run(tmp_path):
                  lambda i: [sys.executable, "-c", WORKER, str(i), *args],
                  tmp_path)]
   reads = [out.pop("reads") for out in outputs]
+  # A host that cannot read its share of the labels raises its own error,
+  # and the others name it, instead of waiting for it.
+  assert [out.pop("unreadable") for out in outputs] == [
+      "ValueError: processes [1] failed to read their share of the labels "
+      "(their own errors say why).", "OSError: record unreadable"]
   # Both hosts hold every number of every run.
   assert outputs[0] == outputs[1]
   # Each host read the labels of half of the records (and twice the first

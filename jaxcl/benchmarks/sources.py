@@ -134,16 +134,22 @@ class RecordArray:
     def fingerprint(self) -> str | None:
         """What identifies the view's records without reading them, or None.
 
-        A tfds data source names its dataset version and split, whose records
-        tfds never changes; the view adds its record indices. Other sources
+        A tfds data source names its dataset version and split (with the
+        split's shard lengths and size in bytes, metadata only); the view adds
+        its record indices. tfds treats a version's records as fixed: a
+        dataset rebuilt with other records under the same name and version
+        (a custom one) must get a new version to be told apart. Other sources
         (and decoded ones) have no such name: None.
         """
         info = getattr(self._source, "dataset_info", None)
         if info is None or getattr(self._source, "decoders", None) is not None:
             return None
+        split = str(self._source.split)
+        whole = info.splits[split.split("[")[0]]
         indices = hashlib.sha256(self._indices.tobytes()).hexdigest()
-        return (f"{info.full_name}|{self._source.split}|{self._feature}|"
-                f"{self.dtype.str}{self.shape}|{indices}")
+        return (f"{info.full_name}|{split}|{list(whole.shard_lengths)}|"
+                f"{whole.num_bytes}|{self._feature}|{self.dtype.str}"
+                f"{self.shape}|{indices}")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         del copy  # Reading always makes a new array.
@@ -234,18 +240,40 @@ def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.n
     """The int32 labels of every record; each host reads a share if split."""
     num = len(source)
     hosts = jax.process_count() if split_over_hosts else 1
+    if hosts == 1:
+        return _read_labels(source, 0, num)
     share = -(-num // hosts)
-    begin = jax.process_index() * share if hosts > 1 else 0
-    stop = min(begin + share, num)
-    mine = np.zeros((share,), np.int32)
+    host = jax.process_index()
+    # A host that fails still joins the exchange (the others would wait for
+    # it forever), flagging its failure: then every host raises.
+    mine = np.zeros((share + 2,), np.int64)
+    mine[0] = host
+    try:
+        labels = _read_labels(source, host * share, min((host + 1) * share, num))
+        mine[2:2 + len(labels)] = labels
+    except Exception as error:  # Re-raised after the exchange.
+        mine[1], failure = 1, error
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    if mine[1]:
+        raise failure
+    failed = everyone[everyone[:, 1] == 1, 0].tolist()
+    if failed:
+        raise ValueError(f"processes {failed} failed to read their share of the"
+                         " labels (their own errors say why).")
+    # Rows follow the devices' order; the shares follow the process index.
+    ordered = everyone[np.argsort(everyone[:, 0]), 2:]
+    return ordered.reshape(-1)[:num].astype(np.int32)
+
+
+def _read_labels(source: Sequence[Mapping[str, Any]], begin: int,
+                 stop: int) -> np.ndarray:
+    labels = np.empty((max(stop - begin, 0),), np.int32)
     get_batch = _batch_reader(source)
     for start in range(begin, stop, _BATCH):
         keys = list(range(start, min(start + _BATCH, stop)))
-        mine[start - begin:start - begin + len(keys)] = [
+        labels[start - begin:start - begin + len(keys)] = [
             r["label"] for r in get_batch(keys)]
-    if hosts == 1:
-        return mine
-    return np.asarray(multihost_utils.process_allgather(mine)).reshape(-1)[:num]
+    return labels
 
 
 def load_tfds_split(

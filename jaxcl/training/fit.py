@@ -531,12 +531,15 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty, watcher=watcher,
       optimizer_reset=optimizer_reset)
-  # FLOPs are counted on the evaluation of one device's view of the stream.
+  # With batches split over devices, so is the test stream, unless periodic
+  # evaluation (inside the training program) needs it whole anyway.
+  split_test = place.batch is not None and periodic_stream is not test_stream
+  # FLOPs are counted on the unsplit evaluation (the same per sample).
   counted_eval_fn = eval_fn
   if batched:
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
     eval_fn = counted_eval_fn = _evaluate_runs(eval_fn)
-  if place.batch is not None:
+  if split_test:
     eval_fn = _evaluate_split(
         ctx, strategy, place, batched, eval_batch_size=eval_batch_size,
         mask_classes=mask_unseen_classes, top_k=chosen.top_k)
@@ -549,13 +552,13 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
-  test_data, test_sharding = _put_test_stream(test_stream, n_classes, place)
+  test_data, test_sharding = _put_test_stream(test_stream, n_classes, place,
+                                              split_test)
   first = None if trainer or block > 1 else put(
       experience_data(train_stream[0], size, n_classes), place.data)
   periodic_data = None if periodic_stream is None else (
-      test_data if periodic_stream is test_stream and place.batch is None
-      else put(stack_experiences(list(periodic_stream), n_classes),
-               place.data))
+      test_data if periodic_stream is test_stream else put(
+          stack_experiences(list(periodic_stream), n_classes), place.data))
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
     train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
@@ -1065,14 +1068,14 @@ def _evaluate_runs(eval_fn: Callable) -> Callable:
       lambda state: eval_fn(state, data), states)
 
 
-def _put_test_stream(stream: Stream, n_classes: int,
-                     place: _Placement) -> tuple[ExperienceData, Any]:
+def _put_test_stream(stream: Stream, n_classes: int, place: _Placement,
+                     split: bool) -> tuple[ExperienceData, Any]:
   """The stacked test stream on the devices, and its shardings.
 
-  When batches are split over the devices, so are the test samples (see
+  If ``split``, its samples are split over the devices (see
   :func:`_evaluate_split`): each host reads only its devices' share.
   """
-  if place.batch is None:
+  if not split:
     return put_experiences(list(stream), n_classes, stream.max_size,
                            place.data, place.data), place.data
   mesh = place.batch.mesh
