@@ -87,6 +87,12 @@ def test_tfds_views_are_fingerprinted_without_reading():
            test_split.fingerprint()}
   assert len(names) == 4 and all("digits_bundled/1.0.0" in n for n in names)
   assert x[np.arange(10)].fingerprint() == x[:10].fingerprint()
+  # Any split tfds accepts names the view: a ReadInstruction too.
+  builder = tfds.builder_from_directory(
+      str(sources.BUNDLED_DATA_DIR / "digits_bundled" / "1.0.0"))
+  instruction = tfds.core.ReadInstruction("train", from_=0, to=10, unit="abs")
+  named = sources.RecordArray(builder.as_data_source(split=instruction))
+  assert "digits_bundled/1.0.0" in named.fingerprint() != x[:10].fingerprint()
   # A checkpoint's data hash names the records instead of reading them.
   first = checkpoint._checksum([x[:10]])
   assert first == checkpoint._checksum([x[np.arange(10)]]) != (

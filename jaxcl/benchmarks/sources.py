@@ -134,7 +134,7 @@ class RecordArray:
     def fingerprint(self) -> str | None:
         """What identifies the view's records without reading them, or None.
 
-        A tfds data source names its dataset version and split (with the
+        A tfds data source names its dataset version and split (with every
         split's shard lengths and size in bytes, metadata only); the view adds
         its record indices. tfds treats a version's records as fixed: a
         dataset rebuilt with other records under the same name and version
@@ -144,12 +144,11 @@ class RecordArray:
         info = getattr(self._source, "dataset_info", None)
         if info is None or getattr(self._source, "decoders", None) is not None:
             return None
-        split = str(self._source.split)
-        whole = info.splits[split.split("[")[0]]
+        splits = sorted((name, list(split.shard_lengths), int(split.num_bytes))
+                        for name, split in info.splits.items())
         indices = hashlib.sha256(self._indices.tobytes()).hexdigest()
-        return (f"{info.full_name}|{split}|{list(whole.shard_lengths)}|"
-                f"{whole.num_bytes}|{self._feature}|{self.dtype.str}"
-                f"{self.shape}|{indices}")
+        return (f"{info.full_name}|{self._source.split}|{splits}|"
+                f"{self._feature}|{self.dtype.str}{self.shape}|{indices}")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         del copy  # Reading always makes a new array.
