@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run these values of one numeric hyperparameter "
                      "(a strategy hyperparameter such as ewc_lambda, or lr) "
                      "as one vmapped program")
+  scale.add_argument("--device-memory-budget-mb", type=float, default=None,
+                     metavar="MB",
+                     help="device memory an experience's training data may "
+                     "take; larger experiences are streamed from the host in "
+                     "chunks (docs/streaming.md; default: a quarter of the "
+                     "device's memory)")
   hosts = run.add_argument_group(
       "many hosts", "run the same command on every host (docs/scale.md)")
   hosts.add_argument("--distributed", action="store_true",
@@ -242,6 +248,10 @@ def _check_args(args: argparse.Namespace) -> None:
   _validation.check_in_range("--drop-rate", args.drop_rate, low=0.0, high=1.0,
                              high_inclusive=False)
   _validation.check_positive_int("--checkpoint-keep", args.checkpoint_keep)
+  if args.device_memory_budget_mb is not None:
+    _validation.check_in_range("--device-memory-budget-mb",
+                               args.device_memory_budget_mb, low=0.0,
+                               low_inclusive=False)
   _check_host_args(args)
   for flag, folder in (("--logdir", args.logdir),
                        ("--checkpoint-dir", args.checkpoint_dir),
@@ -451,7 +461,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     reset_schedule=args.reset_schedule,
                     progress=primary and not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
-                    checkpoint_keep=args.checkpoint_keep)
+                    checkpoint_keep=args.checkpoint_keep,
+                    device_memory_budget_mb=args.device_memory_budget_mb)
   lr = _learning_rate(args, benchmark)
   try:
     if sweep_name is None:

@@ -37,6 +37,22 @@ def test_run_end_to_end(tmp_path):
     assert (logdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_device_memory_budget_streams_with_the_same_numbers(tmp_path):
+  results = []
+  for budget in ((), ("--device-memory-budget-mb", "0.05")):
+    logdir = tmp_path / f"run{len(results)}"
+    out = _jaxcl("run", "--n-experiences", "2", "--hidden-size", "32",
+                 "--logdir", str(logdir), "--no-progress", "--quiet",
+                 "--no-tensorboard", *budget, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results.append(json.loads((logdir / "results.json").read_text()))
+  # 0.05 MB is below one experience (≈ 2,000 digits of 796 bytes): streamed.
+  assert results[1]["config"]["device_memory_budget_mb"] == 0.05
+  assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
+  assert results[0]["metrics"]["stream_accuracy"] == (
+      results[1]["metrics"]["stream_accuracy"])
+
+
 def test_periodic_eval_early_stopping_and_schedule_flags(tmp_path):
   logdir = tmp_path / "watch"
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
