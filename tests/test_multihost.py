@@ -123,6 +123,13 @@ try:
                                   split_over_hosts=True)
 except Exception as e:
   out["unreadable"] = f"{type(e).__name__}: {e}"
+# Hosts whose copies of the split differ in length stop too.
+try:
+  sources.arrays_from_data_source(
+      records[1].source if process_id == "0" else records[0].source,
+      lazy=True, split_over_hosts=True)
+except ValueError as e:
+  out["lengths"] = str(e)
 
 whole = fit(epochs=2, checkpoint_dir=checkpoints)
 # Resume after the first experience: the newest checkpoint is damaged, and
@@ -193,6 +200,9 @@ def test_two_hosts_train_as_one_run(tmp_path):
                  lambda i: [sys.executable, "-c", WORKER, str(i), *args],
                  tmp_path)]
   reads = [out.pop("reads") for out in outputs]
+  assert [out.pop("lengths") for out in outputs] == [
+      "The data source has [355, 1442] records on the processes; "
+      "split_over_hosts needs the same records on every host."] * 2
   # A host that cannot read its share of the labels raises its own error,
   # and the others name it, instead of waiting for it.
   assert [out.pop("unreadable") for out in outputs] == [

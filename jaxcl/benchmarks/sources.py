@@ -241,6 +241,13 @@ def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.n
     hosts = jax.process_count() if split_over_hosts else 1
     if hosts == 1:
         return _read_labels(source, 0, num)
+    # Shares of one size need one record count everywhere (local copies of a
+    # dataset may differ); compared first, so that every host can raise.
+    counts = np.asarray(multihost_utils.process_allgather(np.int64(num)))
+    if (counts != num).any():
+        raise ValueError(f"The data source has {counts.tolist()} records on "
+                         "the processes; split_over_hosts needs the same "
+                         "records on every host.")
     share = -(-num // hosts)
     host = jax.process_index()
     # A host that fails still joins the exchange (the others would wait for
