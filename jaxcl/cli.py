@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
   data.add_argument("--data-dir", default=None,
                     help="tfds data directory with the full dataset prepared; "
                     "without it the bundled data is used")
+  data.add_argument("--lazy", action="store_true",
+                    help="leave the images in the tfds ArrayRecord files "
+                    "until training reads them (streamed with "
+                    "--device-memory-budget-mb, each host reads only its "
+                    "share; docs/scale.md); benchmarks: "
+                    f"{', '.join(_lazy_benchmarks())}")
   data.add_argument("--validation-size", type=float, default=0.0,
                     help="hold out this fraction of every train experience as "
                     "a validation stream (0: none)")
@@ -206,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _lazy_benchmarks() -> list[str]:
+  """The benchmarks that can leave their images in the data source."""
+  from jaxcl.benchmarks import BENCHMARKS
+  return sorted(name for name, factory in BENCHMARKS.items()
+                if "lazy" in inspect.signature(factory).parameters)
+
+
 def _check_args(args: argparse.Namespace) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
   from jaxcl import _validation
@@ -213,6 +226,11 @@ def _check_args(args: argparse.Namespace) -> None:
   from jaxcl.models import MODELS
   from jaxcl.strategies import REGISTRY
   _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
+  if args.lazy and args.benchmark not in _lazy_benchmarks():
+    raise ValueError(f"--lazy: benchmark {args.benchmark!r} reads its images "
+                     "into memory (it transforms, resizes or concatenates "
+                     "them, or reads image folders); expected one of "
+                     f"{_lazy_benchmarks()}.")
   _validation.check_choice("model", args.model, MODELS)
   _validation.check_choice("optimizer", args.optimizer, ("sgd", "adam"))
   for name in args.strategy.split("+"):
@@ -430,6 +448,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
+  if args.lazy:  # Every host loads: sharing the labels' pass is collective.
+    bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
   benchmark = factory(**{k: v for k, v in bench_kwargs.items() if k in accepted})
   if args.validation_size:

@@ -87,6 +87,30 @@ def test_class_incremental_entries(mock_tfds, factory, kwargs, n_classes, shape,
   assert (bench.augment is not None) == aug
 
 
+@pytest.mark.parametrize("factory", ["split_mnist", "split_fmnist",
+                                     "split_kmnist", "split_cifar10",
+                                     "split_cifar100", "split_svhn"])
+def test_lazy_entries_hold_views_of_the_same_samples(mock_tfds, factory):
+  kwargs = {"data_dir": mock_tfds, "seed": 2}
+  eager = jaxcl.benchmarks.BENCHMARKS[factory](**kwargs)
+  lazy = jaxcl.benchmarks.BENCHMARKS[factory](lazy=True, **kwargs)
+  for stream in ("train_stream", "test_stream"):
+    for e, v in zip(getattr(eager, stream), getattr(lazy, stream), strict=True):
+      assert isinstance(v.x, sources.RecordArray)
+      assert v.classes == e.classes and np.array_equal(v.y, e.y)
+      np.testing.assert_array_equal(np.asarray(v.x), e.x)
+
+
+def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():
+  lazy = classic.split_mnist(5, seed=1, lazy=True)
+  eager = classic.split_mnist(5, seed=1)
+  assert isinstance(lazy.train_stream[3].x, sources.RecordArray)
+  np.testing.assert_array_equal(np.asarray(lazy.train_stream[3].x),
+                                eager.train_stream[3].x)
+  with pytest.raises(ValueError, match="split_over_hosts=True needs lazy"):
+    classic.split_mnist(5, split_over_hosts=True)
+
+
 def test_first_experience_with_half_classes_and_cub_default(mock_tfds):
   bench = classic.split_cifar100(6, first_exp_with_half_classes=True, seed=3,
                                  data_dir=mock_tfds)

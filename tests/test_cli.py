@@ -39,18 +39,22 @@ def test_run_end_to_end(tmp_path):
 
 def test_device_memory_budget_streams_with_the_same_numbers(tmp_path):
   results = []
-  for budget in ((), ("--device-memory-budget-mb", "0.05")):
+  budget = ("--device-memory-budget-mb", "0.05")
+  for flags in ((), budget, ("--lazy", *budget)):
     logdir = tmp_path / f"run{len(results)}"
     out = _jaxcl("run", "--n-experiences", "2", "--hidden-size", "32",
                  "--logdir", str(logdir), "--no-progress", "--quiet",
-                 "--no-tensorboard", *budget, cwd=tmp_path)
+                 "--no-tensorboard", *flags, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     results.append(json.loads((logdir / "results.json").read_text()))
-  # 0.05 MB is below one experience (≈ 2,000 digits of 796 bytes): streamed.
+  # 0.05 MB is below one experience (≈ 2,000 digits of 796 bytes): streamed,
+  # from memory, then from the records (--lazy).
   assert results[1]["config"]["device_memory_budget_mb"] == 0.05
-  assert results[0]["accuracy_matrix"] == results[1]["accuracy_matrix"]
-  assert results[0]["metrics"]["stream_accuracy"] == (
-      results[1]["metrics"]["stream_accuracy"])
+  assert results[2]["config"]["lazy"]
+  for streamed in results[1:]:
+    assert streamed["accuracy_matrix"] == results[0]["accuracy_matrix"]
+    assert streamed["metrics"]["stream_loss"] == (
+        results[0]["metrics"]["stream_loss"])
 
 
 def test_periodic_eval_early_stopping_and_schedule_flags(tmp_path):
@@ -127,6 +131,8 @@ def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
     (["--n-experiences", "3"], "does not divide the 10 classes"),
     (["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
     (["--lr", "-1"], "--lr must be in (0"),
+    (["--lazy", "--benchmark", "permuted_mnist"],
+     "--lazy: benchmark 'permuted_mnist' reads its images into memory"),
 ])
 def test_bad_arguments_exit_2_with_clear_message(tmp_path, capsys, args, message):
   logdir = tmp_path / "never"

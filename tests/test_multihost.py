@@ -251,13 +251,23 @@ def test_two_hosts_train_as_one_run(tmp_path):
 def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
   port = _free_port()
   logdirs = [tmp_path / "host0", tmp_path / "host1"]
+  # Each host reads half of the labels and of the streamed chunks.
+  run = [sys.executable, "-m", "jaxcl.cli", "run", "--n-experiences", "2",
+         "--batch-size", "16", "--hidden-size", "32", "--quiet",
+         "--no-progress", "--compilation-cache", "", "--lazy",
+         "--device-memory-budget-mb", "0.05"]
   _on_two_hosts(lambda i: [
-      sys.executable, "-m", "jaxcl.cli", "run", "--distributed",
-      "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
-      "--process-id", str(i), "--n-experiences", "2", "--batch-size", "16",
-      "--hidden-size", "32", "--logdir", str(logdirs[i]), "--quiet",
-      "--no-progress", "--compilation-cache", ""], tmp_path)
+      *run, "--distributed", "--coordinator-address", f"localhost:{port}",
+      "--num-processes", "2", "--process-id", str(i), "--logdir",
+      str(logdirs[i])], tmp_path)
+  alone = subprocess.run([*run, "--logdir", str(tmp_path / "alone")],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+  assert alone.returncode == 0, alone.stderr
   results = json.loads((logdirs[0] / "results.json").read_text())
+  assert results["config"]["lazy"]
+  assert results["accuracy_matrix"] == json.loads(
+      (tmp_path / "alone" / "results.json").read_text())["accuracy_matrix"]
   assert results["environment"]["processes"] == 2
   assert results["environment"]["devices"] == 4
   assert len(results["accuracy_matrix"]) == 2

@@ -104,19 +104,29 @@ def _check_available(benchmark: str, tfds_name: str,
 
 
 def _load(benchmark: str, tfds_name: str, data_dir: PathLike | None,
-          splits: Sequence[str] = ("train", "test")) -> list[Any]:
-  """Reads tfds splits as arrays, with a clear error when they are missing."""
+          splits: Sequence[str] = ("train", "test"), *, lazy: bool = False,
+          split_over_hosts: bool = False) -> list[Any]:
+  """Reads tfds splits as arrays, with a clear error when they are missing.
+
+  ``lazy`` and ``split_over_hosts`` as in
+  :func:`jaxcl.benchmarks.sources.load_tfds_split`.
+  """
   from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
   _check_available(benchmark, tfds_name, data_dir)
-  return [sources.load_tfds_split(tfds_name, s, data_dir=data_dir)
+  return [sources.load_tfds_split(tfds_name, s, data_dir=data_dir, lazy=lazy,
+                                  split_over_hosts=split_over_hosts)
           for s in splits]
 
 
-def _mnist(benchmark: str, data_dir: PathLike | None) -> list[Any]:
+def _mnist(benchmark: str, data_dir: PathLike | None, *, lazy: bool = False,
+           split_over_hosts: bool = False) -> list[Any]:
   from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
   if data_dir is None:
-    return [sources.load_bundled("mnist_bundled", s) for s in ("train", "test")]
-  return _load(benchmark, "mnist", data_dir)
+    return [sources.load_bundled("mnist_bundled", s, lazy=lazy,
+                                 split_over_hosts=split_over_hosts)
+            for s in ("train", "test")]
+  return _load(benchmark, "mnist", data_dir, lazy=lazy,
+               split_over_hosts=split_over_hosts)
 
 
 def _split(name: str, splits: Sequence[Any], n_experiences: int, mean, std,
@@ -137,6 +147,8 @@ def split_mnist(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitMNIST: the ten digits split into ``n_experiences`` groups of classes.
 
@@ -151,6 +163,13 @@ def split_mnist(
     data_dir: A tfds data directory holding the prepared ``mnist`` dataset
       (70,000 digits). Without it, the 5,000 real MNIST digits bundled with
       jaxcl are used (4,000 train / 1,000 test).
+    lazy: Leave the images in the dataset's ArrayRecord files (lazy
+      :class:`~jaxcl.benchmarks.sources.RecordArray` views, only labels in
+      memory): ``fit`` reads an experience's images when it puts them on the
+      devices, or a chunk's when it streams them (docs/streaming.md).
+    split_over_hosts: With ``lazy`` on several processes, each reads the
+      labels of its share of the records and the processes exchange them (a
+      collective: every process calls it; docs/scale.md).
 
   Returns:
     A class-incremental (or task-incremental) :class:`Benchmark`, inputs
@@ -162,10 +181,11 @@ def split_mnist(
     >>> bench.n_classes, [len(e) for e in bench.train_stream]
     (10, [800, 800, 800, 800, 800])
   """
-  return _split("split_mnist", _mnist("split_mnist", data_dir), n_experiences,
-                MNIST_MEAN, MNIST_STD, return_task_id=return_task_id,
-                seed=seed, fixed_class_order=fixed_class_order,
-                shuffle=shuffle,
+  splits = _mnist("split_mnist", data_dir, lazy=lazy,
+                  split_over_hosts=split_over_hosts)
+  return _split("split_mnist", splits, n_experiences, MNIST_MEAN, MNIST_STD,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
 
 
@@ -178,6 +198,8 @@ def split_fmnist(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitFashionMNIST: tfds ``fashion_mnist`` split by classes.
 
@@ -188,9 +210,9 @@ def split_fmnist(
   Example:
     >>> bench = split_fmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  return _split("split_fmnist", _load("split_fmnist", "fashion_mnist",
-                                      data_dir),
-                n_experiences, FMNIST_MEAN, FMNIST_STD,
+  splits = _load("split_fmnist", "fashion_mnist", data_dir, lazy=lazy,
+                 split_over_hosts=split_over_hosts)
+  return _split("split_fmnist", splits, n_experiences, FMNIST_MEAN, FMNIST_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
@@ -205,6 +227,8 @@ def split_kmnist(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitKMNIST: tfds ``kmnist`` (Kuzushiji-MNIST) split by classes.
 
@@ -214,8 +238,9 @@ def split_kmnist(
   Example:
     >>> bench = split_kmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  return _split("split_kmnist", _load("split_kmnist", "kmnist", data_dir),
-                n_experiences, KMNIST_MEAN, KMNIST_STD,
+  splits = _load("split_kmnist", "kmnist", data_dir, lazy=lazy,
+                 split_over_hosts=split_over_hosts)
+  return _split("split_kmnist", splits, n_experiences, KMNIST_MEAN, KMNIST_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
@@ -231,6 +256,8 @@ def split_cifar10(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitCIFAR10: tfds ``cifar10`` split by classes.
 
@@ -243,8 +270,9 @@ def split_cifar10(
   Example:
     >>> bench = split_cifar10(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  return _split("split_cifar10", _load("split_cifar10", "cifar10", data_dir),
-                n_experiences, CIFAR10_MEAN, CIFAR10_STD, _CROP_FLIP,
+  splits = _load("split_cifar10", "cifar10", data_dir, lazy=lazy,
+                 split_over_hosts=split_over_hosts)
+  return _split("split_cifar10", splits, n_experiences, CIFAR10_MEAN, CIFAR10_STD, _CROP_FLIP,
                 per_exp_classes={0: 5} if first_exp_with_half_classes else None,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
@@ -261,6 +289,8 @@ def split_cifar100(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitCIFAR100: tfds ``cifar100`` (fine labels) split by classes.
 
@@ -272,9 +302,9 @@ def split_cifar100(
   Example:
     >>> bench = split_cifar100(10, data_dir="~/tfds")  # doctest: +SKIP
   """
-  return _split("split_cifar100", _load("split_cifar100", "cifar100",
-                                        data_dir),
-                n_experiences, CIFAR100_MEAN, CIFAR100_STD, _CROP_FLIP,
+  splits = _load("split_cifar100", "cifar100", data_dir, lazy=lazy,
+                 split_over_hosts=split_over_hosts)
+  return _split("split_cifar100", splits, n_experiences, CIFAR100_MEAN, CIFAR100_STD, _CROP_FLIP,
                 per_exp_classes={0: 50} if first_exp_with_half_classes else None,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
@@ -338,6 +368,8 @@ def split_svhn(
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
     data_dir: PathLike | None = None,
+    lazy: bool = False,
+    split_over_hosts: bool = False,
 ) -> Benchmark:
   """SplitSVHN: tfds ``svhn_cropped`` (train / test, no extra) split by classes.
 
@@ -348,8 +380,9 @@ def split_svhn(
   Example:
     >>> bench = split_svhn(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  return _split("split_svhn", _load("split_svhn", "svhn_cropped", data_dir),
-                n_experiences, SVHN_MEAN, SVHN_STD,
+  splits = _load("split_svhn", "svhn_cropped", data_dir, lazy=lazy,
+                 split_over_hosts=split_over_hosts)
+  return _split("split_svhn", splits, n_experiences, SVHN_MEAN, SVHN_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
