@@ -16,6 +16,7 @@ import pytest
 
 from jaxcl import loggers
 from jaxcl.loggers.base import MetricWriter
+from jaxcl.loggers.formatting import evaluated_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ACCURACY = np.array([[0.9, np.nan, np.nan], [0.8, 0.95, np.nan], [0.7, 0.85, 0.925]])
@@ -327,6 +328,28 @@ def test_format_accuracy_matrix():
     assert len({len(line) for line in lines}) == 1  # Aligned columns.
     with pytest.raises(ValueError, match="2-D"):
         loggers.format_accuracy_matrix(np.zeros(3))
+
+
+def _online_matrix():
+    """ACCURACY's rows after experiences 3, 7 and 11 of 12; NaN rows between."""
+    matrix = np.full((12, 3), np.nan)
+    matrix[[3, 7, 11]] = ACCURACY
+    return matrix
+
+
+def test_rows_without_evaluation_are_left_out_of_table_and_plots():
+    online = _online_matrix()
+    np.testing.assert_array_equal(evaluated_rows(online), [3, 7, 11])
+    np.testing.assert_array_equal(evaluated_rows(np.full((2, 2), np.nan)), [0, 1])
+    lines = loggers.format_accuracy_matrix(online).splitlines()
+    assert [line.split()[2] for line in lines[1:]] == ["3", "7", "11"]
+    assert [line.split()[3:] for line in lines[1:]] == [
+        line.split()[3:] for line in loggers.format_accuracy_matrix(ACCURACY).splitlines()[1:]]
+    # The heatmap has ACCURACY's 3 rows (same figure size), not 12.
+    assert loggers.plot_accuracy_matrix(online).shape == (
+        loggers.plot_accuracy_matrix(ACCURACY).shape)
+    assert loggers.plot_accuracy_matrix(np.full((12, 3), 0.5)).shape != (
+        loggers.plot_accuracy_matrix(ACCURACY).shape)
 
 
 def test_format_metrics_table():

@@ -13,6 +13,7 @@ __all__ = [
     "format_accuracy_matrix",
     "format_metrics_table",
     "as_matrix",
+    "evaluated_rows",
     "json_safe",
 ]
 
@@ -78,30 +79,49 @@ def as_matrix(matrix: ArrayLike, name: str = "matrix") -> np.ndarray:
     return array
 
 
+def evaluated_rows(matrix: np.ndarray) -> np.ndarray:
+    """Indices of the rows of an accuracy matrix that hold a value.
+
+    A row is all NaN when nothing was evaluated after that experience (an
+    online stream's mini-experiences between two evaluations, or
+    ``eval_every > 1``). When no row holds a value, all rows are returned.
+
+    Example:
+        >>> nan = float("nan")
+        >>> evaluated_rows(np.array([[nan, nan], [0.8, nan], [nan, nan], [0.7, 0.9]]))
+        array([1, 3])
+    """
+    rows = np.flatnonzero(~np.isnan(matrix).all(axis=1))
+    return rows if rows.size else np.arange(len(matrix))
+
+
 def format_accuracy_matrix(matrix: ArrayLike) -> str:
     """Formats an accuracy matrix as an aligned text table.
 
     Row `i` holds the accuracy on every experience after training on
     experience `i`; column `j` is the experience evaluated. Values have 4
-    decimals; NaN (not evaluated) is shown as "-".
+    decimals; NaN (not evaluated) is shown as "-". Rows without any value
+    (no evaluation after that experience, see `evaluated_rows`) are left out.
 
     Args:
         matrix: Array of shape [num_trained, num_evaluated].
 
     Returns:
-        The table, one line per row plus a header line, without a trailing
-        newline.
+        The table, one line per shown row plus a header line, without a
+        trailing newline.
 
     Example:
-        >>> print(format_accuracy_matrix([[0.9, float("nan")], [0.8, 0.95]]))
+        >>> nan = float("nan")
+        >>> print(format_accuracy_matrix([[0.9, nan], [nan, nan], [0.8, 0.95]]))
                       exp 0   exp 1
         after exp 0  0.9000       -
-        after exp 1  0.8000  0.9500
+        after exp 2  0.8000  0.9500
     """
     matrix = as_matrix(matrix, "matrix")
-    cells = [[("-" if np.isnan(v) else f"{v:.4f}") for v in row] for row in matrix]
+    rows = evaluated_rows(matrix)
+    cells = [[("-" if np.isnan(v) else f"{v:.4f}") for v in matrix[i]] for i in rows]
     header = [f"exp {j}" for j in range(matrix.shape[1])]
-    labels = [f"after exp {i}" for i in range(matrix.shape[0])]
+    labels = [f"after exp {i}" for i in rows]
     label_width = max(map(len, labels), default=0)
     cell_width = max(map(len, header + [c for row in cells for c in row]), default=0)
 

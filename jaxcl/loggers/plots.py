@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from jaxcl.loggers.base import MetricWriter
-from jaxcl.loggers.formatting import as_matrix
+from jaxcl.loggers.formatting import as_matrix, evaluated_rows
 
 __all__ = [
     "plot_accuracy_matrix",
@@ -84,7 +84,9 @@ def plot_accuracy_matrix(matrix: ArrayLike) -> np.ndarray:
     Args:
         matrix: Array of shape [num_trained, num_evaluated] with values in
             [0, 1]; row `i` is after training on experience `i`, column `j` the
-            experience evaluated. NaN cells (not evaluated) are left blank.
+            experience evaluated. NaN cells (not evaluated) are left blank;
+            rows without any value (no evaluation after that experience) are
+            left out, the others keep their experience index.
 
     Returns:
         The plot as a uint8 array of shape [H, W, 3].
@@ -95,13 +97,14 @@ def plot_accuracy_matrix(matrix: ArrayLike) -> np.ndarray:
         (dtype('uint8'), 3)
     """
     matrix = as_matrix(matrix, "matrix")
+    rows = evaluated_rows(matrix)
     return _heatmap(
-        matrix,
+        matrix[rows],
         title="Accuracy matrix",
         xlabel="evaluated on experience",
         ylabel="after training on experience",
         xticklabels=[str(j) for j in range(matrix.shape[1])],
-        yticklabels=[str(i) for i in range(matrix.shape[0])],
+        yticklabels=[str(i) for i in rows],
         vmax=1.0,
         fmt=".2f",
     )
@@ -128,9 +131,10 @@ def plot_accuracy_curves(matrix: ArrayLike) -> np.ndarray:
 
     matrix = as_matrix(matrix, "matrix")
     figure, axes = _new_axes(7.0, 4.0)
-    trained = np.arange(matrix.shape[0])
+    # Lines join the evaluations, over the experiences trained in between.
+    trained = evaluated_rows(matrix)
     for j in range(matrix.shape[1]):
-        axes.plot(trained, matrix[:, j], marker="o", label=f"exp {j}")
+        axes.plot(trained, matrix[trained, j], marker="o", label=f"exp {j}")
     axes.set(
         title="Accuracy per experience",
         xlabel="after training on experience",
