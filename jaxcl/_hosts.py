@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 __all__ = ["addressable", "check_same_everywhere", "host_copy", "put",
-           "put_parts"]
+           "put_parts", "read_together"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -101,6 +101,53 @@ def put_parts(shape: tuple[int, ...], sharding: Any,
       blocks[key] = read(index)
     return blocks[key]
   return jax.make_array_from_callback(shape, sharding, block)
+
+
+_T = TypeVar("_T")
+
+
+def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _T:
+  """``read()`` on every host; if it fails on any of them, all of them raise.
+
+  A host whose read fails (a damaged record, an I/O error) cannot simply
+  raise: the other hosts would wait for it in their next collective until
+  JAX's coordination service aborts them, minutes later. So the hosts tell
+  each other whether they read their data, and all raise together: a host
+  that failed its own error, the others a ``ValueError`` naming the failed
+  processes. A collective on several hosts (every process must call it);
+  on one host just ``read()``.
+
+  Args:
+    what: What is read, for the message, e.g. ``"a streamed chunk"``.
+    read: Reads this host's data and returns it.
+    in_flight: Outputs of programs that may still be running, waited for
+      first: the exchange is a small program with a collective, which must
+      not run beside theirs (it could pair with their collectives in another
+      order on each host).
+
+  Returns:
+    What ``read()`` returned.
+
+  Example:
+    >>> read_together("the labels", lambda: [0, 1])
+    [0, 1]
+  """
+  if jax.process_count() == 1:
+    return read()
+  try:
+    value, failure = read(), None
+  except Exception as error:  # Re-raised after the exchange.
+    value, failure = None, error
+  jax.block_until_ready(in_flight)
+  mine = np.array([jax.process_index(), failure is not None], np.int32)
+  everyone = np.asarray(multihost_utils.process_allgather(mine))
+  if failure is not None:
+    raise failure
+  failed = sorted(everyone[everyone[:, 1] == 1, 0].tolist())
+  if failed:
+    raise ValueError(f"processes {failed} failed to read their share of "
+                     f"{what} (their own errors say why).")
+  return value
 
 
 # Digests compared per field; a fixed number of rows, so that hosts running

@@ -17,7 +17,7 @@ import numpy as np
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
 WORKER = r"""
-import faulthandler, json, pathlib, shutil, sys
+import faulthandler, json, pathlib, shutil, sys, threading
 # A host stuck in a collective prints every thread's stack and exits.
 faulthandler.dump_traceback_later(240, exit=True)
 process_id, port, tests, checkpoints = sys.argv[1:]
@@ -131,6 +131,26 @@ try:
 except ValueError as e:
   out["lengths"] = str(e)
 
+
+
+class UnreadableInThread(Counted):
+  # Host 1 cannot read the images of a streamed chunk (read in a thread).
+
+  def __getitems__(self, keys):
+    if (jax.process_index() == 1 and
+        threading.current_thread() is not threading.main_thread()):
+      raise OSError("chunk unreadable")
+    return super().__getitems__(keys)
+
+
+damaged = sources.arrays_from_data_source(UnreadableInThread(records[0].source),
+                                          lazy=True, split_over_hosts=True)
+try:
+  fit(benchmark=jaxcl.benchmarks.class_incremental(damaged, test, 5, seed=0),
+      model=jaxcl.models.MLP(10, hidden_size=16), device_memory_budget_mb=0.02)
+except Exception as e:
+  out["chunk_unreadable"] = f"{type(e).__name__}: {e}"
+
 whole = fit(epochs=2, checkpoint_dir=checkpoints)
 # Resume after the first experience: the newest checkpoint is damaged, and
 # is set aside once.
@@ -205,6 +225,10 @@ def test_two_hosts_train_as_one_run(tmp_path):
       "split_over_hosts needs the same records on every host."] * 2
   # A host that cannot read its share of the labels raises its own error,
   # and the others name it, instead of waiting for it.
+  # Both hosts stop at the chunk that one of them cannot read.
+  assert [out.pop("chunk_unreadable") for out in outputs] == [
+      "ValueError: processes [1] failed to read their share of a streamed "
+      "chunk (their own errors say why).", "OSError: chunk unreadable"]
   assert [out.pop("unreadable") for out in outputs] == [
       "ValueError: processes [1] failed to read their share of the labels "
       "(their own errors say why).", "OSError: record unreadable"]

@@ -1,6 +1,7 @@
 """Streaming experiences that exceed the device-memory budget: same numbers as on device."""
 
 import dataclasses
+import threading
 
 import chex
 import jax
@@ -134,6 +135,28 @@ def test_streaming_equals_on_device_on_lazy_bundled_mnist():
   on_device = _fit(bench, naive(), epochs=2, batch_size=32)
   streamed = _fit(bench, naive(), budget_mb=0.25, epochs=2, batch_size=32)
   _assert_same(on_device, streamed)
+
+
+def test_leaving_a_streamed_experience_early_stops_the_reader(monkeypatch):
+  # Another host fails to read the second chunk (as `read_together` reports
+  # it here): fit raises, and the reader thread, which reads ahead, stops
+  # instead of waiting forever on its full queue.
+  read_together = streaming._hosts.read_together
+  chunks = []
+
+  def another_host_fails(what, read, in_flight=None):
+    value = read_together(what, read, in_flight)
+    chunks.append(what)
+    if chunks.count("a streamed chunk") == 2:
+      raise ValueError("processes [1] failed to read their share")
+    return value
+
+  monkeypatch.setattr(streaming._hosts, "read_together", another_host_fails)
+  bench = make_benchmark(n_classes=2, n_experiences=1, per_class=200, dim=6)
+  before = threading.active_count()
+  with pytest.raises(ValueError, match=r"processes \[1\] failed"):
+    _fit(bench, naive(), budget_mb=0.002, batch_size=16, epochs=3)
+  assert threading.active_count() == before
 
 
 def test_streaming_equals_on_device_for_vmapped_seeds_and_a_teacher():

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from jaxcl import _hosts
 from jaxcl.benchmarks.builders import BUNDLED_BUILDERS
 
 __all__ = [
@@ -250,24 +251,13 @@ def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.n
                          "records on every host.")
     share = -(-num // hosts)
     host = jax.process_index()
-    # A host that fails still joins the exchange (the others would wait for
-    # it forever), flagging its failure: then every host raises.
-    mine = np.zeros((share + 2,), np.int64)
-    mine[0] = host
-    try:
-        labels = _read_labels(source, host * share, min((host + 1) * share, num))
-        mine[2:2 + len(labels)] = labels
-    except Exception as error:  # Re-raised after the exchange.
-        mine[1], failure = 1, error
+    labels = _hosts.read_together("the labels", lambda: _read_labels(
+        source, host * share, min((host + 1) * share, num)))
+    mine = np.zeros((share + 1,), np.int64)
+    mine[0], mine[1:1 + len(labels)] = host, labels
     everyone = np.asarray(multihost_utils.process_allgather(mine))
-    if mine[1]:
-        raise failure
-    failed = everyone[everyone[:, 1] == 1, 0].tolist()
-    if failed:
-        raise ValueError(f"processes {failed} failed to read their share of the"
-                         " labels (their own errors say why).")
     # Rows follow the devices' order; the shares follow the process index.
-    ordered = everyone[np.argsort(everyone[:, 0]), 2:]
+    ordered = everyone[np.argsort(everyone[:, 0]), 1:]
     return ordered.reshape(-1)[:num].astype(np.int32)
 
 

@@ -27,7 +27,8 @@ import numpy as np
 import optax
 
 from jaxcl import _validation, checkpoint, compilation
-from jaxcl._hosts import addressable, check_same_everywhere, host_copy, put
+from jaxcl._hosts import (addressable, check_same_everywhere, host_copy, put,
+                          read_together)
 from jaxcl.benchmarks.scenario import Benchmark, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -552,13 +553,17 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
-  test_data, test_sharding = _put_test_stream(test_stream, n_classes, place,
-                                              split_test)
-  first = None if trainer or block > 1 else put(
-      experience_data(train_stream[0], size, n_classes), place.data)
-  periodic_data = None if periodic_stream is None else (
-      test_data if periodic_stream is test_stream else put(
-          stack_experiences(list(periodic_stream), n_classes), place.data))
+
+  def read_first_data():
+    test = _put_test_stream(test_stream, n_classes, place, split_test)
+    first = None if trainer or block > 1 else put(
+        experience_data(train_stream[0], size, n_classes), place.data)
+    periodic_data = None if periodic_stream is None else (
+        test[0] if periodic_stream is test_stream else put(
+            stack_experiences(list(periodic_stream), n_classes), place.data))
+    return test, first, periodic_data
+  (test_data, test_sharding), first, periodic_data = read_together(
+      "the test stream and the first experience", read_first_data)
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
     train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
@@ -718,13 +723,18 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if trainer:
       state, device_metrics = train_exec(state, train_stream[i], periodic_data)
     elif block == 1:
-      data = first if i == 0 else put(
-          experience_data(train_stream[i], size, n_classes), place.data)
+      # Reads are agreed between hosts, after the experience in flight
+      # (_hosts.read_together).
+      data = first if i == 0 else read_together(
+          f"training experience {i}", lambda i=i: put(experience_data(
+              train_stream[i], size, n_classes), place.data), in_flight=state)
       state, device_metrics = train_exec(state, data, periodic_data)
     else:
-      data = put(stack_experiences(
-          [train_stream[j] for j in indices], n_classes, size=size,
-          length=block), place.data)
+      data = read_together(
+          f"training experiences {indices[0]}-{i}", lambda indices=indices: put(
+              stack_experiences([train_stream[j] for j in indices], n_classes,
+                                size=size, length=block), place.data),
+          in_flight=state)
       # Placed explicitly, without comparing it between hosts (_hosts.put)
       # while the previous block may still be running its all-reduces.
       state, device_metrics = train_exec(

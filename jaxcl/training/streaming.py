@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import queue
@@ -184,11 +186,14 @@ class StreamingTrainer:
     widths = [(0, 0)] * (order.ndim - 3) + [(0, 0), (0, pad), (0, 0)]
     order, valid = np.pad(order, widths), np.pad(valid, widths)
     out: queue.Queue = queue.Queue(_PREFETCH)
+    stop = threading.Event()
 
     def produce():
       try:
         for e in range(self.epochs):
           for c in range(self.chunks_per_epoch):
+            if stop.is_set():
+              return
             steps = (..., e, slice(c * k, (c + 1) * k), slice(None))
             out.put(self._put_batches(experience, order[steps], valid[steps]))
       except BaseException as error:  # Re-raised in the consumer.
@@ -196,12 +201,19 @@ class StreamingTrainer:
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
-    for _ in range(self.epochs * self.chunks_per_epoch):
-      item = out.get()
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-    thread.join()
+    try:
+      for _ in range(self.epochs * self.chunks_per_epoch):
+        item = out.get()
+        if isinstance(item, BaseException):
+          raise item
+        yield item
+    finally:
+      # Left early (an error here or on another host): the reader stops
+      # after its current chunk instead of waiting forever on a full queue.
+      stop.set()
+      while thread.is_alive():
+        with contextlib.suppress(queue.Empty):
+          out.get(timeout=0.05)
 
   def _put_batches(self, experience: Experience, idx: np.ndarray,
                    valid: np.ndarray) -> dict[str, jax.Array]:
@@ -234,7 +246,12 @@ class StreamingTrainer:
     """Trains one experience; returns what the on-device program returns."""
     del eval_data  # Periodic evaluation is refused with streaming.
     begin, orders, chunk, end = self.executables
-    hooks = _hosts.put(self._hook_data(experience), self.place.data)
+    # Reads are agreed between hosts (a host that fails alone would leave
+    # the others waiting in the next all-reduce), after the programs still
+    # running: the previous experience's end, then the previous chunk.
+    hooks = _hosts.read_together(
+        "the hooks' subset", lambda: _hosts.put(
+            self._hook_data(experience), self.place.data), in_flight=state)
     state, epochs_key, end_key = begin(state, hooks)
     # Host values are placed explicitly: on several hosts an implicit
     # placement compares them between hosts, a collective that could run
@@ -246,7 +263,11 @@ class StreamingTrainer:
     first_bad = _hosts.put(np.full(runs, -1, np.int32), self.place.state)
     trained = _hosts.put(np.zeros(runs, np.int32), self.place.state)
     epoch_metrics, metrics = [], None
-    for n, batches in enumerate(self._chunks(experience, order, valid)):
+    chunks = self._chunks(experience, order, valid)
+    for n in range(self.epochs * self.chunks_per_epoch):
+      batches = _hosts.read_together("a streamed chunk",
+                                     functools.partial(next, chunks),
+                                     in_flight=state)
       e, c = divmod(n, self.chunks_per_epoch)
       state, chunk_metrics, first_bad, trained = chunk(
           state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
@@ -256,6 +277,7 @@ class StreamingTrainer:
         compute = lambda m: m.compute()
         epoch_metrics.append(jax.vmap(compute)(metrics) if self.batched
                              else compute(metrics))
+    chunks.close()
     state = end(state, hooks, end_key)
     stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
     return state, {**stacked, "first_nonfinite_step": first_bad,
