@@ -1,5 +1,7 @@
 """Many runs in one program: seeds and sweeps equal separate runs."""
 
+import importlib
+
 import chex
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +28,25 @@ def test_seeds_equal_separate_runs(tiny_benchmark, tiny_model):
   values = multi.metrics_per_run["stream_accuracy"]
   assert multi.metrics["stream_accuracy"] == pytest.approx(
       (np.mean(values), np.std(values)))
+
+
+def test_accelerators_vmapped_evaluation_equals_the_cpus_one_by_one(
+    tiny_benchmark, tiny_model, monkeypatch):
+  # On a CPU stacked runs are evaluated one after another (lax.map); on GPUs
+  # and TPUs vmapped. CI has no accelerator: run the vmapped branch here.
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  kwargs = dict(seeds=[0, 3], epochs=1, batch_size=5)
+  one_by_one = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
+                         **kwargs)
+  monkeypatch.setattr(fit_module, "_runs_one_by_one", lambda: False)
+  vmapped = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
+                      **kwargs)
+  np.testing.assert_array_equal(vmapped.accuracy_matrices,
+                                one_by_one.accuracy_matrices)
+  for a, b in zip(vmapped.runs, one_by_one.runs, strict=True):
+    assert a.metrics["stream_loss"] == pytest.approx(b.metrics["stream_loss"],
+                                                     rel=1e-6)
+    np.testing.assert_array_equal(a.confusion_matrix, b.confusion_matrix)
 
 
 def test_learning_rate_sweep_equals_separate_runs(tiny_benchmark, tiny_model):
