@@ -33,16 +33,22 @@ def _assert_same(a, b):
     assert a.metrics[name] == pytest.approx(b.metrics[name], rel=1e-6)
 
 
+class _Records(list):
+  """``n`` records of ``width``-pixel images; logs the keys of batched reads."""
+
+  def __init__(self, n: int, width: int, n_classes: int):
+    super().__init__({"image": np.full((width,), i % 251, np.uint8),
+                      "label": i % n_classes} for i in range(n))
+    self.reads = []
+
+  def __getitems__(self, keys):
+    self.reads.append(list(keys))
+    return [self[k] for k in keys]
+
+
 def test_record_array_views_read_only_what_is_asked():
-  reads = []
-
-  class Source(list):
-    def __getitems__(self, keys):
-      reads.append(list(keys))
-      return [self[k] for k in keys]
-
-  records = Source({"image": np.full((2,), i, np.uint8), "label": i % 3}
-                   for i in range(10))
+  records = _Records(10, width=2, n_classes=3)
+  reads = records.reads
   split = sources.arrays_from_data_source(records, lazy=True)
   np.testing.assert_array_equal(split.y, [i % 3 for i in range(10)])
   reads.clear()
@@ -157,6 +163,24 @@ def test_leaving_a_streamed_experience_early_stops_the_reader(monkeypatch):
   with pytest.raises(ValueError, match=r"processes \[1\] failed"):
     _fit(bench, naive(), budget_mb=0.002, batch_size=16, epochs=3)
   assert threading.active_count() == before
+
+
+def test_hooks_subset_inputs_are_read_only_when_the_hooks_use_them():
+  records = _Records(400, width=6, n_classes=2)
+  train = sources.arrays_from_data_source(records, lazy=True)
+  bench = class_incremental(train, (np.zeros((4, 6), np.uint8),
+                                    np.array([0, 1, 0, 1])), 1, seed=0)
+  counts = {}
+  for strategy in (naive(), jaxcl.strategies.ewc()):
+    records.reads.clear()
+    _fit(bench, strategy, budget_mb=0.002, batch_size=16, epochs=2)
+    counts[strategy.name] = sum(map(len, records.reads))
+  # Naive's hooks read no inputs: each epoch reads every sample once, plus
+  # sample 0 for a chunk that the order's padding fills with it.
+  assert 2 * 400 <= counts["naive"] <= 2 * 400 + 2
+  # EWC's importance pass reads the seeded subset (half of the 2 KB budget
+  # in samples of 6 + 12 bytes), once per experience.
+  assert counts["ewc"] - counts["naive"] == (2 * 2**20 // 1000) // 18 // 2
 
 
 def test_streaming_equals_on_device_for_vmapped_seeds_and_a_teacher():

@@ -15,6 +15,7 @@ on-device path, so a seed gives the same numbers.
 The strategy's ``begin_experience``/``end_experience`` hooks see a random
 subset of the experience that fits the budget (``hook_rows`` samples):
 importance passes (EWC, MAS) and buffer insertion (replay) use that subset.
+Its inputs are read only if the compiled ``begin`` or ``end`` uses them.
 
 Example:
   >>> result = jaxcl.fit(model, strategy, optax.sgd(0.1), bench,
@@ -92,6 +93,9 @@ class StreamingTrainer:
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
     self.chunk_jaxpr = None  # Set by `lower`; its scan body is one step.
+    # Set by `lower`: whether begin/end read the subset's inputs (EWC's
+    # importance, buffer insertion) or only its labels, or nothing (naive).
+    self.hooks_read_inputs = True
     self.batches_sharding = _batches_sharding(place, batched)
 
   def _functions(self):
@@ -145,14 +149,21 @@ class StreamingTrainer:
             state_shape, batches, steps_key,
             jax.ShapeDtypeStruct((), jnp.int32), counter, counter)
     self.chunk_jaxpr = chunk_traced.jaxpr
+    begin_traced = jax.jit(
+        begin, donate_argnums=0, in_shardings=(s, self.place.data),
+        out_shardings=s).trace(state_shape, hooks)
+    end_traced = jax.jit(
+        end, donate_argnums=0, in_shardings=(s, self.place.data, s),
+        out_shardings=s).trace(state_shape, hooks, end_key)
+    self.hooks_read_inputs = (
+        _reads(begin_traced.jaxpr, (state_shape, hooks), hooks.x) or
+        _reads(end_traced.jaxpr, (state_shape, hooks, end_key), hooks.x))
     return [
-        jax.jit(begin, donate_argnums=0, in_shardings=(s, self.place.data),
-                out_shardings=s).lower(state_shape, hooks),
+        begin_traced.lower(),
         jax.jit(orders, in_shardings=(s, None), out_shardings=s).lower(
             epochs_key, size),
         chunk_traced.lower(),
-        jax.jit(end, donate_argnums=0, in_shardings=(s, self.place.data, s),
-                out_shardings=s).lower(state_shape, hooks, end_key),
+        end_traced.lower(),
     ]
 
   def bind(self, executables: tuple[Callable, ...]) -> StreamingTrainer:
@@ -163,13 +174,16 @@ class StreamingTrainer:
   def _hook_data(self, experience: Experience, read: bool = True):
     """The hooks' view: a seeded random subset of ``hook_rows`` samples.
 
-    Without ``read``, zeros of the same shapes (for lowering).
+    Without ``read``, zeros of the same shapes (for lowering). Inputs that
+    the hooks do not read are left unread (zeros).
     """
     n = len(experience) if read else 0
     rng = np.random.default_rng([self.seed, experience.index])
     keep = np.sort(rng.permutation(n)[:self.hook_rows])
+    x = (np.asarray(experience.x[keep]) if self.hooks_read_inputs else
+         np.zeros((len(keep), *experience.x.shape[1:]), experience.x.dtype))
     subset = Experience(
-        x=np.asarray(experience.x[keep]), y=experience.y[keep],
+        x=x, y=experience.y[keep],
         task=experience.task[keep], index=experience.index,
         classes=experience.classes, origin=experience.origin)
     data = experience_data(subset, self.hook_rows, self.n_classes)
@@ -282,6 +296,18 @@ class StreamingTrainer:
     stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
     return state, {**stacked, "first_nonfinite_step": first_bad,
                    "steps_trained": trained}
+
+
+def _reads(jaxpr: Any, args: Any, leaf: Any) -> bool:
+  """Whether the program ``jaxpr`` traced from ``args`` uses the argument ``leaf``.
+
+  ``leaf`` is found in ``args`` by identity. Conservative: an input passed
+  on to an inner program counts as used.
+  """
+  index = next(i for i, a in enumerate(jax.tree.leaves(args)) if a is leaf)
+  var = jaxpr.jaxpr.invars[index]
+  return var in jaxpr.jaxpr.outvars or any(
+      var in eqn.invars for eqn in jaxpr.jaxpr.eqns)
 
 
 def _batches_sharding(place: Any, batched: bool) -> Any:
