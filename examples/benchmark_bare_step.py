@@ -5,8 +5,13 @@ and optax SGD, FLOPs per step from XLA's cost analysis) next to
 `benchmark_throughput.py`'s measurement of jaxcl's loop: what the library adds
 on top of what XLA achieves for this step, as fractions of the matmul peak.
 
+With ``--penalty``, also an EWC-style penalty ``λ Σ F ⊙ (θ − θ*)²`` in the
+bare step: its gradient alone, then with its value in the loss (as EWC's
+training loss has it), next to jaxcl's EWC step (marginal cost of a step,
+without the importance pass; see benchmark_throughput.py).
+
 Usage:
-  python examples/benchmark_bare_step.py [--steps 2000] [--batch-size 32]
+  python examples/benchmark_bare_step.py [--steps 2000] [--batch-size 32] [--penalty]
 """
 
 import argparse
@@ -27,6 +32,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--penalty", action="store_true",
+                      help="also time an EWC-style quadratic penalty")
   args = parser.parse_args()
   peak = jaxcl.evaluation.system.matmul_peak_flops(chain=4, repeats=10)
   model = jaxcl.models.MLP(10, hidden_size=512, drop_rate=0.0)
@@ -40,20 +47,26 @@ def main():
     logits = model.apply(p, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def train(p, xs, ys):
-    def body(carry, batch):
-      p, s = carry
-      updates, s = optimizer.update(jax.grad(loss)(p, *batch), s, p)
-      return (optax.apply_updates(p, updates), s), None
-    return jax.lax.scan(body, (p, optimizer.init(p)), (xs, ys))[0]
+  def timed(value_and_grads):
+    """Best of 3 seconds of a scan over every batch with this step's gradients."""
+    def train(p, xs, ys):
+      def body(carry, batch):
+        p, s, total = carry
+        value, grads = value_and_grads(p, *batch)
+        updates, s = optimizer.update(grads, s, p)
+        return (optax.apply_updates(p, updates), s, total + value), None
+      return jax.lax.scan(body, (p, optimizer.init(p), 0.0), (xs, ys))[0]
 
-  run = jax.jit(train)
-  jax.block_until_ready(run(params, xs, ys))
-  best = float("inf")
-  for _ in range(3):
-    start = time.perf_counter()
+    run = jax.jit(train)
     jax.block_until_ready(run(params, xs, ys))
-    best = min(best, time.perf_counter() - start)
+    best = float("inf")
+    for _ in range(3):
+      start = time.perf_counter()
+      jax.block_until_ready(run(params, xs, ys))
+      best = min(best, time.perf_counter() - start)
+    return best
+
+  best = timed(jax.value_and_grad(loss))
   cost = jax.jit(jax.grad(loss)).lower(params, xs[0], ys[0]).compile().cost_analysis()
   flops = (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
   print(f"matmul peak {peak / 1e9:.1f} GFLOP/s")
@@ -67,6 +80,38 @@ def main():
   print(f"jaxcl loop: {row['steps_per_s']:.0f} steps/s, "
         f"{row['flops_per_step'] / 1e6:.1f} MFLOP/step, "
         f"{row['peak_fraction']:.0%} of peak")
+  if args.penalty:
+    time_penalty(timed, loss, params, best / args.steps, row, settings, peak)
+
+
+def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak):
+  """Bare steps with an EWC-style penalty, and jaxcl's EWC step, x naive."""
+  key = jax.random.key(1)
+  importance = jax.tree.map(
+      lambda p: jax.random.uniform(key, p.shape, p.dtype, 0.0, 1e-3), params)
+  anchor = jax.tree.map(lambda p: p + 0.01, params)
+  lam = 1.0
+
+  def penalty(p):
+    return lam * sum(
+        (f * jax.numpy.square(q - a)).sum() for f, q, a in zip(
+            *map(jax.tree.leaves, (importance, p, anchor))))
+
+  def gradient_only(p, x, y):
+    value, grads = jax.value_and_grad(loss)(p, x, y)
+    return value, jax.tree.map(lambda g, f, q, a: g + 2 * lam * f * (q - a),
+                               grads, importance, p, anchor)
+
+  with_value = jax.value_and_grad(lambda p, x, y: loss(p, x, y) + penalty(p))
+  for name, step in (("penalty gradient only", gradient_only),
+                     ("penalty gradient and value", with_value)):
+    per_step = timed(step) / settings.steps
+    print(f"bare {name}: {per_step * 1e6:.0f} us/step, "
+          f"{per_step / naive_step:.2f}x the bare naive step")
+  ewc = benchmark_throughput.measure("ewc", settings, peak)
+  print(f"jaxcl ewc step: {ewc['marginal_step_s'] * 1e6:.0f} us, "
+        f"{ewc['marginal_step_s'] / naive_row['marginal_step_s']:.2f}x "
+        "jaxcl's naive step")
 
 
 if __name__ == "__main__":
