@@ -18,8 +18,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["addressable", "check_same_everywhere", "host_copy", "put",
-           "put_parts", "read_together"]
+__all__ = ["addressable", "check_same_everywhere", "gather_shares",
+           "host_copy", "put", "put_parts", "read_together", "share_of"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -148,6 +148,44 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
     raise ValueError(f"processes {failed} failed to read their share of "
                      f"{what} (their own errors say why).")
   return value
+
+
+def share_of(n: int) -> slice:
+  """This host's contiguous share of ``n`` items (shares of equal length).
+
+  Example:
+    >>> share_of(10)  # On one host: everything.
+    slice(0, 10, None)
+  """
+  size = -(-n // jax.process_count())
+  start = min(jax.process_index() * size, n)
+  return slice(start, min(start + size, n))
+
+
+def gather_shares(share: np.ndarray, n: int) -> np.ndarray:
+  """The ``n`` items whose :func:`share_of` every host holds, on every host.
+
+  A collective on several hosts (every process calls it, with nothing in
+  flight, see :func:`read_together`); on one host ``share`` itself.
+
+  Args:
+    share: This host's share (rows ``share_of(n)`` of the whole).
+    n: The number of rows of the whole.
+
+  Example:
+    >>> gather_shares(np.arange(3), 3).tolist()
+    [0, 1, 2]
+  """
+  hosts = jax.process_count()
+  if hosts == 1:
+    return share
+  size = -(-n // hosts)
+  padded = np.zeros((size, *share.shape[1:]), share.dtype)
+  padded[:len(share)] = share
+  index, everyone = multihost_utils.process_allgather(
+      (np.int32(jax.process_index()), padded))
+  # Rows follow the devices' order; the shares follow the process index.
+  return np.concatenate(np.asarray(everyone)[np.argsort(index)])[:n]
 
 
 # Digests compared per field; a fixed number of rows, so that hosts running

@@ -106,6 +106,13 @@ for p, name in ((True, "split"), (False, "whole")):
       benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
       device_memory_budget_mb=0.02, data_parallel=p)))
   reads[name] = [r.reads for r in records]
+# EWC's importance pass reads a subset of each experience: half on each host.
+for r in records:
+  r.reads = 0
+fit("ewc", benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
+    device_memory_budget_mb=0.02)
+reads["ewc"] = [r.reads for r in records]
+reads["sizes"] = [len(e) for e in digits.train_stream]
 out["reads"] = reads
 
 
@@ -249,6 +256,12 @@ def test_two_hosts_train_as_one_run(tmp_path):
   split = [r["split"][0] - extra for r in reads]
   assert 0 <= sum(split) - n <= 4 * 5 and abs(split[0] - split[1]) <= 8 * 5, (
       split)
+  # EWC reads the same chunks, and its hooks' subset of every experience
+  # (half the 0.02 MB budget in digits of 64 + 12 bytes), half on each host.
+  hooks = [r["ewc"][0] - r["split"][0] for r in reads]
+  subset = sum(min(size, int(0.02 * 2**20) // 76 // 2)
+               for size in reads[0]["sizes"])
+  assert sum(hooks) == subset and abs(hooks[0] - hooks[1]) <= 5, hooks
   # The test stream: read whole by a host alone; split, once over both.
   assert [r["whole"][1] for r in reads] == [n_test, n_test]
   split = [r["split"][1] for r in reads]

@@ -249,16 +249,10 @@ def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.n
         raise ValueError(f"The data source has {counts.tolist()} records on "
                          "the processes; split_over_hosts needs the same "
                          "records on every host.")
-    share = -(-num // hosts)
-    host = jax.process_index()
+    mine = _hosts.share_of(num)
     labels = _hosts.read_together("the labels", lambda: _read_labels(
-        source, host * share, min((host + 1) * share, num)))
-    mine = np.zeros((share + 1,), np.int64)
-    mine[0], mine[1:1 + len(labels)] = host, labels
-    everyone = np.asarray(multihost_utils.process_allgather(mine))
-    # Rows follow the devices' order; the shares follow the process index.
-    ordered = everyone[np.argsort(everyone[:, 0]), 1:]
-    return ordered.reshape(-1)[:num].astype(np.int32)
+        source, mine.start, mine.stop))
+    return _hosts.gather_shares(labels, num)
 
 
 def _read_labels(source: Sequence[Mapping[str, Any]], begin: int,

@@ -127,7 +127,7 @@ class StreamingTrainer:
   def lower(self, state_shape: Any, experience: Experience) -> list[Any]:
     """Lowers the four programs for ``state_shape`` (compile them once)."""
     begin, orders, chunk, end = self._functions()
-    hooks = self._hook_data(experience, read=False)
+    hooks = self._hook_data(experience, np.zeros(0, np.int64))
     s = self.place.state
     _, epochs_key, end_key = jax.eval_shape(begin, state_shape, hooks)
     size = jax.ShapeDtypeStruct((), jnp.int32)
@@ -171,17 +171,20 @@ class StreamingTrainer:
     self.executables = tuple(executables)
     return self
 
-  def _hook_data(self, experience: Experience, read: bool = True):
-    """The hooks' view: a seeded random subset of ``hook_rows`` samples.
-
-    Without ``read``, zeros of the same shapes (for lowering). Inputs that
-    the hooks do not read are left unread (zeros).
-    """
-    n = len(experience) if read else 0
+  def _hook_subset(self, experience: Experience) -> np.ndarray:
+    """The hooks' samples: a seeded random subset of ``hook_rows`` indices."""
     rng = np.random.default_rng([self.seed, experience.index])
-    keep = np.sort(rng.permutation(n)[:self.hook_rows])
-    x = (np.asarray(experience.x[keep]) if self.hooks_read_inputs else
-         np.zeros((len(keep), *experience.x.shape[1:]), experience.x.dtype))
+    return np.sort(rng.permutation(len(experience))[:self.hook_rows])
+
+  def _hook_data(self, experience: Experience, keep: np.ndarray,
+                 x: np.ndarray | None = None):
+    """The hooks' view: samples ``keep`` of ``experience``, padded.
+
+    ``x`` holds their inputs; None gives zeros (hooks that do not read
+    inputs, and lowering, with no samples).
+    """
+    if x is None:
+      x = np.zeros((len(keep), *experience.x.shape[1:]), experience.x.dtype)
     subset = Experience(
         x=x, y=experience.y[keep],
         task=experience.task[keep], index=experience.index,
@@ -263,9 +266,14 @@ class StreamingTrainer:
     # Reads are agreed between hosts (a host that fails alone would leave
     # the others waiting in the next all-reduce), after the programs still
     # running: the previous experience's end, then the previous chunk.
-    hooks = _hosts.read_together(
-        "the hooks' subset", lambda: _hosts.put(
-            self._hook_data(experience), self.place.data), in_flight=state)
+    keep, x = self._hook_subset(experience), None
+    if self.hooks_read_inputs:
+      # Each host reads a share of the subset; the hosts exchange them.
+      mine = keep[_hosts.share_of(len(keep))]
+      x = _hosts.gather_shares(_hosts.read_together(
+          "the hooks' subset", lambda: np.asarray(experience.x[mine]),
+          in_flight=state), len(keep))
+    hooks = _hosts.put(self._hook_data(experience, keep, x), self.place.data)
     state, epochs_key, end_key = begin(state, hooks)
     # Host values are placed explicitly: on several hosts an implicit
     # placement compares them between hosts, a collective that could run
