@@ -92,9 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "without it the bundled data is used")
   data.add_argument("--lazy", action="store_true",
                     help="leave the images in the tfds ArrayRecord files "
-                    "until training reads them (streamed with "
-                    "--device-memory-budget-mb, each host reads only its "
-                    "share; docs/scale.md); benchmarks: "
+                    "until training reads them (with --distributed, each "
+                    "host reads a share; docs/scale.md); benchmarks: "
                     f"{', '.join(_lazy_benchmarks())}")
   data.add_argument("--validation-size", type=float, default=0.0,
                     help="hold out this fraction of every train experience as "

@@ -36,7 +36,9 @@ for name in {names!r}:
 # evaluates its share.
 fit_module = importlib.import_module("jaxcl.training.fit")
 place = fit_module._placement(True, 0, 8)
-test, _ = fit_module._put_test_stream(bench.test_stream, 4, place, True)
+test, _ = fit_module._put_test_stream(list(bench.test_stream),
+                                     bench.test_stream.max_size, 4, place,
+                                     True)
 out["test_rows"] = sorted(shard.data.shape[1]
                           for shard in test.x.addressable_shards)
 out["test_size"] = bench.test_stream.max_size

@@ -113,6 +113,14 @@ fit("ewc", benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
     device_memory_budget_mb=0.02)
 reads["ewc"] = [r.reads for r in records]
 reads["sizes"] = [len(e) for e in digits.train_stream]
+# On the devices (no budget), batches split: every device holds whole
+# training experiences, read in shares; the test stream is split. Seeds
+# split over the devices: the test stream is whole too, read in shares.
+for name, kwargs in (("on_device", {}), ("seeds", {"seeds": [0, 1, 2, 3]})):
+  for r in records:
+    r.reads = 0
+  fit(benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16), **kwargs)
+  reads[name] = [r.reads for r in records]
 out["reads"] = reads
 
 
@@ -262,10 +270,17 @@ def test_two_hosts_train_as_one_run(tmp_path):
   subset = sum(min(size, int(0.02 * 2**20) // 76 // 2)
                for size in reads[0]["sizes"])
   assert sum(hooks) == subset and abs(hooks[0] - hooks[1]) <= 5, hooks
-  # The test stream: read whole by a host alone; split, once over both.
-  assert [r["whole"][1] for r in reads] == [n_test, n_test]
-  split = [r["split"][1] for r in reads]
-  assert sum(split) == n_test and abs(split[0] - split[1]) <= 2 * 5, split
+  # Lazy inputs that every device holds whole are read once over the hosts
+  # (and a couple of training samples by each, for shapes).
+  for name in ("on_device", "seeds"):
+    for split, total in zip(zip(*(r[name] for r in reads)), (n, n_test)):
+      assert total <= sum(split) <= total + 4 and (
+          abs(split[0] - split[1]) <= 2 * 5), (name, split)
+  # The test stream, split over the devices with the batches or whole on
+  # each host's device without data parallelism: read once over both hosts.
+  for name in ("split", "whole"):
+    split = [r[name][1] for r in reads]
+    assert sum(split) == n_test and abs(split[0] - split[1]) <= 2 * 5, split
   out = outputs[0]
   assert out.pop("unshared_checkpoints") is True
   assert "fit's arguments differ between the 2 processes in: seeds;" in (

@@ -29,7 +29,7 @@ import optax
 from jaxcl import _validation, checkpoint, compilation
 from jaxcl._hosts import (addressable, check_same_everywhere, host_copy, put,
                           read_together)
-from jaxcl.benchmarks.scenario import Benchmark, Stream
+from jaxcl.benchmarks.scenario import Benchmark, Experience, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
@@ -39,6 +39,7 @@ from jaxcl.training.state import (
     TrainState,
     experience_data,
     put_experiences,
+    read_in_shares,
     stack_experiences,
 )
 
@@ -554,16 +555,40 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
 
-  def read_first_data():
-    test = _put_test_stream(test_stream, n_classes, place, split_test)
-    first = None if trainer or block > 1 else put(
-        experience_data(train_stream[0], size, n_classes), place.data)
+  def put_training(indices: Sequence[int], in_flight: Any) -> ExperienceData:
+    """Experiences ``indices`` on the devices (one, or a block of them).
+
+    Reads are agreed between the hosts after the programs in flight, and
+    lazy inputs are read in shares over them (read_in_shares).
+    """
+    what = (f"training experience {indices[0]}" if len(indices) == 1 else
+            f"training experiences {indices[0]}-{indices[-1]}")
+    experiences = read_in_shares([train_stream[j] for j in indices], what,
+                                 in_flight)
+    if block == 1:
+      read = lambda: experience_data(experiences[0], size, n_classes)
+    else:
+      read = lambda: stack_experiences(experiences, n_classes, size=size,
+                                       length=block)
+    return read_together(what, lambda: put(read(), place.data), in_flight)
+
+  # A split test stream is read per device; a whole one in shares.
+  test_experiences = (list(test_stream) if split_test else
+                      read_in_shares(test_stream, "the test stream"))
+  periodic_experiences = (
+      None if periodic_stream is None or periodic_stream is test_stream else
+      read_in_shares(periodic_stream, "the periodic-evaluation stream"))
+
+  def read_evaluation_data():
+    test = _put_test_stream(test_experiences, test_stream.max_size, n_classes,
+                            place, split_test)
     periodic_data = None if periodic_stream is None else (
-        test[0] if periodic_stream is test_stream else put(
-            stack_experiences(list(periodic_stream), n_classes), place.data))
-    return test, first, periodic_data
-  (test_data, test_sharding), first, periodic_data = read_together(
-      "the test stream and the first experience", read_first_data)
+        test[0] if periodic_experiences is None else put(
+            stack_experiences(periodic_experiences, n_classes), place.data))
+    return test, periodic_data
+  (test_data, test_sharding), periodic_data = read_together(
+      "the evaluation streams", read_evaluation_data)
+  first = None if trainer or block > 1 else put_training([0], None)
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
     train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
@@ -723,18 +748,10 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if trainer:
       state, device_metrics = train_exec(state, train_stream[i], periodic_data)
     elif block == 1:
-      # Reads are agreed between hosts, after the experience in flight
-      # (_hosts.read_together).
-      data = first if i == 0 else read_together(
-          f"training experience {i}", lambda i=i: put(experience_data(
-              train_stream[i], size, n_classes), place.data), in_flight=state)
+      data = first if i == 0 else put_training(indices, in_flight=state)
       state, device_metrics = train_exec(state, data, periodic_data)
     else:
-      data = read_together(
-          f"training experiences {indices[0]}-{i}", lambda indices=indices: put(
-              stack_experiences([train_stream[j] for j in indices], n_classes,
-                                size=size, length=block), place.data),
-          in_flight=state)
+      data = put_training(indices, in_flight=state)
       # Placed explicitly, without comparing it between hosts (_hosts.put)
       # while the previous block may still be running its all-reduces.
       state, device_metrics = train_exec(
@@ -1078,7 +1095,8 @@ def _evaluate_runs(eval_fn: Callable) -> Callable:
       lambda state: eval_fn(state, data), states)
 
 
-def _put_test_stream(stream: Stream, n_classes: int, place: _Placement,
+def _put_test_stream(experiences: Sequence[Experience], max_size: int,
+                     n_classes: int, place: _Placement,
                      split: bool) -> tuple[ExperienceData, Any]:
   """The stacked test stream on the devices, and its shardings.
 
@@ -1086,13 +1104,13 @@ def _put_test_stream(stream: Stream, n_classes: int, place: _Placement,
   :func:`_evaluate_split`): each host reads only its devices' share.
   """
   if not split:
-    return put_experiences(list(stream), n_classes, stream.max_size,
-                           place.data, place.data), place.data
+    return put_experiences(experiences, n_classes, max_size, place.data,
+                           place.data), place.data
   mesh = place.batch.mesh
   samples = jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec(None, *mesh.axis_names))
-  size = -(-stream.max_size // mesh.size) * mesh.size
-  data = put_experiences(list(stream), n_classes, size, samples, place.data)
+  size = -(-max_size // mesh.size) * mesh.size
+  data = put_experiences(experiences, n_classes, size, samples, place.data)
   return data, ExperienceData(x=samples, y=samples, task=samples,
                               size=place.data, index=place.data,
                               classes_mask=place.data)

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from jaxcl import _hosts
 from jaxcl.benchmarks.scenario import Experience
 
 __all__ = ["ExperienceData", "TrainState", "experience_data", "put_experiences",
-           "stack_experiences"]
+           "read_in_shares", "stack_experiences"]
 
 PyTree = Any
 
@@ -182,3 +183,45 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
           "size": np.array([len(e) for e in experiences], np.int32),
           "index": np.array([e.index for e in experiences], np.int32),
           "classes_mask": masks}, sharding))
+
+
+def read_in_shares(experiences: Sequence[Experience], what: str,
+                   in_flight: Any = None) -> list[Experience]:
+  """The experiences with their inputs in memory, each host reading a share.
+
+  On several hosts, inputs still in a data source (lazy views such as
+  :class:`jaxcl.benchmarks.sources.RecordArray`) are read in ``P`` equal
+  shares of the experiences' samples taken together, one per host, and the
+  hosts exchange their shares: every host then holds all the inputs, having
+  read ``1/P`` of them. A collective (every process calls it), whose read is
+  agreed between the hosts (``jaxcl._hosts.read_together``, after
+  ``in_flight``). In-memory inputs, and everything on one host, are returned
+  as they are: they are read when put on the devices.
+
+  Args:
+    experiences: The experiences to read.
+    what: What they are, for the error of a host that cannot read its share.
+    in_flight: Outputs of programs that may still be running.
+
+  Example:
+    >>> read_in_shares([exp], "the test stream")[0] is exp  # One host.
+    True
+  """
+  experiences = list(experiences)
+  if (jax.process_count() == 1 or
+      all(isinstance(e.x, np.ndarray) for e in experiences)):
+    return experiences
+  starts = np.cumsum([0, *map(len, experiences)]).tolist()
+  mine = _hosts.share_of(starts[-1])
+
+  def read() -> np.ndarray:
+    parts = [np.asarray(e.x[max(mine.start - start, 0):mine.stop - start])
+             for e, start in zip(experiences, starts)
+             if mine.start < start + len(e) and start < mine.stop]
+    first = experiences[0].x
+    return (np.concatenate(parts) if parts else
+            np.zeros((0, *first.shape[1:]), first.dtype))
+  x = _hosts.gather_shares(_hosts.read_together(what, read, in_flight),
+                           starts[-1])
+  return [dataclasses.replace(e, x=x[start:start + len(e)])
+          for e, start in zip(experiences, starts)]
