@@ -9,7 +9,7 @@ the convolutional models), so the timed part is the library's hot loop: one
 compiled executable, `lax.scan` over steps.
 
 The experience is trained for ``--epochs`` and for twice as many: the
-difference is the marginal cost of a step ("step us", "x naive step"),
+difference is the marginal cost of a step ("step us", "x first step"),
 without the per-experience work that the strategy does once (EWC's and MAS's
 importance pass, buffer insertion), which is printed apart ("per-exp s").
 The other columns are of the whole ``--epochs`` run, that work included.

@@ -181,6 +181,13 @@ try:
 except jaxcl.checkpoint.CheckpointError as e:
   out["unshared_checkpoints"] = (
       "differ between the 2 processes in: folder" in str(e))
+# Hosts whose streams differ in layout stop before they exchange any data.
+try:
+  fit(benchmark=jaxcl.benchmarks.class_incremental(
+      train, test, 5 if process_id == "0" else 2, seed=0),
+      model=jaxcl.models.MLP(10, hidden_size=16))
+except ValueError as e:
+  out["layout"] = str(e)
 # Hosts that disagree are stopped before anything compiles.
 try:
   fit(epochs=2, seed=int(process_id))
@@ -282,6 +289,9 @@ def test_two_hosts_train_as_one_run(tmp_path):
     split = [r[name][1] for r in reads]
     assert sum(split) == n_test and abs(split[0] - split[1]) <= 2 * 5, split
   out = outputs[0]
+  assert out.pop("layout").startswith(
+      "fit's data layout differ between the 2 processes in: train_stream, "
+      "test_stream;")
   assert out.pop("unshared_checkpoints") is True
   assert "fit's arguments differ between the 2 processes in: seeds;" in (
       out.pop("disagreement"))

@@ -547,6 +547,17 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         mask_classes=mask_unseen_classes, top_k=chosen.top_k)
   eval_points = _eval_points(train_stream, eval_every)
   block = 1 if trainer else _block_length(train_stream, eval_points, budget)
+  # Hosts exchange data in the reads below (read_in_shares, streaming): the
+  # sequence and sizes of those collectives follow from the streams' layout
+  # and these settings, so they are compared first, in a collective of
+  # fixed size (the full check of the arguments comes after lowering).
+  check_same_everywhere("fit's data layout", {
+      "train_stream": _layout(train_stream), "test_stream": _layout(test_stream),
+      "periodic_stream": periodic_stream and _layout(periodic_stream),
+      "runs": len(runs), "epochs": epochs, "batch_size": batch_size,
+      "eval_batch_size": eval_batch_size, "eval_every": eval_every,
+      "budget": budget, "streamed": bool(trainer), "block": block,
+      "split_test": split_test})
 
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
@@ -1093,6 +1104,12 @@ def _evaluate_runs(eval_fn: Callable) -> Callable:
     return jax.vmap(eval_fn, in_axes=(0, None))
   return lambda states, data: jax.lax.map(
       lambda state: eval_fn(state, data), states)
+
+
+def _layout(stream: Stream) -> list[list[Any]]:
+  """Each experience's length, input dtype and shape, and whether in memory."""
+  return [[len(e), np.dtype(e.x.dtype).str, list(e.x.shape[1:]),
+           isinstance(e.x, np.ndarray)] for e in stream]
 
 
 def _put_test_stream(experiences: Sequence[Experience], max_size: int,

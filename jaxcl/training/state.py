@@ -213,14 +213,16 @@ def read_in_shares(experiences: Sequence[Experience], what: str,
     return experiences
   starts = np.cumsum([0, *map(len, experiences)]).tolist()
   mine = _hosts.share_of(starts[-1])
+  # One dtype on every host, whichever experiences its share spans.
+  dtype = np.result_type(*(e.x.dtype for e in experiences))
 
   def read() -> np.ndarray:
-    parts = [np.asarray(e.x[max(mine.start - start, 0):mine.stop - start])
+    parts = [np.asarray(e.x[max(mine.start - start, 0):mine.stop - start],
+                        dtype)
              for e, start in zip(experiences, starts)
              if mine.start < start + len(e) and start < mine.stop]
-    first = experiences[0].x
     return (np.concatenate(parts) if parts else
-            np.zeros((0, *first.shape[1:]), first.dtype))
+            np.zeros((0, *experiences[0].x.shape[1:]), dtype))
   x = _hosts.gather_shares(_hosts.read_together(what, read, in_flight),
                            starts[-1])
   return [dataclasses.replace(e, x=x[start:start + len(e)])

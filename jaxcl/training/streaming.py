@@ -286,20 +286,24 @@ class StreamingTrainer:
     trained = _hosts.put(np.zeros(runs, np.int32), self.place.state)
     epoch_metrics, metrics = [], None
     chunks = self._chunks(experience, order, valid)
-    for n in range(self.epochs * self.chunks_per_epoch):
-      batches = _hosts.read_together("a streamed chunk",
-                                     functools.partial(next, chunks),
-                                     in_flight=state)
-      e, c = divmod(n, self.chunks_per_epoch)
-      state, chunk_metrics, first_bad, trained = chunk(
-          state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
-          first_bad, trained)
-      metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
-      if c == self.chunks_per_epoch - 1:
-        compute = lambda m: m.compute()
-        epoch_metrics.append(jax.vmap(compute)(metrics) if self.batched
-                             else compute(metrics))
-    chunks.close()
+    try:
+      for n in range(self.epochs * self.chunks_per_epoch):
+        batches = _hosts.read_together("a streamed chunk",
+                                       functools.partial(next, chunks),
+                                       in_flight=state)
+        e, c = divmod(n, self.chunks_per_epoch)
+        state, chunk_metrics, first_bad, trained = chunk(
+            state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
+            first_bad, trained)
+        metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
+        if c == self.chunks_per_epoch - 1:
+          compute = lambda m: m.compute()
+          epoch_metrics.append(jax.vmap(compute)(metrics) if self.batched
+                               else compute(metrics))
+    finally:
+      # Stops the reader now, even if an error (kept with its traceback)
+      # still refers to the generator.
+      chunks.close()
     state = end(state, hooks, end_key)
     stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
     return state, {**stacked, "first_nonfinite_step": first_bad,
