@@ -7,7 +7,8 @@ on top of what XLA achieves for this step, as fractions of the matmul peak.
 
 With ``--penalty``, also an EWC-style penalty ``λ Σ F ⊙ (θ − θ*)²`` in the
 bare step: its gradient alone, then with its value in the loss (as EWC's
-training loss has it), next to jaxcl's EWC step (marginal cost of a step,
+training loss has it) summed by one reduction and as the sums of two halves
+(as jaxcl sums it on a CPU), next to jaxcl's EWC step (marginal cost of a step,
 without the importance pass; see benchmark_throughput.py).
 
 Usage:
@@ -23,6 +24,8 @@ import jax
 import optax
 
 import jaxcl
+# The helper jaxcl's penalties sum with, timed here in the bare step.
+from jaxcl.strategies.regularization import _sum_in_halves
 
 sys.path.insert(0, str(Path(__file__).parent))
 import benchmark_throughput  # noqa: E402  (sibling script)
@@ -92,9 +95,9 @@ def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak):
   anchor = jax.tree.map(lambda p: p + 0.01, params)
   lam = 1.0
 
-  def penalty(p):
+  def penalty(p, total=jax.numpy.sum):
     return lam * sum(
-        (f * jax.numpy.square(q - a)).sum() for f, q, a in zip(
+        total(f * jax.numpy.square(q - a)) for f, q, a in zip(
             *map(jax.tree.leaves, (importance, p, anchor))))
 
   def gradient_only(p, x, y):
@@ -103,8 +106,12 @@ def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak):
                                grads, importance, p, anchor)
 
   with_value = jax.value_and_grad(lambda p, x, y: loss(p, x, y) + penalty(p))
+  with_value_in_halves = jax.value_and_grad(
+      lambda p, x, y: loss(p, x, y) + penalty(p, _sum_in_halves))
   for name, step in (("penalty gradient only", gradient_only),
-                     ("penalty gradient and value", with_value)):
+                     ("penalty gradient and value", with_value),
+                     ("penalty gradient and value summed in halves",
+                      with_value_in_halves)):
     per_step = timed(step) / settings.steps
     print(f"bare {name}: {per_step * 1e6:.0f} us/step, "
           f"{per_step / naive_step:.2f}x the bare naive step")

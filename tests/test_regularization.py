@@ -20,6 +20,7 @@ import jaxcl
 from jaxcl import cli
 from jaxcl.benchmarks import Experience
 from jaxcl.models import MLP, Model, as_model
+from jaxcl.strategies import regularization
 from jaxcl.strategies import (StrategyContext, chain, ewc, from_spec, lfl, lwf,
                               mas, rwalk, si)
 from jaxcl.training import (cross_entropy, experience_data, init_state,
@@ -110,6 +111,17 @@ def _np_quadratic(weight, params, anchor):
 def _close(tree, expected, rtol=1e-5, atol=1e-7):
   for k in ("w", "b"):
     np.testing.assert_allclose(tree[k], expected[k], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (2,), (5,), (7, 3), (3, 2, 4)])
+def test_quadratic_sum_covers_every_element_once(shape):
+  # On a CPU the sum runs over the two halves of the leading axis.
+  rng = np.random.default_rng(len(shape))
+  weight, params, anchor = (
+      {"leaf": rng.normal(size=shape).astype(np.float32)} for _ in range(3))
+  expected = np.sum(weight["leaf"] * (params["leaf"] - anchor["leaf"]) ** 2)
+  assert float(regularization._quadratic(weight, params, anchor)) == (
+      pytest.approx(expected, rel=1e-5))
 
 
 # EWC -------------------------------------------------------------------------
