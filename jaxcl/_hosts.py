@@ -104,6 +104,8 @@ def put_parts(shape: tuple[int, ...], sharding: Any,
 
 
 _T = TypeVar("_T")
+# Set on an exception that read_together raised on every host at once.
+_RAISED_EVERYWHERE = "_jaxcl_raised_on_every_host"
 
 
 def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _T:
@@ -115,7 +117,9 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
   each other whether they read their data, and all raise together: a host
   that failed its own error, the others a ``ValueError`` naming the failed
   processes. A collective on several hosts (every process must call it);
-  on one host just ``read()``.
+  on one host just ``read()``. An error that a nested ``read_together``
+  already raised on every host (or one raised from it) passes through
+  without another exchange.
 
   Args:
     what: What is read, for the message, e.g. ``"a streamed chunk"``.
@@ -137,17 +141,29 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
   try:
     value, failure = read(), None
   except Exception as error:  # Re-raised after the exchange.
+    if _raised_everywhere(error):
+      raise  # A nested exchange already stopped every host.
     value, failure = None, error
   jax.block_until_ready(in_flight)
   mine = np.array([jax.process_index(), failure is not None], np.int32)
   everyone = np.asarray(multihost_utils.process_allgather(mine))
-  if failure is not None:
-    raise failure
   failed = sorted(everyone[everyone[:, 1] == 1, 0].tolist())
   if failed:
-    raise ValueError(f"processes {failed} failed to read their share of "
-                     f"{what} (their own errors say why).")
+    if failure is None:
+      failure = ValueError(f"processes {failed} failed to read their share "
+                           f"of {what} (their own errors say why).")
+    setattr(failure, _RAISED_EVERYWHERE, True)
+    raise failure
   return value
+
+
+def _raised_everywhere(error: BaseException | None) -> bool:
+  """Whether ``error``, or an error it was raised from, stopped every host."""
+  while error is not None:
+    if getattr(error, _RAISED_EVERYWHERE, False):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def share_of(n: int) -> slice:

@@ -422,27 +422,12 @@ def _result_fields(result) -> dict[str, Any]:
   }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs ``jaxcl run`` with parsed arguments; returns the results dict."""
-  start = time.perf_counter()
-  _check_args(args)
-  logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
-                        .now().strftime("%Y%m%d-%H%M%S")).expanduser()
+def _load_benchmark(args: argparse.Namespace):
+  """The benchmark ``args`` name, with its validation and online splits."""
   import jax
-  import optax
 
   import jaxcl
-  from jaxcl import loggers
-  from jaxcl.checkpoint import CheckpointError
   from jaxcl.benchmarks import BENCHMARKS
-  from jaxcl.models import MODELS
-  jaxcl.enable_compilation_cache(args.compilation_cache)
-  if args.distributed:
-    _join_hosts(args)
-  # Every host trains; one writes the outputs.
-  primary = jax.process_index() == 0
-  # Everything that can reject the arguments runs before the logdir exists.
-  strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
   factory = BENCHMARKS[args.benchmark]
   bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
                   "return_task_id": args.return_task_id,
@@ -457,6 +442,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if args.online_size:
     benchmark = jaxcl.benchmarks.split_online(benchmark, args.online_size,
                                               seed=args.seed)
+  return benchmark
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs ``jaxcl run`` with parsed arguments; returns the results dict."""
+  start = time.perf_counter()
+  _check_args(args)
+  logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
+                        .now().strftime("%Y%m%d-%H%M%S")).expanduser()
+  import jax
+  import optax
+
+  import jaxcl
+  from jaxcl import _hosts, loggers
+  from jaxcl.checkpoint import CheckpointError
+  from jaxcl.models import MODELS
+  jaxcl.enable_compilation_cache(args.compilation_cache)
+  if args.distributed:
+    _join_hosts(args)
+  # Every host trains; one writes the outputs.
+  primary = jax.process_index() == 0
+  # Everything that can reject the arguments runs before the logdir exists.
+  strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
+  # A host that cannot load the data (a missing data_dir) makes every host
+  # raise, rather than leave the others waiting for it in fit.
+  benchmark = _hosts.read_together("the benchmark",
+                                   lambda: _load_benchmark(args))
   offered = dict(num_classes=benchmark.n_classes, n_tasks=benchmark.n_tasks,
                  hidden_size=args.hidden_size, hidden_layers=args.hidden_layers,
                  drop_rate=args.drop_rate)

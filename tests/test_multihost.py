@@ -13,6 +13,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
@@ -203,11 +204,13 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _on_two_hosts(command, folder):
+def _on_two_hosts(command, folder, succeed=True):
   """Runs ``command(process_id)`` as two processes; returns their stdouts.
 
   Output goes to files (a full pipe would block a host inside a collective),
-  and when one host fails the other, left waiting for it, is stopped.
+  and when one host fails the other, left waiting for it, is stopped. With
+  ``succeed=False`` both hosts must exit with an error within two minutes;
+  returns their stderrs.
   """
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -217,10 +220,10 @@ def _on_two_hosts(command, folder):
     with open(out, "w") as stdout, open(err, "w") as stderr:
       hosts.append(subprocess.Popen(command(i), env=env, stdout=stdout,
                                     stderr=stderr))
-  deadline = time.monotonic() + 600
+  deadline = time.monotonic() + (600 if succeed else 120)
   try:
     while any(host.poll() is None for host in hosts):
-      failed = [h for h in hosts if h.poll() not in (None, 0)]
+      failed = [h for h in hosts if h.poll() not in (None, 0)] if succeed else []
       assert not failed and time.monotonic() < deadline, "\n".join(
           f"host {i} exited with {h.poll()}:\n{err.read_text()[-3000:]}"
           for i, (h, (_, err)) in enumerate(zip(hosts, logs)))
@@ -228,6 +231,9 @@ def _on_two_hosts(command, folder):
   finally:
     for host in hosts:
       host.kill()
+  if not succeed:
+    assert [host.returncode for host in hosts] == [2, 2]
+    return [err.read_text() for _, err in logs]
   for i, (host, (_, err)) in enumerate(zip(hosts, logs)):
     assert host.returncode == 0, f"host {i}: {err.read_text()[-3000:]}"
   return [out.read_text() for out, _ in logs]
@@ -334,3 +340,21 @@ def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
   assert results["environment"]["devices"] == 4
   assert len(results["accuracy_matrix"]) == 2
   assert not logdirs[1].exists()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_cli_hosts_stop_together_when_one_cannot_load_the_data(tmp_path, lazy):
+  port = _free_port()
+  missing = tmp_path / "no_tfds_data"
+  errors = _on_two_hosts(lambda i: [
+      sys.executable, "-m", "jaxcl.cli", "run", "--quiet", "--no-progress",
+      "--compilation-cache", "", *(["--lazy"] if lazy else []),
+      *(["--data-dir", str(missing)] if i == 1 else []),
+      "--distributed", "--coordinator-address", f"localhost:{port}",
+      "--num-processes", "2", "--process-id", str(i),
+      "--logdir", str(tmp_path / f"host{i}")], tmp_path, succeed=False)
+  assert "jaxcl: error: Cannot load split 'train' of tfds dataset" in (
+      errors[1]) and str(missing) in errors[1], errors[1]
+  what = "the dataset" if lazy else "the benchmark"
+  assert (f"jaxcl: error: processes [1] failed to read their share of {what}"
+          in errors[0]), errors[0]

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -298,18 +298,41 @@ def load_tfds_split(
     # (DatasetNotFoundError, NotImplementedError, FileNotFoundError, protobuf
     # ParseError, ...): all are reported as one ValueError saying what to do.
     _check_split_over_hosts(lazy, split_over_hosts)
+
+    def load_error(error: Exception) -> ValueError:
+        return ValueError(_tfds_load_error(name, split, data_dir, error))
+
+    def open_split() -> ArraySplit | Sequence[Mapping[str, Any]]:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+            if _is_prepared(builder) and not _has_random_access(builder):
+                if lazy:
+                    raise ValueError("lazy=True needs an ArrayRecord dataset "
+                                     "(tfds build --file_format=array_record)")
+                return _read_with_tensorflow(builder, split)
+            return builder.as_data_source(split=split)
+        except Exception as error:  # Re-raised below as a ValueError.
+            raise load_error(error) from error
+
+    opened = _open_on_every_host(open_split, split_over_hosts)
+    if isinstance(opened, ArraySplit):
+        return opened
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        if _is_prepared(builder) and not _has_random_access(builder):
-            if lazy:
-                raise ValueError("lazy=True needs an ArrayRecord dataset (tfds "
-                                 "build --file_format=array_record)")
-            return _read_with_tensorflow(builder, split)
-        return arrays_from_data_source(builder.as_data_source(split=split),
-                                       lazy=lazy,
+        return arrays_from_data_source(opened, lazy=lazy,
                                        split_over_hosts=split_over_hosts)
     except Exception as error:  # Re-raised below as a ValueError.
-        raise ValueError(_tfds_load_error(name, split, data_dir, error)) from error
+        raise load_error(error) from error
+
+
+def _open_on_every_host(open_split: Callable[[], Any], split_over_hosts: bool) -> Any:
+    """``open_split()``; hosts that share the reading open it together.
+
+    Their next step, the labels' pass, is collective: a host that cannot
+    open the dataset must make the others raise too, not wait for it.
+    """
+    if split_over_hosts:
+        return _hosts.read_together("the dataset", open_split)
+    return open_split()
 
 
 def load_bundled(
@@ -347,22 +370,32 @@ def load_bundled(
         )
     root = Path(data_dir if data_dir is not None else BUNDLED_DATA_DIR)
     version_dir = root / name / str(BUNDLED_BUILDERS[name].VERSION)
-    if not (version_dir / "dataset_info.json").is_file():
-        raise ValueError(
-            f"Bundled dataset {name!r} not found: {version_dir} has no"
-            f" dataset_info.json. {_BUILD_HINT}"
-        )
-    try:
-        builder = tfds.builder_from_directory(version_dir)
-        return arrays_from_data_source(builder.as_data_source(split=split),
-                                       lazy=lazy,
-                                       split_over_hosts=split_over_hosts)
-    except Exception as error:  # Re-raised below as a ValueError.
-        raise ValueError(
+
+    def load_error(error: Exception) -> ValueError:
+        return ValueError(
             f"Cannot load split {split!r} of bundled dataset {name!r} from"
             f" {version_dir} ({type(error).__name__}: {_first_line(error)})."
             f" {_BUILD_HINT}"
-        ) from error
+        )
+
+    def open_split() -> Sequence[Mapping[str, Any]]:
+        if not (version_dir / "dataset_info.json").is_file():
+            raise ValueError(
+                f"Bundled dataset {name!r} not found: {version_dir} has no"
+                f" dataset_info.json. {_BUILD_HINT}"
+            )
+        try:
+            builder = tfds.builder_from_directory(version_dir)
+            return builder.as_data_source(split=split)
+        except Exception as error:  # Re-raised below as a ValueError.
+            raise load_error(error) from error
+
+    source = _open_on_every_host(open_split, split_over_hosts)
+    try:
+        return arrays_from_data_source(source, lazy=lazy,
+                                       split_over_hosts=split_over_hosts)
+    except Exception as error:  # Re-raised below as a ValueError.
+        raise load_error(error) from error
 
 
 def has_tfds_dataset(name: str, data_dir: str | os.PathLike | None) -> bool:
