@@ -30,6 +30,7 @@ from clu import metrics as clu_metrics
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.strategies.model_utils import MASK_VALUE
 from jaxcl.training import optim, periodic
 from jaxcl.training.state import ExperienceData, TrainState
 
@@ -45,10 +46,6 @@ __all__ = [
     "make_train_step",
     "mask_unseen",
 ]
-
-# Avalanche's IncrementalClassifier sets never-seen units to this value.
-MASK_VALUE = -1000.0
-
 
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
