@@ -158,11 +158,17 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
 
 
 def _raised_everywhere(error: BaseException | None) -> bool:
-  """Whether ``error``, or an error it was raised from, stopped every host."""
-  while error is not None:
+  """Whether ``error``, or one it was raised from, stopped every host.
+
+  Only explicit causes (``raise ... from``) count: an error merely raised
+  while handling an agreed one (a retry in an ``except`` block) is new.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
     if getattr(error, _RAISED_EVERYWHERE, False):
       return True
-    error = error.__cause__ or error.__context__
+    seen.add(id(error))
+    error = error.__cause__
   return False
 
 

@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from jaxcl import _hosts
+
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
 WORKER = r"""
@@ -139,6 +141,13 @@ try:
                                   split_over_hosts=True)
 except Exception as e:
   out["unreadable"] = f"{type(e).__name__}: {e}"
+# A host whose records lack the labels stops every host before the count.
+try:
+  sources.arrays_from_data_source(
+      records[1].source if process_id == "0" else [{"image": 0}], lazy=True,
+      split_over_hosts=True)
+except ValueError as e:
+  out["no_labels"] = str(e)
 # Hosts whose copies of the split differ in length stop too.
 try:
   sources.arrays_from_data_source(
@@ -232,8 +241,10 @@ def _on_two_hosts(command, folder, succeed=True):
     for host in hosts:
       host.kill()
   if not succeed:
-    assert [host.returncode for host in hosts] == [2, 2]
-    return [err.read_text() for _, err in logs]
+    errors = [err.read_text() for _, err in logs]
+    assert [host.returncode for host in hosts] == [2, 2], [
+        error[-3000:] for error in errors]
+    return errors
   for i, (host, (_, err)) in enumerate(zip(hosts, logs)):
     assert host.returncode == 0, f"host {i}: {err.read_text()[-3000:]}"
   return [out.read_text() for out, _ in logs]
@@ -257,6 +268,10 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert [out.pop("chunk_unreadable") for out in outputs] == [
       "ValueError: processes [1] failed to read their share of a streamed "
       "chunk (their own errors say why).", "OSError: chunk unreadable"]
+  assert [out.pop("no_labels") for out in outputs] == [
+      "processes [1] failed to read their share of the data source's first "
+      "record (their own errors say why).",
+      "Records need 'image' and 'label' entries, got ['image']."]
   assert [out.pop("unreadable") for out in outputs] == [
       "ValueError: processes [1] failed to read their share of the labels "
       "(their own errors say why).", "OSError: record unreadable"]
@@ -358,3 +373,23 @@ def test_cli_hosts_stop_together_when_one_cannot_load_the_data(tmp_path, lazy):
   what = "the dataset" if lazy else "the benchmark"
   assert (f"jaxcl: error: processes [1] failed to read their share of {what}"
           in errors[0]), errors[0]
+
+
+def test_only_explicit_causes_carry_an_agreed_error():
+  agreed = ValueError("stopped every host")
+  setattr(agreed, _hosts._RAISED_EVERYWHERE, True)
+  try:
+    raise OSError("wrapped") from agreed
+  except OSError as wrapped:
+    assert _hosts._raised_everywhere(wrapped)
+  try:  # A retry after an agreed failure fails anew: not agreed.
+    try:
+      raise agreed
+    except ValueError:
+      raise OSError("retry failed")
+  except OSError as retry:
+    assert retry.__context__ is agreed
+    assert not _hosts._raised_everywhere(retry)
+  looped = ValueError("its own cause")
+  looped.__cause__ = looped
+  assert not _hosts._raised_everywhere(looped)

@@ -192,15 +192,10 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
         >>> arrays_from_data_source(records).y
         array([3], dtype=int32)
     """
-    num = len(source)
-    if num == 0:
-        raise ValueError("The data source has no records.")
     _check_split_over_hosts(lazy, split_over_hosts)
-    first = source[0]
-    if not {"image", "label"} <= set(first):
-        raise ValueError(
-            f"Records need 'image' and 'label' entries, got {sorted(first)}."
-        )
+    first = _agreed("the data source's first record",
+                    lambda: _first_record(source), split_over_hosts)
+    num = len(source)
     if lazy:
         y = _labels(_without_images(source), split_over_hosts)
         return ArraySplit(RecordArray(source), y)
@@ -214,6 +209,17 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
         x[start:stop] = np.stack([r["image"] for r in records])
         y[start:stop] = [r["label"] for r in records]
     return ArraySplit(x, y)
+
+
+def _first_record(source: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    if len(source) == 0:
+        raise ValueError("The data source has no records.")
+    first = source[0]
+    if not {"image", "label"} <= set(first):
+        raise ValueError(
+            f"Records need 'image' and 'label' entries, got {sorted(first)}."
+        )
+    return first
 
 
 def _check_split_over_hosts(lazy: bool, split_over_hosts: bool) -> None:
@@ -314,7 +320,7 @@ def load_tfds_split(
         except Exception as error:  # Re-raised below as a ValueError.
             raise load_error(error) from error
 
-    opened = _open_on_every_host(open_split, split_over_hosts)
+    opened = _agreed("the dataset", open_split, split_over_hosts)
     if isinstance(opened, ArraySplit):
         return opened
     try:
@@ -324,15 +330,15 @@ def load_tfds_split(
         raise load_error(error) from error
 
 
-def _open_on_every_host(open_split: Callable[[], Any], split_over_hosts: bool) -> Any:
-    """``open_split()``; hosts that share the reading open it together.
+def _agreed(what: str, read: Callable[[], Any], split_over_hosts: bool) -> Any:
+    """``read()``; agreed between the hosts when they share the reading.
 
-    Their next step, the labels' pass, is collective: a host that cannot
-    open the dataset must make the others raise too, not wait for it.
+    What follows is collective (the labels' pass): a host whose read fails
+    must make the others raise too, not leave them waiting for it.
     """
     if split_over_hosts:
-        return _hosts.read_together("the dataset", open_split)
-    return open_split()
+        return _hosts.read_together(what, read)
+    return read()
 
 
 def load_bundled(
@@ -390,7 +396,7 @@ def load_bundled(
         except Exception as error:  # Re-raised below as a ValueError.
             raise load_error(error) from error
 
-    source = _open_on_every_host(open_split, split_over_hosts)
+    source = _agreed("the dataset", open_split, split_over_hosts)
     try:
         return arrays_from_data_source(source, lazy=lazy,
                                        split_over_hosts=split_over_hosts)

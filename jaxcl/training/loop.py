@@ -47,6 +47,7 @@ __all__ = [
     "mask_unseen",
 ]
 
+
 @flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
   """Training metrics accumulated through the scan (sample-weighted)."""
