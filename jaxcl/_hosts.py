@@ -9,9 +9,14 @@ nothing extra.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
-from collections.abc import Callable, Mapping
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -19,7 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 __all__ = ["addressable", "check_same_everywhere", "gather_shares",
-           "host_copy", "put", "put_parts", "read_together", "share_of"]
+           "host_copy", "put", "put_parts", "read_together", "share_of",
+           "stop_all_hosts_on_error"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -170,6 +176,106 @@ def _raised_everywhere(error: BaseException | None) -> bool:
     seen.add(id(error))
     error = error.__cause__
   return False
+
+
+# Each use of stop_all_hosts_on_error has its own folder of the coordination
+# service's key-value store (every host counts its uses alike).
+_STOP_FOLDERS = itertools.count()
+
+
+@contextlib.contextmanager
+def stop_all_hosts_on_error(exit_code: int = 1,
+                            poll_s: float = 0.2) -> Iterator[None]:
+  """Runs the block; if it raises on one host, every host stops in seconds.
+
+  Without it, a host whose code raises outside :func:`read_together` (a
+  logdir it cannot write, a failed compile, a script's own bug) leaves the
+  others waiting for it in their next collective, and itself waiting for
+  them in JAX's shutdown barrier at exit, until JAX's coordination service
+  aborts them all five minutes later. Inside the block, a host that raises
+  posts its error to the coordination service's key-value store and waits
+  in that shutdown barrier; a thread on every other host, which polls the
+  store, prints the error ("jaxcl: error: process 1 failed: ..."), joins the
+  barrier and ends its process with ``exit_code`` (whatever it was doing,
+  as its next collective could never complete). The failing host then
+  raises its error as usual. Errors that every host raised together
+  (:func:`read_together`'s) end every host normally. On one host (or
+  without ``jax.distributed``) the block just runs.
+
+  Args:
+    exit_code: The other hosts' exit status.
+    poll_s: How often the other hosts look for a failure, in seconds.
+
+  Example:
+    >>> with stop_all_hosts_on_error():
+    ...   pass  # Every host runs its part of the job here.
+  """
+  client = _coordination_client()
+  if jax.process_count() == 1 or client is None:
+    yield
+    return
+  folder = f"jaxcl/stop/{next(_STOP_FOLDERS)}/"
+  # Held by whichever stops the process: the host's own failure, or the
+  # watcher reacting to another host's.
+  stopping = threading.Lock()
+  done = threading.Event()
+  watcher = threading.Thread(
+      target=_stop_on_failure_elsewhere, name="jaxcl-stop-watcher",
+      args=(client, folder, stopping, done, exit_code, poll_s), daemon=True)
+  watcher.start()
+  try:
+    yield
+  except BaseException as error:
+    if not _raised_everywhere(error):
+      stopping.acquire()  # Blocks for good if the watcher is stopping us.
+      _post_failure(client, folder, error)
+    raise
+  finally:
+    done.set()
+    watcher.join()
+
+
+def _coordination_client() -> Any:
+  """JAX's client of the coordination service, or None (no ``jax.distributed``)."""
+  from jax._src import distributed  # No public accessor in jax 0.10.
+  return getattr(distributed.global_state, "client", None)
+
+
+def _post_failure(client: Any, folder: str, error: BaseException) -> None:
+  """Tells the other hosts why this one stops, then shuts ``jax.distributed``."""
+  message = f"{type(error).__name__}: {error}"[:2000]
+  try:
+    client.key_value_set(f"{folder}{jax.process_index()}", message)
+    # Returns once every host is in the barrier: the others have read the
+    # message, and nobody is left waiting for this host at exit.
+    jax.distributed.shutdown()
+  except Exception:  # The service is gone; JAX's own error handling stops us.
+    pass
+
+
+def _stop_on_failure_elsewhere(client: Any, folder: str,
+                               stopping: threading.Lock, done: threading.Event,
+                               exit_code: int, poll_s: float) -> None:
+  """Polls for another host's failure; on one, ends this process."""
+  me = str(jax.process_index())
+  while not done.wait(poll_s):
+    try:
+      posted = client.key_value_dir_get(folder)
+    except Exception:  # The service is gone; JAX's own error handling stops us.
+      return
+    failures = sorted((key.rsplit("/", 1)[-1], message)
+                      for key, message in posted
+                      if key.rsplit("/", 1)[-1] != me)
+    if not failures or not stopping.acquire(blocking=False):
+      continue  # Nothing posted, or this host is posting its own failure.
+    for process, message in failures:
+      print(f"jaxcl: error: process {process} failed: {message}; process "
+            f"{me} stops too.", file=sys.stderr, flush=True)
+    try:
+      jax.distributed.shutdown()
+    finally:
+      sys.stdout.flush()
+      os._exit(exit_code)
 
 
 def share_of(n: int) -> slice:

@@ -451,6 +451,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   _check_args(args)
   logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
                         .now().strftime("%Y%m%d-%H%M%S")).expanduser()
+  import jaxcl
+  from jaxcl import _hosts
+  jaxcl.enable_compilation_cache(args.compilation_cache)
+  if args.distributed:
+    _join_hosts(args)
+  # An error on one host (say, a logdir it cannot write) stops the others
+  # in seconds instead of leaving them waiting for it in a collective.
+  with _hosts.stop_all_hosts_on_error(exit_code=2):
+    return _run_on_joined_hosts(args, logdir, start)
+
+
+def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
+                         start: float) -> dict[str, Any]:
+  """``run`` once the hosts (if several) have joined: train, write, report."""
   import jax
   import optax
 
@@ -458,9 +472,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   from jaxcl import _hosts, loggers
   from jaxcl.checkpoint import CheckpointError
   from jaxcl.models import MODELS
-  jaxcl.enable_compilation_cache(args.compilation_cache)
-  if args.distributed:
-    _join_hosts(args)
   # Every host trains; one writes the outputs.
   primary = jax.process_index() == 0
   # Everything that can reject the arguments runs before the logdir exists.
@@ -554,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     run(args)
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError, OSError) as e:
     print(f"jaxcl: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -375,6 +375,71 @@ def test_cli_hosts_stop_together_when_one_cannot_load_the_data(tmp_path, lazy):
           in errors[0]), errors[0]
 
 
+# One host raises inside stop_all_hosts_on_error while the other waits for
+# it in a collective or is busy with work of its own.
+STOPPER = r"""
+import sys, time
+process_id, port, failing, other_waits_in = sys.argv[1:]
+import jax, numpy as np
+from jax.experimental import multihost_utils
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{port}", num_processes=2,
+                           process_id=int(process_id))
+from jaxcl.training import stop_all_hosts_on_error
+try:
+  with stop_all_hosts_on_error(exit_code=2):
+    multihost_utils.process_allgather(np.int32(0))  # Both hosts are here.
+    if process_id == failing:
+      raise RuntimeError("a bug in host code")
+    if other_waits_in == "collective":
+      multihost_utils.process_allgather(np.int32(0))
+    time.sleep(600)
+except RuntimeError as error:
+  print(f"raised {error}", file=sys.stderr)
+  sys.exit(2)
+"""
+
+
+@pytest.mark.parametrize("failing, other_waits_in",
+                         [("0", "collective"), ("1", "work")])
+def test_a_host_that_raises_stops_the_others(tmp_path, failing,
+                                             other_waits_in):
+  port = str(_free_port())
+  start = time.monotonic()
+  errors = _on_two_hosts(lambda i: [
+      sys.executable, "-c", STOPPER, str(i), port, failing, other_waits_in],
+      tmp_path, succeed=False)
+  # Without it: until the coordination service's 5-minute shutdown timeout.
+  assert time.monotonic() - start < 60
+  other = 1 - int(failing)
+  assert "raised a bug in host code" in errors[int(failing)]
+  assert (f"jaxcl: error: process {failing} failed: RuntimeError: a bug in "
+          f"host code; process {other} stops too.") in errors[other], (
+              errors[other])
+
+
+def test_cli_hosts_stop_together_when_one_cannot_write_its_logdir(tmp_path):
+  port = _free_port()
+  (tmp_path / "a_file").touch()
+  errors = _on_two_hosts(lambda i: [
+      sys.executable, "-m", "jaxcl.cli", "run", "--quiet", "--no-progress",
+      "--compilation-cache", "", "--n-experiences", "2",
+      "--distributed", "--coordinator-address", f"localhost:{port}",
+      "--num-processes", "2", "--process-id", str(i),
+      "--logdir", str(tmp_path / "a_file" / f"host{i}")], tmp_path,
+      succeed=False)
+  # Only host 0 writes; host 1 went on to train and waited for it.
+  assert "jaxcl: error: [Errno 20] Not a directory" in errors[0], errors[0]
+  assert ("jaxcl: error: process 0 failed: NotADirectoryError: [Errno 20] "
+          "Not a directory") in errors[1], errors[1]
+
+
+def test_one_host_runs_the_block_as_is():
+  with pytest.raises(KeyError, match="raised as usual"):
+    with _hosts.stop_all_hosts_on_error():
+      raise KeyError("raised as usual")
+
+
 def test_only_explicit_causes_carry_an_agreed_error():
   agreed = ValueError("stopped every host")
   setattr(agreed, _hosts._RAISED_EVERYWHERE, True)

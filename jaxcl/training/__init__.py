@@ -1,5 +1,6 @@
 """The training loop: state, jit-compiled experience training and evaluation, fit."""
 
+from jaxcl._hosts import stop_all_hosts_on_error
 from jaxcl.training.fit import MultiResult, Result, Run, fit, make_context, sweep
 from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
                                  init_state, make_evaluate,
@@ -30,4 +31,5 @@ __all__ = [
     "make_train_step",
     "mask_unseen",
     "stack_experiences",
+    "stop_all_hosts_on_error",
 ]
