@@ -24,8 +24,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 __all__ = ["addressable", "check_same_everywhere", "gather_shares",
-           "host_copy", "put", "put_parts", "read_together", "share_of",
-           "stop_all_hosts_on_error"]
+           "host_copy", "put", "put_parts", "raised_on_every_host",
+           "read_together", "share_of", "stop_all_hosts_on_error"]
 
 
 def _addressable_leaf(leaf: Any) -> Any:
@@ -110,6 +110,7 @@ def put_parts(shape: tuple[int, ...], sharding: Any,
 
 
 _T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseException)
 # Set on an exception that read_together raised on every host at once.
 _RAISED_EVERYWHERE = "_jaxcl_raised_on_every_host"
 
@@ -158,9 +159,20 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
     if failure is None:
       failure = ValueError(f"processes {failed} failed to read their share "
                            f"of {what} (their own errors say why).")
-    setattr(failure, _RAISED_EVERYWHERE, True)
-    raise failure
+    raise raised_on_every_host(failure)
   return value
+
+
+def raised_on_every_host(error: _E) -> _E:
+  """Marks ``error`` as raised by every host at once, and returns it.
+
+  For errors that follow from what every host sees alike (an exchange
+  between them, values replicated over them): :func:`read_together` lets
+  them pass without another exchange, and :func:`stop_all_hosts_on_error`
+  lets each host raise its own instead of stopping the others.
+  """
+  setattr(error, _RAISED_EVERYWHERE, True)
+  return error
 
 
 def _raised_everywhere(error: BaseException | None) -> bool:
@@ -199,7 +211,8 @@ def stop_all_hosts_on_error(exit_code: int = 1,
   barrier and ends its process with ``exit_code`` (whatever it was doing,
   as its next collective could never complete). The failing host then
   raises its error as usual. Errors that every host raised together
-  (:func:`read_together`'s) end every host normally. On one host (or
+  (:func:`read_together`'s, :func:`raised_on_every_host`) end every host
+  normally. On one host (or
   without ``jax.distributed``) the block just runs.
 
   Args:
@@ -346,12 +359,13 @@ def check_same_everywhere(what: str, fields: Mapping[str, Any],
     mine[i] = _digest(fields[name])
   everyone = multihost_utils.process_allgather(mine)
   if (everyone[:, 0] != everyone[0, 0]).any():
-    raise error(f"{what}: the processes compare different fields, so they "
-                "run different jaxcl versions; expected the same everywhere.")
+    raise raised_on_every_host(error(
+        f"{what}: the processes compare different fields, so they run "
+        "different jaxcl versions; expected the same everywhere."))
   differ = [name for i, name in enumerate(names, 1)
             if (everyone[:, i] != everyone[0, i]).any()]
   if differ:
-    raise error(
+    raise raised_on_every_host(error(
         f"{what} differ between the {jax.process_count()} processes in: "
         f"{', '.join(differ)}; expected the same on every host "
-        "(docs/scale.md, many hosts).")
+        "(docs/scale.md, many hosts)."))

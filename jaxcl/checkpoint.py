@@ -319,17 +319,18 @@ class Checkpointer:
         "checkpoint resumed": found and found.step,
         "checkpoints unusable": [step for step, _ in problems],
         "refusal": refusal and str(refusal)}, error=CheckpointError)
+    # Past the comparison, every host raises the same error.
     if refusal is not None:
-      raise refusal
+      raise _hosts.raised_on_every_host(refusal)
     if found is not None:
       self._set_aside(problems, fallback=found.step)
       return found
     if problems:
-      raise CheckpointError(
+      raise _hosts.raised_on_every_host(CheckpointError(
           f"no usable checkpoint in checkpoint_dir {str(self.directory)!r}: "
           + "; ".join(f"checkpoint {s}: {p}" for s, p in problems) + ". "
           "Delete the folder (or pass another checkpoint_dir) to start the "
-          "run over.")
+          "run over."))
     return None
 
   def _newest_usable(self, target: PyTree,

@@ -26,7 +26,7 @@ from conftest import make_benchmark
 from jax.experimental.compilation_cache import compilation_cache
 
 import jaxcl
-from jaxcl import checkpoint, cli
+from jaxcl import _hosts, checkpoint, cli
 from jaxcl.loggers import MetricWriter
 from jaxcl.strategies import REGISTRY, Strategy, from_spec, naive
 
@@ -275,11 +275,13 @@ def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
   _garble_metadata(ckpt / "4")
   _truncate_arrays(ckpt / "3")
   before = _tree_digest(ckpt)
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"no usable checkpoint in checkpoint_dir .*"
-                     r"checkpoint 4: JSONDecodeError.*checkpoint 3: "):
+  refused = (r"no usable checkpoint in checkpoint_dir .*"
+             r"checkpoint 4: JSONDecodeError.*checkpoint 3: ")
+  with pytest.raises(checkpoint.CheckpointError, match=refused) as raised:
     _run(ckpt)
   assert _tree_digest(ckpt) == before
+  # Every host compared what it found before this: each raises it.
+  assert _hosts._raised_everywhere(raised.value)
 
 
 @pytest.mark.parametrize("change, named", [

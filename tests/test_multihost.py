@@ -33,6 +33,7 @@ import numpy as np, optax, tensorflow_datasets as tfds
 sys.path.insert(0, tests)
 from conftest import make_benchmark
 import jaxcl
+from jaxcl import _hosts
 
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
 bench = make_benchmark(n_classes=4, n_experiences=2, per_class=20)
@@ -203,6 +204,8 @@ try:
   fit(epochs=2, seed=int(process_id))
 except ValueError as e:
   out["disagreement"] = str(e)
+  # Each host raises it: none stops the other.
+  out["disagreement_on_every_host"] = _hosts._raised_everywhere(e)
 print(json.dumps(out))
 """
 
@@ -316,6 +319,7 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert out.pop("unshared_checkpoints") is True
   assert "fit's arguments differ between the 2 processes in: seeds;" in (
       out.pop("disagreement"))
+  assert out.pop("disagreement_on_every_host") is True
   expected_devices = {"seeds": ("host", 1), "checkpoint": (4, 4)}
   assert set(out) == {"naive", "replay", "ewc", "seeds", "online",
                       "streamed", "lazy", "checkpoint"}

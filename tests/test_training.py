@@ -11,6 +11,7 @@ import pytest
 from conftest import make_benchmark
 
 import jaxcl
+from jaxcl import _hosts
 from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
@@ -127,8 +128,12 @@ def test_fit_learns_and_forgets_without_a_strategy(tiny_benchmark, tiny_model):
 def test_nonfinite_loss_names_experience_and_step(tiny_benchmark, tiny_model):
   bad = Strategy(name="bad",
                  penalty=lambda ctx, p, s, batch, logits: jnp.float32(jnp.nan))
-  with pytest.raises(FloatingPointError, match=r"experience 0 at optimizer step 0"):
+  with pytest.raises(FloatingPointError,
+                     match=r"experience 0 at optimizer step 0") as raised:
     jaxcl.fit(tiny_model, bad, optax.sgd(0.1), tiny_benchmark, batch_size=4)
+  # Every host reads back the same losses, so each raises it on its own
+  # (stop_all_hosts_on_error does not stop the others for it).
+  assert _hosts._raised_everywhere(raised.value)
 
 
 def test_chain_adds_penalties_and_threads_states():

@@ -28,7 +28,7 @@ import optax
 
 from jaxcl import _validation, checkpoint, compilation
 from jaxcl._hosts import (addressable, check_same_everywhere, host_copy, put,
-                          read_together)
+                          raised_on_every_host, read_together)
 from jaxcl.benchmarks.scenario import Benchmark, Experience, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -1012,10 +1012,11 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
     writer.flush()
   r = int(np.argmax(bad >= 0))
   which = f" (run {r}, label {labels[r]})" if labels is not None else ""
-  raise FloatingPointError(
+  # Every host reads back the same losses (replicated, or gathered runs).
+  raise raised_on_every_host(FloatingPointError(
       f"The training loss became NaN or infinite in experience {i} at "
       f"optimizer step {int(bad[r])}{which}; the metrics of the evaluations "
-      "before it were written. Lower the learning rate or check the inputs.")
+      "before it were written. Lower the learning rate or check the inputs."))
 
 
 def _final(history: list[dict[str, float]]) -> dict[str, float]:
