@@ -9,10 +9,13 @@ With ``--penalty``, also an EWC-style penalty ``λ Σ F ⊙ (θ − θ*)²`` in 
 bare step: its gradient alone, then with its value in the loss (as EWC's
 training loss has it) summed by one reduction and as the sums of two halves
 (as jaxcl sums it on a CPU), next to jaxcl's EWC step (marginal cost of a step,
-without the importance pass; see benchmark_throughput.py).
+without the importance pass; see benchmark_throughput.py). With ``--si``,
+that step plus SI's path integral ``ω += g ⊙ (θ_new − θ_old)``, and with the
+optimizer's updates in place of ``θ_new − θ_old``, next to jaxcl's SI step.
 
 Usage:
-  python examples/benchmark_bare_step.py [--steps 2000] [--batch-size 32] [--penalty]
+  python examples/benchmark_bare_step.py [--steps 2000] [--batch-size 32]
+      [--penalty] [--si]
 """
 
 import argparse
@@ -37,6 +40,8 @@ def main():
   parser.add_argument("--batch-size", type=int, default=32)
   parser.add_argument("--penalty", action="store_true",
                       help="also time an EWC-style quadratic penalty")
+  parser.add_argument("--si", action="store_true",
+                      help="also time the penalty with SI's path integral")
   args = parser.parse_args()
   peak = jaxcl.evaluation.system.matmul_peak_flops(chain=4, repeats=10)
   model = jaxcl.models.MLP(10, hidden_size=512, drop_rate=0.0)
@@ -50,15 +55,23 @@ def main():
     logits = model.apply(p, x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def timed(value_and_grads):
-    """Best of 3 seconds of a scan over every batch with this step's gradients."""
+  def timed(value_and_grads, path_step=None):
+    """Best of 3 seconds of a scan over every batch with this step's gradients.
+
+    ``path_step(path, grads, updates, new, old) -> path`` accumulates a
+    parameter-sized path integral as well (SI's).
+    """
     def train(p, xs, ys):
       def body(carry, batch):
-        p, s, total = carry
+        p, s, path, total = carry
         value, grads = value_and_grads(p, *batch)
         updates, s = optimizer.update(grads, s, p)
-        return (optax.apply_updates(p, updates), s, total + value), None
-      return jax.lax.scan(body, (p, optimizer.init(p), 0.0), (xs, ys))[0]
+        new = optax.apply_updates(p, updates)
+        if path_step is not None:
+          path = path_step(path, grads, updates, new, p)
+        return (new, s, path, total + value), None
+      path = None if path_step is None else jax.tree.map(jax.numpy.zeros_like, p)
+      return jax.lax.scan(body, (p, optimizer.init(p), path, 0.0), (xs, ys))[0]
 
     run = jax.jit(train)
     jax.block_until_ready(run(params, xs, ys))
@@ -83,12 +96,14 @@ def main():
   print(f"jaxcl loop: {row['steps_per_s']:.0f} steps/s, "
         f"{row['flops_per_step'] / 1e6:.1f} MFLOP/step, "
         f"{row['peak_fraction']:.0%} of peak")
-  if args.penalty:
-    time_penalty(timed, loss, params, best / args.steps, row, settings, peak)
+  if args.penalty or args.si:
+    time_penalty(timed, loss, params, best / args.steps, row, settings, peak,
+                 penalty_steps=args.penalty, si_steps=args.si)
 
 
-def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak):
-  """Bare steps with an EWC-style penalty, and jaxcl's EWC step, x naive."""
+def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak,
+                 penalty_steps, si_steps):
+  """Bare steps with an EWC-style penalty (and SI's path), jaxcl's, x naive."""
   key = jax.random.key(1)
   importance = jax.tree.map(
       lambda p: jax.random.uniform(key, p.shape, p.dtype, 0.0, 1e-3), params)
@@ -108,17 +123,31 @@ def time_penalty(timed, loss, params, naive_step, naive_row, settings, peak):
   with_value = jax.value_and_grad(lambda p, x, y: loss(p, x, y) + penalty(p))
   with_value_in_halves = jax.value_and_grad(
       lambda p, x, y: loss(p, x, y) + penalty(p, _sum_in_halves))
-  for name, step in (("penalty gradient only", gradient_only),
-                     ("penalty gradient and value", with_value),
-                     ("penalty gradient and value summed in halves",
-                      with_value_in_halves)):
-    per_step = timed(step) / settings.steps
+  steps = []
+  if penalty_steps:
+    steps += [("penalty gradient only", gradient_only, None),
+              ("penalty gradient and value", with_value, None)]
+  steps.append(("penalty gradient and value summed in halves",
+                with_value_in_halves, None))
+  if si_steps:
+    steps += [("SI step (halves, path from new - old params)",
+               with_value_in_halves,
+               lambda path, g, u, new, old: jax.tree.map(
+                   lambda w, g, n, o: w + g * (n - o), path, g, new, old)),
+              ("SI step (halves, path from the optimizer's updates)",
+               with_value_in_halves,
+               lambda path, g, u, new, old: jax.tree.map(
+                   lambda w, g, u: w + g * u, path, g, u))]
+  for name, step, path_step in steps:
+    per_step = timed(step, path_step) / settings.steps
     print(f"bare {name}: {per_step * 1e6:.0f} us/step, "
           f"{per_step / naive_step:.2f}x the bare naive step")
-  ewc = benchmark_throughput.measure("ewc", settings, peak)
-  print(f"jaxcl ewc step: {ewc['marginal_step_s'] * 1e6:.0f} us, "
-        f"{ewc['marginal_step_s'] / naive_row['marginal_step_s']:.2f}x "
-        "jaxcl's naive step")
+  for strategy in [name for name, wanted in (("ewc", penalty_steps),
+                                             ("si", si_steps)) if wanted]:
+    row = benchmark_throughput.measure(strategy, settings, peak)
+    print(f"jaxcl {strategy} step: {row['marginal_step_s'] * 1e6:.0f} us, "
+          f"{row['marginal_step_s'] / naive_row['marginal_step_s']:.2f}x "
+          "jaxcl's naive step")
 
 
 if __name__ == "__main__":
