@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -190,9 +189,13 @@ def _raised_everywhere(error: BaseException | None) -> bool:
   return False
 
 
-# Each use of stop_all_hosts_on_error has its own folder of the coordination
-# service's key-value store (every host counts its uses alike).
-_STOP_FOLDERS = itertools.count()
+# Where failing hosts post their errors in the coordination service's
+# key-value store: one key per process, shared by every use of
+# stop_all_hosts_on_error, so that hosts in different blocks see each other.
+_STOP_FOLDER = "jaxcl/stop/"
+# Polls of the store that may fail in a row before a watcher gives up (the
+# service is gone, and JAX's own error handling stops the process).
+_POLL_FAILURES = 10
 
 
 @contextlib.contextmanager
@@ -211,9 +214,13 @@ def stop_all_hosts_on_error(exit_code: int = 1,
   barrier and ends its process with ``exit_code`` (whatever it was doing,
   as its next collective could never complete). The failing host then
   raises its error as usual. Errors that every host raised together
-  (:func:`read_together`'s, :func:`raised_on_every_host`) end every host
-  normally. On one host (or
-  without ``jax.distributed``) the block just runs.
+  (:func:`read_together`'s, :func:`raised_on_every_host`) and
+  ``sys.exit(0)`` end every host normally. On one host (or without
+  ``jax.distributed``) the block just runs.
+
+  Put every collective of the job inside the block: a host that has left it
+  no longer watches, so a collective after it would wait for a host that
+  failed later (until JAX's timeout).
 
   Args:
     exit_code: The other hosts' exit status.
@@ -224,24 +231,25 @@ def stop_all_hosts_on_error(exit_code: int = 1,
     ...   pass  # Every host runs its part of the job here.
   """
   client = _coordination_client()
-  if jax.process_count() == 1 or client is None:
+  # The client first: process_count() starts JAX's backend, after which
+  # jax.distributed.initialize() could no longer run.
+  if client is None or jax.process_count() == 1:
     yield
     return
-  folder = f"jaxcl/stop/{next(_STOP_FOLDERS)}/"
   # Held by whichever stops the process: the host's own failure, or the
   # watcher reacting to another host's.
   stopping = threading.Lock()
   done = threading.Event()
   watcher = threading.Thread(
       target=_stop_on_failure_elsewhere, name="jaxcl-stop-watcher",
-      args=(client, folder, stopping, done, exit_code, poll_s), daemon=True)
+      args=(client, stopping, done, exit_code, poll_s), daemon=True)
   watcher.start()
   try:
     yield
   except BaseException as error:
-    if not _raised_everywhere(error):
+    if not (_raised_everywhere(error) or _exits_normally(error)):
       stopping.acquire()  # Blocks for good if the watcher is stopping us.
-      _post_failure(client, folder, error)
+      _post_failure(client, error)
     raise
   finally:
     done.set()
@@ -254,11 +262,23 @@ def _coordination_client() -> Any:
   return getattr(distributed.global_state, "client", None)
 
 
-def _post_failure(client: Any, folder: str, error: BaseException) -> None:
+def _exits_normally(error: BaseException) -> bool:
+  return isinstance(error, SystemExit) and error.code in (None, 0)
+
+
+def _post_failure(client: Any, error: BaseException) -> None:
   """Tells the other hosts why this one stops, then shuts ``jax.distributed``."""
-  message = f"{type(error).__name__}: {error}"[:2000]
+  me = jax.process_index()
   try:
-    client.key_value_set(f"{folder}{jax.process_index()}", message)
+    message = f"{type(error).__name__}: {error}"[:2000]
+  except Exception:  # An exception whose str() fails.
+    message = type(error).__name__
+  try:
+    # Said before the barrier, in case a host that left its block never
+    # joins it and JAX aborts this process before the error is raised.
+    print(f"jaxcl: process {me} stops every host: {message}",
+          file=sys.stderr, flush=True)
+    client.key_value_set(f"{_STOP_FOLDER}{me}", message)
     # Returns once every host is in the barrier: the others have read the
     # message, and nobody is left waiting for this host at exit.
     jax.distributed.shutdown()
@@ -266,28 +286,33 @@ def _post_failure(client: Any, folder: str, error: BaseException) -> None:
     pass
 
 
-def _stop_on_failure_elsewhere(client: Any, folder: str,
-                               stopping: threading.Lock, done: threading.Event,
-                               exit_code: int, poll_s: float) -> None:
+def _stop_on_failure_elsewhere(client: Any, stopping: threading.Lock,
+                               done: threading.Event, exit_code: int,
+                               poll_s: float) -> None:
   """Polls for another host's failure; on one, ends this process."""
   me = str(jax.process_index())
+  failed_polls = 0
   while not done.wait(poll_s):
     try:
-      posted = client.key_value_dir_get(folder)
-    except Exception:  # The service is gone; JAX's own error handling stops us.
-      return
+      posted, failed_polls = client.key_value_dir_get(_STOP_FOLDER), 0
+    except Exception:  # A passing network error, or the service is gone.
+      failed_polls += 1
+      if failed_polls == _POLL_FAILURES:
+        return
+      continue
     failures = sorted((key.rsplit("/", 1)[-1], message)
                       for key, message in posted
                       if key.rsplit("/", 1)[-1] != me)
     if not failures or not stopping.acquire(blocking=False):
       continue  # Nothing posted, or this host is posting its own failure.
-    for process, message in failures:
-      print(f"jaxcl: error: process {process} failed: {message}; process "
-            f"{me} stops too.", file=sys.stderr, flush=True)
     try:
+      for process, message in failures:
+        print(f"jaxcl: error: process {process} failed: {message}; process "
+              f"{me} stops too.", file=sys.stderr, flush=True)
       jax.distributed.shutdown()
     finally:
-      sys.stdout.flush()
+      with contextlib.suppress(Exception):
+        sys.stdout.flush()
       os._exit(exit_code)
 
 

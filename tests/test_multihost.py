@@ -380,7 +380,8 @@ def test_cli_hosts_stop_together_when_one_cannot_load_the_data(tmp_path, lazy):
 
 
 # One host raises inside stop_all_hosts_on_error while the other waits for
-# it in a collective or is busy with work of its own.
+# it in a collective, is busy with work of its own, or has gone on to the
+# next block; or every host leaves its block with sys.exit(0).
 STOPPER = r"""
 import sys, time
 process_id, port, failing, other_waits_in = sys.argv[1:]
@@ -394,9 +395,15 @@ try:
   with stop_all_hosts_on_error(exit_code=2):
     multihost_utils.process_allgather(np.int32(0))  # Both hosts are here.
     if process_id == failing:
+      time.sleep(1)  # The other host leaves its block first.
       raise RuntimeError("a bug in host code")
+    if other_waits_in == "exit":
+      sys.exit(0)
     if other_waits_in == "collective":
       multihost_utils.process_allgather(np.int32(0))
+    if other_waits_in == "work":
+      time.sleep(600)
+  with stop_all_hosts_on_error(exit_code=2):
     time.sleep(600)
 except RuntimeError as error:
   print(f"raised {error}", file=sys.stderr)
@@ -404,8 +411,15 @@ except RuntimeError as error:
 """
 
 
+def test_hosts_that_exit_normally_inside_the_block_are_not_stopped(tmp_path):
+  port = str(_free_port())
+  _on_two_hosts(lambda i: [sys.executable, "-c", STOPPER, str(i), port, "",
+                           "exit"], tmp_path)
+
+
 @pytest.mark.parametrize("failing, other_waits_in",
-                         [("0", "collective"), ("1", "work")])
+                         [("0", "collective"), ("1", "work"),
+                          ("1", "next block")])
 def test_a_host_that_raises_stops_the_others(tmp_path, failing,
                                              other_waits_in):
   port = str(_free_port())
