@@ -196,6 +196,9 @@ _STOP_FOLDER = "jaxcl/stop/"
 # Polls of the store that may fail in a row before a watcher gives up (the
 # service is gone, and JAX's own error handling stops the process).
 _POLL_FAILURES = 10
+# Whether a stop_all_hosts_on_error block is running: blocks inside it (a
+# script's around fit's own) leave the watching and posting to it.
+_watching = False
 
 
 @contextlib.contextmanager
@@ -213,7 +216,10 @@ def stop_all_hosts_on_error(exit_code: int = 1,
   store, prints the error ("jaxcl: error: process 1 failed: ..."), joins the
   barrier and ends its process with ``exit_code`` (whatever it was doing,
   as its next collective could never complete). The failing host then
-  raises its error as usual. Errors that every host raised together
+  raises its error as usual. ``fit`` and ``sweep`` run inside such a block
+  of their own (with the default ``exit_code``); a block inside another
+  one leaves the watching to the outer one. Errors that every host raised
+  together
   (:func:`read_together`'s, :func:`raised_on_every_host`) and
   ``sys.exit(0)`` end every host normally. On one host (or without
   ``jax.distributed``) the block just runs.
@@ -230,10 +236,11 @@ def stop_all_hosts_on_error(exit_code: int = 1,
     >>> with stop_all_hosts_on_error():
     ...   pass  # Every host runs its part of the job here.
   """
+  global _watching
   client = _coordination_client()
   # The client first: process_count() starts JAX's backend, after which
   # jax.distributed.initialize() could no longer run.
-  if client is None or jax.process_count() == 1:
+  if _watching or client is None or jax.process_count() == 1:
     yield
     return
   # Held by whichever stops the process: the host's own failure, or the
@@ -244,6 +251,7 @@ def stop_all_hosts_on_error(exit_code: int = 1,
       target=_stop_on_failure_elsewhere, name="jaxcl-stop-watcher",
       args=(client, stopping, done, exit_code, poll_s), daemon=True)
   watcher.start()
+  _watching = True
   try:
     yield
   except BaseException as error:
@@ -252,6 +260,7 @@ def stop_all_hosts_on_error(exit_code: int = 1,
       _post_failure(client, error)
     raise
   finally:
+    _watching = False
     done.set()
     watcher.join()
 

@@ -216,13 +216,13 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _on_two_hosts(command, folder, succeed=True):
+def _on_two_hosts(command, folder, succeed=True, exit_codes=(2, 2)):
   """Runs ``command(process_id)`` as two processes; returns their stdouts.
 
   Output goes to files (a full pipe would block a host inside a collective),
   and when one host fails the other, left waiting for it, is stopped. With
-  ``succeed=False`` both hosts must exit with an error within two minutes;
-  returns their stderrs.
+  ``succeed=False`` both hosts must exit with ``exit_codes`` within two
+  minutes; returns their stderrs.
   """
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -245,7 +245,7 @@ def _on_two_hosts(command, folder, succeed=True):
       host.kill()
   if not succeed:
     errors = [err.read_text() for _, err in logs]
-    assert [host.returncode for host in hosts] == [2, 2], [
+    assert [host.returncode for host in hosts] == list(exit_codes), [
         error[-3000:] for error in errors]
     return errors
   for i, (host, (_, err)) in enumerate(zip(hosts, logs)):
@@ -434,6 +434,45 @@ def test_a_host_that_raises_stops_the_others(tmp_path, failing,
   assert (f"jaxcl: error: process {failing} failed: RuntimeError: a bug in "
           f"host code; process {other} stops too.") in errors[other], (
               errors[other])
+
+
+# Inside fit, which watches on its own: host 1's writer fails (a full disk)
+# after the first evaluation, while host 0 goes on to the next experience.
+FIT_STOPPER = r"""
+import sys
+process_id, port, tests = sys.argv[1:]
+import jax, optax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{port}", num_processes=2,
+                           process_id=int(process_id))
+sys.path.insert(0, tests)
+from conftest import make_benchmark
+import jaxcl
+
+class FullDisk(jaxcl.loggers.MetricWriter):
+  def write_scalars(self, step, scalars):
+    raise OSError("no space left on device")
+
+bench = make_benchmark(n_classes=4, n_experiences=4, per_class=20)
+try:
+  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=16), jaxcl.strategies.naive(),
+            optax.sgd(0.1), bench, batch_size=8,
+            writer=FullDisk() if process_id == "1" else None)
+except OSError as error:
+  print(f"raised {error}", file=sys.stderr)
+  sys.exit(2)
+"""
+
+
+def test_a_host_failing_inside_fit_stops_the_others(tmp_path):
+  port = str(_free_port())
+  errors = _on_two_hosts(lambda i: [
+      sys.executable, "-c", FIT_STOPPER, str(i), port,
+      str(pathlib.Path(__file__).parent)], tmp_path, succeed=False,
+      exit_codes=[1, 2])
+  assert "raised no space left on device" in errors[1], errors[1]
+  assert ("jaxcl: error: process 1 failed: OSError: no space left on device; "
+          "process 0 stops too.") in errors[0], errors[0]
 
 
 def test_cli_hosts_stop_together_when_one_cannot_write_its_logdir(tmp_path):

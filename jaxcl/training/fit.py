@@ -28,7 +28,8 @@ import optax
 
 from jaxcl import _validation, checkpoint, compilation
 from jaxcl._hosts import (addressable, check_same_everywhere, host_copy, put,
-                          raised_on_every_host, read_together)
+                          raised_on_every_host, read_together,
+                          stop_all_hosts_on_error)
 from jaxcl.benchmarks.scenario import Benchmark, Experience, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
@@ -320,7 +321,10 @@ def fit(
       several runs whose number the devices divide, the runs are split over
       the devices instead. ``None`` (default) turns it on when more than one
       device is present. On several hosts every process must make the same
-      call; ``fit`` checks that before compiling (docs/scale.md).
+      call; ``fit`` checks that before compiling (docs/scale.md). There, an
+      error on one host inside ``fit`` ends the others' processes (exit
+      status 1) instead of leaving them waiting for it; see
+      :func:`jaxcl.training.stop_all_hosts_on_error`.
     checkpoint_dir: Save the whole run (state, position in the stream,
       metrics so far) there after every evaluated experience, and resume from the
       newest usable checkpoint found there (see docs/checkpointing.md). A
@@ -476,20 +480,27 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
           "strategy state, or use optax.inject_hyperparams for optimizers.")
 
 
-def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
-              batched: bool, epochs: int = 1, batch_size: int = 32,
-              eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
-              eval_before_training: bool = True,
-              eval_every: int | None = None,
-              periodic_eval: periodic.PeriodicEval | None = None,
-              early_stopping: periodic.EarlyStopping | None = None,
-              reset_optimizer: bool = False, reset_schedule: bool = False,
-              writer: Any = None,
-              progress: bool = False, data_parallel: bool | None = None,
-              checkpoint_dir: str | os.PathLike[str] | None = None,
-              checkpoint_keep: int = 2, labels: tuple = (),
-              metrics: Any = None,
-              device_memory_budget_mb: float | None = None) -> MultiResult:
+def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark,
+              **kwargs: Any) -> MultiResult:
+  """Runs ``runs`` together; on several hosts, an error on one stops all."""
+  with stop_all_hosts_on_error():
+    return _train_runs(model, runs, benchmark, **kwargs)
+
+
+def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
+                batched: bool, epochs: int = 1, batch_size: int = 32,
+                eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
+                eval_before_training: bool = True,
+                eval_every: int | None = None,
+                periodic_eval: periodic.PeriodicEval | None = None,
+                early_stopping: periodic.EarlyStopping | None = None,
+                reset_optimizer: bool = False, reset_schedule: bool = False,
+                writer: Any = None,
+                progress: bool = False, data_parallel: bool | None = None,
+                checkpoint_dir: str | os.PathLike[str] | None = None,
+                checkpoint_keep: int = 2, labels: tuple = (),
+                metrics: Any = None,
+                device_memory_budget_mb: float | None = None) -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
