@@ -15,6 +15,7 @@ from jaxcl import _hosts
 from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.model_utils import visible_classes
 from jaxcl.training import (cross_entropy, init_state, make_evaluate,
                             stack_experiences)
 
@@ -76,6 +77,62 @@ def test_unseen_classes_are_masked_in_evaluation():
   # Class 3 is masked: the first sample falls back to the best seen class.
   assert int(counts.correct[0]) == 1
   assert int(counts.confusion[3, 0]) == 1
+  # Top-3 holds both seen classes and a tied masked one (class 2, the
+  # lowest index); the label 3 being masked, it is not a hit either.
+  assert int(counts.correct_topk[0]) == 1
+
+
+def test_top_k_never_counts_masked_labels_when_few_classes_are_seen():
+  n_classes = 6
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(40, n_classes)).astype(np.float32)
+  y = rng.integers(0, n_classes, 40)
+  exp = Experience(x=x, y=y, task=np.zeros(40), index=0,
+                   classes=tuple(np.unique(y)), origin="test")
+  ctx = _ctx(n_classes)
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  seen = np.array([False, False, True, False, True, False])
+  counts = make_evaluate(ctx, naive(), eval_batch_size=16, top_k=5)(
+      state.replace(seen_classes=jnp.asarray(seen)),
+      stack_experiences([exp], n_classes))
+  # Both seen classes are always in the top 5: the hits are exactly the
+  # samples of seen classes, never those of masked ones tied in the top 5.
+  assert int(counts.correct_topk[0]) == int(seen[y].sum())
+  assert int(counts.correct[0]) == int(
+      (np.where(seen, x, -np.inf).argmax(1) == y).sum())
+
+
+def test_nothing_seen_yet_predicts_as_the_model_at_initialisation():
+  n_classes = 4
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(30, n_classes)).astype(np.float32)
+  y = rng.integers(0, n_classes, 30)
+  task = np.repeat([0, 1], 15)
+  exp = Experience(x=x, y=y, task=task, index=0, classes=tuple(np.unique(y)),
+                   origin="test")
+  task_classes = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+  ctx = _ctx(n_classes)._replace(task_classes=task_classes)
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  evaluate = make_evaluate(ctx, naive(), eval_batch_size=8)
+  data = stack_experiences([exp], n_classes)
+  # Nothing seen: every sample is predicted within its task's classes, by
+  # the model's own logits (not by a tie between masked ones).
+  counts = evaluate(state, data)
+  pred = np.where(task_classes[task], x, -np.inf).argmax(1)
+  assert int(counts.correct[0]) == int((pred == y).sum())
+  # Task 0 trained: its samples see the seen classes of their task; task 1's
+  # samples, whose classes are all unseen, still see all of their task's.
+  seen = np.array([True, False, False, False])
+  counts = evaluate(state.replace(seen_classes=jnp.asarray(seen)), data)
+  visible = np.where(task[:, None] == 0, seen & task_classes[0],
+                     task_classes[task])
+  pred = np.where(visible, x, -np.inf).argmax(1)
+  assert int(counts.correct[0]) == int((pred == y).sum())
+  np.testing.assert_array_equal(
+      np.asarray(visible_classes(jnp.asarray(seen), task_classes,
+                                 jnp.asarray(task))), visible)
 
 
 def _count_traces(strategy):

@@ -42,6 +42,7 @@ class TopKAccuracy(clu_metrics.Average):
   @classmethod
   def from_model_output(cls, *, logits: jax.Array, labels: jax.Array,
                         k: int = 5, mask: jax.Array | None = None,
+                        label_visible: jax.Array | None = None,
                         **_) -> TopKAccuracy:
     """Builds the metric of one batch.
 
@@ -50,12 +51,17 @@ class TopKAccuracy(clu_metrics.Average):
       labels: ``int[batch]``.
       k: How many of the highest logits count as a hit (static).
       mask: Optional ``bool[batch]``; False rows are ignored.
+      label_visible: Optional ``bool[batch]``: whether a sample's label is
+        one the (masked) prediction may output; where not, it never counts
+        as a hit, even when fewer than ``k`` classes are visible.
 
     Returns:
       The batch's metric; ``compute()`` gives the top-``k`` accuracy.
     """
     top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
     hit = jnp.any(top == labels[..., None], axis=-1)
+    if label_visible is not None:
+      hit = hit & label_visible
     return super().from_model_output(values=hit.astype(jnp.float32),
                                      mask=mask)
 

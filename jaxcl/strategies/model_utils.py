@@ -35,6 +35,7 @@ __all__ = [
     "output_layer_call",
     "penultimate_features",
     "task_loss",
+    "visible_classes",
     "weighted_mean",
 ]
 
@@ -87,10 +88,41 @@ def mask_logits(ctx: StrategyContext, logits: jax.Array, seen: jax.Array,
   """
   if not ctx.mask_classes:
     return logits
-  mask = seen
-  if ctx.task_classes is not None:
-    mask = mask & jnp.asarray(ctx.task_classes)[task]
-  return jnp.where(mask, logits, MASK_VALUE)
+  return jnp.where(visible_classes(seen, ctx.task_classes, task), logits,
+                   MASK_VALUE)
+
+
+def visible_classes(seen: jax.Array, task_classes: Any = None,
+                    task: jax.Array | None = None) -> jax.Array:
+  """The classes a masked prediction may output, per sample.
+
+  Those seen so far and, with ``task_classes``, of the sample's task. A
+  sample none of whose classes was seen yet (before any training, or of a
+  task not trained yet) keeps all of them (its task's): it is predicted as
+  the model at initialisation predicts, as a fixed head without masking
+  would, instead of by a tie between masked logits.
+
+  Args:
+    seen: ``bool[n_classes]``, the classes seen so far.
+    task_classes: Optional ``bool[n_tasks, n_classes]``, each task's classes.
+    task: ``int[batch]`` task labels, needed with ``task_classes``.
+
+  Returns:
+    ``bool[n_classes]``, or ``bool[batch, n_classes]`` with ``task_classes``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> visible_classes(jnp.array([True, False, True])).tolist()
+    [True, False, True]
+    >>> visible_classes(jnp.zeros(3, bool)).tolist()  # Nothing seen yet.
+    [True, True, True]
+  """
+  if task_classes is None:
+    visible, fallback = seen, jnp.ones_like(seen)
+  else:
+    fallback = jnp.asarray(task_classes)[task]
+    visible = seen & fallback
+  return jnp.where(jnp.any(visible, -1, keepdims=True), visible, fallback)
 
 
 def task_loss(ctx: StrategyContext, params: PyTree, model_state: PyTree,

@@ -30,7 +30,7 @@ from clu import metrics as clu_metrics
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import MASK_VALUE
+from jaxcl.strategies.model_utils import MASK_VALUE, visible_classes
 from jaxcl.training import optim, periodic
 from jaxcl.training.state import ExperienceData, TrainState
 
@@ -77,10 +77,8 @@ def mask_unseen(logits: jax.Array, seen_classes: jax.Array,
       classifier does).
     task: ``int[batch]`` task labels, needed with ``task_classes``.
   """
-  mask = seen_classes
-  if task_classes is not None:
-    mask = mask & jnp.asarray(task_classes)[task]
-  return jnp.where(mask, logits, MASK_VALUE)
+  return jnp.where(visible_classes(seen_classes, task_classes, task), logits,
+                   MASK_VALUE)
 
 
 def _shard(tree, sharding):
@@ -450,11 +448,17 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     else:
       logits = ctx.logits(state.params, state.model_state, x, task)
     if not mask_classes:
-      return logits
-    return mask_unseen(logits, state.seen_classes, ctx.task_classes, task)
+      return logits, None
+    visible = visible_classes(state.seen_classes, ctx.task_classes, task)
+    return jnp.where(visible, logits, MASK_VALUE), visible
 
-  def reducers(logits, y, task, valid):
+  def reducers(logits, visible, y, task, valid):
+    # A label the masked prediction cannot output is never right, even
+    # where fewer than k classes are visible and masked ties fill the top k.
+    label_visible = None if visible is None else jnp.take_along_axis(
+        jnp.broadcast_to(visible, logits.shape), y[:, None], -1)[:, 0]
     outputs = dict(logits=logits, labels=y, task=task, mask=valid,
+                   label_visible=label_visible,
                    loss=optax.softmax_cross_entropy_with_integer_labels(
                        logits, y))
     return (_ExperienceMetrics.single_from_model_output(
@@ -463,7 +467,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
 
   def evaluate(state: TrainState, stream: ExperienceData) -> EvalCounts:
     # The reducers of an empty chunk: the identity of `merge`.
-    empty, _ = reducers(jnp.zeros((0, n_classes)), *[
+    empty, _ = reducers(jnp.zeros((0, n_classes)), None, *[
         jnp.zeros((0,), dtype) for dtype in (jnp.int32, jnp.int32, bool)])
     size = stream.y.shape[1]
     chunk = min(eval_batch_size, size)
@@ -477,7 +481,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     def one_chunk(carry, inputs):
       metrics, confusion = carry
       x, y, task, valid = _shard(inputs, ctx.batch_sharding)
-      chunk_metrics, chunk_confusion = reducers(logits_fn(state, x, task), y,
+      chunk_metrics, chunk_confusion = reducers(*logits_fn(state, x, task), y,
                                                 task, valid)
       return (metrics.merge(chunk_metrics),
               confusion.merge(chunk_confusion)), None
