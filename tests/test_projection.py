@@ -22,7 +22,7 @@ from jaxcl.models import Model, as_model
 from jaxcl.strategies import (REGISTRY, Strategy, StrategyContext, agem, chain,
                               from_spec, gem, gss_greedy, icarl, lwf)
 from jaxcl.strategies.exemplars import herding
-from jaxcl.strategies.model_utils import MASK_VALUE
+from jaxcl.strategies.model_utils import MASK_VALUE, mask_logits
 from jaxcl.strategies.projection import (agem_projection, gem_projection,
                                          solve_box_qp)
 from jaxcl.training import cross_entropy, init_state
@@ -343,6 +343,37 @@ def test_icarl_loss_is_bce_with_previous_model_targets(icarl_setup):
   p = 1 / (1 + np.exp(-z))
   bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean(1)
   assert total == pytest.approx(np.sum(bce * w) / w.sum(), rel=1e-5)
+
+
+def test_icarl_leaves_out_the_bce_of_classes_training_masks(icarl_setup):
+  ctx, strategy, state = icarl_setup
+  task_classes = np.array([[1, 1, 0], [0, 0, 1]], bool)
+  ctx = ctx._replace(task_classes=task_classes)
+  teacher = jax.tree.map(lambda a: a + 0.7, state.params)
+  seen = jnp.ones(N_CLASSES, bool)
+  state = state.replace(seen_classes=seen, cl_state=state.cl_state.replace(
+      teacher_params=teacher, old_classes=jnp.array([True, False, True]),
+      seen_classes=seen))
+  x = jnp.array([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]])
+  task = np.array([0, 1, 0])
+  batch = {"x": x, "y": jnp.array([1, 2, 0]), "task": jnp.asarray(task),
+           "weight": jnp.array([1.0, 2.0, 1.0])}
+  logits = mask_logits(ctx, ctx.logits(state.params, state.model_state, x,
+                                       batch["task"]), seen, batch["task"])
+  w = np.asarray(batch["weight"])
+  ce = np.sum(np.asarray(cross_entropy(logits, batch)) * w) / w.sum()
+  total = ce + float(jax.jit(lambda s, b, z: strategy.penalty(
+      ctx, s.params, s.cl_state, b, z))(state, batch, logits))
+  # The BCE of each sample's task's classes, over the 3 seen classes.
+  z = np.asarray(ctx.logits(state.params, state.model_state, x, task),
+                 np.float64)
+  old = np.asarray(ctx.logits(teacher, {}, x, task), np.float64)
+  targets = np.where([True, False, True], 1 / (1 + np.exp(-old)),
+                     np.eye(N_CLASSES)[np.asarray(batch["y"])])
+  p = 1 / (1 + np.exp(-z))
+  bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p))
+  per_sample = (bce * task_classes[task]).sum(1) / N_CLASSES
+  assert total == pytest.approx(np.sum(per_sample * w) / w.sum(), rel=1e-5)
 
 
 def test_icarl_replays_exemplars_in_proportion(icarl_setup):

@@ -27,6 +27,7 @@ from jaxcl.strategies import (
   naive,
   replay,
 )
+from jaxcl.strategies.model_utils import mask_logits
 from jaxcl.training import cross_entropy, experience_data, init_state
 
 
@@ -181,6 +182,75 @@ def test_mir_replays_the_samples_whose_loss_rises_most():
   assert set(top) != set(np.argsort(_ce(mem_x @ w0, mem_y))[-2:])
   probs = np.exp(_log_softmax(mem_x[top] @ w0))
   replay_grad = mem_x[top].T @ (probs - np.eye(3)[mem_y[top]]) / 2
+  np.testing.assert_allclose(out["w"], grad + replay_grad, rtol=1e-4,
+                             atol=1e-5)
+
+
+# Two tasks of two classes each, logits masked to each sample's task.
+TASK_CLASSES = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+
+
+def test_der_compares_only_the_logits_training_does_not_mask():
+  rng = np.random.default_rng(3)
+  ctx = _ctx(_linear(rng.normal(size=(3, 4))), n_classes=4,
+             dim=3)._replace(task_classes=TASK_CLASSES)
+  strategy = der(mem_size=8, alpha=1.0, beta=0.0)
+  state = _state(ctx, strategy)
+  batch = {"x": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+           "y": jnp.array([0, 1, 2, 3]), "task": jnp.array([0, 0, 1, 1]),
+           "weight": jnp.ones(4)}
+
+  @jax.jit
+  def replayed_penalty():
+    cl_state = strategy.after_step(ctx, state, state, None, batch,
+                                   jax.random.key(0))
+    out = strategy.transform_batch(ctx, cl_state, batch, jax.random.key(1))
+    logits = mask_logits(ctx, ctx.logits(state.params, state.model_state,
+                                         out["x"], out["task"]),
+                         state.seen_classes, out["task"])
+    return (cl_state.buffer, strategy.penalty(ctx, state.params, cl_state,
+                                              out, logits))
+
+  buf, penalty = jax.device_get(replayed_penalty())
+  # Each stored row compares the classes of its own task only ...
+  np.testing.assert_array_equal(buf.extras["der_logits_mask"][buf.valid],
+                                TASK_CLASSES[buf.task[buf.valid]])
+  # ... so unchanged parameters give no penalty (not the masked -1000s).
+  assert abs(float(penalty)) < 1e-6
+
+
+def test_mir_scores_memory_with_the_loops_task_masking():
+  rng = np.random.default_rng(8)
+  w0 = rng.normal(size=(3, 4))
+  ctx = _ctx(_linear(w0), n_classes=4, dim=3)._replace(
+      task_classes=TASK_CLASSES)
+  strategy = mir(mem_size=6, subsample=6, batch_size_mem=2, mir_lr=0.5)
+  mem_x = rng.normal(size=(6, 3))
+  mem_y, mem_task = np.array([0, 1, 0, 2, 3, 2]), np.array([0, 0, 0, 1, 1, 1])
+  grad = rng.normal(size=(3, 4))
+  exp = Experience(x=np.asarray(mem_x, np.float32), y=mem_y, task=mem_task,
+                   index=0, classes=(0, 1, 2, 3), origin="train")
+  data = jax.tree.map(jnp.asarray, experience_data(exp, 6, 4))
+
+  @jax.jit
+  def replay_grads(state, data, grads):
+    state = strategy.end_experience(ctx, state, data, jax.random.key(0))
+    return strategy.transform_grads(ctx, grads, state, {}, jax.random.key(1))
+
+  out = replay_grads(_state(ctx, strategy), data,
+                     {"w": jnp.asarray(grad, jnp.float32)})
+
+  def task_ce(w, rows):
+    logits = np.where(TASK_CLASSES[mem_task[rows]], mem_x[rows] @ w, -np.inf)
+    return -_log_softmax(logits)[np.arange(len(rows)), mem_y[rows]]
+
+  rows = np.arange(6)
+  rise = task_ce(w0 - 0.5 * grad, rows) - task_ce(w0, rows)
+  top = np.argsort(rise)[-2:]
+  assert np.sort(rise)[-2] - np.sort(rise)[-3] > 0.05  # a clear choice
+  probs = np.exp(_log_softmax(np.where(TASK_CLASSES[mem_task[top]],
+                                       mem_x[top] @ w0, -np.inf)))
+  replay_grad = mem_x[top].T @ (probs - np.eye(4)[mem_y[top]]) / 2
   np.testing.assert_allclose(out["w"], grad + replay_grad, rtol=1e-4,
                              atol=1e-5)
 

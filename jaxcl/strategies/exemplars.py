@@ -38,7 +38,8 @@ from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (MASK_VALUE, example_inputs,
                                           init_model_state,
-                                          penultimate_features, weighted_mean)
+                                          penultimate_features,
+                                          visible_classes, weighted_mean)
 
 __all__ = [
     "ExperienceMemory",
@@ -368,8 +369,13 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     targets = jnp.where(cl.old_classes, jax.nn.sigmoid(teacher),
                         jax.nn.one_hot(batch["y"], ctx.n_classes))
     bce = optax.sigmoid_binary_cross_entropy(logits, targets)
-    seen = cl.seen_classes.astype(bce.dtype)
-    per_sample = bce @ seen / jnp.maximum(jnp.sum(seen), 1.0)
+    # Over the seen classes; with task labels, the terms of other tasks'
+    # classes, whose logits training masks, are constants and left out.
+    compared = visible_classes(cl.seen_classes,
+                               ctx.task_classes if ctx.mask_classes else None,
+                               batch["task"])
+    per_sample = (jnp.sum(jnp.where(compared, bce, 0.0), -1)
+                  / jnp.maximum(jnp.sum(cl.seen_classes), 1))
     # The loop adds this to its own cross-entropy, which it cancels.
     return weighted_mean(per_sample - ctx.loss(logits, batch), batch["weight"])
 

@@ -36,7 +36,8 @@ from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import example_inputs, weighted_mean
+from jaxcl.strategies.model_utils import (example_inputs, mask_logits,
+                                          visible_classes, weighted_mean)
 
 __all__ = [
     "DerState",
@@ -211,9 +212,13 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
     b = ctx.batch_size
     x, y, task = batch["x"][:b], batch["y"][:b], batch["task"][:b]
     logits = ctx.logits(old_state.params, old_state.model_state, x, task)
+    # The classes seen so far; with task labels, only the sample's task's,
+    # the others' logits being masked in training (their MSE is a constant).
+    compared = visible_classes(
+        old_state.seen_classes,
+        ctx.task_classes if ctx.mask_classes else None, task)
     extras = {"der_logits": logits,
-              "der_logits_mask": jnp.broadcast_to(old_state.seen_classes,
-                                                  logits.shape)}
+              "der_logits_mask": jnp.broadcast_to(compared, logits.shape)}
     cl_state = new_state.cl_state
     return cl_state.replace(buffer=buffers.add(
         cl_state.buffer, key, x, y, task, valid=batch["weight"][:b] > 0,
@@ -317,11 +322,11 @@ class MirState:
 
 
 def _seen_loss(ctx, state, params, rows, train=False, key=None):
-  """Per-row task loss of ``rows`` under ``params``, over the seen classes."""
+  """Per-row task loss of ``rows`` under ``params``, logits masked as the loop's."""
   logits = ctx.logits(params, state.model_state, rows["x"], rows["task"],
                       train, key)
-  mask = jnp.broadcast_to(state.seen_classes, logits.shape)
-  return ctx.loss(logits, {"y": rows["y"], "class_mask": mask})
+  return ctx.loss(mask_logits(ctx, logits, state.seen_classes, rows["task"]),
+                  {"y": rows["y"]})
 
 
 def mir(mem_size: int = 200, subsample: int = 50, batch_size_mem: int = 10,
