@@ -17,7 +17,7 @@ from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.model_utils import visible_classes
 from jaxcl.training import (cross_entropy, init_state, make_evaluate,
-                            stack_experiences)
+                            make_train_step, stack_experiences)
 
 # The module, for its private helpers (``jaxcl.training.fit`` is the function).
 fit_module = importlib.import_module("jaxcl.training.fit")
@@ -191,6 +191,31 @@ def test_nonfinite_loss_names_experience_and_step(tiny_benchmark, tiny_model):
   # Every host reads back the same losses, so each raises it on its own
   # (stop_all_hosts_on_error does not stop the others for it).
   assert _hosts._raised_everywhere(raised.value)
+
+
+def test_penalty_and_model_see_the_same_augmented_inputs():
+  n_classes = 3
+  # The penalty is the mean input it is given (the loss reports it); the
+  # strategy state keeps the inputs after_step is given.
+  probe = Strategy(
+      name="probe", init=lambda ctx, p, k: jnp.zeros((4, n_classes)),
+      penalty=lambda ctx, p, s, batch, logits: jnp.mean(batch["x"]),
+      after_step=lambda ctx, old, new, grads, batch, key: batch["x"])
+  ctx = _ctx(n_classes)._replace(augment=lambda x, key: x + 10.0)
+  state = init_state(ctx, probe, optax.sgd(0.0), jax.random.key(0),
+                     jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
+  state = state.replace(seen_classes=jnp.ones(n_classes, bool))
+  x = np.arange(12, dtype=np.float32).reshape(4, n_classes)
+  batch = {"x": jnp.asarray(x), "y": jnp.array([0, 1, 2, 0]),
+           "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+  step = jax.jit(make_train_step(ctx, probe, optax.sgd(0.0)))
+  new_state, _, loss = step(state, batch, jax.random.key(1))
+  logits = x + 10.0  # IDENTITY's logits on the augmented inputs
+  ce = -(logits - np.log(np.exp(logits).sum(1, keepdims=True)))[
+      np.arange(4), [0, 1, 2, 0]].mean()
+  assert float(loss) == pytest.approx(ce + x.mean() + 10.0, rel=1e-5)
+  # after_step still gets the batch as drawn (what memories store).
+  np.testing.assert_array_equal(new_state.cl_state, x)
 
 
 def test_chain_adds_penalties_and_threads_states():

@@ -32,6 +32,9 @@ slot                   signature
 A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
 ``weight`` (1 for real samples, 0 for padding); strategies may add keys (the
 task loss honours an optional ``class_mask`` of shape ``[batch, n_classes]``).
+With a benchmark augmentation, ``penalty`` gets the batch with ``x``
+augmented as the model sees it (a teacher's logits on the same crops);
+``transform_grads`` and ``after_step`` get it as drawn (what memories store).
 ``data`` is a :class:`jaxcl.training.ExperienceData`: the experience padded to
 the stream's largest size, on the device. ``adapt_data`` is the one host-side
 slot: ``fit`` calls it for every experience before compiling (with the whole

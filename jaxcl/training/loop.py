@@ -153,12 +153,14 @@ def make_train_step(
   """
 
   def loss_fn(params, state: TrainState, batch: dict, key):
-    x = batch["x"]
     if ctx.augment is not None:
       key, augment_key = jax.random.split(key)
-      x = ctx.augment(x, augment_key)
+      # The penalty sees the inputs the model sees (a teacher's logits on
+      # the same crops, as Avalanche's on its transformed mini-batch).
+      batch = {**batch, "x": ctx.augment(batch["x"], augment_key)}
     logits, model_state = ctx.model.apply(
-        params, state.model_state, ctx.preprocess(x), batch["task"], True, key)
+        params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
+        True, key)
     if mask_classes:
       logits = mask_unseen(logits, state.seen_classes, ctx.task_classes,
                            batch["task"])
