@@ -209,6 +209,17 @@ def test_streaming_hooks_see_a_subset_within_the_budget():
   assert np.isfinite(result.metrics["stream_accuracy"])
 
 
+def test_icarl_weighs_exemplars_by_the_whole_streamed_experience():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40)
+  sample = streaming.sample_nbytes(bench.train_stream[0])
+  result = _fit(bench, jaxcl.strategies.icarl(memory_size=8),
+                budget_mb=24 * sample / 2**20, epochs=1, batch_size=4)
+  # The hooks saw a subset of 12 samples; the exemplars' share of each batch
+  # counts the experience's 80.
+  assert len(bench.train_stream[1]) == 80
+  assert float(result.state.cl_state.n_current) == 80.0
+
+
 def test_streaming_refuses_periodic_evaluation_before_compiling():
   bench = jaxcl.benchmarks.with_validation(make_benchmark(), 0.25)
   with pytest.raises(ValueError, match="streamed.*periodic"):

@@ -347,7 +347,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     del ctx, key
     return state.replace(cl_state=state.cl_state.replace(
         seen_classes=state.seen_classes,
-        n_current=data.size.astype(jnp.float32)))
+        n_current=data.experience_size.astype(jnp.float32)))
 
   def transform_batch(ctx, cl, batch, key):
     valid = cl.rank > 0

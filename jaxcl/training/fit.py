@@ -1142,7 +1142,8 @@ def _put_test_stream(experiences: Sequence[Experience], max_size: int,
   data = put_experiences(experiences, n_classes, size, samples, place.data)
   return data, ExperienceData(x=samples, y=samples, task=samples,
                               size=place.data, index=place.data,
-                              classes_mask=place.data)
+                              classes_mask=place.data,
+                              experience_size=place.data)
 
 
 def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
@@ -1171,7 +1172,8 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
   split = jax.sharding.PartitionSpec(None, axis)
   whole = jax.sharding.PartitionSpec()
   data_specs = ExperienceData(x=split, y=split, task=split, size=whole,
-                              index=whole, classes_mask=whole)
+                              index=whole, classes_mask=whole,
+                              experience_size=whole)
   # The evaluation's scans start from constant (device-invariant) counts and
   # add device-varying ones; without the check, `psum` alone makes them
   # invariant again.

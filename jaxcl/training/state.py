@@ -67,6 +67,9 @@ class ExperienceData:
     size: Number of real samples (scalar int32).
     index: Position of the experience in its stream (scalar int32).
     classes_mask: ``bool[n_classes]``, the classes present in the experience.
+    experience_size: Samples of the whole experience (scalar int32): ``size``,
+      except in the strategy hooks' subset of a streamed experience
+      (:mod:`jaxcl.training.streaming`), which holds only some of them.
   """
 
   x: jax.Array
@@ -75,6 +78,7 @@ class ExperienceData:
   size: jax.Array
   index: jax.Array
   classes_mask: jax.Array
+  experience_size: jax.Array
 
   @property
   def valid(self) -> jax.Array:
@@ -106,7 +110,8 @@ def experience_data(experience: Experience, size: int,
       task=_pad(experience.task, size),
       size=np.int32(len(experience)),
       index=np.int32(experience.index),
-      classes_mask=mask)
+      classes_mask=mask,
+      experience_size=np.int32(len(experience)))
 
 
 def stack_experiences(experiences, n_classes: int, size: int | None = None,
@@ -177,12 +182,13 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
   masks = np.zeros((len(experiences), n_classes), bool)
   for row, experience in zip(masks, experiences):
     row[list(experience.classes)] = True
+  sizes = np.array([len(e) for e in experiences], np.int32)
   return ExperienceData(
       x=stacked("x"), y=stacked("y"), task=stacked("task"),
       **_hosts.put({
-          "size": np.array([len(e) for e in experiences], np.int32),
+          "size": sizes,
           "index": np.array([e.index for e in experiences], np.int32),
-          "classes_mask": masks}, sharding))
+          "classes_mask": masks, "experience_size": sizes}, sharding))
 
 
 def read_in_shares(experiences: Sequence[Experience], what: str,

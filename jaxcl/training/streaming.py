@@ -190,10 +190,11 @@ class StreamingTrainer:
         task=experience.task[keep], index=experience.index,
         classes=experience.classes, origin=experience.origin)
     data = experience_data(subset, self.hook_rows, self.n_classes)
-    # Seen classes come from the whole experience, not the subset.
+    # Seen classes and the sample count come from the whole experience.
     mask = np.zeros(self.n_classes, bool)
     mask[list(experience.classes)] = True
-    return data.replace(classes_mask=jnp.asarray(mask))
+    return data.replace(classes_mask=jnp.asarray(mask),
+                        experience_size=np.int32(len(experience)))
 
   def _chunks(self, experience: Experience, order: np.ndarray,
               valid: np.ndarray) -> Iterator[dict]:
