@@ -57,6 +57,15 @@ def test_per_exp_classes_and_remaining_split_evenly():
   assert [e.classes for e in b.train_stream] == [(0, 1, 2), (3, 4, 5), (6,)]
 
 
+def test_test_experiences_list_the_classes_their_labels_hold():
+  x, y = _data(n_classes=6)
+  keep = y != 5  # a partial test set: no sample of class 5
+  b = class_incremental((x, y), (x[keep], y[keep]), 3, shuffle=False)
+  assert [e.classes for e in b.train_stream] == [(0, 1), (2, 3), (4, 5)]
+  assert [e.classes for e in b.test_stream] == [(0, 1), (2, 3), (4,)]
+  _check_timeline(b.test_stream)
+
+
 def test_class_ids_from_zero_in_each_exp():
   x, y = _data(n_classes=6)
   b = class_incremental((x, y), (x, y), 2, per_exp_classes={0: 4},
