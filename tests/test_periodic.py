@@ -106,6 +106,42 @@ def test_early_stopping_follows_avalanche_rule_and_restores_the_best(
         values[best_last])
 
 
+def test_early_stopping_counts_epochs_of_smaller_experiences():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40, dim=6,
+                         sizes=[30, 30, 8, 7])
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.1), bench, epochs=4,
+                     batch_size=8, periodic_eval=PeriodicEval(stream="test"),
+                     early_stopping=EarlyStopping(patience=100))
+  # Experience 1 (15 samples) takes 2 steps an epoch, experience 0 takes 8.
+  assert [h["epochs_trained"] for h in result.history] == [4.0, 4.0]
+
+
+def test_early_stopping_does_not_wait_for_the_next_evaluation():
+  # Nothing improves at learning rate 0: the stop comes `patience` epochs
+  # after the evaluation before training, between two evaluations.
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.0), _bench(), epochs=8,
+                     batch_size=8, periodic_eval=PeriodicEval(every=2),
+                     early_stopping=EarlyStopping(patience=3))
+  assert [h["epochs_trained"] for h in result.history] == [3.0, 3.0]
+
+
+def test_early_stopping_weighs_the_epochs_after_the_last_evaluation():
+  bench = jaxcl.benchmarks.with_validation(make_benchmark(
+      n_classes=4, n_experiences=1, per_class=40, dim=6, seed=3), 0.25, seed=1)
+  kwargs = dict(epochs=3, batch_size=8, eval_before_training=False)
+  curve = jaxcl.fit(_model(), naive(), optax.sgd(0.05), bench, **kwargs,
+                    periodic_eval=PeriodicEval(every=1))
+  losses = [p["stream_loss"] for p in curve.periodic]
+  assert losses[-1] < min(losses[:-1])  # The final state is the best.
+  watched = jaxcl.fit(_model(), naive(), optax.sgd(0.05), bench, **kwargs,
+                      periodic_eval=PeriodicEval(every=2),
+                      early_stopping=EarlyStopping(patience=100,
+                                                   metric="loss", mode="min"))
+  # Epoch 3 was not due for evaluation (every 2), yet it is kept.
+  chex.assert_trees_all_close(watched.state.params, curve.state.params,
+                              rtol=1e-6, atol=1e-7)
+
+
 def test_early_stopping_keeps_one_compile_and_vmapped_runs_stop_separately():
   bench = _bench()
   strategy = naive()._replace(

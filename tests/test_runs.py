@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import jaxcl
-from jaxcl.strategies import Strategy, naive
+from jaxcl.strategies import Strategy, from_scratch, naive
 
 
 def test_seeds_equal_separate_runs(tiny_benchmark, tiny_model):
@@ -49,14 +49,19 @@ def test_accelerators_vmapped_evaluation_equals_the_cpus_one_by_one(
     np.testing.assert_array_equal(a.confusion_matrix, b.confusion_matrix)
 
 
-def test_learning_rate_sweep_equals_separate_runs(tiny_benchmark, tiny_model):
+# from_scratch re-initialises the optimizer at every experience: each run
+# must keep its own injected learning rate.
+@pytest.mark.parametrize("strategy", [naive(), from_scratch()],
+                         ids=["naive", "from_scratch"])
+def test_learning_rate_sweep_equals_separate_runs(tiny_benchmark, tiny_model,
+                                                  strategy):
   lrs = [0.01, 0.1]
   sgd = optax.inject_hyperparams(optax.sgd)
-  multi = jaxcl.sweep(tiny_model, tiny_benchmark, lrs, strategy=naive(),
+  multi = jaxcl.sweep(tiny_model, tiny_benchmark, lrs, strategy=strategy,
                       optimizer=lambda lr: sgd(learning_rate=lr), batch_size=5)
   assert multi.labels == (0.01, 0.1)
   for lr, run in zip(lrs, multi.runs):
-    single = jaxcl.fit(tiny_model, naive(), sgd(learning_rate=lr),
+    single = jaxcl.fit(tiny_model, strategy, sgd(learning_rate=lr),
                        tiny_benchmark, batch_size=5)
     chex.assert_trees_all_close(run.state.params, single.state.params,
                                 rtol=1e-5, atol=1e-6)

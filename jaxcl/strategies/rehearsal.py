@@ -484,10 +484,15 @@ def _reinitialise(ctx: StrategyContext, state, data, key):
   if ctx.optimizer is None:
     raise ValueError("re-initialising needs ctx.optimizer (the optax "
                      "optimizer), got None.")
+  # Here, not at the top: jaxcl.training's package imports the strategies.
+  from jaxcl.training import optim
   x, task = example_inputs(ctx)
   params, model_state = ctx.model.init(state.cl_state, ctx.preprocess(x), task)
+  # A fresh optimizer state that keeps injected hyperparameters: each run of
+  # a learning-rate sweep keeps its own rate (ctx.optimizer is the first's).
   return state.replace(params=params, model_state=model_state,
-                       opt_state=ctx.optimizer.init(params))
+                       opt_state=optim.reset_optimizer_state(
+                           ctx.optimizer, state.opt_state, params))
 
 
 def from_scratch() -> Strategy:

@@ -798,7 +798,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             for r in range(n_runs)]
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
-        row["epochs_trained"] = float(train_metrics["steps_trained"][r]) / steps
+        # Per epoch, experience i takes only the steps its samples fill.
+        row["epochs_trained"] = float(train_metrics["steps_trained"][r]) / (
+            math.ceil(len(train_stream[i]) / batch_size))
       history.append(row)
     if writer is not None:
       _write(writer, i, rows, R[:, i], train_metrics)

@@ -114,6 +114,7 @@ class Watch:
     best_at: Tick (epoch or step of the experience) of the best value.
     best_params: Parameters of the best evaluation.
     best_model_state: Model state of the best evaluation.
+    evaluated: The state as it is now was evaluated (the last tick was due).
   """
 
   stopped: jax.Array
@@ -121,6 +122,7 @@ class Watch:
   best_at: jax.Array
   best_params: Any
   best_model_state: Any
+  evaluated: jax.Array
 
 
 class Watcher(NamedTuple):
@@ -134,7 +136,8 @@ class Watcher(NamedTuple):
     check: ``check(state, watch, tick, eval_data, ran) -> (watch, record)``:
       evaluates if ``tick`` (epochs/steps done in this experience) is due and
       ``ran`` (the step just taken trained, a traced bool) holds.
-    finish: ``finish(state, watch) -> state``: restores the best parameters.
+    finish: ``finish(state, watch, eval_data) -> state``: restores the best
+      parameters, evaluating the final state first if its tick was not due.
     active: ``active(watch) -> bool``: training goes on.
   """
 
@@ -142,7 +145,7 @@ class Watcher(NamedTuple):
   can_stop: bool
   start: Callable[[TrainState, ExperienceData], tuple[Watch, dict]]
   check: Callable[..., tuple[Watch, dict]]
-  finish: Callable[[TrainState, Watch], TrainState]
+  finish: Callable[[TrainState, Watch, ExperienceData], TrainState]
   active: Callable[[Watch], jax.Array]
 
 
@@ -180,7 +183,8 @@ def make_watcher(periodic: PeriodicEval,
     watch = Watch(stopped=jnp.zeros((), bool), best=value,
                   best_at=jnp.zeros((), jnp.int32),
                   best_params=state.params if early_stopping else None,
-                  best_model_state=state.model_state if early_stopping else None)
+                  best_model_state=state.model_state if early_stopping else None,
+                  evaluated=jnp.ones((), bool))
     return watch, record
 
   def update(state, watch, tick, value):
@@ -188,12 +192,11 @@ def make_watcher(periodic: PeriodicEval,
     improved = (delta > 0) & (delta >= early_stopping.margin)
     pick = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(improved, a, b), new, old)
-    best_at = jnp.where(improved, tick, watch.best_at)
     return watch.replace(
-        best=jnp.where(improved, value, watch.best), best_at=best_at,
+        best=jnp.where(improved, value, watch.best),
+        best_at=jnp.where(improved, tick, watch.best_at),
         best_params=pick(state.params, watch.best_params),
-        best_model_state=pick(state.model_state, watch.best_model_state),
-        stopped=tick - best_at >= early_stopping.patience)
+        best_model_state=pick(state.model_state, watch.best_model_state))
 
   def check(state, watch, tick, eval_data, ran):
     def evaluate_now(state, watch):
@@ -207,12 +210,28 @@ def make_watcher(periodic: PeriodicEval,
                             jax.eval_shape(measure, state, eval_data)[0])
       return watch, record
 
+    ran = jnp.asarray(ran, bool)
     due = ran & (tick % periodic.every == 0) & ~watch.stopped
-    return jax.lax.cond(due, evaluate_now, skip, state, watch)
+    watch, record = jax.lax.cond(due, evaluate_now, skip, state, watch)
+    watch = watch.replace(evaluated=due | (watch.evaluated & ~ran))
+    if early_stopping is not None:
+      # Checked at every tick, as Avalanche does before every epoch (step),
+      # not only at the evaluations: the stop does not wait for the next one.
+      watch = watch.replace(stopped=watch.stopped | (
+          ran & (tick - watch.best_at >= early_stopping.patience)))
+    return watch, record
 
-  def finish(state, watch):
+  def finish(state, watch, eval_data):
     if early_stopping is None:
       return state
+
+    def evaluate_final(watch):
+      _, value = measure(state, eval_data)
+      return update(state, watch, watch.best_at, value)
+
+    # Training since the last evaluation competes for the best too.
+    watch = jax.lax.cond(watch.evaluated | watch.stopped, lambda w: w,
+                         evaluate_final, watch)
     return state.replace(params=watch.best_params,
                          model_state=watch.best_model_state)
 
