@@ -19,7 +19,7 @@ from conftest import make_benchmark
 import jaxcl
 from jaxcl import cli
 from jaxcl.benchmarks import Experience
-from jaxcl.models import MLP, Model, as_model
+from jaxcl.models import MLP, MTMLP, Model, as_model
 from jaxcl.strategies import regularization
 from jaxcl.strategies import (StrategyContext, chain, ewc, from_spec, lfl, lwf,
                               mas, rwalk, si)
@@ -364,6 +364,32 @@ def test_lwf_with_task_labels_distils_each_past_task_head():
              2.0), rel=1e-5)
 
 
+def test_lwf_with_repeated_class_ids_distils_only_trained_heads():
+  # Both tasks use class ids {0, 1}; only task 0 was trained.
+  ctx = _ctx(model=MULTI_HEAD)._replace(
+      task_classes=np.array([[1, 1, 0], [1, 1, 0]], bool))
+  strategy = lwf(alpha=1.0, temperature=2.0)
+  exp, data = _data(85, labels=(0, 1))
+  teacher = {"w": jnp.asarray(np.random.default_rng(86).normal(
+      size=(2, DIM, 3)), jnp.float32), "b": jnp.zeros((2, 3))}
+  state = _end(strategy, ctx, _state(strategy, ctx, teacher,
+                                     seen=(True, True, False)), data)
+  batch = {"x": exp.x, "task": np.ones(3, np.int32), "weight": np.ones(3)}
+  masked = np.full((3, N_CLASSES), -1000.0)
+
+  def moved(head):
+    return {**teacher, "b": teacher["b"].at[head, 0].add(1.0)}
+
+  # The current task's head is free to move; the trained one is held.
+  assert _penalty(strategy, ctx, moved(1), state.cl_state, batch,
+                  masked) == 0.0
+  head0 = exp.x @ np.asarray(teacher["w"][0])
+  assert _penalty(strategy, ctx, moved(0), state.cl_state, batch,
+                  masked) == pytest.approx(_np_kl(
+                      head0, head0 + [1.0, 0.0, 0.0],
+                      np.array([True, True, False]), 2.0), rel=1e-5)
+
+
 def test_lfl_penalises_penultimate_features_and_freezes_head():
   module = MLP(N_CLASSES, hidden_size=5, drop_rate=0.0)
   ctx = _ctx(model=as_model(module), input_dim=4)
@@ -394,6 +420,38 @@ def test_lfl_penalises_penultimate_features_and_freezes_head():
                   jax.random.key(0))
   chex.assert_trees_all_equal(frozen["TorchLinear_0"], grads["TorchLinear_0"])
   assert all(np.all(g == 0) for g in jax.tree.leaves(frozen["TorchLinear_1"]))
+
+
+@pytest.mark.parametrize("multi_head", [False, True])
+def test_lfl_freezes_only_the_output_units_trained_before(multi_head):
+  if multi_head:  # Task 0: classes {0, 1}, trained; task 1: {2}, not yet.
+    module = MTMLP(N_CLASSES, n_tasks=2, hidden_size=5, drop_rate=0.0)
+    ctx = _ctx(model=as_model(module), input_dim=4)._replace(
+        task_classes=np.array([[1, 1, 0], [0, 0, 1]], bool))
+  else:  # One head: classes {0, 1} trained, class 2 not yet.
+    module = MLP(N_CLASSES, hidden_size=5, drop_rate=0.0)
+    ctx = _ctx(model=as_model(module), input_dim=4)
+  strategy = lfl(lambda_e=1.0)
+  exp, data = _data(91, input_dim=4, labels=(0, 1))
+  params, _ = ctx.model.init(jax.random.key(0), jnp.zeros((1, 4)),
+                             jnp.zeros((1,), jnp.int32))
+  state = _end(strategy, ctx, _state(strategy, ctx, params,
+                                     seen=(True, True, False)), data)
+  grads = jax.tree.map(jnp.ones_like, params)
+  batch = {"x": jnp.asarray(exp.x), "task": jnp.ones(3, jnp.int32),
+           "weight": jnp.ones(3)}
+  frozen = jax.jit(functools.partial(strategy.transform_grads, ctx))(
+      grads, state, batch, jax.random.key(0))
+  head = jax.tree.leaves(frozen[max(frozen)])  # the output layer: bias, kernel
+  trained = np.array([True, True, False])
+  for leaf in map(np.asarray, head):
+    if multi_head:  # Head 0's classes 0 and 1 frozen, head 1 free.
+      leaf, other = leaf[0], leaf[1]
+      assert np.all(other == 1)
+    assert np.all(leaf[..., trained] == 0) and np.all(leaf[..., ~trained] == 1)
+  # The features below the head keep their gradient.
+  below = [g for k, g in frozen.items() if k != max(frozen)]
+  assert all(np.all(leaf == 1) for leaf in jax.tree.leaves(below))
 
 
 def test_lfl_refuses_models_without_a_dense_output_layer():

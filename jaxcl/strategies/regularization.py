@@ -551,8 +551,17 @@ def _init_teacher(ctx: StrategyContext, params: PyTree, key: jax.Array) -> dict:
   return {"teacher_params": params, "teacher_model_state": model_state,
           "model_state": model_state,
           "old_classes": jnp.zeros((ctx.n_classes,), bool),
+          "old_task_classes": jnp.zeros((len(_task_classes(ctx)),
+                                         ctx.n_classes), bool),
           "has_teacher": jnp.zeros((), bool),
           "experience": jnp.zeros((), jnp.int32)}
+
+
+def _task_classes(ctx: StrategyContext) -> np.ndarray:
+  """``bool[n_tasks, n_classes]``: each task's classes (one task: all)."""
+  if ctx.task_classes is None:
+    return np.ones((1, ctx.n_classes), bool)
+  return np.asarray(ctx.task_classes, bool)
 
 
 def _begin_distillation(ctx, state, data, key):
@@ -575,11 +584,22 @@ def _snapshot_teacher(ctx, state, data, key):
   adds them before ``begin_experience``), so it is the set of classes seen
   before the next experience.
   """
-  del ctx, data, key
+  del key
+  # The (task, class) units trained so far: each task seen in an experience,
+  # with its classes seen so far. Class ids may repeat across tasks (ids from
+  # zero in each experience), so old_classes alone does not tell the heads
+  # of past tasks from those of the current and future ones.
+  task_classes = _task_classes(ctx)
+  trained = jnp.zeros(len(task_classes), jnp.int32).at[data.task].add(
+      data.valid.astype(jnp.int32), mode="drop") > 0
+  units = trained[:, None] & state.seen_classes & jnp.asarray(task_classes)
+  cl = state.cl_state
   return state.replace(cl_state={
-      **state.cl_state, "teacher_params": state.params,
+      **cl, "teacher_params": state.params,
       "teacher_model_state": state.model_state,
-      "old_classes": state.seen_classes, "has_teacher": jnp.ones((), bool)})
+      "old_classes": state.seen_classes,
+      "old_task_classes": cl["old_task_classes"] | units,
+      "has_teacher": jnp.ones((), bool)})
 
 
 def _distillation(student: jax.Array, teacher: jax.Array, classes: jax.Array,
@@ -607,7 +627,8 @@ def lwf(alpha: float | Sequence[float] = 1.0,
   over the classes seen before the current experience; there is no ``T²``
   factor. With task labels (``ctx.task_classes``, one head per task) the KL is
   summed over the heads of all tasks, each on the current inputs and
-  restricted to its classes seen before (so only past tasks' heads count),
+  restricted to its classes seen before in an experience of that task (so
+  only past tasks' heads count, also when class ids repeat across tasks),
   with the current model's heads computed again in evaluation mode (the
   trained logits hold the current task's head only).
 
@@ -619,8 +640,8 @@ def lwf(alpha: float | Sequence[float] = 1.0,
   Returns:
     The strategy. Its state holds ``alpha`` (one value per experience),
     ``temperature``, ``teacher_params``, ``teacher_model_state``,
-    ``model_state`` (the current model's), ``old_classes``, ``has_teacher``
-    and ``experience``.
+    ``model_state`` (the current model's), ``old_classes``,
+    ``old_task_classes``, ``has_teacher`` and ``experience``.
 
   Example:
     >>> lwf(alpha=[0.0, 0.5, 1.33, 2.25, 3.2], temperature=2.0).name
@@ -653,10 +674,9 @@ def lwf(alpha: float | Sequence[float] = 1.0,
       def head(task_id, classes):
         task = jnp.full(x.shape[:1], task_id, jnp.int32)
         student = ctx.logits(params, cl_state["model_state"], x, task)
-        return distil(student, task, old & classes)
-      task_classes = jnp.asarray(ctx.task_classes)
-      kl = jnp.sum(jax.vmap(head)(jnp.arange(task_classes.shape[0]),
-                                  task_classes))
+        return distil(student, task, classes)
+      old_heads = cl_state["old_task_classes"]
+      kl = jnp.sum(jax.vmap(head)(jnp.arange(old_heads.shape[0]), old_heads))
     return cl_state["alpha"][cl_state["experience"]] * kl
 
   return Strategy(name="lwf", init=init, begin_experience=_begin_distillation,
@@ -677,15 +697,29 @@ def _head_path(ctx, params, model_state, x, task) -> tuple[str, ...]:
   return found[0]
 
 
-def _zero_subtree(tree: PyTree, path: tuple[str, ...],
-                  when: jax.Array) -> PyTree:
-  """Zeroes the leaves of ``tree`` under the dict-key ``path`` if ``when``."""
+def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
+                          classes: jax.Array, units: jax.Array) -> PyTree:
+  """Zeroes the output layer's gradient for the output units trained so far.
+
+  The layer under ``path`` is a ``Dense`` (kernel ``[d, C]``, bias ``[C]``),
+  whose units are ``classes`` (``bool[C]``), or a multi-head classifier
+  (kernel ``[T, d, C]``, bias ``[T, C]``), whose units are ``units``
+  (``bool[T, C]``). jaxcl's heads hold every class and task from the start,
+  so the units of classes and tasks not trained yet stay trainable, as
+  Avalanche's growing heads add them trainable.
+  """
+  layer = grads
+  for key in path:
+    layer = layer[key]
+  trained = units if layer["kernel"].ndim == 3 else classes
+
   def visit(key_path, leaf):
     keys = tuple(getattr(k, "key", k) for k in key_path)
-    if keys[:len(path)] == path:
-      return jnp.where(when, jnp.zeros_like(leaf), leaf)
-    return leaf
-  return jax.tree_util.tree_map_with_path(visit, tree)
+    if keys[:len(path)] != path:
+      return leaf
+    mask = trained if leaf.ndim == trained.ndim else trained[..., None, :]
+    return jnp.where(mask, jnp.zeros_like(leaf), leaf)
+  return jax.tree_util.tree_map_with_path(visit, grads)
 
 
 def lfl(lambda_e: float | Sequence[float] = 1e-4,
@@ -698,20 +732,25 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
   penultimate features, both computed in evaluation mode. Features are the
   inputs of the model's output layer, the last ``flax.linen.Dense`` (or
   :class:`jaxcl.models.MultiHeadClassifier`) it calls, found with
-  ``flax.linen.intercept_methods``. Like Avalanche, from the second experience
-  on the output layer (every head of a multi-head model) is frozen: its
-  gradient is zeroed (with plain SGD that freezes it; optimizers with
-  momentum or weight decay still move it, use ``optax.masked`` for those).
+  ``flax.linen.intercept_methods``. Like Avalanche, the output units trained
+  in earlier experiences are frozen: their gradient is zeroed (with plain
+  SGD that freezes them; optimizers with momentum or weight decay still move
+  them, use ``optax.masked`` for those). Avalanche freezes its whole output
+  layer, whose growing heads add new classes and tasks as new, trainable
+  units; jaxcl's heads hold every class and task from the start, so the
+  units of classes (of a multi-head model: of task heads) not trained yet
+  stay trainable.
 
   Args:
     lambda_e: Penalty weight (≥ 0), or one per experience (the last one
       repeats).
-    freeze_head: Zero the output layer's gradient once a teacher exists.
+    freeze_head: Zero the gradient of the output units trained before.
 
   Returns:
     The strategy. Its state holds ``lambda_e`` (one value per experience),
     ``teacher_params``, ``teacher_model_state``, ``model_state`` (the
-    current model's), ``old_classes``, ``has_teacher`` and ``experience``.
+    current model's), ``old_classes``, ``old_task_classes``, ``has_teacher``
+    and ``experience``.
 
   Example:
     >>> lfl(lambda_e=1e-4).name
@@ -741,7 +780,9 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
     del key
     path = _head_path(ctx, state.params, state.model_state, batch["x"],
                       batch["task"])
-    return _zero_subtree(grads, path, state.cl_state["has_teacher"])
+    cl = state.cl_state
+    return _freeze_trained_units(grads, path, cl["old_classes"],
+                                 cl["old_task_classes"])
 
   return Strategy(
       name="lfl", init=init, begin_experience=_begin_distillation,
