@@ -31,12 +31,20 @@ def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True,
+             "0": False, "false": False, "no": False}
+
+
 def _flag_value(kind: type):
   """Parses a flag value; for numbers, a comma-separated list gives a list
   (per-experience values such as LwF's ``alpha``)."""
   def parse(text: str):
     if kind is bool:
-      return text.lower() in ("1", "true", "yes")
+      if text.lower() not in _BOOLEANS:
+        raise argparse.ArgumentTypeError(
+            f"invalid bool value: {text!r}; expected one of "
+            f"{', '.join(_BOOLEANS)}")
+      return _BOOLEANS[text.lower()]
     if kind in (int, float) and "," in text:
       return [kind(v) for v in text.split(",")]
     return kind(text)
@@ -225,6 +233,8 @@ def _check_args(args: argparse.Namespace) -> None:
   from jaxcl.models import MODELS
   from jaxcl.strategies import REGISTRY
   _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
+  _check_seed_range("--seed", args.seed)
+  _seeds(args)
   if args.lazy and args.benchmark not in _lazy_benchmarks():
     raise ValueError(f"--lazy: benchmark {args.benchmark!r} reads its images "
                      "into memory (it transforms, resizes or concatenates "
@@ -324,7 +334,17 @@ def _numbers(flag: str, text: str, kind: type) -> list:
 
 
 def _seeds(args: argparse.Namespace) -> list[int] | None:
-  return None if args.seeds is None else _numbers("--seeds", args.seeds, int)
+  if args.seeds is None:
+    return None
+  seeds = _numbers("--seeds", args.seeds, int)
+  for seed in seeds:
+    _check_seed_range("--seeds", seed)
+  return seeds
+
+
+def _check_seed_range(flag: str, seed: int) -> None:
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"{flag} values must be in [0, 2**32), got {seed}.")
 
 
 def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
@@ -565,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     run(args)
-  except (ValueError, TypeError, OSError) as e:
+  except (ValueError, TypeError, OSError, FloatingPointError) as e:
     print(f"jaxcl: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -270,6 +270,32 @@ def _tree_digest(folder: pathlib.Path) -> dict[str, str]:
           for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def test_checkpointed_experiences_metrics_are_on_disk(tmp_path, monkeypatch):
+  # A run killed after a checkpoint resumes after it and never writes that
+  # experience's metrics again: they must be in the files when it is saved.
+  logs = tmp_path / "logs"
+  writer = jaxcl.loggers.create_writers(str(logs), console=False,
+                                        tensorboard=False)
+  on_disk = []
+  save = checkpoint.Checkpointer.save
+
+  def save_and_look(self, step, arrays, meta):
+    lines = (logs / "metrics.jsonl").read_text().splitlines()
+    evaluated = {json.loads(line)["step"] for line in lines
+                 if "eval/stream/accuracy" in json.loads(line)}
+    rows = (logs / "eval_results.csv").read_text().splitlines()
+    on_disk.append((step, evaluated, len(rows) > 1))
+    save(self, step, arrays, meta)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save_and_look)
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=10)
+  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(), optax.sgd(0.1),
+            bench, batch_size=8, writer=writer,
+            checkpoint_dir=str(tmp_path / "ckpt"))
+  writer.close()
+  assert on_disk == [(1, {0}, True), (2, {0, 1}, True)]
+
+
 def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
   ckpt = _copy(finished, tmp_path)
   _garble_metadata(ckpt / "4")

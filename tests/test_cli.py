@@ -125,6 +125,16 @@ def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   assert not (tmp_path / "x").exists()
 
 
+def test_a_mistyped_boolean_flag_is_refused(capsys):
+  with pytest.raises(SystemExit) as exited:
+    cli.build_parser().parse_args(["run", "--strategy", "lfl",
+                                   "--freeze-head", "ture"])
+  assert exited.value.code == 2
+  assert "--freeze-head: invalid bool value: 'ture'" in capsys.readouterr().err
+  args = cli.build_parser().parse_args(["run", "--freeze-head", "No"])
+  assert args.freeze_head is False
+
+
 @pytest.mark.parametrize("args, message", [
     (["--benchmark", "split_mnst"], "Did you mean 'split_mnist'"),
     (["--strategy", "naiv"], "Did you mean 'naive'"),
@@ -133,6 +143,8 @@ def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
     (["--lr", "-1"], "--lr must be in (0"),
     (["--lazy", "--benchmark", "permuted_mnist"],
      "--lazy: benchmark 'permuted_mnist' reads its images into memory"),
+    (["--seed", str(2**32)], "--seed values must be in [0, 2**32), got 4294967296"),
+    (["--seeds", "1,-1"], "--seeds values must be in [0, 2**32), got -1"),
 ])
 def test_bad_arguments_exit_2_with_clear_message(tmp_path, capsys, args, message):
   logdir = tmp_path / "never"
@@ -141,6 +153,16 @@ def test_bad_arguments_exit_2_with_clear_message(tmp_path, capsys, args, message
   assert code == 2
   assert message in capsys.readouterr().err
   assert not logdir.exists()
+
+
+def test_a_diverging_run_ends_with_a_clear_error(tmp_path, capsys):
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
+                   "--lr", "1e9", "--logdir", str(tmp_path / "x"),
+                   "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 2
+  assert ("jaxcl: error: The training loss became NaN or infinite"
+          in capsys.readouterr().err)
 
 
 def test_logdir_that_is_a_file_is_refused(tmp_path, capsys):

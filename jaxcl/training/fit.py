@@ -444,6 +444,9 @@ def _placement(data_parallel: bool | None, n_runs: int,
 def _check_seed(seed) -> int:
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
     raise TypeError(f"seed must be an integer, got {seed!r}.")
+  # Seeds become uint32 arrays (one per run) for the compiled init.
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
   return int(seed)
 
 
@@ -810,6 +813,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
       bar.update(len(indices))
     if checkpointer is not None:
+      # A checkpointed experience's metrics must be on disk with it: a run
+      # killed later resumes after it and does not write them again.
+      if writer is not None:
+        writer.flush()
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "confusion": confusion,
           "histories": histories, "periodic": periodic_histories,
