@@ -183,6 +183,19 @@ def test_batch_composition_and_replay_weights(kwargs, experiences, rows,
     assert share == pytest.approx(1 / (experiences + 1))
 
 
+def test_replay_weight_counts_the_current_rows_only():
+  # Chained after a memory (say replay), the batch already holds 2 memory
+  # rows behind the 4 current ones: the generated rows weigh as much as the
+  # 3 real current rows, as without them.
+  ctx = _ctx(LINEAR)
+  batch = _batch()
+  with_memory = {name: jnp.concatenate([value, value[:2]])
+                 for name, value in batch.items()}
+  out = _jitted_transform(_strategy(), ctx)(
+      _replay_state(1), with_memory, jax.random.key(0))
+  np.testing.assert_allclose(out["weight"][6:], 3 / 4, rtol=1e-6)
+
+
 def _uint8_benchmark(n_classes=6, n_experiences=3, per_class=8, seed=0,
                      **kwargs):
   """Class-specific 4x4 uint8 patterns with noise, MNIST-like preprocessing."""

@@ -368,7 +368,9 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
       weight = 1.0
     else:
       times = cl_state.experiences if increasing_replay_size else 1.0
-      weight = jnp.sum(batch["weight"]) * times / n
+      # The current rows only: a strategy before it in a chain may have
+      # appended memory rows.
+      weight = jnp.sum(batch["weight"][:ctx.batch_size]) * times / n
     weight = jnp.where(cl_state.experiences > 0, weight, 0.0)
     return concat_batches(batch, {
         "x": x, "y": y.astype(batch["y"].dtype), "task": task,
