@@ -151,8 +151,8 @@ def test_mtmlp_selects_the_head_of_each_sample():
   used = np.abs(grads["heads"]["kernel"]).sum(axis=(1, 2))
   assert used[1] == 0 and used[2] == 0 and used[0] > 0 and used[3] > 0
   # A task label without a head gives NaN logits, not another head's.
-  bad = apply(params, x, jnp.array([0, 4, 0, 0, 0]))
-  assert np.isfinite(bad[0]).all() and np.isnan(bad[1]).all()
+  bad = apply(params, x, jnp.array([0, 4, -1, 0, 0]))
+  assert np.isfinite(bad[0]).all() and np.isnan(bad[1:3]).all()
 
 
 def test_multi_head_model_learns_a_task_incremental_stream():

@@ -209,6 +209,28 @@ def test_streaming_hooks_see_a_subset_within_the_budget():
   assert np.isfinite(result.metrics["stream_accuracy"])
 
 
+@pytest.mark.parametrize("seeds", [None, [0, 1, 2, 3]])
+def test_chunks_in_flight_stay_within_half_the_budget(monkeypatch, seeds):
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=300, dim=6)
+  sample = streaming.sample_nbytes(bench.train_stream[0])
+  budget_rows, batch_size = 480, 8
+  trainers = []
+  original = streaming.StreamingTrainer.__init__
+
+  def record(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    trainers.append(self)
+
+  monkeypatch.setattr(streaming.StreamingTrainer, "__init__", record)
+  _fit(bench, naive(), budget_mb=budget_rows * sample / 2**20, epochs=1,
+       batch_size=batch_size, seeds=seeds)
+  (trainer,) = trainers
+  # Each chunk holds every run's batches: the current chunk and the
+  # prefetched ones (3 in all) fit in half the budget.
+  runs = len(seeds or [0])
+  assert 3 * trainer.chunk_steps * batch_size * runs <= budget_rows / 2
+
+
 def test_icarl_weighs_exemplars_by_the_whole_streamed_experience():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40)
   sample = streaming.sample_nbytes(bench.train_stream[0])

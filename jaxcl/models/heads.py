@@ -62,7 +62,10 @@ class MultiHeadClassifier(nn.Module):
     bias = self.param("bias", _torch_bias_init(fan_in),
                       (self.n_tasks, self.num_classes))
     every = jnp.einsum("bd,tdc->btc", features, kernel) + bias
-    index = jnp.asarray(task, jnp.int32).reshape(-1, 1, 1)
+    task = jnp.asarray(task, jnp.int32)
+    # Negative labels too must miss every head (a gather wraps them).
+    task = jnp.where((task >= 0) & (task < self.n_tasks), task, self.n_tasks)
+    index = task.reshape(-1, 1, 1)
     return jnp.take_along_axis(every, index, axis=1, mode="fill",
                                fill_value=jnp.nan)[:, 0]
 

@@ -541,8 +541,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   trainer = _streaming_trainer(
       budget, train_stream, periodic_eval, ctx, strategy,
       optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
-      optimizer_reset=optimizer_reset, batched=batched, seed=runs[0].seed,
-      place=place)
+      optimizer_reset=optimizer_reset, batched=batched,
+      runs=len(runs) if batched else 1, seed=runs[0].seed, place=place)
   train_fn = loop.make_train_experience(
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty, watcher=watcher,
@@ -962,7 +962,7 @@ def _streaming_trainer(budget: int, train_stream: Stream,
                        ctx: StrategyContext, strategy: Strategy,
                        optimizer: optax.GradientTransformation, *, epochs: int,
                        mask_classes: bool, optimizer_reset: str, batched: bool,
-                       seed: int, place: _Placement
+                       runs: int, seed: int, place: _Placement
                        ) -> streaming.StreamingTrainer | None:
   """A streaming trainer if the largest experience exceeds ``budget`` bytes, else None."""
   sample_bytes = streaming.sample_nbytes(train_stream[0])
@@ -980,7 +980,8 @@ def _streaming_trainer(budget: int, train_stream: Stream,
       skip_empty_steps=True, optimizer_reset=optimizer_reset)
   return streaming.StreamingTrainer(
       ctx, parts, epochs=epochs, budget_bytes=budget, sample_bytes=sample_bytes,
-      batched=batched, n_classes=ctx.n_classes, seed=seed, place=place)
+      batched=batched, n_classes=ctx.n_classes, seed=seed, place=place,
+      runs=runs)
 
 
 def _periodic_setup(periodic_eval: periodic.PeriodicEval | None,

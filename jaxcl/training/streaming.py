@@ -73,6 +73,8 @@ class StreamingTrainer:
     budget_bytes: Device bytes the experience data may take.
     sample_bytes: Bytes of one sample (:func:`sample_nbytes`).
     batched: The state has a leading run axis (vmapped runs).
+    runs: The number of vmapped runs (1 without): each chunk holds every
+      run's batches, since each run has its own sample order.
     n_classes: Classes of the benchmark.
     seed: Seed of the hooks' random subset.
     place: Shardings of the state and the data (``fit``'s placement).
@@ -80,7 +82,7 @@ class StreamingTrainer:
 
   def __init__(self, ctx, parts: loop.ExperienceParts, *, epochs: int,
                budget_bytes: int, sample_bytes: int, batched: bool,
-               n_classes: int, seed: int, place: Any):
+               n_classes: int, seed: int, place: Any, runs: int = 1):
     self.parts, self.epochs, self.batched = parts, epochs, batched
     self.n_classes, self.seed, self.place = n_classes, seed, place
     self.batch_size = ctx.batch_size
@@ -88,7 +90,7 @@ class StreamingTrainer:
     self.hook_rows = int(min(ctx.experience_size, max(budget_rows // 2, 1)))
     steps = parts.steps_per_epoch
     # The current chunk and the prefetched ones share the other half.
-    per_chunk = budget_rows // (2 * (_PREFETCH + 1) * self.batch_size)
+    per_chunk = budget_rows // (2 * (_PREFETCH + 1) * self.batch_size * runs)
     self.chunk_steps = int(min(steps, max(per_chunk, 1)))
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
