@@ -84,3 +84,17 @@ def test_split_mnist_bundled():
   assert x.dtype == np.float32
   # Normalised with MNIST's mean and std: background pixels map to -0.4242.
   assert x.min() == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
+
+
+def test_split_mnist_class_ids_from_zero_from_first_exp():
+  plain = jaxcl.benchmarks.split_mnist(n_experiences=5, seed=3)
+  bench = jaxcl.benchmarks.split_mnist(
+      n_experiences=5, seed=3, class_ids_from_zero_from_first_exp=True)
+  position = np.argsort(plain.class_order)  # digit -> its place in the order
+  assert bench.class_order == plain.class_order != tuple(range(10))
+  for stream, relabelled in ((plain.train_stream, bench.train_stream),
+                             (plain.test_stream, bench.test_stream)):
+    for e, r in zip(stream, relabelled):
+      np.testing.assert_array_equal(r.x, e.x)
+      np.testing.assert_array_equal(r.y, position[e.y])
+      assert r.classes == (2 * e.index, 2 * e.index + 1)

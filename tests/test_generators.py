@@ -85,6 +85,27 @@ def test_class_ids_from_zero_in_each_exp():
   assert b.train_stream[1].future_classes == ()
 
 
+def test_class_ids_from_zero_from_first_exp():
+  x, y = _data(n_classes=6)
+  y = 2 * y + 1  # original ids 1, 3, ..., 11: relabelling also closes gaps
+  b = class_incremental((x, y), (x, y), 3, per_exp_classes={0: 4},
+                        fixed_class_order=[9, 1, 5, 11, 3, 7],
+                        class_ids_from_zero_from_first_exp=True)
+  assert b.n_classes == 6 and b.class_order == (9, 1, 5, 11, 3, 7)
+  assert [e.classes for e in b.train_stream] == [(0, 1, 2, 3), (4,), (5,)]
+  # class_order[j] becomes label j across the whole stream.
+  position = {9: 0, 1: 1, 5: 2, 11: 3, 3: 4, 7: 5}
+  for stream in (b.train_stream, b.test_stream):
+    for e in stream:
+      original = 2 * e.x[:, 1].astype(int) + 1
+      np.testing.assert_array_equal(e.y, [position[c] for c in original])
+      np.testing.assert_array_equal(e.task, 0)
+  assert b.train_stream[2].previous_classes == (0, 1, 2, 3, 4)
+  with pytest.raises(ValueError, match="at most one of them"):
+    class_incremental((x, y), (x, y), 3, class_ids_from_zero_in_each_exp=True,
+                      class_ids_from_zero_from_first_exp=True)
+
+
 @pytest.mark.parametrize("per_exp, match", [
     ({0: 7}, "leaves -1 of the 6 classes"),
     ({0: 3}, "leaves 3 of the 6 classes for the other 2"),

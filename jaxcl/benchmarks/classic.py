@@ -146,6 +146,7 @@ def split_mnist(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -160,6 +161,9 @@ def split_mnist(
     shuffle: Draw the class order from ``seed`` (else 0, 1, ..., 9).
     class_ids_from_zero_in_each_exp: Relabel each experience's classes
       ``0..k-1`` (see :func:`jaxcl.benchmarks.class_incremental`).
+    class_ids_from_zero_from_first_exp: Relabel the classes by their position
+      in the class order: experience 0 holds ``0..k-1``, experience 1 the next
+      ids, and so on (at most one of the two relabellings).
     data_dir: A tfds data directory holding the prepared ``mnist`` dataset
       (70,000 digits). Without it, the 5,000 real MNIST digits bundled with
       jaxcl are used (4,000 train / 1,000 test).
@@ -186,7 +190,9 @@ def split_mnist(
   return _split("split_mnist", splits, n_experiences, MNIST_MEAN, MNIST_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_fmnist(
@@ -197,6 +203,7 @@ def split_fmnist(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -215,7 +222,9 @@ def split_fmnist(
   return _split("split_fmnist", splits, n_experiences, FMNIST_MEAN, FMNIST_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_kmnist(
@@ -226,6 +235,7 @@ def split_kmnist(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -243,7 +253,9 @@ def split_kmnist(
   return _split("split_kmnist", splits, n_experiences, KMNIST_MEAN, KMNIST_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_cifar10(
@@ -255,6 +267,7 @@ def split_cifar10(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -276,7 +289,9 @@ def split_cifar10(
                 per_exp_classes={0: 5} if first_exp_with_half_classes else None,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_cifar100(
@@ -288,6 +303,7 @@ def split_cifar100(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -308,7 +324,9 @@ def split_cifar100(
                 per_exp_classes={0: 50} if first_exp_with_half_classes else None,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_cifar110(
@@ -367,6 +385,7 @@ def split_svhn(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
     lazy: bool = False,
     split_over_hosts: bool = False,
@@ -385,7 +404,9 @@ def split_svhn(
   return _split("split_svhn", splits, n_experiences, SVHN_MEAN, SVHN_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def split_omniglot(
@@ -396,6 +417,7 @@ def split_omniglot(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
 ) -> Benchmark:
   """SplitOmniglot: the 964 characters of Omniglot's background set by classes.
@@ -424,7 +446,9 @@ def split_omniglot(
                 n_experiences, OMNIGLOT_MEAN, OMNIGLOT_STD,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -716,6 +740,7 @@ def split_tiny_imagenet(
     fixed_class_order: Sequence[int] | None = None,
     shuffle: bool = True,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     data_dir: PathLike | None = None,
 ) -> Benchmark:
   """SplitTinyImageNet: Tiny ImageNet's 200 classes (64x64x3) split by classes.
@@ -739,7 +764,9 @@ def split_tiny_imagenet(
   return _split("split_tiny_imagenet", splits, n_experiences, CIFAR10_MEAN,
                 CIFAR10_STD, _FLIP, return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
-                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp)
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
 
 
 _CORE50_ADVICE = (

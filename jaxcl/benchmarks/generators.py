@@ -219,6 +219,7 @@ def class_incremental(
     seed: int = 0,
     return_task_id: bool = False,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     preprocess: Preprocess = _as_float,
     augment: Augment | None = None,
     name: str = "class_incremental",
@@ -230,7 +231,8 @@ def class_incremental(
   ``shuffle`` is False) and split over the experiences, evenly unless
   ``per_exp_classes`` fixes some experiences' counts. Labels keep their
   original values and the head covers all classes, unless
-  ``class_ids_from_zero_in_each_exp`` is set.
+  ``class_ids_from_zero_in_each_exp`` or
+  ``class_ids_from_zero_from_first_exp`` is set.
 
   Args:
     train: Training data, ``(x, y)`` arrays or a tfds data source.
@@ -251,6 +253,10 @@ def class_incremental(
       ``class_order`` becomes ``j``). ``n_classes`` is then the largest
       number of classes of an experience and ``classes`` lists relabelled
       ids; usually combined with ``return_task_id`` (multi-head models).
+    class_ids_from_zero_from_first_exp: Relabel the classes by their position
+      in the class order (``class_order[j]`` becomes ``j``), so experience 0
+      holds ``0..k-1``, experience 1 the next ids and so on; ``n_classes`` is
+      the number of classes. ``class_order`` keeps the original ids.
     preprocess: On-device preprocessing of raw inputs (e.g. normalisation).
     augment: On-device training augmentation ``(x, key) -> x``.
     name: Name of the benchmark for logs.
@@ -269,8 +275,17 @@ def class_incremental(
     ...                       shuffle=False)
     >>> [e.classes for e in b.train_stream]
     [(0, 1, 2, 3), (4,), (5,)]
+    >>> b = class_incremental((x, y), (x, y), 3, fixed_class_order=[5, 1, 0,
+    ...                       2, 4, 3], class_ids_from_zero_from_first_exp=True)
+    >>> [e.classes for e in b.train_stream], b.class_order
+    ([(0, 1), (2, 3), (4, 5)], (5, 1, 0, 2, 4, 3))
   """
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
+  if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
+    raise ValueError(
+        "class_ids_from_zero_in_each_exp=True and "
+        "class_ids_from_zero_from_first_exp=True relabel the classes in two "
+        "different ways; expected at most one of them.")
   x_train, y_train, x_test, y_test = _train_test(train, test)
   classes = np.unique(y_train)
   sizes = _group_sizes(len(classes), n_experiences, per_exp_classes)
@@ -278,24 +293,28 @@ def class_incremental(
   bounds = np.cumsum([0] + sizes)
   groups = [order[a:b] for a, b in itertools.pairwise(bounds)]
 
-  # Label c of an experience becomes its position in the experience's group.
-  position = np.zeros(int(classes.max()) + 1, np.int32)
-  for group in groups:
-    position[list(group)] = np.arange(len(group))
+  # new_label[c]: the label class c gets (its own id unless relabelled).
+  new_label = np.arange(int(classes.max()) + 1, dtype=np.int32)
+  if class_ids_from_zero_from_first_exp:
+    new_label[list(order)] = np.arange(len(order))
+  for group in groups if class_ids_from_zero_in_each_exp else ():
+    new_label[list(group)] = np.arange(len(group))
 
   def parts(x, y):
     out = []
     for i, group in enumerate(groups):
       idx = np.flatnonzero(np.isin(y, group))
-      labels = position[y[idx]] if class_ids_from_zero_in_each_exp else y[idx]
-      out.append((x[idx], labels, _tasks(idx.size, i if return_task_id else 0)))
+      out.append((x[idx], new_label[y[idx]],
+                  _tasks(idx.size, i if return_task_id else 0)))
     return out
 
   if class_ids_from_zero_in_each_exp:
-    exp_classes = [range(len(g)) for g in groups]
     n_classes = max(sizes)
+  elif class_ids_from_zero_from_first_exp:
+    n_classes = len(classes)
   else:
-    exp_classes, n_classes = groups, int(classes.max()) + 1
+    n_classes = int(classes.max()) + 1
+  exp_classes = [new_label[list(group)] for group in groups]
   return Benchmark(
       train_stream=_stream("train", parts(x_train, y_train),
                            classes=exp_classes),
