@@ -46,6 +46,10 @@ __all__ = ["StreamingTrainer", "default_budget_bytes", "sample_nbytes"]
 
 # Chunks gathered ahead of the one training.
 _PREFETCH = 2
+# Chunks whose batches can be on the devices at once: the queue's, the one
+# the reader is putting while the queue is full, the one dispatched last and
+# the one before it (dispatch is asynchronous, so it may still be running).
+_CHUNKS_ALIVE = _PREFETCH + 3
 
 
 def sample_nbytes(experience: Experience) -> int:
@@ -89,8 +93,8 @@ class StreamingTrainer:
     budget_rows = max(budget_bytes // sample_bytes, 1)
     self.hook_rows = int(min(ctx.experience_size, max(budget_rows // 2, 1)))
     steps = parts.steps_per_epoch
-    # The current chunk and the prefetched ones share the other half.
-    per_chunk = budget_rows // (2 * (_PREFETCH + 1) * self.batch_size * runs)
+    # The chunks alive at once share the other half.
+    per_chunk = budget_rows // (2 * _CHUNKS_ALIVE * self.batch_size * runs)
     self.chunk_steps = int(min(steps, max(per_chunk, 1)))
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
