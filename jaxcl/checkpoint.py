@@ -50,7 +50,7 @@ __all__ = ["CheckpointError", "Checkpointer", "Restored", "place", "run_config"]
 PyTree = Any
 
 # Version of the layout of ``meta``; bumped when it changes incompatibly.
-FORMAT = 1
+FORMAT = 2
 
 
 class CheckpointError(ValueError):

@@ -368,6 +368,33 @@ def test_fit_records_every_metric_with_one_compile_per_stream():
   assert 2 * batch_forward <= m["train_flops"] < 10 * batch_forward
 
 
+def test_task_class_accuracy_keys_the_classes_by_task():
+  # Both tasks relabel their classes from 0: task 0 has classes 0..3, task 1
+  # classes 0..1, so the pooled per-class accuracy mixes the two tasks.
+  bench = make_benchmark(n_classes=6, n_experiences=2, per_class=15,
+                         per_exp_classes={0: 4}, return_task_id=True,
+                         class_ids_from_zero_in_each_exp=True)
+  model = jaxcl.models.MLP(4, hidden_size=4, drop_rate=0.0)
+  result = jaxcl.fit(model, naive(), optax.sgd(0.02), bench, epochs=1,
+                     batch_size=8, metrics=["accuracy", "class_accuracy"])
+  x, y, task = (np.concatenate([getattr(e, f) for e in bench.test_stream])
+                for f in ("x", "y", "task"))
+  logits, _ = as_model(model).apply(result.state.params,
+                                    result.state.model_state,
+                                    bench.preprocess(x), task, False, None)
+  task_classes = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], bool)
+  predicted = np.where(task_classes[task], logits, -np.inf).argmax(1)
+  correct, count = np.zeros((2, 4)), np.zeros((2, 4))
+  np.add.at(correct, (task, y), predicted == y)
+  np.add.at(count, (task, y), 1)
+  with np.errstate(invalid="ignore"):
+    expected = correct / count
+  assert np.nanmin(expected) < 1  # a model that is not yet perfect
+  np.testing.assert_allclose(result.task_class_accuracy, expected)
+  np.testing.assert_allclose(result.class_accuracy,
+                             correct.sum(0) / count.sum(0))
+
+
 def test_fit_records_only_the_selected_metrics(tiny_benchmark, tiny_model):
   chosen = ev.metrics(["accuracy", "topk_accuracy", "flops"], top_k=2)
   multi = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,

@@ -34,8 +34,9 @@ METRICS: dict[str, str] = {
     "forgetting": "forgetting (stream forgetting)",
     "bwt": "bwt (backward transfer, minus forgetting)",
     "forward_transfer": "forward_transfer (needs eval_before_training)",
-    "class_accuracy": "Result.class_accuracy: per-class accuracy on the test "
-                      "stream after the last experience",
+    "class_accuracy": "Result.class_accuracy and task_class_accuracy: "
+                      "per-class (and per task and class) accuracy on the "
+                      "test stream after the last experience",
     "amca": "amca and mean_class_accuracy",
     "confusion_matrix": "Result.confusion_matrix over the test stream",
     "mean_scores": "mean_score_new and mean_score_old: mean true-class logit "

@@ -76,6 +76,9 @@ class Result:
     class_accuracy: ``[n_classes]`` accuracy of each class on the test stream
       after the last experience, NaN for classes without test samples (None
       unless ``class_accuracy`` is selected).
+    task_class_accuracy: ``[n_tasks, n_classes]`` the same per task label, as
+      Avalanche keys it (class ids may repeat across tasks); ``n_tasks`` is 1
+      unless the test stream has several task labels.
     labels_repartition: ``int[T, n_classes]`` samples of each class in each
       training experience as trained on (after the strategy's
       ``adapt_data``; None unless ``labels_repartition`` is selected).
@@ -95,6 +98,7 @@ class Result:
   confusion_matrix: np.ndarray | None
   state: TrainState
   class_accuracy: np.ndarray | None = None
+  task_class_accuracy: np.ndarray | None = None
   labels_repartition: np.ndarray | None = None
   periodic: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
@@ -742,7 +746,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     done, meta = restored.step, restored.meta
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
     periodic_histories = meta["periodic"]
-    confusion, train_s, eval_s = meta["confusion"], meta["train_s"], meta["eval_s"]
+    final_counts, train_s, eval_s = (meta["final_counts"], meta["train_s"],
+                                     meta["eval_s"])
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
@@ -792,7 +797,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     counts, seconds = _timed(eval_exec, state, test_data)
     eval_s += seconds
     counts = per_run(counts)
-    confusion = counts.confusion
+    # What the results keep of the latest evaluation (class ids per task).
+    final_counts = {"confusion": counts.confusion,
+                    "class_correct": counts.class_correct.sum(1),
+                    "class_count": counts.class_count.sum(1)}
     R[:, i] = _accuracies(counts)
     rows = [_experience_metrics(i, R[r], initial[r],
                                 jax.tree.map(lambda a: a[r], counts),
@@ -818,7 +826,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       if writer is not None:
         writer.flush()
       checkpointer.save(i + 1, state, {
-          "accuracy": R, "initial": initial, "confusion": confusion,
+          "accuracy": R, "initial": initial, "final_counts": final_counts,
           "histories": histories, "periodic": periodic_histories,
           "train_s": train_s, "eval_s": eval_s})
     span_start = time.perf_counter()
@@ -831,6 +839,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if writer is not None:  # Outside total_s: a writer may still be starting.
     writer.flush()
   chosen_or_none = lambda name, make: make() if name in chosen else None
+  confusion = final_counts["confusion"]
   # Runs split over several hosts' devices: every host gets every run (in
   # host memory, which holds all runs more easily than each device would).
   state = addressable(state)
@@ -845,6 +854,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
              class_accuracy=chosen_or_none(
                  "class_accuracy", lambda: class_metrics.class_accuracy(
                      np.diag(confusion[r]), confusion[r].sum(1))),
+             task_class_accuracy=chosen_or_none(
+                 "class_accuracy", lambda: class_metrics.class_accuracy(
+                     final_counts["class_correct"][r],
+                     final_counts["class_count"][r])),
              labels_repartition=chosen_or_none(
                  "labels_repartition", lambda: class_metrics.labels_repartition(
                      train_stream, n_classes)))
