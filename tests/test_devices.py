@@ -31,7 +31,9 @@ for name in {names!r}:
       jax.tree.leaves(runs[True].state.params)))
   out[name] = {{"param_diff": diff, "acc": [runs[p].accuracy_matrix.tolist()
                                            for p in (False, True)],
-               "loss": [runs[p].metrics["stream_loss"] for p in (False, True)]}}
+               "loss": [runs[p].metrics["stream_loss"] for p in (False, True)],
+               "flops": [[runs[p].metrics[k] for p in (False, True)]
+                         for k in ("train_flops", "eval_flops")]}}
 # The test stream is split over the devices with the batches; each
 # evaluates its share.
 fit_module = importlib.import_module("jaxcl.training.fit")
@@ -42,6 +44,14 @@ test, _ = fit_module._put_test_stream(list(bench.test_stream),
 out["test_rows"] = sorted(shard.data.shape[1]
                           for shard in test.x.addressable_shards)
 out["test_size"] = bench.test_stream.max_size
+# With the test stream split, the FLOP count traces no hook a second time.
+traces = []
+def predict(ctx, params, model_state, cl_state, x, task):
+  traces.append(1)
+  return ctx.logits(params, model_state, x, task)
+jaxcl.fit(model, jaxcl.strategies.naive()._replace(predict=predict),
+          optax.sgd(0.1), bench, batch_size=8, data_parallel=True)
+out["predict_traces"] = len(traces)
 # Periodic evaluation of the test stream keeps it whole on every device.
 periodic = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
                       batch_size=8, epochs=2, data_parallel=parallel,
@@ -146,7 +156,11 @@ def test_four_devices_equal_one_device():
     assert out[name]["param_diff"] < 1e-5, name
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
     np.testing.assert_allclose(*out[name]["loss"], rtol=1e-6, err_msg=name)
+    for flops in out[name]["flops"]:  # per step, per sample: as one device
+      assert np.isfinite(flops).all(), name
+      np.testing.assert_allclose(*flops, rtol=1e-2, err_msg=name)
   assert out["test_rows"] == [-(-out["test_size"] // 4)] * 4
+  assert out["predict_traces"] == 1
   assert len(out["periodic"][0]) > 2 and out["periodic"][0] == out["periodic"][1]
   assert out["three_seeds"][0] == out["three_seeds"][1]
   assert out["seeds_sharded_diff"] < 1e-5

@@ -268,21 +268,36 @@ def test_flops_of_a_dense_layer_are_two_in_out_batch():
   assert ev.flops(lowered.compile()) == 2 * n_in * n_out * batch
 
 
-def test_loop_body_flops_counts_one_iteration_of_nested_scans():
+def test_named_call_flops_counts_one_call_wherever_it_runs():
   w = jnp.ones((5, 7))
   xs = jnp.ones((3, 4, 2, 5))  # 3 epochs of 4 steps of a [2, 5] batch
+  step = ev.named_call(lambda b: b @ w, "step")
 
   def program(w, xs):
-    steps = lambda x: jax.lax.scan(lambda c, b: (c, b @ w), 0.0, x)[1]
-    return jax.lax.scan(lambda c, x: (c, steps(x)), 0.0, xs)[1]
+    # Another scan of the epochs' length beside the loop, and the step
+    # under a conditional: neither confuses the search.
+    extra = jax.lax.scan(lambda c, x: (c + x.sum(), None), 0.0, xs)[0]
+    steps = lambda x: jax.lax.scan(
+        lambda c, b: (c, jax.lax.cond(c > 1, lambda b: b[:, :1] * w[0], step,
+                                      b)),
+        0.0, x)[1]
+    return jax.lax.scan(lambda c, x: (c, steps(x)), 0.0, xs)[1], extra
 
   traced = jax.jit(program).trace(w, xs)
   per_step = 2 * 2 * 5 * 7
-  assert ev.loop_body_flops(traced.jaxpr, (3, 4)) == per_step
+  count, avals = ev.named_call_flops(traced.jaxpr, "step")
+  assert count == per_step and avals[0].shape == (2, 5)
   # XLA counts a loop body once: the whole program is not 12 steps' worth.
   assert ev.flops(traced.lower()) < 2 * per_step
-  assert ev.loop_body_flops(traced.jaxpr, (3, 5)) is None
-  assert ev.loop_body_flops(traced.jaxpr, (4,)) is None
+  assert ev.named_call_flops(traced.jaxpr, "other") is None
+  # Under vmap the call holds every run's batch.
+  batched = jax.jit(jax.vmap(program, in_axes=(None, 0))).trace(
+      w, jnp.ones((4, 3, 4, 2, 5)))
+  count, avals = ev.named_call_flops(batched.jaxpr, "step")
+  assert count == 4 * per_step and avals[0].shape == (4, 2, 5)
+  # Called twice, the call is ambiguous.
+  twice = jax.jit(lambda b: step(step(b) @ w.T)).trace(jnp.ones((2, 5)))
+  assert ev.named_call_flops(twice.jaxpr, "step") is None
 
 
 def test_peak_memory_is_reported():
@@ -393,6 +408,27 @@ def test_task_class_accuracy_keys_the_classes_by_task():
   np.testing.assert_allclose(result.task_class_accuracy, expected)
   np.testing.assert_allclose(result.class_accuracy,
                              correct.sum(0) / count.sum(0))
+
+
+def test_train_flops_count_one_step_whatever_else_the_program_runs():
+  bench = make_benchmark(per_class=6)  # 12 samples: 3 steps of 4 per epoch
+  model = jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0)
+
+  def train_flops(strategy, epochs, **kwargs):
+    return jaxcl.fit(model, strategy, optax.sgd(0.1), bench, epochs=epochs,
+                     batch_size=4, metrics=["flops"],
+                     **kwargs).metrics["train_flops"]
+
+  # EWC's importance pass scans the experience's 3 batches beside the epoch
+  # loop, which with 3 epochs has the same length.
+  ewc = jaxcl.strategies.ewc(ewc_lambda=1.0)
+  assert np.isfinite(train_flops(ewc, 2))
+  assert train_flops(ewc, 3) == train_flops(ewc, 2)
+  # A periodic evaluation by steps sits in the step loop but is no step.
+  step = train_flops(naive(), 2)
+  assert step < train_flops(ewc, 2)
+  periodic = jaxcl.training.PeriodicEval(every=1, unit="step", stream="test")
+  assert train_flops(naive(), 2, periodic_eval=periodic) == step
 
 
 def test_fit_records_only_the_selected_metrics(tiny_benchmark, tiny_model):

@@ -28,8 +28,8 @@ from jaxcl.evaluation.class_metrics import (amca, class_accuracy,
                                             mean_class_accuracy, mean_scores)
 from jaxcl.evaluation.reducers import ClassCounts, ConfusionMatrix, TopKAccuracy
 from jaxcl.evaluation.selection import METRICS, MetricSelection, metrics
-from jaxcl.evaluation.system import (flops, loop_body_flops,
-                                     matmul_peak_flops, peak_device_memory_mb,
+from jaxcl.evaluation.system import (flops, matmul_peak_flops, named_call,
+                                     named_call_flops, peak_device_memory_mb,
                                      peak_host_memory_mb)
 
 __all__ = [
@@ -45,11 +45,12 @@ __all__ = [
     "flops",
     "forward_transfer",
     "labels_repartition",
-    "loop_body_flops",
     "matmul_peak_flops",
     "mean_class_accuracy",
     "mean_scores",
     "metrics",
+    "named_call",
+    "named_call_flops",
     "peak_device_memory_mb",
     "peak_host_memory_mb",
     "stream_accuracy",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +24,8 @@ from jax.extend import core as jax_core
 __all__ = [
     "matmul_peak_flops",
     "flops",
-    "loop_body_flops",
+    "named_call",
+    "named_call_flops",
     "peak_device_memory_mb",
     "peak_host_memory_mb",
 ]
@@ -134,43 +135,79 @@ def flops(stage: Any) -> float | None:
   return float(cost["flops"])
 
 
-def loop_body_flops(jaxpr: jax_core.ClosedJaxpr,
-                    lengths: Sequence[int]) -> float | None:
-  """FLOPs of one iteration of the innermost of nested ``lax.scan`` loops.
+def named_call(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+  """``fn`` as a nested ``jax.jit`` call that :func:`named_call_flops` finds.
 
-  Follows ``lengths`` down the program: the ``scan`` of ``lengths[0]``
-  iterations among the top-level operations of ``jaxpr``, then the ``scan``
-  of ``lengths[1]`` iterations in its body, and so on; the innermost body is
-  lowered on its own (from the jaxpr, so no Python function is traced again)
-  and analysed by XLA. This gives per-step FLOPs of a program that runs its
-  steps in a scan, which :func:`flops` of the whole program cannot (XLA
-  counts a loop body once).
+  Inside a jitted program the call is a ``jit`` equation named ``name`` in
+  the jaxpr; XLA inlines it, so the compiled program is unchanged. Use a
+  name no other function of the program has.
+
+  Args:
+    fn: The function whose FLOPs are wanted (positional arguments only).
+    name: Its name in the program's jaxpr.
+
+  Returns:
+    The jitted function.
+  """
+  def call(*args):
+    return fn(*args)
+  call.__name__ = call.__qualname__ = name
+  return jax.jit(call)
+
+
+def _named_calls(jaxpr: Any, name: str) -> Iterator[Any]:
+  """The ``jit`` equations named ``name``, at any depth of ``jaxpr``."""
+  for eqn in jaxpr.eqns:
+    if eqn.params.get("name") == name and "jaxpr" in eqn.params:
+      yield eqn
+      continue
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax_core.ClosedJaxpr):
+          yield from _named_calls(sub.jaxpr, name)
+        elif isinstance(sub, jax_core.Jaxpr):
+          yield from _named_calls(sub, name)
+
+
+def named_call_flops(jaxpr: jax_core.ClosedJaxpr, name: str
+                     ) -> tuple[float, tuple[Any, ...]] | None:
+  """FLOPs of one execution of the :func:`named_call` ``name`` in a program.
+
+  The call is found at any depth (inside scans, conditionals, ``vmap`` and
+  ``shard_map``), lowered on its own from the jaxpr (so no Python function
+  is traced again) and analysed by XLA. This gives, e.g., per-step FLOPs of
+  a program that runs its steps in a scan, which :func:`flops` of the whole
+  program cannot (XLA counts a loop body once).
 
   Args:
     jaxpr: The program, e.g. ``jax.jit(f).trace(*args).jaxpr``.
-    lengths: Trip counts of the nested scans, outermost first.
+    name: The name given to :func:`named_call`.
 
   Returns:
-    The FLOPs of one iteration, or None if some level has no scan, or more
-    than one, of the given length, or the backend has no cost analysis.
+    ``(flops, input avals)`` of the call (the avals give its batch shapes,
+    after ``vmap``, per device inside ``shard_map``), or None if the program
+    holds no such call, or more than one, or the backend has no cost
+    analysis.
 
   Example:
     >>> import jax.numpy as jnp
-    >>> def f(w, xs):  # xs: [epochs=3, steps=4, batch=2, 5]
-    ...   inner = lambda x: jax.lax.scan(lambda c, b: (c, b @ w), 0.0, x)[1]
-    ...   return jax.lax.scan(lambda c, x: (c, inner(x)), 0.0, xs)[1]
-    >>> traced = jax.jit(f).trace(jnp.ones((5, 7)), jnp.ones((3, 4, 2, 5)))
-    >>> loop_body_flops(traced.jaxpr, (3, 4))  # 2 * 2 * 5 * 7
-    140.0
+    >>> w = jnp.ones((5, 7))
+    >>> step = named_call(lambda b: b @ w, "step")
+    >>> def f(xs):  # xs: [epochs=3, steps=4, batch=2, 5]
+    ...   steps = lambda x: jax.lax.scan(lambda c, b: (c, step(b)), 0.0, x)[1]
+    ...   return jax.lax.scan(lambda c, x: (c, steps(x)), 0.0, xs)[1]
+    >>> traced = jax.jit(f).trace(jnp.ones((3, 4, 2, 5)))
+    >>> count, avals = named_call_flops(traced.jaxpr, "step")
+    >>> count, avals[0].shape  # 2 * 2 * 5 * 7
+    (140.0, (2, 5))
   """
-  body = jaxpr
-  for length in lengths:
-    found = [eqn.params["jaxpr"] for eqn in body.jaxpr.eqns
-             if eqn.primitive.name == "scan" and eqn.params["length"] == length]
-    if len(found) != 1:
-      return None
-    body = found[0]
-  args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype,
-                               weak_type=getattr(v.aval, "weak_type", False))
-          for v in body.jaxpr.invars]
-  return flops(jax.jit(jax_core.jaxpr_as_fun(body)).lower(*args))
+  found = list(_named_calls(jaxpr.jaxpr, name))
+  if len(found) != 1:
+    return None
+  body = found[0].params["jaxpr"]
+  avals = tuple(v.aval for v in body.jaxpr.invars)
+  args = [jax.ShapeDtypeStruct(a.shape, a.dtype,
+                               weak_type=getattr(a, "weak_type", False))
+          for a in avals]
+  count = flops(jax.jit(jax_core.jaxpr_as_fun(body)).lower(*args))
+  return None if count is None else (count, avals)

@@ -554,11 +554,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # With batches split over devices, so is the test stream, unless periodic
   # evaluation (inside the training program) needs it whole anyway.
   split_test = place.batch is not None and periodic_stream is not test_stream
-  # FLOPs are counted on the unsplit evaluation (the same per sample).
-  counted_eval_fn = eval_fn
   if batched:
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
-    eval_fn = counted_eval_fn = _evaluate_runs(eval_fn)
+    eval_fn = _evaluate_runs(eval_fn)
   if split_test:
     eval_fn = _evaluate_split(
         ctx, strategy, place, batched, eval_batch_size=eval_batch_size,
@@ -620,7 +618,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   first = None if trainer or block > 1 else put_training([0], None)
   if trainer:
     train_lowered = trainer.lower(state_shape, train_stream[0])
-    train_jaxpr, train_loops = trainer.chunk_jaxpr, (trainer.chunk_steps,)
+    train_jaxpr = trainer.chunk_jaxpr
   elif block > 1:
     one_experience = jax.jit(train_fn)
     data_shape = jax.eval_shape(
@@ -633,7 +631,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         in_shardings=(place.state, place.data, place.data, place.data),
         out_shardings=(place.state, _behind_block_axis(place.state))).lower(
             state_shape, block_shape, np.int32(block), periodic_data)]
-    train_jaxpr, train_loops = single.jaxpr, (epochs, steps)
+    train_jaxpr = single.jaxpr
   else:
     train_traced = jax.jit(
         train_fn, donate_argnums=0,
@@ -641,7 +639,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         out_shardings=(place.state, place.state)).trace(
             state_shape, first, periodic_data)
     train_lowered = [train_traced.lower()]
-    train_jaxpr, train_loops = train_traced.jaxpr, (epochs, steps)
+    train_jaxpr = train_traced.jaxpr
   # XLA compiles without the GIL: each program compiles in a thread as soon
   # as it is lowered, while the next one is traced and lowered (after the
   # checks of a checkpoint's configuration, or of every host having the same
@@ -668,9 +666,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     programs.append((init_lowered, _init_compiler_options()))
     if not check_first:
       compile_lowered()
-    eval_lowered = jax.jit(
+    eval_traced = jax.jit(
         eval_fn, in_shardings=(place.state, test_sharding),
-        out_shardings=place.state).lower(state_shape, test_data)
+        out_shardings=place.state).trace(state_shape, test_data)
+    eval_lowered = eval_traced.lower()
     programs.append((eval_lowered, None))
     lowered = (init_lowered, *train_lowered, eval_lowered)
     checkpointer = restored = config = None
@@ -706,13 +705,11 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     # overlaps the first experiences instead of delaying them.
     # The FLOPs are a function of the programs, so they are cached with them.
     flop_analysis = functools.partial(
-        _program_flops, train_jaxpr, train_loops, counted_eval_fn, state_shape,
-        test_data, eval_batch_size=eval_batch_size,
-        n_runs=len(runs) if batched else 1,
-        runs_loop=batched and _runs_one_by_one())
+        _program_flops, train_jaxpr, eval_traced.jaxpr,
+        n_runs=len(runs) if batched else 1)
     flops = pool.submit(
         compilation.cached_json, "flops",
-        [*(program.as_text() for program in lowered), train_loops,
+        [*(program.as_text() for program in lowered),
          flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
     *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
   finally:
@@ -1204,32 +1201,27 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
                        out_specs=whole, check_vma=False)
 
 
-def _program_flops(train_jaxpr: Any, train_loops: tuple[int, ...],
-                   eval_fn: Callable, state_shape: Any, test_data: Any, *,
-                   eval_batch_size: int, n_runs: int,
-                   runs_loop: bool) -> dict[str, float]:
+def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *,
+                   n_runs: int) -> dict[str, float]:
   """FLOPs of one optimizer step and of evaluating one sample, for one run.
 
   XLA counts a loop body once whatever its trip count, so the compiled
-  programs give no per-step number: the body of the scan over steps (the
-  nested scans of ``train_loops`` trip counts: epochs then steps, or the
-  streaming chunk's steps) and of the scan over evaluation chunks (inside the
-  scan over test experiences, itself inside the loop over runs when
-  ``runs_loop``, see :func:`_evaluate_runs`) are analysed on their own. The
-  programs' jaxprs come from JAX's trace cache, so no hook is traced again.
-  NaN where a body cannot be isolated or the backend has no cost analysis.
+  programs give no per-step number: the training step and the evaluation of
+  one chunk are named calls (:data:`loop.TRAIN_STEP_CALL`,
+  :data:`loop.EVAL_CHUNK_CALL`), found in the programs' jaxprs and analysed
+  on their own. The jaxprs are those the programs were lowered from, so no
+  hook is traced again. The step of vmapped runs is every run's; a chunk's
+  count is divided by its rows (its last argument, the real-row mask: every
+  run's when vmapped, one device's share when the test stream is split over
+  devices). NaN where a call is not found or the backend has no cost
+  analysis.
   """
-  size = test_data.y.shape[1]
-  chunk = min(eval_batch_size, size)
-  step = system.loop_body_flops(train_jaxpr, train_loops)
-  eval_loops = (test_data.y.shape[0], math.ceil(size / chunk))
-  evaluation = system.loop_body_flops(
-      jax.jit(eval_fn).trace(state_shape, test_data).jaxpr,
-      (n_runs, *eval_loops) if runs_loop else eval_loops)
-  per_run = lambda value, n: float("nan") if value is None else value / n
-  return {"train_flops": per_run(step, n_runs),
-          "eval_flops": per_run(evaluation,
-                                chunk if runs_loop else n_runs * chunk)}
+  nan = float("nan")
+  step = system.named_call_flops(train_jaxpr, loop.TRAIN_STEP_CALL)
+  chunk = system.named_call_flops(eval_jaxpr, loop.EVAL_CHUNK_CALL)
+  return {"train_flops": nan if step is None else step[0] / n_runs,
+          "eval_flops": nan if chunk is None else
+                        chunk[0] / math.prod(chunk[1][-1].shape)}
 
 
 def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,

@@ -98,7 +98,7 @@ class StreamingTrainer:
     self.chunk_steps = int(min(steps, max(per_chunk, 1)))
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
-    self.chunk_jaxpr = None  # Set by `lower`; its scan body is one step.
+    self.chunk_jaxpr = None  # Set by `lower` (for the FLOP count of a step).
     # Set by `lower`: whether begin/end read the subset's inputs (EWC's
     # importance, buffer insertion) or only its labels, or nothing (naive).
     self.hooks_read_inputs = True
