@@ -142,6 +142,41 @@ def test_split_omniglot_holds_out_drawings_of_each_class(mock_tfds):
     np.testing.assert_array_equal(np.bincount(train.y)[list(train.classes)], 4)
 
 
+def _one_bit_omniglot(page):
+  """A data source fn: omniglot records, strokes of 0 on a page of ``page``."""
+  def source(builder, split, **kwargs):
+    del builder, split, kwargs
+    n_labels = _N_LABELS["omniglot"]
+    records = []
+    for i in range(_PER_CLASS * n_labels):
+      image = np.full((105, 105, 3), page, np.uint8)
+      image[10:90, i:i + 4] = 0
+      records.append({"image": image, "label": i % n_labels})
+    return records
+  return source
+
+
+def test_split_omniglot_binarises_both_decodings_of_its_1_bit_pngs(tmp_path):
+  # tfds's 1-bit PNGs decode to pages of 1 through PIL (ArrayRecord), of 255
+  # through TensorFlow (TFRecord).
+  benches = {}
+  for page in (1, 255):
+    with tfds.testing.mock_data(as_data_source_fn=_one_bit_omniglot(page)):
+      benches[page] = classic.split_omniglot(4, data_dir=tmp_path)
+  for stream in ("train_stream", "test_stream"):
+    for bit, byte in zip(getattr(benches[1], stream),
+                         getattr(benches[255], stream), strict=True):
+      assert bit.x.dtype == np.uint8
+      np.testing.assert_array_equal(bit.x, byte.x)
+  x = benches[1].train_stream[0].x
+  np.testing.assert_array_equal(np.unique(x), [0, 255])
+  normalised = np.asarray(benches[1].preprocess(jnp.asarray(x)))
+  np.testing.assert_allclose(
+      [normalised.min(), normalised.max()],
+      np.subtract([0, 1], classic.OMNIGLOT_MEAN) / classic.OMNIGLOT_STD,
+      rtol=1e-5)
+
+
 def test_five_datasets(mock_tfds):
   bench = classic.five_datasets(return_task_id=True, data_dir=mock_tfds)
   assert bench.input_shape == (32, 32, 3) and bench.n_classes == 50
@@ -181,6 +216,62 @@ def test_missing_tfds_dataset_says_how_to_prepare(monkeypatch, tmp_path):
       factory()
   with pytest.raises(ValueError, match="tfds build svhn_cropped"):
     classic.split_svhn(data_dir=tmp_path)  # Not prepared there.
+
+
+def _prepare_fake_cub(data_dir, file_format):
+  """tfds's ``caltech_birds2011`` builder, writing 4 small records a split."""
+  class FakeCub(tfds.builder_cls("caltech_birds2011"), skip_registration=True):
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._records(), "test": self._records()}
+
+    def _records(self):
+      for i in range(4):  # PIL images: encoding them needs no TensorFlow.
+        side = 5 + i
+        yield i, {"image": Image.new("RGB", (side, side), (40 * i,) * 3),
+                  "image/filename": f"{i}.jpg", "label": i % 2,
+                  "label_name": "bird",
+                  "bbox": tfds.features.BBox(0., 0., 1., 1.),
+                  "segmentation_mask": Image.new("L", (side, side))}
+
+  FakeCub.name = "caltech_birds2011"
+  FakeCub(data_dir=data_dir, file_format=file_format).download_and_prepare()
+
+
+def test_tilde_in_data_dir_is_the_home_directory(tmp_path, monkeypatch):
+  home = tmp_path / "home"
+  _prepare_fake_cub(home / "tfds", "array_record")
+  source = home / "tiny-imagenet-200"
+  _write_images(source / "train" / "n01" / "images", 1, 4, 0)
+  _write_images(source / "val" / "images", 1, 4, 0)
+  (source / "val" / "val_annotations.txt").write_text("0.png\tn01\n")
+  (tmp_path / "cwd").mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(tmp_path / "cwd")
+  cub = classic.split_cub200(1, classes_first_batch=None, image_size=4,
+                             data_dir="~/tfds")
+  assert cub.n_classes == 2 and [len(e) for e in cub.train_stream] == [4]
+  target = classic.prepare_tiny_imagenet("~/tiny-imagenet-200", "~/data")
+  assert target == home / "data" / "tiny_imagenet"
+  assert (target / "train" / "n01" / "0.png").is_file()
+  assert (target / "test" / "n01" / "0.png").is_file()
+  assert not (tmp_path / "cwd" / "~").exists()
+
+
+def test_split_cub200_on_tfrecord_says_to_prepare_array_record(tmp_path):
+  _prepare_fake_cub(tmp_path, "tfrecord")
+  with pytest.raises(ValueError) as info:
+    classic.split_cub200(data_dir=tmp_path)
+  message = str(info.value)
+  assert message.startswith(
+      f"Cannot load split 'train' of tfds dataset 'caltech_birds2011' from "
+      f"{tmp_path}: split_cub200, which resizes its images one by one, needs "
+      "it in ArrayRecord format (random access), but it is prepared there as "
+      "tfrecord only. Prepare it again with `--file_format array_record`")
+  assert (f"tfds build caltech_birds2011 --data_dir {tmp_path} --file_format "
+          "array_record") in message
+  assert "damaged" not in message and "TFRecord format works" not in message
 
 
 def _write_images(folder, count, size, value):

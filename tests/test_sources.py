@@ -174,18 +174,20 @@ def test_real_tfds_path_under_mock_data(tmp_path):
     assert ((0 <= y) & (y < 10)).all()
 
 
-class _TinyPngDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Six 4x4 PNG images (`tfds.features.Image`, like tfds's `mnist`)."""
+class _TestDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A one-split digits builder; subclasses give the image feature and data."""
 
-    name = "tiny_png_digits"
     VERSION = tfds.core.Version("1.0.0")
+
+    def _image_feature(self) -> tfds.features.FeatureConnector:
+        raise NotImplementedError
 
     def _info(self):
         return tfds.core.DatasetInfo(
             builder=self,
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(4, 4, 1)),
+                    "image": self._image_feature(),
                     "label": tfds.features.ClassLabel(num_classes=10),
                 }
             ),
@@ -194,6 +196,15 @@ class _TinyPngDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager
         return {"train": self._generate_examples()}
+
+
+class _TinyPngDigits(_TestDigits, skip_registration=True):
+    """Six 4x4 PNG images (`tfds.features.Image`, like tfds's `mnist`)."""
+
+    name = "tiny_png_digits"
+
+    def _image_feature(self):
+        return tfds.features.Image(shape=(4, 4, 1))
 
     def _generate_examples(self):
         for i in range(6):  # PIL images: encoding them needs no TensorFlow.
@@ -210,6 +221,94 @@ def test_png_image_feature_from_prepared_files(tmp_path, file_format):
     assert x.shape == (6, 4, 4, 1) and x.dtype == np.uint8 and y.dtype == np.int32
     np.testing.assert_array_equal(x[:, 0, 0, 0], 40 * y)
     np.testing.assert_array_equal(np.sort(y), np.arange(6))
+
+
+class _ShardedDigits(_TestDigits, skip_registration=True):
+    """100 one-pixel records (pixel = record key), for multi-shard files."""
+
+    name = "sharded_digits"
+
+    def _image_feature(self):
+        return tfds.features.Tensor(shape=(1, 1, 1), dtype=np.uint8)
+
+    def _generate_examples(self):
+        for i in range(100):
+            yield i, {"image": np.full((1, 1, 1), i, np.uint8), "label": i % 10}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> dict[str, Path]:
+    """``sharded_digits`` in 4 shards of 25 records, in each file format.
+
+    tf.data interleaves shards in blocks of 16 records by default, so shards
+    longer than that show whether they are read one after the other.
+    """
+    data_dirs = {}
+    for file_format in ("array_record", "tfrecord"):
+        data_dirs[file_format] = tmp_path_factory.mktemp(file_format)
+        _ShardedDigits(
+            data_dir=data_dirs[file_format], file_format=file_format
+        ).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(num_shards=4)
+        )
+    return data_dirs
+
+
+def test_tfrecord_loads_in_the_order_of_array_record(sharded):
+    """A seed must give the same experiences whatever the file format."""
+    shards = tfds.builder("sharded_digits", data_dir=sharded["tfrecord"])
+    assert shards.info.splits["train"].shard_lengths == [25] * 4
+    eager = sources.load_tfds_split(
+        "sharded_digits", "train", data_dir=sharded["array_record"]
+    )
+    lazy = sources.load_tfds_split(
+        "sharded_digits", "train", data_dir=sharded["array_record"], lazy=True
+    )
+    tfrecord = sources.load_tfds_split(
+        "sharded_digits", "train", data_dir=sharded["tfrecord"]
+    )
+    np.testing.assert_array_equal(np.sort(eager.x.ravel()), np.arange(100))
+    for other in (lazy, tfrecord):
+        np.testing.assert_array_equal(np.asarray(other.x), eager.x)
+        np.testing.assert_array_equal(other.y, eager.y)
+
+
+def test_lazy_on_tfrecord_says_to_prepare_array_record(sharded):
+    data_dir = sharded["tfrecord"]
+    with pytest.raises(ValueError) as info:
+        sources.load_tfds_split("sharded_digits", "train", data_dir=data_dir,
+                                lazy=True)
+    message = str(info.value)
+    assert message.startswith(
+        f"Cannot load split 'train' of tfds dataset 'sharded_digits' from"
+        f" {data_dir}: lazy=True needs it in ArrayRecord format (random"
+        " access), but it is prepared there as tfrecord only. Prepare it"
+        " again with `--file_format array_record`"
+    )
+    assert (f"tfds build sharded_digits --data_dir {data_dir} --file_format"
+            " array_record") in message
+    assert "damaged" not in message and "TFRecord format works" not in message
+
+
+def test_tilde_in_data_dir_is_the_home_directory(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _TinyPngDigits(
+        data_dir=home / "tfds", file_format="array_record"
+    ).download_and_prepare()
+    (home / "bundled").symlink_to(COMMITTED)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert sources.has_tfds_dataset("tiny_png_digits", "~/tfds")
+    for lazy in (False, True):
+        x, y = sources.load_tfds_split(
+            "tiny_png_digits", "train", data_dir="~/tfds", lazy=lazy
+        )
+        np.testing.assert_array_equal(np.asarray(x)[:, 0, 0, 0], 40 * y)
+        np.testing.assert_array_equal(np.sort(y), np.arange(6))
+    test = sources.load_bundled("digits_bundled", "test", data_dir="~/bundled")
+    assert test.x.shape == (355, 8, 8, 1)
+    assert not (tmp_path / "cwd" / "~").exists()
 
 
 def test_has_tfds_dataset(tmp_path):

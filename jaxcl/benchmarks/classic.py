@@ -5,9 +5,9 @@ the prepared tfds dataset there (``tfds build NAME --data_dir DIR
 --file_format array_record``); without it, the MNIST benchmarks fall back to
 the real MNIST digits bundled in ``benchmarks_data/`` (no network needed) and
 the others use tfds's default data directory if the dataset is prepared
-there, else raise a ``ValueError`` saying how to prepare it. Tiny ImageNet and
-CORe50 are not in tfds: they are read from prepared image folders with
-``tfds.ImageFolder``.
+there, else raise a ``ValueError`` saying how to prepare it. A leading ``~``
+in ``data_dir`` is expanded. Tiny ImageNet and CORe50 are not in tfds: they
+are read from prepared image folders with ``tfds.ImageFolder``.
 
 Images stay in their stored dtype (uint8) on the host and on the device;
 each benchmark normalises them in ``preprocess`` and augments training batches
@@ -429,7 +429,8 @@ def split_omniglot(
   (:func:`jaxcl.benchmarks.builders.stratified_split`, seed 0), so test
   classes are train classes. Characters are relabelled ``0..963`` in tfds
   label order; images are 105x105x1 (one channel of tfds's RGB copy),
-  normalised with mean 0.9221, std 0.2681; no augmentation.
+  binarised to 0 (strokes) and 255 (background) whichever way tfds decoded
+  them, normalised with mean 0.9221, std 0.2681; no augmentation.
 
   Arguments as :func:`split_mnist` (``n_experiences`` divides 964: 1, 2, 4,
   241, 482 or 964).
@@ -440,7 +441,10 @@ def split_omniglot(
   from jaxcl.benchmarks import builders  # Lazy: tfds import is not free.
   (full,) = _load("split_omniglot", "omniglot", data_dir, splits=("train",))
   _, y = np.unique(full.y, return_inverse=True)
-  x = full.x[..., :1]
+  # tfds stores Omniglot's 1-bit PNGs: decoded by PIL (ArrayRecord) their
+  # pixels are 0/1, by TensorFlow (TFRecord) 0/255; the normalisation
+  # constants are those of 0/255 images.
+  x = np.where(full.x[..., :1] > 0, np.uint8(255), np.uint8(0))
   train, test = builders.stratified_split(y)
   return _split("split_omniglot", ((x[train], y[train]), (x[test], y[test])),
                 n_experiences, OMNIGLOT_MEAN, OMNIGLOT_STD,
@@ -489,6 +493,8 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
 
   from jaxcl.benchmarks import sources
   _check_available(benchmark, tfds_name, data_dir)
+  if data_dir is not None:
+    data_dir = Path(data_dir).expanduser()
   out = []
   for split in ("train", "test"):
     try:
@@ -496,7 +502,9 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
           split=split)
     except Exception as error:  # Re-raised with the preparation advice.
       raise ValueError(sources._tfds_load_error(  # pylint: disable=protected-access
-          tfds_name, split, data_dir, error)) from error
+          tfds_name, split, data_dir, error,
+          needs_random_access=f"{benchmark}, which resizes its images one"
+          " by one,")) from error
     out.append(sources.arrays_from_data_source(_Resized(source, size)))
   return out
 
@@ -694,8 +702,9 @@ def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
 
   Args:
     source_dir: The unzipped ``tiny-imagenet-200`` (``train/<wnid>/images``,
-      ``val/images`` and ``val/val_annotations.txt``).
-    data_dir: Where to write ``tiny_imagenet/{train,test}/<wnid>/``.
+      ``val/images`` and ``val/val_annotations.txt``); ``~`` is expanded.
+    data_dir: Where to write ``tiny_imagenet/{train,test}/<wnid>/`` (``~``
+      is expanded).
     link: Symlink the images (else copy them).
 
   Returns:
@@ -705,7 +714,8 @@ def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
     >>> prepare_tiny_imagenet("tiny-imagenet-200", "data")  # doctest: +SKIP
     PosixPath('data/tiny_imagenet')
   """
-  source, target = Path(source_dir), Path(data_dir) / "tiny_imagenet"
+  source = Path(source_dir).expanduser()
+  target = Path(data_dir).expanduser() / "tiny_imagenet"
   annotations = source / "val" / "val_annotations.txt"
   if not (source / "train").is_dir() or not annotations.is_file():
     raise ValueError(f"{source} is not an unzipped tiny-imagenet-200 folder: "

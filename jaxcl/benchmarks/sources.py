@@ -7,7 +7,9 @@ both raw ``tfds.features.Tensor`` images (the bundled datasets) and PNG
 ``tfds.features.Image`` images (tfds's own ``mnist``) are decoded. A dataset
 that ``tfds build`` prepared in its default TFRecord format has no random
 access; it is read with ``builder.as_dataset``, which imports TensorFlow
-(slower, with TensorFlow kept off the accelerators).
+(slower, with TensorFlow kept off the accelerators), shard after shard: its
+records come in the order of the same dataset stored as ArrayRecord. A
+leading ``~`` in a ``data_dir`` is expanded.
 
 The bundled datasets (``mnist_bundled``, ``digits_bundled``; see
 :mod:`jaxcl.benchmarks.builders`) live in :data:`BUNDLED_DATA_DIR`.
@@ -281,8 +283,8 @@ def load_tfds_split(
     Args:
         name: tfds name, e.g. ``"mnist"`` (``"name:version"`` works too).
         split: Split, e.g. ``"train"`` or ``"test[:10%]"``.
-        data_dir: tfds data directory; ``None`` for tfds's default
-            (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+        data_dir: tfds data directory (``~`` is expanded); ``None`` for
+            tfds's default (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
         lazy: Leave the images in the data source (a :class:`RecordArray`);
             needs a random-access (ArrayRecord) dataset.
         split_over_hosts: Several hosts read the labels in shares
@@ -304,9 +306,12 @@ def load_tfds_split(
     # (DatasetNotFoundError, NotImplementedError, FileNotFoundError, protobuf
     # ParseError, ...): all are reported as one ValueError saying what to do.
     _check_split_over_hosts(lazy, split_over_hosts)
+    data_dir = _expand_user(data_dir)
 
     def load_error(error: Exception) -> ValueError:
-        return ValueError(_tfds_load_error(name, split, data_dir, error))
+        return ValueError(_tfds_load_error(
+            name, split, data_dir, error,
+            needs_random_access="lazy=True" if lazy else None))
 
     def open_split() -> ArraySplit | Sequence[Mapping[str, Any]]:
         try:
@@ -351,8 +356,8 @@ def load_bundled(
         name: ``"mnist_bundled"`` or ``"digits_bundled"``.
         split: ``"train"`` or ``"test"`` (or a tfds slice such as
             ``"train[:100]"``).
-        data_dir: Directory holding the bundled datasets; defaults to
-            :data:`BUNDLED_DATA_DIR`.
+        data_dir: Directory holding the bundled datasets (``~`` is
+            expanded); defaults to :data:`BUNDLED_DATA_DIR`.
         lazy: Leave the images in the data source (a :class:`RecordArray`).
         split_over_hosts: Several hosts read the labels in shares
             (:func:`arrays_from_data_source`); needs ``lazy``.
@@ -374,7 +379,8 @@ def load_bundled(
         raise ValueError(
             f"Unknown bundled dataset {name!r}; available: {sorted(BUNDLED_BUILDERS)}."
         )
-    root = Path(data_dir if data_dir is not None else BUNDLED_DATA_DIR)
+    root = Path(data_dir if data_dir is not None
+                else BUNDLED_DATA_DIR).expanduser()
     version_dir = root / name / str(BUNDLED_BUILDERS[name].VERSION)
 
     def load_error(error: Exception) -> ValueError:
@@ -411,7 +417,8 @@ def has_tfds_dataset(name: str, data_dir: str | os.PathLike | None) -> bool:
 
     Args:
         name: tfds name, e.g. ``"mnist"``.
-        data_dir: tfds data directory; ``None`` for tfds's default.
+        data_dir: tfds data directory (``~`` is expanded); ``None`` for
+            tfds's default.
 
     Returns:
         True if the dataset's files are there, e.g. after ``tfds build``.
@@ -420,11 +427,23 @@ def has_tfds_dataset(name: str, data_dir: str | os.PathLike | None) -> bool:
         >>> has_tfds_dataset("mnist_bundled", BUNDLED_DATA_DIR)
         True
     """
+    return _prepared_builder(name, _expand_user(data_dir)) is not None
+
+
+def _expand_user(data_dir: str | os.PathLike | None) -> str | None:
+    """``data_dir`` with a leading ``~`` expanded, which tfds does not do."""
+    return None if data_dir is None else os.path.expanduser(data_dir)
+
+
+def _prepared_builder(
+    name: str, data_dir: str | os.PathLike | None
+) -> tfds.core.DatasetBuilder | None:
+    """The builder of ``name`` if its files are in ``data_dir``, else None."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception:  # noqa: BLE001  Unknown name, or unreadable metadata.
-        return False
-    return _is_prepared(builder)
+        return None
+    return builder if _is_prepared(builder) else None
 
 
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -438,27 +457,54 @@ def _first_line(error: Exception) -> str:
 
 
 def _tfds_load_error(
-    name: str, split: str, data_dir: str | os.PathLike | None, error: Exception
+    name: str, split: str, data_dir: str | os.PathLike | None,
+    error: Exception, needs_random_access: str | None = None,
 ) -> str:
-    """Explains why ``load_tfds_split`` failed and how to prepare the data."""
+    """Explains why ``load_tfds_split`` failed and how to prepare the data.
+
+    Args:
+        name: The tfds dataset.
+        split: The split that was read.
+        data_dir: Where it was read from (``~`` already expanded).
+        error: What tfds raised.
+        needs_random_access: What made the call need an ArrayRecord dataset
+            (e.g. ``"lazy=True"``), if anything: a dataset prepared only in
+            TFRecord format cannot serve it until prepared again.
+    """
     where = (
         data_dir or "tfds's default data_dir ($TFDS_DATA_DIR, ~/tensorflow_datasets)"
     )
-    if has_tfds_dataset(name, data_dir):
+    target = str(data_dir or "DIR")
+    prepare = (
+        "on a machine with internet access run"
+        f" `tfds build {name} --data_dir {target} --file_format array_record`"
+        f" or, in Python, `tfds.builder({name!r}, data_dir={target!r},"
+        " file_format='array_record').download_and_prepare()`, then copy the"
+        " directory here."
+    )
+    builder = _prepared_builder(name, data_dir)
+    if (builder is not None and needs_random_access
+            and not _has_random_access(builder)):
+        formats = ", ".join(
+            sorted(f.value for f in builder.info.available_file_formats()))
+        return (
+            f"Cannot load split {split!r} of tfds dataset {name!r} from"
+            f" {where}: {needs_random_access} needs it in ArrayRecord format"
+            f" (random access), but it is prepared there as {formats} only."
+            " Prepare it again with `--file_format array_record`:"
+            f" {prepare}"
+        )
+    if builder is not None:
         reason = f"{type(error).__name__}: {_first_line(error)}"
         advice = "If its files are damaged, prepare it again"
     else:
         reason = "it is not prepared there, or tfds has no dataset of that name"
         advice = "To prepare it"
-    target = str(data_dir or "DIR")
     return (
         f"Cannot load split {split!r} of tfds dataset {name!r} from {where}:"
-        f" {reason}. {advice}: on a machine with internet access run"
-        f" `tfds build {name} --data_dir {target} --file_format array_record`"
-        f" or, in Python, `tfds.builder({name!r}, data_dir={target!r},"
-        " file_format='array_record').download_and_prepare()`, then copy the"
-        " directory here. (ArrayRecord loads fast and without TensorFlow; the"
-        " default TFRecord format works too, through TensorFlow.)"
+        f" {reason}. {advice}: {prepare} (ArrayRecord loads fast and without"
+        " TensorFlow; the default TFRecord format works too, through"
+        " TensorFlow.)"
     )
 
 
@@ -478,5 +524,10 @@ def _read_with_tensorflow(builder: tfds.core.DatasetBuilder, split: str) -> Arra
     with contextlib.suppress(RuntimeError):
         for device_type in ("GPU", "TPU"):
             tf.config.set_visible_devices([], device_type)
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    # One shard at a time (tfds interleaves them by default): the records
+    # come in the order of the same data as ArrayRecord, so that a seed
+    # gives the same experiences whichever format the dataset was built in.
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
+                                            read_config=read_config))
     return ArraySplit(np.asarray(data["image"]), np.asarray(data["label"], np.int32))
