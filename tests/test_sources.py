@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from unittest import mock
 
@@ -309,6 +310,34 @@ def test_tilde_in_data_dir_is_the_home_directory(tmp_path, monkeypatch):
     test = sources.load_bundled("digits_bundled", "test", data_dir="~/bundled")
     assert test.x.shape == (355, 8, 8, 1)
     assert not (tmp_path / "cwd" / "~").exists()
+
+
+def test_a_wheel_installs_the_bundled_datasets_where_they_are_found(tmp_path):
+    """Not a checkout (pip install of a wheel): the data files are found."""
+    with open(REPO / "pyproject.toml", "rb") as f:
+        data_files = tomllib.load(f)["tool"]["setuptools"]["data-files"]
+    versions = sorted(p.parent.relative_to(REPO)
+                      for p in COMMITTED.glob("*/*/dataset_info.json"))
+    assert len(versions) == len(builders.BUNDLED_BUILDERS)
+    # Every bundled dataset goes into the wheel, under share/jaxcl/.
+    assert data_files == {f"share/jaxcl/{v}": [f"{v}/*"] for v in versions}
+    # Installed as pip does: site-packages/ holds the package and its
+    # dist-info, whose RECORD lists the data files relative to it.
+    site = tmp_path / "lib" / "site-packages"
+    info = site / "jaxcl-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Name: jaxcl\nVersion: 0.1.0\n")
+    record = []
+    for version in versions:
+        target = tmp_path / "share" / "jaxcl" / version
+        shutil.copytree(REPO / version, target)
+        record += [f"../../share/jaxcl/{version}/{p.name},," for p in target.iterdir()]
+    (info / "RECORD").write_text("\n".join(record) + "\n")
+    found = sources._installed_bundled_data(site)
+    assert found == (tmp_path / "share" / "jaxcl" / "benchmarks_data").resolve()
+    test = sources.load_bundled("digits_bundled", "test", data_dir=found)
+    assert test.x.shape == (355, 8, 8, 1)
+    assert sources._installed_bundled_data(tmp_path) is None  # no dist-info
 
 
 def test_has_tfds_dataset(tmp_path):

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import importlib.metadata
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,12 +50,38 @@ __all__ = [
     "load_tfds_split",
 ]
 
-BUNDLED_DATA_DIR = Path(
-    os.environ.get("JAXCL_BUNDLED_DATA")
-    or Path(__file__).resolve().parents[2] / "benchmarks_data"
-)
+def _installed_bundled_data(site: Path) -> Path | None:
+    """``share/jaxcl/benchmarks_data`` as a wheel installed it into ``site``.
+
+    The file list of the distribution installed in ``site`` (where this
+    package was imported from) knows where the installer put its data files
+    (a virtual environment, ``--user``, a system prefix); no fixed path does.
+    """
+    for dist in importlib.metadata.distributions(name="jaxcl", path=[str(site)]):
+        for file in dist.files or []:
+            # .../benchmarks_data/<name>/<version>/dataset_info.json
+            parts = file.parts
+            if len(parts) > 3 and parts[-4] == "benchmarks_data" and (
+                    file.name == "dataset_info.json"):
+                return Path(file.locate()).resolve().parents[2]
+    return None
+
+
+def _bundled_data_dir() -> Path:
+    if os.environ.get("JAXCL_BUNDLED_DATA"):
+        return Path(os.environ["JAXCL_BUNDLED_DATA"])
+    site = Path(__file__).resolve().parents[2]
+    checkout = site / "benchmarks_data"
+    if checkout.is_dir():
+        return checkout
+    return _installed_bundled_data(site) or checkout
+
+
+BUNDLED_DATA_DIR = _bundled_data_dir()
 """Directory of the bundled datasets: ``$JAXCL_BUNDLED_DATA`` if set, else
-``benchmarks_data/`` at the root of the jaxcl checkout."""
+``benchmarks_data/`` at the root of the jaxcl checkout (an editable install),
+else the copy a wheel installed (``<prefix>/share/jaxcl/benchmarks_data``,
+e.g. after ``pip install "jaxcl @ git+..."`` on Colab)."""
 
 _BATCH = 4096  # Records per `__getitems__` call.
 _BUILD_HINT = (
