@@ -280,6 +280,14 @@ def _check_args(args: argparse.Namespace) -> None:
                                args.device_memory_budget_mb, low=0.0,
                                low_inclusive=False)
   _check_host_args(args)
+  from jaxcl.loggers.event_file import is_remote_path
+  if args.logdir and is_remote_path(args.logdir):
+    raise ValueError(
+        f"--logdir {args.logdir!r} is a remote path; expected a local folder "
+        "(jaxcl run writes results.json, metrics.jsonl and the plots with "
+        "local file operations; copy the folder afterwards, or from Python "
+        "write TensorBoard files there with jaxcl.loggers.create_writers(..., "
+        "jsonl=False, csv=False, text=False)).")
   for flag, folder in (("--logdir", args.logdir),
                        ("--checkpoint-dir", args.checkpoint_dir),
                        ("--compilation-cache", args.compilation_cache)):
@@ -556,7 +564,9 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
       "timings": {**result.timings,
                   "process_s": time.perf_counter() - start},
       "config": config,
-      "environment": {"jax": jax.__version__, "jaxcl": jaxcl.__version__,
+      "environment": {"jax": jax.__version__,
+                      "jaxlib": jax.lib.__version__,
+                      "jaxcl": jaxcl.__version__,
                       "device": str(jax.devices()[0].device_kind),
                       "platform": jax.default_backend(),
                       "processes": jax.process_count(),

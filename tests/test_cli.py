@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.lib
 import pytest
 
 from jaxcl import cli
@@ -30,6 +32,8 @@ def test_run_end_to_end(tmp_path):
   assert results["metrics"]["forgetting"] >= -1.0
   assert set(results["timings"]) >= {"compile_s", "train_s", "eval_s", "total_s"}
   assert results["config"]["batch_size"] == 64
+  assert results["environment"]["jax"] == jax.__version__
+  assert results["environment"]["jaxlib"] == jax.lib.__version__
   assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard file"
   lines = (logdir / "metrics.jsonl").read_text().splitlines()
   assert any("eval/stream/accuracy" in json.loads(line) for line in lines)
@@ -171,6 +175,14 @@ def test_logdir_that_is_a_file_is_refused(tmp_path, capsys):
   assert cli.main(["run", "--logdir", str(target)]) == 2
   assert "is a file" in capsys.readouterr().err
   assert target.read_text() == "keep me"
+
+
+def test_remote_logdir_is_refused(tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["run", "--logdir", "gs://bucket/runs/x"]) == 2
+  assert ("--logdir 'gs://bucket/runs/x' is a remote path; expected a local "
+          "folder" in capsys.readouterr().err)
+  assert not list(tmp_path.iterdir())  # no local "gs:" folder
 
 
 def test_help_documents_every_flag():

@@ -10,6 +10,7 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl import EarlyStopping, PeriodicEval
+from jaxcl.loggers.base import MetricWriter
 from jaxcl.strategies import naive
 from jaxcl.training import make_context, make_evaluate, stack_experiences
 from jaxcl.training.optim import reset_optimizer_state, restart_schedules
@@ -104,6 +105,27 @@ def test_early_stopping_follows_avalanche_rule_and_restores_the_best(
   if metric == "accuracy":
     assert _valid_accuracy(bench, stopped.state) == pytest.approx(
         values[best_last])
+
+
+class _Recorder(MetricWriter):
+  """Keeps every scalars row written."""
+
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, dict(scalars)))
+
+
+def test_epochs_after_an_early_stop_write_no_empty_rows():
+  writer = _Recorder()
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.0), _bench(), epochs=6,
+                     batch_size=8, periodic_eval=PeriodicEval(every=1),
+                     early_stopping=EarlyStopping(patience=2), writer=writer)
+  assert [h["epochs_trained"] for h in result.history] == [2.0, 2.0]
+  train_steps = [step for step, row in writer.rows if "train/loss" in row]
+  assert train_steps == [0, 1, 6, 7]  # the epochs trained of each experience
+  assert all(row for _, row in writer.rows)
 
 
 def test_early_stopping_counts_epochs_of_smaller_experiences():

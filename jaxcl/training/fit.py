@@ -1317,6 +1317,12 @@ def _with_std(name: str, values) -> dict[str, float]:
   return out
 
 
+def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
+  # Epochs no run trained (early stopping) have only NaNs: no empty rows.
+  if scalars:
+    writer.write_scalars(step, scalars)
+
+
 def _write_periodic(writer, stream: str,
                     points: Sequence[Sequence[Mapping[str, Any]]]) -> None:
   """Writes periodic evaluations at their optimizer step (mean over runs)."""
@@ -1329,7 +1335,7 @@ def _write_periodic(writer, stream: str,
     for name in ("accuracy", "loss"):
       scalars.update(_with_std(f"periodic/{stream}/{name}",
                                [row[f"stream_{name}"] for row in rows]))
-    writer.write_scalars(step, scalars)
+    _write_scalars(writer, step, scalars)
 
 
 def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
@@ -1341,7 +1347,7 @@ def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
   """
   epochs = train_metrics["loss"].shape[1]
   for e in range(epochs):
-    writer.write_scalars(i * epochs + e, {
+    _write_scalars(writer, i * epochs + e, {
         **_with_std("train/loss", train_metrics["loss"][:, e]),
         **_with_std("train/accuracy", train_metrics["accuracy"][:, e])})
   scalars = {}
