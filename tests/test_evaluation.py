@@ -52,10 +52,11 @@ def test_topk_accuracy_counts_labels_among_the_k_best():
 
 def test_class_counts_split_by_task_and_class():
   logits = jnp.array([[3.0, 0, 0], [0, 2.0, 0], [1.0, 0, 0], [0, 0, 5.0],
-                      [0, 7.0, 0]])
-  labels = jnp.array([0, 1, 2, 2, 1], jnp.int32)
-  task = jnp.array([0, 1, 1, 1, 5], jnp.int32)  # task 5 is out of range
-  mask = jnp.array([True, True, True, True, True])
+                      [0, 7.0, 0], [0, 7.0, 0], [9.0, 0, 0]])
+  labels = jnp.array([0, 1, 2, 2, 1, 1, -1], jnp.int32)
+  # Tasks 5 and -1 and label -1 are out of range (-1 must not wrap around).
+  task = jnp.array([0, 1, 1, 1, 5, -1, 0], jnp.int32)
+  mask = jnp.ones(7, bool)
   m = ev.ClassCounts.from_model_output(logits=logits, labels=labels,
                                        task=task, mask=mask, n_tasks=2)
   np.testing.assert_array_equal(m.count, [[1, 0, 0], [0, 1, 2]])
@@ -66,7 +67,7 @@ def test_class_counts_split_by_task_and_class():
   # One task label: every sample counts, whatever its task.
   single = ev.ClassCounts.from_model_output(logits=logits, labels=labels,
                                             task=task)
-  np.testing.assert_array_equal(single.count, [[1, 2, 2]])
+  np.testing.assert_array_equal(single.count, [[1, 3, 2]])
   empty = ev.ClassCounts.empty(3, 2)
   chex.assert_trees_all_equal(empty.merge(m), m)
 

@@ -102,7 +102,8 @@ class ClassCounts(clu_metrics.Metric):
       task: ``int[batch]`` task labels; ignored when ``n_tasks`` is 1.
       mask: Optional ``bool[batch]``; False rows are ignored.
       n_tasks: Number of task labels (static); samples whose task label is
-        outside ``[0, n_tasks)`` are dropped.
+        outside ``[0, n_tasks)``, or whose label is outside the classes, are
+        dropped.
 
     Returns:
       The batch's counts.
@@ -110,10 +111,13 @@ class ClassCounts(clu_metrics.Metric):
     n_classes = logits.shape[-1]
     mask = _mask(labels, mask)
     row = jnp.zeros_like(labels) if task is None or n_tasks == 1 else task
+    # mode="drop" drops indices past the end but wraps negative ones.
+    row = jnp.where(row >= 0, row, n_tasks)
+    column = jnp.where(labels >= 0, labels, n_classes)
 
     def scatter(values, dtype):
       values = jnp.where(mask, values, 0).astype(dtype)
-      return jnp.zeros((n_tasks, n_classes), dtype).at[row, labels].add(
+      return jnp.zeros((n_tasks, n_classes), dtype).at[row, column].add(
           values, mode="drop")
 
     hit = jnp.argmax(logits, -1) == labels
