@@ -65,8 +65,10 @@ class Result:
       ``train_flops``, ``eval_flops``; NaN where undefined or not reported.
     history: One metrics dict per trained experience (same keys plus
       ``experience``).
-    timings: ``compile_s``, ``train_s``, ``eval_s`` (both without
-      compilation), ``total_s``.
+    timings: ``compile_s`` (the set-up before the first experience:
+      compiling the programs and, overlapping it, uploading the test stream
+      and the first experience, restoring a checkpoint), ``train_s``,
+      ``eval_s`` (both without it), ``total_s``.
     initial_accuracies: Accuracy on each test experience before training
       (NaN if not evaluated).
     confusion_matrix: ``[n_classes, n_classes]`` (label, prediction) counts
