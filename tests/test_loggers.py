@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -350,6 +351,68 @@ def test_rows_without_evaluation_are_left_out_of_table_and_plots():
         loggers.plot_accuracy_matrix(ACCURACY).shape)
     assert loggers.plot_accuracy_matrix(np.full((12, 3), 0.5)).shape != (
         loggers.plot_accuracy_matrix(ACCURACY).shape)
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """Collects the matplotlib figures the plot functions render, in order."""
+    from jaxcl.loggers import plots
+
+    figures = []
+    render = plots._render
+
+    def record(figure):
+        figures.append(figure)
+        return render(figure)
+
+    monkeypatch.setattr(plots, "_render", record)
+    return figures
+
+
+def test_confusion_matrix_colour_scale_ignores_nan(drawn_figures):
+    # Row-normalised counts of a class absent from the data: a NaN row.
+    loggers.plot_confusion_matrix([[0.9, 0.1], [np.nan, np.nan]])
+    loggers.plot_confusion_matrix(np.full((2, 2), np.nan))
+    loggers.plot_confusion_matrix([[0, np.nan], [0, 0]])
+    limits = [figure.axes[0].images[0].get_clim() for figure in drawn_figures]
+    assert limits == [(0.0, 0.9), (0.0, 1.0), (0.0, 1e-12)]
+
+
+def test_large_accuracy_heatmap_names_rows_by_experience(drawn_figures):
+    # 50 experiences evaluated after every other one (eval_every=2).
+    matrix = np.full((50, 50), np.nan)
+    for i in range(1, 50, 2):
+        matrix[i, :i + 1] = 0.5
+    loggers.plot_accuracy_matrix(matrix)
+    (figure,) = drawn_figures
+    axes = figure.axes[0]
+    assert len(axes.images[0].get_array()) == 25
+    assert not axes.texts  # No cell values above 20 per side.
+    shown = [(label.get_position()[1], label.get_text())
+             for label in axes.get_yticklabels() if label.get_text()]
+    assert len(shown) >= 3
+    # Row `position` of the heatmap is experience 2 * position + 1.
+    assert all(text == str(2 * round(position) + 1)
+               for position, text in shown), shown
+    assert {text for _, text in shown} <= {str(i) for i in range(1, 50, 2)}
+    columns = [(label.get_position()[0], label.get_text())
+               for label in axes.get_xticklabels() if label.get_text()]
+    assert columns and all(text == str(round(position))
+                           for position, text in columns), columns
+
+
+def test_accuracy_curves_legend_only_up_to_20_experiences(drawn_figures):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. constrained_layout not applied.
+        for n in (3, 20, 21, 100):
+            loggers.plot_accuracy_curves(
+                np.tril(np.random.default_rng(n).random((n, n))))
+    legends = [figure.legends for figure in drawn_figures]
+    assert [len(legend) for legend in legends] == [1, 1, 0, 0]
+    assert [text.get_text() for text in legends[0][0].get_texts()] == [
+        "exp 0", "exp 1", "exp 2"]
+    assert len(legends[1][0].get_texts()) == 20
+    assert len(drawn_figures[3].axes[0].get_lines()) == 100
 
 
 def test_format_metrics_table():

@@ -25,9 +25,13 @@ __all__ = [
     "write_result_images",
 ]
 
-# Heatmaps larger than this per side get no value annotations or tick labels:
-# they would not be readable.
+# Heatmaps larger than this per side get no value annotations and only a few
+# labelled ticks: a label per cell would not be readable.
 _MAX_LABELLED_SIDE = 20
+
+# Accuracy curves for more test experiences than this get no legend: it would
+# crowd out the plot (with 100 lines it leaves the axes no room at all).
+_MAX_LEGEND_LINES = 20
 
 
 def _new_axes(width: float, height: float) -> tuple[Any, Any]:
@@ -46,6 +50,14 @@ def _render(figure: Any) -> np.ndarray:
     return np.array(figure.canvas.buffer_rgba())[..., :3]
 
 
+def _tick_label(
+    labels: Sequence[str], position: float, _: int | None
+) -> str:
+    """Names tick `position` by `labels`; ticks outside the cells get none."""
+    index = round(position)
+    return labels[index] if 0 <= index < len(labels) else ""
+
+
 def _heatmap(
     values: np.ndarray,
     *,
@@ -58,7 +70,10 @@ def _heatmap(
     fmt: str,
 ) -> np.ndarray:
     """Renders `values` as an annotated heatmap on [0, vmax]; NaN cells are grey."""
+    import functools
+
     import matplotlib
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     side = max(values.shape)
     size = min(12.0, 3.0 + 0.45 * side)
@@ -67,14 +82,26 @@ def _heatmap(
     image = axes.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
     figure.colorbar(image, ax=axes, shrink=0.8)
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    rotation = 90 if max(map(len, xticklabels), default=0) > 3 else 0
     if side <= _MAX_LABELLED_SIDE:
-        rotation = 90 if max(map(len, xticklabels), default=0) > 3 else 0
         axes.set_xticks(range(values.shape[1]), xticklabels, rotation=rotation)
         axes.set_yticks(range(values.shape[0]), yticklabels)
         for (i, j), value in np.ndenumerate(values):
             if not np.isnan(value):
                 color = "white" if value < vmax / 2 else "black"
                 axes.text(j, i, format(value, fmt), ha="center", va="center", color=color)
+    else:
+        # Matplotlib picks the positions, but they must still be named by the
+        # labels: rows left out of an accuracy matrix make a row's position
+        # differ from its experience index.
+        for axis, labels in (
+            (axes.xaxis, xticklabels),
+            (axes.yaxis, yticklabels),
+        ):
+            axis.set_major_locator(MaxNLocator(integer=True))
+            formatter = functools.partial(_tick_label, list(labels))
+            axis.set_major_formatter(FuncFormatter(formatter))
+        axes.tick_params(axis="x", labelrotation=rotation)
     return _render(figure)
 
 
@@ -115,7 +142,8 @@ def plot_accuracy_curves(matrix: ArrayLike) -> np.ndarray:
 
     One line per evaluated experience `j`: its accuracy (column `j` of the
     matrix) against the training experience just finished (the row). Drops in
-    a line are forgetting.
+    a line are forgetting. The legend naming the lines is left out beyond 20
+    evaluated experiences.
 
     Args:
         matrix: Accuracy matrix, as for `plot_accuracy_matrix`.
@@ -143,8 +171,10 @@ def plot_accuracy_curves(matrix: ArrayLike) -> np.ndarray:
     )
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
-    columns = math.ceil(matrix.shape[1] / 15)
-    figure.legend(loc="outside right upper", fontsize="small", ncols=columns)
+    if matrix.shape[1] <= _MAX_LEGEND_LINES:
+        columns = math.ceil(matrix.shape[1] / 15)
+        figure.legend(
+            loc="outside right upper", fontsize="small", ncols=columns)
     return _render(figure)
 
 
@@ -154,8 +184,10 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str] | None = Non
     Args:
         cm: Array of shape [num_classes, num_classes], counts or rates.
         class_names: Optional tick labels, one per class; class indices are
-            used otherwise. Beyond 20 classes, ticks and cell values are not
-            drawn.
+            used otherwise. Beyond 20 classes, cell values are not drawn and
+            only some ticks are labelled. NaN cells (e.g. the row of a class
+            absent from the data, once rates are taken) are left blank and
+            do not count for the colour scale.
 
     Returns:
         The plot as a uint8 array of shape [H, W, 3].
@@ -174,6 +206,9 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str] | None = Non
             f"class_names must have one name per class ({cm.shape[0]}), "
             f"got len(class_names)={len(class_names)}."
         )
+    # A NaN maximum would make every cell saturate, so NaN cells are ignored.
+    finite = cm[np.isfinite(cm)]
+    top = float(finite.max()) if finite.size else 1.0
     return _heatmap(
         cm,
         title="Confusion matrix",
@@ -181,7 +216,7 @@ def plot_confusion_matrix(cm: ArrayLike, class_names: Sequence[str] | None = Non
         ylabel="true class",
         xticklabels=class_names,
         yticklabels=class_names,
-        vmax=max(float(cm.max()), 1e-12),
+        vmax=max(top, 1e-12),
         fmt=".0f" if np.array_equal(cm, np.round(cm)) else ".2f",
     )
 
