@@ -33,10 +33,13 @@ _PAGES = {
     "jaxcl.loggers": "jaxcl/loggers.html",
     "jaxcl.models": "jaxcl/models.html",
     "jaxcl.strategies": "jaxcl/strategies.html",
+    "jaxcl.strategies.base": "jaxcl/strategies/base.html",
     "jaxcl.strategies.buffers": "jaxcl/strategies/buffers.html",
     "jaxcl.strategies.exemplars": "jaxcl/strategies/exemplars.html",
     "jaxcl.strategies.model_utils": "jaxcl/strategies/model_utils.html",
     "jaxcl.training": "jaxcl/training.html",
+    "jaxcl.training.optim": "jaxcl/training/optim.html",
+    "jaxcl.training.state": "jaxcl/training/state.html",
 }
 # A few names users look for first, checked by name in case an ``__all__``
 # loses them.
@@ -50,6 +53,10 @@ _KEY_NAMES = {
     "jaxcl.models": ["MLP", "MultiHead"],
     "jaxcl.loggers": ["create_writers", "CsvWriter"],
     "jaxcl.checkpoint": ["Checkpointer"],
+    "jaxcl.strategies.base": ["Strategy", "chain"],
+    "jaxcl.training.optim": ["restart_schedules", "reset_optimizer_state",
+                             "schedule"],
+    "jaxcl.training.state": ["read_in_shares", "put_experiences"],
 }
 
 

@@ -15,19 +15,17 @@ stream: they must keep shapes fixed (pre-allocate state at full size in
 Slots (``ctx`` is the context, ``state`` a :class:`jaxcl.training.TrainState`
 whose ``cl_state`` is this strategy's own state):
 
-=====================  ==========================================================
-slot                   signature
-=====================  ==========================================================
-``init``               ``(ctx, params, key) -> cl_state``
-``adapt_data``         ``(experience, stream, seed) -> experience`` (host side)
-``begin_experience``   ``(ctx, state, data, key) -> state``
-``transform_batch``    ``(ctx, cl_state, batch, key) -> batch``
-``penalty``            ``(ctx, params, cl_state, batch, logits) -> scalar``
-``transform_grads``    ``(ctx, grads, state, batch, key) -> grads``
-``after_step``         ``(ctx, old_state, new_state, grads, batch, key) -> cl_state``
-``end_experience``     ``(ctx, state, data, key) -> state``
-``predict``            ``(ctx, params, model_state, cl_state, x, task) -> logits``
-=====================  ==========================================================
+| slot | signature |
+|---|---|
+| ``init`` | ``(ctx, params, key) -> cl_state`` |
+| ``adapt_data`` | ``(experience, stream, seed) -> experience`` (host side) |
+| ``begin_experience`` | ``(ctx, state, data, key) -> state`` |
+| ``transform_batch`` | ``(ctx, cl_state, batch, key) -> batch`` |
+| ``penalty`` | ``(ctx, params, cl_state, batch, logits) -> scalar`` |
+| ``transform_grads`` | ``(ctx, grads, state, batch, key) -> grads`` |
+| ``after_step`` | ``(ctx, old_state, new_state, grads, batch, key) -> cl_state`` |
+| ``end_experience`` | ``(ctx, state, data, key) -> state`` |
+| ``predict`` | ``(ctx, params, model_state, cl_state, x, task) -> logits`` |
 
 A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
 ``weight`` (1 for real samples, 0 for padding); strategies may add keys (the

@@ -63,8 +63,9 @@ class Result:
       ``mean_score_new``, ``mean_score_old``, ``train_time_s``,
       ``eval_time_s``, ``peak_host_memory_mb``, ``peak_device_memory_mb``,
       ``train_flops``, ``eval_flops``; NaN where undefined or not reported.
-    history: One metrics dict per trained experience (same keys plus
-      ``experience``).
+    history: One metrics dict per evaluation (same keys plus
+      ``experience``, the experience just trained): one per experience by
+      default, fewer with ``eval_every`` or on online streams.
     timings: ``compile_s`` (the set-up before the first experience:
       compiling the programs and, overlapping it, uploading the test stream
       and the first experience, restoring a checkpoint), ``train_s``,
@@ -1240,7 +1241,7 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
     initial: The run's accuracies before training (NaN if not evaluated).
     counts: The run's evaluation of the test stream after experience ``i``.
     train_metrics: The run's per-epoch training metrics of experience ``i``.
-    history: The run's rows of experiences ``0..i-1``.
+    history: The run's rows of the earlier evaluations.
     recorder: Selection, class masks and FLOPs of the stream.
     train_s: Training seconds of experiences ``0..i`` (all runs together).
     eval_seconds: Seconds of this evaluation (all runs together).

@@ -18,7 +18,11 @@ Example:
   ...                    periodic_eval=PeriodicEval(every=1, stream="valid"),
   ...                    early_stopping=EarlyStopping(patience=2))
   >>> result.history[0]["epochs_trained"]  # doctest: +SKIP
-  4.0
+  3.0
+
+  ``Result.history`` has one row per evaluation of the test stream, its
+  experience in ``row["experience"]``: with ``fit(eval_every=...)`` or on an
+  online stream, row ``i`` is not experience ``i``.
 """
 
 from __future__ import annotations

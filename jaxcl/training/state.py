@@ -161,6 +161,11 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
     axis.
 
   Example:
+    >>> import numpy as np
+    >>> from jaxcl.benchmarks import Experience
+    >>> exp = Experience(x=np.ones((3, 2), np.float32), y=[0, 1, 1],
+    ...                  task=[0, 0, 0], index=0, classes=(0, 1),
+    ...                  origin="train")
     >>> data = put_experiences([exp], n_classes=4, size=5,
     ...                        samples_sharding=None, sharding=None)
     >>> data.x.shape, data.size.tolist()
@@ -210,6 +215,11 @@ def read_in_shares(experiences: Sequence[Experience], what: str,
     in_flight: Outputs of programs that may still be running.
 
   Example:
+    >>> import numpy as np
+    >>> from jaxcl.benchmarks import Experience
+    >>> exp = Experience(x=np.ones((3, 2), np.float32), y=[0, 1, 1],
+    ...                  task=[0, 0, 0], index=0, classes=(0, 1),
+    ...                  origin="train")
     >>> read_in_shares([exp], "the test stream")[0] is exp  # One host.
     True
   """
