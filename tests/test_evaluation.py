@@ -315,6 +315,9 @@ def test_metric_selection_validates_names():
   chosen = ev.metrics(["accuracy", "amca"], top_k=3)
   assert "amca" in chosen and "flops" not in chosen and chosen.top_k == 3
   assert ev.metrics(chosen) is chosen
+  assert ev.metrics(chosen, top_k=2) == ev.metrics(["accuracy", "amca"],
+                                                   top_k=2)
+  assert ev.metrics().top_k == 5
   with pytest.raises(ValueError, match="'acuracy'.*accuracy"):
     ev.metrics(["acuracy"])
   with pytest.raises(TypeError, match=r"\['amca'\]"):

@@ -66,13 +66,14 @@ class MetricSelection:
 
 
 def metrics(names: Iterable[str] | MetricSelection | None = None, *,
-            top_k: int = 5) -> MetricSelection:
+            top_k: int | None = None) -> MetricSelection:
   """Selects metric groups by name (default: all of :data:`METRICS`).
 
   Args:
     names: Group names (see :data:`METRICS`), or a selection (returned as
-      is), or None for all.
-    top_k: The ``k`` of ``topk_accuracy`` (Avalanche's ``top_k``).
+      is, with ``top_k`` replaced if given), or None for all.
+    top_k: The ``k`` of ``topk_accuracy`` (Avalanche's ``top_k``; 5 unless
+      given).
 
   Returns:
     A :class:`MetricSelection` for ``fit(..., metrics=...)``.
@@ -85,13 +86,14 @@ def metrics(names: Iterable[str] | MetricSelection | None = None, *,
     ...     {"accuracy", "confusion_matrix"})
     True
   """
+  if top_k is not None:
+    _validation.check_positive_int("top_k", top_k)
   if isinstance(names, MetricSelection):
-    return names
+    return names if top_k is None else dataclasses.replace(names, top_k=top_k)
   if isinstance(names, str):
     raise TypeError(f"metrics names must be a list of names, got the string "
                     f"{names!r}; write [{names!r}].")
   names = METRICS if names is None else list(names)
   for name in names:
     _validation.check_choice("metric", name, METRICS)
-  return MetricSelection(frozenset(names),
-                         _validation.check_positive_int("top_k", top_k))
+  return MetricSelection(frozenset(names), 5 if top_k is None else top_k)
