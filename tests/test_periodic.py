@@ -27,12 +27,16 @@ def _model():
   return jaxcl.models.MLP(num_classes=4, hidden_size=16, drop_rate=0.0)
 
 
-def _valid_accuracy(bench, state):
-  """Pooled accuracy of ``state`` on the validation stream, evaluated anew."""
+def _accuracy(bench, state, stream):
+  """Pooled accuracy of ``state`` on ``stream``, evaluated anew."""
   ctx = make_context(_model(), bench, optax.sgd(0.1), batch_size=8)
   counts = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=100))(
-      state, stack_experiences(list(bench.valid_stream), bench.n_classes))
+      state, stack_experiences(list(stream), bench.n_classes))
   return float(np.sum(counts.correct) / np.sum(counts.count))
+
+
+def _valid_accuracy(bench, state):
+  return _accuracy(bench, state, bench.valid_stream)
 
 
 def _stop_rule(values, patience, margin, sign):
@@ -72,9 +76,13 @@ def test_periodic_eval_by_steps_and_on_the_test_stream():
                      periodic_eval=PeriodicEval(every=5, unit="step",
                                                 stream="test"))
   steps = 2 * -(-len(bench.train_stream[0]) // 8)
-  expected = [s for s in range(0, steps + 1, 5)]
+  assert steps % 5  # the last step is not due: the final state is evaluated
+  expected = [s for s in range(0, steps + 1, 5)] + [steps]
   got = [p["step"] for p in result.periodic if p["experience"] == 0]
   assert got == expected
+  final = [p for p in result.periodic if p["experience"] == 1][-1]
+  assert final["stream_accuracy"] == pytest.approx(
+      _accuracy(bench, result.state, bench.test_stream))
   assert len(result.periodic[0]["experience_accuracy"]) == len(bench.test_stream)
 
 

@@ -336,9 +336,10 @@ def test_blocks_of_experiences_train_as_one_call_per_experience(
       np.testing.assert_allclose([h["train_loss"] for h in a.history],
                                  [h["train_loss"] for h in b.history],
                                  rtol=1e-6)
-      # Periodic evaluations inside each experience: 2 steps of 5 or 4
-      # samples at batch 2 give one (step 2) besides the one before training.
-      assert len(a.periodic) == len(b.periodic) == (20 if periodic else 0)
+      # Periodic evaluations inside each experience, besides the one before
+      # training: one at step 2, and for the 8 experiences of 5 samples (3
+      # steps at batch 2; the 2 of 4 samples take 2) one of the final state.
+      assert len(a.periodic) == len(b.periodic) == (28 if periodic else 0)
       for p, q in zip(a.periodic, b.periodic):
         assert (p["experience"], p["step"]) == (q["experience"], q["step"])
         np.testing.assert_allclose(p["stream_accuracy"], q["stream_accuracy"])

@@ -90,7 +90,7 @@ class Result:
       steps so far), ``stream_accuracy`` and ``stream_loss`` (pooled over the
       monitored stream) and ``experience_accuracy`` (one per experience of
       that stream). The first of each experience is taken before its first
-      step.
+      step; the last after its last step, if that step was not due.
   """
 
   accuracy_matrix: np.ndarray

@@ -375,10 +375,11 @@ def make_train_experience(
     metrics = {**epoch_metrics, "first_nonfinite_step": first_bad,
                "steps_trained": trained}
     if watcher is not None:
-      state = watcher.finish(state, watch, eval_data)
+      state, last = watcher.finish(state, watch, eval_data)
       metrics["periodic"] = jax.tree.map(
-          lambda a, b: jnp.concatenate([a[None], b.reshape((-1,) + a.shape)]),
-          first, records)
+          lambda a, b, c: jnp.concatenate(
+              [a[None], b.reshape((-1,) + a.shape), c[None]]),
+          first, records, last)
     return parts.end(state, data, end_key), metrics
 
   return train_experience

@@ -50,7 +50,8 @@ class PeriodicEval(NamedTuple):
 
   Attributes:
     every: Evaluate after every ``every`` epochs (or steps) of each
-      experience, plus once before its first step.
+      experience, plus once before its first step and once after its last
+      if that one was not due.
     unit: ``"epoch"`` or ``"step"`` (Avalanche's ``peval_mode``
       ``"epoch"``/``"iteration"``).
     stream: ``"valid"`` (the benchmark's ``valid_stream``, see
@@ -140,8 +141,9 @@ class Watcher(NamedTuple):
     check: ``check(state, watch, tick, eval_data, ran) -> (watch, record)``:
       evaluates if ``tick`` (epochs/steps done in this experience) is due and
       ``ran`` (the step just taken trained, a traced bool) holds.
-    finish: ``finish(state, watch, eval_data) -> state``: restores the best
-      parameters, evaluating the final state first if its tick was not due.
+    finish: ``finish(state, watch, eval_data) -> (state, record)``: the
+      evaluation of the final state if its tick was not due, and, with early
+      stopping, the best parameters restored.
     active: ``active(watch) -> bool``: training goes on.
   """
 
@@ -149,7 +151,8 @@ class Watcher(NamedTuple):
   can_stop: bool
   start: Callable[[TrainState, ExperienceData], tuple[Watch, dict]]
   check: Callable[..., tuple[Watch, dict]]
-  finish: Callable[[TrainState, Watch, ExperienceData], TrainState]
+  finish: Callable[[TrainState, Watch, ExperienceData],
+                   tuple[TrainState, dict]]
   active: Callable[[Watch], jax.Array]
 
 
@@ -202,21 +205,25 @@ def make_watcher(periodic: PeriodicEval,
         best_params=pick(state.params, watch.best_params),
         best_model_state=pick(state.model_state, watch.best_model_state))
 
-  def check(state, watch, tick, eval_data, ran):
-    def evaluate_now(state, watch):
+  def evaluate_if(due, state, watch, tick, eval_data):
+    """``(watch, record)``: ``state`` evaluated at ``tick`` if ``due``."""
+    def evaluate_now(watch):
       record, value = measure(state, eval_data)
       if early_stopping is not None:
         watch = update(state, watch, tick, value)
       return watch, record
 
-    def skip(state, watch):
-      record = jax.tree.map(jnp.zeros_like,
-                            jax.eval_shape(measure, state, eval_data)[0])
-      return watch, record
+    def skip(watch):
+      # Zero counts: the host drops the record.
+      return watch, jax.tree.map(
+          jnp.zeros_like, jax.eval_shape(measure, state, eval_data)[0])
 
+    return jax.lax.cond(due, evaluate_now, skip, watch)
+
+  def check(state, watch, tick, eval_data, ran):
     ran = jnp.asarray(ran, bool)
     due = ran & (tick % periodic.every == 0) & ~watch.stopped
-    watch, record = jax.lax.cond(due, evaluate_now, skip, state, watch)
+    watch, record = evaluate_if(due, state, watch, tick, eval_data)
     watch = watch.replace(evaluated=due | (watch.evaluated & ~ran))
     if early_stopping is not None:
       # Checked at every tick, as Avalanche does before every epoch (step),
@@ -226,18 +233,15 @@ def make_watcher(periodic: PeriodicEval,
     return watch, record
 
   def finish(state, watch, eval_data):
-    if early_stopping is None:
-      return state
-
-    def evaluate_final(watch):
-      _, value = measure(state, eval_data)
-      return update(state, watch, watch.best_at, value)
-
-    # Training since the last evaluation competes for the best too.
-    watch = jax.lax.cond(watch.evaluated | watch.stopped, lambda w: w,
-                         evaluate_final, watch)
-    return state.replace(params=watch.best_params,
-                         model_state=watch.best_model_state)
+    # The state training ended with is evaluated unless its tick was due (or
+    # training stopped, and the best is restored), as Avalanche evaluates at
+    # the end of an experience; with early stopping it competes for the best.
+    watch, record = evaluate_if(~(watch.evaluated | watch.stopped), state,
+                                watch, watch.best_at, eval_data)
+    if early_stopping is not None:
+      state = state.replace(params=watch.best_params,
+                            model_state=watch.best_model_state)
+    return state, record
 
   def active(watch):
     return ~watch.stopped
