@@ -217,6 +217,13 @@ def test_der_compares_only_the_logits_training_does_not_mask():
                                 TASK_CLASSES[buf.task[buf.valid]])
   # ... so unchanged parameters give no penalty (not the masked -1000s).
   assert abs(float(penalty)) < 1e-6
+  # Without masking (mask_unseen_classes=False) every logit is trained, and
+  # compared, as in Avalanche.
+  early = state.replace(seen_classes=jnp.array([True, True, False, False]))
+  unmasked = strategy.after_step(ctx._replace(mask_classes=False), early,
+                                 early, None, batch, jax.random.key(0))
+  buf = jax.device_get(unmasked.buffer)
+  assert buf.valid.sum() == 4 and buf.extras["der_logits_mask"][buf.valid].all()
 
 
 def test_mir_scores_memory_with_the_loops_task_masking():

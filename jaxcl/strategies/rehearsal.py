@@ -214,9 +214,9 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
     logits = ctx.logits(old_state.params, old_state.model_state, x, task)
     # The classes seen so far; with task labels, only the sample's task's,
     # the others' logits being masked in training (their MSE is a constant).
-    compared = visible_classes(
-        old_state.seen_classes,
-        ctx.task_classes if ctx.mask_classes else None, task)
+    # Without masking, every logit is trained, and compared as in Avalanche.
+    compared = (visible_classes(old_state.seen_classes, ctx.task_classes, task)
+                if ctx.mask_classes else jnp.ones(ctx.n_classes, bool))
     extras = {"der_logits": logits,
               "der_logits_mask": jnp.broadcast_to(compared, logits.shape)}
     cl_state = new_state.cl_state
