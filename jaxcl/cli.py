@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "experience")
   train.add_argument("--reset-optimizer", action="store_true",
                      help="fresh optimizer state at every experience "
-                     "(Avalanche's default)")
+                     "(older Avalanche releases' default; Avalanche 0.6, "
+                     "like jaxcl, keeps it)")
   train.add_argument("--seed", type=int, default=0,
                      help="seed of every random choice of the run (and of "
                      "the benchmark's class order)")
@@ -265,10 +266,15 @@ def _check_args(args: argparse.Namespace) -> None:
     watch["early_stopping"].validate()
   from jaxcl.training.optim import SCHEDULES
   _validation.check_choice("--lr-schedule", args.lr_schedule, SCHEDULES)
-  if args.lr_schedule != "constant" and (args.sweep or "").startswith("lr="):
-    raise ValueError(f"--sweep lr=... needs --lr-schedule constant, got "
-                     f"{args.lr_schedule!r}: a swept schedule would need one "
-                     "program per value.")
+  sweep_name, sweep_values = _sweep(args)
+  if sweep_name == "lr":
+    if args.lr_schedule != "constant":
+      raise ValueError(f"--sweep lr=... needs --lr-schedule constant, got "
+                       f"{args.lr_schedule!r}: a swept schedule would need "
+                       "one program per value.")
+    for value in sweep_values:
+      _validation.check_in_range("--sweep lr values", value, low=0.0,
+                                 low_inclusive=False)
   _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
                              high_inclusive=False)
@@ -338,6 +344,10 @@ def _numbers(flag: str, text: str, kind: type) -> list:
                      f"{kind.__name__} values, got {text!r}.") from None
   if not values:
     raise ValueError(f"{flag} must list at least one value, got {text!r}.")
+  repeated = sorted({v for v in values if values.count(v) > 1})
+  if repeated:
+    raise ValueError(f"{flag} values must be distinct (each is a run), got "
+                     f"{text!r}: {', '.join(map(str, repeated))} repeated.")
   return values
 
 

@@ -120,6 +120,12 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
     (["--lr-schedule", "cosin"], "Did you mean 'cosine'"),
     (["--validation-size", "1.5"], "--validation-size must be in (0, 1)"),
     (["--sweep", "lr=0.1,0.2", "--lr-schedule", "cosine"], "needs --lr-schedule"),
+    (["--sweep", " lr =0.1,0.2", "--lr-schedule", "cosine"],
+     "needs --lr-schedule"),
+    (["--sweep", "lr=0.1,-0.1"], "--sweep lr values must be in (0, inf), got "
+     "-0.1"),
+    (["--sweep", "lr=0.1,nan"], "--sweep lr values must be in (0, inf)"),
+    (["--sweep", "lr=0.1,0.1"], "values must be distinct"),
 ])
 def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",

@@ -242,6 +242,37 @@ def test_restart_schedules_leaves_adam_bias_correction_alone():
   assert int(restarted[0].count) == 4 and int(restarted[1].count) == 0
 
 
+def test_restart_schedules_reaches_the_schedules_inside_injected_optimizers():
+  # The learning-rate schedule lives in the wrapped sgd's own state.
+  opt = optax.inject_hyperparams(
+      lambda momentum: optax.sgd(optax.cosine_decay_schedule(0.1, 50),
+                                 momentum=momentum))(momentum=0.9)
+  params = {"w": jnp.ones(2)}
+  state = opt.init(params)
+  for _ in range(5):
+    _, state = opt.update(params, state, params)
+  counts = lambda tree: [int(n.count) for n in jax.tree.leaves(
+      tree, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+                         if isinstance(n, optax.ScaleByScheduleState)]
+  assert counts(state) == [5]
+  restarted = restart_schedules(state)
+  assert counts(restarted) == [0] and int(restarted.count) == 0
+  # The momentum trace is kept.
+  np.testing.assert_array_equal(restarted.inner_state[0].trace["w"],
+                                state.inner_state[0].trace["w"])
+
+
+def test_step_schedule_keeps_both_drops_when_they_share_a_step():
+  from jaxcl.training.optim import schedule
+  # ×0.1 from step 4 (50 % of 8) and again from step 6 (75 %).
+  lr = schedule("step", 1.0, 8)
+  np.testing.assert_allclose([lr(3), lr(4), lr(5), lr(6), lr(7)],
+                             [1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+  # 50 % and 75 % of 2 steps are both step 1: the rate drops by 0.1 twice.
+  lr = schedule("step", 1.0, 2)
+  np.testing.assert_allclose([lr(0), lr(1)], [1.0, 0.01], rtol=1e-6)
+
+
 def test_bad_periodic_settings_are_refused_before_compiling():
   bench = make_benchmark()
   fit = lambda **kw: jaxcl.fit(_model(), naive(), optax.sgd(0.1), bench, **kw)

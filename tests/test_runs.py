@@ -74,3 +74,37 @@ def test_sweep_refuses_a_value_that_is_not_in_the_state(tiny_benchmark,
   with pytest.raises(ValueError, match="not stored in the state"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0],
                 strategy=constant_penalty, optimizer=optax.sgd(0.1))
+
+
+def test_sweep_refuses_a_value_the_optimizer_recomputes(tiny_benchmark,
+                                                        tiny_model):
+  # inject_hyperparams stores the schedule's value but recomputes it from
+  # run 0's schedule in every update: run 1 would silently train at run 0's.
+  def scheduled(lr):
+    return optax.inject_hyperparams(optax.sgd)(
+        learning_rate=optax.linear_schedule(lr, 0.0, 20))
+  with pytest.raises(ValueError, match="run 1 of the sweep would train with "
+                     "run 0's optimizer"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.05, 0.5], strategy=naive(),
+                optimizer=scheduled, batch_size=5)
+
+
+def test_sweep_refuses_values_one_program_cannot_serve(tiny_benchmark,
+                                                       tiny_model):
+  replay = lambda size: jaxcl.strategies.replay(mem_size=int(size))
+  with pytest.raises(ValueError, match=r"run 1 of the sweep builds state.* "
+                     r"of shape \(8, .*run 0 of \(4, "):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [4, 8], strategy=replay,
+                optimizer=optax.sgd(0.1), batch_size=5)
+  with pytest.raises(ValueError, match=r"values must be distinct.*0\.1 "
+                     "repeated"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 0.1],
+                strategy=lambda v: jaxcl.strategies.ewc(ewc_lambda=v),
+                optimizer=optax.sgd(0.1))
+  with pytest.raises(ValueError, match=r"seeds must be distinct"):
+    jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+              seeds=[0, 1, 0])
+  with pytest.raises(TypeError, match="one seed"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1.0],
+                strategy=lambda v: jaxcl.strategies.ewc(ewc_lambda=v),
+                optimizer=optax.sgd(0.1), seeds=[0, 1])

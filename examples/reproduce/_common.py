@@ -28,8 +28,8 @@ Config fields (see :func:`base_config`):
   ``scale_ce_by_experience`` multiplies the cross-entropy of experience ``e``
   (0-based) by ``1 / (e + 1)`` (the LwF baseline's ``LwFCEPenalty``).
 - ``epochs``, ``batch_size``, ``eval_batch_size``, ``mask_unseen_classes``,
-  ``reset_optimizer`` (a fresh optimizer state at every experience, as
-  Avalanche's strategies do), ``seeds``.
+  ``reset_optimizer`` (a fresh optimizer state at every experience, as the
+  Avalanche releases of the published baselines did), ``seeds``.
 - ``local``: overrides applied by ``--local`` (same layout) and ``note``,
   which says how the local run departs from the published setting.
 

@@ -313,7 +313,8 @@ def fit(
       ``EarlyStoppingPlugin``), see :class:`jaxcl.EarlyStopping`; needs
       ``periodic_eval`` (default: every epoch on the ``valid`` stream).
     reset_optimizer: Start every experience with a fresh optimizer state
-      (Avalanche's default; jaxcl's default keeps it across experiences).
+      (older Avalanche releases' default; by default the state is kept
+      across experiences, as Avalanche 0.6 keeps it).
       Injected hyperparameters (``optax.inject_hyperparams``) are kept.
     reset_schedule: Restart the optimizer's learning-rate schedules at every
       experience (Avalanche's ``LRSchedulerPlugin(reset_scheduler=True)``);
@@ -370,6 +371,7 @@ def fit(
   seeds = [_check_seed(s) for s in seeds]
   if not seeds:
     raise ValueError("seeds must hold at least one seed, got [].")
+  _check_distinct("seeds", seeds)
   return _fit_runs(model, [Run(strategy, optimizer, s) for s in seeds],
                    benchmark, batched=True, labels=tuple(seeds), **settings)
 
@@ -412,6 +414,11 @@ def sweep(
   values = list(values)
   if not values:
     raise ValueError("values must hold at least one value, got [].")
+  _check_distinct("values", values)
+  for name in ("seeds", "labels"):
+    if name in fit_kwargs:
+      raise TypeError(f"sweep() got {name}=...; a sweep runs its values with "
+                      "one seed (seed=...) and is labelled by its values.")
   runs = [Run(strategy(v) if callable(strategy) else strategy,
               optimizer(v) if callable(optimizer) else optimizer,
               _check_seed(seed)) for v in values]
@@ -457,8 +464,33 @@ def _check_seed(seed) -> int:
   return int(seed)
 
 
-def _stack(trees):
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+def _check_distinct(name: str, values: Sequence[Any]) -> None:
+  repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+  if repeated:
+    raise ValueError(f"{name} must be distinct (each is a run), got "
+                     f"{list(values)}: {', '.join(repeated)} repeated.")
+
+
+def _stack_runs(states: Sequence[Any]) -> Any:
+  """Stacks the runs' states, which one program needs alike in layout."""
+  first = jax.tree_util.tree_flatten_with_path(states[0])
+  for i, state in enumerate(states[1:], 1):
+    leaves = jax.tree_util.tree_flatten_with_path(state)
+    if leaves[1] != first[1]:
+      raise ValueError(
+          f"run {i} of the sweep builds a state of another structure than "
+          "run 0 (the swept value changes the strategy's or optimizer's "
+          "make-up); one compiled program cannot serve both: run the values "
+          "as separate fit calls.")
+    for (path, a), (_, b) in zip(first[0], leaves[0]):
+      if (a.shape, a.dtype) != (b.shape, b.dtype):
+        raise ValueError(
+            f"run {i} of the sweep builds state{jax.tree_util.keystr(path)} "
+            f"of shape {b.shape} ({b.dtype}), run 0 of {a.shape} ({a.dtype}): "
+            "a swept value that changes shapes (e.g. a memory size) cannot "
+            "share one compiled program; run the values as separate fit "
+            "calls.")
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 def _init_fn(ctx, runs: Sequence[Run], sample, sample_task, batched: bool):
@@ -472,15 +504,23 @@ def _init_fn(ctx, runs: Sequence[Run], sample, sample_task, batched: bool):
          for r in runs):
     return jax.vmap(functools.partial(init_one, runs[0]))
   # Runs differ by hyperparameters stored in their states: build each.
-  return lambda seeds: _stack([init_one(r, s) for r, s in zip(runs, seeds)])
+  return lambda seeds: _stack_runs([init_one(r, s)
+                                   for r, s in zip(runs, seeds)])
 
 
 def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
-  """Refuses a sweep whose values do not reach the state (they would be lost)."""
+  """Refuses a sweep whose values do not reach the compiled program.
+
+  One program runs run 0's strategy hooks and optimizer update on every
+  run's state: a value must live in the state (and the optimizer must not
+  recompute it, as ``inject_hyperparams`` does for a schedule), else it is
+  lost.
+  """
   if len(runs) < 2 or all(r.strategy is runs[0].strategy and
                           r.optimizer is runs[0].optimizer for r in runs):
     return
-  leaves = jax.tree.leaves(host_copy((state.cl_state, state.opt_state)))
+  state = host_copy(state)
+  leaves = jax.tree.leaves((state.cl_state, state.opt_state))
   for i in range(1, len(runs)):
     if all(np.array_equal(leaf[0], leaf[i]) for leaf in leaves):
       raise ValueError(
@@ -488,6 +528,21 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
           "run 0: the swept hyperparameter is not stored in the state, so one "
           "compiled program cannot vary it. Store it as an array in the "
           "strategy state, or use optax.inject_hyperparams for optimizers.")
+    if runs[i].optimizer is runs[0].optimizer:
+      continue
+    params, opt_state = jax.tree.map(lambda a, i=i: a[i],
+                                     (state.params, state.opt_state))
+    grads = jax.tree.map(np.ones_like, params)
+    ours, theirs = (jax.tree.leaves(run.optimizer.update(grads, opt_state,
+                                                         params)[0])
+                    for run in (runs[0], runs[i]))
+    if not all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
+      raise ValueError(
+          f"run {i} of the sweep would train with run 0's optimizer: its "
+          "update differs on its own state (the swept value is recomputed "
+          "inside the update, e.g. by an optax.inject_hyperparams schedule). "
+          "Inject the value itself (inject_hyperparams(optax.sgd)("
+          "learning_rate=value)), or run the values as separate fit calls.")
 
 
 def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark,

@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -63,6 +63,9 @@ def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
       # schedules): all start over.
       node = node._replace(hyperparams_states=jax.tree.map(
           lambda a: a * 0, node.hyperparams_states))
+    if isinstance(node, _INJECT_STATES):
+      # The walk stops at this node: the wrapped optimizer's own schedules.
+      node = node._replace(inner_state=_map_nodes(restart, node.inner_state))
     return node
   return _map_nodes(restart, opt_state)
 
@@ -72,7 +75,8 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
                           params: optax.Params) -> optax.OptState:
   """A fresh ``optimizer.init(params)`` that keeps injected hyperparameters.
 
-  Avalanche's default between experiences. Hyperparameters injected with
+  Avalanche's ``make_optimizer(reset_optimizer_state=True)`` (older
+  releases' default between experiences). Hyperparameters injected with
   ``optax.inject_hyperparams`` are kept from ``opt_state``, so a learning
   rate swept over vmapped runs (:func:`jaxcl.sweep`) survives the reset.
 
@@ -98,13 +102,23 @@ def _map_nodes(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
   return jax.tree.map(fn, tree, *rest, is_leaf=_is_schedule_state)
 
 
+def _multi_step(learning_rate: float, steps: int,
+                fractions: Sequence[float], factor: float) -> optax.Schedule:
+  """``learning_rate`` times ``factor`` after each fraction of ``steps``."""
+  scales: dict[int, float] = {}
+  for fraction in fractions:
+    # Milestones that fall on one step (short schedules) multiply.
+    boundary = int(steps * fraction)
+    scales[boundary] = scales.get(boundary, 1.0) * factor
+  return optax.piecewise_constant_schedule(learning_rate, scales)
+
+
 SCHEDULES: dict[str, Callable[[float, int], optax.Schedule]] = {
     "constant": lambda lr, steps: optax.constant_schedule(lr),
     "cosine": lambda lr, steps: optax.cosine_decay_schedule(lr, steps),
     "linear": lambda lr, steps: optax.linear_schedule(lr, 0.0, steps),
     # Avalanche's examples use MultiStepLR at 50% and 75% of training.
-    "step": lambda lr, steps: optax.piecewise_constant_schedule(
-        lr, {int(steps * 0.5): 0.1, int(steps * 0.75): 0.1}),
+    "step": lambda lr, steps: _multi_step(lr, steps, (0.5, 0.75), 0.1),
 }
 
 
