@@ -175,9 +175,10 @@ def mammoth_config(*, name: str, row: str, published: float, strategy: str,
       "note": "stand-in data: bundled MNIST digits padded to 32x32x3, 20 "
               "train / 20 test per digit, 5 experiences of 2 digits (the "
               "buffer holds the whole stand-in); slim ResNet-18 width nf=20 "
-              "instead of 64 and 1 epoch instead of 50 (convolutions train "
-              "about 10x slower inside jaxcl's scanned loop on CPU, see "
-              "docs/reproductions.md); not comparable with the published "
+              "instead of 64 and 1 epoch instead of 50 (sized when "
+              "convolutions trained about 10x slower inside jaxcl's scanned "
+              "loop on CPU, kept for comparable rows; see "
+              "docs/reproductions.md (d)); not comparable with the published "
               "number",
       "benchmark": {"train_per_class": 20, "test_per_class": 20},
       "model": {"nf": 20}, "epochs": 1}

@@ -8,9 +8,9 @@ classes, CIFAR-100 normalisation, crop + flip.
 --local: CIFAR-100 is not bundled. The stand-in is bundled MNIST digits
 zero-padded to 32x32x3, 20 train / 10 test per digit, 10 experiences of one
 digit, 1 epoch (the milestones are not reached), batch 16 and 100 exemplars
-(10 per class at the end; 2,000 would hold the whole stand-in). ResNet-32
-trains about 0.26 s per image inside jaxcl's scanned loop on this CPU, so a
-published 128 + 128-image step would take a minute. Not comparable with the
+(10 per class at the end; 2,000 would hold the whole stand-in). Sized when
+ResNet-32 trained about 0.26 s per image inside jaxcl's scanned loop on
+CPU (before session 4; docs/reproductions.md (d)). Not comparable with the
 published number.
 """
 

@@ -9,8 +9,9 @@ samples per step; classes in the order 0..99, 20 experiences of 5 classes.
 zero-padded to 32x32x3, 20 train / 10 test per digit, 10 experiences of one
 digit (ten digits cannot make 20), 1 epoch (the milestones are not reached),
 batch 16 with 16 replayed samples, and a 100-sample memory (2,000 would hold
-the whole stand-in). ResNet-32 trains about 0.26 s per image inside jaxcl's
-scanned loop on this CPU. Not comparable with the published number.
+the whole stand-in). Sized when ResNet-32 trained about 0.26 s per image
+inside jaxcl's scanned loop on CPU (before session 4; docs/reproductions.md
+(d)). Not comparable with the published number.
 """
 
 import _common

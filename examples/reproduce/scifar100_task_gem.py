@@ -8,9 +8,10 @@ experience (Avalanche's default with task labels).
 --local: CIFAR-100 is not bundled. The stand-in is bundled MNIST digits
 zero-padded to 32x32x3, 30 train / 20 test per digit, 5 tasks of 2 digits
 (one-digit tasks would be trivial), and 10 patterns per experience: GEM
-runs every stored pattern through the network at every step, and the slim
-ResNet-18 trains about 0.13 s per image inside jaxcl's scanned loop on this
-CPU. Not comparable with the published number.
+runs every stored pattern through the network at every step, and the sizes
+were set when the slim ResNet-18 trained about 0.13 s per image inside
+jaxcl's scanned loop on CPU (before session 4; docs/reproductions.md (d)).
+Not comparable with the published number.
 """
 
 import _common

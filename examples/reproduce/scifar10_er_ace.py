@@ -10,8 +10,9 @@ zero-padded to 32x32 and repeated to 3 channels, 50 train / 20 test per
 digit (5 experiences of 2 digits), with CIFAR-10's normalisation and
 augmentation, and the published hyperparameters: the same model,
 augmentation and strategy code, a number not comparable with the published
-one. (Convolutions train about 10x slower inside jaxcl's scanned loop on
-CPU, so the full 4,000 bundled digits would take half an hour.)
+one. (Sized when convolutions trained about 10x slower inside jaxcl's
+scanned loop on CPU; kept so that the row stays comparable with its
+earlier runs, docs/reproductions.md (d).)
 """
 
 import _common
