@@ -71,9 +71,16 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
     if kind is int and any(isinstance(d, float) for d in known):
       kind = float
     shown = "; ".join(f"{s}: {d}" for s, d in by_strategy.items())
-    group.add_argument(_flag(name), type=_flag_value(kind),
-                       default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
-                       help=f"defaults: {shown}")
+    try:
+      group.add_argument(_flag(name), type=_flag_value(kind),
+                         default=argparse.SUPPRESS,
+                         metavar=kind.__name__.upper(),
+                         help=f"defaults: {shown}")
+    except argparse.ArgumentError:
+      raise ValueError(
+          f"hyperparameter {name!r} of strategy {', '.join(by_strategy)} "
+          f"would be the flag {_flag(name)}, which jaxcl run has already; "
+          "rename the factory's parameter.") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -377,9 +384,18 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
     raise ValueError(f"--sweep must look like NAME=V1,V2,..., got {args.sweep!r}.")
   from jaxcl import _validation
   from jaxcl.strategies import REGISTRY
-  takes = {p for n in args.strategy.split("+")
-           for p in REGISTRY[n.strip()].parameters}
+  entries = [REGISTRY[n.strip()] for n in args.strategy.split("+")]
+  takes = {p for e in entries for p in e.parameters}
   _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
+  integral = [e.name for e in entries if name in e.parameters and isinstance(
+      e.parameters[name].default, int) and not isinstance(
+          e.parameters[name].default, bool)]
+  if integral:
+    raise ValueError(
+        f"--sweep {name}: an integer hyperparameter of {', '.join(integral)} "
+        "(a size or a count) fixes shapes or loop lengths of the compiled "
+        "program, so its values cannot share one; run them as separate "
+        "jaxcl run commands.")
   return name, _numbers("--sweep", values, float)
 
 
@@ -601,9 +617,8 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxcl`` console script."""
-  parser = build_parser()
-  args = parser.parse_args(argv)
   try:
+    args = build_parser().parse_args(argv)
     run(args)
   except (ValueError, TypeError, OSError, FloatingPointError) as e:
     print(f"jaxcl: error: {e}", file=sys.stderr)

@@ -126,6 +126,8 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
      "-0.1"),
     (["--sweep", "lr=0.1,nan"], "--sweep lr values must be in (0, inf)"),
     (["--sweep", "lr=0.1,0.1"], "values must be distinct"),
+    (["--strategy", "replay", "--sweep", "mem_size=100,200"],
+     "--sweep mem_size: an integer hyperparameter of replay"),
 ])
 def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",
@@ -189,6 +191,17 @@ def test_remote_logdir_is_refused(tmp_path, capsys, monkeypatch):
   assert ("--logdir 'gs://bucket/runs/x' is a remote path; expected a local "
           "folder" in capsys.readouterr().err)
   assert not list(tmp_path.iterdir())  # no local "gs:" folder
+
+
+def test_a_registered_parameter_clashing_with_a_flag_is_a_clear_error(capsys):
+  from jaxcl.strategies import REGISTRY, naive, register
+  register("with_lr", lambda lr=0.1: naive())
+  try:
+    assert cli.main(["run", "--strategy", "naive"]) == 2
+  finally:
+    del REGISTRY["with_lr"]
+  assert ("hyperparameter 'lr' of strategy with_lr would be the flag --lr, "
+          "which jaxcl run has already" in capsys.readouterr().err)
 
 
 def test_help_documents_every_flag():

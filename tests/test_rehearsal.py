@@ -226,6 +226,32 @@ def test_der_compares_only_the_logits_training_does_not_mask():
   assert buf.valid.sum() == 4 and buf.extras["der_logits_mask"][buf.valid].all()
 
 
+def test_er_ace_after_der_leaves_ders_memory_rows_unrestricted():
+  rng = np.random.default_rng(5)
+  ctx = _ctx(_linear(rng.normal(size=(3, 4))), n_classes=4, dim=3)
+  strategy = chain(der(mem_size=8, alpha=0.0, beta=1.0, batch_size_mem=4),
+                   er_ace(mem_size=8, batch_size_mem=4))
+  state = _state(ctx, strategy)
+  x = rng.normal(size=(4, 3))
+  batch = lambda y: {"x": jnp.asarray(x, jnp.float32), "y": jnp.array(y),
+                     "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+  key = jax.random.key(1)
+  state = strategy.begin_experience(ctx, state, _data(x, [0, 1, 0, 1], 0), key)
+  state = state.replace(cl_state=strategy.after_step(
+      ctx, state, state, None, batch([0, 1, 0, 1]), key))
+  state = strategy.begin_experience(ctx, state, _data(x, [2, 3, 2, 3], 1), key)
+  out = jax.device_get(strategy.transform_batch(
+      ctx, state.cl_state, batch([2, 3, 2, 3]), jax.random.key(2)))
+  mask = out["class_mask"]
+  # ER-ACE's current rows see only the classes present in the batch ...
+  np.testing.assert_array_equal(mask[:4], [[0, 0, 1, 1]] * 4)
+  # ... while DER's memory rows (weight 0, for DER's penalty) keep every
+  # class: restricted, their old labels' logits were -1000 (CE ~ 1000).
+  der_rows = out["der_ce_weight"] > 0
+  assert der_rows.sum() == 4 and set(out["y"][der_rows]) <= {0, 1}
+  assert mask[der_rows].all()
+
+
 def test_mir_scores_memory_with_the_loops_task_masking():
   rng = np.random.default_rng(8)
   w0 = rng.normal(size=(3, 4))
@@ -425,3 +451,30 @@ def test_factories_validate_and_register():
   strategy = from_spec("replay+der", mem_size=50, batch_size_mem=5)
   assert strategy.name == "replay+der"
   assert naive().name == "naive"
+
+
+@pytest.mark.parametrize("name, factory, message", [
+    ("my+plus", lambda strength=1.0: naive(), "without '\\+' or spaces"),
+    (" spaced ", lambda strength=1.0: naive(), "without '\\+' or spaces"),
+    ("replay", lambda strength=1.0: naive(), "'replay' is already registered"),
+    ("kw", lambda **kwargs: naive(), "named parameters.*\\['kwargs'\\]"),
+    ("sp", lambda spec=1: naive(), "named parameters.*\\['spec'\\]"),
+])
+def test_register_refuses_names_and_factories_specs_cannot_reach(
+    name, factory, message):
+  from jaxcl.strategies import REGISTRY, register
+  before = dict(REGISTRY)
+  with pytest.raises(ValueError, match=message):
+    register(name, factory)
+  assert REGISTRY == before
+
+
+def test_register_override_replaces_a_strategy_on_request():
+  from jaxcl.strategies import REGISTRY, register
+  original = REGISTRY["naive"].factory
+  register("naive", lambda: naive()._replace(name="mine"), override=True)
+  try:
+    assert from_spec("naive").name == "mine"
+  finally:
+    register("naive", original, override=True)
+  assert from_spec("naive").name == "naive"

@@ -2,8 +2,11 @@
 
 Each registered factory's keyword parameters become hyperparameters that can
 be given by name (on the command line as ``--mem-size`` for ``mem_size``).
-A name shared by several strategies (``mem_size``) means the same thing for
-each of them.
+A name shared by several chained strategies goes to each of them: for
+``mem_size`` or ``ewc_lambda`` that is one meaning, but ``alpha`` is LwF's
+distillation weight, MAS's importance decay and DER's logit weight; chain
+such strategies in Python (``chain(lwf(alpha=2.0), mas(alpha=0.5))``) to
+give each its own value.
 
 Example:
   >>> from_spec("naive").name
@@ -33,10 +36,37 @@ class StrategyEntry(NamedTuple):
 REGISTRY: dict[str, StrategyEntry] = {}
 
 
-def register(name: str, factory: Callable[..., Strategy]) -> None:
-  """Makes ``factory`` available by ``name`` to :func:`from_spec` and the CLI."""
-  params = {p.name: p for p in inspect.signature(factory).parameters.values()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+def register(name: str, factory: Callable[..., Strategy], *,
+             override: bool = False) -> None:
+  """Makes ``factory`` available by ``name`` to :func:`from_spec` and the CLI.
+
+  Args:
+    name: The strategy's name in specs (no ``+``, no spaces).
+    factory: A function of keyword hyperparameters returning a
+      :class:`Strategy`; each parameter becomes a hyperparameter by name.
+    override: Replace a strategy already registered under ``name`` (else
+      that is an error, so that a built-in is not replaced by accident).
+
+  Raises:
+    ValueError: For a name that specs cannot hold or that is taken, or a
+      factory whose hyperparameters cannot be given by name.
+  """
+  if not isinstance(name, str) or not name or "+" in name or (
+      name != "".join(name.split())):
+    raise ValueError(f"strategy name must be a non-empty string without '+' "
+                     f"or spaces (specs join names with '+'), got {name!r}.")
+  if name in REGISTRY and not override:
+    raise ValueError(f"strategy {name!r} is already registered; pass "
+                     "override=True to replace it.")
+  signature = inspect.signature(factory).parameters.values()
+  hidden = [p.name for p in signature
+            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL, p.POSITIONAL_ONLY)]
+  if hidden or "spec" in {p.name for p in signature}:
+    raise ValueError(
+        f"factory of strategy {name!r} must take its hyperparameters as named "
+        f"parameters (other than 'spec', from_spec's own), got "
+        f"{hidden or ['spec']}.")
+  params = {p.name: p for p in signature}
   REGISTRY[name] = StrategyEntry(name, factory, params)
 
 

@@ -291,15 +291,17 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
     present = jnp.zeros(ctx.n_classes, bool).at[
         jnp.where(current, batch["y"], ctx.n_classes)].set(True, mode="drop")
     restrict = jnp.where(cl_state.replaying, present, True)
-    class_mask = batch.get("class_mask", True) & restrict
+    before = jnp.broadcast_to(batch.get("class_mask", True),
+                              (batch["y"].shape[0], ctx.n_classes))
+    # Rows of weight 0 that a strategy before it in a chain appended serve
+    # that strategy's penalty (DER's memory rows): their classes stay.
+    class_mask = jnp.where(current[:, None], before & restrict, before)
     rows = buffers.sample(cl_state.buffer, key,
                           _memory_rows(ctx, batch_size_mem))
     # Weights making the weighted mean equal to (mean_cur + mean_mem) / 2.
     scale = jnp.sum(batch["weight"]) / jnp.maximum(jnp.sum(rows["weight"]), 1.)
     rows["weight"] = rows["weight"] * scale * cl_state.replaying
-    current_rows = {**batch, "class_mask": jnp.broadcast_to(
-        class_mask, (batch["y"].shape[0], ctx.n_classes))}
-    return buffers.concat_batches(current_rows, rows)
+    return buffers.concat_batches({**batch, "class_mask": class_mask}, rows)
 
   return Strategy(name="er_ace", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch)
