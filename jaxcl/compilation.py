@@ -13,6 +13,7 @@ from the cache does not analyse them again either.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -133,5 +134,8 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
       file.write(text)
     os.replace(partial, path)
   except OSError:
-    partial.unlink(missing_ok=True)
+    # A read-only folder refuses even the removal of a missing file, and a
+    # path through a file fails on every call: neither may end the run.
+    with contextlib.suppress(OSError):
+      partial.unlink()
   return value

@@ -146,6 +146,20 @@ def test_cached_json_computes_once_per_key_and_survives_bad_entries(
   assert len(calls) == 3
 
 
+def test_cached_json_only_computes_where_it_cannot_write(tmp_path,
+                                                        restored_cache_config):
+  # The entries' folder is a file: writing, and removing the partial file,
+  # fail with NotADirectoryError; the value is still returned.
+  jaxcl.enable_compilation_cache(tmp_path / "xla")
+  (tmp_path / "xla").mkdir(exist_ok=True)
+  (tmp_path / "xla" / "jaxcl_t").write_text("a file, not a folder")
+  assert cached_json("t", ["a"], lambda: {"flops": 5.0}) == {"flops": 5.0}
+  # So does a cache folder under a file (set without enable's checks).
+  (tmp_path / "file").write_text("")
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "file" / "x"))
+  assert cached_json("t", ["a"], lambda: {"flops": 6.0}) == {"flops": 6.0}
+
+
 def test_fit_loads_its_flop_counts_with_cached_programs(tmp_path, monkeypatch,
                                                         restored_cache_config):
   fit_module = importlib.import_module("jaxcl.training.fit")

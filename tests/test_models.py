@@ -4,6 +4,7 @@ import inspect
 import re
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -329,3 +330,39 @@ def test_torch_conv_forward_mode_needs_jax_rules():
   loss = lambda v: jnp.sum(model.apply(v, images) ** 2)
   _, hvp = jax.jvp(jax.grad(loss), (variables,), (variables,))
   assert jax.tree.structure(hvp) == jax.tree.structure(variables)
+
+
+class _SowsAuxiliaryLoss(nn.Module):
+  """Batch norm plus an auxiliary value sown into its own collection."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+    self.sow("losses", "l2", jnp.sum(h ** 2))
+    return nn.Dense(4)(nn.relu(h))
+
+
+def test_a_model_sowing_into_its_own_collection_trains():
+  bench = make_benchmark()
+  result = jaxcl.fit(_SowsAuxiliaryLoss(), naive(), optax.sgd(0.1), bench,
+                     batch_size=8)
+  model_state = result.state.model_state
+  # The sown collection keeps its init value; batch norm's statistics move.
+  assert jax.tree.structure(model_state["losses"]) == jax.tree.structure(
+      {"l2": (0.0,)})
+  assert float(jnp.abs(model_state["batch_stats"]["BatchNorm_0"]["mean"]).sum()) > 0
+
+
+class _ReturnsFeaturesToo(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.Dense(8)(x)
+    return nn.Dense(4)(h), h
+
+
+def test_a_model_returning_more_than_logits_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"model returns \(\(1, 4\), \(1, 8\)\); "
+                     r"expected one array of logits, \(4,\) per sample"):
+    jaxcl.fit(_ReturnsFeaturesToo(), naive(), optax.sgd(0.1), make_benchmark(),
+              batch_size=8)

@@ -92,7 +92,12 @@ def as_model(model: nn.Module | Model) -> Model:
       logits, updated = model.apply(variables, x, rngs=rngs,
                                     mutable=list(model_state),
                                     **kwargs(task, train))
-      return logits, {**model_state, **updated}
+      # Collections that `sow` appends to (auxiliary losses, say) grow at
+      # every call: the loop's carried state keeps its init value for them.
+      kept = {name: value for name, value in updated.items()
+              if jax.tree.structure(value) ==
+              jax.tree.structure(model_state[name])}
+      return logits, {**model_state, **kept}
     logits = model.apply(variables, x, rngs=rngs, **kwargs(task, train))
     return logits, model_state
 

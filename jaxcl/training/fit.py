@@ -154,6 +154,11 @@ def _check_model_output(ctx: StrategyContext, sample, task):
     raise ValueError(
         f"model could not be applied to inputs of shape {sample.shape[1:]} "
         f"(the benchmark's input_shape): {type(e).__name__}: {e}") from e
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    raise ValueError(
+        f"model returns {jax.tree.map(lambda a: a.shape, out)!r}; expected "
+        f"one array of logits, ({ctx.n_classes},) per sample (return the "
+        "logits alone; jaxcl.strategies.model_utils reads features).")
   if out.ndim != 2 or out.shape[1] != ctx.n_classes:
     raise ValueError(f"model outputs logits of shape {out.shape[1:]} per "
                      f"sample; expected ({ctx.n_classes},), one per class of "
