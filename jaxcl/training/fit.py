@@ -773,7 +773,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     flops = pool.submit(
         compilation.cached_json, "flops",
         [*(program.as_text() for program in lowered),
-         flop_analysis.keywords], flop_analysis) if "flops" in chosen else None
+         flop_analysis.keywords, _FLOP_ANALYSIS], flop_analysis
+    ) if "flops" in chosen else None
     *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
   finally:
     pool.shutdown(wait=False)
@@ -1262,6 +1263,11 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
   # invariant again.
   return jax.shard_map(on_device, mesh=mesh, in_specs=(whole, data_specs),
                        out_specs=whole, check_vma=False)
+
+
+# Part of the cached FLOP counts' key: bumped when the analysis changes
+# while the programs it analyses may not.
+_FLOP_ANALYSIS = "named calls, session 11"
 
 
 def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *,
