@@ -7,6 +7,7 @@ algorithm.
 """
 
 import collections
+import importlib
 
 import chex
 import flax.linen as nn
@@ -435,7 +436,12 @@ def test_train_flops_count_one_step_whatever_else_the_program_runs():
   assert train_flops(naive(), 2, periodic_eval=periodic) == step
 
 
-def test_fit_records_only_the_selected_metrics(tiny_benchmark, tiny_model):
+@pytest.mark.parametrize("runs_one_by_one", [True, False])
+def test_fit_records_only_the_selected_metrics(tiny_benchmark, tiny_model,
+                                               monkeypatch, runs_one_by_one):
+  # Evaluated one run after the other (CPUs) or vmapped (accelerators).
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  monkeypatch.setattr(fit_module, "_runs_one_by_one", lambda: runs_one_by_one)
   chosen = ev.metrics(["accuracy", "topk_accuracy", "flops"], top_k=2)
   multi = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
                     batch_size=5, seeds=[0, 1], metrics=chosen)

@@ -89,6 +89,16 @@ def test_sweep_refuses_a_value_the_optimizer_recomputes(tiny_benchmark,
                 optimizer=scheduled, batch_size=5)
 
 
+def test_sweep_values_of_mixed_types_are_promoted(tiny_benchmark, tiny_model):
+  sgd = optax.inject_hyperparams(optax.sgd)
+  multi = jaxcl.sweep(tiny_model, tiny_benchmark, [1, 0.1], strategy=naive(),
+                      optimizer=lambda lr: sgd(learning_rate=lr), batch_size=5)
+  single = jaxcl.fit(tiny_model, naive(), sgd(learning_rate=1.0),
+                     tiny_benchmark, batch_size=5)
+  chex.assert_trees_all_close(multi.runs[0].state.params, single.state.params,
+                              rtol=1e-5, atol=1e-6)
+
+
 def test_sweep_refuses_values_one_program_cannot_serve(tiny_benchmark,
                                                        tiny_model):
   replay = lambda size: jaxcl.strategies.replay(mem_size=int(size))

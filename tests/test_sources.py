@@ -274,8 +274,9 @@ def test_tfrecord_loads_in_the_order_of_array_record(sharded):
         np.testing.assert_array_equal(other.y, eager.y)
 
 
-def test_lazy_on_tfrecord_says_to_prepare_array_record(sharded):
-    data_dir = sharded["tfrecord"]
+def test_lazy_on_tfrecord_says_to_prepare_array_record(sharded, tmp_path):
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(sharded["tfrecord"], data_dir)
     with pytest.raises(ValueError) as info:
         sources.load_tfds_split("sharded_digits", "train", data_dir=data_dir,
                                 lazy=True)
@@ -289,6 +290,17 @@ def test_lazy_on_tfrecord_says_to_prepare_array_record(sharded):
     assert (f"tfds build sharded_digits --data_dir {data_dir} --file_format"
             " array_record") in message
     assert "damaged" not in message and "TFRecord format works" not in message
+    # The advice works: remove the folder it names, prepare again.
+    folder = data_dir / "sharded_digits" / "1.0.0"
+    assert f"first removing {folder} " in message
+    shutil.rmtree(folder)
+    _ShardedDigits(
+        data_dir=data_dir, file_format="array_record"
+    ).download_and_prepare()
+    lazy = sources.load_tfds_split(
+        "sharded_digits", "train", data_dir=data_dir, lazy=True
+    )
+    assert len(lazy.y) == 100
 
 
 def test_tilde_in_data_dir_is_the_home_directory(tmp_path, monkeypatch):

@@ -232,6 +232,32 @@ def test_chunks_in_flight_stay_within_half_the_budget(monkeypatch, seeds):
   assert 5 * trainer.chunk_steps * batch_size * runs <= budget_rows / 2
 
 
+def test_dispatch_waits_so_at_most_two_chunks_run_at_once(monkeypatch):
+  # A wide model on tiny inputs: the device is slower than the reader, so
+  # without a wait the host would dispatch chunk after chunk ahead.
+  bench = make_benchmark(n_classes=2, n_experiences=1, per_class=256, dim=4)
+  model = jaxcl.models.MLP(2, hidden_size=1024, hidden_layers=2,
+                           drop_rate=0.0)
+  outputs, running = [], []
+  bind = streaming.StreamingTrainer.bind
+
+  def counting_bind(self, executables):
+    begin, orders, chunk, end = executables
+
+    def counted(*args):
+      out = chunk(*args)
+      outputs.append(out[1])
+      running.append(sum(not jax.tree.leaves(m)[0].is_ready()
+                         for m in outputs))
+      return out
+    return bind(self, (begin, orders, counted, end))
+
+  monkeypatch.setattr(streaming.StreamingTrainer, "bind", counting_bind)
+  jaxcl.fit(model, naive(), optax.sgd(0.01), bench, epochs=2, batch_size=16,
+            device_memory_budget_mb=0.01, metrics=["accuracy"])
+  assert len(running) > 10 and max(running) <= streaming._DISPATCHED
+
+
 def test_icarl_weighs_exemplars_by_the_whole_streamed_experience():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40)
   sample = streaming.sample_nbytes(bench.train_stream[0])

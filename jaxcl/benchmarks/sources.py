@@ -518,7 +518,9 @@ def _tfds_load_error(
             f"Cannot load split {split!r} of tfds dataset {name!r} from"
             f" {where}: {needs_random_access} needs it in ArrayRecord format"
             f" (random access), but it is prepared there as {formats} only."
-            " Prepare it again with `--file_format array_record`:"
+            " Prepare it again with `--file_format array_record`, first"
+            f" removing {builder.data_dir} (tfds refuses a second file format"
+            " in a prepared folder) or into another data_dir:"
             f" {prepare}"
         )
     if builder is not None:

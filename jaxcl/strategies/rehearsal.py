@@ -158,7 +158,7 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
   logits of the model before the update (evaluation mode). The MSE averages
   over rows and classes (PyTorch's ``mse_loss``) but only compares the
   classes already seen when a sample was stored (the class-incremental head
-  masks the others).
+  masks the others; every class with ``mask_unseen_classes=False``).
 
   Args:
     mem_size: Memory capacity.

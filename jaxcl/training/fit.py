@@ -81,7 +81,7 @@ class Result:
       unless ``class_accuracy`` is selected).
     task_class_accuracy: ``[n_tasks, n_classes]`` the same per task label, as
       Avalanche keys it (class ids may repeat across tasks); ``n_tasks`` is 1
-      unless the test stream has several task labels.
+      unless the benchmark's train stream has several task labels.
     labels_repartition: ``int[T, n_classes]`` samples of each class in each
       training experience as trained on (after the strategy's
       ``adapt_data``; None unless ``labels_repartition`` is selected).
@@ -488,13 +488,13 @@ def _stack_runs(states: Sequence[Any]) -> Any:
           "make-up); one compiled program cannot serve both: run the values "
           "as separate fit calls.")
     for (path, a), (_, b) in zip(first[0], leaves[0]):
-      if (a.shape, a.dtype) != (b.shape, b.dtype):
+      # Dtypes may differ (1 and 0.1 injected): stacking promotes them.
+      if a.shape != b.shape:
         raise ValueError(
             f"run {i} of the sweep builds state{jax.tree_util.keystr(path)} "
-            f"of shape {b.shape} ({b.dtype}), run 0 of {a.shape} ({a.dtype}): "
-            "a swept value that changes shapes (e.g. a memory size) cannot "
-            "share one compiled program; run the values as separate fit "
-            "calls.")
+            f"of shape {b.shape}, run 0 of {a.shape}: a swept value that "
+            "changes shapes (e.g. a memory size) cannot share one compiled "
+            "program; run the values as separate fit calls.")
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
@@ -769,7 +769,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     # The FLOPs are a function of the programs, so they are cached with them.
     flop_analysis = functools.partial(
         _program_flops, train_jaxpr, eval_traced.jaxpr,
-        n_runs=len(runs) if batched else 1)
+        n_runs=len(runs) if batched else 1,
+        runs_share_data=batched and not _runs_one_by_one())
     flops = pool.submit(
         compilation.cached_json, "flops",
         [*(program.as_text() for program in lowered),
@@ -1270,8 +1271,8 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
 _FLOP_ANALYSIS = "named calls, session 11"
 
 
-def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *,
-                   n_runs: int) -> dict[str, float]:
+def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
+                   runs_share_data: bool) -> dict[str, float]:
   """FLOPs of one optimizer step and of evaluating one sample, for one run.
 
   XLA counts a loop body once whatever its trip count, so the compiled
@@ -1280,17 +1281,19 @@ def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *,
   :data:`loop.EVAL_CHUNK_CALL`), found in the programs' jaxprs and analysed
   on their own. The jaxprs are those the programs were lowered from, so no
   hook is traced again. The step of vmapped runs is every run's; a chunk's
-  count is divided by its rows (its last argument, the real-row mask: every
-  run's when vmapped, one device's share when the test stream is split over
-  devices). NaN where a call is not found or the backend has no cost
-  analysis.
+  count is divided by its rows (its last argument, the real-row mask: one
+  device's share when the test stream is split over devices) and, when
+  vmapped runs share the data (``runs_share_data``, see
+  :func:`_evaluate_runs`), by the runs. NaN where a call is not found or the
+  backend has no cost analysis.
   """
   nan = float("nan")
   step = system.named_call_flops(train_jaxpr, loop.TRAIN_STEP_CALL)
   chunk = system.named_call_flops(eval_jaxpr, loop.EVAL_CHUNK_CALL)
+  rows = None if chunk is None else math.prod(chunk[1][-1].shape) * (
+      n_runs if runs_share_data else 1)
   return {"train_flops": nan if step is None else step[0] / n_runs,
-          "eval_flops": nan if chunk is None else
-                        chunk[0] / math.prod(chunk[1][-1].shape)}
+          "eval_flops": nan if chunk is None else chunk[0] / rows}
 
 
 def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
@@ -46,10 +47,12 @@ __all__ = ["StreamingTrainer", "default_budget_bytes", "sample_nbytes"]
 
 # Chunks gathered ahead of the one training.
 _PREFETCH = 2
+# Chunks dispatched and possibly still running (dispatch is asynchronous):
+# the next waits for the oldest.
+_DISPATCHED = 2
 # Chunks whose batches can be on the devices at once: the queue's, the one
-# the reader is putting while the queue is full, the one dispatched last and
-# the one before it (dispatch is asynchronous, so it may still be running).
-_CHUNKS_ALIVE = _PREFETCH + 3
+# the reader is putting while the queue is full, and the dispatched ones.
+_CHUNKS_ALIVE = _PREFETCH + 1 + _DISPATCHED
 
 
 def sample_nbytes(experience: Experience) -> int:
@@ -293,15 +296,21 @@ class StreamingTrainer:
     trained = _hosts.put(np.zeros(runs, np.int32), self.place.state)
     epoch_metrics, metrics = [], None
     chunks = self._chunks(experience, order, valid)
+    dispatched: collections.deque = collections.deque()
     try:
       for n in range(self.epochs * self.chunks_per_epoch):
         batches = _hosts.read_together("a streamed chunk",
                                        functools.partial(next, chunks),
                                        in_flight=state)
+        if len(dispatched) == _DISPATCHED:
+          # Dispatch is asynchronous: without a wait, a fast reader would
+          # put more chunks on the devices than the budget counts.
+          jax.block_until_ready(dispatched.popleft())
         e, c = divmod(n, self.chunks_per_epoch)
         state, chunk_metrics, first_bad, trained = chunk(
             state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
             first_bad, trained)
+        dispatched.append(chunk_metrics)
         metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
         if c == self.chunks_per_epoch - 1:
           compute = lambda m: m.compute()
