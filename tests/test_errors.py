@@ -4,6 +4,7 @@ checkpoint (and log folder) as it was. docs/errors.md lists the same cases.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import pathlib
@@ -109,6 +110,10 @@ CASES = [
          r"optimizer must be an optax.GradientTransformation .*got float"),
     Case("fit strategy='ewc'", lambda p: _fit(p, strategy="ewc"), TypeError,
          r"strategy must be a jaxcl Strategy .*got str"),
+    Case("fit empty test stream",
+         lambda p: _fit(p, benchmark=dataclasses.replace(
+             make_benchmark(), test_stream=jaxcl.benchmarks.Stream("test", []))),
+         ValueError, r"benchmark\.test_stream is empty; expected experiences"),
     Case("fit benchmark=arrays", lambda p: _fit(p, benchmark=_data()),
          TypeError, r"benchmark must be a jaxcl Benchmark, got tuple"),
     Case("fit model='mlp'", lambda p: _fit(p, model="mlp"), TypeError,

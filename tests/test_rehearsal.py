@@ -478,3 +478,20 @@ def test_register_override_replaces_a_strategy_on_request():
   finally:
     register("naive", original, override=True)
   assert from_spec("naive").name == "naive"
+
+
+@pytest.mark.parametrize("make", [cumulative, lambda: gdumb(mem_size=6)])
+def test_rewritten_online_streams_are_evaluated_at_their_origins_ends(make):
+  # adapt_data rebuilds the experiences; the stream stays an online one,
+  # evaluated when an original experience is complete.
+  bench = jaxcl.benchmarks.split_online(
+      make_benchmark(n_classes=4, n_experiences=2, per_class=6), 4,
+      shuffle=False)
+  origins = [e.origin_experience for e in bench.train_stream]
+  ends = [i for i in range(len(origins))
+          if i == len(origins) - 1 or origins[i + 1] != origins[i]]
+  result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), make(),
+                     optax.sgd(0.1), bench, batch_size=4,
+                     metrics=["accuracy"])
+  assert len(origins) > 2 * len(ends) == 4
+  assert [row["experience"] for row in result.history] == ends

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.struct
@@ -423,12 +424,11 @@ def _assemble(parts: Sequence[tuple[Experience, np.ndarray | slice]],
     return np.concatenate(arrays) if arrays else empty
 
   y = cat("y", np.zeros(0, np.int32))
-  return Experience(
-      x=cat("x", np.zeros((0, *like.x.shape[1:]), like.x.dtype)),
-      y=y, task=cat("task", np.zeros(0, np.int32)), index=like.index,
-      classes=tuple(int(c) for c in np.unique(y)), origin=like.origin,
-      previous_classes=like.previous_classes,
-      future_classes=like.future_classes)
+  # Every other field is like's (an online stream's origin among them).
+  return dataclasses.replace(
+      like, x=cat("x", np.zeros((0, *like.x.shape[1:]), like.x.dtype)),
+      y=y, task=cat("task", np.zeros(0, np.int32)),
+      classes=tuple(int(c) for c in np.unique(y)))
 
 
 def cumulative() -> Strategy:

@@ -123,8 +123,9 @@ def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
   _validation.check_positive_int("epochs", epochs)
   _validation.check_positive_int("batch_size", batch_size)
   _validation.check_positive_int("eval_batch_size", eval_batch_size)
-  if len(benchmark.train_stream) == 0:
-    raise ValueError("benchmark.train_stream is empty; expected experiences.")
+  for name in ("train_stream", "test_stream"):
+    if len(getattr(benchmark, name)) == 0:
+      raise ValueError(f"benchmark.{name} is empty; expected experiences.")
   for stream in (benchmark.train_stream, benchmark.test_stream):
     for exp in stream:
       if len(exp) == 0:
@@ -624,7 +625,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     eval_fn = _evaluate_split(
         ctx, strategy, place, batched, eval_batch_size=eval_batch_size,
         mask_classes=mask_unseen_classes, top_k=chosen.top_k)
-  eval_points = _eval_points(train_stream, eval_every)
+  # The benchmark's stream: adapt_data keeps its order and length, not
+  # necessarily its online-stream fields.
+  eval_points = _eval_points(benchmark.train_stream, eval_every)
   block = 1 if trainer else _block_length(train_stream, eval_points, budget)
   # Hosts exchange data in the reads below (read_in_shares, streaming): the
   # sequence and sizes of those collectives follow from the streams' layout
