@@ -357,9 +357,13 @@ class Checkpointer:
     ocp = _orbax()
     payload = self._open().restore(step, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))["meta"]
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or "format" not in payload:
       raise CheckpointError(f"its metadata is not a jaxcl checkpoint of "
                             f"format {FORMAT}")
+    if payload["format"] != FORMAT:
+      raise CheckpointError(
+          f"its metadata is of format {payload['format']!r}, written by "
+          f"another jaxcl version; this one reads format {FORMAT}")
     if _json_sha256(payload.get("body")) != payload.get("sha256"):
       raise CheckpointError("its metadata does not match its checksum")
     return payload["body"]
@@ -497,9 +501,13 @@ def run_config(*, benchmark, train_stream, model, strategy_name: str,
           "input_shape": list(benchmark.input_shape),
           "train_sizes": sizes(train_stream),
           "test_sizes": sizes(benchmark.test_stream),
+          "valid_sizes": sizes(benchmark.valid_stream or []),
       },
+      # The validation stream too: periodic evaluation and early stopping
+      # read it.
       "data_sha256": _checksum([(e.x, e.y, e.task) for stream in
-                                (train_stream, benchmark.test_stream)
+                                (train_stream, benchmark.test_stream,
+                                 benchmark.valid_stream or [])
                                 for e in stream]),
       "model": _model_text(model),
       "strategy": strategy_name,

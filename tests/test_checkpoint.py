@@ -6,6 +6,7 @@ Run as a script, this file is the worker that the SIGKILL tests start:
 """
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -333,6 +334,23 @@ def test_other_configuration_is_refused_and_left_intact(finished, tmp_path,
   assert named in str(info.value) and str(ckpt) in str(info.value)
   assert _tree_digest(ckpt) == before
   assert not compiled  # Refused before any compile.
+
+
+def test_another_validation_stream_is_refused(tmp_path):
+  # Periodic evaluation and early stopping read the validation stream: the
+  # same train and test streams with other validation samples differ.
+  bench = jaxcl.benchmarks.with_validation(
+      make_benchmark(n_classes=4, n_experiences=2, per_class=12), 0.25)
+  moved = jaxcl.benchmarks.Stream("valid", [
+      dataclasses.replace(e, x=e.x + 1.0) for e in bench.valid_stream])
+  def run(benchmark):
+    return jaxcl.fit(jaxcl.models.MLP(num_classes=4, hidden_size=8), naive(),
+                     optax.sgd(0.1), benchmark, batch_size=4,
+                     checkpoint_dir=tmp_path, metrics=["accuracy"],
+                     periodic_eval=jaxcl.PeriodicEval())
+  run(bench)
+  with pytest.raises(checkpoint.CheckpointError, match="data_sha256"):
+    run(dataclasses.replace(bench, valid_stream=moved))
 
 
 def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path):
