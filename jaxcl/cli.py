@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from jaxcl import compilation
+from jaxcl.loggers.base import ForwardingWriter
 
 __all__ = ["main", "build_parser"]
 
@@ -267,6 +268,14 @@ def _check_args(args: argparse.Namespace) -> None:
                                low=0.0, high=1.0, low_inclusive=False,
                                high_inclusive=False)
   watch = _watch_kwargs(args)
+  _validation.check_choice("--periodic-unit", args.periodic_unit,
+                           ("epoch", "step"))
+  if (watch["periodic_eval"] is not None and args.periodic_stream == "valid"
+      and not args.validation_size):
+    raise ValueError(
+        "--periodic-eval and --early-stopping evaluate --periodic-stream "
+        "valid, but there is no validation stream; pass --validation-size "
+        "(e.g. 0.1) or --periodic-stream test.")
   if watch["periodic_eval"] is not None:
     watch["periodic_eval"].validate(has_valid_stream=args.validation_size > 0)
   if watch["early_stopping"] is not None:
@@ -285,6 +294,9 @@ def _check_args(args: argparse.Namespace) -> None:
   _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
                              high_inclusive=False)
+  if args.momentum and args.optimizer != "sgd":
+    raise ValueError(f"--momentum {args.momentum} applies to --optimizer sgd "
+                     f"only, got --optimizer {args.optimizer}.")
   _validation.check_in_range("--drop-rate", args.drop_rate, low=0.0, high=1.0,
                              high_inclusive=False)
   _validation.check_positive_int("--checkpoint-keep", args.checkpoint_keep)
@@ -387,15 +399,22 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   entries = [REGISTRY[n.strip()] for n in args.strategy.split("+")]
   takes = {p for e in entries for p in e.parameters}
   _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
-  integral = [e.name for e in entries if name in e.parameters and isinstance(
-      e.parameters[name].default, int) and not isinstance(
-          e.parameters[name].default, bool)]
+  defaults = [(e.name, e.parameters[name].default) for e in entries
+              if name in e.parameters]
+  integral = [n for n, d in defaults if isinstance(d, int)
+              and not isinstance(d, bool)]
   if integral:
     raise ValueError(
         f"--sweep {name}: an integer hyperparameter of {', '.join(integral)} "
         "(a size or a count) fixes shapes or loop lengths of the compiled "
         "program, so its values cannot share one; run them as separate "
         "jaxcl run commands.")
+  choices = [n for n, d in defaults if isinstance(d, (bool, str))]
+  if choices:
+    raise ValueError(
+        f"--sweep {name}: a switch or a choice of {', '.join(choices)}, not "
+        "a number; --sweep varies numeric hyperparameters (run the choices "
+        "as separate jaxcl run commands).")
   return name, _numbers("--sweep", values, float)
 
 
@@ -412,16 +431,23 @@ def _optimizer(args: argparse.Namespace, lr: Any, optax, inject: bool = False):
   return optax.inject_hyperparams(make)(learning_rate=lr) if inject else make(lr)
 
 
-def _learning_rate(args: argparse.Namespace, benchmark) -> Any:
-  """``--lr``, or the ``--lr-schedule`` starting from it."""
+def _learning_rate(args: argparse.Namespace, strategy, benchmark) -> Any:
+  """``--lr``, or the ``--lr-schedule`` starting from it.
+
+  The schedule spans the optimizer steps of the experiences as the strategy
+  trains them (cumulative and joint enlarge them): the largest experience's
+  when it restarts at every experience, else the whole stream's.
+  """
   if args.lr_schedule == "constant":
     return args.lr
   from jaxcl.training.optim import schedule
-  steps = args.epochs * math.ceil(benchmark.train_stream.max_size /
-                                  args.batch_size)
-  if not (args.reset_schedule or args.reset_optimizer):
-    steps *= len(benchmark.train_stream)
-  return schedule(args.lr_schedule, args.lr, steps)
+  stream = benchmark.train_stream
+  steps = [args.epochs * math.ceil(
+      len(strategy.adapt_data(e, stream, args.seed)) / args.batch_size)
+           for e in stream]
+  restarts = args.reset_schedule or args.reset_optimizer
+  return schedule(args.lr_schedule, args.lr,
+                  max(steps) if restarts else sum(steps))
 
 
 def _watch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -453,6 +479,17 @@ def _write_images(writer, logdir: pathlib.Path, result) -> None:
   loggers.write_result_images(writer, len(matrix) - 1, logdir,
                               accuracy_matrix=matrix,
                               confusion_matrix=confusion)
+
+
+class _Tracked(ForwardingWriter):
+  """Forwards to ``writer``; remembers whether any scalar was written."""
+
+  def __init__(self, writer):
+    self.writer, self.wrote_scalars = writer, False
+
+  def _forward(self, method: str, *args: Any, **kwargs: Any) -> None:
+    self.wrote_scalars |= method == "write_scalars"
+    getattr(self.writer, method)(*args, **kwargs)
 
 
 def _result_fields(result) -> dict[str, Any]:
@@ -524,12 +561,16 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
 
   import jaxcl
   from jaxcl import _hosts, loggers
-  from jaxcl.checkpoint import CheckpointError
   from jaxcl.models import MODELS
   # Every host trains; one writes the outputs.
   primary = jax.process_index() == 0
-  # Everything that can reject the arguments runs before the logdir exists.
-  strategy = jaxcl.strategies.from_spec(args.strategy, **_strategy_hparams(args))
+  # Everything that can reject the arguments runs before the logdir exists;
+  # a swept hyperparameter is checked with its first value.
+  sweep_name, sweep_values = _sweep(args)
+  swept = ({sweep_name: sweep_values[0]}
+           if sweep_name not in (None, "lr") else {})
+  strategy = jaxcl.strategies.from_spec(
+      args.strategy, **{**_strategy_hparams(args), **swept})
   # A host that cannot load the data (a missing data_dir) makes every host
   # raise, rather than leave the others waiting for it in fit.
   benchmark = _hosts.read_together("the benchmark",
@@ -539,11 +580,11 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
                  drop_rate=args.drop_rate)
   accepted = inspect.signature(MODELS[args.model]).parameters
   model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
-  seeds, (sweep_name, sweep_values) = _seeds(args), _sweep(args)
+  seeds = _seeds(args)
   fresh_logdir = not logdir.exists()
-  writer = loggers.create_writers(
+  writer = _Tracked(loggers.create_writers(
       str(logdir), console=not args.quiet,
-      tensorboard=not args.no_tensorboard) if primary else None
+      tensorboard=not args.no_tensorboard)) if primary else None
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
   if writer is not None:
@@ -559,7 +600,7 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep,
                     device_memory_budget_mb=args.device_memory_budget_mb)
-  lr = _learning_rate(args, benchmark)
+  lr = _learning_rate(args, strategy, benchmark)
   try:
     if sweep_name is None:
       result = jaxcl.fit(model, strategy, _optimizer(args, lr, optax),
@@ -576,11 +617,12 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
           **fit_kwargs)
     if writer is not None:
       _write_images(writer, logdir, result)
-  except CheckpointError:
-    if writer is not None:
+  except Exception:
+    # Refused before any result (arguments fit checks, another run's
+    # checkpoint): a folder this run created holds nothing of it.
+    if writer is not None and fresh_logdir and not writer.wrote_scalars:
       writer.close()
-      if fresh_logdir:  # Nothing of this run is in it: leave no trace.
-        shutil.rmtree(logdir, ignore_errors=True)
+      shutil.rmtree(logdir, ignore_errors=True)
     raise
   finally:
     if writer is not None:

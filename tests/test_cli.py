@@ -1,5 +1,6 @@
 """The `jaxcl` command end to end, and its argument errors."""
 
+import argparse
 import json
 import pathlib
 import subprocess
@@ -8,8 +9,10 @@ import sys
 import jax
 import jax.lib
 import pytest
+from conftest import make_benchmark
 
 from jaxcl import cli
+from jaxcl.strategies import cumulative, naive
 
 
 def _jaxcl(*args, cwd):
@@ -115,7 +118,14 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--early-stopping", "2"], "has no valid_stream"),
+    (["--early-stopping", "2"], "there is no validation stream; pass "
+     "--validation-size"),
+    (["--optimizer", "adam", "--momentum", "0.9"],
+     "--momentum 0.9 applies to --optimizer sgd only"),
+    (["--device-memory-budget-mb", "0.05", "--validation-size", "0.1",
+      "--periodic-eval", "1"], "need the on-device path"),
+    (["--strategy", "generative_replay", "--return-task-id", "--model",
+      "mt_mlp"], "generative_replay needs a stream with one task label"),
     (["--periodic-eval", "1", "--periodic-unit", "epochs"], "Did you mean 'epoch'"),
     (["--lr-schedule", "cosin"], "Did you mean 'cosine'"),
     (["--validation-size", "1.5"], "--validation-size must be in (0, 1)"),
@@ -128,6 +138,10 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
     (["--sweep", "lr=0.1,0.1"], "values must be distinct"),
     (["--strategy", "replay", "--sweep", "mem_size=100,200"],
      "--sweep mem_size: an integer hyperparameter of replay"),
+    (["--strategy", "ewc", "--sweep", "mode=1,2"],
+     "--sweep mode: a switch or a choice of ewc, not a number"),
+    (["--strategy", "ewc", "--sweep", "decay_factor=0.5,0.9"],
+     "ewc decay_factor=0.5 only applies to mode='online'"),
 ])
 def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",
@@ -194,7 +208,7 @@ def test_remote_logdir_is_refused(tmp_path, capsys, monkeypatch):
 
 
 def test_a_registered_parameter_clashing_with_a_flag_is_a_clear_error(capsys):
-  from jaxcl.strategies import REGISTRY, naive, register
+  from jaxcl.strategies import REGISTRY, register
   register("with_lr", lambda lr=0.1: naive())
   try:
     assert cli.main(["run", "--strategy", "naive"]) == 2
@@ -236,3 +250,19 @@ def test_seeds_and_sweep_together_are_refused(tmp_path, capsys):
   code = cli.main(["run", "--seeds", "0,1", "--sweep", "lr=0.1,0.2",
                    "--logdir", str(tmp_path / "x")])
   assert code == 2 and "cannot be combined" in capsys.readouterr().err
+
+
+def test_lr_schedule_spans_the_steps_the_strategy_trains():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=12)
+
+  def length(strategy, reset):
+    args = argparse.Namespace(lr_schedule="linear", lr=1.0, epochs=1,
+                              batch_size=8, seed=0, reset_schedule=reset,
+                              reset_optimizer=False)
+    lr = cli._learning_rate(args, strategy, bench)
+    return next(t for t in range(100) if float(lr(t)) == 0.0)
+  # 24 samples per experience, batch 8: 3 steps each; cumulative trains
+  # 24 then 48 samples: 3 then 6 steps.
+  assert length(naive(), reset=False) == 6
+  assert length(cumulative(), reset=False) == 9
+  assert length(cumulative(), reset=True) == 6

@@ -133,7 +133,8 @@ CASES = [
          r"mean 'accuracy'\?"),
     Case("fit periodic_eval on a missing valid stream",
          lambda p: _fit(p, periodic_eval=jaxcl.PeriodicEval()), ValueError,
-         r"periodic_eval.stream='valid' but the benchmark has no valid_stream"),
+         r"--periodic-stream valid, but there is no validation stream; pass "
+         r"--validation-size"),
     Case("fit periodic_eval unit='epochs'",
          lambda p: _fit(p, periodic_eval=jaxcl.PeriodicEval(
              unit="epochs", stream="test")), ValueError,
@@ -257,7 +258,8 @@ CASES = [
          CliExit, r"--sweep and --seeds cannot be combined"),
     Case("cli --early-stopping without --validation-size",
          lambda p: _cli(p, "--early-stopping", "2"), CliExit,
-         r"periodic_eval.stream='valid' but the benchmark has no valid_stream"),
+         r"--periodic-stream valid, but there is no validation stream; pass "
+         r"--validation-size"),
     Case("cli --lr-schedule cosin", lambda p: _cli(p, "--lr-schedule", "cosin"),
          CliExit, r"Unknown --lr-schedule 'cosin'.*Did you mean 'cosine'\?"),
     Case("cli --data-dir empty", lambda p: _cli(p, "--data-dir", str(p.tmp)),

@@ -290,3 +290,11 @@ def test_bad_periodic_settings_are_refused_before_compiling():
         periodic_eval=PeriodicEval(stream="test"))
   with pytest.raises(TypeError, match="early_stopping must be"):
     fit(early_stopping=3)
+
+
+def test_early_stopping_with_experiences_adapt_data_empties():
+  # joint trains everything in experience 0 and leaves the others empty.
+  result = jaxcl.fit(_model(), jaxcl.strategies.joint(), optax.sgd(0.1),
+                     _bench(), epochs=2, batch_size=8,
+                     early_stopping=EarlyStopping(patience=5))
+  assert [row["epochs_trained"] for row in result.history] == [2.0, 0.0]

@@ -874,9 +874,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             for r in range(n_runs)]
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
-        # Per epoch, experience i takes only the steps its samples fill.
-        row["epochs_trained"] = float(train_metrics["steps_trained"][r]) / (
-            math.ceil(len(train_stream[i]) / batch_size))
+        # Per epoch, experience i takes only the steps its samples fill (none
+        # for an experience adapt_data emptied: joint's after the first).
+        steps_per_epoch = math.ceil(len(train_stream[i]) / batch_size)
+        row["epochs_trained"] = (
+            float(train_metrics["steps_trained"][r]) / steps_per_epoch
+            if steps_per_epoch else 0.0)
       history.append(row)
     if writer is not None:
       _write(writer, i, rows, R[:, i], train_metrics)
