@@ -133,8 +133,7 @@ CASES = [
          r"mean 'accuracy'\?"),
     Case("fit periodic_eval on a missing valid stream",
          lambda p: _fit(p, periodic_eval=jaxcl.PeriodicEval()), ValueError,
-         r"--periodic-stream valid, but there is no validation stream; pass "
-         r"--validation-size"),
+         r"periodic_eval.stream='valid' but the benchmark has no valid_stream"),
     Case("fit periodic_eval unit='epochs'",
          lambda p: _fit(p, periodic_eval=jaxcl.PeriodicEval(
              unit="epochs", stream="test")), ValueError,
