@@ -738,7 +738,8 @@ def _folder_root(benchmark: str, data_dir: PathLike | None, folder: str,
                  advice: str) -> Path:
   if data_dir is None:
     raise ValueError(f"{benchmark} is not in tfds and not bundled: it needs "
-                     f"data_dir, a directory holding {folder}/. {advice}")
+                     f"data_dir (CLI: --data-dir DIR), a directory holding "
+                     f"{folder}/. {advice}")
   return Path(data_dir).expanduser() / folder
 
 
