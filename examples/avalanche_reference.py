@@ -1,8 +1,9 @@
 """Avalanche 0.6's side of examples/benchmark_avalanche.py (needs avalanche-lib).
 
-Runs one of issue 7's settings with avalanche-lib 0.6 on PyTorch's CPU, on
-the digits that `benchmark_avalanche.py --avalanche-python` exports from
-jaxcl's bundled MNIST, and prints one JSON line with the seconds spent in
+Runs one of issue 7's settings with avalanche-lib 0.6 on PyTorch's CPU (or,
+with --device cuda, on a GPU), on the digits that
+`benchmark_avalanche.py --avalanche-python` exports from jaxcl's bundled
+MNIST, and prints one JSON line with the seconds spent in
 imports, building the benchmark, training and evaluation, and the final
 stream accuracy. It does not import jaxcl (Avalanche lives in its own
 virtual environment):
@@ -20,6 +21,7 @@ jaxcl's default), two torch threads on the 2-core machine.
 
 Usage (inside the Avalanche environment):
   python examples/avalanche_reference.py --setting naive --digits D.npz
+      [--device cuda]
 """
 
 import argparse
@@ -71,6 +73,9 @@ def main():
   parser.add_argument("--digits", required=True,
                       help="the .npz written by benchmark_avalanche.py")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--device", default="cpu",
+                      help="PyTorch device to train and evaluate on "
+                      "(cpu, cuda)")
   parser.add_argument("--default-evaluator", action="store_true",
                       help="Avalanche's default evaluator (accuracy and loss "
                       "per epoch, experience and stream; interactive logger) "
@@ -106,7 +111,7 @@ def main():
       optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
       criterion=torch.nn.CrossEntropyLoss(),
       train_mb_size=setting["batch_size"], train_epochs=setting["epochs"],
-      eval_mb_size=1000, device="cpu",
+      eval_mb_size=1000, device=args.device,
       evaluator=(default_evaluator() if args.default_evaluator else
                  EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])))
   if setting["strategy"] == "ewc":
@@ -121,6 +126,8 @@ def main():
   for index, experience in enumerate(train_stream):
     start = time.perf_counter()
     strategy.train(experience)
+    if args.device != "cpu":  # CUDA kernels run asynchronously.
+      torch.cuda.synchronize()
     train_s += time.perf_counter() - start
     if index in eval_after:
       start = time.perf_counter()
@@ -132,7 +139,7 @@ def main():
       "setting": args.setting, "imports_s": _IMPORTS_S, "build_s": build_s,
       "train_s": train_s, "eval_s": eval_s, "eval_passes": len(eval_after),
       "experiences": len(train_stream), "stream_accuracy": accuracy,
-      "torch": torch.__version__}))
+      "torch": torch.__version__, "device": args.device}))
 
 
 if __name__ == "__main__":
