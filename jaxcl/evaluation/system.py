@@ -113,8 +113,10 @@ def flops(stage: Any) -> float | None:
   XLA's cost analysis (``stage.cost_analysis()["flops"]``). XLA counts the
   body of a loop (``lax.scan``, ``fori_loop``, ``while_loop``) once, not
   once per iteration: lower the function of one step (or one sample) to get
-  per-step (per-sample) FLOPs. A ``jax.stages.Lowered`` is analysed without
-  compiling; on an MLP its count is within 0.1% of the compiled one.
+  per-step (per-sample) FLOPs. On the CPU a ``jax.stages.Lowered`` is
+  analysed without compiling (on an MLP its count is within 0.1% of the
+  compiled one); backends that analyse only compiled programs (GPUs, through
+  their PJRT plugin) compile it.
 
   Args:
     stage: A ``jax.stages.Lowered`` or ``jax.stages.Compiled``.
@@ -127,12 +129,19 @@ def flops(stage: Any) -> float | None:
     >>> flops(f.lower(jax.numpy.ones((3, 5)), jax.numpy.ones((2, 3))))
     60.0
   """
-  cost = stage.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # One entry per program in older JAX.
-    cost = cost[0] if cost else None
+  cost = _cost(stage)
+  if not cost and isinstance(stage, jax.stages.Lowered):
+    cost = _cost(stage.compile())
   if not cost or "flops" not in cost:
     return None
   return float(cost["flops"])
+
+
+def _cost(stage: Any) -> dict[str, float] | None:
+  cost = stage.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # One entry per program in older JAX.
+    cost = cost[0] if cost else None
+  return cost
 
 
 def named_call(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
@@ -206,8 +215,30 @@ def named_call_flops(jaxpr: jax_core.ClosedJaxpr, name: str
     return None
   body = found[0].params["jaxpr"]
   avals = tuple(v.aval for v in body.jaxpr.invars)
-  args = [jax.ShapeDtypeStruct(a.shape, a.dtype,
-                               weak_type=getattr(a, "weak_type", False))
-          for a in avals]
-  count = flops(jax.jit(jax_core.jaxpr_as_fun(body)).lower(*args))
+  count = flops(_lowered_for_analysis(jax_core.jaxpr_as_fun(body), avals))
   return None if count is None else (count, avals)
+
+
+def _lowered_for_analysis(fn: Callable[..., Any],
+                          avals: Sequence[Any]) -> jax.stages.Lowered:
+  """``fn`` lowered for the CPU where possible: XLA analyses that lowering
+  without compiling (a GPU's only after compiling), and counts the same on
+  every machine."""
+  def lower(device):
+    sharding = None if device is None else jax.sharding.SingleDeviceSharding(
+        device)
+    return jax.jit(fn).lower(*(
+        jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding,
+                             weak_type=getattr(a, "weak_type", False))
+        for a in avals))
+
+  try:
+    cpu = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out.
+    return lower(None)
+  try:
+    return lower(cpu)
+  except Exception:  # pylint: disable=broad-except
+    # An operation with no CPU lowering (a GPU-only kernel): the default
+    # backend's lowering, which flops() compiles if it must.
+    return lower(None)

@@ -1274,7 +1274,7 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
 
 # Part of the cached FLOP counts' key: bumped when the analysis changes
 # while the programs it analyses may not.
-_FLOP_ANALYSIS = "named calls, session 11"
+_FLOP_ANALYSIS = "named calls lowered for the CPU, session 12"
 
 
 def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
