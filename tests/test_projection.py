@@ -22,7 +22,8 @@ from jaxcl.models import Model, as_model
 from jaxcl.strategies import (REGISTRY, Strategy, StrategyContext, agem, chain,
                               from_spec, gem, gss_greedy, icarl, lwf)
 from jaxcl.strategies.exemplars import herding
-from jaxcl.strategies.model_utils import MASK_VALUE, mask_logits
+from jaxcl.strategies.model_utils import (MASK_VALUE, mask_logits,
+                                         penultimate_features)
 from jaxcl.strategies.projection import (agem_projection, gem_projection,
                                          solve_box_qp)
 from jaxcl.training import cross_entropy, init_state
@@ -396,10 +397,18 @@ def test_icarl_replays_exemplars_in_proportion(icarl_setup):
 def test_icarl_keeps_ceil_memory_per_class_and_compiles_once():
   bench = make_benchmark(n_classes=6, n_experiences=3, per_class=12)
   strategy = icarl(memory_size=10)
+  traced = {}
+
+  def end_experience(ctx, *args):
+    traced.update(ctx=ctx, args=jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args))
+    return strategy.end_experience(ctx, *args)
+
   hooked = strategy._replace(end_experience=chex.assert_max_traces(
-      strategy.end_experience, n=1))
-  result = jaxcl.fit(jaxcl.models.MLP(6, hidden_size=16, drop_rate=0.0),
-                     hooked, optax.sgd(0.1), bench, epochs=3, batch_size=8)
+      end_experience, n=1))
+  model = jaxcl.models.MLP(6, hidden_size=16, drop_rate=0.0)
+  result = jaxcl.fit(model, hooked, optax.sgd(0.1), bench, epochs=3,
+                     batch_size=8)
   cl = result.state.cl_state
   rank, y = np.asarray(cl.rank), np.asarray(cl.y)
   # ceil(10 / 6) = 2 exemplars per class (Avalanche's rounding), the first
@@ -413,6 +422,21 @@ def test_icarl_keeps_ceil_memory_per_class_and_compiles_once():
   assert np.all(cl.has_mean)
   np.testing.assert_allclose(np.linalg.norm(cl.class_means, axis=1), 1,
                              rtol=1e-5)
+  # Class sums in a fixed order: no scatter-add (GPUs scatter with atomic
+  # additions, in an order that changes from run to run).
+  jaxpr = jax.make_jaxpr(lambda *args: strategy.end_experience(
+      traced["ctx"], *args))(*traced["args"])
+  assert "scatter-add" not in str(jaxpr)
+  # Each mean: the normalised mean of its exemplars' normalised features.
+  ctx = jaxcl.training.make_context(model, bench, optax.sgd(0.1),
+                                    batch_size=8)
+  phi = np.array(penultimate_features(
+      ctx, result.state.params, result.state.model_state, cl.x, cl.task))
+  phi /= np.linalg.norm(phi, axis=1, keepdims=True)
+  for c in range(6):
+    mean = phi[(rank > 0) & (y == c)].mean(0)
+    np.testing.assert_allclose(cl.class_means[c], mean / np.linalg.norm(mean),
+                               rtol=1e-5, atol=1e-6)
   assert result.metrics["stream_accuracy"] > 0.8
 
 

@@ -109,22 +109,24 @@ class ClassCounts(clu_metrics.Metric):
       The batch's counts.
     """
     n_classes = logits.shape[-1]
-    mask = _mask(labels, mask)
     row = jnp.zeros_like(labels) if task is None or n_tasks == 1 else task
-    # mode="drop" drops indices past the end but wraps negative ones.
-    row = jnp.where(row >= 0, row, n_tasks)
-    column = jnp.where(labels >= 0, labels, n_classes)
+    kept = (_mask(labels, mask) & (row >= 0) & (row < n_tasks)
+            & (labels >= 0) & (labels < n_classes))
+    cell = jnp.where(kept, row * n_classes + labels, -1)
+    in_cell = cell[..., None] == jnp.arange(n_tasks * n_classes)
 
-    def scatter(values, dtype):
-      values = jnp.where(mask, values, 0).astype(dtype)
-      return jnp.zeros((n_tasks, n_classes), dtype).at[row, column].add(
-          values, mode="drop")
+    def total(values, dtype):
+      # A masked sum, not a scatter-add: GPUs scatter with atomic additions,
+      # whose order (and so a float sum) changes from run to run.
+      cells = jnp.where(in_cell, values[..., None].astype(dtype), 0)
+      return jnp.sum(cells, axis=tuple(range(cell.ndim))).reshape(
+          n_tasks, n_classes)
 
     hit = jnp.argmax(logits, -1) == labels
     score = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]
-    return cls(correct=scatter(hit, jnp.float32),
-               count=scatter(jnp.ones_like(labels), jnp.int32),
-               score=scatter(score, jnp.float32))
+    return cls(correct=total(hit, jnp.float32),
+               count=total(jnp.ones_like(labels), jnp.int32),
+               score=total(score, jnp.float32))
 
   def merge(self, other: ClassCounts) -> ClassCounts:
     return jax.tree.map(jnp.add, self, other)

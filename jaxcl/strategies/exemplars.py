@@ -422,12 +422,16 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     cl = cl.replace(x=write(cl.x, data.x), y=write(cl.y, labels),
                     task=write(cl.task, data.task), rank=write(rank, picked))
 
-    valid = (cl.rank > 0).astype(jnp.float32)
-    count = jax.ops.segment_sum(valid, cl.y, ctx.n_classes)
+    # Class sums as a product with the one-hot labels, not a segment sum:
+    # GPUs scatter with atomic additions, whose order (and so the float
+    # sums) changes from run to run.
+    members = jax.nn.one_hot(cl.y, ctx.n_classes) * (cl.rank > 0)[:, None]
+    count = jnp.sum(members, axis=0)
 
     def class_mean(x):
-      phi = _normalize(_in_chunks(features, x, cl.task)) * valid[:, None]
-      return (jax.ops.segment_sum(phi, cl.y, ctx.n_classes)
+      phi = _normalize(_in_chunks(features, x, cl.task))
+      return (jnp.einsum("nk,nd->kd", members, phi,
+                         precision=jax.lax.Precision.HIGHEST)
               / jnp.maximum(count, 1.0)[:, None])
 
     means = class_mean(cl.x)
