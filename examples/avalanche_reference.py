@@ -126,8 +126,8 @@ def main():
   for index, experience in enumerate(train_stream):
     start = time.perf_counter()
     strategy.train(experience)
-    if args.device != "cpu":  # CUDA kernels run asynchronously.
-      torch.cuda.synchronize()
+    if args.device.startswith("cuda"):  # CUDA kernels run asynchronously.
+      torch.cuda.synchronize(args.device)
     train_s += time.perf_counter() - start
     if index in eval_after:
       start = time.perf_counter()

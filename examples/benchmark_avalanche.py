@@ -131,6 +131,9 @@ def main():
                  f"{unknown}; expected some of {sorted(SETTINGS)}.")
   if args.repeats < 1:
     parser.error(f"--repeats must be a positive integer, got {args.repeats}.")
+  if args.avalanche_device != "cpu" and not args.avalanche_python:
+    parser.error(f"--avalanche-device {args.avalanche_device!r} needs "
+                 "--avalanche-python (the issue's numbers are CPU ones).")
   if args.avalanche_python and not Path(args.avalanche_python).is_file():
     parser.error(f"--avalanche-python {args.avalanche_python!r} is not a "
                  "file; expected the Python of an environment with "

@@ -81,6 +81,12 @@ def test_class_counts_split_by_task_and_class():
       logits=logits.at[3, 2].set(jnp.nan), labels=labels, task=task,
       n_tasks=2)
   np.testing.assert_allclose(spoiled.score, [[3, 0, 0], [0, 2, np.nan]])
+  # Narrow label and task dtypes: cell 3 * 100 + 99 does not wrap around.
+  narrow = ev.ClassCounts.from_model_output(
+      logits=jnp.zeros((1, 100)), labels=jnp.array([99], jnp.int8),
+      task=jnp.array([3], jnp.int8), n_tasks=4)
+  assert narrow.count[3, 99] == 1 and narrow.count.sum() == 1
+  assert narrow.count.dtype == jnp.int32
 
 
 def test_confusion_matrix_counts_the_last_class():

@@ -112,15 +112,17 @@ class ClassCounts(clu_metrics.Metric):
     row = jnp.zeros_like(labels) if task is None or n_tasks == 1 else task
     kept = (_mask(labels, mask) & (row >= 0) & (row < n_tasks)
             & (labels >= 0) & (labels < n_classes))
-    cell = jnp.where(kept, row * n_classes + labels, -1)
+    # int32: narrower task or label dtypes would wrap around.
+    cell = jnp.where(kept, row.astype(jnp.int32) * n_classes
+                     + labels.astype(jnp.int32), -1)
     in_cell = cell[..., None] == jnp.arange(n_tasks * n_classes)
 
     def total(values, dtype):
       # A masked sum, not a scatter-add: GPUs scatter with atomic additions,
       # whose order (and so a float sum) changes from run to run.
       cells = jnp.where(in_cell, values[..., None].astype(dtype), 0)
-      return jnp.sum(cells, axis=tuple(range(cell.ndim))).reshape(
-          n_tasks, n_classes)
+      return jnp.sum(cells, axis=tuple(range(cell.ndim)), dtype=dtype
+                     ).reshape(n_tasks, n_classes)
 
     hit = jnp.argmax(logits, -1) == labels
     score = jnp.take_along_axis(logits, labels[..., None], -1)[..., 0]

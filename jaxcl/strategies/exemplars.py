@@ -422,17 +422,19 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     cl = cl.replace(x=write(cl.x, data.x), y=write(cl.y, labels),
                     task=write(cl.task, data.task), rank=write(rank, picked))
 
-    # Class sums as a product with the one-hot labels, not a segment sum:
-    # GPUs scatter with atomic additions, whose order (and so the float
-    # sums) changes from run to run.
-    members = jax.nn.one_hot(cl.y, ctx.n_classes) * (cl.rank > 0)[:, None]
-    count = jnp.sum(members, axis=0)
+    # Masked sums class by class, not a segment sum: GPUs scatter with
+    # atomic additions, whose order (and so a float sum) changes from run
+    # to run. A non-finite feature row spoils only its own class.
+    valid = cl.rank > 0
+    count = jnp.sum(valid & (cl.y == jnp.arange(ctx.n_classes)[:, None]),
+                    axis=1).astype(jnp.float32)
 
     def class_mean(x):
       phi = _normalize(_in_chunks(features, x, cl.task))
-      return (jnp.einsum("nk,nd->kd", members, phi,
-                         precision=jax.lax.Precision.HIGHEST)
-              / jnp.maximum(count, 1.0)[:, None])
+      sums = jax.lax.map(lambda c: jnp.sum(
+          jnp.where((valid & (cl.y == c))[:, None], phi, 0), axis=0),
+                         jnp.arange(ctx.n_classes))
+      return sums / jnp.maximum(count, 1.0)[:, None]
 
     means = class_mean(cl.x)
     if _flipped_too(ctx, cl.x):
