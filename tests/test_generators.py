@@ -310,6 +310,17 @@ def test_data_incremental_consecutive_chunks():
     np.testing.assert_array_equal(np.sort(new.x[:, 0]), np.sort(old.x[:, 0]))
   with pytest.raises(ValueError, match="exceeds the 20 training samples"):
     data_incremental(base, 21)
+  # Task labels first, then the re-split: each sample keeps its task.
+  tasks = data_incremental(task_incremental(base), 3)
+  np.testing.assert_array_equal(
+      np.concatenate([e.task for e in tasks.train_stream]),
+      np.repeat([0, 1], 10))
+  # The other way round, chunk 1 would hold experience 0's classes as task 1.
+  uneven = class_incremental((x, y), (x, y), 2, per_exp_classes={0: 3},
+                             shuffle=False)
+  with pytest.raises(ValueError, match=r"train experience 1 \(task 1\) "
+                     r"holds classes \[2\] of other tasks"):
+    task_incremental(data_incremental(uneven, 2))
 
 
 def test_with_validation_partition_and_class_balance():

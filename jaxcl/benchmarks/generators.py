@@ -543,6 +543,20 @@ def task_incremental(benchmark: Benchmark) -> Benchmark:
         f"task_incremental needs one test experience per task: the train "
         f"stream defines {n_tasks} tasks but the test stream has "
         f"{len(benchmark.test_stream)} experiences.")
+  test_classes = [set(e.classes) for e in benchmark.test_stream]
+  for exp in benchmark.train_stream:
+    task = task_of(exp)
+    # Classes of another task's test experience: the samples came from
+    # another experience (e.g. a data_incremental chunk across two).
+    stray = sorted(c for c in set(exp.classes) - test_classes[task]
+                   if any(c in other for other in test_classes))
+    if stray:
+      raise ValueError(
+          f"task_incremental: train experience {exp.index} (task {task}) "
+          f"holds classes {stray} of other tasks' test experiences; expected "
+          f"the samples of test experience {task}'s classes. Apply "
+          "task_incremental before re-splitting the train stream "
+          "(data_incremental); split_online keeps each sample's origin.")
   valid = benchmark.valid_stream
   return dataclasses.replace(
       benchmark,
