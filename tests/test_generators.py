@@ -11,6 +11,7 @@ from jaxcl.benchmarks import (
   permuted,
   rotate_images,
   rotated,
+  sources,
   split_online,
   task_incremental,
   with_validation,
@@ -231,6 +232,21 @@ def test_permuted_is_seeded_per_experience_permutation():
   assert not np.array_equal(b.train_stream[0].x, other.train_stream[0].x)
   tasks = permuted((x, y), (x, y), 2, return_task_id=True)
   assert tasks.n_tasks == 2 and tasks.test_stream[1].task_label == 1
+  with pytest.raises(ValueError, match="train inputs have dtype uint8 but "
+                     "test inputs have float32"):
+    permuted((x, y), (x.astype(np.float32), y), 2)
+
+
+def test_permuted_and_rotated_read_lazy_inputs():
+  train, test = (sources.load_bundled("mnist_bundled", split, lazy=True)
+                 for split in ("train", "test"))
+  assert isinstance(train.x, sources.RecordArray)
+  eager = (sources.load_bundled("mnist_bundled", "train"), test)
+  for make in (permuted, rotated):
+    lazy_bench, eager_bench = (make(data, test, 2, seed=1)
+                               for data in (train, eager[0]))
+    np.testing.assert_array_equal(lazy_bench.train_stream[1].x,
+                                  eager_bench.train_stream[1].x)
 
 
 def test_rotate_images_matches_rot90_and_flips():

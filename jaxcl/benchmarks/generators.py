@@ -109,6 +109,10 @@ def _train_test(train: Any, test: Any, prefix: str = ""):
     raise ValueError(f"{prefix}train inputs have sample shape "
                      f"{x_train.shape[1:]} but {prefix}test inputs have "
                      f"{x_test.shape[1:]}; expected the same.")
+  if x_train.dtype != x_test.dtype:  # One preprocess serves both.
+    raise ValueError(f"{prefix}train inputs have dtype {x_train.dtype} but "
+                     f"{prefix}test inputs have {x_test.dtype}; expected the "
+                     "same (cast one of them first).")
   classes = np.unique(y_train)
   unknown = np.setdiff1d(np.unique(y_test), classes)
   if unknown.size:
@@ -572,6 +576,8 @@ def _transformed(x_train, y_train, x_test, y_test,
                  return_task_id: bool, preprocess: Preprocess,
                  augment: Augment | None, name: str) -> Benchmark:
   """Domain-incremental benchmark: experience ``i`` sees ``transforms[i](x)``."""
+  # Transformed copies live in memory: lazy inputs are read once here.
+  x_train, x_test = np.asarray(x_train), np.asarray(x_test)
   classes = np.unique(y_train)
 
   def parts(x, y):
