@@ -17,6 +17,7 @@ __all__ = [
     "check_in_range",
     "check_non_negative",
     "check_positive_int",
+    "check_seed",
 ]
 
 
@@ -27,6 +28,20 @@ def check_positive_int(name: str, value) -> int:
                     f"of type {type(value).__name__}.")
   if value < 1:
     raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+  return int(value)
+
+
+def check_seed(name: str, value) -> int:
+  """Returns ``value`` if it is an integer in ``[0, 2**32)``, else raises.
+
+  JAX's and NumPy's generators both accept such seeds; None (a random seed)
+  is refused, since the same seed must give the same numbers.
+  """
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an integer in [0, 2**32), got "
+                    f"{value!r} of type {type(value).__name__}.")
+  if not 0 <= value < 2**32:
+    raise ValueError(f"{name} must be an integer in [0, 2**32), got {value}.")
   return int(value)
 
 

@@ -103,7 +103,7 @@ CASES = [
     Case("fit eval_batch_size=-4", lambda p: _fit(p, eval_batch_size=-4),
          ValueError, r"eval_batch_size must be a positive integer, got -4"),
     Case("fit seed='0'", lambda p: _fit(p, seed="0"), TypeError,
-         r"seed must be an integer, got '0'"),
+         r"seed must be an integer in \[0, 2\*\*32\), got '0'"),
     Case("fit seeds=[]", lambda p: _fit(p, seeds=[]), ValueError,
          r"seeds must hold at least one seed, got \[\]"),
     Case("fit optimizer=0.1", lambda p: _fit(p, optimizer=0.1), TypeError,

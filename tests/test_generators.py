@@ -363,3 +363,18 @@ def test_with_validation_partition_and_class_balance():
     with_validation(base, 1.0)
   with pytest.raises(ValueError, match="leaves 20 of the 20 samples"):
     with_validation(base, 20)
+
+
+@pytest.mark.parametrize("seed,error", [(None, TypeError), (-1, ValueError),
+                                        (1.5, TypeError), (True, TypeError),
+                                        (2**32, ValueError)])
+def test_seeds_must_be_integers_that_fix_the_benchmark(seed, error):
+  x, y = _data()
+  base = class_incremental((x, y), (x, y), 3)
+  message = rf"seed must be an integer in \[0, 2\*\*32\), got {seed!r}"
+  for make in (lambda: class_incremental((x, y), (x, y), 3, seed=seed),
+               lambda: with_validation(base, 0.2, seed=seed),
+               lambda: split_online(base, 2, seed=seed),
+               lambda: permuted((x, y), (x, y), 2, seed=seed)):
+    with pytest.raises(error, match=message):
+      make()

@@ -241,7 +241,7 @@ def test_bad_arguments_fail_before_compiling(tiny_benchmark, tiny_model):
     jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark, batch_size=0)
   with pytest.raises(TypeError, match="optimizer must be an optax"):
     jaxcl.fit(tiny_model, naive(), 0.1, tiny_benchmark)
-  with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\), got -1"):
+  with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32\), got -1"):
     jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark, seed=-1)
   with pytest.raises(ValueError, match=r"logits of shape \(3,\)"):
     jaxcl.fit(jaxcl.models.MLP(3, hidden_size=4), naive(), optax.sgd(0.1),

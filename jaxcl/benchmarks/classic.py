@@ -361,6 +361,7 @@ def split_cifar110(
   if n_experiences < 2:
     raise ValueError(f"n_experiences must be at least 2 (CIFAR-10, then "
                      f"CIFAR-100), got {n_experiences}.")
+  seed = _validation.check_seed("seed", seed)
   if fixed_class_order is None:
     order100 = np.random.default_rng(seed).permutation(100)
   elif sorted(int(c) for c in fixed_class_order) != list(range(100)):
@@ -825,6 +826,7 @@ def core50(
     >>> bench = core50(scenario="nc", data_dir="data")  # doctest: +SKIP
   """
   _validation.check_choice("scenario", scenario, ("ni", "nc"))
+  seed = _validation.check_seed("seed", seed)
   size = 32 if mini else 128
   folder = f"core50_{size}x{size}"
   root = _folder_root("core50", data_dir, folder, _CORE50_ADVICE)

@@ -122,6 +122,10 @@ def _train_test(train: Any, test: Any, prefix: str = ""):
   return x_train, y_train, x_test, y_test
 
 
+def _rng(seed: int) -> np.random.Generator:
+  return np.random.default_rng(_validation.check_seed("seed", seed))
+
+
 def _tasks(n: int, task: int) -> np.ndarray:
   return np.full(n, task, np.int32)
 
@@ -175,7 +179,7 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
   if fixed_class_order is None:
     if not shuffle:
       return tuple(int(c) for c in classes)
-    return tuple(int(c) for c in np.random.default_rng(seed).permutation(classes))
+    return tuple(int(c) for c in _rng(seed).permutation(classes))
   order = tuple(int(c) for c in fixed_class_order)
   if sorted(order) != sorted(int(c) for c in classes):
     raise ValueError(
@@ -390,7 +394,7 @@ def new_instances(
     raise ValueError(f"n_experiences={n_experiences} exceeds the "
                      f"{len(y_train)} training samples; expected at most one "
                      "experience per sample.")
-  rng = np.random.default_rng(seed)
+  rng = _rng(seed)
   if fixed_exp_assignment is not None:
     groups = _check_assignment(fixed_exp_assignment, n_experiences,
                                len(y_train))
@@ -642,7 +646,7 @@ def permuted(
   """
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   x_train, y_train, x_test, y_test = _train_test(train, test)
-  rng = np.random.default_rng(seed)
+  rng = _rng(seed)
   size = int(np.prod(x_train.shape[1:]))
 
   def permute(perm):
@@ -734,7 +738,7 @@ def rotated(
   """
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   if angles is None:
-    angles = np.random.default_rng(seed).integers(-180, 181, n_experiences)
+    angles = _rng(seed).integers(-180, 181, n_experiences)
   angles = [float(_validation.check_in_range(f"angles[{i}]", a, low=-180,
                                              high=180))
             for i, a in enumerate(angles)]
@@ -790,7 +794,7 @@ def split_online(
   """
   experience_size = _validation.check_positive_int("experience_size",
                                                    experience_size)
-  rng = np.random.default_rng(seed)
+  rng = _rng(seed)
   parts, fields = [], []
   for exp in benchmark.train_stream:
     order = rng.permutation(len(exp)) if shuffle else np.arange(len(exp))
@@ -846,7 +850,7 @@ def data_incremental(
     [14, 13, 13]
   """
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
-  rng = np.random.default_rng(seed)
+  rng = _rng(seed)
   orders = [rng.permutation(len(e)) if shuffle else np.arange(len(e))
             for e in benchmark.train_stream]
   x = np.concatenate([e.x[o] for e, o in zip(benchmark.train_stream, orders)])
@@ -910,7 +914,7 @@ def with_validation(
   def size_of(n: int) -> int:
     return count if fraction is None else int(fraction * n)
 
-  rng = np.random.default_rng(seed)
+  rng = _rng(seed)
   train_parts, valid_parts, fields = [], [], []
   for exp in benchmark.train_stream:
     if class_balanced:

@@ -462,12 +462,8 @@ def _placement(data_parallel: bool | None, n_runs: int,
 
 
 def _check_seed(seed) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise TypeError(f"seed must be an integer, got {seed!r}.")
   # Seeds become uint32 arrays (one per run) for the compiled init.
-  if not 0 <= seed < 2**32:
-    raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
-  return int(seed)
+  return _validation.check_seed("seed", seed)
 
 
 def _check_distinct(name: str, values: Sequence[Any]) -> None:
