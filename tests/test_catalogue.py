@@ -347,6 +347,20 @@ def test_random_crop_is_a_window_of_the_zero_padded_image():
   again = augment.random_crop(2)(x, jax.random.key(0))
   np.testing.assert_array_equal(out, again)
   np.testing.assert_array_equal(augment.random_crop(0)(x, jax.random.key(3)), x)
+  np.testing.assert_array_equal(
+      augment.random_crop(np.int64(2))(x, jax.random.key(0)), out)
+
+
+def test_normalizer_checks_its_constants_and_channels():
+  f = jaxcl.benchmarks.normalizer([0.5, 0.25], [0.5, 0.25], scale=1.0)
+  np.testing.assert_allclose(f(jnp.array([[1.0, 0.5]])), [[1.0, 1.0]])
+  with pytest.raises(ValueError, match="std must be positive, got 0.0"):
+    jaxcl.benchmarks.normalizer(0.5, 0.0)
+  with pytest.raises(ValueError, match="mean must be a finite number"):
+    jaxcl.benchmarks.normalizer(float("nan"), 1.0)
+  with pytest.raises(ValueError, match="normalizer's mean has 2 channels but "
+                     "the inputs have 3"):
+    f(jnp.ones((1, 4, 4, 3)))
 
 
 def test_random_flip_flips_left_right_per_sample():

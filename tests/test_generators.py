@@ -378,3 +378,19 @@ def test_seeds_must_be_integers_that_fix_the_benchmark(seed, error):
                lambda: permuted((x, y), (x, y), 2, seed=seed)):
     with pytest.raises(error, match=message):
       make()
+
+
+def test_class_ids_and_assignments_must_be_integers():
+  x, y = _data()
+  with pytest.raises(TypeError, match="fixed_class_order must hold integer"):
+    class_incremental((x, y), (x, y), 3,
+                      fixed_class_order=[0.9, 1, 2, 3, 4, 5.7])
+  with pytest.raises(TypeError, match=r"fixed_exp_assignment\[0\] must hold "
+                     "integer sample indices, got dtype float64"):
+    new_instances((x, y), (x, y), 2,
+                  fixed_exp_assignment=[[0.7, 1.2], list(range(2, 30))])
+  # A list [x, y] is a pair as a tuple is.
+  as_list = class_incremental([x, y], [x, y], 3, seed=1)
+  as_tuple = class_incremental((x, y), (x, y), 3, seed=1)
+  np.testing.assert_array_equal(as_list.train_stream[2].x,
+                                as_tuple.train_stream[2].x)

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -72,8 +73,10 @@ def random_crop(padding: int) -> Augment:
     >>> crop(jnp.ones((2, 8, 8, 1)), jax.random.key(1)).shape
     (2, 8, 8, 1)
   """
-  if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+  if (isinstance(padding, bool) or not isinstance(padding, numbers.Integral)
+      or padding < 0):
     raise ValueError(f"padding must be a non-negative integer, got {padding!r}.")
+  padding = int(padding)
 
   def crop(image: jax.Array, key: jax.Array) -> jax.Array:
     h, w = image.shape[:2]

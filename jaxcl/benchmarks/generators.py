@@ -74,7 +74,9 @@ def as_arrays(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
     >>> y.dtype
     dtype('int32')
   """
-  if isinstance(data, tuple) and len(data) == 2:
+  # A list of two arrays is a pair too; a data source may be a list.
+  if (isinstance(data, tuple) and len(data) == 2) or (
+      isinstance(data, list) and len(data) == 2 and hasattr(data[0], "shape")):
     from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
     lazy = isinstance(data[0], sources.RecordArray)
     x, y = data[0] if lazy else np.asarray(data[0]), np.asarray(data[1])
@@ -180,6 +182,10 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
     if not shuffle:
       return tuple(int(c) for c in classes)
     return tuple(int(c) for c in _rng(seed).permutation(classes))
+  if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
+             for c in fixed_class_order):
+    raise TypeError(f"fixed_class_order must hold integer class ids, got "
+                    f"{list(fixed_class_order)}.")
   order = tuple(int(c) for c in fixed_class_order)
   if sorted(order) != sorted(int(c) for c in classes):
     raise ValueError(
@@ -431,7 +437,13 @@ def new_instances(
 
 def _check_assignment(assignment: Sequence[Sequence[int]], n_experiences: int,
                       n_samples: int) -> list[np.ndarray]:
-  groups = [np.asarray(g, np.int64).reshape(-1) for g in assignment]
+  groups = [np.asarray(g).reshape(-1) for g in assignment]
+  for i, group in enumerate(groups):
+    if group.size and (group.dtype == bool
+                       or not np.issubdtype(group.dtype, np.integer)):
+      raise TypeError(f"fixed_exp_assignment[{i}] must hold integer sample "
+                      f"indices, got dtype {group.dtype}.")
+  groups = [g.astype(np.int64) for g in groups]
   if len(groups) != n_experiences:
     raise ValueError(f"fixed_exp_assignment has {len(groups)} entries; "
                      f"expected one per experience ({n_experiences}).")

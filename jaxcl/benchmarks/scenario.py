@@ -161,8 +161,22 @@ def normalizer(mean: Sequence[float] | float, std: Sequence[float] | float,
   """
   mean_arr = np.asarray(mean, np.float32)
   std_arr = np.asarray(std, np.float32)
+  for name, value in (("mean", mean_arr), ("std", std_arr)):
+    if value.ndim > 1 or not np.all(np.isfinite(value)):
+      raise ValueError(f"{name} must be a finite number or a 1-D sequence "
+                       f"(one per channel), got {value.tolist()}.")
+  if np.any(std_arr <= 0):
+    raise ValueError(f"std must be positive, got {std_arr.tolist()}.")
+  if not (np.isfinite(scale) and scale > 0):
+    raise ValueError(f"scale must be a positive number, got {scale!r}.")
 
   def preprocess(x: jnp.ndarray) -> jnp.ndarray:
+    for name, value in (("mean", mean_arr), ("std", std_arr)):
+      if value.size > 1 and value.size != x.shape[-1]:
+        raise ValueError(
+            f"normalizer's {name} has {value.size} channels but the inputs "
+            f"have {x.shape[-1]} (shape {tuple(x.shape)}); expected one "
+            "value or one per channel.")
     return (x.astype(jnp.float32) / scale - mean_arr) / std_arr
 
   return preprocess
