@@ -829,9 +829,11 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                       labels if batched else None, writer)
     return train_metrics
 
-  # Experiences between two evaluations are dispatched without waiting, so
-  # the host prepares the next one while the device trains; their metrics
-  # are read back (and checked) at the evaluation.
+  # Experiences between two evaluations are dispatched without waiting for
+  # them, so the host prepares the next one while the device trains; their
+  # metrics are read back (and checked) at the evaluation. Only the one
+  # before the last is waited for, so that at most two experiences' (or
+  # blocks') data are on the devices.
   pending = []
   span_start = time.perf_counter()
   for indices in _blocks(range(done, n_exp), eval_points, block):
@@ -848,6 +850,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       state, device_metrics = train_exec(
           state, data, put(np.int32(len(indices)), place.data), periodic_data)
     pending.append((indices, device_metrics))
+    if len(pending) > 1:
+      jax.block_until_ready(pending[-2][1])
     if i not in eval_points:
       if bar is not None:
         bar.update(len(indices))
