@@ -8,6 +8,7 @@ Run as a script, this file is the worker that the SIGKILL tests start:
 import argparse
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -334,6 +335,20 @@ def test_other_configuration_is_refused_and_left_intact(finished, tmp_path,
   assert named in str(info.value) and str(ckpt) in str(info.value)
   assert _tree_digest(ckpt) == before
   assert not compiled  # Refused before any compile.
+
+
+def test_another_kind_of_device_is_refused(finished, tmp_path, monkeypatch):
+  # Same program, other bits: e.g. a run checkpointed on one GPU kind and
+  # resumed on another, whose lowerings are the same.
+  ckpt = _copy(finished, tmp_path)
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  used = fit_module._devices_used
+  monkeypatch.setattr(fit_module, "_devices_used", lambda place: {
+      **used(place), "device_kind": "another kind"})
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'devices\.device_kind: checkpoint has "[^"]+", '
+                     r'this run has "another kind"'):
+    _run(ckpt)
 
 
 def test_another_validation_stream_is_refused(tmp_path):

@@ -440,6 +440,18 @@ class _Placement(NamedTuple):
   batch: Any = None
 
 
+def _devices_used(place: _Placement) -> dict[str, Any]:
+  """Platform, kind and number of the devices a run computes on.
+
+  Part of a checkpoint's fingerprint: the same program gives other bits on
+  another kind of device, and its lowering is the same for every GPU kind.
+  """
+  devices = (list(place.state.mesh.devices.flat) if place.state is not None
+             else [jax.devices()[0]])
+  return {"platform": devices[0].platform,
+          "device_kind": devices[0].device_kind, "count": len(devices)}
+
+
 def _placement(data_parallel: bool | None, n_runs: int,
                batch_size: int) -> _Placement:
   """Shards runs (if the devices divide them) or batches over all devices."""
@@ -752,7 +764,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                         reset_optimizer=reset_optimizer,
                         reset_schedule=reset_schedule,
                         streaming=bool(trainer),
-                        metrics=sorted(chosen.names), top_k=chosen.top_k))
+                        metrics=sorted(chosen.names), top_k=chosen.top_k,
+                        devices=_devices_used(place)))
       # Checkpointing is compared too, but is not part of the fingerprint.
       check_same_everywhere("fit's arguments", {
           **config, "checkpoint_dir given": checkpoint_dir is not None,
