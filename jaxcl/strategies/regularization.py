@@ -393,16 +393,18 @@ def mas(lambda_reg: float = 1.0, alpha: float = 0.5) -> Strategy:
 
   After each experience the importance of a parameter is the mean over
   mini-batches of ``|∂ mean_i ‖f(x_i)‖²₂ / ∂θ|`` (``f`` the logits, model in
-  training mode); it is blended as ``Ω ← α Ω + (1 − α) Ω_new`` and the anchor
-  ``θ*`` becomes the current parameters. The penalty is ``λ Σ Ω (θ − θ*)²``.
+  training mode); the first experience's is kept whole, later ones are
+  blended as ``Ω ← α Ω + (1 − α) Ω_new`` (as Avalanche's ``MASPlugin``),
+  and the anchor ``θ*`` becomes the current parameters. The penalty is
+  ``λ Σ Ω (θ − θ*)²``.
 
   Args:
     lambda_reg: Penalty weight λ (≥ 0).
     alpha: Weight of the previous importance, in [0, 1].
 
   Returns:
-    The strategy. Its state holds ``lambda_reg``, ``alpha``, ``importance``
-    and ``anchor``.
+    The strategy. Its state holds ``lambda_reg``, ``alpha``, ``importance``,
+    ``anchor`` and ``has_importance``.
 
   Example:
     >>> mas(lambda_reg=1.0, alpha=0.5).name
@@ -414,7 +416,8 @@ def mas(lambda_reg: float = 1.0, alpha: float = 0.5) -> Strategy:
   def init(ctx, params, key):
     del ctx, key
     return {"lambda_reg": jnp.float32(lambda_reg), "alpha": jnp.float32(alpha),
-            "importance": _zeros_like(params), "anchor": params}
+            "importance": _zeros_like(params), "anchor": params,
+            "has_importance": jnp.bool_(False)}
 
   def end_experience(ctx, state, data, key):
     def abs_grad(batch, key):
@@ -428,11 +431,13 @@ def mas(lambda_reg: float = 1.0, alpha: float = 0.5) -> Strategy:
     cl = state.cl_state
     new = _scale(_sum_over_batches(ctx, data, abs_grad, key),
                  1.0 / _n_batches(ctx, data))
-    importance = jax.tree.map(
-        lambda old, n: cl["alpha"] * old + (1 - cl["alpha"]) * n,
-        cl["importance"], new)
+    # As Avalanche: the first experience's importance is taken whole.
+    alpha = jnp.where(cl["has_importance"], cl["alpha"], 0.0)
+    importance = jax.tree.map(lambda old, n: alpha * old + (1 - alpha) * n,
+                              cl["importance"], new)
     return state.replace(cl_state={**cl, "importance": importance,
-                                   "anchor": state.params})
+                                   "anchor": state.params,
+                                   "has_importance": jnp.bool_(True)})
 
   return Strategy(name="mas", init=init,
                   penalty=_quadratic_penalty("lambda_reg"),
