@@ -9,6 +9,7 @@ import collections
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -454,6 +455,32 @@ def test_lfl_freezes_only_the_output_units_trained_before(multi_head):
   # The features below the head keep their gradient.
   below = [g for k, g in frozen.items() if k != max(frozen)]
   assert all(np.all(leaf == 1) for leaf in jax.tree.leaves(below))
+
+
+class _DeepBatchNorm(nn.Module):
+  """24 Dense + BatchNorm layers: a zero running variance in eval mode
+  scales each by 1/sqrt(eps), which overflows float32."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for _ in range(24):
+      x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+    return nn.Dense(4)(x)
+
+
+def test_lfl_trains_a_deep_batch_norm_network_from_its_first_experience():
+  # Before there is a teacher, its placeholder state is the model's initial
+  # one (variance 1), and the penalty's gradient is zero, not NaN.
+  result = jaxcl.fit(_DeepBatchNorm(), lfl(freeze_head=False),
+                     optax.sgd(0.01), make_benchmark(), epochs=1,
+                     batch_size=4, metrics=["accuracy"])
+  assert all(np.isfinite(leaf).all()
+             for leaf in jax.tree.leaves(result.state.params))
+  initial = regularization.init_model_state(
+      _ctx(model=as_model(_DeepBatchNorm())), jax.random.key(0))
+  variances = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(
+      initial) if "var" in jax.tree_util.keystr(path)]
+  assert variances and all(np.all(np.asarray(v) == 1) for v in variances)
 
 
 def test_lfl_refuses_models_without_a_dense_output_layer():

@@ -165,18 +165,19 @@ def example_inputs(ctx: StrategyContext) -> tuple[jax.Array, jax.Array]:
 
 
 def init_model_state(ctx: StrategyContext, key: jax.Array) -> PyTree:
-  """A model state of the right shapes, all zeros.
+  """The model's initial state (e.g. batch-norm statistics: mean 0, var 1).
 
-  The ``init`` hook gets the parameters but no model state; its shapes come
-  from an abstract (compiled-away) model initialisation.
+  The ``init`` hook gets the parameters but no model state. Placeholders
+  for a teacher's state start from this rather than zeros: a zero variance
+  scales each batch-norm layer's output by ``1/sqrt(eps)``, which a deep
+  network overflows even where the result is masked out (its gradient is
+  then NaN).
 
   Example:
     >>> model_state = init_model_state(ctx, key)  # doctest: +SKIP
   """
   x, task = example_inputs(ctx)
-  shapes = jax.eval_shape(
-      lambda k: ctx.model.init(k, ctx.preprocess(x), task)[1], key)
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return ctx.model.init(key, ctx.preprocess(x), task)[1]
 
 
 def output_layer_call(ctx: StrategyContext, params: PyTree,

@@ -776,6 +776,10 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
     previous = penultimate_features(ctx, cl_state["teacher_params"],
                                     cl_state["teacher_model_state"],
                                     batch["x"], batch["task"])
+    # Without a teacher, a zero difference: masking the penalty alone would
+    # still send NaN gradients through non-finite placeholder features.
+    previous = jnp.where(cl_state["has_teacher"], previous,
+                         jax.lax.stop_gradient(current))
     distance = weighted_mean(jnp.mean(jnp.square(current - previous), -1),
                              batch["weight"])
     lam = cl_state["lambda_e"][cl_state["experience"]]
