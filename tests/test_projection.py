@@ -76,6 +76,18 @@ def _softmax_grad(params, x, y):
 # ------------------------------------------------------------ the projections
 
 
+def test_projections_multiply_in_float32_on_every_backend():
+  # GPUs (TF32) and TPUs (bfloat16) lower default-precision dots: every
+  # product that decides or computes a projection asks for HIGHEST.
+  g, G = jnp.ones(3), jnp.ones((2, 3))
+  for fn in (lambda: gem_projection(g, G, 0.5),
+             lambda: agem_projection(g, G[0])):
+    text = str(jax.make_jaxpr(fn)())
+    assert text.count("dot_general") >= 1
+    assert text.count("dot_general") == text.count(
+        "precision=(Precision.HIGHEST, Precision.HIGHEST)")
+
+
 def test_agem_projection_closed_form():
   rng = np.random.default_rng(0)
   for _ in range(20):

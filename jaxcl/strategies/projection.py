@@ -103,6 +103,13 @@ def _store(ctx, state, data, key):
 # ----------------------------------------------------------------------- GEM
 
 
+def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``a @ b`` in float32 on every backend: GPUs (TF32) and TPUs (bfloat16)
+  multiply at lower precision by default, which flips the signs that decide
+  whether to project and perturbs the QP's solution."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
   """Solves ``min_v ½ vᵀ P v + qᵀ v`` subject to ``v ≥ lower``, inside ``jit``.
 
@@ -129,7 +136,7 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
   """
   n = q.shape[0]
   # With w = v − lower ≥ 0: min ½ wᵀPw − rᵀw, r = −(q + P lower).
-  r = -(q + P @ lower)
+  r = -(q + _dot(P, lower))
   tol = 1e-6 * (jnp.max(jnp.abs(r)) + jnp.max(jnp.abs(P)))
   eye = jnp.eye(n, dtype=P.dtype)
 
@@ -154,11 +161,11 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
 
   def improvable(carry):
     w, free, it = carry
-    return jnp.any(~free & (r - P @ w > tol)) & (it < 3 * n)
+    return jnp.any(~free & (r - _dot(P, w) > tol)) & (it < 3 * n)
 
   def add_variable(carry):
     w, free, it = carry
-    j = jnp.argmax(jnp.where(free, -jnp.inf, r - P @ w))
+    j = jnp.argmax(jnp.where(free, -jnp.inf, r - _dot(P, w)))
     free = free.at[j].set(True)
     w, free, s, _ = jax.lax.while_loop(infeasible, step_back,
                                        (w, free, solve_free(free), 0))
@@ -196,13 +203,13 @@ def gem_projection(g: jax.Array, G: jax.Array,
   if active is None:
     active = jnp.ones(G.shape[0], bool)
   G = jnp.where(active[:, None], G, 0.0)
-  dots = G @ g
+  dots = _dot(G, g)
 
   def project(_):
-    P = G @ G.T
+    P = _dot(G, G.T)
     P = 0.5 * (P + P.T) + _GEM_EPS * jnp.eye(G.shape[0], dtype=G.dtype)
     v = solve_box_qp(P, dots, jnp.where(active, memory_strength, 0.0))
-    return G.T @ v + g
+    return _dot(G.T, v) + g
 
   return jax.lax.cond(jnp.any(active & (dots < 0)), project, lambda _: g, None)
 
@@ -275,8 +282,8 @@ def agem_projection(g: jax.Array, g_ref: jax.Array) -> jax.Array:
     >>> agem_projection(jnp.array([1.0, -1.0]), jnp.array([0.0, 1.0])).tolist()
     [1.0, 0.0]
   """
-  dot = g @ g_ref
-  projected = g - dot / jnp.maximum(g_ref @ g_ref, 1e-30) * g_ref
+  dot = _dot(g, g_ref)
+  projected = g - dot / jnp.maximum(_dot(g_ref, g_ref), 1e-30) * g_ref
   return jnp.where(dot < 0, projected, g)
 
 
@@ -363,7 +370,7 @@ class GSSState:
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
   """Cosine similarity of each row of ``a`` with ``b``."""
   norms = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b)
-  return a @ b / jnp.maximum(norms, 1e-8)
+  return _dot(a, b) / jnp.maximum(norms, 1e-8)
 
 
 def _gss_update(ctx: StrategyContext, mem: GSSState, state, batch: dict,
