@@ -1,7 +1,9 @@
 """Streaming experiences that exceed the device-memory budget: same numbers as on device."""
 
 import dataclasses
+import os
 import threading
+import types
 
 import chex
 import jax
@@ -276,3 +278,16 @@ def test_streaming_refuses_periodic_evaluation_before_compiling():
          periodic_eval=jaxcl.PeriodicEval(every=1))
   with pytest.raises(ValueError, match="device_memory_budget_mb"):
     _fit(bench, naive(), budget_mb=-1.0)
+
+
+@pytest.mark.parametrize("platform,stats,expected", [
+    ("gpu", {"bytes_limit": 80 * 2**30}, 20 * 2**30),
+    ("gpu", None, 2**30),  # No limit reported: not the host's RAM.
+    ("cpu", None,
+     os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4),
+])
+def test_default_budget_is_a_quarter_of_the_devices_memory(
+    monkeypatch, platform, stats, expected):
+  device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
+  monkeypatch.setattr(jax, "local_devices", lambda: [device])
+  assert streaming.default_budget_bytes() == expected

@@ -65,8 +65,11 @@ def _silence_output() -> None:
 
 def _create_summary_writer(logdir: str) -> MetricWriter:
     """Imports TensorFlow without accelerators; returns clu's `SummaryWriter`."""
-    # Only read when TensorFlow is imported, so setting it here suffices.
+    # Only read when TensorFlow is imported, so setting them here suffices.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TensorFlow would otherwise open every GPU (and take its memory)
+    # at import, before set_visible_devices below hides them.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import tensorflow as tf
 
     for device_type in ("GPU", "TPU"):

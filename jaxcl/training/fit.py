@@ -354,7 +354,8 @@ def fit(
       streamed from the host in chunks with background prefetch instead of
       uploaded whole (same numbers for the same seed; see docs/streaming.md);
       a block of small experiences trained by one call stays within it too.
-      ``None``: a quarter of the device's memory (of the host's RAM on CPU).
+      ``None``: a quarter of the device's memory (of the host's RAM on CPU;
+      1 GiB on an accelerator that reports no memory limit).
 
   Returns:
     A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.

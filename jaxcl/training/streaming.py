@@ -61,11 +61,23 @@ def sample_nbytes(experience: Experience) -> int:
   return int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize + 12
 
 
+# The budget on an accelerator that reports no memory limit (a GPU with
+# XLA_PYTHON_CLIENT_ALLOCATOR=platform, some plugins): its memory is not the
+# host's, so the host's RAM says nothing about it.
+_UNKNOWN_DEVICE_BUDGET = 2**30
+
+
 def default_budget_bytes() -> int:
-  """A quarter of the first device's memory limit, or of the host's RAM (CPU)."""
-  stats = jax.local_devices()[0].memory_stats() or {}
+  """A quarter of the first device's memory limit, or of the host's RAM (CPU).
+
+  An accelerator that reports no limit gets 1 GiB.
+  """
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
   if "bytes_limit" in stats:
     return int(stats["bytes_limit"]) // 4
+  if device.platform != "cpu":
+    return _UNKNOWN_DEVICE_BUDGET
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
