@@ -386,3 +386,30 @@ def test_compose_uses_one_key_per_augmentation():
     augment.random_crop(-1)
   with pytest.raises(ValueError, match="expect images"):
     augment.random_flip()(jnp.ones((2, 3)), jax.random.key(0))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: classic.split_cifar10(3, data_dir=d),
+     r"n_experiences=3 does not divide the 10 classes; expected one of "
+     r"\[1, 2, 5, 10\]"),
+    (lambda d: classic.split_cifar10(1, first_exp_with_half_classes=True,
+                                     data_dir=d),
+     "n_experiences=1 with first_exp_with_half_classes=True: the first "
+     "experience takes 5 of the 10 classes, leaving 5 for 0 more"),
+    (lambda d: classic.split_cub200(classes_first_batch=0, data_dir=d),
+     "classes_first_batch must be a positive integer, got 0"),
+    (lambda d: classic.split_cub200(4, classes_first_batch=100, data_dir=d),
+     "n_experiences=4 with classes_first_batch=100"),
+    (lambda d: classic.rotated_mnist(3, rotations_list=[0, 90], data_dir=d),
+     r"rotations_list has 2 entries; expected one per experience \(3\)"),
+    (lambda d: classic.split_tiny_imagenet(7, data_dir=d),
+     "n_experiences=7 does not divide the 200 classes"),
+    (lambda d: classic.permuted_mnist(2, seed=-1, data_dir=d),
+     r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+])
+def test_catalogue_arguments_are_checked_before_any_data_is_read(
+    tmp_path, make, message):
+  # The folder holds no dataset: an argument error must come first, and
+  # name the factory's own argument.
+  with pytest.raises(ValueError, match=message):
+    make(tmp_path)

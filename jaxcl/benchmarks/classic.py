@@ -129,6 +129,29 @@ def _mnist(benchmark: str, data_dir: PathLike | None, *, lazy: bool = False,
                split_over_hosts=split_over_hosts)
 
 
+def _check_split(n_classes: int, n_experiences: int, seed: int, *,
+                 first_classes: int | None = None,
+                 first_arg: str = "") -> None:
+  """A split factory's own arguments, checked before any data is read."""
+  n_experiences = _validation.check_positive_int("n_experiences",
+                                                 n_experiences)
+  _validation.check_seed("seed", seed)
+  if first_classes is None:
+    if n_classes % n_experiences:
+      raise ValueError(
+          f"n_experiences={n_experiences} does not divide the {n_classes} "
+          f"classes; expected one of "
+          f"{[d for d in range(1, n_classes + 1) if n_classes % d == 0]}.")
+    return
+  rest, others = n_classes - first_classes, n_experiences - 1
+  if others < 1 or rest < others or rest % others:
+    raise ValueError(
+        f"n_experiences={n_experiences} with {first_arg}: "
+        f"the first experience takes {first_classes} of the {n_classes} "
+        f"classes, leaving {rest} for {others} more experiences; expected "
+        "a positive number of them that divides the rest evenly.")
+
+
 def _split(name: str, splits: Sequence[Any], n_experiences: int, mean, std,
            augmentation: Augment | None = None, **kwargs) -> Benchmark:
   """A class-incremental catalogue entry with its normalisation."""
@@ -185,6 +208,7 @@ def split_mnist(
     >>> bench.n_classes, [len(e) for e in bench.train_stream]
     (10, [800, 800, 800, 800, 800])
   """
+  _check_split(10, n_experiences, seed)
   splits = _mnist("split_mnist", data_dir, lazy=lazy,
                   split_over_hosts=split_over_hosts)
   return _split("split_mnist", splits, n_experiences, MNIST_MEAN, MNIST_STD,
@@ -217,6 +241,7 @@ def split_fmnist(
   Example:
     >>> bench = split_fmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(10, n_experiences, seed)
   splits = _load("split_fmnist", "fashion_mnist", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_fmnist", splits, n_experiences, FMNIST_MEAN, FMNIST_STD,
@@ -248,6 +273,7 @@ def split_kmnist(
   Example:
     >>> bench = split_kmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(10, n_experiences, seed)
   splits = _load("split_kmnist", "kmnist", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_kmnist", splits, n_experiences, KMNIST_MEAN, KMNIST_STD,
@@ -283,6 +309,9 @@ def split_cifar10(
   Example:
     >>> bench = split_cifar10(5, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(10, n_experiences, seed,
+               first_classes=5 if first_exp_with_half_classes else None,
+               first_arg="first_exp_with_half_classes=True")
   splits = _load("split_cifar10", "cifar10", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_cifar10", splits, n_experiences, CIFAR10_MEAN, CIFAR10_STD, _CROP_FLIP,
@@ -318,6 +347,9 @@ def split_cifar100(
   Example:
     >>> bench = split_cifar100(10, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(100, n_experiences, seed,
+               first_classes=50 if first_exp_with_half_classes else None,
+               first_arg="first_exp_with_half_classes=True")
   splits = _load("split_cifar100", "cifar100", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_cifar100", splits, n_experiences, CIFAR100_MEAN, CIFAR100_STD, _CROP_FLIP,
@@ -400,6 +432,7 @@ def split_svhn(
   Example:
     >>> bench = split_svhn(5, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(10, n_experiences, seed)
   splits = _load("split_svhn", "svhn_cropped", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_svhn", splits, n_experiences, SVHN_MEAN, SVHN_STD,
@@ -439,6 +472,7 @@ def split_omniglot(
   Example:
     >>> bench = split_omniglot(4, data_dir="~/tfds")  # doctest: +SKIP
   """
+  _check_split(964, n_experiences, seed)
   from jaxcl.benchmarks import builders  # Lazy: tfds import is not free.
   (full,) = _load("split_omniglot", "omniglot", data_dir, splits=("train",))
   _, y = np.unique(full.y, return_inverse=True)
@@ -547,6 +581,10 @@ def split_cub200(
   Example:
     >>> bench = split_cub200(data_dir="~/tfds")  # doctest: +SKIP
   """
+  if classes_first_batch is not None:
+    _validation.check_positive_int("classes_first_batch", classes_first_batch)
+  _check_split(200, n_experiences, seed, first_classes=classes_first_batch,
+               first_arg=f"classes_first_batch={classes_first_batch}")
   image_size = _validation.check_positive_int("image_size", image_size)
   per_exp = None if classes_first_batch is None else {0: classes_first_batch}
   return _split("split_cub200", _load_resized(
@@ -632,6 +670,8 @@ def permuted_mnist(
     >>> bench.scenario, [e.classes == tuple(range(10)) for e in bench.train_stream]
     ('domain_incremental', [True, True, True])
   """
+  _validation.check_positive_int("n_experiences", n_experiences)
+  _validation.check_seed("seed", seed)
   train, test = _mnist("permuted_mnist", data_dir)
   return generators.permuted(
       train, test, n_experiences, seed=seed, return_task_id=return_task_id,
@@ -658,6 +698,11 @@ def rotated_mnist(
     >>> bench.input_shape
     (28, 28, 1)
   """
+  n_experiences = _validation.check_positive_int("n_experiences",
+                                                 n_experiences)
+  if rotations_list is not None and len(rotations_list) != n_experiences:
+    raise ValueError(f"rotations_list has {len(rotations_list)} entries; "
+                     f"expected one per experience ({n_experiences}).")
   train, test = _mnist("rotated_mnist", data_dir)
   return generators.rotated(
       train, test, n_experiences, seed=seed, angles=rotations_list,
@@ -769,6 +814,7 @@ def split_tiny_imagenet(
   Example:
     >>> bench = split_tiny_imagenet(10, data_dir="data")  # doctest: +SKIP
   """
+  _check_split(200, n_experiences, seed)
   root = _folder_root("split_tiny_imagenet", data_dir, "tiny_imagenet",
                       _TINY_IMAGENET_ADVICE)
   splits, _ = _image_folder(root, ("train", "test"), (64, 64, 3),
