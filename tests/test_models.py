@@ -1,5 +1,6 @@
 """Model zoo: architectures, batch-norm state, per-sample heads, fit on images."""
 
+import functools
 import inspect
 import re
 
@@ -238,6 +239,15 @@ def test_mlp_activation_matches_numpy(activation, fn):
                              rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="activation 'gelu' is unknown"):
     jaxcl.models.MLP(3, activation="gelu").init(jax.random.key(0), x)
+  # 0 hidden layers: a linear classifier; negative counts are refused.
+  linear = jaxcl.models.MLP(3, hidden_layers=0).init(jax.random.key(0), x)
+  assert list(linear["params"]) == ["TorchLinear_0"]
+  for model in (jaxcl.models.MLP(3, hidden_layers=-1),
+                MTMLP(3, n_tasks=2, hidden_layers=-1)):
+    with pytest.raises(ValueError, match="hidden_layers must be a "
+                       "non-negative integer, got -1"):
+      model.init(jax.random.key(0), x, *([jnp.zeros(4, jnp.int32)]
+                                         if isinstance(model, MTMLP) else []))
 
 
 @cpu_convolutions
@@ -337,6 +347,14 @@ def test_torch_conv_forward_mode_needs_jax_rules():
   loss = lambda v: jnp.sum(model.apply(v, images) ** 2)
   _, hvp = jax.jvp(jax.grad(loss), (variables,), (variables,))
   assert jax.tree.structure(hvp) == jax.tree.structure(variables)
+  # The multi-head factories pass the choice on to their backbones.
+  task = jnp.zeros(1, jnp.int32)
+  for make in (jaxcl.models.mt_simple_cnn,
+               functools.partial(jaxcl.models.mt_slim_resnet18, nf=2)):
+    multi_head = make(2, n_tasks=2, native_cpu_gradients=False)
+    variables = multi_head.init(jax.random.key(0), images, task)
+    jax.jvp(lambda x, m=multi_head, v=variables: m.apply(v, x, task),
+            (images,), (images,))
 
 
 class _SowsAuxiliaryLoss(nn.Module):
@@ -358,6 +376,22 @@ def test_a_model_sowing_into_its_own_collection_trains():
   assert jax.tree.structure(model_state["losses"]) == jax.tree.structure(
       {"l2": (0.0,)})
   assert float(jnp.abs(model_state["batch_stats"]["BatchNorm_0"]["mean"]).sum()) > 0
+
+
+def test_lifted_modules_get_train_by_position():
+  # nn.remat's static_argnums (self, x, train) and nn.jit see positional
+  # arguments only: the adapter passes `train` in its position.
+  for lifted in (nn.remat(_SowsAuxiliaryLoss, static_argnums=(2,)),
+                 nn.jit(_SowsAuxiliaryLoss, static_argnums=2)):
+    model = as_model(lifted())
+    x = jax.random.normal(jax.random.key(1), (6, 5))
+    params, state = model.init(jax.random.key(0), x, jnp.zeros(6, jnp.int32))
+    _, trained = model.apply(params, state, x, None, True, None)
+    mean = trained["batch_stats"]["BatchNorm_0"]["mean"]
+    np.testing.assert_allclose(  # Flax's default momentum, 0.99.
+        mean, 0.01 * (x @ params["Dense_0"]["kernel"]
+                     + params["Dense_0"]["bias"]).mean(0), rtol=1e-5,
+        atol=1e-6)
 
 
 class _ReturnsFeaturesToo(nn.Module):

@@ -53,8 +53,9 @@ def as_model(model: nn.Module | Model) -> Model:
   """Wraps a Flax linen module (or returns a :class:`Model` unchanged).
 
   The module's ``__call__`` may take ``train`` (dropout/batch-norm mode) and
-  ``task`` (per-sample task labels, for multi-head models) keyword arguments;
-  they are passed only when the module accepts them.
+  ``task`` (per-sample task labels, for multi-head models) arguments; they
+  are passed only when the module accepts them, by position where they have
+  one (so ``nn.remat(Module, static_argnums=(2,))`` gets a static ``train``).
 
   Args:
     model: A ``flax.linen.Module`` or a :class:`Model`.
@@ -68,19 +69,25 @@ def as_model(model: nn.Module | Model) -> Model:
     raise TypeError(f"model must be a flax.linen.Module or jaxcl.models.Model, "
                     f"got {type(model).__name__}.")
   takes_train, takes_task = _accepts(model, "train"), _accepts(model, "task")
+  signature = inspect.signature(type(model).__call__)
 
-  def kwargs(task, train):
+  def arguments(x, task, train) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``__call__``'s arguments, ``train`` and ``task`` in their positions
+    where they have one: lifted transforms (``nn.remat(...,
+    static_argnums=...)``, ``nn.jit``) see only positional arguments."""
     kw = {}
     if takes_train:
       kw["train"] = train
     if takes_task:
       kw["task"] = task
-    return kw
+    bound = signature.bind_partial(None, x, **kw)  # None: self.
+    return bound.args[1:], bound.kwargs
 
   def init(key, x, task):
     params_key, dropout_key = jax.random.split(key)
-    variables = model.init({"params": params_key, "dropout": dropout_key}, x,
-                           **kwargs(task, False))
+    args, kwargs = arguments(x, task, False)
+    variables = model.init({"params": params_key, "dropout": dropout_key},
+                           *args, **kwargs)
     variables = dict(variables)
     params = variables.pop("params")
     return params, variables
@@ -88,17 +95,17 @@ def as_model(model: nn.Module | Model) -> Model:
   def apply(params, model_state, x, task, train, key):
     variables = {"params": params, **model_state}
     rngs = {"dropout": key} if key is not None else {}
+    args, kwargs = arguments(x, task, train)
     if train and model_state:
-      logits, updated = model.apply(variables, x, rngs=rngs,
-                                    mutable=list(model_state),
-                                    **kwargs(task, train))
+      logits, updated = model.apply(variables, *args, rngs=rngs,
+                                    mutable=list(model_state), **kwargs)
       # Collections that `sow` appends to (auxiliary losses, say) grow at
       # every call: the loop's carried state keeps its init value for them.
       kept = {name: value for name, value in updated.items()
               if jax.tree.structure(value) ==
               jax.tree.structure(model_state[name])}
       return logits, {**model_state, **kept}
-    logits = model.apply(variables, x, rngs=rngs, **kwargs(task, train))
+    logits = model.apply(variables, *args, rngs=rngs, **kwargs)
     return logits, model_state
 
   return Model(init=init, apply=apply)

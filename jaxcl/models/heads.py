@@ -24,7 +24,8 @@ from flax import linen as nn
 
 from jaxcl.models.adapter import _accepts
 from jaxcl.models.cnn import SimpleCNN
-from jaxcl.models.mlp import TorchLinear, _torch_bias_init
+from jaxcl.models.mlp import (TorchLinear, _torch_bias_init,
+                              _check_hidden_layers)
 from jaxcl.models.resnet import SlimResNet18
 
 __all__ = [
@@ -124,6 +125,7 @@ class MLPFeatures(nn.Module):
     if self.input_size is not None and x.shape[-1] != self.input_size:
       raise ValueError(f"input_size={self.input_size} but the inputs have "
                        f"{x.shape[-1]} features per sample after flattening.")
+    _check_hidden_layers(self.hidden_layers)
     for _ in range(self.hidden_layers):
       x = nn.relu(TorchLinear(self.hidden_size)(x))
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
@@ -158,24 +160,32 @@ class MTMLP(nn.Module):
                                name="heads")(h, task)
 
 
-def mt_simple_cnn(num_classes: int, n_tasks: int,
-                  drop_rate: float = 0.25) -> MultiHead:
+def mt_simple_cnn(num_classes: int, n_tasks: int, drop_rate: float = 0.25,
+                  native_cpu_gradients: bool = True) -> MultiHead:
   """Avalanche's ``MTSimpleCNN``: :class:`SimpleCNN` features, one head per task.
+
+  ``native_cpu_gradients`` as :class:`SimpleCNN`'s (False for forward mode
+  or higher derivatives).
 
   Example:
     >>> mt_simple_cnn(num_classes=2, n_tasks=5).n_tasks
     5
   """
-  return MultiHead(SimpleCNN(num_classes=None, drop_rate=drop_rate),
+  return MultiHead(SimpleCNN(num_classes=None, drop_rate=drop_rate,
+                             native_cpu_gradients=native_cpu_gradients),
                    num_classes=num_classes, n_tasks=n_tasks)
 
 
-def mt_slim_resnet18(num_classes: int, n_tasks: int, nf: int = 20) -> MultiHead:
+def mt_slim_resnet18(num_classes: int, n_tasks: int, nf: int = 20,
+                     native_cpu_gradients: bool = True) -> MultiHead:
   """Avalanche's ``MTSlimResNet18``: slim ResNet-18 features, one head per task.
+
+  ``native_cpu_gradients`` as :class:`SlimResNet18`'s.
 
   Example:
     >>> mt_slim_resnet18(num_classes=5, n_tasks=20).num_classes
     5
   """
-  return MultiHead(SlimResNet18(num_classes=None, nf=nf),
+  return MultiHead(SlimResNet18(num_classes=None, nf=nf,
+                                native_cpu_gradients=native_cpu_gradients),
                    num_classes=num_classes, n_tasks=n_tasks)

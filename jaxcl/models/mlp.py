@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,6 +52,18 @@ class TorchLinear(nn.Module):
 ACTIVATIONS = {"relu": nn.relu, "tanh": nn.tanh}
 
 
+def _check_hidden_layers(hidden_layers) -> None:
+  """Refuses a negative or non-integer number of hidden layers.
+
+  0 gives a linear classifier; Avalanche's ``SimpleMLP`` always has at
+  least one hidden layer.
+  """
+  if (isinstance(hidden_layers, bool)
+      or not isinstance(hidden_layers, numbers.Integral) or hidden_layers < 0):
+    raise ValueError(f"hidden_layers must be a non-negative integer, got "
+                     f"{hidden_layers!r}.")
+
+
 class MLP(nn.Module):
   """Avalanche's ``SimpleMLP``: [Linear, ReLU, Dropout] x hidden_layers + Linear.
 
@@ -58,7 +72,8 @@ class MLP(nn.Module):
     input_size: Expected number of input features after flattening; ``None``
       infers it from the data. A mismatch raises a ``ValueError``.
     hidden_size: Width of each hidden layer.
-    hidden_layers: Number of hidden layers.
+    hidden_layers: Number of hidden layers (0: a linear classifier, which
+      Avalanche's ``SimpleMLP`` cannot be).
     drop_rate: Dropout probability after each hidden layer (training only).
     activation: Hidden-layer activation, ``"relu"`` (default) or ``"tanh"``.
   """
@@ -79,6 +94,7 @@ class MLP(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"MLP activation {self.activation!r} is unknown; "
                        f"expected one of {sorted(ACTIVATIONS)}.")
+    _check_hidden_layers(self.hidden_layers)
     for _ in range(self.hidden_layers):
       x = ACTIVATIONS[self.activation](TorchLinear(self.hidden_size)(x))
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
