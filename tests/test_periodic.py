@@ -136,6 +136,18 @@ def test_epochs_after_an_early_stop_write_no_empty_rows():
   assert all(row for _, row in writer.rows)
 
 
+def test_every_experience_writes_its_training_metrics():
+  # eval_every=2: experiences 0 and 2 are not evaluated, but trained.
+  writer = _Recorder()
+  jaxcl.fit(_model(), naive(), optax.sgd(0.1),
+            make_benchmark(n_classes=4, n_experiences=4, per_class=12),
+            epochs=2, batch_size=4, eval_every=2, writer=writer)
+  assert [step for step, row in writer.rows if "train/loss" in row] == list(
+      range(8))
+  assert [step for step, row in writer.rows
+          if "eval/stream/accuracy" in row] == [1, 3]
+
+
 def test_early_stopping_counts_epochs_of_smaller_experiences():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=40, dim=6,
                          sizes=[30, 30, 8, 7])
@@ -170,6 +182,21 @@ def test_early_stopping_weighs_the_epochs_after_the_last_evaluation():
   # Epoch 3 was not due for evaluation (every 2), yet it is kept.
   chex.assert_trees_all_close(watched.state.params, curve.state.params,
                               rtol=1e-6, atol=1e-7)
+
+
+def test_a_stop_at_the_last_epoch_still_evaluates_it():
+  # Learning rate 0: nothing improves on the evaluation before training, so
+  # with patience 3 the stop comes at epoch 3, the last, which every=2 did
+  # not make due. It trained: it is evaluated at the end of the experience
+  # (and competes for the best), as when no stop comes.
+  bench = _bench()
+  steps = -(-len(bench.train_stream[0]) // 8)
+  result = jaxcl.fit(_model(), naive(), optax.sgd(0.0), bench, epochs=3,
+                     batch_size=8, periodic_eval=PeriodicEval(every=2),
+                     early_stopping=EarlyStopping(patience=3))
+  assert result.history[0]["epochs_trained"] == 3
+  assert [p["step"] for p in result.periodic if p["experience"] == 0] == [
+      0, 2 * steps, 3 * steps]
 
 
 def test_early_stopping_keeps_one_compile_and_vmapped_runs_stop_separately():

@@ -221,23 +221,27 @@ def make_watcher(periodic: PeriodicEval,
     return jax.lax.cond(due, evaluate_now, skip, watch)
 
   def check(state, watch, tick, eval_data, ran):
-    ran = jnp.asarray(ran, bool)
-    due = ran & (tick % periodic.every == 0) & ~watch.stopped
+    # After a stop the ticks still come but train nothing: the state, and
+    # whether it was evaluated, stay those of the tick that stopped.
+    trained = jnp.asarray(ran, bool) & ~watch.stopped
+    due = trained & (tick % periodic.every == 0)
     watch, record = evaluate_if(due, state, watch, tick, eval_data)
-    watch = watch.replace(evaluated=due | (watch.evaluated & ~ran))
+    watch = watch.replace(evaluated=due | (watch.evaluated & ~trained))
     if early_stopping is not None:
       # Checked at every tick, as Avalanche does before every epoch (step),
       # not only at the evaluations: the stop does not wait for the next one.
       watch = watch.replace(stopped=watch.stopped | (
-          ran & (tick - watch.best_at >= early_stopping.patience)))
+          trained & (tick - watch.best_at >= early_stopping.patience)))
     return watch, record
 
   def finish(state, watch, eval_data):
-    # The state training ended with is evaluated unless its tick was due (or
-    # training stopped, and the best is restored), as Avalanche evaluates at
-    # the end of an experience; with early stopping it competes for the best.
-    watch, record = evaluate_if(~(watch.evaluated | watch.stopped), state,
-                                watch, watch.best_at, eval_data)
+    # The state training ended with is evaluated unless its tick was due, as
+    # Avalanche evaluates at the end of an experience; with early stopping it
+    # competes for the best. A stop freezes the state at the tick that set
+    # it, so a stop at a tick that was not due (the experience's last one,
+    # say) leaves that state to be evaluated here too.
+    watch, record = evaluate_if(~watch.evaluated, state, watch,
+                                watch.best_at, eval_data)
     if early_stopping is not None:
       state = state.replace(params=watch.best_params,
                             model_state=watch.best_model_state)
