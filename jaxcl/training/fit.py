@@ -841,6 +841,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             _write_periodic(writer, periodic_eval.stream, points)
         _check_finite(train_metrics["first_nonfinite_step"], j,
                       labels if batched else None, writer)
+        if writer is not None:  # Every experience's, evaluated or not.
+          _write_train(writer, j, train_metrics)
     return train_metrics
 
   # Experiences between two evaluations are dispatched without waiting for
@@ -896,7 +898,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             if steps_per_epoch else 0.0)
       history.append(row)
     if writer is not None:
-      _write(writer, i, rows, R[:, i], train_metrics)
+      _write_eval(writer, i, rows, R[:, i])
     if bar is not None:
       if "stream_accuracy" in rows[0]:
         bar.set_postfix(
@@ -1430,18 +1432,21 @@ def _write_periodic(writer, stream: str,
     _write_scalars(writer, step, scalars)
 
 
-def _write(writer, i: int, rows: Sequence[Mapping[str, float]],
-           accuracies: np.ndarray, train_metrics: Mapping[str, np.ndarray]) -> None:
-  """Writes one experience's metrics; the mean (and std) over runs if several.
-
-  Train metrics' step is the epoch count over the stream; eval metrics' step
-  is the experience index.
-  """
+def _write_train(writer, i: int, train_metrics: Mapping[str, np.ndarray]
+                 ) -> None:
+  """Writes experience ``i``'s training metrics, per epoch (step: the epoch
+  count over the stream); the mean (and std) over runs if several."""
   epochs = train_metrics["loss"].shape[1]
   for e in range(epochs):
     _write_scalars(writer, i * epochs + e, {
         **_with_std("train/loss", train_metrics["loss"][:, e]),
         **_with_std("train/accuracy", train_metrics["accuracy"][:, e])})
+
+
+def _write_eval(writer, i: int, rows: Sequence[Mapping[str, float]],
+                accuracies: np.ndarray) -> None:
+  """Writes the evaluation after experience ``i`` (step: ``i``); the mean
+  (and std) over runs if several."""
   scalars = {}
   for j in range(accuracies.shape[1]):
     scalars.update(_with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
