@@ -356,11 +356,16 @@ def test_normalizer_checks_its_constants_and_channels():
   np.testing.assert_allclose(f(jnp.array([[1.0, 0.5]])), [[1.0, 1.0]])
   with pytest.raises(ValueError, match="std must be positive, got 0.0"):
     jaxcl.benchmarks.normalizer(0.5, 0.0)
-  with pytest.raises(ValueError, match="mean must be a finite number"):
+  with pytest.raises(ValueError, match="mean must be finite"):
     jaxcl.benchmarks.normalizer(float("nan"), 1.0)
-  with pytest.raises(ValueError, match="normalizer's mean has 2 channels but "
-                     "the inputs have 3"):
+  with pytest.raises(ValueError, match=r"normalizer's mean has shape \(2,\), "
+                     r"which does not broadcast to the samples' shape "
+                     r"\(4, 4, 3\)"):
     f(jnp.ones((1, 4, 4, 3)))
+  # Per-pixel constants (a mean image) broadcast as well.
+  mean_image = np.full((4, 4, 1), 0.5, np.float32)
+  per_pixel = jaxcl.benchmarks.normalizer(mean_image, 0.5, scale=1.0)
+  np.testing.assert_allclose(per_pixel(jnp.ones((2, 4, 4, 3))), 1.0)
 
 
 def test_random_flip_flips_left_right_per_sample():

@@ -1,5 +1,6 @@
 """Scenario generators: exact partitions, class timelines, seeds, clear errors."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -233,8 +234,11 @@ def test_permuted_is_seeded_per_experience_permutation():
   tasks = permuted((x, y), (x, y), 2, return_task_id=True)
   assert tasks.n_tasks == 2 and tasks.test_stream[1].task_label == 1
   with pytest.raises(ValueError, match="train inputs have dtype uint8 but "
-                     "test inputs have float32"):
+                     "test inputs have float32; expected both integer or both "
+                     "floating point"):
     permuted((x, y), (x.astype(np.float32), y), 2)
+  # Same kind, other width: accepted (the preprocess casts both).
+  permuted((x.astype(np.float64), y), (x.astype(np.float32), y), 2)
 
 
 def test_permuted_and_rotated_read_lazy_inputs():
@@ -337,6 +341,12 @@ def test_data_incremental_consecutive_chunks():
   with pytest.raises(ValueError, match=r"train experience 1 \(task 1\) "
                      r"holds classes \[2\] of other tasks"):
     task_incremental(data_incremental(uneven, 2))
+  # Tasks sharing class ids (one dataset each, ids from 0): a test set that
+  # lacks a class is no sign of mixed experiences.
+  lacking = (x[y != 3], y[y != 3])
+  shared = dataset_per_experience([((x, y), (x, y)), ((x, y), lacking)],
+                                  offset_class_ids=False)
+  assert task_incremental(shared).n_tasks == 2
 
 
 def test_with_validation_partition_and_class_balance():
@@ -382,9 +392,14 @@ def test_seeds_must_be_integers_that_fix_the_benchmark(seed, error):
 
 def test_class_ids_and_assignments_must_be_integers():
   x, y = _data()
-  with pytest.raises(TypeError, match="fixed_class_order must hold integer"):
+  with pytest.raises(TypeError, match="fixed_class_order must hold integer "
+                     "class ids, got dtype float64"):
     class_incremental((x, y), (x, y), 3,
                       fixed_class_order=[0.9, 1, 2, 3, 4, 5.7])
+  # Any integer array will do, a JAX one too.
+  in_jax = class_incremental((x, y), (x, y), 3,
+                             fixed_class_order=jnp.arange(5, -1, -1))
+  assert in_jax.class_order == (5, 4, 3, 2, 1, 0)
   with pytest.raises(TypeError, match=r"fixed_exp_assignment\[0\] must hold "
                      "integer sample indices, got dtype float64"):
     new_instances((x, y), (x, y), 2,

@@ -111,10 +111,12 @@ def _train_test(train: Any, test: Any, prefix: str = ""):
     raise ValueError(f"{prefix}train inputs have sample shape "
                      f"{x_train.shape[1:]} but {prefix}test inputs have "
                      f"{x_test.shape[1:]}; expected the same.")
-  if x_train.dtype != x_test.dtype:  # One preprocess serves both.
+  if _is_float(x_train.dtype) != _is_float(x_test.dtype):
+    # One preprocess serves both: raw uint8 pixels and already scaled floats
+    # cannot both be right.
     raise ValueError(f"{prefix}train inputs have dtype {x_train.dtype} but "
-                     f"{prefix}test inputs have {x_test.dtype}; expected the "
-                     "same (cast one of them first).")
+                     f"{prefix}test inputs have {x_test.dtype}; expected both "
+                     "integer or both floating point (cast one of them).")
   classes = np.unique(y_train)
   unknown = np.setdiff1d(np.unique(y_test), classes)
   if unknown.size:
@@ -122,6 +124,10 @@ def _train_test(train: Any, test: Any, prefix: str = ""):
                      f"range: they are not among the {prefix}train classes "
                      f"{classes.tolist()}.")
   return x_train, y_train, x_test, y_test
+
+
+def _is_float(dtype: np.dtype) -> bool:
+  return np.issubdtype(dtype, np.floating)
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -182,11 +188,11 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
     if not shuffle:
       return tuple(int(c) for c in classes)
     return tuple(int(c) for c in _rng(seed).permutation(classes))
-  if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
-             for c in fixed_class_order):
+  given = np.asarray(fixed_class_order)
+  if given.dtype == bool or not np.issubdtype(given.dtype, np.integer):
     raise TypeError(f"fixed_class_order must hold integer class ids, got "
-                    f"{list(fixed_class_order)}.")
-  order = tuple(int(c) for c in fixed_class_order)
+                    f"dtype {given.dtype}.")
+  order = tuple(int(c) for c in given.reshape(-1))
   if sorted(order) != sorted(int(c) for c in classes):
     raise ValueError(
         f"fixed_class_order must be a permutation of the classes "
@@ -294,6 +300,7 @@ def class_incremental(
     >>> [e.classes for e in b.train_stream], b.class_order
     ([(0, 1), (2, 3), (4, 5)], (5, 1, 0, 2, 4, 3))
   """
+  _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
     raise ValueError(
@@ -394,6 +401,7 @@ def new_instances(
     >>> [np.bincount(e.y).tolist() for e in b.train_stream][:2]
     [[2, 2, 2], [2, 2, 2]]
   """
+  _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   x_train, y_train, x_test, y_test = _train_test(train, test)
   if n_experiences > len(y_train):
@@ -564,10 +572,12 @@ def task_incremental(benchmark: Benchmark) -> Benchmark:
         f"stream defines {n_tasks} tasks but the test stream has "
         f"{len(benchmark.test_stream)} experiences.")
   test_classes = [set(e.classes) for e in benchmark.test_stream]
-  for exp in benchmark.train_stream:
+  # Where each class belongs to one task's test experience, a train
+  # experience holding another task's classes got samples of another
+  # experience (e.g. a data_incremental chunk across two).
+  disjoint = sum(map(len, test_classes)) == len(set().union(*test_classes))
+  for exp in benchmark.train_stream if disjoint else ():
     task = task_of(exp)
-    # Classes of another task's test experience: the samples came from
-    # another experience (e.g. a data_incremental chunk across two).
     stray = sorted(c for c in set(exp.classes) - test_classes[task]
                    if any(c in other for other in test_classes))
     if stray:
@@ -656,6 +666,7 @@ def permuted(
     >>> sorted(b.train_stream[1].x[0].tolist()) == x[0].tolist()
     True
   """
+  _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   x_train, y_train, x_test, y_test = _train_test(train, test)
   rng = _rng(seed)
@@ -748,6 +759,7 @@ def rotated(
     >>> bool((b.train_stream[1].x[0] == x[0, ::-1, ::-1]).all())
     True
   """
+  _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   if angles is None:
     angles = _rng(seed).integers(-180, 181, n_experiences)
@@ -804,6 +816,7 @@ def split_online(
     >>> [len(e) for e in b.train_stream], b.train_stream[3].origin_experience
     ([8, 8, 4, 8, 8, 4], 1)
   """
+  _validation.check_seed("seed", seed)
   experience_size = _validation.check_positive_int("experience_size",
                                                    experience_size)
   rng = _rng(seed)
@@ -861,6 +874,7 @@ def data_incremental(
     >>> [len(e) for e in b.train_stream]
     [14, 13, 13]
   """
+  _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   rng = _rng(seed)
   orders = [rng.permutation(len(e)) if shuffle else np.arange(len(e))
@@ -911,6 +925,7 @@ def with_validation(
     >>> [len(e) for e in b.train_stream], [len(e) for e in b.valid_stream]
     ([16, 16], [4, 4])
   """
+  _validation.check_seed("seed", seed)
   if isinstance(validation_size, numbers.Integral) and not isinstance(
       validation_size, bool):
     count = _validation.check_positive_int("validation_size", validation_size)

@@ -162,21 +162,25 @@ def normalizer(mean: Sequence[float] | float, std: Sequence[float] | float,
   mean_arr = np.asarray(mean, np.float32)
   std_arr = np.asarray(std, np.float32)
   for name, value in (("mean", mean_arr), ("std", std_arr)):
-    if value.ndim > 1 or not np.all(np.isfinite(value)):
-      raise ValueError(f"{name} must be a finite number or a 1-D sequence "
-                       f"(one per channel), got {value.tolist()}.")
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f"{name} must be finite, got {value.tolist()}.")
   if np.any(std_arr <= 0):
     raise ValueError(f"std must be positive, got {std_arr.tolist()}.")
   if not (np.isfinite(scale) and scale > 0):
     raise ValueError(f"scale must be a positive number, got {scale!r}.")
 
   def preprocess(x: jnp.ndarray) -> jnp.ndarray:
+    sample = tuple(x.shape[1:])
     for name, value in (("mean", mean_arr), ("std", std_arr)):
-      if value.size > 1 and value.size != x.shape[-1]:
+      try:
+        fits = np.broadcast_shapes(sample, value.shape) == sample
+      except ValueError:
+        fits = False
+      if not fits:  # It would change the samples' shape.
         raise ValueError(
-            f"normalizer's {name} has {value.size} channels but the inputs "
-            f"have {x.shape[-1]} (shape {tuple(x.shape)}); expected one "
-            "value or one per channel.")
+            f"normalizer's {name} has shape {value.shape}, which does not "
+            f"broadcast to the samples' shape {sample}; expected a number, "
+            "one value per channel or a per-pixel array.")
     return (x.astype(jnp.float32) / scale - mean_arr) / std_arr
 
   return preprocess
