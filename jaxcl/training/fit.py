@@ -851,13 +851,18 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # before the last is waited for, so that at most two experiences' (or
   # blocks') data are on the devices.
   pending = []
+  if done:  # Resumed: experience 0 has trained already.
+    first = None
   span_start = time.perf_counter()
   for indices in _blocks(range(done, n_exp), eval_points, block):
     i = indices[-1]
     if trainer:
       state, device_metrics = train_exec(state, train_stream[i], periodic_data)
     elif block == 1:
-      data = first if i == 0 else put_training(indices, in_flight=state)
+      # Experience 0 was put before compiling; no reference is kept to it
+      # afterwards, so that its device memory is freed once it has trained.
+      data, first = (first, None) if i == 0 else (
+          put_training(indices, in_flight=state), None)
       state, device_metrics = train_exec(state, data, periodic_data)
     else:
       data = put_training(indices, in_flight=state)
