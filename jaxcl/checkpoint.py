@@ -179,8 +179,10 @@ def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
   """
   if isinstance(saved, dict) and isinstance(current, dict):
     return [d for k in sorted(set(saved) | set(current))
-            for d in _differences(saved.get(k), current.get(k),
-                                  f"{name}.{k}" if name else k)]
+            for d in (_differences(saved[k], current[k],
+                                   f"{name}.{k}" if name else k)
+                      if k in saved and k in current else
+                      [_missing(k, saved, name)])]
   if saved == current:
     return []
   if (isinstance(saved, list) and isinstance(current, list)
@@ -192,6 +194,15 @@ def _differences(saved: Any, current: Any, name: str = "") -> list[str]:
   hint = _HINTS.get(name.split(".")[0], "")
   return [(f"{name}: checkpoint has {_short(saved)}, this run has "
            f"{_short(current)}{hint}")]
+
+
+def _missing(key: str, saved: dict, name: str) -> str:
+  """A field that only one of the two configurations has."""
+  path = f"{name}.{key}" if name else key
+  if key in saved:
+    return f"{path}: only the checkpoint has it (written by a newer jaxcl?)"
+  return (f"{path}: the checkpoint has no such field (written by an older "
+          "jaxcl, which did not record it)")
 
 
 def _reason(error: Exception) -> str:

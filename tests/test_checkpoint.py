@@ -351,6 +351,17 @@ def test_another_kind_of_device_is_refused(finished, tmp_path, monkeypatch):
     _run(ckpt)
 
 
+def test_a_field_that_older_checkpoints_lack_is_named_as_such():
+  # E.g. `devices`, recorded since session 12: an older checkpoint is
+  # refused for it, and the message says why rather than showing a null.
+  assert checkpoint._differences(
+      {"epochs": 1}, {"epochs": 1, "devices": {"platform": "cpu"}}) == [
+          "devices: the checkpoint has no such field (written by an older "
+          "jaxcl, which did not record it)"]
+  assert checkpoint._differences({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}) == [
+      "a.c: only the checkpoint has it (written by a newer jaxcl?)"]
+
+
 def test_another_validation_stream_is_refused(tmp_path):
   # Periodic evaluation and early stopping read the validation stream: the
   # same train and test streams with other validation samples differ.
