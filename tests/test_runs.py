@@ -118,3 +118,11 @@ def test_sweep_refuses_values_one_program_cannot_serve(tiny_benchmark,
     jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1.0],
                 strategy=lambda v: jaxcl.strategies.ewc(ewc_lambda=v),
                 optimizer=optax.sgd(0.1), seeds=[0, 1])
+
+
+def test_mean_and_std_over_runs_leave_out_nan_runs():
+  # As the writers' values: a run without a value does not make the
+  # summary NaN; only every run's being NaN does.
+  mean_std = importlib.import_module("jaxcl.training.fit")._mean_std
+  assert mean_std([0.5, float("nan"), 0.7]) == pytest.approx((0.6, 0.1))
+  assert all(np.isnan(mean_std([float("nan")] * 2)))

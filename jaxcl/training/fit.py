@@ -52,8 +52,12 @@ class Result:
   """What a run produced.
 
   Attributes:
-    accuracy_matrix: ``[T, T]`` numpy array; ``R[i, j]`` is the accuracy on
-      test experience ``j`` after training experience ``i``.
+    accuracy_matrix: ``[train experiences, test experiences]`` numpy array
+      (``[T, T]`` unless the streams differ: online streams' mini-experiences
+      against the original test experiences, new-instances streams' single
+      test experience); ``R[i, j]`` is the accuracy on test experience ``j``
+      after training experience ``i``, NaN where ``j`` was not evaluated
+      after ``i``.
     metrics: Final scalar metrics (after the last experience), those of the
       selected groups (``fit(metrics=...)``, see docs/metrics.md):
       ``stream_accuracy`` (pooled), ``train_accuracy``, ``stream_loss``,
@@ -236,7 +240,8 @@ class MultiResult:
     labels: What distinguishes the runs (the seeds, or the swept values).
     runs: One :class:`Result` per run (its ``timings`` are the shared ones).
     accuracy_matrices: ``[runs, T, T]``.
-    metrics: ``{name: (mean, std)}`` over runs of the final metrics.
+    metrics: ``{name: (mean, std)}`` over runs of the final metrics (runs
+      whose value is NaN left out; NaN if every run's is).
     metrics_per_run: ``{name: [value per run]}``.
     timings: ``compile_s``, ``train_s``, ``eval_s``, ``total_s`` of the
       whole batch.
@@ -954,8 +959,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   per_metric = {k: [res.metrics[k] for res in results] for k in results[0].metrics}
   return MultiResult(
       labels=labels, runs=results, accuracy_matrices=R,
-      metrics={k: (float(np.mean(v)), float(np.std(v)))
-               for k, v in per_metric.items()},
+      metrics={k: _mean_std(v) for k, v in per_metric.items()},
       metrics_per_run=per_metric, timings=timings)
 
 
@@ -1402,6 +1406,16 @@ def _last_trained(per_epoch: np.ndarray) -> float:
 def _progress_bar(total: int):
   from tqdm.auto import tqdm  # Lazy: only runs that show progress need it.
   return tqdm(total=total, desc="experiences", unit="exp")
+
+
+def _mean_std(values) -> tuple[float, float]:
+  """Mean and std over runs, NaNs skipped (NaN if every run's is NaN), as
+  the writers' values."""
+  values = np.asarray(values, np.float64)
+  values = values[~np.isnan(values)]
+  if not values.size:
+    return float("nan"), float("nan")
+  return float(np.mean(values)), float(np.std(values))
 
 
 def _with_std(name: str, values) -> dict[str, float]:
