@@ -99,7 +99,10 @@ def amca(correct: np.ndarray, count: np.ndarray,
       summed over the evaluated stream.
     count: Samples, same shape.
     classes: Optional ``bool`` mask broadcastable to ``[n_tasks, n_classes]``
-      restricting the tracked classes (Avalanche's ``classes`` argument).
+      restricting the tracked classes (Avalanche's ``classes`` argument). A
+      1-D mask applies to every task label, which is then tracked from the
+      start; Avalanche reads a plain class list as task 0's (for that, pass
+      ``[n_tasks, n_classes]`` with the other rows False).
 
   Returns:
     ``[S, n_tasks]`` running AMCA; NaN where a task label is not yet tracked.
