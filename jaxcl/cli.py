@@ -175,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "(0: off; evaluates every epoch unless --periodic-eval)")
   watch.add_argument("--early-stopping-metric", default="accuracy",
                      help="accuracy or loss of the periodic stream")
-  watch.add_argument("--early-stopping-mode", default="max", help="max or min")
+  watch.add_argument("--early-stopping-mode", default=None,
+                     help="max or min (default: max for accuracy, min for "
+                     "loss)")
   watch.add_argument("--early-stopping-margin", type=float, default=0.0,
                      help="minimum change counted as an improvement")
   scale = run.add_argument_group("many runs in one program")
   scale.add_argument("--seeds", default=None, metavar="S1,S2,...",
                      help="run these seeds as one vmapped program; metrics "
-                     "are reported as mean ± std")
+                     "are reported as mean ± std (the benchmark, and so its "
+                     "class order, stays that of --seed)")
   scale.add_argument("--sweep", default=None, metavar="NAME=V1,V2,...",
                      help="run these values of one numeric hyperparameter "
                      "(a strategy hyperparameter such as ewc_lambda, or lr) "
@@ -244,6 +247,9 @@ def _check_args(args: argparse.Namespace) -> None:
   _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
   _check_seed_range("--seed", args.seed)
   _seeds(args)
+  if args.early_stopping_mode is None:  # Recorded resolved in results.json.
+    args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
+                                else "max")
   if args.lazy and args.benchmark not in _lazy_benchmarks():
     raise ValueError(f"--lazy: benchmark {args.benchmark!r} reads its images "
                      "into memory (it transforms, resizes or concatenates "
@@ -399,6 +405,10 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   entries = [REGISTRY[n.strip()] for n in args.strategy.split("+")]
   takes = {p for e in entries for p in e.parameters}
   _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
+  if name != "lr" and hasattr(args, name):  # Strategy flags exist if given.
+    raise ValueError(
+        f"--{name.replace('_', '-')} {getattr(args, name)} and --sweep "
+        f"{name}=... both set {name}; expected one of them.")
   defaults = [(e.name, e.parameters[name].default) for e in entries
               if name in e.parameters]
   integral = [n for n, d in defaults if isinstance(d, int)

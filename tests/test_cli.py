@@ -250,6 +250,25 @@ def test_seeds_and_sweep_together_are_refused(tmp_path, capsys):
   code = cli.main(["run", "--seeds", "0,1", "--sweep", "lr=0.1,0.2",
                    "--logdir", str(tmp_path / "x")])
   assert code == 2 and "cannot be combined" in capsys.readouterr().err
+  # A hyperparameter both set and swept: the record would name the wrong one.
+  code = cli.main(["run", "--strategy", "ewc", "--sweep", "ewc_lambda=1,2",
+                   "--ewc-lambda", "5", "--logdir", str(tmp_path / "y")])
+  assert code == 2 and ("--ewc-lambda 5.0 and --sweep ewc_lambda=... both "
+                        "set ewc_lambda") in capsys.readouterr().err
+
+
+def test_early_stopping_mode_follows_the_metric():
+  def mode(*flags):
+    args = cli.build_parser().parse_args(
+        ["run", "--periodic-stream", "test", *flags])
+    cli._check_args(args)
+    return cli._watch_kwargs(args)["early_stopping"].mode
+
+  assert mode("--early-stopping", "2") == "max"
+  assert mode("--early-stopping", "2", "--early-stopping-metric", "loss") == (
+      "min")
+  assert mode("--early-stopping", "2", "--early-stopping-metric", "loss",
+              "--early-stopping-mode", "max") == "max"
 
 
 def test_lr_schedule_spans_the_steps_the_strategy_trains():

@@ -204,6 +204,10 @@ CASES = [
     Case("from_spec unused hyperparameter",
          lambda p: from_spec("naive", mem_size=3), ValueError,
          r"hyperparameters \['mem_size'\] are not used by strategy 'naive'"),
+    Case("replay batch_size_mem > mem_size",
+         lambda p: from_spec("replay", mem_size=50, batch_size_mem=5000),
+         ValueError, r"batch_size_mem=5000 exceeds mem_size=50; expected at "
+         r"most the memory's capacity"),
     Case("chain of a non-strategy", lambda p: chain(naive(), "ewc"),
          TypeError, r"chain argument 1"),
     Case("chain of two prediction rules",

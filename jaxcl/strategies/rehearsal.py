@@ -55,16 +55,22 @@ __all__ = [
 ]
 
 
-def _check_batch_size_mem(value) -> int:
-  """``batch_size_mem`` is a positive int, or 0 for the training batch size."""
+def _check_batch_size_mem(value, mem_size: int) -> int:
+  """``batch_size_mem`` is a positive int up to ``mem_size``, or 0 for the
+  training batch size."""
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool) \
       and value == 0:
     return 0
   try:
-    return _validation.check_positive_int("batch_size_mem", value)
+    value = _validation.check_positive_int("batch_size_mem", value)
   except ValueError:
     raise ValueError(f"batch_size_mem must be a positive integer, or 0 for the "
                      f"training batch size; got {value!r}.") from None
+  if value > mem_size:
+    raise ValueError(f"batch_size_mem={value} exceeds mem_size={mem_size}; "
+                     "expected at most the memory's capacity (its samples "
+                     "are drawn without replacement).")
+  return value
 
 
 def _memory_rows(ctx: StrategyContext, batch_size_mem: int) -> int:
@@ -100,7 +106,7 @@ def replay(mem_size: int = 200, batch_size_mem: int = 0,
     'replay'
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
-  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
   storage = _validation.check_choice("storage", storage, buffers.POLICIES)
 
   def init(ctx, params, key):
@@ -178,7 +184,7 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   alpha = _validation.check_non_negative("alpha", alpha)
   beta = _validation.check_non_negative("beta", beta)
-  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
 
   def init(ctx, params, key):
     del params, key
@@ -273,7 +279,7 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
     'er_ace'
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
-  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
 
   def init(ctx, params, key):
     del params, key
@@ -365,7 +371,7 @@ def mir(mem_size: int = 200, subsample: int = 50, batch_size_mem: int = 10,
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   subsample = _validation.check_positive_int("subsample", subsample)
-  batch_size_mem = _check_batch_size_mem(batch_size_mem)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
   if batch_size_mem > subsample:
     raise ValueError(f"batch_size_mem={batch_size_mem} must be at most "
                      f"subsample={subsample} (replayed samples are chosen "
