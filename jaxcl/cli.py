@@ -273,9 +273,18 @@ def _check_args(args: argparse.Namespace) -> None:
     _validation.check_in_range("--validation-size", args.validation_size,
                                low=0.0, high=1.0, low_inclusive=False,
                                high_inclusive=False)
-  watch = _watch_kwargs(args)
+  # With the flags' names (fit's own checks name PeriodicEval's fields).
   _validation.check_choice("--periodic-unit", args.periodic_unit,
                            ("epoch", "step"))
+  _validation.check_choice("--periodic-stream", args.periodic_stream,
+                           ("valid", "test"))
+  _validation.check_choice("--early-stopping-metric",
+                           args.early_stopping_metric, ("accuracy", "loss"))
+  _validation.check_choice("--early-stopping-mode", args.early_stopping_mode,
+                           ("max", "min"))
+  _validation.check_non_negative("--early-stopping-margin",
+                                 args.early_stopping_margin)
+  watch = _watch_kwargs(args)
   if (watch["periodic_eval"] is not None and args.periodic_stream == "valid"
       and not args.validation_size):
     raise ValueError(
