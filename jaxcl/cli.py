@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import pathlib
+import re
 import shutil
 import sys
 import time
@@ -30,6 +31,25 @@ __all__ = ["main", "build_parser"]
 
 def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
+
+
+def _in_flag_terms(error: Exception, given: dict[str, Any],
+                   context: str) -> Exception:
+  """``error`` of a Python API, reworded with the flags the user typed.
+
+  The factories name their parameters (``n_experiences=7``); the CLI user
+  typed ``--n-experiences 7``. Multi-word names are replaced wherever they
+  appear (they cannot be prose); a message that still names no flag gets
+  ``context`` and the flags given as a prefix.
+  """
+  message = str(error)
+  for name in given:
+    if "_" in name:
+      message = re.sub(rf"(?<![\w-]){name}\b", _flag(name), message)
+  if "--" not in message:
+    flags = " ".join(f"{_flag(name)} {value}" for name, value in given.items())
+    message = f"{context} {flags}: {message}".replace("  ", " ")
+  return type(error)(message)
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True,
@@ -247,9 +267,6 @@ def _check_args(args: argparse.Namespace) -> None:
   _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
   _check_seed_range("--seed", args.seed)
   _seeds(args)
-  if args.early_stopping_mode is None:  # Recorded resolved in results.json.
-    args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
-                                else "max")
   if args.lazy and args.benchmark not in _lazy_benchmarks():
     raise ValueError(f"--lazy: benchmark {args.benchmark!r} reads its images "
                      "into memory (it transforms, resizes or concatenates "
@@ -257,8 +274,18 @@ def _check_args(args: argparse.Namespace) -> None:
                      f"{_lazy_benchmarks()}.")
   _validation.check_choice("model", args.model, MODELS)
   _validation.check_choice("optimizer", args.optimizer, ("sgd", "adam"))
-  for name in args.strategy.split("+"):
-    _validation.check_choice("strategy", name.strip(), REGISTRY)
+  names = [name.strip() for name in args.strategy.split("+")]
+  for name in names:
+    _validation.check_choice("strategy", name, REGISTRY)
+  twice = sorted({name for name in names if names.count(name) > 1})
+  if twice:
+    raise ValueError(f"--strategy {args.strategy!r} names {', '.join(twice)} "
+                     "more than once; expected each strategy once (the "
+                     "hyperparameter flags apply to every copy alike).")
+  _check_flags_take_effect(args)
+  if args.early_stopping_mode is None:  # Recorded resolved in results.json.
+    args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
+                                else "max")
   for name in ("n_experiences", "hidden_size", "hidden_layers", "epochs",
                "batch_size", "eval_batch_size"):
     _validation.check_positive_int(_flag(name), getattr(args, name))
@@ -334,6 +361,46 @@ def _check_args(args: argparse.Namespace) -> None:
     if folder and pathlib.Path(folder).expanduser().is_file():
       raise ValueError(f"{flag} {folder!r} is a file; expected a folder "
                        "(existing or new).")
+
+
+def _check_flags_take_effect(args: argparse.Namespace) -> None:
+  """Refuses flags changed from their defaults that nothing would read.
+
+  A silently ignored flag is a wrong experiment the user believes they ran.
+  """
+  from jaxcl.benchmarks import BENCHMARKS
+  from jaxcl.models import MODELS
+  defaults = vars(build_parser().parse_args(["run"]))
+  changed = {name for name, value in vars(args).items()
+             if name in defaults and value != defaults[name]}
+
+  def refuse(name: str, reason: str) -> None:
+    if name in changed:
+      value = getattr(args, name)
+      shown = "" if isinstance(value, bool) else f" {value}"
+      raise ValueError(f"{_flag(name)}{shown} has no effect: {reason}; "
+                       "expected to leave it out.")
+
+  for component, flag, factory, names in (
+      ("model", "--model", MODELS[args.model],
+       ("hidden_size", "hidden_layers", "drop_rate")),
+      ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
+       ("n_experiences", "return_task_id"))):
+    takes = inspect.signature(factory).parameters
+    for name in names:
+      if name not in takes:
+        refuse(name, f"{flag} {getattr(args, component)} takes no {name}")
+  if args.lr_schedule == "constant":
+    refuse("reset_schedule", "--lr-schedule is constant")
+  if not args.checkpoint_dir:
+    refuse("checkpoint_keep", "no --checkpoint-dir is given")
+  if not (args.periodic_eval or args.early_stopping):
+    for name in ("periodic_unit", "periodic_stream"):
+      refuse(name, "neither --periodic-eval nor --early-stopping is given")
+  if not args.early_stopping:
+    for name in ("early_stopping_metric", "early_stopping_mode",
+                 "early_stopping_margin"):
+      refuse(name, "--early-stopping is not given")
 
 
 def _check_host_args(args: argparse.Namespace) -> None:
@@ -545,13 +612,22 @@ def _load_benchmark(args: argparse.Namespace):
   if args.lazy:  # Every host loads: sharing the labels' pass is collective.
     bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
-  benchmark = factory(**{k: v for k, v in bench_kwargs.items() if k in accepted})
-  if args.validation_size:
-    benchmark = jaxcl.benchmarks.with_validation(
-        benchmark, args.validation_size, seed=args.seed)
-  if args.online_size:
-    benchmark = jaxcl.benchmarks.split_online(benchmark, args.online_size,
-                                              seed=args.seed)
+  # Not --data-dir: tfds's messages show Python calls with data_dir=.
+  given = {k: getattr(args, k) for k in ("n_experiences", "validation_size",
+                                         "online_size")
+           if getattr(args, k) and (k in accepted or k not in bench_kwargs)}
+  try:
+    benchmark = factory(**{k: v for k, v in bench_kwargs.items()
+                           if k in accepted})
+    if args.validation_size:
+      benchmark = jaxcl.benchmarks.with_validation(
+          benchmark, args.validation_size, seed=args.seed)
+    if args.online_size:
+      benchmark = jaxcl.benchmarks.split_online(benchmark, args.online_size,
+                                                seed=args.seed)
+  except (ValueError, TypeError) as error:
+    raise _in_flag_terms(error, given,
+                         f"--benchmark {args.benchmark}") from error
   return benchmark
 
 
@@ -588,8 +664,12 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   sweep_name, sweep_values = _sweep(args)
   swept = ({sweep_name: sweep_values[0]}
            if sweep_name not in (None, "lr") else {})
-  strategy = jaxcl.strategies.from_spec(
-      args.strategy, **{**_strategy_hparams(args), **swept})
+  hparams = {**_strategy_hparams(args), **swept}
+  try:
+    strategy = jaxcl.strategies.from_spec(args.strategy, **hparams)
+  except (ValueError, TypeError) as error:
+    raise _in_flag_terms(error, hparams,
+                         f"--strategy {args.strategy}") from error
   # A host that cannot load the data (a missing data_dir) makes every host
   # raise, rather than leave the others waiting for it in fit.
   benchmark = _hosts.read_together("the benchmark",

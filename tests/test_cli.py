@@ -141,7 +141,7 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
     (["--strategy", "ewc", "--sweep", "mode=1,2"],
      "--sweep mode: a switch or a choice of ewc, not a number"),
     (["--strategy", "ewc", "--sweep", "decay_factor=0.5,0.9"],
-     "ewc decay_factor=0.5 only applies to mode='online'"),
+     "ewc --decay-factor=0.5 only applies to mode='online'"),
 ])
 def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",

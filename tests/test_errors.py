@@ -236,7 +236,40 @@ CASES = [
     Case("cli --strategy naiv", lambda p: _cli(p, "--strategy", "naiv"),
          CliExit, r"Unknown strategy 'naiv'"),
     Case("cli --n-experiences 3", lambda p: _cli(p, "--n-experiences", "3"),
-         CliExit, r"does not divide the 10 classes"),
+         CliExit, r"error: --n-experiences=3 does not divide the 10 classes"),
+    Case("cli --strategy ewc --mode foo",
+         lambda p: _cli(p, "--strategy", "ewc", "--mode", "foo"), CliExit,
+         r"error: --strategy ewc --mode foo: Unknown ewc mode 'foo'"),
+    Case("cli --strategy naive --ewc-lambda 5",
+         lambda p: _cli(p, "--ewc-lambda", "5"), CliExit,
+         r"hyperparameters \['--ewc-lambda'\] are not used by strategy "
+         r"'naive'"),
+    Case("cli --strategy ewc+ewc",
+         lambda p: _cli(p, "--strategy", "ewc+ewc"), CliExit,
+         r"--strategy 'ewc\+ewc' names ewc more than once"),
+    Case("cli --model simple_cnn --hidden-size 64",
+         lambda p: _cli(p, "--model", "simple_cnn", "--hidden-size", "64"),
+         CliExit, r"--hidden-size 64 has no effect: --model simple_cnn takes "
+         r"no hidden_size; expected to leave it out"),
+    Case("cli --benchmark core50 --n-experiences 3",
+         lambda p: _cli(p, "--benchmark", "core50", "--n-experiences", "3"),
+         CliExit, r"--n-experiences 3 has no effect: --benchmark core50 takes "
+         r"no n_experiences"),
+    Case("cli --reset-schedule with a constant schedule",
+         lambda p: _cli(p, "--reset-schedule"), CliExit,
+         r"--reset-schedule has no effect: --lr-schedule is constant"),
+    Case("cli --checkpoint-keep without --checkpoint-dir",
+         lambda p: _cli(p, "--checkpoint-dir", "", "--checkpoint-keep", "3"),
+         CliExit,
+         r"--checkpoint-keep 3 has no effect: no --checkpoint-dir is given"),
+    Case("cli --early-stopping-metric without --early-stopping",
+         lambda p: _cli(p, "--early-stopping-metric", "loss"), CliExit,
+         r"--early-stopping-metric loss has no effect: --early-stopping is "
+         r"not given"),
+    Case("cli --periodic-unit without --periodic-eval",
+         lambda p: _cli(p, "--periodic-unit", "step"), CliExit,
+         r"--periodic-unit step has no effect: neither --periodic-eval nor "
+         r"--early-stopping is given"),
     Case("cli --epochs 1.5", lambda p: _cli(p, "--epochs", "1.5"), CliExit,
          r"argument --epochs: invalid int value: '1\.5'"),
     Case("cli --epochs 0", lambda p: _cli(p, "--epochs", "0"), CliExit,
@@ -302,7 +335,7 @@ def _registry_cases():
   if "replay" in REGISTRY:
     yield Case("cli --strategy replay --mem-size 0",
                lambda p: _cli(p, "--strategy", "replay", "--mem-size", "0"),
-               CliExit, r"mem_size must be a positive integer, got 0")
+               CliExit, r"error: --mem-size must be a positive integer, got 0")
 
 
 CASES += list(_registry_cases())
