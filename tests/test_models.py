@@ -138,6 +138,46 @@ def test_batch_norm_state_updates_in_training_and_freezes_in_evaluation():
                          atol=1e-3)
 
 
+@pytest.mark.parametrize("module", [
+    SlimResNet18(num_classes=3, nf=4), ResNet32(num_classes=3, n=1),
+    MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=3,
+              n_tasks=2)], ids=["slim_resnet18", "resnet32", "multi_head"])
+def test_batch_norm_statistics_leave_out_masked_rows(module):
+  model = as_model(module)
+  real = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  padding = 5 * jax.random.normal(jax.random.key(2), (3, 8, 8, 3)) + 2
+  task = jnp.zeros(7, jnp.int32)
+  params, state = jax.jit(model.init)(jax.random.key(0), real, task[:4])
+  train = jax.jit(lambda x, t, mask: model.apply(params, state, x, t, True,
+                                                 None, mask=mask))
+  mask = jnp.arange(7) < 4
+  padded_logits, padded_state = train(jnp.concatenate([real, padding]), task,
+                                      mask)
+  logits, expected_state = train(real, task[:4], None)
+  # The running statistics and the real rows' outputs are those of the
+  # real rows alone (Avalanche's smaller last batch, its empty memory).
+  chex.assert_trees_all_close(padded_state, expected_state, rtol=1e-4,
+                              atol=1e-5)
+  np.testing.assert_allclose(padded_logits[:4], logits, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_keeps_zero_weight_rows_out_of_batch_norm():
+  """Replay's empty memory rows (weight 0) leave a first experience as naive
+  training leaves it, with batch norm too; its last batch is partial (30
+  samples in batches of 4), as Avalanche's smaller last batch."""
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(2), 15)
+  x = (rng.integers(0, 40, (30, 8, 8, 3)) + 50 * y[:, None, None, None]
+       ).astype(np.uint8)
+  bench = class_incremental((x, y), (x, y), 1, fixed_class_order=[0, 1],
+                            preprocess=normalizer(0.5, 0.25))
+  trained = [jaxcl.fit(ResNet32(num_classes=2, n=1), strategy,
+                       optax.sgd(0.05), bench, epochs=2, batch_size=4).state
+             for strategy in (naive(), jaxcl.strategies.replay(mem_size=8))]
+  chex.assert_trees_all_close(*[(s.params, s.model_state) for s in trained],
+                              rtol=1e-4, atol=1e-5)
+
+
 def test_mtmlp_selects_the_head_of_each_sample():
   model = MTMLP(num_classes=3, n_tasks=4, hidden_size=5, drop_rate=0.0)
   x = jax.random.normal(jax.random.key(1), (5, 2, 3))

@@ -77,7 +77,8 @@ class MultiHead(nn.Module):
   Attributes:
     features: A module mapping inputs to features ``[batch, ...]``
       (flattened here), e.g. ``SlimResNet18(num_classes=None)``; it gets
-      ``train`` if its ``__call__`` takes it.
+      ``train`` and ``mask`` (the rows batch norm's statistics cover) if its
+      ``__call__`` takes them.
     num_classes: Outputs of each head.
     n_tasks: Number of heads (the benchmark's ``n_tasks``).
 
@@ -96,8 +97,10 @@ class MultiHead(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, task: jnp.ndarray,
-               train: bool = False) -> jnp.ndarray:
-    kwargs = {"train": train} if _accepts(self.features, "train") else {}
+               train: bool = False,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    kwargs = {name: value for name, value in (("train", train), ("mask", mask))
+              if _accepts(self.features, name)}
     h = self.features(x, **kwargs)
     h = h.reshape((h.shape[0], -1))
     return MultiHeadClassifier(self.num_classes, self.n_tasks,

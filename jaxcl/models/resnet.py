@@ -5,7 +5,9 @@ which :func:`jaxcl.models.as_model` carries as ``model_state``: updated from
 each training batch, used frozen in evaluation. Batch norm follows PyTorch's
 defaults (momentum 0.1, i.e. Flax ``momentum=0.9``; epsilon 1e-5), except
 that Flax tracks the biased batch variance where PyTorch tracks the
-unbiased one.
+unbiased one. In training, ``mask`` (one bool per sample) keeps rows out of
+the batch statistics: the training loop passes the rows that carry loss
+weight, so padding and empty memory slots do not shift them.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -29,9 +31,14 @@ from jaxcl.models.mlp import TorchLinear
 __all__ = ["ResNet32", "SlimResNet18"]
 
 
-def _batch_norm(train: bool) -> nn.BatchNorm:
+def _batch_norm(x: jnp.ndarray, train: bool,
+                mask: jnp.ndarray | None) -> jnp.ndarray:
+  """PyTorch-default batch norm; in training its statistics cover ``mask``'s
+  rows (all rows when None)."""
+  if mask is not None:
+    mask = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5)
+                      epsilon=1e-5)(x, mask=mask if train else None)
 
 
 class _BasicBlock(nn.Module):
@@ -42,16 +49,17 @@ class _BasicBlock(nn.Module):
   native_cpu_gradients: bool = True
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
     conv = functools.partial(TorchConv, use_bias=False,
                              native_cpu_gradients=self.native_cpu_gradients)
-    out = nn.relu(_batch_norm(train)(conv(self.features, 3, padding=1,
-                                          strides=self.strides)(x)))
-    out = _batch_norm(train)(conv(self.features, 3, padding=1)(out))
+    out = nn.relu(_batch_norm(conv(self.features, 3, padding=1,
+                                   strides=self.strides)(x), train, mask))
+    out = _batch_norm(conv(self.features, 3, padding=1)(out), train, mask)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = _batch_norm(train)(conv(self.features, 1,
-                                         strides=self.strides)(x))
+      shortcut = _batch_norm(conv(self.features, 1, strides=self.strides)(x),
+                             train, mask)
     return nn.relu(out + shortcut)
 
 
@@ -76,14 +84,16 @@ class SlimResNet18(nn.Module):
   native_cpu_gradients: bool = True
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
     native = self.native_cpu_gradients
     x = TorchConv(self.nf, 3, padding=1, use_bias=False,
                   native_cpu_gradients=native)(x)
-    x = nn.relu(_batch_norm(train)(x))
+    x = nn.relu(_batch_norm(x, train, mask))
     for multiple, strides in ((1, 1), (2, 2), (4, 2), (8, 2)):
-      x = _BasicBlock(self.nf * multiple, strides, native)(x, train)
-      x = _BasicBlock(self.nf * multiple, native_cpu_gradients=native)(x, train)
+      x = _BasicBlock(self.nf * multiple, strides, native)(x, train, mask)
+      x = _BasicBlock(self.nf * multiple, native_cpu_gradients=native)(
+          x, train, mask)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
@@ -105,13 +115,15 @@ class _IcarlBlock(nn.Module):
   native_cpu_gradients: bool = True
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
     strides = 2 if self.increase_dim else 1
     conv = functools.partial(TorchConv, kernel_size=3, padding=1,
                              use_bias=False, kernel_init=_ICARL_CONV_INIT,
                              native_cpu_gradients=self.native_cpu_gradients)
-    out = nn.relu(_batch_norm(train)(conv(self.features, strides=strides)(x)))
-    out = _batch_norm(train)(conv(self.features)(out))
+    out = nn.relu(_batch_norm(conv(self.features, strides=strides)(x), train,
+                              mask))
+    out = _batch_norm(conv(self.features)(out), train, mask)
     shortcut = x
     if self.increase_dim:
       pad = self.features // 4
@@ -142,20 +154,21 @@ class ResNet32(nn.Module):
   native_cpu_gradients: bool = True
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               mask: jnp.ndarray | None = None) -> jnp.ndarray:
     if self.n < 1:
       raise ValueError(f"ResNet32 n must be >= 1, got {self.n}.")
     x = TorchConv(16, 3, padding=1, use_bias=False,
                   kernel_init=_ICARL_CONV_INIT,
                   native_cpu_gradients=self.native_cpu_gradients)(x)
-    x = nn.relu(_batch_norm(train)(x))
+    x = nn.relu(_batch_norm(x, train, mask))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.n):
         last = stage == 2 and block == self.n - 1
         x = _IcarlBlock(features, increase_dim=stage > 0 and block == 0,
                         last=last,
                         native_cpu_gradients=self.native_cpu_gradients)(
-                            x, train)
+                            x, train, mask)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x

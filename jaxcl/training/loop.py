@@ -17,6 +17,7 @@ Example:
 
 # No `from __future__ import annotations`: clu reads Collection annotations.
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -157,15 +158,22 @@ def make_train_step(
     ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
 
+  takes_mask = "mask" in inspect.signature(ctx.model.apply).parameters
+
   def loss_fn(params, state: TrainState, batch: dict, key):
     if ctx.augment is not None:
       key, augment_key = jax.random.split(key)
       # The penalty sees the inputs the model sees (a teacher's logits on
       # the same crops, as Avalanche's on its transformed mini-batch).
       batch = {**batch, "x": ctx.augment(batch["x"], augment_key)}
+    # Batch statistics cover the weighted rows (all rows if none is).
+    rows = {}
+    if takes_mask:
+      counted = batch["weight"] > 0
+      rows["mask"] = counted | ~jnp.any(counted)
     logits, model_state = ctx.model.apply(
         params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
-        True, key)
+        True, key, **rows)
     if mask_classes:
       logits = mask_unseen(logits, state.seen_classes, ctx.task_classes,
                            batch["task"])
