@@ -558,13 +558,20 @@ def _write_images(writer, logdir: pathlib.Path, result) -> None:
   from jaxcl import loggers
   if hasattr(result, "runs"):
     matrix = result.accuracy_matrices.mean(0)
-    confusions = [r.confusion_matrix for r in result.runs]
-    confusion = None if confusions[0] is None else sum(confusions)
   else:
-    matrix, confusion = result.accuracy_matrix, result.confusion_matrix
+    matrix = result.accuracy_matrix
   loggers.write_result_images(writer, len(matrix) - 1, logdir,
                               accuracy_matrix=matrix,
-                              confusion_matrix=confusion)
+                              confusion_matrix=_confusion_matrix(result))
+
+
+def _confusion_matrix(result):
+  """The final confusion matrix; several runs' counts summed (None without
+  one)."""
+  if not hasattr(result, "runs"):
+    return result.confusion_matrix
+  confusions = [r.confusion_matrix for r in result.runs]
+  return None if confusions[0] is None else sum(confusions)
 
 
 class _Tracked(ForwardingWriter):
@@ -591,6 +598,7 @@ def _result_fields(result) -> dict[str, Any]:
       "labels": list(result.labels),
       "accuracy_matrix": result.accuracy_matrices.mean(0),
       "accuracy_matrices": result.accuracy_matrices,
+      "confusion_matrix": _confusion_matrix(result),
       "metrics": {k: mean for k, (mean, _) in result.metrics.items()},
       "metrics_std": {k: std for k, (_, std) in result.metrics.items()},
       "metrics_per_run": result.metrics_per_run,

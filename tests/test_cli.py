@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.lib
+import numpy as np
 import pytest
 from conftest import make_benchmark
 
@@ -244,6 +245,10 @@ def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
   assert len(per_run) == 2
   assert results["metrics"]["stream_accuracy"] == pytest.approx(sum(per_run) / 2)
   assert len(results["accuracy_matrices"]) == 2
+  # Both runs' final confusion counts, summed: each counts the 1,000 test
+  # digits once.
+  confusion = np.array(results["confusion_matrix"])
+  assert confusion.shape == (10, 10) and confusion.sum() == 2 * 1000
 
 
 def test_seeds_and_sweep_together_are_refused(tmp_path, capsys):

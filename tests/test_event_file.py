@@ -175,6 +175,20 @@ def test_scalars_texts_and_histograms_read_back(tmp_path):
     np.testing.assert_array_equal(flat, [[5, 5, 0], [5, 5, 0], [5, 5, 3]])
 
 
+def test_strings_keep_trailing_nul_bytes(tmp_path):
+    # NumPy's fixed-width string dtypes would cut them off (raw WAV or proto
+    # bytes often end in zeros).
+    writer = loggers.EventFileWriter(tmp_path)
+    writer.write_texts(1, {"note": "abc\x00", "lines": ["x\x00", "y"]})
+    writer.write_summaries(2, {"raw": b"RIFF\x01\x00\x00"})
+    writer.close()
+
+    found = summaries(tmp_path)
+    assert found["note"][0][2].tolist() == b"abc\x00"
+    assert found["lines"][0][2].tolist() == [b"x\x00", b"y"]
+    assert found["raw"][0][2].tolist() == b"RIFF\x01\x00\x00"
+
+
 def test_images_read_back_as_the_same_pixels(tmp_path):
     rgb = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
     rgba = np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4) * 7

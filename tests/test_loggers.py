@@ -145,6 +145,41 @@ def test_async_writer_writes_in_background_and_reraises(tmp_path):
         writer.close()
 
 
+def test_async_writers_close_twice_like_the_others(tmp_path):
+    for asynchronous in (False, True):
+        writer = loggers.create_writers(tmp_path / str(asynchronous), console=False,
+                                        asynchronous=asynchronous)
+        writer.write_scalars(0, {"train/loss": 0.5})
+        writer.close()
+        writer.close()
+
+
+def test_a_value_that_is_not_a_scalar_reaches_no_writer(tmp_path):
+    # The console would print a 1-element array that TensorBoard refuses:
+    # the set refuses it before any writer writes, naming the metric.
+    out = io.StringIO()
+    writer = loggers.MultiWriter([loggers.ConsoleWriter(out),
+                                  loggers.JsonlWriter(tmp_path / "m.jsonl")])
+    for bad in (np.array([0.5]), np.array([0.5, 0.6]), "0.5"):
+        with pytest.raises(ValueError, match=r"scalars\['eval/x'\] must be a real "
+                           r"number \(a scalar\)"):
+            writer.write_scalars(0, {"eval/ok": 1.0, "eval/x": bad})
+    writer.write_scalars(1, {"eval/x": np.float32(0.5)})
+    writer.close()
+    assert out.getvalue() == "step 1 | eval/x 0.5000\n"
+    assert (tmp_path / "m.jsonl").read_text().count("\n") == 1
+
+
+def test_jsonl_hparams_keep_nested_mappings(tmp_path):
+    import types
+
+    writer = loggers.JsonlWriter(tmp_path / "m.jsonl")
+    writer.write_hparams({"opt": types.MappingProxyType({"lr": 0.1}), "d": {"n": 2}})
+    writer.close()
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {
+        "hparams": {"opt": {"lr": 0.1}, "d": {"n": 2}}}
+
+
 def test_create_writers_rejects_a_file_as_logdir(tmp_path):
     path = tmp_path / "run"
     path.write_text("")

@@ -126,3 +126,10 @@ def test_mean_and_std_over_runs_leave_out_nan_runs():
   mean_std = importlib.import_module("jaxcl.training.fit")._mean_std
   assert mean_std([0.5, float("nan"), 0.7]) == pytest.approx((0.6, 0.1))
   assert all(np.isnan(mean_std([float("nan")] * 2)))
+  # The writers get no NaN aggregate: an infinite run's std is left out.
+  with_std = importlib.import_module("jaxcl.training.fit")._with_std
+  inf = float("inf")
+  assert with_std("loss", [inf, 1.0]) == {"loss": inf}
+  assert with_std("loss", [inf, -inf]) == {}
+  assert with_std("loss", [1.0, float("nan")]) == {"loss": 1.0}
+  assert with_std("loss", [1.0, 2.0]) == {"loss": 1.5, "loss_std": 0.5}

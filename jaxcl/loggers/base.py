@@ -13,9 +13,30 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
 
+import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["MetricWriter", "ForwardingWriter", "open_append"]
+__all__ = ["MetricWriter", "ForwardingWriter", "open_append", "check_scalars"]
+
+
+def check_scalars(scalars: Mapping[str, ArrayLike]) -> None:
+    """Raises unless every value is a real number (a 0-d array counts).
+
+    Writers convert values their own way (`float(v)` takes a 1-element
+    array, TensorBoard's scalar does not): combiners check once, so that no
+    writer records a value another refuses.
+
+    Example:
+        >>> check_scalars({"train/loss": 0.5})
+        >>> check_scalars({"train/loss": [0.5]})
+        Traceback (most recent call last):
+        ValueError: scalars['train/loss'] must be a real number (a scalar), got [0.5].
+    """
+    for name, value in scalars.items():
+        array = np.asarray(value)
+        if array.shape != () or not np.can_cast(array.dtype, np.float64):
+            raise ValueError(
+                f"scalars[{name!r}] must be a real number (a scalar), got {value!r}.")
 
 
 class MetricWriter(Protocol):

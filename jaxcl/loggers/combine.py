@@ -13,7 +13,7 @@ from typing import Any
 
 from clu import asynclib
 
-from jaxcl.loggers.base import ForwardingWriter, MetricWriter
+from jaxcl.loggers.base import ForwardingWriter, MetricWriter, check_scalars
 
 __all__ = ["MultiWriter", "AsyncWriter"]
 
@@ -35,6 +35,8 @@ class MultiWriter(ForwardingWriter):
         self._writers = tuple(writers)
 
     def _forward(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if method == "write_scalars":
+            check_scalars(args[1])  # Before any writer writes a line.
         for writer in self._writers:
             getattr(writer, method)(*args, **kwargs)
 
@@ -58,7 +60,7 @@ class AsyncWriter(ForwardingWriter):
     """
 
     def __init__(self, writer: MetricWriter):
-        self._writer = writer
+        self._writer, self._closed = writer, False
         # One worker keeps the calls in order.
         self._pool = asynclib.Pool(thread_name_prefix="jaxcl-AsyncWriter", max_workers=1)
 
@@ -72,6 +74,10 @@ class AsyncWriter(ForwardingWriter):
             self._writer.flush()
 
     def close(self) -> None:
+        """Flushes and closes the wrapped writer; closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
         finally:

@@ -101,13 +101,28 @@ def _tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
     )
 
 
+def _holds_strings(value: Any) -> bool:
+    if isinstance(value, (str, bytes)):
+        return True
+    return isinstance(value, (list, tuple)) and any(map(_holds_strings, value))
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """`np.asarray(value)`, except that Python strings and bytes (or lists
+    of them) become an object array: NumPy's fixed-width string dtypes drop
+    trailing NUL characters, which would change the stored bytes."""
+    if _holds_strings(value):
+        return np.array(value, dtype=object)
+    return np.asarray(value)
+
+
 def _as_converted_by_tf(value: Any) -> np.ndarray:
     """`value` as an array of the dtype `tf.convert_to_tensor` gives it.
 
     Arrays keep their dtype; Python floats become float32 and Python ints
     int32 where they fit, as in TensorFlow.
     """
-    array = np.asarray(value)
+    array = _as_array(value)
     if hasattr(value, "__array__"):
         return array
     if array.dtype == np.float64:
@@ -213,8 +228,10 @@ def _audio_strings(name: str, value: ArrayLike, sample_rate: int) -> np.ndarray:
 
 def _text(name: str, value: ArrayLike) -> np.ndarray:
     """`tf.summary.text`'s string tensor."""
-    text = np.asarray(value)
-    if text.dtype.kind not in "SU":
+    text = _as_array(value)
+    if text.dtype.kind not in "SU" and not (
+            text.dtype.kind == "O"
+            and all(isinstance(s, (str, bytes)) for s in text.flat)):
         raise ValueError(f"texts[{name!r}] must be a string, got {value!r}.")
     return text
 

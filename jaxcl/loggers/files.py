@@ -16,9 +16,12 @@ __all__ = ["JsonlWriter", "CsvWriter"]
 
 
 def _to_json(value: Any) -> Any:
-    """`json.dumps` fallback: arrays and NumPy scalars as lists/numbers, else `str`."""
+    """`json.dumps` fallback: arrays and NumPy scalars as lists/numbers,
+    mappings (`ConfigDict`, `FrozenDict`, ...) as objects, else `str`."""
     if hasattr(value, "__array__"):
         return np.asarray(value).tolist()
+    if isinstance(value, Mapping) or hasattr(value, "items"):
+        return dict(value.items())
     return str(value)
 
 

@@ -1415,19 +1415,17 @@ def _mean_std(values) -> tuple[float, float]:
   values = values[~np.isnan(values)]
   if not values.size:
     return float("nan"), float("nan")
-  return float(np.mean(values)), float(np.std(values))
+  with np.errstate(invalid="ignore"):  # inf - inf: a NaN mean or std.
+    return float(np.mean(values)), float(np.std(values))
 
 
 def _with_std(name: str, values) -> dict[str, float]:
-  """``{name: mean}`` over runs, plus ``name_std`` if several (NaNs skipped)."""
-  values = np.asarray(values, np.float64)
-  values = values[~np.isnan(values)]
-  if not values.size:
-    return {}
-  out = {name: float(np.mean(values))}
-  if len(values) > 1:
-    out[name + "_std"] = float(np.std(values))
-  return out
+  """``{name: mean}`` over runs, plus ``name_std`` if several; NaN runs are
+  skipped, and so is an aggregate that is NaN (the std of an infinity)."""
+  mean, std = _mean_std(values)
+  several = np.count_nonzero(~np.isnan(np.asarray(values, np.float64))) > 1
+  out = {name: mean, name + "_std": std if several else float("nan")}
+  return {k: v for k, v in out.items() if not np.isnan(v)}
 
 
 def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
