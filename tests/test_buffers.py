@@ -214,3 +214,24 @@ def test_bad_arguments_are_named():
   buf = buffers.init(5, (1,), extras={"z": jax.ShapeDtypeStruct((), jnp.int32)})
   with pytest.raises(ValueError, match="expected values for all"):
     _offer(buf, jax.random.key(0), [1, 2])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=jnp.zeros((2, 3))), r"x has shape \(2, 3\); expected \(4, 3\)"),
+    (dict(x=jnp.zeros((4, 1))), r"x has shape \(4, 1\); expected \(4, 3\)"),
+    (dict(task=jnp.zeros(3, jnp.int32)), r"task has shape \(3,\)"),
+    (dict(valid=jnp.ones(5, bool)), r"valid has shape \(5,\)"),
+    (dict(extras={"z": jnp.zeros((4, 1))}),
+     r"extras\['z'\] has shape \(4, 1\); expected \(4, 2\)"),
+    (dict(y=jnp.array([0.7, 1.0, 0.0, 1.0])), r"y must be integer labels"),
+])
+def test_add_refuses_rows_that_do_not_match_the_slots(change, message):
+  # JAX would clamp or broadcast them and store samples under wrong labels.
+  buf = buffers.init(3, (3,), policy="class_balanced", n_groups=2,
+                     extras={"z": jax.ShapeDtypeStruct((2,), jnp.float32)})
+  rows = dict(x=jnp.zeros((4, 3)), y=jnp.array([0, 1, 0, 1]),
+              task=jnp.zeros(4, jnp.int32), extras={"z": jnp.zeros((4, 2))})
+  rows.update(change)
+  with pytest.raises(ValueError, match=message):
+    buffers.add(buf, jax.random.key(0), rows.pop("x"), rows.pop("y"),
+                rows.pop("task"), **rows)

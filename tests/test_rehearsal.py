@@ -78,6 +78,19 @@ def _task_loss(batch, logits):
   return float(jnp.sum(cross_entropy(logits, batch) * w) / jnp.sum(w))
 
 
+def test_er_ace_refuses_a_training_batch_its_memory_cannot_replay():
+  # batch_size_mem=0 replays a training batch's worth of samples only once
+  # that many are stored: with a larger batch than the memory, never.
+  strategy = er_ace(mem_size=8, batch_size_mem=0)
+  with pytest.raises(ValueError, match=r"er_ace batch_size_mem=0 replays a "
+                     r"training batch of 16 memory samples, more than "
+                     r"mem_size=8 holds"):
+    strategy.init(_ctx(IDENTITY, n_classes=4, dim=4, batch_size=16), None,
+                  jax.random.key(0))
+  strategy.init(_ctx(IDENTITY, n_classes=4, dim=4, batch_size=8), None,
+                jax.random.key(0))
+
+
 def test_er_ace_restricts_current_classes_only_while_replaying():
   ctx = _ctx(IDENTITY, n_classes=4, dim=4, batch_size=3)
   strategy = er_ace(mem_size=2, batch_size_mem=2)

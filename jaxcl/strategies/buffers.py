@@ -353,6 +353,7 @@ def add(
     raise ValueError(f"add: extras {sorted(extras)} given; the buffer stores "
                      f"{sorted(buffer.extras)}, expected values for all of "
                      "them.")
+  _check_rows(buffer, x, y, task, valid, experience, extras, scores)
   valid = jnp.ones(n, bool) if valid is None else jnp.asarray(valid, bool)
   group = _groups(buffer, y, experience)
   valid = valid & (group >= 0) & (group < n_groups)
@@ -388,6 +389,32 @@ def add(
       seen=buffer.seen + jnp.sum(valid, dtype=jnp.int32),
       group_seen=group_seen,
   )
+
+
+def _check_rows(buffer: Buffer, x, y, task, valid, experience, extras,
+                scores) -> None:
+  """Shapes and label dtypes of ``add``'s rows against the buffer's slots.
+
+  JAX would clamp missing rows and broadcast wrong sample shapes, storing
+  other samples' inputs under a label without an error.
+  """
+  if jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+    raise ValueError(f"add: y must be integer labels of shape [n], got shape "
+                     f"{jnp.shape(y)} and dtype {jnp.result_type(y)}.")
+  n = jnp.shape(y)[0]
+  expected = {"x": (x, (n,) + buffer.x.shape[1:]), "task": (task, (n,))}
+  expected.update({f"extras[{name!r}]": (extras[name], (n,) + v.shape[1:])
+                   for name, v in buffer.extras.items()})
+  for name, value in (("valid", valid), ("scores", scores)):
+    if value is not None:
+      expected[name] = (value, (n,))
+  if experience is not None and jnp.ndim(experience) != 0:
+    expected["experience"] = (experience, (n,))
+  for name, (value, shape) in expected.items():
+    if tuple(jnp.shape(value)) != shape:
+      raise ValueError(f"add: {name} has shape {tuple(jnp.shape(value))}; "
+                       f"expected {shape} (one row per label of y, shaped "
+                       "as the buffer's slots).")
 
 
 def add_experience(buffer: Buffer, key: jax.Array, data, *,

@@ -69,7 +69,8 @@ def _check_batch_size_mem(value, mem_size: int) -> int:
   if value > mem_size:
     raise ValueError(f"batch_size_mem={value} exceeds mem_size={mem_size}; "
                      "expected at most the memory's capacity (its samples "
-                     "are drawn without replacement).")
+                     "are drawn without replacement; er_ace and mir draw 10 "
+                     "by default).")
   return value
 
 
@@ -283,6 +284,13 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
 
   def init(ctx, params, key):
     del params, key
+    if _memory_rows(ctx, batch_size_mem) > mem_size:
+      # Replay waits for batch_size_mem stored samples: it would never start.
+      raise ValueError(
+          f"er_ace batch_size_mem=0 replays a training batch of "
+          f"{ctx.batch_size} memory samples, more than mem_size={mem_size} "
+          f"holds, so it would never replay; expected mem_size >= "
+          f"{ctx.batch_size} or batch_size_mem <= {mem_size}.")
     return ErAceState(
         buffers.for_context(ctx, mem_size, policy="class_balanced"),
         jnp.zeros((), bool))
