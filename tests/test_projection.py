@@ -172,6 +172,35 @@ def test_gem_projection_matches_scipy_primal():
                   * np.linalg.norm(gi))
 
 
+def test_gem_projection_solves_rows_of_very_different_norms():
+  # A tolerance shared by all rows scaled with the largest memory gradient
+  # left the small one's violated constraint unprojected.
+  G = np.array([[1000.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  g = np.array([0.01, -0.5, 0.5])
+  out = np.asarray(gem_projection(jnp.asarray(g, jnp.float32),
+                                  jnp.asarray(G, jnp.float32), 0.0), np.float64)
+  # By hand: only row 1 binds; v1 = 0.5 / (1 + 1e-3), x = g + v1 G1.
+  np.testing.assert_allclose(out, [0.01, -0.5 + 0.5 / 1.001, 0.5], rtol=1e-5,
+                             atol=1e-7)
+  rng = np.random.default_rng(3)
+  for _ in range(20):
+    t, dim = rng.integers(2, 9), 50
+    base = rng.normal(size=dim)
+    G = (0.9 * base + 0.1 * rng.normal(size=(t, dim))) * np.exp(
+        rng.uniform(np.log(0.01), np.log(100), size=(t, 1)))
+    g = -base * rng.uniform(0.1, 10) + rng.normal(size=dim)
+    P = G @ G.T + 1e-3 * np.eye(t)
+    L = np.linalg.cholesky(P)
+    v = scipy.optimize.lsq_linear(L.T, -np.linalg.solve(L, G @ g),
+                                  bounds=(0, np.inf), method="bvls",
+                                  tol=1e-12).x
+    out = np.asarray(gem_projection(jnp.asarray(g, jnp.float32),
+                                    jnp.asarray(G, jnp.float32), 0.0),
+                     np.float64)
+    np.testing.assert_allclose(out, G.T @ v + g, rtol=1e-3,
+                               atol=1e-3 * np.linalg.norm(g))
+
+
 def test_gem_projection_ignores_inactive_rows_and_satisfied_constraints():
   project = jax.jit(gem_projection)
   g = jnp.array([1.0, -1.0, 0.5])

@@ -118,7 +118,9 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
   NNLS, written on ``P`` directly): it adds one variable at a time to the free
   set and solves the equality-constrained problem on it, so it reaches the
   exact solution (up to float32 rounding) in finitely many steps; the loops
-  are bounded by ``3n`` outer and ``n`` inner iterations.
+  are bounded by ``3n`` outer and ``n`` inner iterations. It works on the
+  problem scaled to a unit diagonal, with a tolerance per row, so that rows
+  of very different norms (GEM's memory gradients) are all solved exactly.
 
   Args:
     P: ``[n, n]`` symmetric positive definite matrix.
@@ -135,9 +137,13 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
     [1.0, 0.0]
   """
   n = q.shape[0]
-  # With w = v − lower ≥ 0: min ½ wᵀPw − rᵀw, r = −(q + P lower).
+  # v = d ⊙ u with d = diag(P)^-½: the same problem in u has a unit diagonal,
+  # so one row's scale cannot hide another's violated constraint.
+  d = jax.lax.rsqrt(jnp.diagonal(P))
+  P = P * d[:, None] * d[None, :]
+  q, lower = q * d, lower / d
+  # With w = u − lower ≥ 0: min ½ wᵀPw − rᵀw, r = −(q + P lower).
   r = -(q + _dot(P, lower))
-  tol = 1e-6 * (jnp.max(jnp.abs(r)) + jnp.max(jnp.abs(P)))
   eye = jnp.eye(n, dtype=P.dtype)
 
   def solve_free(free):
@@ -161,6 +167,8 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
 
   def improvable(carry):
     w, free, it = carry
+    # Each row's rounding error is relative to the terms of its residual.
+    tol = 1e-6 * (jnp.abs(r) + _dot(jnp.abs(P), jnp.abs(w)))
     return jnp.any(~free & (r - _dot(P, w) > tol)) & (it < 3 * n)
 
   def add_variable(carry):
@@ -173,7 +181,7 @@ def solve_box_qp(P: jax.Array, q: jax.Array, lower: jax.Array) -> jax.Array:
 
   w, _, _ = jax.lax.while_loop(
       improvable, add_variable, (jnp.zeros_like(q), jnp.zeros(n, bool), 0))
-  return lower + w
+  return d * (lower + w)
 
 
 def gem_projection(g: jax.Array, G: jax.Array,
