@@ -178,6 +178,13 @@ def test_class_accuracy_and_mean_class_accuracy():
   tracked = np.array([[True, True, False, False], [False, False, False, False]])
   np.testing.assert_allclose(ev.mean_class_accuracy(correct, count, tracked),
                              [0.25, np.nan])
+  # Avalanche passes class ids; read as a mask, id 0 would drop class 0.
+  with pytest.raises(ValueError, match=r"tracked must be a bool mask .* got "
+                     r"dtype int64.*np.isin\(np.arange\(4\), ids\)"):
+    ev.mean_class_accuracy(correct, count, np.array([0, 1, 2, 3]))
+  with pytest.raises(ValueError, match=r"classes has shape \(3,\); expected "
+                     r"one broadcastable to \(2, 4\)"):
+    ev.amca(correct[None], count[None], np.ones(3, bool))
 
 
 def _avalanche_amca(phases, classes=None):

@@ -323,6 +323,9 @@ def test_validates_and_registers():
     generative_replay(reconstruction="bc")
   with pytest.raises(ValueError, match="only with replay_size=0"):
     generative_replay(replay_size=8, increasing_replay_size=True)
+  with pytest.raises(TypeError, match="increasing_replay_size must be a bool, "
+                     "got 'false'"):
+    generative_replay(increasing_replay_size="false")
   with pytest.raises(ValueError, match="generator_lr must be in"):
     generative_replay(generator_lr=0.0)
   strategy = from_spec("generative_replay", latent_dim=4, reconstruction="bce")

@@ -53,6 +53,22 @@ def class_accuracy(correct: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, correct / count, np.nan)
 
 
+def _class_mask(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+  """``value`` as a bool mask broadcast to ``shape``, or a named error."""
+  mask = np.asarray(value)
+  if mask.dtype != bool:
+    raise ValueError(
+        f"{name} must be a bool mask over [n_tasks, n_classes] (or "
+        f"[n_classes]), got dtype {mask.dtype}: {value!r}. For class ids "
+        f"(Avalanche's list) pass np.isin(np.arange({shape[-1]}), ids).")
+  try:
+    return np.broadcast_to(mask, shape)
+  except ValueError:
+    raise ValueError(f"{name} has shape {mask.shape}; expected one "
+                     f"broadcastable to {shape[-2:]} ([n_tasks, n_classes]"
+                     ").") from None
+
+
 def mean_class_accuracy(correct: np.ndarray, count: np.ndarray,
                         tracked: np.ndarray | None = None) -> np.ndarray:
   """Mean accuracy over the tracked classes of each task label.
@@ -73,8 +89,8 @@ def mean_class_accuracy(correct: np.ndarray, count: np.ndarray,
     [0.75]
   """
   count = np.asarray(count)
-  tracked = count > 0 if tracked is None else np.broadcast_to(
-      np.asarray(tracked, bool), count.shape)
+  tracked = count > 0 if tracked is None else _class_mask(
+      "tracked", tracked, count.shape)
   accuracy = np.nan_to_num(class_accuracy(correct, count))
   n = tracked.sum(-1)
   with np.errstate(invalid="ignore", divide="ignore"):
@@ -117,7 +133,7 @@ def amca(correct: np.ndarray, count: np.ndarray,
   if classes is None:
     tracked = np.logical_or.accumulate(count > 0, axis=0)
   else:
-    tracked = np.broadcast_to(np.asarray(classes, bool), count.shape)
+    tracked = _class_mask("classes", classes, count.shape)
   mca = mean_class_accuracy(correct, count, tracked)
   present = ~np.isnan(mca)
   total = np.cumsum(np.where(present, mca, 0.0), axis=0)

@@ -331,6 +331,9 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
   if replay_size != 0:
     replay_size = _validation.check_positive_int(
         "replay_size (0: the training batch size)", replay_size)
+  if not isinstance(increasing_replay_size, bool):
+    raise TypeError(f"increasing_replay_size must be a bool, got "
+                    f"{increasing_replay_size!r}.")
   if increasing_replay_size and replay_size:
     raise ValueError(f"increasing_replay_size applies only with replay_size=0 "
                      f"(replay as many samples as the batch), got "
