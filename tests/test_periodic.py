@@ -1,6 +1,9 @@
 """Periodic evaluation, early stopping and optimizer resets inside the compiled loop."""
 
+import collections
+
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,12 +303,56 @@ def test_step_schedule_keeps_both_drops_when_they_share_a_step():
   np.testing.assert_allclose([lr(0), lr(1)], [1.0, 0.01], rtol=1e-6)
 
 
+@flax.struct.dataclass
+class _Monitored:
+  """What the watcher reads of a TrainState: ``params`` is the number of
+  correct monitored samples."""
+  params: jax.Array
+  model_state: dict
+  step: jax.Array
+
+
+def test_a_gain_of_exactly_the_margin_improves():
+  # 50 monitored samples, margin 1/50: one more correct sample is a gain of
+  # exactly the margin, whatever float32 makes of k/50 − (k−1)/50.
+  counts = collections.namedtuple("Counts", "correct count loss_sum")
+  watcher = jaxcl.training.periodic.make_watcher(
+      PeriodicEval(), EarlyStopping(patience=1, margin=0.02),
+      lambda state, data: counts(state.params.astype(jnp.int32)[None],
+                                 jnp.array([50]), jnp.zeros(1)))
+  monitored = lambda k: _Monitored(jnp.float32(k), {}, jnp.int32(0))
+  for k in range(1, 51):
+    watch, _ = watcher.start(monitored(k - 1), None)
+    watch, _ = watcher.check(monitored(k), watch, 1, None, True)
+    assert int(watch.best_at) == 1 and not bool(watch.stopped), k
+  # Less than the margin is no improvement: the next tick stops.
+  watcher = jaxcl.training.periodic.make_watcher(
+      PeriodicEval(), EarlyStopping(patience=1, margin=0.03),
+      lambda state, data: counts(state.params.astype(jnp.int32)[None],
+                                 jnp.array([50]), jnp.zeros(1)))
+  watch, _ = watcher.start(monitored(5), None)
+  watch, _ = watcher.check(monitored(6), watch, 1, None, True)
+  assert int(watch.best_at) == 0 and bool(watch.stopped)
+
+
+def test_validated_settings_hold_python_numbers():
+  # A checkpoint's fingerprint records them: np.int64(2) and 2 must be the
+  # same run (they were refused as different on resume).
+  stopping = EarlyStopping(np.int64(2), margin=np.float32(0.5)).validate()
+  periodic = PeriodicEval(every=np.int32(3), stream="test").validate(False)
+  assert type(stopping.patience) is int and type(stopping.margin) is float
+  assert type(periodic.every) is int
+  assert (stopping.patience, stopping.margin, periodic.every) == (2, 0.5, 3)
+
+
 def test_bad_periodic_settings_are_refused_before_compiling():
   bench = make_benchmark()
   fit = lambda **kw: jaxcl.fit(_model(), naive(), optax.sgd(0.1), bench, **kw)
   with pytest.raises(ValueError, match="valid_stream"):
     fit(periodic_eval=PeriodicEval())
-  with pytest.raises(ValueError, match="valid_stream"):
+  with pytest.raises(ValueError, match=r"early_stopping monitors the valid "
+                     r"stream by default \(periodic_eval=None\), but the "
+                     r"benchmark has no valid_stream"):
     fit(early_stopping=EarlyStopping(patience=2))
   with pytest.raises(ValueError, match="periodic_eval.unit 'epochs'.*epoch"):
     fit(periodic_eval=PeriodicEval(unit="epochs", stream="test"))

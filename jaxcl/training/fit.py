@@ -613,7 +613,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
                                mask_classes=mask_unseen_classes,
                                top_k=chosen.top_k)
-  periodic_eval, periodic_stream = _periodic_setup(
+  periodic_eval, early_stopping, periodic_stream = _periodic_setup(
       periodic_eval, early_stopping, benchmark)
   watcher = None if periodic_eval is None else periodic.make_watcher(
       periodic_eval, early_stopping, eval_fn)
@@ -1093,23 +1093,28 @@ def _streaming_trainer(budget: int, train_stream: Stream,
 def _periodic_setup(periodic_eval: periodic.PeriodicEval | None,
                     early_stopping: periodic.EarlyStopping | None,
                     benchmark: Benchmark
-                    ) -> tuple[periodic.PeriodicEval | None, Stream | None]:
-  """Checks the periodic evaluation settings; returns them and their stream."""
+                    ) -> tuple[periodic.PeriodicEval | None,
+                               periodic.EarlyStopping | None, Stream | None]:
+  """Checks the periodic evaluation settings; returns them (validated) and
+  their stream."""
+  implied = False
   if early_stopping is not None:
     if not isinstance(early_stopping, periodic.EarlyStopping):
       raise TypeError(f"early_stopping must be a jaxcl.EarlyStopping, got "
                       f"{type(early_stopping).__name__}.")
-    early_stopping.validate()
+    early_stopping = early_stopping.validate()
+    implied = periodic_eval is None
     periodic_eval = periodic_eval or periodic.PeriodicEval()
   if periodic_eval is None:
-    return None, None
+    return None, None, None
   if not isinstance(periodic_eval, periodic.PeriodicEval):
     raise TypeError(f"periodic_eval must be a jaxcl.PeriodicEval, got "
                     f"{type(periodic_eval).__name__}.")
-  periodic_eval.validate(benchmark.valid_stream is not None)
+  periodic_eval = periodic_eval.validate(benchmark.valid_stream is not None,
+                                         implied_by_early_stopping=implied)
   stream = (benchmark.valid_stream if periodic_eval.stream == "valid"
             else benchmark.test_stream)
-  return periodic_eval, stream
+  return periodic_eval, early_stopping, stream
 
 
 def _periodic_rows(i: int, records: Mapping[str, np.ndarray]

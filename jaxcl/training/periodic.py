@@ -62,17 +62,26 @@ class PeriodicEval(NamedTuple):
   unit: str = "epoch"
   stream: str = "valid"
 
-  def validate(self, has_valid_stream: bool) -> PeriodicEval:
-    """Checks the fields; raises ``ValueError`` naming the bad one."""
-    _validation.check_positive_int("periodic_eval.every", self.every)
+  def validate(self, has_valid_stream: bool,
+               implied_by_early_stopping: bool = False) -> PeriodicEval:
+    """Checks the fields; raises ``ValueError`` naming the bad one.
+
+    Returns:
+      The settings with Python numbers (a checkpoint's fingerprint compares
+      them; ``np.int64(2)`` and ``2`` are the same run).
+    """
+    every = _validation.check_positive_int("periodic_eval.every", self.every)
     _validation.check_choice("periodic_eval.unit", self.unit, _UNITS)
     _validation.check_choice("periodic_eval.stream", self.stream, _STREAMS)
     if self.stream == "valid" and not has_valid_stream:
+      given = ("early_stopping monitors the valid stream by default "
+               "(periodic_eval=None)" if implied_by_early_stopping
+               else "periodic_eval.stream='valid'")
       raise ValueError(
-          "periodic_eval.stream='valid' but the benchmark has no valid_stream; "
-          "build one with jaxcl.benchmarks.with_validation(benchmark, ...) or "
-          "pass PeriodicEval(stream='test').")
-    return self
+          f"{given}, but the benchmark has no valid_stream; build one with "
+          "jaxcl.benchmarks.with_validation(benchmark, ...) or pass "
+          "periodic_eval=PeriodicEval(stream='test').")
+    return self._replace(every=int(every))
 
 
 class EarlyStopping(NamedTuple):
@@ -101,12 +110,17 @@ class EarlyStopping(NamedTuple):
   margin: float = 0.0
 
   def validate(self) -> EarlyStopping:
-    """Checks the fields; raises ``ValueError`` naming the bad one."""
-    _validation.check_positive_int("early_stopping.patience", self.patience)
+    """Checks the fields; raises ``ValueError`` naming the bad one.
+
+    Returns:
+      The settings with Python numbers, as :meth:`PeriodicEval.validate`.
+    """
+    patience = _validation.check_positive_int("early_stopping.patience",
+                                              self.patience)
     _validation.check_choice("early_stopping.metric", self.metric, _METRICS)
     _validation.check_choice("early_stopping.mode", self.mode, _MODES)
     _validation.check_non_negative("early_stopping.margin", self.margin)
-    return self
+    return self._replace(patience=int(patience), margin=float(self.margin))
 
 
 @flax.struct.dataclass
@@ -196,7 +210,10 @@ def make_watcher(periodic: PeriodicEval,
 
   def update(state, watch, tick, value):
     delta = value - watch.best
-    improved = (delta > 0) & (delta >= early_stopping.margin)
+    # A gain of exactly `margin` counts; the float32 values' rounding (6/50 −
+    # 5/50 = 0.019999996) must not turn it away.
+    rounding = 1e-6 * jnp.maximum(jnp.abs(value), jnp.abs(watch.best))
+    improved = (delta > 0) & (delta >= early_stopping.margin - rounding)
     pick = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(improved, a, b), new, old)
     return watch.replace(
