@@ -128,6 +128,13 @@ def _checksum(tree: PyTree) -> str:
   return digest.hexdigest()
 
 
+def _layout(tree: PyTree) -> list[str]:
+  """Every leaf's path, dtype and shape, e.g. ``"['w']: float32 (3, 2)"``."""
+  return [f"{jax.tree_util.keystr(path)}: {np.dtype(leaf.dtype).name} "
+          f"{tuple(leaf.shape)}"
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def _json_sha256(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
@@ -285,7 +292,7 @@ class Checkpointer:
     ocp = _orbax()
     host = _hosts.host_copy(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
-            "meta": _encode(meta)}
+            "layout": _layout(host), "meta": _encode(meta)}
     payload = {"format": FORMAT, "sha256": _json_sha256(body), "body": body}
     if not self._open().save(step, args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(payload))):
@@ -355,6 +362,7 @@ class Checkpointer:
         problems.append((step, _reason(e)))
         continue
       self._check_config(step, body["config"])
+      self._check_layout(step, body.get("layout"), target)
       try:
         arrays = self._read_arrays(step, target, body["arrays_sha256"])
       except Exception as e:  # As above.
@@ -401,6 +409,27 @@ class Checkpointer:
           "written by a different configuration, so resuming would not "
           "reproduce the run: " + "; ".join(differences) + ". Pass another "
           "checkpoint_dir, or delete this one to start over.")
+
+  def _check_layout(self, step: int, saved: list[str] | None,
+                    target: PyTree) -> None:
+    """Refuses a ``like`` whose leaves differ in dtype or shape from the
+    saved ones (orbax would return the saved shapes, or cast the dtypes and
+    fail the checksum as if the files were damaged). Checkpoints written
+    before session 13 record no layout."""
+    if saved is None:
+      return
+    expected = _layout(target)
+    differences = [f"{s} saved, {e} expected" for s, e in zip(saved, expected)
+                   if s != e]
+    if len(saved) != len(expected):
+      differences.insert(0, f"{len(saved)} arrays saved, {len(expected)} "
+                         "expected")
+    if differences:
+      raise CheckpointError(
+          f"checkpoint {step} in checkpoint_dir {str(self.directory)!r} holds "
+          "arrays of other dtypes or shapes than `like`: "
+          + "; ".join(differences[:5]) + ". Pass a `like` of the saved run's "
+          "state, or another checkpoint_dir.")
 
   def _set_aside(self, problems: Sequence[tuple[int, str]],
                  fallback: int) -> None:

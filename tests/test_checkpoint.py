@@ -456,6 +456,17 @@ def test_checkpointer_round_trips_keys_and_metadata_types(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match=r"a: checkpoint has 1, "
                      "this run has 2"):
     checkpoint.Checkpointer(folder, config={"a": 2}).restore(like)
+  # A `like` of other shapes or dtypes is refused as such: orbax returned
+  # the saved shapes silently, and a cast dtype failed the checksum as if
+  # the files were damaged.
+  for other, message in (
+      ({"w": jnp.zeros(4), "key": like["key"]},
+       r"\['w'\]: float32 \(3,\) saved, \['w'\]: float32 \(4,\) expected"),
+      ({"w": jnp.zeros(3, jnp.float16), "key": like["key"]},
+       r"\['w'\]: float32 \(3,\) saved, \['w'\]: float16 \(3,\) expected")):
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+      checkpoint.Checkpointer(folder, config={"a": 1}).restore(other)
+  assert checkpoint.Checkpointer(folder, config={"a": 1}).steps() == [5]
 
 
 def test_cli_resumes_from_checkpoint_dir(tmp_path):
