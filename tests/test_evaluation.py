@@ -362,6 +362,15 @@ def test_metric_selection_validates_names():
     ev.metrics("amca")
   with pytest.raises(ValueError, match="top_k must be a positive integer"):
     ev.metrics(top_k=0)
+  # A selection built directly is checked the same (it reached fit as is).
+  with pytest.raises(ValueError, match="'acuracy'.*accuracy"):
+    ev.MetricSelection(frozenset({"acuracy"}))
+  with pytest.raises(ValueError, match="top_k must be a positive integer"):
+    ev.MetricSelection(frozenset({"topk_accuracy"}), top_k=0)
+  with pytest.raises(TypeError, match="top_k must be a positive integer"):
+    ev.MetricSelection(frozenset({"topk_accuracy"}), top_k=2.5)
+  with pytest.raises(ValueError, match="top_k must be a positive integer"):
+    ev.metrics(chosen, top_k=-1)
 
 
 def _traced_once_strategy():

@@ -61,6 +61,17 @@ class MetricSelection:
   names: frozenset[str]
   top_k: int = 5
 
+  def __post_init__(self):
+    # Built directly too (it is public): a misspelt group would be ignored.
+    if isinstance(self.names, str):
+      raise TypeError(f"metrics names must be a list of names, got the "
+                      f"string {self.names!r}; write [{self.names!r}].")
+    for name in self.names:
+      _validation.check_choice("metric", name, METRICS)
+    object.__setattr__(self, "top_k",
+                       _validation.check_positive_int("top_k", self.top_k))
+    object.__setattr__(self, "names", frozenset(self.names))
+
   def __contains__(self, name: str) -> bool:
     return name in self.names
 
@@ -86,14 +97,9 @@ def metrics(names: Iterable[str] | MetricSelection | None = None, *,
     ...     {"accuracy", "confusion_matrix"})
     True
   """
-  if top_k is not None:
-    _validation.check_positive_int("top_k", top_k)
   if isinstance(names, MetricSelection):
     return names if top_k is None else dataclasses.replace(names, top_k=top_k)
-  if isinstance(names, str):
-    raise TypeError(f"metrics names must be a list of names, got the string "
-                    f"{names!r}; write [{names!r}].")
-  names = METRICS if names is None else list(names)
-  for name in names:
-    _validation.check_choice("metric", name, METRICS)
-  return MetricSelection(frozenset(names), 5 if top_k is None else top_k)
+  if names is not None and not isinstance(names, str):
+    names = list(names)
+  return MetricSelection(METRICS if names is None else names,
+                         5 if top_k is None else top_k)
