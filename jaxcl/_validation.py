@@ -15,6 +15,7 @@ __all__ = [
     "check_choice",
     "check_finite",
     "check_in_range",
+    "check_labels",
     "check_non_negative",
     "check_positive_int",
     "check_seed",
@@ -84,3 +85,20 @@ def check_finite(name: str, x: np.ndarray) -> None:
     bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
     raise ValueError(f"{name} contains {bad} NaN or infinite values; expected "
                      "finite inputs.")
+
+
+def check_labels(name: str, values) -> np.ndarray:
+  """``values`` as int32 labels if they are 1-D non-negative integers that
+  fit int32; else raises (casting would truncate 0.9 to 0 or wrap 2**32+1
+  to 1 silently)."""
+  labels = np.asarray(values)
+  if labels.size == 0 and labels.ndim == 1:  # [] is float64 to NumPy.
+    return labels.astype(np.int32)
+  if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
+    raise TypeError(f"{name} must be integers, got dtype {labels.dtype}.")
+  if labels.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D array, got shape {labels.shape}.")
+  if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+    raise ValueError(f"{name} must be in [0, 2**31), got values from "
+                     f"{labels.min()} to {labels.max()}.")
+  return labels.astype(np.int32)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxcl
-from jaxcl.benchmarks import class_incremental
+from jaxcl.benchmarks import Experience, class_incremental
 
 
 def _data(n_classes=6, per_class=5, dim=3):
@@ -66,12 +66,30 @@ def test_bad_data():
     class_incremental((x, y), (x[:2], np.array([0, 9])), 3)
   with pytest.raises(TypeError, match="labels must be integers"):
     class_incremental((x, y.astype(np.float32)), (x, y), 3)
+  with pytest.raises(ValueError, match=r"must be in \[0, 2\*\*31\), got "
+                     r"values from 0 to 4294967297"):
+    class_incremental((x, np.where(y == 1, 2**32 + 1, y)), (x, y), 3)
   bad = x.copy()
   bad[0, 0] = np.nan
   with pytest.raises(ValueError, match="NaN or infinite"):
     class_incremental((bad, y), (x, y), 3)
   with pytest.raises(ValueError, match="train is empty"):
     class_incremental((x[:0], y[:0]), (x, y), 3)
+
+
+def test_experiences_refuse_labels_a_cast_would_change():
+  make = lambda y, task=None: Experience(
+      x=np.zeros((3, 1)), y=y, task=np.zeros(3, int) if task is None else task,
+      index=0, classes=(0,), origin="train")
+  with pytest.raises(TypeError, match=r"Experience 0 of stream 'train': y "
+                     r"must be integers, got dtype float64"):
+    make([0.5, 1.9, 2.99])
+  with pytest.raises(ValueError, match=r"y must be in \[0, 2\*\*31\)"):
+    make(np.array([2**32 + 1, 0, 0]))
+  with pytest.raises(ValueError, match=r"task must be a 1-D array, got shape "
+                     r"\(3, 1\)"):
+    make([0, 1, 0], np.zeros((3, 1), int))
+  assert make(np.array([0, 1, 0], np.uint8)).y.dtype == np.int32
 
 
 def test_split_mnist_bundled():

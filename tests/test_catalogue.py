@@ -111,6 +111,25 @@ def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():
     classic.split_mnist(5, split_over_hosts=True)
 
 
+def test_entries_read_mocked_data_without_a_data_dir(mock_tfds):
+  # An on-disk check of tfds's default data_dir refused what mock_data
+  # serves; the read itself decides now (with data_dir it already worked).
+  del mock_tfds
+  assert len(classic.split_fmnist(n_experiences=2).train_stream) == 2
+  assert len(classic.split_cub200(image_size=8).train_stream) == 11
+
+
+def test_a_missing_dataset_names_the_benchmark_and_data_dir(tmp_path,
+                                                             monkeypatch):
+  monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))
+  with pytest.raises(ValueError, match=r"split_fmnist reads the tfds dataset "
+                     r"'fashion_mnist', which is not bundled with jaxcl, and "
+                     r"no data_dir was given: .*it is not prepared there, or "
+                     r"tfds has no dataset of that name\. To prepare it.*pass "
+                     r"data_dir=DIR \(CLI: --data-dir DIR\)"):
+    classic.split_fmnist()
+
+
 def test_first_experience_with_half_classes_and_cub_default(mock_tfds):
   bench = classic.split_cifar100(6, first_exp_with_half_classes=True, seed=3,
                                  data_dir=mock_tfds)

@@ -422,6 +422,14 @@ def test_arrays_from_data_source_reads_plain_sequences():
         sources.arrays_from_data_source([])
     with pytest.raises(ValueError, match="'image' and 'label'"):
         sources.arrays_from_data_source([{"x": 1}])
+    # Float labels were written into int32 (0.9 -> 0) without an error.
+    floats = [{"image": np.zeros((2, 3, 1), np.uint8), "label": 0.9}] * 2
+    with pytest.raises(TypeError, match="'label' entries must be integers"):
+        sources.arrays_from_data_source(floats)
+    # tfds.data_source(name) without split= gives a mapping of splits.
+    with pytest.raises(ValueError, match=r"mapping of splits \(\['test', "
+                       r"'train'\]\); expected one split's records"):
+        sources.arrays_from_data_source({"train": records, "test": records})
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Sequence
@@ -89,18 +90,22 @@ _CORE50_TRAIN = (1, 2, 4, 5, 6, 8, 9, 11)
 _CORE50_TEST = (3, 7, 10)
 
 
-def _check_available(benchmark: str, tfds_name: str,
-                     data_dir: PathLike | None) -> None:
-  """Without ``data_dir``, a dataset must be prepared in tfds's default one."""
-  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
-  if data_dir is None and not sources.has_tfds_dataset(tfds_name, None):
+@contextlib.contextmanager
+def _reading(benchmark: str, tfds_name: str, data_dir: PathLike | None):
+  """Names the benchmark and the ``data_dir`` flag in a failed read.
+
+  The read itself decides whether the data is there (an on-disk check
+  beforehand refused what ``tfds.testing.mock_data`` serves).
+  """
+  try:
+    yield
+  except ValueError as error:
+    if data_dir is not None:
+      raise
     raise ValueError(
         f"{benchmark} reads the tfds dataset {tfds_name!r}, which is not "
-        "bundled with jaxcl; no data_dir was given and it is not prepared in "
-        "tfds's default data_dir ($TFDS_DATA_DIR or ~/tensorflow_datasets). "
-        "Prepare it on a machine with internet access with `tfds build "
-        f"{tfds_name} --data_dir DIR --file_format array_record`, copy DIR "
-        "here and pass data_dir=DIR (CLI: --data-dir DIR).")
+        f"bundled with jaxcl, and no data_dir was given: {error} Then pass "
+        "data_dir=DIR (CLI: --data-dir DIR).") from error
 
 
 def _load(benchmark: str, tfds_name: str, data_dir: PathLike | None,
@@ -112,10 +117,11 @@ def _load(benchmark: str, tfds_name: str, data_dir: PathLike | None,
   :func:`jaxcl.benchmarks.sources.load_tfds_split`.
   """
   from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
-  _check_available(benchmark, tfds_name, data_dir)
-  return [sources.load_tfds_split(tfds_name, s, data_dir=data_dir, lazy=lazy,
-                                  split_over_hosts=split_over_hosts)
-          for s in splits]
+  with _reading(benchmark, tfds_name, data_dir):
+    return [sources.load_tfds_split(tfds_name, s, data_dir=data_dir,
+                                    lazy=lazy,
+                                    split_over_hosts=split_over_hosts)
+            for s in splits]
 
 
 def _mnist(benchmark: str, data_dir: PathLike | None, *, lazy: bool = False,
@@ -527,19 +533,19 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
   import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
 
   from jaxcl.benchmarks import sources
-  _check_available(benchmark, tfds_name, data_dir)
   if data_dir is not None:
     data_dir = Path(data_dir).expanduser()
   out = []
   for split in ("train", "test"):
-    try:
-      source = tfds.builder(tfds_name, data_dir=data_dir).as_data_source(
-          split=split)
-    except Exception as error:  # Re-raised with the preparation advice.
-      raise ValueError(sources._tfds_load_error(  # pylint: disable=protected-access
-          tfds_name, split, data_dir, error,
-          needs_random_access=f"{benchmark}, which resizes its images one"
-          " by one,")) from error
+    with _reading(benchmark, tfds_name, data_dir):
+      try:
+        source = tfds.builder(tfds_name, data_dir=data_dir).as_data_source(
+            split=split)
+      except Exception as error:  # Re-raised with the preparation advice.
+        raise ValueError(sources._tfds_load_error(  # pylint: disable=protected-access
+            tfds_name, split, data_dir, error,
+            needs_random_access=f"{benchmark}, which resizes its images one"
+            " by one,")) from error
     out.append(sources.arrays_from_data_source(_Resized(source, size)))
   return out
 

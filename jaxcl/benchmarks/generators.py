@@ -92,15 +92,10 @@ def as_arrays(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
   if len(x) != len(y):
     raise ValueError(f"{name}: x has {len(x)} samples but y has {len(y)}; "
                      "expected the same number.")
-  if not np.issubdtype(y.dtype, np.integer):
-    raise TypeError(f"{name}: labels must be integers, got dtype {y.dtype}.")
-  if y.ndim != 1:
-    raise ValueError(f"{name}: labels must be a 1-D array, got shape {y.shape}.")
-  if y.min() < 0:
-    raise ValueError(f"{name}: labels must be >= 0, got {int(y.min())}.")
+  y = _validation.check_labels(f"{name}: labels", y)
   if not lazy:  # Lazy inputs are checked when read (they are images).
     _validation.check_finite(f"{name} inputs", x)
-  return x, y.astype(np.int32)
+  return x, y
 
 
 def _train_test(train: Any, test: Any, prefix: str = ""):

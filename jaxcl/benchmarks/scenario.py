@@ -24,6 +24,8 @@ from typing import overload
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcl import _validation
+
 __all__ = [
     "Augment",
     "Benchmark",
@@ -73,8 +75,11 @@ class Experience:
   is_last_subexp: bool | None = None
 
   def __post_init__(self):
-    object.__setattr__(self, "y", np.asarray(self.y, np.int32))
-    object.__setattr__(self, "task", np.asarray(self.task, np.int32))
+    where = f"Experience {self.index} of stream {self.origin!r}:"
+    object.__setattr__(self, "y", _validation.check_labels(f"{where} y",
+                                                           self.y))
+    object.__setattr__(self, "task", _validation.check_labels(
+        f"{where} task", self.task))
     if not (len(self.x) == len(self.y) == len(self.task)):
       raise ValueError(
           f"Experience {self.index} of stream {self.origin!r}: x, y and task "

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from jaxcl import _hosts
+from jaxcl import _hosts, _validation
 from jaxcl.benchmarks.builders import BUNDLED_BUILDERS
 
 __all__ = [
@@ -236,11 +236,23 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
         stop = min(start + _BATCH, num)
         records = get_batch(list(range(start, stop)))
         x[start:stop] = np.stack([r["image"] for r in records])
-        y[start:stop] = [r["label"] for r in records]
+        y[start:stop] = _record_labels(records)
     return ArraySplit(x, y)
 
 
+def _record_labels(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The records' labels, checked: an int32 array would silently
+    truncate float labels."""
+    return _validation.check_labels("the records' 'label' entries",
+                                    [r["label"] for r in records])
+
+
 def _first_record(source: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        raise ValueError(
+            f"The data source is a mapping of splits ({sorted(source)}); "
+            "expected one split's records, e.g. tfds.data_source(name, "
+            "split='train').")
     if len(source) == 0:
         raise ValueError("The data source has no records.")
     first = source[0]
@@ -296,8 +308,8 @@ def _read_labels(source: Sequence[Mapping[str, Any]], begin: int,
     get_batch = _batch_reader(source)
     for start in range(begin, stop, _BATCH):
         keys = list(range(start, min(start + _BATCH, stop)))
-        labels[start - begin:start - begin + len(keys)] = [
-            r["label"] for r in get_batch(keys)]
+        labels[start - begin:start - begin + len(keys)] = _record_labels(
+            get_batch(keys))
     return labels
 
 
@@ -528,6 +540,12 @@ def _tfds_load_error(
         advice = "If its files are damaged, prepare it again"
     else:
         reason = "it is not prepared there, or tfds has no dataset of that name"
+        # tfds says "not found", or that TFRecord (its default for the
+        # missing folder) has no random access; anything else (a mocked or
+        # broken source) is worth showing.
+        if not isinstance(error, (NotImplementedError,
+                                  tfds.core.registered.DatasetNotFoundError)):
+            reason += f" (tfds: {type(error).__name__}: {_first_line(error)})"
         advice = "To prepare it"
     return (
         f"Cannot load split {split!r} of tfds dataset {name!r} from {where}:"
