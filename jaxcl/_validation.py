@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_finite",
     "check_in_range",
@@ -20,6 +21,15 @@ __all__ = [
     "check_positive_int",
     "check_seed",
 ]
+
+
+def check_bool(name: str, value) -> bool:
+  """Returns ``value`` if it is a bool (NumPy's included), else raises: a
+  truthy string such as ``"no"`` would switch the option on."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be True or False, got {value!r} of type "
+                    f"{type(value).__name__}.")
+  return bool(value)
 
 
 def check_positive_int(name: str, value) -> int:
@@ -87,15 +97,22 @@ def check_finite(name: str, x: np.ndarray) -> None:
                      "finite inputs.")
 
 
-def check_labels(name: str, values) -> np.ndarray:
+def check_labels(name: str, values, *, integer_dtype: bool = True
+                 ) -> np.ndarray:
   """``values`` as int32 labels if they are 1-D non-negative integers that
   fit int32; else raises (casting would truncate 0.9 to 0 or wrap 2**32+1
-  to 1 silently)."""
+  to 1 silently). With ``integer_dtype=False``, floats holding whole
+  numbers (``np.zeros(n)``) pass too."""
   labels = np.asarray(values)
   if labels.size == 0 and labels.ndim == 1:  # [] is float64 to NumPy.
     return labels.astype(np.int32)
-  if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
-    raise TypeError(f"{name} must be integers, got dtype {labels.dtype}.")
+  whole_floats = (not integer_dtype and np.issubdtype(labels.dtype, np.floating)
+                  and np.all(np.isfinite(labels))
+                  and np.array_equal(labels, np.round(labels)))
+  if labels.dtype == bool or not (np.issubdtype(labels.dtype, np.integer)
+                                  or whole_floats):
+    kind = "dtype" if integer_dtype else "values of dtype"
+    raise TypeError(f"{name} must be integers, got {kind} {labels.dtype}.")
   if labels.ndim != 1:
     raise ValueError(f"{name} must be a 1-D array, got shape {labels.shape}.")
   if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):

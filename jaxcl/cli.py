@@ -39,16 +39,19 @@ def _in_flag_terms(error: Exception, given: dict[str, Any],
 
   The factories name their parameters (``n_experiences=7``); the CLI user
   typed ``--n-experiences 7``. Multi-word names are replaced wherever they
-  appear (they cannot be prose); a message that still names no flag gets
-  ``context`` and the flags given as a prefix.
+  appear (they cannot be prose); a message that names a one-word parameter
+  (``Unknown ewc mode 'foo'``) gets ``context`` and the flags given as a
+  prefix. Other messages (a host that failed to read) stay as they are.
   """
   message = str(error)
   for name in given:
     if "_" in name:
       message = re.sub(rf"(?<![\w-]){name}\b", _flag(name), message)
-  if "--" not in message:
+  named = [name for name in given if "_" not in name
+           and re.search(rf"(?<![\w-]){name}\b", message)]
+  if named and "--" not in message:
     flags = " ".join(f"{_flag(name)} {value}" for name, value in given.items())
-    message = f"{context} {flags}: {message}".replace("  ", " ")
+    message = f"{context} {flags}: {message}"
   return type(error)(message)
 
 
@@ -282,7 +285,6 @@ def _check_args(args: argparse.Namespace) -> None:
     raise ValueError(f"--strategy {args.strategy!r} names {', '.join(twice)} "
                      "more than once; expected each strategy once (the "
                      "hyperparameter flags apply to every copy alike).")
-  _check_flags_take_effect(args)
   if args.early_stopping_mode is None:  # Recorded resolved in results.json.
     args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
                                 else "max")
@@ -347,6 +349,7 @@ def _check_args(args: argparse.Namespace) -> None:
                                args.device_memory_budget_mb, low=0.0,
                                low_inclusive=False)
   _check_host_args(args)
+  _check_flags_take_effect(args)
   from jaxcl.loggers.event_file import is_remote_path
   if args.logdir and is_remote_path(args.logdir):
     raise ValueError(
@@ -371,6 +374,10 @@ def _check_flags_take_effect(args: argparse.Namespace) -> None:
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
   defaults = vars(build_parser().parse_args(["run"]))
+  # The mode as _check_args resolves it from the metric: a Namespace
+  # checked before (cli.run in a loop, a results.json config) holds it.
+  defaults["early_stopping_mode"] = ("min" if args.early_stopping_metric
+                                     == "loss" else "max")
   changed = {name for name, value in vars(args).items()
              if name in defaults and value != defaults[name]}
 

@@ -82,8 +82,9 @@ def test_experiences_refuse_labels_a_cast_would_change():
       x=np.zeros((3, 1)), y=y, task=np.zeros(3, int) if task is None else task,
       index=0, classes=(0,), origin="train")
   with pytest.raises(TypeError, match=r"Experience 0 of stream 'train': y "
-                     r"must be integers, got dtype float64"):
+                     r"must be integers, got values of dtype float64"):
     make([0.5, 1.9, 2.99])
+  assert make(np.array([0.0, 1.0, 2.0])).y.tolist() == [0, 1, 2]
   with pytest.raises(ValueError, match=r"y must be in \[0, 2\*\*31\)"):
     make(np.array([2**32 + 1, 0, 0]))
   with pytest.raises(ValueError, match=r"task must be a 1-D array, got shape "

@@ -128,6 +128,10 @@ def test_a_missing_dataset_names_the_benchmark_and_data_dir(tmp_path,
                      r"tfds has no dataset of that name\. To prepare it.*pass "
                      r"data_dir=DIR \(CLI: --data-dir DIR\)"):
     classic.split_fmnist()
+  # Other errors are not taken for a missing dataset.
+  with pytest.raises(ValueError, match="needs lazy=True") as info:
+    classic.split_cifar10(split_over_hosts=True)
+  assert "no data_dir was given" not in str(info.value)
 
 
 def test_first_experience_with_half_classes_and_cub_default(mock_tfds):

@@ -232,6 +232,19 @@ def test_readme_test_command_is_what_ci_runs():
   assert ci in (root / "README.md").read_text()
 
 
+def test_arguments_checked_twice_stay_valid():
+  # _check_args records the resolved early-stopping mode in the Namespace
+  # (results.json's config keeps it): a second check (cli.run in a loop)
+  # must not take it for a flag the user changed.
+  for argv in (["run"], ["run", "--early-stopping", "2", "--validation-size",
+                         "0.1", "--early-stopping-metric", "loss"]):
+    args = cli.build_parser().parse_args(argv)
+    cli._check_args(args)
+    mode = args.early_stopping_mode
+    cli._check_args(args)
+    assert args.early_stopping_mode == mode
+
+
 def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
   logdir = tmp_path / "sweep"
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",

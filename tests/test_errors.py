@@ -102,6 +102,13 @@ CASES = [
          r"epochs must be a positive integer, got 0\."),
     Case("fit eval_batch_size=-4", lambda p: _fit(p, eval_batch_size=-4),
          ValueError, r"eval_batch_size must be a positive integer, got -4"),
+    Case("fit reset_optimizer='no'", lambda p: _fit(p, reset_optimizer="no"),
+         TypeError, r"reset_optimizer must be True or False, got 'no'"),
+    Case("fit writer='logs'", lambda p: _fit(p, writer="logs"), TypeError,
+         r"writer must be a clu MetricWriter .* got 'logs', which lacks "
+         r"write_scalars, flush"),
+    Case("fit seeds=5", lambda p: _fit(p, seeds=5), TypeError,
+         r"seeds must be a sequence of ints such as \[0, 1, 2\], got 5"),
     Case("fit seed='0'", lambda p: _fit(p, seed="0"), TypeError,
          r"seed must be an integer in \[0, 2\*\*32\), got '0'"),
     Case("fit seeds=[]", lambda p: _fit(p, seeds=[]), ValueError,

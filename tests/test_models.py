@@ -148,8 +148,8 @@ def test_batch_norm_statistics_leave_out_masked_rows(module):
   padding = 5 * jax.random.normal(jax.random.key(2), (3, 8, 8, 3)) + 2
   task = jnp.zeros(7, jnp.int32)
   params, state = jax.jit(model.init)(jax.random.key(0), real, task[:4])
-  train = jax.jit(lambda x, t, mask: model.apply(params, state, x, t, True,
-                                                 None, mask=mask))
+  train = jax.jit(lambda x, t, mask: model.apply(
+      params, state, x, t, True, None, batch_stats_mask=mask))
   mask = jnp.arange(7) < 4
   padded_logits, padded_state = train(jnp.concatenate([real, padding]), task,
                                       mask)
@@ -176,6 +176,33 @@ def test_fit_keeps_zero_weight_rows_out_of_batch_norm():
              for strategy in (naive(), jaxcl.strategies.replay(mem_size=8))]
   chex.assert_trees_all_close(*[(s.params, s.model_state) for s in trained],
                               rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_counts_the_memory_rows_only_a_penalty_reads():
+  """DER's memory rows weigh 0 in the task loss but are samples of the
+  joint forward pass (Avalanche concatenates them): batch norm counts them.
+  The model records how many rows its batch statistics cover."""
+  def apply(params, state, x, task, train, key, batch_stats_mask=None):
+    del task, key
+    logits = x.reshape(x.shape[0], -1) @ params["w"]
+    if train:
+      state = {"rows": jnp.sum(batch_stats_mask, dtype=jnp.int32)}
+    return logits, state
+  model = jaxcl.models.Model(
+      init=lambda key, x, task: ({"w": jnp.zeros((3, 4))},
+                                 {"rows": jnp.zeros((), jnp.int32)}),
+      apply=apply)
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(32, 3)).astype(np.float32), np.repeat(np.arange(4), 8)
+  bench = class_incremental((x, y), (x, y), 2, fixed_class_order=range(4))
+  counted = lambda strategy: int(jaxcl.fit(
+      model, strategy, optax.sgd(0.1), bench, batch_size=8).state
+      .model_state["rows"])
+  # The 8 current rows, and DER's two draws of 8 from its full memory.
+  assert counted(jaxcl.strategies.der(mem_size=8)) == 8 + 2 * 8
+  # Replay's memory rows carry loss weight; a naive batch has no others.
+  assert counted(jaxcl.strategies.replay(mem_size=8)) == 8 + 8
+  assert counted(naive()) == 8
 
 
 def test_mtmlp_selects_the_head_of_each_sample():

@@ -3,13 +3,14 @@
 import importlib
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 import jaxcl
-from jaxcl.strategies import Strategy, from_scratch, naive
+from jaxcl.strategies import Strategy, ewc, from_scratch, naive
 
 
 def test_seeds_equal_separate_runs(tiny_benchmark, tiny_model):
@@ -74,6 +75,24 @@ def test_sweep_refuses_a_value_that_is_not_in_the_state(tiny_benchmark,
   with pytest.raises(ValueError, match="not stored in the state"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0],
                 strategy=constant_penalty, optimizer=optax.sgd(0.1))
+
+
+def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
+    tiny_benchmark, tiny_model, monkeypatch):
+  compiled = []
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, *a, **k: (
+      compiled.append(self), compile_(self, *a, **k))[1])
+  same = ewc(ewc_lambda=1.0)
+  # A function that ignores its value: every run would be run 0.
+  with pytest.raises(ValueError, match="not stored in the state"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0],
+                strategy=lambda v: same, optimizer=optax.sgd(0.1))
+  assert len(compiled) == 1  # The initial state's program alone.
+  with pytest.raises(TypeError, match="sweep\\(\\) needs strategy or "
+                     "optimizer to be a function of the swept value"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0], strategy=same,
+                optimizer=optax.sgd(0.1))
 
 
 def test_sweep_refuses_a_value_the_optimizer_recomputes(tiny_benchmark,

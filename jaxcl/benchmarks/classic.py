@@ -97,12 +97,13 @@ def _reading(benchmark: str, tfds_name: str, data_dir: PathLike | None):
   The read itself decides whether the data is there (an on-disk check
   beforehand refused what ``tfds.testing.mock_data`` serves).
   """
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
   try:
     yield
-  except ValueError as error:
+  except sources.DatasetUnavailableError as error:
     if data_dir is not None:
       raise
-    raise ValueError(
+    raise sources.DatasetUnavailableError(
         f"{benchmark} reads the tfds dataset {tfds_name!r}, which is not "
         f"bundled with jaxcl, and no data_dir was given: {error} Then pass "
         "data_dir=DIR (CLI: --data-dir DIR).") from error
@@ -542,10 +543,11 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
         source = tfds.builder(tfds_name, data_dir=data_dir).as_data_source(
             split=split)
       except Exception as error:  # Re-raised with the preparation advice.
-        raise ValueError(sources._tfds_load_error(  # pylint: disable=protected-access
-            tfds_name, split, data_dir, error,
-            needs_random_access=f"{benchmark}, which resizes its images one"
-            " by one,")) from error
+        raise sources.DatasetUnavailableError(
+            sources._tfds_load_error(  # pylint: disable=protected-access
+                tfds_name, split, data_dir, error,
+                needs_random_access=f"{benchmark}, which resizes its images "
+                "one by one,")) from error
     out.append(sources.arrays_from_data_source(_Resized(source, size)))
   return out
 

@@ -76,10 +76,10 @@ class Experience:
 
   def __post_init__(self):
     where = f"Experience {self.index} of stream {self.origin!r}:"
-    object.__setattr__(self, "y", _validation.check_labels(f"{where} y",
-                                                           self.y))
-    object.__setattr__(self, "task", _validation.check_labels(
-        f"{where} task", self.task))
+    # Whole floats pass (np.zeros(n) as task labels); 0.5 does not.
+    for name in ("y", "task"):
+      object.__setattr__(self, name, _validation.check_labels(
+          f"{where} {name}", getattr(self, name), integer_dtype=False))
     if not (len(self.x) == len(self.y) == len(self.task)):
       raise ValueError(
           f"Experience {self.index} of stream {self.origin!r}: x, y and task "

@@ -244,7 +244,8 @@ def _record_labels(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """The records' labels, checked: an int32 array would silently
     truncate float labels."""
     return _validation.check_labels("the records' 'label' entries",
-                                    [r["label"] for r in records])
+                                    [r["label"] for r in records],
+                                    integer_dtype=False)
 
 
 def _first_record(source: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -348,7 +349,7 @@ def load_tfds_split(
     data_dir = _expand_user(data_dir)
 
     def load_error(error: Exception) -> ValueError:
-        return ValueError(_tfds_load_error(
+        return DatasetUnavailableError(_tfds_load_error(
             name, split, data_dir, error,
             needs_random_access="lazy=True" if lazy else None))
 
@@ -493,6 +494,11 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 def _first_line(error: Exception) -> str:
     """The first line of an error's message (tfds's can run to hundreds)."""
     return str(error).strip().split("\n", 1)[0].rstrip(".")
+
+
+class DatasetUnavailableError(ValueError):
+    """A tfds dataset that is not prepared where it was looked for, or that
+    cannot be read; the message says how to prepare it."""
 
 
 def _tfds_load_error(

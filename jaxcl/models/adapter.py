@@ -4,9 +4,9 @@ The training loop only sees a :class:`Model`: ``init(key, x, task)`` returns
 ``(params, model_state)`` and ``apply(params, model_state, x, task, train,
 key)`` returns ``(logits, new_model_state)``. ``model_state`` holds Flax's
 non-parameter collections (e.g. ``batch_stats``), updated in training and
-frozen in evaluation. An ``apply`` that also takes ``mask`` (one bool per
-sample) gets, in the training step, the rows that carry loss weight, so that
-batch statistics leave out padding.
+frozen in evaluation. An ``apply`` that also takes ``batch_stats_mask`` (one
+bool per sample) gets, in the training step, the rows that hold samples, so
+that batch statistics leave out padding.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -41,9 +41,9 @@ class Model(NamedTuple):
     init: ``(key, x, task) -> (params, model_state)``.
     apply: ``(params, model_state, x, task, train, key) -> (logits,
       new_model_state)``; ``key`` drives dropout and may be None in evaluation.
-      It may take a ``mask`` keyword: the samples that batch statistics
-      cover in training (the training step passes it when ``apply`` takes
-      it).
+      It may take a ``batch_stats_mask`` keyword: the samples that batch
+      statistics cover in training (the training step passes it when
+      ``apply`` takes it).
   """
 
   init: Callable[..., tuple[PyTree, PyTree]]
@@ -58,8 +58,9 @@ def as_model(model: nn.Module | Model) -> Model:
   """Wraps a Flax linen module (or returns a :class:`Model` unchanged).
 
   The module's ``__call__`` may take ``train`` (dropout/batch-norm mode),
-  ``task`` (per-sample task labels, for multi-head models) and ``mask`` (the
-  samples batch statistics cover in training) arguments; they are passed
+  ``task`` (per-sample task labels, for multi-head models) and
+  ``batch_stats_mask`` (the samples batch statistics cover in training)
+  arguments; they are passed
   only when the module accepts them, by position where they have one (so
   ``nn.remat(Module, static_argnums=(2,))`` gets a static ``train``).
 
@@ -74,17 +75,18 @@ def as_model(model: nn.Module | Model) -> Model:
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen.Module or jaxcl.models.Model, "
                     f"got {type(model).__name__}.")
-  takes = {name for name in ("train", "task", "mask") if _accepts(model, name)}
+  takes = {name for name in ("train", "task", "batch_stats_mask")
+           if _accepts(model, name)}
   signature = inspect.signature(type(model).__call__)
 
-  def arguments(x, task, train, mask=None) -> tuple[tuple[Any, ...],
+  def arguments(x, task, train, rows=None) -> tuple[tuple[Any, ...],
                                                      dict[str, Any]]:
-    """``__call__``'s arguments, ``train``, ``task`` and ``mask`` in their
-    positions where they have one: lifted transforms (``nn.remat(...,
+    """``__call__``'s arguments, ``train``, ``task`` and ``batch_stats_mask``
+    in their positions where they have one: lifted transforms (``nn.remat(...,
     static_argnums=...)``, ``nn.jit``) see only positional arguments."""
-    offered = {"train": train, "task": task, "mask": mask}
-    kw = {name: offered[name] for name in takes
-          if name != "mask" or mask is not None}
+    offered = {"train": train, "task": task, "batch_stats_mask": rows}
+    kw = {name: offered[name] for name in takes if offered[name] is not None
+          or name != "batch_stats_mask"}
     bound = signature.bind_partial(None, x, **kw)  # None: self.
     return bound.args[1:], bound.kwargs
 
@@ -97,10 +99,10 @@ def as_model(model: nn.Module | Model) -> Model:
     params = variables.pop("params")
     return params, variables
 
-  def apply(params, model_state, x, task, train, key, mask=None):
+  def apply(params, model_state, x, task, train, key, batch_stats_mask=None):
     variables = {"params": params, **model_state}
     rngs = {"dropout": key} if key is not None else {}
-    args, kwargs = arguments(x, task, train, mask)
+    args, kwargs = arguments(x, task, train, batch_stats_mask)
     if train and model_state:
       logits, updated = model.apply(variables, *args, rngs=rngs,
                                     mutable=list(model_state), **kwargs)

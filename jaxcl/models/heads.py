@@ -77,8 +77,8 @@ class MultiHead(nn.Module):
   Attributes:
     features: A module mapping inputs to features ``[batch, ...]``
       (flattened here), e.g. ``SlimResNet18(num_classes=None)``; it gets
-      ``train`` and ``mask`` (the rows batch norm's statistics cover) if its
-      ``__call__`` takes them.
+      ``train`` and ``batch_stats_mask`` (the rows batch norm's statistics
+      cover) if its ``__call__`` takes them.
     num_classes: Outputs of each head.
     n_tasks: Number of heads (the benchmark's ``n_tasks``).
 
@@ -98,8 +98,9 @@ class MultiHead(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, task: jnp.ndarray,
                train: bool = False,
-               mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    kwargs = {name: value for name, value in (("train", train), ("mask", mask))
+               batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    kwargs = {name: value for name, value in (
+        ("train", train), ("batch_stats_mask", batch_stats_mask))
               if _accepts(self.features, name)}
     h = self.features(x, **kwargs)
     h = h.reshape((h.shape[0], -1))

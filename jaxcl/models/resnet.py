@@ -5,9 +5,9 @@ which :func:`jaxcl.models.as_model` carries as ``model_state``: updated from
 each training batch, used frozen in evaluation. Batch norm follows PyTorch's
 defaults (momentum 0.1, i.e. Flax ``momentum=0.9``; epsilon 1e-5), except
 that Flax tracks the biased batch variance where PyTorch tracks the
-unbiased one. In training, ``mask`` (one bool per sample) keeps rows out of
-the batch statistics: the training loop passes the rows that carry loss
-weight, so padding and empty memory slots do not shift them.
+unbiased one. In training, ``batch_stats_mask`` (one bool per sample)
+keeps rows out of the batch statistics: the training loop passes the rows
+that hold samples, so padding and empty memory slots do not shift them.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -50,16 +50,16 @@ class _BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool,
-               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+               batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
     conv = functools.partial(TorchConv, use_bias=False,
                              native_cpu_gradients=self.native_cpu_gradients)
-    out = nn.relu(_batch_norm(conv(self.features, 3, padding=1,
-                                   strides=self.strides)(x), train, mask))
-    out = _batch_norm(conv(self.features, 3, padding=1)(out), train, mask)
+    norm = functools.partial(_batch_norm, train=train, mask=batch_stats_mask)
+    out = nn.relu(norm(conv(self.features, 3, padding=1,
+                            strides=self.strides)(x)))
+    out = norm(conv(self.features, 3, padding=1)(out))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = _batch_norm(conv(self.features, 1, strides=self.strides)(x),
-                             train, mask)
+      shortcut = norm(conv(self.features, 1, strides=self.strides)(x))
     return nn.relu(out + shortcut)
 
 
@@ -85,15 +85,16 @@ class SlimResNet18(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
-               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+               batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
     native = self.native_cpu_gradients
     x = TorchConv(self.nf, 3, padding=1, use_bias=False,
                   native_cpu_gradients=native)(x)
-    x = nn.relu(_batch_norm(x, train, mask))
+    x = nn.relu(_batch_norm(x, train, batch_stats_mask))
     for multiple, strides in ((1, 1), (2, 2), (4, 2), (8, 2)):
-      x = _BasicBlock(self.nf * multiple, strides, native)(x, train, mask)
+      x = _BasicBlock(self.nf * multiple, strides, native)(
+          x, train, batch_stats_mask)
       x = _BasicBlock(self.nf * multiple, native_cpu_gradients=native)(
-          x, train, mask)
+          x, train, batch_stats_mask)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
@@ -116,14 +117,14 @@ class _IcarlBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool,
-               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+               batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
     strides = 2 if self.increase_dim else 1
     conv = functools.partial(TorchConv, kernel_size=3, padding=1,
                              use_bias=False, kernel_init=_ICARL_CONV_INIT,
                              native_cpu_gradients=self.native_cpu_gradients)
-    out = nn.relu(_batch_norm(conv(self.features, strides=strides)(x), train,
-                              mask))
-    out = _batch_norm(conv(self.features)(out), train, mask)
+    norm = functools.partial(_batch_norm, train=train, mask=batch_stats_mask)
+    out = nn.relu(norm(conv(self.features, strides=strides)(x)))
+    out = norm(conv(self.features)(out))
     shortcut = x
     if self.increase_dim:
       pad = self.features // 4
@@ -155,20 +156,20 @@ class ResNet32(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
-               mask: jnp.ndarray | None = None) -> jnp.ndarray:
+               batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
     if self.n < 1:
       raise ValueError(f"ResNet32 n must be >= 1, got {self.n}.")
     x = TorchConv(16, 3, padding=1, use_bias=False,
                   kernel_init=_ICARL_CONV_INIT,
                   native_cpu_gradients=self.native_cpu_gradients)(x)
-    x = nn.relu(_batch_norm(x, train, mask))
+    x = nn.relu(_batch_norm(x, train, batch_stats_mask))
     for stage, features in enumerate((16, 32, 64)):
       for block in range(self.n):
         last = stage == 2 and block == self.n - 1
         x = _IcarlBlock(features, increase_dim=stage > 0 and block == 0,
                         last=last,
                         native_cpu_gradients=self.native_cpu_gradients)(
-                            x, train, mask)
+                            x, train, batch_stats_mask)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x

@@ -146,8 +146,11 @@ class DerState:
 
 
 def _as_weight(rows: dict, name: str) -> dict:
-  """Memory rows counted only by a strategy's penalty, not the task loss."""
-  return {**rows, name: rows["weight"], "weight": jnp.zeros_like(rows["weight"])}
+  """Memory rows counted only by a strategy's penalty, not the task loss;
+  as samples of the batch, they count in batch-norm statistics."""
+  weight = rows["weight"]
+  return {**rows, name: weight, "weight": jnp.zeros_like(weight),
+          "batch_stats_mask": weight > 0}
 
 
 def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -380,6 +380,9 @@ def fit(
   if seeds is None:
     return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
                      batched=False, **settings).runs[0]
+  if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+    raise TypeError(f"seeds must be a sequence of ints such as [0, 1, 2], "
+                    f"got {seeds!r} (seed={seeds!r} gives one run).")
   seeds = [_check_seed(s) for s in seeds]
   if not seeds:
     raise ValueError("seeds must hold at least one seed, got [].")
@@ -431,6 +434,12 @@ def sweep(
     if name in fit_kwargs:
       raise TypeError(f"sweep() got {name}=...; a sweep runs its values with "
                       "one seed (seed=...) and is labelled by its values.")
+  if not (callable(strategy) or callable(optimizer)):
+    raise TypeError(
+        f"sweep() needs strategy or optimizer to be a function of the swept "
+        f"value (e.g. strategy=lambda v: ewc(ewc_lambda=v)); got "
+        f"{type(strategy).__name__} and {type(optimizer).__name__}, with "
+        "which every run would be the same.")
   runs = [Run(strategy(v) if callable(strategy) else strategy,
               optimizer(v) if callable(optimizer) else optimizer,
               _check_seed(seed)) for v in values]
@@ -536,9 +545,6 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
   recompute it, as ``inject_hyperparams`` does for a schedule), else it is
   lost.
   """
-  if len(runs) < 2 or all(r.strategy is runs[0].strategy and
-                          r.optimizer is runs[0].optimizer for r in runs):
-    return
   state = host_copy(state)
   leaves = jax.tree.leaves((state.cl_state, state.opt_state))
   for i in range(1, len(runs)):
@@ -591,6 +597,16 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
   for run in runs:
     _check_run(run)
+  # Truthy strings would switch them on: reset_optimizer="no" reset.
+  for name, value in (("mask_unseen_classes", mask_unseen_classes),
+                      ("eval_before_training", eval_before_training),
+                      ("reset_optimizer", reset_optimizer),
+                      ("reset_schedule", reset_schedule),
+                      ("progress", progress)):
+    _validation.check_bool(name, value)
+  if data_parallel is not None:
+    _validation.check_bool("data_parallel", data_parallel)
+  _check_writer(writer)
   chosen = selection.metrics(metrics)
   model_fns = _check_args(model, benchmark, epochs, batch_size, eval_batch_size)
   test_stream = benchmark.test_stream
@@ -728,15 +744,24 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # cancelled: a thread that finished a compile may not yet have taken the
   # FLOP analysis when the last compile returns. After an error the
   # submitted jobs finish in the background.
-  check_first = checkpoint_dir is not None or jax.process_count() > 1
+  # A sweep's values must reach the state: its initial state is checked
+  # before the training and evaluation programs compile.
+  sweeping = labels is not None
+  check_first = (checkpoint_dir is not None or jax.process_count() > 1
+                 or sweeping)
   pool = concurrent.futures.ThreadPoolExecutor(
       len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
   programs: list[tuple[Any, dict[str, Any] | None]] = []
   compiles: list[concurrent.futures.Future] = []
 
+  compiled_early: dict[int, jax.stages.Compiled] = {}
+
   def compile_lowered():
-    compiles.extend(pool.submit(_compile, program, options)
-                    for program, options in programs[len(compiles):])
+    compiles.extend(
+        pool.submit(lambda c=compiled_early[id(program)]: c)
+        if id(program) in compiled_early else
+        pool.submit(_compile, program, options)
+        for program, options in programs[len(compiles):])
 
   try:
     programs.extend((program, None) for program in train_lowered)
@@ -746,6 +771,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     programs.append((init_lowered, _init_compiler_options()))
     if not check_first:
       compile_lowered()
+    if sweeping:
+      init_compiled = _compile(init_lowered, _init_compiler_options())
+      compiled_early[id(init_lowered)] = init_compiled
+      _check_sweep_varies(init_compiled(seeds), runs)
     eval_traced = jax.jit(
         eval_fn, in_shardings=(place.state, test_sharding),
         out_shardings=place.state).trace(state_shape, test_data)
@@ -801,8 +830,6 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
   recorder = _recorder(chosen, benchmark, flops)
-  if batched:
-    _check_sweep_varies(state, runs)
 
   def per_run(tree):
     """Host copy with a leading run axis, whether or not runs are batched."""
@@ -1189,6 +1216,18 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
   return _Recorder(chosen, new, np.logical_or.accumulate(new, axis=0),
                    flops, cl_metrics.trained_columns(
                        benchmark.train_stream, len(benchmark.test_stream)))
+
+
+def _check_writer(writer: Any) -> None:
+  """``writer`` is None or a clu-style metric writer, checked before any
+  compile (a path given by mistake failed after the first experience)."""
+  missing = [m for m in ("write_scalars", "flush")
+             if not callable(getattr(writer, m, None))]
+  if writer is not None and missing:
+    raise TypeError(
+        f"writer must be a clu MetricWriter (e.g. jaxcl.loggers."
+        f"create_writers(logdir)), got {writer!r}, which lacks "
+        f"{', '.join(missing)}.")
 
 
 def _compile(program: jax.stages.Lowered,

@@ -158,7 +158,8 @@ def make_train_step(
     ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
 
-  takes_mask = "mask" in inspect.signature(ctx.model.apply).parameters
+  takes_mask = ("batch_stats_mask"
+                in inspect.signature(ctx.model.apply).parameters)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
     if ctx.augment is not None:
@@ -166,11 +167,15 @@ def make_train_step(
       # The penalty sees the inputs the model sees (a teacher's logits on
       # the same crops, as Avalanche's on its transformed mini-batch).
       batch = {**batch, "x": ctx.augment(batch["x"], augment_key)}
-    # Batch statistics cover the weighted rows (all rows if none is).
+    # Batch statistics cover the rows holding samples: weighted ones, and
+    # those a strategy's penalty alone reads (DER's memory); all rows if
+    # none is.
     rows = {}
     if takes_mask:
       counted = batch["weight"] > 0
-      rows["mask"] = counted | ~jnp.any(counted)
+      if "batch_stats_mask" in batch:
+        counted = counted | batch["batch_stats_mask"]
+      rows["batch_stats_mask"] = counted | ~jnp.any(counted)
     logits, model_state = ctx.model.apply(
         params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
         True, key, **rows)

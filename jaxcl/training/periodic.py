@@ -75,10 +75,10 @@ class PeriodicEval(NamedTuple):
     _validation.check_choice("periodic_eval.stream", self.stream, _STREAMS)
     if self.stream == "valid" and not has_valid_stream:
       given = ("early_stopping monitors the valid stream by default "
-               "(periodic_eval=None)" if implied_by_early_stopping
+               "(periodic_eval=None)," if implied_by_early_stopping
                else "periodic_eval.stream='valid'")
       raise ValueError(
-          f"{given}, but the benchmark has no valid_stream; build one with "
+          f"{given} but the benchmark has no valid_stream; build one with "
           "jaxcl.benchmarks.with_validation(benchmark, ...) or pass "
           "periodic_eval=PeriodicEval(stream='test').")
     return self._replace(every=int(every))
