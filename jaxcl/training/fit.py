@@ -443,8 +443,8 @@ def sweep(
   runs = [Run(strategy(v) if callable(strategy) else strategy,
               optimizer(v) if callable(optimizer) else optimizer,
               _check_seed(seed)) for v in values]
-  return _fit_runs(model, runs, benchmark, batched=True, labels=tuple(values),
-                   **fit_kwargs)
+  return _fit_runs(model, runs, benchmark, batched=True, swept=True,
+                   labels=tuple(values), **fit_kwargs)
 
 
 class _Placement(NamedTuple):
@@ -590,6 +590,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                 progress: bool = False, data_parallel: bool | None = None,
                 checkpoint_dir: str | os.PathLike[str] | None = None,
                 checkpoint_keep: int = 2, labels: tuple = (),
+                swept: bool = False,  # sweep(): runs differ by a value.
                 metrics: Any = None,
                 device_memory_budget_mb: float | None = None) -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
@@ -746,9 +747,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # submitted jobs finish in the background.
   # A sweep's values must reach the state: its initial state is checked
   # before the training and evaluation programs compile.
-  sweeping = labels is not None
   check_first = (checkpoint_dir is not None or jax.process_count() > 1
-                 or sweeping)
+                 or swept)
   pool = concurrent.futures.ThreadPoolExecutor(
       len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
   programs: list[tuple[Any, dict[str, Any] | None]] = []
@@ -771,7 +771,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     programs.append((init_lowered, _init_compiler_options()))
     if not check_first:
       compile_lowered()
-    if sweeping:
+    if swept:
       init_compiled = _compile(init_lowered, _init_compiler_options())
       compiled_early[id(init_lowered)] = init_compiled
       _check_sweep_varies(init_compiled(seeds), runs)
