@@ -107,6 +107,16 @@ CASES = [
     Case("fit writer='logs'", lambda p: _fit(p, writer="logs"), TypeError,
          r"writer must be a clu MetricWriter .* got 'logs', which lacks "
          r"write_scalars, flush"),
+    Case("fit multi-head model with too few heads",
+         lambda p: _fit(p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=1),
+                        benchmark=make_benchmark(return_task_id=True)),
+         ValueError, r"model has n_tasks=1 heads but the benchmark has 2 "
+         r"task labels; expected n_tasks >= 2"),
+    Case("fit forward_transfer without the evaluation before training",
+         lambda p: _fit(p, metrics=["forward_transfer"],
+                        eval_before_training=False),
+         ValueError, r"metrics selects 'forward_transfer', .* but "
+         r"eval_before_training=False"),
     Case("fit seeds=5", lambda p: _fit(p, seeds=5), TypeError,
          r"seeds must be a sequence of ints such as \[0, 1, 2\], got 5"),
     Case("fit seed='0'", lambda p: _fit(p, seed="0"), TypeError,

@@ -350,11 +350,15 @@ def test_peak_memory_is_reported():
 
 def test_metric_selection_validates_names():
   assert ev.metrics().names == frozenset(ev.METRICS)
-  chosen = ev.metrics(["accuracy", "amca"], top_k=3)
+  chosen = ev.metrics(["accuracy", "amca", "topk_accuracy"], top_k=3)
   assert "amca" in chosen and "flops" not in chosen and chosen.top_k == 3
   assert ev.metrics(chosen) is chosen
-  assert ev.metrics(chosen, top_k=2) == ev.metrics(["accuracy", "amca"],
-                                                   top_k=2)
+  assert ev.metrics(chosen, top_k=2) == ev.metrics(
+      ["accuracy", "amca", "topk_accuracy"], top_k=2)
+  # A k for a metric not chosen would be dropped without a word.
+  with pytest.raises(ValueError, match="top_k=3 sets the k of "
+                     "'topk_accuracy', which is not selected"):
+    ev.metrics(["accuracy", "amca"], top_k=3)
   assert ev.metrics().top_k == 5
   with pytest.raises(ValueError, match="'acuracy'.*accuracy"):
     ev.metrics(["acuracy"])

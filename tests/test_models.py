@@ -15,8 +15,8 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl.benchmarks import augment, class_incremental, normalizer
-from jaxcl.models import (MODELS, MTMLP, MultiHead, ResNet32, SlimResNet18,
-                          TorchConv, as_model)
+from jaxcl.models import (MODELS, MTMLP, MultiHead, MultiHeadClassifier,
+                          ResNet32, SlimResNet18, TorchConv, as_model)
 from jaxcl.strategies import naive
 
 # TorchConv's own gradients serve XLA:CPU alone; elsewhere JAX's rules run.
@@ -205,6 +205,27 @@ def test_batch_norm_counts_the_memory_rows_only_a_penalty_reads():
   assert counted(naive()) == 8
 
 
+def test_strategies_training_mode_passes_leave_padding_out_of_batch_norm():
+  """GEM's, A-GEM's and MAS's own training-mode passes (task_loss,
+  ctx.logits) keep zero-weight rows out of batch statistics, as the step."""
+  model = as_model(SlimResNet18(num_classes=4, nf=2))
+  loss = lambda logits, batch: optax.softmax_cross_entropy_with_integer_labels(
+      logits, batch["y"])
+  ctx = jaxcl.strategies.StrategyContext(model, lambda x: x, loss, 4, 2,
+                                         (8, 8, 3), 4, 8)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  params, state = model.init(jax.random.key(1), x, jnp.zeros(2, jnp.int32))
+  real = {"x": x, "y": jnp.array([0, 1]), "task": jnp.zeros(2, jnp.int32),
+          "weight": jnp.ones(2)}
+  padded = {"x": jnp.concatenate([x, jnp.zeros((2, 8, 8, 3))]),
+            "y": jnp.array([0, 1, 0, 0]), "task": jnp.zeros(4, jnp.int32),
+            "weight": jnp.array([1.0, 1.0, 0.0, 0.0])}
+  grad = lambda batch: jax.jit(jax.grad(
+      lambda p: jaxcl.strategies.model_utils.task_loss(
+          ctx, p, state, batch, jnp.ones(4, bool), train=True)))(params)
+  chex.assert_trees_all_close(grad(padded), grad(real), rtol=1e-4, atol=1e-5)
+
+
 def test_mtmlp_selects_the_head_of_each_sample():
   model = MTMLP(num_classes=3, n_tasks=4, hidden_size=5, drop_rate=0.0)
   x = jax.random.normal(jax.random.key(1), (5, 2, 3))
@@ -269,6 +290,34 @@ def test_resnet_fit_carries_batch_stats():
   assert np.isfinite(result.accuracy_matrix).all()
 
 
+def test_multi_head_passes_train_by_position_to_a_lifted_backbone():
+  # nn.remat with a static `train` sees only positional arguments.
+  backbone = nn.remat(SlimResNet18, static_argnums=(2,))(num_classes=None,
+                                                         nf=2)
+  model = as_model(MultiHead(backbone, num_classes=3, n_tasks=2))
+  x, task = jnp.zeros((2, 8, 8, 3)), jnp.array([0, 1])
+  params, state = model.init(jax.random.key(0), x, task)
+  logits, _ = model.apply(params, state, x, task, True, None,
+                          batch_stats_mask=jnp.array([True, False]))
+  assert logits.shape == (2, 3)
+
+
+def test_output_layer_inputs_are_found_when_passed_by_keyword():
+  class KeywordHeads(nn.Module):
+    @nn.compact
+    def __call__(self, x, task):
+      features = nn.Dense(4)(x)
+      return MultiHeadClassifier(2, 3)(features=features, task=task)
+  model = as_model(KeywordHeads())
+  ctx = jaxcl.strategies.StrategyContext(model, lambda x: x, None, 2, 1, (6,),
+                                         3, 3)
+  x, task = jnp.ones((3, 6)), jnp.zeros(3, jnp.int32)
+  params, state = model.init(jax.random.key(0), x, task)
+  path, inputs = jaxcl.strategies.model_utils.output_layer_call(
+      ctx, params, state, x, task)
+  assert path == ("MultiHeadClassifier_0",) and inputs.shape == (3, 4)
+
+
 def test_multi_head_wrapper_and_registry():
   x, task = jnp.zeros((2, 32, 32, 3)), jnp.array([0, 2])
   wrapped = MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=2,
@@ -315,6 +364,20 @@ def test_mlp_activation_matches_numpy(activation, fn):
                        "non-negative integer, got -1"):
       model.init(jax.random.key(0), x, *([jnp.zeros(4, jnp.int32)]
                                          if isinstance(model, MTMLP) else []))
+
+
+
+@pytest.mark.parametrize("rate", [-0.5, 1.0, float("nan")])
+def test_dropout_rates_outside_zero_one_are_refused(rate):
+  # Flax scales by 1/(1 - rate) whatever the rate: -0.5 silently scaled
+  # activations by 2/3, 1.0 and NaN zeroed them.
+  x, task = jnp.ones((2, 12, 12, 3)), jnp.zeros(2, jnp.int32)
+  for model in (jaxcl.models.MLP(3, drop_rate=rate), MTMLP(3, n_tasks=2,
+                                                           drop_rate=rate),
+                jaxcl.models.SimpleCNN(3, drop_rate=rate)):
+    with pytest.raises(ValueError, match=r"drop_rate must be in \[0, 1\)"):
+      model.init(jax.random.key(0), x, *([task] if isinstance(model, MTMLP)
+                                         else []))
 
 
 @cpu_convolutions

@@ -7,7 +7,7 @@ analysis of loop bodies of the programs already traced), so the default is
 all of them.
 
 Example:
-  >>> selection = metrics(["accuracy", "forgetting", "amca"], top_k=3)
+  >>> selection = metrics(["accuracy", "topk_accuracy", "amca"], top_k=3)
   >>> "amca" in selection, "flops" in selection
   (True, False)
   >>> sorted(metrics().names) == sorted(METRICS)
@@ -71,6 +71,10 @@ class MetricSelection:
     object.__setattr__(self, "top_k",
                        _validation.check_positive_int("top_k", self.top_k))
     object.__setattr__(self, "names", frozenset(self.names))
+    if self.top_k != 5 and "topk_accuracy" not in self.names:
+      raise ValueError(f"top_k={self.top_k} sets the k of 'topk_accuracy', "
+                       "which is not selected; expected it among the names "
+                       "(or no top_k).")
 
   def __contains__(self, name: str) -> bool:
     return name in self.names

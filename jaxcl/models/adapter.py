@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
-__all__ = ["Model", "as_model"]
+__all__ = ["Model", "as_model", "batch_stats_rows"]
 
 PyTree = Any
 
@@ -50,8 +51,47 @@ class Model(NamedTuple):
   apply: Callable[..., tuple[jax.Array, PyTree]]
 
 
-def _accepts(module: nn.Module, name: str) -> bool:
-  return name in inspect.signature(type(module).__call__).parameters
+def batch_stats_rows(apply: Callable[..., Any],
+                     rows: jax.Array | None) -> dict[str, jax.Array]:
+  """``apply``'s ``batch_stats_mask`` keyword for a training-mode call.
+
+  Args:
+    apply: A :class:`Model`'s ``apply``.
+    rows: ``bool[batch]``, the rows holding samples (None: all).
+
+  Returns:
+    ``{"batch_stats_mask": rows}`` if ``apply`` takes it, with every row
+    counted when none is (batch norm of no rows is NaN, and would stay in
+    its running statistics); else ``{}``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> f = lambda p, s, x, t, train, key, batch_stats_mask=None: x
+    >>> batch_stats_rows(f, jnp.array([False, False]))
+    {'batch_stats_mask': Array([ True,  True], dtype=bool)}
+  """
+  if rows is None or "batch_stats_mask" not in inspect.signature(
+      apply).parameters:
+    return {}
+  return {"batch_stats_mask": rows | ~jnp.any(rows)}
+
+
+def call_arguments(module: nn.Module, x: Any, offered: dict[str, Any]
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+  """``module(x, ...)``'s arguments: those of ``offered`` its ``__call__``
+  takes, in their positions where they have one (lifted transforms, e.g.
+  ``nn.remat(..., static_argnums=...)`` or ``nn.jit``, see only positional
+  arguments).
+
+  Example:
+    >>> from jaxcl.models import MLP
+    >>> call_arguments(MLP(num_classes=2), "x", {"train": True, "task": 0})
+    (('x', True), {})
+  """
+  signature = inspect.signature(type(module).__call__)
+  taken = {k: v for k, v in offered.items() if k in signature.parameters}
+  bound = signature.bind_partial(None, x, **taken)  # None: self.
+  return bound.args[1:], bound.kwargs
 
 
 def as_model(model: nn.Module | Model) -> Model:
@@ -75,20 +115,12 @@ def as_model(model: nn.Module | Model) -> Model:
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen.Module or jaxcl.models.Model, "
                     f"got {type(model).__name__}.")
-  takes = {name for name in ("train", "task", "batch_stats_mask")
-           if _accepts(model, name)}
-  signature = inspect.signature(type(model).__call__)
-
   def arguments(x, task, train, rows=None) -> tuple[tuple[Any, ...],
                                                      dict[str, Any]]:
-    """``__call__``'s arguments, ``train``, ``task`` and ``batch_stats_mask``
-    in their positions where they have one: lifted transforms (``nn.remat(...,
-    static_argnums=...)``, ``nn.jit``) see only positional arguments."""
-    offered = {"train": train, "task": task, "batch_stats_mask": rows}
-    kw = {name: offered[name] for name in takes if offered[name] is not None
-          or name != "batch_stats_mask"}
-    bound = signature.bind_partial(None, x, **kw)  # None: self.
-    return bound.args[1:], bound.kwargs
+    offered = {"train": train, "task": task}
+    if rows is not None:
+      offered["batch_stats_mask"] = rows
+    return call_arguments(model, x, offered)
 
   def init(key, x, task):
     params_key, dropout_key = jax.random.split(key)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from jaxcl.models.mlp import TorchLinear, _torch_bias_init
+from jaxcl.models.mlp import TorchLinear, _dropout, _torch_bias_init
 
 __all__ = ["SimpleCNN", "TorchConv"]
 
@@ -211,7 +211,7 @@ class SimpleCNN(nn.Module):
                        f"W >= 10, got inputs of shape {x.shape}.")
 
     def drop(h):
-      return nn.Dropout(self.drop_rate, deterministic=not train)(h)
+      return _dropout(self.drop_rate, train)(h)
 
     conv = functools.partial(TorchConv,
                              native_cpu_gradients=self.native_cpu_gradients)

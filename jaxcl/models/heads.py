@@ -22,10 +22,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxcl.models.adapter import _accepts
+from jaxcl.models.adapter import call_arguments
 from jaxcl.models.cnn import SimpleCNN
-from jaxcl.models.mlp import (TorchLinear, _torch_bias_init,
-                              _check_hidden_layers)
+from jaxcl.models.mlp import (TorchLinear, _check_hidden_layers, _dropout,
+                              _torch_bias_init)
 from jaxcl.models.resnet import SlimResNet18
 
 __all__ = [
@@ -99,10 +99,11 @@ class MultiHead(nn.Module):
   def __call__(self, x: jnp.ndarray, task: jnp.ndarray,
                train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    kwargs = {name: value for name, value in (
-        ("train", train), ("batch_stats_mask", batch_stats_mask))
-              if _accepts(self.features, name)}
-    h = self.features(x, **kwargs)
+    offered = {"train": train}
+    if batch_stats_mask is not None:
+      offered["batch_stats_mask"] = batch_stats_mask
+    args, kwargs = call_arguments(self.features, x, offered)
+    h = self.features(*args, **kwargs)
     h = h.reshape((h.shape[0], -1))
     return MultiHeadClassifier(self.num_classes, self.n_tasks,
                                name="heads")(h, task)
@@ -132,7 +133,7 @@ class MLPFeatures(nn.Module):
     _check_hidden_layers(self.hidden_layers)
     for _ in range(self.hidden_layers):
       x = nn.relu(TorchLinear(self.hidden_size)(x))
-      x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+      x = _dropout(self.drop_rate, train)(x)
     return x
 
 

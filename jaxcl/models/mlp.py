@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from jaxcl import _validation
+
 __all__ = ["MLP", "TorchLinear"]
 
 
@@ -64,6 +66,14 @@ def _check_hidden_layers(hidden_layers) -> None:
                      f"{hidden_layers!r}.")
 
 
+def _dropout(rate, train: bool) -> nn.Dropout:
+  """``nn.Dropout(rate)`` in training mode, for a rate in [0, 1) (Flax takes
+  a negative rate or NaN without a word, and drops everything at 1)."""
+  _validation.check_in_range("drop_rate", rate, low=0.0, high=1.0,
+                             high_inclusive=False)
+  return nn.Dropout(rate, deterministic=not train)
+
+
 class MLP(nn.Module):
   """Avalanche's ``SimpleMLP``: [Linear, ReLU, Dropout] x hidden_layers + Linear.
 
@@ -97,5 +107,5 @@ class MLP(nn.Module):
     _check_hidden_layers(self.hidden_layers)
     for _ in range(self.hidden_layers):
       x = ACTIVATIONS[self.activation](TorchLinear(self.hidden_size)(x))
-      x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+      x = _dropout(self.drop_rate, train)(x)
     return TorchLinear(self.num_classes)(x)

@@ -58,6 +58,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcl.models.adapter import batch_stats_rows
+
 __all__ = [
     "Strategy",
     "StrategyContext",
@@ -110,10 +112,19 @@ class StrategyContext(NamedTuple):
 
   def logits(self, params: PyTree, model_state: PyTree, x: jax.Array,
              task: jax.Array, train: bool = False,
-             key: jax.Array | None = None) -> jax.Array:
-    """Runs the model on raw inputs (preprocessed here); returns the logits."""
+             key: jax.Array | None = None,
+             weight: jax.Array | None = None) -> jax.Array:
+    """Runs the model on raw inputs (preprocessed here); returns the logits.
+
+    In training mode, batch statistics cover the rows of positive
+    ``weight`` (padding and empty memory slots left out, as in the loop's
+    step; all rows when ``weight`` is None).
+    """
+    rows = batch_stats_rows(self.model.apply,
+                            None if weight is None or not train
+                            else weight > 0)
     out, _ = self.model.apply(params, model_state, self.preprocess(x), task,
-                              train, key)
+                              train, key, **rows)
     return out
 
 

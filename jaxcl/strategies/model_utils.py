@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import jax
@@ -146,7 +147,7 @@ def task_loss(ctx: StrategyContext, params: PyTree, model_state: PyTree,
     >>> loss = task_loss(ctx, params, state, batch, seen)  # doctest: +SKIP
   """
   logits = ctx.logits(params, model_state, batch["x"], batch["task"], train,
-                      key)
+                      key, weight=batch["weight"])
   logits = mask_logits(ctx, logits, seen, batch["task"])
   return weighted_mean(ctx.loss(logits, batch), batch["weight"])
 
@@ -212,7 +213,11 @@ def output_layer_call(ctx: StrategyContext, params: PyTree,
   def record(next_fun, args, kwargs, context):
     if (isinstance(context.module, _OUTPUT_LAYERS)
         and context.method_name == "__call__"):
-      inputs = args[0] if args else kwargs["inputs"]
+      # The first argument after self, however it was passed (Dense names
+      # it `inputs`, MultiHeadClassifier `features`).
+      bound = inspect.signature(type(context.module).__call__).bind(
+          context.module, *args, **kwargs)
+      inputs = list(bound.arguments.values())[1]
       calls.append((tuple(context.module.scope.path), inputs))
     return next_fun(*args, **kwargs)
 

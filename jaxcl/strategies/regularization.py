@@ -423,7 +423,7 @@ def mas(lambda_reg: float = 1.0, alpha: float = 0.5) -> Strategy:
     def abs_grad(batch, key):
       def output_norm(params):
         logits = ctx.logits(params, state.model_state, batch["x"],
-                            batch["task"], True, key)
+                            batch["task"], True, key, weight=batch["weight"])
         logits = mask_logits(ctx, logits, state.seen_classes, batch["task"])
         return weighted_mean(jnp.sum(jnp.square(logits), -1), batch["weight"])
       return jax.tree.map(jnp.abs, jax.grad(output_norm)(state.params))

@@ -344,7 +344,7 @@ class MirState:
 def _seen_loss(ctx, state, params, rows, train=False, key=None):
   """Per-row task loss of ``rows`` under ``params``, logits masked as the loop's."""
   logits = ctx.logits(params, state.model_state, rows["x"], rows["task"],
-                      train, key)
+                      train, key, weight=rows["weight"])
   return ctx.loss(mask_logits(ctx, logits, state.seen_classes, rows["task"]),
                   {"y": rows["y"]})
 

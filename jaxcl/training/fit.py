@@ -145,6 +145,13 @@ def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
             f"experience {exp.index} of the {stream.name} stream has labels in "
             f"[{exp.y.min()}, {exp.y.max()}]; expected labels in "
             f"[0, {benchmark.n_classes - 1}].")
+  heads = getattr(model, "n_tasks", None)  # MultiHead, MTMLP, mt_* models.
+  if isinstance(heads, int) and heads < benchmark.n_tasks:
+    # A task without a head gives NaN logits, seen only once it trains.
+    raise ValueError(
+        f"model has n_tasks={heads} heads but the benchmark has "
+        f"{benchmark.n_tasks} task labels; expected n_tasks >= "
+        f"{benchmark.n_tasks} (n_tasks=benchmark.n_tasks).")
   return as_model(model)
 
 
@@ -609,6 +616,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     _validation.check_bool("data_parallel", data_parallel)
   _check_writer(writer)
   chosen = selection.metrics(metrics)
+  if (metrics is not None and "forward_transfer" in chosen
+      and not eval_before_training):
+    # By default (metrics=None) it is recorded as NaN instead.
+    raise ValueError("metrics selects 'forward_transfer', which compares with "
+                     "the accuracies before training, but "
+                     "eval_before_training=False; expected "
+                     "eval_before_training=True or no 'forward_transfer'.")
   model_fns = _check_args(model, benchmark, epochs, batch_size, eval_batch_size)
   test_stream = benchmark.test_stream
   # Host-side data adaptation is shared by all runs: it uses the first seed.

@@ -17,7 +17,6 @@ Example:
 
 # No `from __future__ import annotations`: clu reads Collection annotations.
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,6 +28,7 @@ import optax
 from clu import metrics as clu_metrics
 
 from jaxcl.evaluation import system
+from jaxcl.models.adapter import batch_stats_rows
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
@@ -158,9 +158,6 @@ def make_train_step(
     ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
 
-  takes_mask = ("batch_stats_mask"
-                in inspect.signature(ctx.model.apply).parameters)
-
   def loss_fn(params, state: TrainState, batch: dict, key):
     if ctx.augment is not None:
       key, augment_key = jax.random.split(key)
@@ -168,17 +165,13 @@ def make_train_step(
       # the same crops, as Avalanche's on its transformed mini-batch).
       batch = {**batch, "x": ctx.augment(batch["x"], augment_key)}
     # Batch statistics cover the rows holding samples: weighted ones, and
-    # those a strategy's penalty alone reads (DER's memory); all rows if
-    # none is.
-    rows = {}
-    if takes_mask:
-      counted = batch["weight"] > 0
-      if "batch_stats_mask" in batch:
-        counted = counted | batch["batch_stats_mask"]
-      rows["batch_stats_mask"] = counted | ~jnp.any(counted)
+    # those a strategy's penalty alone reads (DER's memory).
+    counted = batch["weight"] > 0
+    if "batch_stats_mask" in batch:
+      counted = counted | batch["batch_stats_mask"]
     logits, model_state = ctx.model.apply(
         params, state.model_state, ctx.preprocess(batch["x"]), batch["task"],
-        True, key, **rows)
+        True, key, **batch_stats_rows(ctx.model.apply, counted))
     if mask_classes:
       logits = mask_unseen(logits, state.seen_classes, ctx.task_classes,
                            batch["task"])
