@@ -77,6 +77,26 @@ def test_sweep_refuses_a_value_that_is_not_in_the_state(tiny_benchmark,
                 strategy=constant_penalty, optimizer=optax.sgd(0.1))
 
 
+def test_sweep_without_checkpoints_builds_no_fingerprint(tiny_benchmark,
+                                                         tiny_model,
+                                                         monkeypatch):
+  # The fingerprint hashes every sample (reading lazy inputs whole); only
+  # checkpoints and several hosts need it, sweeps or not.
+  def refuse(**kwargs):
+    raise AssertionError("built a checkpoint fingerprint")
+  monkeypatch.setattr(importlib.import_module("jaxcl.checkpoint"),
+                      "run_config", refuse)
+  sgd = optax.inject_hyperparams(optax.sgd)
+  result = jaxcl.sweep(tiny_model, tiny_benchmark, [0.01, 0.1],
+                       strategy=naive(),
+                       optimizer=lambda lr: sgd(learning_rate=lr),
+                       eval_before_training=False,
+                       metrics=jaxcl.evaluation.metrics(top_k=2))
+  # Every metric group but no evaluation before training: as metrics=None,
+  # forward transfer is NaN rather than refused.
+  assert np.isnan(result.metrics["forward_transfer"][0])
+
+
 def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
     tiny_benchmark, tiny_model, monkeypatch):
   compiled = []

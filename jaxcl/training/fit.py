@@ -616,9 +616,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     _validation.check_bool("data_parallel", data_parallel)
   _check_writer(writer)
   chosen = selection.metrics(metrics)
-  if (metrics is not None and "forward_transfer" in chosen
-      and not eval_before_training):
-    # By default (metrics=None) it is recorded as NaN instead.
+  if ("forward_transfer" in chosen and chosen.names != frozenset(
+      selection.METRICS) and not eval_before_training):
+    # Chosen by name; with every group (the default) it is NaN instead.
     raise ValueError("metrics selects 'forward_transfer', which compares with "
                      "the accuracies before training, but "
                      "eval_before_training=False; expected "
@@ -759,10 +759,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # cancelled: a thread that finished a compile may not yet have taken the
   # FLOP analysis when the last compile returns. After an error the
   # submitted jobs finish in the background.
+  check_first = checkpoint_dir is not None or jax.process_count() > 1
   # A sweep's values must reach the state: its initial state is checked
   # before the training and evaluation programs compile.
-  check_first = (checkpoint_dir is not None or jax.process_count() > 1
-                 or swept)
+  defer_compiles = check_first or swept
   pool = concurrent.futures.ThreadPoolExecutor(
       len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
   programs: list[tuple[Any, dict[str, Any] | None]] = []
@@ -779,11 +779,11 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
 
   try:
     programs.extend((program, None) for program in train_lowered)
-    if not check_first:
+    if not defer_compiles:
       compile_lowered()
     init_lowered = init_fn.lower(seeds)
     programs.append((init_lowered, _init_compiler_options()))
-    if not check_first:
+    if not defer_compiles:
       compile_lowered()
     if swept:
       init_compiled = _compile(init_lowered, _init_compiler_options())
