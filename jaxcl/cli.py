@@ -33,26 +33,40 @@ def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
 
 
-def _in_flag_terms(error: Exception, given: dict[str, Any],
-                   context: str) -> Exception:
+def _in_flag_terms(error: Exception, given: dict[str, Any], context: str,
+                   names: Sequence[str] = ()) -> Exception:
   """``error`` of a Python API, reworded with the flags the user typed.
 
   The factories name their parameters (``n_experiences=7``); the CLI user
-  typed ``--n-experiences 7``. Multi-word names are replaced wherever they
-  appear (they cannot be prose); a message that names a one-word parameter
-  (``Unknown ewc mode 'foo'``) gets ``context`` and the flags given as a
-  prefix. Other messages (a host that failed to read) stay as they are.
+  typed ``--n-experiences 7``. Multi-word names (of ``given`` and
+  ``names``) are replaced wherever they stand alone (they cannot be prose;
+  not inside a path or quoted code); a message that names a one-word
+  parameter (``Unknown ewc mode 'foo'``) gets ``context`` and the flags
+  given as a prefix. Other messages (a host that failed to read) stay as
+  they are.
   """
   message = str(error)
-  for name in given:
+  for name in {*given, *names}:
     if "_" in name:
-      message = re.sub(rf"(?<![\w-]){name}\b", _flag(name), message)
+      message = re.sub(rf"(?<![\w\-/.'`]){name}\b(?![/.'`])", _flag(name),
+                       message)
   named = [name for name in given if "_" not in name
            and re.search(rf"(?<![\w-]){name}\b", message)]
   if named and "--" not in message:
-    flags = " ".join(f"{_flag(name)} {value}" for name, value in given.items())
+    flags = " ".join(f"{_flag(name)} {_as_typed(value)}"
+                     for name, value in given.items())
     message = f"{context} {flags}: {message}"
-  return type(error)(message)
+  try:
+    return type(error)(message)
+  except Exception:  # An error type built from more than a message.
+    return (TypeError if isinstance(error, TypeError) else ValueError)(message)
+
+
+def _as_typed(value: Any) -> str:
+  """A flag's value as it is typed (lists comma-separated)."""
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value))
+  return str(value)
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True,
@@ -399,6 +413,18 @@ def _check_flags_take_effect(args: argparse.Namespace) -> None:
         refuse(name, f"{flag} {getattr(args, component)} takes no {name}")
   if args.lr_schedule == "constant":
     refuse("reset_schedule", "--lr-schedule is constant")
+  if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
+    refuse("lr", "--sweep lr=... sets the learning rates")
+  from jaxcl.strategies import REGISTRY
+  takes = {p for name in args.strategy.split("+")
+           for p in REGISTRY[name.strip()].parameters}
+  unused = sorted(set(_strategy_hparams(args)) - takes)
+  if unused:
+    flags = ", ".join(_flag(p) for p in sorted(takes)) or "none"
+    raise ValueError(
+        f"{_flag(unused[0])} {_as_typed(getattr(args, unused[0]))} has no "
+        f"effect: --strategy {args.strategy} takes no {unused[0]}; expected "
+        f"to leave it out (its flags: {flags}).")
   if not args.checkpoint_dir:
     refuse("checkpoint_keep", "no --checkpoint-dir is given")
   if not (args.periodic_eval or args.early_stopping):
@@ -677,14 +703,21 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   # Everything that can reject the arguments runs before the logdir exists;
   # a swept hyperparameter is checked with its first value.
   sweep_name, sweep_values = _sweep(args)
-  swept = ({sweep_name: sweep_values[0]}
-           if sweep_name not in (None, "lr") else {})
-  hparams = {**_strategy_hparams(args), **swept}
+  hparams = _strategy_hparams(args)
+  from jaxcl.strategies import REGISTRY
+  names = {p for e in REGISTRY.values() for p in e.parameters}
   try:
     strategy = jaxcl.strategies.from_spec(args.strategy, **hparams)
   except (ValueError, TypeError) as error:
-    raise _in_flag_terms(error, hparams,
-                         f"--strategy {args.strategy}") from error
+    raise _in_flag_terms(error, hparams, f"--strategy {args.strategy}",
+                         names) from error
+  if sweep_name not in (None, "lr"):
+    for value in sweep_values:  # Each swept value, before any output.
+      try:
+        jaxcl.strategies.from_spec(args.strategy,
+                                   **{**hparams, sweep_name: value})
+      except (ValueError, TypeError) as error:
+        raise ValueError(f"--sweep {sweep_name}={value:g}: {error}") from error
   # A host that cannot load the data (a missing data_dir) makes every host
   # raise, rather than leave the others waiting for it in fit.
   benchmark = _hosts.read_together("the benchmark",

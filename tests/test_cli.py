@@ -142,7 +142,8 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
     (["--strategy", "ewc", "--sweep", "mode=1,2"],
      "--sweep mode: a switch or a choice of ewc, not a number"),
     (["--strategy", "ewc", "--sweep", "decay_factor=0.5,0.9"],
-     "ewc --decay-factor=0.5 only applies to mode='online'"),
+     "--sweep decay_factor=0.5: ewc decay_factor=0.5 only applies to "
+     "mode='online'"),
 ])
 def test_bad_watch_arguments_exit_2(tmp_path, capsys, args, message):
   code = cli.main(["run", "--n-experiences", "2", *args, "--logdir",
@@ -230,6 +231,22 @@ def test_readme_test_command_is_what_ci_runs():
   root = pathlib.Path(__file__).resolve().parents[1]
   ci = (root / ".ci" / "run").read_text().strip().splitlines()[-1]
   assert ci in (root / "README.md").read_text()
+
+
+def test_factory_errors_are_reworded_only_where_they_name_parameters():
+  error = cli._in_flag_terms(
+      ValueError("from /data/n_experiences: n_experiences=3 does not divide "
+                 "`tfds build x --data_dir /d/n_experiences`"),
+      {"n_experiences": 3}, "--benchmark x")
+  assert str(error) == ("from /data/n_experiences: --n-experiences=3 does not "
+                        "divide `tfds build x --data_dir /d/n_experiences`")
+  # An error type built from more than a message keeps its text.
+  import json
+  try:
+    json.loads("{bad")
+  except json.JSONDecodeError as bad:
+    error = cli._in_flag_terms(bad, {"schedule": "{bad"}, "--strategy s")
+  assert type(error) is ValueError and "Expecting property name" in str(error)
 
 
 def test_arguments_checked_twice_stay_valid():

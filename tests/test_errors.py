@@ -259,8 +259,15 @@ CASES = [
          r"error: --strategy ewc --mode foo: Unknown ewc mode 'foo'"),
     Case("cli --strategy naive --ewc-lambda 5",
          lambda p: _cli(p, "--ewc-lambda", "5"), CliExit,
-         r"hyperparameters \['--ewc-lambda'\] are not used by strategy "
-         r"'naive'"),
+         r"--ewc-lambda 5.0 has no effect: --strategy naive takes no "
+         r"ewc_lambda; expected to leave it out \(its flags: none\)"),
+    Case("cli --sweep with a bad later value",
+         lambda p: _cli(p, "--strategy", "ewc", "--sweep",
+                        "ewc_lambda=1,-1"), CliExit,
+         r"--sweep ewc_lambda=-1: ewc_lambda must be in \[0, inf\)"),
+    Case("cli --lr with --sweep lr",
+         lambda p: _cli(p, "--lr", "0.5", "--sweep", "lr=0.01,0.1"), CliExit,
+         r"--lr 0.5 has no effect: --sweep lr=... sets the learning rates"),
     Case("cli --strategy ewc+ewc",
          lambda p: _cli(p, "--strategy", "ewc+ewc"), CliExit,
          r"--strategy 'ewc\+ewc' names ewc more than once"),
