@@ -152,7 +152,9 @@ def read_together(what: str, read: Callable[[], _T], in_flight: Any = None) -> _
     value, failure = None, error
   jax.block_until_ready(in_flight)
   mine = np.array([jax.process_index(), failure is not None], np.int32)
-  everyone = np.asarray(multihost_utils.process_allgather(mine))
+  # A copy: a view would keep the device buffer, and with it the backend,
+  # alive in the raised error's traceback past JAX's shutdown at exit.
+  everyone = np.array(multihost_utils.process_allgather(mine))
   failed = sorted(everyone[everyone[:, 1] == 1, 0].tolist())
   if failed:
     if failure is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import inspect
 import json
 import math
@@ -811,8 +812,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(args)
   except (ValueError, TypeError, OSError, FloatingPointError) as e:
     print(f"jaxcl: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  else:
+    return 0
+  # The error's traceback may hold device arrays in reference cycles, freed
+  # only at Python's next collection: JAX destroys its backend at exit, before
+  # the hosts' shutdown barrier, only if no array keeps it alive.
+  gc.collect()
+  return 2
 
 
 if __name__ == "__main__":

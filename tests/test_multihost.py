@@ -4,9 +4,11 @@ Each process is a "host" with 2 simulated CPU devices; the mesh spans all 4
 and XLA's CPU collectives (gloo) carry the all-reduces between processes.
 """
 
+import contextlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from jaxcl import _hosts
 # One host: join the others, then compare runs over the 4 global devices
 # with the same runs on one of its own devices.
 WORKER = r"""
-import faulthandler, json, pathlib, shutil, sys, threading
+import faulthandler, gc, json, pathlib, shutil, sys, threading
 # A host stuck in a collective prints every thread's stack and exits.
 faulthandler.dump_traceback_later(240, exit=True)
 process_id, port, tests, checkpoints = sys.argv[1:]
@@ -137,11 +139,17 @@ class Unreadable(Counted):
     return super().__getitems__(keys)
 
 
+# The agreed error holds no device buffer (in its traceback's reference
+# cycles): one would keep JAX's backend alive past its shutdown at exit.
+gc.disable()
+arrays_before = len(jax.live_arrays())
 try:
   sources.arrays_from_data_source(Unreadable(records[1].source), lazy=True,
                                   split_over_hosts=True)
 except Exception as e:
   out["unreadable"] = f"{type(e).__name__}: {e}"
+out["arrays_kept_by_error"] = len(jax.live_arrays()) - arrays_before
+gc.enable()
 # A host whose records lack the labels stops every host before the count.
 try:
   sources.arrays_from_data_source(
@@ -224,7 +232,9 @@ def _on_two_hosts(command, folder, succeed=True, exit_codes=(2, 2)):
   ``succeed=False`` both hosts must exit with ``exit_codes`` within two
   minutes; returns their stderrs.
   """
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+  # faulthandler prints every thread's stack when a host that hangs is
+  # stopped with SIGABRT, so that a failure says where it hung.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   logs = [(folder / f"host{i}.out", folder / f"host{i}.err") for i in range(2)]
   hosts = []
@@ -236,9 +246,17 @@ def _on_two_hosts(command, folder, succeed=True, exit_codes=(2, 2)):
   try:
     while any(host.poll() is None for host in hosts):
       failed = [h for h in hosts if h.poll() not in (None, 0)] if succeed else []
-      assert not failed and time.monotonic() < deadline, "\n".join(
-          f"host {i} exited with {h.poll()}:\n{err.read_text()[-3000:]}"
-          for i, (h, (_, err)) in enumerate(zip(hosts, logs)))
+      if failed or time.monotonic() > deadline:
+        hung = [h for h in hosts if h.poll() is None]
+        for host in hung:
+          host.send_signal(signal.SIGABRT)
+        for host in hung:
+          with contextlib.suppress(subprocess.TimeoutExpired):
+            host.wait(10)
+        pytest.fail("\n".join(
+            f"host {i} {'still running' if h in hung else f'exited with {h.poll()}'}"
+            f":\n{err.read_text()[-6000:]}"
+            for i, (h, (_, err)) in enumerate(zip(hosts, logs))))
       time.sleep(0.2)
   finally:
     for host in hosts:
@@ -278,6 +296,7 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert [out.pop("unreadable") for out in outputs] == [
       "ValueError: processes [1] failed to read their share of the labels "
       "(their own errors say why).", "OSError: record unreadable"]
+  assert [out.pop("arrays_kept_by_error") for out in outputs] == [0, 0]
   # Both hosts hold every number of every run.
   assert outputs[0] == outputs[1]
   # Each host read the labels of half of the records (and twice the first
