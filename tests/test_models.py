@@ -159,6 +159,9 @@ def test_batch_norm_statistics_leave_out_masked_rows(module):
   chex.assert_trees_all_close(padded_state, expected_state, rtol=1e-4,
                               atol=1e-5)
   np.testing.assert_allclose(padded_logits[:4], logits, rtol=1e-4, atol=1e-4)
+  # A mask without a row counts every row, as none does, not none (NaN).
+  chex.assert_trees_all_close(train(real, task[:4], jnp.zeros(4, bool)),
+                              (logits, expected_state), rtol=1e-5, atol=1e-5)
 
 
 def test_fit_keeps_zero_weight_rows_out_of_batch_norm():

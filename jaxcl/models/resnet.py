@@ -34,8 +34,10 @@ __all__ = ["ResNet32", "SlimResNet18"]
 def _batch_norm(x: jnp.ndarray, train: bool,
                 mask: jnp.ndarray | None) -> jnp.ndarray:
   """PyTorch-default batch norm; in training its statistics cover ``mask``'s
-  rows (all rows when None)."""
+  rows (all rows when None or when it holds none, rather than none at all:
+  statistics of no rows are NaN)."""
   if mask is not None:
+    mask = mask | ~jnp.any(mask)
     mask = mask.reshape(mask.shape + (1,) * (x.ndim - 1))
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                       epsilon=1e-5)(x, mask=mask if train else None)
