@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dropout probability")
   train = run.add_argument_group("training")
   train.add_argument("--strategy", default="naive",
-                     help="strategy name, or names joined by '+' to chain them")
+                     help="strategy name, or names joined by '+' to chain "
+                     "them; a name may take values of its own, which win "
+                     "over the flags: 'lwf(alpha=2)+mas(alpha=0.5)'")
   train.add_argument("--optimizer", default="sgd", help="sgd or adam")
   train.add_argument("--lr", type=float, default=0.01, help="learning rate")
   train.add_argument("--momentum", type=float, default=0.0,
@@ -281,7 +283,7 @@ def _check_args(args: argparse.Namespace) -> None:
   from jaxcl import _validation
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
-  from jaxcl.strategies import REGISTRY
+  from jaxcl.strategies import parse_spec
   _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
   _check_seed_range("--seed", args.seed)
   _seeds(args)
@@ -292,14 +294,11 @@ def _check_args(args: argparse.Namespace) -> None:
                      f"{_lazy_benchmarks()}.")
   _validation.check_choice("model", args.model, MODELS)
   _validation.check_choice("optimizer", args.optimizer, ("sgd", "adam"))
-  names = [name.strip() for name in args.strategy.split("+")]
-  for name in names:
-    _validation.check_choice("strategy", name, REGISTRY)
+  names = [name for name, _ in parse_spec(args.strategy)]
   twice = sorted({name for name in names if names.count(name) > 1})
   if twice:
     raise ValueError(f"--strategy {args.strategy!r} names {', '.join(twice)} "
-                     "more than once; expected each strategy once (the "
-                     "hyperparameter flags apply to every copy alike).")
+                     "more than once; expected each strategy once.")
   if args.early_stopping_mode is None:  # Recorded resolved in results.json.
     args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
                                 else "max")
@@ -416,16 +415,19 @@ def _check_flags_take_effect(args: argparse.Namespace) -> None:
     refuse("reset_schedule", "--lr-schedule is constant")
   if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
     refuse("lr", "--sweep lr=... sets the learning rates")
-  from jaxcl.strategies import REGISTRY
-  takes = {p for name in args.strategy.split("+")
-           for p in REGISTRY[name.strip()].parameters}
+  from jaxcl.strategies import REGISTRY, open_parameters, parse_spec
+  takes = open_parameters(args.strategy)
   unused = sorted(set(_strategy_hparams(args)) - takes)
   if unused:
     flags = ", ".join(_flag(p) for p in sorted(takes)) or "none"
+    set_in_spec = any(unused[0] in REGISTRY[name].parameters
+                      for name, _ in parse_spec(args.strategy))
     raise ValueError(
         f"{_flag(unused[0])} {_as_typed(getattr(args, unused[0]))} has no "
-        f"effect: --strategy {args.strategy} takes no {unused[0]}; expected "
-        f"to leave it out (its flags: {flags}).")
+        f"effect: --strategy {args.strategy} "
+        f"{'sets' if set_in_spec else 'takes no'} {unused[0]}"
+        f"{' itself' if set_in_spec else ''}; expected to leave it out (its "
+        f"flags: {flags}).")
   if not args.checkpoint_dir:
     refuse("checkpoint_keep", "no --checkpoint-dir is given")
   if not (args.periodic_eval or args.early_stopping):
@@ -511,9 +513,10 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   if not sep:
     raise ValueError(f"--sweep must look like NAME=V1,V2,..., got {args.sweep!r}.")
   from jaxcl import _validation
-  from jaxcl.strategies import REGISTRY
-  entries = [REGISTRY[n.strip()] for n in args.strategy.split("+")]
-  takes = {p for e in entries for p in e.parameters}
+  from jaxcl.strategies import REGISTRY, open_parameters, parse_spec
+  entries = [REGISTRY[n] for n, own in parse_spec(args.strategy)
+             if name not in own]
+  takes = open_parameters(args.strategy)
   _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
   if name != "lr" and hasattr(args, name):  # Strategy flags exist if given.
     raise ValueError(

@@ -45,6 +45,20 @@ def test_run_end_to_end(tmp_path):
     assert (logdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_values_in_the_strategy_spec_equal_the_flags(tmp_path):
+  def accuracies(*args):
+    logdir = tmp_path / str(len(list(tmp_path.iterdir())))
+    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                     "--epochs", "1", *args, "--logdir", str(logdir),
+                     "--quiet", "--no-progress", "--no-tensorboard",
+                     "--compilation-cache", ""]) == 0
+    return json.loads((logdir / "results.json").read_text())["accuracy_matrix"]
+  flags = accuracies("--strategy", "replay+lwf", "--mem-size", "40",
+                     "--alpha", "2")
+  assert accuracies("--strategy", "replay(mem_size=40)+lwf(alpha=2)") == flags
+  assert accuracies("--strategy", "replay+lwf", "--mem-size", "40") != flags
+
+
 def test_device_memory_budget_streams_with_the_same_numbers(tmp_path):
   results = []
   budget = ("--device-memory-budget-mb", "0.05")

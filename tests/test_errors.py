@@ -221,6 +221,23 @@ CASES = [
     Case("from_spec unused hyperparameter",
          lambda p: from_spec("naive", mem_size=3), ValueError,
          r"hyperparameters \['mem_size'\] are not used by strategy 'naive'"),
+    Case("from_spec value that is not a literal",
+         lambda p: from_spec("lwf(alpha=x)"), ValueError,
+         r"strategy spec 'lwf\(alpha=x\)': cannot read 'lwf\(alpha=x\)' "
+         r"\(the value of alpha, 'x', is not a Python literal\); expected "
+         r"strategy names joined by '\+'"),
+    Case("from_spec own value of a parameter the strategy lacks",
+         lambda p: from_spec("lwf(beta=1)+mas"), ValueError,
+         r"strategy spec 'lwf\(beta=1\)\+mas': lwf takes no beta; expected "
+         r"one of \['alpha', 'temperature'\]"),
+    Case("from_spec invalid own value",
+         lambda p: from_spec("lwf(alpha=-1)+mas", alpha=0.5), ValueError,
+         r"lwf\(alpha=-1\): alpha must be in \[0, inf\), got -1"),
+    Case("from_spec shared value every strategy sets itself",
+         lambda p: from_spec("lwf(alpha=2)", alpha=0.5), ValueError,
+         r"hyperparameters \['alpha'\] are not used by strategy "
+         r"'lwf\(alpha=2\)'; it takes \['temperature'\] \(values the spec "
+         r"gives a strategy itself win\)"),
     Case("replay batch_size_mem > mem_size",
          lambda p: from_spec("replay", mem_size=50, batch_size_mem=5000),
          ValueError, r"batch_size_mem=5000 exceeds mem_size=50; expected at "
@@ -261,6 +278,11 @@ CASES = [
          lambda p: _cli(p, "--ewc-lambda", "5"), CliExit,
          r"--ewc-lambda 5.0 has no effect: --strategy naive takes no "
          r"ewc_lambda; expected to leave it out \(its flags: none\)"),
+    Case("cli --alpha that the spec sets itself",
+         lambda p: _cli(p, "--strategy", "lwf(alpha=2)", "--alpha", "0.5"),
+         CliExit, r"--alpha 0.5 has no effect: --strategy lwf\(alpha=2\) sets "
+         r"alpha itself; expected to leave it out \(its flags: "
+         r"--temperature\)"),
     Case("cli --sweep with a bad later value",
          lambda p: _cli(p, "--strategy", "ewc", "--sweep",
                         "ewc_lambda=1,-1"), CliExit,

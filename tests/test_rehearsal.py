@@ -467,8 +467,9 @@ def test_factories_validate_and_register():
 
 
 @pytest.mark.parametrize("name, factory, message", [
-    ("my+plus", lambda strength=1.0: naive(), "without '\\+' or spaces"),
-    (" spaced ", lambda strength=1.0: naive(), "without '\\+' or spaces"),
+    ("my+plus", lambda strength=1.0: naive(), "without '\\+', parentheses"),
+    (" spaced ", lambda strength=1.0: naive(), "parentheses or spaces"),
+    ("my(paren", lambda strength=1.0: naive(), "without '\\+', parentheses"),
     ("replay", lambda strength=1.0: naive(), "'replay' is already registered"),
     ("kw", lambda **kwargs: naive(), "named parameters.*\\['kwargs'\\]"),
     ("sp", lambda spec=1: naive(), "named parameters.*\\['spec'\\]"),
@@ -491,6 +492,25 @@ def test_register_override_replaces_a_strategy_on_request():
   finally:
     register("naive", original, override=True)
   assert from_spec("naive").name == "naive"
+
+
+def test_a_spec_gives_chained_strategies_values_of_their_own():
+  from jaxcl.strategies import REGISTRY, parse_spec, register
+  before = dict(REGISTRY)
+  # Two strategies sharing a hyperparameter's name, named by its value.
+  register("probe_a", lambda alpha=1.0: naive()._replace(name=f"a{alpha:g}"))
+  register("probe_b", lambda alpha=1.0: naive()._replace(name=f"b{alpha:g}"))
+  try:
+    assert from_spec("probe_a+probe_b", alpha=0.5).name == "a0.5+b0.5"
+    assert from_spec("probe_a(alpha=2)+probe_b", alpha=0.5).name == "a2+b0.5"
+    assert from_spec("probe_a(alpha=2) + probe_b(alpha=1e+3)").name == (
+        "a2+b1000")
+    assert from_spec(" probe_a ( alpha = 3 ) ").name == "a3"
+    assert parse_spec("probe_a(alpha='x+y)')+probe_b()") == [
+        ("probe_a", {"alpha": "x+y)"}), ("probe_b", {})]
+  finally:
+    REGISTRY.clear()
+    REGISTRY.update(before)
 
 
 @pytest.mark.parametrize("make", [cumulative, lambda: gdumb(mem_size=6)])

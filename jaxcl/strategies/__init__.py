@@ -9,7 +9,8 @@ from jaxcl.strategies import generative, projection, regularization, rehearsal
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
-from jaxcl.strategies.registry import REGISTRY, StrategyEntry, from_spec, register
+from jaxcl.strategies.registry import (REGISTRY, StrategyEntry, from_spec,
+                                      open_parameters, parse_spec, register)
 from jaxcl.strategies.regularization import *  # noqa: F403
 from jaxcl.strategies.rehearsal import *  # noqa: F403
 
@@ -21,6 +22,8 @@ __all__ = [
     "chain",
     "from_spec",
     "naive",
+    "open_parameters",
+    "parse_spec",
     "register",
     *generative.__all__,
     *projection.__all__,

@@ -4,17 +4,20 @@ Each registered factory's keyword parameters become hyperparameters that can
 be given by name (on the command line as ``--mem-size`` for ``mem_size``).
 A name shared by several chained strategies goes to each of them: for
 ``mem_size`` or ``ewc_lambda`` that is one meaning, but ``alpha`` is LwF's
-distillation weight, MAS's importance decay and DER's logit weight; chain
-such strategies in Python (``chain(lwf(alpha=2.0), mas(alpha=0.5))``) to
-give each its own value.
+distillation weight, MAS's importance decay and DER's logit weight. A spec
+gives a strategy values of its own in parentheses, which win over the
+shared ones: ``"lwf(alpha=2.0)+mas(alpha=0.5)"``.
 
 Example:
   >>> from_spec("naive").name
   'naive'
+  >>> parse_spec("lwf(alpha=2.0)+mas")
+  [('lwf', {'alpha': 2.0}), ('mas', {})]
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -22,7 +25,8 @@ from typing import Any, NamedTuple
 from jaxcl import _validation
 from jaxcl.strategies.base import Strategy, chain
 
-__all__ = ["REGISTRY", "StrategyEntry", "from_spec", "register"]
+__all__ = ["REGISTRY", "StrategyEntry", "from_spec", "open_parameters",
+           "parse_spec", "register"]
 
 
 class StrategyEntry(NamedTuple):
@@ -51,10 +55,11 @@ def register(name: str, factory: Callable[..., Strategy], *,
     ValueError: For a name that specs cannot hold or that is taken, or a
       factory whose hyperparameters cannot be given by name.
   """
-  if not isinstance(name, str) or not name or "+" in name or (
+  if not isinstance(name, str) or not name or set(name) & set("+()") or (
       name != "".join(name.split())):
-    raise ValueError(f"strategy name must be a non-empty string without '+' "
-                     f"or spaces (specs join names with '+'), got {name!r}.")
+    raise ValueError(f"strategy name must be a non-empty string without '+', "
+                     f"parentheses or spaces (specs join names with '+' and "
+                     f"give values in parentheses), got {name!r}.")
   if name in REGISTRY and not override:
     raise ValueError(f"strategy {name!r} is already registered; pass "
                      "override=True to replace it.")
@@ -70,28 +75,136 @@ def register(name: str, factory: Callable[..., Strategy], *,
   REGISTRY[name] = StrategyEntry(name, factory, params)
 
 
-def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
-  """Builds a strategy from ``"name"`` or ``"a+b"`` and named hyperparameters.
+def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
+  """Splits a spec into its strategies' names and their own hyperparameters.
 
-  Hyperparameters that are None are left at each factory's default; a
-  hyperparameter that none of the named strategies takes is an error.
+  A spec is strategy names joined by ``+``; a name may be followed by
+  values of its own as Python literals, ``name(param=value, ...)``.
 
   Args:
-    spec: Strategy names joined by ``+`` (chained in that order).
+    spec: For example ``"replay+ewc"`` or ``"lwf(alpha=2.0)+mas(alpha=0.5)"``.
+
+  Returns:
+    ``(name, {param: value})`` per strategy, in order.
+
+  Raises:
+    ValueError: For a spec that is not of that form, an unknown name, or a
+      value for a parameter its strategy does not take.
+
+  Example:
+    >>> parse_spec("replay(mem_size=200)+ewc")
+    [('replay', {'mem_size': 200}), ('ewc', {})]
+  """
+  if not isinstance(spec, str):
+    raise ValueError(f"strategy spec must be a string, got {spec!r}.")
+  return [_parse_term(spec, term) for term in _split_terms(spec)]
+
+
+def _split_terms(spec: str) -> list[str]:
+  """``spec`` split at each ``+`` outside parentheses and quotes."""
+  terms, start, depth, quote = [], 0, 0, None
+  for i, char in enumerate(spec):
+    if quote:
+      quote = None if char == quote else quote
+    elif char in "'\"":
+      quote = char
+    elif char in "()":
+      depth += 1 if char == "(" else -1
+    elif char == "+" and depth == 0:
+      terms.append(spec[start:i])
+      start = i + 1
+  return [*terms, spec[start:]]
+
+
+def _parse_term(spec: str, term: str) -> tuple[str, dict[str, Any]]:
+  """``"name"`` or ``"name(param=value, ...)"`` -> (name, {param: value})."""
+  name, paren, rest = term.strip().partition("(")
+  name = name.strip()
+  expected = ("expected strategy names joined by '+', each optionally with "
+              "values of its own: NAME or NAME(PARAM=VALUE, ...)")
+  if not name or (paren and not rest.endswith(")")):
+    raise ValueError(f"strategy spec {spec!r}: cannot read {term.strip()!r}; "
+                     f"{expected}.")
+  _validation.check_choice("strategy", name, REGISTRY)
+  if not paren:
+    return name, {}
+  try:
+    call = ast.parse(f"f({rest}", mode="eval").body
+    problem = ("it has positional or ** arguments" if call.args or any(
+        k.arg is None for k in call.keywords) else None)
+  except SyntaxError as error:
+    problem = error.msg
+  own = {}
+  for keyword in [] if problem else call.keywords:
+    if keyword.arg in own:
+      problem = f"it gives {keyword.arg} twice"
+      break
+    try:
+      own[keyword.arg] = ast.literal_eval(keyword.value)
+    except ValueError:
+      problem = (f"the value of {keyword.arg}, "
+                 f"{ast.unparse(keyword.value)!r}, is not a Python literal")
+      break
+  if problem:
+    raise ValueError(f"strategy spec {spec!r}: cannot read {term.strip()!r} "
+                     f"({problem}); {expected}, with Python literals as "
+                     "values.")
+  takes = REGISTRY[name].parameters
+  unknown = sorted(set(own) - set(takes))
+  if unknown:
+    raise ValueError(f"strategy spec {spec!r}: {name} takes no {unknown[0]}; "
+                     f"expected one of {sorted(takes)}.")
+  return name, own
+
+
+def open_parameters(spec: str) -> set[str]:
+  """The hyperparameters that keyword arguments can still set for ``spec``:
+  those of its strategies that the spec does not set itself.
+
+  Example:
+    >>> sorted(open_parameters("lwf(alpha=1.0)+mas"))[:2]
+    ['alpha', 'lambda_reg']
+  """
+  return {p for name, own in parse_spec(spec)
+          for p in REGISTRY[name].parameters if p not in own}
+
+
+def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
+  """Builds a strategy from a spec and named hyperparameters.
+
+  Each hyperparameter goes to every strategy of the spec that takes it,
+  except those given their own value in the spec (see :func:`parse_spec`).
+  Hyperparameters that are None are left at each factory's default; one
+  that no strategy would receive is an error.
+
+  Args:
+    spec: Strategy names joined by ``+`` (chained in that order), each
+      optionally with values of its own: ``"lwf(alpha=2.0)+mas"``.
     **hyperparameters: Values by parameter name (e.g. ``mem_size=200``).
 
   Returns:
     The strategy (a ``chain`` when several names are given).
+
+  Example:
+    >>> from_spec("lwf(alpha=2.0)+mas", alpha=0.5).name
+    'lwf+mas'
   """
-  names = [n.strip() for n in str(spec).split("+")]
-  entries = [REGISTRY[_validation.check_choice("strategy", n, REGISTRY)]
-             for n in names]
+  terms = parse_spec(spec)
   given = {k: v for k, v in hyperparameters.items() if v is not None}
-  unused = set(given) - {p for e in entries for p in e.parameters}
+  takes = open_parameters(spec)
+  unused = set(given) - takes
   if unused:
     raise ValueError(f"hyperparameters {sorted(unused)} are not used by "
-                     f"strategy {spec!r}; it takes "
-                     f"{sorted({p for e in entries for p in e.parameters})}.")
-  strategies = [e.factory(**{k: v for k, v in given.items() if k in e.parameters})
-                for e in entries]
+                     f"strategy {spec!r}; it takes {sorted(takes)} (values "
+                     "the spec gives a strategy itself win).")
+  strategies = []
+  for (name, own), term in zip(terms, _split_terms(spec)):
+    entry = REGISTRY[name]
+    try:
+      strategies.append(entry.factory(**{
+          **{k: v for k, v in given.items() if k in entry.parameters}, **own}))
+    except ValueError as error:
+      if not own:
+        raise
+      raise ValueError(f"{term.strip()}: {error}") from error
   return strategies[0] if len(strategies) == 1 else chain(*strategies)
