@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from jaxcl.evaluation import (experience_forgetting, forward_transfer, trained_columns,
+from jaxcl.evaluation import (accuracy_on_trained_experiences,
+                              experience_forgetting, forward_transfer,
                               stream_accuracy, stream_bwt, stream_forgetting,
-                              stream_forward_transfer)
+                              stream_forward_transfer, trained_columns)
 
 R = np.array([[0.90, 0.10, 0.05],
               [0.60, 0.80, 0.20],
@@ -66,3 +67,24 @@ def test_new_instances_single_test_experience():
   np.testing.assert_array_equal(columns, [0, -1, -1])
   R = np.array([[0.6], [0.7], [0.65]])
   assert stream_forgetting(R, 2, columns) == pytest.approx(0.6 - 0.65)
+
+
+@pytest.mark.parametrize("metric", [
+    lambda current: experience_forgetting(R, current),
+    lambda current: stream_bwt(R, current),
+    lambda current: stream_forward_transfer(R, np.zeros(3), current),
+    lambda current: accuracy_on_trained_experiences(
+        [9, 8, 7], [10, 10, 10], current, columns=[0, 1, 2]),
+], ids=["forgetting", "bwt", "forward_transfer", "trained_accuracy"])
+@pytest.mark.parametrize("current", [-1, 3, 1.0])
+def test_current_outside_the_trained_rows_is_refused(metric, current):
+  # -1 would slice no row and give NaN; 3 is past the 3 rows.
+  with pytest.raises(ValueError, match=rf"current must be the index of the "
+                     rf"last trained experience.*got {current!r}"):
+    metric(current)
+
+
+def test_stream_accuracy_refuses_counts_of_another_shape():
+  with pytest.raises(ValueError, match=r"correct and count must have the "
+                     r"same shape, got \(2,\) and \(1,\)"):
+    stream_accuracy([1, 2], [3])

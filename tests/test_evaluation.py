@@ -123,11 +123,11 @@ def test_evaluate_gathers_every_count_like_numpy():
     exps.append(Experience(x=x, y=y, task=rng.integers(0, n_tasks, n),
                            index=i, classes=tuple(np.unique(y)),
                            origin="test"))
-  ctx = _eval_ctx(n_classes, np.ones((n_tasks, n_classes), bool))
+  ctx = _eval_ctx(n_classes, np.ones((n_tasks, n_classes), bool))._replace(
+      mask_classes=False)
   state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
                      jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
-  evaluate = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=2,
-                                   mask_classes=False, top_k=2))
+  evaluate = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=2, top_k=2))
   counts = jax.device_get(evaluate(state, stack_experiences(exps, n_classes)))
 
   assert counts.top_k == 2

@@ -16,7 +16,8 @@ from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.model_utils import visible_classes
-from jaxcl.training import (cross_entropy, init_state, make_evaluate,
+from jaxcl.training import (cross_entropy, experience_data, init_state,
+                            make_evaluate, make_train_experience,
                             make_train_step, stack_experiences)
 
 # The module, for its private helpers (``jaxcl.training.fit`` is the function).
@@ -61,6 +62,62 @@ def test_evaluate_matches_numpy_on_unequal_experiences():
                                -logp[np.arange(len(e)), e.y].sum(), rtol=1e-5)
     np.add.at(confusion, (e.y, pred), 1)
   np.testing.assert_array_equal(counts.confusion, confusion)
+
+
+def _small_experience(ctx, n):
+  rng = np.random.default_rng(n)
+  return experience_data(Experience(
+      x=rng.normal(size=(n, ctx.n_classes)).astype(np.float32),
+      y=rng.integers(0, ctx.n_classes, n), task=np.zeros(n), index=1,
+      classes=tuple(range(ctx.n_classes)), origin="train"),
+      ctx.experience_size, ctx.n_classes)
+
+
+def test_custom_loop_takes_no_step_on_padding_by_default():
+  # An experience of 3 samples padded to 8 rows: batches of 4 give one step
+  # of padding alone, which would move Adam's weights and count a step.
+  ctx = _ctx(3)
+  optimizer = optax.adam(0.1)
+  state = init_state(ctx, naive(), optimizer, jax.random.key(0),
+                     jnp.zeros((1, 3)), jnp.zeros((1,), jnp.int32))
+  data = _small_experience(ctx, 3)
+  trained = {}
+  for skip in (None, True, False):
+    kwargs = {} if skip is None else {"skip_empty_steps": skip}
+    train = jax.jit(make_train_experience(ctx, naive(), optimizer, epochs=3,
+                                          **kwargs))
+    trained[skip], metrics = train(state, data)
+    if skip is not False:
+      assert int(trained[skip].step) == int(metrics["steps_trained"]) == 3
+  assert int(trained[False].step) == 3 + 3  # a padding step per epoch
+  chex.assert_trees_all_equal(trained[None], trained[True])
+
+
+def test_custom_loop_pieces_refuse_bad_arguments_before_compiling():
+  ctx = _ctx(3)
+  with pytest.raises(ValueError, match=r"mask_classes=False contradicts "
+                     r"ctx.mask_classes=True, which strategies' hooks follow"):
+    make_train_experience(ctx, naive(), optax.sgd(0.1), epochs=1,
+                          mask_classes=False)
+  with pytest.raises(ValueError, match=r"mask_classes=True contradicts"):
+    make_evaluate(ctx._replace(mask_classes=False), naive(),
+                  eval_batch_size=2, mask_classes=True)
+  with pytest.raises(ValueError, match=r"Unknown optimizer_reset 'State'.*"
+                     r"Did you mean 'state'"):
+    make_train_experience(ctx, naive(), optax.sgd(0.1), epochs=1,
+                          optimizer_reset="State")
+  with pytest.raises(ValueError, match="epochs must be a positive integer"):
+    make_train_experience(ctx, naive(), optax.sgd(0.1), epochs=0)
+  for name in ("eval_batch_size", "top_k"):
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+      make_evaluate(ctx, naive(), **{"eval_batch_size": 2, name: 0})
+  train = make_train_experience(ctx, naive(), optax.sgd(0.1), epochs=1)
+  state = init_state(ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, 3)), jnp.zeros((1,), jnp.int32))
+  data = _small_experience(ctx._replace(experience_size=12), 5)
+  with pytest.raises(ValueError, match=r"data holds 12 rows; expected "
+                     r"ctx.experience_size=8"):
+    jax.jit(train)(state, data)
 
 
 def test_unseen_classes_are_masked_in_evaluation():

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = [
@@ -31,6 +33,9 @@ __all__ = [
 
 def stream_accuracy(correct: np.ndarray, count: np.ndarray) -> float:
   """Pooled accuracy ``sum(correct) / sum(count)`` (not a mean of accuracies)."""
+  if np.shape(correct) != np.shape(count):
+    raise ValueError(f"correct and count must have the same shape, got "
+                     f"{np.shape(correct)} and {np.shape(count)}.")
   total = float(np.sum(count))
   return float(np.sum(correct)) / total if total else float("nan")
 
@@ -50,6 +55,16 @@ def trained_columns(train_stream, n_test: int) -> np.ndarray:
   cols = np.array([e.index if c is None else c
                    for e, c in zip(train_stream, cols)], np.int64)
   return np.where(cols < n_test, cols, -1)
+
+
+def _check_current(current: int, rows: int | None) -> int:
+  """``current`` if it indexes a train experience (of ``rows``, if known)."""
+  if (isinstance(current, bool) or not isinstance(current, numbers.Integral)
+      or current < 0 or (rows is not None and current >= rows)):
+    bound = "" if rows is None else f", below {rows} (the rows of R)"
+    raise ValueError(f"current must be the index of the last trained "
+                     f"experience: an integer >= 0{bound}; got {current!r}.")
+  return int(current)
 
 
 def _columns(R: np.ndarray, columns: np.ndarray | None) -> np.ndarray:
@@ -81,6 +96,8 @@ def accuracy_on_trained_experiences(correct: np.ndarray, count: np.ndarray,
     0.5
   """
   correct, count = np.asarray(correct), np.asarray(count)
+  current = _check_current(
+      current, None if columns is None else len(np.asarray(columns)))
   if columns is None:
     columns = np.arange(current + 1)
   trained = np.unique(np.asarray(columns)[:current + 1])
@@ -104,6 +121,7 @@ def experience_forgetting(R: np.ndarray, current: int,
     columns: Test column of each train experience (see :func:`trained_columns`).
   """
   R = np.asarray(R, np.float64)
+  current = _check_current(current, len(R))
   columns = _columns(R, columns)
   out = np.full(R.shape[1], np.nan)
   for j in range(R.shape[1]):
@@ -149,6 +167,7 @@ def forward_transfer(R: np.ndarray, initial: np.ndarray, current: int,
     columns: Test column of each train experience (see :func:`trained_columns`).
   """
   R = np.asarray(R, np.float64)
+  current = _check_current(current, len(R))
   columns = _columns(R, columns)
   initial = np.asarray(initial, np.float64)
   out = np.full(R.shape[1], np.nan)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
+from jaxcl import _validation
 from jaxcl.evaluation import system
 from jaxcl.models.adapter import batch_stats_rows
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
@@ -136,12 +137,26 @@ def _epoch_order(key: jax.Array, size: jax.Array, padded: int,
   return order, jnp.arange(total) < size
 
 
+def _masking(ctx: StrategyContext, mask_classes: bool | None) -> bool:
+  """The loop's class masking: the context's, which strategies' hooks follow
+  (a different value would mask the loop's logits and not theirs)."""
+  if mask_classes is None:
+    return ctx.mask_classes
+  _validation.check_bool("mask_classes", mask_classes)
+  if bool(mask_classes) != bool(ctx.mask_classes):
+    raise ValueError(
+        f"mask_classes={mask_classes} contradicts ctx.mask_classes="
+        f"{ctx.mask_classes}, which strategies' hooks follow; expected to "
+        "leave it out (set it in make_context).")
+  return bool(mask_classes)
+
+
 def make_train_step(
     ctx: StrategyContext,
     strategy: Strategy,
     optimizer: optax.GradientTransformation,
     *,
-    mask_classes: bool = True,
+    mask_classes: bool | None = None,
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, Any, jax.Array]]:
   """Builds one optimizer step: the body of every training scan.
 
@@ -157,6 +172,7 @@ def make_train_step(
   Returns:
     ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
+  mask_classes = _masking(ctx, mask_classes)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
     if ctx.augment is not None:
@@ -233,12 +249,15 @@ def make_experience_parts(
     strategy: Strategy,
     optimizer: optax.GradientTransformation,
     *,
-    mask_classes: bool = True,
-    skip_empty_steps: bool = False,
+    mask_classes: bool | None = None,
+    skip_empty_steps: bool = True,
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
 ) -> ExperienceParts:
   """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
+  _validation.check_bool("skip_empty_steps", skip_empty_steps)
+  _validation.check_choice("optimizer_reset", optimizer_reset,
+                           ("none", "schedule", "state"))
   batch_size = ctx.batch_size
   steps = math.ceil(ctx.experience_size / batch_size)
   # A named call, so that fit's FLOP count finds the step by name wherever
@@ -307,8 +326,8 @@ def make_train_experience(
     optimizer: optax.GradientTransformation,
     *,
     epochs: int,
-    mask_classes: bool = True,
-    skip_empty_steps: bool = False,
+    mask_classes: bool | None = None,
+    skip_empty_steps: bool = True,
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
 ) -> Callable[..., tuple[TrainState, dict]]:
@@ -320,11 +339,16 @@ def make_train_experience(
     strategy: The strategy whose hooks run inside the loop.
     optimizer: An optax gradient transformation.
     epochs: Number of passes over the experience.
-    mask_classes: Mask the logits of classes not seen so far (class-incremental
-      head) and, with ``ctx.task_classes``, of classes outside each sample's
-      task; when False the head is used as is.
-    skip_empty_steps: Guard steps that hold no real sample (needed only when
-      some experience is smaller than the largest by at least a batch).
+    mask_classes: Whether the logits of classes not seen so far
+      (class-incremental head) and, with ``ctx.task_classes``, of classes
+      outside each sample's task are masked; when False the head is used as
+      is. ``ctx.mask_classes`` (set in ``make_context``) decides, as it does
+      for strategies' hooks; a different value here is an error.
+    skip_empty_steps: Skip the steps that hold no real sample, which an
+      experience smaller than the largest by at least a batch has: without
+      the guard they would update the parameters (momentum, a strategy's
+      penalty) and advance the step count. False saves the guard where
+      every experience fills the same number of batches.
     watcher: Periodic evaluation (and early stopping) inside the experience,
       from :func:`jaxcl.training.periodic.make_watcher`.
     optimizer_reset: What of the optimizer state starts over at the
@@ -340,6 +364,7 @@ def make_train_experience(
     (see :func:`jaxcl.training.periodic.make_watcher`; the first is the one
     before training).
   """
+  _validation.check_positive_int("epochs", epochs)
   parts = make_experience_parts(
       ctx, strategy, optimizer, mask_classes=mask_classes,
       skip_empty_steps=skip_empty_steps, watcher=watcher,
@@ -369,6 +394,11 @@ def make_train_experience(
 
   def train_experience(state: TrainState, data: ExperienceData,
                        eval_data: ExperienceData | None = None):
+    if data.x.shape[0] != ctx.experience_size:
+      raise ValueError(
+          f"data holds {data.x.shape[0]} rows; expected ctx.experience_size="
+          f"{ctx.experience_size} (an experience padded to the context's "
+          "size, as put_experiences does).")
     state, epochs_key, end_key = parts.begin(state, data)
     watch = first = None
     if watcher is not None:
@@ -435,7 +465,7 @@ class EvalCounts:
 
 
 def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
-                  eval_batch_size: int, mask_classes: bool = True,
+                  eval_batch_size: int, mask_classes: bool | None = None,
                   top_k: int = 5
                   ) -> Callable[[TrainState, ExperienceData], EvalCounts]:
   """Builds the function that evaluates a stacked stream (to be jitted once).
@@ -448,13 +478,17 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     ctx: Static context.
     strategy: Its ``predict`` slot, if set, replaces the model's prediction.
     eval_batch_size: Samples per evaluation chunk (memory/speed trade-off).
-    mask_classes: Mask the logits of classes not seen so far.
+    mask_classes: Mask the logits of classes not seen so far (as for
+      :func:`make_train_experience`: ``ctx.mask_classes`` decides).
     top_k: The ``k`` of the top-k accuracy (capped at the number of classes).
 
   Returns:
     ``evaluate(state, stream) -> EvalCounts`` where ``stream`` is an
     :class:`ExperienceData` with a leading experience axis.
   """
+  _validation.check_positive_int("eval_batch_size", eval_batch_size)
+  _validation.check_positive_int("top_k", top_k)
+  mask_classes = _masking(ctx, mask_classes)
   n_classes = ctx.n_classes
   n_tasks = 1 if ctx.task_classes is None else len(ctx.task_classes)
 
