@@ -49,7 +49,11 @@ def test_evaluate_matches_numpy_on_unequal_experiences():
                      jnp.zeros((1, n_classes)), jnp.zeros((1,), jnp.int32))
   state = state.replace(seen_classes=jnp.ones(n_classes, bool))
   evaluate = jax.jit(make_evaluate(ctx, naive(), eval_batch_size=2))
-  counts = jax.device_get(evaluate(state, stack_experiences(exps, n_classes)))
+  stream = stack_experiences(exps, n_classes)
+  counts = jax.device_get(evaluate(state, stream))
+  # Labels of a narrower integer type (tfds's uint8) count the same.
+  chex.assert_trees_all_equal(jax.device_get(evaluate(
+      state, stream.replace(y=stream.y.astype(jnp.uint8)))), counts)
   confusion = np.zeros((n_classes, n_classes), int)
   for j, e in enumerate(exps):
     pred = e.x.argmax(1)

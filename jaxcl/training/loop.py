@@ -214,7 +214,7 @@ def make_train_step(
         ctx, state, new_state, grads, batch, after_key))
     metrics = TrainMetrics.single_from_model_output(
         loss=jnp.full(batch["y"].shape, loss), logits=logits,
-        labels=batch["y"], mask=batch["weight"] > 0)
+        labels=batch["y"].astype(jnp.int32), mask=batch["weight"] > 0)
     return new_state, metrics, loss
 
   return train_step
@@ -504,6 +504,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     return jnp.where(visible, logits, MASK_VALUE), visible
 
   def reducers(logits, visible, y, task, valid):
+    y = y.astype(jnp.int32)  # clu's Accuracy takes int32 labels alone.
     # A label the masked prediction cannot output is never right, even
     # where fewer than k classes are visible and masked ties fill the top k.
     label_visible = None if visible is None else jnp.take_along_axis(
