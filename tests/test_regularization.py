@@ -301,8 +301,10 @@ def _np_kl(teacher, student, classes, temperature):
 
 
 def test_lwf_distils_only_old_classes_with_per_experience_alpha():
-  ctx, strategy = _ctx(), lwf(alpha=[0.0, 2.0], temperature=3.0)
-  exp, data = _data(80)
+  ctx, strategy = _ctx(), lwf(alpha=[0.0, 2.0, 5.0], temperature=3.0)
+  # A stream sliced from its second experience: the values go by position
+  # (Avalanche's train_exp_counter), not by the experiences' indices.
+  exp, data = _data(80, index=1)
   teacher = _params(81)
   state = _state(strategy, ctx, teacher, seen=(True, False, True))
   begin = jax.jit(functools.partial(strategy.begin_experience, ctx))
@@ -311,10 +313,11 @@ def test_lwf_distils_only_old_classes_with_per_experience_alpha():
                   {"x": exp.x, "task": exp.task, "weight": np.ones(3)},
                   jnp.ones((3, N_CLASSES))) == 0.0  # No teacher yet.
   state = _end(strategy, ctx, state, data)
-  _, data1 = _data(82, index=1)
+  _, data1 = _data(82, index=2)
   state = begin(state.replace(seen_classes=jnp.ones(3, bool)), data1,
                 jax.random.key(0))
   cl = state.cl_state
+  assert int(cl["experience"]) == 1
   np.testing.assert_array_equal(cl["old_classes"], [True, False, True])
   batch = {"x": exp.x, "task": exp.task, "weight": np.ones(3)}
   teacher_logits = exp.x @ np.asarray(teacher["w"]) + np.asarray(teacher["b"])
@@ -400,7 +403,8 @@ def test_lfl_penalises_penultimate_features_and_freezes_head():
   exp, data = _data(90, input_dim=4)
   params, _ = ctx.model.init(jax.random.key(0), jnp.zeros((1, 4)),
                              jnp.zeros((1,), jnp.int32))
-  state = _state(strategy, ctx, params)
+  state = strategy.begin_experience(ctx, _state(strategy, ctx, params), data,
+                                    None)
   batch = {"x": jnp.asarray(exp.x), "task": jnp.zeros(3, jnp.int32),
            "weight": jnp.asarray([1.0, 1.0, 0.0])}
   grads = jax.tree.map(jnp.ones_like, params)
@@ -425,10 +429,12 @@ def test_lfl_penalises_penultimate_features_and_freezes_head():
   assert all(np.all(g == 0) for g in jax.tree.leaves(frozen["TorchLinear_1"]))
 
 
-@pytest.mark.parametrize("multi_head", [False, True])
-def test_lfl_freezes_only_the_output_units_trained_before(multi_head):
+@pytest.mark.parametrize("heads", [None, 2, 3])
+def test_lfl_freezes_only_the_output_units_trained_before(heads):
+  multi_head = heads is not None
   if multi_head:  # Task 0: classes {0, 1}, trained; task 1: {2}, not yet.
-    module = MTMLP(N_CLASSES, n_tasks=2, hidden_size=5, drop_rate=0.0)
+    # A third head (a model with more heads than tasks) is never trained.
+    module = MTMLP(N_CLASSES, n_tasks=heads, hidden_size=5, drop_rate=0.0)
     ctx = _ctx(model=as_model(module), input_dim=4)._replace(
         task_classes=np.array([[1, 1, 0], [0, 0, 1]], bool))
   else:  # One head: classes {0, 1} trained, class 2 not yet.
@@ -448,9 +454,9 @@ def test_lfl_freezes_only_the_output_units_trained_before(multi_head):
   head = jax.tree.leaves(frozen[max(frozen)])  # the output layer: bias, kernel
   trained = np.array([True, True, False])
   for leaf in map(np.asarray, head):
-    if multi_head:  # Head 0's classes 0 and 1 frozen, head 1 free.
-      leaf, other = leaf[0], leaf[1]
-      assert np.all(other == 1)
+    if multi_head:  # Head 0's classes 0 and 1 frozen, the others free.
+      leaf, others = leaf[0], leaf[1:]
+      assert np.all(others == 1)
     assert np.all(leaf[..., trained] == 0) and np.all(leaf[..., ~trained] == 1)
   # The features below the head keep their gradient.
   below = [g for k, g in frozen.items() if k != max(frozen)]
@@ -582,6 +588,9 @@ def test_vmap_over_hyperparameters_matches_separate_runs():
     (lambda: lwf(temperature=0.0), ValueError, "temperature must be in"),
     (lambda: lwf(alpha=[]), ValueError, "non-empty list"),
     (lambda: lwf(alpha="big"), TypeError, "alpha must be a real number"),
+    # A NumPy scalar array is one value (it had no len()).
+    (lambda: lwf(alpha=np.array(-0.5)), ValueError,
+     r"alpha must be in \[0, inf\), got -0.5"),
     (lambda: lfl(lambda_e=-1e-4), ValueError, "lambda_e must be in"),
     (lambda: lfl(freeze_head="yes"), TypeError, "freeze_head must be a bool"),
 ])

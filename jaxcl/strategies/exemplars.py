@@ -316,8 +316,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     'icarl'
   """
   memory_size = _validation.check_positive_int("memory_size", memory_size)
-  if not isinstance(fixed_memory, bool):
-    raise TypeError(f"fixed_memory must be a bool, got {fixed_memory!r}.")
+  fixed_memory = bool(_validation.check_bool("fixed_memory", fixed_memory))
 
   def capacity(ctx):
     # ceil(M / n) per class over n classes is at most M + n - 1 exemplars.

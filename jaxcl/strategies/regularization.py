@@ -159,6 +159,8 @@ def _n_batches(ctx: StrategyContext, data) -> jax.Array:
 def _check_schedule(name: str, value: float | Sequence[float]
                     ) -> tuple[float, ...]:
   """A non-negative number or a non-empty list of them (one per experience)."""
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    value = value.item()  # A NumPy scalar array is one number.
   if isinstance(value, (list, tuple, np.ndarray)):
     if len(value) == 0:
       raise ValueError(f"{name} must be a non-negative number or a non-empty "
@@ -175,9 +177,17 @@ def _schedule_array(values: tuple[float, ...], n_experiences: int) -> jax.Array:
 
 
 def _record_experience(ctx, state, data, key):
-  """``begin_experience`` that notes the index (for per-experience values)."""
-  del ctx, key
-  return state.replace(cl_state={**state.cl_state, "experience": data.index})
+  """``begin_experience`` that counts the experiences begun, from 0 (the
+  position of per-experience values, as Avalanche's ``train_exp_counter``:
+  a sliced stream's first experience keeps its index, not its position)."""
+  del ctx, data, key
+  return state.replace(cl_state={**state.cl_state,
+                                 "experience": state.cl_state["experience"] + 1})
+
+
+def _no_experience_yet() -> jax.Array:
+  """The count :func:`_record_experience` starts from."""
+  return jnp.full((), -1, jnp.int32)
 
 
 # ------------------------------------------------------------------------ EWC
@@ -347,7 +357,7 @@ def si(si_lambda: float | Sequence[float] = 1.0, eps: float = 1e-7) -> Strategy:
     del key
     zeros = _zeros_like(params)
     return {"si_lambda": _schedule_array(lambdas, ctx.n_experiences),
-            "eps": jnp.float32(eps), "experience": jnp.zeros((), jnp.int32),
+            "eps": jnp.float32(eps), "experience": _no_experience_yet(),
             "importance": zeros, "anchor": params, "path": zeros,
             "cumulative": zeros}
 
@@ -559,7 +569,7 @@ def _init_teacher(ctx: StrategyContext, params: PyTree, key: jax.Array) -> dict:
           "old_task_classes": jnp.zeros((len(_task_classes(ctx)),
                                          ctx.n_classes), bool),
           "has_teacher": jnp.zeros((), bool),
-          "experience": jnp.zeros((), jnp.int32)}
+          "experience": _no_experience_yet()}
 
 
 def _task_classes(ctx: StrategyContext) -> np.ndarray:
@@ -716,7 +726,14 @@ def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
   layer = grads
   for key in path:
     layer = layer[key]
-  trained = units if layer["kernel"].ndim == 3 else classes
+  trained = classes
+  if layer["kernel"].ndim == 3:
+    # A model may hold more heads than the benchmark has tasks: those past
+    # the task table were never trained.
+    heads, known = layer["kernel"].shape[0], min(layer["kernel"].shape[0],
+                                                 units.shape[0])
+    trained = jnp.zeros((heads,) + units.shape[1:], bool).at[:known].set(
+        units[:known])
 
   def visit(key_path, leaf):
     keys = tuple(getattr(k, "key", k) for k in key_path)
