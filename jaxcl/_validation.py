@@ -6,8 +6,10 @@ Every error names the argument, the value received and what was expected.
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
 import numbers
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -30,6 +32,23 @@ def check_bool(name: str, value) -> bool:
     raise TypeError(f"{name} must be True or False, got {value!r} of type "
                     f"{type(value).__name__}.")
   return bool(value)
+
+
+def checks_bool_arguments(function: Callable) -> Callable:
+  """Decorates ``function`` to refuse, before it runs, a non-bool given to
+  any parameter annotated ``bool`` (a config's ``"False"`` is truthy)."""
+  signature = inspect.signature(function)
+  switches = [name for name, parameter in signature.parameters.items()
+              if parameter.annotation in (bool, "bool")]
+
+  @functools.wraps(function)
+  def checked(*args, **kwargs):
+    given = signature.bind(*args, **kwargs).arguments
+    for name in switches:
+      if name in given:
+        check_bool(name, given[name])
+    return function(*args, **kwargs)
+  return checked
 
 
 def check_positive_int(name: str, value) -> int:

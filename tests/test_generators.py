@@ -1,5 +1,7 @@
 """Scenario generators: exact partitions, class timelines, seeds, clear errors."""
 
+import inspect
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -314,6 +316,16 @@ def test_split_online_sizes_origins_and_boundaries():
     split_online(base, 11, drop_last=True)
   with pytest.raises(ValueError, match="experience_size must be a positive"):
     split_online(base, 0)
+  # Split again, the mini-experiences keep the experiences they came from,
+  # and the boundaries of those.
+  twice = split_online(b, 2, shuffle=False, access_task_boundaries=True)
+  assert [len(e) for e in twice.train_stream] == [2, 2, 2, 2, 2] * 2
+  assert [e.origin_experience for e in twice.train_stream] == [0] * 5 + [1] * 5
+  assert [e.is_first_subexp for e in twice.train_stream] == (
+      [True, False, False, False, False] * 2)
+  assert [e.is_last_subexp for e in twice.train_stream] == (
+      [False, False, False, False, True] * 2)
+  assert task_incremental(twice).n_tasks == 2
 
 
 def test_data_incremental_consecutive_chunks():
@@ -373,6 +385,9 @@ def test_with_validation_partition_and_class_balance():
     with_validation(base, 1.0)
   with pytest.raises(ValueError, match="leaves 20 of the 20 samples"):
     with_validation(base, 20)
+  # A second split would drop the first one's samples from both streams.
+  with pytest.raises(ValueError, match="has a validation stream already"):
+    with_validation(b, 0.25)
 
 
 @pytest.mark.parametrize("seed,error", [(None, TypeError), (-1, ValueError),
@@ -400,6 +415,15 @@ def test_class_ids_and_assignments_must_be_integers():
   in_jax = class_incremental((x, y), (x, y), 3,
                              fixed_class_order=jnp.arange(5, -1, -1))
   assert in_jax.class_order == (5, 4, 3, 2, 1, 0)
+  # Grouped ids are no order (they were flattened).
+  with pytest.raises(ValueError, match=r"fixed_class_order must be a flat "
+                     r"sequence of class ids, got shape \(3, 2\)"):
+    class_incremental((x, y), (x, y), 3,
+                      fixed_class_order=[[0, 1], [2, 3], [4, 5]])
+  with pytest.raises(TypeError, match=r"per_exp_classes must map experience "
+                     r"indices to class counts \(e.g. \{0: 5\}\), got "
+                     r"\[4, 1, 1\] of type list"):
+    class_incremental((x, y), (x, y), 3, per_exp_classes=[4, 1, 1])
   with pytest.raises(TypeError, match=r"fixed_exp_assignment\[0\] must hold "
                      "integer sample indices, got dtype float64"):
     new_instances((x, y), (x, y), 2,
@@ -409,3 +433,25 @@ def test_class_ids_and_assignments_must_be_integers():
   as_tuple = class_incremental((x, y), (x, y), 3, seed=1)
   np.testing.assert_array_equal(as_list.train_stream[2].x,
                                 as_tuple.train_stream[2].x)
+
+
+def _switches():
+  """(factory, bool parameter) of every public benchmark function."""
+  import jaxcl.benchmarks as benchmarks
+  functions = [getattr(benchmarks, n) for n in benchmarks.__all__] + [
+      sources.arrays_from_data_source, sources.load_tfds_split,
+      sources.load_bundled]
+  return [pytest.param(f, name, id=f"{f.__name__}-{name}")
+          for f in functions if inspect.isfunction(f)
+          for name, p in inspect.signature(f).parameters.items()
+          if p.annotation in (bool, "bool")]
+
+
+@pytest.mark.parametrize("factory, name", _switches())
+def test_switches_refuse_what_is_not_a_bool_before_reading(factory, name):
+  # A config's "False" is truthy: it would switch the option on.
+  required = {p: None for p, v in inspect.signature(factory).parameters.items()
+              if v.default is inspect.Parameter.empty}
+  with pytest.raises(TypeError, match=rf"^{name} must be True or False, got "
+                     r"'False' of type str\.$"):
+    factory(**required, **{name: "False"})

@@ -168,6 +168,7 @@ def _split(name: str, splits: Sequence[Any], n_experiences: int, mean, std,
       augment=augmentation, name=name, **kwargs)
 
 
+@_validation.checks_bool_arguments
 def split_mnist(
     n_experiences: int = 5,
     *,
@@ -226,6 +227,7 @@ def split_mnist(
                     class_ids_from_zero_from_first_exp))
 
 
+@_validation.checks_bool_arguments
 def split_fmnist(
     n_experiences: int = 5,
     *,
@@ -259,6 +261,7 @@ def split_fmnist(
                     class_ids_from_zero_from_first_exp))
 
 
+@_validation.checks_bool_arguments
 def split_kmnist(
     n_experiences: int = 5,
     *,
@@ -291,6 +294,7 @@ def split_kmnist(
                     class_ids_from_zero_from_first_exp))
 
 
+@_validation.checks_bool_arguments
 def split_cifar10(
     n_experiences: int = 5,
     *,
@@ -330,6 +334,7 @@ def split_cifar10(
                     class_ids_from_zero_from_first_exp))
 
 
+@_validation.checks_bool_arguments
 def split_cifar100(
     n_experiences: int = 10,
     *,
@@ -417,6 +422,7 @@ def split_cifar110(
                 fixed_class_order=[*range(10), *(order100 + 10)])
 
 
+@_validation.checks_bool_arguments
 def split_svhn(
     n_experiences: int = 5,
     *,
@@ -450,6 +456,7 @@ def split_svhn(
                     class_ids_from_zero_from_first_exp))
 
 
+@_validation.checks_bool_arguments
 def split_omniglot(
     n_experiences: int = 4,
     *,
@@ -552,6 +559,7 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
   return out
 
 
+@_validation.checks_bool_arguments
 def split_cub200(
     n_experiences: int = 11,
     *,
@@ -618,6 +626,7 @@ FIVE_DATASETS = ("mnist", "kmnist", "fashion_mnist", "cifar10", "svhn_cropped")
 """The tfds datasets of :func:`five_datasets`, in experience order."""
 
 
+@_validation.checks_bool_arguments
 def five_datasets(
     *,
     return_task_id: bool = False,
@@ -658,6 +667,7 @@ def five_datasets(
       preprocess=normalizer(0.5, 0.5), name="five_datasets")
 
 
+@_validation.checks_bool_arguments
 def permuted_mnist(
     n_experiences: int = 10,
     *,
@@ -686,6 +696,7 @@ def permuted_mnist(
       preprocess=normalizer(MNIST_MEAN, MNIST_STD), name="permuted_mnist")
 
 
+@_validation.checks_bool_arguments
 def rotated_mnist(
     n_experiences: int = 10,
     *,
@@ -750,6 +761,7 @@ _TINY_IMAGENET_ADVICE = (
     "validation images become the test split), and pass data_dir=DIR.")
 
 
+@_validation.checks_bool_arguments
 def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
                           link: bool = True) -> Path:
   """Lays the official Tiny ImageNet out as a ``tfds.ImageFolder`` directory.
@@ -797,6 +809,7 @@ def _folder_root(benchmark: str, data_dir: PathLike | None, folder: str,
   return Path(data_dir).expanduser() / folder
 
 
+@_validation.checks_bool_arguments
 def split_tiny_imagenet(
     n_experiences: int = 10,
     *,
@@ -841,6 +854,7 @@ _CORE50_ADVICE = (
     "data_dir/core50_128x128/s1..s11/o1..o50/*.png.")
 
 
+@_validation.checks_bool_arguments
 def core50(
     *,
     scenario: str = "ni",

@@ -187,7 +187,10 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
   if given.dtype == bool or not np.issubdtype(given.dtype, np.integer):
     raise TypeError(f"fixed_class_order must hold integer class ids, got "
                     f"dtype {given.dtype}.")
-  order = tuple(int(c) for c in given.reshape(-1))
+  if given.ndim != 1:
+    raise ValueError(f"fixed_class_order must be a flat sequence of class "
+                     f"ids, got shape {given.shape}.")
+  order = tuple(int(c) for c in given)
   if sorted(order) != sorted(int(c) for c in classes):
     raise ValueError(
         f"fixed_class_order must be a permutation of the classes "
@@ -198,6 +201,10 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
 def _group_sizes(n_classes: int, n_experiences: int,
                  per_exp_classes: Mapping[int, int] | None) -> list[int]:
   """Classes per experience: ``per_exp_classes`` first, the rest evenly."""
+  if per_exp_classes is not None and not isinstance(per_exp_classes, Mapping):
+    raise TypeError(f"per_exp_classes must map experience indices to class "
+                    f"counts (e.g. {{0: 5}}), got {per_exp_classes!r} of type "
+                    f"{type(per_exp_classes).__name__}.")
   fixed = dict(per_exp_classes or {})
   for exp, count in fixed.items():
     if (isinstance(exp, bool) or not isinstance(exp, numbers.Integral)
@@ -223,6 +230,7 @@ def _group_sizes(n_classes: int, n_experiences: int,
   return [fixed.get(i, even) for i in range(n_experiences)]
 
 
+@_validation.checks_bool_arguments
 def class_incremental(
     train: Any,
     test: Any,
@@ -348,6 +356,7 @@ def class_incremental(
   )
 
 
+@_validation.checks_bool_arguments
 def new_instances(
     train: Any,
     test: Any,
@@ -460,6 +469,7 @@ def _check_assignment(assignment: Sequence[Sequence[int]], n_experiences: int,
   return groups
 
 
+@_validation.checks_bool_arguments
 def dataset_per_experience(
     datasets: Sequence[tuple[Any, Any]],
     *,
@@ -620,6 +630,7 @@ def _transformed(x_train, y_train, x_test, y_test,
   )
 
 
+@_validation.checks_bool_arguments
 def permuted(
     train: Any,
     test: Any,
@@ -713,6 +724,7 @@ def rotate_images(x: np.ndarray, angle: float) -> np.ndarray:
   return out
 
 
+@_validation.checks_bool_arguments
 def rotated(
     train: Any,
     test: Any,
@@ -774,6 +786,7 @@ def rotated(
                       augment=augment, name=name)
 
 
+@_validation.checks_bool_arguments
 def split_online(
     benchmark: Benchmark,
     experience_size: int,
@@ -822,13 +835,17 @@ def split_online(
               for s in range(0, len(exp), experience_size)]
     if drop_last and len(chunks[-1]) < experience_size:
       chunks.pop()
+    # A stream split again keeps the experiences it was split from.
+    origin = (exp.index if exp.origin_experience is None
+              else exp.origin_experience)
     for k, idx in enumerate(chunks):
       parts.append((exp.x[idx], exp.y[idx], exp.task[idx]))
+      first = k == 0 and exp.is_first_subexp is not False
+      last = k == len(chunks) - 1 and exp.is_last_subexp is not False
       fields.append({
-          "origin_experience": exp.index,
-          "is_first_subexp": k == 0 if access_task_boundaries else None,
-          "is_last_subexp": (k == len(chunks) - 1 if access_task_boundaries
-                             else None)})
+          "origin_experience": origin,
+          "is_first_subexp": first if access_task_boundaries else None,
+          "is_last_subexp": last if access_task_boundaries else None})
   if not parts:
     raise ValueError(f"drop_last=True with experience_size={experience_size} "
                      "drops every sample: each train experience is smaller; "
@@ -838,6 +855,7 @@ def split_online(
       name=f"{benchmark.name}_online")
 
 
+@_validation.checks_bool_arguments
 def data_incremental(
     benchmark: Benchmark,
     n_experiences: int,
@@ -889,6 +907,7 @@ def data_incremental(
       name=f"{benchmark.name}_data_incremental")
 
 
+@_validation.checks_bool_arguments
 def with_validation(
     benchmark: Benchmark,
     validation_size: float = 0.1,
@@ -921,6 +940,11 @@ def with_validation(
     ([16, 16], [4, 4])
   """
   _validation.check_seed("seed", seed)
+  if benchmark.valid_stream is not None:
+    raise ValueError(
+        f"benchmark {benchmark.name!r} has a validation stream already; "
+        "expected a benchmark without one (a second split would drop the "
+        "first one's samples from both streams).")
   if isinstance(validation_size, numbers.Integral) and not isinstance(
       validation_size, bool):
     count = _validation.check_positive_int("validation_size", validation_size)

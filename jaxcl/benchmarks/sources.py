@@ -192,6 +192,7 @@ class RecordArray:
         return out if dtype is None else out.astype(dtype)
 
 
+@_validation.checks_bool_arguments
 def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
                             lazy: bool = False,
                             split_over_hosts: bool = False) -> ArraySplit:
@@ -314,6 +315,7 @@ def _read_labels(source: Sequence[Mapping[str, Any]], begin: int,
     return labels
 
 
+@_validation.checks_bool_arguments
 def load_tfds_split(
     name: str, split: str, *, data_dir: str | os.PathLike | None = None,
     lazy: bool = False, split_over_hosts: bool = False,
@@ -386,6 +388,7 @@ def _agreed(what: str, read: Callable[[], Any], split_over_hosts: bool) -> Any:
     return read()
 
 
+@_validation.checks_bool_arguments
 def load_bundled(
     name: str, split: str, *, data_dir: str | os.PathLike | None = None,
     lazy: bool = False, split_over_hosts: bool = False,
