@@ -434,10 +434,30 @@ def test_compose_uses_one_key_per_augmentation():
      "n_experiences=7 does not divide the 200 classes"),
     (lambda d: classic.permuted_mnist(2, seed=-1, data_dir=d),
      r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    (lambda d: classic.rotated_mnist(2, seed=-1, data_dir=d),
+     r"seed must be an integer in \[0, 2\*\*32\), got -1"),
+    (lambda d: classic.rotated_mnist(2, rotations_list=[0, 270], data_dir=d),
+     r"rotations_list\[1\] must be in \[-180, 180\], got 270"),
+    (lambda d: classic.rotated_mnist(1, rotations_list=90, data_dir=d),
+     r"rotations_list must be a sequence of angles \(one per experience\), "
+     r"got 90"),
+    (lambda d: classic.split_cifar100(fixed_class_order=[0, 1], data_dir=d),
+     r"fixed_class_order must be a permutation of the classes 0..99, got "
+     r"\[0, 1\]"),
+    (lambda d: classic.split_mnist(class_ids_from_zero_in_each_exp=True,
+                                   class_ids_from_zero_from_first_exp=True,
+                                   data_dir=d),
+     "relabel the classes in two different ways"),
+    (lambda d: classic.split_cifar110(4, data_dir=d),
+     "n_experiences=4 with CIFAR-10 as the first experience: the first "
+     "experience takes 10 of the 110 classes, leaving 100 for 3 more"),
+    (lambda d: classic.split_cifar110(fixed_class_order=[0.5] * 100,
+                                      data_dir=d),
+     "fixed_class_order must hold integer class ids, got dtype float64"),
 ])
 def test_catalogue_arguments_are_checked_before_any_data_is_read(
     tmp_path, make, message):
   # The folder holds no dataset: an argument error must come first, and
   # name the factory's own argument.
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises((ValueError, TypeError), match=message):
     make(tmp_path)

@@ -1,6 +1,7 @@
 """Scenario generators: exact partitions, class timelines, seeds, clear errors."""
 
 import inspect
+import tracemalloc
 
 import jax.numpy as jnp
 import numpy as np
@@ -455,3 +456,24 @@ def test_switches_refuse_what_is_not_a_bool_before_reading(factory, name):
   with pytest.raises(TypeError, match=rf"^{name} must be True or False, got "
                      r"'False' of type str\.$"):
     factory(**required, **{name: "False"})
+
+
+def test_sparse_class_ids_relabel_without_a_table_of_every_id():
+  # Ids up to 2**26: a lookup table over every id would take 256 MB.
+  big = 2**26
+  x = np.arange(6, dtype=np.float32)[:, None]
+  y = np.array([0, 0, 7, 7, big, big])
+  tracemalloc.start()
+  try:
+    b = class_incremental((x, y), (x, y), 3, fixed_class_order=[big, 0, 7],
+                          class_ids_from_zero_from_first_exp=True)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 2**25, peak
+  assert b.n_classes == 3
+  assert [e.classes for e in b.train_stream] == [(0,), (1,), (2,)]
+  assert [e.y.tolist() for e in b.test_stream] == [[0, 0], [1, 1], [2, 2]]
+  each = class_incremental((x, y), (x, y), 1, fixed_class_order=[7, big, 0],
+                           class_ids_from_zero_in_each_exp=True)
+  np.testing.assert_array_equal(each.train_stream[0].y, [2, 2, 0, 0, 1, 1])

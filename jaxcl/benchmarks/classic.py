@@ -137,12 +137,19 @@ def _mnist(benchmark: str, data_dir: PathLike | None, *, lazy: bool = False,
 
 
 def _check_split(n_classes: int, n_experiences: int, seed: int, *,
-                 first_classes: int | None = None,
-                 first_arg: str = "") -> None:
-  """A split factory's own arguments, checked before any data is read."""
+                 first_classes: int | None = None, first_arg: str = "",
+                 fixed_class_order: Sequence[int] | None = None,
+                 relabelling: tuple[bool, bool] = (False, False)) -> None:
+  """A split factory's own arguments, checked before any data is read.
+
+  ``relabelling``: its ``class_ids_from_zero_in_each_exp`` and
+  ``class_ids_from_zero_from_first_exp``.
+  """
   n_experiences = _validation.check_positive_int("n_experiences",
                                                  n_experiences)
   _validation.check_seed("seed", seed)
+  generators.check_relabelling(*relabelling)
+  generators.check_class_order(n_classes, fixed_class_order)
   if first_classes is None:
     if n_classes % n_experiences:
       raise ValueError(
@@ -216,7 +223,10 @@ def split_mnist(
     >>> bench.n_classes, [len(e) for e in bench.train_stream]
     (10, [800, 800, 800, 800, 800])
   """
-  _check_split(10, n_experiences, seed)
+  _check_split(10, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _mnist("split_mnist", data_dir, lazy=lazy,
                   split_over_hosts=split_over_hosts)
   return _split("split_mnist", splits, n_experiences, MNIST_MEAN, MNIST_STD,
@@ -250,7 +260,10 @@ def split_fmnist(
   Example:
     >>> bench = split_fmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  _check_split(10, n_experiences, seed)
+  _check_split(10, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _load("split_fmnist", "fashion_mnist", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_fmnist", splits, n_experiences, FMNIST_MEAN, FMNIST_STD,
@@ -283,7 +296,10 @@ def split_kmnist(
   Example:
     >>> bench = split_kmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  _check_split(10, n_experiences, seed)
+  _check_split(10, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _load("split_kmnist", "kmnist", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_kmnist", splits, n_experiences, KMNIST_MEAN, KMNIST_STD,
@@ -322,7 +338,10 @@ def split_cifar10(
   """
   _check_split(10, n_experiences, seed,
                first_classes=5 if first_exp_with_half_classes else None,
-               first_arg="first_exp_with_half_classes=True")
+               first_arg="first_exp_with_half_classes=True",
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _load("split_cifar10", "cifar10", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_cifar10", splits, n_experiences, CIFAR10_MEAN, CIFAR10_STD, _CROP_FLIP,
@@ -361,7 +380,10 @@ def split_cifar100(
   """
   _check_split(100, n_experiences, seed,
                first_classes=50 if first_exp_with_half_classes else None,
-               first_arg="first_exp_with_half_classes=True")
+               first_arg="first_exp_with_half_classes=True",
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _load("split_cifar100", "cifar100", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_cifar100", splits, n_experiences, CIFAR100_MEAN, CIFAR100_STD, _CROP_FLIP,
@@ -405,12 +427,11 @@ def split_cifar110(
   if n_experiences < 2:
     raise ValueError(f"n_experiences must be at least 2 (CIFAR-10, then "
                      f"CIFAR-100), got {n_experiences}.")
-  seed = _validation.check_seed("seed", seed)
+  _check_split(110, n_experiences, seed, first_classes=10,
+               first_arg="CIFAR-10 as the first experience")
+  generators.check_class_order(100, fixed_class_order, "the CIFAR-100 classes")
   if fixed_class_order is None:
     order100 = np.random.default_rng(seed).permutation(100)
-  elif sorted(int(c) for c in fixed_class_order) != list(range(100)):
-    raise ValueError("fixed_class_order must be a permutation of the CIFAR-100 "
-                     f"classes 0..99, got {list(fixed_class_order)}.")
   else:
     order100 = np.asarray(fixed_class_order)
   c10 = _load("split_cifar110", "cifar10", data_dir)
@@ -445,7 +466,10 @@ def split_svhn(
   Example:
     >>> bench = split_svhn(5, data_dir="~/tfds")  # doctest: +SKIP
   """
-  _check_split(10, n_experiences, seed)
+  _check_split(10, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   splits = _load("split_svhn", "svhn_cropped", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_svhn", splits, n_experiences, SVHN_MEAN, SVHN_STD,
@@ -486,7 +510,10 @@ def split_omniglot(
   Example:
     >>> bench = split_omniglot(4, data_dir="~/tfds")  # doctest: +SKIP
   """
-  _check_split(964, n_experiences, seed)
+  _check_split(964, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   from jaxcl.benchmarks import builders  # Lazy: tfds import is not free.
   (full,) = _load("split_omniglot", "omniglot", data_dir, splits=("train",))
   _, y = np.unique(full.y, return_inverse=True)
@@ -600,7 +627,8 @@ def split_cub200(
   if classes_first_batch is not None:
     _validation.check_positive_int("classes_first_batch", classes_first_batch)
   _check_split(200, n_experiences, seed, first_classes=classes_first_batch,
-               first_arg=f"classes_first_batch={classes_first_batch}")
+               first_arg=f"classes_first_batch={classes_first_batch}",
+               fixed_class_order=fixed_class_order)
   image_size = _validation.check_positive_int("image_size", image_size)
   per_exp = None if classes_first_batch is None else {0: classes_first_batch}
   return _split("split_cub200", _load_resized(
@@ -719,9 +747,10 @@ def rotated_mnist(
   """
   n_experiences = _validation.check_positive_int("n_experiences",
                                                  n_experiences)
-  if rotations_list is not None and len(rotations_list) != n_experiences:
-    raise ValueError(f"rotations_list has {len(rotations_list)} entries; "
-                     f"expected one per experience ({n_experiences}).")
+  _validation.check_seed("seed", seed)
+  if rotations_list is not None:
+    rotations_list = generators.check_angles("rotations_list", rotations_list,
+                                             n_experiences)
   train, test = _mnist("rotated_mnist", data_dir)
   return generators.rotated(
       train, test, n_experiences, seed=seed, angles=rotations_list,
@@ -835,7 +864,10 @@ def split_tiny_imagenet(
   Example:
     >>> bench = split_tiny_imagenet(10, data_dir="data")  # doctest: +SKIP
   """
-  _check_split(200, n_experiences, seed)
+  _check_split(200, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
   root = _folder_root("split_tiny_imagenet", data_dir, "tiny_imagenet",
                       _TINY_IMAGENET_ADVICE)
   splits, _ = _image_folder(root, ("train", "test"), (64, 64, 3),

@@ -177,8 +177,19 @@ def _stream(origin: str, parts: Sequence[_Part], *,
   return Stream(origin, experiences)
 
 
+def check_relabelling(in_each_exp: bool, from_first_exp: bool) -> None:
+  """Refuses both of :func:`class_incremental`'s relabellings at once (also
+  for catalogue factories, before they read their data)."""
+  if in_each_exp and from_first_exp:
+    raise ValueError(
+        "class_ids_from_zero_in_each_exp=True and "
+        "class_ids_from_zero_from_first_exp=True relabel the classes in two "
+        "different ways; expected at most one of them.")
+
+
 def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
-                 shuffle: bool, seed: int) -> tuple[int, ...]:
+                 shuffle: bool, seed: int,
+                 what: str = "the classes") -> tuple[int, ...]:
   if fixed_class_order is None:
     if not shuffle:
       return tuple(int(c) for c in classes)
@@ -191,11 +202,37 @@ def _class_order(classes: np.ndarray, fixed_class_order: Sequence[int] | None,
     raise ValueError(f"fixed_class_order must be a flat sequence of class "
                      f"ids, got shape {given.shape}.")
   order = tuple(int(c) for c in given)
-  if sorted(order) != sorted(int(c) for c in classes):
-    raise ValueError(
-        f"fixed_class_order must be a permutation of the classes "
-        f"{sorted(int(c) for c in classes)}, got {list(fixed_class_order)}.")
+  expected = sorted(int(c) for c in classes)
+  if sorted(order) != expected:
+    shown = (f"0..{len(expected) - 1}" if len(expected) > 10 and
+             expected == list(range(len(expected))) else expected)
+    raise ValueError(f"fixed_class_order must be a permutation of {what} "
+                     f"{shown}, got {list(order)}.")
   return order
+
+
+def check_angles(name: str, angles: Sequence[float],
+                 n_experiences: int) -> list[float]:
+  """One rotation in [-180, 180] degrees per experience, as floats."""
+  if np.ndim(angles) != 1:
+    raise TypeError(f"{name} must be a sequence of angles (one per "
+                    f"experience), got {angles!r}.")
+  angles = [float(_validation.check_in_range(f"{name}[{i}]", a, low=-180,
+                                             high=180))
+            for i, a in enumerate(angles)]
+  if len(angles) != n_experiences:
+    raise ValueError(f"{name} has {len(angles)} entries; expected one per "
+                     f"experience ({n_experiences}).")
+  return angles
+
+
+def check_class_order(n_classes: int, fixed_class_order: Sequence[int] | None,
+                      what: str = "the classes") -> None:
+  """Checks ``fixed_class_order`` against ``what``, classes
+  ``0..n_classes-1`` (for catalogue factories, which know their classes
+  before reading the data)."""
+  if fixed_class_order is not None:
+    _class_order(np.arange(n_classes), fixed_class_order, False, 0, what)
 
 
 def _group_sizes(n_classes: int, n_experiences: int,
@@ -305,11 +342,8 @@ def class_incremental(
   """
   _validation.check_seed("seed", seed)
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
-  if class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp:
-    raise ValueError(
-        "class_ids_from_zero_in_each_exp=True and "
-        "class_ids_from_zero_from_first_exp=True relabel the classes in two "
-        "different ways; expected at most one of them.")
+  check_relabelling(class_ids_from_zero_in_each_exp,
+                    class_ids_from_zero_from_first_exp)
   x_train, y_train, x_test, y_test = _train_test(train, test)
   classes = np.unique(y_train)
   sizes = _group_sizes(len(classes), n_experiences, per_exp_classes)
@@ -317,18 +351,23 @@ def class_incremental(
   bounds = np.cumsum([0] + sizes)
   groups = [order[a:b] for a, b in itertools.pairwise(bounds)]
 
-  # new_label[c]: the label class c gets (its own id unless relabelled).
-  new_label = np.arange(int(classes.max()) + 1, dtype=np.int32)
+  # new_label[k]: the label the k-th of the sorted classes gets (its own id
+  # unless relabelled): a table over the classes, not over their ids, which
+  # may be sparse and large.
+  new_label = classes.astype(np.int32)
   if class_ids_from_zero_from_first_exp:
-    new_label[list(order)] = np.arange(len(order))
+    new_label[np.searchsorted(classes, order)] = np.arange(len(order))
   for group in groups if class_ids_from_zero_in_each_exp else ():
-    new_label[list(group)] = np.arange(len(group))
+    new_label[np.searchsorted(classes, group)] = np.arange(len(group))
+
+  def relabel(ids):
+    return new_label[np.searchsorted(classes, ids)]
 
   def parts(x, y):
     out = []
     for i, group in enumerate(groups):
       idx = np.flatnonzero(np.isin(y, group))
-      out.append((x[idx], new_label[y[idx]],
+      out.append((x[idx], relabel(y[idx]),
                   _tasks(idx.size, i if return_task_id else 0)))
     return out
 
@@ -338,7 +377,7 @@ def class_incremental(
     n_classes = len(classes)
   else:
     n_classes = int(classes.max()) + 1
-  exp_classes = [new_label[list(group)] for group in groups]
+  exp_classes = [relabel(np.asarray(group)) for group in groups]
   return Benchmark(
       train_stream=_stream("train", parts(x_train, y_train),
                            classes=exp_classes),
@@ -770,12 +809,7 @@ def rotated(
   n_experiences = _validation.check_positive_int("n_experiences", n_experiences)
   if angles is None:
     angles = _rng(seed).integers(-180, 181, n_experiences)
-  angles = [float(_validation.check_in_range(f"angles[{i}]", a, low=-180,
-                                             high=180))
-            for i, a in enumerate(angles)]
-  if len(angles) != n_experiences:
-    raise ValueError(f"angles has {len(angles)} entries; expected one per "
-                     f"experience ({n_experiences}).")
+  angles = check_angles("angles", angles, n_experiences)
   x_train, y_train, x_test, y_test = _train_test(train, test)
   if x_train.ndim not in (3, 4):
     raise ValueError(f"rotated expects images [N, H, W] or [N, H, W, C], got "
@@ -869,7 +903,8 @@ def data_incremental(
   ``n_experiences`` chunks of (nearly) equal size (the first ``N %
   n_experiences`` chunks hold one sample more), irrespective of classes: a
   chunk may span two original experiences. Test and validation streams are
-  unchanged.
+  unchanged. Lazy inputs (``RecordArray`` views) are read into memory
+  (docs/streaming.md).
 
   Args:
     benchmark: The benchmark whose train stream is re-split.
