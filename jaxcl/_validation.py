@@ -43,7 +43,10 @@ def checks_bool_arguments(function: Callable) -> Callable:
 
   @functools.wraps(function)
   def checked(*args, **kwargs):
-    given = signature.bind(*args, **kwargs).arguments
+    try:
+      given = signature.bind(*args, **kwargs).arguments
+    except TypeError:  # Python's own message names the function.
+      return function(*args, **kwargs)
     for name in switches:
       if name in given:
         check_bool(name, given[name])

@@ -517,6 +517,12 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   entries = [REGISTRY[n] for n, own in parse_spec(args.strategy)
              if name not in own]
   takes = open_parameters(args.strategy)
+  if name not in takes and name in {
+      k for _, own in parse_spec(args.strategy) for k in own}:
+    raise ValueError(
+        f"--sweep {name}=... has no effect: --strategy {args.strategy} sets "
+        f"{name} itself; expected a hyperparameter it leaves open (one of "
+        f"{', '.join(sorted(takes | {'lr'}))}).")
   _validation.check_choice("--sweep hyperparameter", name, takes | {"lr"})
   if name != "lr" and hasattr(args, name):  # Strategy flags exist if given.
     raise ValueError(
@@ -708,8 +714,11 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   # a swept hyperparameter is checked with its first value.
   sweep_name, sweep_values = _sweep(args)
   hparams = _strategy_hparams(args)
-  from jaxcl.strategies import REGISTRY
-  names = {p for e in REGISTRY.values() for p in e.parameters}
+  from jaxcl.strategies import REGISTRY, parse_spec
+  # A name the spec sets itself stays as the user typed it (no flag).
+  in_spec = {k for _, own in parse_spec(args.strategy) for k in own}
+  names = {p for e in REGISTRY.values() for p in e.parameters} - (
+      in_spec - set(hparams))
   try:
     strategy = jaxcl.strategies.from_spec(args.strategy, **hparams)
   except (ValueError, TypeError) as error:

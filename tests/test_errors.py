@@ -226,6 +226,10 @@ CASES = [
          r"strategy spec 'lwf\(alpha=x\)': cannot read 'lwf\(alpha=x\)' "
          r"\(the value of alpha, 'x', is not a Python literal\); expected "
          r"strategy names joined by '\+'"),
+    Case("from_spec values after a second pair of parentheses",
+         lambda p: from_spec("lwf(alpha=2)(temperature=3)"), ValueError,
+         r"cannot read 'lwf\(alpha=2\)\(temperature=3\)' \(expected one "
+         r"pair of parentheses holding PARAM=VALUE pairs\)"),
     Case("from_spec own value of a parameter the strategy lacks",
          lambda p: from_spec("lwf(beta=1)+mas"), ValueError,
          r"strategy spec 'lwf\(beta=1\)\+mas': lwf takes no beta; expected "
@@ -283,6 +287,17 @@ CASES = [
          CliExit, r"--alpha 0.5 has no effect: --strategy lwf\(alpha=2\) sets "
          r"alpha itself; expected to leave it out \(its flags: "
          r"--temperature\)"),
+    Case("cli --strategy with a bad value of its own",
+         lambda p: _cli(p, "--strategy", "replay(mem_size=0)"), CliExit,
+         r"error: replay\(mem_size=0\): mem_size must be a positive integer, "
+         r"got 0"),
+    Case("cli --sweep of a value the spec sets itself",
+         lambda p: _cli(p, "--strategy", "lwf(alpha=2)+mas(alpha=0.4)",
+                        "--sweep", "alpha=0.1,1"), CliExit,
+         r"--sweep alpha=... has no effect: --strategy "
+         r"lwf\(alpha=2\)\+mas\(alpha=0.4\) sets alpha itself; expected a "
+         r"hyperparameter it leaves open \(one of lambda_reg, lr, "
+         r"temperature\)"),
     Case("cli --sweep with a bad later value",
          lambda p: _cli(p, "--strategy", "ewc", "--sweep",
                         "ewc_lambda=1,-1"), CliExit,

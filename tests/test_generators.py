@@ -327,6 +327,16 @@ def test_split_online_sizes_origins_and_boundaries():
   assert [e.is_last_subexp for e in twice.train_stream] == (
       [False, False, False, False, True] * 2)
   assert task_incremental(twice).n_tasks == 2
+  # The same when the first split hid the boundaries, and when the last
+  # mini-experiences of an origin are dropped.
+  hidden_twice = split_online(hidden, 2, shuffle=False,
+                              access_task_boundaries=True)
+  assert [e.is_first_subexp for e in hidden_twice.train_stream] == (
+      [e.is_first_subexp for e in twice.train_stream])
+  assert [e.is_last_subexp for e in hidden_twice.train_stream] == (
+      [e.is_last_subexp for e in twice.train_stream])
+  kept = split_online(b, 4, drop_last=True, access_task_boundaries=True)
+  assert [e.is_last_subexp for e in kept.train_stream] == [False, True] * 2
 
 
 def test_data_incremental_consecutive_chunks():
@@ -446,6 +456,14 @@ def _switches():
           for f in functions if inspect.isfunction(f)
           for name, p in inspect.signature(f).parameters.items()
           if p.annotation in (bool, "bool")]
+
+
+def test_a_mistyped_argument_names_the_function():
+  # The switch check binds the arguments first; Python's message stays.
+  x, y = _data()
+  with pytest.raises(TypeError, match=r"^class_incremental\(\) got an "
+                     r"unexpected keyword argument 'shufle'$"):
+    class_incremental((x, y), (x, y), 3, shufle=False)
 
 
 @pytest.mark.parametrize("factory, name", _switches())

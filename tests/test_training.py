@@ -95,6 +95,12 @@ def test_custom_loop_takes_no_step_on_padding_by_default():
       assert int(trained[skip].step) == int(metrics["steps_trained"]) == 3
   assert int(trained[False].step) == 3 + 3  # a padding step per epoch
   chex.assert_trees_all_equal(trained[None], trained[True])
+  # Labels of a narrower integer type train the same, guard or not.
+  narrow = data.replace(y=data.y.astype(jnp.uint8))
+  for skip in (True, False):
+    train = jax.jit(make_train_experience(ctx, naive(), optimizer, epochs=3,
+                                          skip_empty_steps=skip))
+    chex.assert_trees_all_equal(train(state, narrow)[0], trained[skip])
 
 
 def test_custom_loop_pieces_refuse_bad_arguments_before_compiling():

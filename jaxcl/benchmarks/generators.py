@@ -862,7 +862,7 @@ def split_online(
   experience_size = _validation.check_positive_int("experience_size",
                                                    experience_size)
   rng = _rng(seed)
-  parts, fields = [], []
+  parts, origins = [], []
   for exp in benchmark.train_stream:
     order = rng.permutation(len(exp)) if shuffle else np.arange(len(exp))
     chunks = [order[s:s + experience_size]
@@ -872,14 +872,17 @@ def split_online(
     # A stream split again keeps the experiences it was split from.
     origin = (exp.index if exp.origin_experience is None
               else exp.origin_experience)
-    for k, idx in enumerate(chunks):
+    for idx in chunks:
       parts.append((exp.x[idx], exp.y[idx], exp.task[idx]))
-      first = k == 0 and exp.is_first_subexp is not False
-      last = k == len(chunks) - 1 and exp.is_last_subexp is not False
-      fields.append({
-          "origin_experience": origin,
-          "is_first_subexp": first if access_task_boundaries else None,
-          "is_last_subexp": last if access_task_boundaries else None})
+      origins.append(origin)
+  # An origin's first and last mini-experiences, among those kept.
+  bounds = [None, *origins, None]
+  fields = [{"origin_experience": origin,
+             "is_first_subexp": (bounds[i] != origin if access_task_boundaries
+                                 else None),
+             "is_last_subexp": (bounds[i + 2] != origin
+                                if access_task_boundaries else None)}
+            for i, origin in enumerate(origins)]
   if not parts:
     raise ValueError(f"drop_last=True with experience_size={experience_size} "
                      "drops every sample: each train experience is smaller; "

@@ -130,10 +130,15 @@ def _parse_term(spec: str, term: str) -> tuple[str, dict[str, Any]]:
     return name, {}
   try:
     call = ast.parse(f"f({rest}", mode="eval").body
-    problem = ("it has positional or ** arguments" if call.args or any(
-        k.arg is None for k in call.keywords) else None)
   except SyntaxError as error:
-    problem = error.msg
+    call, problem = None, error.msg
+  else:
+    # One call of the name, nothing around it (a second call's values
+    # would be lost).
+    problem = (
+        None if isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        and not call.args and all(k.arg is not None for k in call.keywords)
+        else "expected one pair of parentheses holding PARAM=VALUE pairs")
   own = {}
   for keyword in [] if problem else call.keywords:
     if keyword.arg in own:
@@ -141,7 +146,7 @@ def _parse_term(spec: str, term: str) -> tuple[str, dict[str, Any]]:
       break
     try:
       own[keyword.arg] = ast.literal_eval(keyword.value)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
       problem = (f"the value of {keyword.arg}, "
                  f"{ast.unparse(keyword.value)!r}, is not a Python literal")
       break
@@ -203,8 +208,9 @@ def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
     try:
       strategies.append(entry.factory(**{
           **{k: v for k, v in given.items() if k in entry.parameters}, **own}))
-    except ValueError as error:
+    except (ValueError, TypeError) as error:
       if not own:
         raise
-      raise ValueError(f"{term.strip()}: {error}") from error
+      kind = ValueError if isinstance(error, ValueError) else TypeError
+      raise kind(f"{term.strip()}: {error}") from error
   return strategies[0] if len(strategies) == 1 else chain(*strategies)

@@ -271,7 +271,7 @@ def make_experience_parts(
   def skip_step(state, batch, key):
     del key
     empty = TrainMetrics.single_from_model_output(
-        loss=jnp.zeros(batch["y"].shape), labels=batch["y"],
+        loss=jnp.zeros(batch["y"].shape), labels=batch["y"].astype(jnp.int32),
         logits=jnp.zeros(batch["y"].shape + (ctx.n_classes,)),
         mask=jnp.zeros(batch["y"].shape, bool))
     return state, empty, jnp.zeros(())
