@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import make_benchmark
 
+import jaxcl
 from jaxcl import cli
 from jaxcl.strategies import cumulative, naive
 
@@ -57,6 +58,26 @@ def test_values_in_the_strategy_spec_equal_the_flags(tmp_path):
                      "--alpha", "2")
   assert accuracies("--strategy", "replay(mem_size=40)+lwf(alpha=2)") == flags
   assert accuracies("--strategy", "replay+lwf", "--mem-size", "40") != flags
+
+
+@pytest.mark.parametrize("flags, model, drop_rate", [
+    ([], "simple_cnn", 0.25), ([], "mlp", 0.5),
+    (["--drop-rate", "0.1"], "simple_cnn", 0.1)])
+def test_models_keep_their_own_dropout_unless_the_flag_is_given(
+    tmp_path, monkeypatch, flags, model, drop_rate):
+  # Avalanche's SimpleCNN drops 0.25, its SimpleMLP 0.5.
+  built = []
+
+  def fit(model, *args, **kwargs):
+    built.append(model)
+    raise KeyboardInterrupt  # Stops the run once the model is built.
+
+  monkeypatch.setattr(jaxcl, "fit", fit)
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(["run", "--model", model, *flags, "--logdir",
+              str(tmp_path / "run"), "--quiet", "--no-progress",
+              "--no-tensorboard", "--compilation-cache", ""])
+  assert built[0].drop_rate == drop_rate
 
 
 def test_device_memory_budget_streams_with_the_same_numbers(tmp_path):

@@ -291,6 +291,8 @@ def test_flops_of_a_dense_layer_are_two_in_out_batch():
   lowered = jax.jit(layer.apply).lower(params, x)
   assert ev.flops(lowered) == 2 * n_in * n_out * batch
   assert ev.flops(lowered.compile()) == 2 * n_in * n_out * batch
+  # A program without arithmetic counts 0, not None (no analysis).
+  assert ev.flops(jax.jit(lambda a: a).lower(x)) == 0.0
 
 
 def test_flops_compile_where_the_backend_analyses_only_compiled_programs(
@@ -375,6 +377,9 @@ def test_metric_selection_validates_names():
     ev.MetricSelection(frozenset({"topk_accuracy"}), top_k=2.5)
   with pytest.raises(ValueError, match="top_k must be a positive integer"):
     ev.metrics(chosen, top_k=-1)
+  # Names from an iterator are all kept (validation read it once).
+  assert ev.MetricSelection(iter(["accuracy", "amca"])).names == {
+      "accuracy", "amca"}
 
 
 def _traced_once_strategy():

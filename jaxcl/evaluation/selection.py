@@ -66,11 +66,12 @@ class MetricSelection:
     if isinstance(self.names, str):
       raise TypeError(f"metrics names must be a list of names, got the "
                       f"string {self.names!r}; write [{self.names!r}].")
-    for name in self.names:
+    names = tuple(self.names)  # An iterator is read once.
+    for name in names:
       _validation.check_choice("metric", name, METRICS)
     object.__setattr__(self, "top_k",
                        _validation.check_positive_int("top_k", self.top_k))
-    object.__setattr__(self, "names", frozenset(self.names))
+    object.__setattr__(self, "names", frozenset(names))
     if self.top_k != 5 and "topk_accuracy" not in self.names:
       raise ValueError(f"top_k={self.top_k} sets the k of 'topk_accuracy', "
                        "which is not selected; expected it among the names "

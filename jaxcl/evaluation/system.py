@@ -132,9 +132,10 @@ def flops(stage: Any) -> float | None:
   cost = _cost(stage)
   if not cost and isinstance(stage, jax.stages.Lowered):
     cost = _cost(stage.compile())
-  if not cost or "flops" not in cost:
+  if cost is None:
     return None
-  return float(cost["flops"])
+  # An analysis without a "flops" entry counted none (a copy, say).
+  return float(cost.get("flops", 0.0))
 
 
 def _cost(stage: Any) -> dict[str, float] | None:
