@@ -64,6 +64,15 @@ def check_positive_int(name: str, value) -> int:
   return int(value)
 
 
+def check_non_negative_int(name: str, value) -> int:
+  """Returns ``value`` if it is an integer >= 0, else raises a clear error."""
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value < 0):
+    raise ValueError(f"{name} must be a non-negative integer, got "
+                     f"{value!r}.")
+  return int(value)
+
+
 def check_seed(name: str, value) -> int:
   """Returns ``value`` if it is an integer in ``[0, 2**32)``, else raises.
 

@@ -110,8 +110,14 @@ CASES = [
     Case("fit multi-head model with too few heads",
          lambda p: _fit(p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=1),
                         benchmark=make_benchmark(return_task_id=True)),
-         ValueError, r"model has n_tasks=1 heads but the benchmark has 2 "
-         r"task labels; expected n_tasks >= 2"),
+         ValueError, r"model has n_tasks=1 heads but the benchmark's "
+         r"experiences carry 2 task labels; expected n_tasks >= 2\.$"),
+    Case("fit multi-head model on task labels the benchmark does not count",
+         lambda p: _fit(p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=1),
+                        benchmark=dataclasses.replace(
+                            make_benchmark(return_task_id=True), n_tasks=1)),
+         ValueError, r"model has n_tasks=1 heads but the benchmark's "
+         r"experiences carry 2 task labels"),
     Case("fit forward_transfer without the evaluation before training",
          lambda p: _fit(p, metrics=["forward_transfer"],
                         eval_before_training=False),

@@ -15,7 +15,7 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl.benchmarks import augment, class_incremental, normalizer
-from jaxcl.models import (MODELS, MTMLP, MultiHead, MultiHeadClassifier,
+from jaxcl.models import (MLP, MODELS, MTMLP, MultiHead, MultiHeadClassifier,
                           ResNet32, SlimResNet18, TorchConv, as_model)
 from jaxcl.strategies import naive
 
@@ -251,6 +251,10 @@ def test_mtmlp_selects_the_head_of_each_sample():
   # A task label without a head gives NaN logits, not another head's.
   bad = apply(params, x, jnp.array([0, 4, -1, 0, 0]))
   assert np.isfinite(bad[0]).all() and np.isnan(bad[1:3]).all()
+  # Float labels would be truncated onto a head.
+  with pytest.raises(TypeError, match="task labels must be integers, got "
+                     "dtype float32"):
+    apply(params, x, jnp.array([0.0, 1.7, 0, 0, 0]))
 
 
 def test_multi_head_model_learns_a_task_incremental_stream():
@@ -540,3 +544,29 @@ def test_a_model_returning_more_than_logits_is_a_clear_error():
                      r"expected one array of logits, \(4,\) per sample"):
     jaxcl.fit(_ReturnsFeaturesToo(), naive(), optax.sgd(0.1), make_benchmark(),
               batch_size=8)
+
+
+@pytest.mark.parametrize("module, shape, error, message", [
+    (MLP(10, hidden_size=0), (2, 4), ValueError,
+     "hidden_size must be a positive integer, got 0"),
+    (MLP(0), (2, 4), ValueError, "num_classes must be a positive integer"),
+    (MTMLP(3, n_tasks=0), (2, 4), ValueError,
+     "n_tasks must be a positive integer, got 0"),
+    (SlimResNet18(nf=0), (1, 8, 8, 3), ValueError,
+     "nf must be a positive integer, got 0"),
+    (ResNet32(n=True), (1, 8, 8, 3), TypeError,
+     "n must be a positive integer, got True of type bool"),
+    (TorchConv(4, 3, padding=-1), (1, 8, 8, 3), ValueError,
+     "padding must be a non-negative integer, got -1"),
+    (TorchConv(4, 3, strides=0), (1, 8, 8, 3), ValueError,
+     "strides must be a positive integer, got 0"),
+    (TorchConv(4, 3, native_cpu_gradients="False"), (1, 8, 8, 3), TypeError,
+     "native_cpu_gradients must be True or False"),
+], ids=["hidden_size", "num_classes", "n_tasks", "nf", "n", "padding",
+        "strides", "native_cpu_gradients"])
+def test_sizes_and_switches_are_checked_with_their_names(module, shape, error,
+                                                         message):
+  # A zero size divided by zero in the init; a negative padding cropped.
+  task = (jnp.zeros(shape[0], jnp.int32),) if isinstance(module, MTMLP) else ()
+  with pytest.raises(error, match=message):
+    module.init(jax.random.key(0), jnp.ones(shape), *task)

@@ -22,7 +22,9 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from jaxcl.models.mlp import TorchLinear, _dropout, _torch_bias_init
+from jaxcl import _validation
+from jaxcl.models.mlp import (TorchLinear, _dropout, _torch_bias_init,
+                              check_sizes)
 
 __all__ = ["SimpleCNN", "TorchConv"]
 
@@ -171,6 +173,9 @@ class TorchConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    check_sizes(self, "features", "kernel_size", "strides")
+    _validation.check_non_negative_int("padding", self.padding)
+    _validation.check_bool("native_cpu_gradients", self.native_cpu_gradients)
     fan_in = x.shape[-1] * self.kernel_size ** 2
     p = self.padding
     native = self.native_cpu_gradients and jax.default_backend() == "cpu"
@@ -209,6 +214,7 @@ class SimpleCNN(nn.Module):
     if x.ndim != 4 or min(x.shape[1:3]) < 10:
       raise ValueError(f"SimpleCNN expects images [batch, H, W, C] with H and "
                        f"W >= 10, got inputs of shape {x.shape}.")
+    check_sizes(self, "num_classes")
 
     def drop(h):
       return _dropout(self.drop_rate, train)(h)

@@ -25,6 +25,7 @@ from flax import linen as nn
 from jaxcl.models.adapter import call_arguments
 from jaxcl.models.cnn import SimpleCNN
 from jaxcl.models.mlp import (TorchLinear, _check_hidden_layers, _dropout,
+                              check_sizes,
                               _torch_bias_init)
 from jaxcl.models.resnet import SlimResNet18
 
@@ -55,6 +56,7 @@ class MultiHeadClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, features: jnp.ndarray, task: jnp.ndarray) -> jnp.ndarray:
+    check_sizes(self, "num_classes", "n_tasks")
     fan_in = features.shape[-1]
     kernel = self.param(
         "kernel", nn.initializers.variance_scaling(
@@ -63,9 +65,14 @@ class MultiHeadClassifier(nn.Module):
     bias = self.param("bias", _torch_bias_init(fan_in),
                       (self.n_tasks, self.num_classes))
     every = jnp.einsum("bd,tdc->btc", features, kernel) + bias
-    task = jnp.asarray(task, jnp.int32)
-    # Negative labels too must miss every head (a gather wraps them).
-    task = jnp.where((task >= 0) & (task < self.n_tasks), task, self.n_tasks)
+    task = jnp.asarray(task)
+    if not jnp.issubdtype(task.dtype, jnp.integer):
+      raise TypeError(f"task labels must be integers, got dtype "
+                      f"{task.dtype}.")
+    # Compared in their own dtype (a cast could wrap a large label onto a
+    # head); negative labels too must miss every head (a gather wraps them).
+    task = jnp.where((task >= 0) & (task < self.n_tasks), task,
+                     self.n_tasks).astype(jnp.int32)
     index = task.reshape(-1, 1, 1)
     return jnp.take_along_axis(every, index, axis=1, mode="fill",
                                fill_value=jnp.nan)[:, 0]
@@ -131,6 +138,7 @@ class MLPFeatures(nn.Module):
       raise ValueError(f"input_size={self.input_size} but the inputs have "
                        f"{x.shape[-1]} features per sample after flattening.")
     _check_hidden_layers(self.hidden_layers)
+    check_sizes(self, "hidden_size")
     for _ in range(self.hidden_layers):
       x = nn.relu(TorchLinear(self.hidden_size)(x))
       x = _dropout(self.drop_rate, train)(x)

@@ -10,8 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,10 +58,16 @@ def _check_hidden_layers(hidden_layers) -> None:
   0 gives a linear classifier; Avalanche's ``SimpleMLP`` always has at
   least one hidden layer.
   """
-  if (isinstance(hidden_layers, bool)
-      or not isinstance(hidden_layers, numbers.Integral) or hidden_layers < 0):
-    raise ValueError(f"hidden_layers must be a non-negative integer, got "
-                     f"{hidden_layers!r}.")
+  _validation.check_non_negative_int("hidden_layers", hidden_layers)
+
+
+def check_sizes(module: nn.Module, *names: str) -> None:
+  """Refuses a size attribute of ``module`` that is not a positive integer
+  (None leaves it unset); a zero size would divide by zero in the init."""
+  for name in names:
+    value = getattr(module, name)
+    if value is not None:
+      _validation.check_positive_int(name, value)
 
 
 def _dropout(rate, train: bool) -> nn.Dropout:
@@ -105,6 +109,7 @@ class MLP(nn.Module):
       raise ValueError(f"MLP activation {self.activation!r} is unknown; "
                        f"expected one of {sorted(ACTIVATIONS)}.")
     _check_hidden_layers(self.hidden_layers)
+    check_sizes(self, "num_classes", "hidden_size")
     for _ in range(self.hidden_layers):
       x = ACTIVATIONS[self.activation](TorchLinear(self.hidden_size)(x))
       x = _dropout(self.drop_rate, train)(x)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxcl.models.cnn import TorchConv
-from jaxcl.models.mlp import TorchLinear
+from jaxcl.models.mlp import TorchLinear, check_sizes
 
 __all__ = ["ResNet32", "SlimResNet18"]
 
@@ -88,6 +88,7 @@ class SlimResNet18(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    check_sizes(self, "num_classes", "nf")
     native = self.native_cpu_gradients
     x = TorchConv(self.nf, 3, padding=1, use_bias=False,
                   native_cpu_gradients=native)(x)
@@ -159,8 +160,7 @@ class ResNet32(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    if self.n < 1:
-      raise ValueError(f"ResNet32 n must be >= 1, got {self.n}.")
+    check_sizes(self, "num_classes", "n")
     x = TorchConv(16, 3, padding=1, use_bias=False,
                   kernel_init=_ICARL_CONV_INIT,
                   native_cpu_gradients=self.native_cpu_gradients)(x)

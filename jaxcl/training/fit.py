@@ -146,12 +146,16 @@ def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
             f"[{exp.y.min()}, {exp.y.max()}]; expected labels in "
             f"[0, {benchmark.n_classes - 1}].")
   heads = getattr(model, "n_tasks", None)  # MultiHead, MTMLP, mt_* models.
-  if isinstance(heads, int) and heads < benchmark.n_tasks:
+  # The labels themselves, too: a benchmark built by hand may leave n_tasks
+  # at 1 while its experiences carry task labels 0..k.
+  labelled = 1 + max(int(np.max(exp.task)) for stream in (
+      benchmark.train_stream, benchmark.test_stream) for exp in stream)
+  needed = max(benchmark.n_tasks, labelled)
+  if isinstance(heads, int) and heads < needed:
     # A task without a head gives NaN logits, seen only once it trains.
     raise ValueError(
-        f"model has n_tasks={heads} heads but the benchmark has "
-        f"{benchmark.n_tasks} task labels; expected n_tasks >= "
-        f"{benchmark.n_tasks} (n_tasks=benchmark.n_tasks).")
+        f"model has n_tasks={heads} heads but the benchmark's experiences "
+        f"carry {needed} task labels; expected n_tasks >= {needed}.")
   return as_model(model)
 
 
