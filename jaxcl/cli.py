@@ -716,14 +716,13 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   # a swept hyperparameter is checked with its first value.
   sweep_name, sweep_values = _sweep(args)
   hparams = _strategy_hparams(args)
-  from jaxcl.strategies import REGISTRY, parse_spec
-  # A name the spec sets itself stays as the user typed it (no flag).
-  in_spec = {k for _, own in parse_spec(args.strategy) for k in own}
-  names = {p for e in REGISTRY.values() for p in e.parameters} - (
-      in_spec - set(hparams))
+  from jaxcl.strategies import REGISTRY
+  names = {p for e in REGISTRY.values() for p in e.parameters}
   try:
     strategy = jaxcl.strategies.from_spec(args.strategy, **hparams)
   except (ValueError, TypeError) as error:
+    if getattr(error, "spec_term", None):
+      raise  # A value the spec sets: named as the user typed it.
     raise _in_flag_terms(error, hparams, f"--strategy {args.strategy}",
                          names) from error
   if sweep_name not in (None, "lr"):
@@ -743,6 +742,9 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
     offered["drop_rate"] = args.drop_rate
   accepted = inspect.signature(MODELS[args.model]).parameters
   model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
+  if args.drop_rate is None:  # Recorded as used: the model's own.
+    args.drop_rate = getattr(model, "drop_rate", getattr(
+        getattr(model, "features", None), "drop_rate", None))
   seeds = _seeds(args)
   fresh_logdir = not logdir.exists()
   writer = _Tracked(loggers.create_writers(

@@ -37,6 +37,7 @@ def test_run_end_to_end(tmp_path):
   assert results["metrics"]["forgetting"] >= -1.0
   assert set(results["timings"]) >= {"compile_s", "train_s", "eval_s", "total_s"}
   assert results["config"]["batch_size"] == 64
+  assert results["config"]["drop_rate"] == 0.5  # The MLP's own, as used.
   assert results["environment"]["jax"] == jax.__version__
   assert results["environment"]["jaxlib"] == jax.lib.__version__
   assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard file"

@@ -50,6 +50,15 @@ def _fit(paths: Paths, *, model=None, strategy=None, optimizer=None,
       benchmark or make_benchmark(), **{"checkpoint_dir": paths.ckpt, **kwargs})
 
 
+def _too_few_heads(heads: int, n_tasks: int):
+  """A fit of an MTMLP with ``heads`` heads on a benchmark whose experiences
+  carry task labels 0 and 1 and that counts ``n_tasks``."""
+  return lambda p: _fit(
+      p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=heads),
+      benchmark=dataclasses.replace(make_benchmark(return_task_id=True),
+                                    n_tasks=n_tasks))
+
+
 def _cli(paths: Paths, *args: str):
   """Runs ``jaxcl run ARGS``; raises CliExit(stderr) if it exits with 2."""
   logdir = paths.tmp / "logdir"
@@ -107,17 +116,16 @@ CASES = [
     Case("fit writer='logs'", lambda p: _fit(p, writer="logs"), TypeError,
          r"writer must be a clu MetricWriter .* got 'logs', which lacks "
          r"write_scalars, flush"),
-    Case("fit multi-head model with too few heads",
-         lambda p: _fit(p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=1),
-                        benchmark=make_benchmark(return_task_id=True)),
-         ValueError, r"model has n_tasks=1 heads but the benchmark's "
-         r"experiences carry 2 task labels; expected n_tasks >= 2\.$"),
+    Case("fit multi-head model with too few heads", _too_few_heads(1, 2),
+         ValueError, r"model has n_tasks=1 heads but the benchmark needs 2 "
+         r"\(its experiences carry task labels up to 1\); expected "
+         r"n_tasks >= 2\.$"),
     Case("fit multi-head model on task labels the benchmark does not count",
-         lambda p: _fit(p, model=jaxcl.models.MTMLP(num_classes=4, n_tasks=1),
-                        benchmark=dataclasses.replace(
-                            make_benchmark(return_task_id=True), n_tasks=1)),
-         ValueError, r"model has n_tasks=1 heads but the benchmark's "
-         r"experiences carry 2 task labels"),
+         _too_few_heads(1, 1), ValueError, r"model has n_tasks=1 heads but the benchmark needs 2 "
+         r"\(its experiences carry task labels up to 1\)"),
+    Case("fit multi-head model with fewer heads than Benchmark.n_tasks",
+         _too_few_heads(2, 3), ValueError, r"model has n_tasks=2 heads but the benchmark needs 3 "
+         r"\(it has n_tasks=3\)"),
     Case("fit forward_transfer without the evaluation before training",
          lambda p: _fit(p, metrics=["forward_transfer"],
                         eval_before_training=False),
@@ -296,6 +304,11 @@ CASES = [
     Case("cli --strategy with a bad value of its own",
          lambda p: _cli(p, "--strategy", "replay(mem_size=0)"), CliExit,
          r"error: replay\(mem_size=0\): mem_size must be a positive integer, "
+         r"got 0"),
+    Case("cli --strategy with a bad value of its own and the flag for another",
+         lambda p: _cli(p, "--strategy", "replay+der(mem_size=0)",
+                        "--mem-size", "100"), CliExit,
+         r"error: der\(mem_size=0\): mem_size must be a positive integer, "
          r"got 0"),
     Case("cli --sweep of a value the spec sets itself",
          lambda p: _cli(p, "--strategy", "lwf(alpha=2)+mas(alpha=0.4)",

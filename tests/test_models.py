@@ -251,6 +251,14 @@ def test_mtmlp_selects_the_head_of_each_sample():
   # A task label without a head gives NaN logits, not another head's.
   bad = apply(params, x, jnp.array([0, 4, -1, 0, 0]))
   assert np.isfinite(bad[0]).all() and np.isnan(bad[1:3]).all()
+  # Narrow label types compare in int32 (n_tasks=200 wraps in int8).
+  many = MultiHeadClassifier(num_classes=2, n_tasks=200)
+  feats = jnp.ones((3, 4))
+  head_params = many.init(jax.random.key(0), feats, jnp.zeros(3, jnp.int32))
+  labels = jnp.array([0, 1, 2])
+  np.testing.assert_array_equal(
+      many.apply(head_params, feats, labels.astype(jnp.int8)),
+      many.apply(head_params, feats, labels))
   # Float labels would be truncated onto a head.
   with pytest.raises(TypeError, match="task labels must be integers, got "
                      "dtype float32"):
@@ -550,6 +558,8 @@ def test_a_model_returning_more_than_logits_is_a_clear_error():
     (MLP(10, hidden_size=0), (2, 4), ValueError,
      "hidden_size must be a positive integer, got 0"),
     (MLP(0), (2, 4), ValueError, "num_classes must be a positive integer"),
+    (MLP(None), (2, 4), TypeError,
+     "num_classes must be a positive integer, got None"),
     (MTMLP(3, n_tasks=0), (2, 4), ValueError,
      "n_tasks must be a positive integer, got 0"),
     (SlimResNet18(nf=0), (1, 8, 8, 3), ValueError,
@@ -562,7 +572,7 @@ def test_a_model_returning_more_than_logits_is_a_clear_error():
      "strides must be a positive integer, got 0"),
     (TorchConv(4, 3, native_cpu_gradients="False"), (1, 8, 8, 3), TypeError,
      "native_cpu_gradients must be True or False"),
-], ids=["hidden_size", "num_classes", "n_tasks", "nf", "n", "padding",
+], ids=["hidden_size", "num_classes", "none", "n_tasks", "nf", "n", "padding",
         "strides", "native_cpu_gradients"])
 def test_sizes_and_switches_are_checked_with_their_names(module, shape, error,
                                                          message):

@@ -214,7 +214,8 @@ class SimpleCNN(nn.Module):
     if x.ndim != 4 or min(x.shape[1:3]) < 10:
       raise ValueError(f"SimpleCNN expects images [batch, H, W, C] with H and "
                        f"W >= 10, got inputs of shape {x.shape}.")
-    check_sizes(self, "num_classes")
+    if self.num_classes is not None:  # None: the pooled features.
+      check_sizes(self, "num_classes")
 
     def drop(h):
       return _dropout(self.drop_rate, train)(h)

@@ -69,8 +69,11 @@ class MultiHeadClassifier(nn.Module):
     if not jnp.issubdtype(task.dtype, jnp.integer):
       raise TypeError(f"task labels must be integers, got dtype "
                       f"{task.dtype}.")
-    # Compared in their own dtype (a cast could wrap a large label onto a
-    # head); negative labels too must miss every head (a gather wraps them).
+    # Compared in int32 or wider (n_tasks could wrap in a narrower type, a
+    # wider label could wrap onto a head in int32); negative labels too must
+    # miss every head (a gather wraps them).
+    if task.dtype.itemsize < 4:
+      task = task.astype(jnp.int32)
     task = jnp.where((task >= 0) & (task < self.n_tasks), task,
                      self.n_tasks).astype(jnp.int32)
     index = task.reshape(-1, 1, 1)

@@ -63,11 +63,9 @@ def _check_hidden_layers(hidden_layers) -> None:
 
 def check_sizes(module: nn.Module, *names: str) -> None:
   """Refuses a size attribute of ``module`` that is not a positive integer
-  (None leaves it unset); a zero size would divide by zero in the init."""
+  (a zero size would divide by zero in the init, None fail in a shape)."""
   for name in names:
-    value = getattr(module, name)
-    if value is not None:
-      _validation.check_positive_int(name, value)
+    _validation.check_positive_int(name, getattr(module, name))
 
 
 def _dropout(rate, train: bool) -> nn.Dropout:

@@ -88,7 +88,8 @@ class SlimResNet18(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    check_sizes(self, "num_classes", "nf")
+    check_sizes(self, "nf", *(() if self.num_classes is None
+                              else ("num_classes",)))
     native = self.native_cpu_gradients
     x = TorchConv(self.nf, 3, padding=1, use_bias=False,
                   native_cpu_gradients=native)(x)
@@ -160,7 +161,8 @@ class ResNet32(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    check_sizes(self, "num_classes", "n")
+    check_sizes(self, "n", *(() if self.num_classes is None
+                             else ("num_classes",)))
     x = TorchConv(16, 3, padding=1, use_bias=False,
                   kernel_init=_ICARL_CONV_INIT,
                   native_cpu_gradients=self.native_cpu_gradients)(x)

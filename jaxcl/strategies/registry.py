@@ -132,6 +132,8 @@ def _parse_term(spec: str, term: str) -> tuple[str, dict[str, Any]]:
     call = ast.parse(f"f({rest}", mode="eval").body
   except SyntaxError as error:
     call, problem = None, error.msg
+  except (RecursionError, MemoryError):
+    call, problem = None, "nested too deeply"
   else:
     # One call of the name, nothing around it (a second call's values
     # would be lost).
@@ -212,5 +214,9 @@ def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
       if not own:
         raise
       kind = ValueError if isinstance(error, ValueError) else TypeError
-      raise kind(f"{term.strip()}: {error}") from error
+      own_error = kind(f"{term.strip()}: {error}")
+      # Names the term, so that a caller (the CLI) can tell it from an
+      # error of a hyperparameter given by name.
+      own_error.spec_term = term.strip()
+      raise own_error from error
   return strategies[0] if len(strategies) == 1 else chain(*strategies)

@@ -153,9 +153,12 @@ def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
   needed = max(benchmark.n_tasks, labelled)
   if isinstance(heads, int) and heads < needed:
     # A task without a head gives NaN logits, seen only once it trains.
+    source = (f"its experiences carry task labels up to {labelled - 1}"
+              if labelled >= benchmark.n_tasks else
+              f"it has n_tasks={benchmark.n_tasks}")
     raise ValueError(
-        f"model has n_tasks={heads} heads but the benchmark's experiences "
-        f"carry {needed} task labels; expected n_tasks >= {needed}.")
+        f"model has n_tasks={heads} heads but the benchmark needs {needed} "
+        f"({source}); expected n_tasks >= {needed}.")
   return as_model(model)
 
 
