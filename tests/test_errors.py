@@ -50,6 +50,16 @@ def _fit(paths: Paths, *, model=None, strategy=None, optimizer=None,
       benchmark or make_benchmark(), **{"checkpoint_dir": paths.ckpt, **kwargs})
 
 
+def _with_train_inputs(benchmark, index: int, change):
+  """``benchmark`` with ``change`` applied to train experience ``index``'s
+  inputs."""
+  stream = list(benchmark.train_stream)
+  stream[index] = dataclasses.replace(stream[index],
+                                      x=change(stream[index].x))
+  return dataclasses.replace(
+      benchmark, train_stream=jaxcl.benchmarks.Stream("train", stream))
+
+
 def _too_few_heads(heads: int, n_tasks: int):
   """A fit of an MTMLP with ``heads`` heads on a benchmark whose experiences
   carry task labels 0 and 1 and that counts ``n_tasks``."""
@@ -116,15 +126,23 @@ CASES = [
     Case("fit writer='logs'", lambda p: _fit(p, writer="logs"), TypeError,
          r"writer must be a clu MetricWriter .* got 'logs', which lacks "
          r"write_scalars, flush"),
+    Case("fit train experiences of two input dtypes",
+         lambda p: _fit(p, benchmark=_with_train_inputs(
+             make_benchmark(), 1, lambda x: x.astype(np.float16))),
+         ValueError, r"experience 1 of the train stream has inputs of dtype "
+         r"float16; expected float32, the dtype of the first train "
+         r"experience \(the programs compile for one\)"),
     Case("fit multi-head model with too few heads", _too_few_heads(1, 2),
          ValueError, r"model has n_tasks=1 heads but the benchmark needs 2 "
          r"\(its experiences carry task labels up to 1\); expected "
          r"n_tasks >= 2\.$"),
     Case("fit multi-head model on task labels the benchmark does not count",
-         _too_few_heads(1, 1), ValueError, r"model has n_tasks=1 heads but the benchmark needs 2 "
+         _too_few_heads(1, 1), ValueError,
+         r"model has n_tasks=1 heads but the benchmark needs 2 "
          r"\(its experiences carry task labels up to 1\)"),
     Case("fit multi-head model with fewer heads than Benchmark.n_tasks",
-         _too_few_heads(2, 3), ValueError, r"model has n_tasks=2 heads but the benchmark needs 3 "
+         _too_few_heads(2, 3), ValueError,
+         r"model has n_tasks=2 heads but the benchmark needs 3 "
          r"\(it has n_tasks=3\)"),
     Case("fit forward_transfer without the evaluation before training",
          lambda p: _fit(p, metrics=["forward_transfer"],

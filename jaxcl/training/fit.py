@@ -130,8 +130,17 @@ def _check_args(model, benchmark, epochs, batch_size, eval_batch_size):
   for name in ("train_stream", "test_stream"):
     if len(getattr(benchmark, name)) == 0:
       raise ValueError(f"benchmark.{name} is empty; expected experiences.")
+  # One compile per stream: every train experience has the first one's
+  # input dtype (test experiences are stacked into one array).
+  dtype = jax.dtypes.canonicalize_dtype(benchmark.train_stream[0].x.dtype)
   for stream in (benchmark.train_stream, benchmark.test_stream):
     for exp in stream:
+      if stream is benchmark.train_stream and (
+          jax.dtypes.canonicalize_dtype(exp.x.dtype) != dtype):
+        raise ValueError(
+            f"experience {exp.index} of the {stream.name} stream has inputs "
+            f"of dtype {exp.x.dtype}; expected {dtype}, the dtype of the "
+            "first train experience (the programs compile for one).")
       if len(exp) == 0:
         raise ValueError(f"experience {exp.index} of the {stream.name} stream "
                          "is empty; expected at least one sample.")

@@ -311,13 +311,15 @@ class StreamingTrainer:
     dispatched: collections.deque = collections.deque()
     try:
       for n in range(self.epochs * self.chunks_per_epoch):
+        if len(dispatched) == _DISPATCHED:
+          # Dispatch is asynchronous: without a wait, a fast reader would
+          # put more chunks on the devices than the budget counts. The wait
+          # comes before the next chunk is taken, whose slot in the queue
+          # the reader would fill at once.
+          jax.block_until_ready(dispatched.popleft())
         batches = _hosts.read_together("a streamed chunk",
                                        functools.partial(next, chunks),
                                        in_flight=state)
-        if len(dispatched) == _DISPATCHED:
-          # Dispatch is asynchronous: without a wait, a fast reader would
-          # put more chunks on the devices than the budget counts.
-          jax.block_until_ready(dispatched.popleft())
         e, c = divmod(n, self.chunks_per_epoch)
         state, chunk_metrics, first_bad, trained = chunk(
             state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
