@@ -468,3 +468,23 @@ def test_experiences_between_evaluations_wait_for_the_one_before(monkeypatch):
             optax.sgd(0.01), bench, epochs=4, batch_size=32, eval_every=8,
             device_memory_budget_mb=3, metrics=["accuracy"])
   assert len(unfinished) == 8 and unfinished == [0] * 8
+
+
+def test_padding_helpers_refuse_sizes_their_experiences_do_not_fit():
+  exp = Experience(x=np.ones((5, 2), np.float32), y=[0, 1, 1, 0, 2],
+                   task=[0] * 5, index=0, classes=(0, 1, 2), origin="train")
+  for make in (lambda: experience_data(exp, 3, 3),
+               lambda: stack_experiences([exp], 3, size=3),
+               lambda: jaxcl.training.state.put_experiences(
+                   [exp], 3, 3, samples_sharding=None, sharding=None)):
+    with pytest.raises(ValueError, match=r"size=3 is below the 5 samples of "
+                       r"the longest experience; expected size >= 5"):
+      make()
+  with pytest.raises(ValueError, match=r"n_classes=2 leaves out class 2 of "
+                     r"the experiences; expected n_classes > 2"):
+    experience_data(exp, 5, 2)
+  with pytest.raises(ValueError, match=r"length=1 is below the 2 experiences "
+                     r"given; expected length >= 2"):
+    stack_experiences([exp, exp], 3, length=1)
+  with pytest.raises(ValueError, match="at least one experience, got none"):
+    stack_experiences([], 3)

@@ -90,6 +90,23 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
   return np.pad(a, [(0, size - len(a))] + [(0, 0)] * (a.ndim - 1))
 
 
+def _check_fit(experiences: Sequence[Experience], size: int,
+               n_classes: int) -> None:
+  """Refuses a padded ``size`` below an experience's length, or an
+  ``n_classes`` that leaves out one of their classes."""
+  if not experiences:
+    raise ValueError("experiences must hold at least one experience, got "
+                     "none.")
+  longest = max(len(e) for e in experiences)
+  if size < longest:
+    raise ValueError(f"size={size} is below the {longest} samples of the "
+                     f"longest experience; expected size >= {longest}.")
+  top = max(max(e.classes, default=-1) for e in experiences)
+  if top >= n_classes:
+    raise ValueError(f"n_classes={n_classes} leaves out class {top} of the "
+                     f"experiences; expected n_classes > {top}.")
+
+
 def experience_data(experience: Experience, size: int,
                     n_classes: int) -> ExperienceData:
   """Pads an experience to ``size`` samples (host side, numpy arrays).
@@ -102,6 +119,7 @@ def experience_data(experience: Experience, size: int,
   Returns:
     An :class:`ExperienceData` of numpy arrays, ready for ``jax.device_put``.
   """
+  _check_fit([experience], size, n_classes)
   mask = np.zeros(n_classes, bool)
   mask[list(experience.classes)] = True
   return ExperienceData(
@@ -130,7 +148,12 @@ def stack_experiences(experiences, n_classes: int, size: int | None = None,
     An :class:`ExperienceData` of numpy arrays with a leading experience axis.
   """
   if size is None:
-    size = max(len(e) for e in experiences)
+    size = max((len(e) for e in experiences), default=0)
+  _check_fit(experiences, size, n_classes)
+  if length is not None and length < len(experiences):
+    raise ValueError(f"length={length} is below the {len(experiences)} "
+                     f"experiences given; expected length >= "
+                     f"{len(experiences)}.")
   padded = [experience_data(e, size, n_classes) for e in experiences]
   padded += padded[-1:] * ((length or len(padded)) - len(padded))
   return jax.tree.map(lambda *a: np.stack(a), *padded)
@@ -171,6 +194,8 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
     >>> data.x.shape, data.size.tolist()
     ((1, 5, 2), [3])
   """
+  _check_fit(experiences, size, n_classes)
+
   def stacked(field: str) -> jax.Array:
     def read(index):
       start, stop, _ = index[1].indices(size)
