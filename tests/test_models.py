@@ -3,6 +3,7 @@
 import functools
 import inspect
 import re
+import zlib
 
 import chex
 import flax.linen as nn
@@ -580,3 +581,80 @@ def test_sizes_and_switches_are_checked_with_their_names(module, shape, error,
   task = (jnp.zeros(shape[0], jnp.int32),) if isinstance(module, MTMLP) else ()
   with pytest.raises(error, match=message):
     module.init(jax.random.key(0), jnp.ones(shape), *task)
+
+
+class _NoisyHidden(nn.Module):
+  """Gaussian noise from its own random stream, then dropout, in training."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(8)(x.reshape((x.shape[0], -1)))
+    if train:
+      h = h + jax.random.normal(self.make_rng("noise"), h.shape)
+    h = nn.Dropout(0.5, deterministic=not train)(h)
+    return nn.Dense(4)(h)
+
+
+def test_extra_random_streams_draw_from_keys_folded_from_the_step_key():
+  model = as_model(_NoisyHidden(), rng_streams=("dropout", "noise"))
+  x = jax.random.normal(jax.random.key(1), (5, 3))
+  params, state = model.init(jax.random.key(0), x, None)
+  key = jax.random.key(7)
+  logits, _ = model.apply(params, state, x, None, True, key)
+  # Flax's own apply, given the keys as documented: dropout the step key
+  # itself, any other stream the step key folded with crc32 of its name.
+  noise_key = jax.random.fold_in(key, zlib.crc32(b"noise") & 0x7FFFFFFF)
+  expected = _NoisyHidden().apply({"params": params}, x, True,
+                                  rngs={"dropout": key, "noise": noise_key})
+  np.testing.assert_array_equal(logits, expected)
+  # And each stream's numbers matter: another noise key changes the logits.
+  other = _NoisyHidden().apply({"params": params}, x, True,
+                               rngs={"dropout": key, "noise": key})
+  assert not np.allclose(logits, other)
+
+
+def test_adding_a_random_stream_leaves_dropout_numbers_unchanged():
+  x = jax.random.normal(jax.random.key(1), (6, 5))
+  outputs = []
+  for streams in (("dropout",), ("dropout", "noise"), ("noise", "dropout")):
+    model = as_model(MLP(3, hidden_size=16), rng_streams=streams)
+    params, state = model.init(jax.random.key(0), x, None)
+    outputs.append(model.apply(params, state, x, None, True,
+                               jax.random.key(2))[0])
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+  np.testing.assert_array_equal(outputs[0], outputs[2])
+
+
+def test_fit_trains_a_model_with_its_own_random_stream_reproducibly():
+  bench = make_benchmark()
+  runs = [jaxcl.fit(as_model(_NoisyHidden(), rng_streams=("dropout", "noise")),
+                    naive(), optax.sgd(0.1), bench, batch_size=8, seed=3)
+          for _ in range(2)]
+  chex.assert_trees_all_equal(runs[0].state.params, runs[1].state.params)
+  assert np.isfinite(runs[0].accuracy_matrix).all()
+
+
+def test_a_random_stream_the_model_is_not_given_is_a_clear_error():
+  with pytest.raises(
+      ValueError, match=r"the model draws random numbers from the 'noise' "
+      r"stream .*rng_streams=\('dropout',\) does not hold; expected "
+      r".*rng_streams=\('dropout', 'noise'\)"):
+    jaxcl.fit(_NoisyHidden(), naive(), optax.sgd(0.1), make_benchmark(),
+              batch_size=8)
+
+
+@pytest.mark.parametrize("streams, message", [
+    ("dropout", "must be a sequence of stream names, got 'dropout'"),
+    (("params",), "other than 'params'.*got 'params'"),
+    (("dropout", ""), "other than 'params'.*got ''"),
+    (("noise", "noise"), "names a stream twice"),
+])
+def test_bad_random_streams_are_refused(streams, message):
+  with pytest.raises(ValueError, match=message):
+    as_model(_NoisyHidden(), rng_streams=streams)
+
+
+def test_random_streams_are_refused_for_a_model_of_functions():
+  model = as_model(MLP(3))
+  with pytest.raises(ValueError, match="applies to Flax modules"):
+    as_model(model, rng_streams=("noise",))

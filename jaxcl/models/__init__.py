@@ -1,6 +1,6 @@
 """Models for continual learning: Flax linen modules and the model adapter."""
 
-from jaxcl.models.adapter import Model, as_model
+from jaxcl.models.adapter import Model, as_model, stream_keys
 from jaxcl.models.cnn import SimpleCNN, TorchConv
 from jaxcl.models.heads import (
                                 MTMLP,
@@ -41,4 +41,5 @@ __all__ = [
                                 "as_model",
                                 "mt_simple_cnn",
                                 "mt_slim_resnet18",
+                                "stream_keys",
 ]

@@ -23,14 +23,17 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import re
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import errors as flax_errors
 from flax import linen as nn
 
-__all__ = ["Model", "as_model", "batch_stats_rows"]
+__all__ = ["Model", "as_model", "batch_stats_rows", "stream_keys"]
 
 PyTree = Any
 
@@ -94,7 +97,45 @@ def call_arguments(module: nn.Module, x: Any, offered: dict[str, Any]
   return bound.args[1:], bound.kwargs
 
 
-def as_model(model: nn.Module | Model) -> Model:
+def stream_keys(key: jax.Array, streams: Sequence[str]
+                ) -> dict[str, jax.Array]:
+  """One key per random stream: ``dropout`` gets ``key`` itself, any other
+  stream a key folded from ``key`` and the stream's name.
+
+  Example:
+    >>> import jax
+    >>> keys = stream_keys(jax.random.key(0), ("dropout", "noise"))
+    >>> sorted(keys), bool((jax.random.key_data(keys["dropout"]) ==
+    ...                     jax.random.key_data(jax.random.key(0))).all())
+    (['dropout', 'noise'], True)
+  """
+  # Folding in a hash of the name, rather than splitting, leaves a stream's
+  # numbers unchanged when other streams are added or reordered.
+  return {name: key if name == "dropout" else
+          jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+          for name in streams}
+
+
+def check_rng_streams(rng_streams: Any) -> tuple[str, ...]:
+  """``rng_streams`` as a tuple, or a ``ValueError`` naming what is wrong."""
+  if isinstance(rng_streams, str) or not isinstance(rng_streams, Sequence):
+    raise ValueError(
+        f"rng_streams must be a sequence of stream names, got "
+        f"{rng_streams!r}; expected e.g. ('dropout', 'noise').")
+  streams = tuple(rng_streams)
+  for name in streams:
+    if not isinstance(name, str) or not name or name == "params":
+      raise ValueError(
+          f"rng_streams must name random streams other than 'params' "
+          f"(which only init uses), got {name!r} in {rng_streams!r}.")
+  if len(set(streams)) != len(streams):
+    raise ValueError(f"rng_streams names a stream twice: {rng_streams!r}; "
+                     "expected distinct names.")
+  return streams
+
+
+def as_model(model: nn.Module | Model,
+             rng_streams: Sequence[str] = ("dropout",)) -> Model:
   """Wraps a Flax linen module (or returns a :class:`Model` unchanged).
 
   The module's ``__call__`` may take ``train`` (dropout/batch-norm mode),
@@ -106,11 +147,35 @@ def as_model(model: nn.Module | Model) -> Model:
 
   Args:
     model: A ``flax.linen.Module`` or a :class:`Model`.
+    rng_streams: The random streams the module draws from in training
+      (``self.make_rng(name)``), each keyed from the step's key by
+      :func:`stream_keys`; ``dropout`` (Flax's ``nn.Dropout``) by default.
 
   Returns:
     The model as a :class:`Model`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import linen as nn
+    >>> class Noisy(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train=False):
+    ...     x = nn.Dense(2)(x)
+    ...     if train:
+    ...       x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+    ...     return x
+    >>> model = as_model(Noisy(), rng_streams=("dropout", "noise"))
+    >>> params, state = model.init(jax.random.key(0), jnp.ones((1, 3)), None)
+    >>> model.apply(params, state, jnp.ones((4, 3)), None, True,
+    ...             jax.random.key(1))[0].shape
+    (4, 2)
   """
+  streams = check_rng_streams(rng_streams)
   if isinstance(model, Model):
+    if streams != ("dropout",):
+      raise ValueError(
+          f"rng_streams={rng_streams!r} applies to Flax modules; a Model's "
+          "apply draws from its key itself.")
     return model
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax.linen.Module or jaxcl.models.Model, "
@@ -122,10 +187,25 @@ def as_model(model: nn.Module | Model) -> Model:
       offered["batch_stats_mask"] = rows
     return call_arguments(model, x, offered)
 
+  def apply_module(variables, args, kwargs, rngs, **options):
+    try:
+      return model.apply(variables, *args, rngs=rngs, **options, **kwargs)
+    except flax_errors.InvalidRngError as e:
+      named = re.search(r'PRNG for "([^"]+)"', str(e))
+      if named is None:
+        raise
+      name = named.group(1)
+      raise ValueError(
+          f"the model draws random numbers from the {name!r} stream "
+          f"(make_rng({name!r})), which rng_streams={streams!r} does not "
+          f"hold; expected the model given as jaxcl.models.as_model(model, "
+          f"rng_streams={streams + (name,)!r}).") from e
+
   def init(key, x, task):
-    params_key, dropout_key = jax.random.split(key)
+    params_key, stream_key = jax.random.split(key)
     args, kwargs = arguments(x, task, False)
-    variables = model.init({"params": params_key, "dropout": dropout_key},
+    variables = model.init({"params": params_key,
+                            **stream_keys(stream_key, streams)},
                            *args, **kwargs)
     variables = dict(variables)
     params = variables.pop("params")
@@ -133,18 +213,18 @@ def as_model(model: nn.Module | Model) -> Model:
 
   def apply(params, model_state, x, task, train, key, batch_stats_mask=None):
     variables = {"params": params, **model_state}
-    rngs = {"dropout": key} if key is not None else {}
+    rngs = stream_keys(key, streams) if key is not None else {}
     args, kwargs = arguments(x, task, train, batch_stats_mask)
     if train and model_state:
-      logits, updated = model.apply(variables, *args, rngs=rngs,
-                                    mutable=list(model_state), **kwargs)
+      logits, updated = apply_module(variables, args, kwargs, rngs,
+                                     mutable=list(model_state))
       # Collections that `sow` appends to (auxiliary losses, say) grow at
       # every call: the loop's carried state keeps its init value for them.
       kept = {name: value for name, value in updated.items()
               if jax.tree.structure(value) ==
               jax.tree.structure(model_state[name])}
       return logits, {**model_state, **kept}
-    logits = model.apply(variables, *args, rngs=rngs, **kwargs)
+    logits = apply_module(variables, args, kwargs, rngs)
     return logits, model_state
 
   return Model(init=init, apply=apply)
