@@ -234,14 +234,19 @@ def test_chunks_in_flight_stay_within_half_the_budget(monkeypatch, seeds):
   assert 5 * trainer.chunk_steps * batch_size * runs <= budget_rows / 2
 
 
-def test_dispatch_waits_so_at_most_two_chunks_run_at_once(monkeypatch):
+def test_dispatch_waits_so_at_most_five_chunks_are_on_the_devices(
+    monkeypatch):
   # A wide model on tiny inputs: the device is slower than the reader, so
   # without a wait the host would dispatch chunk after chunk ahead.
   bench = make_benchmark(n_classes=2, n_experiences=1, per_class=256, dim=4)
   model = jaxcl.models.MLP(2, hidden_size=1024, hidden_layers=2,
                            drop_rate=0.0)
-  outputs, running = [], []
+  outputs, running, alive, puts = [], [], [], []
   bind = streaming.StreamingTrainer.bind
+  put_batches = streaming.StreamingTrainer._put_batches
+
+  def unfinished(dispatched):
+    return sum(not jax.tree.leaves(m)[0].is_ready() for m in dispatched)
 
   def counting_bind(self, executables):
     begin, orders, chunk, end = executables
@@ -249,15 +254,26 @@ def test_dispatch_waits_so_at_most_two_chunks_run_at_once(monkeypatch):
     def counted(*args):
       out = chunk(*args)
       outputs.append(out[1])
-      running.append(sum(not jax.tree.leaves(m)[0].is_ready()
-                         for m in outputs))
+      running.append(unfinished(outputs))
       return out
     return bind(self, (begin, orders, counted, end))
 
+  def counting_put(self, *args):
+    # In the reader thread, as a chunk starts: the chunks read but not yet
+    # dispatched (this one included) and the dispatched ones still running.
+    puts.append(None)
+    dispatched = outputs[:len(outputs)]
+    alive.append(len(puts) - len(dispatched) + unfinished(dispatched))
+    return put_batches(self, *args)
+
   monkeypatch.setattr(streaming.StreamingTrainer, "bind", counting_bind)
+  monkeypatch.setattr(streaming.StreamingTrainer, "_put_batches", counting_put)
   jaxcl.fit(model, naive(), optax.sgd(0.01), bench, epochs=2, batch_size=16,
             device_memory_budget_mb=0.01, metrics=["accuracy"])
   assert len(running) > 10 and max(running) <= streaming._DISPATCHED
+  # The budget's count: two queued, one being read, two dispatched.
+  assert max(alive) <= streaming._CHUNKS_ALIVE == 5
+  assert max(alive) >= 3  # The reader does run ahead of the devices.
 
 
 def test_icarl_weighs_exemplars_by_the_whole_streamed_experience():
