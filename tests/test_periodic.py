@@ -372,3 +372,35 @@ def test_early_stopping_with_experiences_adapt_data_empties():
                      _bench(), epochs=2, batch_size=8,
                      early_stopping=EarlyStopping(patience=5))
   assert [row["epochs_trained"] for row in result.history] == [2.0, 0.0]
+
+
+def _counting_model(calls):
+  """The MLP, counting each run's training steps and evaluated batches."""
+  base = jaxcl.models.as_model(_model())
+
+  def apply(params, model_state, x, task, train, key):
+    # An argument that differs between vmapped runs: one call per run.
+    probe = jax.tree.leaves(params)[0].ravel()[0]
+    jax.debug.callback(lambda _: calls.update(["train" if train else "eval"]),
+                       probe)
+    return base.apply(params, model_state, x, task, train, key)
+  return jaxcl.models.Model(base.init, apply)
+
+
+def test_vmapped_runs_skip_steps_and_evaluations_no_run_needs():
+  # A margin no epoch can reach: every run stops after its first epoch, so
+  # the other five epochs train and evaluate nothing, for one run as for two.
+  bench = _bench()
+  stop = EarlyStopping(patience=1, margin=10.0)
+  single, vmapped = collections.Counter(), collections.Counter()
+  for seed in (0, 1):
+    jaxcl.fit(_counting_model(single), naive(), optax.sgd(0.5), bench,
+              epochs=6, batch_size=8, seed=seed, early_stopping=stop)
+  multi = jaxcl.fit(_counting_model(vmapped), naive(), optax.sgd(0.5), bench,
+                    epochs=6, batch_size=8, seeds=[0, 1], early_stopping=stop)
+  jax.effects_barrier()
+  assert [h["epochs_trained"] for run in multi.runs for h in run.history] == [
+      1] * 4
+  steps = sum(-(-len(e) // 8) for e in bench.train_stream)
+  assert single["train"] == vmapped["train"] == 2 * steps
+  assert single["eval"] == vmapped["eval"] > 0

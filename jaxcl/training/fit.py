@@ -34,7 +34,7 @@ from jaxcl.benchmarks.scenario import Benchmark, Experience, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.training import loop, periodic, streaming
+from jaxcl.training import _runs, loop, periodic, streaming
 from jaxcl.training.state import (
     ExperienceData,
     TrainState,
@@ -662,8 +662,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                                top_k=chosen.top_k)
   periodic_eval, early_stopping, periodic_stream = _periodic_setup(
       periodic_eval, early_stopping, benchmark)
+  # Vmapped runs skip a step or an evaluation together once none needs it.
+  run_axis = _runs.RUN_AXIS if batched else None
   watcher = None if periodic_eval is None else periodic.make_watcher(
-      periodic_eval, early_stopping, eval_fn)
+      periodic_eval, early_stopping, eval_fn, run_axis=run_axis)
   optimizer_reset = ("state" if reset_optimizer else
                      "schedule" if reset_schedule else "none")
   budget = _budget_bytes(device_memory_budget_mb)
@@ -671,16 +673,18 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       budget, train_stream, periodic_eval, ctx, strategy,
       optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       optimizer_reset=optimizer_reset, batched=batched,
-      runs=len(runs) if batched else 1, seed=runs[0].seed, place=place)
+      runs=len(runs) if batched else 1, seed=runs[0].seed, place=place,
+      run_axis=run_axis)
   train_fn = loop.make_train_experience(
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty, watcher=watcher,
-      optimizer_reset=optimizer_reset)
+      optimizer_reset=optimizer_reset, run_axis=run_axis)
   # With batches split over devices, so is the test stream, unless periodic
   # evaluation (inside the training program) needs it whole anyway.
   split_test = place.batch is not None and periodic_stream is not test_stream
   if batched:
-    train_fn = jax.vmap(train_fn, in_axes=(0, None, None))
+    train_fn = jax.vmap(train_fn, in_axes=(0, None, None),
+                        axis_name=run_axis)
     eval_fn = _evaluate_runs(eval_fn)
   if split_test:
     eval_fn = _evaluate_split(
@@ -1125,7 +1129,8 @@ def _streaming_trainer(budget: int, train_stream: Stream,
                        ctx: StrategyContext, strategy: Strategy,
                        optimizer: optax.GradientTransformation, *, epochs: int,
                        mask_classes: bool, optimizer_reset: str, batched: bool,
-                       runs: int, seed: int, place: _Placement
+                       runs: int, seed: int, place: _Placement,
+                       run_axis: str | None
                        ) -> streaming.StreamingTrainer | None:
   """A streaming trainer if the largest experience exceeds ``budget`` bytes, else None."""
   sample_bytes = streaming.sample_nbytes(train_stream[0])
@@ -1140,7 +1145,8 @@ def _streaming_trainer(budget: int, train_stream: Stream,
         "on-device path; raise the budget or drop periodic_eval.")
   parts = loop.make_experience_parts(
       ctx, strategy, optimizer, mask_classes=mask_classes,
-      skip_empty_steps=True, optimizer_reset=optimizer_reset)
+      skip_empty_steps=True, optimizer_reset=optimizer_reset,
+      run_axis=run_axis)
   return streaming.StreamingTrainer(
       ctx, parts, epochs=epochs, budget_bytes=budget, sample_bytes=sample_bytes,
       batched=batched, n_classes=ctx.n_classes, seed=seed, place=place,

@@ -34,7 +34,7 @@ from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import MASK_VALUE, visible_classes
-from jaxcl.training import optim, periodic
+from jaxcl.training import _runs, optim, periodic
 from jaxcl.training.state import ExperienceData, TrainState
 
 __all__ = [
@@ -253,6 +253,7 @@ def make_experience_parts(
     skip_empty_steps: bool = True,
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
+    run_axis: str | None = None,
 ) -> ExperienceParts:
   """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
   _validation.check_bool("skip_empty_steps", skip_empty_steps)
@@ -301,8 +302,9 @@ def make_experience_parts(
     run = jnp.any(batch["weight"] > 0) & (watcher.active(watch) if stops
                                           else True)
     if skip_empty_steps or stops:
-      state, step_metrics, loss = jax.lax.cond(run, train_step, skip_step,
-                                               state, batch, key)
+      state, step_metrics, loss = _runs.cond(run, train_step, skip_step,
+                                             state, batch, key,
+                                             run_axis=run_axis)
     else:
       state, step_metrics, loss = train_step(state, batch, key)
     bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
@@ -330,6 +332,7 @@ def make_train_experience(
     skip_empty_steps: bool = True,
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
+    run_axis: str | None = None,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds the function that trains on one experience (to be jitted once).
 
@@ -354,6 +357,11 @@ def make_train_experience(
     optimizer_reset: What of the optimizer state starts over at the
       experience: ``"none"``, ``"schedule"`` (the step counts of learning-rate
       schedules) or ``"state"`` (all of it, as Avalanche does by default).
+    run_axis: Where the function is vmapped over runs (seeds, swept values),
+      the ``axis_name`` given to ``jax.vmap`` (``fit`` uses ``"runs"``): a
+      skipped step (empty, or after an early stop) is then skipped for all
+      runs once none needs it. Without it, ``vmap`` turns the skip into a
+      select that computes the step for every run.
 
   Returns:
     ``train_experience(state, data, eval_data=None) -> (state, metrics)``
@@ -368,7 +376,7 @@ def make_train_experience(
   parts = make_experience_parts(
       ctx, strategy, optimizer, mask_classes=mask_classes,
       skip_empty_steps=skip_empty_steps, watcher=watcher,
-      optimizer_reset=optimizer_reset)
+      optimizer_reset=optimizer_reset, run_axis=run_axis)
   by_epoch = watcher is not None and watcher.unit == "epoch"
 
   def run_epoch(carry, inputs):

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcl import _validation
+from jaxcl.training import _runs
 from jaxcl.training.state import ExperienceData, TrainState
 
 __all__ = ["EarlyStopping", "PeriodicEval", "Watcher", "make_watcher"]
@@ -172,7 +173,8 @@ class Watcher(NamedTuple):
 
 def make_watcher(periodic: PeriodicEval,
                  early_stopping: EarlyStopping | None,
-                 evaluate: Callable[[TrainState, ExperienceData], Any]) -> Watcher:
+                 evaluate: Callable[[TrainState, ExperienceData], Any],
+                 run_axis: str | None = None) -> Watcher:
   """Builds the in-loop periodic evaluation (and early stopping).
 
   Args:
@@ -180,6 +182,10 @@ def make_watcher(periodic: PeriodicEval,
     early_stopping: Optional stopping rule on the evaluated metric.
     evaluate: ``evaluate(state, stream) -> EvalCounts`` (from
       :func:`jaxcl.training.loop.make_evaluate`).
+    run_axis: The ``vmap`` axis name of runs trained together (as
+      :func:`jaxcl.training.loop.make_train_experience` takes it): an
+      evaluation then runs when any run's is due (only those runs keep it),
+      instead of at every tick for all runs.
 
   Returns:
     A :class:`Watcher`. Each ``record`` holds the evaluation's per-experience
@@ -235,7 +241,7 @@ def make_watcher(periodic: PeriodicEval,
       return watch, jax.tree.map(
           jnp.zeros_like, jax.eval_shape(measure, state, eval_data)[0])
 
-    return jax.lax.cond(due, evaluate_now, skip, watch)
+    return _runs.cond(due, evaluate_now, skip, watch, run_axis=run_axis)
 
   def check(state, watch, tick, eval_data, ran):
     # After a stop the ticks still come but train nothing: the state, and

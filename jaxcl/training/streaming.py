@@ -40,7 +40,7 @@ import numpy as np
 
 from jaxcl import _hosts
 from jaxcl.benchmarks.scenario import Experience
-from jaxcl.training import loop
+from jaxcl.training import _runs, loop
 from jaxcl.training.state import TrainState, experience_data
 
 __all__ = ["StreamingTrainer", "default_budget_bytes", "sample_nbytes"]
@@ -87,7 +87,9 @@ class StreamingTrainer:
   Args:
     ctx: The strategy context (its ``experience_size`` is the padded size).
     parts: The experience's pieces, built with ``skip_empty_steps=True`` so
-      that the padding steps of a last chunk change nothing.
+      that the padding steps of a last chunk change nothing (and, for
+      ``batched`` runs, with ``run_axis="runs"``, the axis name the chunk
+      program's ``vmap`` gets, so that a step no run needs is skipped).
     epochs: Passes over each experience.
     budget_bytes: Device bytes the experience data may take.
     sample_bytes: Bytes of one sample (:func:`sample_nbytes`).
@@ -142,7 +144,8 @@ class StreamingTrainer:
       return functions
     return (jax.vmap(parts.begin, in_axes=(0, None)),
             jax.vmap(orders, in_axes=(0, None)),
-            jax.vmap(chunk, in_axes=(0, 0, 0, None, 0, 0)),
+            jax.vmap(chunk, in_axes=(0, 0, 0, None, 0, 0),
+                     axis_name=_runs.RUN_AXIS),
             jax.vmap(parts.end, in_axes=(0, None, 0)))
 
   def lower(self, state_shape: Any, experience: Experience) -> list[Any]:
