@@ -45,7 +45,8 @@ from jaxcl import _hosts, _validation
 if TYPE_CHECKING:
   import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "Checkpointer", "Restored", "place", "run_config"]
+__all__ = ["CheckpointError", "Checkpointer", "Restored", "check_directory",
+           "place", "run_config"]
 
 PyTree = Any
 
@@ -156,6 +157,17 @@ def _encode(value: Any) -> Any:
                   f"lists, dicts, numpy arrays), got {type(value).__name__}.")
 
 
+def _plain(value: Any) -> Any:
+  """``value`` with numpy scalars as Python numbers: in a fingerprint,
+  ``np.int64(2)`` and ``2`` are the same setting (``_encode`` would tag the
+  first with its dtype)."""
+  if isinstance(value, Mapping):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value.item() if isinstance(value, np.generic) else value
+
+
 def _decode(value: Any) -> Any:
   if isinstance(value, list):
     return [_decode(v) for v in value]
@@ -231,6 +243,27 @@ def _orbax():
   return orbax.checkpoint
 
 
+def check_directory(directory: Any) -> pathlib.Path:
+  """``checkpoint_dir`` as an absolute path, or an error naming what is wrong.
+
+  Example:
+    >>> check_directory("~/ckpt") == pathlib.Path.home() / "ckpt"
+    True
+  """
+  if not isinstance(directory, (str, os.PathLike)):
+    raise TypeError(f"checkpoint_dir must be a path, got {directory!r} of "
+                    f"type {type(directory).__name__}.")
+  if not os.fspath(directory).strip():
+    # Path("") is the working directory, which would fill with step folders.
+    raise ValueError(f"checkpoint_dir {directory!r} names no folder; expected "
+                     "a folder path (None: no checkpoints).")
+  path = pathlib.Path(directory).expanduser().absolute()
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"checkpoint_dir {os.fspath(directory)!r} is a file; "
+                     "expected a folder (existing or new).")
+  return path
+
+
 class Checkpointer:
   """Saves and restores the checkpoints of one run in one directory.
 
@@ -252,13 +285,7 @@ class Checkpointer:
   def __init__(self, directory: str | os.PathLike[str], *,
                config: Mapping[str, Any], keep: int = 2):
     self._keep = _validation.check_positive_int("checkpoint_keep", keep)
-    if not isinstance(directory, (str, os.PathLike)):
-      raise TypeError(f"checkpoint_dir must be a path, got {directory!r} of "
-                      f"type {type(directory).__name__}.")
-    self.directory = pathlib.Path(directory).expanduser().absolute()
-    if self.directory.exists() and not self.directory.is_dir():
-      raise ValueError(f"checkpoint_dir {str(directory)!r} is a file; "
-                       "expected a folder (existing or new).")
+    self.directory = check_directory(directory)
     # A JSON round trip, so it compares equal to what is read back.
     self.config = json.loads(json.dumps(_encode(config)))
     self._manager: ocp.CheckpointManager | None = None
@@ -285,10 +312,16 @@ class Checkpointer:
     """Writes checkpoint ``step`` atomically, then prunes old ones.
 
     Args:
-      step: A number larger than every saved step.
+      step: An integer >= 0, larger than every saved step.
       arrays: A pytree of arrays (device or numpy; typed PRNG keys allowed).
       meta: JSON-able values (numbers, strings, lists, dicts, numpy arrays).
     """
+    step = _validation.check_non_negative_int("step", step)
+    saved = self.steps()
+    if saved and step <= saved[-1]:
+      raise ValueError(f"checkpoint {step} was not written: checkpoint_dir "
+                       f"{str(self.directory)!r} already holds checkpoint "
+                       f"{saved[-1]}; expected a larger step.")
     ocp = _orbax()
     host = _hosts.host_copy(_raw(arrays))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
@@ -552,8 +585,8 @@ def run_config(*, benchmark, train_stream, model, strategy_name: str,
       "model": _model_text(model),
       "strategy": strategy_name,
       "seeds": [int(s) for s in seeds],
-      "labels": list(labels),
-      **settings,
+      "labels": _plain(list(labels)),
+      **_plain(dict(settings)),
       "state": _describe(state),
       "jax": jax.__version__,
       "programs_sha256": _programs_sha256(programs),

@@ -374,6 +374,11 @@ def _check_args(args: argparse.Namespace) -> None:
         "local file operations; copy the folder afterwards, or from Python "
         "write TensorBoard files there with jaxcl.loggers.create_writers(..., "
         "jsonl=False, csv=False, text=False)).")
+  if args.checkpoint_dir is not None and not args.checkpoint_dir.strip():
+    # Path("") is the working directory, which would fill with step folders.
+    raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} names no "
+                     "folder; expected a folder path (leave the flag out to "
+                     "run without checkpoints).")
   for flag, folder in (("--logdir", args.logdir),
                        ("--checkpoint-dir", args.checkpoint_dir),
                        ("--compilation-cache", args.compilation_cache)):

@@ -505,3 +505,57 @@ def test_training_without_checkpoints_does_not_import_orbax():
 
 if __name__ == "__main__":
   _worker(sys.argv[1:])
+
+
+def test_numpy_numbers_resume_the_run_python_numbers_wrote(finished, tmp_path,
+                                                           reference,
+                                                           monkeypatch):
+  # np.int64(3) and 3 compile the same programs: the same run.
+  resumed = _run(_copy(finished, tmp_path), epochs=np.int64(3),
+                 batch_size=np.int64(8), eval_before_training=np.bool_(True))
+  assert _summary(resumed) == reference
+  # A sweep's values too (sweep(values=np.array([...])) gives numpy labels).
+  bench = make_benchmark()
+  monkeypatch.setattr(checkpoint, "_programs_sha256", lambda programs: {})
+  config = checkpoint.run_config(
+      benchmark=bench, train_stream=bench.train_stream,
+      model=jaxcl.models.MLP(4), strategy_name="s", seeds=[0, 0],
+      labels=list(np.array([0.5, 2.0])), state={}, programs=[],
+      settings={"epochs": np.int64(2)})
+  assert config["labels"] == [0.5, 2.0] and type(config["labels"][0]) is float
+  assert type(config["epochs"]) is int
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (dict(checkpoint_dir=""), ValueError,
+     "checkpoint_dir '' names no folder; expected a folder path"),
+    (dict(checkpoint_dir="  "), ValueError, "names no folder"),
+    (dict(checkpoint_dir=7), TypeError, "checkpoint_dir must be a path, got 7"),
+    (dict(checkpoint_keep=0), ValueError,
+     "checkpoint_keep must be a positive integer, got 0"),
+    (dict(checkpoint_keep="two"), TypeError, "checkpoint_keep must be"),
+])
+def test_bad_checkpoint_arguments_are_refused_before_compiling(
+    tmp_path, monkeypatch, arguments, error, message):
+  monkeypatch.chdir(tmp_path)
+  lowered = []
+  monkeypatch.setattr(jax.stages.Traced, "lower", lambda self, *a, **k: (
+      lowered.append(self), pytest.fail("lowered a program")))
+  with pytest.raises(error, match=message):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=4), naive(), optax.sgd(0.1),
+              make_benchmark(), batch_size=8, **arguments)
+  assert not lowered and not list(tmp_path.iterdir())
+
+
+def test_checkpointer_refuses_steps_that_are_not_new_integers(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path / "c", config={})
+  arrays = {"w": jnp.zeros(2)}
+  for step in (1.5, True, -2, "3"):
+    with pytest.raises(ValueError, match=f"step must be a non-negative "
+                       f"integer, got {step!r}"):
+      ckpt.save(step, arrays, {})
+  ckpt.save(2, arrays, {})
+  with pytest.raises(ValueError, match="already holds checkpoint 2; expected "
+                     "a larger step"):
+    ckpt.save(2, arrays, {})
+  assert ckpt.steps() == [2]

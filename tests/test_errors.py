@@ -386,6 +386,9 @@ CASES = [
     Case("cli --checkpoint-dir is a file",
          lambda p: _cli(p, "--checkpoint-dir", str(_file(p))), CliExit,
          r"--checkpoint-dir '.*a_file' is a file; expected a folder"),
+    Case("cli --checkpoint-dir ''", lambda p: _cli(p, "--checkpoint-dir", ""),
+         CliExit, r"--checkpoint-dir '' names no folder; expected a folder "
+         r"path \(leave the flag out"),
     Case("cli --compilation-cache is a file",
          lambda p: _cli(p, "--compilation-cache", str(_file(p))), CliExit,
          r"--compilation-cache '.*a_file' is a file; expected a folder"),

@@ -630,6 +630,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     _validation.check_bool(name, value)
   if data_parallel is not None:
     _validation.check_bool("data_parallel", data_parallel)
+  checkpoint_keep = _validation.check_positive_int("checkpoint_keep",
+                                                   checkpoint_keep)
+  if checkpoint_dir is not None:
+    checkpoint.check_directory(checkpoint_dir)
   _check_writer(writer)
   chosen = selection.metrics(metrics)
   if ("forward_transfer" in chosen and chosen.names != frozenset(
@@ -805,10 +809,6 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     programs.append((init_lowered, _init_compiler_options()))
     if not defer_compiles:
       compile_lowered()
-    if swept:
-      init_compiled = _compile(init_lowered, _init_compiler_options())
-      compiled_early[id(init_lowered)] = init_compiled
-      _check_sweep_varies(init_compiled(seeds), runs)
     eval_traced = jax.jit(
         eval_fn, in_shardings=(place.state, test_sharding),
         out_shardings=place.state).trace(state_shape, test_data)
@@ -843,6 +843,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       checkpointer = checkpoint.Checkpointer(
           checkpoint_dir, keep=checkpoint_keep, config=config)
       restored = checkpointer.restore(state_shape)
+    if swept:
+      # After the checkpoint's comparison, which refuses another run's
+      # checkpoint before anything is compiled.
+      init_compiled = _compile(init_lowered, _init_compiler_options())
+      compiled_early[id(init_lowered)] = init_compiled
+      _check_sweep_varies(init_compiled(seeds), runs)
     compile_lowered()
     # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
     # first evaluation's metrics wait for it, so with cached programs it
