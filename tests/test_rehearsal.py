@@ -1,5 +1,7 @@
 """Rehearsal and data strategies against hand-computed expectations."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -528,3 +530,21 @@ def test_rewritten_online_streams_are_evaluated_at_their_origins_ends(make):
                      metrics=["accuracy"])
   assert len(origins) > 2 * len(ends) == 4
   assert [row["experience"] for row in result.history] == ends
+
+
+def test_a_sliced_stream_fills_every_experience_group_of_the_memory():
+  # train_stream[2:] keeps indices 2, 3, 4; the memory's three experience
+  # groups count the experiences trained (0, 1, 2), as Avalanche's
+  # ExperienceBalancedBuffer counts them.
+  bench = make_benchmark(n_classes=10, n_experiences=5, per_class=12)
+  sliced = dataclasses.replace(bench, train_stream=bench.train_stream[2:])
+  assert [e.index for e in sliced.train_stream] == [2, 3, 4]
+  result = jaxcl.fit(jaxcl.models.MLP(10, hidden_size=8, drop_rate=0.0),
+                     replay(mem_size=30), optax.sgd(0.1), sliced, batch_size=8)
+  memory = result.state.cl_state
+  kept = np.asarray(memory.valid)
+  assert kept.sum() == 30
+  # Ten samples of each trained experience, each of the classes 4..9.
+  np.testing.assert_array_equal(
+      np.bincount(np.asarray(memory.group)[kept], minlength=3), [10, 10, 10])
+  assert set(np.asarray(memory.y)[kept].tolist()) == set(range(4, 10))

@@ -647,8 +647,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   test_stream = benchmark.test_stream
   # Host-side data adaptation is shared by all runs: it uses the first seed.
   train_stream = Stream(benchmark.train_stream.name, [
-      strategy.adapt_data(e, benchmark.train_stream, runs[0].seed)
-      for e in benchmark.train_stream])
+      _numbered(strategy.adapt_data(e, benchmark.train_stream, runs[0].seed),
+                position)
+      for position, e in enumerate(benchmark.train_stream)])
   n_classes, n_exp = benchmark.n_classes, len(train_stream)
   size = train_stream.max_size
   sample = jnp.asarray(train_stream[0].x[:1])
@@ -1119,6 +1120,18 @@ def _train_block(train_fn: Callable, metrics_shape: Any) -> Callable:
     return jax.lax.scan(body, state, (block, jnp.arange(length)))
 
   return train_block
+
+
+def _numbered(experience: Experience, position: int) -> Experience:
+  """``experience`` with its position in the trained stream as its index.
+
+  A sliced stream (``train_stream[2:]``) keeps its experiences' indices
+  (2, 3, ...); the strategies (a replay memory's experience groups, ER-ACE's
+  first experience) and the streaming subsets count the experiences trained.
+  """
+  if experience.index == position:
+    return experience
+  return dataclasses.replace(experience, index=position)
 
 
 def _budget_bytes(budget_mb: float | None) -> int:
