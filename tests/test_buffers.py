@@ -224,6 +224,8 @@ def test_bad_arguments_are_named():
     (dict(extras={"z": jnp.zeros((4, 1))}),
      r"extras\['z'\] has shape \(4, 1\); expected \(4, 2\)"),
     (dict(y=jnp.array([0.7, 1.0, 0.0, 1.0])), r"y must be integer labels"),
+    (dict(y=jnp.int32(1)), r"y must be integer labels of shape \[n\], got "
+     r"shape \(\)"),
 ])
 def test_add_refuses_rows_that_do_not_match_the_slots(change, message):
   # JAX would clamp or broadcast them and store samples under wrong labels.
@@ -235,3 +237,10 @@ def test_add_refuses_rows_that_do_not_match_the_slots(change, message):
   with pytest.raises(ValueError, match=message):
     buffers.add(buf, jax.random.key(0), rows.pop("x"), rows.pop("y"),
                 rows.pop("task"), **rows)
+
+
+def test_add_takes_labels_given_as_a_list():
+  buf = buffers.init(2, (1,))
+  buf = buffers.add(buf, jax.random.key(0), jnp.arange(3.0)[:, None],
+                    [0, 1, 1], [0, 0, 0], scores=jnp.array([0.1, 0.9, 0.5]))
+  assert sorted(np.asarray(buf.y).tolist()) == [1, 1] and int(buf.seen) == 3

@@ -347,13 +347,14 @@ def add(
     >>> sorted(buf.x[:, 0].tolist()), int(buf.seen)
     ([1.0, 2.0], 4)
   """
-  n, capacity, n_groups = y.shape[0], buffer.capacity, buffer.n_groups
   extras = dict(extras or {})
   if set(extras) != set(buffer.extras):
     raise ValueError(f"add: extras {sorted(extras)} given; the buffer stores "
                      f"{sorted(buffer.extras)}, expected values for all of "
                      "them.")
+  y = jnp.asarray(y)
   _check_rows(buffer, x, y, task, valid, experience, extras, scores)
+  n, capacity, n_groups = y.shape[0], buffer.capacity, buffer.n_groups
   valid = jnp.ones(n, bool) if valid is None else jnp.asarray(valid, bool)
   group = _groups(buffer, y, experience)
   valid = valid & (group >= 0) & (group < n_groups)

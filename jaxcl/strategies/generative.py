@@ -328,9 +328,9 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
       "generator_lr", generator_lr, low=0.0, low_inclusive=False)
   reconstruction = _validation.check_choice("reconstruction", reconstruction,
                                             RECONSTRUCTIONS)
-  if replay_size != 0:
-    replay_size = _validation.check_positive_int(
-        "replay_size (0: the training batch size)", replay_size)
+  # False and 0.0 equal 0 but are not sizes.
+  replay_size = _validation.check_non_negative_int(
+      "replay_size (0: the training batch size)", replay_size)
   if not isinstance(increasing_replay_size, bool):
     raise TypeError(f"increasing_replay_size must be a bool, got "
                     f"{increasing_replay_size!r}.")
