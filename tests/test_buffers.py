@@ -242,5 +242,6 @@ def test_add_refuses_rows_that_do_not_match_the_slots(change, message):
 def test_add_takes_labels_given_as_a_list():
   buf = buffers.init(2, (1,))
   buf = buffers.add(buf, jax.random.key(0), jnp.arange(3.0)[:, None],
-                    [0, 1, 1], [0, 0, 0], scores=jnp.array([0.1, 0.9, 0.5]))
+                    [0, 1, 1], jnp.zeros(3, jnp.int32),
+                    scores=jnp.array([0.1, 0.9, 0.5]))
   assert sorted(np.asarray(buf.y).tolist()) == [1, 1] and int(buf.seen) == 3

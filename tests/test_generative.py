@@ -325,8 +325,8 @@ def test_validates_and_registers():
     generative_replay(replay_size=8, increasing_replay_size=True)
   for size in (False, 0.0, -1):  # False and 0.0 equal 0 but are not sizes.
     with pytest.raises(ValueError, match=r"replay_size \(0: the training "
-                       f"batch size\) must be a non-negative integer, got "
-                       f"{size!r}"):
+                       rf"batch size\) must be a non-negative integer, got "
+                       rf"{size!r}"):
       generative_replay(replay_size=size)
   with pytest.raises(TypeError, match="increasing_replay_size must be a bool, "
                      "got 'false'"):

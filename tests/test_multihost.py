@@ -24,7 +24,7 @@ from jaxcl import _hosts
 WORKER = r"""
 import faulthandler, gc, json, pathlib, shutil, sys, threading
 # A host stuck in a collective prints every thread's stack and exits.
-faulthandler.dump_traceback_later(240, exit=True)
+faulthandler.dump_traceback_later(540, exit=True)
 process_id, port, tests, checkpoints = sys.argv[1:]
 import jax
 from jax.experimental import multihost_utils
