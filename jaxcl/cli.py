@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -236,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "take; larger experiences are streamed from the host in "
                      "chunks (docs/streaming.md; default: a quarter of the "
                      "device's memory)")
+  scale.add_argument("--on-nonfinite", default="raise",
+                     choices=("raise", "flag"),
+                     help="a training loss that becomes NaN or infinite "
+                     "stops the run (raise) or is flagged: that run's "
+                     "metrics are NaN from then on and the other runs of "
+                     "--seeds/--sweep finish (flag)")
   hosts = run.add_argument_group(
       "many hosts", "run the same command on every host (docs/scale.md)")
   hosts.add_argument("--distributed", action="store_true",
@@ -606,13 +613,21 @@ def _watch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def _write_images(writer, logdir: pathlib.Path, result) -> None:
   """Accuracy matrix, curves and confusion matrix to TensorBoard and PNGs."""
   from jaxcl import loggers
-  if hasattr(result, "runs"):
-    matrix = result.accuracy_matrices.mean(0)
-  else:
-    matrix = result.accuracy_matrix
+  matrix = _accuracy_matrix(result)
   loggers.write_result_images(writer, len(matrix) - 1, logdir,
                               accuracy_matrix=matrix,
                               confusion_matrix=_confusion_matrix(result))
+
+
+def _accuracy_matrix(result) -> Any:
+  """The accuracy matrix; several runs' mean, leaving out the NaN entries of
+  runs whose loss became NaN/inf (``--on-nonfinite flag``)."""
+  import numpy as np
+  if not hasattr(result, "runs"):
+    return result.accuracy_matrix
+  with warnings.catch_warnings():  # Entries no run evaluated stay NaN.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(result.accuracy_matrices, 0)
 
 
 def _confusion_matrix(result):
@@ -643,10 +658,10 @@ def _result_fields(result) -> dict[str, Any]:
             "history": result.history,
             "initial_accuracies": result.initial_accuracies,
             "confusion_matrix": result.confusion_matrix,
-            "periodic": result.periodic}
+            "periodic": result.periodic, "nonfinite": result.nonfinite}
   return {
       "labels": list(result.labels),
-      "accuracy_matrix": result.accuracy_matrices.mean(0),
+      "accuracy_matrix": _accuracy_matrix(result),
       "accuracy_matrices": result.accuracy_matrices,
       "confusion_matrix": _confusion_matrix(result),
       "metrics": {k: mean for k, (mean, _) in result.metrics.items()},
@@ -654,6 +669,7 @@ def _result_fields(result) -> dict[str, Any]:
       "metrics_per_run": result.metrics_per_run,
       "history": [run.history for run in result.runs],
       "periodic": [run.periodic for run in result.runs],
+      "nonfinite": [run.nonfinite for run in result.runs],
   }
 
 
@@ -769,7 +785,8 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
                     progress=primary and not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep,
-                    device_memory_budget_mb=args.device_memory_budget_mb)
+                    device_memory_budget_mb=args.device_memory_budget_mb,
+                    on_nonfinite=args.on_nonfinite)
   lr = _learning_rate(args, strategy, benchmark)
   try:
     if sweep_name is None:

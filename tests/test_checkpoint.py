@@ -391,6 +391,21 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(tmp_path):
   assert ckpt.steps() == [1, 2]
 
 
+def test_a_flagged_nonfinite_loss_is_remembered_on_resume(tmp_path):
+  nan_on_2 = Strategy(name="nan_on_2", penalty=lambda ctx, p, s, batch, logits:
+                      jnp.where(jnp.any((batch["y"] >= 4) & (batch["weight"] > 0)),
+                                jnp.nan, 0.0))
+  run = lambda: _run(tmp_path, strategy=nan_on_2, on_nonfinite="flag")
+  with pytest.warns(RuntimeWarning, match="experience 2"):
+    full = run()
+  (tmp_path / "4").rename(tmp_path / "elsewhere")
+  resumed = run()  # From checkpoint 3, after the flag was raised.
+  assert full.nonfinite[0] == 2 and resumed.nonfinite == full.nonfinite
+  np.testing.assert_array_equal(resumed.accuracy_matrix, full.accuracy_matrix)
+  assert np.isnan(full.accuracy_matrix[2:]).all()
+  assert not np.isnan(full.accuracy_matrix[:2]).any()
+
+
 def test_several_runs_resume_identically(tmp_path):
   # The vmapped state: every leaf has a leading run axis.
   run = lambda: _run(tmp_path, seeds=[0, 1], epochs=1, strategy=naive())

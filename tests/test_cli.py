@@ -61,6 +61,23 @@ def test_values_in_the_strategy_spec_equal_the_flags(tmp_path):
   assert accuracies("--strategy", "replay+lwf", "--mem-size", "40") != flags
 
 
+def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
+  logdir = tmp_path / "run"
+  with pytest.warns(RuntimeWarning, match=r"label 1e\+30"):
+    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                     "--epochs", "1", "--sweep", "lr=0.05,1e30",
+                     "--on-nonfinite", "flag", "--logdir", str(logdir),
+                     "--quiet", "--no-progress", "--no-tensorboard",
+                     "--compilation-cache", ""]) == 0
+  results = json.loads((logdir / "results.json").read_text())
+  assert results["nonfinite"][0] is None and results["nonfinite"][1][0] == 0
+  # NaN is written as null; the mean is the finite run's value.
+  assert results["metrics_per_run"]["stream_accuracy"][1] is None
+  assert results["metrics"]["stream_accuracy"] == (
+      results["metrics_per_run"]["stream_accuracy"][0])
+  assert results["accuracy_matrix"] == results["accuracy_matrices"][0]
+
+
 @pytest.mark.parametrize("flags, model, drop_rate", [
     ([], "simple_cnn", 0.25), ([], "mlp", 0.5),
     (["--drop-rate", "0.1"], "simple_cnn", 0.1)])

@@ -260,6 +260,48 @@ def test_nonfinite_loss_names_experience_and_step(tiny_benchmark, tiny_model):
   assert _hosts._raised_everywhere(raised.value)
 
 
+def test_a_flagged_nonfinite_loss_trains_on_with_nan_metrics(tiny_benchmark,
+                                                              tiny_model):
+  bad = Strategy(name="bad",
+                 penalty=lambda ctx, p, s, batch, logits: jnp.float32(jnp.nan))
+  with pytest.warns(RuntimeWarning, match=r"experience 0 at optimizer step 0; "
+                    r"training goes on \(on_nonfinite='flag'\)"):
+    result = jaxcl.fit(tiny_model, bad, optax.sgd(0.1), tiny_benchmark,
+                       batch_size=4, on_nonfinite="flag")
+  assert result.nonfinite == (0, 0)
+  assert np.isnan(result.accuracy_matrix).all()
+  assert np.isnan(result.metrics["stream_accuracy"])
+  assert result.metrics["train_time_s"] >= 0  # Measured all the same.
+  assert [h["experience"] for h in result.history] == [0, 1]
+
+
+def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
+    tiny_benchmark, tiny_model):
+  optimizer = lambda lr: optax.inject_hyperparams(optax.sgd)(learning_rate=lr)
+  with pytest.warns(RuntimeWarning, match=r"experience 0 .*\(run 1, label "
+                    r"1e\+30\); training goes on"):
+    swept = jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30],
+                        strategy=naive(), optimizer=optimizer, batch_size=4,
+                        on_nonfinite="flag")
+  alone = jaxcl.fit(tiny_model, naive(), optimizer(0.1), tiny_benchmark,
+                    batch_size=4)
+  assert swept.runs[0].nonfinite is None and swept.runs[1].nonfinite[0] == 0
+  np.testing.assert_array_equal(swept.runs[0].accuracy_matrix,
+                                alone.accuracy_matrix)
+  assert np.isnan(swept.runs[1].accuracy_matrix).all()
+  # The mean ± std over runs leaves the diverged one out.
+  assert swept.metrics["stream_accuracy"] == (
+      alone.metrics["stream_accuracy"], 0.0)
+  with pytest.raises(FloatingPointError, match=r"\(run 1, label 1e\+30\).*"
+                     r"on_nonfinite='flag'"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30], strategy=naive(),
+                optimizer=optimizer, batch_size=4)
+  with pytest.raises(ValueError, match="Unknown on_nonfinite 'warn'; expected "
+                     "one of flag, raise"):
+    jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+              on_nonfinite="warn")
+
+
 def test_penalty_and_model_see_the_same_augmented_inputs():
   n_classes = 3
   # The penalty is the mean input it is given (the loss reports it); the

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -95,6 +96,10 @@ class Result:
       monitored stream) and ``experience_accuracy`` (one per experience of
       that stream). The first of each experience is taken before its first
       step; the last after its last step, if that step was not due.
+    nonfinite: ``(experience, optimizer step)`` at which the training loss
+      first became NaN or infinite, with ``fit(on_nonfinite="flag")``; the
+      accuracy matrix's rows and the metrics from that experience on are
+      then NaN. None if it stayed finite.
   """
 
   accuracy_matrix: np.ndarray
@@ -108,6 +113,7 @@ class Result:
   task_class_accuracy: np.ndarray | None = None
   labels_repartition: np.ndarray | None = None
   periodic: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  nonfinite: tuple[int, int] | None = None
 
 
 def _check_run(run: Run) -> None:
@@ -303,6 +309,7 @@ def fit(
     checkpoint_keep: int = 2,
     metrics: Sequence[str] | selection.MetricSelection | None = None,
     device_memory_budget_mb: float | None = None,
+    on_nonfinite: str = "raise",
 ) -> Result | MultiResult:
   """Trains ``strategy`` over ``benchmark``'s train stream, evaluating after each experience.
 
@@ -384,6 +391,13 @@ def fit(
       a block of small experiences trained by one call stays within it too.
       ``None``: a quarter of the device's memory (of the host's RAM on CPU;
       1 GiB on an accelerator that reports no memory limit).
+    on_nonfinite: What a training loss that became NaN or infinite does:
+      ``"raise"`` a ``FloatingPointError`` naming the experience and step
+      (after writing the metrics of the evaluations before it), or
+      ``"flag"`` it (a ``RuntimeWarning``, :attr:`Result.nonfinite`), train
+      on and report that run's metrics as NaN from that experience on, so
+      that the other runs of a seeds batch or a sweep finish and their mean
+      ± std leaves it out.
 
   Returns:
     A :class:`Result`, or a :class:`MultiResult` when ``seeds`` is given.
@@ -399,7 +413,8 @@ def fit(
                   progress=progress, data_parallel=data_parallel,
                   checkpoint_dir=checkpoint_dir,
                   checkpoint_keep=checkpoint_keep, metrics=metrics,
-                  device_memory_budget_mb=device_memory_budget_mb)
+                  device_memory_budget_mb=device_memory_budget_mb,
+                  on_nonfinite=on_nonfinite)
   if seeds is None:
     return _fit_runs(model, [Run(strategy, optimizer, seed)], benchmark,
                      batched=False, **settings).runs[0]
@@ -615,7 +630,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                 checkpoint_keep: int = 2, labels: tuple = (),
                 swept: bool = False,  # sweep(): runs differ by a value.
                 metrics: Any = None,
-                device_memory_budget_mb: float | None = None) -> MultiResult:
+                device_memory_budget_mb: float | None = None,
+                on_nonfinite: str = "raise") -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
@@ -632,6 +648,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     _validation.check_bool("data_parallel", data_parallel)
   checkpoint_keep = _validation.check_positive_int("checkpoint_keep",
                                                    checkpoint_keep)
+  flag_nonfinite = _validation.check_choice(
+      "on_nonfinite", on_nonfinite, ("raise", "flag")) == "flag"
   if checkpoint_dir is not None:
     checkpoint.check_directory(checkpoint_dir)
   _check_writer(writer)
@@ -888,12 +906,16 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   R = np.full((n_runs, n_exp, len(test_stream)), np.nan)
   histories: list[list[dict[str, float]]] = [[] for _ in runs]
   periodic_histories: list[list[dict[str, Any]]] = [[] for _ in runs]
+  # Per run: (experience, step) where its loss became NaN/inf, if flagged.
+  nonfinite: list[tuple[int, int] | None] = [None] * n_runs
   done = 0
   if restored is not None:
     state = checkpoint.place(restored.arrays, state)
     done, meta = restored.step, restored.meta
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
     periodic_histories = meta["periodic"]
+    nonfinite = [None if at is None else tuple(at)
+                 for at in meta.get("nonfinite", nonfinite)]
     final_counts, train_s, eval_s = (meta["final_counts"], meta["train_s"],
                                      meta["eval_s"])
   bar = _progress_bar(n_exp) if progress else None
@@ -913,7 +935,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           if writer is not None:
             _write_periodic(writer, periodic_eval.stream, points)
         _check_finite(train_metrics["first_nonfinite_step"], j,
-                      labels if batched else None, writer)
+                      labels if batched else None, writer,
+                      nonfinite if flag_nonfinite else None)
         if writer is not None:  # Every experience's, evaluated or not.
           _write_train(writer, j, train_metrics)
     return train_metrics
@@ -961,11 +984,15 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     "class_correct": counts.class_correct.sum(1),
                     "class_count": counts.class_count.sum(1)}
     R[:, i] = _accuracies(counts)
+    diverged = [r for r in range(n_runs) if nonfinite[r] is not None]
+    R[diverged, i] = np.nan
     rows = [_experience_metrics(i, R[r], initial[r],
                                 jax.tree.map(lambda a: a[r], counts),
                                 jax.tree.map(lambda a: a[r], train_metrics),
                                 histories[r], recorder, train_s, seconds)
             for r in range(n_runs)]
+    for r in diverged:
+      rows[r] = _diverged(rows[r])
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
         # Per epoch, experience i takes only the steps its samples fill (none
@@ -990,7 +1017,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "final_counts": final_counts,
           "histories": histories, "periodic": periodic_histories,
-          "train_s": train_s, "eval_s": eval_s})
+          "nonfinite": nonfinite, "train_s": train_s, "eval_s": eval_s})
     span_start = time.perf_counter()
   if checkpointer is not None:
     checkpointer.close()
@@ -1008,7 +1035,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   results = [
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,
-             periodic=periodic_histories[r],
+             periodic=periodic_histories[r], nonfinite=nonfinite[r],
              initial_accuracies=initial[r],
              confusion_matrix=chosen_or_none("confusion_matrix",
                                              lambda: confusion[r]),
@@ -1218,19 +1245,47 @@ def _periodic_rows(i: int, records: Mapping[str, np.ndarray]
 
 
 def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
-                  writer: Any) -> None:
-  """Raises if a run's loss became NaN/inf during experience ``i``."""
+                  writer: Any,
+                  flagged: list[tuple[int, int] | None] | None) -> None:
+  """Raises if a run's loss became NaN/inf during experience ``i``.
+
+  With ``flagged`` (``on_nonfinite="flag"``, one entry per run), records
+  each run's first such experience and step there and warns instead.
+  """
+  bad = np.atleast_1d(bad)
   if not np.any(bad >= 0):
+    return
+  which = lambda r: (f" (run {r}, label {labels[r]})" if labels is not None
+                     else "")
+  where = lambda r: (f"The training loss became NaN or infinite in experience "
+                     f"{i} at optimizer step {int(bad[r])}{which(r)}")
+  if flagged is not None:
+    for r in np.flatnonzero(bad >= 0):
+      if flagged[r] is None:
+        flagged[r] = (i, int(bad[r]))
+        warnings.warn(f"{where(r)}; training goes on (on_nonfinite='flag') "
+                      "and this run's metrics from this experience on are "
+                      "NaN.", RuntimeWarning, stacklevel=2)
     return
   if writer is not None:
     writer.flush()
-  r = int(np.argmax(bad >= 0))
-  which = f" (run {r}, label {labels[r]})" if labels is not None else ""
   # Every host reads back the same losses (replicated, or gathered runs).
   raise raised_on_every_host(FloatingPointError(
-      f"The training loss became NaN or infinite in experience {i} at "
-      f"optimizer step {int(bad[r])}{which}; the metrics of the evaluations "
-      "before it were written. Lower the learning rate or check the inputs."))
+      f"{where(int(np.argmax(bad >= 0)))}; the metrics of the evaluations "
+      "before it were written. Lower the learning rate or check the inputs "
+      "(or pass on_nonfinite='flag' to let the other runs finish)."))
+
+
+# A diverged run's row keeps what does not measure its model.
+_MEASURED_ANYWAY = frozenset({
+    "experience", "train_time_s", "eval_time_s", "peak_host_memory_mb",
+    "peak_device_memory_mb", "train_flops", "eval_flops"})
+
+
+def _diverged(row: dict[str, Any]) -> dict[str, Any]:
+  """``row`` of a run whose loss became NaN/inf: its model's metrics NaN."""
+  return {k: v if k in _MEASURED_ANYWAY else float("nan")
+          for k, v in row.items()}
 
 
 def _final(history: list[dict[str, float]]) -> dict[str, float]:
