@@ -153,6 +153,17 @@ CASES = [
          r"seeds must be a sequence of ints such as \[0, 1, 2\], got 5"),
     Case("fit seed='0'", lambda p: _fit(p, seed="0"), TypeError,
          r"seed must be an integer in \[0, 2\*\*32\), got '0'"),
+    Case("fit seeds=[0, 1.5]", lambda p: _fit(p, seeds=[0, 1.5]), TypeError,
+         r"seeds\[1\] must be an integer in \[0, 2\*\*32\), got 1.5"),
+    Case("sweep values='0.1,1'", lambda p: jaxcl.sweep(
+        jaxcl.models.MLP(4), make_benchmark(), "0.1,1",
+        strategy=lambda v: naive(), optimizer=optax.sgd(0.1)), TypeError,
+         r"values must be a sequence of the values to run, such as "
+         r"\[0.1, 1.0\], got '0.1,1'"),
+    Case("sweep values=0.1", lambda p: jaxcl.sweep(
+        jaxcl.models.MLP(4), make_benchmark(), 0.1,
+        strategy=lambda v: naive(), optimizer=optax.sgd(0.1)), TypeError,
+         r"values must be a sequence .*got 0.1"),
     Case("fit seeds=[]", lambda p: _fit(p, seeds=[]), ValueError,
          r"seeds must hold at least one seed, got \[\]"),
     Case("fit optimizer=0.1", lambda p: _fit(p, optimizer=0.1), TypeError,

@@ -421,7 +421,7 @@ def fit(
   if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
     raise TypeError(f"seeds must be a sequence of ints such as [0, 1, 2], "
                     f"got {seeds!r} (seed={seeds!r} gives one run).")
-  seeds = [_check_seed(s) for s in seeds]
+  seeds = [_check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
   if not seeds:
     raise ValueError("seeds must hold at least one seed, got [].")
   _check_distinct("seeds", seeds)
@@ -464,6 +464,9 @@ def sweep(
     ...             strategy=lambda v: jaxcl.strategies.ewc(ewc_lambda=v),
     ...             optimizer=optax.sgd(0.01))  # doctest: +SKIP
   """
+  if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+    raise TypeError(f"values must be a sequence of the values to run, such "
+                    f"as [0.1, 1.0], got {values!r}.")
   values = list(values)
   if not values:
     raise ValueError("values must hold at least one value, got [].")
@@ -526,9 +529,9 @@ def _placement(data_parallel: bool | None, n_runs: int,
   return _Placement(state=replicated, data=replicated, batch=split)
 
 
-def _check_seed(seed) -> int:
+def _check_seed(seed, name: str = "seed") -> int:
   # Seeds become uint32 arrays (one per run) for the compiled init.
-  return _validation.check_seed("seed", seed)
+  return _validation.check_seed(name, seed)
 
 
 def _check_distinct(name: str, values: Sequence[Any]) -> None:
