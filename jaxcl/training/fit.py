@@ -1010,7 +1010,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if bar is not None:
       if "stream_accuracy" in rows[0]:
         bar.set_postfix(
-            acc=f"{np.mean([r['stream_accuracy'] for r in rows]):.3f}")
+            acc=f"{_mean_std([r['stream_accuracy'] for r in rows])[0]:.3f}")
       bar.update(len(indices))
     if checkpointer is not None:
       # A checkpointed experience's metrics must be on disk with it: a run
