@@ -404,3 +404,24 @@ def test_vmapped_runs_skip_steps_and_evaluations_no_run_needs():
   steps = sum(-(-len(e) // 8) for e in bench.train_stream)
   assert single["train"] == vmapped["train"] == 2 * steps
   assert single["eval"] == vmapped["eval"] > 0
+
+
+def test_vmapped_runs_stop_by_step_as_their_single_runs_on_mnist():
+  # Bundled SplitMNIST, evaluations every 10 steps: before session 15 the
+  # vmapped runs' evaluations were selects, computed apart from the single
+  # run's conditional, and seed 1 stopped experience 4 an epoch later (3.0
+  # epochs against 2.0), ending with other parameters.
+  bench = jaxcl.benchmarks.with_validation(
+      jaxcl.benchmarks.split_mnist(n_experiences=5, seed=0), 0.2, seed=1)
+  model = jaxcl.models.MLP(10, hidden_size=256, drop_rate=0.0)
+  settings = dict(epochs=3, batch_size=32,
+                  early_stopping=EarlyStopping(patience=40),
+                  periodic_eval=PeriodicEval(every=10, unit="step"))
+  multi = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, seeds=[0, 1],
+                    **settings)
+  single = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, seed=1,
+                     **settings)
+  assert [h["epochs_trained"] for h in multi.runs[1].history] == [
+      h["epochs_trained"] for h in single.history]
+  chex.assert_trees_all_close(multi.runs[1].state.params, single.state.params,
+                              atol=1e-6)
