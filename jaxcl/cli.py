@@ -635,8 +635,11 @@ def _confusion_matrix(result):
   one)."""
   if not hasattr(result, "runs"):
     return result.confusion_matrix
-  confusions = [r.confusion_matrix for r in result.runs]
-  return None if confusions[0] is None else sum(confusions)
+  # Runs whose loss became NaN/inf (--on-nonfinite flag) have NaN counts.
+  confusions = [r.confusion_matrix for r in result.runs if r.nonfinite is None]
+  if not confusions or confusions[0] is None:
+    return None
+  return sum(confusions)
 
 
 class _Tracked(ForwardingWriter):
@@ -832,12 +835,9 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   (logdir / "results.json").write_text(json.dumps(loggers.json_safe(results), indent=2))
   print("\nAccuracy matrix (row: after training experience i; column: test "
         "experience j)")
-  matrices = getattr(result, "accuracy_matrices", None)
-  if matrices is None:
-    print(loggers.format_accuracy_matrix(result.accuracy_matrix))
-  else:
-    print(f"mean over {len(matrices)} runs {list(result.labels)}:")
-    print(loggers.format_accuracy_matrix(matrices.mean(0)))
+  if hasattr(result, "runs"):
+    print(f"mean over {len(result.runs)} runs {list(result.labels)}:")
+  print(loggers.format_accuracy_matrix(_accuracy_matrix(result)))
   print()
   print(loggers.format_metrics_table({**result.metrics, **result.timings}))
   print(f"\nResults written to {logdir}")

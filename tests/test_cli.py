@@ -76,6 +76,9 @@ def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
   assert results["metrics"]["stream_accuracy"] == (
       results["metrics_per_run"]["stream_accuracy"][0])
   assert results["accuracy_matrix"] == results["accuracy_matrices"][0]
+  # The confusion matrix counts the finite run's test samples once.
+  tests = jaxcl.benchmarks.split_mnist(n_experiences=2).test_stream
+  assert np.sum(results["confusion_matrix"]) == sum(len(e) for e in tests)
 
 
 @pytest.mark.parametrize("flags, model, drop_rate", [

@@ -658,3 +658,20 @@ def test_random_streams_are_refused_for_a_model_of_functions():
   model = as_model(MLP(3))
   with pytest.raises(ValueError, match="applies to Flax modules"):
     as_model(model, rng_streams=("noise",))
+
+
+class _NoisyAlways(nn.Module):
+  """Draws noise whether or not it trains."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(4)(x.reshape((x.shape[0], -1)))
+    return h + jax.random.normal(self.make_rng("noise"), h.shape)
+
+
+def test_a_stream_drawn_in_evaluation_is_named_as_such():
+  with pytest.raises(ValueError, match=r"draws random numbers from the "
+                     r"'noise' stream \(make_rng\('noise'\)\) in evaluation "
+                     r"\(train=False\), where jaxcl gives no random key"):
+    jaxcl.fit(as_model(_NoisyAlways(), rng_streams=("dropout", "noise")),
+              naive(), optax.sgd(0.1), make_benchmark(), batch_size=8)

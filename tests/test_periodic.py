@@ -425,3 +425,23 @@ def test_vmapped_runs_stop_by_step_as_their_single_runs_on_mnist():
       h["epochs_trained"] for h in single.history]
   chex.assert_trees_all_close(multi.runs[1].state.params, single.state.params,
                               atol=1e-6)
+
+
+def test_run_axis_must_name_the_vmap_over_runs():
+  bench = _bench()
+  ctx = make_context(_model(), bench, optax.sgd(0.1), batch_size=8)
+  with pytest.raises(ValueError, match=r"run_axis must be the axis_name of "
+                     r"the jax.vmap over runs .*got 5"):
+    jaxcl.training.make_train_experience(ctx, naive(), optax.sgd(0.1),
+                                         epochs=1, run_axis=5)
+  train = jaxcl.training.make_train_experience(ctx, naive(), optax.sgd(0.1),
+                                               epochs=1, run_axis="runs")
+  state = jaxcl.training.init_state(
+      ctx, naive(), optax.sgd(0.1), jax.random.key(0),
+      jnp.asarray(bench.train_stream[0].x[:1]), jnp.zeros((1,), jnp.int32))
+  data = jaxcl.training.experience_data(bench.train_stream[0],
+                                        ctx.experience_size, bench.n_classes)
+  with pytest.raises(ValueError, match=r"run_axis='runs' names no axis this "
+                     r"is traced under; expected the axis_name of the "
+                     r"jax.vmap over runs"):
+    jax.jit(train)(state, data)

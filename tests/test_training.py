@@ -282,13 +282,26 @@ def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
                     r"1e\+30\); training goes on"):
     swept = jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30],
                         strategy=naive(), optimizer=optimizer, batch_size=4,
-                        on_nonfinite="flag")
+                        on_nonfinite="flag", epochs=2,
+                        periodic_eval=jaxcl.PeriodicEval(every=1,
+                                                         stream="test"))
   alone = jaxcl.fit(tiny_model, naive(), optimizer(0.1), tiny_benchmark,
-                    batch_size=4)
+                    batch_size=4, epochs=2,
+                    periodic_eval=jaxcl.PeriodicEval(every=1, stream="test"))
   assert swept.runs[0].nonfinite is None and swept.runs[1].nonfinite[0] == 0
   np.testing.assert_array_equal(swept.runs[0].accuracy_matrix,
                                 alone.accuracy_matrix)
   assert np.isnan(swept.runs[1].accuracy_matrix).all()
+  # Everything else that measures the diverged model is NaN too.
+  assert swept.runs[0].periodic == alone.periodic
+  assert all(np.isnan(p["stream_accuracy"]) and np.isnan(
+      p["experience_accuracy"]).all() for p in swept.runs[1].periodic)
+  assert [p["step"] for p in swept.runs[1].periodic] == [
+      p["step"] for p in alone.periodic]
+  for field in ("confusion_matrix", "class_accuracy", "task_class_accuracy"):
+    np.testing.assert_array_equal(getattr(swept.runs[0], field),
+                                  getattr(alone, field))
+    assert np.isnan(getattr(swept.runs[1], field)).all()
   # The mean ± std over runs leaves the diverged one out.
   assert swept.metrics["stream_accuracy"] == (
       alone.metrics["stream_accuracy"], 0.0)

@@ -195,6 +195,12 @@ def as_model(model: nn.Module | Model,
       if named is None:
         raise
       name = named.group(1)
+      if name in streams:  # Given in training: drawn in evaluation too.
+        raise ValueError(
+            f"the model draws random numbers from the {name!r} stream "
+            f"(make_rng({name!r})) in evaluation (train=False), where jaxcl "
+            "gives no random key; expected a model that draws only when "
+            "train=True (e.g. nn.Dropout(deterministic=not train)).") from e
       raise ValueError(
           f"the model draws random numbers from the {name!r} stream "
           f"(make_rng({name!r})), which rng_streams={streams!r} does not "

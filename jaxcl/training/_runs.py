@@ -19,6 +19,15 @@ import jax.numpy as jnp
 RUN_AXIS = "runs"
 
 
+def check_run_axis(run_axis: Any) -> str | None:
+  """``run_axis`` if it is None or a non-empty string, else a clear error."""
+  if run_axis is not None and (not isinstance(run_axis, str) or not run_axis):
+    raise ValueError(f"run_axis must be the axis_name of the jax.vmap over "
+                     f"runs (a non-empty string, e.g. {RUN_AXIS!r}) or None, "
+                     f"got {run_axis!r}.")
+  return run_axis
+
+
 def cond(pred: jax.Array, true_fn: Callable[..., Any],
          false_fn: Callable[..., Any], *operands: Any,
          run_axis: str | None = None) -> Any:
@@ -55,5 +64,11 @@ def cond(pred: jax.Array, true_fn: Callable[..., Any],
   # A psum over the vmapped axis is the same for every run: the condition
   # stays a cond instead of becoming a select.
   pred = jnp.asarray(pred, bool)
-  anyone = jax.lax.psum(pred.astype(jnp.int32), run_axis) > 0
+  try:
+    anyone = jax.lax.psum(pred.astype(jnp.int32), run_axis) > 0
+  except NameError as e:  # JAX's unbound axis name.
+    raise ValueError(
+        f"run_axis={run_axis!r} names no axis this is traced under; expected "
+        f"the axis_name of the jax.vmap over runs (jax.vmap(..., "
+        f"axis_name={run_axis!r})), or run_axis=None without one.") from e
   return jax.lax.cond(anyone, per_run, false_fn, *operands)

@@ -931,15 +931,23 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       for k, j in enumerate(indices):
         train_metrics = per_run(host if block == 1 else jax.tree.map(
             lambda a, k=k: a[k], host))
-        if periodic_eval is not None:
-          points = _periodic_rows(j, train_metrics.pop("periodic"))
+        points = (_periodic_rows(j, train_metrics.pop("periodic"))
+                  if periodic_eval is not None else None)
+        check = functools.partial(
+            _check_finite, train_metrics["first_nonfinite_step"], j,
+            labels if batched else None, writer)
+        if flag_nonfinite:
+          check(nonfinite)
+          train_metrics, points = _blank_flagged(train_metrics, points,
+                                                 nonfinite)
+        if points is not None:
           for history, run_points in zip(periodic_histories, points):
             history.extend(run_points)
           if writer is not None:
             _write_periodic(writer, periodic_eval.stream, points)
-        _check_finite(train_metrics["first_nonfinite_step"], j,
-                      labels if batched else None, writer,
-                      nonfinite if flag_nonfinite else None)
+        if not flag_nonfinite:
+          # After the periodic points, which are written before the error.
+          check(None)
         if writer is not None:  # Every experience's, evaluated or not.
           _write_train(writer, j, train_metrics)
     return train_metrics
@@ -1031,6 +1039,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if writer is not None:  # Outside total_s: a writer may still be starting.
     writer.flush()
   chosen_or_none = lambda name, make: make() if name in chosen else None
+  final_counts = _blank_final_counts(final_counts, nonfinite)
   confusion = final_counts["confusion"]
   # Runs split over several hosts' devices: every host gets every run (in
   # host memory, which holds all runs more easily than each device would).
@@ -1281,14 +1290,49 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
 
 # A diverged run's row keeps what does not measure its model.
 _MEASURED_ANYWAY = frozenset({
-    "experience", "train_time_s", "eval_time_s", "peak_host_memory_mb",
+    "experience", "step", "train_time_s", "eval_time_s", "peak_host_memory_mb",
     "peak_device_memory_mb", "train_flops", "eval_flops"})
 
 
 def _diverged(row: dict[str, Any]) -> dict[str, Any]:
   """``row`` of a run whose loss became NaN/inf: its model's metrics NaN."""
-  return {k: v if k in _MEASURED_ANYWAY else float("nan")
-          for k, v in row.items()}
+  def blank(value):
+    return [float("nan")] * len(value) if isinstance(value, list) else (
+        float("nan"))
+  return {k: v if k in _MEASURED_ANYWAY else blank(v) for k, v in row.items()}
+
+
+def _blank_final_counts(final_counts: dict[str, np.ndarray],
+                        flagged: Sequence[tuple[int, int] | None]
+                        ) -> dict[str, np.ndarray]:
+  """The final confusion and class counts, NaN for flagged runs (whose
+  model is NaN; float arrays then)."""
+  runs = [r for r, at in enumerate(flagged) if at is not None]
+  if not runs:
+    return final_counts
+  blanked = {k: np.array(v, np.float64) for k, v in final_counts.items()}
+  for counts in blanked.values():
+    counts[runs] = np.nan
+  return blanked
+
+
+def _blank_flagged(train_metrics: dict[str, np.ndarray],
+                   points: list[list[dict[str, Any]]] | None,
+                   flagged: Sequence[tuple[int, int] | None]
+                   ) -> tuple[dict[str, np.ndarray], Any]:
+  """An experience's training metrics and periodic points with the flagged
+  runs' (whose loss became NaN/inf) measures of their model NaN."""
+  runs = [r for r, at in enumerate(flagged) if at is not None]
+  if not runs:
+    return train_metrics, points
+  train_metrics = dict(train_metrics)
+  for name in ("loss", "accuracy"):
+    train_metrics[name] = np.array(train_metrics[name], np.float64)
+    train_metrics[name][runs] = np.nan
+  if points is not None:
+    points = [[_diverged(p) for p in run_points] if r in runs else run_points
+              for r, run_points in enumerate(points)]
+  return train_metrics, points
 
 
 def _final(history: list[dict[str, float]]) -> dict[str, float]:

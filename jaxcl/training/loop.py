@@ -257,6 +257,7 @@ def make_experience_parts(
 ) -> ExperienceParts:
   """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
   _validation.check_bool("skip_empty_steps", skip_empty_steps)
+  _runs.check_run_axis(run_axis)
   _validation.check_choice("optimizer_reset", optimizer_reset,
                            ("none", "schedule", "state"))
   batch_size = ctx.batch_size

@@ -193,6 +193,7 @@ def make_watcher(periodic: PeriodicEval,
     host keeps the points with a nonzero count) and the optimizer ``step``.
   """
   sign = 1.0 if early_stopping is None or early_stopping.mode == "max" else -1.0
+  _runs.check_run_axis(run_axis)
 
   def measure(state, eval_data):
     counts = evaluate(state, eval_data)
