@@ -97,8 +97,9 @@ class Result:
       that stream). The first of each experience is taken before its first
       step; the last after its last step, if that step was not due.
     nonfinite: ``(experience, optimizer step)`` at which the training loss
-      first became NaN or infinite, with ``fit(on_nonfinite="flag")``; the
-      accuracy matrix's rows and the metrics from that experience on are
+      first became NaN or infinite, with ``fit(on_nonfinite="flag")``; what
+      measures the model from that experience on (accuracy matrix rows,
+      metrics, periodic evaluations, confusion matrix, class accuracies) is
       then NaN. None if it stayed finite.
   """
 
