@@ -625,16 +625,19 @@ def _accuracy_matrix(result) -> Any:
   import numpy as np
   if not hasattr(result, "runs"):
     return result.accuracy_matrix
+  finite = [run.accuracy_matrix for run in result.runs if run.nonfinite is None]
+  if not finite:
+    return np.full_like(result.accuracy_matrices[0], np.nan)
   with warnings.catch_warnings():  # Entries no run evaluated stay NaN.
     warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(result.accuracy_matrices, 0)
+    return np.nanmean(finite, 0)
 
 
 def _confusion_matrix(result):
   """The final confusion matrix; several runs' counts summed (None without
   one)."""
   if not hasattr(result, "runs"):
-    return result.confusion_matrix
+    return result.confusion_matrix if result.nonfinite is None else None
   # Runs whose loss became NaN/inf (--on-nonfinite flag) have NaN counts.
   confusions = [r.confusion_matrix for r in result.runs if r.nonfinite is None]
   if not confusions or confusions[0] is None:
@@ -836,7 +839,11 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
   print("\nAccuracy matrix (row: after training experience i; column: test "
         "experience j)")
   if hasattr(result, "runs"):
-    print(f"mean over {len(result.runs)} runs {list(result.labels)}:")
+    finite = sum(run.nonfinite is None for run in result.runs)
+    left_out = (f" ({len(result.runs) - finite} left out: their loss became "
+                "NaN or infinite)" if finite < len(result.runs) else "")
+    print(f"mean over {len(result.runs)} runs {list(result.labels)}"
+          f"{left_out}:")
   print(loggers.format_accuracy_matrix(_accuracy_matrix(result)))
   print()
   print(loggers.format_metrics_table({**result.metrics, **result.timings}))

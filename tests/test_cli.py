@@ -376,3 +376,19 @@ def test_lr_schedule_spans_the_steps_the_strategy_trains():
   assert length(naive(), reset=False) == 6
   assert length(cumulative(), reset=False) == 9
   assert length(cumulative(), reset=True) == 6
+
+
+def test_the_mean_accuracy_matrix_covers_the_runs_that_stayed_finite():
+  run = lambda matrix, nonfinite: argparse.Namespace(
+      accuracy_matrix=np.array(matrix), nonfinite=nonfinite)
+  runs = [run([[1.0, 0.0], [0.4, 1.0]], None),
+          run([[0.5, 0.0], [np.nan, np.nan]], (1, 6)),
+          run([[0.8, 0.2], [0.6, 0.9]], None)]
+  result = argparse.Namespace(
+      runs=runs, accuracy_matrices=np.stack([r.accuracy_matrix for r in runs]))
+  # Every row over runs 0 and 2, including the row before run 1 diverged.
+  np.testing.assert_allclose(cli._accuracy_matrix(result),
+                             [[0.9, 0.1], [0.5, 0.95]])
+  for r in runs:
+    r.nonfinite = (0, 0)
+  assert np.isnan(cli._accuracy_matrix(result)).all()

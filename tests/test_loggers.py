@@ -140,9 +140,16 @@ def test_async_writer_writes_in_background_and_reraises(tmp_path):
         "step": 1,
         "eval/stream/accuracy": 0.5,
     }
-    writer.write_scalars(2, {"eval/stream/accuracy": "not a number"})
-    with pytest.raises(Exception, match="not a number"):
-        writer.close()
+    writer.close()
+
+    class FullDisk(MetricWriter):
+        def write_scalars(self, step, scalars):
+            raise OSError("No space left on device")
+
+    failing = loggers.AsyncWriter(FullDisk())
+    failing.write_scalars(2, {"eval/stream/accuracy": 0.5})
+    with pytest.raises(Exception, match="No space left on device"):
+        failing.close()
 
 
 def test_async_writers_close_twice_like_the_others(tmp_path):
@@ -462,3 +469,59 @@ def test_format_metrics_table():
     undefined = loggers.format_metrics_table({"peak_device_memory_mb": float("nan"),
                                               "forgetting": (float("nan"), 0.0)})
     assert [line.split()[-1] for line in undefined.splitlines()] == ["n/a", "n/a"]
+
+
+def test_a_bad_step_or_name_reaches_no_writer(tmp_path):
+    out = io.StringIO()
+    writer = loggers.MultiWriter([loggers.ConsoleWriter(out),
+                                  loggers.JsonlWriter(tmp_path / "m.jsonl"),
+                                  loggers.CsvWriter(tmp_path)])
+    for step in (2.7, "4"):
+        with pytest.raises(ValueError, match=f"step must be an integer, got {step!r}"):
+            writer.write_scalars(step, {"eval/x": 1.0})
+    with pytest.raises(ValueError, match="must not be named 'step'"):
+        writer.write_scalars(3, {"step": 0.5})
+    with pytest.raises(ValueError, match="must not be named 'step'"):
+        writer.write_texts(3, {"step": "hello"})
+    writer.write_scalars(np.int64(5), {"eval/x": 1.0})
+    writer.close()
+    assert out.getvalue() == "step 5 | eval/x 1.0000\n"
+    assert [json.loads(line) for line in
+            (tmp_path / "m.jsonl").read_text().splitlines()] == [
+                {"step": 5, "eval/x": 1.0}]
+    assert (tmp_path / "eval_results.csv").read_text().splitlines() == [
+        "step,metric,value", "5,eval/x,1.0"]
+
+
+def test_async_writer_refuses_writes_after_close_and_bad_values_at_once(tmp_path):
+    writer = loggers.create_writers(tmp_path, console=False, tensorboard=False,
+                                    asynchronous=True)
+    with pytest.raises(ValueError, match=r"scalars\['eval/x'\] must be a real"):
+        writer.write_scalars(0, {"eval/x": [0.5]})
+    writer.write_scalars(1, {"eval/x": 0.5})
+    writer.close()
+    with pytest.raises(RuntimeError, match="write_scalars after close"):
+        writer.write_scalars(2, {"eval/x": 0.5})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "step": 1, "eval/x": 0.5}
+
+
+def test_json_safe_takes_numpy_bools_and_jax_arrays():
+    import jax.numpy as jnp
+    value = {"a": np.bool_(True), "b": jnp.array([1.0, jnp.inf]),
+             "c": jnp.int32(3)}
+    assert json.dumps(loggers.json_safe(value)) == (
+        '{"a": true, "b": [1.0, null], "c": 3}')
+
+
+def test_remote_logdirs_are_refused_for_local_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    writer = loggers.create_writers(None, console=False)
+    with pytest.raises(ValueError, match=r"logdir 'gs://bucket/run' is a "
+                       r"remote path; expected a local folder for the PNGs"):
+        loggers.write_result_images(writer, 0, "gs://bucket/run",
+                                    accuracy_matrix=[[0.5]])
+    # A pathlib.Path collapses "gs://" to "gs:/": still remote.
+    with pytest.raises(ValueError, match="remote"):
+        loggers.create_writers(pathlib.Path("gs://bucket/run"), console=False)
+    assert not list(tmp_path.iterdir())

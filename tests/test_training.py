@@ -267,8 +267,12 @@ def test_a_flagged_nonfinite_loss_trains_on_with_nan_metrics(tiny_benchmark,
   with pytest.warns(RuntimeWarning, match=r"experience 0 at optimizer step 0; "
                     r"training goes on \(on_nonfinite='flag'\)"):
     result = jaxcl.fit(tiny_model, bad, optax.sgd(0.1), tiny_benchmark,
-                       batch_size=4, on_nonfinite="flag")
+                       batch_size=4, on_nonfinite="flag", epochs=3,
+                       early_stopping=jaxcl.EarlyStopping(patience=1),
+                       periodic_eval=jaxcl.PeriodicEval(stream="test"))
   assert result.nonfinite == (0, 0)
+  # Its early stop was decided on NaN values: not a measure either.
+  assert all(np.isnan(h["epochs_trained"]) for h in result.history)
   assert np.isnan(result.accuracy_matrix).all()
   assert np.isnan(result.metrics["stream_accuracy"])
   assert result.metrics["train_time_s"] >= 0  # Measured all the same.
@@ -301,10 +305,11 @@ def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
   for field in ("confusion_matrix", "class_accuracy", "task_class_accuracy"):
     np.testing.assert_array_equal(getattr(swept.runs[0], field),
                                   getattr(alone, field))
+    assert getattr(swept.runs[0], field).dtype == getattr(alone, field).dtype
     assert np.isnan(getattr(swept.runs[1], field)).all()
-  # The mean ± std over runs leaves the diverged one out.
-  assert swept.metrics["stream_accuracy"] == (
-      alone.metrics["stream_accuracy"], 0.0)
+  # The mean ± std over runs leaves the diverged one out: one value, no std.
+  mean, std = swept.metrics["stream_accuracy"]
+  assert mean == alone.metrics["stream_accuracy"] and np.isnan(std)
   with pytest.raises(FloatingPointError, match=r"\(run 1, label 1e\+30\).*"
                      r"on_nonfinite='flag'"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30], strategy=naive(),

@@ -8,7 +8,9 @@ writers work wherever jaxcl expects one.
 """
 
 import abc
+import operator
 import os
+import re
 import pathlib
 from collections.abc import Mapping
 from typing import Any, Protocol, TextIO
@@ -16,7 +18,40 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["MetricWriter", "ForwardingWriter", "open_append", "check_scalars"]
+__all__ = ["MetricWriter", "ForwardingWriter", "open_append", "check_scalars",
+           "check_step", "is_remote_path"]
+
+# A URL scheme of two or more letters ("C:/" is a Windows drive); a
+# pathlib.Path collapses "gs://bucket" to "gs:/bucket".
+_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def is_remote_path(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` names a remote file system (`gs://...`, `s3://...`).
+
+    Example:
+        >>> import pathlib
+        >>> (is_remote_path("gs://bucket/run"), is_remote_path("runs/x"),
+        ...  is_remote_path(pathlib.Path("gs://bucket/run")))
+        (True, False, True)
+    """
+    return bool(_REMOTE.match(os.fspath(path)))
+
+
+def check_step(step: Any) -> int:
+    """`step` as an int, or a `ValueError` (a float or string is not a step).
+
+    Example:
+        >>> check_step(3)
+        3
+        >>> check_step(2.7)
+        Traceback (most recent call last):
+        ValueError: step must be an integer, got 2.7.
+    """
+    try:
+        return operator.index(step)
+    except TypeError:
+        raise ValueError(f"step must be an integer, got {step!r}.") from None
 
 
 def check_scalars(scalars: Mapping[str, ArrayLike]) -> None:
@@ -33,6 +68,9 @@ def check_scalars(scalars: Mapping[str, ArrayLike]) -> None:
         ValueError: scalars['train/loss'] must be a real number (a scalar), got [0.5].
     """
     for name, value in scalars.items():
+        if name == "step":  # The JSONL line's own field.
+            raise ValueError("scalars must not be named 'step' (each line "
+                             "records its step under that name).")
         array = np.asarray(value)
         if array.shape != () or not np.can_cast(array.dtype, np.float64):
             raise ValueError(

@@ -13,7 +13,25 @@ from typing import Any
 
 from clu import asynclib
 
-from jaxcl.loggers.base import ForwardingWriter, MetricWriter, check_scalars
+from jaxcl.loggers.base import (ForwardingWriter, MetricWriter, check_scalars,
+                                check_step)
+
+# The methods of ForwardingWriter whose first argument is a step.
+_STEPPED = frozenset({"write_summaries", "write_scalars", "write_images",
+                      "write_videos", "write_audios", "write_texts",
+                      "write_histograms"})
+
+
+def _check_call(method: str, args: tuple[Any, ...]) -> None:
+    """Refuses a write's bad step, scalars or names before anything writes."""
+    if method not in _STEPPED:
+        return
+    check_step(args[0])
+    if method == "write_scalars":
+        check_scalars(args[1])
+    elif method == "write_texts" and "step" in args[1]:
+        raise ValueError("texts must not be named 'step' (each line of "
+                         "metrics.jsonl records its step under that name).")
 
 __all__ = ["MultiWriter", "AsyncWriter"]
 
@@ -35,8 +53,7 @@ class MultiWriter(ForwardingWriter):
         self._writers = tuple(writers)
 
     def _forward(self, method: str, *args: Any, **kwargs: Any) -> None:
-        if method == "write_scalars":
-            check_scalars(args[1])  # Before any writer writes a line.
+        _check_call(method, args)  # Before any writer writes a line.
         for writer in self._writers:
             getattr(writer, method)(*args, **kwargs)
 
@@ -65,6 +82,10 @@ class AsyncWriter(ForwardingWriter):
         self._pool = asynclib.Pool(thread_name_prefix="jaxcl-AsyncWriter", max_workers=1)
 
     def _forward(self, method: str, *args: Any, **kwargs: Any) -> None:
+        if self._closed:  # The background call would fail unseen.
+            raise RuntimeError(f"{method} after close: the writer is closed.")
+        # Checked here, where the caller sees the error, not in the thread.
+        _check_call(method, args)
         self._pool(getattr(self._writer, method))(*args, **kwargs)
 
     def flush(self) -> None:

@@ -16,7 +16,6 @@ TensorFlow's file system layer, see `tensorboard_writer`.
 
 import io
 import itertools
-import operator
 import os
 import pathlib
 import socket
@@ -41,7 +40,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from jaxcl.loggers.base import MetricWriter
+from jaxcl.loggers.base import MetricWriter, check_step, is_remote_path
 
 __all__ = ["EventFileWriter", "is_remote_path"]
 
@@ -57,16 +56,6 @@ _AUDIO = audio_metadata.create_summary_metadata(
 _PNG_COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 # Tells apart the event files of several writers created in the same second.
 _FILE_COUNTER = itertools.count()
-
-
-def is_remote_path(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` names a remote file system (`gs://...`, `s3://...`).
-
-    Example:
-        >>> is_remote_path("gs://bucket/run"), is_remote_path("runs/x")
-        (True, False)
-    """
-    return "://" in os.fspath(path)
 
 
 def _is_float(dtype: np.dtype) -> bool:
@@ -386,10 +375,7 @@ class EventFileWriter(MetricWriter):
 
     def _write(self, step: int, values: list[summary_pb2.Summary.Value]) -> None:
         """Writes one event per summary value, all at `step`."""
-        try:
-            step = operator.index(step)
-        except TypeError:
-            raise ValueError(f"step must be an integer, got {step!r}.") from None
+        step = check_step(step)
         self._write_events([
             event_pb2.Event(
                 wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=[value])

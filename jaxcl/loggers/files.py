@@ -10,7 +10,8 @@ from typing import Any, TextIO
 import numpy as np
 from numpy.typing import ArrayLike
 
-from jaxcl.loggers.base import MetricWriter, open_append
+from jaxcl.loggers.base import (MetricWriter, check_scalars, check_step,
+                                open_append)
 
 __all__ = ["JsonlWriter", "CsvWriter"]
 
@@ -49,10 +50,16 @@ class JsonlWriter(MetricWriter):
         self._file.write(json.dumps(record, default=_to_json) + "\n")
 
     def write_scalars(self, step: int, scalars: Mapping[str, ArrayLike]) -> None:
-        self._write({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
+        check_scalars(scalars)
+        self._write({"step": check_step(step),
+                     **{k: float(v) for k, v in scalars.items()}})
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-        self._write({"step": int(step), **{k: str(v) for k, v in texts.items()}})
+        if "step" in texts:
+            raise ValueError("texts must not be named 'step' (each line "
+                             "records its step under that name).")
+        self._write({"step": check_step(step),
+                     **{k: str(v) for k, v in texts.items()}})
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self._write({"hparams": dict(hparams)})
@@ -94,9 +101,10 @@ class CsvWriter(MetricWriter):
         self._eval_file, self._eval = _open_csv(logdir / "eval_results.csv")
 
     def write_scalars(self, step: int, scalars: Mapping[str, ArrayLike]) -> None:
+        step = check_step(step)
         for name, value in scalars.items():
             writer = self._train if name.startswith("train/") else self._eval
-            writer.writerow((int(step), name, float(value)))
+            writer.writerow((step, name, float(value)))
 
     def flush(self) -> None:
         self._train_file.flush()

@@ -19,16 +19,22 @@ __all__ = [
 
 
 def json_safe(value: Any) -> Any:
-    """numpy values made JSON-serialisable; NaN and infinities become null.
+    """numpy (and JAX) values made JSON-serialisable; NaN and infinities
+    become null.
 
     Example:
-        >>> json_safe({"a": np.array([1.0, np.nan]), "b": np.int64(2)})
-        {'a': [1.0, None], 'b': 2}
+        >>> json_safe({"a": np.array([1.0, np.nan]), "b": np.int64(2),
+        ...            "c": np.bool_(True)})
+        {'a': [1.0, None], 'b': 2, 'c': True}
     """
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray) or (
+            hasattr(value, "__array__") and not isinstance(value, np.generic)):
+        # A JAX array too (device values reach results through user code).
+        return json_safe(np.asarray(value).tolist())
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
@@ -142,6 +148,8 @@ def _format_entry(value: float | None | Sequence[float]) -> str:
     mean, std = value
     if np.isnan(float(mean)):
         return "n/a"
+    if np.isnan(float(std)):  # One run with a value: no spread to show.
+        return f"{float(mean):.3f} ± n/a"
     return f"{float(mean):.3f} ± {float(std):.3f}"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from jaxcl.loggers.base import MetricWriter
+from jaxcl.loggers.base import MetricWriter, is_remote_path
 from jaxcl.loggers.formatting import as_matrix, evaluated_rows
 
 __all__ = [
@@ -269,6 +269,11 @@ def write_result_images(
         >>> write_result_images(writer, 1, "/tmp/jaxcl_example",
         ...                     accuracy_matrix=[[0.9, 0.1], [0.8, 0.95]])
     """
+    if logdir is not None and is_remote_path(logdir):
+        raise ValueError(
+            f"logdir {os.fspath(logdir)!r} is a remote path; expected a local "
+            "folder for the PNGs (or logdir=None: the images still go to the "
+            "writer, e.g. a TensorBoard writer on that remote folder).")
     images = {
         "eval/stream/accuracy_matrix": plot_accuracy_matrix(accuracy_matrix),
         "eval/stream/accuracy_curves": plot_accuracy_curves(accuracy_matrix),

@@ -195,11 +195,11 @@ def as_model(model: nn.Module | Model,
       if named is None:
         raise
       name = named.group(1)
-      if name in streams:  # Given in training: drawn in evaluation too.
+      if not rngs:  # jaxcl gives no key in evaluation.
         raise ValueError(
             f"the model draws random numbers from the {name!r} stream "
-            f"(make_rng({name!r})) in evaluation (train=False), where jaxcl "
-            "gives no random key; expected a model that draws only when "
+            f"(make_rng({name!r})) in a call without a random key, as in "
+            "evaluation (train=False); expected a model that draws only when "
             "train=True (e.g. nn.Dropout(deterministic=not train)).") from e
       raise ValueError(
           f"the model draws random numbers from the {name!r} stream "

@@ -1003,8 +1003,6 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                                 jax.tree.map(lambda a: a[r], train_metrics),
                                 histories[r], recorder, train_s, seconds)
             for r in range(n_runs)]
-    for r in diverged:
-      rows[r] = _diverged(rows[r])
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
         # Per epoch, experience i takes only the steps its samples fill (none
@@ -1013,6 +1011,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         row["epochs_trained"] = (
             float(train_metrics["steps_trained"][r]) / steps_per_epoch
             if steps_per_epoch else 0.0)
+      if r in diverged:  # Its early stop too was decided on NaN values.
+        rows[r] = row = _diverged(row)
       history.append(row)
     if writer is not None:
       _write_eval(writer, i, rows, R[:, i])
@@ -1307,14 +1307,13 @@ def _blank_final_counts(final_counts: dict[str, np.ndarray],
                         flagged: Sequence[tuple[int, int] | None]
                         ) -> dict[str, np.ndarray]:
   """The final confusion and class counts, NaN for flagged runs (whose
-  model is NaN; float arrays then)."""
-  runs = [r for r, at in enumerate(flagged) if at is not None]
-  if not runs:
+  model is NaN): per-run lists then."""
+  if all(at is None for at in flagged):
     return final_counts
-  blanked = {k: np.array(v, np.float64) for k, v in final_counts.items()}
-  for counts in blanked.values():
-    counts[runs] = np.nan
-  return blanked
+  # Per run, so that the other runs keep their integer counts.
+  return {k: [v[r] if at is None else np.full(np.shape(v[r]), np.nan)
+              for r, at in enumerate(flagged)]
+          for k, v in final_counts.items()}
 
 
 def _blank_flagged(train_metrics: dict[str, np.ndarray],
@@ -1611,23 +1610,24 @@ def _progress_bar(total: int):
 
 
 def _mean_std(values) -> tuple[float, float]:
-  """Mean and std over runs, NaNs skipped (NaN if every run's is NaN), as
-  the writers' values."""
+  """Mean and std over runs, NaNs skipped, as the writers' values: the mean
+  is NaN if every run's value is, the std if fewer than two runs have one
+  (one value has no spread to report)."""
   values = np.asarray(values, np.float64)
   values = values[~np.isnan(values)]
   if not values.size:
     return float("nan"), float("nan")
   with np.errstate(invalid="ignore"):  # inf - inf: a NaN mean or std.
-    return float(np.mean(values)), float(np.std(values))
+    return float(np.mean(values)), (float(np.std(values)) if values.size > 1
+                                    else float("nan"))
 
 
 def _with_std(name: str, values) -> dict[str, float]:
   """``{name: mean}`` over runs, plus ``name_std`` if several; NaN runs are
   skipped, and so is an aggregate that is NaN (the std of an infinity)."""
   mean, std = _mean_std(values)
-  several = np.count_nonzero(~np.isnan(np.asarray(values, np.float64))) > 1
-  out = {name: mean, name + "_std": std if several else float("nan")}
-  return {k: v for k, v in out.items() if not np.isnan(v)}
+  return {k: v for k, v in {name: mean, name + "_std": std}.items()
+          if not np.isnan(v)}
 
 
 def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
