@@ -34,6 +34,7 @@ __all__ = [
     "init_model_state",
     "mask_logits",
     "output_layer_call",
+    "output_layer_path",
     "penultimate_features",
     "task_loss",
     "visible_classes",
@@ -229,6 +230,31 @@ def output_layer_call(ctx: StrategyContext, params: PyTree,
         "flax.linen.Dense or jaxcl.models.MultiHeadClassifier (such as "
         "jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
   return calls[-1]
+
+
+def output_layer_path(ctx: StrategyContext, params: PyTree,
+                      model_state: PyTree, x: jax.Array | None = None,
+                      task: jax.Array | None = None) -> tuple[str, ...]:
+  """Where the output layer's parameters sit in ``params`` (static).
+
+  Found by tracing :func:`output_layer_call` abstractly (no computation),
+  on ``x`` and ``task`` or, when they are None, on :func:`example_inputs`.
+
+  Example:
+    >>> output_layer_path(ctx, params, model_state)  # doctest: +SKIP
+    ('TorchLinear_1', 'Dense_0')
+  """
+  if x is None:
+    x, task = example_inputs(ctx)
+  found = []
+
+  def probe(params):
+    path, inputs = output_layer_call(ctx, params, model_state, x, task)
+    found.append(path)
+    return inputs
+
+  jax.eval_shape(probe, params)
+  return found[0]
 
 
 def penultimate_features(ctx: StrategyContext, params: PyTree,

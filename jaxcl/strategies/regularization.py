@@ -46,7 +46,7 @@ import numpy as np
 from jaxcl import _validation
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
-                                          output_layer_call,
+                                          output_layer_path,
                                           penultimate_features, task_loss,
                                           weighted_mean)
 
@@ -699,19 +699,6 @@ def lwf(alpha: float | Sequence[float] = 1.0,
                   end_experience=_snapshot_teacher)
 
 
-def _head_path(ctx, params, model_state, x, task) -> tuple[str, ...]:
-  """Where the output layer's parameters sit in ``params`` (static)."""
-  found = []
-
-  def probe(params):
-    path, inputs = output_layer_call(ctx, params, model_state, x, task)
-    found.append(path)
-    return inputs
-
-  jax.eval_shape(probe, params)
-  return found[0]
-
-
 def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
                           classes: jax.Array, units: jax.Array) -> PyTree:
   """Zeroes the output layer's gradient for the output units trained so far.
@@ -804,8 +791,8 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
 
   def transform_grads(ctx, grads, state, batch, key):
     del key
-    path = _head_path(ctx, state.params, state.model_state, batch["x"],
-                      batch["task"])
+    path = output_layer_path(ctx, state.params, state.model_state,
+                             batch["x"], batch["task"])
     cl = state.cl_state
     return _freeze_trained_units(grads, path, cl["old_classes"],
                                  cl["old_task_classes"])
