@@ -5,7 +5,9 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import generative, projection, regularization, rehearsal
+from jaxcl.strategies import (architectural, generative, projection,
+                              regularization, rehearsal)
+from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
@@ -25,6 +27,7 @@ __all__ = [
     "open_parameters",
     "parse_spec",
     "register",
+    *architectural.__all__,
     *generative.__all__,
     *projection.__all__,
     *regularization.__all__,
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 register("naive", naive)
-for _family in (regularization, rehearsal, projection, generative):
+for _family in (regularization, rehearsal, projection, generative,
+                architectural):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
