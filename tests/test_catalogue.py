@@ -337,8 +337,15 @@ def test_tiny_imagenet_prepared_from_the_official_layout(tmp_path):
   for k, wnid in enumerate(wnids):
     _write_images(source / "train" / wnid / "images", 2, 64, 10 * k)
   _write_images(source / "val" / "images", 4, 64, 0)
-  (source / "val" / "val_annotations.txt").write_text("".join(
-      f"{i}.png\t{wnid}\t0\t0\t63\t63\n" for i, wnid in enumerate(wnids)))
+  annotations = source / "val" / "val_annotations.txt"
+  annotations.write_text("1.png\n")
+  with pytest.raises(ValueError, match=r"val_annotations.txt, line 1: "
+                     r"expected '<image name>\\t<wnid>"):
+    classic.prepare_tiny_imagenet(source, tmp_path / "data")
+  # A blank line (a trailing one, say) is skipped.
+  annotations.write_text("".join(
+      f"{i}.png\t{wnid}\t0\t0\t63\t63\n" for i, wnid in enumerate(wnids))
+      + "\n")
   with pytest.raises(ValueError, match="prepare_tiny_imagenet"):
     classic.split_tiny_imagenet(data_dir=tmp_path / "data")
   classic.prepare_tiny_imagenet(source, tmp_path / "data")
@@ -461,3 +468,20 @@ def test_catalogue_arguments_are_checked_before_any_data_is_read(
   # name the factory's own argument.
   with pytest.raises((ValueError, TypeError), match=message):
     make(tmp_path)
+
+
+def test_remote_data_dirs_keep_their_double_slash(monkeypatch):
+  # pathlib turned gs://bucket into gs:/bucket, a local folder.
+  seen = []
+
+  def builder(name, data_dir=None, **kwargs):
+    seen.append(data_dir)
+    raise FileNotFoundError(name)
+
+  monkeypatch.setattr(tfds, "builder", builder)
+  with pytest.raises(ValueError, match="gs://bucket/tfds"):
+    classic.split_cub200(data_dir="gs://bucket/tfds")
+  assert seen[0] == "gs://bucket/tfds"
+  root = classic._folder_root("core50", "gs://bucket/data", "core50_32x32",
+                              "")
+  assert str(root) == "gs://bucket/data/core50_32x32"

@@ -175,6 +175,21 @@ def test_real_tfds_path_under_mock_data(tmp_path):
     assert ((0 <= y) & (y < 10)).all()
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_tfds_default_mock_data_loads_eagerly_and_lazily(tmp_path, lazy):
+    # Unpatched: tfds 4.9.10's mock __getitems__ raises TypeError (read one
+    # by one instead), and a lazy read's undecoded copy of the source cannot
+    # be rebuilt once the mock's metadata patches are gone (labels are then
+    # read with the images decoded).
+    with tfds.testing.mock_data(num_examples=9):
+        x, y = sources.load_tfds_split("cifar10", "train", data_dir=tmp_path,
+                                       lazy=lazy)
+        assert isinstance(x, sources.RecordArray) == lazy
+        x = np.asarray(x)
+    assert x.shape == (9, 32, 32, 3) and x.dtype == np.uint8
+    assert y.shape == (9,) and ((0 <= y) & (y < 10)).all()
+
+
 class _TestDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """A one-split digits builder; subclasses give the image feature and data."""
 
@@ -397,8 +412,31 @@ def test_bundled_truncated_shard(tmp_path):
 
 
 def test_unknown_split_is_named():
-    with pytest.raises(ValueError, match="Unknown split 'valid'"):
+    with pytest.raises(ValueError, match="Unknown split 'valid'.*Its splits "
+                       "are 'train' and 'test'"):
         sources.load_bundled("mnist_bundled", "valid")
+
+
+def test_unknown_tfds_split_lists_the_prepared_ones(tmp_path):
+    shutil.copytree(sources.BUNDLED_DATA_DIR / "digits_bundled",
+                    tmp_path / "digits_bundled")
+    with pytest.raises(ValueError, match=r"Unknown split 'valid'.*Its splits "
+                       r"are \['test', 'train'\]"):
+        sources.load_tfds_split("digits_bundled", "valid", data_dir=tmp_path)
+
+
+def test_data_dir_of_another_type_is_named():
+    message = r"data_dir must be a directory path .* got 5 \(int\)"
+    with pytest.raises(TypeError, match=message):
+        sources.load_tfds_split("mnist", "train", data_dir=5)
+    with pytest.raises(TypeError, match=message):
+        sources.load_bundled("mnist_bundled", "train", data_dir=5)
+
+
+def test_bundled_data_variable_is_read_at_each_call(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXCL_BUNDLED_DATA", str(tmp_path))
+    with pytest.raises(ValueError, match=f"{tmp_path}/mnist_bundled"):
+        sources.load_bundled("mnist_bundled", "test")
 
 
 @pytest.mark.parametrize("subdir", ["empty", "missing", "corrupt"])
@@ -426,6 +464,13 @@ def test_arrays_from_data_source_reads_plain_sequences():
     floats = [{"image": np.zeros((2, 3, 1), np.uint8), "label": 0.9}] * 2
     with pytest.raises(TypeError, match="'label' entries must be integers"):
         sources.arrays_from_data_source(floats)
+    # An int32 300 was stored as uint8 44 (the first record's dtype).
+    mixed = [{"image": np.zeros((2, 3, 1), np.uint8), "label": 0},
+             {"image": np.full((2, 3, 1), 300, np.int32), "label": 1}]
+    for lazy in (False, True):
+        with pytest.raises(ValueError, match=r"Record 1's 'image' is int32"
+                           r"\[2, 3, 1\], the first record's uint8"):
+            np.asarray(sources.arrays_from_data_source(mixed, lazy=lazy).x)
     # tfds.data_source(name) without split= gives a mapping of splits.
     with pytest.raises(ValueError, match=r"mapping of splits \(\['test', "
                        r"'train'\]\); expected one split's records"):

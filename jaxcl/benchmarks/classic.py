@@ -568,8 +568,7 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
   import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
 
   from jaxcl.benchmarks import sources
-  if data_dir is not None:
-    data_dir = Path(data_dir).expanduser()
+  data_dir = sources.expand_data_dir(data_dir)
   out = []
   for split in ("train", "test"):
     with _reading(benchmark, tfds_name, data_dir):
@@ -818,8 +817,14 @@ def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
   place = os.symlink if link else shutil.copy2
   files = [(path, target / "train" / path.parent.parent.name / path.name)
            for path in sorted((source / "train").glob("*/images/*"))]
-  for line in annotations.read_text().splitlines():
-    name, wnid = line.split("\t")[:2]
+  for number, line in enumerate(annotations.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) < 2:
+      raise ValueError(f"{annotations}, line {number}: expected "
+                       f"'<image name>\\t<wnid>\\t...', got {line!r}.")
+    name, wnid = fields[:2]
     files.append((source / "val" / "images" / name,
                   target / "test" / wnid / name))
   for src, dst in files:
@@ -830,12 +835,15 @@ def prepare_tiny_imagenet(source_dir: PathLike, data_dir: PathLike, *,
 
 
 def _folder_root(benchmark: str, data_dir: PathLike | None, folder: str,
-                 advice: str) -> Path:
+                 advice: str) -> Any:
   if data_dir is None:
     raise ValueError(f"{benchmark} is not in tfds and not bundled: it needs "
                      f"data_dir (CLI: --data-dir DIR), a directory holding "
                      f"{folder}/. {advice}")
-  return Path(data_dir).expanduser() / folder
+  from etils import epath  # Lazy, as tfds: keeps gs:// paths whole.
+
+  from jaxcl.benchmarks import sources
+  return epath.Path(sources.expand_data_dir(data_dir)) / folder
 
 
 @_validation.checks_bool_arguments
