@@ -75,21 +75,47 @@ _BOOLEANS = {"1": True, "true": True, "yes": True,
              "0": False, "false": False, "no": False}
 
 
-def _flag_value(kind: type):
+def _flag_value(kind: type, sequence: bool = False):
   """Parses a flag value; for numbers, a comma-separated list gives a list
-  (per-experience values such as LwF's ``alpha``)."""
-  def parse(text: str):
+  (per-experience values such as LwF's ``alpha``), and with ``sequence``
+  always a list."""
+  def parse_one(text: str):
     if kind is bool:
       if text.lower() not in _BOOLEANS:
         raise argparse.ArgumentTypeError(
             f"invalid bool value: {text!r}; expected one of "
             f"{', '.join(_BOOLEANS)}")
       return _BOOLEANS[text.lower()]
-    if kind in (int, float) and "," in text:
-      return [kind(v) for v in text.split(",")]
     return kind(text)
+
+  def parse(text: str):
+    if sequence or (kind in (int, float) and "," in text):
+      return [parse_one(v) for v in text.split(",")]
+    return parse_one(text)
   parse.__name__ = kind.__name__  # argparse names the type in its errors.
   return parse
+
+
+def _flag_kind(name: str, strategies: str, defaults: list[Any]
+               ) -> tuple[type, bool]:
+  """A hyperparameter flag's value type, and whether it takes a list, from
+  the factories' defaults (float when none has one)."""
+  sequence = any(isinstance(d, (list, tuple)) for d in defaults)
+  if sequence:
+    defaults = [v for d in defaults
+                for v in (d if isinstance(d, (list, tuple)) else [d])]
+  kinds = {type(d) for d in defaults}
+  if kinds <= {int, float} and kinds:
+    return (float if float in kinds else int), sequence
+  if len(kinds) == 1 and kinds <= {bool, str}:
+    return kinds.pop(), sequence
+  if not kinds:
+    return float, sequence
+  raise ValueError(
+      f"hyperparameter {name!r} of strategy {strategies} has defaults of "
+      f"types {sorted(k.__name__ for k in kinds)}, which jaxcl run cannot "
+      "parse from a flag; give it a number, bool or string default (or "
+      "lists of them) or None.")
 
 
 def _strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -106,15 +132,14 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
       defaults.setdefault(name, {})[entry.name] = p.default
   for name, by_strategy in sorted(defaults.items()):
     known = [d for d in by_strategy.values()
-             if d not in (None, inspect.Parameter.empty)]
-    kind = type(known[0]) if known else float
-    if kind is int and any(isinstance(d, float) for d in known):
-      kind = float
+             if d is not None and d is not inspect.Parameter.empty]
+    kind, sequence = _flag_kind(name, ", ".join(by_strategy), known)
     shown = "; ".join(f"{s}: {d}" for s, d in by_strategy.items())
+    metavar = kind.__name__.upper()
     try:
-      group.add_argument(_flag(name), type=_flag_value(kind),
+      group.add_argument(_flag(name), type=_flag_value(kind, sequence),
                          default=argparse.SUPPRESS,
-                         metavar=kind.__name__.upper(),
+                         metavar=f"{metavar},..." if sequence else metavar,
                          help=f"defaults: {shown}")
     except argparse.ArgumentError:
       raise ValueError(

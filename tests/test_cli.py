@@ -276,6 +276,25 @@ def test_a_registered_parameter_clashing_with_a_flag_is_a_clear_error(capsys):
           "which jaxcl run has already" in capsys.readouterr().err)
 
 
+def test_a_registered_list_default_takes_a_comma_separated_flag():
+  from jaxcl.strategies import REGISTRY, register
+  register("weighted", lambda weights=(0.5, 1.0): naive())
+  try:
+    parse = cli.build_parser().parse_args
+    # The flag's type was tuple: "1,2" became ('1', ',', '2').
+    assert parse(["run", "--weights", "1,2"]).weights == [1.0, 2.0]
+    assert parse(["run", "--weights", "0.25"]).weights == [0.25]
+  finally:
+    del REGISTRY["weighted"]
+  register("odd", lambda shape=object(): naive())
+  try:
+    with pytest.raises(ValueError, match="hyperparameter 'shape' of strategy "
+                       "odd has defaults of types \\['object'\\]"):
+      cli.build_parser()
+  finally:
+    del REGISTRY["odd"]
+
+
 def test_help_documents_every_flag():
   text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
   for flag in ("--benchmark", "--strategy", "--epochs", "--batch-size", "--lr",

@@ -469,9 +469,12 @@ def test_factories_validate_and_register():
 
 
 @pytest.mark.parametrize("name, factory, message", [
-    ("my+plus", lambda strength=1.0: naive(), "without '\\+', parentheses"),
-    (" spaced ", lambda strength=1.0: naive(), "parentheses or spaces"),
-    ("my(paren", lambda strength=1.0: naive(), "without '\\+', parentheses"),
+    ("my+plus", lambda strength=1.0: naive(), "no '\\+', parentheses"),
+    (" spaced ", lambda strength=1.0: naive(), "quotes or spaces"),
+    ("my(paren", lambda strength=1.0: naive(), "no '\\+', parentheses"),
+    # A quote opens a string in a spec: "o'neil+naive" was one term.
+    ("o'neil", lambda strength=1.0: naive(), "parentheses, quotes"),
+    ("2nd", lambda strength=1.0: naive(), "not starting with a digit"),
     ("replay", lambda strength=1.0: naive(), "'replay' is already registered"),
     ("kw", lambda **kwargs: naive(), "named parameters.*\\['kwargs'\\]"),
     ("sp", lambda spec=1: naive(), "named parameters.*\\['spec'\\]"),
@@ -483,6 +486,37 @@ def test_register_refuses_names_and_factories_specs_cannot_reach(
   with pytest.raises(ValueError, match=message):
     register(name, factory)
   assert REGISTRY == before
+
+
+def test_from_spec_names_what_a_registered_factory_lacks_or_returns():
+  from jaxcl.strategies import REGISTRY, register
+  before = dict(REGISTRY)
+  register("needs_a", lambda a: naive())
+  register("not_a_strategy", lambda scale=1.0: 5)
+  register("positive", lambda size=1, mem_size=1: (
+      naive() if size > 0 < mem_size else _refuse(size, mem_size)))
+  try:
+    with pytest.raises(ValueError, match=r"strategy 'needs_a' needs \['a'\]"
+                       r".*needs_a\(a=\.\.\.\)"):
+      from_spec("needs_a")
+    assert from_spec("needs_a(a=1)").name == "naive"
+    with pytest.raises(TypeError, match="strategy 'not_a_strategy' returned "
+                       "int; expected a jaxcl Strategy"):
+      from_spec("not_a_strategy")
+    # The bad value is the one given by name, not the spec's own.
+    with pytest.raises(ValueError) as info:
+      from_spec("positive(size=2)", mem_size=-1)
+    assert not hasattr(info.value, "spec_term")
+    with pytest.raises(ValueError) as info:
+      from_spec("positive(size=-2)", mem_size=1)
+    assert info.value.spec_term == "positive(size=-2)"
+  finally:
+    REGISTRY.clear()
+    REGISTRY.update(before)
+
+
+def _refuse(size, mem_size):
+  raise ValueError(f"sizes must be positive, got {size}, {mem_size}.")
 
 
 def test_register_override_replaces_a_strategy_on_request():

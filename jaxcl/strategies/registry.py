@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -39,6 +40,8 @@ class StrategyEntry(NamedTuple):
 
 REGISTRY: dict[str, StrategyEntry] = {}
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 
 def register(name: str, factory: Callable[..., Strategy], *,
              override: bool = False) -> None:
@@ -55,11 +58,11 @@ def register(name: str, factory: Callable[..., Strategy], *,
     ValueError: For a name that specs cannot hold or that is taken, or a
       factory whose hyperparameters cannot be given by name.
   """
-  if not isinstance(name, str) or not name or set(name) & set("+()") or (
-      name != "".join(name.split())):
-    raise ValueError(f"strategy name must be a non-empty string without '+', "
-                     f"parentheses or spaces (specs join names with '+' and "
-                     f"give values in parentheses), got {name!r}.")
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise ValueError(f"strategy name must be letters, digits and underscores, "
+                     f"not starting with a digit (no '+', parentheses, quotes "
+                     f"or spaces: specs join names with '+' and give values "
+                     f"in parentheses), got {name!r}.")
   if name in REGISTRY and not override:
     raise ValueError(f"strategy {name!r} is already registered; pass "
                      "override=True to replace it.")
@@ -207,16 +210,37 @@ def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
   strategies = []
   for (name, own), term in zip(terms, _split_terms(spec)):
     entry = REGISTRY[name]
+    shared = {k: v for k, v in given.items() if k in entry.parameters}
+    required = [k for k, p in entry.parameters.items()
+                if p.default is inspect.Parameter.empty]
+    missing = [k for k in required if k not in shared and k not in own]
+    if missing:
+      raise ValueError(
+          f"strategy {name!r} needs {missing}, which have no default: give "
+          f"them in the spec ({name}({missing[0]}=...)) or by name.")
     try:
-      strategies.append(entry.factory(**{
-          **{k: v for k, v in given.items() if k in entry.parameters}, **own}))
+      strategy = entry.factory(**{**shared, **own})
     except (ValueError, TypeError) as error:
-      if not own:
-        raise
+      if not own or _fails(entry, {**{k: own[k] for k in required
+                                       if k not in shared}, **shared}):
+        raise  # A value given by name is wrong (it fails without the spec's).
       kind = ValueError if isinstance(error, ValueError) else TypeError
       own_error = kind(f"{term.strip()}: {error}")
       # Names the term, so that a caller (the CLI) can tell it from an
       # error of a hyperparameter given by name.
       own_error.spec_term = term.strip()
       raise own_error from error
+    if not isinstance(strategy, Strategy):
+      raise TypeError(f"the factory of strategy {name!r} returned "
+                      f"{type(strategy).__name__}; expected a jaxcl Strategy.")
+    strategies.append(strategy)
   return strategies[0] if len(strategies) == 1 else chain(*strategies)
+
+
+def _fails(entry: StrategyEntry, values: Mapping[str, Any]) -> bool:
+  """Whether the factory refuses ``values``."""
+  try:
+    entry.factory(**values)
+  except (ValueError, TypeError):
+    return True
+  return False
