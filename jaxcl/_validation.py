@@ -9,6 +9,8 @@ import difflib
 import functools
 import inspect
 import numbers
+import os
+import pathlib
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -150,3 +152,19 @@ def check_labels(name: str, values, *, integer_dtype: bool = True
     raise ValueError(f"{name} must be in [0, 2**31), got values from "
                      f"{labels.min()} to {labels.max()}.")
   return labels.astype(np.int32)
+
+
+def folder_problem(folder: str | os.PathLike[str]) -> str | None:
+  """Why no local folder can be at ``folder`` (``~`` expanded), or None.
+
+  The folder need not exist; the nearest existing path at or above it
+  must be a directory.
+  """
+  path = pathlib.Path(folder).expanduser()
+  for existing in (path, *path.parents):
+    if existing.exists():
+      if existing.is_dir():
+        return None
+      return ("is a file" if existing == path
+              else f"is inside the file {str(existing)!r}")
+  return None

@@ -258,8 +258,9 @@ def check_directory(directory: Any) -> pathlib.Path:
     raise ValueError(f"checkpoint_dir {directory!r} names no folder; expected "
                      "a folder path (None: no checkpoints).")
   path = pathlib.Path(directory).expanduser().absolute()
-  if path.exists() and not path.is_dir():
-    raise ValueError(f"checkpoint_dir {os.fspath(directory)!r} is a file; "
+  problem = _validation.folder_problem(path)
+  if problem:
+    raise ValueError(f"checkpoint_dir {os.fspath(directory)!r} {problem}; "
                      "expected a folder (existing or new).")
   return path
 

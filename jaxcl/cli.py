@@ -414,8 +414,10 @@ def _check_args(args: argparse.Namespace) -> None:
   for flag, folder in (("--logdir", args.logdir),
                        ("--checkpoint-dir", args.checkpoint_dir),
                        ("--compilation-cache", args.compilation_cache)):
-    if folder and pathlib.Path(folder).expanduser().is_file():
-      raise ValueError(f"{flag} {folder!r} is a file; expected a folder "
+    problem = (folder and not is_remote_path(folder)
+               and _validation.folder_problem(folder))
+    if problem:
+      raise ValueError(f"{flag} {folder!r} {problem}; expected a folder "
                        "(existing or new).")
 
 

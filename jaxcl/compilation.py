@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,16 +41,17 @@ def enable_compilation_cache(
   cache at the first compile, so a new folder resets that.
 
   Args:
-    folder: Cache directory, created by JAX when first written. A local path
-      is made absolute (a later ``os.chdir`` does not move the cache); a URL
-      such as ``gs://bucket/xla`` is used as given. ``None`` or ``""``
-      leaves JAX's configuration untouched.
+    folder: Cache directory. A local one is created here and made absolute
+      (a later ``os.chdir`` does not move the cache); a URL such as
+      ``gs://bucket/xla`` (also as a ``pathlib.Path``) is used as given.
+      ``None`` or ``""`` leaves JAX's configuration untouched.
 
   Returns:
     The cache location now in use, or ``None`` when ``folder`` is empty.
 
   Raises:
-    ValueError: If ``folder`` exists and is not a directory.
+    ValueError: If ``folder`` is a file, lies inside one, or cannot be
+      created.
 
   Example:
     >>> enable_compilation_cache("/tmp/jaxcl_example/xla")
@@ -61,13 +63,25 @@ def enable_compilation_cache(
   import jax
   from jax.experimental.compilation_cache import compilation_cache
 
+  from jaxcl import _validation
+  from jaxcl.loggers.base import is_remote_path
+
   location = os.fspath(folder)
-  if "://" not in location:
+  if is_remote_path(location):
+    # pathlib collapses gs://bucket to gs:/bucket.
+    location = re.sub(r"^([^:/]+):/+", r"\1://", location)
+  else:
     path = pathlib.Path(location).expanduser()
-    if path.exists() and not path.is_dir():
+    problem = _validation.folder_problem(path)
+    if problem:
+      raise ValueError(f"folder must be a directory for the compilation "
+                       f"cache, but folder={location!r} {problem}.")
+    try:  # JAX would only warn at each compile that it cannot write there.
+      path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
       raise ValueError(
-          f"folder must be a directory for the compilation cache, but "
-          f"folder={location!r} is an existing file.")
+          f"folder={location!r} cannot hold the compilation cache: "
+          f"{type(error).__name__}: {error.strerror or error}.") from error
     location = str(path.absolute())
   if jax.config.jax_compilation_cache_dir != location:
     compilation_cache.reset_cache()
@@ -108,8 +122,10 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   import jax
   import jaxlib.version
 
+  from jaxcl.loggers.base import is_remote_path
+
   location = jax.config.jax_compilation_cache_dir
-  if not location or "://" in location:
+  if not location or is_remote_path(location):
     return compute()
   device = jax.devices()[0]
   digest = hashlib.sha256()

@@ -3,6 +3,7 @@
 import importlib
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -85,6 +86,7 @@ def restored_cache_config():
 def test_local_folders_become_absolute_and_urls_stay(tmp_path, monkeypatch,
                                                     restored_cache_config):
   monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
   assert jaxcl.enable_compilation_cache("xla") == str(tmp_path / "xla")
   assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
   home = jaxcl.enable_compilation_cache("~/cache_test")
@@ -104,9 +106,23 @@ def test_folder_that_is_a_file_is_refused(tmp_path):
   file = tmp_path / "cache"
   file.write_text("not a directory")
   before = jax.config.jax_compilation_cache_dir
-  with pytest.raises(ValueError, match=r"folder=.*cache.* is an existing file"):
+  with pytest.raises(ValueError, match=r"folder=.*cache.* is a file"):
     jaxcl.enable_compilation_cache(file)
+  # Inside a file, no folder can be created: JAX only warned at each compile.
+  with pytest.raises(ValueError, match=r"folder=.*cache/xla.* is inside the "
+                     r"file '.*cache'"):
+    jaxcl.enable_compilation_cache(file / "xla")
   assert jax.config.jax_compilation_cache_dir == before
+
+
+def test_remote_cache_folder_given_as_a_path_stays_remote(
+    tmp_path, monkeypatch, restored_cache_config):
+  # pathlib turns gs://bucket into gs:/bucket, which was taken for a local
+  # folder under the working directory.
+  monkeypatch.chdir(tmp_path)
+  assert jaxcl.enable_compilation_cache(
+      pathlib.Path("gs://bucket/xla")) == "gs://bucket/xla"
+  assert not list(tmp_path.iterdir())
 
 
 

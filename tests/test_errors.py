@@ -218,6 +218,10 @@ CASES = [
     Case("fit checkpoint_dir is a file",
          lambda p: _fit(p, checkpoint_dir=_file(p)), ValueError,
          r"checkpoint_dir '.*a_file' is a file; expected a folder"),
+    Case("fit checkpoint_dir inside a file",
+         lambda p: _fit(p, checkpoint_dir=_file(p) / "ckpt"), ValueError,
+         r"checkpoint_dir '.*a_file/ckpt' is inside the file '.*a_file'; "
+         r"expected a folder"),
     Case("fit checkpoint_keep=0", lambda p: _fit(p, checkpoint_keep=0),
          ValueError, r"checkpoint_keep must be a positive integer, got 0"),
     Case("fit checkpoint of another configuration",
@@ -257,7 +261,7 @@ CASES = [
     Case("enable_compilation_cache on a file",
          lambda p: jaxcl.enable_compilation_cache(_file(p)), ValueError,
          r"folder must be a directory for the compilation cache, but "
-         r"folder='.*a_file' is an existing file"),
+         r"folder='.*a_file' is a file"),
     # Strategies.
     Case("from_spec unknown name", lambda p: from_spec("naiv"), ValueError,
          r"Unknown strategy 'naiv'; expected one of .*Did you mean 'naive'"),
@@ -394,6 +398,9 @@ CASES = [
     Case("cli --logdir is a file",
          lambda p: _cli(p, "--logdir", str(_file(p))), CliExit,
          r"--logdir '.*a_file' is a file; expected a folder"),
+    Case("cli --logdir inside a file",
+         lambda p: _cli(p, "--logdir", str(_file(p) / "run")), CliExit,
+         r"--logdir '.*a_file/run' is inside the file '.*a_file'; expected"),
     Case("cli --checkpoint-dir is a file",
          lambda p: _cli(p, "--checkpoint-dir", str(_file(p))), CliExit,
          r"--checkpoint-dir '.*a_file' is a file; expected a folder"),
