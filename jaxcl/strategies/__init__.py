@@ -5,10 +5,11 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import (architectural, generative, projection,
-                              regularization, rehearsal)
+from jaxcl.strategies import (architectural, deep_slda, generative,
+                              projection, regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
 from jaxcl.strategies.registry import (REGISTRY, StrategyEntry, from_spec,
@@ -28,6 +29,7 @@ __all__ = [
     "parse_spec",
     "register",
     *architectural.__all__,
+    *deep_slda.__all__,
     *generative.__all__,
     *projection.__all__,
     *regularization.__all__,
@@ -36,6 +38,6 @@ __all__ = [
 
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
-                architectural):
+                architectural, deep_slda):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
