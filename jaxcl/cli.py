@@ -14,6 +14,7 @@ import argparse
 import datetime
 import gc
 import inspect
+import itertools
 import json
 import math
 import pathlib
@@ -22,7 +23,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from jaxcl import compilation
@@ -51,6 +52,10 @@ def _in_flag_terms(error: Exception, given: dict[str, Any], context: str,
   for name in {*given, *names}:
     if "_" in name:
       message = re.sub(rf"(?<![\w\-/.'`]){name}\b(?![/.'`])", _flag(name),
+                       message)
+    else:  # An assignment (``subsample=1``) is never prose; a call's
+      # keyword (``lwf(alpha=2)``) is code, left as it is.
+      message = re.sub(rf"(?<![\w\-/.'`(]){name}=", f"{_flag(name)}=",
                        message)
   named = [name for name in given if "_" not in name
            and re.search(rf"(?<![\w-]){name}\b", message)]
@@ -150,6 +155,18 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of the ``jaxcl`` command."""
+  return _parser(keep_defaults=True)
+
+
+def _typed_flags(argv: Sequence[str] | None) -> frozenset[str]:
+  """The names of the ``jaxcl run`` flags typed in ``argv``, whatever their
+  values (a flag typed with its default value is typed too)."""
+  return frozenset(vars(_parser(keep_defaults=False).parse_args(argv))) - {
+      "command"}
+
+
+def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
+  """The parser; without ``keep_defaults``, flags not typed stay unset."""
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
   parser = argparse.ArgumentParser(
@@ -301,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JAX persistent compilation cache folder ('' to "
                    "disable)")
   _strategy_flags(run)
+  if not keep_defaults:
+    for action in run._actions:  # pylint: disable=protected-access
+      action.default = argparse.SUPPRESS
   return parser
 
 
@@ -311,13 +331,14 @@ def _lazy_benchmarks() -> list[str]:
                 if "lazy" in inspect.signature(factory).parameters)
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: argparse.Namespace,
+                typed: Collection[str] | None = None) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
   from jaxcl import _validation
   from jaxcl.benchmarks import BENCHMARKS
   from jaxcl.models import MODELS
   from jaxcl.strategies import parse_spec
-  _validation.check_choice("benchmark", args.benchmark, BENCHMARKS)
+  _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   _check_seed_range("--seed", args.seed)
   _seeds(args)
   if args.lazy and args.benchmark not in _lazy_benchmarks():
@@ -325,8 +346,8 @@ def _check_args(args: argparse.Namespace) -> None:
                      "into memory (it transforms, resizes or concatenates "
                      "them, or reads image folders); expected one of "
                      f"{_lazy_benchmarks()}.")
-  _validation.check_choice("model", args.model, MODELS)
-  _validation.check_choice("optimizer", args.optimizer, ("sgd", "adam"))
+  _validation.check_choice("--model", args.model, MODELS)
+  _validation.check_choice("--optimizer", args.optimizer, ("sgd", "adam"))
   names = [name for name, _ in parse_spec(args.strategy)]
   twice = sorted({name for name in names if names.count(name) > 1})
   if twice:
@@ -397,7 +418,7 @@ def _check_args(args: argparse.Namespace) -> None:
                                args.device_memory_budget_mb, low=0.0,
                                low_inclusive=False)
   _check_host_args(args)
-  _check_flags_take_effect(args)
+  _check_flags_take_effect(args, typed)
   from jaxcl.loggers.event_file import is_remote_path
   if args.logdir and is_remote_path(args.logdir):
     raise ValueError(
@@ -406,6 +427,9 @@ def _check_args(args: argparse.Namespace) -> None:
         "local file operations; copy the folder afterwards, or from Python "
         "write TensorBoard files there with jaxcl.loggers.create_writers(..., "
         "jsonl=False, csv=False, text=False)).")
+  if args.logdir is not None and not args.logdir.strip():
+    raise ValueError(f"--logdir {args.logdir!r} names no folder; expected a "
+                     "folder path (leave the flag out for runs/<timestamp>).")
   if args.checkpoint_dir is not None and not args.checkpoint_dir.strip():
     # Path("") is the working directory, which would fill with step folders.
     raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} names no "
@@ -421,8 +445,10 @@ def _check_args(args: argparse.Namespace) -> None:
                        "(existing or new).")
 
 
-def _check_flags_take_effect(args: argparse.Namespace) -> None:
-  """Refuses flags changed from their defaults that nothing would read.
+def _check_flags_take_effect(args: argparse.Namespace,
+                             typed: Collection[str] | None) -> None:
+  """Refuses flags typed (or, without ``typed``, changed from their
+  defaults) that nothing would read.
 
   A silently ignored flag is a wrong experiment the user believes they ran.
   """
@@ -433,8 +459,10 @@ def _check_flags_take_effect(args: argparse.Namespace) -> None:
   # checked before (cli.run in a loop, a results.json config) holds it.
   defaults["early_stopping_mode"] = ("min" if args.early_stopping_metric
                                      == "loss" else "max")
-  changed = {name for name, value in vars(args).items()
-             if name in defaults and value != defaults[name]}
+  changed = ({name for name in typed if name in defaults}
+             if typed is not None else
+             {name for name, value in vars(args).items()
+              if name in defaults and value != defaults[name]})
 
   def refuse(name: str, reason: str) -> None:
     if name in changed:
@@ -488,6 +516,12 @@ def _check_host_args(args: argparse.Namespace) -> None:
   if given and not args.distributed:
     raise ValueError(f"{', '.join(given)} given without --distributed; "
                      "expected --distributed to join the other hosts.")
+  address = args.coordinator_address
+  if address is not None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ValueError(f"--coordinator-address must be HOST:PORT with a port "
+                       f"in [1, 65535], got {address!r}.")
   if args.num_processes is not None:
     _validation.check_positive_int("--num-processes", args.num_processes)
   if args.process_id is not None:
@@ -503,9 +537,24 @@ def _join_hosts(args: argparse.Namespace) -> None:
   # XLA's CPU client needs it for collectives between processes; GPU and
   # TPU clients ignore it.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                             num_processes=args.num_processes,
-                             process_id=args.process_id)
+  try:
+    jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id)
+  except (ValueError, RuntimeError) as error:
+    flags = " ".join(f"{_flag(name)} {getattr(args, name)}"
+                     for name in ("coordinator_address", "num_processes",
+                                  "process_id")
+                     if getattr(args, name) is not None)
+    # JAX names its own parameters (coordinator_address should be defined).
+    message = str(error).splitlines()[0] if str(error) else ""
+    for name in ("coordinator_address", "num_processes", "process_id"):
+      message = re.sub(rf"\b{name}\b", _flag(name), message)
+    raise ValueError(
+        f"--distributed {flags or '(nothing given: read from the cluster)'} "
+        f"could not join the other hosts: {type(error).__name__}: {message} "
+        "(without a cluster environment, give --coordinator-address "
+        "HOST:PORT, --num-processes and --process-id).") from error
 
 
 def _strategy_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -702,8 +751,28 @@ def _result_fields(result) -> dict[str, Any]:
       "metrics_per_run": result.metrics_per_run,
       "history": [run.history for run in result.runs],
       "periodic": [run.periodic for run in result.runs],
+      "initial_accuracies": [run.initial_accuracies for run in result.runs],
       "nonfinite": [run.nonfinite for run in result.runs],
   }
+
+
+def _resolved_hyperparameters(spec: str, given: dict[str, Any],
+                              swept: str | None) -> list[dict[str, Any]]:
+  """Each strategy of ``spec`` with every hyperparameter it was built with:
+  its default, the flag's value or the spec's own (None: swept)."""
+  from jaxcl.strategies import REGISTRY, parse_spec
+  resolved = []
+  for name, own in parse_spec(spec):
+    parameters = REGISTRY[name].parameters
+    values = {k: p.default for k, p in parameters.items()
+              if p.default is not inspect.Parameter.empty}
+    values.update({k: v for k, v in given.items()
+                   if k in parameters and v is not None})
+    values.update(own)
+    if swept in parameters and swept not in own:
+      values[swept] = None
+    resolved.append({"strategy": name, **values})
+  return resolved
 
 
 def _load_benchmark(args: argparse.Namespace):
@@ -738,24 +807,59 @@ def _load_benchmark(args: argparse.Namespace):
   return benchmark
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-  """Runs ``jaxcl run`` with parsed arguments; returns the results dict."""
+def run(args: argparse.Namespace,
+        typed: Collection[str] | None = None) -> dict[str, Any]:
+  """Runs ``jaxcl run`` with parsed arguments; returns the results dict.
+
+  ``typed`` names the flags the user typed (flags with no effect are
+  refused even at their default values); None: those whose values differ
+  from the defaults.
+  """
   start = time.perf_counter()
-  _check_args(args)
-  logdir = pathlib.Path(args.logdir or pathlib.Path("runs") / datetime.datetime
-                        .now().strftime("%Y%m%d-%H%M%S")).expanduser()
+  _check_args(args, typed)
   import jaxcl
   from jaxcl import _hosts
-  jaxcl.enable_compilation_cache(args.compilation_cache)
+  try:
+    jaxcl.enable_compilation_cache(args.compilation_cache)
+  except ValueError as error:
+    raise ValueError(str(error).replace(
+        f"folder={args.compilation_cache!r}",
+        f"--compilation-cache {args.compilation_cache!r}")) from error
   if args.distributed:
     _join_hosts(args)
   # An error on one host (say, a logdir it cannot write) stops the others
   # in seconds instead of leaving them waiting for it in a collective.
   with _hosts.stop_all_hosts_on_error(exit_code=2):
-    return _run_on_joined_hosts(args, logdir, start)
+    return _run_on_joined_hosts(args, start)
 
 
-def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
+def _new_default_logdir() -> pathlib.Path:
+  """``runs/<timestamp>``, created here; ``-1``, ``-2``, ... appended when
+  another run took the name (runs started in the same second)."""
+  base = pathlib.Path("runs") / datetime.datetime.now().strftime(
+      "%Y%m%d-%H%M%S")
+  base.parent.mkdir(parents=True, exist_ok=True)
+  for attempt in itertools.count():
+    logdir = base.with_name(f"{base.name}-{attempt}" if attempt else base.name)
+    try:
+      logdir.mkdir()  # Atomic: one of two racing runs gets each name.
+    except FileExistsError:
+      continue
+    return logdir
+
+
+def _make_folder(flag: str, folder: str) -> None:
+  """Creates ``folder`` now, so that one that cannot be made stops the run
+  before it trains, not at its first write."""
+  try:
+    pathlib.Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"{flag} {folder!r} cannot be created: "
+                     f"{type(error).__name__}: {error.strerror or error}; "
+                     "expected a folder this process can write.") from error
+
+
+def _run_on_joined_hosts(args: argparse.Namespace,
                          start: float) -> dict[str, Any]:
   """``run`` once the hosts (if several) have joined: train, write, report."""
   import jax
@@ -800,12 +904,25 @@ def _run_on_joined_hosts(args: argparse.Namespace, logdir: pathlib.Path,
     args.drop_rate = getattr(model, "drop_rate", getattr(
         getattr(model, "features", None), "drop_rate", None))
   seeds = _seeds(args)
-  fresh_logdir = not logdir.exists()
+  if args.checkpoint_dir:
+    _make_folder("--checkpoint-dir", args.checkpoint_dir)
+  if args.logdir:
+    logdir = pathlib.Path(args.logdir).expanduser()
+    fresh_logdir = not logdir.exists()
+    if primary:
+      _make_folder("--logdir", args.logdir)
+  else:  # Only the primary host writes: the others make no folder.
+    logdir = _new_default_logdir() if primary else pathlib.Path("runs")
+    fresh_logdir = True
   writer = _Tracked(loggers.create_writers(
       str(logdir), console=not args.quiet,
       tensorboard=not args.no_tensorboard)) if primary else None
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
+  if sweep_name == "lr":  # Each run's is in the labels, not the flag's.
+    config["lr"] = None
+  config["strategy_hyperparameters"] = _resolved_hyperparameters(
+      args.strategy, _strategy_hparams(args), sweep_name)
   if writer is not None:
     writer.write_hparams({k: v for k, v in config.items()
                           if isinstance(v, (int, float, str, bool))})
@@ -882,9 +999,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxcl`` console script."""
   try:
     args = build_parser().parse_args(argv)
-    run(args)
+    run(args, _typed_flags(argv))
   except (ValueError, TypeError, OSError, FloatingPointError) as e:
-    print(f"jaxcl: error: {e}", file=sys.stderr)
+    # fit's advice, in the command line's terms.
+    message = str(e).replace("on_nonfinite='flag'", "--on-nonfinite flag")
+    print(f"jaxcl: error: {message}", file=sys.stderr)
   else:
     return 0
   # The error's traceback may hold device arrays in reference cycles, freed

@@ -1,6 +1,7 @@
 """The `jaxcl` command end to end, and its argument errors."""
 
 import argparse
+import datetime
 import json
 import pathlib
 import subprocess
@@ -48,17 +49,25 @@ def test_run_end_to_end(tmp_path):
 
 
 def test_values_in_the_strategy_spec_equal_the_flags(tmp_path):
-  def accuracies(*args):
+  def results(*args):
     logdir = tmp_path / str(len(list(tmp_path.iterdir())))
     assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
                      "--epochs", "1", *args, "--logdir", str(logdir),
                      "--quiet", "--no-progress", "--no-tensorboard",
                      "--compilation-cache", ""]) == 0
-    return json.loads((logdir / "results.json").read_text())["accuracy_matrix"]
-  flags = accuracies("--strategy", "replay+lwf", "--mem-size", "40",
-                     "--alpha", "2")
-  assert accuracies("--strategy", "replay(mem_size=40)+lwf(alpha=2)") == flags
-  assert accuracies("--strategy", "replay+lwf", "--mem-size", "40") != flags
+    return json.loads((logdir / "results.json").read_text())
+  flags = results("--strategy", "replay+lwf", "--mem-size", "40",
+                  "--alpha", "2")
+  spec = results("--strategy", "replay(mem_size=40)+lwf(alpha=2)")
+  assert spec["accuracy_matrix"] == flags["accuracy_matrix"]
+  # Every hyperparameter each strategy was built with, defaults included.
+  replay, lwf = spec["config"]["strategy_hyperparameters"]
+  assert replay == {"strategy": "replay", "mem_size": 40,
+                    "batch_size_mem": 0, "storage": "experience_balanced"}
+  assert lwf == {"strategy": "lwf", "alpha": 2, "temperature": 2.0}
+  assert flags["config"]["strategy_hyperparameters"][1]["alpha"] == 2.0
+  assert results("--strategy", "replay+lwf", "--mem-size", "40")[
+      "accuracy_matrix"] != flags["accuracy_matrix"]
 
 
 def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
@@ -245,7 +254,14 @@ def test_a_diverging_run_ends_with_a_clear_error(tmp_path, capsys):
                    "--no-progress", "--no-tensorboard", "--quiet",
                    "--compilation-cache", ""])
   assert code == 2
-  assert ("jaxcl: error: The training loss became NaN or infinite"
+  err = capsys.readouterr().err
+  assert "jaxcl: error: The training loss became NaN or infinite" in err
+  assert "other runs" not in err  # A single run has none to let finish.
+  assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
+                   "--lr", "1e9", "--seeds", "0,1", "--logdir",
+                   str(tmp_path / "y"), "--no-progress", "--no-tensorboard",
+                   "--quiet", "--compilation-cache", ""]) == 2
+  assert ("(or pass --on-nonfinite flag to let the other runs finish)"
           in capsys.readouterr().err)
 
 
@@ -293,6 +309,23 @@ def test_a_registered_list_default_takes_a_comma_separated_flag():
       cli.build_parser()
   finally:
     del REGISTRY["odd"]
+
+
+def test_default_logdirs_of_runs_started_together_differ(tmp_path,
+                                                         monkeypatch):
+  class Frozen(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return cls(2026, 1, 2, 3, 4, 5)
+
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setattr(cli.datetime, "datetime", Frozen)
+  # Two runs in the same second wrote into one folder.
+  folders = [cli._new_default_logdir() for _ in range(3)]
+  assert [str(f) for f in folders] == [
+      "runs/20260102-030405", "runs/20260102-030405-1",
+      "runs/20260102-030405-2"]
+  assert all(f.is_dir() for f in folders)
 
 
 def test_help_documents_every_flag():
@@ -346,6 +379,9 @@ def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
   assert code == 0
   results = json.loads((logdir / "results.json").read_text())
   assert results["labels"] == [0.01, 0.1]
+  assert results["config"]["lr"] is None  # The labels hold the swept ones.
+  # Each run's accuracies before training (one per test experience).
+  assert [len(a) for a in results["initial_accuracies"]] == [2, 2]
   per_run = results["metrics_per_run"]["stream_accuracy"]
   assert len(per_run) == 2
   assert results["metrics"]["stream_accuracy"] == pytest.approx(sum(per_run) / 2)

@@ -302,7 +302,8 @@ CASES = [
     # The command line.
     Case("cli --benchmark split_mnst", lambda p: _cli(p, "--benchmark",
                                                        "split_mnst"),
-         CliExit, r"Unknown benchmark 'split_mnst'.*Did you mean 'split_mnist'"),
+         CliExit, r"Unknown --benchmark 'split_mnst'.*Did you mean "
+         r"'split_mnist'"),
     Case("cli --periodic-stream train",
          lambda p: _cli(p, "--periodic-eval", "1", "--periodic-stream",
                         "train"),
@@ -317,7 +318,7 @@ CASES = [
                         "test", "--early-stopping-margin", "-1"),
          CliExit, r"--early-stopping-margin must be in \[0, inf\), got -1"),
     Case("cli --model mpl", lambda p: _cli(p, "--model", "mpl"), CliExit,
-         r"Unknown model 'mpl'; expected one of .*Did you mean 'mlp'"),
+         r"Unknown --model 'mpl'; expected one of .*Did you mean 'mlp'"),
     Case("cli --strategy naiv", lambda p: _cli(p, "--strategy", "naiv"),
          CliExit, r"Unknown strategy 'naiv'"),
     Case("cli --n-experiences 3", lambda p: _cli(p, "--n-experiences", "3"),
@@ -401,6 +402,29 @@ CASES = [
     Case("cli --logdir inside a file",
          lambda p: _cli(p, "--logdir", str(_file(p) / "run")), CliExit,
          r"--logdir '.*a_file/run' is inside the file '.*a_file'; expected"),
+    Case("cli --logdir ''", lambda p: _cli(p, "--logdir", ""), CliExit,
+         r"--logdir '' names no folder; expected a folder path \(leave the "
+         r"flag out for runs/<timestamp>\)"),
+    Case("cli --checkpoint-dir that cannot be created",
+         lambda p: _cli(p, "--checkpoint-dir", "/proc/jaxcl_no_folder"),
+         CliExit, r"--checkpoint-dir '/proc/jaxcl_no_folder' cannot be "
+         r"created: .*Error"),
+    Case("cli --coordinator-address without a port",
+         lambda p: _cli(p, "--distributed", "--coordinator-address", "host"),
+         CliExit, r"--coordinator-address must be HOST:PORT with a port in "
+         r"\[1, 65535\], got 'host'"),
+    Case("cli --n-experiences typed for core50 (its default value)",
+         lambda p: _cli(p, "--benchmark", "core50", "--n-experiences", "5"),
+         CliExit, r"--n-experiences 5 has no effect: --benchmark core50 "
+         r"takes no n_experiences"),
+    Case("cli --compilation-cache that cannot be created",
+         lambda p: _cli(p, "--compilation-cache", "/proc/jaxcl_no_cache"),
+         CliExit, r"--compilation-cache '/proc/jaxcl_no_cache' cannot hold "
+         r"the compilation cache"),
+    Case("cli mir --batch-size-mem above --subsample",
+         lambda p: _cli(p, "--strategy", "mir", "--subsample", "1",
+                        "--batch-size-mem", "5"), CliExit,
+         r"--batch-size-mem=5 must be at most --subsample=1"),
     Case("cli --checkpoint-dir is a file",
          lambda p: _cli(p, "--checkpoint-dir", str(_file(p))), CliExit,
          r"--checkpoint-dir '.*a_file' is a file; expected a folder"),

@@ -1283,10 +1283,12 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
   if writer is not None:
     writer.flush()
   # Every host reads back the same losses (replicated, or gathered runs).
+  others = (" (or pass on_nonfinite='flag' to let the other runs finish)"
+            if len(bad) > 1 else "")
   raise raised_on_every_host(FloatingPointError(
       f"{where(int(np.argmax(bad >= 0)))}; the metrics of the evaluations "
-      "before it were written. Lower the learning rate or check the inputs "
-      "(or pass on_nonfinite='flag' to let the other runs finish)."))
+      "before it were written. Lower the learning rate or check the "
+      f"inputs{others}."))
 
 
 # A diverged run's row keeps what does not measure its model.
