@@ -1,6 +1,7 @@
 """Rehearsal and data strategies against hand-computed expectations."""
 
 import dataclasses
+import warnings
 
 import chex
 import jax
@@ -12,7 +13,7 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl.benchmarks import Experience, Stream
-from jaxcl.models import Model
+from jaxcl.models import MLP, Model
 from jaxcl.strategies import (
   StrategyContext,
   buffers,
@@ -434,6 +435,21 @@ def test_gdumb_compiles_once_and_trains_on_memory_only(unequal_benchmark):
   # Steps = epochs x ceil(12 / 4) per experience: the memory, nothing else.
   assert int(result.state.step) == 8 * 3 * 3
   assert result.accuracy_matrix[2].mean() > 0.5
+
+
+def test_seeds_trained_together_warn_when_gdumb_draws_per_seed_memories():
+  bench = make_benchmark(n_experiences=2)
+  model = MLP(4, hidden_size=8, drop_rate=0.0)
+  with pytest.warns(UserWarning, match=r"strategy 'gdumb' draws its training "
+                    r"data on the host from the seed .* share the first "
+                    r"seed's \(0\) data"):
+    jaxcl.fit(model, gdumb(mem_size=6), optax.sgd(0.1), bench, batch_size=4,
+              seeds=[0, 1])
+  # Data that does not depend on the seed (cumulative) is shared as it is.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    jaxcl.fit(model, cumulative(), optax.sgd(0.1), bench, batch_size=4,
+              seeds=[0, 1])
 
 
 def test_cumulative_from_scratch_and_joint_compile_once(unequal_benchmark):

@@ -672,6 +672,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       _numbered(strategy.adapt_data(e, benchmark.train_stream, runs[0].seed),
                 position)
       for position, e in enumerate(benchmark.train_stream)])
+  _warn_if_adaptation_depends_on_seed(strategy, benchmark.train_stream,
+                                      train_stream, runs)
   n_classes, n_exp = benchmark.n_classes, len(train_stream)
   size = train_stream.max_size
   sample = jnp.asarray(train_stream[0].x[:1])
@@ -1069,6 +1071,30 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       labels=labels, runs=results, accuracy_matrices=R,
       metrics={k: _mean_std(v) for k, v in per_metric.items()},
       metrics_per_run=per_metric, timings=timings)
+
+
+def _warn_if_adaptation_depends_on_seed(strategy: Strategy, stream: Stream,
+                                        adapted: Stream,
+                                        runs: Sequence[Run]) -> None:
+  """Warns when ``adapt_data`` draws other data for another run's seed.
+
+  The runs share the first seed's data (GDumb's memory, say), so each run
+  differs from its run alone; the labels tell, without keeping a second
+  copy of the data.
+  """
+  other = next((r.seed for r in runs if r.seed != runs[0].seed), None)
+  if other is None or strategy.adapt_data is Strategy().adapt_data:
+    return
+  for experience, shared in zip(stream, adapted):
+    labels = strategy.adapt_data(experience, stream, other).y
+    if not np.array_equal(np.asarray(labels), np.asarray(shared.y)):
+      warnings.warn(
+          f"strategy {strategy.name!r} draws its training data on the host "
+          "from the seed (adapt_data: GDumb's memory, for one), and seeds "
+          f"trained together share the first seed's ({runs[0].seed}) data: "
+          "each run's numbers differ from its run alone. Train the seeds "
+          "one at a time for per-seed data.", UserWarning, stacklevel=5)
+      return
 
 
 def _eval_points(train_stream: Stream, eval_every: int | None) -> set[int]:
