@@ -17,6 +17,7 @@ import inspect
 import itertools
 import json
 import math
+import numbers
 import pathlib
 import re
 import shutil
@@ -30,6 +31,11 @@ from jaxcl import compilation
 from jaxcl.loggers.base import ForwardingWriter
 
 __all__ = ["main", "build_parser"]
+
+
+# What a factory without the parameter offers: a default.
+_NO_PARAMETER = inspect.Parameter("absent", inspect.Parameter.KEYWORD_ONLY,
+                                  default=None)
 
 
 def _flag(name: str) -> str:
@@ -51,7 +57,7 @@ def _in_flag_terms(error: Exception, given: dict[str, Any], context: str,
   message = str(error)
   for name in {*given, *names}:
     if "_" in name:
-      message = re.sub(rf"(?<![\w\-/.'`]){name}\b(?![/.'`])", _flag(name),
+      message = re.sub(rf"(?<![\w\-/.'`(]){name}\b(?![/.'`])", _flag(name),
                        message)
     else:  # An assignment (``subsample=1``) is never prose; a call's
       # keyword (``lwf(alpha=2)``) is code, left as it is.
@@ -101,26 +107,31 @@ def _flag_value(kind: type, sequence: bool = False):
   return parse
 
 
-def _flag_kind(name: str, strategies: str, defaults: list[Any]
-               ) -> tuple[type, bool]:
+def _value_kind(value: Any) -> type | None:
+  """bool, int, float or str for a default (NumPy scalars included)."""
+  import numpy as np
+  for kind, classes in ((bool, (bool, np.bool_)), (int, numbers.Integral),
+                        (float, numbers.Real), (str, str)):
+    if isinstance(value, classes):
+      return kind
+  return None
+
+
+def _flag_kind(defaults: list[Any]) -> tuple[type, bool] | None:
   """A hyperparameter flag's value type, and whether it takes a list, from
-  the factories' defaults (float when none has one)."""
+  the factories' defaults (float when none has one); None when they
+  disagree or are of other types (no flag: specs can still give it)."""
   sequence = any(isinstance(d, (list, tuple)) for d in defaults)
-  if sequence:
-    defaults = [v for d in defaults
-                for v in (d if isinstance(d, (list, tuple)) else [d])]
-  kinds = {type(d) for d in defaults}
-  if kinds <= {int, float} and kinds:
-    return (float if float in kinds else int), sequence
-  if len(kinds) == 1 and kinds <= {bool, str}:
-    return kinds.pop(), sequence
+  values = [v for d in defaults
+            for v in (d if isinstance(d, (list, tuple)) else [d])]
+  kinds = {_value_kind(v) for v in values}
+  if kinds == {int, float}:
+    kinds = {float}
   if not kinds:
     return float, sequence
-  raise ValueError(
-      f"hyperparameter {name!r} of strategy {strategies} has defaults of "
-      f"types {sorted(k.__name__ for k in kinds)}, which jaxcl run cannot "
-      "parse from a flag; give it a number, bool or string default (or "
-      "lists of them) or None.")
+  if len(kinds) > 1 or None in kinds:
+    return None
+  return kinds.pop(), sequence
 
 
 def _strategy_flags(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +149,10 @@ def _strategy_flags(parser: argparse.ArgumentParser) -> None:
   for name, by_strategy in sorted(defaults.items()):
     known = [d for d in by_strategy.values()
              if d is not None and d is not inspect.Parameter.empty]
-    kind, sequence = _flag_kind(name, ", ".join(by_strategy), known)
+    kind_and_sequence = _flag_kind(known)
+    if kind_and_sequence is None:
+      continue
+    kind, sequence = kind_and_sequence
     shown = "; ".join(f"{s}: {d}" for s, d in by_strategy.items())
     metavar = kind.__name__.upper()
     try:
@@ -817,20 +831,39 @@ def run(args: argparse.Namespace,
   """
   start = time.perf_counter()
   _check_args(args, typed)
-  import jaxcl
   from jaxcl import _hosts
-  try:
-    jaxcl.enable_compilation_cache(args.compilation_cache)
-  except ValueError as error:
-    raise ValueError(str(error).replace(
-        f"folder={args.compilation_cache!r}",
-        f"--compilation-cache {args.compilation_cache!r}")) from error
+  _enable_cache(args, typed)
   if args.distributed:
     _join_hosts(args)
   # An error on one host (say, a logdir it cannot write) stops the others
   # in seconds instead of leaving them waiting for it in a collective.
   with _hosts.stop_all_hosts_on_error(exit_code=2):
     return _run_on_joined_hosts(args, start)
+
+
+def _enable_cache(args: argparse.Namespace,
+                  typed: Collection[str] | None) -> None:
+  """The compilation cache of ``--compilation-cache``. A folder the user
+  named that cannot be created stops the run; the default one (under a
+  read-only home, say) only costs the caching, with a warning."""
+  from jaxcl import compilation
+  folder = args.compilation_cache
+  in_flag_terms = lambda message: message.replace(
+      f"folder={folder!r}", f"--compilation-cache {folder!r}")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", RuntimeWarning)
+    try:
+      location = compilation.enable_compilation_cache(folder)
+    except ValueError as error:
+      raise ValueError(in_flag_terms(str(error))) from error
+  for warning in caught:
+    message = in_flag_terms(str(warning.message))
+    named = ("compilation_cache" in typed if typed is not None
+             else folder != str(compilation.DEFAULT_CACHE_DIR))
+    if folder and location is None and named:
+      raise ValueError(f"{message.rstrip('.')}; expected a folder this "
+                       "process can write.")
+    warnings.warn(message, warning.category, stacklevel=2)
 
 
 def _new_default_logdir() -> pathlib.Path:
@@ -876,8 +909,15 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   hparams = _strategy_hparams(args)
   from jaxcl.strategies import REGISTRY
   names = {p for e in REGISTRY.values() for p in e.parameters}
+  # A swept hyperparameter without a default is checked with its first
+  # value here; the others with each value below.
+  required = sweep_name not in (None, "lr") and any(
+      REGISTRY[name].parameters.get(sweep_name, _NO_PARAMETER).default is
+      inspect.Parameter.empty for name, own in
+      jaxcl.strategies.parse_spec(args.strategy) if sweep_name not in own)
+  first = {sweep_name: sweep_values[0]} if required else {}
   try:
-    strategy = jaxcl.strategies.from_spec(args.strategy, **hparams)
+    strategy = jaxcl.strategies.from_spec(args.strategy, **hparams, **first)
   except (ValueError, TypeError) as error:
     if getattr(error, "spec_term", None):
       raise  # A value the spec sets: named as the user typed it.
@@ -904,16 +944,17 @@ def _run_on_joined_hosts(args: argparse.Namespace,
     args.drop_rate = getattr(model, "drop_rate", getattr(
         getattr(model, "features", None), "drop_rate", None))
   seeds = _seeds(args)
+  # Before the checkpoint folder, which may lie inside it.
+  fresh_logdir = not args.logdir or not pathlib.Path(
+      args.logdir).expanduser().exists()
   if args.checkpoint_dir:
     _make_folder("--checkpoint-dir", args.checkpoint_dir)
   if args.logdir:
     logdir = pathlib.Path(args.logdir).expanduser()
-    fresh_logdir = not logdir.exists()
     if primary:
       _make_folder("--logdir", args.logdir)
   else:  # Only the primary host writes: the others make no folder.
     logdir = _new_default_logdir() if primary else pathlib.Path("runs")
-    fresh_logdir = True
   writer = _Tracked(loggers.create_writers(
       str(logdir), console=not args.quiet,
       tensorboard=not args.no_tensorboard)) if primary else None

@@ -20,6 +20,7 @@ import os
 import pathlib
 import re
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,11 +48,12 @@ def enable_compilation_cache(
       ``None`` or ``""`` leaves JAX's configuration untouched.
 
   Returns:
-    The cache location now in use, or ``None`` when ``folder`` is empty.
+    The cache location now in use, or ``None`` when ``folder`` is empty or
+    cannot be created (then with a ``RuntimeWarning``, and JAX's
+    configuration untouched).
 
   Raises:
-    ValueError: If ``folder`` is a file, lies inside one, or cannot be
-      created.
+    ValueError: If ``folder`` is a file or lies inside one.
 
   Example:
     >>> enable_compilation_cache("/tmp/jaxcl_example/xla")
@@ -76,12 +78,16 @@ def enable_compilation_cache(
     if problem:
       raise ValueError(f"folder must be a directory for the compilation "
                        f"cache, but folder={location!r} {problem}.")
-    try:  # JAX would only warn at each compile that it cannot write there.
+    try:  # JAX would warn at every compile that it cannot write there.
       path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-      raise ValueError(
-          f"folder={location!r} cannot hold the compilation cache: "
-          f"{type(error).__name__}: {error.strerror or error}.") from error
+      # A read-only home (a container, a cluster node) costs the caching,
+      # not the run.
+      warnings.warn(
+          f"folder={location!r} cannot hold the compilation cache "
+          f"({type(error).__name__}: {error.strerror or error}); programs "
+          "are compiled without it.", RuntimeWarning, stacklevel=2)
+      return None
     location = str(path.absolute())
   if jax.config.jax_compilation_cache_dir != location:
     compilation_cache.reset_cache()

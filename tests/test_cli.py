@@ -15,7 +15,7 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.strategies import cumulative, naive
+from jaxcl.strategies import cumulative, from_spec, naive
 
 
 def _jaxcl(*args, cwd):
@@ -302,11 +302,19 @@ def test_a_registered_list_default_takes_a_comma_separated_flag():
     assert parse(["run", "--weights", "0.25"]).weights == [0.25]
   finally:
     del REGISTRY["weighted"]
-  register("odd", lambda shape=object(): naive())
+  # A NumPy default is a number; a default of another type, or defaults
+  # that disagree with a built-in's (replay's storage is a string), give no
+  # flag (a spec can still set them) and leave every other flag alone.
+  register("odd", lambda shape=object(), storage=0, rate=np.float64(0.5),
+           on=np.bool_(True): naive())
   try:
-    with pytest.raises(ValueError, match="hyperparameter 'shape' of strategy "
-                       "odd has defaults of types \\['object'\\]"):
-      cli.build_parser()
+    args = cli.build_parser().parse_args(["run", "--rate", "0.1", "--on",
+                                          "no"])
+    assert (args.rate, args.on) == (0.1, False)
+    for flag in ("--shape", "--storage"):
+      with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", flag, "1"])
+    assert from_spec("odd(storage=1)").name == "naive"
   finally:
     del REGISTRY["odd"]
 
@@ -326,6 +334,56 @@ def test_default_logdirs_of_runs_started_together_differ(tmp_path,
       "runs/20260102-030405", "runs/20260102-030405-1",
       "runs/20260102-030405-2"]
   assert all(f.is_dir() for f in folders)
+
+
+def test_a_sweep_gives_a_hyperparameter_without_a_default(tmp_path):
+  from jaxcl.strategies import REGISTRY, register
+  def needs_strength(strength):  # Kept in the state, so it can be swept.
+    return naive()._replace(
+        name="needs_strength",
+        init=lambda ctx, params, key: {"strength": np.float32(strength)})
+  register("needs_strength", needs_strength)
+  try:
+    assert cli.main(["run", "--strategy", "needs_strength", "--sweep",
+                     "strength=0.1,0.2", "--n-experiences", "2",
+                     "--hidden-size", "8", "--logdir", str(tmp_path / "s"),
+                     "--no-progress", "--quiet", "--no-tensorboard",
+                     "--compilation-cache", ""]) == 0
+  finally:
+    del REGISTRY["needs_strength"]
+
+
+def test_a_failed_first_run_leaves_no_folder_with_its_checkpoints_inside(
+    tmp_path):
+  # The checkpoint folder inside the new log folder made it look old.
+  logdir = tmp_path / "ewc"
+  assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
+                   "--lr", "1e38", "--optimizer", "adam", "--logdir",
+                   str(logdir), "--checkpoint-dir", str(logdir / "ckpt"),
+                   "--no-progress", "--quiet", "--compilation-cache",
+                   ""]) == 2
+  assert not logdir.exists()
+
+
+def test_an_unwritable_default_cache_folder_only_costs_the_caching(
+    tmp_path, monkeypatch, capsys):
+  # A read-only or missing home stopped every run.
+  monkeypatch.setattr(cli.compilation, "DEFAULT_CACHE_DIR",
+                      pathlib.Path("/proc/jaxcl_no_home/xla"))
+  before = jax.config.jax_compilation_cache_dir
+  args = ["run", "--n-experiences", "2", "--hidden-size", "8", "--epochs",
+          "1", "--no-progress", "--quiet", "--no-tensorboard"]
+  with pytest.warns(RuntimeWarning, match="--compilation-cache "
+                    "'/proc/jaxcl_no_home/xla' cannot hold the compilation "
+                    "cache"):
+    assert cli.main([*args, "--logdir", str(tmp_path / "a")]) == 0
+  assert jax.config.jax_compilation_cache_dir == before
+  # Named by the user, the folder must work.
+  assert cli.main([*args, "--logdir", str(tmp_path / "b"),
+                   "--compilation-cache", "/proc/jaxcl_no_home/xla"]) == 2
+  assert ("cannot hold the compilation cache (FileNotFoundError: No such "
+          "file or directory); programs are compiled without it; expected a "
+          "folder this process can write." in capsys.readouterr().err)
 
 
 def test_help_documents_every_flag():

@@ -496,18 +496,19 @@ def test_a_host_failing_inside_fit_stops_the_others(tmp_path):
 
 def test_cli_hosts_stop_together_when_one_cannot_write_its_logdir(tmp_path):
   port = _free_port()
-  (tmp_path / "a_file").touch()
+  # A folder the arguments' checks accept (its parent is a folder) and that
+  # still cannot be created.
   errors = _on_two_hosts(lambda i: [
       sys.executable, "-m", "jaxcl.cli", "run", "--quiet", "--no-progress",
       "--compilation-cache", "", "--n-experiences", "2",
       "--distributed", "--coordinator-address", f"localhost:{port}",
       "--num-processes", "2", "--process-id", str(i),
-      "--logdir", str(tmp_path / "a_file" / f"host{i}")], tmp_path,
-      succeed=False)
+      "--logdir", f"/proc/jaxcl_host{i}"], tmp_path, succeed=False)
   # Only host 0 writes; host 1 went on to train and waited for it.
-  assert "jaxcl: error: [Errno 20] Not a directory" in errors[0], errors[0]
-  assert ("jaxcl: error: process 0 failed: NotADirectoryError: [Errno 20] "
-          "Not a directory") in errors[1], errors[1]
+  refusal = "--logdir '/proc/jaxcl_host0' cannot be created: FileNotFoundError"
+  assert f"jaxcl: error: {refusal}" in errors[0], errors[0]
+  assert (f"jaxcl: error: process 0 failed: ValueError: {refusal}"
+          in errors[1]), errors[1]
 
 
 def test_one_host_runs_the_block_as_is():

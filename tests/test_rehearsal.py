@@ -526,6 +526,12 @@ def test_from_spec_names_what_a_registered_factory_lacks_or_returns():
     with pytest.raises(ValueError) as info:
       from_spec("positive(size=-2)", mem_size=1)
     assert info.value.spec_term == "positive(size=-2)"
+    # A value given by name that the spec overrides never reaches the
+    # factory: the spec's own value is the bad one.
+    register("takes_any_size", lambda mem_size=1: naive())
+    with pytest.raises(ValueError) as info:
+      from_spec("positive(mem_size=1, size=-2)+takes_any_size", mem_size=-1)
+    assert info.value.spec_term == "positive(mem_size=1, size=-2)"
   finally:
     REGISTRY.clear()
     REGISTRY.update(before)

@@ -437,6 +437,11 @@ def test_bundled_data_variable_is_read_at_each_call(tmp_path, monkeypatch):
     monkeypatch.setenv("JAXCL_BUNDLED_DATA", str(tmp_path))
     with pytest.raises(ValueError, match=f"{tmp_path}/mnist_bundled"):
         sources.load_bundled("mnist_bundled", "test")
+    # A "~" the shell did not expand (a notebook's %env) is the home.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("JAXCL_BUNDLED_DATA", "~/bundled")
+    with pytest.raises(ValueError, match=f"{tmp_path}/home/bundled/mnist_"):
+        sources.load_bundled("mnist_bundled", "test")
 
 
 @pytest.mark.parametrize("subdir", ["empty", "missing", "corrupt"])

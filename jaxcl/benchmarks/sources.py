@@ -69,7 +69,7 @@ def _installed_bundled_data(site: Path) -> Path | None:
 
 def _bundled_data_dir() -> Path:
     if os.environ.get("JAXCL_BUNDLED_DATA"):
-        return Path(os.environ["JAXCL_BUNDLED_DATA"])
+        return Path(os.environ["JAXCL_BUNDLED_DATA"]).expanduser()
     site = Path(__file__).resolve().parents[2]
     checkout = site / "benchmarks_data"
     if checkout.is_dir():

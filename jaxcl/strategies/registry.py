@@ -221,8 +221,11 @@ def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
     try:
       strategy = entry.factory(**{**shared, **own})
     except (ValueError, TypeError) as error:
+      # The factory with the values given by name that reach it (not those
+      # the spec overrides) and the spec's only where nothing else gives one.
+      reaching = {k: v for k, v in shared.items() if k not in own}
       if not own or _fails(entry, {**{k: own[k] for k in required
-                                       if k not in shared}, **shared}):
+                                       if k not in reaching}, **reaching}):
         raise  # A value given by name is wrong (it fails without the spec's).
       kind = ValueError if isinstance(error, ValueError) else TypeError
       own_error = kind(f"{term.strip()}: {error}")
