@@ -136,6 +136,36 @@ def test_cwr_star_freezes_everything_but_the_head_after_the_first_experience():
       jaxcl.strategies.naive().transform_grads)
 
 
+def test_cwr_star_keeps_the_kernel_dtype():
+  # A bfloat16 head came back float32, and the next call recompiled.
+  ctx = _ctx(MLP(N_CLASSES, hidden_size=5, drop_rate=0.0))
+  strategy = cwr_star()
+  state = _state(strategy, ctx)
+  bf16 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.bfloat16), tree)
+  state = state.replace(params=bf16(state.params), cl_state={
+      **state.cl_state,
+      "consolidated": bf16(state.cl_state["consolidated"])})
+  data = _data([0, 1, 1])
+  state = strategy.end_experience(
+      ctx, strategy.begin_experience(ctx, state, data, None), data, None)
+  assert _head(state.params)["kernel"].dtype == jnp.bfloat16
+  assert state.cl_state["consolidated"].dtype == jnp.bfloat16
+
+
+def test_cwr_star_consolidates_classes_a_streamed_subset_missed():
+  # The hooks of a streamed experience see a subset; classes_mask tells
+  # every class of the experience, and each counts at least one sample.
+  ctx = _ctx(MLP(N_CLASSES, hidden_size=5, drop_rate=0.0))
+  strategy = cwr_star()
+  data = _data([0, 0, 1]).replace(
+      classes_mask=jnp.array([True, True, True]),
+      experience_size=jnp.int32(30))
+  state = strategy.begin_experience(ctx, _state(strategy, ctx), data, None)
+  np.testing.assert_allclose(state.cl_state["counts"], [20.0, 10.0, 1.0])
+  state = strategy.end_experience(ctx, state, data, None)
+  assert np.all(state.cl_state["has_consolidated"])
+
+
 class _BatchNormMLP(nn.Module):
 
   @nn.compact

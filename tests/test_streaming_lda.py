@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ class _AvalancheSLDA:
   def __init__(self, d, shrinkage, update_sigma=True):
     self.mu = np.zeros((N_CLASSES, d))
     self.count = np.zeros(N_CLASSES)
-    self.sigma = np.zeros((d, d))
+    self.sigma = np.ones((d, d))  # Avalanche's initial covariance.
     self.n, self.shrinkage, self.update_sigma = 0, shrinkage, update_sigma
 
   def fit(self, h, y):
@@ -90,6 +91,55 @@ def test_streaming_lda_fits_and_predicts_as_avalanche(update_sigma):
   np.testing.assert_allclose(
       scores, reference.predict(_features(state.params, x)), rtol=1e-3,
       atol=1e-3)
+
+
+def test_streaming_lda_fits_the_features_of_augmented_inputs():
+  # Avalanche fits its transformed mini-batch.
+  ctx = _ctx()._replace(augment=lambda x, key: x + 100.0)
+  strategy = streaming_lda()
+  state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
+  x = np.random.default_rng(3).normal(size=(4, DIM)).astype(np.float32)
+  batch = {"x": jnp.asarray(x), "y": jnp.zeros(4, jnp.int32),
+           "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+  cl = strategy.after_step(ctx, state, state, None, batch, jax.random.key(1))
+  np.testing.assert_allclose(cl["means"][0],
+                             _features(state.params, x + 100.0).mean(0),
+                             rtol=1e-5)
+
+
+class _BatchNormMLP(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+    return nn.Dense(4)(nn.relu(x))
+
+
+def test_streaming_lda_keeps_batch_norm_statistics_its_fit_used():
+  # Training steps moved the statistics; the means were fitted with others.
+  bench = make_benchmark(n_experiences=2)
+  result = jaxcl.fit(_BatchNormMLP(), streaming_lda(), optax.sgd(0.1), bench,
+                     batch_size=4, seed=0)
+  stats = result.state.model_state["batch_stats"]["BatchNorm_0"]
+  np.testing.assert_array_equal(stats["mean"], 0.0)
+  np.testing.assert_array_equal(stats["var"], 1.0)
+  # The stored class means are those of the evaluation's features.
+  params, model_state = result.state.params, result.state.model_state
+  first = bench.train_stream[0]
+  hidden = {}
+
+  def keep(next_fun, args, kwargs, context):
+    if context.module.name == "Dense_1":
+      hidden["h"] = args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(keep):
+    _BatchNormMLP().apply({"params": params, **model_state}, first.x)
+  for c in first.classes:
+    np.testing.assert_allclose(result.state.cl_state["means"][c],
+                               hidden["h"][first.y == c].mean(0), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_streaming_lda_trains_no_parameter():

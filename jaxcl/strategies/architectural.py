@@ -93,7 +93,8 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
   The output layer is the last ``flax.linen.Dense`` the model calls (as
   Avalanche's default, the last linear layer); multi-head classifiers are
   refused. In a streamed experience (:mod:`jaxcl.training.streaming`) the
-  per-class counts come from the hooks' subset, scaled to the experience.
+  per-class counts come from the hooks' subset, scaled to the experience
+  (at least one for each class the experience holds).
 
   Args:
     freeze_remaining_model: Freeze everything but the output layer from the
@@ -129,8 +130,13 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
     cl = state.cl_state
     per_class = jnp.zeros((ctx.n_classes,), jnp.float32).at[data.y].add(
         data.valid.astype(jnp.float32), mode="drop")
-    # A streamed experience's hooks see a subset: scale it to the whole.
-    counts = per_class * (data.experience_size / jnp.maximum(data.size, 1))
+    # A streamed experience's hooks see a subset: scaled to the whole, and
+    # at least one sample for each class of the experience (classes_mask
+    # covers all of it), which the subset may have missed.
+    counts = jnp.where(
+        data.classes_mask,
+        jnp.maximum(per_class * (data.experience_size
+                                 / jnp.maximum(data.size, 1)), 1.0), 0.0)
     path, kernel = _kernel(ctx, state.params, state.model_state)
     restored = (counts > 0) & cl["has_consolidated"]
     kernel = jnp.where(restored, cl["consolidated"], jnp.zeros_like(kernel))
@@ -160,8 +166,8 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
     weight_past = jnp.where(
         cl["has_consolidated"],
         jnp.sqrt(cl["past_counts"] / jnp.maximum(cl["counts"], 1e-12)), 0.0)
-    merged = (cl["consolidated"] * weight_past + (kernel - mean)) / (
-        weight_past + 1.0)
+    merged = ((cl["consolidated"] * weight_past + (kernel - mean))
+              / (weight_past + 1.0)).astype(kernel.dtype)
     consolidated = jnp.where(current, merged, cl["consolidated"])
     has_consolidated = cl["has_consolidated"] | current
     model_state = state.model_state

@@ -90,7 +90,12 @@ def streaming_lda(shrinkage_param: float = 1e-4,
   class ``c`` is ``h · W_c − ½ μ_c · W_c``.
 
   Every gradient is zeroed: with plain SGD the model's parameters stay as
-  initialised (weight decay would still move them). Give the model the
+  initialised (weight decay would still move them). The model state (batch
+  norm's statistics) is the one of the experience's start, for the features
+  of the fit and of the predictions, and is put back at the experience's
+  end: Avalanche runs the model in evaluation mode throughout. With a
+  benchmark augmentation, the fitted features are those of an augmented
+  draw of the batch, as Avalanche fits its transformed mini-batch. Give the model the
   parameters it should extract features with, e.g. a pretrained backbone
   (a :class:`jaxcl.models.Model` whose ``init`` returns them). The training
   loss and accuracy that ``fit`` reports are those of the model's own
@@ -102,13 +107,14 @@ def streaming_lda(shrinkage_param: float = 1e-4,
       regularised covariance (Avalanche's default 1e-4; Avalanche also
       takes 0, a pseudo-inverse of a possibly singular covariance).
     streaming_update_sigma: Update the covariance with every sample; when
-      False it stays zero and the scores use ``Λ = I / s``.
+      False it keeps its initial value, all ones as in Avalanche (the first
+      update multiplies it by ``N = 0``).
 
   Returns:
     The strategy. Its state holds ``means`` (``[classes, features]``),
     ``counts``, ``covariance`` (``[features, features]``), ``updates`` (the
-    samples fitted) and ``shrinkage`` (a float32 array, so a ``sweep`` can
-    vary it).
+    samples fitted), ``shrinkage`` (a float32 array, so a ``sweep`` can
+    vary it) and ``model_state`` (the one the features are computed with).
 
   Example:
     >>> streaming_lda().name
@@ -128,25 +134,37 @@ def streaming_lda(shrinkage_param: float = 1e-4,
         params).shape[-1]
     return {"means": jnp.zeros((ctx.n_classes, n_features), jnp.float32),
             "counts": jnp.zeros((ctx.n_classes,), jnp.float32),
-            "covariance": jnp.zeros((n_features, n_features), jnp.float32),
+            "covariance": jnp.ones((n_features, n_features), jnp.float32),
             "updates": jnp.zeros((), jnp.float32),
-            "shrinkage": jnp.float32(shrinkage)}
+            "shrinkage": jnp.float32(shrinkage),
+            "model_state": model_state}
+
+  def begin_experience(ctx, state, data, key):
+    del ctx, data, key
+    return state.replace(cl_state={**state.cl_state,
+                                   "model_state": state.model_state})
 
   def transform_grads(ctx, grads, state, batch, key):
     del ctx, state, batch, key
     return jax.tree.map(jnp.zeros_like, grads)
 
   def after_step(ctx, old_state, new_state, grads, batch, key):
-    del grads, key
-    features = penultimate_features(ctx, old_state.params,
-                                    old_state.model_state, batch["x"],
-                                    batch["task"]).astype(jnp.float32)
-    return _fit_batch(new_state.cl_state, features,
-                      batch["y"].astype(jnp.int32), batch["weight"],
-                      update_covariance)
+    del grads
+    cl = new_state.cl_state
+    x = batch["x"] if ctx.augment is None else ctx.augment(batch["x"], key)
+    features = penultimate_features(ctx, old_state.params, cl["model_state"],
+                                    x, batch["task"]).astype(jnp.float32)
+    return _fit_batch(cl, features, batch["y"].astype(jnp.int32),
+                      batch["weight"], update_covariance)
+
+  def end_experience(ctx, state, data, key):
+    # The training steps moved batch norm's statistics; the fit used these.
+    del ctx, data, key
+    return state.replace(model_state=state.cl_state["model_state"])
 
   def predict(ctx, params, model_state, cl, x, task):
-    features = penultimate_features(ctx, params, model_state, x, task)
+    del model_state  # The one fitted on, also inside an experience.
+    features = penultimate_features(ctx, params, cl["model_state"], x, task)
     s = cl["shrinkage"]
     identity = jnp.eye(cl["covariance"].shape[0], dtype=jnp.float32)
     # Avalanche's pinverse (no cut-off) is the inverse of this positive
@@ -157,8 +175,9 @@ def streaming_lda(shrinkage_param: float = 1e-4,
     return features.astype(jnp.float32) @ weights - bias
 
   return Strategy(name="streaming_lda", init=init,
+                  begin_experience=begin_experience,
                   transform_grads=transform_grads, after_step=after_step,
-                  predict=predict)
+                  end_experience=end_experience, predict=predict)
 
 
 STRATEGIES = {"streaming_lda": streaming_lda}
