@@ -847,23 +847,23 @@ def _enable_cache(args: argparse.Namespace,
   named that cannot be created stops the run; the default one (under a
   read-only home, say) only costs the caching, with a warning."""
   from jaxcl import compilation
+  from jaxcl.loggers.base import is_remote_path
   folder = args.compilation_cache
+  named = ("compilation_cache" in typed if typed is not None
+           else folder != str(compilation.DEFAULT_CACHE_DIR))
+  if folder and named and not is_remote_path(folder):
+    _make_folder("--compilation-cache", folder)
   in_flag_terms = lambda message: message.replace(
       f"folder={folder!r}", f"--compilation-cache {folder!r}")
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always", RuntimeWarning)
     try:
-      location = compilation.enable_compilation_cache(folder)
+      compilation.enable_compilation_cache(folder)
     except ValueError as error:
       raise ValueError(in_flag_terms(str(error))) from error
   for warning in caught:
-    message = in_flag_terms(str(warning.message))
-    named = ("compilation_cache" in typed if typed is not None
-             else folder != str(compilation.DEFAULT_CACHE_DIR))
-    if folder and location is None and named:
-      raise ValueError(f"{message.rstrip('.')}; expected a folder this "
-                       "process can write.")
-    warnings.warn(message, warning.category, stacklevel=2)
+    warnings.warn(in_flag_terms(str(warning.message)), warning.category,
+                  stacklevel=2)
 
 
 def _new_default_logdir() -> pathlib.Path:
@@ -919,6 +919,9 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   try:
     strategy = jaxcl.strategies.from_spec(args.strategy, **hparams, **first)
   except (ValueError, TypeError) as error:
+    if first:
+      raise ValueError(
+          f"--sweep {sweep_name}={sweep_values[0]:g}: {error}") from error
     if getattr(error, "spec_term", None):
       raise  # A value the spec sets: named as the user typed it.
     raise _in_flag_terms(error, hparams, f"--strategy {args.strategy}",

@@ -83,10 +83,13 @@ def enable_compilation_cache(
     except OSError as error:
       # A read-only home (a container, a cluster node) costs the caching,
       # not the run.
+      current = jax.config.jax_compilation_cache_dir
       warnings.warn(
           f"folder={location!r} cannot hold the compilation cache "
-          f"({type(error).__name__}: {error.strerror or error}); programs "
-          "are compiled without it.", RuntimeWarning, stacklevel=2)
+          f"({type(error).__name__}: {error.strerror or error}); "
+          + (f"the cache stays at {current!r}." if current else
+             "programs are compiled without it."),
+          RuntimeWarning, stacklevel=2)
       return None
     location = str(path.absolute())
   if jax.config.jax_compilation_cache_dir != location:

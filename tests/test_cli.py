@@ -336,9 +336,11 @@ def test_default_logdirs_of_runs_started_together_differ(tmp_path,
   assert all(f.is_dir() for f in folders)
 
 
-def test_a_sweep_gives_a_hyperparameter_without_a_default(tmp_path):
+def test_a_sweep_gives_a_hyperparameter_without_a_default(tmp_path, capsys):
   from jaxcl.strategies import REGISTRY, register
   def needs_strength(strength):  # Kept in the state, so it can be swept.
+    if strength < 0:
+      raise ValueError(f"strength must be >= 0, got {strength}.")
     return naive()._replace(
         name="needs_strength",
         init=lambda ctx, params, key: {"strength": np.float32(strength)})
@@ -349,6 +351,12 @@ def test_a_sweep_gives_a_hyperparameter_without_a_default(tmp_path):
                      "--hidden-size", "8", "--logdir", str(tmp_path / "s"),
                      "--no-progress", "--quiet", "--no-tensorboard",
                      "--compilation-cache", ""]) == 0
+    # A bad first value is the sweep's, not a flag's.
+    assert cli.main(["run", "--strategy", "needs_strength", "--sweep",
+                     "strength=-1,0.2", "--logdir", str(tmp_path / "t"),
+                     "--compilation-cache", ""]) == 2
+    assert ("--sweep strength=-1: strength must be >= 0, got -1.0."
+            in capsys.readouterr().err)
   finally:
     del REGISTRY["needs_strength"]
 
@@ -381,9 +389,9 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
   # Named by the user, the folder must work.
   assert cli.main([*args, "--logdir", str(tmp_path / "b"),
                    "--compilation-cache", "/proc/jaxcl_no_home/xla"]) == 2
-  assert ("cannot hold the compilation cache (FileNotFoundError: No such "
-          "file or directory); programs are compiled without it; expected a "
-          "folder this process can write." in capsys.readouterr().err)
+  assert ("--compilation-cache '/proc/jaxcl_no_home/xla' cannot be created: "
+          "FileNotFoundError: No such file or directory; expected a folder "
+          "this process can write." in capsys.readouterr().err)
 
 
 def test_help_documents_every_flag():

@@ -115,6 +115,16 @@ def test_folder_that_is_a_file_is_refused(tmp_path):
   assert jax.config.jax_compilation_cache_dir == before
 
 
+def test_a_folder_that_cannot_be_created_keeps_the_cache_in_use(
+    tmp_path, restored_cache_config):
+  in_use = jaxcl.enable_compilation_cache(tmp_path / "xla")
+  with pytest.warns(RuntimeWarning, match=r"folder='/proc/jaxcl_xla' cannot "
+                    r"hold the compilation cache \(FileNotFoundError.*\); "
+                    f"the cache stays at '{in_use}'"):
+    assert jaxcl.enable_compilation_cache("/proc/jaxcl_xla") is None
+  assert jax.config.jax_compilation_cache_dir == in_use
+
+
 def test_remote_cache_folder_given_as_a_path_stays_remote(
     tmp_path, monkeypatch, restored_cache_config):
   # pathlib turns gs://bucket into gs:/bucket, which was taken for a local

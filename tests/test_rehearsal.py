@@ -445,6 +445,11 @@ def test_seeds_trained_together_warn_when_gdumb_draws_per_seed_memories():
                     r"seed's \(0\) data"):
     jaxcl.fit(model, gdumb(mem_size=6), optax.sgd(0.1), bench, batch_size=4,
               seeds=[0, 1])
+  # One class per experience: the same labels for every seed, other samples.
+  one_class = make_benchmark(n_experiences=4, per_class=12)
+  with pytest.warns(UserWarning, match="strategy 'gdumb' draws"):
+    jaxcl.fit(model, gdumb(mem_size=6), optax.sgd(0.1), one_class,
+              batch_size=4, seeds=[0, 1])
   # Data that does not depend on the seed (cumulative) is shared as it is.
   with warnings.catch_warnings():
     warnings.simplefilter("error")

@@ -1080,15 +1080,22 @@ def _warn_if_adaptation_depends_on_seed(strategy: Strategy, stream: Stream,
 
   The runs share the first seed's data (GDumb's memory, say), so each run
   differs from its run alone. One experience tells, the smallest once
-  adapted: the others may hold the whole stream (cumulative, joint), which
-  a lazily read benchmark would read again.
+  adapted (labels and inputs): the others may hold the whole stream
+  (cumulative, joint), which a lazily read benchmark would read again.
   """
   other = next((r.seed for r in runs if r.seed != runs[0].seed), None)
   if other is None or strategy.adapt_data is Strategy().adapt_data:
     return
   i = int(np.argmin([len(e) for e in adapted]))
-  labels = strategy.adapt_data(stream[i], stream, other).y
-  if not np.array_equal(np.asarray(labels), np.asarray(adapted[i].y)):
+  probe = strategy.adapt_data(stream[i], stream, other)
+  # Inputs too: a class-balanced memory holds other samples of the same
+  # labels. Adapting with the first seed again leaves a strategy's cache
+  # (GDumb keeps its last stream and seed) as the runs will use it.
+  differs = not (np.array_equal(np.asarray(probe.y), np.asarray(adapted[i].y))
+                 and np.array_equal(np.asarray(probe.x),
+                                    np.asarray(adapted[i].x)))
+  strategy.adapt_data(stream[i], stream, runs[0].seed)
+  if differs:
     warnings.warn(
         f"strategy {strategy.name!r} draws its training data on the host "
         "from the seed (adapt_data: GDumb's memory, for one), and seeds "
