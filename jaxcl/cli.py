@@ -449,7 +449,14 @@ def _check_args(args: argparse.Namespace,
     raise ValueError(f"--checkpoint-dir {args.checkpoint_dir!r} names no "
                      "folder; expected a folder path (leave the flag out to "
                      "run without checkpoints).")
-  for flag, folder in (("--logdir", args.logdir),
+
+
+def _check_folders(args: argparse.Namespace, primary: bool) -> None:
+  """Refuses a folder flag inside a file. Host-local: run where an error on
+  one host stops the others (the log folder only on the host writing it)."""
+  from jaxcl import _validation
+  from jaxcl.loggers.base import is_remote_path
+  for flag, folder in (("--logdir", args.logdir if primary else None),
                        ("--checkpoint-dir", args.checkpoint_dir),
                        ("--compilation-cache", args.compilation_cache)):
     problem = (folder and not is_remote_path(folder)
@@ -831,13 +838,17 @@ def run(args: argparse.Namespace,
   """
   start = time.perf_counter()
   _check_args(args, typed)
+  import jax
+
   from jaxcl import _hosts
-  _enable_cache(args, typed)
   if args.distributed:
     _join_hosts(args)
   # An error on one host (say, a logdir it cannot write) stops the others
-  # in seconds instead of leaving them waiting for it in a collective.
+  # in seconds instead of leaving them waiting for it in a collective, or
+  # in jax.distributed.initialize.
   with _hosts.stop_all_hosts_on_error(exit_code=2):
+    _check_folders(args, primary=jax.process_index() == 0)
+    _enable_cache(args, typed)
     return _run_on_joined_hosts(args, start)
 
 

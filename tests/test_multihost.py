@@ -494,18 +494,26 @@ def test_a_host_failing_inside_fit_stops_the_others(tmp_path):
           "process 0 stops too.") in errors[0], errors[0]
 
 
-def test_cli_hosts_stop_together_when_one_cannot_write_its_logdir(tmp_path):
+@pytest.mark.parametrize("inside_a_file", [False, True])
+def test_cli_hosts_stop_together_when_one_cannot_write_its_logdir(
+    tmp_path, inside_a_file):
   port = _free_port()
-  # A folder the arguments' checks accept (its parent is a folder) and that
-  # still cannot be created.
+  (tmp_path / "a_file").touch()
+  # A folder inside a file (refused by the host writing it, after the hosts
+  # joined: refused before, host 1 waited in jax.distributed.initialize),
+  # or one that passes that check and still cannot be created.
+  folder = ((lambda i: str(tmp_path / "a_file" / f"host{i}")) if inside_a_file
+            else (lambda i: f"/proc/jaxcl_host{i}"))
   errors = _on_two_hosts(lambda i: [
       sys.executable, "-m", "jaxcl.cli", "run", "--quiet", "--no-progress",
       "--compilation-cache", "", "--n-experiences", "2",
       "--distributed", "--coordinator-address", f"localhost:{port}",
       "--num-processes", "2", "--process-id", str(i),
-      "--logdir", f"/proc/jaxcl_host{i}"], tmp_path, succeed=False)
-  # Only host 0 writes; host 1 went on to train and waited for it.
-  refusal = "--logdir '/proc/jaxcl_host0' cannot be created: FileNotFoundError"
+      "--logdir", folder(i)], tmp_path, succeed=False)
+  # Only host 0 writes; host 1 went on and waited for it.
+  refusal = (f"--logdir '{folder(0)}' is inside the file" if inside_a_file
+             else f"--logdir '{folder(0)}' cannot be created: "
+             "FileNotFoundError")
   assert f"jaxcl: error: {refusal}" in errors[0], errors[0]
   assert (f"jaxcl: error: process 0 failed: ValueError: {refusal}"
           in errors[1]), errors[1]
