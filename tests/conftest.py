@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic benchmarks that train in well under a second."""
 
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -27,3 +28,12 @@ def tiny_benchmark():
 @pytest.fixture
 def tiny_model():
   return jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+
+
+class BatchNormMLP(nn.Module):
+  """Dense -> BatchNorm -> ReLU -> Dense(4): a model with batch statistics."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
+    return nn.Dense(4)(nn.relu(x))

@@ -4,13 +4,12 @@ import dataclasses
 import functools
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import BatchNormMLP, make_benchmark
 
 import jaxcl
 from jaxcl import cli
@@ -166,19 +165,11 @@ def test_cwr_star_consolidates_classes_a_streamed_subset_missed():
   assert np.all(state.cl_state["has_consolidated"])
 
 
-class _BatchNormMLP(nn.Module):
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
-    return nn.Dense(4)(nn.relu(x))
-
-
 def test_cwr_star_in_fit_keeps_the_backbone_and_its_statistics():
   bench = make_benchmark(n_experiences=2)
   one_experience = dataclasses.replace(bench,
                                        train_stream=bench.train_stream[:1])
-  results = [jaxcl.fit(_BatchNormMLP(), cwr_star(), optax.sgd(0.1), b,
+  results = [jaxcl.fit(BatchNormMLP(), cwr_star(), optax.sgd(0.1), b,
                        epochs=2, batch_size=4, seed=3)
              for b in (one_experience, bench)]
   first, both = (r.state for r in results)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import BatchNormMLP, make_benchmark
 
 import jaxcl
 from jaxcl import cli
@@ -108,18 +108,10 @@ def test_streaming_lda_fits_the_features_of_augmented_inputs():
                              rtol=1e-5)
 
 
-class _BatchNormMLP(nn.Module):
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
-    return nn.Dense(4)(nn.relu(x))
-
-
 def test_streaming_lda_keeps_batch_norm_statistics_its_fit_used():
   # Training steps moved the statistics; the means were fitted with others.
   bench = make_benchmark(n_experiences=2)
-  result = jaxcl.fit(_BatchNormMLP(), streaming_lda(), optax.sgd(0.1), bench,
+  result = jaxcl.fit(BatchNormMLP(), streaming_lda(), optax.sgd(0.1), bench,
                      batch_size=4, seed=0)
   stats = result.state.model_state["batch_stats"]["BatchNorm_0"]
   np.testing.assert_array_equal(stats["mean"], 0.0)
@@ -135,7 +127,7 @@ def test_streaming_lda_keeps_batch_norm_statistics_its_fit_used():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(keep):
-    _BatchNormMLP().apply({"params": params, **model_state}, first.x)
+    BatchNormMLP().apply({"params": params, **model_state}, first.x)
   for c in first.classes:
     np.testing.assert_allclose(result.state.cl_state["means"][c],
                                hidden["h"][first.y == c].mean(0), rtol=1e-4,
