@@ -1,5 +1,5 @@
-"""Rehearsal and data strategies: replay, GDumb, DER/DER++, ER-ACE, MIR,
-cumulative, joint and from-scratch training.
+"""Rehearsal and data strategies: replay, GDumb, DER/DER++, ER-ACE, ER-AML,
+MIR, cumulative, joint and from-scratch training.
 
 The replay strategies keep a fixed-capacity :class:`~jaxcl.strategies.buffers.Buffer`
 in their ``cl_state`` and append memory rows to each batch with
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -37,21 +38,27 @@ from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (example_inputs, mask_logits,
+from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
+                                          mask_logits, output_layer_path,
+                                          penultimate_features,
                                           visible_classes, weighted_mean)
 
 __all__ = [
     "DerState",
     "ErAceState",
+    "ErAmlState",
     "MirState",
+    "contrast_partners",
     "cumulative",
     "der",
     "er_ace",
+    "er_aml",
     "from_scratch",
     "gdumb",
     "joint",
     "mir",
     "replay",
+    "supervised_contrastive",
 ]
 
 
@@ -256,6 +263,30 @@ class ErAceState:
   replaying: jax.Array
 
 
+def _replay_memory(name: str, ctx: StrategyContext, mem_size: int,
+                   batch_size_mem: int) -> buffers.Buffer:
+  """The empty class-balanced memory of ER-ACE and ER-AML."""
+  if _memory_rows(ctx, batch_size_mem) > mem_size:
+    # Replay waits for batch_size_mem stored samples: it would never start.
+    raise ValueError(
+        f"{name} batch_size_mem=0 replays a training batch of "
+        f"{ctx.batch_size} memory samples, more than mem_size={mem_size} "
+        f"holds, so it would never replay; expected mem_size >= "
+        f"{ctx.batch_size} or batch_size_mem <= {mem_size}.")
+  return buffers.for_context(ctx, mem_size, policy="class_balanced")
+
+
+def _store_then_replay(ctx: StrategyContext, buffer: buffers.Buffer, data,
+                       key: jax.Array, batch_size_mem: int
+                       ) -> tuple[buffers.Buffer, jax.Array]:
+  """ER-ACE's and ER-AML's memory update before an experience, and whether
+  the experience replays (not the first, and enough samples stored)."""
+  buffer = buffers.add_experience(buffer, key, data)
+  replaying = (data.index > 0) & (
+      buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem))
+  return buffer, replaying
+
+
 def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
   """Experience replay with asymmetric cross-entropy (Avalanche's ``ER_ACE``).
 
@@ -287,21 +318,13 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
 
   def init(ctx, params, key):
     del params, key
-    if _memory_rows(ctx, batch_size_mem) > mem_size:
-      # Replay waits for batch_size_mem stored samples: it would never start.
-      raise ValueError(
-          f"er_ace batch_size_mem=0 replays a training batch of "
-          f"{ctx.batch_size} memory samples, more than mem_size={mem_size} "
-          f"holds, so it would never replay; expected mem_size >= "
-          f"{ctx.batch_size} or batch_size_mem <= {mem_size}.")
     return ErAceState(
-        buffers.for_context(ctx, mem_size, policy="class_balanced"),
+        _replay_memory("er_ace", ctx, mem_size, batch_size_mem),
         jnp.zeros((), bool))
 
   def begin_experience(ctx, state, data, key):
-    buffer = buffers.add_experience(state.cl_state.buffer, key, data)
-    replaying = (data.index > 0) & (
-        buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem))
+    buffer, replaying = _store_then_replay(ctx, state.cl_state.buffer, data,
+                                           key, batch_size_mem)
     return state.replace(cl_state=ErAceState(buffer, replaying))
 
   def transform_batch(ctx, cl_state, batch, key):
@@ -323,6 +346,236 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
 
   return Strategy(name="er_ace", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch)
+
+
+# --- ER-AML ------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class ErAmlState:
+  """State of :func:`er_aml`.
+
+  Attributes:
+    buffer: Class-balanced memory, updated with each experience before
+      training on it.
+    replaying: Whether the current experience replays.
+    model_state: The current model's state (batch-norm statistics), for the
+      features the penalty computes.
+    temp: Temperature of the contrastive term.
+    base_temp: Base temperature (the term is scaled by ``temp / base_temp``).
+  """
+
+  buffer: buffers.Buffer
+  replaying: jax.Array
+  model_state: Any
+  temp: jax.Array
+  base_temp: jax.Array
+
+
+def contrast_partners(buffer: buffers.Buffer, key: jax.Array, y: jax.Array,
+                      task: jax.Array, same_task_neg: bool = True
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A positive and a negative memory slot for each row, as ER-AML draws them.
+
+  The positive is drawn uniformly among the stored samples of the row's
+  class. The negative's class is drawn uniformly among the other stored
+  classes (with ``same_task_neg``, among those of samples with the row's
+  task), then its sample uniformly within that class: Avalanche draws the
+  same number of samples from every class of its memory and then picks
+  uniformly among them.
+
+  Args:
+    buffer: A class-balanced memory.
+    key: PRNG key.
+    y: ``int[n]`` labels of the rows.
+    task: ``int[n]`` task labels of the rows.
+    same_task_neg: Draw negatives only among samples of the row's task.
+
+  Returns:
+    ``(positive, negative, found)``: ``int[n]`` slots and ``bool[n]``, False
+    for rows whose class or whose negatives the memory does not hold (their
+    slots are arbitrary).
+
+  Example:
+    >>> pos, neg, found = contrast_partners(
+    ...     buffer, key, batch["y"], batch["task"])  # doctest: +SKIP
+  """
+  same = buffer.valid & (buffer.y == y[:, None])
+  other = buffer.valid & (buffer.y != y[:, None])
+  if same_task_neg:
+    other = other & (buffer.task == task[:, None])
+  per_class = jnp.zeros(buffer.n_groups).at[buffer.y].add(buffer.valid)
+  # Each slot weighs 1 / (its class's stored samples): classes equally likely.
+  slot_weight = -jnp.log(jnp.maximum(per_class[buffer.y], 1.0))
+  positive_key, negative_key = jax.random.split(key)
+  positive = jax.random.categorical(
+      positive_key, jnp.where(same, 0.0, -jnp.inf), axis=-1)
+  negative = jax.random.categorical(
+      negative_key, jnp.where(other, slot_weight, -jnp.inf), axis=-1)
+  found = jnp.any(same, -1) & jnp.any(other, -1)
+  return positive, negative, found
+
+
+def _unit_rows(h: jax.Array) -> jax.Array:
+  # Avalanche's scaling: the norm plus 1e-5, so that zero rows stay finite.
+  return h / (jnp.linalg.norm(h, axis=-1, keepdims=True) + 1e-5)
+
+
+def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
+                           anchor_weight: jax.Array, features: jax.Array,
+                           feature_y: jax.Array, feature_weight: jax.Array,
+                           temp: jax.Array, base_temp: jax.Array) -> jax.Array:
+  """Supervised contrastive loss of ``anchors`` against ``features``.
+
+  Khosla et al., "Supervised Contrastive Learning", 2020, in the form
+  Avalanche's ``AMLCriterion`` uses: for each anchor ``a`` with label ``y``,
+  ``−(temp/base_temp) · mean over features f of label y of
+  log softmax_f(a·f / temp)``, averaged over the anchors. Rows are used as
+  given (scale them to unit norm for cosine similarities).
+
+  Args:
+    anchors: ``[n, d]``.
+    anchor_y: ``int[n]``.
+    anchor_weight: ``[n]``, 0 for anchors left out.
+    features: ``[m, d]``.
+    feature_y: ``int[m]``.
+    feature_weight: ``[m]``, 0 for features left out of every softmax.
+    temp: Temperature.
+    base_temp: Base temperature.
+
+  Returns:
+    The loss (0 when no anchor has weight; an anchor without a feature of
+    its label counts 0).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> a, y, w = jnp.eye(2), jnp.array([0, 1]), jnp.ones(2)
+    >>> round(float(supervised_contrastive(a, y, w, a, y, w, 1.0, 1.0)), 4)
+    0.3133
+  """
+  used = feature_weight > 0
+  # A finite stand-in for -inf: with no feature left, log_softmax stays
+  # finite and the masked means below give 0 without NaN gradients.
+  similarity = jnp.where(used, anchors @ features.T / temp, -1e30)
+  log_prob = jax.nn.log_softmax(similarity, axis=-1)
+  positive = used & (anchor_y[:, None] == feature_y)
+  mean_positive = jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / (
+      jnp.maximum(jnp.sum(positive, -1), 1))
+  return -(temp / base_temp) * weighted_mean(mean_positive, anchor_weight)
+
+
+def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
+           base_temp: float = 0.07, same_task_neg: bool = True) -> Strategy:
+  """Experience replay with asymmetric metric learning (Avalanche's ``ER_AML``).
+
+  Caccia et al., "New Insights on Reducing Abrupt Representation Change in
+  Online Continual Learning", ICLR 2022. While replaying, the loss is::
+
+    CE(memory) + SupCon(current | positives, negatives)
+
+  The memory samples (``batch_size_mem`` drawn from the class-balanced
+  memory) get the plain cross-entropy. The current samples get no
+  cross-entropy: each draws a positive (same class) and a negative (another
+  class) from the memory (:func:`contrast_partners`), and the penultimate
+  features of the three, each scaled to unit norm, enter
+  :func:`supervised_contrastive` with the current samples as anchors and the
+  positives and negatives as the features they are compared with. Before
+  the first replay (first experience, or fewer than ``batch_size_mem``
+  stored samples) the loss is the plain cross-entropy. As in Avalanche, the
+  memory is updated with the whole experience before training on it.
+
+  Differences from Avalanche, each documented in
+  ``docs/strategies_rehearsal.md``: the contrastive features are computed in
+  evaluation mode (no dropout; batch-norm running statistics), as LFL's
+  are; positives and negatives are not augmented; a current sample whose
+  class or negatives the memory lacks (Avalanche stops with an error) is
+  left out of the contrastive term.
+
+  Args:
+    mem_size: Memory capacity.
+    batch_size_mem: Memory samples per step for the cross-entropy; 0 means
+      the training batch size.
+    temp: Temperature of the contrastive term (> 0).
+    base_temp: Base temperature (> 0); the term is scaled by
+      ``temp / base_temp``.
+    same_task_neg: Draw negatives only among memory samples of the anchor's
+      task.
+
+  Returns:
+    The strategy; its ``cl_state`` is an :class:`ErAmlState`.
+
+  Example:
+    >>> er_aml(mem_size=1000, temp=0.1).name
+    'er_aml'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
+  temp = _validation.check_in_range("temp", temp, low=0.0,
+                                    low_inclusive=False)
+  base_temp = _validation.check_in_range("base_temp", base_temp, low=0.0,
+                                         low_inclusive=False)
+  same_task_neg = _validation.check_bool("same_task_neg", same_task_neg)
+
+  def init(ctx, params, key):
+    memory = _replay_memory("er_aml", ctx, mem_size, batch_size_mem)
+    model_state = init_model_state(ctx, key)
+    output_layer_path(ctx, params, model_state)  # Features exist, or say so.
+    return ErAmlState(memory, jnp.zeros((), bool), model_state,
+                      jnp.float32(temp), jnp.float32(base_temp))
+
+  def begin_experience(ctx, state, data, key):
+    buffer, replaying = _store_then_replay(ctx, state.cl_state.buffer, data,
+                                           key, batch_size_mem)
+    return state.replace(cl_state=state.cl_state.replace(
+        buffer=buffer, replaying=replaying, model_state=state.model_state))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    memory_key, partners_key = jax.random.split(key)
+    current = (batch["weight"] > 0) & (
+        jnp.arange(batch["y"].shape[0]) < ctx.batch_size) & cl_state.replaying
+    positive, negative, found = contrast_partners(
+        cl_state.buffer, partners_key, batch["y"], batch["task"],
+        same_task_neg)
+    # The current samples' cross-entropy over their own class alone is
+    # exactly zero: they keep their weight, so the loop's metrics and other
+    # strategies' penalties still count them.
+    before = jnp.broadcast_to(batch.get("class_mask", True),
+                              (batch["y"].shape[0], ctx.n_classes))
+    own = jax.nn.one_hot(batch["y"], ctx.n_classes, dtype=bool)
+    rows = buffers.sample(cl_state.buffer, memory_key,
+                          _memory_rows(ctx, batch_size_mem))
+    rows["weight"] = rows["weight"] * cl_state.replaying
+    return buffers.concat_batches(
+        {**batch, "class_mask": jnp.where(current[:, None], own, before),
+         "aml_anchor": (current & found).astype(jnp.float32),
+         "aml_positive": positive, "aml_negative": negative},
+        _as_weight(rows, "aml_memory"))
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    memory = weighted_mean(ctx.loss(logits, batch), batch["aml_memory"])
+    n, buffer = ctx.batch_size, cl_state.buffer
+    slots = jnp.concatenate([batch["aml_positive"][:n],
+                             batch["aml_negative"][:n]])
+    x = jnp.concatenate([batch["x"][:n],
+                         buffer.x[slots].astype(batch["x"].dtype)])
+    task = jnp.concatenate([batch["task"][:n], buffer.task[slots]])
+    h = _unit_rows(penultimate_features(ctx, params, cl_state.model_state, x,
+                                        task))
+    anchor = batch["aml_anchor"][:n]
+    # Avalanche stacks the anchors twice against [positives; negatives]; the
+    # two copies give the same rows, so one copy has the same mean.
+    contrastive = supervised_contrastive(
+        h[:n], batch["y"][:n], anchor, h[n:], buffer.y[slots],
+        jnp.tile(anchor, 2), cl_state.temp, cl_state.base_temp)
+    return memory + contrastive
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    del ctx, old_state, grads, batch, key
+    return new_state.cl_state.replace(model_state=new_state.model_state)
+
+  return Strategy(name="er_aml", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch, penalty=penalty,
+                  after_step=after_step)
 
 
 # --- MIR ---------------------------------------------------------------------
@@ -617,6 +870,7 @@ STRATEGIES = {
     "replay": replay,
     "der": der,
     "er_ace": er_ace,
+    "er_aml": er_aml,
     "mir": mir,
     "gdumb": gdumb,
     "cumulative": cumulative,
