@@ -11,6 +11,7 @@ from jaxcl.models.heads import (
                                 mt_slim_resnet18,
 )
 from jaxcl.models.mlp import MLP, TorchLinear
+from jaxcl.models.pnn import PNN, PNNColumn
 from jaxcl.models.resnet import ResNet32, SlimResNet18
 
 MODELS = {
@@ -20,6 +21,7 @@ MODELS = {
     "mt_simple_cnn": mt_simple_cnn,
     "slim_resnet18": SlimResNet18,
     "mt_slim_resnet18": mt_slim_resnet18,
+    "pnn": PNN,
     "resnet32": ResNet32,
 }
 """Models by name (used by the CLI); construct with the keyword arguments each
@@ -33,6 +35,8 @@ __all__ = [
                                 "Model",
                                 "MultiHead",
                                 "MultiHeadClassifier",
+                                "PNN",
+                                "PNNColumn",
                                 "ResNet32",
                                 "SimpleCNN",
                                 "SlimResNet18",
