@@ -189,6 +189,34 @@ def test_er_aml_penalty_reads_the_model_state_the_step_left():
       state.model_state["batch_stats"]["BatchNorm_0"]["mean"])
 
 
+class _TanhNoBias(nn.Module):
+  """Features tanh(x W): exactly zero for a zero input row."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    hidden = jnp.tanh(nn.Dense(5, use_bias=False)(x))
+    return nn.Dense(N_CLASSES)(hidden)
+
+
+def test_er_aml_zero_features_give_finite_gradients():
+  # A padding row of zeros has zero features; the norm's gradient there
+  # must not turn every parameter into NaN.
+  ctx = _ctx(_TanhNoBias())
+  strategy = er_aml(mem_size=8, batch_size_mem=2)
+  rng = np.random.default_rng(1)
+  data = _data(rng.normal(size=(8, DIM)), [0, 0, 1, 1, 2, 2, 3, 3], 1)
+  x = np.r_[rng.normal(size=(3, DIM)), np.zeros((1, DIM))]
+  batch = {"x": jnp.asarray(x, jnp.float32),
+           "y": jnp.array([0, 1, 2, 0]), "task": jnp.zeros(4, jnp.int32),
+           "weight": jnp.array([1., 1., 1., 0.])}
+  step = jax.jit(make_train_step(ctx, strategy, optax.sgd(0.1)))
+  state = strategy.begin_experience(ctx, _state(ctx, strategy), data,
+                                    jax.random.key(0))
+  new_state, _, loss = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(loss))
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(new_state.params))
+
+
 def test_er_aml_vmapped_seeds_equal_single_runs_and_beat_naive():
   bench = make_benchmark(n_experiences=2)
   model = MLP(4, hidden_size=8, drop_rate=0.0)
@@ -213,6 +241,11 @@ def test_er_aml_refuses_bad_arguments_and_models_without_features():
     er_aml(temp=0.0)
   with pytest.raises(ValueError, match=r"base_temp must be in \(0, inf\)"):
     er_aml(base_temp=-1.0)
+  with pytest.raises(ValueError, match=r"temp=1e-46 is outside float32's range"):
+    er_aml(temp=1e-46)
+  with pytest.raises(ValueError, match=r"temp / base_temp = 1e\+30 / 1e-30 "
+                     "overflows float32"):
+    er_aml(temp=1e30, base_temp=1e-30)
   with pytest.raises(TypeError, match="same_task_neg must be True or False"):
     er_aml(same_task_neg="no")
   with pytest.raises(ValueError, match=r"er_aml batch_size_mem=0 replays a "

@@ -379,10 +379,11 @@ def contrast_partners(buffer: buffers.Buffer, key: jax.Array, y: jax.Array,
 
   The positive is drawn uniformly among the stored samples of the row's
   class. The negative's class is drawn uniformly among the other stored
-  classes (with ``same_task_neg``, among those of samples with the row's
-  task), then its sample uniformly within that class: Avalanche draws the
+  classes, then its sample uniformly within that class: Avalanche draws the
   same number of samples from every class of its memory and then picks
-  uniformly among them.
+  uniformly among them. With ``same_task_neg``, only samples of the row's
+  task are candidates, so each class weighs the share of its stored samples
+  in that task (as the same share of Avalanche's draw remains).
 
   Args:
     buffer: A class-balanced memory.
@@ -418,7 +419,11 @@ def contrast_partners(buffer: buffers.Buffer, key: jax.Array, y: jax.Array,
 
 def _unit_rows(h: jax.Array) -> jax.Array:
   # Avalanche's scaling: the norm plus 1e-5, so that zero rows stay finite.
-  return h / (jnp.linalg.norm(h, axis=-1, keepdims=True) + 1e-5)
+  # The floor under the squared norm gives a zero row a zero gradient, as
+  # PyTorch's norm does (jnp.linalg.norm's is NaN there, even at weight 0).
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(h), -1, keepdims=True),
+                              1e-30))
+  return h / (norm + 1e-5)
 
 
 def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
@@ -462,6 +467,18 @@ def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
   mean_positive = jnp.sum(jnp.where(positive, log_prob, 0.0), -1) / (
       jnp.maximum(jnp.sum(positive, -1), 1))
   return -(temp / base_temp) * weighted_mean(mean_positive, anchor_weight)
+
+
+def _check_float32_positive(name: str, value) -> float:
+  """A number > 0 that float32 (the state's type) holds as a normal number."""
+  value = _validation.check_in_range(name, value, low=0.0, low_inclusive=False)
+  low, high = (float(np.finfo(np.float32).tiny),
+               float(np.finfo(np.float32).max))
+  if not low <= value <= high:
+    raise ValueError(f"{name}={value!r} is outside float32's range, where "
+                     f"the strategy keeps it; expected a value between "
+                     f"{low:.3g} and {high:.3g}.")
+  return value
 
 
 def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
@@ -510,10 +527,11 @@ def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
-  temp = _validation.check_in_range("temp", temp, low=0.0,
-                                    low_inclusive=False)
-  base_temp = _validation.check_in_range("base_temp", base_temp, low=0.0,
-                                         low_inclusive=False)
+  temp = _check_float32_positive("temp", temp)
+  base_temp = _check_float32_positive("base_temp", base_temp)
+  if temp / base_temp > float(np.finfo(np.float32).max):
+    raise ValueError(f"temp / base_temp = {temp!r} / {base_temp!r} overflows "
+                     "float32; expected a ratio below 3.4e38.")
   same_task_neg = _validation.check_bool("same_task_neg", same_task_neg)
 
   def init(ctx, params, key):
