@@ -5,10 +5,12 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import (architectural, deep_slda, generative,
-                              projection, regularization, rehearsal)
+from jaxcl.strategies import (architectural, bias_correction, deep_slda,
+                              generative, projection, regularization,
+                              rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.bias_correction import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
@@ -29,6 +31,7 @@ __all__ = [
     "parse_spec",
     "register",
     *architectural.__all__,
+    *bias_correction.__all__,
     *deep_slda.__all__,
     *generative.__all__,
     *projection.__all__,
@@ -38,6 +41,6 @@ __all__ = [
 
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
-                architectural, deep_slda):
+                architectural, deep_slda, bias_correction):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)

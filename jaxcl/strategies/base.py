@@ -28,8 +28,10 @@ whose ``cl_state`` is this strategy's own state):
 | ``predict`` | ``(ctx, params, model_state, cl_state, x, task) -> logits`` |
 
 A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
-``weight`` (1 for real samples, 0 for padding); strategies may add keys (the
-task loss honours an optional ``class_mask`` of shape ``[batch, n_classes]``).
+``weight`` (1 for real samples, 0 for padding); the training loops also give
+``index``, each row's position in the experience (padding rows repeat a
+position and weigh 0). Strategies may add keys (the task loss honours an
+optional ``class_mask`` of shape ``[batch, n_classes]``).
 With a benchmark augmentation, ``penalty`` gets the batch with ``x``
 augmented as the model sees it (a teacher's logits on the same crops);
 ``transform_grads`` and ``after_step`` get it as drawn (what memories store).

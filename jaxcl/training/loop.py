@@ -389,7 +389,8 @@ def make_train_experience(
       idx, mask, i = inputs
       batch = _shard({"x": data.x[idx], "y": data.y[idx],
                       "task": data.task[idx],
-                      "weight": mask.astype(jnp.float32)}, ctx.batch_sharding)
+                      "weight": mask.astype(jnp.float32),
+                      "index": idx.astype(jnp.int32)}, ctx.batch_sharding)
       return parts.step(carry, batch, jax.random.fold_in(steps_key, i),
                         eval_data)
 

@@ -163,7 +163,8 @@ class StreamingTrainer:
                                   np.dtype(experience.x.dtype)),
         "y": jax.ShapeDtypeStruct(shape, jnp.int32),
         "task": jax.ShapeDtypeStruct(shape, jnp.int32),
-        "weight": jax.ShapeDtypeStruct(shape, jnp.float32)}
+        "weight": jax.ShapeDtypeStruct(shape, jnp.float32),
+        "index": jax.ShapeDtypeStruct(shape, jnp.int32)}
     counter = jax.ShapeDtypeStruct(runs, jnp.int32)
     steps_key = jax.ShapeDtypeStruct(runs, steps_keys.dtype)
     chunk_traced = jax.jit(
@@ -281,7 +282,8 @@ class StreamingTrainer:
     return {"x": samples(experience.x), "y": samples(experience.y),
             "task": samples(experience.task),
             "weight": _hosts.put(valid.astype(np.float32),
-                                 self.batches_sharding)}
+                                 self.batches_sharding),
+            "index": _hosts.put(idx.astype(np.int32), self.batches_sharding)}
 
   def __call__(self, state: TrainState, experience: Experience,
                eval_data: Any = None) -> tuple[TrainState, dict]:
