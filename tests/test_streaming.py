@@ -307,3 +307,31 @@ def test_default_budget_is_a_quarter_of_the_devices_memory(
   device = types.SimpleNamespace(platform=platform, memory_stats=lambda: stats)
   monkeypatch.setattr(jax, "local_devices", lambda: [device])
   assert streaming.default_budget_bytes() == expected
+
+
+def _counting_rows():
+  """A strategy counting, per position, the weight its rows trained with."""
+  def init(ctx, params, key):
+    return jax.numpy.zeros(ctx.experience_size)
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    return new_state.cl_state.at[batch["index"]].add(batch["weight"])
+
+  return jaxcl.strategies.Strategy(name="count", init=init,
+                                   after_step=after_step)
+
+
+@pytest.mark.parametrize("budget_rows", [None, 24])
+def test_batches_carry_each_rows_position_in_the_experience(budget_rows):
+  # Experiences of 10 and 7 samples: an epoch visits each real position of
+  # an experience once, padding positions never.
+  bench = make_benchmark(n_classes=2, n_experiences=2, sizes=[10, 7])
+  sample = streaming.sample_nbytes(bench.train_stream[0])
+  budget = None if budget_rows is None else budget_rows * sample / 2**20
+  one = dataclasses.replace(bench, train_stream=bench.train_stream[:1])
+  first = _fit(one, _counting_rows(), budget_mb=budget, epochs=1,
+               batch_size=3)
+  np.testing.assert_array_equal(first.state.cl_state, np.ones(10))
+  both = _fit(bench, _counting_rows(), budget_mb=budget, epochs=2,
+              batch_size=3)
+  np.testing.assert_array_equal(both.state.cl_state, [4] * 7 + [2] * 3)
