@@ -74,6 +74,8 @@ def _check_exact(bench, n_records):
      False),
     ("split_cub200", {"image_size": 8}, 200, (8, 8, 3), classic.CIFAR10_MEAN,
      classic.CIFAR10_STD, True),
+    ("split_imagenet", {"resolution": 8}, 1000, (8, 8, 3),
+     classic.IMAGENET_MEAN, classic.IMAGENET_STD, True),
 ])
 def test_class_incremental_entries(mock_tfds, factory, kwargs, n_classes, shape,
                                    mean, std, aug):
@@ -99,6 +101,21 @@ def test_lazy_entries_hold_views_of_the_same_samples(mock_tfds, factory):
       assert isinstance(v.x, sources.RecordArray)
       assert v.classes == e.classes and np.array_equal(v.y, e.y)
       np.testing.assert_array_equal(np.asarray(v.x), e.x)
+
+
+def test_split_imagenet_reads_the_resolution_asked_lazily(mock_tfds):
+  lazy = classic.split_imagenet(5, resolution=16, seed=1, data_dir=mock_tfds)
+  eager = classic.split_imagenet(5, resolution=16, seed=1, data_dir=mock_tfds,
+                                 lazy=False)
+  assert lazy.input_shape == (16, 16, 3)
+  assert isinstance(lazy.train_stream[2].x, sources.RecordArray)
+  np.testing.assert_array_equal(np.asarray(lazy.train_stream[2].x),
+                                eager.train_stream[2].x)
+  assert len(lazy.test_stream[4]) == _PER_CLASS * 200
+  with pytest.raises(ValueError, match=r"resolution must be one of \(8, 16, "
+                     r"32, 64\) \(the sizes of tfds imagenet_resized\), got "
+                     r"48"):
+    classic.split_imagenet(resolution=48, data_dir=mock_tfds)
 
 
 def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():

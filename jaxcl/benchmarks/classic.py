@@ -45,6 +45,8 @@ __all__ = [
   "FIVE_DATASETS",
   "FMNIST_MEAN",
   "FMNIST_STD",
+  "IMAGENET_MEAN",
+  "IMAGENET_STD",
   "KMNIST_MEAN",
   "KMNIST_STD",
   "MNIST_MEAN",
@@ -58,6 +60,7 @@ __all__ = [
   "permuted_mnist",
   "prepare_tiny_imagenet",
   "rotated_mnist",
+  "split_imagenet",
   "split_cifar10",
   "split_cifar100",
   "split_cifar110",
@@ -79,7 +82,8 @@ OMNIGLOT_MEAN, OMNIGLOT_STD = 0.9221, 0.2681
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
-CORE50_MEAN, CORE50_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CORE50_MEAN, CORE50_STD = IMAGENET_MEAN, IMAGENET_STD
 
 # Avalanche's default training transforms, as on-device augmentations.
 _CROP_FLIP = augment.compose(augment.random_crop(4), augment.random_flip())
@@ -883,6 +887,65 @@ def split_tiny_imagenet(
   return _split("split_tiny_imagenet", splits, n_experiences, CIFAR10_MEAN,
                 CIFAR10_STD, _FLIP, return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
+                class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+                class_ids_from_zero_from_first_exp=(
+                    class_ids_from_zero_from_first_exp))
+
+
+_IMAGENET_RESOLUTIONS = (8, 16, 32, 64)
+
+
+@_validation.checks_bool_arguments
+def split_imagenet(
+    n_experiences: int = 10,
+    *,
+    resolution: int = 64,
+    return_task_id: bool = False,
+    seed: int = 0,
+    fixed_class_order: Sequence[int] | None = None,
+    shuffle: bool = True,
+    class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
+    data_dir: PathLike | None = None,
+    lazy: bool = True,
+    split_over_hosts: bool = False,
+) -> Benchmark:
+  """SplitImageNet on downsampled ImageNet: 1,000 classes split by classes.
+
+  Reads tfds ``imagenet_resized/<resolution>x<resolution>`` (Chrabaszcz et
+  al., "A downsampled variant of ImageNet as an alternative to the CIFAR
+  datasets", 2017: the 1.28 million training images and the 50,000
+  validation images, which are the test set here, box-resized). Avalanche's
+  ``SplitImageNet`` reads the full-resolution images and crops them to 224
+  pixels; jaxcl has no host-side decoding and resizing pipeline, so it
+  offers the downsampled sets. Labels are that dataset's (they do not follow
+  ``imagenet2012``'s order). Normalised with ImageNet's mean and std;
+  training batches get a random crop (padding 4) and a horizontal flip.
+  The images stay in the tfds files until an experience reads them
+  (``lazy=True``, the default here: the 64-pixel training set is 15.7 GB).
+
+  Arguments as :func:`split_cifar10`, plus ``resolution`` (8, 16, 32 or 64
+  pixels).
+
+  Example:
+    >>> bench = split_imagenet(10, resolution=32,
+    ...                        data_dir="~/tfds")  # doctest: +SKIP
+  """
+  if isinstance(resolution, bool) or resolution not in _IMAGENET_RESOLUTIONS:
+    raise ValueError(f"resolution must be one of {_IMAGENET_RESOLUTIONS} "
+                     f"(the sizes of tfds imagenet_resized), got "
+                     f"{resolution!r}.")
+  _check_split(1000, n_experiences, seed,
+               fixed_class_order=fixed_class_order,
+               relabelling=(class_ids_from_zero_in_each_exp,
+                            class_ids_from_zero_from_first_exp))
+  name = f"imagenet_resized/{resolution}x{resolution}"
+  splits = _load("split_imagenet", name, data_dir, ("train", "validation"),
+                 lazy=lazy, split_over_hosts=split_over_hosts)
+  return _split("split_imagenet", splits, n_experiences, IMAGENET_MEAN,
+                IMAGENET_STD, _CROP_FLIP, return_task_id=return_task_id,
+                seed=seed, fixed_class_order=fixed_class_order,
+                shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
                 class_ids_from_zero_from_first_exp=(
                     class_ids_from_zero_from_first_exp))
