@@ -36,9 +36,10 @@ from jaxcl.strategies import REGISTRY, Strategy, from_spec, naive
 # state, when those strategies are registered.
 SPEC, HPARAMS = (("replay+ewc", {"mem_size": 16})
                  if {"replay", "ewc"} <= REGISTRY.keys() else ("naive", {}))
-# Timing and memory metrics differ between runs; FLOPs cost a lowering.
+# Timing, memory and CPU metrics differ between runs; FLOPs cost a lowering.
 SETTINGS = dict(epochs=3, batch_size=8, seed=3, metrics=[
-    m for m in jaxcl.evaluation.METRICS if m not in ("timing", "memory", "flops")])
+    m for m in jaxcl.evaluation.METRICS
+    if m not in ("timing", "memory", "cpu_usage", "flops")])
 N_EXP = 4
 
 

@@ -8,6 +8,7 @@ algorithm.
 
 import collections
 import importlib
+import os
 
 import chex
 import flax.linen as nn
@@ -403,7 +404,8 @@ def test_fit_records_every_metric_with_one_compile_per_stream():
                     "amca", "top5_accuracy", "train_flops", "eval_flops",
                     "peak_host_memory_mb", "peak_device_memory_mb",
                     "accuracy_on_trained_experiences", "mean_score_new",
-                    "mean_score_old", "train_time_s", "eval_time_s"}
+                    "mean_score_old", "train_time_s", "eval_time_s",
+                    "train_cpu_usage", "eval_cpu_usage"}
   n = np.array([len(e) for e in bench.test_stream])
   assert m["stream_accuracy"] == pytest.approx(R[-1] @ n / n.sum())
   for i, row in enumerate(result.history):
@@ -434,6 +436,11 @@ def test_fit_records_every_metric_with_one_compile_per_stream():
   assert sum(r["train_time_s"] for r in result.history) == pytest.approx(
       result.timings["train_s"])
   assert all(r["eval_time_s"] > 0 for r in result.history)
+  # CPU time over wall time: positive, and at most every core busy (with
+  # slack for the two clocks being read a moment apart).
+  for row in result.history:
+    for name in ("train_cpu_usage", "eval_cpu_usage"):
+      assert 0 < row[name] <= 150 * os.cpu_count(), (name, row[name])
   assert m["peak_host_memory_mb"] > 0
   device = m["peak_device_memory_mb"]
   assert np.isnan(device) or device > 0

@@ -45,6 +45,8 @@ METRICS: dict[str, str] = {
                           "each training experience",
     "timing": "train_time_s and eval_time_s per experience",
     "memory": "peak_host_memory_mb and peak_device_memory_mb",
+    "cpu_usage": "train_cpu_usage and eval_cpu_usage: the process's CPU "
+                 "time over wall time, in percent (100 per busy core)",
     "flops": "train_flops (one optimizer step) and eval_flops (one sample)",
 }
 

@@ -248,6 +248,11 @@ def _task_classes(benchmark: Benchmark) -> np.ndarray | None:
   return table
 
 
+def _percent(cpu_s: float, wall_s: float) -> float:
+  """CPU seconds over wall seconds, in percent (NaN for no time at all)."""
+  return 100.0 * cpu_s / wall_s if wall_s > 0 else float("nan")
+
+
 def _timed(fn, *args):
   start = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
@@ -963,7 +968,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   pending = []
   if done:  # Resumed: experience 0 has trained already.
     first = None
-  span_start = time.perf_counter()
+  span_start, span_cpu = time.perf_counter(), time.process_time()
   for indices in _blocks(range(done, n_exp), eval_points, block):
     i = indices[-1]
     if trainer:
@@ -988,9 +993,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         bar.update(len(indices))
       continue
     jax.block_until_ready(state)
-    train_s += time.perf_counter() - span_start
+    span_s = time.perf_counter() - span_start
+    train_s += span_s
+    cpu = [_percent(time.process_time() - span_cpu, span_s)]
     train_metrics, pending = read_back(pending), []
+    eval_cpu = time.process_time()
     counts, seconds = _timed(eval_exec, state, test_data)
+    cpu.append(_percent(time.process_time() - eval_cpu, seconds))
     eval_s += seconds
     counts = per_run(counts)
     # What the results keep of the latest evaluation (class ids per task).
@@ -1003,7 +1012,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     rows = [_experience_metrics(i, R[r], initial[r],
                                 jax.tree.map(lambda a: a[r], counts),
                                 jax.tree.map(lambda a: a[r], train_metrics),
-                                histories[r], recorder, train_s, seconds)
+                                histories[r], recorder, train_s, seconds, cpu)
             for r in range(n_runs)]
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
@@ -1032,7 +1041,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           "accuracy": R, "initial": initial, "final_counts": final_counts,
           "histories": histories, "periodic": periodic_histories,
           "nonfinite": nonfinite, "train_s": train_s, "eval_s": eval_s})
-    span_start = time.perf_counter()
+    span_start, span_cpu = time.perf_counter(), time.process_time()
   if checkpointer is not None:
     checkpointer.close()
   if bar is not None:
@@ -1568,7 +1577,9 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
                         train_metrics: Mapping[str, np.ndarray],
                         history: Sequence[Mapping[str, float]],
                         recorder: _Recorder, train_s: float,
-                        eval_seconds: float) -> dict:
+                        eval_seconds: float,
+                        cpu_usage: Sequence[float] = (np.nan, np.nan)
+                        ) -> dict:
   """One run's metrics after training experience ``i`` (the selected groups).
 
   Args:
@@ -1581,6 +1592,8 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
     recorder: Selection, class masks and FLOPs of the stream.
     train_s: Training seconds of experiences ``0..i`` (all runs together).
     eval_seconds: Seconds of this evaluation (all runs together).
+    cpu_usage: The process's CPU usage in percent while training since the
+      last evaluation, and while evaluating (all runs together).
 
   Returns:
     A flat ``{name: float}`` row (plus ``experience``).
@@ -1624,6 +1637,8 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
   if "timing" in chosen:
     row["train_time_s"] = train_s - sum(h["train_time_s"] for h in history)
     row["eval_time_s"] = eval_seconds
+  if "cpu_usage" in chosen:
+    row["train_cpu_usage"], row["eval_cpu_usage"] = map(float, cpu_usage)
   if "memory" in chosen:
     device = system.peak_device_memory_mb()
     row["peak_host_memory_mb"] = system.peak_host_memory_mb()
