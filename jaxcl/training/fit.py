@@ -66,7 +66,8 @@ class Result:
       ``accuracy_on_trained_experiences``, ``forgetting``, ``bwt``,
       ``forward_transfer``, ``amca``, ``mean_class_accuracy``,
       ``mean_score_new``, ``mean_score_old``, ``train_time_s``,
-      ``eval_time_s``, ``peak_host_memory_mb``, ``peak_device_memory_mb``,
+      ``eval_time_s``, ``train_cpu_usage``, ``eval_cpu_usage``,
+      ``peak_host_memory_mb``, ``peak_device_memory_mb``,
       ``train_flops``, ``eval_flops``; NaN where undefined or not reported.
     history: One metrics dict per evaluation (same keys plus
       ``experience``, the experience just trained): one per experience by
@@ -1335,8 +1336,9 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
 
 # A diverged run's row keeps what does not measure its model.
 _MEASURED_ANYWAY = frozenset({
-    "experience", "step", "train_time_s", "eval_time_s", "peak_host_memory_mb",
-    "peak_device_memory_mb", "train_flops", "eval_flops"})
+    "experience", "step", "train_time_s", "eval_time_s", "train_cpu_usage",
+    "eval_cpu_usage", "peak_host_memory_mb", "peak_device_memory_mb",
+    "train_flops", "eval_flops"})
 
 
 def _diverged(row: dict[str, Any]) -> dict[str, Any]:
