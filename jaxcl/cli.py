@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import importlib.util
 import inspect
 import itertools
 import json
@@ -318,6 +319,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                    help="output folder (default: runs/<timestamp>)")
   out.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard event files")
+  out.add_argument("--wandb-project", default=None, metavar="PROJECT",
+                   help="also log to this Weights & Biases project (needs "
+                   "the wandb package; WANDB_MODE=offline logs locally)")
   out.add_argument("--no-progress", action="store_true",
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
@@ -345,6 +349,16 @@ def _lazy_benchmarks() -> list[str]:
                 if "lazy" in inspect.signature(factory).parameters)
 
 
+def _check_wandb(project: str) -> None:
+  """``--wandb-project``: a name, and the package to log with."""
+  if not project.strip():
+    raise ValueError("--wandb-project '' names no project; expected a W&B "
+                     "project name.")
+  if importlib.util.find_spec("wandb") is None:
+    raise ValueError(f"--wandb-project {project} needs the wandb package, "
+                     "which jaxcl does not install: pip install wandb.")
+
+
 def _check_args(args: argparse.Namespace,
                 typed: Collection[str] | None = None) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
@@ -353,6 +367,8 @@ def _check_args(args: argparse.Namespace,
   from jaxcl.models import MODELS
   from jaxcl.strategies import parse_spec
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
+  if args.wandb_project is not None:
+    _check_wandb(args.wandb_project)
   _check_seed_range("--seed", args.seed)
   _seeds(args)
   if args.lazy and args.benchmark not in _lazy_benchmarks():
@@ -969,9 +985,14 @@ def _run_on_joined_hosts(args: argparse.Namespace,
       _make_folder("--logdir", args.logdir)
   else:  # Only the primary host writes: the others make no folder.
     logdir = _new_default_logdir() if primary else pathlib.Path("runs")
-  writer = _Tracked(loggers.create_writers(
-      str(logdir), console=not args.quiet,
-      tensorboard=not args.no_tensorboard)) if primary else None
+  writer = None
+  if primary:
+    writer = loggers.create_writers(str(logdir), console=not args.quiet,
+                                    tensorboard=not args.no_tensorboard)
+    if args.wandb_project is not None:
+      writer = loggers.MultiWriter([writer, loggers.WandbWriter(
+          project=args.wandb_project, name=logdir.name, dir=str(logdir))])
+    writer = _Tracked(writer)
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
   if sweep_name == "lr":  # Each run's is in the labels, not the flag's.

@@ -49,6 +49,7 @@ from jaxcl.loggers.plots import (
 )
 from jaxcl.loggers.tensorboard import tensorboard_writer
 from jaxcl.loggers.text import ConsoleWriter, TextLogWriter
+from jaxcl.loggers.wandb_writer import WandbWriter
 
 __all__ = [
     "MetricWriter",
@@ -58,6 +59,7 @@ __all__ = [
     "EventFileWriter",
     "tensorboard_writer",
     "JsonlWriter",
+    "WandbWriter",
     "CsvWriter",
     "ConsoleWriter",
     "TextLogWriter",
