@@ -111,6 +111,19 @@ def check_in_range(name: str, value, *, low: float | None = None,
   return value
 
 
+def check_float32_positive(name: str, value) -> float:
+  """A number > 0 that float32 (the type strategy states keep hyperparameters
+  in) holds as a normal number: neither rounded to 0 nor to inf."""
+  value = check_in_range(name, value, low=0.0, low_inclusive=False)
+  low, high = (float(np.finfo(np.float32).tiny),
+               float(np.finfo(np.float32).max))
+  if not low <= value <= high:
+    raise ValueError(f"{name}={value!r} is outside float32's range, where "
+                     f"the strategy keeps it; expected a value between "
+                     f"{low:.3g} and {high:.3g}.")
+  return value
+
+
 def check_choice(name: str, value, choices: Iterable[str]) -> str:
   """Returns ``value`` if it is one of ``choices``; suggests the closest one."""
   choices = sorted(choices)

@@ -12,6 +12,7 @@ from jaxcl import cli
 from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import StrategyContext, bias_correct, bic, buffers
+from jaxcl.strategies.bias_correction import _stage_2
 from jaxcl.training import cross_entropy, experience_data, init_state
 from jaxcl.training import streaming
 
@@ -139,19 +140,81 @@ def test_bic_loss_distils_the_corrected_teacher_on_old_classes(lamb):
   assert ce + penalty == pytest.approx(expected, rel=1e-5)
 
 
-def _avalanche_stage_2(logits, labels, classes, epochs, lr0):
-  """Avalanche's bias_correction_step on one batch per epoch, in numpy."""
+def _avalanche_stage_2(logits, labels, classes, epochs, lr0, batches=None):
+  """Avalanche's bias_correction_step in numpy: ``batches(epoch)`` lists
+  each epoch's batches of row indices (default: all rows in one)."""
   alpha, beta, v = 1.0, 0.0, np.zeros(2)
   for epoch in range(epochs):
     lr = lr0 * 0.1 ** sum(epoch >= m for m in (50, 100, 150))
-    z = np.where(classes, alpha * logits + beta, logits)
-    p = np.exp(_log_softmax(z))
-    d = (p - np.eye(logits.shape[1])[labels]) / len(labels)
-    grad = np.array([np.sum(d[:, classes] * logits[:, classes]),
-                     np.sum(d[:, classes]) + 0.1 * beta])
-    v = 0.9 * v + grad
-    alpha, beta = alpha - lr * v[0], beta - lr * v[1]
+    for rows in (batches(epoch) if batches else [np.arange(len(labels))]):
+      z = np.where(classes, alpha * logits[rows] + beta, logits[rows])
+      p = np.exp(_log_softmax(z))
+      d = (p - np.eye(logits.shape[1])[labels[rows]]) / len(rows)
+      grad = np.array([np.sum(d[:, classes] * logits[rows][:, classes]),
+                       np.sum(d[:, classes]) + 0.1 * beta])
+      v = 0.9 * v + grad
+      alpha, beta = alpha - lr * v[0], beta - lr * v[1]
   return alpha, beta
+
+
+def test_bic_stage_2_means_the_short_last_batch_over_its_samples():
+  # Six slots, five held-out samples (slot 3 is empty), batches of four:
+  # each epoch is a batch of four and a batch of one, as a DataLoader's.
+  rng = np.random.default_rng(3)
+  logits = rng.normal(size=(6, N_CLASSES)).astype(np.float32)
+  labels = np.array([0, 2, 3, 1, 2, 3])
+  weight = np.array([1, 1, 1, 0, 1, 1], np.float32)
+  classes = np.array([False, False, True, True])
+  ctx = _ctx(_linear(np.zeros((DIM, N_CLASSES))), batch_size=4)
+  cl = bic(stage_2_lr=0.5).init(ctx, {"w": jnp.zeros((DIM, N_CLASSES))},
+                                jax.random.key(0))
+  key = jax.random.key(7)
+  alpha, beta = _stage_2(ctx, cl, jnp.asarray(logits), jnp.asarray(labels),
+                         jnp.asarray(weight), jnp.asarray(classes), 3, key)
+
+  def batches(epoch):  # The same shuffled order as the strategy's.
+    rank = np.where(weight > 0, np.asarray(jax.random.uniform(
+        jax.random.split(key, 3)[epoch], (6,))), 2.0)
+    order = np.argsort(rank, kind="stable")[:5]
+    return [order[:4], order[4:]]
+
+  expected = _avalanche_stage_2(logits.astype(np.float64), labels, classes,
+                                3, 0.5, batches)
+  np.testing.assert_allclose([float(alpha), float(beta)], expected,
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_bic_takes_no_step_on_batches_it_held_out_entirely():
+  # Validation room for 10 samples per class, 6 per class in the stream:
+  # everything is held out, the memory stays empty, no step is taken (with
+  # weight decay, a step on nothing would still move the weights).
+  bench = make_benchmark(n_classes=2, n_experiences=1, per_class=6)
+  model = jaxcl.models.MLP(2, hidden_size=8, drop_rate=0.0)
+  result = jaxcl.fit(model, bic(mem_size=40, val_percentage=0.5),
+                     optax.adamw(0.1, weight_decay=0.5), bench, epochs=2,
+                     batch_size=4)
+  assert int(result.state.step) == 0
+  assert int(buffers.size(result.state.cl_state.memory)) == 0
+  np.testing.assert_array_equal(
+      buffers.group_counts(result.state.cl_state.validation)[:2], [6, 6])
+
+
+def test_bic_corrects_only_classes_it_trained_on():
+  ctx = _ctx(_linear(np.zeros((DIM, N_CLASSES))))
+  # Quota 3 per class after the second experience: class 3's two samples
+  # are all held out, class 2 keeps training samples.
+  strategy = bic(mem_size=12, val_percentage=1.0, stage_2_epochs=1)
+  state = _state(ctx, strategy, [True, True, False, False])
+  first = _data([0, 1] * 6, 0)
+  state = strategy.end_experience(
+      ctx, strategy.begin_experience(ctx, state, first, jax.random.key(0)),
+      first, jax.random.key(1))
+  state = state.replace(seen_classes=jnp.ones(N_CLASSES, bool))
+  second = _data([2, 3, 2, 3, 2, 2, 2, 2], 1)
+  state = strategy.begin_experience(ctx, state, second, jax.random.key(2))
+  state = strategy.end_experience(ctx, state, second, jax.random.key(3))
+  np.testing.assert_array_equal(state.cl_state.corrected,
+                                [False, False, True, False])
 
 
 def test_bic_stage_2_fits_alpha_and_beta_as_avalanche():
@@ -217,6 +280,17 @@ def test_bic_refuses_bad_arguments_task_labels_and_streaming():
     bic(lamb=-0.5)
   with pytest.raises(ValueError, match=r"stage_2_lr must be in \(0, inf\)"):
     bic(stage_2_lr=0.0)
+  with pytest.raises(ValueError, match=r"stage_2_lr=1e\+39 is outside "
+                     r"float32's range"):
+    bic(stage_2_lr=1e39)
+  with pytest.raises(ValueError, match=r"temperature=1e-40 is outside "
+                     r"float32's range"):
+    bic(temperature=1e-40)
+  with pytest.raises(ValueError, match=r"lamb must be in \[-1, 3\.4"):
+    bic(lamb=1e39)
+  with pytest.raises(ValueError, match=r"batch_size_mem=30 exceeds "
+                     r"mem_size=20"):
+    bic(mem_size=20, batch_size_mem=30)
   bench = make_benchmark(n_experiences=2, return_task_id=True)
   model = jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0)
   with pytest.raises(ValueError, match="bic corrects the bias of one "

@@ -170,6 +170,10 @@ class Strategy(NamedTuple):
 
   Every slot defaults to a no-op; see the module docstring for signatures.
   ``predict`` is None unless the strategy replaces the prediction rule.
+  ``drops_current_rows`` says that ``transform_batch`` may weigh every
+  current row 0 (BiC's held-out samples): the loop then checks every step
+  for a sample to train on, after the transform, and skips the update
+  (optimizer state included) without one.
   """
 
   name: str = "naive"
@@ -182,6 +186,7 @@ class Strategy(NamedTuple):
   after_step: Callable = _keep_cl_state
   end_experience: Callable = _keep_state
   predict: Callable | None = None
+  drops_current_rows: bool = False
 
 
 def naive() -> Strategy:
@@ -293,4 +298,5 @@ def chain(*strategies: Strategy) -> Strategy:
       after_step=after_step,
       end_experience=state_hook("end_experience"),
       predict=predict if predict_owner else None,
+      drops_current_rows=any(s.drops_current_rows for s in strategies),
   )

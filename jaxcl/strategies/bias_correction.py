@@ -49,6 +49,7 @@ from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
                                           weighted_mean)
+from jaxcl.strategies.rehearsal import _check_batch_size_mem
 
 __all__ = ["BicState", "bias_correct", "bic"]
 
@@ -134,11 +135,13 @@ def _stage_2(ctx: StrategyContext, cl: BicState, logits: jax.Array,
   batch = min(ctx.batch_size, rows)
   steps = -(-rows // batch)
 
-  def loss(ab, idx):
+  def loss(ab, idx, real):
     corrected = bias_correct(logits[idx], ab[0], ab[1], classes)
     ce = -jnp.take_along_axis(jax.nn.log_softmax(corrected),
                               labels[idx][:, None], -1)[:, 0]
-    return weighted_mean(ce, weight[idx]) + _BETA_DECAY * ab[1] ** 2 / 2
+    # The last batch is short: its padding repeats slot 0 with weight 0.
+    return (weighted_mean(ce, weight[idx] * real)
+            + _BETA_DECAY * ab[1] ** 2 / 2)
 
   def epoch(carry, inputs):
     epoch_key, index = inputs
@@ -151,7 +154,7 @@ def _stage_2(ctx: StrategyContext, cl: BicState, logits: jax.Array,
     def step(carry, inputs):
       ab, velocity = carry
       idx, mask = inputs
-      grad = jax.grad(loss)(ab, idx)
+      grad = jax.grad(loss)(ab, idx, mask)
       moved = jnp.any(mask)  # An empty batch is no step (no momentum).
       velocity = jnp.where(moved, _MOMENTUM * velocity + grad, velocity)
       return (jnp.where(moved, ab - lr * velocity, ab), velocity), None
@@ -204,10 +207,7 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
     'bic'
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
-  if isinstance(batch_size_mem, bool) or not (
-      isinstance(batch_size_mem, (int, np.integer)) and batch_size_mem >= 0):
-    raise ValueError(f"batch_size_mem must be a non-negative integer (0: the "
-                     f"training batch size), got {batch_size_mem!r}.")
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
   val_percentage = _validation.check_in_range(
       "val_percentage", val_percentage, low=0.0, high=1.0,
       low_inclusive=False)
@@ -216,16 +216,15 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
     raise ValueError(f"val_percentage={val_percentage} of mem_size={mem_size}"
                      f" holds no validation sample; expected "
                      f"val_percentage * mem_size >= 1.")
-  temperature = _validation.check_in_range("temperature", temperature,
-                                           low=0.0, low_inclusive=False)
+  temperature = _validation.check_float32_positive("temperature", temperature)
   stage_2_epochs = _validation.check_non_negative_int("stage_2_epochs",
                                                       stage_2_epochs)
-  lamb = _validation.check_in_range("lamb", lamb, low=-1.0)
+  lamb = _validation.check_in_range(
+      "lamb", lamb, low=-1.0, high=float(np.finfo(np.float32).max))
   if -1.0 < lamb < 0.0:
     raise ValueError(f"lamb must be -1 (old / all classes) or >= 0, got "
                      f"{lamb!r}.")
-  stage_2_lr = _validation.check_in_range("stage_2_lr", stage_2_lr, low=0.0,
-                                          low_inclusive=False)
+  stage_2_lr = _validation.check_float32_positive("stage_2_lr", stage_2_lr)
 
   def init(ctx, params, key):
     if ctx.task_classes is not None:
@@ -306,22 +305,26 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
   def end_experience(ctx, state, data, key):
     memory_key, stage_2_key = jax.random.split(key)
     cl = state.cl_state
+    trained = data.valid & ~cl.held_out
     memory = buffers.add(cl.memory, memory_key, data.x, data.y, data.task,
-                         valid=data.valid & ~cl.held_out,
-                         experience=data.index)
+                         valid=trained, experience=data.index)
+    # The classes the experience trained on (Avalanche's bias layer covers
+    # the adapted dataset's): not one whose every sample was held out.
+    classes = data.classes_mask & (jnp.zeros_like(data.classes_mask).at[
+        data.y].max(trained))
     validation = buffers.as_batch(cl.validation)
     logits = mask_logits(
         ctx, ctx.logits(state.params, state.model_state, validation["x"],
                         validation["task"]),
         state.seen_classes, validation["task"])
     alpha, beta = _stage_2(ctx, cl, logits, validation["y"],
-                           validation["weight"], data.classes_mask,
+                           validation["weight"], classes,
                            stage_2_epochs, stage_2_key)
     # Avalanche corrects from the second trained experience on.
     correct = cl.has_teacher
     alpha = jnp.where(correct, alpha, 1.0)
     beta = jnp.where(correct, beta, 0.0)
-    corrected = data.classes_mask & correct
+    corrected = classes & correct
     return state.replace(cl_state=cl.replace(
         memory=memory, teacher_params=state.params,
         teacher_model_state=state.model_state,
@@ -334,7 +337,8 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
 
   return Strategy(name="bic", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,
-                  end_experience=end_experience, predict=predict)
+                  end_experience=end_experience, predict=predict,
+                  drops_current_rows=True)
 
 
 STRATEGIES = {"bic": bic}

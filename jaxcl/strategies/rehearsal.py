@@ -469,18 +469,6 @@ def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
   return -(temp / base_temp) * weighted_mean(mean_positive, anchor_weight)
 
 
-def _check_float32_positive(name: str, value) -> float:
-  """A number > 0 that float32 (the state's type) holds as a normal number."""
-  value = _validation.check_in_range(name, value, low=0.0, low_inclusive=False)
-  low, high = (float(np.finfo(np.float32).tiny),
-               float(np.finfo(np.float32).max))
-  if not low <= value <= high:
-    raise ValueError(f"{name}={value!r} is outside float32's range, where "
-                     f"the strategy keeps it; expected a value between "
-                     f"{low:.3g} and {high:.3g}.")
-  return value
-
-
 def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
            base_temp: float = 0.07, same_task_neg: bool = True) -> Strategy:
   """Experience replay with asymmetric metric learning (Avalanche's ``ER_AML``).
@@ -527,8 +515,8 @@ def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
-  temp = _check_float32_positive("temp", temp)
-  base_temp = _check_float32_positive("base_temp", base_temp)
+  temp = _validation.check_float32_positive("temp", temp)
+  base_temp = _validation.check_float32_positive("base_temp", base_temp)
   if temp / base_temp > float(np.finfo(np.float32).max):
     raise ValueError(f"temp / base_temp = {temp!r} / {base_temp!r} overflows "
                      "float32; expected a ratio below 3.4e38.")

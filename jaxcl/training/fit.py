@@ -691,7 +691,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   _check_model_output(ctx, sample, sample_task)
 
   steps = math.ceil(size / batch_size)
-  skip_empty = any(math.ceil(len(e) / batch_size) < steps for e in train_stream)
+  skip_empty = strategy.drops_current_rows or any(
+      math.ceil(len(e) / batch_size) < steps for e in train_stream)
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
                                mask_classes=mask_unseen_classes,
                                top_k=chosen.top_k)
@@ -1555,7 +1556,8 @@ def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
 
   XLA counts a loop body once whatever its trip count, so the compiled
   programs give no per-step number: the training step and the evaluation of
-  one chunk are named calls (:data:`loop.TRAIN_STEP_CALL`,
+  one chunk are named calls (:data:`loop.TRAIN_BATCH_CALL` and
+  :data:`loop.TRAIN_STEP_CALL`, the step's batch transform and the rest;
   :data:`loop.EVAL_CHUNK_CALL`), found in the programs' jaxprs and analysed
   on their own. The jaxprs are those the programs were lowered from, so no
   hook is traced again. The step of vmapped runs is every run's; a chunk's
@@ -1567,6 +1569,9 @@ def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
   """
   nan = float("nan")
   step = system.named_call_flops(train_jaxpr, loop.TRAIN_STEP_CALL)
+  batch = system.named_call_flops(train_jaxpr, loop.TRAIN_BATCH_CALL)
+  if step is not None and batch is not None:
+    step = (step[0] + batch[0],)
   chunk = system.named_call_flops(eval_jaxpr, loop.EVAL_CHUNK_CALL)
   rows = None if chunk is None else math.prod(chunk[1][-1].shape) * (
       n_runs if runs_share_data else 1)

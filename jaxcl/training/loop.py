@@ -52,6 +52,7 @@ __all__ = [
 
 # Names of the nested calls fit's FLOP count looks for (named_call_flops).
 TRAIN_STEP_CALL = "jaxcl_train_step"
+TRAIN_BATCH_CALL = "jaxcl_train_batch"  # The step's transform_batch.
 EVAL_CHUNK_CALL = "jaxcl_eval_chunk"
 
 
@@ -172,6 +173,21 @@ def make_train_step(
   Returns:
     ``train_step(state, batch, key) -> (state, TrainMetrics, loss)``.
   """
+  prepare, update = _step_parts(ctx, strategy, optimizer, mask_classes)
+
+  def train_step(state: TrainState, batch: dict, key):
+    return update(state, *prepare(state, batch, key))
+
+  return train_step
+
+
+def _step_parts(ctx: StrategyContext, strategy: Strategy,
+                optimizer: optax.GradientTransformation,
+                mask_classes: bool | None):
+  """:func:`make_train_step` in two: ``prepare(state, batch, key) -> (batch,
+  keys)`` runs ``transform_batch``, ``update(state, batch, keys)`` the rest,
+  so that the loop can skip a step whose transformed batch has no current
+  sample."""
   mask_classes = _masking(ctx, mask_classes)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
@@ -198,9 +214,13 @@ def make_train_step(
                                          logits)
     return total, (logits, model_state)
 
-  def train_step(state: TrainState, batch: dict, key):
-    batch_key, dropout_key, grads_key, after_key = jax.random.split(key, 4)
-    batch = strategy.transform_batch(ctx, state.cl_state, batch, batch_key)
+  def prepare(state: TrainState, batch: dict, key):
+    batch_key, *keys = jax.random.split(key, 4)
+    return (strategy.transform_batch(ctx, state.cl_state, batch, batch_key),
+            tuple(keys))
+
+  def update(state: TrainState, batch: dict, keys):
+    dropout_key, grads_key, after_key = keys
     (loss, (logits, model_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state, batch, dropout_key)
     grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
@@ -217,7 +237,7 @@ def make_train_step(
         labels=batch["y"].astype(jnp.int32), mask=batch["weight"] > 0)
     return new_state, metrics, loss
 
-  return train_step
+  return prepare, update
 
 
 class ExperienceParts(NamedTuple):
@@ -262,16 +282,16 @@ def make_experience_parts(
                            ("none", "schedule", "state"))
   batch_size = ctx.batch_size
   steps = math.ceil(ctx.experience_size / batch_size)
-  # A named call, so that fit's FLOP count finds the step by name wherever
-  # it sits in the program (XLA inlines it).
-  train_step = system.named_call(
-      make_train_step(ctx, strategy, optimizer, mask_classes=mask_classes),
-      TRAIN_STEP_CALL)
+  prepare, update = _step_parts(ctx, strategy, optimizer, mask_classes)
+  # Named calls, so that fit's FLOP count finds the step by name wherever
+  # it sits in the program (XLA inlines them).
+  prepare = system.named_call(prepare, TRAIN_BATCH_CALL)
+  update = system.named_call(update, TRAIN_STEP_CALL)
   stops = watcher is not None and watcher.can_stop
   by_step = watcher is not None and watcher.unit == "step"
 
-  def skip_step(state, batch, key):
-    del key
+  def skip_step(state, batch, keys):
+    del keys
     empty = TrainMetrics.single_from_model_output(
         loss=jnp.zeros(batch["y"].shape), labels=batch["y"].astype(jnp.int32),
         logits=jnp.zeros(batch["y"].shape + (ctx.n_classes,)),
@@ -300,14 +320,17 @@ def make_experience_parts(
 
   def step(carry, batch, key, eval_data):
     state, metrics, first_bad, trained, watch = carry
-    run = jnp.any(batch["weight"] > 0) & (watcher.active(watch) if stops
-                                          else True)
+    batch, keys = prepare(state, batch, key)
+    # A step needs a current sample after the transform: padding-only
+    # batches, and batches whose rows a strategy held out (BiC), take none.
+    current = batch["weight"][:batch_size]
+    run = jnp.any(current > 0) & (watcher.active(watch) if stops else True)
     if skip_empty_steps or stops:
-      state, step_metrics, loss = _runs.cond(run, train_step, skip_step,
-                                             state, batch, key,
+      state, step_metrics, loss = _runs.cond(run, update, skip_step,
+                                             state, batch, keys,
                                              run_axis=run_axis)
     else:
-      state, step_metrics, loss = train_step(state, batch, key)
+      state, step_metrics, loss = update(state, batch, keys)
     bad = jnp.logical_and(first_bad < 0, ~jnp.isfinite(loss))
     first_bad = jnp.where(bad, state.step - 1, first_bad)
     trained = trained + run
