@@ -12,7 +12,7 @@ from conftest import make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.models import PNN
+from jaxcl.models import PNN, PNNColumn
 
 N_TASKS, DIM, HIDDEN, CLASSES = 3, 5, 4, 2
 
@@ -101,6 +101,14 @@ def test_pnn_in_fit_keeps_earlier_columns_and_never_forgets():
   assert matrix[-1, 1] > 0.8
 
 
+def test_pnn_takes_one_task_label_for_the_whole_batch():
+  model = PNN(CLASSES, N_TASKS, hidden_size=HIDDEN, hidden_layers=2)
+  x = np.random.default_rng(4).normal(size=(3, DIM)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x, jnp.zeros(3, jnp.int32))
+  np.testing.assert_array_equal(model.apply(variables, x, 2),
+                                model.apply(variables, x, jnp.full(3, 2)))
+
+
 def test_pnn_refuses_bad_configurations():
   x, task = jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32)
   with pytest.raises(ValueError, match="adapter 'conv'"):
@@ -108,6 +116,8 @@ def test_pnn_refuses_bad_configurations():
   with pytest.raises(ValueError, match="hidden_layers must be a positive "
                      "integer, got 0"):
     PNN(CLASSES, N_TASKS, hidden_layers=0).init(jax.random.key(0), x, task)
+  with pytest.raises(ValueError, match="adapter 'Linear'"):
+    PNNColumn(4, adapter="Linear").init(jax.random.key(0), [x], x)
   with pytest.raises(ValueError, match="PNN input_size=4 but the inputs have "
                      "5 features"):
     PNN(CLASSES, N_TASKS, input_size=4).init(jax.random.key(0), x, task)

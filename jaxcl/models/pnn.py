@@ -54,6 +54,8 @@ class PNNColumn(nn.Module):
   @nn.compact
   def __call__(self, lateral: Sequence[jnp.ndarray],
                own: jnp.ndarray) -> jnp.ndarray:
+    check_sizes(self, "features")
+    _validation.check_choice("adapter", self.adapter, ADAPTERS)
     h = TorchLinear(self.features, name="itoh")(own)
     if not lateral:  # The first column has no earlier ones.
       return h
@@ -73,8 +75,10 @@ class PNN(nn.Module):
   Sample ``i`` is classified by column ``task[i]`` and head ``task[i]``
   (:class:`~jaxcl.models.MultiHeadClassifier`); every column is evaluated,
   so a batch may mix tasks. Column ``k`` reads the earlier columns'
-  activations through ``jax.lax.stop_gradient``: training task ``k`` leaves
-  columns ``0..k-1`` unchanged, as Avalanche's frozen columns.
+  activations through ``jax.lax.stop_gradient``: training task ``k`` gives
+  columns ``0..k-1`` zero gradients (with plain SGD they stay as they are,
+  as Avalanche's frozen columns; see ``docs/models.md`` for momentum and
+  weight decay).
 
   Differences from Avalanche: the column of task label ``t`` is column
   ``t`` (Avalanche numbers columns in the order tasks first appear, the
@@ -125,8 +129,10 @@ class PNN(nn.Module):
                                        frozen[:k], columns[k]))
                  for k in range(self.n_tasks)]
     every = jnp.stack(columns, axis=1)
-    # A label outside [0, n_tasks) gets column 0 here; its head is NaN.
-    own = jnp.clip(jnp.asarray(task).astype(jnp.int32), 0, self.n_tasks - 1)
+    # One label for the batch, as the heads take it, or one per sample. A
+    # label outside [0, n_tasks) gets column 0 here; its head gives NaN.
+    task = jnp.broadcast_to(jnp.asarray(task), (x.shape[0],))
+    own = jnp.clip(task.astype(jnp.int32), 0, self.n_tasks - 1)
     features = jnp.take_along_axis(every, own[:, None, None], axis=1)[:, 0]
     return MultiHeadClassifier(self.num_classes, self.n_tasks,
                                name="heads")(features, task)
