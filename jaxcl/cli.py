@@ -987,12 +987,18 @@ def _run_on_joined_hosts(args: argparse.Namespace,
     logdir = _new_default_logdir() if primary else pathlib.Path("runs")
   writer = None
   if primary:
-    writer = loggers.create_writers(str(logdir), console=not args.quiet,
-                                    tensorboard=not args.no_tensorboard)
-    if args.wandb_project is not None:
-      writer = loggers.MultiWriter([writer, loggers.WandbWriter(
-          project=args.wandb_project, name=logdir.name, dir=str(logdir))])
-    writer = _Tracked(writer)
+    writers = []
+    if args.wandb_project is not None:  # First: wandb.init may refuse.
+      try:
+        writers.append(loggers.WandbWriter(
+            project=args.wandb_project, name=logdir.name, dir=str(logdir)))
+      except Exception:
+        if fresh_logdir:
+          shutil.rmtree(logdir, ignore_errors=True)
+        raise
+    writer = _Tracked(loggers.MultiWriter([loggers.create_writers(
+        str(logdir), console=not args.quiet,
+        tensorboard=not args.no_tensorboard), *writers]))
   config = {k: v for k, v in vars(args).items() if k != "command"}
   config["strategy_name"] = strategy.name
   if sweep_name == "lr":  # Each run's is in the labels, not the flag's.

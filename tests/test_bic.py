@@ -195,6 +195,24 @@ def test_bic_takes_no_step_on_batches_it_held_out_entirely():
                      batch_size=4)
   assert int(result.state.step) == 0
   assert int(buffers.size(result.state.cl_state.memory)) == 0
+  # A custom loop that turns the guard off keeps it for BiC.
+  ctx = jaxcl.training.make_context(
+      jaxcl.models.as_model(model), bench, optax.sgd(0.1), batch_size=4)
+  parts = jaxcl.training.loop.make_experience_parts(
+      ctx, bic(mem_size=40, val_percentage=0.5), optax.sgd(0.1),
+      skip_empty_steps=False)
+  state = jaxcl.training.init_state(
+      ctx, bic(mem_size=40, val_percentage=0.5), optax.sgd(0.1),
+      jax.random.key(0), jnp.zeros((1, 6)), jnp.zeros((1,), jnp.int32))
+  data = jax.tree.map(jnp.asarray, experience_data(
+      bench.train_stream[0], ctx.experience_size, 2))
+  state, _, _ = parts.begin(state, data)
+  batch = {"x": data.x[:4], "y": data.y[:4], "task": data.task[:4],
+           "weight": jnp.ones(4), "index": jnp.arange(4)}
+  carry = (state, jaxcl.training.TrainMetrics.empty(), jnp.int32(-1),
+           jnp.int32(0), None)
+  (state, *_), _ = parts.step(carry, batch, jax.random.key(1), None)
+  assert int(state.step) == 0
   np.testing.assert_array_equal(
       buffers.group_counts(result.state.cl_state.validation)[:2], [6, 6])
 

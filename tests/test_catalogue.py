@@ -116,6 +116,9 @@ def test_split_imagenet_reads_the_resolution_asked_lazily(mock_tfds):
                      r"32, 64\) \(the sizes of tfds imagenet_resized\), got "
                      r"48"):
     classic.split_imagenet(resolution=48, data_dir=mock_tfds)
+  with pytest.raises(ValueError, match=r"resolution must be one of .* got "
+                     r"64\.0"):
+    classic.split_imagenet(resolution=64.0, data_dir=mock_tfds)
 
 
 def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():

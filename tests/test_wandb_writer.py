@@ -99,8 +99,10 @@ def test_media_are_converted_to_wandb_objects(fake_wandb):
     assert isinstance(single, fake_wandb.Image)
     assert single.data.shape == (4, 5, 3)
     assert [type(i) for i in several] == [fake_wandb.Image] * 2
-    writer.write_videos(1, {"train/video": np.zeros((6, 4, 5, 3))})
-    assert run.logged[1]["train/video"].data.shape == (6, 3, 4, 5)
+    writer.write_videos(1, {"train/video": np.full((6, 4, 5, 3), 0.8)})
+    video = run.logged[1]["train/video"].data
+    assert video.shape == (6, 3, 4, 5)
+    assert video.dtype == np.uint8 and video.max() == 204  # 0.8 of 255.
     writer.write_audios(2, {"train/sound": np.zeros((2, 100, 1))},
                         sample_rate=8000)
     clips = run.logged[2]["train/sound"]
@@ -110,6 +112,9 @@ def test_media_are_converted_to_wandb_objects(fake_wandb):
     counts, edges = run.logged[3]["train/w"].kwargs["np_histogram"]
     np.testing.assert_array_equal(counts, [2, 2, 2, 2, 2])
     assert len(edges) == 6
+    with pytest.raises(ValueError, match=r"num_buckets\['train/w'\]=600: "
+                       "W&B histograms take 1 to 512 buckets"):
+        writer.write_histograms(3, {"train/w": values}, {"train/w": 600})
     writer.write_texts(4, {"train/note": "hello"})
     assert run.logged[4] == {"train/step": 4, "train/note": "hello"}
 
@@ -133,6 +138,19 @@ def test_without_wandb_the_writer_and_the_flag_say_what_to_install(
     assert ("--wandb-project cl needs the wandb package, which jaxcl does not "
             "install: pip install wandb.") in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # Refused before any output.
+
+
+def test_a_refused_wandb_run_leaves_no_log_folder(fake_wandb, tmp_path):
+    def refuse(**kwargs):
+        raise RuntimeError("api_key not configured")
+
+    fake_wandb.init = refuse
+    logdir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="api_key not configured"):
+        cli.main(["run", "--n-experiences", "2", "--no-progress",
+                  "--compilation-cache", "", "--wandb-project", "cl",
+                  "--logdir", str(logdir)])
+    assert not logdir.exists()
 
 
 def test_the_command_line_logs_to_wandb(fake_wandb, tmp_path):

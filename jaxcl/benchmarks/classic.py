@@ -931,7 +931,9 @@ def split_imagenet(
     >>> bench = split_imagenet(10, resolution=32,
     ...                        data_dir="~/tfds")  # doctest: +SKIP
   """
-  if isinstance(resolution, bool) or resolution not in _IMAGENET_RESOLUTIONS:
+  if (isinstance(resolution, bool)
+      or not isinstance(resolution, (int, np.integer))
+      or resolution not in _IMAGENET_RESOLUTIONS):
     raise ValueError(f"resolution must be one of {_IMAGENET_RESOLUTIONS} "
                      f"(the sizes of tfds imagenet_resized), got "
                      f"{resolution!r}.")

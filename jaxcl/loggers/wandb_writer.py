@@ -28,6 +28,8 @@ from jaxcl.loggers.base import MetricWriter, check_scalars, check_step
 
 __all__ = ["WandbWriter"]
 
+_MAX_BUCKETS = 512  # wandb.Histogram's limit.
+
 
 def _import_wandb() -> Any:
     try:
@@ -118,6 +120,9 @@ class WandbWriter(MetricWriter):
     def write_videos(self, step: int, videos: Mapping[str, ArrayLike]) -> None:
         def convert(value):
             array = np.asarray(value)
+            if np.issubdtype(array.dtype, np.floating):
+                # W&B casts frames to uint8: floats in [0, 1] would be 0.
+                array = np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
             # W&B's layout is [(N,) T, C, H, W]; clu's is [(N,) T, H, W, C].
             return self._wandb.Video(np.moveaxis(array, -1, -3))
         self._log(step, videos, convert)
@@ -135,6 +140,11 @@ class WandbWriter(MetricWriter):
     def write_histograms(self, step: int, arrays: Mapping[str, ArrayLike],
                          num_buckets: Mapping[str, int] | None = None) -> None:
         buckets = dict(num_buckets or {})
+        for name, count in buckets.items():
+            if not 1 <= count <= _MAX_BUCKETS:
+                raise ValueError(
+                    f"num_buckets[{name!r}]={count}: W&B histograms take 1 "
+                    f"to {_MAX_BUCKETS} buckets.")
         histograms = {
             name: self._wandb.Histogram(np_histogram=np.histogram(
                 np.asarray(value).ravel(), bins=buckets.get(name, 64)))

@@ -691,8 +691,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   _check_model_output(ctx, sample, sample_task)
 
   steps = math.ceil(size / batch_size)
-  skip_empty = strategy.drops_current_rows or any(
-      math.ceil(len(e) / batch_size) < steps for e in train_stream)
+  skip_empty = any(math.ceil(len(e) / batch_size) < steps for e in train_stream)
   eval_fn = loop.make_evaluate(ctx, strategy, eval_batch_size=eval_batch_size,
                                mask_classes=mask_unseen_classes,
                                top_k=chosen.top_k)

@@ -277,6 +277,9 @@ def make_experience_parts(
 ) -> ExperienceParts:
   """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
   _validation.check_bool("skip_empty_steps", skip_empty_steps)
+  # A strategy that may hold out a whole batch needs the guard whatever the
+  # experiences' sizes.
+  skip_empty_steps = skip_empty_steps or strategy.drops_current_rows
   _runs.check_run_axis(run_axis)
   _validation.check_choice("optimizer_reset", optimizer_reset,
                            ("none", "schedule", "state"))
