@@ -322,6 +322,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   out.add_argument("--wandb-project", default=None, metavar="PROJECT",
                    help="also log to this Weights & Biases project (needs "
                    "the wandb package; WANDB_MODE=offline logs locally)")
+  out.add_argument("--image-samples", action="store_true",
+                   help="write a 5x5 grid of sample images of every train "
+                   "and test experience (TensorBoard)")
   out.add_argument("--no-progress", action="store_true",
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
@@ -1021,6 +1024,8 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     on_nonfinite=args.on_nonfinite)
   lr = _learning_rate(args, strategy, benchmark)
   try:
+    if writer is not None and args.image_samples:
+      loggers.write_image_samples(writer, benchmark, seed=args.seed)
     if sweep_name is None:
       result = jaxcl.fit(model, strategy, _optimizer(args, lr, optax),
                          benchmark, seed=args.seed, seeds=seeds, **fit_kwargs)

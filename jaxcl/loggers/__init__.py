@@ -47,6 +47,7 @@ from jaxcl.loggers.plots import (
     save_png,
     write_result_images,
 )
+from jaxcl.loggers.samples import image_grid, write_image_samples
 from jaxcl.loggers.tensorboard import tensorboard_writer
 from jaxcl.loggers.text import ConsoleWriter, TextLogWriter
 from jaxcl.loggers.wandb_writer import WandbWriter
@@ -71,4 +72,6 @@ __all__ = [
     "plot_confusion_matrix",
     "save_png",
     "write_result_images",
+    "image_grid",
+    "write_image_samples",
 ]
