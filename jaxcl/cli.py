@@ -323,8 +323,8 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                    help="also log to this Weights & Biases project (needs "
                    "the wandb package; WANDB_MODE=offline logs locally)")
   out.add_argument("--image-samples", action="store_true",
-                   help="write a 5x5 grid of sample images of every train "
-                   "and test experience (TensorBoard)")
+                   help="write an 8x8 grid of sample images of every "
+                   "training experience (TensorBoard, W&B)")
   out.add_argument("--no-progress", action="store_true",
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
@@ -372,6 +372,10 @@ def _check_args(args: argparse.Namespace,
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   if args.wandb_project is not None:
     _check_wandb(args.wandb_project)
+  if args.image_samples and args.no_tensorboard and not args.wandb_project:
+    raise ValueError("--image-samples with --no-tensorboard and no "
+                     "--wandb-project writes the grids nowhere; expected "
+                     "TensorBoard files or a W&B project for them.")
   _check_seed_range("--seed", args.seed)
   _seeds(args)
   if args.lazy and args.benchmark not in _lazy_benchmarks():

@@ -26,6 +26,13 @@ def test_image_grid_places_tiles_row_major_with_padding():
     np.testing.assert_array_equal(grid[2:4, 7:10, 0], 2)
     np.testing.assert_array_equal(grid[6:8, 2:5, 0], 3)
     assert grid.sum() == (1 + 2 + 3) * 6  # Padding and the empty tile: 0.
+    # Fewer images than columns: as many columns as images.
+    assert loggers.image_grid(images[:1], n_cols=5).shape == (6, 7, 1)
+    with pytest.raises(ValueError, match="n_cols must be a positive integer"):
+        loggers.image_grid(images, n_cols=0)
+    with pytest.raises(ValueError, match=r"images must be \[N, height, width, "
+                       r"channels\] with N >= 1, got shape \(3, 2, 3\)"):
+        loggers.image_grid(images[..., 0], n_cols=2)
 
 
 def _benchmark(n_classes=3, per_class=12):
@@ -39,7 +46,8 @@ def _benchmark(n_classes=3, per_class=12):
 def test_samples_are_drawn_per_experience_sorted_and_seeded():
     bench = _benchmark()
     writer = _Images()
-    loggers.write_image_samples(writer, bench, n_rows=2, n_cols=5, seed=3)
+    loggers.write_image_samples(writer, bench, n_rows=2, n_cols=5, seed=3,
+                                mode="both")
     names = [name for _, name, _ in writer.written]
     assert names == [f"samples/{s}_exp_{i:03d}" for s in ("train", "test")
                      for i in range(3)]
@@ -80,6 +88,18 @@ def test_samples_need_images():
         loggers.write_image_samples(_Images(), bench)
     with pytest.raises(ValueError, match="n_rows must be a positive integer"):
         loggers.write_image_samples(_Images(), _benchmark(), n_rows=0)
+    with pytest.raises(TypeError, match="writer must have a write_images "
+                       "method"):
+        loggers.write_image_samples(None, _benchmark())
+
+
+def test_the_command_line_refuses_samples_with_nowhere_to_show_them(
+        tmp_path, capsys):
+    assert cli.main(["run", "--image-samples", "--no-tensorboard",
+                     "--logdir", str(tmp_path / "run")]) != 0
+    assert "--image-samples with --no-tensorboard and no --wandb-project" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_command_line_writes_samples(monkeypatch, tmp_path):
