@@ -199,6 +199,10 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help="number of experiences of the stream")
   data.add_argument("--return-task-id", action="store_true",
                     help="give experience i task label i (task-incremental)")
+  data.add_argument("--image-size", type=int, default=None,
+                    help="image side of the benchmarks that offer several: "
+                    "split_imagenet (8, 16, 32 or 64; default 64), "
+                    "split_cub200 (resized on the host; default 224)")
   data.add_argument("--data-dir", default=None,
                     help="tfds data directory with the full dataset prepared; "
                     "without it the bundled data is used")
@@ -372,6 +376,13 @@ def _check_args(args: argparse.Namespace,
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   if args.wandb_project is not None:
     _check_wandb(args.wandb_project)
+  if args.image_size is not None and "image_size" not in inspect.signature(
+      BENCHMARKS[args.benchmark]).parameters:
+    sized = sorted(name for name, factory in BENCHMARKS.items()
+                   if "image_size" in inspect.signature(factory).parameters)
+    raise ValueError(f"--image-size has no effect on --benchmark "
+                     f"{args.benchmark}; it sets the image side of "
+                     f"{', '.join(sized)}.")
   if args.image_samples and args.no_tensorboard and not args.wandb_project:
     raise ValueError("--image-samples with --no-tensorboard and no "
                      "--wandb-project writes the grids nowhere; expected "
@@ -829,12 +840,14 @@ def _load_benchmark(args: argparse.Namespace):
   bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
+  if args.image_size is not None:
+    bench_kwargs["image_size"] = args.image_size
   if args.lazy:  # Every host loads: sharing the labels' pass is collective.
     bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
   given = {k: getattr(args, k) for k in ("n_experiences", "validation_size",
-                                         "online_size")
+                                         "online_size", "image_size")
            if getattr(args, k) and (k in accepted or k not in bench_kwargs)}
   try:
     benchmark = factory(**{k: v for k, v in bench_kwargs.items()

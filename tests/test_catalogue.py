@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import jaxcl
+from jaxcl import cli
 from jaxcl.benchmarks import augment, classic, sources
 
 # Label ids used by the fake records; Omniglot's 1623 are capped to keep the
@@ -74,7 +75,7 @@ def _check_exact(bench, n_records):
      False),
     ("split_cub200", {"image_size": 8}, 200, (8, 8, 3), classic.CIFAR10_MEAN,
      classic.CIFAR10_STD, True),
-    ("split_imagenet", {"resolution": 8}, 1000, (8, 8, 3),
+    ("split_imagenet", {"image_size": 8}, 1000, (8, 8, 3),
      classic.IMAGENET_MEAN, classic.IMAGENET_STD, True),
 ])
 def test_class_incremental_entries(mock_tfds, factory, kwargs, n_classes, shape,
@@ -103,22 +104,42 @@ def test_lazy_entries_hold_views_of_the_same_samples(mock_tfds, factory):
       np.testing.assert_array_equal(np.asarray(v.x), e.x)
 
 
-def test_split_imagenet_reads_the_resolution_asked_lazily(mock_tfds):
-  lazy = classic.split_imagenet(5, resolution=16, seed=1, data_dir=mock_tfds)
-  eager = classic.split_imagenet(5, resolution=16, seed=1, data_dir=mock_tfds,
+def test_split_imagenet_reads_the_image_size_asked_lazily(mock_tfds):
+  lazy = classic.split_imagenet(5, image_size=16, seed=1, data_dir=mock_tfds)
+  eager = classic.split_imagenet(5, image_size=16, seed=1, data_dir=mock_tfds,
                                  lazy=False)
   assert lazy.input_shape == (16, 16, 3)
   assert isinstance(lazy.train_stream[2].x, sources.RecordArray)
   np.testing.assert_array_equal(np.asarray(lazy.train_stream[2].x),
                                 eager.train_stream[2].x)
   assert len(lazy.test_stream[4]) == _PER_CLASS * 200
-  with pytest.raises(ValueError, match=r"resolution must be one of \(8, 16, "
+  with pytest.raises(ValueError, match=r"image_size must be one of \(8, 16, "
                      r"32, 64\) \(the sizes of tfds imagenet_resized\), got "
                      r"48"):
-    classic.split_imagenet(resolution=48, data_dir=mock_tfds)
-  with pytest.raises(ValueError, match=r"resolution must be one of .* got "
+    classic.split_imagenet(image_size=48, data_dir=mock_tfds)
+  with pytest.raises(ValueError, match=r"image_size must be one of .* got "
                      r"64\.0"):
-    classic.split_imagenet(resolution=64.0, data_dir=mock_tfds)
+    classic.split_imagenet(image_size=64.0, data_dir=mock_tfds)
+
+
+def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
+  assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
+                   "8", "--data-dir", str(mock_tfds), "--n-experiences", "2",
+                   "--epochs", "1", "--hidden-size", "8", "--no-progress",
+                   "--quiet", "--compilation-cache", "", "--logdir",
+                   str(tmp_path / "run")]) == 0
+  assert "top5_accuracy" in (tmp_path / "run" / "results.json").read_text()
+  assert cli.main(["run", "--benchmark", "split_mnist", "--image-size", "32",
+                   "--logdir", str(tmp_path / "other")]) != 0
+  assert ("--image-size has no effect on --benchmark split_mnist; it sets "
+          "the image side of split_cub200, split_imagenet.") in (
+              capsys.readouterr().err)
+  assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
+                   "48", "--data-dir", str(mock_tfds), "--logdir",
+                   str(tmp_path / "other")]) != 0
+  assert "--image-size must be one of (8, 16, 32, 64)" in (
+      capsys.readouterr().err)
+  assert not (tmp_path / "other").exists()
 
 
 def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():

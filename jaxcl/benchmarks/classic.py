@@ -892,14 +892,14 @@ def split_tiny_imagenet(
                     class_ids_from_zero_from_first_exp))
 
 
-_IMAGENET_RESOLUTIONS = (8, 16, 32, 64)
+_IMAGENET_SIZES = (8, 16, 32, 64)
 
 
 @_validation.checks_bool_arguments
 def split_imagenet(
     n_experiences: int = 10,
     *,
-    resolution: int = 64,
+    image_size: int = 64,
     return_task_id: bool = False,
     seed: int = 0,
     fixed_class_order: Sequence[int] | None = None,
@@ -912,7 +912,7 @@ def split_imagenet(
 ) -> Benchmark:
   """SplitImageNet on downsampled ImageNet: 1,000 classes split by classes.
 
-  Reads tfds ``imagenet_resized/<resolution>x<resolution>`` (Chrabaszcz et
+  Reads tfds ``imagenet_resized/<image_size>x<image_size>`` (Chrabaszcz et
   al., "A downsampled variant of ImageNet as an alternative to the CIFAR
   datasets", 2017: the 1.28 million training images and the 50,000
   validation images, which are the test set here, box-resized). Avalanche's
@@ -924,24 +924,24 @@ def split_imagenet(
   The images stay in the tfds files until an experience reads them
   (``lazy=True``, the default here: the 64-pixel training set is 15.7 GB).
 
-  Arguments as :func:`split_cifar10`, plus ``resolution`` (8, 16, 32 or 64
+  Arguments as :func:`split_cifar10`, plus ``image_size`` (8, 16, 32 or 64
   pixels).
 
   Example:
-    >>> bench = split_imagenet(10, resolution=32,
+    >>> bench = split_imagenet(10, image_size=32,
     ...                        data_dir="~/tfds")  # doctest: +SKIP
   """
-  if (isinstance(resolution, bool)
-      or not isinstance(resolution, (int, np.integer))
-      or resolution not in _IMAGENET_RESOLUTIONS):
-    raise ValueError(f"resolution must be one of {_IMAGENET_RESOLUTIONS} "
+  if (isinstance(image_size, bool)
+      or not isinstance(image_size, (int, np.integer))
+      or image_size not in _IMAGENET_SIZES):
+    raise ValueError(f"image_size must be one of {_IMAGENET_SIZES} "
                      f"(the sizes of tfds imagenet_resized), got "
-                     f"{resolution!r}.")
+                     f"{image_size!r}.")
   _check_split(1000, n_experiences, seed,
                fixed_class_order=fixed_class_order,
                relabelling=(class_ids_from_zero_in_each_exp,
                             class_ids_from_zero_from_first_exp))
-  name = f"imagenet_resized/{resolution}x{resolution}"
+  name = f"imagenet_resized/{image_size}x{image_size}"
   splits = _load("split_imagenet", name, data_dir, ("train", "validation"),
                  lazy=lazy, split_over_hosts=split_over_hosts)
   return _split("split_imagenet", splits, n_experiences, IMAGENET_MEAN,
