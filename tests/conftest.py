@@ -1,6 +1,8 @@
 """Shared fixtures: small synthetic benchmarks that train in well under a second."""
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -37,3 +39,15 @@ class BatchNormMLP(nn.Module):
   def __call__(self, x, train: bool = False):
     x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
     return nn.Dense(4)(nn.relu(x))
+
+
+def device_experience(x, labels, index, size, n_classes):
+  """A one-task training experience of ``x`` padded to ``size`` rows and put
+  on the device, as strategy hooks receive it."""
+  labels = np.asarray(labels)
+  exp = jaxcl.benchmarks.Experience(
+      x=np.asarray(x, np.float32), y=labels, task=np.zeros(len(labels)),
+      index=index, classes=tuple(sorted(set(labels.tolist()))),
+      origin="train")
+  return jax.tree.map(jnp.asarray,
+                      jaxcl.training.experience_data(exp, size, n_classes))

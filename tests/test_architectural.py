@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import BatchNormMLP, make_benchmark
+from conftest import BatchNormMLP, device_experience, make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.benchmarks import Experience
 from jaxcl.models import MLP, MTMLP, as_model
 from jaxcl.strategies import StrategyContext, cwr_star
-from jaxcl.training import cross_entropy, experience_data, init_state
+from jaxcl.training import cross_entropy, init_state
 
 N_CLASSES, DIM = 3, 4
 HEAD = "TorchLinear_1"  # MLP's output layer
@@ -31,10 +30,7 @@ def _ctx(module):
 
 def _data(labels, index=0):
   x = np.random.default_rng(index).normal(size=(len(labels), DIM))
-  exp = Experience(x=x.astype(np.float32), y=np.asarray(labels),
-                   task=np.zeros(len(labels)), index=index,
-                   classes=tuple(sorted(set(labels))), origin="train")
-  return jax.tree.map(jnp.asarray, experience_data(exp, 8, N_CLASSES))
+  return device_experience(x, labels, index, 8, N_CLASSES)
 
 
 def _state(strategy, ctx):

@@ -5,11 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import device_experience, make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import StrategyContext, bias_correct, bic, buffers
 from jaxcl.strategies.bias_correction import _stage_2
@@ -35,10 +34,7 @@ def _ctx(model, batch_size=4):
 
 def _data(labels, index, seed=0):
   x = np.random.default_rng(seed).normal(size=(len(labels), DIM))
-  exp = Experience(x=x.astype(np.float32), y=np.asarray(labels),
-                   task=np.zeros(len(labels)), index=index,
-                   classes=tuple(sorted(set(labels))), origin="train")
-  return jax.tree.map(jnp.asarray, experience_data(exp, SIZE, N_CLASSES))
+  return device_experience(x, labels, index, SIZE, N_CLASSES)
 
 
 def _state(ctx, strategy, seen):

@@ -7,15 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import BatchNormMLP, make_benchmark
+from conftest import BatchNormMLP, device_experience, make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.benchmarks import Experience
 from jaxcl.models import MLP, Model, as_model
 from jaxcl.strategies import StrategyContext, buffers, er_aml
 from jaxcl.strategies.rehearsal import contrast_partners
-from jaxcl.training import (cross_entropy, experience_data, init_state,
+from jaxcl.training import (cross_entropy, init_state,
                             make_train_step)
 
 N_CLASSES, DIM = 4, 3
@@ -38,10 +37,7 @@ def _ctx(module, batch_size=4):
 
 
 def _data(x, labels, index):
-  exp = Experience(x=np.asarray(x, np.float32), y=np.asarray(labels),
-                   task=np.zeros(len(labels)), index=index,
-                   classes=tuple(sorted(set(labels))), origin="train")
-  return jax.tree.map(jnp.asarray, experience_data(exp, 8, N_CLASSES))
+  return device_experience(x, labels, index, 8, N_CLASSES)
 
 
 def _state(ctx, strategy):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import device_experience, make_benchmark
 
 import jaxcl
 from jaxcl.benchmarks import Experience, Stream
@@ -52,9 +52,7 @@ def _state(ctx, strategy, optimizer=None):
 
 
 def _data(x, y, index, n_classes=4):
-  exp = Experience(x=np.asarray(x, np.float32), y=y, task=np.zeros(len(y)),
-                   index=index, classes=tuple(sorted(set(y))), origin="train")
-  return jax.tree.map(jnp.asarray, experience_data(exp, len(y), n_classes))
+  return device_experience(x, y, index, len(y), n_classes)
 
 
 def _log_softmax(z):
