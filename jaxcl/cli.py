@@ -329,6 +329,11 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   out.add_argument("--image-samples", action="store_true",
                    help="write an 8x8 grid of sample images of every "
                    "training experience (TensorBoard, W&B)")
+  out.add_argument("--minibatch-metrics", action="store_true",
+                   help="also record every optimizer step's training loss "
+                   "and accuracy (minibatch/loss, minibatch/accuracy: "
+                   "TensorBoard, W&B, metrics.jsonl, training_results.csv, "
+                   "results.json; not printed)")
   out.add_argument("--no-progress", action="store_true",
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
@@ -795,7 +800,8 @@ def _result_fields(result) -> dict[str, Any]:
             "history": result.history,
             "initial_accuracies": result.initial_accuracies,
             "confusion_matrix": result.confusion_matrix,
-            "periodic": result.periodic, "nonfinite": result.nonfinite}
+            "periodic": result.periodic, "nonfinite": result.nonfinite,
+            "minibatch": result.minibatch}
   return {
       "labels": list(result.labels),
       "accuracy_matrix": _accuracy_matrix(result),
@@ -808,6 +814,7 @@ def _result_fields(result) -> dict[str, Any]:
       "periodic": [run.periodic for run in result.runs],
       "initial_accuracies": [run.initial_accuracies for run in result.runs],
       "nonfinite": [run.nonfinite for run in result.runs],
+      "minibatch": [run.minibatch for run in result.runs],
   }
 
 
@@ -1038,7 +1045,10 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep,
                     device_memory_budget_mb=args.device_memory_budget_mb,
-                    on_nonfinite=args.on_nonfinite)
+                    on_nonfinite=args.on_nonfinite,
+                    metrics=jaxcl.evaluation.metrics(
+                        [*jaxcl.evaluation.DEFAULT_METRICS, "minibatch"])
+                    if args.minibatch_metrics else None)
   lr = _learning_rate(args, strategy, benchmark)
   try:
     if writer is not None and args.image_samples:

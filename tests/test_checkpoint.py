@@ -38,7 +38,7 @@ SPEC, HPARAMS = (("replay+ewc", {"mem_size": 16})
                  if {"replay", "ewc"} <= REGISTRY.keys() else ("naive", {}))
 # Timing, memory and CPU metrics differ between runs; FLOPs cost a lowering.
 SETTINGS = dict(epochs=3, batch_size=8, seed=3, metrics=[
-    m for m in jaxcl.evaluation.METRICS
+    m for m in jaxcl.evaluation.DEFAULT_METRICS
     if m not in ("timing", "memory", "cpu_usage", "flops")])
 N_EXP = 4
 

@@ -394,6 +394,23 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
           "this process can write." in capsys.readouterr().err)
 
 
+def test_minibatch_metrics_flag_records_every_step(tmp_path):
+  logdir = tmp_path / "mb"
+  code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--minibatch-metrics", "--logdir", str(logdir),
+                   "--no-progress", "--no-tensorboard", "--compilation-cache",
+                   ""])
+  assert code == 0
+  steps = json.loads((logdir / "results.json").read_text())["minibatch"]
+  # 4,000 bundled digits in 2 experiences of 2,000: 63 batches of 32 each.
+  assert steps["step"] == list(range(1, 127))
+  assert steps["experience"] == [0] * 63 + [1] * 63
+  csv_rows = (logdir / "training_results.csv").read_text().splitlines()
+  assert sum(",minibatch/loss," in row for row in csv_rows) == 126
+  # Written to the files, not printed.
+  assert "minibatch/loss" not in (logdir / "log.txt").read_text()
+
+
 def test_help_documents_every_flag():
   text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
   for flag in ("--benchmark", "--strategy", "--epochs", "--batch-size", "--lr",

@@ -352,7 +352,9 @@ def test_peak_memory_is_reported():
 
 
 def test_metric_selection_validates_names():
-  assert ev.metrics().names == frozenset(ev.METRICS)
+  # Every group but the per-step one, which is opt-in.
+  assert ev.metrics().names == frozenset(ev.METRICS) - {"minibatch"}
+  assert ev.metrics().names == ev.DEFAULT_METRICS
   chosen = ev.metrics(["accuracy", "amca", "topk_accuracy"], top_k=3)
   assert "amca" in chosen and "flops" not in chosen and chosen.top_k == 3
   assert ev.metrics(chosen) is chosen

@@ -27,12 +27,14 @@ from jaxcl.evaluation.class_metrics import (amca, class_accuracy,
                                             labels_repartition,
                                             mean_class_accuracy, mean_scores)
 from jaxcl.evaluation.reducers import ClassCounts, ConfusionMatrix, TopKAccuracy
-from jaxcl.evaluation.selection import METRICS, MetricSelection, metrics
+from jaxcl.evaluation.selection import (DEFAULT_METRICS, METRICS,
+                                       MetricSelection, metrics)
 from jaxcl.evaluation.system import (flops, matmul_peak_flops, named_call,
                                      named_call_flops, peak_device_memory_mb,
                                      peak_host_memory_mb)
 
 __all__ = [
+    "DEFAULT_METRICS",
     "METRICS",
     "ClassCounts",
     "ConfusionMatrix",

@@ -4,13 +4,16 @@
 metrics=...)`` takes the result (or the list itself). Every group is cheap
 (sums gathered in the one evaluation pass, host-side arithmetic, XLA's cost
 analysis of loop bodies of the programs already traced), so the default is
-all of them.
+all of them but ``minibatch``: one entry per optimizer step is more than
+most runs want written (Avalanche's ``minibatch=True`` is opt-in too).
 
 Example:
   >>> selection = metrics(["accuracy", "topk_accuracy", "amca"], top_k=3)
   >>> "amca" in selection, "flops" in selection
   (True, False)
-  >>> sorted(metrics().names) == sorted(METRICS)
+  >>> metrics().names == DEFAULT_METRICS
+  True
+  >>> "minibatch" in metrics([*DEFAULT_METRICS, "minibatch"])
   True
 """
 
@@ -21,7 +24,7 @@ from collections.abc import Iterable
 
 from jaxcl import _validation
 
-__all__ = ["METRICS", "MetricSelection", "metrics"]
+__all__ = ["DEFAULT_METRICS", "METRICS", "MetricSelection", "metrics"]
 
 # Group name -> what it records (Result.metrics keys or Result fields).
 METRICS: dict[str, str] = {
@@ -48,7 +51,12 @@ METRICS: dict[str, str] = {
     "cpu_usage": "train_cpu_usage and eval_cpu_usage: the process's CPU "
                  "time over wall time, in percent (100 per busy core)",
     "flops": "train_flops (one optimizer step) and eval_flops (one sample)",
+    "minibatch": "Result.minibatch: the loss and accuracy of every optimizer "
+                 "step (opt-in)",
 }
+
+# The groups recorded unless fit(metrics=...) says otherwise.
+DEFAULT_METRICS: frozenset[str] = frozenset(METRICS) - {"minibatch"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +93,12 @@ class MetricSelection:
 
 def metrics(names: Iterable[str] | MetricSelection | None = None, *,
             top_k: int | None = None) -> MetricSelection:
-  """Selects metric groups by name (default: all of :data:`METRICS`).
+  """Selects metric groups by name (default: :data:`DEFAULT_METRICS`).
 
   Args:
     names: Group names (see :data:`METRICS`), or a selection (returned as
-      is, with ``top_k`` replaced if given), or None for all.
+      is, with ``top_k`` replaced if given), or None for the default ones
+      (all but ``minibatch``).
     top_k: The ``k`` of ``topk_accuracy`` (Avalanche's ``top_k``; 5 unless
       given).
 
@@ -108,5 +117,5 @@ def metrics(names: Iterable[str] | MetricSelection | None = None, *,
     return names if top_k is None else dataclasses.replace(names, top_k=top_k)
   if names is not None and not isinstance(names, str):
     names = list(names)
-  return MetricSelection(METRICS if names is None else names,
+  return MetricSelection(DEFAULT_METRICS if names is None else names,
                          5 if top_k is None else top_k)

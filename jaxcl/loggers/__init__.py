@@ -16,6 +16,8 @@ Metric names used throughout jaxcl:
   0-based), e.g. `eval/exp_003/accuracy`.
 * `periodic/<stream>/<metric>`, periodic evaluation inside an experience
   (`fit(periodic_eval=...)`). Step: the optimizer step.
+* `minibatch/loss`, `minibatch/accuracy`, every optimizer step's values (the
+  opt-in `minibatch` metric group). Step: the optimizer step.
 * `eval/stream/<metric>`, the metric on the whole evaluation stream, e.g.
   `eval/stream/accuracy`, `eval/stream/loss`, `eval/stream/forgetting`,
   `eval/stream/bwt`; and the images `eval/stream/accuracy_matrix`,

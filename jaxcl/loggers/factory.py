@@ -22,6 +22,7 @@ def create_writers(
     csv: bool = True,
     text: bool = True,
     asynchronous: bool = False,
+    minibatch_lines: bool = False,
 ) -> MetricWriter:
     """Creates the enabled writers for a run and combines them into one.
 
@@ -49,6 +50,10 @@ def create_writers(
         text: Write the console lines to `log.txt`, see `TextLogWriter`.
         asynchronous: Run all writes in a background thread (`AsyncWriter`);
             call `flush()` to wait for them.
+        minibatch_lines: Also print the minibatch metrics (`minibatch/...`,
+            one line per optimizer step) to the console and `log.txt`; by
+            default only the other writers get them, as Avalanche's text
+            loggers print no per-minibatch line.
 
     Returns:
         One writer forwarding to all enabled writers. Call `close()` at the end
@@ -64,7 +69,8 @@ def create_writers(
         step 0 | eval/stream/accuracy 0.9000
         >>> writer.close()
     """
-    writers: list[MetricWriter] = [ConsoleWriter()] if console else []
+    skip = () if minibatch_lines else ("minibatch/",)
+    writers: list[MetricWriter] = [ConsoleWriter(skip=skip)] if console else []
     if logdir is not None and is_remote_path(logdir):
         local = [name for name, on in (("jsonl", jsonl), ("csv", csv), ("text", text)) if on]
         if local:
@@ -89,6 +95,6 @@ def create_writers(
         if csv:
             writers.append(CsvWriter(path))
         if text:
-            writers.append(TextLogWriter(path / "log.txt"))
+            writers.append(TextLogWriter(path / "log.txt", skip=skip))
     writer = MultiWriter(writers)
     return AsyncWriter(writer) if asynchronous else writer

@@ -83,8 +83,8 @@ def _open_csv(path: pathlib.Path) -> tuple[TextIO, Any]:
 class CsvWriter(MetricWriter):
     """Writes scalars to Avalanche's two CSV files in `logdir`.
 
-    Scalars named `train/...` go to `training_results.csv`, all others to
-    `eval_results.csv`. Both are in long format, one row per value under the
+    Scalars named `train/...` and `minibatch/...` go to
+    `training_results.csv`, all others to `eval_results.csv`. Both are in long format, one row per value under the
     header `step,metric,value`; existing files are appended to. Only scalars
     are written.
 
@@ -103,7 +103,8 @@ class CsvWriter(MetricWriter):
     def write_scalars(self, step: int, scalars: Mapping[str, ArrayLike]) -> None:
         step = check_step(step)
         for name, value in scalars.items():
-            writer = self._train if name.startswith("train/") else self._eval
+            training = name.startswith(("train/", "minibatch/"))
+            writer = self._train if training else self._eval
             writer.writerow((step, name, float(value)))
 
     def flush(self) -> None:

@@ -1,7 +1,7 @@
 """Human-readable writers: one line per call, to the console or a log file."""
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from numpy.typing import ArrayLike
@@ -15,8 +15,11 @@ __all__ = ["ConsoleWriter", "TextLogWriter"]
 class _LineWriter(MetricWriter):
     """Writes scalars, texts and hparams as lines; ignores arrays."""
 
-    def __init__(self, stream: TextIO | None):
-        self._stream = stream
+    def __init__(self, stream: TextIO | None, skip: Sequence[str]):
+        if isinstance(skip, str):  # Each character would be a prefix.
+            raise TypeError(f"skip must be a sequence of name prefixes, got "
+                            f"the string {skip!r}; write [{skip!r}].")
+        self._stream, self._skip = stream, tuple(skip)
 
     def _emit(self, line: str) -> None:
         # `file=None` is the current `sys.stdout`, so notebooks, which replace
@@ -25,7 +28,10 @@ class _LineWriter(MetricWriter):
         print(line, file=self._stream, flush=True)
 
     def write_scalars(self, step: int, scalars: Mapping[str, ArrayLike]) -> None:
-        self._emit(format_scalars(step, scalars))
+        shown = {name: value for name, value in scalars.items()
+                 if not name.startswith(self._skip)}
+        if shown:
+            self._emit(format_scalars(step, shown))
 
     def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
         for name, text in texts.items():
@@ -45,16 +51,20 @@ class ConsoleWriter(_LineWriter):
     Example:
         >>> ConsoleWriter().write_scalars(3, {"eval/stream/accuracy": 0.912})
         step 3 | eval/stream/accuracy 0.9120
+        >>> ConsoleWriter(skip=["minibatch/"]).write_scalars(
+        ...     7, {"minibatch/loss": 0.3})
     """
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, skip: Sequence[str] = ()):
         """Creates the writer.
 
         Args:
             stream: Text stream to print to. `None` means `sys.stdout`, looked
                 up at every write. The stream is never closed by the writer.
+            skip: Prefixes of scalar names not to print (a write left with
+                none prints no line).
         """
-        super().__init__(stream)
+        super().__init__(stream, skip)
 
 
 class TextLogWriter(_LineWriter):
@@ -66,9 +76,14 @@ class TextLogWriter(_LineWriter):
         >>> writer.close()
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
-        """Opens `path` for appending, creating its parent directories."""
-        super().__init__(open_append(path))
+    def __init__(self, path: str | os.PathLike[str], skip: Sequence[str] = ()):
+        """Opens `path` for appending, creating its parent directories.
+
+        Args:
+            path: The log file.
+            skip: Prefixes of scalar names not to write, as `ConsoleWriter`'s.
+        """
+        super().__init__(open_append(path), skip)
 
     def close(self) -> None:
         self._stream.close()

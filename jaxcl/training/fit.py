@@ -97,6 +97,12 @@ class Result:
       monitored stream) and ``experience_accuracy`` (one per experience of
       that stream). The first of each experience is taken before its first
       step; the last after its last step, if that step was not due.
+    minibatch: With the ``minibatch`` metric group (opt-in): every optimizer
+      step taken, in order, as columns of equal length: ``experience``,
+      ``epoch`` (within it), ``step`` (optimizer steps so far, this one
+      included), ``loss`` (the step's training loss, penalties included)
+      and ``accuracy`` (of its rows, replayed ones included); Avalanche's
+      ``Loss_MB`` and ``Top1_Acc_MB``. None unless selected.
     nonfinite: ``(experience, optimizer step)`` at which the training loss
       first became NaN or infinite, with ``fit(on_nonfinite="flag")``; what
       measures the model from that experience on (accuracy matrix rows,
@@ -116,6 +122,7 @@ class Result:
   labels_repartition: np.ndarray | None = None
   periodic: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   nonfinite: tuple[int, int] | None = None
+  minibatch: dict[str, np.ndarray] | None = None
 
 
 def _check_run(run: Run) -> None:
@@ -664,13 +671,14 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     checkpoint.check_directory(checkpoint_dir)
   _check_writer(writer)
   chosen = selection.metrics(metrics)
-  if ("forward_transfer" in chosen and chosen.names != frozenset(
-      selection.METRICS) and not eval_before_training):
-    # Chosen by name; with every group (the default) it is NaN instead.
+  if ("forward_transfer" in chosen and not chosen.names >=
+      selection.DEFAULT_METRICS and not eval_before_training):
+    # Chosen by name; with the default groups it is NaN instead.
     raise ValueError("metrics selects 'forward_transfer', which compares with "
                      "the accuracies before training, but "
                      "eval_before_training=False; expected "
                      "eval_before_training=True or no 'forward_transfer'.")
+  minibatch = "minibatch" in chosen
   model_fns = _check_args(model, benchmark, epochs, batch_size, eval_batch_size)
   test_stream = benchmark.test_stream
   # Host-side data adaptation is shared by all runs: it uses the first seed.
@@ -709,11 +717,11 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       optimizer_reset=optimizer_reset, batched=batched,
       runs=len(runs) if batched else 1, seed=runs[0].seed, place=place,
-      run_axis=run_axis)
+      run_axis=run_axis, minibatch=minibatch)
   train_fn = loop.make_train_experience(
       ctx, strategy, optimizer, epochs=epochs, mask_classes=mask_unseen_classes,
       skip_empty_steps=skip_empty, watcher=watcher,
-      optimizer_reset=optimizer_reset, run_axis=run_axis)
+      optimizer_reset=optimizer_reset, run_axis=run_axis, minibatch=minibatch)
   # With batches split over devices, so is the test stream, unless periodic
   # evaluation (inside the training program) needs it whole anyway.
   split_test = place.batch is not None and periodic_stream is not test_stream
@@ -918,6 +926,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   R = np.full((n_runs, n_exp, len(test_stream)), np.nan)
   histories: list[list[dict[str, float]]] = [[] for _ in runs]
   periodic_histories: list[list[dict[str, Any]]] = [[] for _ in runs]
+  # Per run, the minibatch columns of each experience (or block) so far.
+  minibatch_parts: list[list[dict[str, np.ndarray]]] = [[] for _ in runs]
   # Per run: (experience, step) where its loss became NaN/inf, if flagged.
   nonfinite: list[tuple[int, int] | None] = [None] * n_runs
   done = 0
@@ -926,6 +936,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     done, meta = restored.step, restored.meta
     R, initial, histories = meta["accuracy"], meta["initial"], meta["histories"]
     periodic_histories = meta["periodic"]
+    if minibatch:
+      minibatch_parts = [[columns] for columns in meta["minibatch"]]
     nonfinite = [None if at is None else tuple(at)
                  for at in meta.get("nonfinite", nonfinite)]
     final_counts, train_s, eval_s = (meta["final_counts"], meta["train_s"],
@@ -954,6 +966,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
             history.extend(run_points)
           if writer is not None:
             _write_periodic(writer, periodic_eval.stream, points)
+        if minibatch:
+          steps = _minibatch_columns(j, train_metrics.pop("minibatch"),
+                                     nonfinite if flag_nonfinite else None)
+          for parts, columns in zip(minibatch_parts, steps):
+            parts.append(columns)
+          if writer is not None:
+            _write_minibatch(writer, steps)
         if not flag_nonfinite:
           # After the periodic points, which are written before the error.
           check(None)
@@ -1041,7 +1060,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       checkpointer.save(i + 1, state, {
           "accuracy": R, "initial": initial, "final_counts": final_counts,
           "histories": histories, "periodic": periodic_histories,
-          "nonfinite": nonfinite, "train_s": train_s, "eval_s": eval_s})
+          "nonfinite": nonfinite, "train_s": train_s, "eval_s": eval_s,
+          "minibatch": minibatch and [_concatenated(parts)
+                                      for parts in minibatch_parts]})
     span_start, span_cpu = time.perf_counter(), time.process_time()
   if checkpointer is not None:
     checkpointer.close()
@@ -1061,6 +1082,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       Result(accuracy_matrix=R[r], metrics=_final(histories[r]),
              history=histories[r], timings=timings,
              periodic=periodic_histories[r], nonfinite=nonfinite[r],
+             minibatch=(_concatenated(minibatch_parts[r]) if minibatch
+                        else None),
              initial_accuracies=initial[r],
              confusion_matrix=chosen_or_none("confusion_matrix",
                                              lambda: confusion[r]),
@@ -1232,7 +1255,7 @@ def _streaming_trainer(budget: int, train_stream: Stream,
                        optimizer: optax.GradientTransformation, *, epochs: int,
                        mask_classes: bool, optimizer_reset: str, batched: bool,
                        runs: int, seed: int, place: _Placement,
-                       run_axis: str | None
+                       run_axis: str | None, minibatch: bool
                        ) -> streaming.StreamingTrainer | None:
   """A streaming trainer if the largest experience exceeds ``budget`` bytes, else None."""
   sample_bytes = streaming.sample_nbytes(train_stream[0])
@@ -1248,7 +1271,7 @@ def _streaming_trainer(budget: int, train_stream: Stream,
   parts = loop.make_experience_parts(
       ctx, strategy, optimizer, mask_classes=mask_classes,
       skip_empty_steps=True, optimizer_reset=optimizer_reset,
-      run_axis=run_axis)
+      run_axis=run_axis, minibatch=minibatch)
   return streaming.StreamingTrainer(
       ctx, parts, epochs=epochs, budget_bytes=budget, sample_bytes=sample_bytes,
       batched=batched, n_classes=ctx.n_classes, seed=seed, place=place,
@@ -1298,6 +1321,40 @@ def _periodic_rows(i: int, records: Mapping[str, np.ndarray]
           "experience_accuracy": (correct / np.maximum(total, 1)).tolist()})
     rows.append(run_rows)
   return rows
+
+
+_MINIBATCH_COLUMNS = ("experience", "epoch", "step", "loss", "accuracy")
+
+
+def _minibatch_columns(i: int, steps: Mapping[str, np.ndarray],
+                       flagged: Sequence[tuple[int, int] | None] | None
+                       ) -> list[dict[str, np.ndarray]]:
+  """Per run, the steps of experience ``i`` that ran, as ``Result.minibatch``
+  columns; after a flagged run's non-finite step (``flagged``, as
+  ``Result.nonfinite`` per run) its values are NaN, as are the other
+  measures of its model."""
+  columns = []
+  for r, step in enumerate(steps["step"]):
+    ran = step >= 0  # [epochs, steps per epoch]
+    run = {"experience": np.full(ran.sum(), i, np.int64),
+           "epoch": np.nonzero(ran)[0].astype(np.int64),
+           "step": step[ran].astype(np.int64),
+           "loss": steps["loss"][r][ran].astype(np.float64),
+           "accuracy": steps["accuracy"][r][ran].astype(np.float64)}
+    at = None if flagged is None else flagged[r]
+    if at is not None:
+      # The bad step itself keeps its non-finite loss.
+      after = run["step"] > at[1] + 1 if at[0] == i else slice(None)
+      run["loss"][after] = run["accuracy"][after] = np.nan
+    columns.append(run)
+  return columns
+
+
+def _concatenated(parts: Sequence[Mapping[str, np.ndarray]]
+                  ) -> dict[str, np.ndarray]:
+  """Minibatch columns of consecutive experiences, joined."""
+  return {name: np.concatenate([p[name] for p in parts])
+          for name in _MINIBATCH_COLUMNS}
 
 
 def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
@@ -1692,19 +1749,40 @@ def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
     writer.write_scalars(step, scalars)
 
 
+def _write_by_step(writer, runs: Sequence[Iterable[tuple[int, Mapping[
+    str, float]]]]) -> None:
+  """Writes values taken at optimizer steps, ``(step, {name: value})`` per
+  run: at each step the mean (and std) over the runs that have it."""
+  by_step: dict[int, dict[str, list[float]]] = {}
+  for run in runs:
+    for step, values in run:
+      for name, value in values.items():
+        by_step.setdefault(step, {}).setdefault(name, []).append(value)
+  for step, values in sorted(by_step.items()):
+    scalars = {}
+    for name, per_run in values.items():
+      scalars.update(_with_std(name, per_run))
+    _write_scalars(writer, step, scalars)
+
+
 def _write_periodic(writer, stream: str,
                     points: Sequence[Sequence[Mapping[str, Any]]]) -> None:
   """Writes periodic evaluations at their optimizer step (mean over runs)."""
-  by_step: dict[int, list[Mapping[str, Any]]] = {}
-  for run_points in points:
-    for row in run_points:
-      by_step.setdefault(row["step"], []).append(row)
-  for step, rows in sorted(by_step.items()):
-    scalars = {}
-    for name in ("accuracy", "loss"):
-      scalars.update(_with_std(f"periodic/{stream}/{name}",
-                               [row[f"stream_{name}"] for row in rows]))
-    _write_scalars(writer, step, scalars)
+  _write_by_step(writer, [
+      [(row["step"], {f"periodic/{stream}/{name}": row[f"stream_{name}"]
+                      for name in ("accuracy", "loss")})
+       for row in run_points] for run_points in points])
+
+
+def _write_minibatch(writer, steps: Sequence[Mapping[str, np.ndarray]]
+                     ) -> None:
+  """Writes the minibatch metrics at their optimizer step (mean over runs)."""
+  _write_by_step(writer, [
+      [(step, {"minibatch/loss": loss, "minibatch/accuracy": accuracy})
+       for step, loss, accuracy in zip(columns["step"].tolist(),
+                                       columns["loss"].tolist(),
+                                       columns["accuracy"].tolist())]
+      for columns in steps])
 
 
 def _write_train(writer, i: int, train_metrics: Mapping[str, np.ndarray]

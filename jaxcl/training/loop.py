@@ -48,6 +48,7 @@ __all__ = [
     "make_train_experience",
     "make_train_step",
     "mask_unseen",
+    "minibatch_record",
 ]
 
 # Names of the nested calls fit's FLOP count looks for (named_call_flops).
@@ -62,6 +63,29 @@ class TrainMetrics(clu_metrics.Collection):
 
   loss: clu_metrics.Average.from_output("loss")
   accuracy: clu_metrics.Accuracy
+
+
+def minibatch_record(metrics: TrainMetrics, loss: jax.Array, step: jax.Array,
+                     ran: jax.Array) -> dict[str, jax.Array]:
+  """One optimizer step's entry of the minibatch metrics.
+
+  Args:
+    metrics: The step's :class:`TrainMetrics`.
+    loss: The step's training loss (penalties included).
+    step: Optimizer steps taken so far, this one included.
+    ran: Whether the step ran (empty and stopped steps do not).
+
+  Returns:
+    ``{"step", "loss", "accuracy"}`` scalars: ``accuracy`` is the fraction of
+    the step's weighted rows predicted right; for a step that did not run
+    ``step`` is -1 and the values NaN.
+  """
+  correct, count = metrics.accuracy.total, metrics.accuracy.count
+  return {"step": jnp.where(ran, step, -1).astype(jnp.int32),
+          "loss": jnp.where(ran, loss, jnp.nan).astype(jnp.float32),
+          "accuracy": jnp.where(ran & (count > 0),
+                                correct / jnp.maximum(count, 1),
+                                jnp.nan).astype(jnp.float32)}
 
 
 def cross_entropy(logits: jax.Array, batch: dict) -> jax.Array:
@@ -250,9 +274,12 @@ class ExperienceParts(NamedTuple):
       classes, optimizer resets and the strategy's ``begin_experience``.
     epoch_order: ``epoch_order(epoch_key, size) -> (order, valid, steps_key)``:
       the epoch's sample indices and real-row mask, ``[steps, batch]`` each.
-    step: ``step(carry, batch, key, eval_data) -> (carry, record)`` with
-      ``carry = (state, metrics, first_bad, trained, watch)``: one guarded
-      optimizer step (and a periodic check when it is counted in steps).
+    step: ``step(carry, batch, key, eval_data) -> (carry, (record,
+      minibatch))`` with ``carry = (state, metrics, first_bad, trained,
+      watch)``: one guarded optimizer step (and a periodic check, whose
+      ``record`` it returns, when it is counted in steps); ``minibatch`` is
+      the step's :func:`minibatch_record`, or None unless the parts were
+      built with ``minibatch=True``.
     end: ``end(state, data, end_key) -> state``: the strategy's
       ``end_experience``.
   """
@@ -274,8 +301,10 @@ def make_experience_parts(
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
     run_axis: str | None = None,
+    minibatch: bool = False,
 ) -> ExperienceParts:
   """Builds the :class:`ExperienceParts` (arguments as :func:`make_train_experience`)."""
+  _validation.check_bool("minibatch", minibatch)
   _validation.check_bool("skip_empty_steps", skip_empty_steps)
   # A strategy that may hold out a whole batch needs the guard whatever the
   # experiences' sizes.
@@ -340,8 +369,10 @@ def make_experience_parts(
     record = None
     if by_step:
       watch, record = watcher.check(state, watch, trained, eval_data, run)
+    step_record = (minibatch_record(step_metrics, loss, state.step, run)
+                   if minibatch else None)
     return (state, metrics.merge(step_metrics), first_bad, trained,
-            watch), record
+            watch), (record, step_record)
 
   def end(state, data, end_key):
     return strategy.end_experience(ctx, state, data, end_key)
@@ -360,6 +391,7 @@ def make_train_experience(
     watcher: periodic.Watcher | None = None,
     optimizer_reset: str = "none",
     run_axis: str | None = None,
+    minibatch: bool = False,
 ) -> Callable[..., tuple[TrainState, dict]]:
   """Builds the function that trains on one experience (to be jitted once).
 
@@ -389,6 +421,8 @@ def make_train_experience(
       skipped step (empty, or after an early stop) is then skipped for all
       runs once none needs it. Without it, ``vmap`` turns the skip into a
       select that computes the step for every run.
+    minibatch: Also return every optimizer step's loss and accuracy (the
+      minibatch metrics, Avalanche's ``*_MB``).
 
   Returns:
     ``train_experience(state, data, eval_data=None) -> (state, metrics)``
@@ -397,13 +431,15 @@ def make_train_experience(
     (-1 if none), ``steps_trained`` to the optimizer steps taken and, with a
     ``watcher``, ``periodic`` to the periodic evaluations of ``eval_data``
     (see :func:`jaxcl.training.periodic.make_watcher`; the first is the one
-    before training).
+    before training) and, with ``minibatch``, ``minibatch`` to the steps'
+    :func:`minibatch_record` entries, ``[epochs, steps_per_epoch]`` each.
   """
   _validation.check_positive_int("epochs", epochs)
   parts = make_experience_parts(
       ctx, strategy, optimizer, mask_classes=mask_classes,
       skip_empty_steps=skip_empty_steps, watcher=watcher,
-      optimizer_reset=optimizer_reset, run_axis=run_axis)
+      optimizer_reset=optimizer_reset, run_axis=run_axis,
+      minibatch=minibatch)
   by_epoch = watcher is not None and watcher.unit == "epoch"
 
   def run_epoch(carry, inputs):
@@ -420,13 +456,14 @@ def make_train_experience(
       return parts.step(carry, batch, jax.random.fold_in(steps_key, i),
                         eval_data)
 
-    (state, metrics, first_bad, trained, watch), records = jax.lax.scan(
-        body, (state, TrainMetrics.empty(), first_bad, trained, watch),
-        (order, valid, jnp.arange(parts.steps_per_epoch)))
+    (state, metrics, first_bad, trained, watch), (records, steps) = (
+        jax.lax.scan(body,
+                     (state, TrainMetrics.empty(), first_bad, trained, watch),
+                     (order, valid, jnp.arange(parts.steps_per_epoch))))
     if by_epoch:
       watch, records = watcher.check(state, watch, epoch + 1, eval_data, True)
     return ((state, data, eval_data, first_bad, trained, watch),
-            (metrics.compute(), records))
+            (metrics.compute(), records, steps))
 
   def train_experience(state: TrainState, data: ExperienceData,
                        eval_data: ExperienceData | None = None):
@@ -441,11 +478,14 @@ def make_train_experience(
       watch, first = watcher.start(state, eval_data)
     carry = (state, data, eval_data, jnp.array(-1, jnp.int32),
              jnp.zeros((), jnp.int32), watch)
-    (state, _, _, first_bad, trained, watch), (epoch_metrics, records) = (
-        jax.lax.scan(run_epoch, carry, (jax.random.split(epochs_key, epochs),
-                                        jnp.arange(epochs))))
+    (state, _, _, first_bad, trained, watch), (epoch_metrics, records,
+                                               steps) = jax.lax.scan(
+        run_epoch, carry, (jax.random.split(epochs_key, epochs),
+                           jnp.arange(epochs)))
     metrics = {**epoch_metrics, "first_nonfinite_step": first_bad,
                "steps_trained": trained}
+    if minibatch:
+      metrics["minibatch"] = steps
     if watcher is not None:
       state, last = watcher.finish(state, watch, eval_data)
       metrics["periodic"] = jax.tree.map(

@@ -134,9 +134,9 @@ class StreamingTrainer:
         batch = loop._shard(batch, parts_sharding)
         return parts.step(carry, batch, jax.random.fold_in(steps_key, i), None)
       carry = (state, loop.TrainMetrics.empty(), first_bad, trained, None)
-      (state, metrics, first_bad, trained, _), _ = jax.lax.scan(
+      (state, metrics, first_bad, trained, _), (_, steps) = jax.lax.scan(
           body, carry, (batches, first_step + jnp.arange(chunk_steps)))
-      return state, metrics, first_bad, trained
+      return state, (metrics, steps), first_bad, trained
 
     parts_sharding = self.place.batch
     functions = (parts.begin, orders, chunk, parts.end)
@@ -311,7 +311,7 @@ class StreamingTrainer:
     runs = (state.step.shape[0],) if self.batched else ()
     first_bad = _hosts.put(np.full(runs, -1, np.int32), self.place.state)
     trained = _hosts.put(np.zeros(runs, np.int32), self.place.state)
-    epoch_metrics, metrics = [], None
+    epoch_metrics, metrics, minibatch = [], None, []
     chunks = self._chunks(experience, order, valid)
     dispatched: collections.deque = collections.deque()
     try:
@@ -326,11 +326,12 @@ class StreamingTrainer:
                                        functools.partial(next, chunks),
                                        in_flight=state)
         e, c = divmod(n, self.chunks_per_epoch)
-        state, chunk_metrics, first_bad, trained = chunk(
+        state, (chunk_metrics, steps), first_bad, trained = chunk(
             state, batches, steps_keys[..., e], scalar(c * self.chunk_steps),
             first_bad, trained)
         dispatched.append(chunk_metrics)
         metrics = chunk_metrics if c == 0 else metrics.merge(chunk_metrics)
+        minibatch.append(steps)
         if c == self.chunks_per_epoch - 1:
           compute = lambda m: m.compute()
           epoch_metrics.append(jax.vmap(compute)(metrics) if self.batched
@@ -341,8 +342,20 @@ class StreamingTrainer:
       chunks.close()
     state = end(state, hooks, end_key)
     stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=-1), *epoch_metrics)
-    return state, {**stacked, "first_nonfinite_step": first_bad,
-                   "steps_trained": trained}
+    out = {**stacked, "first_nonfinite_step": first_bad,
+           "steps_trained": trained}
+    if minibatch[0] is not None:
+      out["minibatch"] = self._epoch_steps(minibatch)
+    return state, out
+
+  def _epoch_steps(self, chunks: list[dict]) -> dict:
+    """The chunks' minibatch entries as the on-device program gives them,
+    ``[runs?, epochs, steps_per_epoch]`` (the last chunk's padding cut)."""
+    def join(*values):
+      steps = jnp.concatenate(values, axis=-1)
+      steps = steps.reshape(steps.shape[:-1] + (self.epochs, -1))
+      return steps[..., :self.parts.steps_per_epoch]
+    return jax.tree.map(join, *chunks)
 
 
 def _reads(jaxpr: Any, args: Any, leaf: Any) -> bool:
