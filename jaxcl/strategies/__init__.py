@@ -6,13 +6,14 @@ and the ``jaxcl`` command.
 """
 
 from jaxcl.strategies import (architectural, bias_correction, deep_slda,
-                              generative, projection, regularization,
+                              generative, meta, projection, regularization,
                               rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.bias_correction import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
+from jaxcl.strategies.meta import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
 from jaxcl.strategies.registry import (REGISTRY, StrategyEntry, from_spec,
                                       open_parameters, parse_spec, register)
@@ -34,6 +35,7 @@ __all__ = [
     *bias_correction.__all__,
     *deep_slda.__all__,
     *generative.__all__,
+    *meta.__all__,
     *projection.__all__,
     *regularization.__all__,
     *rehearsal.__all__,
@@ -41,6 +43,6 @@ __all__ = [
 
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
-                architectural, deep_slda, bias_correction):
+                architectural, deep_slda, bias_correction, meta):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)

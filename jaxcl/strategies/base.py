@@ -26,6 +26,7 @@ whose ``cl_state`` is this strategy's own state):
 | ``after_step`` | ``(ctx, old_state, new_state, grads, batch, key) -> cl_state`` |
 | ``end_experience`` | ``(ctx, state, data, key) -> state`` |
 | ``predict`` | ``(ctx, params, model_state, cl_state, x, task) -> logits`` |
+| ``update`` | ``(ctx, cl_state, state, batch, key, step) -> state`` |
 
 A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
 ``weight`` (1 for real samples, 0 for padding); the training loops also give
@@ -40,6 +41,16 @@ the stream's largest size, on the device. ``adapt_data`` is the one host-side
 slot: ``fit`` calls it for every experience before compiling (with the whole
 train stream and the run's seed), so that the padded size is known; it serves
 strategies that change what is trained on (cumulative, joint, GDumb).
+
+``update`` (None by default) replaces the loop's optimizer step with the
+strategy's own, for meta-learning strategies (MER) that take several inner
+steps per mini-batch: ``step(state, batch, key) -> state`` is one plain
+optimizer step on any batch (the task loss plus ``penalty``, then
+``transform_grads`` and the optimizer), and the loop counts the whole
+``update`` as one step. Its result is measured by the training loss of the
+batch under the updated parameters. ``after_step`` gets no gradient to see
+there, so a strategy that fills ``update`` leaves ``after_step`` empty, and
+``chain`` refuses to add strategies with per-step hooks to it.
 
 Example:
   >>> import jax.numpy as jnp
@@ -66,6 +77,7 @@ __all__ = [
     "Strategy",
     "StrategyContext",
     "chain",
+    "check_update_hooks",
     "naive",
 ]
 
@@ -169,7 +181,8 @@ class Strategy(NamedTuple):
   """A continual-learning strategy as a NamedTuple of pure functions.
 
   Every slot defaults to a no-op; see the module docstring for signatures.
-  ``predict`` is None unless the strategy replaces the prediction rule.
+  ``predict`` is None unless the strategy replaces the prediction rule, and
+  ``update`` unless it replaces the optimizer step.
   ``drops_current_rows`` says that ``transform_batch`` may weigh every
   current row 0 (BiC's held-out samples): the loop then checks every step
   for a sample to train on, after the transform, and skips the update
@@ -187,6 +200,7 @@ class Strategy(NamedTuple):
   end_experience: Callable = _keep_state
   predict: Callable | None = None
   drops_current_rows: bool = False
+  update: Callable | None = None
 
 
 def naive() -> Strategy:
@@ -209,13 +223,46 @@ def _exclusive_slot(strategies: Sequence[Strategy], slot: str,
   return owners[0] if owners else None
 
 
+_PER_STEP = {"transform_batch": _keep_batch, "transform_grads": _keep_grads,
+             "after_step": _keep_cl_state}
+
+
+def check_update_hooks(strategy: Strategy) -> None:
+  """Refuses a strategy that replaces the optimizer step (``update``) but
+  also fills ``after_step``, which that step would never call."""
+  if strategy.update is not None and strategy.after_step is not _keep_cl_state:
+    raise ValueError(
+        f"strategy {strategy.name!r} replaces the optimizer step (update) "
+        "and fills after_step, which gets no gradient there; expected one "
+        "of the two.")
+
+
+def _check_update_company(strategies: Sequence[Strategy],
+                          owner: Strategy) -> None:
+  """Refuses per-step hooks beside a strategy that replaces the step: its
+  inner steps would run them on its own batches, or not at all."""
+  check_update_hooks(owner)
+  for s in strategies:
+    hooks = [slot for slot, default in _PER_STEP.items()
+             if s is not owner and getattr(s, slot) is not default]
+    if hooks:
+      raise ValueError(
+          f"chain: {owner.name!r} replaces the optimizer step (update), and "
+          f"{s.name!r} has per-step hooks ({', '.join(hooks)}); expected "
+          "only strategies that add a penalty or act between experiences "
+          "beside it (EWC, MAS, ...).")
+
+
 def chain(*strategies: Strategy) -> Strategy:
   """Composes strategies into one, as ``optax.chain`` composes transforms.
 
   The combined state is a tuple of the strategies' states. Batch and gradient
   transforms and the experience hooks apply in order, penalties add up. At most
-  one strategy may replace the training data (``adapt_data``) and at most one
-  the prediction rule (``predict``); otherwise a ``ValueError`` is raised.
+  one strategy may replace the training data (``adapt_data``), at most one
+  the prediction rule (``predict``) and at most one the optimizer step
+  (``update``), which then takes only strategies without per-step hooks
+  (``transform_batch``, ``transform_grads``, ``after_step``) beside it;
+  otherwise a ``ValueError`` is raised.
 
   Args:
     *strategies: The strategies to combine, in order.
@@ -235,6 +282,9 @@ def chain(*strategies: Strategy) -> Strategy:
                       f"{type(s).__name__}.")
   data_owner = _exclusive_slot(strategies, "adapt_data", _keep_experience)
   predict_owner = _exclusive_slot(strategies, "predict", None)
+  update_owner = _exclusive_slot(strategies, "update", None)
+  if update_owner is not None:
+    _check_update_company(strategies, update_owner)
   indexed = tuple(enumerate(strategies))
 
   def view(state, i):
@@ -287,6 +337,10 @@ def chain(*strategies: Strategy) -> Strategy:
     i = strategies.index(predict_owner)
     return predict_owner.predict(ctx, params, model_state, cl_state[i], x, task)
 
+  def update(ctx, cl_state, state, batch, key, step):
+    i = strategies.index(update_owner)
+    return update_owner.update(ctx, cl_state[i], state, batch, key, step)
+
   return Strategy(
       name="+".join(s.name for s in strategies),
       init=init,
@@ -295,8 +349,9 @@ def chain(*strategies: Strategy) -> Strategy:
       transform_batch=transform_batch,
       penalty=penalty,
       transform_grads=transform_grads,
-      after_step=after_step,
+      after_step=_keep_cl_state if update_owner else after_step,
       end_experience=state_hook("end_experience"),
       predict=predict if predict_owner else None,
       drops_current_rows=any(s.drops_current_rows for s in strategies),
+      update=update if update_owner else None,
   )

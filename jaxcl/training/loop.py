@@ -32,7 +32,8 @@ from jaxcl.evaluation import system
 from jaxcl.models.adapter import batch_stats_rows
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
-from jaxcl.strategies.base import Strategy, StrategyContext
+from jaxcl.strategies.base import (Strategy, StrategyContext,
+                                   check_update_hooks)
 from jaxcl.strategies.model_utils import MASK_VALUE, visible_classes
 from jaxcl.training import _runs, optim, periodic
 from jaxcl.training.state import ExperienceData, TrainState
@@ -211,7 +212,8 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
   """:func:`make_train_step` in two: ``prepare(state, batch, key) -> (batch,
   keys)`` runs ``transform_batch``, ``update(state, batch, keys)`` the rest,
   so that the loop can skip a step whose transformed batch has no current
-  sample."""
+  sample. A strategy's own ``update`` replaces the optimizer step."""
+  check_update_hooks(strategy)
   mask_classes = _masking(ctx, mask_classes)
 
   def loss_fn(params, state: TrainState, batch: dict, key):
@@ -243,19 +245,35 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
     return (strategy.transform_batch(ctx, state.cl_state, batch, batch_key),
             tuple(keys))
 
-  def update(state: TrainState, batch: dict, keys):
-    dropout_key, grads_key, after_key = keys
+  def apply_gradients(state: TrainState, batch: dict, dropout_key, grads_key):
+    """One optimizer step, uncounted; also returns what it measured."""
     (loss, (logits, model_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state, batch, dropout_key)
     grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        model_state=model_state,
-        opt_state=opt_state)
-    new_state = new_state.replace(cl_state=strategy.after_step(
-        ctx, state, new_state, grads, batch, after_key))
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         model_state=model_state,
+                         opt_state=opt_state), grads, loss, logits
+
+  def plain_step(state: TrainState, batch: dict, key):
+    """The ``step`` given to a strategy's own ``update``."""
+    return apply_gradients(state, batch, *jax.random.split(key))[0]
+
+  def update(state: TrainState, batch: dict, keys):
+    dropout_key, grads_key, after_key = keys
+    if strategy.update is None:
+      new_state, grads, loss, logits = apply_gradients(state, batch,
+                                                       dropout_key, grads_key)
+      new_state = new_state.replace(step=state.step + 1)
+      new_state = new_state.replace(cl_state=strategy.after_step(
+          ctx, state, new_state, grads, batch, after_key))
+    else:
+      new_state = strategy.update(ctx, state.cl_state, state, batch,
+                                  grads_key, plain_step).replace(
+                                      step=state.step + 1)
+      # Measured as Avalanche's MER does: the batch's loss after the update.
+      loss, (logits, _) = loss_fn(new_state.params, new_state, batch,
+                                  dropout_key)
     metrics = TrainMetrics.single_from_model_output(
         loss=jnp.full(batch["y"].shape, loss), logits=logits,
         labels=batch["y"].astype(jnp.int32), mask=batch["weight"] > 0)
