@@ -152,6 +152,35 @@ def test_writers_get_the_mean_and_std_over_runs_at_each_step():
         accuracies[:, k].mean())
 
 
+def test_runs_that_stop_early_at_different_steps_write_each_step_once():
+  # Early stopping ends each seed's experience 0 after a different number
+  # of steps, so a step number falls in experience 0 for one run and in
+  # experience 1 for another: it is written once, over all three runs.
+  bench = jaxcl.benchmarks.with_validation(
+      make_benchmark(sizes=[40, 40, 40, 40], seed=3), 0.3)
+  writer = _Scalars()
+  result = _fit(bench=bench, epochs=12, seeds=[0, 1, 2],
+                optimizer=optax.sgd(0.5), writer=writer,
+                periodic_eval=jaxcl.PeriodicEval(every=1, unit="step",
+                                                 stream="valid"),
+                early_stopping=jaxcl.EarlyStopping(patience=3))
+  experiences = {}
+  for run in result.runs:
+    for step, experience in zip(run.minibatch["step"],
+                                run.minibatch["experience"]):
+      experiences.setdefault(int(step), set()).add(int(experience))
+  assert any(len(e) > 1 for e in experiences.values())
+  written = [step for step, scalars in writer.writes
+             if "minibatch/loss" in scalars]
+  assert sorted(written) == sorted(experiences)  # Each step once.
+  for step, scalars in writer.writes:
+    if "minibatch/loss" in scalars:
+      losses = [run.minibatch["loss"][run.minibatch["step"] == step]
+                for run in result.runs]
+      assert scalars["minibatch/loss"] == pytest.approx(
+          np.mean(np.concatenate(losses)))
+
+
 def test_a_flagged_run_keeps_the_steps_before_its_nonfinite_loss():
   # NaN penalty from the first step on classes 2 and 3 (experience 1).
   nan_on_1 = Strategy(
@@ -192,6 +221,16 @@ def test_line_writers_leave_out_the_per_step_lines_unless_asked(tmp_path):
   with pytest.raises(TypeError, match="skip must be a sequence of name "
                      "prefixes, got the string 'minibatch/'"):
     loggers.ConsoleWriter(out, skip="minibatch/")
+  for bad in (None, [1], [b"minibatch/"]):
+    with pytest.raises(TypeError, match=r"skip must be a sequence of name "
+                       r"prefixes \(strings\), got"):
+      loggers.ConsoleWriter(out, skip=bad)
+  with pytest.raises(TypeError, match="skip must be"):
+    loggers.TextLogWriter(tmp_path / "refused.txt", skip=[1])
+  assert not (tmp_path / "refused.txt").exists()
+  with pytest.raises(TypeError, match="minibatch_lines must be True or "
+                     "False, got 'no'"):
+    loggers.create_writers(None, minibatch_lines="no")
   for lines, expected in ((False, 0), (True, 1)):
     logdir = tmp_path / str(lines)
     writer = loggers.create_writers(logdir, console=False, tensorboard=False,

@@ -69,6 +69,9 @@ def create_writers(
         step 0 | eval/stream/accuracy 0.9000
         >>> writer.close()
     """
+    if not isinstance(minibatch_lines, bool):  # "no" would print them.
+        raise TypeError(f"minibatch_lines must be True or False, got "
+                        f"{minibatch_lines!r}.")
     skip = () if minibatch_lines else ("minibatch/",)
     writers: list[MetricWriter] = [ConsoleWriter(skip=skip)] if console else []
     if logdir is not None and is_remote_path(logdir):

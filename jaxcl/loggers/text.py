@@ -1,7 +1,7 @@
 """Human-readable writers: one line per call, to the console or a log file."""
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from numpy.typing import ArrayLike
@@ -12,14 +12,23 @@ from jaxcl.loggers.formatting import format_scalars
 __all__ = ["ConsoleWriter", "TextLogWriter"]
 
 
+def _check_skip(skip: Sequence[str]) -> tuple[str, ...]:
+    """`skip` as a tuple of prefixes, or a clear error."""
+    if isinstance(skip, str):  # Each character would be a prefix.
+        raise TypeError(f"skip must be a sequence of name prefixes, got "
+                        f"the string {skip!r}; write [{skip!r}].")
+    if not isinstance(skip, Iterable) or not all(
+            isinstance(prefix, str) for prefix in skip):
+        raise TypeError(f"skip must be a sequence of name prefixes "
+                        f"(strings), got {skip!r}.")
+    return tuple(skip)
+
+
 class _LineWriter(MetricWriter):
     """Writes scalars, texts and hparams as lines; ignores arrays."""
 
-    def __init__(self, stream: TextIO | None, skip: Sequence[str]):
-        if isinstance(skip, str):  # Each character would be a prefix.
-            raise TypeError(f"skip must be a sequence of name prefixes, got "
-                            f"the string {skip!r}; write [{skip!r}].")
-        self._stream, self._skip = stream, tuple(skip)
+    def __init__(self, stream: TextIO | None, skip: tuple[str, ...]):
+        self._stream, self._skip = stream, skip
 
     def _emit(self, line: str) -> None:
         # `file=None` is the current `sys.stdout`, so notebooks, which replace
@@ -64,7 +73,7 @@ class ConsoleWriter(_LineWriter):
             skip: Prefixes of scalar names not to print (a write left with
                 none prints no line).
         """
-        super().__init__(stream, skip)
+        super().__init__(stream, _check_skip(skip))
 
 
 class TextLogWriter(_LineWriter):
@@ -83,6 +92,7 @@ class TextLogWriter(_LineWriter):
             path: The log file.
             skip: Prefixes of scalar names not to write, as `ConsoleWriter`'s.
         """
+        skip = _check_skip(skip)  # Before the file is created.
         super().__init__(open_append(path), skip)
 
     def close(self) -> None:

@@ -397,7 +397,8 @@ def fit(
     metrics: The metric groups to record: names from
       :data:`jaxcl.evaluation.METRICS` or a
       :func:`jaxcl.evaluation.metrics` selection (which also sets the ``k``
-      of the top-k accuracy). Default: all of them.
+      of the top-k accuracy). Default: all of them but ``minibatch``
+      (``jaxcl.evaluation.DEFAULT_METRICS``).
     device_memory_budget_mb: Device memory the training data of one
       experience may take; a stream whose largest experience exceeds it is
       streamed from the host in chunks with background prefetch instead of
@@ -945,6 +946,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
+  held = _HeldMinibatch(writer) if minibatch and writer is not None else None
+
   def read_back(pending):
     """Host copies of the trained experiences' metrics, checked in order."""
     for indices, device_metrics in pending:
@@ -971,9 +974,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                                      nonfinite if flag_nonfinite else None)
           for parts, columns in zip(minibatch_parts, steps):
             parts.append(columns)
-          if writer is not None:
-            _write_minibatch(writer, steps)
+          if held is not None:
+            held.add(steps)
         if not flag_nonfinite:
+          if held is not None and np.any(
+              train_metrics["first_nonfinite_step"] >= 0):
+            held.write()  # Before the error, as the periodic points.
           # After the periodic points, which are written before the error.
           check(None)
         if writer is not None:  # Every experience's, evaluated or not.
@@ -1017,6 +1023,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     train_s += span_s
     cpu = [_percent(time.process_time() - span_cpu, span_s)]
     train_metrics, pending = read_back(pending), []
+    if held is not None:  # Every run has passed its own step count.
+      held.write(upto=int(np.min(per_run(state.step))))
     eval_cpu = time.process_time()
     counts, seconds = _timed(eval_exec, state, test_data)
     cpu.append(_percent(time.process_time() - eval_cpu, seconds))
@@ -1055,6 +1063,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     if checkpointer is not None:
       # A checkpointed experience's metrics must be on disk with it: a run
       # killed later resumes after it and does not write them again.
+      if held is not None:
+        held.write()
       if writer is not None:
         writer.flush()
       checkpointer.save(i + 1, state, {
@@ -1070,6 +1080,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     bar.close()
   timings = {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
              "total_s": time.perf_counter() - start_total}
+  if held is not None:
+    held.write()
   if writer is not None:  # Outside total_s: a writer may still be starting.
     writer.flush()
   chosen_or_none = lambda name, make: make() if name in chosen else None
@@ -1749,40 +1761,49 @@ def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
     writer.write_scalars(step, scalars)
 
 
-def _write_by_step(writer, runs: Sequence[Iterable[tuple[int, Mapping[
-    str, float]]]]) -> None:
-  """Writes values taken at optimizer steps, ``(step, {name: value})`` per
-  run: at each step the mean (and std) over the runs that have it."""
-  by_step: dict[int, dict[str, list[float]]] = {}
-  for run in runs:
-    for step, values in run:
-      for name, value in values.items():
-        by_step.setdefault(step, {}).setdefault(name, []).append(value)
-  for step, values in sorted(by_step.items()):
-    scalars = {}
-    for name, per_run in values.items():
-      scalars.update(_with_std(name, per_run))
-    _write_scalars(writer, step, scalars)
-
-
 def _write_periodic(writer, stream: str,
                     points: Sequence[Sequence[Mapping[str, Any]]]) -> None:
   """Writes periodic evaluations at their optimizer step (mean over runs)."""
-  _write_by_step(writer, [
-      [(row["step"], {f"periodic/{stream}/{name}": row[f"stream_{name}"]
-                      for name in ("accuracy", "loss")})
-       for row in run_points] for run_points in points])
+  by_step: dict[int, list[Mapping[str, Any]]] = {}
+  for run_points in points:
+    for row in run_points:
+      by_step.setdefault(row["step"], []).append(row)
+  for step, rows in sorted(by_step.items()):
+    scalars = {}
+    for name in ("accuracy", "loss"):
+      scalars.update(_with_std(f"periodic/{stream}/{name}",
+                               [row[f"stream_{name}"] for row in rows]))
+    _write_scalars(writer, step, scalars)
 
 
-def _write_minibatch(writer, steps: Sequence[Mapping[str, np.ndarray]]
-                     ) -> None:
-  """Writes the minibatch metrics at their optimizer step (mean over runs)."""
-  _write_by_step(writer, [
-      [(step, {"minibatch/loss": loss, "minibatch/accuracy": accuracy})
-       for step, loss, accuracy in zip(columns["step"].tolist(),
-                                       columns["loss"].tolist(),
-                                       columns["accuracy"].tolist())]
-      for columns in steps])
+class _HeldMinibatch:
+  """The minibatch metrics of all runs, held until every run has passed
+  their step, then written once per step: the mean (and std) over the runs.
+
+  Runs that stop early (``early_stopping``) reach a step in different
+  experiences, so one experience's entries may not hold every run's.
+  """
+
+  def __init__(self, writer: Any):
+    self._writer, self._held = writer, {}
+
+  def add(self, steps: Sequence[Mapping[str, np.ndarray]]) -> None:
+    """Holds one experience's columns, one set per run."""
+    for columns in steps:
+      for step, loss, accuracy in zip(columns["step"].tolist(),
+                                      columns["loss"].tolist(),
+                                      columns["accuracy"].tolist()):
+        runs = self._held.setdefault(step, ([], []))
+        runs[0].append(loss)
+        runs[1].append(accuracy)
+
+  def write(self, upto: int | None = None) -> None:
+    """Writes the held steps up to ``upto`` (all if None), in order."""
+    for step in sorted(s for s in self._held if upto is None or s <= upto):
+      losses, accuracies = self._held.pop(step)
+      _write_scalars(self._writer, step, {
+          **_with_std("minibatch/loss", losses),
+          **_with_std("minibatch/accuracy", accuracies)})
 
 
 def _write_train(writer, i: int, train_metrics: Mapping[str, np.ndarray]
