@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from jaxcl import _validation
 from jaxcl.strategies.base import Strategy
-from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
+from jaxcl.strategies.model_utils import (feature_size, init_model_state,
                                           penultimate_features)
 
 __all__ = ["streaming_lda"]
@@ -128,10 +128,7 @@ def streaming_lda(shrinkage_param: float = 1e-4,
 
   def init(ctx, params, key):
     model_state = init_model_state(ctx, key)
-    x, task = example_inputs(ctx)
-    n_features = jax.eval_shape(
-        lambda p: penultimate_features(ctx, p, model_state, x, task),
-        params).shape[-1]
+    n_features = feature_size(ctx, params, model_state)
     return {"means": jnp.zeros((ctx.n_classes, n_features), jnp.float32),
             "counts": jnp.zeros((ctx.n_classes,), jnp.float32),
             "covariance": jnp.ones((n_features, n_features), jnp.float32),

@@ -36,8 +36,8 @@ import optax
 from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (MASK_VALUE, example_inputs,
-                                          init_model_state,
+from jaxcl.strategies.model_utils import (MASK_VALUE, feature_size,
+                                          init_model_state, l2_normalize,
                                           penultimate_features,
                                           visible_classes, weighted_mean)
 
@@ -141,10 +141,6 @@ def store_experience(memory: ExperienceMemory, data,
 # ------------------------------------------------------------------ features
 
 
-def _normalize(f: jax.Array) -> jax.Array:
-  return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-
-
 def _in_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
   """``fn`` over row chunks of ``arrays``: one compiled body, bounded memory."""
   n = arrays[0].shape[0]
@@ -186,7 +182,7 @@ def herding(features: jax.Array, member: jax.Array,
     >>> herding(phi, jnp.array([True, True, True]), 2).tolist()
     [2, 0, 1]
   """
-  phi = _normalize(features)
+  phi = l2_normalize(features)
   weight = member.astype(phi.dtype)
   mu = weight @ phi / jnp.maximum(jnp.sum(weight), 1.0)
   sq_norm = jnp.sum(phi * phi, -1)
@@ -231,7 +227,7 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
     >>> np.asarray(logits, float).round(3).tolist()
     [[-0.0, -1.414]]
   """
-  diff = _normalize(features)[:, None, :] - means[None]
+  diff = l2_normalize(features)[:, None, :] - means[None]
   distance = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 0.0))
   return jnp.where(has_mean, -distance, MASK_VALUE)
 
@@ -325,11 +321,8 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     return memory_size * ctx.n_classes
 
   def init(ctx, params, key):
-    x, task = example_inputs(ctx)
     model_state = init_model_state(ctx, key)
-    n_features = jax.eval_shape(
-        lambda p: penultimate_features(ctx, p, model_state, x, task),
-        params).shape[-1]
+    n_features = feature_size(ctx, params, model_state)
     cap = capacity(ctx)
     return ICaRLState(
         x=jnp.zeros((cap, *ctx.input_shape), ctx.x_dtype),
@@ -429,7 +422,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
                     axis=1).astype(jnp.float32)
 
     def class_mean(x):
-      phi = _normalize(_in_chunks(features, x, cl.task))
+      phi = l2_normalize(_in_chunks(features, x, cl.task))
       sums = jax.lax.map(lambda c: jnp.sum(
           jnp.where((valid & (cl.y == c))[:, None], phi, 0), axis=0),
                          jnp.arange(ctx.n_classes))
@@ -438,7 +431,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     means = class_mean(cl.x)
     if _flipped_too(ctx, cl.x):
       means = (means + class_mean(jnp.flip(cl.x, axis=2))) / 2
-    means = _normalize(means)
+    means = l2_normalize(means)
     return state.replace(cl_state=cl.replace(
         class_means=means, has_mean=count > 0,
         teacher_params=state.params, teacher_model_state=state.model_state,

@@ -31,7 +31,9 @@ from jaxcl.strategies.base import StrategyContext
 __all__ = [
     "MASK_VALUE",
     "example_inputs",
+    "feature_size",
     "init_model_state",
+    "l2_normalize",
     "mask_logits",
     "output_layer_call",
     "output_layer_path",
@@ -61,6 +63,22 @@ def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
     2.0
   """
   return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit L2 norm: ``x / max(‖x‖, 1e-12)`` (PyTorch's
+  ``normalize``).
+
+  A zero row stays zero, with a zero gradient (``jnp.linalg.norm``'s is
+  NaN there, which would spoil every parameter even at weight 0).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+  """
+  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(squared, 1e-24))
 
 
 def mask_logits(ctx: StrategyContext, logits: jax.Array, seen: jax.Array,
@@ -280,3 +298,17 @@ def penultimate_features(ctx: StrategyContext, params: PyTree,
   """
   inputs = output_layer_call(ctx, params, model_state, x, task)[1]
   return inputs.reshape(inputs.shape[0], -1)
+
+
+def feature_size(ctx: StrategyContext, params: PyTree,
+                 model_state: PyTree) -> int:
+  """The width of :func:`penultimate_features` (static, traced abstractly).
+
+  Example:
+    >>> feature_size(ctx, params, model_state)  # doctest: +SKIP
+    512
+  """
+  x, task = example_inputs(ctx)
+  return jax.eval_shape(
+      lambda p: penultimate_features(ctx, p, model_state, x, task),
+      params).shape[-1]
