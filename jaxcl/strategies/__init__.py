@@ -6,8 +6,8 @@ and the ``jaxcl`` command.
 """
 
 from jaxcl.strategies import (architectural, bias_correction, deep_slda,
-                              generative, meta, projection, regularization,
-                              rehearsal)
+                              generative, meta, projection, prototypes,
+                              regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
 from jaxcl.strategies.bias_correction import *  # noqa: F403
@@ -15,6 +15,7 @@ from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
+from jaxcl.strategies.prototypes import *  # noqa: F403
 from jaxcl.strategies.registry import (REGISTRY, StrategyEntry, from_spec,
                                       open_parameters, parse_spec, register)
 from jaxcl.strategies.regularization import *  # noqa: F403
@@ -37,12 +38,14 @@ __all__ = [
     *generative.__all__,
     *meta.__all__,
     *projection.__all__,
+    *prototypes.__all__,
     *regularization.__all__,
     *rehearsal.__all__,
 ]
 
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
-                architectural, deep_slda, bias_correction, meta):
+                architectural, deep_slda, bias_correction, meta,
+                prototypes):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
