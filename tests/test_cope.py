@@ -13,8 +13,8 @@ from conftest import device_experience, make_benchmark
 import jaxcl
 from jaxcl import cli
 from jaxcl.models import MLP, as_model
-from jaxcl.strategies import (StrategyContext, buffers, chain, cope, ewc,
-                              ppp_loss)
+from jaxcl.strategies import (REGISTRY, StrategyContext, buffers, chain,
+                              cope, ewc, from_spec, ppp_loss)
 from jaxcl.strategies.prototypes import _logsumexp_others
 from jaxcl.training import (cross_entropy, init_state, make_train_experience,
                             mask_unseen)
@@ -271,6 +271,14 @@ def test_cope_refuses_bad_arguments():
     cope().init(tasks, None, jax.random.key(0))
   with pytest.raises(ValueError, match="expected n_classes >= 2, got 1"):
     cope().init(_ctx(n_classes=1), None, jax.random.key(0))
+
+
+def test_cope_is_registered_for_specs():
+  assert REGISTRY["cope"].factory is cope
+  strategy = from_spec("cope(temperature=0.2)+ewc", mem_size=50)
+  assert strategy.name == "cope+ewc" and strategy.predict is not None
+  with pytest.raises(ValueError, match="cope takes no T"):
+    from_spec("cope(T=0.1)")
 
 
 def test_cope_from_the_command_line(tmp_path):
