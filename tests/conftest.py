@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxcl
@@ -39,6 +40,41 @@ class BatchNormMLP(nn.Module):
   def __call__(self, x, train: bool = False):
     x = nn.BatchNorm(use_running_average=not train)(nn.Dense(8)(x))
     return nn.Dense(4)(nn.relu(x))
+
+
+class TwoLayer(nn.Module):
+  """Dense(5) -> ReLU -> Dense(4): penultimate features are the ReLU's."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    hidden = nn.relu(nn.Dense(5)(x))
+    return nn.Dense(4)(hidden)
+
+
+def hook_context(model, *, n_classes=4, dim=3, batch_size=4,
+                 n_experiences=2, **kwargs):
+  """A StrategyContext over raw ``dim``-feature inputs and experiences
+  padded to 8 rows, for calling strategy hooks directly."""
+  return jaxcl.strategies.StrategyContext(
+      model=jaxcl.models.as_model(model), preprocess=lambda x: x,
+      loss=jaxcl.training.cross_entropy, n_classes=n_classes,
+      n_experiences=n_experiences, input_shape=(dim,),
+      batch_size=batch_size, experience_size=8, **kwargs)
+
+
+def fit_seeds_alone(model, strategy, bench, seeds=(0, 1), epochs=2,
+                    batch_size=4):
+  """Fits ``seeds`` together (vmapped) and each alone with SGD 0.1, checks
+  that they give the same accuracy matrices, and returns the single runs."""
+  kwargs = {"epochs": epochs, "batch_size": batch_size}
+  batched = jaxcl.fit(model, strategy, optax.sgd(0.1), bench,
+                      seeds=list(seeds), **kwargs)
+  alone = [jaxcl.fit(model, strategy, optax.sgd(0.1), bench, seed=seed,
+                     **kwargs) for seed in seeds]
+  for together, single in zip(batched.runs, alone):
+    np.testing.assert_allclose(together.accuracy_matrix,
+                               single.accuracy_matrix, atol=1e-6)
+  return alone
 
 
 def device_experience(x, labels, index, size, n_classes):

@@ -2,19 +2,19 @@
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import device_experience, make_benchmark
+from conftest import (TwoLayer, device_experience, fit_seeds_alone,
+                      hook_context, make_benchmark)
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.models import MLP, as_model
-from jaxcl.strategies import (REGISTRY, StrategyContext, buffers, chain,
-                              cope, ewc, from_spec, ppp_loss)
+from jaxcl.models import MLP
+from jaxcl.strategies import (REGISTRY, buffers, chain, cope, ewc,
+                              from_spec, ppp_loss)
 from jaxcl.strategies.prototypes import _logsumexp_others
 from jaxcl.training import (cross_entropy, init_state, make_train_experience,
                             mask_unseen)
@@ -22,20 +22,10 @@ from jaxcl.training import (cross_entropy, init_state, make_train_experience,
 N_CLASSES, DIM = 4, 3
 
 
-class _TwoLayer(nn.Module):
-  """Dense(5) -> ReLU -> Dense(4): the embedding is the 4 outputs."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    hidden = nn.relu(nn.Dense(5)(x))
-    return nn.Dense(N_CLASSES)(hidden)
-
-
-def _ctx(batch_size=4, n_classes=N_CLASSES, **kwargs):
-  return StrategyContext(model=as_model(_TwoLayer()), preprocess=lambda x: x,
-                         loss=cross_entropy, n_classes=n_classes,
-                         n_experiences=3, input_shape=(DIM,),
-                         batch_size=batch_size, experience_size=8, **kwargs)
+def _ctx(n_classes=N_CLASSES, **kwargs):
+  # The embedding is TwoLayer's 4 outputs.
+  return hook_context(TwoLayer(), n_classes=n_classes, dim=DIM,
+                      n_experiences=3, **kwargs)
 
 
 def _state(ctx, strategy):
@@ -122,7 +112,7 @@ def test_ppp_loss_stays_finite_at_small_temperatures():
 
 
 def _features(params, x):
-  """The _TwoLayer model in numpy."""
+  """The TwoLayer model in numpy."""
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   hidden = np.maximum(np.asarray(x, np.float64) @ p["Dense_0"]["kernel"]
                       + p["Dense_0"]["bias"], 0.0)
@@ -230,20 +220,13 @@ def test_cope_takes_at_most_max_it_cnt_steps_per_experience(max_it_cnt,
 def test_cope_vmapped_seeds_equal_single_runs_and_learn():
   bench = make_benchmark(n_experiences=2)
   model = MLP(4, hidden_size=32, drop_rate=0.0)
-  kwargs = {"epochs": 2, "batch_size": 4}
   strategy = cope(mem_size=8, max_it_cnt=0)
-  batched = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, seeds=[0, 1],
-                      **kwargs)
-  for i, seed in enumerate([0, 1]):
-    alone = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, seed=seed,
-                      **kwargs)
-    np.testing.assert_allclose(batched.runs[i].accuracy_matrix,
-                               alone.accuracy_matrix, atol=1e-6)
+  for alone in fit_seeds_alone(model, strategy, bench):
     # Both experiences' classes are told apart by their prototypes.
     np.testing.assert_array_equal(alone.accuracy_matrix[-1], [1.0, 1.0])
   # In a chain, CoPE keeps its state and its prediction rule.
   chained = jaxcl.fit(model, chain(ewc(ewc_lambda=1.0), strategy),
-                      optax.sgd(0.1), bench, seed=0, **kwargs)
+                      optax.sgd(0.1), bench, seed=0, epochs=2, batch_size=4)
   assert np.all(np.isfinite(chained.accuracy_matrix))
   cope_state = chained.state.cl_state[1]
   assert int(buffers.size(cope_state.buffer)) == 8

@@ -7,12 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import BatchNormMLP, device_experience, make_benchmark
+from conftest import (BatchNormMLP, TwoLayer, device_experience,
+                      fit_seeds_alone, hook_context, make_benchmark)
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.models import MLP, Model, as_model
-from jaxcl.strategies import StrategyContext, buffers, er_aml
+from jaxcl.models import MLP, Model
+from jaxcl.strategies import buffers, er_aml
 from jaxcl.strategies.rehearsal import contrast_partners
 from jaxcl.training import (cross_entropy, init_state,
                             make_train_step)
@@ -20,20 +21,9 @@ from jaxcl.training import (cross_entropy, init_state,
 N_CLASSES, DIM = 4, 3
 
 
-class _TwoLayer(nn.Module):
-  """Dense(5) -> ReLU -> Dense(4): features are the ReLU's outputs."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    hidden = nn.relu(nn.Dense(5)(x))
-    return nn.Dense(N_CLASSES)(hidden)
-
-
 def _ctx(module, batch_size=4):
-  return StrategyContext(model=as_model(module), preprocess=lambda x: x,
-                         loss=cross_entropy, n_classes=N_CLASSES,
-                         n_experiences=2, input_shape=(DIM,),
-                         batch_size=batch_size, experience_size=8)
+  return hook_context(module, n_classes=N_CLASSES, dim=DIM,
+                      batch_size=batch_size)
 
 
 def _data(x, labels, index):
@@ -68,7 +58,7 @@ def _avalanche_aml(h_in, y_in, h_pos, y_pos, h_neg, y_neg, temp, base_temp):
 
 
 def test_er_aml_loss_is_avalanches_criterion():
-  ctx = _ctx(_TwoLayer())
+  ctx = _ctx(TwoLayer())
   strategy = er_aml(mem_size=8, batch_size_mem=3, temp=0.2, base_temp=0.05)
   rng = np.random.default_rng(0)
   mem_x = rng.normal(size=(8, DIM))
@@ -216,19 +206,11 @@ def test_er_aml_zero_features_give_finite_gradients():
 def test_er_aml_vmapped_seeds_equal_single_runs_and_beat_naive():
   bench = make_benchmark(n_experiences=2)
   model = MLP(4, hidden_size=8, drop_rate=0.0)
-  kwargs = {"epochs": 2, "batch_size": 4}
-  strategy = er_aml(mem_size=8, batch_size_mem=4)
-  batched = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, seeds=[0, 1],
-                      **kwargs)
-  for i, seed in enumerate([0, 1]):
-    alone = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, seed=seed,
-                      **kwargs)
-    np.testing.assert_allclose(batched.runs[i].accuracy_matrix,
-                               alone.accuracy_matrix, atol=1e-6)
+  alone = fit_seeds_alone(model, er_aml(mem_size=8, batch_size_mem=4), bench)
   naive = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
-                    seed=0, **kwargs)
+                    seed=0, epochs=2, batch_size=4)
   # The first experience's classes survive only with the memory.
-  assert (batched.runs[0].accuracy_matrix[-1, 0]
+  assert (alone[0].accuracy_matrix[-1, 0]
           > naive.accuracy_matrix[-1, 0] + 0.2)
 
 
@@ -247,10 +229,10 @@ def test_er_aml_refuses_bad_arguments_and_models_without_features():
   with pytest.raises(ValueError, match=r"er_aml batch_size_mem=0 replays a "
                      r"training batch of 16 memory samples"):
     er_aml(mem_size=8, batch_size_mem=0).init(
-        _ctx(_TwoLayer(), batch_size=16), None, jax.random.key(0))
+        _ctx(TwoLayer(), batch_size=16), None, jax.random.key(0))
   linear = Model(init=lambda key, x, task: ({"w": jnp.ones((DIM, 4))}, {}),
                  apply=lambda p, s, x, task, train, key: (x @ p["w"], s))
-  ctx = _ctx(_TwoLayer())._replace(model=linear)
+  ctx = _ctx(TwoLayer())._replace(model=linear)
   with pytest.raises(ValueError, match="penultimate features need a Flax "
                      "model"):
     er_aml().init(ctx, {"w": jnp.ones((DIM, 4))}, jax.random.key(0))
