@@ -9,7 +9,8 @@ from jaxcl.strategies import (architectural, bias_correction, deep_slda,
                               generative, meta, projection, prototypes,
                               regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
-from jaxcl.strategies.base import Strategy, StrategyContext, chain, naive
+from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
+                                   chain, naive)
 from jaxcl.strategies.bias_correction import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
@@ -26,6 +27,7 @@ __all__ = [
     "Strategy",
     "StrategyContext",
     "StrategyEntry",
+    "UpdateOps",
     "chain",
     "from_spec",
     "naive",

@@ -26,7 +26,7 @@ whose ``cl_state`` is this strategy's own state):
 | ``after_step`` | ``(ctx, old_state, new_state, grads, batch, key) -> cl_state`` |
 | ``end_experience`` | ``(ctx, state, data, key) -> state`` |
 | ``predict`` | ``(ctx, params, model_state, cl_state, x, task) -> logits`` |
-| ``update`` | ``(ctx, cl_state, state, batch, key, step) -> state`` |
+| ``update`` | ``(ctx, cl_state, state, batch, key, ops) -> (state, cl_state)`` |
 
 A ``batch`` is a dict with at least ``x`` (raw inputs), ``y``, ``task`` and
 ``weight`` (1 for real samples, 0 for padding); the training loops also give
@@ -43,14 +43,15 @@ train stream and the run's seed), so that the padded size is known; it serves
 strategies that change what is trained on (cumulative, joint, GDumb).
 
 ``update`` (None by default) replaces the loop's optimizer step with the
-strategy's own, for meta-learning strategies (MER) that take several inner
-steps per mini-batch: ``step(state, batch, key) -> state`` is one plain
-optimizer step on any batch (the task loss plus ``penalty``, then
-``transform_grads`` and the optimizer), and the loop counts the whole
-``update`` as one step. Its result is measured by the training loss of the
-batch under the updated parameters. ``after_step`` gets no gradient to see
-there, so a strategy that fills ``update`` leaves ``after_step`` empty, and
-``chain`` refuses to add strategies with per-step hooks to it.
+strategy's own, for meta-learning strategies (MER, LaMAML) that take inner
+steps per mini-batch. ``ops`` is an :class:`UpdateOps` (the loop's training
+loss and one plain optimizer step, for any parameters and batch); it
+returns the new state, whose ``cl_state`` it leaves as given, and its own
+new ``cl_state``. The loop counts the whole ``update`` as one step and
+measures it by the training loss of the batch under the updated
+parameters. ``after_step`` gets no gradient to see there, so a strategy
+that fills ``update`` leaves ``after_step`` empty, and ``chain`` refuses to
+add strategies with per-step hooks to it.
 
 Example:
   >>> import jax.numpy as jnp
@@ -76,6 +77,7 @@ from jaxcl.models.adapter import batch_stats_rows
 __all__ = [
     "Strategy",
     "StrategyContext",
+    "UpdateOps",
     "chain",
     "check_update_hooks",
     "naive",
@@ -140,6 +142,23 @@ class StrategyContext(NamedTuple):
     out, _ = self.model.apply(params, model_state, self.preprocess(x), task,
                               train, key, **rows)
     return out
+
+
+class UpdateOps(NamedTuple):
+  """What the loop hands a strategy's own ``update``.
+
+  Attributes:
+    loss: ``loss(params, state, batch, key) -> scalar``: the training loss
+      of ``batch`` under ``params`` (the task loss over the weighted rows,
+      with the training mode's class masking, plus every ``penalty`` of the
+      chain), differentiable in ``params``.
+    step: ``step(state, batch, key) -> state``: one optimizer step on
+      ``batch``: the gradient of ``loss``, ``transform_grads``, the optax
+      update; not counted and without ``after_step``.
+  """
+
+  loss: Callable
+  step: Callable
 
 
 def _init_empty(ctx, params, key):
@@ -337,9 +356,10 @@ def chain(*strategies: Strategy) -> Strategy:
     i = strategies.index(predict_owner)
     return predict_owner.predict(ctx, params, model_state, cl_state[i], x, task)
 
-  def update(ctx, cl_state, state, batch, key, step):
+  def update(ctx, cl_state, state, batch, key, ops):
     i = strategies.index(update_owner)
-    return update_owner.update(ctx, cl_state[i], state, batch, key, step)
+    state, own = update_owner.update(ctx, cl_state[i], state, batch, key, ops)
+    return state, cl_state[:i] + (own,) + cl_state[i + 1:]
 
   return Strategy(
       name="+".join(s.name for s in strategies),

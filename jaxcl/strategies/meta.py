@@ -76,13 +76,13 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
     del params, key
     return buffers.for_context(ctx, mem_size, policy="reservoir")
 
-  def update(ctx, memory, state, batch, key, step):
+  def update(ctx, memory, state, batch, key, ops):
     del ctx
 
     def one_sample(state, inputs):
       row, row_key = inputs
       # Padding and memory slots not yet filled take no step.
-      state = jax.lax.cond(row["weight"][0] > 0, step,
+      state = jax.lax.cond(row["weight"][0] > 0, ops.step,
                            lambda state, row, row_key: state,
                            state, row, row_key)
       return state, None
@@ -98,7 +98,7 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
       return end.replace(params=_reptile(state.params, end.params, beta)), None
 
     end, _ = jax.lax.scan(inner, state, jax.random.split(key, n_inner_steps))
-    return end.replace(params=_reptile(state.params, end.params, gamma))
+    return end.replace(params=_reptile(state.params, end.params, gamma)), memory
 
   def end_experience(ctx, state, data, key):
     del ctx

@@ -32,7 +32,7 @@ from jaxcl.evaluation import system
 from jaxcl.models.adapter import batch_stats_rows
 from jaxcl.evaluation.reducers import (ClassCounts, ConfusionMatrix,
                                        TopKAccuracy)
-from jaxcl.strategies.base import (Strategy, StrategyContext,
+from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    check_update_hooks)
 from jaxcl.strategies.model_utils import MASK_VALUE, visible_classes
 from jaxcl.training import _runs, optim, periodic
@@ -256,8 +256,12 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
                          opt_state=opt_state), grads, loss, logits
 
   def plain_step(state: TrainState, batch: dict, key):
-    """The ``step`` given to a strategy's own ``update``."""
     return apply_gradients(state, batch, *jax.random.split(key))[0]
+
+  def training_loss(params, state: TrainState, batch: dict, key):
+    return loss_fn(params, state, batch, key)[0]
+
+  ops = UpdateOps(loss=training_loss, step=plain_step)
 
   def update(state: TrainState, batch: dict, keys):
     dropout_key, grads_key, after_key = keys
@@ -268,9 +272,9 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
       new_state = new_state.replace(cl_state=strategy.after_step(
           ctx, state, new_state, grads, batch, after_key))
     else:
-      new_state = strategy.update(ctx, state.cl_state, state, batch,
-                                  grads_key, plain_step).replace(
-                                      step=state.step + 1)
+      new_state, cl_state = strategy.update(ctx, state.cl_state, state,
+                                            batch, grads_key, ops)
+      new_state = new_state.replace(step=state.step + 1, cl_state=cl_state)
       # Measured as Avalanche's MER does: the batch's loss after the update.
       loss, (logits, _) = loss_fn(new_state.params, new_state, batch,
                                   dropout_key)
