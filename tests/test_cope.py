@@ -15,6 +15,7 @@ from jaxcl import cli
 from jaxcl.models import MLP
 from jaxcl.strategies import (REGISTRY, buffers, chain, cope, ewc,
                               from_spec, ppp_loss)
+from jaxcl.strategies.model_utils import l2_normalize
 from jaxcl.strategies.prototypes import _logsumexp_others
 from jaxcl.training import (cross_entropy, init_state, make_train_experience,
                             mask_unseen)
@@ -272,3 +273,18 @@ def test_cope_from_the_command_line(tmp_path):
   assert cli.main(args) == 0
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["metrics"]["stream_accuracy"] > 0.5
+
+
+def test_left_out_rows_and_zero_rows_give_finite_zero_gradients():
+  # A weight-0 row's label may be anything (padding from a custom loop).
+  loss = lambda e: ppp_loss(e, jnp.array([0, 1, 99]), jnp.array([1., 1., 0.]),
+                            jnp.eye(3), 0.5)
+  grads = jax.grad(loss)(jnp.eye(3))
+  assert bool(jnp.all(jnp.isfinite(grads)))
+  np.testing.assert_array_equal(grads[2], 0.0)
+  # A zero embedding (a head that starts at zero) stays zero, without the
+  # 1e12 gradient of PyTorch's normalize.
+  jacobian = jax.jacobian(lambda v: l2_normalize(v[None])[0])(jnp.zeros(3))
+  np.testing.assert_array_equal(jacobian, np.zeros((3, 3)))
+  np.testing.assert_allclose(l2_normalize(jnp.array([[3.0, 4.0]])),
+                             [[0.6, 0.8]], rtol=1e-6)

@@ -69,8 +69,10 @@ def l2_normalize(x: jax.Array) -> jax.Array:
   """Rows scaled to unit L2 norm: ``x / max(‖x‖, 1e-12)`` (PyTorch's
   ``normalize``).
 
-  A zero row stays zero, with a zero gradient (``jnp.linalg.norm``'s is
-  NaN there, which would spoil every parameter even at weight 0).
+  A zero row stays zero, with a zero gradient: ``jnp.linalg.norm``'s is NaN
+  there, which would spoil every parameter even at weight 0, and PyTorch's
+  is ``1e12`` (a model whose outputs start at zero would take a step of
+  that size).
 
   Example:
     >>> import jax.numpy as jnp
@@ -78,7 +80,10 @@ def l2_normalize(x: jax.Array) -> jax.Array:
     [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
   """
   squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x / jnp.sqrt(jnp.maximum(squared, 1e-24))
+  nonzero = squared > 0
+  # The inner where keeps the masked branch's gradient finite at zero.
+  norm = jnp.sqrt(jnp.maximum(jnp.where(nonzero, squared, 1.0), 1e-24))
+  return jnp.where(nonzero, x / norm, 0.0)
 
 
 def mask_logits(ctx: StrategyContext, logits: jax.Array, seen: jax.Array,

@@ -124,6 +124,9 @@ def ppp_loss(embeddings: jax.Array, labels: jax.Array, weight: jax.Array,
   """
   x = embeddings
   valid = weight > 0
+  # Rows left out may carry any label; gathered with one in range, so that
+  # an out-of-range one cannot bring NaN into the masked-out gradient.
+  labels = jnp.where(valid, labels, 0)
   pseudo = x @ jax.lax.stop_gradient(x).T / temperature
   proto = x @ jax.lax.stop_gradient(prototypes).T / temperature
   others = _logsumexp_others(proto)
