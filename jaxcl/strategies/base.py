@@ -45,7 +45,8 @@ strategies that change what is trained on (cumulative, joint, GDumb).
 ``update`` (None by default) replaces the loop's optimizer step with the
 strategy's own, for meta-learning strategies (MER, LaMAML) that take inner
 steps per mini-batch. ``ops`` is an :class:`UpdateOps` (the loop's training
-loss and one plain optimizer step, for any parameters and batch); it
+loss, one plain optimizer step and the optimizer's update for given
+gradients); it
 returns the new state, whose ``cl_state`` it leaves as given, and its own
 new ``cl_state``. The loop counts the whole ``update`` as one step and
 measures it by the training loss of the batch under the updated
@@ -155,10 +156,13 @@ class UpdateOps(NamedTuple):
     step: ``step(state, batch, key) -> state``: one optimizer step on
       ``batch``: the gradient of ``loss``, ``transform_grads``, the optax
       update; not counted and without ``after_step``.
+    apply: ``apply(state, grads) -> state``: the optax update with the
+      given gradients (parameters and optimizer state).
   """
 
   loss: Callable
   step: Callable
+  apply: Callable
 
 
 def _init_empty(ctx, params, key):

@@ -1,6 +1,10 @@
-"""Meta-Experience Replay (MER), as Avalanche's ``MER`` strategy.
+"""Meta-learning strategies: MER and La-MAML, as Avalanche's ``MER`` and
+``LaMAML`` (its ``lamaml_v2``, without the ``higher`` library).
 
-Riemer et al., "Learning to Learn without Forgetting by Maximizing Transfer
+Both replace the loop's optimizer step (``Strategy.update``): a mini-batch's
+whole update, inner steps included, is one step of the loop.
+
+**MER** (Meta-Experience Replay): Riemer et al., "Learning to Learn without Forgetting by Maximizing Transfer
 and Minimizing Interference", ICLR 2019. MER replays memory samples one at
 a time inside Reptile's meta-update, so that a step that helps the current
 sample and hurts a remembered one is pulled back. Per mini-batch of the
@@ -25,17 +29,40 @@ loss under the updated parameters, as in Avalanche.
 Avalanche trains MER with mini-batches of 1 (``train_mb_size=1``); with
 ``batch_size`` B each optimizer step of the loop runs ``n_inner_steps ·
 (B + batch_size_mem)`` single-sample steps.
+
+**La-MAML** (Look-ahead MAML): Gupta et al., "La-MAML: Look-ahead Meta
+Learning for Continual Learning", NeurIPS 2020. Every parameter has its own
+learnable learning rate ``α`` (from ``alpha_init``). Per mini-batch of B
+current samples, with ``θ`` the parameters:
+
+1. ``θ_0 = θ``; the batch is cut into ``n_inner_updates`` chunks of
+   ``ceil(B / n_inner_updates)`` rows; for chunk ``k``: ``g_k`` = the
+   gradient of the chunk's loss at ``θ_{k-1}``, clipped elementwise to
+   ``±grad_clip_norm``; ``θ_k = θ_{k-1} − α ⊙ g_k``; meta-loss ``L_k`` = the
+   loss of the batch and ``batch_size_mem`` memory samples at ``θ_k``.
+2. The gradients of ``mean_k L_k`` with respect to ``θ`` and ``α`` (through
+   the inner steps; with ``second_order=False`` the ``g_k`` are held
+   constant) are each clipped to global norm ``grad_clip_norm``.
+3. With ``learn_lr``: ``α ← α − lr_alpha · ∇_α``. Then ``θ ← θ − ∇_θ ⊙
+   max(α, 0)``, or with ``sync_update`` the optimizer's step on ``∇_θ``.
+
+The memory is a reservoir as MER's.
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
+import optax
 
 from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy
 
-__all__ = ["mer"]
+__all__ = ["LaMamlState", "la_maml", "mer"]
 
 
 def _reptile(start, end, rate: float):
@@ -109,4 +136,111 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
                   end_experience=end_experience)
 
 
-STRATEGIES = {"mer": mer}
+class LaMamlState(NamedTuple):
+  """La-MAML's state: the per-parameter learning rates and the memory."""
+
+  alpha: optax.Params
+  memory: buffers.Buffer
+
+
+def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
+            n_inner_updates: int = 5, second_order: bool = True,
+            grad_clip_norm: float = 1.0, learn_lr: bool = True,
+            lr_alpha: float = 0.25, sync_update: bool = False,
+            alpha_init: float = 0.1) -> Strategy:
+  """La-MAML (Avalanche's ``LaMAML``; see the module docstring).
+
+  Args:
+    mem_size: Capacity of the reservoir memory (Avalanche's
+      ``max_buffer_size``).
+    batch_size_mem: Memory samples in each meta-loss (``buffer_mb_size``).
+    n_inner_updates: Inner steps per mini-batch, one per chunk of it.
+    second_order: Differentiate the meta-loss through the inner gradients.
+    grad_clip_norm: Bound of the inner gradients (elementwise) and of the
+      meta-gradients (global norm).
+    learn_lr: Learn the per-parameter learning rates.
+    lr_alpha: Learning rate of the learning rates (plain SGD).
+    sync_update: Update the parameters with the optimizer on the
+      meta-gradient instead of with the learned learning rates.
+    alpha_init: Initial per-parameter learning rate.
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`LaMamlState`. It replaces
+    the optimizer step (``Strategy.update``), as :func:`mer` does.
+
+  Example:
+    >>> la_maml(n_inner_updates=2, second_order=False).name
+    'la_maml'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _validation.check_positive_int("batch_size_mem",
+                                                  batch_size_mem)
+  n_inner_updates = _validation.check_positive_int("n_inner_updates",
+                                                   n_inner_updates)
+  for name, value in (("second_order", second_order), ("learn_lr", learn_lr),
+                      ("sync_update", sync_update)):
+    _validation.check_bool(name, value)
+  grad_clip_norm = _validation.check_float32_positive("grad_clip_norm",
+                                                      grad_clip_norm)
+  lr_alpha = _validation.check_float32_positive("lr_alpha", lr_alpha)
+  alpha_init = _validation.check_float32_positive("alpha_init", alpha_init)
+  clip_norm = optax.clip_by_global_norm(grad_clip_norm)
+
+  def init(ctx, params, key):
+    del key
+    return LaMamlState(
+        alpha=jax.tree.map(lambda p: jnp.full_like(p, alpha_init), params),
+        memory=buffers.for_context(ctx, mem_size, policy="reservoir"))
+
+  def update(ctx, cl_state, state, batch, key, ops):
+    b = ctx.batch_size
+    chunk = math.ceil(b / n_inner_updates)
+    # A batch smaller than the chunks leaves the last ones empty: no step.
+    n_chunks = math.ceil(b / chunk)
+    draw_key, *keys = jax.random.split(key, 1 + 2 * n_chunks)
+    current = {name: value[:b] for name, value in batch.items()}
+    mixed = buffers.concat_batches(current, buffers.sample(
+        cl_state.memory, draw_key, batch_size_mem))
+
+    def meta_loss(params, alpha):
+      fast, total = params, 0.0
+      for k in range(n_chunks):
+        part = {name: value[k * chunk:(k + 1) * chunk]
+                for name, value in current.items()}
+        grads = jax.grad(ops.loss)(fast, state, part, keys[2 * k])
+        if not second_order:
+          grads = jax.lax.stop_gradient(grads)
+        fast = jax.tree.map(
+            lambda p, a, g: p - a * jnp.clip(g, -grad_clip_norm,
+                                             grad_clip_norm),
+            fast, alpha, grads)
+        total = total + ops.loss(fast, state, mixed, keys[2 * k + 1])
+      return total / n_chunks
+
+    grads, alpha_grads = jax.grad(meta_loss, argnums=(0, 1))(
+        state.params, cl_state.alpha)
+    grads = clip_norm.update(grads, clip_norm.init(grads))[0]
+    alpha = cl_state.alpha
+    if learn_lr:
+      alpha_grads = clip_norm.update(alpha_grads, clip_norm.init(alpha))[0]
+      alpha = jax.tree.map(lambda a, g: a - lr_alpha * g, alpha, alpha_grads)
+    if sync_update:
+      state = ops.apply(state, grads)
+    else:
+      state = state.replace(params=jax.tree.map(
+          lambda p, g, a: p - g * jnp.maximum(a, 0.0), state.params, grads,
+          alpha))
+    return state, cl_state._replace(alpha=alpha)
+
+  def end_experience(ctx, state, data, key):
+    del ctx
+    own = state.cl_state
+    return state.replace(cl_state=own._replace(
+        memory=buffers.add_experience(own.memory, key, data)))
+
+  return Strategy(name="la_maml", init=init, update=update,
+                  end_experience=end_experience)
+
+
+STRATEGIES = {"la_maml": la_maml, "mer": mer}
+

@@ -245,15 +245,18 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
     return (strategy.transform_batch(ctx, state.cl_state, batch, batch_key),
             tuple(keys))
 
+  def apply_updates(state: TrainState, grads):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state)
+
   def apply_gradients(state: TrainState, batch: dict, dropout_key, grads_key):
     """One optimizer step, uncounted; also returns what it measured."""
     (loss, (logits, model_state)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params, state, batch, dropout_key)
     grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates),
-                         model_state=model_state,
-                         opt_state=opt_state), grads, loss, logits
+    return (apply_updates(state, grads).replace(model_state=model_state),
+            grads, loss, logits)
 
   def plain_step(state: TrainState, batch: dict, key):
     return apply_gradients(state, batch, *jax.random.split(key))[0]
@@ -261,7 +264,7 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
   def training_loss(params, state: TrainState, batch: dict, key):
     return loss_fn(params, state, batch, key)[0]
 
-  ops = UpdateOps(loss=training_loss, step=plain_step)
+  ops = UpdateOps(loss=training_loss, step=plain_step, apply=apply_updates)
 
   def update(state: TrainState, batch: dict, keys):
     dropout_key, grads_key, after_key = keys

@@ -1,0 +1,189 @@
+"""La-MAML against a numpy transcription of Avalanche's ``LaMAML`` (v2),
+its meta-gradients taken by finite differences."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import make_benchmark
+
+import jaxcl
+from jaxcl import cli
+from jaxcl.models import as_model
+from jaxcl.strategies import StrategyContext, buffers, chain, la_maml
+from jaxcl.training import cross_entropy, init_state, make_train_step
+
+N_CLASSES, DIM, CLIP = 3, 4, 0.8
+
+
+def _ctx():
+  return StrategyContext(model=as_model(nn.Dense(N_CLASSES)),
+                         preprocess=lambda x: x, loss=cross_entropy,
+                         n_classes=N_CLASSES, n_experiences=2,
+                         input_shape=(DIM,), batch_size=4, experience_size=8)
+
+
+def _softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def _loss(w, b, rows):
+  x, y, weight = rows
+  log_p = np.log(_softmax(x @ w + b))
+  return -(weight * log_p[np.arange(len(y)), y]).sum() / max(weight.sum(), 1)
+
+
+def _grad(w, b, rows):
+  x, y, weight = rows
+  d = _softmax(x @ w + b)
+  d[np.arange(len(y)), y] -= 1.0
+  d *= (weight / max(weight.sum(), 1))[:, None]
+  return x.T @ d, d.sum(0)
+
+
+def _meta_loss(theta, alpha, chunks, mixed, held=None):
+  """Avalanche's meta-loss: inner steps on the chunks with clamped
+  gradients and the per-parameter rates, the mixed batch's loss after
+  each, averaged. ``held``: the inner gradients, held constant
+  (first order)."""
+  (w, b), (alpha_w, alpha_b), total = theta, alpha, 0.0
+  for k, rows in enumerate(chunks):
+    grad_w, grad_b = _grad(w, b, rows) if held is None else held[k]
+    w = w - alpha_w * np.clip(grad_w, -CLIP, CLIP)
+    b = b - alpha_b * np.clip(grad_b, -CLIP, CLIP)
+    total += _loss(w, b, mixed)
+  return total / len(chunks)
+
+
+def _inner_grads(theta, alpha, chunks):
+  (w, b), (alpha_w, alpha_b), grads = theta, alpha, []
+  for rows in chunks:
+    grad_w, grad_b = _grad(w, b, rows)
+    grads.append((grad_w, grad_b))
+    w = w - alpha_w * np.clip(grad_w, -CLIP, CLIP)
+    b = b - alpha_b * np.clip(grad_b, -CLIP, CLIP)
+  return grads
+
+
+def _numeric_grads(f, leaves, eps=1e-6):
+  grads = []
+  for i, leaf in enumerate(leaves):
+    grad = np.zeros_like(leaf)
+    for index in np.ndindex(leaf.shape):
+      up = [a.copy() for a in leaves]
+      down = [a.copy() for a in leaves]
+      up[i][index] += eps
+      down[i][index] -= eps
+      grad[index] = (f(up) - f(down)) / (2 * eps)
+    grads.append(grad)
+  return grads
+
+
+def _clip_global(grads, bound):
+  norm = np.sqrt(sum((g ** 2).sum() for g in grads))
+  return [g * min(1.0, bound / norm) for g in grads]
+
+
+def _setup(strategy, optimizer):
+  ctx = _ctx()
+  state = init_state(ctx, strategy, optimizer, jax.random.key(0),
+                     jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
+  state = state.replace(seen_classes=jnp.ones(N_CLASSES, bool))
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(6, DIM)).astype(np.float32)
+  # Two stored samples, both in every draw of three.
+  memory = buffers.add(state.cl_state.memory, jax.random.key(1), x[4:],
+                       jnp.array([2, 0]), jnp.zeros(2, jnp.int32))
+  state = state.replace(cl_state=state.cl_state._replace(memory=memory))
+  # Row 3 is padding: the second chunk's loss is row 2's alone.
+  batch = {"x": jnp.asarray(x[:4]), "y": jnp.array([0, 1, 1, 0]),
+           "task": jnp.zeros(4, jnp.int32),
+           "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
+  x64 = x.astype(np.float64)
+  y, weight = np.array([0, 1, 1, 0]), np.array([1.0, 1.0, 1.0, 0.0])
+  chunks = [(x64[:2], y[:2], weight[:2]), (x64[2:4], y[2:4], weight[2:4])]
+  mixed = (np.concatenate([x64[:4], x64[4:]]),
+           np.concatenate([y, [2, 0]]), np.concatenate([weight, [1.0, 1.0]]))
+  new, _, _ = jax.jit(make_train_step(ctx, strategy, optimizer))(
+      state, batch, jax.random.key(2))
+  theta = [np.asarray(state.params[k], np.float64) for k in ("kernel", "bias")]
+  alpha = [np.asarray(state.cl_state.alpha[k], np.float64)
+           for k in ("kernel", "bias")]
+  return new, theta, alpha, chunks, mixed
+
+
+@pytest.mark.parametrize("second_order", [True, False])
+def test_la_maml_step_is_avalanches_update(second_order):
+  strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=2,
+                     second_order=second_order, grad_clip_norm=CLIP,
+                     lr_alpha=0.3, alpha_init=0.2)
+  new, theta, alpha, chunks, mixed = _setup(strategy, optax.sgd(0.1))
+  held = None if second_order else _inner_grads(theta, alpha, chunks)
+  meta = lambda leaves: _meta_loss(leaves[:2], leaves[2:], chunks, mixed, held)
+  grads = _numeric_grads(meta, theta + alpha)
+  grad_theta = _clip_global(grads[:2], CLIP)
+  grad_alpha = _clip_global(grads[2:], CLIP)
+  # The rates move first; the parameters then move by the new ones.
+  new_alpha = [a - 0.3 * g for a, g in zip(alpha, grad_alpha)]
+  expected = [t - g * np.maximum(a, 0) for t, g, a in
+              zip(theta, grad_theta, new_alpha)]
+  for k, want_alpha, want in zip(("kernel", "bias"), new_alpha, expected):
+    np.testing.assert_allclose(new.cl_state.alpha[k], want_alpha, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(new.params[k], want, rtol=1e-4, atol=1e-6)
+  assert int(new.step) == 1
+
+
+def test_sync_update_steps_the_optimizer_and_fixed_rates_stay():
+  strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=2,
+                     grad_clip_norm=CLIP, learn_lr=False, sync_update=True,
+                     alpha_init=0.2)
+  new, theta, alpha, chunks, mixed = _setup(strategy, optax.sgd(0.5))
+  meta = lambda leaves: _meta_loss(leaves, alpha, chunks, mixed)
+  grad_theta = _clip_global(_numeric_grads(meta, theta), CLIP)
+  for k, a, t, g in zip(("kernel", "bias"), alpha, theta, grad_theta):
+    np.testing.assert_array_equal(new.cl_state.alpha[k], a)
+    np.testing.assert_allclose(new.params[k], t - 0.5 * g, rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_vmapped_seeds_equal_single_runs_and_it_learns():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=12)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.25)
+  strategy = la_maml(mem_size=8, n_inner_updates=3)
+  both = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, batch_size=5,
+                   seeds=[0, 1], epochs=3)
+  for seed, run in zip([0, 1], both.runs):
+    alone = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, batch_size=5,
+                      seed=seed, epochs=3)
+    np.testing.assert_allclose(run.accuracy_matrix, alone.accuracy_matrix,
+                               atol=1e-6)
+    for a, b in zip(jax.tree.leaves(run.state.params),
+                    jax.tree.leaves(alone.state.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # The separable first experience (two classes) is learnt.
+  assert all(run.accuracy_matrix[0, 0] == 1.0 for run in both.runs)
+
+
+def test_chain_refuses_per_step_hooks_and_bad_arguments():
+  with pytest.raises(ValueError, match="'la_maml' replaces the optimizer "
+                     "step"):
+    chain(la_maml(), jaxcl.strategies.lwf())
+  for kwargs, message in ((dict(second_order="yes"), "second_order"),
+                          (dict(grad_clip_norm=0), "grad_clip_norm"),
+                          (dict(n_inner_updates=0), "n_inner_updates"),
+                          (dict(alpha_init=-0.1), "alpha_init")):
+    with pytest.raises((TypeError, ValueError), match=message):
+      la_maml(**kwargs)
+
+
+def test_cli_runs_la_maml(tmp_path):
+  assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
+                   "--strategy", "la_maml", "--n-inner-updates", "2",
+                   "--second-order", "false", "--logdir",
+                   str(tmp_path / "la_maml"), "--no-progress",
+                   "--no-tensorboard", "--quiet", "--compilation-cache",
+                   ""]) == 0
