@@ -7,22 +7,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import hook_context, make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.models import as_model
-from jaxcl.strategies import StrategyContext, buffers, chain, la_maml
-from jaxcl.training import cross_entropy, init_state, make_train_step
+from jaxcl.strategies import buffers, chain, la_maml
+from jaxcl.training import init_state, make_train_step
 
 N_CLASSES, DIM, CLIP = 3, 4, 0.8
 
 
 def _ctx():
-  return StrategyContext(model=as_model(nn.Dense(N_CLASSES)),
-                         preprocess=lambda x: x, loss=cross_entropy,
-                         n_classes=N_CLASSES, n_experiences=2,
-                         input_shape=(DIM,), batch_size=4, experience_size=8)
+  return hook_context(nn.Dense(N_CLASSES), n_classes=N_CLASSES, dim=DIM)
 
 
 def _softmax(z):

@@ -6,22 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import hook_context, make_benchmark
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.models import as_model
-from jaxcl.strategies import Strategy, StrategyContext, buffers, chain, mer
-from jaxcl.training import cross_entropy, init_state, make_train_step
+from jaxcl.strategies import Strategy, buffers, chain, mer
+from jaxcl.training import init_state, make_train_step
 
 N_CLASSES, DIM = 3, 4
 
 
 def _ctx():
-  return StrategyContext(model=as_model(nn.Dense(N_CLASSES)),
-                         preprocess=lambda x: x, loss=cross_entropy,
-                         n_classes=N_CLASSES, n_experiences=2,
-                         input_shape=(DIM,), batch_size=4, experience_size=8)
+  return hook_context(nn.Dense(N_CLASSES), n_classes=N_CLASSES, dim=DIM)
 
 
 def _softmax(z):
@@ -54,9 +50,10 @@ def test_mer_step_is_avalanches_update():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(5, DIM)).astype(np.float32)
   # One stored sample: every draw puts it first, the empty slots after it.
-  memory = buffers.add(state.cl_state, jax.random.key(1), x[4:], jnp.array([2]),
+  memory = buffers.add(state.cl_state.memory, jax.random.key(1), x[4:],
+                       jnp.array([2]),
                        jnp.zeros(1, jnp.int32))
-  state = state.replace(cl_state=memory)
+  state = state.replace(cl_state=state.cl_state._replace(memory=memory))
   # Row 3 is padding: it takes no step.
   batch = {"x": jnp.asarray(x[:4]), "y": jnp.array([0, 1, 1, 0]),
            "task": jnp.zeros(4, jnp.int32),
@@ -103,7 +100,7 @@ def test_memory_is_a_reservoir_of_the_stream():
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
   # Room for every sample: all 24 are kept once.
   full = jaxcl.fit(model, mer(mem_size=30, n_inner_steps=1), optax.sgd(0.05),
-                   bench, batch_size=4).state.cl_state
+                   bench, batch_size=4).state.cl_state.memory
   assert int(buffers.size(full)) == 24
   stored = np.asarray(full.x)[np.asarray(full.valid)]
   everything = np.concatenate([e.x for e in bench.train_stream])
@@ -111,7 +108,7 @@ def test_memory_is_a_reservoir_of_the_stream():
       map(tuple, everything.round(5)))
   # Ten slots: a uniform sample of both experiences' 24.
   small = jaxcl.fit(model, mer(mem_size=10, n_inner_steps=1),
-                    optax.sgd(0.05), bench, batch_size=4).state.cl_state
+                    optax.sgd(0.05), bench, batch_size=4).state.cl_state.memory
   assert int(buffers.size(small)) == 10 and int(small.seen) == 24
 
 
@@ -129,6 +126,20 @@ def test_vmapped_seeds_equal_single_runs():
     for a, b in zip(jax.tree.leaves(run.state.params),
                     jax.tree.leaves(alone.state.params)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sweeps_over_the_reptile_coefficients_equal_single_runs():
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  swept = jaxcl.sweep(model, bench, [0.2, 0.7], batch_size=4,
+                      strategy=lambda gamma: mer(n_inner_steps=2, gamma=gamma),
+                      optimizer=optax.sgd(0.1))
+  for gamma, run in zip([0.2, 0.7], swept.runs):
+    alone = jaxcl.fit(model, mer(n_inner_steps=2, gamma=gamma),
+                      optax.sgd(0.1), bench, batch_size=4)
+    for a, b in zip(jax.tree.leaves(run.state.params),
+                    jax.tree.leaves(alone.state.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_chain_takes_penalties_but_refuses_per_step_hooks():
@@ -159,6 +170,9 @@ def test_chain_takes_penalties_but_refuses_per_step_hooks():
     chain(jaxcl.strategies.si(), mer())
   with pytest.raises(ValueError, match="at most one strategy in a chain"):
     chain(mer(), mer())
+  # Penalty-only strategies are welcome nested too.
+  assert chain(mer(), chain(jaxcl.strategies.ewc(),
+                            jaxcl.strategies.mas())).update is not None
   # A hand-built strategy with both is refused before anything compiles.
   both = mer()._replace(name="both", after_step=lambda *args: ())
   with pytest.raises(ValueError, match="strategy 'both' replaces the "

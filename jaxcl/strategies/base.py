@@ -50,7 +50,8 @@ gradients); it
 returns the new state, whose ``cl_state`` it leaves as given, and its own
 new ``cl_state``. The loop counts the whole ``update`` as one step and
 measures it by the training loss of the batch under the updated
-parameters. ``after_step`` gets no gradient to see there, so a strategy
+parameters, a forward pass in training mode whose batch statistics the
+state keeps. ``after_step`` gets no gradient to see there, so a strategy
 that fills ``update`` leaves ``after_step`` empty, and ``chain`` refuses to
 add strategies with per-step hooks to it.
 
@@ -365,16 +366,25 @@ def chain(*strategies: Strategy) -> Strategy:
     state, own = update_owner.update(ctx, cl_state[i], state, batch, key, ops)
     return state, cl_state[:i] + (own,) + cl_state[i + 1:]
 
+  def filled(slot, hook, default):
+    """``hook`` if a strategy fills ``slot``, else the default: a chain of
+    strategies without per-step hooks has none either (so that it may be
+    chained beside an ``update`` owner)."""
+    return hook if any(getattr(s, slot) is not default
+                       for s in strategies) else default
+
   return Strategy(
       name="+".join(s.name for s in strategies),
       init=init,
       adapt_data=adapt_data if data_owner else _keep_experience,
-      begin_experience=state_hook("begin_experience"),
-      transform_batch=transform_batch,
-      penalty=penalty,
-      transform_grads=transform_grads,
-      after_step=_keep_cl_state if update_owner else after_step,
-      end_experience=state_hook("end_experience"),
+      begin_experience=filled("begin_experience",
+                              state_hook("begin_experience"), _keep_state),
+      transform_batch=filled("transform_batch", transform_batch, _keep_batch),
+      penalty=filled("penalty", penalty, _no_penalty),
+      transform_grads=filled("transform_grads", transform_grads, _keep_grads),
+      after_step=filled("after_step", after_step, _keep_cl_state),
+      end_experience=filled("end_experience", state_hook("end_experience"),
+                            _keep_state),
       predict=predict if predict_owner else None,
       drops_current_rows=any(s.drops_current_rows for s in strategies),
       update=update if update_owner else None,

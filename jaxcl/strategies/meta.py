@@ -62,12 +62,30 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy
 
-__all__ = ["LaMamlState", "la_maml", "mer"]
+__all__ = ["LaMamlState", "MerState", "la_maml", "mer"]
 
 
-def _reptile(start, end, rate: float):
+def _reptile(start, end, rate: jax.Array):
   """``start + rate · (end − start)``, leaf by leaf."""
   return jax.tree.map(lambda a, b: a + rate * (b - a), start, end)
+
+
+def _check_memory(mem_size, batch_size_mem) -> tuple[int, int]:
+  return (_validation.check_positive_int("mem_size", mem_size),
+          _validation.check_positive_int("batch_size_mem", batch_size_mem))
+
+
+def _reservoir(ctx, mem_size: int) -> buffers.Buffer:
+  return buffers.for_context(ctx, mem_size, policy="reservoir")
+
+
+class MerState(NamedTuple):
+  """MER's state: the memory and its Reptile coefficients (arrays, so that
+  ``jaxcl.sweep`` can give each run its own)."""
+
+  memory: buffers.Buffer
+  beta: jax.Array
+  gamma: jax.Array
 
 
 def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
@@ -82,18 +100,15 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
     gamma: Across-batch Reptile coefficient.
 
   Returns:
-    The strategy; its ``cl_state`` is the memory, a
-    :class:`~jaxcl.strategies.buffers.Buffer`. It replaces the optimizer
-    step (``Strategy.update``), so ``chain`` adds to it only strategies
-    without per-step hooks (EWC, MAS, ...).
+    The strategy; its ``cl_state`` is a :class:`MerState`. It replaces the
+    optimizer step (``Strategy.update``), so ``chain`` adds to it only
+    strategies without per-step hooks (EWC, MAS, ...).
 
   Example:
     >>> mer(mem_size=100, n_inner_steps=2).name
     'mer'
   """
-  mem_size = _validation.check_positive_int("mem_size", mem_size)
-  batch_size_mem = _validation.check_positive_int("batch_size_mem",
-                                                  batch_size_mem)
+  mem_size, batch_size_mem = _check_memory(mem_size, batch_size_mem)
   n_inner_steps = _validation.check_positive_int("n_inner_steps",
                                                  n_inner_steps)
   beta = _validation.check_float32_positive("beta", beta)
@@ -101,9 +116,10 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
 
   def init(ctx, params, key):
     del params, key
-    return buffers.for_context(ctx, mem_size, policy="reservoir")
+    return MerState(memory=_reservoir(ctx, mem_size),
+                    beta=jnp.float32(beta), gamma=jnp.float32(gamma))
 
-  def update(ctx, memory, state, batch, key, ops):
+  def update(ctx, own, state, batch, key, ops):
     del ctx
 
     def one_sample(state, inputs):
@@ -117,30 +133,38 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
     def inner(state, inner_key):
       draw_key, steps_key = jax.random.split(inner_key)
       mixed = buffers.concat_batches(
-          batch, buffers.sample(memory, draw_key, batch_size_mem))
+          batch, buffers.sample(own.memory, draw_key, batch_size_mem))
       rows = jax.tree.map(lambda a: a[:, None], mixed)
       n_rows = mixed["y"].shape[0]
       end, _ = jax.lax.scan(one_sample, state,
                             (rows, jax.random.split(steps_key, n_rows)))
-      return end.replace(params=_reptile(state.params, end.params, beta)), None
+      return end.replace(params=_reptile(state.params, end.params,
+                                         own.beta)), None
 
     end, _ = jax.lax.scan(inner, state, jax.random.split(key, n_inner_steps))
-    return end.replace(params=_reptile(state.params, end.params, gamma)), memory
-
-  def end_experience(ctx, state, data, key):
-    del ctx
-    return state.replace(
-        cl_state=buffers.add_experience(state.cl_state, key, data))
+    return end.replace(params=_reptile(state.params, end.params,
+                                       own.gamma)), own
 
   return Strategy(name="mer", init=init, update=update,
-                  end_experience=end_experience)
+                  end_experience=_store_experience)
+
+
+def _store_experience(ctx, state, data, key):
+  """The reservoir memory takes in the experience just trained."""
+  del ctx
+  own = state.cl_state
+  return state.replace(cl_state=own._replace(
+      memory=buffers.add_experience(own.memory, key, data)))
 
 
 class LaMamlState(NamedTuple):
-  """La-MAML's state: the per-parameter learning rates and the memory."""
+  """La-MAML's state: the per-parameter learning rates, the memory, and the
+  swept hyperparameters as arrays."""
 
   alpha: optax.Params
   memory: buffers.Buffer
+  lr_alpha: jax.Array
+  grad_clip_norm: jax.Array
 
 
 def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
@@ -172,9 +196,7 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     >>> la_maml(n_inner_updates=2, second_order=False).name
     'la_maml'
   """
-  mem_size = _validation.check_positive_int("mem_size", mem_size)
-  batch_size_mem = _validation.check_positive_int("batch_size_mem",
-                                                  batch_size_mem)
+  mem_size, batch_size_mem = _check_memory(mem_size, batch_size_mem)
   n_inner_updates = _validation.check_positive_int("n_inner_updates",
                                                    n_inner_updates)
   for name, value in (("second_order", second_order), ("learn_lr", learn_lr),
@@ -184,13 +206,13 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
                                                       grad_clip_norm)
   lr_alpha = _validation.check_float32_positive("lr_alpha", lr_alpha)
   alpha_init = _validation.check_float32_positive("alpha_init", alpha_init)
-  clip_norm = optax.clip_by_global_norm(grad_clip_norm)
 
   def init(ctx, params, key):
     del key
     return LaMamlState(
         alpha=jax.tree.map(lambda p: jnp.full_like(p, alpha_init), params),
-        memory=buffers.for_context(ctx, mem_size, policy="reservoir"))
+        memory=_reservoir(ctx, mem_size), lr_alpha=jnp.float32(lr_alpha),
+        grad_clip_norm=jnp.float32(grad_clip_norm))
 
   def update(ctx, cl_state, state, batch, key, ops):
     b = ctx.batch_size
@@ -202,6 +224,11 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     mixed = buffers.concat_batches(current, buffers.sample(
         cl_state.memory, draw_key, batch_size_mem))
 
+    bound = cl_state.grad_clip_norm
+
+    def clip_norm(tree):
+      return optax.clip_by_global_norm(bound).update(tree, ())[0]
+
     def meta_loss(params, alpha):
       fast, total = params, 0.0
       for k in range(n_chunks):
@@ -210,20 +237,17 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
         grads = jax.grad(ops.loss)(fast, state, part, keys[2 * k])
         if not second_order:
           grads = jax.lax.stop_gradient(grads)
-        fast = jax.tree.map(
-            lambda p, a, g: p - a * jnp.clip(g, -grad_clip_norm,
-                                             grad_clip_norm),
-            fast, alpha, grads)
+        fast = jax.tree.map(lambda p, a, g: p - a * jnp.clip(g, -bound, bound),
+                            fast, alpha, grads)
         total = total + ops.loss(fast, state, mixed, keys[2 * k + 1])
       return total / n_chunks
 
     grads, alpha_grads = jax.grad(meta_loss, argnums=(0, 1))(
         state.params, cl_state.alpha)
-    grads = clip_norm.update(grads, clip_norm.init(grads))[0]
-    alpha = cl_state.alpha
+    grads, alpha = clip_norm(grads), cl_state.alpha
     if learn_lr:
-      alpha_grads = clip_norm.update(alpha_grads, clip_norm.init(alpha))[0]
-      alpha = jax.tree.map(lambda a, g: a - lr_alpha * g, alpha, alpha_grads)
+      alpha = jax.tree.map(lambda a, g: a - cl_state.lr_alpha * g, alpha,
+                           clip_norm(alpha_grads))
     if sync_update:
       state = ops.apply(state, grads)
     else:
@@ -232,14 +256,8 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
           alpha))
     return state, cl_state._replace(alpha=alpha)
 
-  def end_experience(ctx, state, data, key):
-    del ctx
-    own = state.cl_state
-    return state.replace(cl_state=own._replace(
-        memory=buffers.add_experience(own.memory, key, data)))
-
   return Strategy(name="la_maml", init=init, update=update,
-                  end_experience=end_experience)
+                  end_experience=_store_experience)
 
 
 STRATEGIES = {"la_maml": la_maml, "mer": mer}

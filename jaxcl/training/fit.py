@@ -897,7 +897,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     flop_analysis = functools.partial(
         _program_flops, train_jaxpr, eval_traced.jaxpr,
         n_runs=len(runs) if batched else 1,
-        runs_share_data=batched and not _runs_one_by_one())
+        runs_share_data=batched and not _runs_one_by_one(),
+        own_update=strategy.update is not None)
     flops = pool.submit(
         compilation.cached_json, "flops",
         [*(program.as_text() for program in lowered),
@@ -1619,7 +1620,8 @@ _FLOP_ANALYSIS = "named calls lowered for the CPU, session 12"
 
 
 def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
-                   runs_share_data: bool) -> dict[str, float]:
+                   runs_share_data: bool,
+                   own_update: bool = False) -> dict[str, float]:
   """FLOPs of one optimizer step and of evaluating one sample, for one run.
 
   XLA counts a loop body once whatever its trip count, so the compiled
@@ -1633,7 +1635,8 @@ def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
   device's share when the test stream is split over devices) and, when
   vmapped runs share the data (``runs_share_data``, see
   :func:`_evaluate_runs`), by the runs. NaN where a call is not found or the
-  backend has no cost analysis.
+  backend has no cost analysis, and for the step of a strategy that
+  replaces it (``own_update``: MER's inner steps are loops, counted once).
   """
   nan = float("nan")
   step = system.named_call_flops(train_jaxpr, loop.TRAIN_STEP_CALL)
@@ -1643,6 +1646,8 @@ def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
   chunk = system.named_call_flops(eval_jaxpr, loop.EVAL_CHUNK_CALL)
   rows = None if chunk is None else math.prod(chunk[1][-1].shape) * (
       n_runs if runs_share_data else 1)
+  if own_update:
+    step = None
   return {"train_flops": nan if step is None else step[0] / n_runs,
           "eval_flops": nan if chunk is None else chunk[0] / rows}
 

@@ -278,9 +278,11 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
       new_state, cl_state = strategy.update(ctx, state.cl_state, state,
                                             batch, grads_key, ops)
       new_state = new_state.replace(step=state.step + 1, cl_state=cl_state)
-      # Measured as Avalanche's MER does: the batch's loss after the update.
-      loss, (logits, _) = loss_fn(new_state.params, new_state, batch,
-                                  dropout_key)
+      # Measured as Avalanche's MER does: the batch's loss after the update,
+      # a forward pass in training mode that updates batch statistics.
+      loss, (logits, model_state) = loss_fn(new_state.params, new_state,
+                                            batch, dropout_key)
+      new_state = new_state.replace(model_state=model_state)
     metrics = TrainMetrics.single_from_model_output(
         loss=jnp.full(batch["y"].shape, loss), logits=logits,
         labels=batch["y"].astype(jnp.int32), mask=batch["weight"] > 0)
