@@ -40,7 +40,7 @@ def _grad(w, b, rows):
   return x.T @ d, d.sum(0)
 
 
-def _meta_loss(theta, alpha, chunks, mixed, held=None):
+def _meta_loss(theta, alpha, chunks, mixed, held=None, clip=CLIP):
   """Avalanche's meta-loss: inner steps on the chunks with clamped
   gradients and the per-parameter rates, the mixed batch's loss after
   each, averaged. ``held``: the inner gradients, held constant
@@ -48,19 +48,19 @@ def _meta_loss(theta, alpha, chunks, mixed, held=None):
   (w, b), (alpha_w, alpha_b), total = theta, alpha, 0.0
   for k, rows in enumerate(chunks):
     grad_w, grad_b = _grad(w, b, rows) if held is None else held[k]
-    w = w - alpha_w * np.clip(grad_w, -CLIP, CLIP)
-    b = b - alpha_b * np.clip(grad_b, -CLIP, CLIP)
+    w = w - alpha_w * np.clip(grad_w, -clip, clip)
+    b = b - alpha_b * np.clip(grad_b, -clip, clip)
     total += _loss(w, b, mixed)
   return total / len(chunks)
 
 
-def _inner_grads(theta, alpha, chunks):
+def _inner_grads(theta, alpha, chunks, clip=CLIP):
   (w, b), (alpha_w, alpha_b), grads = theta, alpha, []
   for rows in chunks:
     grad_w, grad_b = _grad(w, b, rows)
     grads.append((grad_w, grad_b))
-    w = w - alpha_w * np.clip(grad_w, -CLIP, CLIP)
-    b = b - alpha_b * np.clip(grad_b, -CLIP, CLIP)
+    w = w - alpha_w * np.clip(grad_w, -clip, clip)
+    b = b - alpha_b * np.clip(grad_b, -clip, clip)
   return grads
 
 
@@ -83,7 +83,7 @@ def _clip_global(grads, bound):
   return [g * min(1.0, bound / norm) for g in grads]
 
 
-def _setup(strategy, optimizer):
+def _setup(strategy, optimizer, n_chunks=2):
   ctx = _ctx()
   state = init_state(ctx, strategy, optimizer, jax.random.key(0),
                      jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
@@ -100,7 +100,10 @@ def _setup(strategy, optimizer):
            "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
   x64 = x.astype(np.float64)
   y, weight = np.array([0, 1, 1, 0]), np.array([1.0, 1.0, 1.0, 0.0])
-  chunks = [(x64[:2], y[:2], weight[:2]), (x64[2:4], y[2:4], weight[2:4])]
+  size = -(-4 // n_chunks)
+  chunks = [(x64[k * size:(k + 1) * size][:max(0, 4 - k * size)],
+             y[k * size:(k + 1) * size], weight[k * size:(k + 1) * size])
+            for k in range(n_chunks)]
   mixed = (np.concatenate([x64[:4], x64[4:]]),
            np.concatenate([y, [2, 0]]), np.concatenate([weight, [1.0, 1.0]]))
   new, _, _ = jax.jit(make_train_step(ctx, strategy, optimizer))(
@@ -111,17 +114,24 @@ def _setup(strategy, optimizer):
   return new, theta, alpha, chunks, mixed
 
 
-@pytest.mark.parametrize("second_order", [True, False])
-def test_la_maml_step_is_avalanches_update(second_order):
-  strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=2,
-                     second_order=second_order, grad_clip_norm=CLIP,
+# Three updates on a batch of 4 cut it into 2, 2 and an empty chunk, whose
+# step is none and whose meta-loss term repeats the previous one (with a
+# bound that leaves the meta-gradients' scale unclipped).
+@pytest.mark.parametrize("second_order, n_chunks, clip", [
+    (True, 2, CLIP), (False, 2, CLIP), (True, 3, 100.0)])
+def test_la_maml_step_is_avalanches_update(second_order, n_chunks, clip):
+  strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=n_chunks,
+                     second_order=second_order, grad_clip_norm=clip,
                      lr_alpha=0.3, alpha_init=0.2)
-  new, theta, alpha, chunks, mixed = _setup(strategy, optax.sgd(0.1))
-  held = None if second_order else _inner_grads(theta, alpha, chunks)
-  meta = lambda leaves: _meta_loss(leaves[:2], leaves[2:], chunks, mixed, held)
+  new, theta, alpha, chunks, mixed = _setup(strategy, optax.sgd(0.1),
+                                            n_chunks)
+  assert len(chunks[-1][1]) == (0 if n_chunks == 3 else 2)
+  held = None if second_order else _inner_grads(theta, alpha, chunks, clip)
+  meta = lambda leaves: _meta_loss(leaves[:2], leaves[2:], chunks, mixed,
+                                   held, clip)
   grads = _numeric_grads(meta, theta + alpha)
-  grad_theta = _clip_global(grads[:2], CLIP)
-  grad_alpha = _clip_global(grads[2:], CLIP)
+  grad_theta = _clip_global(grads[:2], clip)
+  grad_alpha = _clip_global(grads[2:], clip)
   # The rates move first; the parameters then move by the new ones.
   new_alpha = [a - 0.3 * g for a, g in zip(alpha, grad_alpha)]
   expected = [t - g * np.maximum(a, 0) for t, g, a in
@@ -146,10 +156,32 @@ def test_sync_update_steps_the_optimizer_and_fixed_rates_stay():
                                atol=1e-6)
 
 
+def test_the_batch_and_the_memory_draw_are_augmented_once_per_step():
+  # Avalanche's loader transforms the mini-batch once; every inner step and
+  # meta-loss sees those inputs.
+  sizes = []
+  record = lambda n: sizes.append(int(n))
+
+  def augment(x, key):
+    jax.debug.callback(record, x.shape[0])
+    return x + 0.01 * jax.random.normal(key, x.shape)
+
+  ctx = hook_context(nn.Dense(N_CLASSES), n_classes=N_CLASSES, dim=DIM,
+                     augment=augment)
+  strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=2)
+  state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
+  batch = {"x": jnp.ones((4, DIM)), "y": jnp.array([0, 1, 1, 0]),
+           "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+  jax.block_until_ready(jax.jit(make_train_step(ctx, strategy, optax.sgd(
+      0.1)))(state, batch, jax.random.key(2)))
+  assert sorted(sizes) == [3, 4]
+
+
 def test_vmapped_seeds_equal_single_runs_and_it_learns():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=12)
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.25)
-  strategy = la_maml(mem_size=8, n_inner_updates=3)
+  strategy = la_maml(mem_size=8, batch_size_mem=4, n_inner_updates=3)
   both = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, batch_size=5,
                    seeds=[0, 1], epochs=3)
   for seed, run in zip([0, 1], both.runs):
@@ -169,6 +201,8 @@ def test_chain_refuses_per_step_hooks_and_bad_arguments():
                      "step"):
     chain(la_maml(), jaxcl.strategies.lwf())
   for kwargs, message in ((dict(second_order="yes"), "second_order"),
+                          (dict(mem_size=5, batch_size_mem=6),
+                           "batch_size_mem=6 exceeds mem_size=5"),
                           (dict(grad_clip_norm=0), "grad_clip_norm"),
                           (dict(n_inner_updates=0), "n_inner_updates"),
                           (dict(alpha_init=-0.1), "alpha_init")):

@@ -159,11 +159,17 @@ class UpdateOps(NamedTuple):
       update; not counted and without ``after_step``.
     apply: ``apply(state, grads) -> state``: the optax update with the
       given gradients (parameters and optimizer state).
+    augment: ``augment(x, key) -> x``: the benchmark's training
+      augmentation (the identity without one). The loop augments the
+      batch once before ``update``, and ``loss`` and ``step`` do not
+      augment, so the inner steps see the same inputs; rows the strategy
+      draws itself (a memory) are its to augment.
   """
 
   loss: Callable
   step: Callable
   apply: Callable
+  augment: Callable
 
 
 def _init_empty(ctx, params, key):

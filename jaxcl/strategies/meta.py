@@ -71,12 +71,27 @@ def _reptile(start, end, rate: jax.Array):
 
 
 def _check_memory(mem_size, batch_size_mem) -> tuple[int, int]:
-  return (_validation.check_positive_int("mem_size", mem_size),
-          _validation.check_positive_int("batch_size_mem", batch_size_mem))
+  """Positive sizes, the draw no larger than the memory."""
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _validation.check_positive_int("batch_size_mem",
+                                                  batch_size_mem)
+  if batch_size_mem > mem_size:
+    raise ValueError(f"batch_size_mem={batch_size_mem} exceeds mem_size="
+                     f"{mem_size}; expected at most the memory's capacity "
+                     "(its samples are drawn without replacement).")
+  return mem_size, batch_size_mem
 
 
 def _reservoir(ctx, mem_size: int) -> buffers.Buffer:
   return buffers.for_context(ctx, mem_size, policy="reservoir")
+
+
+def _draw(memory: buffers.Buffer, key: jax.Array, n: int, ops) -> dict:
+  """``n`` memory samples, augmented (a fresh draw of the transform, as
+  Avalanche's dataset gives each stored sample it reads)."""
+  sample_key, augment_key = jax.random.split(key)
+  rows = buffers.sample(memory, sample_key, n)
+  return {**rows, "x": ops.augment(rows["x"], augment_key)}
 
 
 class MerState(NamedTuple):
@@ -133,7 +148,7 @@ def mer(mem_size: int = 200, batch_size_mem: int = 10, n_inner_steps: int = 5,
     def inner(state, inner_key):
       draw_key, steps_key = jax.random.split(inner_key)
       mixed = buffers.concat_batches(
-          batch, buffers.sample(own.memory, draw_key, batch_size_mem))
+          batch, _draw(own.memory, draw_key, batch_size_mem, ops))
       rows = jax.tree.map(lambda a: a[:, None], mixed)
       n_rows = mixed["y"].shape[0]
       end, _ = jax.lax.scan(one_sample, state,
@@ -211,18 +226,18 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     del key
     return LaMamlState(
         alpha=jax.tree.map(lambda p: jnp.full_like(p, alpha_init), params),
-        memory=_reservoir(ctx, mem_size), lr_alpha=jnp.float32(lr_alpha),
+        memory=_reservoir(ctx, mem_size),
+        # Unused without learn_lr: 0, so that a sweep over it is refused.
+        lr_alpha=jnp.float32(lr_alpha if learn_lr else 0.0),
         grad_clip_norm=jnp.float32(grad_clip_norm))
 
   def update(ctx, cl_state, state, batch, key, ops):
     b = ctx.batch_size
     chunk = math.ceil(b / n_inner_updates)
-    # A batch smaller than the chunks leaves the last ones empty: no step.
-    n_chunks = math.ceil(b / chunk)
-    draw_key, *keys = jax.random.split(key, 1 + 2 * n_chunks)
+    draw_key, *keys = jax.random.split(key, 1 + 2 * n_inner_updates)
     current = {name: value[:b] for name, value in batch.items()}
-    mixed = buffers.concat_batches(current, buffers.sample(
-        cl_state.memory, draw_key, batch_size_mem))
+    mixed = buffers.concat_batches(
+        current, _draw(cl_state.memory, draw_key, batch_size_mem, ops))
 
     bound = cl_state.grad_clip_norm
 
@@ -231,16 +246,21 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
 
     def meta_loss(params, alpha):
       fast, total = params, 0.0
-      for k in range(n_chunks):
-        part = {name: value[k * chunk:(k + 1) * chunk]
-                for name, value in current.items()}
-        grads = jax.grad(ops.loss)(fast, state, part, keys[2 * k])
-        if not second_order:
-          grads = jax.lax.stop_gradient(grads)
-        fast = jax.tree.map(lambda p, a, g: p - a * jnp.clip(g, -bound, bound),
-                            fast, alpha, grads)
+      for k in range(n_inner_updates):
+        # Chunks past the batch's end are empty (B = 8 and 5 updates: 2, 2,
+        # 2, 2, 0): no inner step, their meta-loss term repeats the last, as
+        # with Avalanche's zero gradient of an empty chunk.
+        if k * chunk < b:
+          part = {name: value[k * chunk:(k + 1) * chunk]
+                  for name, value in current.items()}
+          grads = jax.grad(ops.loss)(fast, state, part, keys[2 * k])
+          if not second_order:
+            grads = jax.lax.stop_gradient(grads)
+          fast = jax.tree.map(
+              lambda p, a, g: p - a * jnp.clip(g, -bound, bound),
+              fast, alpha, grads)
         total = total + ops.loss(fast, state, mixed, keys[2 * k + 1])
-      return total / n_chunks
+      return total / n_inner_updates
 
     grads, alpha_grads = jax.grad(meta_loss, argnums=(0, 1))(
         state.params, cl_state.alpha)

@@ -216,8 +216,8 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
   check_update_hooks(strategy)
   mask_classes = _masking(ctx, mask_classes)
 
-  def loss_fn(params, state: TrainState, batch: dict, key):
-    if ctx.augment is not None:
+  def loss_fn(params, state: TrainState, batch: dict, key, augment=True):
+    if augment and ctx.augment is not None:
       key, augment_key = jax.random.split(key)
       # The penalty sees the inputs the model sees (a teacher's logits on
       # the same crops, as Avalanche's on its transformed mini-batch).
@@ -250,21 +250,30 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
     return state.replace(params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
 
-  def apply_gradients(state: TrainState, batch: dict, dropout_key, grads_key):
+  def apply_gradients(state: TrainState, batch: dict, dropout_key, grads_key,
+                      augment=True):
     """One optimizer step, uncounted; also returns what it measured."""
     (loss, (logits, model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state, batch, dropout_key)
+        loss_fn, has_aux=True)(state.params, state, batch, dropout_key,
+                               augment)
     grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
     return (apply_updates(state, grads).replace(model_state=model_state),
             grads, loss, logits)
 
+  # A strategy's own update sees its batch augmented once (as Avalanche's
+  # loader transforms a mini-batch once), and augments what it draws.
   def plain_step(state: TrainState, batch: dict, key):
-    return apply_gradients(state, batch, *jax.random.split(key))[0]
+    return apply_gradients(state, batch, *jax.random.split(key),
+                           augment=False)[0]
 
   def training_loss(params, state: TrainState, batch: dict, key):
-    return loss_fn(params, state, batch, key)[0]
+    return loss_fn(params, state, batch, key, augment=False)[0]
 
-  ops = UpdateOps(loss=training_loss, step=plain_step, apply=apply_updates)
+  def augment_inputs(x, key):
+    return x if ctx.augment is None else ctx.augment(x, key)
+
+  ops = UpdateOps(loss=training_loss, step=plain_step, apply=apply_updates,
+                  augment=augment_inputs)
 
   def update(state: TrainState, batch: dict, keys):
     dropout_key, grads_key, after_key = keys
@@ -275,13 +284,14 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
       new_state = new_state.replace(cl_state=strategy.after_step(
           ctx, state, new_state, grads, batch, after_key))
     else:
+      batch = {**batch, "x": augment_inputs(batch["x"], after_key)}
       new_state, cl_state = strategy.update(ctx, state.cl_state, state,
                                             batch, grads_key, ops)
       new_state = new_state.replace(step=state.step + 1, cl_state=cl_state)
       # Measured as Avalanche's MER does: the batch's loss after the update,
       # a forward pass in training mode that updates batch statistics.
       loss, (logits, model_state) = loss_fn(new_state.params, new_state,
-                                            batch, dropout_key)
+                                            batch, dropout_key, augment=False)
       new_state = new_state.replace(model_state=model_state)
     metrics = TrainMetrics.single_from_model_output(
         loss=jnp.full(batch["y"].shape, loss), logits=logits,
