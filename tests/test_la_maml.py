@@ -196,6 +196,29 @@ def test_vmapped_seeds_equal_single_runs_and_it_learns():
   assert all(run.accuracy_matrix[0, 0] == 1.0 for run in both.runs)
 
 
+def test_sweeps_over_learn_lr_equal_single_runs():
+  # learn_lr lives in the state (a rate of 0), so one program runs both.
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  strategy = lambda learn: la_maml(mem_size=8, batch_size_mem=4,
+                                   n_inner_updates=2, learn_lr=learn)
+  swept = jaxcl.sweep(model, bench, [False, True], strategy=strategy,
+                      optimizer=optax.sgd(0.1), batch_size=4)
+  for learn, run in zip([False, True], swept.runs):
+    alone = jaxcl.fit(model, strategy(learn), optax.sgd(0.1), bench,
+                      batch_size=4)
+    for a, b in zip(jax.tree.leaves(run.state.cl_state.alpha),
+                    jax.tree.leaves(alone.state.cl_state.alpha)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+      assert np.all(a == 0.1) != learn  # Learnt only with learn_lr.
+  # Without learn_lr, lr_alpha changes nothing: a sweep over it is refused.
+  with pytest.raises(ValueError, match="does not use it"):
+    jaxcl.sweep(model, bench, [0.1, 0.3], batch_size=4,
+                strategy=lambda lr: la_maml(mem_size=8, batch_size_mem=4,
+                                            learn_lr=False, lr_alpha=lr),
+                optimizer=optax.sgd(0.1))
+
+
 def test_chain_refuses_per_step_hooks_and_bad_arguments():
   with pytest.raises(ValueError, match="'la_maml' replaces the optimizer "
                      "step"):

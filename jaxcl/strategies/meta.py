@@ -227,7 +227,8 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     return LaMamlState(
         alpha=jax.tree.map(lambda p: jnp.full_like(p, alpha_init), params),
         memory=_reservoir(ctx, mem_size),
-        # Unused without learn_lr: 0, so that a sweep over it is refused.
+        # learn_lr lives in the state as a rate of 0, so that runs swept
+        # over learn_lr (or over an unused lr_alpha) differ only there.
         lr_alpha=jnp.float32(lr_alpha if learn_lr else 0.0),
         grad_clip_norm=jnp.float32(grad_clip_norm))
 
@@ -264,10 +265,9 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
 
     grads, alpha_grads = jax.grad(meta_loss, argnums=(0, 1))(
         state.params, cl_state.alpha)
-    grads, alpha = clip_norm(grads), cl_state.alpha
-    if learn_lr:
-      alpha = jax.tree.map(lambda a, g: a - cl_state.lr_alpha * g, alpha,
-                           clip_norm(alpha_grads))
+    grads = clip_norm(grads)
+    alpha = jax.tree.map(lambda a, g: a - cl_state.lr_alpha * g,
+                         cl_state.alpha, clip_norm(alpha_grads))
     if sync_update:
       state = ops.apply(state, grads)
     else:

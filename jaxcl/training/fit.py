@@ -608,8 +608,10 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
       raise ValueError(
           f"run {i} of the sweep has the same strategy and optimizer state as "
           "run 0: the swept hyperparameter is not stored in the state, so one "
-          "compiled program cannot vary it. Store it as an array in the "
-          "strategy state, or use optax.inject_hyperparams for optimizers.")
+          "compiled program cannot vary it, or the configuration does not "
+          "use it (La-MAML's lr_alpha without learn_lr). Store it as an "
+          "array in the strategy state, or use optax.inject_hyperparams for "
+          "optimizers.")
     if runs[i].optimizer is runs[0].optimizer:
       continue
     params, opt_state = jax.tree.map(lambda a, i=i: a[i],
