@@ -62,11 +62,18 @@ def hook_context(model, *, n_classes=4, dim=3, batch_size=4,
       batch_size=batch_size, experience_size=8, **kwargs)
 
 
+def assert_trees_close(actual, expected, rtol=1e-4, atol=1e-6):
+  """Leaf by leaf ``assert_allclose`` of two pytrees of the same structure."""
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
+      atol=atol), actual, expected)
+
+
 def fit_seeds_alone(model, strategy, bench, seeds=(0, 1), epochs=2,
                     batch_size=4):
   """Fits ``seeds`` together (vmapped) and each alone with SGD 0.1, checks
-  that they give the same accuracy matrices and strategy states, and
-  returns the single runs."""
+  that they give the same accuracy matrices, parameters and strategy
+  states, and returns the single runs."""
   kwargs = {"epochs": epochs, "batch_size": batch_size}
   batched = jaxcl.fit(model, strategy, optax.sgd(0.1), bench,
                       seeds=list(seeds), **kwargs)
@@ -75,9 +82,10 @@ def fit_seeds_alone(model, strategy, bench, seeds=(0, 1), epochs=2,
   for together, single in zip(batched.runs, alone):
     np.testing.assert_allclose(together.accuracy_matrix,
                                single.accuracy_matrix, atol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(
-        np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4,
-        atol=1e-5), together.state.cl_state, single.state.cl_state)
+    assert_trees_close(together.state.params, single.state.params,
+                       atol=1e-5)
+    assert_trees_close(together.state.cl_state, single.state.cl_state,
+                       atol=1e-5)
   return alone
 
 

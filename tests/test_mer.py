@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import hook_context, make_benchmark
+from conftest import (assert_trees_close, fit_seeds_alone, hook_context,
+                      make_benchmark)
 
 import jaxcl
 from jaxcl import cli
@@ -89,9 +90,7 @@ def test_one_inner_step_without_reptile_is_training_sample_by_sample():
   alone = jaxcl.fit(model, jaxcl.strategies.naive(), optimizer, bench,
                     batch_size=1, epochs=2)
   assert int(merged.state.step) == 2 * 5 and int(alone.state.step) == 2 * 24
-  for a, b in zip(jax.tree.leaves(merged.state.params),
-                  jax.tree.leaves(alone.state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert_trees_close(merged.state.params, alone.state.params)
   np.testing.assert_array_equal(merged.accuracy_matrix, alone.accuracy_matrix)
 
 
@@ -115,17 +114,8 @@ def test_memory_is_a_reservoir_of_the_stream():
 def test_vmapped_seeds_equal_single_runs():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.25)
-  strategy = mer(mem_size=8, batch_size_mem=3, n_inner_steps=2)
-  both = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, batch_size=4,
-                   seeds=[0, 1])
-  for seed, run in zip([0, 1], both.runs):
-    alone = jaxcl.fit(model, strategy, optax.sgd(0.1), bench, batch_size=4,
-                      seed=seed)
-    np.testing.assert_allclose(run.accuracy_matrix, alone.accuracy_matrix,
-                               atol=1e-6)
-    for a, b in zip(jax.tree.leaves(run.state.params),
-                    jax.tree.leaves(alone.state.params)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  fit_seeds_alone(model, mer(mem_size=8, batch_size_mem=3, n_inner_steps=2),
+                  bench, epochs=1)
 
 
 def test_sweeps_over_the_reptile_coefficients_equal_single_runs():
@@ -137,9 +127,7 @@ def test_sweeps_over_the_reptile_coefficients_equal_single_runs():
   for gamma, run in zip([0.2, 0.7], swept.runs):
     alone = jaxcl.fit(model, mer(n_inner_steps=2, gamma=gamma),
                       optax.sgd(0.1), bench, batch_size=4)
-    for a, b in zip(jax.tree.leaves(run.state.params),
-                    jax.tree.leaves(alone.state.params)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert_trees_close(run.state.params, alone.state.params)
 
 
 def test_chain_takes_penalties_but_refuses_per_step_hooks():
@@ -156,10 +144,9 @@ def test_chain_takes_penalties_but_refuses_per_step_hooks():
   alone = jaxcl.fit(model, decay, optax.sgd(0.1), bench, batch_size=1)
   plain = jaxcl.fit(model, mer(n_inner_steps=1, beta=1.0, gamma=1.0),
                     optax.sgd(0.1), bench, batch_size=5)
-  for a, b, c in zip(jax.tree.leaves(merged.state.params),
-                     jax.tree.leaves(alone.state.params),
-                     jax.tree.leaves(plain.state.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert_trees_close(merged.state.params, alone.state.params)
+  for a, c in zip(jax.tree.leaves(merged.state.params),
+                  jax.tree.leaves(plain.state.params)):
     assert not np.allclose(a, c, atol=1e-3)
   with pytest.raises(ValueError, match="'mer' replaces the optimizer step "
                      r"\(update\), and 'replay' has per-step hooks "

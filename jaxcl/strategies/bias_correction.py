@@ -48,7 +48,7 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
-                                          weighted_mean)
+                                          refuse_task_labels, weighted_mean)
 from jaxcl.strategies.rehearsal import _check_batch_size_mem
 
 __all__ = ["BicState", "bias_correct", "bic"]
@@ -227,10 +227,9 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
   stage_2_lr = _validation.check_float32_positive("stage_2_lr", stage_2_lr)
 
   def init(ctx, params, key):
-    if ctx.task_classes is not None:
-      raise ValueError("bic corrects the bias of one class-incremental head, "
-                       "as Avalanche's BiCPlugin; got a stream with task "
-                       "labels (one head per task).")
+    refuse_task_labels(ctx, "bic corrects the bias of one class-incremental "
+                       "head, as Avalanche's BiCPlugin; got a stream with "
+                       "task labels (one head per task).")
     model_state = init_model_state(ctx, key)
     no_classes = jnp.zeros(ctx.n_classes, bool)
     return BicState(

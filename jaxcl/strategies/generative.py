@@ -43,7 +43,8 @@ from jaxcl import _validation
 from jaxcl.models.mlp import TorchLinear
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.buffers import concat_batches
-from jaxcl.strategies.model_utils import init_model_state, weighted_mean
+from jaxcl.strategies.model_utils import (init_model_state,
+                                          refuse_task_labels, weighted_mean)
 
 __all__ = [
     "RECONSTRUCTIONS",
@@ -345,11 +346,11 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
                   hidden=generator_hidden)
 
   def init(ctx, params, key):
-    if ctx.task_classes is not None:
-      raise ValueError(
-          "generative_replay needs a stream with one task label: generated "
-          "samples are labelled by the previous solver and carry no task of "
-          "their own (Avalanche's GenerativeReplay ignores task labels).")
+    refuse_task_labels(
+        ctx, "generative_replay needs a stream with one task label: "
+        "generated samples are labelled by the previous solver and carry no "
+        "task of their own (Avalanche's GenerativeReplay ignores task "
+        "labels).")
     vae = vae_for(ctx)
     vae_key, state_key = jax.random.split(key)
     generator = vae.init(vae_key, jnp.zeros((1, vae.n_features)),

@@ -38,6 +38,7 @@ __all__ = [
     "output_layer_call",
     "output_layer_path",
     "penultimate_features",
+    "refuse_task_labels",
     "task_loss",
     "visible_classes",
     "weighted_mean",
@@ -63,6 +64,17 @@ def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
     2.0
   """
   return jnp.sum(values * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def refuse_task_labels(ctx: StrategyContext, reason: str) -> None:
+  """Raises ``ValueError(reason)`` for a stream with task labels (one head
+  per task), which a strategy built for one head cannot serve.
+
+  Example:
+    >>> refuse_task_labels(ctx, "x keeps one head.")  # doctest: +SKIP
+  """
+  if ctx.task_classes is not None:
+    raise ValueError(reason)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

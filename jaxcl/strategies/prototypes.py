@@ -29,7 +29,7 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
-                                          l2_normalize)
+                                          l2_normalize, refuse_task_labels)
 
 __all__ = ["CopeState", "cope", "ppp_loss"]
 
@@ -224,10 +224,9 @@ def cope(mem_size: int = 200, alpha: float = 0.99, temperature: float = 0.1,
   max_it_cnt = _validation.check_non_negative_int("max_it_cnt", max_it_cnt)
 
   def init(ctx, params, key):
-    if ctx.task_classes is not None:
-      raise ValueError("cope keeps one prototype per class and ignores task "
-                       "labels, as Avalanche's CoPEPlugin; got a stream "
-                       "with task labels (one head per task).")
+    refuse_task_labels(ctx, "cope keeps one prototype per class and ignores "
+                       "task labels, as Avalanche's CoPEPlugin; got a "
+                       "stream with task labels (one head per task).")
     if ctx.n_classes < 2:
       raise ValueError(f"cope contrasts each class's prototype with the "
                        f"others'; expected n_classes >= 2, got "
