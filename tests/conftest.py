@@ -62,11 +62,32 @@ def hook_context(model, *, n_classes=4, dim=3, batch_size=4,
       batch_size=batch_size, experience_size=8, **kwargs)
 
 
+def log_softmax(z):
+  """Row-wise log-softmax in numpy (float64), for reference losses."""
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def cross_entropy_np(logits, y, classes=None):
+  """Per-row cross-entropy in numpy over the classes kept (all when None)."""
+  logits = np.asarray(logits, np.float64)
+  if classes is not None:
+    logits = np.where(np.isin(np.arange(logits.shape[1]), classes), logits,
+                      -np.inf)
+  return -log_softmax(logits)[np.arange(len(y)), y]
+
+
 def assert_trees_close(actual, expected, rtol=1e-4, atol=1e-6):
-  """Leaf by leaf ``assert_allclose`` of two pytrees of the same structure."""
+  """Leaf by leaf ``assert_allclose`` of two pytrees of the same structure
+  (PRNG keys compared by their data)."""
+  def values(leaf):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf, np.float64)
+
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
-      np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=rtol,
-      atol=atol), actual, expected)
+      values(a), values(b), rtol=rtol, atol=atol), actual, expected)
 
 
 def fit_seeds_alone(model, strategy, bench, seeds=(0, 1), epochs=2,

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import device_experience, fit_seeds_alone, make_benchmark
+from conftest import (device_experience, fit_seeds_alone, log_softmax,
+                      make_benchmark)
 
 import jaxcl
 from jaxcl import cli
@@ -90,11 +91,6 @@ def test_bic_batches_leave_held_out_rows_out_and_replay_the_memory():
     strategy.transform_batch(ctx, state.cl_state, batch, jax.random.key(3))
 
 
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
 @pytest.mark.parametrize("lamb", [-1.0, 0.7])
 def test_bic_loss_distils_the_corrected_teacher_on_old_classes(lamb):
   rng = np.random.default_rng(0)
@@ -124,9 +120,9 @@ def test_bic_loss_distils_the_corrected_teacher_on_old_classes(lamb):
   s = (x @ student_w)[real]
   t = (x @ teacher_w)[real]
   t[:, 2] = 0.8 * t[:, 2] - 0.3
-  ce = -_log_softmax(s)[np.arange(4), y[real]].mean()
-  log_p = _log_softmax(t[:, old] / 3.0)
-  log_q = _log_softmax(s[:, old] / 3.0)
+  ce = -log_softmax(s)[np.arange(4), y[real]].mean()
+  log_p = log_softmax(t[:, old] / 3.0)
+  log_q = log_softmax(s[:, old] / 3.0)
   kd = -(np.exp(log_p) * log_q).sum(1).mean()
   if lamb < 0:
     weight_kd = 3 / 4  # Three old classes of four.
@@ -144,7 +140,7 @@ def _avalanche_stage_2(logits, labels, classes, epochs, lr0, batches=None):
     lr = lr0 * 0.1 ** sum(epoch >= m for m in (50, 100, 150))
     for rows in (batches(epoch) if batches else [np.arange(len(labels))]):
       z = np.where(classes, alpha * logits[rows] + beta, logits[rows])
-      p = np.exp(_log_softmax(z))
+      p = np.exp(log_softmax(z))
       d = (p - np.eye(logits.shape[1])[labels[rows]]) / len(rows)
       grad = np.array([np.sum(d[:, classes] * logits[rows][:, classes]),
                        np.sum(d[:, classes]) + 0.1 * beta])

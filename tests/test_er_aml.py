@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 from conftest import (BatchNormMLP, TwoLayer, device_experience,
-                      fit_seeds_alone, hook_context, make_benchmark)
+                      fit_seeds_alone, hook_context, log_softmax,
+                      make_benchmark)
 
 import jaxcl
 from jaxcl import cli
@@ -34,11 +35,6 @@ def _state(ctx, strategy):
   state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
                      jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
   return state.replace(seen_classes=jnp.ones(N_CLASSES, bool))
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def _avalanche_aml(h_in, y_in, h_pos, y_pos, h_neg, y_neg, temp, base_temp):
@@ -107,7 +103,7 @@ def test_er_aml_loss_is_avalanches_criterion():
                                0.2, 0.05)
   memory = out["aml_memory"][4:] > 0
   assert int(memory.sum()) == 3
-  memory_ce = -_log_softmax(np.asarray(logits[4:], np.float64))[
+  memory_ce = -log_softmax(np.asarray(logits[4:], np.float64))[
       np.arange(3), np.asarray(out["y"][4:])][memory].mean()
   assert float(penalty) == pytest.approx(memory_ce + contrastive, rel=1e-5)
 
@@ -115,7 +111,7 @@ def test_er_aml_loss_is_avalanches_criterion():
   cl_state, out, logits, penalty, task = step_inputs(0)
   assert not cl_state.replaying
   assert float(penalty) == 0.0
-  plain = -_log_softmax(np.asarray(logits[:3], np.float64))[
+  plain = -log_softmax(np.asarray(logits[:3], np.float64))[
       np.arange(3), [0, 1, 1]].mean()
   assert float(task) == pytest.approx(plain, rel=1e-5)
 

@@ -334,6 +334,30 @@ def test_output_layer_inputs_are_found_when_passed_by_keyword():
   assert path == ("MultiHeadClassifier_0",) and inputs.shape == (3, 4)
 
 
+@pytest.mark.parametrize("module, shape", [
+    (MLP(5, hidden_size=8, drop_rate=0.0), (6,)),
+    (MTMLP(3, n_tasks=2, hidden_size=8, drop_rate=0.0), (6,)),
+    (jaxcl.models.SimpleCNN(5), (10, 10, 3))])
+def test_output_layer_run_on_its_inputs_gives_the_logits(module, shape):
+  model = as_model(module)
+  ctx = jaxcl.strategies.StrategyContext(model, lambda x: x, None, 5, 1,
+                                         shape, 3, 3)
+  x = jax.random.normal(jax.random.key(1), (3, *shape))
+  task = jnp.array([0, 1, 1])
+  params, state = model.init(jax.random.key(0), x, task)
+  utils = jaxcl.strategies.model_utils
+  head = utils.output_layer(ctx, params, state)
+  path, inputs = utils.output_layer_call(ctx, params, state, x, task)
+  assert head.path == path == utils.output_layer_path(ctx, params, state)
+  np.testing.assert_allclose(head(params, inputs, task),
+                             ctx.logits(params, state, x, task), atol=1e-6)
+  # The copy holds no parameters of its own: it runs on those it is given.
+  doubled = jax.tree.map(lambda p: 2 * p, params)
+  np.testing.assert_allclose(head(doubled, inputs, task),
+                             2 * ctx.logits(params, state, x, task),
+                             rtol=1e-5, atol=1e-6)
+
+
 def test_multi_head_wrapper_and_registry():
   x, task = jnp.zeros((2, 32, 32, 3)), jnp.array([0, 2])
   wrapped = MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=2,

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import device_experience, make_benchmark
+from conftest import (cross_entropy_np, device_experience, log_softmax,
+                      make_benchmark)
 
 import jaxcl
 from jaxcl.benchmarks import Experience, Stream
@@ -53,19 +54,6 @@ def _state(ctx, strategy, optimizer=None):
 
 def _data(x, y, index, n_classes=4):
   return device_experience(x, y, index, len(y), n_classes)
-
-
-def _log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def _ce(logits, y, classes=None):
-  logits = np.asarray(logits, np.float64)
-  if classes is not None:
-    logits = np.where(np.isin(np.arange(logits.shape[1]), classes), logits,
-                      -np.inf)
-  return -_log_softmax(logits)[np.arange(len(y)), y]
 
 
 # A model whose logits are its inputs plus a bias.
@@ -113,13 +101,13 @@ def test_er_ace_restricts_current_classes_only_while_replaying():
 
   first, out = replayed(0)
   assert not first.replaying
-  plain = _ce(cur_x[:2], [0, 1]).mean()
+  plain = cross_entropy_np(cur_x[:2], [0, 1]).mean()
   assert _task_loss(out, out["x"]) == pytest.approx(plain, rel=1e-5)
 
   second, out = replayed(1)
   assert second.replaying
-  expected = (_ce(cur_x[:2], [0, 1], classes=[0, 1]).mean()
-              + _ce(mem_x, [2, 3]).mean()) / 2
+  expected = (cross_entropy_np(cur_x[:2], [0, 1], classes=[0, 1]).mean()
+              + cross_entropy_np(mem_x, [2, 3]).mean()) / 2
   assert _task_loss(out, out["x"]) == pytest.approx(expected, rel=1e-5)
 
 
@@ -168,7 +156,7 @@ def test_der_stores_logits_at_insertion_and_replays_them():
   # alpha * mean over rows and 4 classes (the 2 seen at insertion compared)
   # + beta * mean cross-entropy of the second draw.
   mse = ((logits - out["der_logits"])[:, :2] ** 2).sum(1) / 4
-  ce = _ce(logits, out["y"])
+  ce = cross_entropy_np(logits, out["y"])
   expected = 0.3 * (mse * mse_w).sum() / 3 + 0.5 * (ce * ce_w).sum() / 3
   assert float(got) == pytest.approx(expected, rel=1e-5)
 
@@ -189,12 +177,13 @@ def test_mir_replays_the_samples_whose_loss_rises_most():
   out = replay_grads(_state(ctx, strategy), _data(mem_x, mem_y, 0, 3),
                      {"w": jnp.asarray(grad, jnp.float32)})
 
-  rise = _ce(mem_x @ (w0 - 0.5 * grad), mem_y) - _ce(mem_x @ w0, mem_y)
+  rise = (cross_entropy_np(mem_x @ (w0 - 0.5 * grad), mem_y)
+          - cross_entropy_np(mem_x @ w0, mem_y))
   top = np.argsort(rise)[-2:]
   assert np.sort(rise)[-2] - np.sort(rise)[-3] > 0.1  # a clear choice
   # ... that differs from the highest losses before or after the step.
-  assert set(top) != set(np.argsort(_ce(mem_x @ w0, mem_y))[-2:])
-  probs = np.exp(_log_softmax(mem_x[top] @ w0))
+  assert set(top) != set(np.argsort(cross_entropy_np(mem_x @ w0, mem_y))[-2:])
+  probs = np.exp(log_softmax(mem_x[top] @ w0))
   replay_grad = mem_x[top].T @ (probs - np.eye(3)[mem_y[top]]) / 2
   np.testing.assert_allclose(out["w"], grad + replay_grad, rtol=1e-4,
                              atol=1e-5)
@@ -289,13 +278,13 @@ def test_mir_scores_memory_with_the_loops_task_masking():
 
   def task_ce(w, rows):
     logits = np.where(TASK_CLASSES[mem_task[rows]], mem_x[rows] @ w, -np.inf)
-    return -_log_softmax(logits)[np.arange(len(rows)), mem_y[rows]]
+    return -log_softmax(logits)[np.arange(len(rows)), mem_y[rows]]
 
   rows = np.arange(6)
   rise = task_ce(w0 - 0.5 * grad, rows) - task_ce(w0, rows)
   top = np.argsort(rise)[-2:]
   assert np.sort(rise)[-2] - np.sort(rise)[-3] > 0.05  # a clear choice
-  probs = np.exp(_log_softmax(np.where(TASK_CLASSES[mem_task[top]],
+  probs = np.exp(log_softmax(np.where(TASK_CLASSES[mem_task[top]],
                                        mem_x[top] @ w0, -np.inf)))
   replay_grad = mem_x[top].T @ (probs - np.eye(4)[mem_y[top]]) / 2
   np.testing.assert_allclose(out["w"], grad + replay_grad, rtol=1e-4,

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -37,7 +36,8 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (MASK_VALUE, feature_size,
-                                          init_model_state, l2_normalize,
+                                          in_chunks, init_model_state,
+                                          l2_normalize,
                                           penultimate_features,
                                           visible_classes, weighted_mean)
 
@@ -53,8 +53,6 @@ __all__ = [
 
 PyTree = Any
 
-# Rows per forward pass when featurising a whole experience or the memory.
-_CHUNK = 512
 
 
 # ------------------------------------------------------ per-experience memory
@@ -136,23 +134,6 @@ def store_experience(memory: ExperienceMemory, data,
       task=memory.task.at[i].set(slots(data.task, memory.task)),
       valid=memory.valid.at[i].set(slots(real, memory.valid)),
       count=i + 1)
-
-
-# ------------------------------------------------------------------ features
-
-
-def _in_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
-  """``fn`` over row chunks of ``arrays``: one compiled body, bounded memory."""
-  n = arrays[0].shape[0]
-  chunk = min(_CHUNK, n)
-  count = -(-n // chunk)
-
-  def split(a):
-    a = jnp.pad(a, [(0, count * chunk - n)] + [(0, 0)] * (a.ndim - 1))
-    return a.reshape((count, chunk) + a.shape[1:])
-
-  out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in arrays))
-  return out.reshape((count * chunk,) + out.shape[2:])[:n]
 
 
 # ------------------------------------------------------------------- herding
@@ -389,7 +370,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     # (re)selected from its data.
     keep = (cl.rank > 0) & (cl.rank <= per_class) & ~data.classes_mask[cl.y]
 
-    phi = _in_chunks(features, data.x, data.task)
+    phi = in_chunks(features, data.x, data.task)
     labels = data.y.astype(jnp.int32)
 
     def select(rank, c):
@@ -422,7 +403,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
                     axis=1).astype(jnp.float32)
 
     def class_mean(x):
-      phi = l2_normalize(_in_chunks(features, x, cl.task))
+      phi = l2_normalize(in_chunks(features, x, cl.task))
       sums = jax.lax.map(lambda c: jnp.sum(
           jnp.where((valid & (cl.y == c))[:, None], phi, 0), axis=0),
                          jnp.arange(ctx.n_classes))

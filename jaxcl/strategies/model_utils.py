@@ -19,7 +19,8 @@ Example:
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,14 @@ from jaxcl.strategies.base import StrategyContext
 
 __all__ = [
     "MASK_VALUE",
+    "OutputLayer",
     "example_inputs",
     "feature_size",
+    "in_chunks",
     "init_model_state",
     "l2_normalize",
     "mask_logits",
+    "output_layer",
     "output_layer_call",
     "output_layer_path",
     "penultimate_features",
@@ -51,6 +55,9 @@ MASK_VALUE = -1000.0
 
 # Output layers whose first input is the penultimate features.
 _OUTPUT_LAYERS = (nn.Dense, nn.DenseGeneral, MultiHeadClassifier)
+
+# Rows per forward pass when a strategy featurises a whole experience.
+_CHUNK = 512
 
 
 def weighted_mean(values: jax.Array, weight: jax.Array) -> jax.Array:
@@ -217,6 +224,60 @@ def init_model_state(ctx: StrategyContext, key: jax.Array) -> PyTree:
   return ctx.model.init(key, ctx.preprocess(x), task)[1]
 
 
+class OutputLayer(NamedTuple):
+  """The model's output layer, to run on features of one's own.
+
+  Attributes:
+    path: Where its parameters sit in the model's ``params``.
+    module: An unbound copy of the layer (same attributes).
+
+  Example:
+    >>> head = output_layer(ctx, params, model_state)  # doctest: +SKIP
+    >>> logits = head(params, features, task)  # doctest: +SKIP
+  """
+
+  path: tuple[str, ...]
+  module: nn.Module
+
+  def __call__(self, params: PyTree, features: jax.Array,
+               task: jax.Array | None = None) -> jax.Array:
+    """The layer's outputs on ``features`` with the model's ``params``
+    (``task`` selects the head of a multi-head classifier)."""
+    layer = params
+    for key in self.path:
+      layer = layer[key]
+    extra = (task,) if isinstance(self.module, MultiHeadClassifier) else ()
+    return self.module.apply({"params": layer}, features, *extra)
+
+
+def _last_output_call(ctx: StrategyContext, params: PyTree,
+                      model_state: PyTree, x: jax.Array, task: jax.Array
+                      ) -> tuple[tuple[str, ...], nn.Module, jax.Array]:
+  """The path, an unbound copy and the inputs of the output layer's call."""
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    if (isinstance(context.module, _OUTPUT_LAYERS)
+        and context.method_name == "__call__"):
+      # The first argument after self, however it was passed (Dense names
+      # it `inputs`, MultiHeadClassifier `features`).
+      bound = inspect.signature(type(context.module).__call__).bind(
+          context.module, *args, **kwargs)
+      inputs = list(bound.arguments.values())[1]
+      calls.append((tuple(context.module.scope.path),
+                    context.module.clone(parent=None), inputs))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    ctx.logits(params, model_state, x, task)
+  if not calls:
+    raise ValueError(
+        "penultimate features need a Flax model whose output layer is a "
+        "flax.linen.Dense or jaxcl.models.MultiHeadClassifier (such as "
+        "jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
+  return calls[-1]
+
+
 def output_layer_call(ctx: StrategyContext, params: PyTree,
                       model_state: PyTree, x: jax.Array, task: jax.Array
                       ) -> tuple[tuple[str, ...], jax.Array]:
@@ -244,39 +305,26 @@ def output_layer_call(ctx: StrategyContext, params: PyTree,
     >>> path  # doctest: +SKIP
     ('TorchLinear_1', 'Dense_0')
   """
-  calls = []
-
-  def record(next_fun, args, kwargs, context):
-    if (isinstance(context.module, _OUTPUT_LAYERS)
-        and context.method_name == "__call__"):
-      # The first argument after self, however it was passed (Dense names
-      # it `inputs`, MultiHeadClassifier `features`).
-      bound = inspect.signature(type(context.module).__call__).bind(
-          context.module, *args, **kwargs)
-      inputs = list(bound.arguments.values())[1]
-      calls.append((tuple(context.module.scope.path), inputs))
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(record):
-    ctx.logits(params, model_state, x, task)
-  if not calls:
-    raise ValueError(
-        "penultimate features need a Flax model whose output layer is a "
-        "flax.linen.Dense or jaxcl.models.MultiHeadClassifier (such as "
-        "jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
-  return calls[-1]
+  path, _, inputs = _last_output_call(ctx, params, model_state, x, task)
+  return path, inputs
 
 
-def output_layer_path(ctx: StrategyContext, params: PyTree,
-                      model_state: PyTree, x: jax.Array | None = None,
-                      task: jax.Array | None = None) -> tuple[str, ...]:
-  """Where the output layer's parameters sit in ``params`` (static).
+def output_layer(ctx: StrategyContext, params: PyTree, model_state: PyTree,
+                 x: jax.Array | None = None,
+                 task: jax.Array | None = None) -> OutputLayer:
+  """The model's output layer (static; found by tracing abstractly).
 
-  Found by tracing :func:`output_layer_call` abstractly (no computation),
-  on ``x`` and ``task`` or, when they are None, on :func:`example_inputs`.
+  Traced on ``x`` and ``task`` or, when they are None, on
+  :func:`example_inputs`. Running it on :func:`output_layer_call`'s inputs
+  gives the layer's outputs, which are the model's logits when nothing
+  follows the layer (as in ``jaxcl.models``).
+
+  Raises:
+    ValueError: If the model has no output layer that
+      :func:`output_layer_call` recognises.
 
   Example:
-    >>> output_layer_path(ctx, params, model_state)  # doctest: +SKIP
+    >>> output_layer(ctx, params, model_state).path  # doctest: +SKIP
     ('TorchLinear_1', 'Dense_0')
   """
   if x is None:
@@ -284,12 +332,25 @@ def output_layer_path(ctx: StrategyContext, params: PyTree,
   found = []
 
   def probe(params):
-    path, inputs = output_layer_call(ctx, params, model_state, x, task)
-    found.append(path)
+    path, module, inputs = _last_output_call(ctx, params, model_state, x,
+                                             task)
+    found.append(OutputLayer(path, module))
     return inputs
 
   jax.eval_shape(probe, params)
   return found[0]
+
+
+def output_layer_path(ctx: StrategyContext, params: PyTree,
+                      model_state: PyTree, x: jax.Array | None = None,
+                      task: jax.Array | None = None) -> tuple[str, ...]:
+  """Where the output layer's parameters sit in ``params`` (static).
+
+  Example:
+    >>> output_layer_path(ctx, params, model_state)  # doctest: +SKIP
+    ('TorchLinear_1', 'Dense_0')
+  """
+  return output_layer(ctx, params, model_state, x, task).path
 
 
 def penultimate_features(ctx: StrategyContext, params: PyTree,
@@ -329,3 +390,27 @@ def feature_size(ctx: StrategyContext, params: PyTree,
   return jax.eval_shape(
       lambda p: penultimate_features(ctx, p, model_state, x, task),
       params).shape[-1]
+
+
+def in_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
+  """``fn`` over row chunks of ``arrays``: one compiled body, bounded memory.
+
+  For featurising a whole padded experience (or a memory) at once: a
+  ``lax.map`` over chunks of 512 rows (the last padded), so the memory a
+  forward pass needs does not grow with the experience.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> in_chunks(lambda a: 2 * a, jnp.arange(3.0)).tolist()
+    [0.0, 2.0, 4.0]
+  """
+  n = arrays[0].shape[0]
+  chunk = min(_CHUNK, n)
+  count = -(-n // chunk)
+
+  def split(a):
+    a = jnp.pad(a, [(0, count * chunk - n)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((count, chunk) + a.shape[1:])
+
+  out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in arrays))
+  return out.reshape((count * chunk,) + out.shape[2:])[:n]

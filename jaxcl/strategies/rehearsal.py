@@ -1,5 +1,5 @@
 """Rehearsal and data strategies: replay, GDumb, DER/DER++, ER-ACE, ER-AML,
-MIR, cumulative, joint and from-scratch training.
+feature replay, MIR, cumulative, joint and from-scratch training.
 
 The replay strategies keep a fixed-capacity :class:`~jaxcl.strategies.buffers.Buffer`
 in their ``cl_state`` and append memory rows to each batch with
@@ -38,21 +38,27 @@ from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
-                                          mask_logits, output_layer_path,
+from jaxcl.models import MultiHeadClassifier
+from jaxcl.strategies.model_utils import (example_inputs, in_chunks,
+                                          init_model_state, mask_logits,
+                                          output_layer, output_layer_call,
+                                          output_layer_path,
                                           penultimate_features,
+                                          refuse_task_labels,
                                           visible_classes, weighted_mean)
 
 __all__ = [
     "DerState",
     "ErAceState",
     "ErAmlState",
+    "FeatureReplayState",
     "MirState",
     "contrast_partners",
     "cumulative",
     "der",
     "er_ace",
     "er_aml",
+    "feature_replay",
     "from_scratch",
     "gdumb",
     "joint",
@@ -266,6 +272,12 @@ class ErAceState:
 def _replay_memory(name: str, ctx: StrategyContext, mem_size: int,
                    batch_size_mem: int) -> buffers.Buffer:
   """The empty class-balanced memory of ER-ACE and ER-AML."""
+  _check_replays(name, ctx, mem_size, batch_size_mem)
+  return buffers.for_context(ctx, mem_size, policy="class_balanced")
+
+
+def _check_replays(name: str, ctx: StrategyContext, mem_size: int,
+                   batch_size_mem: int) -> None:
   if _memory_rows(ctx, batch_size_mem) > mem_size:
     # Replay waits for batch_size_mem stored samples: it would never start.
     raise ValueError(
@@ -273,7 +285,6 @@ def _replay_memory(name: str, ctx: StrategyContext, mem_size: int,
         f"{ctx.batch_size} memory samples, more than mem_size={mem_size} "
         f"holds, so it would never replay; expected mem_size >= "
         f"{ctx.batch_size} or batch_size_mem <= {mem_size}.")
-  return buffers.for_context(ctx, mem_size, policy="class_balanced")
 
 
 def _store_then_replay(ctx: StrategyContext, buffer: buffers.Buffer, data,
@@ -584,6 +595,185 @@ def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
                   after_step=after_step)
 
 
+# --- Feature replay ----------------------------------------------------------
+
+
+@flax.struct.dataclass
+class FeatureReplayState:
+  """State of :func:`feature_replay`.
+
+  Attributes:
+    buffer: Class-balanced memory of penultimate features (its ``x``),
+      updated with each experience after training on it.
+    replaying: Whether the memory holds a draw (from the second experience).
+    current_weight: ``1 / (i + 1)`` for the experience at position ``i``.
+    seen: The classes seen so far (those the replayed losses use).
+    current: The classes of the current experience.
+    model_state: The current model's state, for the features of the batch.
+    draw_key: PRNG key of the experience's memory draws.
+    step: Optimizer steps taken in the experience (one draw each).
+  """
+
+  buffer: buffers.Buffer
+  replaying: jax.Array
+  current_weight: jax.Array
+  seen: jax.Array
+  current: jax.Array
+  model_state: Any
+  draw_key: jax.Array
+  step: jax.Array
+
+
+_CRITERION_MASKS = ("seen", "new")
+
+
+def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
+                   criterion_mask: str = "seen") -> Strategy:
+  """Replays stored penultimate features through the output layer
+  (Avalanche's ``FeatureReplay``).
+
+  The PR-ACE loss of Magistri et al., "Elastic Feature Consolidation for
+  Cold Start Exemplar-Free Incremental Learning", ICLR 2024, with stored
+  features in place of the paper's Gaussian prototypes, as Avalanche's
+  strategy. After each experience, the features of its samples (the
+  inputs of the model's output layer, in evaluation mode) enter a
+  class-balanced memory. From the second experience on, with
+  ``w = 1 / (i + 1)`` at the experience of position ``i``, the loss is::
+
+    0.5 · CE_mask(f(x), y)
+      + 0.5 · ((1 − w) · CE(g(h_mem), y_mem) + w · CE(g(sg(h(x))), y))
+
+  where ``f`` is the model, ``g`` its output layer, ``h`` its features,
+  ``sg`` stops the gradient (the replayed terms train the output layer
+  only), ``(h_mem, y_mem)`` are ``batch_size_mem`` features drawn from the
+  memory, ``CE`` is over every class seen and ``CE_mask`` over the seen
+  classes (``criterion_mask="seen"``, Avalanche's default
+  ``MaskedCrossEntropy``) or the current experience's classes (``"new"``,
+  the paper's setting). Before the first replay it is ``CE_mask`` alone.
+
+  Stored features are never recomputed: they keep the feature extractor of
+  the experience they come from, so the output layer learns to separate
+  old classes as they were represented then.
+
+  Differences from Avalanche, documented in ``docs/strategies_rehearsal.md``:
+  the output layer is found as for every feature strategy (the last Dense
+  the model calls), not by name; the batch's features for the replayed
+  term are computed in evaluation mode (no dropout), as ER-AML's are.
+
+  Args:
+    mem_size: Memory capacity (features).
+    batch_size_mem: Memory features per step; 0 means the training batch
+      size (Avalanche's ``None``).
+    criterion_mask: ``"seen"`` or ``"new"``, the classes of the current
+      samples' cross-entropy.
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`FeatureReplayState`.
+
+  Raises:
+    ValueError: Bad arguments; (at ``init``) a stream with task labels or a
+      model whose output layer is not a ``flax.linen.Dense``.
+
+  Example:
+    >>> feature_replay(mem_size=2000, criterion_mask="new").name
+    'feature_replay'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
+  criterion_mask = _validation.check_choice(
+      "feature_replay criterion_mask", criterion_mask, _CRITERION_MASKS)
+
+  def init(ctx, params, key):
+    refuse_task_labels(ctx, "feature_replay trains one output layer on the "
+                       "stored features of every class, as Avalanche's "
+                       "FeatureReplay; got a stream with task labels (one "
+                       "head per task).")
+    _check_replays("feature_replay", ctx, mem_size, batch_size_mem)
+    model_state = init_model_state(ctx, key)
+    x, task = example_inputs(ctx)
+    head = output_layer(ctx, params, model_state, x, task)
+    if isinstance(head.module, MultiHeadClassifier):
+      raise ValueError("feature_replay needs a model whose output layer is "
+                       "a flax.linen.Dense (one head for every class), got "
+                       "a jaxcl.models.MultiHeadClassifier.")
+    features = jax.eval_shape(
+        lambda p: output_layer_call(ctx, p, model_state, x, task)[1], params)
+    return FeatureReplayState(
+        buffer=buffers.init(mem_size, features.shape[1:], jnp.float32,
+                            policy="class_balanced", n_groups=ctx.n_classes),
+        replaying=jnp.zeros((), bool), current_weight=jnp.ones(()),
+        seen=jnp.zeros(ctx.n_classes, bool),
+        current=jnp.zeros(ctx.n_classes, bool), model_state=model_state,
+        draw_key=key, step=jnp.zeros((), jnp.int32))
+
+  def begin_experience(ctx, state, data, key):
+    del ctx
+    return state.replace(cl_state=state.cl_state.replace(
+        current_weight=1.0 / (data.index + 1.0), seen=state.seen_classes,
+        current=data.classes_mask, model_state=state.model_state,
+        draw_key=key, step=jnp.zeros((), jnp.int32)))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    del key
+    if criterion_mask == "seen":  # The loop's masking already.
+      return batch
+    before = jnp.broadcast_to(batch.get("class_mask", True),
+                              (batch["y"].shape[0], ctx.n_classes))
+    # Rows of weight 0 that a strategy before it in a chain appended keep
+    # their classes.
+    current = (batch["weight"] > 0)[:, None]
+    return {**batch, "class_mask": jnp.where(
+        current, before & cl_state.current, before)}
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    cl = cl_state
+    # The loop adds CE_mask in full; half of it goes back here.
+    masked = weighted_mean(ctx.loss(logits, batch), batch["weight"])
+    features = output_layer_call(ctx, params, cl.model_state, batch["x"],
+                                 batch["task"])[1]
+    head = output_layer(ctx, params, cl.model_state, batch["x"],
+                        batch["task"])
+
+    def seen_loss(h, y, task, weight):
+      logits = mask_logits(ctx, head(params, h.astype(features.dtype)),
+                           cl.seen, task)
+      return weighted_mean(ctx.loss(logits, {"y": y}), weight)
+
+    rows = buffers.sample(cl.buffer, jax.random.fold_in(cl.draw_key, cl.step),
+                          _memory_rows(ctx, batch_size_mem))
+    replayed = seen_loss(rows["x"], rows["y"], rows["task"], rows["weight"])
+    current = seen_loss(jax.lax.stop_gradient(features), batch["y"],
+                        batch["task"], batch["weight"])
+    w = cl.current_weight
+    extra = 0.5 * ((1.0 - w) * replayed + w * current) - 0.5 * masked
+    return jnp.where(cl.replaying, extra, 0.0)
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    del ctx, old_state, grads, batch, key
+    cl = new_state.cl_state
+    return cl.replace(model_state=new_state.model_state, step=cl.step + 1)
+
+  def end_experience(ctx, state, data, key):
+    cl = state.cl_state
+
+    def features(x, task):
+      return output_layer_call(ctx, state.params, state.model_state, x,
+                               task)[1].astype(jnp.float32)
+
+    buffer = buffers.add(cl.buffer, key, in_chunks(features, data.x,
+                                                   data.task),
+                         data.y, data.task, valid=data.valid,
+                         experience=data.index)
+    replaying = buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem)
+    return state.replace(cl_state=cl.replace(buffer=buffer,
+                                             replaying=replaying))
+
+  return Strategy(name="feature_replay", init=init,
+                  begin_experience=begin_experience,
+                  transform_batch=transform_batch, penalty=penalty,
+                  after_step=after_step, end_experience=end_experience)
+
+
 # --- MIR ---------------------------------------------------------------------
 
 
@@ -877,6 +1067,7 @@ STRATEGIES = {
     "der": der,
     "er_ace": er_ace,
     "er_aml": er_aml,
+    "feature_replay": feature_replay,
     "mir": mir,
     "gdumb": gdumb,
     "cumulative": cumulative,
