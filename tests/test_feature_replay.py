@@ -169,8 +169,7 @@ def test_feature_replay_vmapped_seeds_equal_single_runs_and_beat_naive():
   bench = make_benchmark(n_experiences=2)
   model = MLP(4, hidden_size=8, drop_rate=0.0)
   alone = fit_seeds_alone(
-      model, feature_replay(mem_size=8, batch_size_mem=4,
-                            criterion_mask="new"), bench)
+      model, feature_replay(mem_size=8, batch_size_mem=4), bench)
   naive_run = jaxcl.fit(model, naive(), optax.sgd(0.1), bench, seed=0,
                         epochs=2, batch_size=4)
   # The first experience's classes survive only through the replayed
@@ -209,7 +208,7 @@ def test_feature_replay_refuses_bad_arguments_and_unsuited_models():
 
 
 def test_feature_replay_from_the_command_line(tmp_path):
-  args = ["run", "--strategy", "feature_replay", "--criterion-mask", "new",
+  args = ["run", "--strategy", "feature_replay", "--criterion-mask", "seen",
           "--mem-size", "50", "--n-experiences", "2", "--epochs", "1",
           "--hidden-size", "16", "--no-progress", "--compilation-cache", "",
           "--logdir", str(tmp_path)]
