@@ -334,6 +334,10 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                    "and accuracy (minibatch/loss, minibatch/accuracy: "
                    "TensorBoard, W&B, metrics.jsonl, training_results.csv, "
                    "results.json; not printed)")
+  out.add_argument("--disk-usage", nargs="*", default=None, metavar="PATH",
+                   help="also record disk_usage_kb after each experience: the "
+                   "size of the files under the PATHs (default: the working "
+                   "directory), as Avalanche's disk_usage_metrics")
   out.add_argument("--no-progress", action="store_true",
                    help="do not show progress bars")
   out.add_argument("--quiet", action="store_true",
@@ -710,6 +714,16 @@ def _optimizer(args: argparse.Namespace, lr: Any, optax, inject: bool = False):
   return optax.inject_hyperparams(make)(learning_rate=lr) if inject else make(lr)
 
 
+def _metric_selection(args):
+  """The default metric groups plus the opt-in ones the flags ask for."""
+  import jaxcl  # Lazy, as in run: `jaxcl --help` does not load JAX.
+  groups = [*jaxcl.evaluation.DEFAULT_METRICS]
+  groups += ["minibatch"] * args.minibatch_metrics
+  groups += ["disk_usage"] * (args.disk_usage is not None)
+  return jaxcl.evaluation.metrics(groups,
+                                  disk_paths=args.disk_usage or None)
+
+
 def _learning_rate(args: argparse.Namespace, strategy, benchmark) -> Any:
   """``--lr``, or the ``--lr-schedule`` starting from it.
 
@@ -1046,9 +1060,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     checkpoint_keep=args.checkpoint_keep,
                     device_memory_budget_mb=args.device_memory_budget_mb,
                     on_nonfinite=args.on_nonfinite,
-                    metrics=jaxcl.evaluation.metrics(
-                        [*jaxcl.evaluation.DEFAULT_METRICS, "minibatch"])
-                    if args.minibatch_metrics else None)
+                    metrics=_metric_selection(args))
   lr = _learning_rate(args, strategy, benchmark)
   try:
     if writer is not None and args.image_samples:

@@ -394,13 +394,18 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
           "this process can write." in capsys.readouterr().err)
 
 
-def test_minibatch_metrics_flag_records_every_step(tmp_path):
-  logdir = tmp_path / "mb"
+def test_opt_in_metric_flags_record_every_step_and_the_disk_usage(tmp_path):
+  logdir, watched = tmp_path / "mb", tmp_path / "watched"
+  watched.mkdir()
+  (watched / "a.bin").write_bytes(bytes(3 * 1024))
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
-                   "--minibatch-metrics", "--logdir", str(logdir),
+                   "--minibatch-metrics", "--disk-usage", str(watched),
+                   str(watched / "a.bin"), "--logdir", str(logdir),
                    "--no-progress", "--no-tensorboard", "--compilation-cache",
                    ""])
   assert code == 0
+  results = json.loads((logdir / "results.json").read_text())
+  assert results["metrics"]["disk_usage_kb"] == 6.0  # Counted per path.
   steps = json.loads((logdir / "results.json").read_text())["minibatch"]
   # 4,000 bundled digits in 2 experiences of 2,000: 63 batches of 32 each.
   assert steps["step"] == list(range(1, 127))

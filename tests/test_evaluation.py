@@ -352,8 +352,9 @@ def test_peak_memory_is_reported():
 
 
 def test_metric_selection_validates_names():
-  # Every group but the per-step one, which is opt-in.
-  assert ev.metrics().names == frozenset(ev.METRICS) - {"minibatch"}
+  # Every group but the per-step one and the disk walk, which are opt-in.
+  assert ev.metrics().names == frozenset(ev.METRICS) - {"minibatch",
+                                                        "disk_usage"}
   assert ev.metrics().names == ev.DEFAULT_METRICS
   chosen = ev.metrics(["accuracy", "amca", "topk_accuracy"], top_k=3)
   assert "amca" in chosen and "flops" not in chosen and chosen.top_k == 3
@@ -383,6 +384,61 @@ def test_metric_selection_validates_names():
   # Names from an iterator are all kept (validation read it once).
   assert ev.MetricSelection(iter(["accuracy", "amca"])).names == {
       "accuracy", "amca"}
+
+
+def test_disk_paths_go_with_the_disk_usage_group(tmp_path):
+  chosen = ev.metrics(["accuracy", "disk_usage"], disk_paths=tmp_path)
+  assert chosen.disk_paths == (str(tmp_path),)
+  assert ev.metrics(["disk_usage"]).disk_paths is None
+  assert ev.metrics(chosen, disk_paths=["a", "b"]).disk_paths == ("a", "b")
+  assert ev.metrics(chosen, top_k=None) is chosen
+  with pytest.raises(ValueError, match=r"disk_paths=\['a'\] are what "
+                     "'disk_usage' measures, which is not selected"):
+    ev.metrics(["accuracy"], disk_paths="a")
+  with pytest.raises(TypeError, match="disk_paths must be a path or a "
+                     "non-empty list of paths .*got 3"):
+    ev.metrics(["disk_usage"], disk_paths=["a", 3])
+  with pytest.raises(TypeError, match="got 7"):
+    ev.MetricSelection(frozenset({"disk_usage"}), disk_paths=7)
+  with pytest.raises(TypeError, match=r"got \[\]"):
+    ev.metrics(["disk_usage"], disk_paths=[])
+
+
+def test_disk_usage_sums_regular_files_in_kilobytes(tmp_path):
+  (tmp_path / "a.bin").write_bytes(bytes(1024))
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "b.bin").write_bytes(bytes(3072))
+  (tmp_path / "link.bin").symlink_to(tmp_path / "sub" / "b.bin")
+  outside = tmp_path.parent / (tmp_path.name + "_other")
+  outside.mkdir()
+  (outside / "c.bin").write_bytes(bytes(512))
+  assert ev.disk_usage_kb([tmp_path]) == 4.0  # The link is not followed.
+  assert ev.disk_usage_kb([tmp_path / "sub" / "b.bin"]) == 3.0
+  assert ev.disk_usage_kb([tmp_path, outside]) == 4.5
+  assert ev.disk_usage_kb([tmp_path / "missing"]) == 0.0
+
+
+def test_fit_records_the_disk_usage_after_each_experience(
+    tiny_benchmark, tiny_model, tmp_path, monkeypatch):
+  watched = tmp_path / "watched"
+  watched.mkdir()
+  (watched / "fixed.bin").write_bytes(bytes(5 * 1024))
+  chosen = ev.metrics(["accuracy", "disk_usage"], disk_paths=[watched])
+  result = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                     batch_size=5, metrics=chosen,
+                     checkpoint_dir=str(watched / "ckpt"))
+  usage = [row["disk_usage_kb"] for row in result.history]
+  # The checkpoints written after each experience show in the next value.
+  assert usage[0] == 5.0 and usage[-1] > usage[0]
+  assert result.metrics["disk_usage_kb"] == usage[-1]
+  # The default is the working directory.
+  monkeypatch.chdir(watched)
+  alone = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                    batch_size=5, seeds=[0, 1],
+                    metrics=["accuracy", "disk_usage"])
+  expected = ev.disk_usage_kb([watched])
+  assert expected > 5.0
+  assert [run.metrics["disk_usage_kb"] for run in alone.runs] == [expected] * 2
 
 
 def _traced_once_strategy():

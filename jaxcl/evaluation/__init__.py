@@ -29,8 +29,9 @@ from jaxcl.evaluation.class_metrics import (amca, class_accuracy,
 from jaxcl.evaluation.reducers import ClassCounts, ConfusionMatrix, TopKAccuracy
 from jaxcl.evaluation.selection import (DEFAULT_METRICS, METRICS,
                                        MetricSelection, metrics)
-from jaxcl.evaluation.system import (flops, matmul_peak_flops, named_call,
-                                     named_call_flops, peak_device_memory_mb,
+from jaxcl.evaluation.system import (disk_usage_kb, flops, matmul_peak_flops,
+                                     named_call, named_call_flops,
+                                     peak_device_memory_mb,
                                      peak_host_memory_mb)
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "accuracy_on_trained_experiences",
     "amca",
     "class_accuracy",
+    "disk_usage_kb",
     "experience_forgetting",
     "flops",
     "forward_transfer",

@@ -1,4 +1,5 @@
-"""System metrics: peak host and device memory, FLOPs of compiled programs.
+"""System metrics: peak host and device memory, FLOPs of compiled programs,
+disk usage.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -11,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 __all__ = [
+    "disk_usage_kb",
     "matmul_peak_flops",
     "flops",
     "named_call",
@@ -80,6 +83,38 @@ def peak_host_memory_mb() -> float:
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   # Linux reports KiB, macOS bytes.
   return peak / (_MB if sys.platform == "darwin" else 1024.0)
+
+
+def disk_usage_kb(paths: Sequence[str | os.PathLike[str]]) -> float:
+  """Total size of the files under ``paths``, in KB (1024 bytes).
+
+  Avalanche's ``DiskUsage``: every regular file below each path (or the
+  path itself when it is a file) counts its size; symbolic links are not
+  followed. A path that does not exist counts 0 (a folder the run creates
+  later), as does a file removed while the folder is walked (a checkpoint
+  being replaced).
+
+  Example:
+    >>> import tempfile, pathlib
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = (pathlib.Path(folder) / "a.bin").write_bytes(bytes(2048))
+    >>> disk_usage_kb([folder])
+    2.0
+  """
+  total = 0
+  for path in paths:
+    if os.path.isfile(path) and not os.path.islink(path):
+      files = [os.fspath(path)]
+    else:
+      files = [os.path.join(root, name)
+               for root, _, names in os.walk(path) for name in names]
+    for name in files:
+      try:
+        if not os.path.islink(name):
+          total += os.path.getsize(name)
+      except FileNotFoundError:
+        continue
+  return total / 1024.0
 
 
 def peak_device_memory_mb(

@@ -67,7 +67,7 @@ class Result:
       ``forward_transfer``, ``amca``, ``mean_class_accuracy``,
       ``mean_score_new``, ``mean_score_old``, ``train_time_s``,
       ``eval_time_s``, ``train_cpu_usage``, ``eval_cpu_usage``,
-      ``peak_host_memory_mb``, ``peak_device_memory_mb``,
+      ``peak_host_memory_mb``, ``peak_device_memory_mb``, ``disk_usage_kb``,
       ``train_flops``, ``eval_flops``; NaN where undefined or not reported.
     history: One metrics dict per evaluation (same keys plus
       ``experience``, the experience just trained): one per experience by
@@ -397,7 +397,8 @@ def fit(
     metrics: The metric groups to record: names from
       :data:`jaxcl.evaluation.METRICS` or a
       :func:`jaxcl.evaluation.metrics` selection (which also sets the ``k``
-      of the top-k accuracy). Default: all of them but ``minibatch``
+      of the top-k accuracy and the paths ``disk_usage`` measures).
+      Default: all of them but ``minibatch`` and ``disk_usage``
       (``jaxcl.evaluation.DEFAULT_METRICS``).
     device_memory_budget_mb: Device memory the training data of one
       experience may take; a stream whose largest experience exceeds it is
@@ -1410,7 +1411,7 @@ def _check_finite(bad: np.ndarray, i: int, labels: tuple | None,
 _MEASURED_ANYWAY = frozenset({
     "experience", "step", "train_time_s", "eval_time_s", "train_cpu_usage",
     "eval_cpu_usage", "peak_host_memory_mb", "peak_device_memory_mb",
-    "train_flops", "eval_flops"})
+    "disk_usage_kb", "train_flops", "eval_flops"})
 
 
 def _diverged(row: dict[str, Any]) -> dict[str, Any]:
@@ -1721,6 +1722,9 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
     row["eval_time_s"] = eval_seconds
   if "cpu_usage" in chosen:
     row["train_cpu_usage"], row["eval_cpu_usage"] = map(float, cpu_usage)
+  if "disk_usage" in chosen:
+    row["disk_usage_kb"] = system.disk_usage_kb(
+        chosen.disk_paths or [os.getcwd()])
   if "memory" in chosen:
     device = system.peak_device_memory_mb()
     row["peak_host_memory_mb"] = system.peak_host_memory_mb()
