@@ -1,5 +1,7 @@
 """Shared fixtures: small synthetic benchmarks that train in well under a second."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -78,6 +80,28 @@ def cross_entropy_np(logits, y, classes=None):
   return -log_softmax(logits)[np.arange(len(y)), y]
 
 
+def hook_state(ctx, strategy):
+  """``strategy``'s initial TrainState on ``ctx`` (SGD 0.1, key 0), for
+  calling its hooks directly."""
+  return jaxcl.training.init_state(
+      ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+      jnp.zeros((1, *ctx.input_shape)), jnp.zeros((1,), jnp.int32))
+
+
+def unit_rows(a):
+  """The rows of ``a`` scaled to unit L2 norm (numpy)."""
+  return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def two_layer_numpy(params, x):
+  """:class:`TwoLayer` in float64 numpy: ``(hidden, outputs)``, its
+  penultimate ReLU features and its outputs."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  hidden = np.maximum(np.asarray(x, np.float64) @ p["Dense_0"]["kernel"]
+                      + p["Dense_0"]["bias"], 0.0)
+  return hidden, hidden @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+
+
 def assert_trees_close(actual, expected, rtol=1e-4, atol=1e-6):
   """Leaf by leaf ``assert_allclose`` of two pytrees of the same structure
   (PRNG keys compared by their data)."""
@@ -120,3 +144,48 @@ def device_experience(x, labels, index, size, n_classes):
       origin="train")
   return jax.tree.map(jnp.asarray,
                       jaxcl.training.experience_data(exp, size, n_classes))
+
+
+def normal_experience(labels, index, seed=0, dim=3, n_classes=4):
+  """:func:`device_experience` of standard-normal ``dim``-feature inputs
+  with ``labels``, padded to 8 rows."""
+  x = np.random.default_rng(seed).normal(size=(len(labels), dim))
+  return device_experience(x, labels, index, 8, n_classes)
+
+
+def check_class_balanced_memory(ctx, strategy):
+  """Ends three experiences of ``strategy`` (built with ``mem_size=6``) on
+  ``ctx``'s four classes and checks that its ``cl_state.buffer`` holds 3
+  samples of classes 0 and 1, then 2, 2, 1, 1 of the four, twice."""
+  state = hook_state(ctx, strategy)
+  expected = [[3, 3, 0, 0], [2, 2, 1, 1], [2, 2, 1, 1]]
+  for i, labels in enumerate([[0] * 4 + [1] * 4, [2] * 4 + [3] * 4,
+                              [0, 1, 2, 3] * 2]):
+    state = strategy.end_experience(
+        ctx, state, normal_experience(labels, i, seed=i), jax.random.key(i))
+    buffer = state.cl_state.buffer
+    np.testing.assert_array_equal(
+        jaxcl.strategies.buffers.group_counts(buffer), expected[i])
+    assert int(jaxcl.strategies.buffers.size(buffer)) == 6
+
+
+def tiny_cli_metrics(tmp_path, *flags):
+  """Runs ``jaxcl run`` with ``flags`` on two experiences of the bundled
+  SplitMNIST (one epoch, a 16-unit MLP) and returns results.json's
+  metrics."""
+  from jaxcl import cli
+  args = ["run", *flags, "--n-experiences", "2", "--epochs", "1",
+          "--hidden-size", "16", "--no-progress", "--compilation-cache", "",
+          "--logdir", str(tmp_path)]
+  assert cli.main(args) == 0
+  return json.loads((tmp_path / "results.json").read_text())["metrics"]
+
+
+def normal_batch(labels, weight, seed=3, dim=3):
+  """A training batch of standard-normal ``dim``-feature inputs with
+  ``labels`` and ``weight`` (0 on padding rows), task 0."""
+  n = len(labels)
+  x = np.random.default_rng(seed).normal(size=(n, dim))
+  return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(labels),
+          "task": jnp.zeros(n, jnp.int32),
+          "weight": jnp.asarray(weight, jnp.float32)}

@@ -1,24 +1,22 @@
 """CoPE against a transcription of Avalanche's PPPloss and hand-made updates."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (TwoLayer, device_experience, fit_seeds_alone,
-                      hook_context, make_benchmark)
+from conftest import (TwoLayer, check_class_balanced_memory, fit_seeds_alone,
+                      hook_context, hook_state, make_benchmark, normal_batch,
+                      normal_experience, tiny_cli_metrics, two_layer_numpy,
+                      unit_rows)
 
 import jaxcl
-from jaxcl import cli
 from jaxcl.models import MLP
 from jaxcl.strategies import (REGISTRY, buffers, chain, cope, ewc,
                               from_spec, ppp_loss)
 from jaxcl.strategies.model_utils import l2_normalize
 from jaxcl.strategies.prototypes import _logsumexp_others
-from jaxcl.training import (cross_entropy, init_state, make_train_experience,
-                            mask_unseen)
+from jaxcl.training import cross_entropy, make_train_experience, mask_unseen
 
 N_CLASSES, DIM = 4, 3
 
@@ -27,20 +25,6 @@ def _ctx(n_classes=N_CLASSES, **kwargs):
   # The embedding is TwoLayer's 4 outputs.
   return hook_context(TwoLayer(), n_classes=n_classes, dim=DIM,
                       n_experiences=3, **kwargs)
-
-
-def _state(ctx, strategy):
-  return init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
-                    jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
-
-
-def _data(labels, index, seed=0):
-  x = np.random.default_rng(seed).normal(size=(len(labels), DIM))
-  return device_experience(x, labels, index, 8, N_CLASSES)
-
-
-def _unit(a):
-  return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
 def _avalanche_ppp(x, y, prototypes, temperature, xp=np,
@@ -72,10 +56,10 @@ def test_ppp_loss_matches_avalanche_in_value_and_gradient():
   rng = np.random.default_rng(0)
   # Class 3 has one sample (no pseudo-prototype); class 1 none in the batch.
   y = np.array([0, 2, 2, 0, 2, 0, 3])
-  x = _unit(rng.normal(size=(7, 5))).astype(np.float32)
-  prototypes = _unit(rng.normal(size=(N_CLASSES, 5))).astype(np.float32)
+  x = unit_rows(rng.normal(size=(7, 5))).astype(np.float32)
+  prototypes = unit_rows(rng.normal(size=(N_CLASSES, 5))).astype(np.float32)
   # A padding row of weight 0, of a present class, changes nothing.
-  x_pad = np.r_[x, _unit(rng.normal(size=(1, 5))).astype(np.float32)]
+  x_pad = np.r_[x, unit_rows(rng.normal(size=(1, 5))).astype(np.float32)]
   y_pad, weight = np.r_[y, 2], np.r_[np.ones(7), 0.0]
   for temperature in (0.1, 0.5):
     expected = _avalanche_ppp(x.astype(np.float64), y,
@@ -104,39 +88,28 @@ def test_ppp_loss_stays_finite_at_small_temperatures():
   np.testing.assert_allclose(_logsumexp_others(jnp.asarray(scores)), brute,
                              rtol=1e-6)
   rng = np.random.default_rng(1)
-  x = jnp.asarray(_unit(rng.normal(size=(6, 4))), jnp.float32)
+  x = jnp.asarray(unit_rows(rng.normal(size=(6, 4))), jnp.float32)
   y = jnp.array([0, 0, 1, 1, 2, 3])
-  prototypes = jnp.asarray(_unit(rng.normal(size=(4, 4))), jnp.float32)
+  prototypes = jnp.asarray(unit_rows(rng.normal(size=(4, 4))), jnp.float32)
   loss, grad = jax.jit(jax.value_and_grad(ppp_loss))(
       x, y, jnp.ones(6), prototypes, 1e-3)
   assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
 
 
-def _features(params, x):
-  """The TwoLayer model in numpy."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  hidden = np.maximum(np.asarray(x, np.float64) @ p["Dense_0"]["kernel"]
-                      + p["Dense_0"]["bias"], 0.0)
-  return hidden @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
-
-
 def test_cope_trains_on_ppp_alone_and_moves_prototypes_by_momentum():
   ctx = _ctx()
   strategy = cope(mem_size=8, alpha=0.7, temperature=0.5, max_it_cnt=0)
-  state = _state(ctx, strategy)
+  state = hook_state(ctx, strategy)
   initial = np.asarray(state.cl_state.prototypes)
   np.testing.assert_allclose(np.linalg.norm(initial, axis=1), 1.0, rtol=1e-6)
   # The first experience (classes 0 and 1) only fills the memory.
-  state = strategy.end_experience(ctx, state, _data([0, 0, 0, 1, 1, 1], 0),
-                                  jax.random.key(1))
+  state = strategy.end_experience(
+      ctx, state, normal_experience([0, 0, 0, 1, 1, 1], 0), jax.random.key(1))
   np.testing.assert_array_equal(state.cl_state.prototypes, initial)
   state = strategy.begin_experience(
       ctx, state.replace(seen_classes=jnp.array([True, True, True, False])),
-      _data([2, 2, 2, 2], 1), jax.random.key(2))
-  batch = {"x": jnp.asarray(np.random.default_rng(3).normal(size=(4, DIM)),
-                            jnp.float32),
-           "y": jnp.array([2, 2, 2, 2]), "task": jnp.zeros(4, jnp.int32),
-           "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
+      normal_experience([2, 2, 2, 2], 1), jax.random.key(2))
+  batch = normal_batch([2, 2, 2, 2], [1.0, 1.0, 1.0, 0.0], dim=DIM)
   out = strategy.transform_batch(ctx, state.cl_state, batch,
                                  jax.random.key(4))
   # batch_size memory rows follow the current ones; 6 are stored.
@@ -147,7 +120,7 @@ def test_cope_trains_on_ppp_alone_and_moves_prototypes_by_momentum():
   task_loss = jnp.sum(cross_entropy(logits, out) * out["weight"])
   assert float(task_loss) == 0.0
   used = np.asarray(out["weight"]) > 0
-  h = _unit(_features(state.params, out["x"]))
+  h = unit_rows(two_layer_numpy(state.params, out["x"])[1])
   y = np.asarray(out["y"])
   penalty = strategy.penalty(ctx, state.params, state.cl_state, out, logits)
   assert float(penalty) == pytest.approx(
@@ -158,12 +131,12 @@ def test_cope_trains_on_ppp_alone_and_moves_prototypes_by_momentum():
   cl_state = strategy.after_step(ctx, state, moved, None, out,
                                  jax.random.key(5))
   ended = strategy.end_experience(
-      ctx, moved.replace(cl_state=cl_state), _data([2, 2, 2, 2], 1),
-      jax.random.key(6))
+      ctx, moved.replace(cl_state=cl_state),
+      normal_experience([2, 2, 2, 2], 1), jax.random.key(6))
   expected = initial.copy()
   for c in np.unique(y[used]):
-    mean = _unit(h[used & (y == c)].sum(0))
-    expected[c] = _unit(0.7 * initial[c] + 0.3 * mean)
+    mean = unit_rows(h[used & (y == c)].sum(0))
+    expected[c] = unit_rows(0.7 * initial[c] + 0.3 * mean)
   np.testing.assert_allclose(ended.cl_state.prototypes, expected, rtol=1e-5,
                              atol=1e-6)
   assert not np.any(ended.cl_state.counts)
@@ -174,8 +147,8 @@ def test_cope_trains_on_ppp_alone_and_moves_prototypes_by_momentum():
 def test_cope_predicts_the_nearest_prototype():
   ctx = _ctx()
   strategy = cope()
-  state = _state(ctx, strategy)
-  prototypes = _unit(np.random.default_rng(7).normal(size=(N_CLASSES,
+  state = hook_state(ctx, strategy)
+  prototypes = unit_rows(np.random.default_rng(7).normal(size=(N_CLASSES,
                                                            N_CLASSES)))
   cl_state = state.cl_state.replace(prototypes=jnp.asarray(prototypes,
                                                            jnp.float32))
@@ -183,24 +156,14 @@ def test_cope_predicts_the_nearest_prototype():
   logits = strategy.predict(ctx, state.params, state.model_state, cl_state,
                             jnp.asarray(x, jnp.float32),
                             jnp.zeros(16, jnp.int32))
-  h = _unit(_features(state.params, x))
+  h = unit_rows(two_layer_numpy(state.params, x)[1])
   distance = np.linalg.norm(h[:, None] - prototypes[None], axis=-1)
   np.testing.assert_allclose(logits, h @ prototypes.T, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(np.argmax(logits, 1), np.argmin(distance, 1))
 
 
 def test_cope_memory_stays_class_balanced():
-  ctx = _ctx()
-  strategy = cope(mem_size=6)
-  state = _state(ctx, strategy)
-  expected = [[3, 3, 0, 0], [2, 2, 1, 1], [2, 2, 1, 1]]
-  for i, labels in enumerate([[0] * 4 + [1] * 4, [2] * 4 + [3] * 4,
-                              [0, 1, 2, 3] * 2]):
-    state = strategy.end_experience(ctx, state, _data(labels, i, seed=i),
-                                    jax.random.key(i))
-    buffer = state.cl_state.buffer
-    np.testing.assert_array_equal(buffers.group_counts(buffer), expected[i])
-    assert int(buffers.size(buffer)) == 6
+  check_class_balanced_memory(_ctx(), cope(mem_size=6))
 
 
 @pytest.mark.parametrize("max_it_cnt,steps", [(2, 2), (0, 6)])
@@ -210,9 +173,9 @@ def test_cope_takes_at_most_max_it_cnt_steps_per_experience(max_it_cnt,
   strategy = cope(mem_size=8, max_it_cnt=max_it_cnt)
   train = jax.jit(make_train_experience(ctx, strategy, optax.sgd(0.1),
                                         epochs=3))
-  state = _state(ctx, strategy)
+  state = hook_state(ctx, strategy)
   for index in (0, 1):  # The count starts over at each experience.
-    state, metrics = train(state, _data([0, 1, 2, 3] * 2, index))
+    state, metrics = train(state, normal_experience([0, 1, 2, 3] * 2, index))
     assert int(metrics["steps_trained"]) == steps
     assert int(state.step) == steps * (index + 1)
     assert int(jnp.sum(state.cl_state.counts)) == 0
@@ -266,13 +229,10 @@ def test_cope_is_registered_for_specs():
 
 
 def test_cope_from_the_command_line(tmp_path):
-  args = ["run", "--strategy", "cope", "--alpha", "0.9", "--temperature",
-          "0.2", "--max-it-cnt", "0", "--mem-size", "50", "--n-experiences",
-          "2", "--epochs", "1", "--hidden-size", "16", "--no-progress",
-          "--compilation-cache", "", "--logdir", str(tmp_path)]
-  assert cli.main(args) == 0
-  results = json.loads((tmp_path / "results.json").read_text())
-  assert results["metrics"]["stream_accuracy"] > 0.5
+  metrics = tiny_cli_metrics(tmp_path, "--strategy", "cope", "--alpha", "0.9",
+                             "--temperature", "0.2", "--max-it-cnt", "0",
+                             "--mem-size", "50")
+  assert metrics["stream_accuracy"] > 0.5
 
 
 def test_left_out_rows_and_zero_rows_give_finite_zero_gradients():

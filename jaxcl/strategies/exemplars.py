@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -44,10 +45,12 @@ from jaxcl.strategies.model_utils import (MASK_VALUE, feature_size,
 __all__ = [
     "ExperienceMemory",
     "ICaRLState",
+    "class_feature_means",
     "experience_memory",
     "herding",
     "icarl",
     "nearest_mean_logits",
+    "nearest_mean_predict",
     "store_experience",
 ]
 
@@ -136,6 +139,46 @@ def store_experience(memory: ExperienceMemory, data,
       count=i + 1)
 
 
+def class_feature_means(features: Callable[[jax.Array, jax.Array], jax.Array],
+                        x: jax.Array, task: jax.Array, y: jax.Array,
+                        valid: jax.Array, n_classes: int
+                        ) -> tuple[jax.Array, jax.Array]:
+  """Per class, the mean of the L2-normalised features of its valid rows.
+
+  The features are computed in chunks of rows (bounded memory). The sums
+  are masked class by class, not a segment sum: GPUs scatter with atomic
+  additions, whose order (and so a float sum) changes from run to run. A
+  non-finite feature row spoils only its own class.
+
+  Args:
+    features: ``features(x, task) -> [rows, F]`` for a chunk of rows.
+    x: ``[n, *input_shape]`` raw inputs.
+    task: ``int[n]`` task labels.
+    y: ``int[n]`` classes.
+    valid: ``bool[n]``, the rows to count (a memory's filled slots).
+    n_classes: Number of classes (static).
+
+  Returns:
+    ``(means, counts)``: ``[n_classes, F]`` means, not normalised again (0
+    for a class without rows), and ``float32[n_classes]`` row counts.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np
+    >>> means, counts = class_feature_means(
+    ...     lambda x, task: x, jnp.array([[3.0, 4.0], [0.0, 2.0], [9.0, 9.0]]),
+    ...     jnp.zeros(3, int), jnp.array([0, 0, 1]),
+    ...     jnp.array([True, True, False]), 2)
+    >>> np.asarray(means, float).round(2).tolist(), counts.tolist()
+    ([[0.3, 0.9], [0.0, 0.0]], [2.0, 0.0])
+  """
+  phi = l2_normalize(in_chunks(features, x, task))
+  member = valid & (y == jnp.arange(n_classes)[:, None])
+  counts = jnp.sum(member, axis=1).astype(jnp.float32)
+  sums = jax.lax.map(
+      lambda rows: jnp.sum(jnp.where(rows[:, None], phi, 0), axis=0), member)
+  return sums / jnp.maximum(counts, 1.0)[:, None], counts
+
+
 # ------------------------------------------------------------------- herding
 
 
@@ -211,6 +254,20 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
   diff = l2_normalize(features)[:, None, :] - means[None]
   distance = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 0.0))
   return jnp.where(has_mean, -distance, MASK_VALUE)
+
+
+def nearest_mean_predict(ctx: StrategyContext, params: PyTree,
+                         model_state: PyTree, cl_state: Any, x: jax.Array,
+                         task: jax.Array) -> jax.Array:
+  """A ``predict`` slot: :func:`nearest_mean_logits` of the penultimate
+  features, for a state with ``class_means`` and ``has_mean`` (iCaRL, SCR).
+
+  Example:
+    >>> Strategy(name="ncm", predict=nearest_mean_predict)  # doctest: +SKIP
+  """
+  return nearest_mean_logits(
+      penultimate_features(ctx, params, model_state, x, task),
+      cl_state.class_means, cl_state.has_mean)
 
 
 # --------------------------------------------------------------------- iCaRL
@@ -395,34 +452,19 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     cl = cl.replace(x=write(cl.x, data.x), y=write(cl.y, labels),
                     task=write(cl.task, data.task), rank=write(rank, picked))
 
-    # Masked sums class by class, not a segment sum: GPUs scatter with
-    # atomic additions, whose order (and so a float sum) changes from run
-    # to run. A non-finite feature row spoils only its own class.
-    valid = cl.rank > 0
-    count = jnp.sum(valid & (cl.y == jnp.arange(ctx.n_classes)[:, None]),
-                    axis=1).astype(jnp.float32)
-
     def class_mean(x):
-      phi = l2_normalize(in_chunks(features, x, cl.task))
-      sums = jax.lax.map(lambda c: jnp.sum(
-          jnp.where((valid & (cl.y == c))[:, None], phi, 0), axis=0),
-                         jnp.arange(ctx.n_classes))
-      return sums / jnp.maximum(count, 1.0)[:, None]
+      return class_feature_means(features, x, cl.task, cl.y, cl.rank > 0,
+                                 ctx.n_classes)
 
-    means = class_mean(cl.x)
+    means, count = class_mean(cl.x)
     if _flipped_too(ctx, cl.x):
-      means = (means + class_mean(jnp.flip(cl.x, axis=2))) / 2
+      means = (means + class_mean(jnp.flip(cl.x, axis=2))[0]) / 2
     means = l2_normalize(means)
     return state.replace(cl_state=cl.replace(
         class_means=means, has_mean=count > 0,
         teacher_params=state.params, teacher_model_state=state.model_state,
         old_classes=state.seen_classes))
 
-  def predict(ctx, params, model_state, cl, x, task):
-    return nearest_mean_logits(
-        penultimate_features(ctx, params, model_state, x, task),
-        cl.class_means, cl.has_mean)
-
   return Strategy(name="icarl", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,
-                  end_experience=end_experience, predict=predict)
+                  end_experience=end_experience, predict=nearest_mean_predict)

@@ -41,6 +41,7 @@ __all__ = [
     "output_layer",
     "output_layer_call",
     "output_layer_path",
+    "own_class_mask",
     "penultimate_features",
     "refuse_task_labels",
     "task_loss",
@@ -82,6 +83,38 @@ def refuse_task_labels(ctx: StrategyContext, reason: str) -> None:
   """
   if ctx.task_classes is not None:
     raise ValueError(reason)
+
+
+def own_class_mask(ctx: StrategyContext, batch: dict,
+                   rows: jax.Array) -> jax.Array:
+  """``batch``'s class mask with ``rows`` restricted to their own class.
+
+  A row's cross-entropy over its own class alone is exactly 0: a strategy
+  whose penalty replaces the loop's task loss on some rows zeroes it there
+  while the rows keep their weight, so the loop's metrics and other
+  strategies' penalties still count them. The other rows keep the mask
+  they had (every class without one).
+
+  Args:
+    ctx: Strategy context.
+    batch: A batch with ``y`` and, optionally, ``class_mask``.
+    rows: ``bool[batch]``, the rows to restrict.
+
+  Returns:
+    ``bool[batch, n_classes]``, the new ``batch["class_mask"]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from jaxcl.strategies.base import StrategyContext
+    >>> ctx = StrategyContext(None, None, None, 3, 1, (2,), 1, 1)
+    >>> own_class_mask(ctx, {"y": jnp.array([2, 0])},
+    ...                jnp.array([True, False])).tolist()
+    [[False, False, True], [True, True, True]]
+  """
+  shape = (batch["y"].shape[0], ctx.n_classes)
+  before = jnp.broadcast_to(batch.get("class_mask", True), shape)
+  own = jax.nn.one_hot(batch["y"], ctx.n_classes, dtype=bool)
+  return jnp.where(rows[:, None], own, before)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

@@ -29,7 +29,8 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
-                                          l2_normalize, refuse_task_labels)
+                                          l2_normalize, own_class_mask,
+                                          refuse_task_labels)
 
 __all__ = ["CopeState", "cope", "ppp_loss"]
 
@@ -256,13 +257,8 @@ def cope(mem_size: int = 200, alpha: float = 0.99, temperature: float = 0.1,
         batch, buffers.sample(cl.buffer, key, ctx.batch_size))
     if max_it_cnt:  # Past the cap every row weighs 0: the loop skips.
       out["weight"] = out["weight"] * (cl.steps < max_it_cnt)
-    # A row's cross-entropy over its own class alone is exactly 0: rows
-    # keep their weight, so the loop's metrics still count them. Rows of
-    # weight 0 that a strategy before it appended keep their classes.
-    shape = (out["y"].shape[0], ctx.n_classes)
-    before = jnp.broadcast_to(out.get("class_mask", True), shape)
-    own = jax.nn.one_hot(out["y"], ctx.n_classes, dtype=bool)
-    out["class_mask"] = jnp.where(out["weight"][:, None] > 0, own, before)
+    # Rows of weight 0 that a strategy before it appended keep their classes.
+    out["class_mask"] = own_class_mask(ctx, out, out["weight"] > 0)
     return out
 
   def penalty(ctx, params, cl, batch, logits):

@@ -42,7 +42,7 @@ from jaxcl.models import MultiHeadClassifier
 from jaxcl.strategies.model_utils import (example_inputs, in_chunks,
                                           init_model_state, mask_logits,
                                           output_layer, output_layer_call,
-                                          output_layer_path,
+                                          output_layer_path, own_class_mask,
                                           penultimate_features,
                                           refuse_task_labels,
                                           visible_classes, weighted_mean)
@@ -440,14 +440,18 @@ def _unit_rows(h: jax.Array) -> jax.Array:
 def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
                            anchor_weight: jax.Array, features: jax.Array,
                            feature_y: jax.Array, feature_weight: jax.Array,
-                           temp: jax.Array, base_temp: jax.Array) -> jax.Array:
+                           temp: jax.Array, base_temp: jax.Array, *,
+                           exclude_self: bool = False) -> jax.Array:
   """Supervised contrastive loss of ``anchors`` against ``features``.
 
   Khosla et al., "Supervised Contrastive Learning", 2020, in the form
   Avalanche's ``AMLCriterion`` uses: for each anchor ``a`` with label ``y``,
   ``−(temp/base_temp) · mean over features f of label y of
   log softmax_f(a·f / temp)``, averaged over the anchors. Rows are used as
-  given (scale them to unit norm for cosine similarities).
+  given (scale them to unit norm for cosine similarities). With
+  ``exclude_self`` the anchors are the features themselves and anchor ``i``
+  leaves feature ``i`` out of its softmax and its positives (the
+  ``SupConLoss`` of Khosla et al., Avalanche's ``SCRLoss``).
 
   Args:
     anchors: ``[n, d]``.
@@ -458,6 +462,8 @@ def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
     feature_weight: ``[m]``, 0 for features left out of every softmax.
     temp: Temperature.
     base_temp: Base temperature.
+    exclude_self: Leave each anchor's own row out (``n == m``, the same
+      rows as anchors and features).
 
   Returns:
     The loss (0 when no anchor has weight; an anchor without a feature of
@@ -470,6 +476,8 @@ def supervised_contrastive(anchors: jax.Array, anchor_y: jax.Array,
     0.3133
   """
   used = feature_weight > 0
+  if exclude_self:
+    used = used & ~jnp.eye(anchors.shape[0], features.shape[0], dtype=bool)
   # A finite stand-in for -inf: with no feature left, log_softmax stays
   # finite and the masked means below give 0 without NaN gradients.
   similarity = jnp.where(used, anchors @ features.T / temp, -1e30)
@@ -553,17 +561,12 @@ def er_aml(mem_size: int = 200, batch_size_mem: int = 10, temp: float = 0.1,
     positive, negative, found = contrast_partners(
         cl_state.buffer, partners_key, batch["y"], batch["task"],
         same_task_neg)
-    # The current samples' cross-entropy over their own class alone is
-    # exactly zero: they keep their weight, so the loop's metrics and other
-    # strategies' penalties still count them.
-    before = jnp.broadcast_to(batch.get("class_mask", True),
-                              (batch["y"].shape[0], ctx.n_classes))
-    own = jax.nn.one_hot(batch["y"], ctx.n_classes, dtype=bool)
     rows = buffers.sample(cl_state.buffer, memory_key,
                           _memory_rows(ctx, batch_size_mem))
     rows["weight"] = rows["weight"] * cl_state.replaying
+    # The current samples' cross-entropy is zeroed; the penalty trains them.
     return buffers.concat_batches(
-        {**batch, "class_mask": jnp.where(current[:, None], own, before),
+        {**batch, "class_mask": own_class_mask(ctx, batch, current),
          "aml_anchor": (current & found).astype(jnp.float32),
          "aml_positive": positive, "aml_negative": negative},
         _as_weight(rows, "aml_memory"))
