@@ -5,13 +5,14 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import (architectural, bias_correction, deep_slda,
-                              generative, meta, projection, prototypes,
-                              regularization, rehearsal)
+from jaxcl.strategies import (architectural, bias_correction, contrastive,
+                              deep_slda, generative, meta, projection,
+                              prototypes, regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    chain, naive)
 from jaxcl.strategies.bias_correction import *  # noqa: F403
+from jaxcl.strategies.contrastive import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
@@ -36,6 +37,7 @@ __all__ = [
     "register",
     *architectural.__all__,
     *bias_correction.__all__,
+    *contrastive.__all__,
     *deep_slda.__all__,
     *generative.__all__,
     *meta.__all__,
@@ -48,6 +50,6 @@ __all__ = [
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
-                prototypes):
+                prototypes, contrastive):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
