@@ -1,5 +1,6 @@
 """Feature replay against a direct transcription of Avalanche's criterion."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,6 +166,61 @@ def test_feature_replay_draws_anew_each_step():
   assert len(set(values)) > 3
 
 
+@pytest.mark.parametrize("criterion_mask, loop_masks", [
+    ("new", True), ("seen", True), ("seen", False)])
+def test_feature_replay_restricts_only_the_current_samples(criterion_mask,
+                                                           loop_masks):
+  ctx = _ctx()._replace(mask_classes=loop_masks)
+  strategy = feature_replay(mem_size=4, batch_size_mem=4,
+                            criterion_mask=criterion_mask)
+  cl = strategy.init(ctx, TwoLayer().init(jax.random.key(0),
+                                          jnp.zeros((1, DIM)))["params"],
+                     jax.random.key(0))
+  cl = cl.replace(seen=jnp.array([True, True, True, False]),
+                  current=jnp.array([False, True, True, False]))
+  # Rows 4 and 5 are a memory that replay, before it in a chain, appended;
+  # row 3 is padding.
+  batch = {"x": jnp.zeros((6, DIM)), "y": jnp.array([1, 2, 2, 0, 0, 3]),
+           "task": jnp.zeros(6, jnp.int32),
+           "weight": jnp.array([1., 1., 1., 0., 1., 1.])}
+  mask = np.asarray(strategy.transform_batch(ctx, cl, batch,
+                                             jax.random.key(1))["class_mask"])
+  allowed = np.asarray(cl.current if criterion_mask == "new" else cl.seen)
+  np.testing.assert_array_equal(mask[:3], np.tile(allowed, (3, 1)))
+  assert mask[3:].all()
+
+
+def test_feature_replay_adds_plain_cross_entropy_whatever_the_task_loss():
+  ctx, strategy, _, _, batch, state, out = _two_experiences("new")
+  now = out[2]
+  out_batch = strategy.transform_batch(ctx, now.cl_state, batch,
+                                       jax.random.key(4))
+  logits = ctx.logits(now.params, now.model_state, batch["x"], batch["task"])
+
+  def penalty_and_task(loss):
+    custom = ctx._replace(loss=loss)
+    task = jnp.sum(loss(logits, out_batch) * out_batch["weight"]) / 3.0
+    return strategy.penalty(custom, now.params, now.cl_state, out_batch,
+                            logits), task
+
+  # A task loss that reads other keys of the batch, scaled by 2: only the
+  # half of it that the penalty takes back changes.
+  doubled = lambda z, b: 2.0 * cross_entropy(z, b) + 0.0 * b["task"]
+  plain_penalty, plain_task = penalty_and_task(cross_entropy)
+  doubled_penalty, doubled_task = penalty_and_task(doubled)
+  assert float(doubled_penalty - plain_penalty) == pytest.approx(
+      -0.5 * float(doubled_task - plain_task), rel=1e-5)
+
+
+class _PooledHead(nn.Module):
+  """Its output layer runs on [batch, 2, 5] and the logits average over 2."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    hidden = nn.relu(nn.Dense(10)(x)).reshape(x.shape[0], 2, 5)
+    return nn.Dense(N_CLASSES)(hidden).mean(1)
+
+
 def test_feature_replay_vmapped_seeds_equal_single_runs_and_beat_naive():
   bench = make_benchmark(n_experiences=2)
   model = MLP(4, hidden_size=8, drop_rate=0.0)
@@ -199,6 +255,13 @@ def test_feature_replay_refuses_bad_arguments_and_unsuited_models():
   with pytest.raises(ValueError, match="got a jaxcl.models."
                      "MultiHeadClassifier"):
     feature_replay(mem_size=20).init(ctx, params, jax.random.key(0))
+  pooled = _ctx(_PooledHead())
+  params = pooled.model.init(jax.random.key(0), jnp.zeros((1, DIM)),
+                             jnp.zeros((1,), jnp.int32))[0]
+  with pytest.raises(ValueError, match=r"got outputs of shape \(1, 2, 4\) "
+                     r"for logits of shape \(1, 4\): expected nothing to "
+                     "follow the last Dense"):
+    feature_replay().init(pooled, params, jax.random.key(0))
   linear = Model(init=lambda key, x, task: ({"w": jnp.ones((DIM, 4))}, {}),
                  apply=lambda p, s, x, task, train, key: (x @ p["w"], s))
   with pytest.raises(ValueError, match="penultimate features need a Flax "

@@ -33,6 +33,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
@@ -649,10 +650,13 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
   where ``f`` is the model, ``g`` its output layer, ``h`` its features,
   ``sg`` stops the gradient (the replayed terms train the output layer
   only), ``(h_mem, y_mem)`` are ``batch_size_mem`` features drawn from the
-  memory, ``CE`` is over every class seen and ``CE_mask`` over the current
+  memory, ``CE`` is the plain cross-entropy over every class seen (every
+  class of the head with ``mask_unseen_classes=False``) and ``CE_mask`` the
+  loop's task loss with the current samples restricted to the current
   experience's classes (``criterion_mask="new"``, the paper's setting) or
-  every class seen (``"seen"``). Before the first replay it is ``CE_mask``
-  alone.
+  to every class seen (``"seen"``); rows that a strategy before it in a
+  chain appends (replay's memory) keep their classes. Before the first
+  replay the loss is ``CE_mask`` alone.
 
   Stored features are never recomputed: they keep the feature extractor of
   the experience they come from, so the output layer learns to separate
@@ -666,7 +670,8 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
   training); the output layer is found as for every feature strategy (the
   last Dense the model calls), not by name; the batch's features for the
   replayed term are computed in evaluation mode (no dropout), as ER-AML's
-  are.
+  are; the stored features are those of the inputs without the benchmark's
+  augmentation.
 
   Args:
     mem_size: Memory capacity (features).
@@ -679,8 +684,9 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
     The strategy; its ``cl_state`` is a :class:`FeatureReplayState`.
 
   Raises:
-    ValueError: Bad arguments; (at ``init``) a stream with task labels or a
-      model whose output layer is not a ``flax.linen.Dense``.
+    ValueError: Bad arguments; (at ``init``) a stream with task labels, a
+      model whose output layer is not a ``flax.linen.Dense``, or one whose
+      output layer's outputs are not its logits in shape.
 
   Example:
     >>> feature_replay(mem_size=2000, criterion_mask="seen").name
@@ -706,6 +712,16 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
                        "a jaxcl.models.MultiHeadClassifier.")
     features = jax.eval_shape(
         lambda p: output_layer_call(ctx, p, model_state, x, task)[1], params)
+    outputs = jax.eval_shape(lambda p, h: head(p, h), params, features)
+    logits = jax.eval_shape(
+        lambda p: ctx.logits(p, model_state, x, task), params)
+    if outputs.shape != logits.shape:
+      raise ValueError(
+          f"feature_replay runs the model's output layer (at "
+          f"{'/'.join(head.path)}) on stored features, so its outputs must "
+          f"be the model's logits; got outputs of shape {outputs.shape} for "
+          f"logits of shape {logits.shape}: expected nothing to follow the "
+          f"last Dense the model calls.")
     return FeatureReplayState(
         buffer=buffers.init(mem_size, features.shape[1:], jnp.float32,
                             policy="class_balanced", n_groups=ctx.n_classes),
@@ -723,15 +739,17 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
 
   def transform_batch(ctx, cl_state, batch, key):
     del key
-    if criterion_mask == "seen":  # The loop's masking already.
-      return batch
+    allowed = (cl_state.current if criterion_mask == "new"
+               else cl_state.seen)  # "seen" also without the loop's masking.
+    rows = batch["y"].shape[0]
     before = jnp.broadcast_to(batch.get("class_mask", True),
-                              (batch["y"].shape[0], ctx.n_classes))
-    # Rows of weight 0 that a strategy before it in a chain appended keep
-    # their classes.
-    current = (batch["weight"] > 0)[:, None]
-    return {**batch, "class_mask": jnp.where(
-        current, before & cl_state.current, before)}
+                              (rows, ctx.n_classes))
+    # The current samples only: rows a strategy before it in a chain
+    # appended (replay's memory, DER's) keep their classes.
+    current = ((batch["weight"] > 0)
+               & (jnp.arange(rows) < ctx.batch_size))[:, None]
+    return {**batch, "class_mask": jnp.where(current, before & allowed,
+                                             before)}
 
   def penalty(ctx, params, cl_state, batch, logits):
     cl = cl_state
@@ -743,9 +761,11 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
                         batch["task"])
 
     def seen_loss(h, y, task, weight):
+      # Avalanche's plain cross-entropy (full_criterion), whatever ctx.loss.
       logits = mask_logits(ctx, head(params, h.astype(features.dtype)),
                            cl.seen, task)
-      return weighted_mean(ctx.loss(logits, {"y": y}), weight)
+      return weighted_mean(
+          optax.softmax_cross_entropy_with_integer_labels(logits, y), weight)
 
     rows = buffers.sample(cl.buffer, jax.random.fold_in(cl.draw_key, cl.step),
                           _memory_rows(ctx, batch_size_mem))
