@@ -134,6 +134,14 @@ def fit_seeds_alone(model, strategy, bench, seeds=(0, 1), epochs=2,
   return alone
 
 
+def assert_remembers_the_first_experience(run, model, bench, margin=0.2):
+  """``run`` keeps the first experience's accuracy ``margin`` above naive
+  fine-tuning with ``fit_seeds_alone``'s settings (which forgets it)."""
+  naive = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
+                    seed=0, epochs=2, batch_size=4)
+  assert run.accuracy_matrix[-1, 0] > naive.accuracy_matrix[-1, 0] + margin
+
+
 def device_experience(x, labels, index, size, n_classes):
   """A one-task training experience of ``x`` padded to ``size`` rows and put
   on the device, as strategy hooks receive it."""

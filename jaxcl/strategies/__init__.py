@@ -6,14 +6,16 @@ and the ``jaxcl`` command.
 """
 
 from jaxcl.strategies import (architectural, bias_correction, contrastive,
-                              deep_slda, generative, meta, projection,
-                              prototypes, regularization, rehearsal)
+                              deep_slda, experts, generative, meta,
+                              projection, prototypes, regularization,
+                              rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    chain, naive)
 from jaxcl.strategies.bias_correction import *  # noqa: F403
 from jaxcl.strategies.contrastive import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
+from jaxcl.strategies.experts import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
@@ -39,6 +41,7 @@ __all__ = [
     *bias_correction.__all__,
     *contrastive.__all__,
     *deep_slda.__all__,
+    *experts.__all__,
     *generative.__all__,
     *meta.__all__,
     *projection.__all__,
@@ -50,6 +53,6 @@ __all__ = [
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
-                prototypes, contrastive):
+                prototypes, contrastive, experts):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)

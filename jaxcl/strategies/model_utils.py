@@ -44,6 +44,7 @@ __all__ = [
     "own_class_mask",
     "penultimate_features",
     "refuse_task_labels",
+    "restrict_current_classes",
     "task_loss",
     "visible_classes",
     "weighted_mean",
@@ -115,6 +116,35 @@ def own_class_mask(ctx: StrategyContext, batch: dict,
   before = jnp.broadcast_to(batch.get("class_mask", True), shape)
   own = jax.nn.one_hot(batch["y"], ctx.n_classes, dtype=bool)
   return jnp.where(rows[:, None], own, before)
+
+
+def restrict_current_classes(ctx: StrategyContext, batch: dict,
+                             allowed: jax.Array) -> dict:
+  """Restricts the cross-entropy of the current samples to ``allowed``.
+
+  The current samples are the first ``ctx.batch_size`` rows of positive
+  weight; rows a strategy before it in a chain appended (a replay memory)
+  keep their classes. Avalanche's ``MaskedCrossEntropy("new")`` and task
+  experts train this way.
+
+  Args:
+    ctx: Strategy context.
+    batch: The batch (its ``class_mask``, if any, is narrowed).
+    allowed: ``bool[n_classes]``.
+
+  Returns:
+    The batch with ``class_mask``.
+
+  Example:
+    >>> out = restrict_current_classes(ctx, batch, classes)  # doctest: +SKIP
+  """
+  rows = batch["y"].shape[0]
+  before = jnp.broadcast_to(batch.get("class_mask", True),
+                            (rows, ctx.n_classes))
+  current = ((batch["weight"] > 0)
+             & (jnp.arange(rows) < ctx.batch_size))[:, None]
+  return {**batch, "class_mask": jnp.where(current, before & allowed,
+                                           before)}
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

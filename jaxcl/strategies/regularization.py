@@ -50,7 +50,7 @@ from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
                                           penultimate_features, task_loss,
                                           weighted_mean)
 
-__all__ = ["ewc", "lfl", "lwf", "mas", "rwalk", "si"]
+__all__ = ["distillation_kl", "ewc", "lfl", "lwf", "mas", "rwalk", "si"]
 
 PyTree = Any
 
@@ -617,11 +617,26 @@ def _snapshot_teacher(ctx, state, data, key):
       "has_teacher": jnp.ones((), bool)})
 
 
-def _distillation(student: jax.Array, teacher: jax.Array, classes: jax.Array,
-                  temperature: jax.Array, weight: jax.Array) -> jax.Array:
+def distillation_kl(student: jax.Array, teacher: jax.Array,
+                    classes: jax.Array, temperature: jax.Array,
+                    weight: jax.Array) -> jax.Array:
   """Batch mean of ``KL(softmax(teacher/T) ‖ softmax(student/T))`` on ``classes``.
 
-  Both softmaxes run over ``classes`` only; with no class the result is 0.
+  LwF's distillation term (without a ``T²`` factor, as Avalanche's). Both
+  softmaxes run over ``classes`` only; with no class the result is 0.
+
+  Args:
+    student: ``[n, C]`` logits being trained.
+    teacher: ``[n, C]`` the teacher's logits.
+    classes: ``bool[C]``, the classes distilled.
+    temperature: ``T > 0``.
+    weight: ``[n]``; rows of weight 0 are left out.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1.0, 2.0, 3.0]])
+    >>> float(distillation_kl(z, z, jnp.ones(3, bool), 2.0, jnp.ones(1)))
+    0.0
   """
   def log_softmax(logits):
     return jax.nn.log_softmax(
@@ -677,7 +692,7 @@ def lwf(alpha: float | Sequence[float] = 1.0,
     def distil(student, task, classes):
       teacher = ctx.logits(cl_state["teacher_params"],
                            cl_state["teacher_model_state"], x, task)
-      return _distillation(student, teacher, classes,
+      return distillation_kl(student, teacher, classes,
                            cl_state["temperature"], batch["weight"])
 
     old = cl_state["old_classes"]

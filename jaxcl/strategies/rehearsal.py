@@ -46,6 +46,7 @@ from jaxcl.strategies.model_utils import (example_inputs, in_chunks,
                                           output_layer_path, own_class_mask,
                                           penultimate_features,
                                           refuse_task_labels,
+                                          restrict_current_classes,
                                           visible_classes, weighted_mean)
 
 __all__ = [
@@ -739,17 +740,10 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
 
   def transform_batch(ctx, cl_state, batch, key):
     del key
-    allowed = (cl_state.current if criterion_mask == "new"
-               else cl_state.seen)  # "seen" also without the loop's masking.
-    rows = batch["y"].shape[0]
-    before = jnp.broadcast_to(batch.get("class_mask", True),
-                              (rows, ctx.n_classes))
-    # The current samples only: rows a strategy before it in a chain
-    # appended (replay's memory, DER's) keep their classes.
-    current = ((batch["weight"] > 0)
-               & (jnp.arange(rows) < ctx.batch_size))[:, None]
-    return {**batch, "class_mask": jnp.where(current, before & allowed,
-                                             before)}
+    # "seen" also restricts without the loop's masking.
+    return restrict_current_classes(
+        ctx, batch,
+        cl_state.current if criterion_mask == "new" else cl_state.seen)
 
   def penalty(ctx, params, cl_state, batch, logits):
     cl = cl_state
