@@ -402,9 +402,11 @@ def test_disk_paths_go_with_the_disk_usage_group(tmp_path):
     ev.MetricSelection(frozenset({"disk_usage"}), disk_paths=7)
   with pytest.raises(TypeError, match=r"got \[\]"):
     ev.metrics(["disk_usage"], disk_paths=[])
+  with pytest.raises(TypeError, match="got ''"):
+    ev.metrics(["disk_usage"], disk_paths=["a", ""])
 
 
-def test_disk_usage_sums_regular_files_in_kilobytes(tmp_path):
+def test_disk_usage_sums_regular_files_in_kilobytes(tmp_path, monkeypatch):
   (tmp_path / "a.bin").write_bytes(bytes(1024))
   (tmp_path / "sub").mkdir()
   (tmp_path / "sub" / "b.bin").write_bytes(bytes(3072))
@@ -416,6 +418,42 @@ def test_disk_usage_sums_regular_files_in_kilobytes(tmp_path):
   assert ev.disk_usage_kb([tmp_path / "sub" / "b.bin"]) == 3.0
   assert ev.disk_usage_kb([tmp_path, outside]) == 4.5
   assert ev.disk_usage_kb([tmp_path / "missing"]) == 0.0
+  # One path needs no list; "~" is the home folder.
+  assert ev.disk_usage_kb(tmp_path / "sub") == ev.disk_usage_kb(
+      str(tmp_path / "sub")) == 3.0
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert ev.disk_usage_kb("~/sub") == 3.0
+
+
+def test_disk_usage_counts_what_it_cannot_read_as_zero_and_says_so(
+    tmp_path, monkeypatch):
+  (tmp_path / "a.bin").write_bytes(bytes(1024))
+  (tmp_path / "locked.bin").write_bytes(bytes(2048))
+  real = os.path.getsize
+
+  def getsize(name):
+    if name.endswith("locked.bin"):
+      raise PermissionError(13, "Permission denied", name)
+    return real(name)
+
+  monkeypatch.setattr(os.path, "getsize", getsize)
+  with pytest.warns(UserWarning, match="could not read 1 files or folders "
+                    r"\(counted as 0\), e.g. '.*locked.bin'"):
+    assert ev.disk_usage_kb(tmp_path) == 1.0
+
+
+def test_disk_usage_resolves_its_paths_once(tmp_path, monkeypatch):
+  (tmp_path / "watched").mkdir()
+  (tmp_path / "watched" / "a.bin").write_bytes(bytes(1024))
+  monkeypatch.chdir(tmp_path)
+  usage = ev.DiskUsage(["watched", "later"])
+  monkeypatch.chdir(tmp_path / "watched")  # Relative paths stay put.
+  assert usage() == 1.0
+  assert usage.never_found() == [str(tmp_path / "later")]
+  (tmp_path / "later").mkdir()
+  usage()
+  assert usage.never_found() == []
+  assert ev.DiskUsage().paths == [str(tmp_path / "watched")]
 
 
 def test_fit_records_the_disk_usage_after_each_experience(
@@ -439,6 +477,23 @@ def test_fit_records_the_disk_usage_after_each_experience(
   expected = ev.disk_usage_kb([watched])
   assert expected > 5.0
   assert [run.metrics["disk_usage_kb"] for run in alone.runs] == [expected] * 2
+
+
+def test_fit_measures_the_disk_once_per_evaluation_and_warns_of_typos(
+    tiny_benchmark, tiny_model, tmp_path, monkeypatch):
+  calls = []
+  measure = ev.DiskUsage.__call__
+  monkeypatch.setattr(ev.DiskUsage, "__call__",
+                      lambda self: calls.append(1) or measure(self))
+  chosen = ev.metrics(["accuracy", "disk_usage"],
+                      disk_paths=[tmp_path, tmp_path / "typo"])
+  with pytest.warns(UserWarning, match="never existed during the run "
+                    r"\(counted 0\): \[.*typo'\]"):
+    result = jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                       batch_size=5, seeds=[0, 1, 2], metrics=chosen)
+  # Two evaluations, three runs: two walks, one value for all runs.
+  assert len(calls) == 2
+  assert result.metrics["disk_usage_kb"][1] == 0.0
 
 
 def _traced_once_strategy():

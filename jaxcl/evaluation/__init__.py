@@ -29,7 +29,8 @@ from jaxcl.evaluation.class_metrics import (amca, class_accuracy,
 from jaxcl.evaluation.reducers import ClassCounts, ConfusionMatrix, TopKAccuracy
 from jaxcl.evaluation.selection import (DEFAULT_METRICS, METRICS,
                                        MetricSelection, metrics)
-from jaxcl.evaluation.system import (disk_usage_kb, flops, matmul_peak_flops,
+from jaxcl.evaluation.system import (DiskUsage, disk_usage_kb, flops,
+                                     matmul_peak_flops,
                                      named_call, named_call_flops,
                                      peak_device_memory_mb,
                                      peak_host_memory_mb)
@@ -39,6 +40,7 @@ __all__ = [
     "METRICS",
     "ClassCounts",
     "ConfusionMatrix",
+    "DiskUsage",
     "MetricSelection",
     "TopKAccuracy",
     "accuracy_on_trained_experiences",

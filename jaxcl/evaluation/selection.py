@@ -116,10 +116,12 @@ def _check_disk_paths(paths) -> tuple[str, ...]:
     paths = list(paths)
   except TypeError:
     paths = [paths]
-  bad = [p for p in paths if not isinstance(p, (str, os.PathLike))]
+  bad = [p for p in paths
+         if not isinstance(p, (str, os.PathLike)) or not os.fspath(p)]
   if bad or not paths:
     raise TypeError(f"disk_paths must be a path or a non-empty list of paths "
-                    f"(str or os.PathLike), got {bad[0] if bad else paths!r}.")
+                    f"(non-empty str or os.PathLike), got "
+                    f"{bad[0] if bad else paths!r}.")
   return tuple(os.fspath(p) for p in paths)
 
 

@@ -16,6 +16,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 from jax.extend import core as jax_core
 
 __all__ = [
+    "DiskUsage",
     "disk_usage_kb",
     "matmul_peak_flops",
     "flops",
@@ -85,36 +87,92 @@ def peak_host_memory_mb() -> float:
   return peak / (_MB if sys.platform == "darwin" else 1024.0)
 
 
-def disk_usage_kb(paths: Sequence[str | os.PathLike[str]]) -> float:
+def _path_list(paths) -> list[str]:
+  if isinstance(paths, (str, os.PathLike)):
+    paths = [paths]
+  return [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+
+
+def _tree_size(path: str, skipped: list[str]) -> int:
+  """Bytes of the regular files under ``path`` (the file itself when it is
+  one); what cannot be read is appended to ``skipped``."""
+  def size(name):
+    try:
+      return 0 if os.path.islink(name) else os.path.getsize(name)
+    except FileNotFoundError:  # Removed while walking (a checkpoint).
+      return 0
+    except OSError:
+      skipped.append(name)
+      return 0
+
+  def unreadable(error: OSError):
+    if not isinstance(error, FileNotFoundError):  # A path not made yet.
+      skipped.append(error.filename)
+
+  if os.path.isfile(path):
+    return size(path)
+  return sum(size(os.path.join(root, name))
+             for root, _, names in os.walk(path, onerror=unreadable)
+             for name in names)
+
+
+def disk_usage_kb(paths: str | os.PathLike[str]
+                  | Sequence[str | os.PathLike[str]]) -> float:
   """Total size of the files under ``paths``, in KB (1024 bytes).
 
-  Avalanche's ``DiskUsage``: every regular file below each path (or the
-  path itself when it is a file) counts its size; symbolic links are not
-  followed. A path that does not exist counts 0 (a folder the run creates
-  later), as does a file removed while the folder is walked (a checkpoint
-  being replaced).
+  Avalanche's ``DiskUsage``: every regular file below each path counts its
+  size (a file under two paths counts twice); links below a path are not
+  followed, while a path that is itself a link to a folder is walked. A
+  path that is a file counts its own size (Avalanche's walk counts 0). A
+  path that does not exist counts 0 (a folder the run creates later), as
+  do a file removed while the folder is walked (a checkpoint being
+  replaced) and what cannot be read (a warning names it).
+
+  Args:
+    paths: A path or a list of paths (``~`` is expanded).
 
   Example:
     >>> import tempfile, pathlib
     >>> folder = tempfile.mkdtemp()
     >>> _ = (pathlib.Path(folder) / "a.bin").write_bytes(bytes(2048))
-    >>> disk_usage_kb([folder])
+    >>> disk_usage_kb(folder)
     2.0
   """
-  total = 0
-  for path in paths:
-    if os.path.isfile(path) and not os.path.islink(path):
-      files = [os.fspath(path)]
-    else:
-      files = [os.path.join(root, name)
-               for root, _, names in os.walk(path) for name in names]
-    for name in files:
-      try:
-        if not os.path.islink(name):
-          total += os.path.getsize(name)
-      except FileNotFoundError:
-        continue
+  skipped: list[str] = []
+  total = sum(_tree_size(path, skipped) for path in _path_list(paths))
+  if skipped:
+    warnings.warn(f"disk_usage_kb could not read {len(skipped)} files or "
+                  f"folders (counted as 0), e.g. {skipped[0]!r}.",
+                  stacklevel=2)
   return total / 1024.0
+
+
+class DiskUsage:
+  """Measures the same paths again and again (a run's ``disk_usage``).
+
+  The paths are resolved once, when it is built (``~`` expanded, relative
+  paths against the working directory then; no path: the working
+  directory), so a later change of directory does not move them.
+
+  Example:
+    >>> import tempfile
+    >>> usage = DiskUsage([tempfile.mkdtemp()])
+    >>> usage(), usage.never_found()
+    (0.0, [])
+  """
+
+  def __init__(self, paths: Sequence[str | os.PathLike[str]] | None = None):
+    self.paths = _path_list(paths or [os.getcwd()])
+    self._found: set[str] = set()
+
+  def __call__(self) -> float:
+    """The size of the files under the paths now, in KB."""
+    self._found.update(p for p in self.paths if os.path.exists(p))
+    return disk_usage_kb(self.paths)
+
+  def never_found(self) -> list[str]:
+    """The paths that did not exist at any measurement."""
+    return [p for p in self.paths if p not in self._found]
 
 
 def peak_device_memory_mb(

@@ -1041,10 +1041,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     R[:, i] = _accuracies(counts)
     diverged = [r for r in range(n_runs) if nonfinite[r] is not None]
     R[diverged, i] = np.nan
+    # Once per evaluation: the runs share the disk.
+    disk_kb = recorder.disk() if recorder.disk is not None else None
     rows = [_experience_metrics(i, R[r], initial[r],
                                 jax.tree.map(lambda a: a[r], counts),
                                 jax.tree.map(lambda a: a[r], train_metrics),
-                                histories[r], recorder, train_s, seconds, cpu)
+                                histories[r], recorder, train_s, seconds, cpu,
+                                disk_kb)
             for r in range(n_runs)]
     for r, (history, row) in enumerate(zip(histories, rows)):
       if early_stopping is not None:
@@ -1084,6 +1087,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     bar.close()
   timings = {"compile_s": compile_s, "train_s": train_s, "eval_s": eval_s,
              "total_s": time.perf_counter() - start_total}
+  if recorder.disk is not None and recorder.disk.never_found():
+    warnings.warn(f"disk_usage measured paths that never existed during "
+                  f"the run (counted 0): {recorder.disk.never_found()}.",
+                  stacklevel=3)
   if held is not None:
     held.write()
   if writer is not None:  # Outside total_s: a writer may still be starting.
@@ -1475,6 +1482,7 @@ class _Recorder(NamedTuple):
       running while the first experiences train), if selected.
     columns: The test experience each train experience trains (-1: none),
       see :func:`jaxcl.evaluation.trained_columns`.
+    disk: What measures ``disk_usage_kb``, if selected.
   """
 
   chosen: selection.MetricSelection
@@ -1482,6 +1490,7 @@ class _Recorder(NamedTuple):
   seen_classes: np.ndarray
   flops: concurrent.futures.Future | None
   columns: np.ndarray
+  disk: system.DiskUsage | None
 
 
 def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
@@ -1491,7 +1500,9 @@ def _recorder(chosen: selection.MetricSelection, benchmark: Benchmark,
     new[i, list(experience.classes)] = True
   return _Recorder(chosen, new, np.logical_or.accumulate(new, axis=0),
                    flops, cl_metrics.trained_columns(
-                       benchmark.train_stream, len(benchmark.test_stream)))
+                       benchmark.train_stream, len(benchmark.test_stream)),
+                   system.DiskUsage(chosen.disk_paths)
+                   if "disk_usage" in chosen else None)
 
 
 def _check_writer(writer: Any) -> None:
@@ -1661,8 +1672,8 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
                         history: Sequence[Mapping[str, float]],
                         recorder: _Recorder, train_s: float,
                         eval_seconds: float,
-                        cpu_usage: Sequence[float] = (np.nan, np.nan)
-                        ) -> dict:
+                        cpu_usage: Sequence[float] = (np.nan, np.nan),
+                        disk_kb: float | None = None) -> dict:
   """One run's metrics after training experience ``i`` (the selected groups).
 
   Args:
@@ -1677,6 +1688,7 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
     eval_seconds: Seconds of this evaluation (all runs together).
     cpu_usage: The process's CPU usage in percent while training since the
       last evaluation, and while evaluating (all runs together).
+    disk_kb: ``disk_usage_kb`` measured after this evaluation.
 
   Returns:
     A flat ``{name: float}`` row (plus ``experience``).
@@ -1723,8 +1735,7 @@ def _experience_metrics(i: int, R: np.ndarray, initial: np.ndarray,
   if "cpu_usage" in chosen:
     row["train_cpu_usage"], row["eval_cpu_usage"] = map(float, cpu_usage)
   if "disk_usage" in chosen:
-    row["disk_usage_kb"] = system.disk_usage_kb(
-        chosen.disk_paths or [os.getcwd()])
+    row["disk_usage_kb"] = disk_kb
   if "memory" in chosen:
     device = system.peak_device_memory_mb()
     row["peak_host_memory_mb"] = system.peak_host_memory_mb()
