@@ -282,3 +282,10 @@ def test_scr_from_the_command_line(tmp_path):
   metrics = tiny_cli_metrics(tmp_path, "--strategy", "scr", "--temperature",
                              "0.2", "--mem-size", "50")
   assert metrics["stream_accuracy"] > 0.5
+
+
+def test_scr_loss_names_its_layout():
+  views = jnp.ones((3, 2, 4))  # SCRLoss's [n, V, d] for 3 rows.
+  with pytest.raises(ValueError, match=r"scr_loss takes views first: views "
+                     r"\[V, n, d\] .*got views \(3, 2, 4\), labels \(3,\)"):
+    scr_loss(views, jnp.zeros(3, jnp.int32), jnp.ones(3), 0.1)

@@ -117,6 +117,13 @@ def scr_loss(views: jax.Array, labels: jax.Array, weight: jax.Array,
     ...                      1.0)), 4)
     0.5514
   """
+  if views.ndim != 3 or views.shape[1] != labels.shape[0] or (
+      weight.shape != labels.shape):
+    raise ValueError(
+        f"scr_loss takes views first: views [V, n, d] with labels and "
+        f"weight [n]; got views {views.shape}, labels {labels.shape}, "
+        f"weight {weight.shape} (Avalanche's SCRLoss takes [n, V, d]: "
+        f"swap its first two axes).")
   n_views = views.shape[0]
   rows = views.reshape(-1, views.shape[-1])
   y = jnp.tile(labels, n_views)
@@ -167,7 +174,9 @@ def scr(mem_size: int = 100, temperature: float = 0.1,
   Differences from Avalanche, documented in ``docs/strategies_rehearsal.md``:
   the feature extractor and projection head are the model's penultimate
   features and outputs (the output layer reads the features before their
-  normalisation); the loop's own forward pass counts for batch-norm
+  normalisation, and the loss reads the outputs after theirs, as Mai et
+  al.'s code, where Avalanche's ``SCR`` passes the raw projection outputs
+  to ``SCRLoss``); the loop's own forward pass counts for batch-norm
   statistics (the first view), the loss's pass does not; classes without
   a mean are never predicted (Avalanche's zero mean can win).
 
