@@ -226,7 +226,7 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
   slot): each sample goes to the expert whose autoencoder reconstructs it
   with the smallest error, which predicts among its experience's classes.
 
-  Differences from Avalanche, documented in ``docs/strategies_output_layer.md``:
+  Differences from Avalanche, documented in ``docs/strategies_experts.md``:
   the gate reconstructs the preprocessed inputs, where Avalanche's
   reconstructs the features of an ImageNet-pretrained AlexNet (jaxcl runs
   offline with any model); the experts are copies of the user's model, not
