@@ -1,4 +1,4 @@
-"""Architectural strategies: CWR* (Copy Weights with Re-init).
+"""Architectural strategies: CWR* (Copy Weights with Re-init) and AR1.
 
 CWR* (Lomonaco & Maltoni, 2017; Maltoni & Lomonaco, 2019) keeps one
 consolidated weight column per class for the output layer. Each experience
@@ -21,14 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcl import _validation
+from jaxcl.strategies import buffers, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import init_model_state, output_layer_path
+from jaxcl.strategies.model_utils import (init_model_state, output_layer_path,
+                                          refuse_task_labels,
+                                          require_optimizer, weighted_mean)
 
-__all__ = ["cwr_star"]
+__all__ = ["Ar1State", "ar1", "cwr_star"]
 
 PyTree = Any
 
@@ -116,76 +121,25 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
                     f"{freeze_remaining_model!r}.")
 
   def init(ctx, params, key):
-    model_state = init_model_state(ctx, key)
-    _, kernel = _kernel(ctx, params, model_state)
-    return {"consolidated": jnp.zeros_like(kernel),
-            "has_consolidated": jnp.zeros((ctx.n_classes,), bool),
-            "past_counts": jnp.zeros((ctx.n_classes,), jnp.float32),
-            "counts": jnp.zeros((ctx.n_classes,), jnp.float32),
-            "experiences_trained": jnp.zeros((), jnp.int32),
-            "model_state": model_state}
+    return _cwr_init(ctx, params, init_model_state(ctx, key))
 
   def begin_experience(ctx, state, data, key):
     del key
-    cl = state.cl_state
-    per_class = jnp.zeros((ctx.n_classes,), jnp.float32).at[data.y].add(
-        data.valid.astype(jnp.float32), mode="drop")
-    # A streamed experience's hooks see a subset: scaled to the whole, and
-    # at least one sample for each class of the experience (classes_mask
-    # covers all of it), which the subset may have missed.
-    counts = jnp.where(
-        data.classes_mask,
-        jnp.maximum(per_class * (data.experience_size
-                                 / jnp.maximum(data.size, 1)), 1.0), 0.0)
-    path, kernel = _kernel(ctx, state.params, state.model_state)
-    restored = (counts > 0) & cl["has_consolidated"]
-    kernel = jnp.where(restored, cl["consolidated"], jnp.zeros_like(kernel))
-    return state.replace(
-        params=_with_kernel(state.params, path, kernel),
-        cl_state={**cl, "counts": counts, "model_state": state.model_state})
+    params, cl = _cwr_begin(ctx, state, state.cl_state,
+                            _experience_counts(ctx, data))
+    return state.replace(params=params, cl_state=cl)
 
   def transform_grads(ctx, grads, state, batch, key):
     del batch, key
-    path = output_layer_path(ctx, state.params, state.model_state)
-    frozen = state.cl_state["experiences_trained"] > 0
-
-    def visit(key_path, grad):
-      if _keys(key_path)[:len(path)] == path:
-        return grad
-      return jnp.where(frozen, jnp.zeros_like(grad), grad)
-    return jax.tree_util.tree_map_with_path(visit, grads)
+    return _freeze_below_output(ctx, grads, state.params, state.model_state,
+                                state.cl_state["experiences_trained"] > 0)
 
   def end_experience(ctx, state, data, key):
     del data, key
-    cl = state.cl_state
-    path, kernel = _kernel(ctx, state.params, state.model_state)
-    current = cl["counts"] > 0
-    n_entries = kernel.shape[0] * jnp.maximum(jnp.sum(current), 1)
-    mean = jnp.sum(jnp.where(current, kernel, 0.0)) / n_entries
-    # √(p/n) is 0 for a class never consolidated: the merge is then W_c − w̄.
-    weight_past = jnp.where(
-        cl["has_consolidated"],
-        jnp.sqrt(cl["past_counts"] / jnp.maximum(cl["counts"], 1e-12)), 0.0)
-    merged = ((cl["consolidated"] * weight_past + (kernel - mean))
-              / (weight_past + 1.0)).astype(kernel.dtype)
-    consolidated = jnp.where(current, merged, cl["consolidated"])
-    has_consolidated = cl["has_consolidated"] | current
-    model_state = state.model_state
-    if freeze_remaining_model:
-      model_state = jax.tree.map(
-          lambda start, now: jnp.where(cl["experiences_trained"] > 0, start,
-                                       now),
-          cl["model_state"], model_state)
-    return state.replace(
-        params=_with_kernel(state.params, path,
-                            jnp.where(has_consolidated, consolidated, kernel)),
-        model_state=model_state,
-        cl_state={**cl, "consolidated": consolidated,
-                  "has_consolidated": has_consolidated,
-                  "past_counts": jnp.where(current,
-                                           cl["past_counts"] + cl["counts"],
-                                           cl["past_counts"]),
-                  "experiences_trained": cl["experiences_trained"] + 1})
+    params, model_state, cl = _cwr_end(ctx, state, state.cl_state,
+                                       freeze_remaining_model)
+    return state.replace(params=params, model_state=model_state,
+                         cl_state=cl)
 
   return Strategy(
       name="cwr_star", init=init, begin_experience=begin_experience,
@@ -194,4 +148,236 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
          if freeze_remaining_model else {}))
 
 
-STRATEGIES = {"cwr_star": cwr_star}
+def _cwr_init(ctx: StrategyContext, params: PyTree,
+              model_state: PyTree) -> dict:
+  _, kernel = _kernel(ctx, params, model_state)
+  return {"consolidated": jnp.zeros_like(kernel),
+          "has_consolidated": jnp.zeros((ctx.n_classes,), bool),
+          "past_counts": jnp.zeros((ctx.n_classes,), jnp.float32),
+          "counts": jnp.zeros((ctx.n_classes,), jnp.float32),
+          "experiences_trained": jnp.zeros((), jnp.int32),
+          "model_state": model_state}
+
+
+def _experience_counts(ctx: StrategyContext, data) -> jax.Array:
+  """Samples per class of the experience."""
+  per_class = jnp.zeros((ctx.n_classes,), jnp.float32).at[data.y].add(
+      data.valid.astype(jnp.float32), mode="drop")
+  # A streamed experience's hooks see a subset: scaled to the whole, and
+  # at least one sample for each class of the experience (classes_mask
+  # covers all of it), which the subset may have missed.
+  return jnp.where(
+      data.classes_mask,
+      jnp.maximum(per_class * (data.experience_size
+                               / jnp.maximum(data.size, 1)), 1.0), 0.0)
+
+
+def _cwr_begin(ctx: StrategyContext, state, cl: dict,
+               counts: jax.Array) -> tuple[PyTree, dict]:
+  """CWR*'s reset of the output layer for the classes trained on
+  (``counts > 0``): consolidated columns where there are, else zero."""
+  path, kernel = _kernel(ctx, state.params, state.model_state)
+  restored = (counts > 0) & cl["has_consolidated"]
+  kernel = jnp.where(restored, cl["consolidated"], jnp.zeros_like(kernel))
+  return (_with_kernel(state.params, path, kernel),
+          {**cl, "counts": counts, "model_state": state.model_state})
+
+
+def _freeze_below_output(ctx: StrategyContext, grads: PyTree, params: PyTree,
+                         model_state: PyTree, frozen: jax.Array) -> PyTree:
+  """Zero gradients outside the output layer where ``frozen``."""
+  path = output_layer_path(ctx, params, model_state)
+
+  def visit(key_path, grad):
+    if _keys(key_path)[:len(path)] == path:
+      return grad
+    return jnp.where(frozen, jnp.zeros_like(grad), grad)
+  return jax.tree_util.tree_map_with_path(visit, grads)
+
+
+def _cwr_end(ctx: StrategyContext, state, cl: dict,
+             freeze_remaining_model: bool) -> tuple[PyTree, PyTree, dict]:
+  """CWR*'s consolidation after an experience: ``(params, model_state,
+  cl)``."""
+  path, kernel = _kernel(ctx, state.params, state.model_state)
+  current = cl["counts"] > 0
+  n_entries = kernel.shape[0] * jnp.maximum(jnp.sum(current), 1)
+  mean = jnp.sum(jnp.where(current, kernel, 0.0)) / n_entries
+  # √(p/n) is 0 for a class never consolidated: the merge is then W_c − w̄.
+  weight_past = jnp.where(
+      cl["has_consolidated"],
+      jnp.sqrt(cl["past_counts"] / jnp.maximum(cl["counts"], 1e-12)), 0.0)
+  merged = ((cl["consolidated"] * weight_past + (kernel - mean))
+            / (weight_past + 1.0)).astype(kernel.dtype)
+  consolidated = jnp.where(current, merged, cl["consolidated"])
+  has_consolidated = cl["has_consolidated"] | current
+  model_state = state.model_state
+  if freeze_remaining_model:
+    model_state = jax.tree.map(
+        lambda start, now: jnp.where(cl["experiences_trained"] > 0, start,
+                                     now),
+        cl["model_state"], model_state)
+  return (_with_kernel(state.params, path,
+                       jnp.where(has_consolidated, consolidated, kernel)),
+          model_state,
+          {**cl, "consolidated": consolidated,
+           "has_consolidated": has_consolidated,
+           "past_counts": jnp.where(current,
+                                    cl["past_counts"] + cl["counts"],
+                                    cl["past_counts"]),
+           "experiences_trained": cl["experiences_trained"] + 1})
+
+
+@flax.struct.dataclass
+class Ar1State:
+  """State of :func:`ar1`.
+
+  Attributes:
+    cwr: CWR*'s state (as :func:`cwr_star`'s, a dict).
+    memory: The latent memory: output-layer inputs, experience-balanced.
+    seen: The classes seen so far (those the latent rows' logits use).
+    draw_key: PRNG key of the experience's latent draws.
+    step: Optimizer steps taken in the experience (one draw each).
+  """
+
+  cwr: dict
+  memory: buffers.Buffer
+  seen: jax.Array
+  draw_key: jax.Array
+  step: jax.Array
+
+
+def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
+  """AR1* with latent replay (Avalanche's ``AR1``), the latent layer being
+  the output layer's input.
+
+  Pellegrini et al., "Latent Replay for Real-Time Continual Learning",
+  IROS 2020: CWR* on the output layer, everything below the latent layer
+  frozen after the first experience, and a memory of latent activations
+  replayed through the layers above it. Here the latent layer is the
+  output layer's input (the model's penultimate features), so:
+
+  * **CWR*** (:func:`cwr_star` with ``freeze_remaining_model``) consolidates
+    the output layer; the classes it resets and merges at each experience
+    are those with samples in the experience *or in the latent memory*,
+    counted together (Avalanche adds the memory's counts to ``cur_j``).
+  * **Latent memory.** After each experience, the features of its samples
+    (evaluation mode, under the parameters the next experiences keep
+    frozen) enter a memory of ``rm_sz`` rows with equal shares per
+    experience, ``rm_sz / (k + 1)`` after ``k + 1`` experiences (AR1
+    replaces that many random slots: equal shares in expectation).
+  * **Steps.** From the second experience, each step's loss is the
+    cross-entropy averaged over the ``B`` current samples and
+    ``latent_mb_size`` latent rows run through the output layer alone; the
+    optimizer state is reset at the start of every experience after the
+    first (AR1 builds a new SGD optimizer there).
+
+  Differences from Avalanche, documented in
+  ``docs/strategies_output_layer.md``: the latent layer is the output
+  layer's input, not a layer inside the network (``latent_layer_num``,
+  ``freeze_below_layer``), so everything but the output layer is frozen
+  from the second experience and Synaptic Intelligence (``ewc_lambda``),
+  which only protects layers above the latent one, has nothing to act on
+  and is not offered; no Batch Renormalization (the model's own
+  normalisation, whose statistics are frozen with the rest); the model,
+  optimizer and mini-batch size are the user's (``B`` current samples plus
+  ``latent_mb_size`` latent rows, where AR1 splits a fixed mini-batch);
+  latent rows are drawn at random each step (AR1 walks the memory in
+  order); the stored features are computed after the experience, not
+  during its first epoch.
+
+  Args:
+    rm_sz: Latent memory capacity.
+    latent_mb_size: Latent rows per step; 0 for AR1's proportion,
+      ``round(B · rm_sz / experience size)`` (at least 1).
+
+  Returns:
+    The strategy; its ``cl_state`` is an :class:`Ar1State`.
+
+  Raises:
+    ValueError: Bad arguments; (at ``init``) a stream with task labels, a
+      context without the optimizer, or an output layer that is not a
+      single ``Dense`` ending the model.
+
+  Example:
+    >>> ar1(rm_sz=1500).name
+    'ar1'
+  """
+  rm_sz = _validation.check_positive_int("rm_sz", rm_sz)
+  latent_mb_size = _validation.check_non_negative_int("latent_mb_size",
+                                                      latent_mb_size)
+
+  def latent_rows(ctx):
+    return latent_mb_size or max(1, round(
+        ctx.batch_size * rm_sz / max(ctx.experience_size, 1)))
+
+  def init(ctx, params, key):
+    refuse_task_labels(ctx, "ar1 consolidates one output layer for every "
+                       "class, as Avalanche's AR1 (class-incremental "
+                       "only); got a stream with task labels.")
+    require_optimizer(ctx, "ar1 resets the optimizer state at each "
+                      "experience after the first")
+    model_state = init_model_state(ctx, key)
+    return Ar1State(
+        cwr=_cwr_init(ctx, params, model_state),
+        memory=latent.feature_memory("ar1", ctx, params, model_state, rm_sz,
+                                     policy="experience_balanced"),
+        seen=jnp.zeros(ctx.n_classes, bool), draw_key=key,
+        step=jnp.zeros((), jnp.int32))
+
+  def begin_experience(ctx, state, data, key):
+    # Here, not at the top: jaxcl.training's package imports the strategies.
+    from jaxcl.training import optim
+    cl = state.cl_state
+    memory = cl.memory
+    stored = jnp.zeros(ctx.n_classes, jnp.float32).at[memory.y].add(
+        memory.valid.astype(jnp.float32), mode="drop")
+    params, cwr = _cwr_begin(ctx, state, cl.cwr,
+                             _experience_counts(ctx, data) + stored)
+    later = cwr["experiences_trained"] > 0
+    opt_state = jax.tree.map(
+        lambda fresh, old: jnp.where(later, fresh, old),
+        optim.reset_optimizer_state(ctx.optimizer, state.opt_state, params),
+        state.opt_state)
+    return state.replace(params=params, opt_state=opt_state,
+                         cl_state=cl.replace(
+                             cwr=cwr, seen=state.seen_classes, draw_key=key,
+                             step=jnp.zeros((), jnp.int32)))
+
+  def transform_grads(ctx, grads, state, batch, key):
+    del batch, key
+    return _freeze_below_output(
+        ctx, grads, state.params, state.model_state,
+        state.cl_state.cwr["experiences_trained"] > 0)
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    cl = cl_state
+    logits_latent, rows = latent.replayed_logits(
+        ctx, params, cl.cwr["model_state"], cl.memory,
+        jax.random.fold_in(cl.draw_key, cl.step), latent_rows(ctx), cl.seen)
+    # The loop averages over the current samples; the mean over current and
+    # latent rows adds n_latent / (n + n_latent) of the difference.
+    current = weighted_mean(ctx.loss(logits, batch), batch["weight"])
+    replayed = weighted_mean(ctx.loss(logits_latent, rows), rows["weight"])
+    n, n_latent = jnp.sum(batch["weight"]), jnp.sum(rows["weight"])
+    return n_latent / jnp.maximum(n + n_latent, 1.0) * (replayed - current)
+
+  def after_step(ctx, old_state, new_state, grads, batch, key):
+    del ctx, old_state, grads, batch, key
+    cl = new_state.cl_state
+    return cl.replace(step=cl.step + 1)
+
+  def end_experience(ctx, state, data, key):
+    cl = state.cl_state
+    params, model_state, cwr = _cwr_end(ctx, state, cl.cwr, True)
+    state = state.replace(params=params, model_state=model_state)
+    return state.replace(cl_state=cl.replace(
+        cwr=cwr, memory=latent.store_features(ctx, state, cl.memory, data,
+                                              key)))
+
+  return Strategy(name="ar1", init=init, begin_experience=begin_experience,
+                  transform_grads=transform_grads, penalty=penalty,
+                  after_step=after_step, end_experience=end_experience)
+
+
+STRATEGIES = {"ar1": ar1, "cwr_star": cwr_star}

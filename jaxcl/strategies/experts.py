@@ -33,6 +33,7 @@ from jaxcl import _validation
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (MASK_VALUE, init_model_state,
                                           refuse_task_labels,
+                                          require_optimizer,
                                           restrict_current_classes)
 from jaxcl.strategies.regularization import distillation_kl
 
@@ -273,10 +274,8 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
     refuse_task_labels(ctx, "expert_gate infers each sample's task with its "
                        "autoencoders, as Avalanche's ExpertGateStrategy; got "
                        "a stream with task labels (one head per task).")
-    if ctx.optimizer is None:
-      raise ValueError("expert_gate gives each new expert a fresh optimizer "
-                       "state and needs ctx.optimizer (the optax optimizer), "
-                       "got None.")
+    require_optimizer(ctx, "expert_gate gives each new expert a fresh "
+                      "optimizer state")
     n = ctx.n_experiences
     model_state = init_model_state(ctx, key)
     x = jnp.zeros((1, *ctx.input_shape), ctx.x_dtype)

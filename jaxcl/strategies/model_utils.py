@@ -44,6 +44,7 @@ __all__ = [
     "own_class_mask",
     "penultimate_features",
     "refuse_task_labels",
+    "require_optimizer",
     "restrict_current_classes",
     "task_loss",
     "visible_classes",
@@ -116,6 +117,18 @@ def own_class_mask(ctx: StrategyContext, batch: dict,
   before = jnp.broadcast_to(batch.get("class_mask", True), shape)
   own = jax.nn.one_hot(batch["y"], ctx.n_classes, dtype=bool)
   return jnp.where(rows[:, None], own, before)
+
+
+def require_optimizer(ctx: StrategyContext, what: str) -> None:
+  """Raises ``ValueError`` when ``ctx`` lacks the optax optimizer, which a
+  strategy that resets the optimizer state (``what`` it does) needs.
+
+  Example:
+    >>> require_optimizer(ctx, "ar1 resets the optimizer state")  # doctest: +SKIP
+  """
+  if ctx.optimizer is None:
+    raise ValueError(f"{what} and needs ctx.optimizer (the optax "
+                     f"optimizer), got None.")
 
 
 def restrict_current_classes(ctx: StrategyContext, batch: dict,

@@ -37,15 +37,15 @@ import optax
 
 from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
-from jaxcl.strategies import buffers
+from jaxcl.strategies import buffers, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.models import MultiHeadClassifier
-from jaxcl.strategies.model_utils import (example_inputs, in_chunks,
-                                          init_model_state, mask_logits,
-                                          output_layer, output_layer_call,
+from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
+                                          mask_logits, output_layer,
+                                          output_layer_call,
                                           output_layer_path, own_class_mask,
                                           penultimate_features,
                                           refuse_task_labels,
+                                          require_optimizer,
                                           restrict_current_classes,
                                           visible_classes, weighted_mean)
 
@@ -705,27 +705,10 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
                        "head per task).")
     _check_replays("feature_replay", ctx, mem_size, batch_size_mem)
     model_state = init_model_state(ctx, key)
-    x, task = example_inputs(ctx)
-    head = output_layer(ctx, params, model_state, x, task)
-    if isinstance(head.module, MultiHeadClassifier):
-      raise ValueError("feature_replay needs a model whose output layer is "
-                       "a flax.linen.Dense (one head for every class), got "
-                       "a jaxcl.models.MultiHeadClassifier.")
-    features = jax.eval_shape(
-        lambda p: output_layer_call(ctx, p, model_state, x, task)[1], params)
-    outputs = jax.eval_shape(lambda p, h: head(p, h), params, features)
-    logits = jax.eval_shape(
-        lambda p: ctx.logits(p, model_state, x, task), params)
-    if outputs.shape != logits.shape:
-      raise ValueError(
-          f"feature_replay runs the model's output layer (at "
-          f"{'/'.join(head.path)}) on stored features, so its outputs must "
-          f"be the model's logits; got outputs of shape {outputs.shape} for "
-          f"logits of shape {logits.shape}: expected nothing to follow the "
-          f"last Dense the model calls.")
     return FeatureReplayState(
-        buffer=buffers.init(mem_size, features.shape[1:], jnp.float32,
-                            policy="class_balanced", n_groups=ctx.n_classes),
+        buffer=latent.feature_memory("feature_replay", ctx, params,
+                                     model_state, mem_size,
+                                     policy="class_balanced"),
         replaying=jnp.zeros((), bool), current_weight=jnp.ones(()),
         seen=jnp.zeros(ctx.n_classes, bool),
         current=jnp.zeros(ctx.n_classes, bool), model_state=model_state,
@@ -754,18 +737,20 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
     head = output_layer(ctx, params, cl.model_state, batch["x"],
                         batch["task"])
 
-    def seen_loss(h, y, task, weight):
+    def plain_ce(logits, y, weight):
       # Avalanche's plain cross-entropy (full_criterion), whatever ctx.loss.
-      logits = mask_logits(ctx, head(params, h.astype(features.dtype)),
-                           cl.seen, task)
       return weighted_mean(
           optax.softmax_cross_entropy_with_integer_labels(logits, y), weight)
 
-    rows = buffers.sample(cl.buffer, jax.random.fold_in(cl.draw_key, cl.step),
-                          _memory_rows(ctx, batch_size_mem))
-    replayed = seen_loss(rows["x"], rows["y"], rows["task"], rows["weight"])
-    current = seen_loss(jax.lax.stop_gradient(features), batch["y"],
-                        batch["task"], batch["weight"])
+    logits, rows = latent.replayed_logits(
+        ctx, params, cl.model_state, cl.buffer,
+        jax.random.fold_in(cl.draw_key, cl.step),
+        _memory_rows(ctx, batch_size_mem), cl.seen)
+    replayed = plain_ce(logits, rows["y"], rows["weight"])
+    current = plain_ce(
+        mask_logits(ctx, head(params, jax.lax.stop_gradient(features)),
+                    cl.seen, batch["task"]),
+        batch["y"], batch["weight"])
     w = cl.current_weight
     extra = 0.5 * ((1.0 - w) * replayed + w * current) - 0.5 * masked
     return jnp.where(cl.replaying, extra, 0.0)
@@ -777,15 +762,7 @@ def feature_replay(mem_size: int = 200, batch_size_mem: int = 10,
 
   def end_experience(ctx, state, data, key):
     cl = state.cl_state
-
-    def features(x, task):
-      return output_layer_call(ctx, state.params, state.model_state, x,
-                               task)[1].astype(jnp.float32)
-
-    buffer = buffers.add(cl.buffer, key, in_chunks(features, data.x,
-                                                   data.task),
-                         data.y, data.task, valid=data.valid,
-                         experience=data.index)
+    buffer = latent.store_features(ctx, state, cl.buffer, data, key)
     replaying = buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem)
     return state.replace(cl_state=cl.replace(buffer=buffer,
                                              replaying=replaying))
@@ -971,9 +948,7 @@ def _reinitialise(ctx: StrategyContext, state, data, key):
   Avalanche restores its initial model.
   """
   del data, key
-  if ctx.optimizer is None:
-    raise ValueError("re-initialising needs ctx.optimizer (the optax "
-                     "optimizer), got None.")
+  require_optimizer(ctx, "re-initialising resets the optimizer state")
   # Here, not at the top: jaxcl.training's package imports the strategies.
   from jaxcl.training import optim
   x, task = example_inputs(ctx)
