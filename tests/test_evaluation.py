@@ -154,6 +154,26 @@ def test_evaluate_gathers_every_count_like_numpy():
   assert counts.confusion[5, 5] >= 1 and counts.confusion[4].sum() == 0
 
 
+def test_a_label_the_prediction_masks_is_no_top_k_hit():
+  # A strategy's prediction masks classes 0 and 1 (another expert's, or
+  # without a mean): masked ties would fill a top-3 by index.
+  def predict(ctx, params, model_state, cl_state, x, task):
+    return jnp.broadcast_to(jnp.array([-1000.0, -1000.0, 5.0, 4.0]),
+                            (x.shape[0], 4))
+  strategy = naive()._replace(predict=predict)
+  ctx = _eval_ctx(4, None)._replace(mask_classes=False)
+  state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+                     jnp.zeros((1, 4)), jnp.zeros((1,), jnp.int32))
+  labels = np.array([0, 1, 2, 3])
+  test = Experience(x=np.zeros((4, 4), np.float32), y=labels,
+                    task=np.zeros(4, int), index=0, classes=(0, 1, 2, 3),
+                    origin="test")
+  evaluate = jax.jit(make_evaluate(ctx, strategy, eval_batch_size=4,
+                                   top_k=3))
+  counts = jax.device_get(evaluate(state, stack_experiences([test], 4)))
+  assert counts.correct_topk[0] == 2 and counts.correct[0] == 1
+
+
 # Pure metrics ---------------------------------------------------------------
 
 

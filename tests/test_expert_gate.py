@@ -141,6 +141,33 @@ def test_a_new_expert_starts_from_the_most_related_one():
                                np.asarray(own)[classes], rtol=1e-5)
     assert np.all(np.asarray(logits[row])[~classes] <= -1000.0)
 
+  # A diverged autoencoder is never picked: the first experience's samples
+  # go to the third expert, which learnt the same inputs.
+  broken = cl.replace(autoencoders=jax.tree.map(
+      lambda a: a.at[0].set(jnp.nan), cl.autoencoders))
+  errors = autoencoder_errors(broken.autoencoders, jax.nn.sigmoid(x[:2]))
+  assert np.isnan(np.asarray(errors)[:, 0]).all()
+  logits = strategy.predict(ctx, final.params, final.model_state, broken,
+                            x[:2], jnp.zeros(2, jnp.int32))
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_a_new_expert_gets_fresh_momentum_but_the_schedule_goes_on():
+  schedule = optax.linear_schedule(0.1, 0.0, 100)
+  ctx = _ctx()._replace(optimizer=optax.sgd(schedule, momentum=0.9))
+  strategy = expert_gate(ae_latent_dim=2)
+  state = jaxcl.training.init_state(
+      ctx, strategy, ctx.optimizer, jax.random.key(0), jnp.zeros((1, DIM)),
+      jnp.zeros((1,), jnp.int32))
+  used = state.opt_state
+  used = (jax.tree.map(jnp.ones_like, used[0]), used[1]._replace(count=7))
+  begun = strategy.begin_experience(
+      ctx, state.replace(opt_state=used),
+      _shifted_experience([0] * 8, 0, 0.0, 0), jax.random.key(1))
+  assert int(begun.opt_state[1].count) == 7
+  assert_trees_close(begun.opt_state[0], ctx.optimizer.init(
+      begun.params)[0])
+
 
 @pytest.mark.parametrize("use_lwf", [True, False])
 def test_the_lwf_term_distils_the_related_expert(use_lwf):

@@ -262,6 +262,19 @@ def test_reset_optimizer_matches_a_fresh_state_and_keeps_swept_lr():
         pytest.approx(lr))
 
 
+def test_reset_optimizer_state_can_keep_the_schedules_running():
+  opt = optax.sgd(optax.linear_schedule(1.0, 0.0, 10), momentum=0.9)
+  params = {"w": jnp.ones(2)}
+  state = opt.init(params)
+  for _ in range(3):
+    _, state = opt.update(params, state, params)
+  kept = reset_optimizer_state(opt, state, params, keep_schedules=True)
+  # The momentum starts over, the learning rate goes on from step 3.
+  chex.assert_trees_all_equal(kept[0], opt.init(params)[0])
+  assert int(kept[1].count) == 3
+  assert int(reset_optimizer_state(opt, state, params)[1].count) == 0
+
+
 def test_restart_schedules_leaves_adam_bias_correction_alone():
   opt = optax.adam(optax.cosine_decay_schedule(0.1, 50))
   params = {"w": jnp.ones(2)}

@@ -272,8 +272,13 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
 
   def init(ctx, params, key):
     refuse_task_labels(ctx, "expert_gate infers each sample's task with its "
-                       "autoencoders, as Avalanche's ExpertGateStrategy; got "
-                       "a stream with task labels (one head per task).")
+                       "autoencoders and keys its experts by the "
+                       "experience's position (Avalanche's "
+                       "ExpertGateStrategy keys them by task label); got a "
+                       "stream with task labels, which jaxcl would use to "
+                       "restrict the predictions: build the benchmark "
+                       "without them (no return_task_id / "
+                       "--return-task-id).")
     require_optimizer(ctx, "expert_gate gives each new expert a fresh "
                       "optimizer state")
     n = ctx.n_experiences
@@ -310,7 +315,10 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
         jnp.maximum(jnp.sum(valid), 1.0))
     own = jnp.maximum(errors[i], jnp.finfo(jnp.float32).tiny)
     earlier = cl.trained & (jnp.arange(cl.trained.shape[0]) != i)
-    relatedness = jnp.where(earlier, 1.0 - (errors - own) / own, -jnp.inf)
+    relatedness = 1.0 - (errors - own) / own
+    # A diverged autoencoder (non-finite error) is never the most related.
+    relatedness = jnp.where(earlier & jnp.isfinite(relatedness), relatedness,
+                            -jnp.inf)
     best = jnp.argmax(relatedness)
     found = jnp.any(earlier)
     teacher = _take(cl.experts, best)
@@ -320,7 +328,7 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
     return state.replace(
         params=params, model_state=model_state,
         opt_state=optim.reset_optimizer_state(ctx.optimizer, state.opt_state,
-                                              params),
+                                              params, keep_schedules=True),
         cl_state=cl.replace(
             autoencoders=autoencoders, current=i.astype(jnp.int32),
             current_classes=data.classes_mask,
@@ -366,7 +374,9 @@ def expert_gate(ae_latent_dim: int = 100, ae_train_epochs: int = 2,
     available = cl.trained.at[cl.current].set(True)
     classes = cl.expert_classes.at[cl.current].set(cl.current_classes)
     errors = autoencoder_errors(cl.autoencoders, _gate_inputs(ctx, x))
-    choice = jnp.argmin(jnp.where(available, errors, jnp.inf), -1)
+    # A non-finite error (a diverged autoencoder) never wins the gate.
+    choice = jnp.argmin(jnp.where(available & jnp.isfinite(errors), errors,
+                                  jnp.inf), -1)
     outputs = jax.vmap(lambda p, s: ctx.logits(p, s, x, task))(experts,
                                                                 states)
     logits = outputs[choice, jnp.arange(x.shape[0])]

@@ -619,9 +619,14 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
   def reducers(logits, visible, y, task, valid):
     y = y.astype(jnp.int32)  # clu's Accuracy takes int32 labels alone.
     # A label the masked prediction cannot output is never right, even
-    # where fewer than k classes are visible and masked ties fill the top k.
-    label_visible = None if visible is None else jnp.take_along_axis(
-        jnp.broadcast_to(visible, logits.shape), y[:, None], -1)[:, 0]
+    # where fewer than k classes are visible and masked ties fill the top k;
+    # that covers labels a strategy's prediction masks itself (a class
+    # without a mean, another expert's class).
+    label_visible = jnp.take_along_axis(logits, y[:, None], -1)[:, 0] > (
+        MASK_VALUE / 2)
+    if visible is not None:
+      label_visible &= jnp.take_along_axis(
+          jnp.broadcast_to(visible, logits.shape), y[:, None], -1)[:, 0]
     outputs = dict(logits=logits, labels=y, task=task, mask=valid,
                    label_visible=label_visible,
                    loss=optax.softmax_cross_entropy_with_integer_labels(

@@ -72,7 +72,8 @@ def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
 
 def reset_optimizer_state(optimizer: optax.GradientTransformation,
                           opt_state: optax.OptState,
-                          params: optax.Params) -> optax.OptState:
+                          params: optax.Params, *,
+                          keep_schedules: bool = False) -> optax.OptState:
   """A fresh ``optimizer.init(params)`` that keeps injected hyperparameters.
 
   Avalanche's ``make_optimizer(reset_optimizer_state=True)`` (older
@@ -84,6 +85,10 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
     optimizer: The optimizer whose state is reset.
     opt_state: Its current state.
     params: The parameters the new state is built for.
+    keep_schedules: Also keep the schedules' step counts (momentum and
+      Adam's moments still start over), as a strategy that builds a new
+      optimizer for a new model keeps the learning rate where it was
+      (Avalanche's ``make_optimizer``).
 
   Returns:
     The new optimizer state.
@@ -94,7 +99,20 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
     if isinstance(new, _INJECT_STATES):
       return new._replace(hyperparams=old.hyperparams)
     return new
-  return _map_nodes(keep_hyperparams, fresh, opt_state)
+
+  def keep_counts(new, old):
+    if not _is_schedule_state(new):
+      return new
+    new = new._replace(count=old.count)
+    if isinstance(new, optax.InjectStatefulHyperparamsState):
+      new = new._replace(hyperparams_states=old.hyperparams_states)
+    if isinstance(new, _INJECT_STATES):
+      new = new._replace(inner_state=_map_nodes(
+          keep_counts, new.inner_state, old.inner_state))
+    return new
+
+  reset = _map_nodes(keep_hyperparams, fresh, opt_state)
+  return _map_nodes(keep_counts, reset, opt_state) if keep_schedules else reset
 
 
 def _map_nodes(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
