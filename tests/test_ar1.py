@@ -78,6 +78,14 @@ def test_ar1_averages_the_loss_over_current_and_latent_rows():
       cross_entropy_np(np.asarray(logits)[:3], [2, 3, 3]),
       cross_entropy_np(latent_logits, [0, 0, 1, 1])]))
   assert task + penalty == pytest.approx(expected, rel=1e-5)
+  # The frozen layers run in evaluation mode: the loop's (training-mode)
+  # logits of the current samples do not count.
+  shifted = logits + jnp.arange(4.0) * 3.0
+  task_shifted = float(jnp.sum(cross_entropy(shifted, batch)
+                               * batch["weight"]) / 3)
+  assert task_shifted + float(strategy.penalty(
+      ctx, now.params, cl, batch, shifted)) == pytest.approx(expected,
+                                                             rel=1e-5)
 
 
 def test_ar1_resets_the_optimizer_and_freezes_below_the_head_later():
@@ -106,6 +114,17 @@ def test_ar1_refuses_bad_arguments_and_contexts():
   with pytest.raises(ValueError, match="latent_mb_size must be a "
                      "non-negative integer"):
     ar1(latent_mb_size=-1)
+  with pytest.raises(ValueError, match="latent_mb_size=20 exceeds rm_sz=10"):
+    ar1(rm_sz=10, latent_mb_size=20)
+  heads = hook_context(jaxcl.models.MTMLP(N_CLASSES, n_tasks=2,
+                                          hidden_size=4),
+                       n_classes=N_CLASSES, dim=DIM,
+                       optimizer=optax.sgd(0.1))
+  params = heads.model.init(jax.random.key(0), jnp.zeros((1, DIM)),
+                            jnp.zeros((1,), jnp.int32))[0]
+  with pytest.raises(ValueError, match="^ar1 needs a model whose output "
+                     "layer is a flax.linen.Dense"):
+    ar1().init(heads, params, jax.random.key(0))
   with pytest.raises(ValueError, match="stream with task labels"):
     ar1().init(_ctx(task_classes=jnp.ones((2, N_CLASSES), bool)), None,
                jax.random.key(0))

@@ -29,7 +29,9 @@ import numpy as np
 from jaxcl import _validation
 from jaxcl.strategies import buffers, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (init_model_state, output_layer_path,
+from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
+                                          output_layer, output_layer_call,
+                                          output_layer_path,
                                           refuse_task_labels,
                                           require_optimizer, weighted_mean)
 
@@ -268,9 +270,13 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
     replaces that many random slots: equal shares in expectation).
   * **Steps.** From the second experience, each step's loss is the
     cross-entropy averaged over the ``B`` current samples and
-    ``latent_mb_size`` latent rows run through the output layer alone; the
-    optimizer state is reset at the start of every experience after the
-    first (AR1 builds a new SGD optimizer there).
+    ``latent_mb_size`` latent rows, all run through the output layer alone
+    on features computed in evaluation mode (AR1 runs its frozen layers in
+    evaluation mode); the optimizer state is reset at the start of every
+    experience after the first (AR1 builds a new SGD optimizer there; a
+    learning-rate schedule goes on). Freezing zeroes gradients: weight
+    decay in the optimizer would still move the frozen layers and stale
+    the memory (mask it with ``optax.masked``).
 
   Differences from Avalanche, documented in
   ``docs/strategies_output_layer.md``: the latent layer is the output
@@ -288,8 +294,10 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
 
   Args:
     rm_sz: Latent memory capacity.
-    latent_mb_size: Latent rows per step; 0 for AR1's proportion,
-      ``round(B · rm_sz / experience size)`` (at least 1).
+    latent_mb_size: Latent rows per step (at most ``rm_sz``); 0 for AR1's
+      proportion, ``round(B · rm_sz / experience size)`` (between 1 and
+      ``rm_sz``), with the stream's largest experience (AR1 takes each
+      experience's own size: pass it for uneven streams).
 
   Returns:
     The strategy; its ``cl_state`` is an :class:`Ar1State`.
@@ -306,10 +314,14 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
   rm_sz = _validation.check_positive_int("rm_sz", rm_sz)
   latent_mb_size = _validation.check_non_negative_int("latent_mb_size",
                                                       latent_mb_size)
+  if latent_mb_size > rm_sz:
+    raise ValueError(f"latent_mb_size={latent_mb_size} exceeds rm_sz="
+                     f"{rm_sz}; expected at most the memory's capacity (its "
+                     f"rows are drawn without replacement).")
 
   def latent_rows(ctx):
-    return latent_mb_size or max(1, round(
-        ctx.batch_size * rm_sz / max(ctx.experience_size, 1)))
+    return latent_mb_size or min(rm_sz, max(1, round(
+        ctx.batch_size * rm_sz / max(ctx.experience_size, 1))))
 
   def init(ctx, params, key):
     refuse_task_labels(ctx, "ar1 consolidates one output layer for every "
@@ -318,10 +330,11 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
     require_optimizer(ctx, "ar1 resets the optimizer state at each "
                       "experience after the first")
     model_state = init_model_state(ctx, key)
+    # The memory first: its checks of the output layer name ar1.
+    memory = latent.feature_memory("ar1", ctx, params, model_state, rm_sz,
+                                   policy="experience_balanced")
     return Ar1State(
-        cwr=_cwr_init(ctx, params, model_state),
-        memory=latent.feature_memory("ar1", ctx, params, model_state, rm_sz,
-                                     policy="experience_balanced"),
+        cwr=_cwr_init(ctx, params, model_state), memory=memory,
         seen=jnp.zeros(ctx.n_classes, bool), draw_key=key,
         step=jnp.zeros((), jnp.int32))
 
@@ -337,7 +350,8 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
     later = cwr["experiences_trained"] > 0
     opt_state = jax.tree.map(
         lambda fresh, old: jnp.where(later, fresh, old),
-        optim.reset_optimizer_state(ctx.optimizer, state.opt_state, params),
+        optim.reset_optimizer_state(ctx.optimizer, state.opt_state, params,
+                                    keep_schedules=True),
         state.opt_state)
     return state.replace(params=params, opt_state=opt_state,
                          cl_state=cl.replace(
@@ -352,15 +366,26 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
 
   def penalty(ctx, params, cl_state, batch, logits):
     cl = cl_state
+    model_state = cl.cwr["model_state"]  # The frozen layers' statistics.
     logits_latent, rows = latent.replayed_logits(
-        ctx, params, cl.cwr["model_state"], cl.memory,
+        ctx, params, model_state, cl.memory,
         jax.random.fold_in(cl.draw_key, cl.step), latent_rows(ctx), cl.seen)
-    # The loop averages over the current samples; the mean over current and
-    # latent rows adds n_latent / (n + n_latent) of the difference.
-    current = weighted_mean(ctx.loss(logits, batch), batch["weight"])
-    replayed = weighted_mean(ctx.loss(logits_latent, rows), rows["weight"])
+    # From the second experience the layers below the output layer are
+    # frozen and run in evaluation mode, as AR1's: the current samples'
+    # loss is taken on their evaluation-mode features, like the latent
+    # rows', and replaces the loop's (taken back here).
+    features = output_layer_call(ctx, params, model_state, batch["x"],
+                                 batch["task"])[1]
+    head = output_layer(ctx, params, model_state, batch["x"], batch["task"])
+    current = ctx.loss(mask_logits(
+        ctx, head(params, jax.lax.stop_gradient(features)), cl.seen,
+        batch["task"]), batch)
     n, n_latent = jnp.sum(batch["weight"]), jnp.sum(rows["weight"])
-    return n_latent / jnp.maximum(n + n_latent, 1.0) * (replayed - current)
+    together = (jnp.sum(current * batch["weight"])
+                + jnp.sum(ctx.loss(logits_latent, rows) * rows["weight"])
+                ) / jnp.maximum(n + n_latent, 1.0)
+    loop = weighted_mean(ctx.loss(logits, batch), batch["weight"])
+    return jnp.where(cl.cwr["experiences_trained"] > 0, together - loop, 0.0)
 
   def after_step(ctx, old_state, new_state, grads, batch, key):
     del ctx, old_state, grads, batch, key
