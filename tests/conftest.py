@@ -142,6 +142,19 @@ def assert_remembers_the_first_experience(run, model, bench, margin=0.2):
   assert run.accuracy_matrix[-1, 0] > naive.accuracy_matrix[-1, 0] + margin
 
 
+def assert_refuses_models_without_features(strategy, ctx):
+  """``strategy.init`` refuses a model that is not Flax (no output layer to
+  take penultimate features from), before compiling."""
+  dim, n_classes = ctx.input_shape[0], ctx.n_classes
+  params = {"w": jnp.ones((dim, n_classes))}
+  linear = jaxcl.models.Model(
+      init=lambda key, x, task: (params, {}),
+      apply=lambda p, s, x, task, train, key: (x @ p["w"], s))
+  with pytest.raises(ValueError, match="penultimate features need a Flax "
+                     "model"):
+    strategy.init(ctx._replace(model=linear), params, jax.random.key(0))
+
+
 def device_experience(x, labels, index, size, n_classes):
   """A one-task training experience of ``x`` padded to ``size`` rows and put
   on the device, as strategy hooks receive it."""

@@ -8,17 +8,15 @@ import numpy as np
 import optax
 import pytest
 from conftest import (BatchNormMLP, TwoLayer,
-                      assert_remembers_the_first_experience,
-                      device_experience,
+                      assert_refuses_models_without_features,
+                      assert_remembers_the_first_experience, device_experience,
                       fit_seeds_alone, hook_context, log_softmax,
-                      make_benchmark)
+                      make_benchmark, tiny_cli_metrics)
 
-from jaxcl import cli
-from jaxcl.models import MLP, Model
+from jaxcl.models import MLP
 from jaxcl.strategies import buffers, er_aml
 from jaxcl.strategies.rehearsal import contrast_partners
-from jaxcl.training import (cross_entropy, init_state,
-                            make_train_step)
+from jaxcl.training import cross_entropy, init_state, make_train_step
 
 N_CLASSES, DIM = 4, 3
 
@@ -224,17 +222,10 @@ def test_er_aml_refuses_bad_arguments_and_models_without_features():
                      r"training batch of 16 memory samples"):
     er_aml(mem_size=8, batch_size_mem=0).init(
         _ctx(TwoLayer(), batch_size=16), None, jax.random.key(0))
-  linear = Model(init=lambda key, x, task: ({"w": jnp.ones((DIM, 4))}, {}),
-                 apply=lambda p, s, x, task, train, key: (x @ p["w"], s))
-  ctx = _ctx(TwoLayer())._replace(model=linear)
-  with pytest.raises(ValueError, match="penultimate features need a Flax "
-                     "model"):
-    er_aml().init(ctx, {"w": jnp.ones((DIM, 4))}, jax.random.key(0))
+  assert_refuses_models_without_features(er_aml(), _ctx(TwoLayer()))
 
 
 def test_er_aml_from_the_command_line(tmp_path):
-  args = ["run", "--strategy", "er_aml", "--temp", "0.2", "--same-task-neg",
-          "false", "--mem-size", "50", "--n-experiences", "2", "--epochs",
-          "1", "--hidden-size", "16", "--no-progress", "--compilation-cache",
-          "", "--logdir", str(tmp_path)]
-  assert cli.main(args) == 0
+  tiny_cli_metrics(tmp_path, "--strategy", "er_aml", "--temp",
+                   "0.2", "--same-task-neg", "false", "--mem-size",
+                   "50")  # Exits with 0.

@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (TwoLayer, check_class_balanced_memory, fit_seeds_alone,
+from conftest import (TwoLayer, assert_refuses_models_without_features,
+                      check_class_balanced_memory, fit_seeds_alone,
                       hook_context, hook_state, make_benchmark, normal_batch,
                       normal_experience, tiny_cli_metrics, two_layer_numpy,
                       unit_rows)
 
 import jaxcl
-from jaxcl.models import MLP, Model
+from jaxcl.models import MLP
 from jaxcl.strategies import (REGISTRY, buffers, chain, ewc, from_spec, scr,
                               scr_loss)
 from jaxcl.strategies.contrastive import _embed_views
@@ -259,12 +260,7 @@ def test_scr_refuses_bad_arguments():
   with pytest.raises(ValueError, match="scr keeps one mean per class and "
                      "ignores task labels"):
     scr().init(tasks, None, jax.random.key(0))
-  linear = Model(init=lambda key, x, task: ({"w": jnp.ones((DIM, 4))}, {}),
-                 apply=lambda p, s, x, task, train, key: (x @ p["w"], s))
-  with pytest.raises(ValueError, match="penultimate features need a Flax "
-                     "model"):
-    scr().init(_ctx()._replace(model=linear), {"w": jnp.ones((DIM, 4))},
-               jax.random.key(0))
+  assert_refuses_models_without_features(scr(), _ctx())
 
 
 def test_scr_is_registered_for_specs():

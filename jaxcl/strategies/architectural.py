@@ -314,10 +314,7 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
   rm_sz = _validation.check_positive_int("rm_sz", rm_sz)
   latent_mb_size = _validation.check_non_negative_int("latent_mb_size",
                                                       latent_mb_size)
-  if latent_mb_size > rm_sz:
-    raise ValueError(f"latent_mb_size={latent_mb_size} exceeds rm_sz="
-                     f"{rm_sz}; expected at most the memory's capacity (its "
-                     f"rows are drawn without replacement).")
+  buffers.check_draw_size("latent_mb_size", latent_mb_size, "rm_sz", rm_sz)
 
   def latent_rows(ctx):
     return latent_mb_size or min(rm_sz, max(1, round(

@@ -74,6 +74,7 @@ __all__ = [
     "add",
     "add_experience",
     "as_batch",
+    "check_draw_size",
     "concat_batches",
     "for_context",
     "gather",
@@ -88,6 +89,20 @@ __all__ = [
 
 POLICIES = ("reservoir", "experience_balanced", "class_balanced")
 """Storage policies: what a group is (nothing, an experience, a class)."""
+
+
+def check_draw_size(name: str, value: int, capacity_name: str,
+                    capacity: int, hint: str = "") -> None:
+  """Refuses a draw per step larger than the memory it is drawn from
+  (:func:`sample` draws without replacement).
+
+  Example:
+    >>> check_draw_size("batch_size_mem", 10, "mem_size", 200)
+  """
+  if value > capacity:
+    raise ValueError(f"{name}={value} exceeds {capacity_name}={capacity}; "
+                     f"expected at most the memory's capacity (its samples "
+                     f"are drawn without replacement{hint}).")
 
 _RESERVED = ("x", "y", "task", "weight")
 

@@ -75,10 +75,8 @@ def _check_memory(mem_size, batch_size_mem) -> tuple[int, int]:
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   batch_size_mem = _validation.check_positive_int("batch_size_mem",
                                                   batch_size_mem)
-  if batch_size_mem > mem_size:
-    raise ValueError(f"batch_size_mem={batch_size_mem} exceeds mem_size="
-                     f"{mem_size}; expected at most the memory's capacity "
-                     "(its samples are drawn without replacement).")
+  buffers.check_draw_size("batch_size_mem", batch_size_mem, "mem_size",
+                          mem_size)
   return mem_size, batch_size_mem
 
 

@@ -81,11 +81,8 @@ def _check_batch_size_mem(value, mem_size: int) -> int:
   except ValueError:
     raise ValueError(f"batch_size_mem must be a positive integer, or 0 for the "
                      f"training batch size; got {value!r}.") from None
-  if value > mem_size:
-    raise ValueError(f"batch_size_mem={value} exceeds mem_size={mem_size}; "
-                     "expected at most the memory's capacity (its samples "
-                     "are drawn without replacement; er_ace and mir draw 10 "
-                     "by default).")
+  buffers.check_draw_size("batch_size_mem", value, "mem_size", mem_size,
+                          "; er_ace and mir draw 10 by default")
   return value
 
 
