@@ -22,8 +22,10 @@ from jaxcl import cli
 from jaxcl.benchmarks import Experience
 from jaxcl.models import MLP, MTMLP, Model, as_model
 from jaxcl.strategies import regularization
-from jaxcl.strategies import (StrategyContext, chain, ewc, from_spec, lfl, lwf,
-                              mas, rwalk, si)
+from jaxcl.strategies.model_utils import l2_normalize, penultimate_features
+from jaxcl.strategies import (StrategyContext, chain, ewc,
+                              feature_distillation, from_spec, lfl, lwf, mas,
+                              rwalk, si)
 from jaxcl.training import (cross_entropy, experience_data, init_state,
                             make_train_experience)
 
@@ -396,10 +398,16 @@ def test_lwf_with_repeated_class_ids_distils_only_trained_heads():
                       np.array([True, True, False]), 2.0), rel=1e-5)
 
 
-def test_lfl_penalises_penultimate_features_and_freezes_head():
+def _mlp_teacher_state(strategy, before_teacher):
+  """A 4-5-3 MLP whose ``strategy`` took its teacher at ``params`` after one
+  experience, and a batch of two real rows and one padding row.
+
+  ``before_teacher(ctx, params, state, batch)`` runs on the first
+  experience's state, before the teacher. Returns ``(ctx, params, state,
+  batch, exp)``, ``state`` at the beginning of the second experience.
+  """
   module = MLP(N_CLASSES, hidden_size=5, drop_rate=0.0)
   ctx = _ctx(model=as_model(module), input_dim=4)
-  strategy = lfl(lambda_e=[0.5, 3.0])
   exp, data = _data(90, input_dim=4)
   params, _ = ctx.model.init(jax.random.key(0), jnp.zeros((1, 4)),
                              jnp.zeros((1,), jnp.int32))
@@ -407,24 +415,40 @@ def test_lfl_penalises_penultimate_features_and_freezes_head():
                                     None)
   batch = {"x": jnp.asarray(exp.x), "task": jnp.zeros(3, jnp.int32),
            "weight": jnp.asarray([1.0, 1.0, 0.0])}
-  grads = jax.tree.map(jnp.ones_like, params)
-  freeze = jax.jit(functools.partial(strategy.transform_grads, ctx))
-  kept = freeze(grads, state, batch, jax.random.key(0))
-  chex.assert_trees_all_equal(kept, grads)  # No teacher: nothing frozen.
+  before_teacher(ctx, params, state, batch)
   state = _end(strategy, ctx, state, data)
   state = strategy.begin_experience(ctx, state, data.replace(index=1), None)
+  return ctx, params, state, batch, exp
+
+
+def _mlp_hidden(params, x):
+  """The 4-5-3 MLP's penultimate features in numpy."""
+  layer = params["TorchLinear_0"]["Dense_0"]
+  return np.maximum(x @ np.asarray(layer["kernel"], np.float64)
+                    + np.asarray(layer["bias"], np.float64), 0)
+
+
+def _grads_kept(strategy, ctx, params, state, batch):
+  """Asserts that ``transform_grads`` leaves all-ones gradients as they are."""
+  grads = jax.tree.map(jnp.ones_like, params)
+  kept = strategy.transform_grads(ctx, grads, state, batch, jax.random.key(0))
+  chex.assert_trees_all_equal(kept, grads)
+
+
+def test_lfl_penalises_penultimate_features_and_freezes_head():
+  strategy = lfl(lambda_e=[0.5, 3.0])
+  # No teacher: nothing frozen.
+  ctx, params, state, batch, exp = _mlp_teacher_state(
+      strategy, functools.partial(_grads_kept, strategy))
   moved = jax.tree.map(lambda p: p + 0.1, params)
-
-  def hidden(p):
-    layer = p["TorchLinear_0"]["Dense_0"]
-    return np.maximum(exp.x[:2] @ layer["kernel"] + layer["bias"], 0)
-
-  expected = 3.0 * np.mean((hidden(moved) - hidden(params)) ** 2)
+  expected = 3.0 * np.mean((_mlp_hidden(moved, exp.x[:2])
+                            - _mlp_hidden(params, exp.x[:2])) ** 2)
   assert _penalty(strategy, ctx, moved, state.cl_state, batch) == (
       pytest.approx(expected, rel=1e-5))
   assert _penalty(strategy, ctx, params, state.cl_state, batch) == 0.0
-  frozen = freeze(grads, state.replace(params=moved), batch,
-                  jax.random.key(0))
+  grads = jax.tree.map(jnp.ones_like, params)
+  frozen = strategy.transform_grads(ctx, grads, state.replace(params=moved),
+                                    batch, jax.random.key(0))
   chex.assert_trees_all_equal(frozen["TorchLinear_0"], grads["TorchLinear_0"])
   assert all(np.all(g == 0) for g in jax.tree.leaves(frozen["TorchLinear_1"]))
 
@@ -461,6 +485,89 @@ def test_lfl_freezes_only_the_output_units_trained_before(heads):
   # The features below the head keep their gradient.
   below = [g for k, g in frozen.items() if k != max(frozen)]
   assert all(np.all(leaf == 1) for leaf in jax.tree.leaves(below))
+
+
+def _np_cosine(a, b):
+  """PyTorch's cosine_similarity per row (a zero row: 0)."""
+  norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+  return np.where(norms > 0, np.sum(a * b, 1) / np.maximum(norms, 1e-30), 0.0)
+
+
+@pytest.mark.parametrize("mode", ["cosine", "mse"])
+def test_feature_distillation_penalises_distance_to_teacher_features(mode):
+  strategy = feature_distillation(alpha=[0.5, 3.0], mode=mode)
+
+  def no_penalty_yet(ctx, params, state, batch):
+    moved = jax.tree.map(lambda p: p + 0.1, params)
+    assert _penalty(strategy, ctx, moved, state.cl_state, batch) == 0.0
+
+  ctx, params, state, batch, exp = _mlp_teacher_state(strategy,
+                                                      no_penalty_yet)
+  moved = jax.tree.map(lambda p: p + 0.1, params)
+  moved["TorchLinear_0"]["Dense_0"]["kernel"] = (
+      moved["TorchLinear_0"]["Dense_0"]["kernel"].at[:, 1].multiply(-2.0))
+  new, old = _mlp_hidden(moved, exp.x[:2]), _mlp_hidden(params, exp.x[:2])
+  if mode == "cosine":
+    expected = 3.0 * (1.0 - np.mean(_np_cosine(new, old)))
+  else:
+    expected = 3.0 * np.mean((new - old) ** 2)
+  assert expected > 1e-3
+  assert _penalty(strategy, ctx, moved, state.cl_state, batch) == (
+      pytest.approx(expected, rel=1e-5))
+  assert _penalty(strategy, ctx, params, state.cl_state, batch) == (
+      pytest.approx(0.0, abs=1e-6))
+  # Unlike LFL, the output layer keeps its gradient.
+  _grads_kept(strategy, ctx, params, state, batch)
+
+
+def test_feature_distillation_cosine_of_a_zero_feature_row_is_zero():
+  # Every hidden unit off for the current model: cos is 0 (PyTorch's value),
+  # the penalty alpha * 1, and the gradient finite (the norm's is NaN at 0).
+  strategy = feature_distillation(alpha=2.0)
+  ctx, params, state, batch, exp = _mlp_teacher_state(strategy,
+                                                      lambda *args: None)
+  dead = jax.tree.map(lambda p: p, params)
+  dead["TorchLinear_0"]["Dense_0"]["bias"] = jnp.full(5, -1e3)
+  assert np.all(_mlp_hidden(dead, exp.x) == 0)
+  assert np.any(_mlp_hidden(params, exp.x[:2]) > 0)
+  value, grads = jax.value_and_grad(
+      lambda p: strategy.penalty(ctx, p, state.cl_state, batch, None))(dead)
+  assert float(value) == pytest.approx(2.0)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  # ReLU's gradient blocks a NaN above; a zero row of features that are not
+  # ReLU outputs must give a finite gradient too.
+  zero_row = jnp.zeros((1, 5))
+  grad = jax.grad(lambda h: regularization._cosine_distance(
+      h, jnp.ones((1, 5))).sum())(zero_row)
+  assert np.all(np.isfinite(grad))
+
+
+def test_feature_distillation_keeps_old_features_closer_than_naive():
+  model = as_model(MLP(N_CLASSES, hidden_size=16, drop_rate=0.0))
+  ctx = _ctx(model=model, batch_size=8, experience_size=40, input_dim=4)
+  (first, data0), (_, data1) = (_data(seed, n=40, size=40, input_dim=4,
+                                      index=index)
+                                for index, seed in enumerate((5, 6)))
+  params, _ = model.init(jax.random.key(0), jnp.zeros((1, 4)),
+                         jnp.zeros((1,), jnp.int32))
+
+  def drift(strategy):
+    """1 − cos of the first experience's features before and after the
+    second experience."""
+    train = jax.jit(make_train_experience(ctx, strategy, optax.sgd(0.5),
+                                          epochs=3))
+    state, _ = train(_state(strategy, ctx, params), data0)
+    after, _ = train(state, data1)
+    before, after = (penultimate_features(ctx, s.params, s.model_state,
+                                          jnp.asarray(first.x),
+                                          jnp.zeros(40, jnp.int32))
+                     for s in (state, after))
+    return float(jnp.mean(1 - jnp.sum(l2_normalize(before)
+                                      * l2_normalize(after), -1)))
+
+  naive_drift = drift(jaxcl.strategies.naive())
+  assert naive_drift > 0.01
+  assert drift(feature_distillation(alpha=50.0)) < 0.5 * naive_drift
 
 
 class _DeepBatchNorm(nn.Module):
@@ -533,7 +640,8 @@ def _counting(strategy, calls):
 def test_every_strategy_compiles_once_per_stream_in_fit():
   bench = make_benchmark(n_classes=6, n_experiences=3,
                          sizes=[3, 30, 10, 10, 2, 9])
-  strategies = [ewc(), si(), mas(), rwalk(delta_t=3), lwf(), lfl()]
+  strategies = [ewc(), si(), mas(), rwalk(delta_t=3), lwf(), lfl(),
+                feature_distillation()]
   calls = collections.Counter()
   strategy = chain(*(_counting(s, calls) for s in strategies))
   result = jaxcl.fit(MLP(6, hidden_size=8, drop_rate=0.0), strategy,
@@ -593,6 +701,10 @@ def test_vmap_over_hyperparameters_matches_separate_runs():
      r"alpha must be in \[0, inf\), got -0.5"),
     (lambda: lfl(lambda_e=-1e-4), ValueError, "lambda_e must be in"),
     (lambda: lfl(freeze_head="yes"), TypeError, "freeze_head must be a bool"),
+    (lambda: feature_distillation(alpha=-1.0), ValueError,
+     r"alpha must be in \[0, inf\), got -1.0"),
+    (lambda: feature_distillation(mode="l1"), ValueError,
+     "Unknown mode 'l1'; expected one of cosine, mse"),
 ])
 def test_factories_reject_bad_hyperparameters(build, error, message):
   with pytest.raises(error, match=message):
@@ -611,3 +723,9 @@ def test_cli_flags_come_from_factory_signatures():
   assert float(lwf_state["temperature"]) == 4.0
   with pytest.raises(ValueError, match="not used by strategy 'naive'"):
     from_spec("naive", ewc_lambda=1.0)
+  args = cli.build_parser().parse_args([
+      "run", "--strategy", "feature_distillation", "--mode", "mse",
+      "--alpha", "0.5,2"])
+  strategy = from_spec(args.strategy, **cli._strategy_hparams(args))
+  distilled = strategy.init(_ctx(), _params(0), jax.random.key(0))
+  np.testing.assert_array_equal(distilled["alpha"], [0.5, 2.0, 2.0])

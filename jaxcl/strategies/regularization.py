@@ -1,4 +1,5 @@
-"""Regularisation and distillation strategies: EWC, SI, MAS, RWalk, LwF, LFL.
+"""Regularisation and distillation strategies: EWC, SI, MAS, RWalk, LwF, LFL,
+feature distillation.
 
 Each strategy keeps what it knows of past experiences in a fixed-size
 ``cl_state`` (a dict of arrays allocated in ``init``) and adds a penalty to the
@@ -18,6 +19,9 @@ strategy   penalty                                       importance / teacher
 ``lwf``    ``α KL(softmax(t/T) ‖ softmax(s/T))``         model copy, old classes
 ``lfl``    ``λ_e mean (h(x) − h*(x))²``                  model copy, features
 =========  ============================================  =======================
+
+``feature_distillation`` adds ``α (1 − mean cos(h(x), h*(x)))`` (or LFL's
+squared distance) against the same model copy as LFL, without freezing.
 
 Work over a whole experience (importance estimation) is one ``lax.scan`` over
 its mini-batches, in data order, with padding rows weighted out. Logits are
@@ -45,12 +49,13 @@ import numpy as np
 
 from jaxcl import _validation
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
-                                          output_layer_path,
+from jaxcl.strategies.model_utils import (init_model_state, l2_normalize,
+                                          mask_logits, output_layer_path,
                                           penultimate_features, task_loss,
                                           weighted_mean)
 
-__all__ = ["distillation_kl", "ewc", "lfl", "lwf", "mas", "rwalk", "si"]
+__all__ = ["distillation_kl", "ewc", "feature_distillation", "lfl", "lwf",
+           "mas", "rwalk", "si"]
 
 PyTree = Any
 
@@ -714,6 +719,46 @@ def lwf(alpha: float | Sequence[float] = 1.0,
                   end_experience=_snapshot_teacher)
 
 
+def _squared_distance(current: jax.Array, previous: jax.Array) -> jax.Array:
+  """Per row, the mean over units of the squared difference (``mse_loss``)."""
+  return jnp.mean(jnp.square(current - previous), -1)
+
+
+def _cosine_distance(current: jax.Array, previous: jax.Array) -> jax.Array:
+  """Per row, ``1 − cos(current, previous)``; a zero row's cosine is 0, as
+  PyTorch's ``cosine_similarity`` gives (with a zero gradient, not NaN)."""
+  return 1.0 - jnp.sum(l2_normalize(current) * l2_normalize(previous), -1)
+
+
+_FEATURE_DISTANCES = {"cosine": _cosine_distance, "mse": _squared_distance}
+
+
+def _feature_penalty(weight_name: str,
+                     distance: Callable[[jax.Array, jax.Array], jax.Array]
+                     ) -> Callable:
+  """``penalty``: ``w_t · mean_i distance(h(x_i), h*(x_i))`` over real rows.
+
+  ``h`` and ``h*`` are the current model's and the teacher's penultimate
+  features, both in evaluation mode; ``w_t`` is ``cl_state[weight_name]`` of
+  the current experience. Zero until there is a teacher.
+  """
+  def penalty(ctx, params, cl_state, batch, logits):
+    del logits
+    current = penultimate_features(ctx, params, cl_state["model_state"],
+                                   batch["x"], batch["task"])
+    previous = penultimate_features(ctx, cl_state["teacher_params"],
+                                    cl_state["teacher_model_state"],
+                                    batch["x"], batch["task"])
+    # Without a teacher, a zero difference: masking the penalty alone would
+    # still send NaN gradients through non-finite placeholder features.
+    previous = jnp.where(cl_state["has_teacher"], previous,
+                         jax.lax.stop_gradient(current))
+    mean = weighted_mean(distance(current, previous), batch["weight"])
+    weight = cl_state[weight_name][cl_state["experience"]]
+    return jnp.where(cl_state["has_teacher"], weight * mean, 0.0)
+  return penalty
+
+
 def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
                           classes: jax.Array, units: jax.Array) -> PyTree:
   """Zeroes the output layer's gradient for the output units trained so far.
@@ -788,22 +833,6 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
     return {**_init_teacher(ctx, params, key),
             "lambda_e": _schedule_array(lambdas, ctx.n_experiences)}
 
-  def penalty(ctx, params, cl_state, batch, logits):
-    del logits
-    current = penultimate_features(ctx, params, cl_state["model_state"],
-                                   batch["x"], batch["task"])
-    previous = penultimate_features(ctx, cl_state["teacher_params"],
-                                    cl_state["teacher_model_state"],
-                                    batch["x"], batch["task"])
-    # Without a teacher, a zero difference: masking the penalty alone would
-    # still send NaN gradients through non-finite placeholder features.
-    previous = jnp.where(cl_state["has_teacher"], previous,
-                         jax.lax.stop_gradient(current))
-    distance = weighted_mean(jnp.mean(jnp.square(current - previous), -1),
-                             batch["weight"])
-    lam = cl_state["lambda_e"][cl_state["experience"]]
-    return jnp.where(cl_state["has_teacher"], lam * distance, 0.0)
-
   def transform_grads(ctx, grads, state, batch, key):
     del key
     path = output_layer_path(ctx, state.params, state.model_state,
@@ -814,10 +843,55 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
 
   return Strategy(
       name="lfl", init=init, begin_experience=_begin_distillation,
-      penalty=penalty, after_step=_track_model_state,
+      penalty=_feature_penalty("lambda_e", _squared_distance),
+      after_step=_track_model_state,
       end_experience=_snapshot_teacher,
       **({"transform_grads": transform_grads} if freeze_head else {}))
 
 
-STRATEGIES = {"ewc": ewc, "lfl": lfl, "lwf": lwf, "mas": mas, "rwalk": rwalk,
-              "si": si}
+def feature_distillation(alpha: float | Sequence[float] = 1.0,
+                         mode: str = "cosine") -> Strategy:
+  """Feature distillation, as Avalanche's ``FeatureDistillationPlugin``.
+
+  The teacher is a copy of the model taken after each experience (as for
+  :func:`lwf`). The penalty pulls the current penultimate features ``h(x)``
+  towards the teacher's ``h*(x)`` on the current inputs, both in evaluation
+  mode:
+
+  - ``mode="cosine"``: ``α_t · (1 − mean_i cos(h(x_i), h*(x_i)))``;
+  - ``mode="mse"``: ``α_t · mean_i mean_u (h_u(x_i) − h*_u(x_i))²``, LFL's
+    penalty without its frozen head.
+
+  Features are the inputs of the model's output layer (see :func:`lfl`).
+
+  Args:
+    alpha: Distillation weight (≥ 0), or one per experience (the last one
+      repeats).
+    mode: ``"cosine"`` (Avalanche's default) or ``"mse"``.
+
+  Returns:
+    The strategy. Its state holds ``alpha`` (one value per experience),
+    ``teacher_params``, ``teacher_model_state``, ``model_state`` (the
+    current model's), ``old_classes``, ``old_task_classes``,
+    ``has_teacher`` and ``experience``.
+
+  Example:
+    >>> feature_distillation(alpha=[0.0, 2.0], mode="mse").name
+    'feature_distillation'
+  """
+  alphas = _check_schedule("alpha", alpha)
+  mode = _validation.check_choice("mode", mode, tuple(_FEATURE_DISTANCES))
+
+  def init(ctx, params, key):
+    return {**_init_teacher(ctx, params, key),
+            "alpha": _schedule_array(alphas, ctx.n_experiences)}
+
+  return Strategy(name="feature_distillation", init=init,
+                  begin_experience=_begin_distillation,
+                  penalty=_feature_penalty("alpha", _FEATURE_DISTANCES[mode]),
+                  after_step=_track_model_state,
+                  end_experience=_snapshot_teacher)
+
+
+STRATEGIES = {"ewc": ewc, "feature_distillation": feature_distillation,
+              "lfl": lfl, "lwf": lwf, "mas": mas, "rwalk": rwalk, "si": si}
