@@ -702,3 +702,18 @@ def test_a_stream_drawn_in_evaluation_is_named_as_such():
                        r"without a random key, as in evaluation"):
       jaxcl.fit(as_model(_NoisyAlways(), rng_streams=streams), naive(),
                 optax.sgd(0.1), make_benchmark(), batch_size=8)
+
+
+@pytest.mark.parametrize("n, batch_size", [(7, 3), (8, 4), (5, 8)])
+def test_shuffled_batches_draw_each_valid_row_once_per_epoch(n, batch_size):
+  shuffled = jaxcl.strategies.model_utils.shuffled_batches
+  valid = np.random.default_rng(n).random(n) < 0.7
+  orders = []
+  for seed in range(4):
+    rows, weight = map(np.asarray, shuffled(jax.random.key(seed),
+                                            jnp.asarray(valid), batch_size))
+    assert rows.shape == weight.shape == (-(-n // batch_size), batch_size)
+    drawn = rows[weight > 0]
+    np.testing.assert_array_equal(np.sort(drawn), np.flatnonzero(valid))
+    orders.append(tuple(drawn))
+  assert len(set(orders)) > 1  # The order changes with the key.

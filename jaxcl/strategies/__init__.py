@@ -7,8 +7,8 @@ and the ``jaxcl`` command.
 
 from jaxcl.strategies import (architectural, bias_correction, contrastive,
                               deep_slda, experts, generative, meta,
-                              projection, prototypes, regularization,
-                              rehearsal)
+                              projection, prototypes, pruning,
+                              regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    chain, naive)
@@ -20,6 +20,7 @@ from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
 from jaxcl.strategies.prototypes import *  # noqa: F403
+from jaxcl.strategies.pruning import *  # noqa: F403
 from jaxcl.strategies.registry import (REGISTRY, StrategyEntry, from_spec,
                                       open_parameters, parse_spec, register)
 from jaxcl.strategies.regularization import *  # noqa: F403
@@ -46,6 +47,7 @@ __all__ = [
     *meta.__all__,
     *projection.__all__,
     *prototypes.__all__,
+    *pruning.__all__,
     *regularization.__all__,
     *rehearsal.__all__,
 ]
@@ -53,6 +55,6 @@ __all__ = [
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
-                prototypes, contrastive, experts):
+                prototypes, contrastive, experts, pruning):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)

@@ -34,7 +34,8 @@ from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (MASK_VALUE, init_model_state,
                                           refuse_task_labels,
                                           require_optimizer,
-                                          restrict_current_classes)
+                                          restrict_current_classes,
+                                          shuffled_batches)
 from jaxcl.strategies.regularization import distillation_kl
 
 __all__ = ["ExpertGateState", "autoencoder_errors", "expert_gate"]
@@ -145,8 +146,6 @@ def _train_autoencoder(ae: dict, h: jax.Array, valid: jax.Array,
                        batch_size: int) -> dict:
   """Avalanche's ``AETraining``: SGD on the summed squared error of each
   mini-batch of the valid rows, reshuffled every epoch."""
-  n = h.shape[0]
-  steps = -(-n // batch_size)
   optimizer = optax.chain(optax.add_decayed_weights(_AE_WEIGHT_DECAY),
                           optax.sgd(lr, momentum=_AE_MOMENTUM))
 
@@ -166,15 +165,8 @@ def _train_autoencoder(ae: dict, h: jax.Array, valid: jax.Array,
                         (ae, opt_state)), None
 
   def epoch(carry, epoch_key):
-    # Valid rows first, in a random order; the last batch is padded.
-    order = jnp.argsort(jnp.where(valid, jax.random.uniform(epoch_key, (n,)),
-                                  2.0))
-    slots = jnp.arange(steps * batch_size)
-    idx = jnp.pad(order, (0, steps * batch_size - n))
-    weight = (slots < n) & valid[idx]
-    carry, _ = jax.lax.scan(step, carry, (
-        idx.reshape(steps, batch_size),
-        weight.astype(jnp.float32).reshape(steps, batch_size)))
+    carry, _ = jax.lax.scan(step, carry,
+                            shuffled_batches(epoch_key, valid, batch_size))
     return carry, None
 
   (ae, _), _ = jax.lax.scan(epoch, (ae, optimizer.init(ae)),

@@ -46,6 +46,7 @@ __all__ = [
     "refuse_task_labels",
     "require_optimizer",
     "restrict_current_classes",
+    "shuffled_batches",
     "task_loss",
     "visible_classes",
     "weighted_mean",
@@ -490,3 +491,36 @@ def in_chunks(fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
 
   out = jax.lax.map(lambda args: fn(*args), tuple(split(a) for a in arrays))
   return out.reshape((count * chunk,) + out.shape[2:])[:n]
+
+
+def shuffled_batches(key: jax.Array, valid: jax.Array, batch_size: int
+                     ) -> tuple[jax.Array, jax.Array]:
+  """One epoch's mini-batches: the ``valid`` rows in a random order.
+
+  For strategies that train something of their own over an experience (a
+  PyTorch ``DataLoader(shuffle=True)``): the valid rows first, shuffled,
+  then the rest; the last batch is padded.
+
+  Args:
+    key: The epoch's PRNG key.
+    valid: ``bool[n]``, the rows to draw (real samples).
+    batch_size: Rows per batch.
+
+  Returns:
+    ``(rows, weight)``, ``[steps, batch_size]`` each with ``steps =
+    ceil(n / batch_size)``: row indices and 1.0 for valid rows, else 0.0.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> rows, weight = shuffled_batches(jax.random.key(0),
+    ...                                 jnp.array([True, False, True]), 2)
+    >>> weight.tolist()
+    [[1.0, 1.0], [0.0, 0.0]]
+  """
+  n = valid.shape[0]
+  steps = -(-n // batch_size)
+  order = jnp.argsort(jnp.where(valid, jax.random.uniform(key, (n,)), 2.0))
+  rows = jnp.pad(order, (0, steps * batch_size - n))
+  weight = (jnp.arange(steps * batch_size) < n) & valid[rows]
+  return (rows.reshape(steps, batch_size),
+          weight.astype(jnp.float32).reshape(steps, batch_size))
