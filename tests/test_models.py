@@ -717,3 +717,43 @@ def test_shuffled_batches_draw_each_valid_row_once_per_epoch(n, batch_size):
     np.testing.assert_array_equal(np.sort(drawn), np.flatnonzero(valid))
     orders.append(tuple(drawn))
   assert len(set(orders)) > 1  # The order changes with the key.
+
+
+def _np_lenet5(params, x):
+  """LeNet5's forward pass in numpy: valid 5x5 convolutions as sums over
+  sliding windows, 2x2 average pools."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+
+  def conv(h, layer):
+    kernel, bias = layer["Conv_0"]["kernel"], layer["Conv_0"]["bias"]
+    windows = np.lib.stride_tricks.sliding_window_view(h, (5, 5), axis=(1, 2))
+    return np.einsum("nhwcij,ijco->nhwo", windows, kernel) + bias
+
+  def pool(h):
+    n, height, width, c = h.shape
+    return h.reshape(n, height // 2, 2, width // 2, 2, c).mean((2, 4))
+
+  def dense(h, layer):
+    return h @ layer["Dense_0"]["kernel"] + layer["Dense_0"]["bias"]
+
+  h = pool(np.tanh(conv(x, p["TorchConv_0"])))
+  h = pool(np.tanh(conv(h, p["TorchConv_1"])))
+  h = np.tanh(conv(h, p["TorchConv_2"])).reshape(len(x), -1)
+  return dense(np.tanh(dense(h, p["TorchLinear_0"])), p["TorchLinear_1"])
+
+
+@pytest.mark.parametrize("channels, size", [(1, 32), (3, 36)])
+def test_lenet5_matches_a_numpy_forward_pass(channels, size):
+  from jaxcl.models import LeNet5
+  x = np.random.default_rng(channels).normal(
+      size=(2, size, size, channels)).astype(np.float32)
+  params = LeNet5(10).init(jax.random.key(0), jnp.asarray(x))
+  np.testing.assert_allclose(LeNet5(10).apply(params, jnp.asarray(x)),
+                             _np_lenet5(params, x), rtol=1e-4, atol=1e-5)
+  # PyTorch's LeNet5 parameter count (61,706 on one channel).
+  spatial = ((size - 4) // 2 - 4) // 2 - 4
+  expected = (6 * (25 * channels + 1) + 16 * (150 + 1) + 120 * (400 + 1)
+              + 84 * (120 * spatial ** 2 + 1) + 10 * (84 + 1))
+  assert sum(a.size for a in jax.tree.leaves(params)) == expected
+  with pytest.raises(ValueError, match=r"H and W >= 32 .* \(2, 28, 28, 1\)"):
+    LeNet5(10).init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))

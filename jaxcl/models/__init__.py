@@ -1,7 +1,7 @@
 """Models for continual learning: Flax linen modules and the model adapter."""
 
 from jaxcl.models.adapter import Model, as_model, stream_keys
-from jaxcl.models.cnn import SimpleCNN, TorchConv
+from jaxcl.models.cnn import LeNet5, SimpleCNN, TorchConv
 from jaxcl.models.heads import (
                                 MTMLP,
                                 MLPFeatures,
@@ -18,6 +18,7 @@ MODELS = {
     "mlp": MLP,
     "mt_mlp": MTMLP,
     "simple_cnn": SimpleCNN,
+    "lenet5": LeNet5,
     "mt_simple_cnn": mt_simple_cnn,
     "slim_resnet18": SlimResNet18,
     "mt_slim_resnet18": mt_slim_resnet18,
@@ -28,6 +29,7 @@ MODELS = {
 accepts (``num_classes`` always, ``n_tasks`` for multi-head ``mt_*`` ones)."""
 
 __all__ = [
+                                "LeNet5",
                                 "MLP",
                                 "MODELS",
                                 "MTMLP",

@@ -1,4 +1,5 @@
-"""Convolutional models: Avalanche's ``SimpleCNN`` and a PyTorch-like conv layer.
+"""Convolutional models: Avalanche's ``SimpleCNN`` and ``LeNet5``, and a
+PyTorch-like conv layer.
 
 Images are NHWC (``[batch, height, width, channels]``), the layout of tfds
 and of the benchmarks' raw inputs.
@@ -26,7 +27,7 @@ from jaxcl import _validation
 from jaxcl.models.mlp import (TorchLinear, _dropout, _torch_bias_init,
                               check_sizes)
 
-__all__ = ["SimpleCNN", "TorchConv"]
+__all__ = ["LeNet5", "SimpleCNN", "TorchConv"]
 
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -228,6 +229,50 @@ class SimpleCNN(nn.Module):
       x = drop(nn.max_pool(x, (2, 2), strides=(2, 2)))
     x = nn.relu(conv(64, 1)(x))
     x = drop(jnp.max(x, axis=(1, 2)))
+    if self.num_classes is None:
+      return x
+    return TorchLinear(self.num_classes)(x)
+
+
+class LeNet5(nn.Module):
+  """Avalanche's ``LeNet5``: three 5x5 convolutions with tanh, two dense layers.
+
+  conv5x5(6)-tanh, average pool 2; conv5x5(16)-tanh, average pool 2;
+  conv5x5(120)-tanh; flatten; linear(84)-tanh; linear. Inputs need at least
+  32x32 pixels (Avalanche's takes exactly 32x32; larger images give more
+  than 120 features to the first dense layer here). No dropout.
+
+  Attributes:
+    num_classes: Width of the output layer; None returns the 84 features of
+      the last hidden layer (a backbone for :class:`jaxcl.models.MultiHead`).
+    native_cpu_gradients: As :class:`TorchConv`'s.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> jax.eval_shape(lambda x: LeNet5(10).init_with_output(
+    ...     jax.random.key(0), x)[0], x).shape
+    (2, 10)
+  """
+
+  num_classes: int | None = 10
+  native_cpu_gradients: bool = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    del train  # No dropout or batch statistics.
+    if x.ndim != 4 or min(x.shape[1:3]) < 32:
+      raise ValueError(f"LeNet5 expects images [batch, H, W, C] with H and W "
+                       f">= 32 (pad 28x28 digits to 32x32), got inputs of "
+                       f"shape {x.shape}.")
+    if self.num_classes is not None:
+      check_sizes(self, "num_classes")
+    conv = functools.partial(TorchConv,
+                             native_cpu_gradients=self.native_cpu_gradients)
+    for features in (6, 16):
+      x = nn.avg_pool(jnp.tanh(conv(features, 5)(x)), (2, 2), strides=(2, 2))
+    x = jnp.tanh(conv(120, 5)(x))
+    x = jnp.tanh(TorchLinear(84)(x.reshape(x.shape[0], -1)))
     if self.num_classes is None:
       return x
     return TorchLinear(self.num_classes)(x)
