@@ -1,6 +1,6 @@
-"""Bias Correction (BiC), as Avalanche's ``BiCPlugin``.
+"""Bias correction of replay: BiC and IL2M, as Avalanche's plugins.
 
-Wu et al., "Large Scale Incremental Learning", CVPR 2019. A class-incremental
+**BiC** (Avalanche's ``BiCPlugin``): Wu et al., "Large Scale Incremental Learning", CVPR 2019. A class-incremental
 model trained with replay favours the classes of the latest experience,
 whose samples outnumber the memory's. BiC trains as replay does, with
 knowledge distillation from the model of the previous experience, and then
@@ -33,6 +33,20 @@ Example:
   >>> strategy = bic(mem_size=2000, stage_2_epochs=200)
   >>> result = jaxcl.fit(jaxcl.models.MLP(10), strategy, optax.sgd(0.1),
   ...                    jaxcl.benchmarks.split_mnist())  # doctest: +SKIP
+
+**IL2M** (Avalanche's ``IL2MPlugin``, after FACIL): Belouadah and Popescu,
+"IL2M: Class Incremental Learning With Dual Memory", ICCV 2019. Training is
+replay with an experience-balanced memory; after each experience
+``end_experience`` records, from the model's scores on the experience's
+training samples and the memory, the mean own-class score of each class
+(``init_mean`` for the classes new in the experience, kept from then on;
+``current_mean`` for the past classes, on their memory samples, recomputed
+every experience) and the model's confidence (the mean top-1 score over the
+new classes' samples). Evaluation rectifies the past classes' scores of the
+samples predicted as a new class (Eq. 1 of the paper)::
+
+  s_c <- s_c · (init_mean[c] / current_mean[c])
+             · (confidence[now] / confidence[experience c was learnt in])
 """
 
 from __future__ import annotations
@@ -47,11 +61,13 @@ import numpy as np
 from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
-                                          refuse_task_labels, weighted_mean)
-from jaxcl.strategies.rehearsal import _check_batch_size_mem
+from jaxcl.strategies.model_utils import (in_chunks, init_model_state,
+                                          mask_logits, refuse_task_labels,
+                                          weighted_mean)
+from jaxcl.strategies.rehearsal import _check_batch_size_mem, replay
 
-__all__ = ["BicState", "bias_correct", "bic"]
+__all__ = ["BicState", "Il2mState", "bias_correct", "bic", "il2m",
+           "il2m_rectify"]
 
 # Avalanche's stage-2 schedule: MultiStepLR(milestones=[50, 100, 150], 0.1).
 _MILESTONES = (50, 100, 150)
@@ -340,4 +356,166 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
                   drops_current_rows=True)
 
 
-STRATEGIES = {"bic": bic}
+@flax.struct.dataclass
+class Il2mState:
+  """State of :func:`il2m` (per-class arrays are ``[n_classes]``).
+
+  Attributes:
+    memory: Experience-balanced replay memory.
+    seen: Classes the model predicts (the loop's seen classes, set at each
+      experience's start): the top-1 class is taken among them.
+    trained: Classes trained up to the last experience that ended.
+    new_classes: Classes first learnt in the last experience that ended:
+      the samples predicted as one of them are rectified.
+    init_mean: Mean own-class score of each class on its samples, taken at
+      the end of the experience it was learnt in (0 before).
+    current_mean: Mean own-class score of each past class on its memory
+      samples at the end of the last experience (0 for other classes).
+    learnt_in: Index of the experience each class was learnt in (−1: not
+      yet).
+    class_confidence: The model's confidence at the end of the experience
+      each class was learnt in.
+    confidence: The model's confidence at the end of the last experience:
+      the mean top-1 score over the samples of its new classes.
+  """
+
+  memory: buffers.Buffer
+  seen: jax.Array
+  trained: jax.Array
+  new_classes: jax.Array
+  init_mean: jax.Array
+  current_mean: jax.Array
+  learnt_in: jax.Array
+  class_confidence: jax.Array
+  confidence: jax.Array
+
+
+def il2m_rectify(scores: jax.Array, cl: Il2mState) -> jax.Array:
+  """IL2M's rectification (Eq. 1 of the paper) of a batch of scores.
+
+  For each row whose top-1 class is one of ``cl.new_classes``, the score of
+  every past class ``c`` (trained before the last experience) is multiplied
+  by ``(init_mean[c] / current_mean[c]) · (confidence /
+  class_confidence[c])``; a class whose denominator is 0 (no memory sample,
+  as Avalanche's skip of a zero mean) keeps its score. Other rows and
+  classes are unchanged; masked classes are never past classes.
+
+  Args:
+    scores: ``[batch, n_classes]`` scores, never-seen classes masked.
+    cl: The statistics.
+
+  Returns:
+    The rectified scores.
+
+  Example:
+    >>> il2m_rectify(scores, state.cl_state)  # doctest: +SKIP
+  """
+  past = cl.trained & ~cl.new_classes
+  usable = past & (cl.current_mean != 0) & (cl.class_confidence != 0)
+  factor = jnp.where(
+      usable, (cl.init_mean / jnp.where(usable, cl.current_mean, 1.0))
+      * (cl.confidence / jnp.where(usable, cl.class_confidence, 1.0)), 1.0)
+  rectified = cl.new_classes[jnp.argmax(scores, -1)]
+  return jnp.where(rectified[:, None], scores * factor, scores)
+
+
+def _own_class_means(scores: jax.Array, y: jax.Array, real: jax.Array,
+                     n_classes: int) -> jax.Array:
+  """Per class, the mean score of the class on its real rows (0 without)."""
+  one_hot = jax.nn.one_hot(y, n_classes) * real[:, None]
+  own = jnp.take_along_axis(scores, y[:, None], -1)
+  return (jnp.sum(one_hot * own, 0)
+          / jnp.maximum(jnp.sum(one_hot, 0), 1.0))
+
+
+def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
+  """IL2M (Avalanche's ``IL2MPlugin``; see the module docstring).
+
+  Replay (:func:`jaxcl.strategies.replay`'s hooks, experience-balanced
+  memory) plus, after each experience, the statistics of every class over
+  the experience's training samples and the memory (each row once, in
+  evaluation mode, before the memory takes the experience), and at
+  evaluation the rectification of :func:`il2m_rectify`. Differences from
+  Avalanche, documented in ``docs/strategies_rehearsal.md``: the new and
+  past classes of the rectification are those of the last trained
+  experience (the paper's and FACIL's; Avalanche takes them from the
+  evaluated experience); the statistics cover each memory row once
+  (FACIL's; Avalanche's replay loader draws ``batch_size_mem`` memory rows
+  per batch); the top-1 class is taken among the seen classes. The scores
+  are the logits, as Avalanche's and FACIL's.
+
+  Args:
+    mem_size: Replay memory capacity (Avalanche's default 2000).
+    batch_size_mem: Memory samples per step; 0 means the training batch
+      size (Avalanche's ``None``).
+
+  Returns:
+    The strategy; its ``cl_state`` is an :class:`Il2mState`.
+
+  Raises:
+    ValueError: Bad arguments; a stream with task labels (``init``).
+
+  Example:
+    >>> il2m(mem_size=2000).name
+    'il2m'
+  """
+  memory = replay(mem_size, batch_size_mem)
+
+  def init(ctx, params, key):
+    refuse_task_labels(ctx, "il2m rectifies the scores of one "
+                       "class-incremental head, as Avalanche's IL2MPlugin; "
+                       "got a stream with task labels (one head per task).")
+    none = jnp.zeros(ctx.n_classes, bool)
+    zeros = jnp.zeros(ctx.n_classes, jnp.float32)
+    return Il2mState(
+        memory=memory.init(ctx, params, key), seen=none, trained=none,
+        new_classes=none, init_mean=zeros, current_mean=zeros,
+        learnt_in=jnp.full(ctx.n_classes, -1, jnp.int32),
+        class_confidence=zeros, confidence=jnp.float32(0.0))
+
+  def begin_experience(ctx, state, data, key):
+    del ctx, data, key
+    return state.replace(cl_state=state.cl_state.replace(
+        seen=state.seen_classes))
+
+  def transform_batch(ctx, cl, batch, key):
+    return memory.transform_batch(ctx, cl.memory, batch, key)
+
+  def end_experience(ctx, state, data, key):
+    cl = state.cl_state
+
+    def score(x, task):
+      logits = ctx.logits(state.params, state.model_state, x, task)
+      return mask_logits(ctx, logits, state.seen_classes, task)
+
+    rows = buffers.as_batch(cl.memory)
+    s = jnp.concatenate([in_chunks(score, data.x, data.task),
+                         in_chunks(score, rows["x"], rows["task"])])
+    y = jnp.concatenate([data.y, rows["y"]]).astype(jnp.int32)
+    real = jnp.concatenate([data.valid, rows["weight"] > 0])
+    means = _own_class_means(s, y, real, ctx.n_classes)
+    past = cl.trained
+    new = data.classes_mask & ~past
+    of_new = real & new[y]
+    confidence = weighted_mean(jnp.max(s, -1), of_new)
+    stored = memory.end_experience(ctx, state.replace(cl_state=cl.memory),
+                                   data, key).cl_state
+    return state.replace(cl_state=cl.replace(
+        memory=stored, trained=past | new, new_classes=new,
+        init_mean=jnp.where(new, means, cl.init_mean),
+        current_mean=jnp.where(past, means, 0.0),
+        learnt_in=jnp.where(new, data.index, cl.learnt_in),
+        class_confidence=jnp.where(new, confidence, cl.class_confidence),
+        confidence=confidence))
+
+  def predict(ctx, params, model_state, cl, x, task):
+    logits = mask_logits(ctx, ctx.logits(params, model_state, x, task),
+                         cl.seen, task)
+    return il2m_rectify(logits, cl)
+
+  return Strategy(name="il2m", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch,
+                  end_experience=end_experience, predict=predict)
+
+
+STRATEGIES = {"bic": bic, "il2m": il2m}

@@ -1,0 +1,203 @@
+"""IL2M against numpy statistics and a hand-computed rectification."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import (device_experience, fit_seeds_alone, hook_state,
+                      make_benchmark, tiny_cli_metrics)
+
+import jaxcl
+from jaxcl.models import Model
+from jaxcl.strategies import StrategyContext, buffers, il2m, il2m_rectify
+from jaxcl.strategies.model_utils import MASK_VALUE
+from jaxcl.training import cross_entropy
+
+N_CLASSES, DIM, SIZE = 4, 4, 12
+
+
+def _affine(w, b):
+  """A model whose logits are ``x @ w + b``."""
+  params = {"w": jnp.asarray(w, jnp.float32), "b": jnp.asarray(b, jnp.float32)}
+  return Model(init=lambda key, x, task: (params, {}),
+               apply=lambda p, s, x, task, train, key: (x @ p["w"] + p["b"],
+                                                        s))
+
+
+def _ctx(model, n_classes=N_CLASSES, dim=DIM, batch_size=4):
+  return StrategyContext(model=model, preprocess=lambda x: x,
+                         loss=cross_entropy, n_classes=n_classes,
+                         n_experiences=3, input_shape=(dim,),
+                         batch_size=batch_size, experience_size=SIZE)
+
+
+def _run_experience(ctx, strategy, state, data, seen, seed):
+  state = state.replace(seen_classes=jnp.asarray(seen))
+  state = strategy.begin_experience(ctx, state, data, jax.random.key(seed))
+  return jax.jit(lambda s: strategy.end_experience(
+      ctx, s, data, jax.random.key(seed + 1)))(state)
+
+
+def _class_means(scores, y, n_classes):
+  return np.array([scores[y == c, c].mean() if np.any(y == c) else 0.0
+                   for c in range(n_classes)])
+
+
+def test_il2m_statistics_after_each_experience_match_numpy():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(DIM, N_CLASSES))
+  # Class 3's logit tops every row: only masking keeps it out of the first
+  # experience's confidence.
+  b = np.array([0.5, -0.2, 0.0, 20.0])
+  ctx = _ctx(_affine(w, b))
+  strategy = il2m(mem_size=6)
+  state = hook_state(ctx, strategy)
+  x0 = rng.normal(size=(8, DIM))
+  y0 = np.array([0, 1, 0, 1, 0, 0, 1, 1])
+  state = _run_experience(ctx, strategy, state,
+                          device_experience(x0, y0, 0, SIZE, N_CLASSES),
+                          [True, True, False, False], 0)
+  cl = state.cl_state
+  s0 = np.where([True, True, False, False], x0 @ w + b, MASK_VALUE)
+  np.testing.assert_allclose(cl.init_mean, _class_means(s0, y0, 4)[:4]
+                             * [1, 1, 0, 0], rtol=1e-5)
+  np.testing.assert_array_equal(cl.current_mean, np.zeros(4))
+  conf0 = s0.max(1).mean()
+  assert float(cl.confidence) == pytest.approx(conf0, rel=1e-5)
+  np.testing.assert_allclose(cl.class_confidence, [conf0, conf0, 0, 0],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(cl.learnt_in, [0, 0, -1, -1])
+  np.testing.assert_array_equal(cl.new_classes, [True, True, False, False])
+  np.testing.assert_array_equal(cl.seen, [True, True, False, False])
+
+  # The statistics read the memory as it was before taking experience 1.
+  memory = buffers.as_batch(cl.memory)
+  real = np.asarray(memory["weight"]) > 0
+  assert real.sum() == 6
+  xm, ym = np.asarray(memory["x"])[real], np.asarray(memory["y"])[real]
+  x1 = rng.normal(size=(10, DIM))
+  y1 = np.array([2, 3, 3, 2, 2, 3, 2, 2, 3, 3])
+  state = _run_experience(ctx, strategy, state,
+                          device_experience(x1, y1, 1, SIZE, N_CLASSES),
+                          [True] * 4, 2)
+  cl = state.cl_state
+  s1, sm = x1 @ w + b, xm @ w + b
+  expected_init = _class_means(s0, y0, 4)
+  expected_init[2:] = _class_means(s1, y1, 4)[2:]
+  np.testing.assert_allclose(cl.init_mean, expected_init, rtol=1e-5)
+  np.testing.assert_allclose(cl.current_mean,
+                             _class_means(sm, ym, 4) * [1, 1, 0, 0],
+                             rtol=1e-5)
+  conf1 = s1.max(1).mean()
+  assert float(cl.confidence) == pytest.approx(conf1, rel=1e-5)
+  np.testing.assert_allclose(cl.class_confidence,
+                             [conf0, conf0, conf1, conf1], rtol=1e-5)
+  np.testing.assert_array_equal(cl.learnt_in, [0, 0, 1, 1])
+  np.testing.assert_array_equal(cl.new_classes, [False, False, True, True])
+  np.testing.assert_array_equal(cl.trained, [True] * 4)
+  # The memory took the experience afterwards (3 slots per experience).
+  np.testing.assert_array_equal(buffers.group_counts(cl.memory)[:2], [3, 3])
+
+
+def _hand_state():
+  """Five classes: 0 and 1 learnt in experience 0 (confidence 2), 2 in
+  experience 1 (confidence 4), 3 in experience 2, the last (confidence 3);
+  class 1 has no memory sample, class 4 was never seen."""
+  ctx = _ctx(_affine(np.eye(5), np.zeros(5)), n_classes=5, dim=5)
+  cl = hook_state(ctx, il2m(mem_size=10)).cl_state.replace(
+      seen=jnp.array([True, True, True, True, False]),
+      trained=jnp.array([True, True, True, True, False]),
+      new_classes=jnp.array([False, False, False, True, False]),
+      init_mean=jnp.array([2.0, 3.0, 4.0, 5.0, 0.0]),
+      current_mean=jnp.array([4.0, 0.0, 2.0, 0.0, 0.0]),
+      learnt_in=jnp.array([0, 0, 1, 2, -1]),
+      class_confidence=jnp.array([2.0, 2.0, 4.0, 3.0, 0.0]),
+      confidence=jnp.float32(3.0))
+  return ctx, cl
+
+
+def test_il2m_rectifies_past_classes_of_rows_predicted_new():
+  ctx, cl = _hand_state()
+  x = np.array([
+      [1.0, 2.0, 3.0, 6.0, 0.0],    # Top-1 class 3 (new): rectified.
+      [9.0, 2.0, 3.0, 6.0, 0.0],    # Top-1 class 0 (past): kept.
+      [1.0, -2.0, -3.0, 6.0, 50.0],  # Class 4 is masked: top-1 is 3.
+      [1.0, 2.0, 7.0, 6.0, 0.0],    # Top-1 class 2 (past): kept.
+  ], np.float32)
+  # Class 0: (2 / 4)·(3 / 2) = 0.75; class 2: (4 / 2)·(3 / 4) = 1.5;
+  # class 1 has no current mean; class 3 is new, class 4 masked.
+  expected = np.where([True] * 4 + [False], x, MASK_VALUE)
+  expected[[0, 2]] *= [0.75, 1.0, 1.5, 1.0, 1.0]
+  strategy = il2m(mem_size=10)
+  out = strategy.predict(ctx, {"w": jnp.eye(5), "b": jnp.zeros(5)}, {}, cl,
+                         jnp.asarray(x), jnp.zeros(4, jnp.int32))
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
+  # A negative logit moves down (raw logits, as Avalanche and FACIL).
+  assert float(out[2, 2]) == pytest.approx(-4.5)
+  np.testing.assert_allclose(il2m_rectify(jnp.asarray(expected[[1]]), cl),
+                             expected[[1]])
+
+
+def test_il2m_rectifies_nothing_after_the_first_experience():
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(DIM, N_CLASSES))
+  ctx = _ctx(_affine(w, np.zeros(N_CLASSES)))
+  strategy = il2m(mem_size=6)
+  state = _run_experience(
+      ctx, strategy, hook_state(ctx, strategy),
+      device_experience(rng.normal(size=(8, DIM)), [0, 1] * 4, 0, SIZE,
+                        N_CLASSES), [True, True, False, False], 0)
+  x = rng.normal(size=(16, DIM)).astype(np.float32)
+  out = strategy.predict(ctx, state.params, state.model_state,
+                         state.cl_state, jnp.asarray(x),
+                         jnp.zeros(16, jnp.int32))
+  np.testing.assert_allclose(
+      out, np.where([True, True, False, False], x @ w, MASK_VALUE),
+      rtol=1e-5, atol=1e-6)
+
+
+def test_il2m_replays_batch_size_mem_memory_rows():
+  ctx = _ctx(_affine(np.eye(DIM), np.zeros(DIM)), batch_size=3)
+  strategy = il2m(mem_size=6, batch_size_mem=2)
+  state = _run_experience(
+      ctx, strategy, hook_state(ctx, strategy),
+      device_experience(np.ones((8, DIM)), [0, 1] * 4, 0, SIZE, N_CLASSES),
+      [True, True, False, False], 0)
+  batch = {"x": jnp.zeros((3, DIM)), "y": jnp.full(3, 2),
+           "task": jnp.zeros(3, jnp.int32), "weight": jnp.ones(3)}
+  out = strategy.transform_batch(ctx, state.cl_state, batch,
+                                 jax.random.key(5))
+  np.testing.assert_array_equal(out["weight"], np.ones(5))
+  assert set(np.asarray(out["y"])[3:].tolist()) <= {0, 1}
+
+
+def test_il2m_vmapped_seeds_equal_single_runs():
+  bench = make_benchmark(n_experiences=2, per_class=20)
+  model = jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0)
+  for alone in fit_seeds_alone(model, il2m(mem_size=20), bench):
+    cl = alone.state.cl_state
+    np.testing.assert_array_equal(cl.learnt_in, [0, 0, 1, 1])
+    np.testing.assert_array_equal(cl.new_classes, [False, False, True, True])
+    assert np.all(np.asarray(cl.current_mean)[:2] != 0)
+
+
+def test_il2m_refuses_bad_arguments_and_task_labels():
+  with pytest.raises(ValueError, match="mem_size must be a positive "
+                     "integer, got 0"):
+    il2m(mem_size=0)
+  with pytest.raises(ValueError, match=r"batch_size_mem=30 exceeds "
+                     r"mem_size=20"):
+    il2m(mem_size=20, batch_size_mem=30)
+  # A stream with task labels (one head per task), refused before compiling.
+  ctx = _ctx(_affine(np.eye(DIM), np.zeros(DIM)))._replace(
+      task_classes=np.array([[True, True, False, False],
+                             [False, False, True, True]]))
+  with pytest.raises(ValueError, match="il2m rectifies the scores of one "
+                     "class-incremental head"):
+    il2m(mem_size=20).init(ctx, {}, jax.random.key(0))
+
+
+def test_il2m_from_the_command_line(tmp_path):
+  metrics = tiny_cli_metrics(tmp_path, "--strategy", "il2m", "--mem-size",
+                             "200")
+  assert metrics["stream_accuracy"] > 0.5
