@@ -1,11 +1,14 @@
 """Bias correction of replay: BiC and IL2M, as Avalanche's plugins.
 
-**BiC** (Avalanche's ``BiCPlugin``): Wu et al., "Large Scale Incremental Learning", CVPR 2019. A class-incremental
-model trained with replay favours the classes of the latest experience,
-whose samples outnumber the memory's. BiC trains as replay does, with
-knowledge distillation from the model of the previous experience, and then
-fits two scalars on a held-out, class-balanced validation set: the logits of
-the latest experience's classes become ``α·z + β`` (the other logits stay),
+A class-incremental model trained with replay favours the classes of the
+latest experience, whose samples outnumber the memory's; both strategies
+correct its outputs after training.
+
+**BiC** (Avalanche's ``BiCPlugin``): Wu et al., "Large Scale Incremental
+Learning", CVPR 2019. BiC trains as replay does, with knowledge
+distillation from the model of the previous experience, and then fits two
+scalars on a held-out, class-balanced validation set: the logits of the
+latest experience's classes become ``α·z + β`` (the other logits stay),
 which evaluation applies too.
 
 Per experience (``fit`` runs the steps in one compiled program):
