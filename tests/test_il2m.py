@@ -3,13 +3,15 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
-from conftest import (device_experience, fit_seeds_alone, hook_state,
-                      make_benchmark, tiny_cli_metrics)
+from conftest import (assert_trees_close, device_experience, fit_seeds_alone,
+                      hook_state, make_benchmark, tiny_cli_metrics)
 
 import jaxcl
 from jaxcl.models import Model
-from jaxcl.strategies import StrategyContext, buffers, il2m, il2m_rectify
+from jaxcl.strategies import (StrategyContext, buffers, il2m, il2m_rectify,
+                              replay)
 from jaxcl.strategies.model_utils import MASK_VALUE
 from jaxcl.training import cross_entropy
 
@@ -43,6 +45,10 @@ def _class_means(scores, y, n_classes):
                    for c in range(n_classes)])
 
 
+def _class_counts(y, n_classes):
+  return np.bincount(np.asarray(y), minlength=n_classes)
+
+
 def test_il2m_statistics_after_each_experience_match_numpy():
   rng = np.random.default_rng(0)
   w = rng.normal(size=(DIM, N_CLASSES))
@@ -62,6 +68,9 @@ def test_il2m_statistics_after_each_experience_match_numpy():
   np.testing.assert_allclose(cl.init_mean, _class_means(s0, y0, 4)[:4]
                              * [1, 1, 0, 0], rtol=1e-5)
   np.testing.assert_array_equal(cl.current_mean, np.zeros(4))
+  np.testing.assert_array_equal(cl.init_count, [4, 4, 0, 0])
+  np.testing.assert_array_equal(cl.current_count, np.zeros(4))
+  assert int(cl.confidence_count) == 8
   conf0 = s0.max(1).mean()
   assert float(cl.confidence) == pytest.approx(conf0, rel=1e-5)
   np.testing.assert_allclose(cl.class_confidence, [conf0, conf0, 0, 0],
@@ -88,6 +97,10 @@ def test_il2m_statistics_after_each_experience_match_numpy():
   np.testing.assert_allclose(cl.current_mean,
                              _class_means(sm, ym, 4) * [1, 1, 0, 0],
                              rtol=1e-5)
+  np.testing.assert_array_equal(cl.init_count, [4, 4, 5, 5])
+  np.testing.assert_array_equal(cl.current_count,
+                                _class_counts(ym, 4) * [1, 1, 0, 0])
+  assert int(cl.confidence_count) == 10
   conf1 = s1.max(1).mean()
   assert float(cl.confidence) == pytest.approx(conf1, rel=1e-5)
   np.testing.assert_allclose(cl.class_confidence,
@@ -97,6 +110,44 @@ def test_il2m_statistics_after_each_experience_match_numpy():
   np.testing.assert_array_equal(cl.trained, [True] * 4)
   # The memory took the experience afterwards (3 slots per experience).
   np.testing.assert_array_equal(buffers.group_counts(cl.memory)[:2], [3, 3])
+
+
+def test_il2m_statistics_of_a_recurring_class_and_a_class_without_rows():
+  rng = np.random.default_rng(2)
+  w = rng.normal(size=(DIM, N_CLASSES))
+  ctx = _ctx(_affine(w, np.zeros(N_CLASSES)))
+  strategy = il2m(mem_size=4)
+  x0 = rng.normal(size=(8, DIM))
+  state = _run_experience(ctx, strategy, hook_state(ctx, strategy),
+                          device_experience(x0, [0, 1] * 4, 0, SIZE,
+                                            N_CLASSES),
+                          [True, True, False, False], 0)
+  memory = buffers.as_batch(state.cl_state.memory)
+  real = np.asarray(memory["weight"]) > 0
+  xm, ym = np.asarray(memory["x"])[real], np.asarray(memory["y"])[real]
+  # Class 1 comes again with new class 2; class 3 belongs to the experience
+  # (its classes_mask) but has no row, as a class that the hooks' subset of
+  # a streamed experience missed.
+  x1 = rng.normal(size=(8, DIM))
+  y1 = np.array([1, 2, 1, 2, 2, 1, 2, 2])
+  data = device_experience(x1, y1, 1, SIZE, N_CLASSES)
+  data = data.replace(classes_mask=data.classes_mask.at[3].set(True))
+  cl = _run_experience(ctx, strategy, state, data, [True] * 4, 2).cl_state
+  s1, sm = x1 @ w, xm @ w
+  # Class 1's current mean reads the experience's rows and the memory's.
+  both = _class_means(np.concatenate([s1, sm]), np.concatenate([y1, ym]), 4)
+  np.testing.assert_allclose(cl.current_mean[:2], both[:2], rtol=1e-5)
+  np.testing.assert_array_equal(
+      cl.current_count, [np.sum(ym == 0), 3 + np.sum(ym == 1), 0, 0])
+  np.testing.assert_array_equal(cl.new_classes, [False, False, True, True])
+  np.testing.assert_array_equal(cl.init_count, [4, 4, 5, 0])
+  np.testing.assert_array_equal(cl.learnt_in, [0, 0, 1, 1])
+  np.testing.assert_allclose(cl.init_mean[2],
+                             _class_means(s1, y1, 4)[2], rtol=1e-5)
+  # The confidence reads class 2's rows alone.
+  assert float(cl.confidence) == pytest.approx(s1[y1 == 2].max(1).mean(),
+                                               rel=1e-5)
+  assert int(cl.confidence_count) == 5
 
 
 def _hand_state():
@@ -109,10 +160,12 @@ def _hand_state():
       trained=jnp.array([True, True, True, True, False]),
       new_classes=jnp.array([False, False, False, True, False]),
       init_mean=jnp.array([2.0, 3.0, 4.0, 5.0, 0.0]),
+      init_count=jnp.array([6, 6, 5, 7, 0]),
       current_mean=jnp.array([4.0, 0.0, 2.0, 0.0, 0.0]),
+      current_count=jnp.array([2, 0, 3, 0, 0]),
       learnt_in=jnp.array([0, 0, 1, 2, -1]),
       class_confidence=jnp.array([2.0, 2.0, 4.0, 3.0, 0.0]),
-      confidence=jnp.float32(3.0))
+      confidence=jnp.float32(3.0), confidence_count=jnp.int32(7))
   return ctx, cl
 
 
@@ -136,6 +189,28 @@ def test_il2m_rectifies_past_classes_of_rows_predicted_new():
   assert float(out[2, 2]) == pytest.approx(-4.5)
   np.testing.assert_allclose(il2m_rectify(jnp.asarray(expected[[1]]), cl),
                              expected[[1]])
+
+
+def test_il2m_rectifies_only_classes_with_statistics():
+  _, cl = _hand_state()
+  x = jnp.array([[1.0, 2.0, 3.0, 6.0, 0.0]])  # Top-1 class 3 (new).
+  # Class 2's factor is 1.5 (the hand case); class 0 has no learning-time
+  # statistics (the samples of its experience were not read), whatever
+  # init_mean holds: it keeps its score.
+  for mean in (0.0, 2.0):
+    out = il2m_rectify(x, cl.replace(init_mean=cl.init_mean.at[0].set(mean),
+                                     init_count=cl.init_count.at[0].set(0)))
+    np.testing.assert_allclose(out, x * jnp.array([1.0, 1.0, 1.5, 1.0, 1.0]),
+                               rtol=1e-6)
+  # Nor does class 2 without current rows (the count decides, not the mean).
+  out = il2m_rectify(x, cl.replace(current_count=cl.current_count.at[2].set(0)))
+  np.testing.assert_allclose(out, x * jnp.array([0.75, 1.0, 1.0, 1.0, 1.0]),
+                             rtol=1e-6)
+  # The last experience's new classes had no rows, so no confidence:
+  # nothing is rectified.
+  out = il2m_rectify(x, cl.replace(confidence=jnp.float32(0.0),
+                                   confidence_count=jnp.int32(0)))
+  np.testing.assert_array_equal(out, x)
 
 
 def test_il2m_rectifies_nothing_after_the_first_experience():
@@ -197,7 +272,70 @@ def test_il2m_refuses_bad_arguments_and_task_labels():
     il2m(mem_size=20).init(ctx, {}, jax.random.key(0))
 
 
+def test_il2m_equals_replay_without_new_classes():
+  # New instances: the later experiences bring no class seen for the first
+  # time, so there is nothing to rectify and IL2M evaluates as replay.
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(N_CLASSES), 12)
+  x = (rng.normal(0, 1.0, (N_CLASSES, 6))[y]
+       + rng.normal(0, 1.0, (len(y), 6))).astype(np.float32)
+  bench = jaxcl.benchmarks.new_instances((x, y), (x, y), 3, seed=0)
+  model = jaxcl.models.MLP(N_CLASSES, hidden_size=8, drop_rate=0.0)
+  runs = [jaxcl.fit(model, s, optax.sgd(0.1), bench, seed=0, epochs=1,
+                    batch_size=4) for s in (il2m(mem_size=12),
+                                            replay(mem_size=12))]
+  cl = runs[0].state.cl_state
+  np.testing.assert_array_equal(cl.learnt_in, [0] * N_CLASSES)
+  assert not np.any(cl.new_classes) and int(cl.confidence_count) == 0
+  assert_trees_close(runs[0].state.params, runs[1].state.params, atol=0)
+  np.testing.assert_array_equal(runs[0].accuracy_matrix,
+                                runs[1].accuracy_matrix)
+  assert ([h["stream_loss"] for h in runs[0].history]
+          == [h["stream_loss"] for h in runs[1].history])
+
+
+def test_il2m_after_cwr_star_reads_the_consolidated_model():
+  # CWR* rewrites the output layer at the end of each experience: chained
+  # after it, IL2M's statistics read the model that is evaluated.
+  bench = make_benchmark()
+  model = jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0)
+  run = jaxcl.fit(model, jaxcl.strategies.chain(
+      jaxcl.strategies.cwr_star(), il2m(mem_size=8)), optax.sgd(0.1), bench,
+                  seed=0, epochs=1, batch_size=4)
+  last = bench.train_stream[-1]
+  logits, _ = jaxcl.models.as_model(model).apply(
+      run.state.params, run.state.model_state, jnp.asarray(last.x),
+      jnp.zeros(len(last.y), jnp.int32), False, None)
+  # Every class is seen by then: nothing is masked.
+  np.testing.assert_allclose(run.state.cl_state[1].init_mean[2:],
+                             _class_means(np.asarray(logits), last.y, 4)[2:],
+                             rtol=1e-5)
+
+
+def test_il2m_refuses_online_streams_before_compiling(monkeypatch):
+  online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
+
+  def compile_(*args, **kwargs):
+    raise AssertionError("compiled before refusing the input")
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+  with pytest.raises(ValueError, match=(
+      r"got train experience 0, a mini-experience of experience 0 of an "
+      r"online stream \(split_online\), after whose last mini-experience no "
+      r"class is new and nothing would be rectified: expected the stream "
+      r"before split_online, or replay for online training")):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), il2m(mem_size=8),
+              optax.sgd(0.1), online, seed=0)
+
+
 def test_il2m_from_the_command_line(tmp_path):
-  metrics = tiny_cli_metrics(tmp_path, "--strategy", "il2m", "--mem-size",
-                             "200")
-  assert metrics["stream_accuracy"] > 0.5
+  # Replay's training, another evaluation: the same training loss and new
+  # classes' scores, the old classes' true-class scores rectified.
+  flags = ("--mem-size", "200", "--seed", "0")
+  ours = tiny_cli_metrics(tmp_path / "il2m", "--strategy", "il2m", *flags)
+  plain = tiny_cli_metrics(tmp_path / "replay", "--strategy", "replay",
+                           *flags)
+  assert ours["train_loss"] == plain["train_loss"]
+  assert ours["mean_score_new"] == plain["mean_score_new"]
+  assert ours["mean_score_old"] != plain["mean_score_old"]
+  assert ours["stream_accuracy"] > 0.5

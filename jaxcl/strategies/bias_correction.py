@@ -43,9 +43,10 @@ replay with an experience-balanced memory; after each experience
 ``end_experience`` records, from the model's scores on the experience's
 training samples and the memory, the mean own-class score of each class
 (``init_mean`` for the classes new in the experience, kept from then on;
-``current_mean`` for the past classes, on their memory samples, recomputed
-every experience) and the model's confidence (the mean top-1 score over the
-new classes' samples). Evaluation rectifies the past classes' scores of the
+``current_mean`` for the past classes, on their memory samples and, for a
+class the experience brings again, its samples there, recomputed every
+experience) and the model's confidence (the mean top-1 score over the new
+classes' samples). Evaluation rectifies the past classes' scores of the
 samples predicted as a new class (Eq. 1 of the paper)::
 
   s_c <- s_c · (init_mean[c] / current_mean[c])
@@ -366,20 +367,30 @@ class Il2mState:
   Attributes:
     memory: Experience-balanced replay memory.
     seen: Classes the model predicts (the loop's seen classes, set at each
-      experience's start): the top-1 class is taken among them.
+      experience's start): with ``mask_unseen_classes`` on (the default),
+      the others are masked and the top-1 class is among these.
     trained: Classes trained up to the last experience that ended.
     new_classes: Classes first learnt in the last experience that ended:
       the samples predicted as one of them are rectified.
     init_mean: Mean own-class score of each class on its samples, taken at
-      the end of the experience it was learnt in (0 before).
-    current_mean: Mean own-class score of each past class on its memory
-      samples at the end of the last experience (0 for other classes).
+      the end of the experience it was learnt in (meaningful where
+      ``init_count > 0``).
+    init_count: The number of samples ``init_mean`` averaged (0: the class
+      has no learning-time statistics and is never rectified).
+    current_mean: Mean own-class score of each past class at the end of
+      the last experience, over its memory samples and, for a class the
+      experience brought again, the experience's samples of it (meaningful
+      where ``current_count > 0``).
+    current_count: The number of samples ``current_mean`` averaged (0 for
+      the classes that are not past or had no sample).
     learnt_in: Index of the experience each class was learnt in (−1: not
       yet).
     class_confidence: The model's confidence at the end of the experience
-      each class was learnt in.
+      each class was learnt in (it had samples where ``init_count > 0``).
     confidence: The model's confidence at the end of the last experience:
       the mean top-1 score over the samples of its new classes.
+    confidence_count: The number of samples ``confidence`` averaged (0:
+      nothing is rectified).
   """
 
   memory: buffers.Buffer
@@ -387,10 +398,13 @@ class Il2mState:
   trained: jax.Array
   new_classes: jax.Array
   init_mean: jax.Array
+  init_count: jax.Array
   current_mean: jax.Array
+  current_count: jax.Array
   learnt_in: jax.Array
   class_confidence: jax.Array
   confidence: jax.Array
+  confidence_count: jax.Array
 
 
 def il2m_rectify(scores: jax.Array, cl: Il2mState) -> jax.Array:
@@ -399,8 +413,12 @@ def il2m_rectify(scores: jax.Array, cl: Il2mState) -> jax.Array:
   For each row whose top-1 class is one of ``cl.new_classes``, the score of
   every past class ``c`` (trained before the last experience) is multiplied
   by ``(init_mean[c] / current_mean[c]) · (confidence /
-  class_confidence[c])``; a class whose denominator is 0 (no memory sample,
-  as Avalanche's skip of a zero mean) keeps its score. Other rows and
+  class_confidence[c])``. A class is rectified only with statistics behind
+  every term: learning-time ones (``init_count[c] > 0``), current ones
+  (``current_count[c] > 0``: a memory sample or a sample of the last
+  experience) and a current confidence (``confidence_count > 0``: the last
+  experience brought a new class, with samples); a zero denominator also
+  keeps the score (Avalanche skips a zero current mean). Other rows and
   classes are unchanged; masked classes are never past classes.
 
   Args:
@@ -414,7 +432,9 @@ def il2m_rectify(scores: jax.Array, cl: Il2mState) -> jax.Array:
     >>> il2m_rectify(scores, state.cl_state)  # doctest: +SKIP
   """
   past = cl.trained & ~cl.new_classes
-  usable = past & (cl.current_mean != 0) & (cl.class_confidence != 0)
+  usable = (past & (cl.init_count > 0) & (cl.current_count > 0)
+            & (cl.confidence_count > 0) & (cl.current_mean != 0)
+            & (cl.class_confidence != 0))
   factor = jnp.where(
       usable, (cl.init_mean / jnp.where(usable, cl.current_mean, 1.0))
       * (cl.confidence / jnp.where(usable, cl.class_confidence, 1.0)), 1.0)
@@ -423,12 +443,14 @@ def il2m_rectify(scores: jax.Array, cl: Il2mState) -> jax.Array:
 
 
 def _own_class_means(scores: jax.Array, y: jax.Array, real: jax.Array,
-                     n_classes: int) -> jax.Array:
-  """Per class, the mean score of the class on its real rows (0 without)."""
+                     n_classes: int) -> tuple[jax.Array, jax.Array]:
+  """Per class, the mean score of the class on its real rows (0 without)
+  and the number of those rows."""
   one_hot = jax.nn.one_hot(y, n_classes) * real[:, None]
   own = jnp.take_along_axis(scores, y[:, None], -1)
-  return (jnp.sum(one_hot * own, 0)
-          / jnp.maximum(jnp.sum(one_hot, 0), 1.0))
+  counts = jnp.sum(one_hot, 0)
+  return (jnp.sum(one_hot * own, 0) / jnp.maximum(counts, 1.0),
+          counts.astype(jnp.int32))
 
 
 def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
@@ -444,8 +466,18 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
   experience (the paper's and FACIL's; Avalanche takes them from the
   evaluated experience); the statistics cover each memory row once
   (FACIL's; Avalanche's replay loader draws ``batch_size_mem`` memory rows
-  per batch); the top-1 class is taken among the seen classes. The scores
-  are the logits, as Avalanche's and FACIL's.
+  per batch); with ``mask_unseen_classes`` on (the default) the top-1
+  class is taken among the seen classes. The scores are the logits, as
+  Avalanche's and FACIL's.
+
+  IL2M is a class-incremental method: the rectification needs classes
+  first seen in the last trained experience. Where that experience brings
+  none (new instances, domain-incremental streams) nothing is rectified
+  and IL2M evaluates as replay; online streams (``split_online``), whose
+  last mini-experience brings none, are refused. In a :func:`chain`, put
+  it after the strategies that change the parameters at the end of an
+  experience (``chain(cwr_star(), il2m())``): its statistics read the
+  parameters its ``end_experience`` is given.
 
   Args:
     mem_size: Replay memory capacity (Avalanche's default 2000).
@@ -456,7 +488,8 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
     The strategy; its ``cl_state`` is an :class:`Il2mState`.
 
   Raises:
-    ValueError: Bad arguments; a stream with task labels (``init``).
+    ValueError: Bad arguments; a stream with task labels (``init``); an
+      online stream (``adapt_data``, before compiling).
 
   Example:
     >>> il2m(mem_size=2000).name
@@ -464,17 +497,35 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
   """
   memory = replay(mem_size, batch_size_mem)
 
+  def adapt_data(experience, stream, seed):
+    del stream, seed
+    origin = getattr(experience, "origin_experience", None)
+    if origin is not None:
+      raise ValueError(
+          "il2m rectifies the classes first seen in the last trained "
+          "experience, with statistics taken at its end (a class-incremental "
+          "method; Avalanche's IL2MPlugin is not meant for online streams "
+          f"either); got train experience {experience.index}, a "
+          f"mini-experience of experience {origin} of an online stream "
+          "(split_online), after whose last mini-experience no class is new "
+          "and nothing would be rectified: expected the stream before "
+          "split_online, or replay for online training.")
+    return experience
+
   def init(ctx, params, key):
     refuse_task_labels(ctx, "il2m rectifies the scores of one "
                        "class-incremental head, as Avalanche's IL2MPlugin; "
                        "got a stream with task labels (one head per task).")
     none = jnp.zeros(ctx.n_classes, bool)
     zeros = jnp.zeros(ctx.n_classes, jnp.float32)
+    no_rows = jnp.zeros(ctx.n_classes, jnp.int32)
     return Il2mState(
         memory=memory.init(ctx, params, key), seen=none, trained=none,
-        new_classes=none, init_mean=zeros, current_mean=zeros,
+        new_classes=none, init_mean=zeros, init_count=no_rows,
+        current_mean=zeros, current_count=no_rows,
         learnt_in=jnp.full(ctx.n_classes, -1, jnp.int32),
-        class_confidence=zeros, confidence=jnp.float32(0.0))
+        class_confidence=zeros, confidence=jnp.float32(0.0),
+        confidence_count=jnp.int32(0))
 
   def begin_experience(ctx, state, data, key):
     del ctx, data, key
@@ -496,7 +547,7 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
                          in_chunks(score, rows["x"], rows["task"])])
     y = jnp.concatenate([data.y, rows["y"]]).astype(jnp.int32)
     real = jnp.concatenate([data.valid, rows["weight"] > 0])
-    means = _own_class_means(s, y, real, ctx.n_classes)
+    means, counts = _own_class_means(s, y, real, ctx.n_classes)
     past = cl.trained
     new = data.classes_mask & ~past
     of_new = real & new[y]
@@ -506,17 +557,21 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
     return state.replace(cl_state=cl.replace(
         memory=stored, trained=past | new, new_classes=new,
         init_mean=jnp.where(new, means, cl.init_mean),
+        init_count=jnp.where(new, counts, cl.init_count),
         current_mean=jnp.where(past, means, 0.0),
+        current_count=jnp.where(past, counts, 0),
         learnt_in=jnp.where(new, data.index, cl.learnt_in),
         class_confidence=jnp.where(new, confidence, cl.class_confidence),
-        confidence=confidence))
+        confidence=confidence,
+        confidence_count=jnp.sum(of_new).astype(jnp.int32)))
 
   def predict(ctx, params, model_state, cl, x, task):
     logits = mask_logits(ctx, ctx.logits(params, model_state, x, task),
                          cl.seen, task)
     return il2m_rectify(logits, cl)
 
-  return Strategy(name="il2m", init=init, begin_experience=begin_experience,
+  return Strategy(name="il2m", init=init, adapt_data=adapt_data,
+                  begin_experience=begin_experience,
                   transform_batch=transform_batch,
                   end_experience=end_experience, predict=predict)
 
