@@ -323,7 +323,8 @@ def test_il2m_refuses_online_streams_before_compiling(monkeypatch):
       r"got train experience 0, a mini-experience of experience 0 of an "
       r"online stream \(split_online\), after whose last mini-experience no "
       r"class is new and nothing would be rectified: expected the stream "
-      r"before split_online, or replay for online training")):
+      r"before split_online \(no --online-size\), or replay for online "
+      r"training")):
     jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), il2m(mem_size=8),
               optax.sgd(0.1), online, seed=0)
 

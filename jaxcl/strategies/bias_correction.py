@@ -509,7 +509,7 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
           f"mini-experience of experience {origin} of an online stream "
           "(split_online), after whose last mini-experience no class is new "
           "and nothing would be rectified: expected the stream before "
-          "split_online, or replay for online training.")
+          "split_online (no --online-size), or replay for online training.")
     return experience
 
   def init(ctx, params, key):
