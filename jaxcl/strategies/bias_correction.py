@@ -474,10 +474,11 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
   first seen in the last trained experience. Where that experience brings
   none (new instances, domain-incremental streams) nothing is rectified
   and IL2M evaluates as replay; online streams (``split_online``), whose
-  last mini-experience brings none, are refused. In a :func:`chain`, put
-  it after the strategies that change the parameters at the end of an
-  experience (``chain(cwr_star(), il2m())``): its statistics read the
-  parameters its ``end_experience`` is given.
+  last mini-experience brings none, are refused. In a
+  :func:`jaxcl.strategies.chain`, put it after the strategies that change
+  the parameters at the end of an experience (``chain(cwr_star(),
+  il2m())``): its statistics read the parameters its ``end_experience`` is
+  given.
 
   Args:
     mem_size: Replay memory capacity (Avalanche's default 2000).
