@@ -12,7 +12,7 @@ from conftest import (BatchNormMLP, assert_trees_close, fit_seeds_alone,
                       make_benchmark, tiny_cli_metrics)
 
 import jaxcl
-from jaxcl.models import MLP
+from jaxcl.models import MLP, MTMLP
 from jaxcl.strategies import packnet, prune_smallest, task_weights
 from jaxcl.training import (init_state, make_context, make_train_experience,
                             stack_experiences)
@@ -26,7 +26,9 @@ _MODEL = MLP(6, hidden_size=8, drop_rate=0.0)
     (10, 0.7, 0.6, 0), (37, 0.5, 0.6, 1), (64, 0.0, 0.6, 2),
     (64, 1.0, 0.6, 3),
     # float32's 300 · 0.21 is 62.99999: still 63 entries.
-    (100, 0.21, 1.0, 4)])
+    (100, 0.21, 1.0, 4),
+    # 1,100,001 entries of 2,200,002: no entry more.
+    (733334, 0.5, 1.0, 5)])
 def test_prunes_the_smallest_magnitudes_among_candidates(n, proportion, share,
                                                          seed):
   rng = np.random.default_rng(seed)
@@ -42,6 +44,32 @@ def test_prunes_the_smallest_magnitudes_among_candidates(n, proportion, share,
     assert np.abs(kernel[pruned]).max() <= kept.min()
 
 
+def test_each_head_of_a_multi_head_model_is_its_tasks_alone():
+  model = MTMLP(6, n_tasks=3, hidden_size=8, drop_rate=0.0)
+  strategy = packnet(prune_proportion=0.5)
+  ctx, data, state = _start(strategy, model)
+  train = jax.jit(make_train_experience(ctx, strategy, optax.sgd(0.1),
+                                        epochs=2))
+
+  def head_leaves(tree):  # The heads' kernel [3, d, 6] and biases [3, 6].
+    leaves = {**_kernels(tree), **_kernels(tree, "bias")}
+    return {name: leaf for name, leaf in leaves.items()
+            if leaf.ndim >= 2 and leaf.shape[0] == 3}
+
+  heads = [head_leaves(state.params)]
+  for exp in data:
+    state, _ = train(state, exp)
+    heads.append(head_leaves(state.params))
+  owner = head_leaves(state.cl_state.owner)
+  assert len(owner) == 2
+  for name, own in owner.items():
+    for task in range(3):
+      assert np.all(own[task] == task)  # Never pruned nor handed on.
+      moved = [not np.array_equal(heads[e + 1][name][task],
+                                  heads[e][name][task]) for e in range(3)]
+      assert moved == [e == task for e in range(3)]
+
+
 def test_task_weights_hide_the_kernel_entries_of_later_tasks():
   params = {"Dense": {"kernel": jnp.arange(1.0, 7.0).reshape(2, 3),
                       "bias": jnp.ones(3)}}
@@ -53,14 +81,14 @@ def test_task_weights_hide_the_kernel_entries_of_later_tasks():
   np.testing.assert_array_equal(seen["Dense"]["bias"], np.ones(3))
 
 
-def _start(strategy):
+def _start(strategy, model=_MODEL, optimizer=optax.sgd(0.1)):
   """The context, each train experience on the device and the initial
-  state of ``strategy`` on ``_MODEL`` and ``_BENCH``."""
-  ctx = make_context(_MODEL, _BENCH, optax.sgd(0.1), batch_size=4)
+  state of ``strategy`` on ``model`` and ``_BENCH``."""
+  ctx = make_context(model, _BENCH, optimizer, batch_size=4)
   stacked = jax.device_put(stack_experiences(
       _BENCH.train_stream, _BENCH.n_classes, ctx.experience_size))
   data = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(3)]
-  state = init_state(ctx, strategy, optax.sgd(0.1), jax.random.key(0),
+  state = init_state(ctx, strategy, optimizer, jax.random.key(0),
                      jnp.zeros((1,) + ctx.input_shape),
                      jnp.zeros((1,), jnp.int32))
   return ctx, data, state
@@ -115,7 +143,8 @@ def test_each_task_keeps_its_weights_and_hands_the_pruned_ones_on():
 
 def test_pruned_entries_are_zero_while_fine_tuning_and_return_after():
   strategy = packnet(post_prune_epochs=2, prune_proportion=0.5)
-  ctx, data, state = _start(strategy)
+  ctx, data, state = _start(strategy, optimizer=optax.sgd(
+      optax.linear_schedule(0.1, 0.0, 100)))
   end = jax.jit(functools.partial(strategy.end_experience, ctx))
   after = end(state, data[0], jax.random.key(1))
   before_k, after_k = _kernels(state.params), _kernels(after.params)
@@ -132,6 +161,8 @@ def test_pruned_entries_are_zero_while_fine_tuning_and_return_after():
     assert (np.abs(before_k[name][released]).max()
             <= np.abs(before_k[name][~released]).min())
   assert changed_somewhere
+  # The fine-tuning's steps stay out of the schedules' counts.
+  assert_trees_close(after.opt_state, state.opt_state, atol=0)
   # With no fine-tuning epoch nothing moves, only ownership changes.
   untuned = jax.jit(functools.partial(
       packnet(post_prune_epochs=0).end_experience, ctx))(

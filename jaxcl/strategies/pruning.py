@@ -33,7 +33,8 @@ import optax
 from jaxcl import _validation
 from jaxcl.benchmarks import Experience, Stream
 from jaxcl.strategies.base import Strategy
-from jaxcl.strategies.model_utils import (init_model_state, require_optimizer,
+from jaxcl.strategies.model_utils import (init_model_state, output_layer_path,
+                                          require_optimizer,
                                           shuffled_batches, task_loss)
 from jaxcl.training import optim
 
@@ -43,8 +44,10 @@ PyTree = Any
 
 # float32 cannot hold most proportions exactly, and n · p in float32 can fall
 # just short of an integer that Avalanche's float64 int(n * p) reaches (300 ·
-# 0.21 gives 62.99999): the product is taken a hair above.
-_COUNT_SLACK = 1.0 + 1e-6
+# 0.21 gives 62.99999): the product is taken a hair above, by a relative
+# 2^-21 capped at a quarter (exact below 2^24 entries per kernel).
+_COUNT_SLACK = 2.0 ** -21
+_COUNT_SLACK_CAP = 0.25
 
 _NEEDS_TASK_LABELS = (
     "packnet needs task labels, one task per experience: it picks each "
@@ -58,8 +61,9 @@ class PackNetState:
 
   Attributes:
     owner: Like the parameters: for each kernel entry, the task that owns it
-      (``done`` for the weights free for the current task); a scalar 0 for
-      the other leaves (biases).
+      (``done`` for the weights free for the current task); a multi-head
+      output layer's head ``t`` and its biases are task ``t``'s from the
+      start; a scalar 0 for the other leaves (shared biases).
     done: Tasks trained and frozen so far.
     prune_proportion: ``[n_experiences]`` the proportion of the current
       task's weights released at the end of each experience.
@@ -121,17 +125,51 @@ def prune_smallest(kernel: jax.Array, candidates: jax.Array,
   magnitude = jnp.where(candidates, jnp.abs(kernel), jnp.inf).ravel()
   rank = jnp.zeros(magnitude.shape, jnp.int32).at[jnp.argsort(magnitude)].set(
       jnp.arange(magnitude.size, dtype=jnp.int32))
-  count = jnp.floor(jnp.sum(candidates) * proportion * _COUNT_SLACK)
+  product = jnp.sum(candidates) * proportion
+  count = jnp.floor(product + jnp.minimum(product * _COUNT_SLACK,
+                                          _COUNT_SLACK_CAP))
   return candidates & (rank.reshape(kernel.shape) < count)
 
 
 def _trainable(owner: PyTree, done: jax.Array) -> PyTree:
-  """1 where a parameter may move: the kernel entries of the current task,
-  and biases until the first task is frozen (Avalanche stops their
+  """1 where a parameter may move: the entries the current task owns, and
+  shared biases until the first task is frozen (Avalanche stops their
   gradient then)."""
-  def mask(key_path, own):
-    return (own == done) if _is_kernel(key_path) else (done == 0)
-  return jax.tree_util.tree_map_with_path(mask, owner)
+  def mask(own):
+    # Shared biases have a scalar owner; a multi-head layer's biases, one
+    # per head.
+    return (done == 0) if own.ndim == 0 else (own == done)
+  return jax.tree.map(mask, owner)
+
+
+def _head_path(ctx, params: PyTree) -> tuple[str, ...] | None:
+  """The path of a multi-head output layer (kernel ``[heads, d, classes]``),
+  whose head ``t`` is task ``t``'s alone; None for a shared head."""
+  try:
+    path = output_layer_path(ctx, params, init_model_state(
+        ctx, jax.random.key(0)))
+  except ValueError:  # Not a Flax model with a Dense output layer.
+    return None
+  layer = params
+  for key in path:
+    layer = layer[key]
+  return path if layer["kernel"].ndim == 3 else None
+
+
+def _initial_owner(ctx, params: PyTree) -> PyTree:
+  """Every kernel entry task 0's, but a multi-head layer's head ``t`` (and
+  its biases) task ``t``'s; shared biases get a scalar owner."""
+  head = _head_path(ctx, params)
+
+  def owner(key_path, leaf):
+    keys = tuple(getattr(k, "key", k) for k in key_path)
+    if head is not None and keys[:-1] == head:
+      tasks = jnp.arange(leaf.shape[0], dtype=jnp.int32)
+      return jnp.broadcast_to(tasks.reshape((-1,) + (1,) * (leaf.ndim - 1)),
+                              leaf.shape)
+    return (jnp.zeros(leaf.shape, jnp.int32) if _is_kernel(key_path)
+            else jnp.zeros((), jnp.int32))
+  return jax.tree_util.tree_map_with_path(owner, params)
 
 
 def _masked(tree: PyTree, mask: PyTree) -> PyTree:
@@ -212,11 +250,8 @@ def packnet(post_prune_epochs: int = 1,
     require_optimizer(ctx, "packnet fine-tunes after pruning")
     _check_parameters(params, init_model_state(ctx, key))
     n = ctx.n_experiences
-    owner = jax.tree_util.tree_map_with_path(
-        lambda kp, leaf: (jnp.zeros(leaf.shape, jnp.int32) if _is_kernel(kp)
-                          else jnp.zeros((), jnp.int32)), params)
     return PackNetState(
-        owner=owner, done=jnp.zeros((), jnp.int32),
+        owner=_initial_owner(ctx, params), done=jnp.zeros((), jnp.int32),
         prune_proportion=jnp.asarray(
             (proportions + proportions[-1:] * n)[:n], jnp.float32))
 
@@ -262,19 +297,23 @@ def packnet(post_prune_epochs: int = 1,
 
     opt_state = optim.reset_optimizer_state(
         ctx.optimizer, state.opt_state, state.params, keep_schedules=True)
-    (params, opt_state), _ = jax.lax.scan(
-        epoch, (state.params, opt_state),
-        jax.random.split(key, post_prune_epochs))
-    return state.replace(params=params, opt_state=opt_state)
+    (params, _), _ = jax.lax.scan(epoch, (state.params, opt_state),
+                                  jax.random.split(key, post_prune_epochs))
+    # The fine-tuning's steps stay out of the schedules' counts, which are
+    # sized by the loop's steps (the CLI's, docs/training.md's).
+    return state.replace(params=params)
 
   def end_experience(ctx, state, data, key):
     cl = state.cl_state
     proportion = cl.prune_proportion[jnp.minimum(
         cl.done, cl.prune_proportion.shape[0] - 1)]
 
+    head = _head_path(ctx, state.params)
+
     def pruned_entries(key_path, leaf, own):
-      if not _is_kernel(key_path):
-        return jnp.zeros((), bool)
+      keys = tuple(getattr(k, "key", k) for k in key_path)
+      if not _is_kernel(key_path) or (head is not None and keys[:-1] == head):
+        return jnp.zeros((), bool)  # Each head stays its task's, whole.
       return prune_smallest(leaf, own == cl.done, proportion)
 
     pruned = jax.tree_util.tree_map_with_path(pruned_entries, state.params,
