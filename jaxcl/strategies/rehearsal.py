@@ -39,7 +39,8 @@ from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
 from jaxcl.strategies import buffers, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
+from jaxcl.strategies.model_utils import (MASK_VALUE, example_inputs,
+                                          in_chunks, init_model_state,
                                           mask_logits, output_layer,
                                           output_layer_call,
                                           output_layer_path, own_class_mask,
@@ -52,13 +53,16 @@ from jaxcl.strategies.model_utils import (example_inputs, init_model_state,
 __all__ = [
     "DerState",
     "ErAceState",
+    "ErAclState",
     "ErAmlState",
     "FeatureReplayState",
     "MirState",
+    "SerState",
     "contrast_partners",
     "cumulative",
     "der",
     "er_ace",
+    "er_acl",
     "er_aml",
     "feature_replay",
     "from_scratch",
@@ -66,8 +70,11 @@ __all__ = [
     "joint",
     "mir",
     "replay",
+    "ser",
     "supervised_contrastive",
 ]
+
+PyTree = Any
 
 
 def _check_batch_size_mem(value, mem_size: int) -> int:
@@ -251,6 +258,137 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
                   penalty=penalty, after_step=after_step)
 
 
+@flax.struct.dataclass
+class SerState:
+  """State of :func:`ser`.
+
+  Attributes:
+    buffer: Class-balanced memory; its extras ``ser_logits`` hold the
+      model's logits when the sample was stored (after training on its
+      experience) and ``ser_logits_mask`` the classes compared.
+    teacher_params: The parameters before the current experience.
+    teacher_model_state: Their model state.
+    replaying: Whether the current experience replays (at least
+      ``batch_size_mem`` samples stored).
+    alpha: Weight of the backward consistency term.
+    beta: Weight of the forward consistency term.
+  """
+
+  buffer: buffers.Buffer
+  teacher_params: PyTree
+  teacher_model_state: PyTree
+  replaying: jax.Array
+  alpha: jax.Array
+  beta: jax.Array
+
+
+def _masked_mse(ctx: StrategyContext, a: jax.Array, b: jax.Array,
+                compared: jax.Array) -> jax.Array:
+  """Per row, ``Σ_compared (a − b)² / n_classes``: PyTorch's ``mse_loss``
+  over a head of ``n_classes``, with the masked classes contributing 0."""
+  return jnp.sum(jnp.where(compared, a - b, 0.0) ** 2, -1) / ctx.n_classes
+
+
+def ser(mem_size: int = 200, batch_size_mem: int = 0, alpha: float = 0.1,
+        beta: float = 0.5) -> Strategy:
+  """Strong Experience Replay (Avalanche's ``SER``).
+
+  Zhuo et al., "Continual Learning with Strong Experience Replay", 2023.
+  While replaying, each step trains on the current batch with
+  ``batch_size_mem`` memory samples and the loss is::
+
+    CE(current + memory) + alpha * MSE(f(x_mem), z_mem)
+                         + beta * MSE(f_old(x_cur), f(x_cur))
+
+  where ``z_mem`` are the logits stored with the memory samples (backward
+  consistency, as DER's) and ``f_old`` is the model as it was before the
+  current experience, in evaluation mode (forward consistency). Before the
+  memory holds ``batch_size_mem`` samples the loss is the plain
+  cross-entropy. The class-balanced memory takes each experience after
+  training on it, with the trained model's logits. The MSEs average over
+  rows and the head's classes, comparing only the classes the
+  class-incremental head shows (all with ``mask_unseen_classes=False``).
+
+  Args:
+    mem_size: Memory capacity.
+    batch_size_mem: Memory samples per step; 0 means the training batch size
+      (Avalanche's ``None``).
+    alpha: Weight of the backward consistency (memory logits) term.
+    beta: Weight of the forward consistency (previous model) term.
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`SerState`.
+
+  Example:
+    >>> ser(mem_size=500, alpha=0.2, beta=0.5).name
+    'ser'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  alpha = _validation.check_non_negative("alpha", alpha)
+  beta = _validation.check_non_negative("beta", beta)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
+
+  def init(ctx, params, key):
+    _check_replays("ser", ctx, mem_size, batch_size_mem)
+    per_class = (ctx.n_classes,)
+    extras = {"ser_logits": jax.ShapeDtypeStruct(per_class, jnp.float32),
+              "ser_logits_mask": jax.ShapeDtypeStruct(per_class, jnp.bool_)}
+    return SerState(
+        buffer=buffers.for_context(ctx, mem_size, policy="class_balanced",
+                                   extras=extras),
+        teacher_params=params, teacher_model_state=init_model_state(ctx, key),
+        replaying=jnp.zeros((), bool), alpha=jnp.float32(alpha),
+        beta=jnp.float32(beta))
+
+  def begin_experience(ctx, state, data, key):
+    del data, key
+    cl = state.cl_state
+    replaying = buffers.size(cl.buffer) >= _memory_rows(ctx, batch_size_mem)
+    return state.replace(cl_state=cl.replace(
+        teacher_params=state.params, teacher_model_state=state.model_state,
+        replaying=replaying))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    rows = buffers.sample(cl_state.buffer, key,
+                          _memory_rows(ctx, batch_size_mem))
+    weight = rows["weight"] * cl_state.replaying
+    return buffers.concat_batches(
+        batch, {**rows, "weight": weight, "ser_mse_weight": weight})
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    del params
+    backward = weighted_mean(
+        _masked_mse(ctx, logits, batch["ser_logits"],
+                    batch["ser_logits_mask"]), batch["ser_mse_weight"])
+    b = ctx.batch_size
+    student = logits[:b]
+    teacher = ctx.logits(cl_state.teacher_params,
+                         cl_state.teacher_model_state, batch["x"][:b],
+                         batch["task"][:b])
+    # The classes the loop masked in the student's logits are not compared.
+    forward = weighted_mean(
+        _masked_mse(ctx, teacher, student, student > MASK_VALUE / 2),
+        batch["weight"][:b])
+    return jnp.where(cl_state.replaying,
+                     cl_state.alpha * backward + cl_state.beta * forward, 0.0)
+
+  def end_experience(ctx, state, data, key):
+    cl = state.cl_state
+    logits = in_chunks(lambda x, task: ctx.logits(
+        state.params, state.model_state, x, task), data.x, data.task)
+    compared = (visible_classes(state.seen_classes, ctx.task_classes,
+                                data.task)
+                if ctx.mask_classes else jnp.ones(ctx.n_classes, bool))
+    extras = {"ser_logits": logits,
+              "ser_logits_mask": jnp.broadcast_to(compared, logits.shape)}
+    return state.replace(cl_state=cl.replace(buffer=buffers.add_experience(
+        cl.buffer, key, data, extras=extras)))
+
+  return Strategy(name="ser", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch, penalty=penalty,
+                  end_experience=end_experience)
+
+
 # --- ER-ACE ------------------------------------------------------------------
 
 
@@ -338,24 +476,121 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
     return state.replace(cl_state=ErAceState(buffer, replaying))
 
   def transform_batch(ctx, cl_state, batch, key):
-    current = batch["weight"] > 0
     present = jnp.zeros(ctx.n_classes, bool).at[
-        jnp.where(current, batch["y"], ctx.n_classes)].set(True, mode="drop")
-    restrict = jnp.where(cl_state.replaying, present, True)
-    before = jnp.broadcast_to(batch.get("class_mask", True),
-                              (batch["y"].shape[0], ctx.n_classes))
-    # Rows of weight 0 that a strategy before it in a chain appended serve
-    # that strategy's penalty (DER's memory rows): their classes stay.
-    class_mask = jnp.where(current[:, None], before & restrict, before)
-    rows = buffers.sample(cl_state.buffer, key,
-                          _memory_rows(ctx, batch_size_mem))
-    # Weights making the weighted mean equal to (mean_cur + mean_mem) / 2.
-    scale = jnp.sum(batch["weight"]) / jnp.maximum(jnp.sum(rows["weight"]), 1.)
-    rows["weight"] = rows["weight"] * scale * cl_state.replaying
-    return buffers.concat_batches({**batch, "class_mask": class_mask}, rows)
+        jnp.where(batch["weight"] > 0, batch["y"], ctx.n_classes)].set(
+            True, mode="drop")
+    return _asymmetric_batch(ctx, batch, key, cl_state.buffer,
+                             cl_state.replaying, present, batch_size_mem)
 
   return Strategy(name="er_ace", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch)
+
+
+def _asymmetric_batch(ctx: StrategyContext, batch: dict, key: jax.Array,
+                      buffer: buffers.Buffer, replaying: jax.Array,
+                      restrict: jax.Array, batch_size_mem: int) -> dict:
+  """ER-ACE's and ER-ACL's batch: while replaying, the current rows'
+  cross-entropy runs over the ``restrict`` classes only, and memory rows
+  follow, weighted so that the weighted mean is ``(mean_cur + mean_mem) /
+  2``."""
+  current = batch["weight"] > 0
+  restrict = jnp.where(replaying, restrict, True)
+  before = jnp.broadcast_to(batch.get("class_mask", True),
+                            (batch["y"].shape[0], ctx.n_classes))
+  # Rows of weight 0 that a strategy before it in a chain appended serve
+  # that strategy's penalty (DER's memory rows): their classes stay.
+  class_mask = jnp.where(current[:, None], before & restrict, before)
+  rows = buffers.sample(buffer, key, _memory_rows(ctx, batch_size_mem))
+  scale = jnp.sum(batch["weight"]) / jnp.maximum(jnp.sum(rows["weight"]), 1.)
+  rows["weight"] = rows["weight"] * scale * replaying
+  return buffers.concat_batches({**batch, "class_mask": class_mask}, rows)
+
+
+@flax.struct.dataclass
+class ErAclState:
+  """State of :func:`er_acl`.
+
+  Attributes:
+    buffer: Class-balanced memory (holds the current experience too).
+    replaying: Whether the current experience replays (classes of an
+      earlier task seen, and at least ``batch_size_mem`` samples stored).
+    new_classes: ``bool[n_classes]``, the classes of the current task.
+    old_classes: ``bool[n_classes]``, the classes of the tasks before it.
+  """
+
+  buffer: buffers.Buffer
+  replaying: jax.Array
+  new_classes: jax.Array
+  old_classes: jax.Array
+
+
+def er_acl(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
+  """Experience replay with asymmetric cross-entropy over the task's classes
+  (Avalanche's ``ER_ACL`` and ``OnlineER_ACL``).
+
+  Caccia et al., "New Insights on Reducing Abrupt Representation Change in
+  Online Continual Learning", ICLR 2022. While replaying, the loss is::
+
+    CE_task(current) + CE(memory)
+
+  where the current samples' cross-entropy runs over the classes of the
+  current task and the memory samples' over every class seen; before any
+  earlier task's class was seen (or while fewer than ``batch_size_mem``
+  samples are stored) the loss is the plain cross-entropy. The
+  class-balanced memory takes each experience before training on it. A task
+  is tracked by its classes, as Avalanche's online version does: an
+  experience sharing no class with the current task starts a new one, and
+  one sharing some adds its other classes to it (so on an online stream the
+  mini-experiences of an original experience make one task).
+
+  :func:`er_ace` differs in restricting the current rows to the classes of
+  their mini-batch and halving the sum.
+
+  Args:
+    mem_size: Memory capacity.
+    batch_size_mem: Memory samples per step; 0 means the training batch size.
+
+  Returns:
+    The strategy; its ``cl_state`` is an :class:`ErAclState`.
+
+  Example:
+    >>> er_acl(mem_size=1000).name
+    'er_acl'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
+
+  def init(ctx, params, key):
+    del params, key
+    none = jnp.zeros(ctx.n_classes, bool)
+    return ErAclState(_replay_memory("er_acl", ctx, mem_size, batch_size_mem),
+                      jnp.zeros((), bool), none, none)
+
+  def begin_experience(ctx, state, data, key):
+    cl = state.cl_state
+    buffer = buffers.add_experience(cl.buffer, key, data)
+    current = data.classes_mask
+    new_task = ~jnp.any(current & cl.new_classes)
+    old = jnp.where(new_task, cl.old_classes | cl.new_classes, cl.old_classes)
+    new = jnp.where(new_task, current, cl.new_classes | current)
+    replaying = jnp.any(old) & (
+        buffers.size(buffer) >= _memory_rows(ctx, batch_size_mem))
+    return state.replace(cl_state=ErAclState(buffer, replaying, new, old))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    return _asymmetric_batch(ctx, batch, key, cl_state.buffer,
+                             cl_state.replaying, cl_state.new_classes,
+                             batch_size_mem)
+
+  def penalty(ctx, params, cl_state, batch, logits):
+    del params
+    # The loop's loss is the half-sum (mean_cur + mean_mem) / 2: adding it
+    # again makes ER-ACL's sum.
+    loss = weighted_mean(ctx.loss(logits, batch), batch["weight"])
+    return jnp.where(cl_state.replaying, loss, 0.0)
+
+  return Strategy(name="er_acl", init=init, begin_experience=begin_experience,
+                  transform_batch=transform_batch, penalty=penalty)
 
 
 # --- ER-AML ------------------------------------------------------------------
@@ -1060,9 +1295,11 @@ STRATEGIES = {
     "replay": replay,
     "der": der,
     "er_ace": er_ace,
+    "er_acl": er_acl,
     "er_aml": er_aml,
     "feature_replay": feature_replay,
     "mir": mir,
+    "ser": ser,
     "gdumb": gdumb,
     "cumulative": cumulative,
     "joint": joint,
