@@ -58,6 +58,7 @@ __all__ = [
     "FeatureReplayState",
     "MirState",
     "SerState",
+    "RarState",
     "contrast_partners",
     "cumulative",
     "der",
@@ -69,6 +70,9 @@ __all__ = [
     "gdumb",
     "joint",
     "mir",
+    "mi_fgsm",
+    "nearest_other_class",
+    "rar",
     "replay",
     "ser",
     "supervised_contrastive",
@@ -98,6 +102,14 @@ def _memory_rows(ctx: StrategyContext, batch_size_mem: int) -> int:
 
 
 # --- Replay ------------------------------------------------------------------
+
+
+def _with_memory_rows(ctx: StrategyContext, buffer: buffers.Buffer,
+                      batch: dict, key: jax.Array, batch_size_mem: int) -> dict:
+  """Replay's batch: the current rows, then ``batch_size_mem`` rows drawn
+  uniformly from ``buffer`` (weight 0 while it holds fewer)."""
+  rows = buffers.sample(buffer, key, _memory_rows(ctx, batch_size_mem))
+  return buffers.concat_batches(batch, rows)
 
 
 def replay(mem_size: int = 200, batch_size_mem: int = 0,
@@ -134,8 +146,7 @@ def replay(mem_size: int = 200, batch_size_mem: int = 0,
     return buffers.for_context(ctx, mem_size, policy=storage)
 
   def transform_batch(ctx, buffer, batch, key):
-    rows = buffers.sample(buffer, key, _memory_rows(ctx, batch_size_mem))
-    return buffers.concat_batches(batch, rows)
+    return _with_memory_rows(ctx, buffer, batch, key, batch_size_mem)
 
   def end_experience(ctx, state, data, key):
     return state.replace(
@@ -1103,6 +1114,264 @@ def mir(mem_size: int = 200, subsample: int = 50, batch_size_mem: int = 10,
                   end_experience=end_experience)
 
 
+# --- RAR ---------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class RarState:
+  """State of :func:`rar`.
+
+  Attributes:
+    buffer: Reservoir memory, updated with each experience after training
+      on it.
+    opt_lr: Learning rate of the look-ahead SGD step.
+    beta_coef: Weight of the adversarial replay term.
+    decay_factor_fgsm: Momentum decay of MI-FGSM.
+    epsilon_fgsm: L-inf budget of the perturbation, a fraction of the
+      input range.
+  """
+
+  buffer: buffers.Buffer
+  opt_lr: jax.Array
+  beta_coef: jax.Array
+  decay_factor_fgsm: jax.Array
+  epsilon_fgsm: jax.Array
+
+
+def nearest_other_class(features: jax.Array, y: jax.Array,
+                        candidates: jax.Array, candidate_y: jax.Array,
+                        candidate_valid: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+  """For each row, the label of the nearest candidate of another class.
+
+  RAR's attack target: the memory sample is pushed towards the class of
+  its nearest neighbour (Euclidean distance between features) among the
+  current samples of a different class.
+
+  Args:
+    features: ``[m, d]``, the rows' features.
+    y: ``int[m]``, the rows' labels.
+    candidates: ``[n, d]``, the candidates' features.
+    candidate_y: ``int[n]``, their labels.
+    candidate_valid: ``bool[n]``, False for candidates left out (padding).
+
+  Returns:
+    ``(target, found)``: ``int[m]`` labels and ``bool[m]``, False for rows
+    without a candidate of another class (their target is arbitrary).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> target, found = nearest_other_class(
+    ...     jnp.array([[0.0], [8.0]]), jnp.array([0, 1]),
+    ...     jnp.array([[1.0], [4.0], [9.0]]), jnp.array([0, 2, 3]),
+    ...     jnp.ones(3, bool))
+    >>> target.tolist(), found.tolist()
+    ([2, 3], [True, True])
+  """
+  eligible = candidate_valid[None, :] & (candidate_y[None, :] != y[:, None])
+  distance = (jnp.sum(jnp.square(features), -1, keepdims=True)
+              - 2.0 * features @ candidates.T
+              + jnp.sum(jnp.square(candidates), -1))
+  nearest = jnp.argmin(jnp.where(eligible, distance, jnp.inf), -1)
+  return candidate_y[nearest], jnp.any(eligible, -1)
+
+
+def mi_fgsm(loss_grad, x: jax.Array, epsilon: jax.Array, decay: jax.Array,
+            iterations: int, low: float = 0.0, high: float = 1.0
+            ) -> jax.Array:
+  """Targeted MI-FGSM (Dong et al., "Boosting Adversarial Attacks with
+  Momentum", CVPR 2018) with Avalanche's RAR schedule.
+
+  ``iterations - 1`` steps, each of which takes the gradient ``d`` of the
+  loss at the current point, accumulates the momentum ``g = decay * g +
+  d / ||d||_1`` (per row) and moves ``x_adv - epsilon / iterations *
+  sign(g)`` (down the loss: towards the attack's target), clipped to
+  ``[low, high]``. A row stops once it lies farther than ``epsilon`` (L-inf)
+  from ``x``, which only the clipping of an input outside the range can do.
+
+  Args:
+    loss_grad: ``x -> [m, ...]``, the gradient of the loss to decrease.
+    x: ``[m, ...]`` inputs.
+    epsilon: The L-inf budget.
+    decay: The momentum's decay.
+    iterations: Avalanche's ``iter_fgsm`` (static): ``iterations - 1``
+      steps of ``epsilon / iterations``.
+    low: The smallest valid input value.
+    high: The largest valid input value.
+
+  Returns:
+    The perturbed inputs (float32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> out = mi_fgsm(jnp.ones_like, jnp.array([[0.5, 0.05]]), 0.3, 1.0, 3)
+    >>> [round(v, 4) for v in out[0].tolist()]
+    [0.3, 0.0]
+  """
+  x = x.astype(jnp.float32)
+  axes = tuple(range(1, x.ndim))
+  step = epsilon / iterations
+
+  def body(_, carry):
+    x_adv, g, done = carry
+    grad = loss_grad(x_adv)
+    l1 = jnp.sum(jnp.abs(grad), axes, keepdims=True)
+    g = decay * g + grad / jnp.where(l1 > 0, l1, 1.0)
+    moved = jnp.clip(x_adv - step * jnp.sign(g), low, high)
+    x_adv = jnp.where(done, x_adv, moved)
+    done = done | (jnp.max(jnp.abs(x_adv - x), axes, keepdims=True)
+                   > epsilon)
+    return x_adv, g, done
+
+  done = jnp.zeros((x.shape[0],) + (1,) * len(axes), bool)
+  return jax.lax.fori_loop(0, iterations - 1, body,
+                           (x, jnp.zeros_like(x), done))[0]
+
+
+def _input_scale(dtype) -> float:
+  """The raw value of a full-range change: the largest value of integer
+  inputs (255 for uint8 pixels), else 1 (float inputs in ``[0, 1]``)."""
+  if jnp.issubdtype(dtype, jnp.integer):
+    return float(jnp.iinfo(dtype).max)
+  return 1.0
+
+
+def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
+        use_adversarial_replay: bool = True, beta_coef: float = 0.4,
+        decay_factor_fgsm: float = 1.0, epsilon_fgsm: float = 0.0314,
+        iter_fgsm: int = 2) -> Strategy:
+  """Retrospective Adversarial Replay (Avalanche's ``RARPlugin``).
+
+  Kumari et al., "Retrospective Adversarial Replay for Continual Learning",
+  NeurIPS 2022. A reservoir memory is updated with each experience after
+  training on it, and every step trains on the current samples followed by
+  ``batch_size_mem`` memory samples, as :func:`replay` does. With
+  ``use_adversarial_replay``, each step also
+
+  1. draws another ``batch_size_mem`` memory samples ``(x_m, y_m)``;
+  2. takes a look-ahead SGD step ``θ' = θ − opt_lr · g`` along the gradient
+     ``g`` of the training batch's loss (the model itself is not moved);
+  3. gives each memory sample the label ``t`` of the nearest current sample
+     of another class, by the distance between their penultimate features
+     under ``θ'`` (:func:`nearest_other_class`);
+  4. perturbs ``x_m`` towards ``t`` with targeted MI-FGSM under ``θ'``
+     (:func:`mi_fgsm`: ``iter_fgsm − 1`` steps of ``epsilon_fgsm /
+     iter_fgsm`` down ``CE(θ'(x), t)``, clipped to the input range);
+
+  and adds the gradient of ``beta_coef · CE(θ(x_adv), y_m)`` to ``g``, so
+  the loss is the replay loss plus the adversarial term.
+
+  Raw inputs are perturbed (the model sees ``ctx.preprocess`` of them):
+  ``epsilon_fgsm`` is a fraction of their range, ``[0, 255]`` for integer
+  pixels (``[0, max]`` of the dtype) and ``[0, 1]`` for float inputs, the
+  range Avalanche clamps to. Differences from Avalanche, each documented in
+  ``docs/strategies_rehearsal.md``: the current part of a batch has
+  ``ctx.batch_size`` samples (Avalanche's loader takes ``batch_size_mem`` of
+  each); the target is the nearest current sample of another class, as the
+  paper has it (Avalanche's loop ends on the farthest, and also considers
+  the replayed rows); the attack moves down the target's loss, as the paper
+  has it (Avalanche's steps up); the attack's gradient is recomputed at each
+  step and normalised per sample, as in MI-FGSM (Avalanche takes it once,
+  for the whole batch); a memory sample without a current sample of
+  another class is left out of the term (Avalanche targets class 0); the
+  features and the attack run in evaluation mode; the reported training
+  loss leaves the adversarial term out (it enters through the gradient, as
+  MIR's replay does).
+
+  Args:
+    batch_size_mem: Memory samples per draw; 0 means the training batch size.
+    mem_size: Memory capacity.
+    opt_lr: Learning rate of the look-ahead SGD step.
+    use_adversarial_replay: Add the adversarial term; False gives replay
+      with a reservoir memory.
+    beta_coef: Weight of the adversarial term.
+    decay_factor_fgsm: Momentum decay of MI-FGSM (>= 0).
+    epsilon_fgsm: L-inf budget of the perturbation, a fraction of the input
+      range.
+    iter_fgsm: MI-FGSM takes ``iter_fgsm - 1`` steps (1 takes none).
+
+  Returns:
+    The strategy; its ``cl_state`` is a :class:`RarState`.
+
+  Raises:
+    ValueError: Bad arguments; (at ``init``) a stream with task labels, or,
+      with ``use_adversarial_replay``, a model without penultimate features.
+
+  Example:
+    >>> rar(batch_size_mem=10, mem_size=500).name
+    'rar'
+  """
+  mem_size = _validation.check_positive_int("mem_size", mem_size)
+  batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
+  opt_lr = _validation.check_non_negative("opt_lr", opt_lr)
+  adversarial = _validation.check_bool("use_adversarial_replay",
+                                       use_adversarial_replay)
+  beta_coef = _validation.check_non_negative("beta_coef", beta_coef)
+  decay_factor_fgsm = _validation.check_non_negative("decay_factor_fgsm",
+                                                     decay_factor_fgsm)
+  epsilon_fgsm = _validation.check_non_negative("epsilon_fgsm", epsilon_fgsm)
+  iter_fgsm = _validation.check_positive_int("iter_fgsm", iter_fgsm)
+
+  def init(ctx, params, key):
+    refuse_task_labels(ctx, "rar attacks memory samples towards current "
+                       "classes through one head, as Avalanche's RAR; got a "
+                       "stream with task labels (one head per task).")
+    if adversarial:  # Features exist, or say so.
+      output_layer_path(ctx, params, init_model_state(ctx, key))
+    return RarState(buffers.for_context(ctx, mem_size, policy="reservoir"),
+                    jnp.float32(opt_lr), jnp.float32(beta_coef),
+                    jnp.float32(decay_factor_fgsm), jnp.float32(epsilon_fgsm))
+
+  def transform_batch(ctx, cl_state, batch, key):
+    return _with_memory_rows(ctx, cl_state.buffer, batch, key, batch_size_mem)
+
+  def transform_grads(ctx, grads, state, batch, key):
+    draw_key, dropout_key = jax.random.split(key)
+    cl, b = state.cl_state, ctx.batch_size
+    rows = buffers.sample(cl.buffer, draw_key,
+                          _memory_rows(ctx, batch_size_mem))
+    look_ahead = jax.tree.map(lambda p, g: p - cl.opt_lr * g, state.params,
+                              grads)
+    features = penultimate_features(
+        ctx, look_ahead, state.model_state,
+        jnp.concatenate([batch["x"][:b], rows["x"].astype(batch["x"].dtype)]),
+        jnp.concatenate([batch["task"][:b], rows["task"]]))
+    target, found = nearest_other_class(
+        features[b:], rows["y"], features[:b], batch["y"][:b],
+        batch["weight"][:b] > 0)
+    weight = rows["weight"] * found
+    attacked = {**rows, "y": target, "weight": weight}
+
+    def target_loss(x):
+      losses = _seen_loss(ctx, state, look_ahead, {**attacked, "x": x})
+      return jnp.sum(losses * weight)
+
+    scale = _input_scale(rows["x"].dtype)
+    x_adv = mi_fgsm(jax.grad(target_loss), rows["x"],
+                    cl.epsilon_fgsm * scale, cl.decay_factor_fgsm, iter_fgsm,
+                    high=scale)
+    replayed = {**rows, "x": x_adv, "weight": weight}
+
+    def adversarial_loss(params):
+      losses = _seen_loss(ctx, state, params, replayed, True, dropout_key)
+      return cl.beta_coef * weighted_mean(losses, weight)
+
+    return jax.tree.map(jnp.add, grads,
+                        jax.grad(adversarial_loss)(state.params))
+
+  def end_experience(ctx, state, data, key):
+    cl_state = state.cl_state
+    return state.replace(cl_state=cl_state.replace(
+        buffer=buffers.add_experience(cl_state.buffer, key, data)))
+
+  if not adversarial:
+    return Strategy(name="rar", init=init, transform_batch=transform_batch,
+                    end_experience=end_experience)
+  return Strategy(name="rar", init=init, transform_batch=transform_batch,
+                  transform_grads=transform_grads,
+                  end_experience=end_experience)
+
+
 # --- Data strategies ---------------------------------------------------------
 
 
@@ -1300,6 +1569,7 @@ STRATEGIES = {
     "feature_replay": feature_replay,
     "mir": mir,
     "ser": ser,
+    "rar": rar,
     "gdumb": gdumb,
     "cumulative": cumulative,
     "joint": joint,

@@ -1,0 +1,273 @@
+"""RAR (Retrospective Adversarial Replay) against numpy transcriptions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import (TwoLayer, assert_refuses_models_without_features,
+                      assert_trees_close, device_experience, fit_seeds_alone,
+                      hook_context, hook_state, log_softmax, make_benchmark,
+                      tiny_cli_metrics, two_layer_numpy)
+
+import jaxcl
+from jaxcl.strategies import buffers, mi_fgsm, nearest_other_class, rar, replay
+from jaxcl.training import cross_entropy
+
+N_CLASSES, DIM = 4, 3
+
+
+def _softmax(z):
+  return np.exp(log_softmax(z))
+
+
+def _two_layer_grads(params, x, y, weight):
+  """Gradients of ``sum_i weight_i CE_i`` of :class:`TwoLayer` in float64:
+  ``(parameter gradients, input gradients)``."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  w0, b0 = p["Dense_0"]["kernel"], p["Dense_0"]["bias"]
+  w1, b1 = p["Dense_1"]["kernel"], p["Dense_1"]["bias"]
+  pre = np.asarray(x, np.float64) @ w0 + b0
+  hidden = np.maximum(pre, 0.0)
+  d_logits = (_softmax(hidden @ w1 + b1) - np.eye(w1.shape[1])[y]) * (
+      np.asarray(weight, np.float64)[:, None])
+  d_hidden = d_logits @ w1.T * (pre > 0)
+  grads = {"Dense_0": {"kernel": np.asarray(x, np.float64).T @ d_hidden,
+                       "bias": d_hidden.sum(0)},
+           "Dense_1": {"kernel": hidden.T @ d_logits,
+                       "bias": d_logits.sum(0)}}
+  return grads, d_hidden @ w0.T
+
+
+def _mi_fgsm_np(loss_grad, x, epsilon, decay, iterations, low=0.0, high=1.0):
+  """Targeted MI-FGSM as documented: ``iterations - 1`` steps of
+  ``epsilon / iterations`` down the recomputed gradient, per-row L1
+  momentum, clipping, per-row stop beyond ``epsilon``."""
+  x = np.asarray(x, np.float64)
+  adv, g, done = x.copy(), np.zeros_like(x), np.zeros(len(x), bool)
+  for _ in range(iterations - 1):
+    d = loss_grad(adv)
+    g = decay * g + d / np.abs(d).sum(1, keepdims=True)
+    moved = np.clip(adv - epsilon / iterations * np.sign(g), low, high)
+    adv = np.where(done[:, None], adv, moved)
+    done |= np.abs(adv - x).max(1) > epsilon
+  return adv
+
+
+def test_target_is_the_nearest_current_sample_of_another_class():
+  features = jnp.array([[0.0, 0.0], [3.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
+  y = jnp.array([0, 1, 2, 3])
+  candidates = jnp.array([[0.5, 0.0], [1.0, 0.0], [3.0, 0.5], [0.0, 4.0],
+                          [9.0, 9.0]])
+  candidate_y = jnp.array([0, 1, 2, 3, 2])
+  valid = jnp.array([True, True, True, False, True])
+  target, found = jax.device_get(nearest_other_class(
+      features, y, candidates, candidate_y, valid))
+  # Row 0: its own class's candidate (0.5 away) is skipped, class 1 (1 away)
+  # wins over class 2 (3.04 away) and the farthest (class 2 at (9, 9)).
+  # Row 1: class 2 at 0.5. Row 2: class 3 at (0, 4) is padding; class 0 at
+  # (0.5, 0) is nearest. Row 3: class 1 at (1, 0).
+  np.testing.assert_array_equal(target, [1, 2, 0, 1])
+  assert found.all()
+  # A row whose class is every valid candidate's has no target.
+  _, found = nearest_other_class(features[:1], y[:1], candidates[:1],
+                                 candidate_y[:1], valid[:1])
+  assert not bool(found[0])
+
+
+def test_mi_fgsm_matches_a_numpy_transcription():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(3, 4))
+  x = rng.uniform(0.1, 0.9, size=(4, 3))
+  x[3, 0] = 1.6  # Outside the range: the first step's clip moves it 0.6.
+  target = np.array([2, 0, 3, 1])
+
+  def loss_grad_np(v):
+    return (_softmax(v @ w) - np.eye(4)[target]) @ w.T
+
+  def loss_grad(v):
+    return jax.grad(lambda v: jnp.sum(cross_entropy(
+        v @ jnp.asarray(w, jnp.float32), {"y": jnp.asarray(target)})))(v)
+
+  out = np.asarray(jax.jit(lambda x: mi_fgsm(loss_grad, x, 0.3, 0.7, 4))(
+      jnp.asarray(x, jnp.float32)))
+  expected = _mi_fgsm_np(loss_grad_np, x, 0.3, 0.7, 4)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  # Three steps of 0.075 move the first rows by 0.225, within 0.3 ...
+  np.testing.assert_allclose(np.abs(out - x)[:3].max(1), 0.225, atol=1e-5)
+  # ... and the clipped row stopped after its first step.
+  np.testing.assert_allclose(out[3], np.clip(
+      x[3] - 0.075 * np.sign(loss_grad_np(x)[3]), 0.0, 1.0), atol=1e-6)
+  # The attack moves towards the target: its cross-entropy falls.
+  ce = lambda v: -log_softmax(v @ w)[np.arange(3), target[:3]]
+  assert (ce(out[:3]) < ce(x[:3])).all()
+  # iter_fgsm=1 takes no step.
+  np.testing.assert_array_equal(mi_fgsm(loss_grad, jnp.asarray(x), 0.3,
+                                        0.7, 1), x.astype(np.float32))
+
+
+def _after_first_experience(strategy, ctx, mem_x, mem_y):
+  state = hook_state(ctx, strategy).replace(
+      seen_classes=jnp.ones(N_CLASSES, bool))
+  data = device_experience(mem_x, mem_y, 0, len(mem_y), N_CLASSES)
+  return jax.jit(lambda s: strategy.end_experience(ctx, s, data,
+                                                   jax.random.key(1)))(state)
+
+
+def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  lr, beta, decay, eps, iters = 0.5, 0.7, 0.5, 0.2, 3
+  strategy = rar(batch_size_mem=4, mem_size=4, opt_lr=lr, beta_coef=beta,
+                 decay_factor_fgsm=decay, epsilon_fgsm=eps, iter_fgsm=iters)
+  rng = np.random.default_rng(9)
+  mem_x, mem_y = rng.uniform(size=(4, DIM)), np.array([0, 1, 0, 1])
+  state = _after_first_experience(strategy, ctx, mem_x, mem_y)
+  cur_x, cur_y = rng.uniform(size=(4, DIM)), np.array([2, 3, 0, 2])
+  batch = {"x": jnp.asarray(cur_x, jnp.float32), "y": jnp.asarray(cur_y),
+           "task": jnp.zeros(4, jnp.int32),
+           "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
+  grads = jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+      state.params)
+
+  @jax.jit
+  def replay_grads(state, batch, grads):
+    batch = strategy.transform_batch(ctx, state.cl_state, batch,
+                                     jax.random.key(2))
+    return batch, strategy.transform_grads(ctx, grads, state, batch,
+                                           jax.random.key(3))
+
+  out_batch, out = replay_grads(state, batch, grads)
+  # The replayed batch is replay's: the current rows, then the memory.
+  assert out_batch["y"].shape == (8,)
+  np.testing.assert_array_equal(np.sort(out_batch["y"][4:]), [0, 0, 1, 1])
+
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
+  look = jax.tree.map(lambda p, g: p - lr * np.asarray(g, np.float64),
+                      params, grads)
+
+  def targets(p):
+    h_mem, _ = two_layer_numpy(p, mem_x)
+    h_cur, _ = two_layer_numpy(p, cur_x)
+    dist = ((h_mem[:, None] - h_cur[None]) ** 2).sum(-1)
+    dist = np.where((cur_y[None] != mem_y[:, None]) & (np.arange(4) < 3),
+                    dist, np.inf)  # current row 3 is padding
+    return cur_y[dist.argmin(1)], cur_y[np.where(np.isinf(dist), -1,
+                                                 dist).argmax(1)]
+
+  target, farthest = targets(look)
+  # The test tells the look-ahead model from the model, nearest from
+  # farthest.
+  assert (target != targets(params)[0]).any() and (target != farthest).any()
+  x_adv = _mi_fgsm_np(
+      lambda v: _two_layer_grads(look, v, target, np.ones(4))[1], mem_x, eps,
+      decay, iters)
+  assert np.abs(x_adv - mem_x).max() > 0.1
+  adversarial, _ = _two_layer_grads(params, x_adv, mem_y, np.full(4, 0.25))
+  expected = jax.tree.map(lambda g, a: np.asarray(g, np.float64) + beta * a,
+                          grads, adversarial)
+  assert_trees_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_raw_integer_pixels_are_perturbed_in_units_of_their_range():
+  """uint8 pixels scaled on the device give the gradient that the same
+  pixels given as floats in [0, 1] give: epsilon and the clip scale with
+  the dtype's range."""
+  rng = np.random.default_rng(5)
+  pixels = rng.integers(0, 256, size=(8, DIM)).astype(np.uint8)
+  y = np.array([0, 1, 0, 1, 2, 3, 2, 3])
+  strategy = rar(batch_size_mem=4, mem_size=4, epsilon_fgsm=0.3, iter_fgsm=3)
+  float_ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  uint8_ctx = float_ctx._replace(
+      preprocess=lambda x: x.astype(jnp.float32) / 255.0, x_dtype=jnp.uint8)
+
+  def grads(ctx, x):
+    state = hook_state(ctx, strategy).replace(
+        seen_classes=jnp.ones(N_CLASSES, bool))
+    exp = jaxcl.benchmarks.Experience(x=x[:4], y=y[:4], task=np.zeros(4),
+                                      index=0, classes=(0, 1),
+                                      origin="train")
+    data = jax.tree.map(jnp.asarray,
+                        jaxcl.training.experience_data(exp, 4, N_CLASSES))
+    batch = {"x": jnp.asarray(x[4:]), "y": jnp.asarray(y[4:]),
+             "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+    @jax.jit
+    def run(state):
+      state = strategy.end_experience(ctx, state, data, jax.random.key(1))
+      return strategy.transform_grads(ctx, zeros, state, batch,
+                                      jax.random.key(2))
+
+    return run(state)
+
+  assert_trees_close(grads(uint8_ctx, pixels),
+                     grads(float_ctx, pixels.astype(np.float32) / 255.0),
+                     rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [{"use_adversarial_replay": False},
+                                    {"beta_coef": 0.0}])
+def test_without_the_adversarial_term_it_is_replay_with_a_reservoir(kwargs):
+  bench = make_benchmark(n_experiences=2)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  fit = lambda s: jaxcl.fit(model, s, optax.sgd(0.1), bench, seed=0,
+                            epochs=2, batch_size=4)
+  ours = fit(rar(batch_size_mem=3, mem_size=8, **kwargs))
+  theirs = fit(replay(mem_size=8, batch_size_mem=3, storage="reservoir"))
+  np.testing.assert_allclose(ours.accuracy_matrix, theirs.accuracy_matrix)
+  assert_trees_close(ours.state.params, theirs.state.params, atol=1e-6)
+  assert_trees_close(ours.state.cl_state.buffer, theirs.state.cl_state)
+  # The reservoir holds 8 of the 48 samples seen.
+  buffer = jax.device_get(ours.state.cl_state.buffer)
+  assert int(buffers.size(buffer)) == 8 and int(buffer.seen) == 48
+
+
+def test_the_adversarial_term_changes_training():
+  bench = make_benchmark(n_experiences=2)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  fit = lambda s: jaxcl.fit(model, s, optax.sgd(0.1), bench, seed=0,
+                            epochs=1, batch_size=4)
+  on, off = (fit(rar(batch_size_mem=4, mem_size=8, beta_coef=b))
+             for b in (1.0, 0.0))
+  diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
+                      on.state.params, off.state.params)
+  assert max(jax.tree.leaves(diff)) > 1e-3
+
+
+def test_seeds_together_equal_seeds_alone():
+  fit_seeds_alone(jaxcl.models.MLP(num_classes=4, hidden_size=8,
+                                   drop_rate=0.0),
+                  rar(batch_size_mem=4, mem_size=8, epsilon_fgsm=0.1),
+                  make_benchmark())
+
+
+def test_cli_runs_rar(tmp_path):
+  metrics = tiny_cli_metrics(tmp_path, "--strategy", "rar", "--mem-size",
+                             "50", "--batch-size-mem", "10", "--beta-coef",
+                             "0.5", "--lr", "0.1")
+  assert metrics["stream_accuracy"] > 0.5
+
+
+def test_rar_refuses_bad_arguments_and_contexts():
+  for name, value, message in [
+      ("mem_size", 0, "mem_size must be a positive integer, got 0"),
+      ("opt_lr", -0.1, r"opt_lr must be in \[0, inf\), got -0.1"),
+      ("beta_coef", float("nan"), r"beta_coef must be in \[0, inf\), got nan"),
+      ("decay_factor_fgsm", -1.0, "decay_factor_fgsm must be in"),
+      ("epsilon_fgsm", -0.5, r"epsilon_fgsm must be in \[0, inf\), got -0.5"),
+      ("iter_fgsm", 0, "iter_fgsm must be a positive integer, got 0")]:
+    with pytest.raises(ValueError, match=message):
+      rar(**{name: value})
+  with pytest.raises(ValueError, match="batch_size_mem=20 exceeds "
+                     "mem_size=10"):
+    rar(batch_size_mem=20, mem_size=10)
+  with pytest.raises(TypeError, match="use_adversarial_replay must be True "
+                     "or False, got 'no'"):
+    rar(use_adversarial_replay="no")
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  tasks = ctx._replace(task_classes=np.array([[1, 1, 0, 0], [0, 0, 1, 1]],
+                                             bool))
+  with pytest.raises(ValueError, match="rar .* stream with task labels"):
+    rar().init(tasks, {}, jax.random.key(0))
+  assert_refuses_models_without_features(rar(), ctx)
