@@ -106,6 +106,27 @@ def test_mi_fgsm_matches_a_numpy_transcription():
                                         0.7, 1), x.astype(np.float32))
 
 
+def test_mi_fgsm_momentum_adds_unit_l1_gradients():
+  """A gradient field of two values: ``d1`` at the start, ``d2`` once the
+  first coordinate falls below 0.45. With ``g2 = 0.1 · d1/‖d1‖₁ +
+  d2/‖d2‖₁`` every sign is negative, so the second step undoes the first;
+  without the decay (``d1/3 + d2/10``) or the L1 scaling (``0.1 · d1 +
+  d2``) the middle coordinate's sign turns."""
+  d1 = np.array([10.0, 10.0, 10.0])
+  d2 = np.array([-6.0, -0.5, -3.5])
+  x = np.full((1, 3), 0.5)
+
+  def field(v, where):
+    return where(v[:, :1] > 0.45, d1, d2)
+
+  out = mi_fgsm(lambda v: field(v, jnp.where), jnp.asarray(x), 0.225, 0.1,
+                3)
+  np.testing.assert_allclose(out, x, atol=1e-6)
+  np.testing.assert_allclose(
+      out, _mi_fgsm_np(lambda v: field(v, np.where), x, 0.225, 0.1, 3),
+      atol=1e-6)
+
+
 def _after_first_experience(strategy, ctx, mem_x, mem_y):
   state = hook_state(ctx, strategy).replace(
       seen_classes=jnp.ones(N_CLASSES, bool))
@@ -119,10 +140,10 @@ def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
   lr, beta, decay, eps, iters = 0.5, 0.7, 0.5, 0.2, 3
   strategy = rar(batch_size_mem=4, mem_size=4, opt_lr=lr, beta_coef=beta,
                  decay_factor_fgsm=decay, epsilon_fgsm=eps, iter_fgsm=iters)
-  rng = np.random.default_rng(9)
+  rng = np.random.default_rng(27)
   mem_x, mem_y = rng.uniform(size=(4, DIM)), np.array([0, 1, 0, 1])
   state = _after_first_experience(strategy, ctx, mem_x, mem_y)
-  cur_x, cur_y = rng.uniform(size=(4, DIM)), np.array([2, 3, 0, 2])
+  cur_x, cur_y = rng.uniform(size=(4, DIM)), np.array([2, 3, 0, 1])
   batch = {"x": jnp.asarray(cur_x, jnp.float32), "y": jnp.asarray(cur_y),
            "task": jnp.zeros(4, jnp.int32),
            "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
@@ -146,19 +167,20 @@ def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
   look = jax.tree.map(lambda p, g: p - lr * np.asarray(g, np.float64),
                       params, grads)
 
-  def targets(p):
+  def targets(p, rows=3):  # current row 3 is padding
     h_mem, _ = two_layer_numpy(p, mem_x)
     h_cur, _ = two_layer_numpy(p, cur_x)
     dist = ((h_mem[:, None] - h_cur[None]) ** 2).sum(-1)
-    dist = np.where((cur_y[None] != mem_y[:, None]) & (np.arange(4) < 3),
-                    dist, np.inf)  # current row 3 is padding
+    dist = np.where((cur_y[None] != mem_y[:, None]) & (np.arange(4) < rows),
+                    dist, np.inf)
     return cur_y[dist.argmin(1)], cur_y[np.where(np.isinf(dist), -1,
                                                  dist).argmax(1)]
 
   target, farthest = targets(look)
   # The test tells the look-ahead model from the model, nearest from
-  # farthest.
+  # farthest, and the current samples from the padding.
   assert (target != targets(params)[0]).any() and (target != farthest).any()
+  assert (target != targets(look, rows=4)[0]).any()
   x_adv = _mi_fgsm_np(
       lambda v: _two_layer_grads(look, v, target, np.ones(4))[1], mem_x, eps,
       decay, iters)
@@ -204,6 +226,23 @@ def test_raw_integer_pixels_are_perturbed_in_units_of_their_range():
   assert_trees_close(grads(uint8_ctx, pixels),
                      grads(float_ctx, pixels.astype(np.float32) / 255.0),
                      rtol=1e-4, atol=1e-6)
+
+
+def test_memory_samples_without_a_target_are_left_out():
+  """Memory and current samples of one class: no sample has a target, so
+  the gradient is replay's alone."""
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  strategy = rar(batch_size_mem=4, mem_size=4, beta_coef=1.0)
+  rng = np.random.default_rng(6)
+  state = _after_first_experience(strategy, ctx, rng.uniform(size=(4, DIM)),
+                                  np.zeros(4, int))
+  batch = {"x": jnp.asarray(rng.uniform(size=(4, DIM)), jnp.float32),
+           "y": jnp.zeros(4, jnp.int32), "task": jnp.zeros(4, jnp.int32),
+           "weight": jnp.ones(4)}
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  out = jax.jit(lambda s: strategy.transform_grads(ctx, grads, s, batch,
+                                                   jax.random.key(3)))(state)
+  assert_trees_close(out, grads, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kwargs", [{"use_adversarial_replay": False},
