@@ -19,6 +19,8 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_finite",
+    "check_float32_non_negative",
+    "check_float32_positive",
     "check_in_range",
     "check_labels",
     "check_non_negative",
@@ -115,11 +117,26 @@ def check_float32_positive(name: str, value) -> float:
   """A number > 0 that float32 (the type strategy states keep hyperparameters
   in) holds as a normal number: neither rounded to 0 nor to inf."""
   value = check_in_range(name, value, low=0.0, low_inclusive=False)
+  return _check_float32_normal(name, value, "")
+
+
+def check_float32_non_negative(name: str, value) -> float:
+  """A number >= 0 that float32 holds: 0, or a normal float32 number (as
+  :func:`check_float32_positive` checks)."""
+  value = check_non_negative(name, value)
+  if value == 0.0:
+    return value
+  return _check_float32_normal(name, value, "0 or ")
+
+
+def _check_float32_normal(name: str, value: float, zero: str) -> float:
+  """``value`` if float32 holds it as a normal number, else raises; the
+  message's expectation starts with ``zero``."""
   low, high = (float(np.finfo(np.float32).tiny),
                float(np.finfo(np.float32).max))
   if not low <= value <= high:
     raise ValueError(f"{name}={value!r} is outside float32's range, where "
-                     f"the strategy keeps it; expected a value between "
+                     f"the strategy keeps it; expected {zero}a value between "
                      f"{low:.3g} and {high:.3g}.")
   return value
 

@@ -1,11 +1,13 @@
 """RAR (Retrospective Adversarial Replay) against numpy transcriptions."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (TwoLayer, assert_refuses_models_without_features,
+from conftest import (BatchNormMLP, TwoLayer, assert_refuses_models_without_features,
                       assert_trees_close, device_experience, fit_seeds_alone,
                       hook_context, hook_state, log_softmax, make_benchmark,
                       tiny_cli_metrics, two_layer_numpy)
@@ -135,6 +137,49 @@ def _after_first_experience(strategy, ctx, mem_x, mem_y):
                                                    jax.random.key(1)))(state)
 
 
+def _nearest_targets(params, mem_x, mem_y, cur_x, cur_y, cur_valid):
+  """``(nearest, farthest)``: each memory row's label of the nearest (and
+  the farthest) valid current row of another class, by TwoLayer's
+  penultimate features under ``params`` (numpy)."""
+  h_mem, _ = two_layer_numpy(params, mem_x)
+  h_cur, _ = two_layer_numpy(params, cur_x)
+  dist = ((h_mem[:, None] - h_cur[None]) ** 2).sum(-1)
+  dist = np.where((cur_y[None] != mem_y[:, None]) & cur_valid, dist, np.inf)
+  return cur_y[dist.argmin(1)], cur_y[np.where(np.isinf(dist), -1,
+                                               dist).argmax(1)]
+
+
+def _expected_grads(params, grads, mem_x, mem_y, cur_x, cur_y, cur_valid,
+                    lr, beta, decay, eps, iters):
+  """RAR's gradient by hand (numpy, TwoLayer): ``grads`` plus ``beta``
+  times the mean over the memory rows of the cross-entropy's gradient at
+  their MI-FGSM perturbation towards the nearest target under the
+  look-ahead parameters. Returns ``(gradient, look-ahead, x_adv)``."""
+  params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  look = jax.tree.map(lambda p, g: p - lr * np.asarray(g, np.float64),
+                      params, grads)
+  target, _ = _nearest_targets(look, mem_x, mem_y, cur_x, cur_y, cur_valid)
+  ones = np.ones(len(mem_y))
+  x_adv = _mi_fgsm_np(lambda v: _two_layer_grads(look, v, target, ones)[1],
+                      mem_x, eps, decay, iters)
+  adversarial, _ = _two_layer_grads(params, x_adv, mem_y, ones / len(mem_y))
+  expected = jax.tree.map(lambda g, a: np.asarray(g, np.float64) + beta * a,
+                          grads, adversarial)
+  return expected, look, x_adv
+
+
+def _current_batch(x, y, weight=None):
+  n = len(y)
+  return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y),
+          "task": jnp.zeros(n, jnp.int32),
+          "weight": jnp.ones(n) if weight is None else jnp.asarray(weight)}
+
+
+def _random_grads(rng, params):
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+
 def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
   ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
   lr, beta, decay, eps, iters = 0.5, 0.7, 0.5, 0.2, 3
@@ -144,12 +189,8 @@ def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
   mem_x, mem_y = rng.uniform(size=(4, DIM)), np.array([0, 1, 0, 1])
   state = _after_first_experience(strategy, ctx, mem_x, mem_y)
   cur_x, cur_y = rng.uniform(size=(4, DIM)), np.array([2, 3, 0, 1])
-  batch = {"x": jnp.asarray(cur_x, jnp.float32), "y": jnp.asarray(cur_y),
-           "task": jnp.zeros(4, jnp.int32),
-           "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
-  grads = jax.tree.map(
-      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
-      state.params)
+  batch = _current_batch(cur_x, cur_y, [1.0, 1.0, 1.0, 0.0])
+  grads = _random_grads(rng, state.params)
 
   @jax.jit
   def replay_grads(state, batch, grads):
@@ -163,32 +204,88 @@ def test_gradient_is_replay_plus_beta_times_the_adversarial_cross_entropy():
   assert out_batch["y"].shape == (8,)
   np.testing.assert_array_equal(np.sort(out_batch["y"][4:]), [0, 0, 1, 1])
 
+  valid = np.arange(4) < 3  # current row 3 is padding
+  expected, look, x_adv = _expected_grads(
+      state.params, grads, mem_x, mem_y, cur_x, cur_y, valid, lr, beta,
+      decay, eps, iters)
   params = jax.tree.map(lambda a: np.asarray(a, np.float64), state.params)
-  look = jax.tree.map(lambda p, g: p - lr * np.asarray(g, np.float64),
-                      params, grads)
-
-  def targets(p, rows=3):  # current row 3 is padding
-    h_mem, _ = two_layer_numpy(p, mem_x)
-    h_cur, _ = two_layer_numpy(p, cur_x)
-    dist = ((h_mem[:, None] - h_cur[None]) ** 2).sum(-1)
-    dist = np.where((cur_y[None] != mem_y[:, None]) & (np.arange(4) < rows),
-                    dist, np.inf)
-    return cur_y[dist.argmin(1)], cur_y[np.where(np.isinf(dist), -1,
-                                                 dist).argmax(1)]
-
-  target, farthest = targets(look)
+  target, farthest = _nearest_targets(look, mem_x, mem_y, cur_x, cur_y,
+                                      valid)
   # The test tells the look-ahead model from the model, nearest from
   # farthest, and the current samples from the padding.
-  assert (target != targets(params)[0]).any() and (target != farthest).any()
-  assert (target != targets(look, rows=4)[0]).any()
-  x_adv = _mi_fgsm_np(
-      lambda v: _two_layer_grads(look, v, target, np.ones(4))[1], mem_x, eps,
-      decay, iters)
+  assert (target != _nearest_targets(params, mem_x, mem_y, cur_x, cur_y,
+                                     valid)[0]).any()
+  assert (target != farthest).any()
+  assert (target != _nearest_targets(look, mem_x, mem_y, cur_x, cur_y,
+                                     np.ones(4, bool))[0]).any()
   assert np.abs(x_adv - mem_x).max() > 0.1
-  adversarial, _ = _two_layer_grads(params, x_adv, mem_y, np.full(4, 0.25))
-  expected = jax.tree.map(lambda g, a: np.asarray(g, np.float64) + beta * a,
-                          grads, adversarial)
   assert_trees_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_partly_filled_memory_averages_over_its_stored_samples():
+  """Two samples stored, four drawn: the two empty rows (weight 0) are
+  left out of the attack and of the mean."""
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  lr, beta, decay, eps, iters = 0.5, 0.7, 0.5, 0.2, 3
+  strategy = rar(batch_size_mem=4, mem_size=4, opt_lr=lr, beta_coef=beta,
+                 decay_factor_fgsm=decay, epsilon_fgsm=eps, iter_fgsm=iters)
+  rng = np.random.default_rng(8)
+  mem_x, mem_y = rng.uniform(size=(2, DIM)), np.array([0, 1])
+  state = _after_first_experience(strategy, ctx, mem_x, mem_y)
+  cur_x, cur_y = rng.uniform(size=(4, DIM)), np.array([2, 3, 2, 3])
+  grads = _random_grads(rng, state.params)
+  out = jax.jit(lambda s: strategy.transform_grads(
+      ctx, grads, s, _current_batch(cur_x, cur_y), jax.random.key(3)))(state)
+  expected, _, x_adv = _expected_grads(
+      state.params, grads, mem_x, mem_y, cur_x, cur_y, np.ones(4, bool), lr,
+      beta, decay, eps, iters)
+  assert np.abs(x_adv - mem_x).max() > 0.1
+  assert_trees_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_an_empty_memory_leaves_the_gradient_exactly_replays():
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  strategy = rar(batch_size_mem=4, mem_size=4, beta_coef=1.0,
+                 epsilon_fgsm=0.2, iter_fgsm=3)
+  state = hook_state(ctx, strategy).replace(
+      seen_classes=jnp.ones(N_CLASSES, bool))
+  rng = np.random.default_rng(9)
+  grads = _random_grads(rng, state.params)
+  batch = _current_batch(rng.uniform(size=(4, DIM)), np.array([2, 3, 2, 3]))
+  out = jax.jit(lambda s: strategy.transform_grads(
+      ctx, grads, s, batch, jax.random.key(3)))(state)
+  assert_trees_close(out, grads, rtol=0, atol=0)
+
+
+def test_the_adversarial_term_runs_the_model_in_training_mode():
+  """BatchNorm normalises by the batch in training mode: the term's
+  gradient is the cross-entropy's with the memory rows' batch statistics
+  (one MI-FGSM iteration leaves the rows unperturbed)."""
+  model = BatchNormMLP()
+  ctx = hook_context(model, n_classes=N_CLASSES, dim=DIM)
+  beta = 0.7
+  strategy = rar(batch_size_mem=4, mem_size=4, beta_coef=beta, iter_fgsm=1)
+  rng = np.random.default_rng(10)
+  mem_x, mem_y = rng.uniform(size=(4, DIM)), np.array([0, 1, 0, 1])
+  state = _after_first_experience(strategy, ctx, mem_x, mem_y)
+  grads = _random_grads(rng, state.params)
+  batch = _current_batch(rng.uniform(size=(4, DIM)), np.array([2, 3, 2, 3]))
+  out = jax.jit(lambda s: strategy.transform_grads(
+      ctx, grads, s, batch, jax.random.key(3)))(state)
+
+  def term(params, train):
+    logits, _ = model.apply({"params": params, **state.model_state},
+                            jnp.asarray(mem_x, jnp.float32), train,
+                            mutable=["batch_stats"])
+    return beta * jnp.mean(-jnp.take_along_axis(
+        jax.nn.log_softmax(logits), jnp.asarray(mem_y)[:, None], 1))
+
+  expected, evaluation = (
+      jax.tree.map(jnp.add, grads, jax.grad(term)(state.params, train))
+      for train in (True, False))
+  assert_trees_close(out, expected, rtol=1e-4, atol=1e-6)
+  with pytest.raises(AssertionError):
+    assert_trees_close(out, evaluation, rtol=1e-4, atol=1e-6)
 
 
 def test_raw_integer_pixels_are_perturbed_in_units_of_their_range():
@@ -309,4 +406,50 @@ def test_rar_refuses_bad_arguments_and_contexts():
                                              bool))
   with pytest.raises(ValueError, match="rar .* stream with task labels"):
     rar().init(tasks, {}, jax.random.key(0))
+  # Plain reservoir replay serves task labels.
+  params = hook_state(ctx, rar()).params
+  rar(use_adversarial_replay=False).init(tasks, params, jax.random.key(0))
+  for dtype in (jnp.int8, jnp.int32):
+    with pytest.raises(ValueError, match="rar perturbs raw inputs clipped "
+                       rf"to \[0, max\] .* got inputs of dtype {dtype.dtype}"):
+      rar().init(ctx._replace(x_dtype=dtype), params, jax.random.key(0))
+  rar(use_adversarial_replay=False).init(ctx._replace(x_dtype=jnp.int8),
+                                         params, jax.random.key(0))
   assert_refuses_models_without_features(rar(), ctx)
+
+
+@pytest.mark.parametrize("name", ["opt_lr", "beta_coef", "decay_factor_fgsm",
+                                  "epsilon_fgsm"])
+def test_rar_refuses_values_float32_cannot_hold(name):
+  for value in (1e39, 1e-39):
+    with pytest.raises(ValueError, match=re.escape(f"{name}={value!r}")
+                       + " is outside float32's range, .* expected 0 or a "
+                       "value between"):
+      rar(**{name: value})
+  assert rar(**{name: 0.0}).name == "rar"
+
+
+def test_values_the_configuration_does_not_read_are_stored_as_zero():
+  ctx = hook_context(TwoLayer(), n_classes=N_CLASSES, dim=DIM)
+  given = dict(opt_lr=0.5, beta_coef=0.7, decay_factor_fgsm=0.3,
+               epsilon_fgsm=0.2)
+  names = list(given)
+  for kwargs, stored in [
+      (dict(iter_fgsm=3), [0.5, 0.7, 0.3, 0.2]),
+      (dict(iter_fgsm=2), [0.5, 0.7, 0.0, 0.2]),
+      (dict(iter_fgsm=1), [0.0, 0.7, 0.0, 0.0]),
+      (dict(iter_fgsm=3, use_adversarial_replay=False), [0.0] * 4)]:
+    cl_state = hook_state(ctx, rar(**given, **kwargs)).cl_state
+    np.testing.assert_allclose([getattr(cl_state, n) for n in names], stored,
+                               rtol=1e-6, err_msg=str(kwargs))
+  # So a sweep over such a value is refused, as La-MAML's lr_alpha.
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  for name, kwargs in [("beta_coef", dict(use_adversarial_replay=False)),
+                       ("decay_factor_fgsm", dict(iter_fgsm=2)),
+                       ("epsilon_fgsm", dict(iter_fgsm=1))]:
+    with pytest.raises(ValueError, match="does not use it"):
+      jaxcl.sweep(model, bench, [0.1, 0.3], batch_size=4,
+                  strategy=lambda v, name=name, kwargs=kwargs: rar(
+                      mem_size=8, batch_size_mem=4, **{name: v}, **kwargs),
+                  optimizer=optax.sgd(0.1))

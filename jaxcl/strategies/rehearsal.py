@@ -1129,6 +1129,9 @@ class RarState:
     decay_factor_fgsm: Momentum decay of MI-FGSM.
     epsilon_fgsm: L-inf budget of the perturbation, a fraction of the
       input range.
+
+  Each hyperparameter is 0 where the configuration does not read it (see
+  :func:`rar`), so that a sweep over it is refused.
   """
 
   buffer: buffers.Buffer
@@ -1236,6 +1239,18 @@ def _input_scale(dtype) -> float:
   return 1.0
 
 
+def _refuse_signed_inputs(dtype) -> None:
+  """Refuses inputs that :func:`rar` cannot perturb within their range: it
+  clips to ``[0, max]`` of an unsigned integer dtype, ``[0, 1]`` of floats."""
+  if not (jnp.issubdtype(dtype, jnp.unsignedinteger)
+          or jnp.issubdtype(dtype, jnp.floating)):
+    raise ValueError(
+        f"rar perturbs raw inputs clipped to [0, max] of an unsigned integer "
+        f"dtype (uint8 pixels: [0, 255]) or to [0, 1] for floats; got inputs "
+        f"of dtype {jnp.dtype(dtype).name}, whose negative values the clip "
+        f"would erase. Give the benchmark uint8 pixels or floats in [0, 1].")
+
+
 def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
         use_adversarial_replay: bool = True, beta_coef: float = 0.4,
         decay_factor_fgsm: float = 1.0, epsilon_fgsm: float = 0.0314,
@@ -1250,7 +1265,9 @@ def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
 
   1. draws another ``batch_size_mem`` memory samples ``(x_m, y_m)``;
   2. takes a look-ahead SGD step ``θ' = θ − opt_lr · g`` along the gradient
-     ``g`` of the training batch's loss (the model itself is not moved);
+     ``g`` of the training batch's loss (the model itself is not moved; in
+     a :func:`chain`, ``g`` as the strategies before ``rar`` transformed
+     it: chain ``rar`` before a projection such as A-GEM's);
   3. gives each memory sample the label ``t`` of the nearest current sample
      of another class, by the distance between their penultimate features
      under ``θ'`` (:func:`nearest_other_class`);
@@ -1262,40 +1279,48 @@ def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
   the loss is the replay loss plus the adversarial term.
 
   Raw inputs are perturbed (the model sees ``ctx.preprocess`` of them):
-  ``epsilon_fgsm`` is a fraction of their range, ``[0, 255]`` for integer
-  pixels (``[0, max]`` of the dtype) and ``[0, 1]`` for float inputs, the
-  range Avalanche clamps to. Differences from Avalanche, each documented in
+  ``epsilon_fgsm`` is a fraction of their range, ``[0, 255]`` for uint8 pixels
+  (``[0, max]`` of an unsigned dtype) and ``[0, 1]`` for float inputs, the
+  range Avalanche clamps to: float inputs are clipped to ``[0, 1]``, so float
+  pixels in ``0..255`` must be scaled to ``[0, 1]`` first (signed integer
+  inputs are refused). The attack and the target search see the inputs without
+  ``ctx.augment``. Differences from Avalanche, each documented in
   ``docs/strategies_rehearsal.md``: the current part of a batch has
   ``ctx.batch_size`` samples (Avalanche's loader takes ``batch_size_mem`` of
   each); the target is the nearest current sample of another class, as the
-  paper has it (Avalanche's loop ends on the farthest, and also considers
-  the replayed rows); the attack moves down the target's loss, as the paper
-  has it (Avalanche's steps up); the attack's gradient is recomputed at each
-  step and normalised per sample, as in MI-FGSM (Avalanche takes it once,
-  for the whole batch); a memory sample without a current sample of
-  another class is left out of the term (Avalanche targets class 0); the
-  features and the attack run in evaluation mode; the reported training
-  loss leaves the adversarial term out (it enters through the gradient, as
-  MIR's replay does).
+  paper has it (Avalanche's loop ends on the farthest, and also considers the
+  replayed rows); the attack moves down the target's loss, as the paper has it
+  (Avalanche's steps up); the attack's gradient is recomputed at each step and
+  normalised per sample, as in MI-FGSM (Avalanche takes it once, for the whole
+  batch); a memory sample without a current sample of another class is left
+  out of the term (Avalanche targets class 0); the features and the attack run
+  in evaluation mode; the reported training loss leaves the adversarial term
+  out (it enters through the gradient, as MIR's replay does).
 
   Args:
     batch_size_mem: Memory samples per draw; 0 means the training batch size.
     mem_size: Memory capacity.
     opt_lr: Learning rate of the look-ahead SGD step.
     use_adversarial_replay: Add the adversarial term; False gives replay
-      with a reservoir memory.
+      with a reservoir memory (task labels allowed), and the attack's values
+      are stored as 0.
     beta_coef: Weight of the adversarial term.
-    decay_factor_fgsm: Momentum decay of MI-FGSM (>= 0).
+    decay_factor_fgsm: Momentum decay of MI-FGSM (>= 0); stored as 0 when
+      ``iter_fgsm <= 2`` (one step reads no momentum).
     epsilon_fgsm: L-inf budget of the perturbation, a fraction of the input
       range.
-    iter_fgsm: MI-FGSM takes ``iter_fgsm - 1`` steps (1 takes none).
+    iter_fgsm: MI-FGSM takes ``iter_fgsm - 1`` steps (1 takes none, and
+      stores ``epsilon_fgsm``, ``decay_factor_fgsm`` and ``opt_lr`` as 0:
+      the term's memory samples stay unperturbed).
 
   Returns:
     The strategy; its ``cl_state`` is a :class:`RarState`.
 
   Raises:
-    ValueError: Bad arguments; (at ``init``) a stream with task labels, or,
-      with ``use_adversarial_replay``, a model without penultimate features.
+    ValueError: Bad arguments (hyperparameters that float32 cannot hold
+      included); at ``init``, with ``use_adversarial_replay``, a stream with
+      task labels, signed integer inputs or a model without penultimate
+      features.
 
   Example:
     >>> rar(batch_size_mem=10, mem_size=500).name
@@ -1303,24 +1328,35 @@ def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
-  opt_lr = _validation.check_non_negative("opt_lr", opt_lr)
   adversarial = _validation.check_bool("use_adversarial_replay",
                                        use_adversarial_replay)
-  beta_coef = _validation.check_non_negative("beta_coef", beta_coef)
-  decay_factor_fgsm = _validation.check_non_negative("decay_factor_fgsm",
-                                                     decay_factor_fgsm)
-  epsilon_fgsm = _validation.check_non_negative("epsilon_fgsm", epsilon_fgsm)
+  opt_lr, beta_coef, decay_factor_fgsm, epsilon_fgsm = (
+      _validation.check_float32_non_negative(name, value) for name, value in (
+          ("opt_lr", opt_lr), ("beta_coef", beta_coef),
+          ("decay_factor_fgsm", decay_factor_fgsm),
+          ("epsilon_fgsm", epsilon_fgsm)))
   iter_fgsm = _validation.check_positive_int("iter_fgsm", iter_fgsm)
+  # A value the configuration does not read is stored as 0 (as La-MAML's
+  # lr_alpha without learn_lr), so that fit refuses a sweep over it: the
+  # attack's values without the term, the momentum with at most one step
+  # (its first step reads none), the step's size and the look-ahead (which
+  # only picks the attack's target) with no step at all.
+  steps = iter_fgsm - 1 if adversarial else 0
+  stored = (opt_lr if steps else 0.0, beta_coef if adversarial else 0.0,
+            decay_factor_fgsm if steps > 1 else 0.0,
+            epsilon_fgsm if steps else 0.0)
 
   def init(ctx, params, key):
-    refuse_task_labels(ctx, "rar attacks memory samples towards current "
-                       "classes through one head, as Avalanche's RAR; got a "
-                       "stream with task labels (one head per task).")
-    if adversarial:  # Features exist, or say so.
+    if adversarial:
+      refuse_task_labels(ctx, "rar attacks memory samples towards current "
+                         "classes through one head, as Avalanche's RAR; got "
+                         "a stream with task labels (one head per task); "
+                         "use_adversarial_replay=False (reservoir replay) "
+                         "serves it.")
+      _refuse_signed_inputs(ctx.x_dtype)
       output_layer_path(ctx, params, init_model_state(ctx, key))
     return RarState(buffers.for_context(ctx, mem_size, policy="reservoir"),
-                    jnp.float32(opt_lr), jnp.float32(beta_coef),
-                    jnp.float32(decay_factor_fgsm), jnp.float32(epsilon_fgsm))
+                    *map(jnp.float32, stored))
 
   def transform_batch(ctx, cl_state, batch, key):
     return _with_memory_rows(ctx, cl_state.buffer, batch, key, batch_size_mem)
