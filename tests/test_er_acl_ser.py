@@ -10,7 +10,7 @@ from conftest import (TwoLayer, check_class_balanced_memory, cross_entropy_np,
                       tiny_cli_metrics, two_layer_numpy)
 
 import jaxcl
-from jaxcl.strategies import er_acl, ser
+from jaxcl.strategies import er_acl, replay, ser
 from jaxcl.strategies.model_utils import MASK_VALUE
 
 _MEMORY_LABELS = [0, 0, 1, 1]
@@ -204,3 +204,35 @@ def test_from_the_command_line(tmp_path, name):
 def test_refuses_bad_arguments(build, message):
   with pytest.raises(ValueError, match=message):
     build()
+
+
+def test_er_acl_after_replay_restricts_only_its_current_rows():
+  # replay's memory rows are of an earlier task: ER-ACL leaves their classes
+  # (a loss near 1000 otherwise) and does not add their loss a second time.
+  ctx = hook_context(TwoLayer(), batch_size=3)
+  first, second = replay(mem_size=4, batch_size_mem=2), er_acl(
+      mem_size=4, batch_size_mem=2)
+  strategy = jaxcl.strategies.chain(first, second)
+  state = hook_state(ctx, strategy)
+  for index, labels in enumerate([[0, 1, 0, 1], [2, 3, 2]]):
+    state = jax.jit(lambda s, d: strategy.begin_experience(
+        ctx, s, d, jax.random.key(7)))(state, normal_experience(
+            labels, index, seed=index))
+    if index == 0:
+      state = jax.jit(lambda s, d: strategy.end_experience(
+          ctx, s, d, jax.random.key(8)))(state, normal_experience(
+              labels, index, seed=index))
+  batch = normal_batch([2, 3, 3], [1.0, 1.0, 1.0])
+  out = strategy.transform_batch(ctx, state.cl_state, batch, jax.random.key(3))
+  logits = ctx.logits(state.params, state.model_state, out["x"], out["task"])
+  losses = np.asarray(ctx.loss(logits, out))
+  weight = np.asarray(out["weight"])
+  replayed = slice(3, 5)
+  assert np.all(np.asarray(out["y"][replayed]) < 2) and np.all(
+      weight[replayed] == 1)
+  assert np.all(losses[replayed] < 20)  # Not restricted to {2, 3}.
+  own = np.asarray(out["asymmetric_weight"])
+  assert np.all(own[replayed] == 0) and np.all(own[:3] == 1)
+  expected = (losses * own).sum() / weight.sum()
+  assert float(strategy.penalty(ctx, state.params, state.cl_state, out,
+                                logits)) == pytest.approx(expected, rel=1e-5)

@@ -93,7 +93,8 @@ def _check_batch_size_mem(value, mem_size: int) -> int:
     raise ValueError(f"batch_size_mem must be a positive integer, or 0 for the "
                      f"training batch size; got {value!r}.") from None
   buffers.check_draw_size("batch_size_mem", value, "mem_size", mem_size,
-                          "; er_ace and mir draw 10 by default")
+                          "; er_ace, er_acl, er_aml and mir draw 10 by "
+                          "default")
   return value
 
 
@@ -419,7 +420,7 @@ class ErAceState:
 
 def _replay_memory(name: str, ctx: StrategyContext, mem_size: int,
                    batch_size_mem: int) -> buffers.Buffer:
-  """The empty class-balanced memory of ER-ACE and ER-AML."""
+  """The empty class-balanced memory of ER-ACE, ER-ACL and ER-AML."""
   _check_replays(name, ctx, mem_size, batch_size_mem)
   return buffers.for_context(ctx, mem_size, policy="class_balanced")
 
@@ -487,11 +488,14 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
     return state.replace(cl_state=ErAceState(buffer, replaying))
 
   def transform_batch(ctx, cl_state, batch, key):
+    # Rows a replay strategy before it in the chain appended count as
+    # present and are restricted too, as Avalanche's mb_y holds them.
+    weighted = batch["weight"] > 0
     present = jnp.zeros(ctx.n_classes, bool).at[
-        jnp.where(batch["weight"] > 0, batch["y"], ctx.n_classes)].set(
-            True, mode="drop")
+        jnp.where(weighted, batch["y"], ctx.n_classes)].set(True, mode="drop")
     return _asymmetric_batch(ctx, batch, key, cl_state.buffer,
-                             cl_state.replaying, present, batch_size_mem)
+                             cl_state.replaying, present, weighted,
+                             batch_size_mem)
 
   return Strategy(name="er_ace", init=init, begin_experience=begin_experience,
                   transform_batch=transform_batch)
@@ -499,22 +503,26 @@ def er_ace(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
 
 def _asymmetric_batch(ctx: StrategyContext, batch: dict, key: jax.Array,
                       buffer: buffers.Buffer, replaying: jax.Array,
-                      restrict: jax.Array, batch_size_mem: int) -> dict:
-  """ER-ACE's and ER-ACL's batch: while replaying, the current rows'
+                      restrict: jax.Array, restricted: jax.Array,
+                      batch_size_mem: int) -> dict:
+  """ER-ACE's and ER-ACL's batch: while replaying, the ``restricted`` rows'
   cross-entropy runs over the ``restrict`` classes only, and memory rows
   follow, weighted so that the weighted mean is ``(mean_cur + mean_mem) /
-  2``."""
-  current = batch["weight"] > 0
+  2``. The rows keep their own weights in ``asymmetric_weight``."""
   restrict = jnp.where(replaying, restrict, True)
   before = jnp.broadcast_to(batch.get("class_mask", True),
                             (batch["y"].shape[0], ctx.n_classes))
   # Rows of weight 0 that a strategy before it in a chain appended serve
   # that strategy's penalty (DER's memory rows): their classes stay.
-  class_mask = jnp.where(current[:, None], before & restrict, before)
+  class_mask = jnp.where(restricted[:, None], before & restrict, before)
   rows = buffers.sample(buffer, key, _memory_rows(ctx, batch_size_mem))
   scale = jnp.sum(batch["weight"]) / jnp.maximum(jnp.sum(rows["weight"]), 1.)
   rows["weight"] = rows["weight"] * scale * replaying
-  return buffers.concat_batches({**batch, "class_mask": class_mask}, rows)
+  own = jnp.where(jnp.arange(batch["weight"].shape[0]) < ctx.batch_size,
+                  batch["weight"], 0.0)
+  return buffers.concat_batches(
+      {**batch, "class_mask": class_mask, "asymmetric_weight": own},
+      {**rows, "asymmetric_weight": rows["weight"]})
 
 
 @flax.struct.dataclass
@@ -551,8 +559,10 @@ def er_acl(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
   class-balanced memory takes each experience before training on it. A task
   is tracked by its classes, as Avalanche's online version does: an
   experience sharing no class with the current task starts a new one, and
-  one sharing some adds its other classes to it (so on an online stream the
-  mini-experiences of an original experience make one task).
+  one sharing some adds its other classes to it (on an online stream the
+  mini-experiences of an original experience make one task as long as
+  consecutive ones share a class; mini-experiences of one or two samples
+  often do not, and then, as in Avalanche, each starts a task).
 
   :func:`er_ace` differs in restricting the current rows to the classes of
   their mini-batch and halving the sum.
@@ -589,15 +599,21 @@ def er_acl(mem_size: int = 200, batch_size_mem: int = 10) -> Strategy:
     return state.replace(cl_state=ErAclState(buffer, replaying, new, old))
 
   def transform_batch(ctx, cl_state, batch, key):
+    # Only the current samples are restricted to the task's classes: rows
+    # a replay strategy before it appended are of earlier tasks.
+    current = (jnp.arange(batch["weight"].shape[0]) < ctx.batch_size) & (
+        batch["weight"] > 0)
     return _asymmetric_batch(ctx, batch, key, cl_state.buffer,
                              cl_state.replaying, cl_state.new_classes,
-                             batch_size_mem)
+                             current, batch_size_mem)
 
   def penalty(ctx, params, cl_state, batch, logits):
     del params
-    # The loop's loss is the half-sum (mean_cur + mean_mem) / 2: adding it
-    # again makes ER-ACL's sum.
-    loss = weighted_mean(ctx.loss(logits, batch), batch["weight"])
+    # Alone, the loop's loss is the half-sum (mean_cur + mean_mem) / 2:
+    # adding its own rows' share again makes ER-ACL's sum (rows other
+    # strategies append count once).
+    own = jnp.sum(ctx.loss(logits, batch) * batch["asymmetric_weight"])
+    loss = own / jnp.maximum(jnp.sum(batch["weight"]), 1.0)
     return jnp.where(cl_state.replaying, loss, 0.0)
 
   return Strategy(name="er_acl", init=init, begin_experience=begin_experience,
