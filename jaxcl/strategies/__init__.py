@@ -5,14 +5,15 @@ mapping (CLI name -> factory); all are registered here for :func:`from_spec`
 and the ``jaxcl`` command.
 """
 
-from jaxcl.strategies import (architectural, bias_correction, contrastive,
-                              deep_slda, experts, generative, meta,
-                              projection, prototypes, pruning,
+from jaxcl.strategies import (architectural, bias_correction, classifiers,
+                              contrastive, deep_slda, experts, generative,
+                              meta, projection, prototypes, pruning,
                               regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    chain, naive)
 from jaxcl.strategies.bias_correction import *  # noqa: F403
+from jaxcl.strategies.classifiers import *  # noqa: F403
 from jaxcl.strategies.contrastive import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.experts import *  # noqa: F403
@@ -40,6 +41,7 @@ __all__ = [
     "register",
     *architectural.__all__,
     *bias_correction.__all__,
+    *classifiers.__all__,
     *contrastive.__all__,
     *deep_slda.__all__,
     *experts.__all__,
@@ -55,6 +57,6 @@ __all__ = [
 register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
-                prototypes, contrastive, experts, pruning):
+                prototypes, contrastive, experts, pruning, classifiers):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)

@@ -37,6 +37,7 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.exemplars import (class_feature_means,
+                                        merge_class_statistics,
                                         nearest_mean_predict)
 from jaxcl.strategies.model_utils import (feature_size, init_model_state,
                                           l2_normalize, own_class_mask,
@@ -251,11 +252,9 @@ def scr(mem_size: int = 100, temperature: float = 0.1,
 
     means, counts = class_feature_means(features, buffer.x, buffer.task,
                                         buffer.y, buffer.valid, ctx.n_classes)
-    new = l2_normalize(means)
-    moved = _MEAN_MOMENTUM * new + (1.0 - _MEAN_MOMENTUM) * cl.class_means
-    present = (counts > 0)[:, None]
-    class_means = jnp.where(
-        present, jnp.where(cl.has_mean[:, None], moved, new), cl.class_means)
+    class_means = merge_class_statistics(
+        cl.class_means, l2_normalize(means), cl.has_mean, counts > 0,
+        _MEAN_MOMENTUM)
     return state.replace(cl_state=cl.replace(
         buffer=buffer, class_means=class_means,
         has_mean=cl.has_mean | (counts > 0)))

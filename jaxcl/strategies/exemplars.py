@@ -49,6 +49,7 @@ __all__ = [
     "experience_memory",
     "herding",
     "icarl",
+    "merge_class_statistics",
     "nearest_mean_logits",
     "nearest_mean_predict",
     "store_experience",
@@ -141,9 +142,13 @@ def store_experience(memory: ExperienceMemory, data,
 
 def class_feature_means(features: Callable[[jax.Array, jax.Array], jax.Array],
                         x: jax.Array, task: jax.Array, y: jax.Array,
-                        valid: jax.Array, n_classes: int
+                        valid: jax.Array, n_classes: int,
+                        normalize: bool = True
                         ) -> tuple[jax.Array, jax.Array]:
   """Per class, the mean of the L2-normalised features of its valid rows.
+
+  With ``normalize=False``, the mean of the raw features (Avalanche's
+  ``compute_class_means`` with ``normalize=False``).
 
   The features are computed in chunks of rows (bounded memory). The sums
   are masked class by class, not a segment sum: GPUs scatter with atomic
@@ -157,6 +162,7 @@ def class_feature_means(features: Callable[[jax.Array, jax.Array], jax.Array],
     y: ``int[n]`` classes.
     valid: ``bool[n]``, the rows to count (a memory's filled slots).
     n_classes: Number of classes (static).
+    normalize: Scale each feature row to unit norm first (static).
 
   Returns:
     ``(means, counts)``: ``[n_classes, F]`` means, not normalised again (0
@@ -171,12 +177,52 @@ def class_feature_means(features: Callable[[jax.Array, jax.Array], jax.Array],
     >>> np.asarray(means, float).round(2).tolist(), counts.tolist()
     ([[0.3, 0.9], [0.0, 0.0]], [2.0, 0.0])
   """
-  phi = l2_normalize(in_chunks(features, x, task))
+  phi = in_chunks(features, x, task)
+  if normalize:
+    phi = l2_normalize(phi)
   member = valid & (y == jnp.arange(n_classes)[:, None])
   counts = jnp.sum(member, axis=1).astype(jnp.float32)
   sums = jax.lax.map(
       lambda rows: jnp.sum(jnp.where(rows[:, None], phi, 0), axis=0), member)
   return sums / jnp.maximum(counts, 1.0)[:, None], counts
+
+
+def merge_class_statistics(old: PyTree, new: PyTree, has_old: jax.Array,
+                           present: jax.Array,
+                           momentum: float = 0.5) -> PyTree:
+  """Per-class statistics updated with those of new data, as Avalanche's
+  ``update_class_means_dict``.
+
+  A class ``present`` in the new data takes its new statistics if it had
+  none (``has_old`` False), else moves to ``momentum · new + (1 − momentum)
+  · old``; the other classes keep theirs. With ``momentum=0.5`` that is
+  ``NCMClassifier``'s average of the two means.
+
+  Args:
+    old: Pytree of ``[n_classes, ...]`` arrays, the statistics so far.
+    new: The same structure, the statistics of the new data.
+    has_old: ``bool[n_classes]``, classes that have statistics.
+    present: ``bool[n_classes]``, classes of the new data.
+    momentum: Weight of the new statistics.
+
+  Returns:
+    The merged statistics (the class mask is ``has_old | present``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> merge_class_statistics(jnp.array([2.0, 2.0, 2.0]),
+    ...                        jnp.array([4.0, 4.0, 4.0]),
+    ...                        jnp.array([True, False, True]),
+    ...                        jnp.array([True, True, False])).tolist()
+    [3.0, 4.0, 2.0]
+  """
+  def merge(a, b):
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    moved = jnp.where(has_old.reshape(shape),
+                      momentum * b + (1.0 - momentum) * a, b)
+    return jnp.where(present.reshape(shape), moved, a)
+
+  return jax.tree.map(merge, old, new)
 
 
 # ------------------------------------------------------------------- herding
@@ -229,7 +275,8 @@ def herding(features: jax.Array, member: jax.Array,
 
 
 def nearest_mean_logits(features: jax.Array, means: jax.Array,
-                        has_mean: jax.Array) -> jax.Array:
+                        has_mean: jax.Array,
+                        normalize: bool = True) -> jax.Array:
   """Nearest-mean-of-exemplars logits: ``−‖φ(x)/‖φ(x)‖ − μ_c‖`` per class.
 
   Classes without a mean get ``MASK_VALUE``, so ``argmax`` is the nearest
@@ -239,6 +286,8 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
     features: ``[batch, F]`` (normalised here).
     means: ``[n_classes, F]`` class means (normalised).
     has_mean: ``bool[n_classes]``.
+    normalize: Scale the features to unit norm (``NCMClassifier``'s
+      ``normalize``); with False, ``−‖φ(x) − μ_c‖`` (static).
 
   Returns:
     ``[batch, n_classes]`` logits.
@@ -251,7 +300,9 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
     >>> np.asarray(logits, float).round(3).tolist()
     [[-0.0, -1.414]]
   """
-  diff = l2_normalize(features)[:, None, :] - means[None]
+  if normalize:
+    features = l2_normalize(features)
+  diff = features[:, None, :] - means[None]
   distance = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 0.0))
   return jnp.where(has_mean, -distance, MASK_VALUE)
 
