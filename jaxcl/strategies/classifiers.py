@@ -146,13 +146,13 @@ class NcmState:
   """State of :func:`ncm`.
 
   Attributes:
-    memory: The samples of ``update="memory"`` or ``"oracle"``; None for
+    buffer: The samples of ``update="memory"`` or ``"oracle"``; None for
       ``"current"``.
     class_means: ``[n_classes, n_features]`` class means.
     has_mean: ``bool[n_classes]``, the classes that have a mean.
   """
 
-  memory: buffers.Buffer | None
+  buffer: buffers.Buffer | None
   class_means: jax.Array
   has_mean: jax.Array
 
@@ -198,20 +198,20 @@ def ncm(update: str = "current", mem_size: int = 2000,
     _refuse_task_labels(ctx, "ncm")
     width = feature_size(ctx, params, init_model_state(ctx, key))
     return NcmState(
-        memory=_memory(ctx, update, mem_size),
+        buffer=_memory(ctx, update, mem_size),
         class_means=jnp.zeros((ctx.n_classes, width), jnp.float32),
         has_mean=jnp.zeros(ctx.n_classes, bool))
 
   def end_experience(ctx, state, data, key):
     cl = state.cl_state
-    memory, (x, task, y, valid) = _sources(cl.memory, data, key)
+    buffer, (x, task, y, valid) = _sources(cl.buffer, data, key)
     means, counts = class_feature_means(_features(ctx, state), x, task, y,
                                         valid, ctx.n_classes, normalize)
     if normalize:
       means = l2_normalize(means)
     means, has_mean = _updated(update, cl.class_means, means, cl.has_mean,
                                counts > 0)
-    return state.replace(cl_state=NcmState(memory=memory, class_means=means,
+    return state.replace(cl_state=NcmState(buffer=buffer, class_means=means,
                                            has_mean=has_mean))
 
   def predict(ctx, params, model_state, cl, x, task):
@@ -357,7 +357,7 @@ class FecamState:
   """State of :func:`fecam`.
 
   Attributes:
-    memory: The samples of ``update="memory"`` or ``"oracle"``; None for
+    buffer: The samples of ``update="memory"`` or ``"oracle"``; None for
       ``"current"``.
     class_means: ``[n_classes, F]`` means of the transformed features.
     class_covs: ``[n_classes, F, F]`` their covariances, shrunk and
@@ -369,7 +369,7 @@ class FecamState:
     tukey1: Tukey power ``λ``.
   """
 
-  memory: buffers.Buffer | None
+  buffer: buffers.Buffer | None
   class_means: jax.Array
   class_covs: jax.Array
   precisions: jax.Array
@@ -441,7 +441,7 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
     width = feature_size(ctx, params, init_model_state(ctx, key))
     square = (ctx.n_classes, width, width)
     return FecamState(
-        memory=_memory(ctx, update, mem_size),
+        buffer=_memory(ctx, update, mem_size),
         class_means=jnp.zeros((ctx.n_classes, width), jnp.float32),
         class_covs=jnp.zeros(square, jnp.float32),
         precisions=jnp.zeros(square, jnp.float32),
@@ -451,7 +451,7 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
 
   def end_experience(ctx, state, data, key):
     cl = state.cl_state
-    memory, (x, task, y, valid) = _sources(cl.memory, data, key)
+    buffer, (x, task, y, valid) = _sources(cl.buffer, data, key)
     features = transformed(cl, in_chunks(_features(ctx, state), x, task))
     means, covs, counts = class_covariances(features, y, valid,
                                             ctx.n_classes)
@@ -466,7 +466,7 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
     precisions = jnp.where(has_stats[:, None, None],
                            jnp.linalg.pinv(covs), 0.0)
     return state.replace(cl_state=cl.replace(
-        memory=memory, class_means=means, class_covs=covs,
+        buffer=buffer, class_means=means, class_covs=covs,
         precisions=precisions, has_stats=has_stats))
 
   def predict(ctx, params, model_state, cl, x, task):
