@@ -210,3 +210,24 @@ def normal_batch(labels, weight, seed=3, dim=3):
   return {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(labels),
           "task": jnp.zeros(n, jnp.int32),
           "weight": jnp.asarray(weight, jnp.float32)}
+
+
+def predict_rows(ctx, strategy, state, cl_state, x):
+  """``strategy.predict`` on the rows ``x`` (task 0) with ``state``'s
+  parameters and the strategy state ``cl_state``."""
+  return strategy.predict(ctx, state.params, state.model_state, cl_state,
+                          jnp.asarray(x, jnp.float32),
+                          jnp.zeros(len(x), jnp.int32))
+
+
+def assert_nearest_class_logits(logits, distance, has_stats, rtol=1e-5,
+                                atol=1e-6):
+  """``logits`` are ``-distance`` for the classes with statistics, the
+  masked value for the others, and their argmax the nearest class."""
+  from jaxcl.strategies.model_utils import MASK_VALUE
+  np.testing.assert_allclose(logits[:, has_stats], -distance[:, has_stats],
+                             rtol=rtol, atol=atol)
+  np.testing.assert_array_equal(logits[:, ~has_stats], MASK_VALUE)
+  np.testing.assert_array_equal(
+      np.argmax(logits, 1),
+      np.argmin(np.where(has_stats, distance, np.inf), 1))

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (TwoLayer, assert_refuses_models_without_features,
+from conftest import (TwoLayer, assert_nearest_class_logits,
+                      assert_refuses_models_without_features,
                       check_class_balanced_memory, device_experience,
-                      fit_seeds_alone,
-                      hook_context, hook_state, make_benchmark,
-                      normal_experience, tiny_cli_metrics, two_layer_numpy,
-                      unit_rows)
+                      fit_seeds_alone, hook_context, hook_state,
+                      make_benchmark, normal_experience, predict_rows,
+                      tiny_cli_metrics, two_layer_numpy, unit_rows)
 
 import jaxcl
 from jaxcl.models import MLP
@@ -163,18 +163,12 @@ def test_ncm_predicts_the_nearest_mean_never_a_class_without(normalize):
   cl = state.cl_state.replace(class_means=jnp.asarray(means, jnp.float32),
                               has_mean=jnp.asarray(has_mean))
   x = rng.normal(size=(32, DIM))
-  logits = strategy.predict(ctx, state.params, state.model_state, cl,
-                            jnp.asarray(x, jnp.float32),
-                            jnp.zeros(32, jnp.int32))
   h = _features(state.params, x)
   h = unit_rows(h) if normalize else h
-  distance = np.linalg.norm(h[:, None] - means[None], axis=-1)
-  np.testing.assert_allclose(logits[:, has_mean], -distance[:, has_mean],
-                             rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(logits[:, 2], MASK_VALUE)
-  np.testing.assert_array_equal(
-      np.argmax(logits, 1),
-      np.argmin(np.where(has_mean, distance, np.inf), 1))
+  assert_nearest_class_logits(
+      predict_rows(ctx, strategy, state, cl, x),
+      np.linalg.norm(h[:, None] - means[None], axis=-1), has_mean,
+      atol=1e-5)
 
 
 def test_fecam_predicts_the_nearest_class_by_mahalanobis_distance():
@@ -191,23 +185,15 @@ def test_fecam_predicts_the_nearest_class_by_mahalanobis_distance():
       precisions=jnp.asarray(precisions, jnp.float32),
       has_stats=jnp.asarray(has_stats))
   x = rng.normal(size=(32, DIM))
-  logits = strategy.predict(ctx, state.params, state.model_state, cl,
-                            jnp.asarray(x, jnp.float32),
-                            jnp.zeros(32, jnp.int32))
   d = unit_rows(_features(state.params, x) ** 0.5)[:, None] - unit_rows(
       means)[None]
-  distance = np.einsum("bcf,cfg,bcg->bc", d, precisions, d)
-  np.testing.assert_allclose(logits[:, has_stats], -distance[:, has_stats],
-                             rtol=1e-4, atol=1e-4)
-  np.testing.assert_array_equal(logits[:, 1], MASK_VALUE)
-  np.testing.assert_array_equal(
-      np.argmax(logits, 1),
-      np.argmin(np.where(has_stats, distance, np.inf), 1))
+  assert_nearest_class_logits(
+      predict_rows(ctx, strategy, state, cl, x),
+      np.einsum("bcf,cfg,bcg->bc", d, precisions, d), has_stats, rtol=1e-4,
+      atol=1e-4)
   # A class very far away stays above the masked ones.
   far = cl.replace(precisions=cl.precisions * 1e6)
-  logits = strategy.predict(ctx, state.params, state.model_state, far,
-                            jnp.asarray(x, jnp.float32),
-                            jnp.zeros(32, jnp.int32))
+  logits = predict_rows(ctx, strategy, state, far, x)
   assert np.all(logits[:, has_stats] > MASK_VALUE / 2)
 
 
@@ -315,8 +301,7 @@ def test_classes_not_seen_yet_are_never_predicted(two_experiences):
     state = strategy.end_experience(
         ctx, state, normal_experience([0, 0, 0, 1, 1, 1], 0),
         jax.random.key(1))
-    logits = strategy.predict(ctx, state.params, state.model_state,
-                              state.cl_state, x, jnp.zeros(64, jnp.int32))
+    logits = predict_rows(ctx, strategy, state, state.cl_state, x)
     assert set(np.argmax(logits, 1).tolist()) <= {0, 1}
     np.testing.assert_array_equal(logits[:, 2:], MASK_VALUE)
     # Without the loop's own masking of unseen classes, the classifier's

@@ -5,18 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (TwoLayer, assert_refuses_models_without_features,
+from conftest import (TwoLayer, assert_nearest_class_logits,
+                      assert_refuses_models_without_features,
                       check_class_balanced_memory, fit_seeds_alone,
                       hook_context, hook_state, make_benchmark, normal_batch,
-                      normal_experience, tiny_cli_metrics, two_layer_numpy,
-                      unit_rows)
+                      normal_experience, predict_rows, tiny_cli_metrics,
+                      two_layer_numpy, unit_rows)
 
 import jaxcl
 from jaxcl.models import MLP
 from jaxcl.strategies import (REGISTRY, buffers, chain, ewc, from_spec, scr,
                               scr_loss)
 from jaxcl.strategies.contrastive import _embed_views
-from jaxcl.strategies.model_utils import MASK_VALUE
 from jaxcl.training import cross_entropy, mask_unseen
 
 N_CLASSES, DIM = 4, 3
@@ -176,17 +176,10 @@ def test_scr_predicts_the_nearest_class_mean_never_one_without():
   cl = state.cl_state.replace(class_means=jnp.asarray(means, jnp.float32),
                               has_mean=jnp.asarray(has_mean))
   x = rng.normal(size=(32, DIM))
-  logits = strategy.predict(ctx, state.params, state.model_state, cl,
-                            jnp.asarray(x, jnp.float32),
-                            jnp.zeros(32, jnp.int32))
   h = unit_rows(two_layer_numpy(state.params, x)[0])
-  distance = np.linalg.norm(h[:, None] - means[None], axis=-1)
-  np.testing.assert_allclose(logits[:, has_mean], -distance[:, has_mean],
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(logits[:, 2], MASK_VALUE)
-  np.testing.assert_array_equal(
-      np.argmax(logits, 1),
-      np.argmin(np.where(has_mean, distance, np.inf), 1))
+  assert_nearest_class_logits(
+      predict_rows(ctx, strategy, state, cl, x),
+      np.linalg.norm(h[:, None] - means[None], axis=-1), has_mean)
 
 
 def test_scr_memory_stays_class_balanced_and_classes_left_out_have_no_mean():
