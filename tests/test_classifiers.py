@@ -15,7 +15,8 @@ from conftest import (TwoLayer, assert_nearest_class_logits,
 import jaxcl
 from jaxcl.models import MLP
 from jaxcl.strategies import (REGISTRY, buffers, chain, fecam, from_spec,
-                              icarl, naive, ncm, shrink_covariance)
+                              icarl, naive, ncm, shrink_covariance,
+                              tukey_transform)
 from jaxcl.strategies.model_utils import MASK_VALUE
 
 N_CLASSES, DIM = 4, 3
@@ -88,6 +89,10 @@ def _positive_experience(labels, index, seed=0):
 
 def test_fecam_covariance_pieces_match_avalanche():
   rng = np.random.default_rng(0)
+  # Avalanche's x ** 0.5 on non-negative features, odd-symmetric below 0.
+  np.testing.assert_allclose(
+      tukey_transform(jnp.array([4.0, 0.0, 0.25, -9.0]), 0.5),
+      [2.0, 0.0, 0.5, -3.0])
   # A zero off-diagonal entry stays out of the off-diagonal mean.
   cov = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, -0.5], [1.0, -0.5, 4.0]])
   np.testing.assert_allclose(shrink_covariance(jnp.asarray(cov), 0.7, 0.2),
