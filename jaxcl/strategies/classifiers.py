@@ -119,7 +119,9 @@ def _sources(memory: buffers.Buffer | None, data, key: jax.Array):
 def _refuse_task_labels(ctx: StrategyContext, name: str) -> None:
   refuse_task_labels(ctx, f"{name} keeps one set of statistics per class "
                      "and ignores task labels, as Avalanche's classifier; "
-                     "got a stream with task labels (one head per task).")
+                     "got a stream with task labels (one head per task): "
+                     "build the benchmark without them (no return_task_id "
+                     "/ --return-task-id).")
 
 
 def _features(ctx: StrategyContext, state):
