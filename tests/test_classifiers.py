@@ -174,6 +174,12 @@ def test_ncm_predicts_the_nearest_mean_never_a_class_without(normalize):
       predict_rows(ctx, strategy, state, cl, x),
       np.linalg.norm(h[:, None] - means[None], axis=-1), has_mean,
       atol=1e-5)
+  # A mean very far away (unnormalised features of a large scale) stays
+  # above the masked classes and is not counted as masked.
+  far = cl.replace(class_means=cl.class_means * 1e4)
+  logits = predict_rows(ctx, strategy, state, far, x)
+  assert np.all(logits[:, has_mean] > MASK_VALUE / 2)
+  np.testing.assert_array_equal(logits[:, ~has_mean], MASK_VALUE)
 
 
 def test_fecam_predicts_the_nearest_class_by_mahalanobis_distance():

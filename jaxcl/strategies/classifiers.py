@@ -54,7 +54,8 @@ from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.exemplars import (class_feature_means,
                                         merge_class_statistics,
                                         nearest_mean_logits)
-from jaxcl.strategies.model_utils import (MASK_VALUE, feature_size,
+from jaxcl.strategies.model_utils import (FAR_LOGIT, MASK_VALUE,
+                                          feature_size,
                                           in_chunks, init_model_state,
                                           l2_normalize,
                                           penultimate_features,
@@ -81,10 +82,6 @@ UPDATES = ("current", "memory", "oracle")
 _MOMENTUM = 0.5
 """Weight of a class's new statistics against its previous ones with
 ``update="current"`` (Avalanche's ``update_class_means_dict``)."""
-
-_FAR = MASK_VALUE / 2 + 1.0
-"""Lowest logit of a class that has statistics: the evaluation counts a
-logit at or below ``MASK_VALUE / 2`` as a masked class."""
 
 
 # ------------------------------------------------------------ shared pieces
@@ -351,7 +348,7 @@ def mahalanobis_logits(features: jax.Array, means: jax.Array,
   """
   diff = l2_normalize(features)[:, None, :] - l2_normalize(means)[None]
   distance = jnp.einsum("bcf,cfg,bcg->bc", diff, precisions, diff)
-  return jnp.where(has_stats, jnp.maximum(-distance, _FAR), MASK_VALUE)
+  return jnp.where(has_stats, jnp.maximum(-distance, FAR_LOGIT), MASK_VALUE)
 
 
 @flax.struct.dataclass

@@ -36,7 +36,8 @@ import optax
 from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.strategies.model_utils import (MASK_VALUE, feature_size,
+from jaxcl.strategies.model_utils import (FAR_LOGIT, MASK_VALUE,
+                                          feature_size,
                                           in_chunks, init_model_state,
                                           l2_normalize,
                                           penultimate_features,
@@ -280,7 +281,10 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
   """Nearest-mean-of-exemplars logits: ``−‖φ(x)/‖φ(x)‖ − μ_c‖`` per class.
 
   Classes without a mean get ``MASK_VALUE``, so ``argmax`` is the nearest
-  class mean (Avalanche's ``NCMClassifier``).
+  class mean (Avalanche's ``NCMClassifier``). Distances are capped at
+  ``−FAR_LOGIT`` (499) so that a far class (possible without
+  ``normalize``) still ranks above the masked ones and is not counted as
+  masked; normalised distances are at most 2 and never capped.
 
   Args:
     features: ``[batch, F]`` (normalised here).
@@ -304,7 +308,7 @@ def nearest_mean_logits(features: jax.Array, means: jax.Array,
     features = l2_normalize(features)
   diff = features[:, None, :] - means[None]
   distance = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 0.0))
-  return jnp.where(has_mean, -distance, MASK_VALUE)
+  return jnp.where(has_mean, jnp.maximum(-distance, FAR_LOGIT), MASK_VALUE)
 
 
 def nearest_mean_predict(ctx: StrategyContext, params: PyTree,

@@ -30,6 +30,7 @@ from jaxcl.models import MultiHeadClassifier
 from jaxcl.strategies.base import StrategyContext
 
 __all__ = [
+    "FAR_LOGIT",
     "MASK_VALUE",
     "OutputLayer",
     "example_inputs",
@@ -56,6 +57,11 @@ PyTree = Any
 
 MASK_VALUE = -1000.0
 """Logit of classes that cannot be predicted (Avalanche's incremental head)."""
+
+FAR_LOGIT = MASK_VALUE / 2 + 1.0
+"""Lowest logit a distance-based classifier gives a class that has
+statistics: the evaluation counts a logit at or below ``MASK_VALUE / 2`` as
+a masked class, so a far class must stay above it (and above masked ones)."""
 
 # Output layers whose first input is the penultimate features.
 _OUTPUT_LAYERS = (nn.Dense, nn.DenseGeneral, MultiHeadClassifier)
