@@ -417,8 +417,10 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
     The strategy; its ``cl_state`` is a :class:`FecamState`.
 
   Raises:
-    ValueError: Bad arguments; (at ``init``) a stream with task labels or
-      a model without an output layer to take features from.
+    ValueError: Bad arguments; (at ``init``) a stream with task labels, a
+      model without an output layer to take features from, or
+      ``update="memory"`` with ``mem_size`` under two samples per class of
+      the stream.
 
   Example:
     >>> fecam(update="oracle", shrink1=0.5).name
@@ -437,6 +439,13 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
 
   def init(ctx, params, key):
     _refuse_task_labels(ctx, "fecam")
+    if update == "memory" and mem_size < 2 * ctx.n_classes:
+      # A class-balanced memory then keeps one sample of some classes at
+      # the end of the stream: no covariance, the class never predicted.
+      raise ValueError(
+          f"fecam(update='memory') needs mem_size >= 2 x n_classes = "
+          f"{2 * ctx.n_classes} (two samples per class for a covariance), "
+          f"got mem_size={mem_size}.")
     width = feature_size(ctx, params, init_model_state(ctx, key))
     square = (ctx.n_classes, width, width)
     return FecamState(
