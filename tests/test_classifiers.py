@@ -416,8 +416,8 @@ def test_refuses_bad_arguments():
     assert_refuses_models_without_features(factory(), _ctx())
   # Two samples per class for a covariance: 2 x 4 classes at least.
   with pytest.raises(ValueError, match=r"fecam\(update='memory'\) needs "
-                     "mem_size >= 2 x n_classes = 8 \(two samples per "
-                     "class for a covariance\), got mem_size=7"):
+                     r"mem_size >= 2 x n_classes = 8 \(two samples per "
+                     r"class for a covariance\), got mem_size=7"):
     fecam(update="memory", mem_size=7).init(_ctx(), None, jax.random.key(0))
   for strategy in (fecam(update="memory", mem_size=8),
                    fecam(update="current", mem_size=1), ncm(update="memory",
