@@ -7,7 +7,7 @@ import optax
 import pytest
 from conftest import (TwoLayer, assert_nearest_class_logits,
                       assert_refuses_models_without_features,
-                      check_class_balanced_memory, device_experience,
+                      assert_trees_close, check_class_balanced_memory, device_experience,
                       fit_seeds_alone, hook_context, hook_state,
                       make_benchmark, normal_experience, predict_rows,
                       tiny_cli_metrics, two_layer_numpy, unit_rows)
@@ -341,7 +341,7 @@ def test_oracle_update_equals_statistics_over_all_data_seen():
         np.testing.assert_allclose(ended.precisions[c], np.linalg.pinv(cov),
                                    rtol=1e-3, atol=1e-4)
       # Recomputed each time: no covariances kept (F x F per class).
-      assert ended.class_covs.shape == (N_CLASSES, 0, 0)
+      assert ended.class_covs is None
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +377,21 @@ def test_vmapped_seeds_equal_single_runs(two_experiences):
   strategy = chain(naive(), fecam(update="memory", mem_size=8))
   for alone in fit_seeds_alone(model, strategy, two_experiences):
     assert alone.accuracy_matrix[-1].min() > 0.5
+
+
+@pytest.mark.parametrize("update", ["memory", "oracle"])
+def test_fecam_without_kept_covariances_checkpoints_and_resumes(
+    two_experiences, tmp_path, update):
+  def run():
+    return jaxcl.fit(MLP(4, hidden_size=16, drop_rate=0.0),
+                     chain(naive(), fecam(update=update, mem_size=8)),
+                     optax.sgd(0.1), two_experiences, seed=0, epochs=1,
+                     batch_size=4, checkpoint_dir=str(tmp_path))
+  first = run()
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit())
+  resumed = run()  # From the finished run's last checkpoint.
+  np.testing.assert_array_equal(resumed.accuracy_matrix, first.accuracy_matrix)
+  assert_trees_close(resumed.state.cl_state, first.state.cl_state, atol=0)
 
 
 def test_sweeps_shrinkage_as_single_runs(two_experiences):

@@ -394,8 +394,7 @@ class FecamState:
     class_means: ``[n_classes, F]`` means of the transformed features.
     class_covs: ``[n_classes, F, F]`` their covariances, shrunk and
       normalised, kept for ``update="current"`` (merged with the next
-      ones); ``[n_classes, 0, 0]`` for the other updates, which recompute
-      them.
+      ones); None for the other updates, which recompute them.
     precisions: ``[n_classes, F, F]`` pseudo-inverses of ``class_covs``.
     has_stats: ``bool[n_classes]``, the classes that have statistics.
     shrink1: Diagonal shrinkage ``γ₁``.
@@ -405,7 +404,7 @@ class FecamState:
 
   buffer: buffers.Buffer | None
   class_means: jax.Array
-  class_covs: jax.Array
+  class_covs: jax.Array | None
   precisions: jax.Array
   has_stats: jax.Array
   shrink1: jax.Array
@@ -484,12 +483,13 @@ def fecam(update: str = "current", mem_size: int = 2000, tukey: bool = True,
     width = feature_size(ctx, params, init_model_state(ctx, key))
     square = (ctx.n_classes, width, width)
     # Only "current" merges the covariances with the next ones: the other
-    # updates would keep n_classes x F^2 floats for nothing.
-    kept = square if update == "current" else (ctx.n_classes, 0, 0)
+    # updates would keep n_classes x F^2 floats for nothing (None: no leaf,
+    # which vmap, sweeps and checkpoints take; orbax refuses empty arrays).
     return FecamState(
         buffer=_memory(ctx, update, mem_size),
         class_means=jnp.zeros((ctx.n_classes, width), jnp.float32),
-        class_covs=jnp.zeros(kept, jnp.float32),
+        class_covs=(jnp.zeros(square, jnp.float32) if update == "current"
+                    else None),
         precisions=jnp.zeros(square, jnp.float32),
         has_stats=jnp.zeros(ctx.n_classes, bool),
         shrink1=jnp.float32(shrink1), shrink2=jnp.float32(shrink2),
