@@ -438,17 +438,20 @@ def test_refuses_bad_arguments():
                    fecam(update="current", mem_size=1), ncm(update="memory",
                                                             mem_size=4)):
     hook_state(_ctx(), strategy)
-  with pytest.raises(TypeError, match="normalize must be True or False, got "
-                     "'no'"):
-    ncm(normalize="no")
-  with pytest.raises(ValueError, match=r"tukey1 must be in \(0, inf\), got "
-                     "0.0"):
-    fecam(tukey1=0.0)
-  with pytest.raises(ValueError, match=r"shrink2 must be in \[0, inf\), got "
-                     "-1.0"):
-    fecam(shrink2=-1.0)
-  with pytest.raises(TypeError, match="covnorm must be True or False"):
-    fecam(covnorm=1)
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ncm(normalize="no"), TypeError,
+     "normalize must be True or False, got 'no'"),
+    (lambda: fecam(tukey1=0.0), ValueError,
+     r"tukey1 must be in \(0, inf\), got 0.0"),
+    (lambda: fecam(shrink2=-1.0), ValueError,
+     r"shrink2 must be in \[0, inf\), got -1.0"),
+    (lambda: fecam(covnorm=1), TypeError, "covnorm must be True or False"),
+])
+def test_factories_refuse_bad_hyperparameters(build, error, message):
+  with pytest.raises(error, match=message):
+    build()
 
 
 def test_registered_for_specs_with_avalanches_defaults():
