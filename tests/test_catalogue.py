@@ -449,6 +449,31 @@ def test_random_flip_flips_left_right_per_sample():
   np.testing.assert_array_equal(augment.random_flip(0.0)(x, jax.random.key(1)), x)
 
 
+def test_random_grayscale_is_the_luma_on_three_channels_per_sample():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (32, 3, 2, 3)).astype(np.uint8)
+  out = np.asarray(jax.jit(augment.random_grayscale(0.5))(
+      jnp.asarray(x), jax.random.key(2)))
+  assert out.dtype == np.uint8
+  luma = (0.2989 * x[..., 0] + 0.587 * x[..., 1]
+          + 0.114 * x[..., 2]).astype(np.float32)
+  gray = np.repeat(np.floor(luma)[..., None], 3, axis=-1).astype(np.uint8)
+  turned = [np.array_equal(o, g) for o, g in zip(out, gray)]
+  kept = [np.array_equal(o, i) for o, i in zip(out, x)]
+  assert all(t or k for t, k in zip(turned, kept))
+  assert 0 < sum(turned) < 32 and 0 < sum(kept) < 32
+  np.testing.assert_array_equal(
+      augment.random_grayscale(0.0)(jnp.asarray(x), jax.random.key(2)), x)
+  one_channel = jnp.asarray(x[..., :1])
+  np.testing.assert_array_equal(
+      augment.random_grayscale(1.0)(one_channel, jax.random.key(2)),
+      one_channel)
+  with pytest.raises(ValueError, match="1 or 3 channels, got 2"):
+    augment.random_grayscale()(jnp.ones((1, 2, 2, 2)), jax.random.key(0))
+  with pytest.raises(ValueError, match="probability"):
+    augment.random_grayscale(1.5)
+
+
 def test_compose_uses_one_key_per_augmentation():
   x = jnp.ones((3, 4, 4, 1))
   shift = augment.per_sample(lambda img, key: img + jax.random.uniform(key))

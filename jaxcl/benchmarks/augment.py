@@ -25,7 +25,8 @@ import jax.numpy as jnp
 from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Augment
 
-__all__ = ["compose", "per_sample", "random_crop", "random_flip"]
+__all__ = ["compose", "per_sample", "random_crop", "random_flip",
+           "random_grayscale"]
 
 ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -112,6 +113,46 @@ def random_flip(probability: float = 0.5) -> Augment:
                      image)
 
   return per_sample(flip)
+
+
+# ITU-R 601-2 luma weights, the ones torchvision's ``rgb_to_grayscale`` uses.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def random_grayscale(probability: float = 0.1) -> Augment:
+  """Turns each RGB image to grayscale with ``probability``, keeping 3 channels.
+
+  torchvision's ``RandomGrayscale(p=probability)``: the luma
+  ``0.2989·R + 0.587·G + 0.114·B`` copied to the three channels, cast back
+  to the image's dtype (integer images are truncated, as torchvision's
+  tensor path does). Images with one channel are returned unchanged.
+
+  Args:
+    probability: Chance that an image is turned to grayscale.
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> gray = random_grayscale(1.0)
+    >>> x = jnp.array([[[[10.0, 20.0, 30.0]]]])
+    >>> gray(x, jax.random.key(0)).ravel().tolist()  # doctest: +ELLIPSIS
+    [18.1..., 18.1..., 18.1...]
+  """
+  probability = _validation.check_in_range("probability", probability, low=0,
+                                           high=1)
+
+  def grayscale(image: jax.Array, key: jax.Array) -> jax.Array:
+    if image.shape[-1] == 1:
+      return image
+    if image.shape[-1] != 3:
+      raise ValueError(f"random_grayscale expects images with 1 or 3 "
+                       f"channels, got {image.shape[-1]}.")
+    luma = image.astype(jnp.float32) @ jnp.asarray(_LUMA, jnp.float32)
+    gray = jnp.broadcast_to(luma[..., None], image.shape).astype(image.dtype)
+    return jnp.where(jax.random.bernoulli(key, probability), gray, image)
+
+  return per_sample(grayscale)
 
 
 def compose(*augmentations: Augment) -> Augment:
