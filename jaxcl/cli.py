@@ -237,6 +237,10 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   train.add_argument("--lr", type=float, default=0.01, help="learning rate")
   train.add_argument("--momentum", type=float, default=0.0,
                      help="SGD momentum")
+  train.add_argument("--label-smoothing", type=float, default=0.0,
+                     help="smooth the cross-entropy's targets by this much "
+                     "(PyTorch's label_smoothing), spread over the classes "
+                     "not masked")
   train.add_argument("--epochs", type=int, default=1,
                      help="passes over each experience")
   train.add_argument("--batch-size", type=int, default=32,
@@ -461,6 +465,8 @@ def _check_args(args: argparse.Namespace,
       _validation.check_in_range("--sweep lr values", value, low=0.0,
                                  low_inclusive=False)
   _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
+  _validation.check_in_range("--label-smoothing", args.label_smoothing,
+                             low=0.0, high=1.0)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
                              high_inclusive=False)
   if args.momentum and args.optimizer != "sgd":
@@ -1060,7 +1066,9 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     checkpoint_keep=args.checkpoint_keep,
                     device_memory_budget_mb=args.device_memory_budget_mb,
                     on_nonfinite=args.on_nonfinite,
-                    metrics=_metric_selection(args))
+                    metrics=_metric_selection(args),
+                    loss=jaxcl.training.smoothed_cross_entropy(
+                        args.label_smoothing))
   lr = _learning_rate(args, strategy, benchmark)
   try:
     if writer is not None and args.image_samples:

@@ -15,10 +15,11 @@ from jaxcl import _hosts
 from jaxcl.benchmarks import Experience
 from jaxcl.models import Model
 from jaxcl.strategies import Strategy, StrategyContext, chain, naive
-from jaxcl.strategies.model_utils import visible_classes
+from jaxcl.strategies.model_utils import MASK_VALUE, visible_classes
 from jaxcl.training import (cross_entropy, experience_data, init_state,
                             make_evaluate, make_train_experience,
-                            make_train_step, stack_experiences)
+                            make_train_step, smoothed_cross_entropy,
+                            stack_experiences)
 
 # The module, for its private helpers (``jaxcl.training.fit`` is the function).
 fit_module = importlib.import_module("jaxcl.training.fit")
@@ -376,6 +377,65 @@ def test_bad_arguments_fail_before_compiling(tiny_benchmark, tiny_model):
   with pytest.raises(ValueError, match="input_size=5"):
     jaxcl.fit(jaxcl.models.MLP(4, input_size=5), naive(), optax.sgd(0.1),
               tiny_benchmark)
+
+
+def test_smoothed_cross_entropy_spreads_over_the_visible_classes():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 5)).astype(np.float32)
+  logits[:, 4] = MASK_VALUE  # A class not seen yet.
+  y = np.array([0, 3, 1, 2])
+  class_mask = np.ones((4, 5), bool)
+  class_mask[1, 0] = False  # A strategy's restriction of row 1.
+  batch = {"y": jnp.asarray(y), "class_mask": jnp.asarray(class_mask)}
+  for eps in (0.0, 0.1, 1.0):
+    got = smoothed_cross_entropy(eps)(jnp.asarray(logits), batch)
+    expected = []
+    for row, label, allowed in zip(logits, y, class_mask):
+      visible = allowed & (row > MASK_VALUE)
+      z = row[visible]
+      log_p = z - np.log(np.sum(np.exp(z - z.max()))) - z.max()
+      target = np.full(visible.sum(), eps / visible.sum())
+      target[np.flatnonzero(visible) == label] += 1 - eps
+      expected.append(-np.sum(target * log_p))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert smoothed_cross_entropy(0.0) is cross_entropy
+  with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], "
+                     "got 1.5"):
+    smoothed_cross_entropy(1.5)
+
+
+def test_fit_trains_and_evaluates_with_the_given_loss(tiny_benchmark,
+                                                      tiny_model):
+  def run(lr, **kwargs):
+    return jaxcl.fit(tiny_model, naive(), optax.sgd(lr), tiny_benchmark,
+                     batch_size=4, **kwargs)
+  # SGD on twice the loss is SGD at twice the rate: the same parameters,
+  # and the evaluation's loss, the same criterion, twice as large.
+  doubled = run(0.05, loss=lambda logits, batch: 2 * cross_entropy(logits,
+                                                                   batch))
+  plain = run(0.1)
+  chex.assert_trees_all_close(doubled.state.params, plain.state.params,
+                              rtol=1e-6)
+  np.testing.assert_allclose([r["stream_loss"] for r in doubled.history],
+                             [2 * r["stream_loss"] for r in plain.history],
+                             rtol=1e-6)
+  smoothed = run(0.1, loss=smoothed_cross_entropy(0.2))
+  assert not np.allclose(jax.tree.leaves(smoothed.state.params)[0],
+                         jax.tree.leaves(plain.state.params)[0])
+
+
+@pytest.mark.parametrize("loss, error, message", [
+    (0.1, TypeError, "loss must be a callable"),
+    (lambda logits, batch: jnp.mean(cross_entropy(logits, batch)),
+     ValueError, r"returned \(\) for a batch of 2; expected one loss per "
+     "sample"),
+    (lambda logits, batch: batch["soft_labels"] * logits,
+     ValueError, "failed on logits of shape \\(2, 4\\).*KeyError"),
+])
+def test_a_bad_loss_is_refused_before_compiling(tiny_benchmark, tiny_model,
+                                                loss, error, message):
+  with pytest.raises(error, match=message):
+    jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark, loss=loss)
 
 
 def test_task_incremental_predictions_stay_within_the_task():

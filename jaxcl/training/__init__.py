@@ -2,10 +2,10 @@
 
 from jaxcl._hosts import stop_all_hosts_on_error
 from jaxcl.training.fit import MultiResult, Result, Run, fit, make_context, sweep
-from jaxcl.training.loop import (EvalCounts, TrainMetrics, cross_entropy,
-                                 init_state, make_evaluate,
+from jaxcl.training.loop import (EvalCounts, Loss, TrainMetrics,
+                                 cross_entropy, init_state, make_evaluate,
                                  make_train_experience, make_train_step,
-                                 mask_unseen)
+                                 mask_unseen, smoothed_cross_entropy)
 from jaxcl.training.periodic import EarlyStopping, PeriodicEval
 from jaxcl.training.state import (ExperienceData, TrainState, experience_data,
                                   stack_experiences)
@@ -15,6 +15,7 @@ __all__ = [
     "PeriodicEval",
     "EvalCounts",
     "ExperienceData",
+    "Loss",
     "MultiResult",
     "Result",
     "Run",
@@ -30,6 +31,7 @@ __all__ = [
     "make_context",
     "make_train_step",
     "mask_unseen",
+    "smoothed_cross_entropy",
     "stack_experiences",
     "stop_all_hosts_on_error",
 ]

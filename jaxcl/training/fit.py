@@ -36,6 +36,7 @@ from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import _runs, loop, periodic, streaming
+from jaxcl.training.loop import Loss
 from jaxcl.training.state import (
     ExperienceData,
     TrainState,
@@ -208,11 +209,36 @@ def _check_model_output(ctx: StrategyContext, sample, task):
                      "the benchmark (set num_classes=benchmark.n_classes).")
 
 
+def _check_loss(ctx: StrategyContext, sample, task):
+  """Traces the task loss on a batch of two so that a loss that does not
+  return one value per sample is refused before compiling."""
+  if not callable(ctx.loss):
+    raise TypeError(f"loss must be a callable (logits, batch) -> per-sample "
+                    f"losses, got {type(ctx.loss).__name__} {ctx.loss!r}.")
+  two = lambda a: jnp.concatenate([a, a])
+  batch = {"x": two(sample), "y": jnp.zeros((2,), jnp.int32),
+           "task": two(task), "weight": jnp.ones((2,), jnp.float32)}
+  logits = jax.ShapeDtypeStruct((2, ctx.n_classes), jnp.float32)
+  name = getattr(ctx.loss, "__name__", repr(ctx.loss))
+  try:
+    out = jax.eval_shape(ctx.loss, logits, batch)
+  except Exception as e:  # Re-raised naming the argument.
+    raise ValueError(f"loss {name} failed on logits of shape (2, "
+                     f"{ctx.n_classes}) and a batch of x, y, task and "
+                     f"weight: {type(e).__name__}: {e}") from e
+  if getattr(out, "shape", None) != (2,):
+    raise ValueError(
+        f"loss {name} returned {jax.tree.map(lambda a: a.shape, out)!r} for "
+        f"a batch of 2; expected one loss per sample, shape (2,) (the loop "
+        "weights and averages them).")
+
+
 def make_context(model, benchmark: Benchmark,
                  optimizer: optax.GradientTransformation, *, batch_size: int,
                  experience_size: int | None = None,
                  batch_sharding: Any = None,
-                 mask_classes: bool = True) -> StrategyContext:
+                 mask_classes: bool = True,
+                 loss: Loss | None = None) -> StrategyContext:
   """The static :class:`StrategyContext` of a benchmark, for custom loops.
 
   Args:
@@ -224,6 +250,7 @@ def make_context(model, benchmark: Benchmark,
       experience).
     batch_sharding: Sharding that splits batches over devices, if any.
     mask_classes: Whether never-seen classes are masked.
+    loss: The per-sample task loss (default :func:`loop.cross_entropy`).
 
   Returns:
     The context passed to every strategy hook.
@@ -235,7 +262,8 @@ def make_context(model, benchmark: Benchmark,
   stream = benchmark.train_stream
   return StrategyContext(
       model=as_model(model), preprocess=benchmark.preprocess,
-      loss=loop.cross_entropy, n_classes=benchmark.n_classes,
+      loss=loop.cross_entropy if loss is None else loss,
+      n_classes=benchmark.n_classes,
       n_experiences=len(stream), input_shape=tuple(benchmark.input_shape),
       batch_size=batch_size,
       experience_size=experience_size or stream.max_size,
@@ -310,6 +338,7 @@ def fit(
     seeds: Sequence[int] | None = None,
     eval_batch_size: int = 1000,
     mask_unseen_classes: bool = True,
+    loss: Loss | None = None,
     eval_before_training: bool = True,
     eval_every: int | None = None,
     periodic_eval: periodic.PeriodicEval | None = None,
@@ -352,6 +381,15 @@ def fit(
     eval_batch_size: Chunk size of evaluation.
     mask_unseen_classes: Mask the logits of classes not trained on so far
       (Avalanche's incremental classifier with masking).
+    loss: The task loss, Avalanche's ``criterion``: ``loss(logits, batch)
+      -> [batch]`` per-sample losses (weighted and averaged by the loop;
+      strategies add their penalties to it). Default
+      :func:`jaxcl.training.cross_entropy`;
+      :func:`jaxcl.training.smoothed_cross_entropy` gives PyTorch's
+      ``label_smoothing``. ``batch`` holds ``"x"``, ``"y"``, ``"task"``,
+      ``"weight"`` and what strategies add (``"class_mask"``: classes the
+      loss may see); evaluation's loss uses it too, with ``"y"`` and
+      ``"task"`` only (docs/training.md).
     eval_before_training: Evaluate the initial model too (needed by
       ``forward_transfer``).
     eval_every: Evaluate the test stream after every ``eval_every``-th train
@@ -420,7 +458,7 @@ def fit(
   """
   settings = dict(epochs=epochs, batch_size=batch_size,
                   eval_batch_size=eval_batch_size,
-                  mask_unseen_classes=mask_unseen_classes,
+                  mask_unseen_classes=mask_unseen_classes, loss=loss,
                   eval_before_training=eval_before_training,
                   eval_every=eval_every, periodic_eval=periodic_eval,
                   early_stopping=early_stopping,
@@ -640,6 +678,7 @@ def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark,
 def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                 batched: bool, epochs: int = 1, batch_size: int = 32,
                 eval_batch_size: int = 1000, mask_unseen_classes: bool = True,
+                loss: Loss | None = None,
                 eval_before_training: bool = True,
                 eval_every: int | None = None,
                 periodic_eval: periodic.PeriodicEval | None = None,
@@ -698,9 +737,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   place = _placement(data_parallel, len(runs) if batched else 0, batch_size)
   ctx = make_context(model_fns, benchmark, optimizer, batch_size=batch_size,
                      experience_size=size, batch_sharding=place.batch,
-                     mask_classes=mask_unseen_classes)
+                     mask_classes=mask_unseen_classes, loss=loss)
   sample_task = jnp.zeros((1,), jnp.int32)
   _check_model_output(ctx, sample, sample_task)
+  _check_loss(ctx, sample, sample_task)
 
   steps = math.ceil(size / batch_size)
   skip_empty = any(math.ceil(len(e) / batch_size) < steps for e in train_stream)
@@ -867,6 +907,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           settings=dict(epochs=epochs, batch_size=batch_size,
                         eval_batch_size=eval_batch_size,
                         mask_unseen_classes=mask_unseen_classes,
+                        loss=getattr(ctx.loss, "__qualname__",
+                                     type(ctx.loss).__name__),
                         eval_before_training=eval_before_training,
                         eval_every=eval_every,
                         periodic_eval=(periodic_eval and

@@ -41,8 +41,10 @@ from jaxcl.training.state import ExperienceData, TrainState
 __all__ = [
     "EvalCounts",
     "ExperienceParts",
+    "Loss",
     "TrainMetrics",
     "cross_entropy",
+    "smoothed_cross_entropy",
     "init_state",
     "make_evaluate",
     "make_experience_parts",
@@ -89,11 +91,58 @@ def minibatch_record(metrics: TrainMetrics, loss: jax.Array, step: jax.Array,
                                 jnp.nan).astype(jnp.float32)}
 
 
+Loss = Callable[[jax.Array, dict], jax.Array]
+"""A per-sample task loss: ``loss(logits, batch) -> [batch]``."""
+
+
 def cross_entropy(logits: jax.Array, batch: dict) -> jax.Array:
   """Per-sample softmax cross-entropy; ``batch["class_mask"]`` restricts classes."""
   if "class_mask" in batch:
     logits = jnp.where(batch["class_mask"], logits, MASK_VALUE)
   return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+
+
+def smoothed_cross_entropy(label_smoothing: float
+                           ) -> Callable[[jax.Array, dict], jax.Array]:
+  """Cross-entropy with smoothed labels, PyTorch's ``label_smoothing``.
+
+  The target is ``(1 - ε)·onehot(y) + ε/K`` over the ``K`` classes the loss
+  sees: PyTorch's ``CrossEntropyLoss(label_smoothing=ε)`` spreads ``ε`` over
+  every output unit, jaxcl over the units not masked (those above
+  ``MASK_VALUE / 2``: never-seen classes, another task's classes and
+  ``batch["class_mask"]``'s), so that masked units, which no parameter can
+  move, add no constant to the loss.
+
+  Args:
+    label_smoothing: ``ε`` in ``[0, 1]``; 0 is :func:`cross_entropy`.
+
+  Returns:
+    A per-sample loss ``(logits, batch) -> [batch]`` for ``fit(loss=...)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> loss = smoothed_cross_entropy(0.1)
+    >>> logits = jnp.array([[2.0, 0.0, MASK_VALUE]])
+    >>> round(float(loss(logits, {"y": jnp.array([0])})[0]), 4)
+    0.2269
+  """
+  label_smoothing = _validation.check_in_range(
+      "label_smoothing", label_smoothing, low=0, high=1)
+  if label_smoothing == 0:
+    return cross_entropy
+
+  def loss(logits: jax.Array, batch: dict) -> jax.Array:
+    if "class_mask" in batch:
+      logits = jnp.where(batch["class_mask"], logits, MASK_VALUE)
+    visible = logits > MASK_VALUE / 2
+    log_p = jax.nn.log_softmax(logits)
+    true = -jnp.take_along_axis(log_p, batch["y"][:, None].astype(jnp.int32),
+                                -1)[:, 0]
+    spread = -jnp.sum(jnp.where(visible, log_p, 0.0), -1) / jnp.maximum(
+        jnp.sum(visible, -1), 1)
+    return (1 - label_smoothing) * true + label_smoothing * spread
+
+  return loss
 
 
 def mask_unseen(logits: jax.Array, seen_classes: jax.Array,
@@ -629,8 +678,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
           jnp.broadcast_to(visible, logits.shape), y[:, None], -1)[:, 0]
     outputs = dict(logits=logits, labels=y, task=task, mask=valid,
                    label_visible=label_visible,
-                   loss=optax.softmax_cross_entropy_with_integer_labels(
-                       logits, y))
+                   loss=ctx.loss(logits, {"y": y, "task": task}))
     return (_ExperienceMetrics.single_from_model_output(
         k=top_k, n_tasks=n_tasks, **outputs),
             ConfusionMatrix.from_model_output(**outputs))
