@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Augment
 
 __all__ = ["compose", "per_sample", "random_crop", "random_flip",
-           "random_grayscale"]
+           "random_grayscale", "random_resized_crop"]
 
 ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -153,6 +154,128 @@ def random_grayscale(probability: float = 0.1) -> Augment:
     return jnp.where(jax.random.bernoulli(key, probability), gray, image)
 
   return per_sample(grayscale)
+
+
+def _check_range(name: str, value) -> tuple[float, float]:
+  """``value`` as a pair ``0 < low <= high`` of finite floats."""
+  try:
+    low, high = value
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a pair (low, high), got "
+                     f"{value!r}.") from None
+  low = _validation.check_in_range(f"{name}[0]", low, low=0,
+                                   low_inclusive=False)
+  high = _validation.check_in_range(f"{name}[1]", high, low=0,
+                                    low_inclusive=False)
+  if low > high:
+    raise ValueError(f"{name} must be a pair with low <= high, got "
+                     f"{value!r}.")
+  return low, high
+
+
+def _bilinear_rows(image: jax.Array, start: jax.Array, length: jax.Array,
+                   out: int) -> jax.Array:
+  """Rows ``start .. start + length - 1`` of ``image`` resized to ``out``
+  rows: torch's bilinear interpolation with ``align_corners=False`` (pixel
+  centres, source coordinates clamped to the window's edge rows)."""
+  centre = (jnp.arange(out, dtype=jnp.float32) + 0.5) * (length / out) - 0.5
+  centre = jnp.maximum(centre, 0.0)
+  low = jnp.minimum(jnp.floor(centre).astype(jnp.int32), length - 1)
+  high = jnp.minimum(low + 1, length - 1)
+  frac = (centre - low)[:, None, None]
+  return (image[start + low] * (1.0 - frac) + image[start + high] * frac)
+
+
+def _resized_crop(image: jax.Array, box: jax.Array) -> jax.Array:
+  """The window ``box = (top, left, height, width)`` of ``image`` resized
+  bilinearly to the image's size; integer images are rounded back."""
+  h, w = image.shape[:2]
+  top, left, height, width = box
+  pixels = image.astype(jnp.float32)
+  rows = _bilinear_rows(pixels, top, height, h)
+  out = jnp.swapaxes(_bilinear_rows(jnp.swapaxes(rows, 0, 1), left, width,
+                                    w), 0, 1)
+  if jnp.issubdtype(image.dtype, jnp.integer):
+    info = jnp.iinfo(image.dtype)
+    out = jnp.clip(jnp.round(out), info.min, info.max)
+  return out.astype(image.dtype)
+
+
+# Draws before RandomResizedCrop falls back to the central crop.
+_CROP_TRIES = 10
+
+
+def _crop_box(key: jax.Array, h: int, w: int, scale: tuple[float, float],
+              ratio: tuple[float, float]) -> jax.Array:
+  """torchvision's ``RandomResizedCrop.get_params``: ``(top, left, height,
+  width)`` of the first of 10 draws (area fraction uniform in ``scale``,
+  aspect ratio log-uniform in ``ratio``) that fits, else the central crop
+  of the aspect ratio nearest the image's."""
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = h * w * jax.random.uniform(area_key, (_CROP_TRIES,), minval=scale[0],
+                                    maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(
+      ratio_key, (_CROP_TRIES,), minval=math.log(ratio[0]),
+      maxval=math.log(ratio[1])))
+  widths = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+  heights = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+  fits = (widths > 0) & (widths <= w) & (heights > 0) & (heights <= h)
+  first = jnp.argmax(fits)
+  # The central fallback, fixed by the image's shape.
+  if w / h < ratio[0]:
+    fall_w, fall_h = w, int(round(w / ratio[0]))
+  elif w / h > ratio[1]:
+    fall_w, fall_h = int(round(h * ratio[1])), h
+  else:
+    fall_w, fall_h = w, h
+  found = fits[first]
+  height = jnp.where(found, heights[first], fall_h)
+  width = jnp.where(found, widths[first], fall_w)
+  top = jnp.where(found, jax.random.randint(top_key, (), 0, h - height + 1),
+                  (h - fall_h) // 2)
+  left = jnp.where(found, jax.random.randint(left_key, (), 0, w - width + 1),
+                   (w - fall_w) // 2)
+  return jnp.stack([top, left, height, width]).astype(jnp.int32)
+
+
+def random_resized_crop(scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                        ) -> Augment:
+  """A random window of each image, resized back to the image's size.
+
+  torchvision's ``RandomResizedCrop(size, scale, ratio)`` with ``size`` the
+  image size: the window's area is a fraction of the image's drawn
+  uniformly in ``scale`` and its aspect ratio (width / height) is drawn
+  log-uniformly in ``ratio``; the first of 10 such draws that fits in the
+  image is placed uniformly at random, and when none fits the central
+  window of the aspect ratio nearest the image's is taken. The window is
+  resized with bilinear interpolation (torch's ``align_corners=False``);
+  integer images are rounded back to their dtype. Unlike torchvision on a
+  batch tensor, which crops every image of the batch at the same window,
+  each image draws its own.
+
+  Args:
+    scale: ``(low, high)`` bounds of the window's area fraction
+      (``0 < low <= high``).
+    ratio: ``(low, high)`` bounds of the window's aspect ratio
+      (``0 < low <= high``).
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> crop = random_resized_crop(scale=(0.6, 1.0))
+    >>> crop(jnp.ones((2, 8, 8, 3)), jax.random.key(0)).shape
+    (2, 8, 8, 3)
+  """
+  scale = _check_range("scale", scale)
+  ratio = _check_range("ratio", ratio)
+
+  def crop(image: jax.Array, key: jax.Array) -> jax.Array:
+    h, w = image.shape[:2]
+    return _resized_crop(image, _crop_box(key, h, w, scale, ratio))
+
+  return per_sample(crop)
 
 
 def compose(*augmentations: Augment) -> Augment:
