@@ -115,9 +115,10 @@ def _batch(labels, weight, seed=5):
 
 
 def _run(strategy, ctx, state, experiences):
-  """Begins and ends each ``(labels, seed)`` experience in turn."""
-  for index, (labels, seed) in enumerate(experiences):
-    data = _experience(labels, index, seed)
+  """Begins and ends each ``(labels, index)`` experience in turn (its
+  inputs drawn with seed ``index``)."""
+  for labels, index in experiences:
+    data = _experience(labels, index, index)
     state = jax.jit(lambda s, d: strategy.begin_experience(
         ctx, s, d, jax.random.key(7)))(state, data)
     state = jax.jit(lambda s, d, k: strategy.end_experience(
@@ -130,8 +131,14 @@ def test_memory_tags_each_sample_with_its_task():
   strategy = gsa(mem_size=16, batch_size_mem=4, batch_size_mem_cur=4)
   # Classes 0 and 1, then a mini-experience of class 1 (the same task),
   # then classes 2 and 3 (a new task).
-  state = _run(strategy, ctx, hook_state(ctx, strategy),
-               [([0, 1, 0], 0), ([1, 1], 1), ([2, 3, 3], 2)])
+  state = _run(strategy, ctx, hook_state(ctx, strategy), [([0, 1, 0], 0)])
+  state = state.replace(cl_state=state.cl_state.replace(
+      task_steps=jnp.int32(7)))
+  state = _run(strategy, ctx, state, [([1, 1], 1)])
+  # The same task goes on counting its steps.
+  assert int(state.cl_state.task) == 0
+  assert int(state.cl_state.task_steps) == 7
+  state = _run(strategy, ctx, state, [([2, 3, 3], 2)])
   cl = state.cl_state
   assert int(cl.task) == 1
   assert np.asarray(cl.current).tolist() == [False, False, True, True]
