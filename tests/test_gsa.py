@@ -15,7 +15,7 @@ import jaxcl
 from jaxcl.benchmarks import augment
 from jaxcl.strategies import from_spec, gsa, gsa_cross_entropy
 
-gsa_module = importlib.import_module("jaxcl.strategies.gsa")
+gsa_module = importlib.import_module("jaxcl.strategies.cross_task")
 
 SHAPE = (2, 2, 1)
 

@@ -6,22 +6,19 @@ and the ``jaxcl`` command.
 """
 
 from jaxcl.strategies import (architectural, bias_correction, classifiers,
-                              contrastive, deep_slda, experts, generative,
-                              meta, projection, prototypes, pruning,
-                              regularization, rehearsal)
-# The module shares its name with its factory, which the star import
-# below binds as jaxcl.strategies.gsa.
-from jaxcl.strategies import gsa as _gsa_family
+                              contrastive, cross_task, deep_slda, experts,
+                              generative, meta, projection, prototypes,
+                              pruning, regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
 from jaxcl.strategies.base import (Strategy, StrategyContext, UpdateOps,
                                    chain, naive)
 from jaxcl.strategies.bias_correction import *  # noqa: F403
 from jaxcl.strategies.classifiers import *  # noqa: F403
 from jaxcl.strategies.contrastive import *  # noqa: F403
+from jaxcl.strategies.cross_task import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
 from jaxcl.strategies.experts import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
-from jaxcl.strategies.gsa import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
 from jaxcl.strategies.projection import *  # noqa: F403
 from jaxcl.strategies.prototypes import *  # noqa: F403
@@ -47,10 +44,10 @@ __all__ = [
     *bias_correction.__all__,
     *classifiers.__all__,
     *contrastive.__all__,
+    *cross_task.__all__,
     *deep_slda.__all__,
     *experts.__all__,
     *generative.__all__,
-    *_gsa_family.__all__,
     *meta.__all__,
     *projection.__all__,
     *prototypes.__all__,
@@ -63,6 +60,6 @@ register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
                 prototypes, contrastive, experts, pruning, classifiers,
-                _gsa_family):
+                cross_task):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
