@@ -194,7 +194,7 @@ def test_online_size_after_validation_split_with_eval_every(tmp_path):
       "mt_mlp"], "generative_replay needs a stream with one task label"),
     (["--periodic-eval", "1", "--periodic-unit", "epochs"], "Did you mean 'epoch'"),
     (["--lr-schedule", "cosin"], "Did you mean 'cosine'"),
-    (["--label-smoothing", "1.5"], r"--label-smoothing must be in \[0, 1\], "
+    (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1], "
      "got 1.5"),
     (["--validation-size", "1.5"], "--validation-size must be in (0, 1)"),
     (["--sweep", "lr=0.1,0.2", "--lr-schedule", "cosine"], "needs --lr-schedule"),

@@ -398,6 +398,11 @@ def test_smoothed_cross_entropy_spreads_over_the_visible_classes():
       target[np.flatnonzero(visible) == label] += 1 - eps
       expected.append(-np.sum(target * log_p))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # A row with every class masked (a task not seen yet) spreads over all.
+  blind = jnp.full((1, 5), MASK_VALUE)
+  np.testing.assert_allclose(
+      smoothed_cross_entropy(0.1)(blind, {"y": jnp.array([2])}), np.log(5),
+      rtol=1e-6)
   assert smoothed_cross_entropy(0.0) is cross_entropy
   with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\], "
                      "got 1.5"):
@@ -422,6 +427,31 @@ def test_fit_trains_and_evaluates_with_the_given_loss(tiny_benchmark,
   smoothed = run(0.1, loss=smoothed_cross_entropy(0.2))
   assert not np.allclose(jax.tree.leaves(smoothed.state.params)[0],
                          jax.tree.leaves(plain.state.params)[0])
+
+
+def test_every_caller_gives_the_loss_the_whole_batch(tiny_benchmark,
+                                                     tiny_model, tmp_path):
+  seen = []
+
+  def recording(logits, batch):
+    seen.append(set(batch))  # At tracing: one entry per call site.
+    return cross_entropy(logits, batch)
+  # MIR scores memory rows with the loss too.
+  jaxcl.fit(tiny_model, jaxcl.strategies.mir(mem_size=8, subsample=4,
+                                             batch_size_mem=2),
+            optax.sgd(0.1), tiny_benchmark, batch_size=4, loss=recording)
+  assert len(seen) > 2 and all(
+      keys >= {"x", "y", "task", "weight"} for keys in seen), seen
+  # A checkpoint names the loss it was trained with.
+  def run(eps):
+    return jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
+                     batch_size=4, loss=smoothed_cross_entropy(eps),
+                     checkpoint_dir=tmp_path / "ckpt")
+  run(0.1)
+  with pytest.raises(jaxcl.checkpoint.CheckpointError,
+                     match=r"smoothed_cross_entropy\(0\.1\).*"
+                     r"smoothed_cross_entropy\(0\.2\)"):
+    run(0.2)
 
 
 @pytest.mark.parametrize("loss, error, message", [

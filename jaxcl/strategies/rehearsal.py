@@ -1053,7 +1053,7 @@ def _seen_loss(ctx, state, params, rows, train=False, key=None):
   logits = ctx.logits(params, state.model_state, rows["x"], rows["task"],
                       train, key, weight=rows["weight"])
   return ctx.loss(mask_logits(ctx, logits, state.seen_classes, rows["task"]),
-                  {"y": rows["y"]})
+                  {k: rows[k] for k in ("x", "y", "task", "weight")})
 
 
 def mir(mem_size: int = 200, subsample: int = 50, batch_size_mem: int = 10,

@@ -388,8 +388,9 @@ def fit(
       :func:`jaxcl.training.smoothed_cross_entropy` gives PyTorch's
       ``label_smoothing``. ``batch`` holds ``"x"``, ``"y"``, ``"task"``,
       ``"weight"`` and what strategies add (``"class_mask"``: classes the
-      loss may see); evaluation's loss uses it too, with ``"y"`` and
-      ``"task"`` only (docs/training.md).
+      loss may see; a row allowed its own class alone must get 0, as
+      :func:`jaxcl.training.cross_entropy` gives); evaluation's loss uses
+      it too (docs/training.md).
     eval_before_training: Evaluate the initial model too (needed by
       ``forward_transfer``).
     eval_every: Evaluate the test stream after every ``eval_every``-th train

@@ -107,11 +107,13 @@ def smoothed_cross_entropy(label_smoothing: float
   """Cross-entropy with smoothed labels, PyTorch's ``label_smoothing``.
 
   The target is ``(1 - ε)·onehot(y) + ε/K`` over the ``K`` classes the loss
-  sees: PyTorch's ``CrossEntropyLoss(label_smoothing=ε)`` spreads ``ε`` over
-  every output unit, jaxcl over the units not masked (those above
-  ``MASK_VALUE / 2``: never-seen classes, another task's classes and
-  ``batch["class_mask"]``'s), so that masked units, which no parameter can
-  move, add no constant to the loss.
+  sees. PyTorch's ``CrossEntropyLoss(label_smoothing=ε)`` spreads ``ε`` over
+  every output unit; jaxcl spreads it over the units that are not masked:
+  logits above ``MASK_VALUE / 2`` (masked ones are ``MASK_VALUE``: classes
+  not seen yet, another task's classes) and allowed by
+  ``batch["class_mask"]``. That is a different target, not PyTorch's loss
+  less a constant, whenever units are masked; a row with every unit masked
+  spreads over all of them, as PyTorch does.
 
   Args:
     label_smoothing: ``ε`` in ``[0, 1]``; 0 is :func:`cross_entropy`.
@@ -135,6 +137,8 @@ def smoothed_cross_entropy(label_smoothing: float
     if "class_mask" in batch:
       logits = jnp.where(batch["class_mask"], logits, MASK_VALUE)
     visible = logits > MASK_VALUE / 2
+    # A row with every class masked (a task not seen yet) spreads over all.
+    visible |= ~jnp.any(visible, -1, keepdims=True)
     log_p = jax.nn.log_softmax(logits)
     true = -jnp.take_along_axis(log_p, batch["y"][:, None].astype(jnp.int32),
                                 -1)[:, 0]
@@ -142,6 +146,9 @@ def smoothed_cross_entropy(label_smoothing: float
         jnp.sum(visible, -1), 1)
     return (1 - label_smoothing) * true + label_smoothing * spread
 
+  # Named by its value: checkpoints record the loss by name.
+  loss.__name__ = loss.__qualname__ = (
+      f"smoothed_cross_entropy({label_smoothing!r})")
   return loss
 
 
@@ -665,7 +672,7 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
     visible = visible_classes(state.seen_classes, ctx.task_classes, task)
     return jnp.where(visible, logits, MASK_VALUE), visible
 
-  def reducers(logits, visible, y, task, valid):
+  def reducers(logits, visible, x, y, task, valid):
     y = y.astype(jnp.int32)  # clu's Accuracy takes int32 labels alone.
     # A label the masked prediction cannot output is never right, even
     # where fewer than k classes are visible and masked ties fill the top k;
@@ -678,21 +685,25 @@ def make_evaluate(ctx: StrategyContext, strategy: Strategy, *,
           jnp.broadcast_to(visible, logits.shape), y[:, None], -1)[:, 0]
     outputs = dict(logits=logits, labels=y, task=task, mask=valid,
                    label_visible=label_visible,
-                   loss=ctx.loss(logits, {"y": y, "task": task}))
+                   loss=ctx.loss(logits, {
+                       "x": x, "y": y, "task": task,
+                       "weight": valid.astype(jnp.float32)}))
     return (_ExperienceMetrics.single_from_model_output(
         k=top_k, n_tasks=n_tasks, **outputs),
             ConfusionMatrix.from_model_output(**outputs))
 
   # A named call, as the training step (fit's FLOP count finds it).
   chunk_counts = system.named_call(
-      lambda state, x, y, task, valid: reducers(*logits_fn(state, x, task), y,
-                                                task, valid),
+      lambda state, x, y, task, valid: reducers(*logits_fn(state, x, task), x,
+                                                y, task, valid),
       EVAL_CHUNK_CALL)
 
   def evaluate(state: TrainState, stream: ExperienceData) -> EvalCounts:
     # The reducers of an empty chunk: the identity of `merge`.
-    empty, _ = reducers(jnp.zeros((0, n_classes)), None, *[
-        jnp.zeros((0,), dtype) for dtype in (jnp.int32, jnp.int32, bool)])
+    empty, _ = reducers(
+        jnp.zeros((0, n_classes)), None,
+        jnp.zeros((0, *ctx.input_shape), ctx.x_dtype),
+        *[jnp.zeros((0,), dtype) for dtype in (jnp.int32, jnp.int32, bool)])
     size = stream.y.shape[1]
     chunk = min(eval_batch_size, size)
     chunks = math.ceil(size / chunk)
