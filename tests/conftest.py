@@ -155,14 +155,15 @@ def assert_refuses_models_without_features(strategy, ctx):
     strategy.init(ctx._replace(model=linear), params, jax.random.key(0))
 
 
-def device_experience(x, labels, index, size, n_classes):
+def device_experience(x, labels, index, size, n_classes, origin=None):
   """A one-task training experience of ``x`` padded to ``size`` rows and put
-  on the device, as strategy hooks receive it."""
+  on the device, as strategy hooks receive it (``origin``: the original
+  experience of an online mini-experience)."""
   labels = np.asarray(labels)
   exp = jaxcl.benchmarks.Experience(
       x=np.asarray(x, np.float32), y=labels, task=np.zeros(len(labels)),
       index=index, classes=tuple(sorted(set(labels.tolist()))),
-      origin="train")
+      origin="train", origin_experience=origin)
   return jax.tree.map(jnp.asarray,
                       jaxcl.training.experience_data(exp, size, n_classes))
 

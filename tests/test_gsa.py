@@ -102,9 +102,9 @@ def _ctx(batch_size=3):
       input_shape=SHAPE, preprocess=lambda x: x.reshape(x.shape[0], -1))
 
 
-def _experience(labels, index, seed):
+def _experience(labels, index, seed, origin=None):
   x = np.random.default_rng(seed).normal(size=(len(labels), *SHAPE))
-  return device_experience(x, labels, index, 8, 4)
+  return device_experience(x, labels, index, 8, 4, origin)
 
 
 def _batch(labels, weight, seed=5):
@@ -115,10 +115,10 @@ def _batch(labels, weight, seed=5):
 
 
 def _run(strategy, ctx, state, experiences):
-  """Begins and ends each ``(labels, index)`` experience in turn (its
-  inputs drawn with seed ``index``)."""
-  for labels, index in experiences:
-    data = _experience(labels, index, index)
+  """Begins and ends each ``(labels, index[, origin])`` experience in turn
+  (its inputs drawn with seed ``index``)."""
+  for labels, index, *origin in experiences:
+    data = _experience(labels, index, index, *origin)
     state = jax.jit(lambda s, d: strategy.begin_experience(
         ctx, s, d, jax.random.key(7)))(state, data)
     state = jax.jit(lambda s, d, k: strategy.end_experience(
@@ -129,16 +129,16 @@ def _run(strategy, ctx, state, experiences):
 def test_memory_tags_each_sample_with_its_task():
   ctx = _ctx()
   strategy = gsa(mem_size=16, batch_size_mem=4, batch_size_mem_cur=4)
-  # Classes 0 and 1, then a mini-experience of class 1 (the same task),
-  # then classes 2 and 3 (a new task).
-  state = _run(strategy, ctx, hook_state(ctx, strategy), [([0, 1, 0], 0)])
+  # Two mini-experiences cut from original experience 0 (one task), then
+  # one of original experience 1 (a new task).
+  state = _run(strategy, ctx, hook_state(ctx, strategy), [([0, 1, 0], 0, 0)])
   state = state.replace(cl_state=state.cl_state.replace(
       task_steps=jnp.int32(7)))
-  state = _run(strategy, ctx, state, [([1, 1], 1)])
+  state = _run(strategy, ctx, state, [([1, 1], 1, 0)])
   # The same task goes on counting its steps.
   assert int(state.cl_state.task) == 0
   assert int(state.cl_state.task_steps) == 7
-  state = _run(strategy, ctx, state, [([2, 3, 3], 2)])
+  state = _run(strategy, ctx, state, [([2, 3, 3], 2, 1)])
   cl = state.cl_state
   assert int(cl.task) == 1
   assert np.asarray(cl.current).tolist() == [False, False, True, True]
@@ -150,6 +150,28 @@ def test_memory_tags_each_sample_with_its_task():
   np.testing.assert_array_equal(tag, (y >= 2).astype(int))
   # A new task restarts the step count.
   assert int(cl.task_steps) == 0
+
+
+def test_a_task_is_an_original_experience_however_small_its_minis():
+  ctx = _ctx()
+  strategy = gsa(mem_size=16, batch_size_mem=4, batch_size_mem_cur=4)
+  # Mini-experiences of one sample: classes change within original
+  # experience 0 without starting a task, and original experience 1
+  # starts one even though it shares class 1.
+  state = _run(strategy, ctx, hook_state(ctx, strategy), [
+      ([0], 0, 0), ([1], 1, 0), ([0], 2, 0), ([1], 3, 1), ([2], 4, 1)])
+  cl = state.cl_state
+  assert int(cl.task) == 1 and int(cl.origin) == 1
+  assert np.asarray(cl.current).tolist() == [False, True, True, False]
+  valid = np.asarray(cl.buffer.valid)
+  np.testing.assert_array_equal(
+      np.asarray(cl.buffer.extras["gsa_task"])[valid], [0, 0, 0, 1, 1])
+  # Offline, every experience is a task of its own, shared classes or not.
+  state = _run(strategy, ctx, hook_state(ctx, strategy),
+               [([0, 1], 0), ([1, 2], 1)])
+  assert int(state.cl_state.task) == 1
+  assert np.asarray(state.cl_state.current).tolist() == [
+      False, True, True, False]
 
 
 def test_the_two_memory_draws_take_current_and_earlier_tasks():

@@ -589,6 +589,20 @@ def test_online_streams_evaluate_at_the_end_of_each_origin_experience():
   assert evaluated == [origins.index(1) - 1, len(origins) - 1]
 
 
+def test_device_experiences_carry_their_original_experience():
+  bench = jaxcl.benchmarks.split_online(make_benchmark(), 8)
+  origins = [e.origin_experience for e in bench.train_stream]
+  assert set(origins) == {0, 1}
+  stacked = stack_experiences(list(bench.train_stream), 4)
+  np.testing.assert_array_equal(stacked.origin_experience, origins)
+  assert [int(experience_data(e, 8, 4).origin_experience)
+          for e in bench.train_stream] == origins
+  # Offline, an experience is its own origin.
+  offline = make_benchmark(n_experiences=2).train_stream
+  np.testing.assert_array_equal(
+      stack_experiences(list(offline), 4).origin_experience, [0, 1])
+
+
 def test_experiences_between_evaluations_wait_for_the_one_before(monkeypatch):
   # Eight experiences and one evaluation at the end. Before reading (and
   # uploading) an experience, everything dispatched before the experience

@@ -78,6 +78,7 @@ class GsaState:
     seen: ``bool[n_classes]``, the classes seen so far.
     current: ``bool[n_classes]``, the classes of the current task.
     task: The current task's number (0 for the first; -1 before it).
+    origin: The original experience the current task is (-1 before it).
     task_steps: Steps trained since the current task began.
     count: ``[n_classes]`` rows of each class in the mixed batches so far.
     positive: ``[n_classes]`` sum, over those rows, of the probability of
@@ -94,6 +95,7 @@ class GsaState:
   seen: jax.Array
   current: jax.Array
   task: jax.Array
+  origin: jax.Array
   task_steps: jax.Array
   count: jax.Array
   positive: jax.Array
@@ -252,11 +254,11 @@ def gsa(mem_size: int = 200, batch_size_mem: int = 64,
         batch_size_mem_cur: int = 22) -> Strategy:
   """Gradient Self-Adaptation (Avalanche's ``GSA``).
 
-  * **Tasks.** A task is tracked by its classes, as :func:`er_acl` does:
-    an experience sharing no class with the current task starts a new one
-    (every experience of a class-incremental stream; on an online stream,
-    the mini-experiences of an original experience make one task), one
-    sharing some adds its classes to it.
+  * **Tasks.** A task is an original experience, Avalanche's boundary
+    (``is_first_subexp``): every experience of an offline stream; on an
+    online stream, the mini-experiences cut from one original experience
+    (``ExperienceData.origin_experience``), whatever their size. Its
+    classes are those of its mini-experiences so far.
   * **Memory.** A reservoir of ``mem_size`` samples (Avalanche's
     ``ReservoirSamplingBuffer``), offered each experience after training
     on it; each sample keeps the number of its task.
@@ -335,7 +337,7 @@ def gsa(mem_size: int = 200, batch_size_mem: int = 64,
         buffer=buffers.for_context(ctx, mem_size, policy="reservoir", extras={
             _TAG: jax.ShapeDtypeStruct((), jnp.int32)}),
         seen=none, current=none, task=jnp.int32(-1),
-        task_steps=jnp.int32(0), count=zeros, positive=zeros,
+        origin=jnp.int32(-1), task_steps=jnp.int32(0), count=zeros, positive=zeros,
         negative=zeros, model_state=init_model_state(ctx, state_key),
         key=jax.random.key_data(loss_key))
 
@@ -343,12 +345,14 @@ def gsa(mem_size: int = 200, batch_size_mem: int = 64,
     del ctx, key
     cl = state.cl_state
     classes = data.classes_mask
-    new_task = ~jnp.any(classes & cl.current)
+    # Avalanche's task boundary: the first mini-experience of an original
+    # experience (is_first_subexp); offline, every experience.
+    new_task = data.origin_experience != cl.origin
     return state.replace(cl_state=cl.replace(
         seen=cl.seen | classes,
         current=jnp.where(new_task, classes, cl.current | classes),
-        task=cl.task + new_task, task_steps=jnp.where(new_task, 0,
-                                                      cl.task_steps),
+        task=cl.task + new_task, origin=data.origin_experience,
+        task_steps=jnp.where(new_task, 0, cl.task_steps),
         model_state=state.model_state))
 
   def transform_batch(ctx, cl, batch, key):

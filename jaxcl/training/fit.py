@@ -1633,7 +1633,8 @@ def _put_test_stream(experiences: Sequence[Experience], max_size: int,
   return data, ExperienceData(x=samples, y=samples, task=samples,
                               size=place.data, index=place.data,
                               classes_mask=place.data,
-                              experience_size=place.data)
+                              experience_size=place.data,
+                              origin_experience=place.data)
 
 
 def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
@@ -1663,7 +1664,7 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
   whole = jax.sharding.PartitionSpec()
   data_specs = ExperienceData(x=split, y=split, task=split, size=whole,
                               index=whole, classes_mask=whole,
-                              experience_size=whole)
+                              experience_size=whole, origin_experience=whole)
   # The evaluation's scans start from constant (device-invariant) counts and
   # add device-varying ones; without the check, `psum` alone makes them
   # invariant again.

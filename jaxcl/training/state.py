@@ -70,6 +70,9 @@ class ExperienceData:
     experience_size: Samples of the whole experience (scalar int32): ``size``,
       except in the strategy hooks' subset of a streamed experience
       (:mod:`jaxcl.training.streaming`), which holds only some of them.
+    origin_experience: Index of the original experience that an online
+      mini-experience was cut from (``Experience.origin_experience``); the
+      experience's own ``index`` otherwise (scalar int32).
   """
 
   x: jax.Array
@@ -79,6 +82,7 @@ class ExperienceData:
   index: jax.Array
   classes_mask: jax.Array
   experience_size: jax.Array
+  origin_experience: jax.Array
 
   @property
   def valid(self) -> jax.Array:
@@ -107,6 +111,13 @@ def _check_fit(experiences: Sequence[Experience], size: int,
                      f"experiences; expected n_classes > {top}.")
 
 
+def _origin(experience: Experience) -> int:
+  """The original experience's index (the experience's own if not cut)."""
+  if experience.origin_experience is None:
+    return experience.index
+  return experience.origin_experience
+
+
 def experience_data(experience: Experience, size: int,
                     n_classes: int) -> ExperienceData:
   """Pads an experience to ``size`` samples (host side, numpy arrays).
@@ -129,7 +140,8 @@ def experience_data(experience: Experience, size: int,
       size=np.int32(len(experience)),
       index=np.int32(experience.index),
       classes_mask=mask,
-      experience_size=np.int32(len(experience)))
+      experience_size=np.int32(len(experience)),
+      origin_experience=np.int32(_origin(experience)))
 
 
 def stack_experiences(experiences, n_classes: int, size: int | None = None,
@@ -218,7 +230,9 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
       **_hosts.put({
           "size": sizes,
           "index": np.array([e.index for e in experiences], np.int32),
-          "classes_mask": masks, "experience_size": sizes}, sharding))
+          "classes_mask": masks, "experience_size": sizes,
+          "origin_experience": np.array([_origin(e) for e in experiences],
+                                        np.int32)}, sharding))
 
 
 def read_in_shares(experiences: Sequence[Experience], what: str,

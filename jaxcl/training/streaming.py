@@ -213,7 +213,8 @@ class StreamingTrainer:
     subset = Experience(
         x=x, y=experience.y[keep],
         task=experience.task[keep], index=experience.index,
-        classes=experience.classes, origin=experience.origin)
+        classes=experience.classes, origin=experience.origin,
+        origin_experience=experience.origin_experience)
     data = experience_data(subset, self.hook_rows, self.n_classes)
     # Seen classes and the sample count come from the whole experience.
     mask = np.zeros(self.n_classes, bool)
