@@ -408,3 +408,120 @@ def test_refuses_streams_it_cannot_serve(changes, message):
   ctx = _ctx()._replace(**changes)
   with pytest.raises(ValueError, match=message):
     gsa().init(ctx, None, jax.random.key(0))
+
+
+# --- Review follow-ups: tests that a plausible slip fails ---------------------
+
+
+def test_after_step_sums_are_the_losss_with_augmentation_and_draws():
+  # The memory holds 12 rows and each step draws 4 earlier and 2 current
+  # ones, each doubled with the augmentation on: the sums depend on the
+  # keys, so after_step must reuse those the loss used.
+  ctx = _ctx()
+  strategy = gsa(mem_size=16, batch_size_mem=4, batch_size_mem_cur=2)
+  state = _run(strategy, ctx, hook_state(ctx, strategy),
+               [([0, 3, 0, 3, 3, 0, 3], 0), ([1, 1, 2, 2, 1], 1)])
+  cl = state.cl_state.replace(task_steps=jnp.int32(9))
+  state = state.replace(cl_state=cl)
+  batch = strategy.transform_batch(ctx, cl, _batch([1, 2, 1], [1.0] * 3),
+                                   jax.random.key(3))
+  statistics = gsa_module._statistics
+
+  def loss_statistics(params, cl):
+    seen = []
+
+    def spy(*args):
+      seen.append(statistics(*args))
+      return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(gsa_module, "_statistics", spy)
+      strategy.penalty(ctx, params, cl, batch, None)
+    return seen[0]
+
+  other = jax.random.key_data(jax.random.fold_in(
+      jax.random.wrap_key_data(cl.key), 99))
+
+  @jax.jit
+  def step(state):
+    new = state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+    after = strategy.after_step(ctx, state, new, None, batch,
+                                jax.random.key(4))
+    return (after, loss_statistics(state.params, state.cl_state),
+            loss_statistics(state.params, state.cl_state.replace(key=other)))
+
+  after, want, moved = step(state)
+  for got, expected in zip((after.count, after.positive, after.negative),
+                           want):
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+  # The check has teeth: the loss's sums under other keys differ.
+  assert not np.allclose(moved[1], want[1], rtol=1e-3)
+
+
+def test_resized_crop_rounds_integer_images_exactly():
+  # torchvision's tensor resize casts uint8 to float32, interpolates and
+  # rounds (half to even) back; truncating is one off on most pixels.
+  rng = np.random.default_rng(3)
+  pixels = rng.integers(0, 256, (7, 9, 3)).astype(np.uint8)
+  crop = jax.jit(augment._resized_crop)
+  for box in [(0, 0, 7, 9), (2, 1, 5, 6), (1, 3, 3, 2), (0, 0, 1, 1),
+              (3, 2, 4, 7)]:
+    got = np.asarray(crop(jnp.asarray(pixels), jnp.asarray(box)))
+    assert got.dtype == np.uint8
+    exact = _numpy_resized_crop(pixels, *box)
+    # Within float32's error of a half either neighbour is torch's answer.
+    tie = np.abs(exact - np.floor(exact) - 0.5) < 1e-4
+    assert np.mean(tie) < 0.1
+    np.testing.assert_array_equal(got[~tie], np.round(exact[~tie]))
+    np.testing.assert_array_less(np.abs(got[tie] - exact[tie]), 0.5 + 1e-4)
+
+
+def _numpy_crop_boxes(rng, n, h, w, scale, ratio):
+  """``n`` boxes ``(top, left, height, width)`` of torchvision's
+  ``RandomResizedCrop.get_params``, vectorised: the first of 10 draws (area
+  uniform in ``scale·h·w``, log-ratio uniform) that fits, placed uniformly,
+  else the central crop of the ratio nearest the image's."""
+  area = h * w * rng.uniform(*scale, size=(n, 10))
+  aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]), (n, 10)))
+  widths = np.round(np.sqrt(area * aspect)).astype(int)
+  heights = np.round(np.sqrt(area / aspect)).astype(int)
+  fits = (widths > 0) & (widths <= w) & (heights > 0) & (heights <= h)
+  first = np.argmax(fits, axis=1)
+  found = fits[np.arange(n), first]
+  if w / h < ratio[0]:
+    fall = (round(w / ratio[0]), w)
+  elif w / h > ratio[1]:
+    fall = (h, round(h * ratio[1]))
+  else:
+    fall = (h, w)
+  height = np.where(found, heights[np.arange(n), first], fall[0])
+  width = np.where(found, widths[np.arange(n), first], fall[1])
+  top = np.where(found, rng.integers(0, h - height + 1), (h - fall[0]) // 2)
+  left = np.where(found, rng.integers(0, w - width + 1), (w - fall[1]) // 2)
+  return np.stack([top, left, height, width], axis=1)
+
+
+@pytest.mark.parametrize("h, w, scale, ratio", [
+    (28, 20, (0.6, 1.0), (3 / 4, 4 / 3)),
+    (32, 32, (0.08, 1.0), (3 / 4, 4 / 3)),
+    (5, 9, (0.9, 1.0), (2.0, 3.0)),
+])
+def test_crop_boxes_follow_torchvisions_distribution(h, w, scale, ratio):
+  n = 50_000
+  want = _numpy_crop_boxes(np.random.default_rng(0), n, h, w, scale, ratio)
+  got = np.asarray(jax.jit(jax.vmap(lambda k: augment._crop_box(
+      k, h, w, scale, ratio)))(jax.random.split(jax.random.key(0), n)))
+  # Means of the log aspect ratio, the area and the placement, each within
+  # 6 standard errors of the difference of two independent samples (the
+  # seeds are fixed; a uniform aspect ratio moves the first by > 10).
+  for stat in (lambda b: np.log(b[:, 3] / b[:, 2]),
+               lambda b: b[:, 2] * b[:, 3] / (h * w),
+               lambda b: b[:, 0] / h, lambda b: b[:, 1] / w):
+    a, b = stat(want), stat(got)
+    bound = 6 * np.sqrt((a.var() + b.var()) / n) + 1e-9
+    assert abs(a.mean() - b.mean()) < bound, (a.mean(), b.mean(), bound)
+  # The sign of the aspect: wide, square and tall windows as often.
+  for side in (-1, 0, 1):
+    p = np.mean(np.sign(want[:, 3] - want[:, 2]) == side)
+    q = np.mean(np.sign(got[:, 3] - got[:, 2]) == side)
+    assert abs(p - q) < 6 * np.sqrt(2 * p * (1 - p) / n) + 1e-9
