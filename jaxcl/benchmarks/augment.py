@@ -126,7 +126,9 @@ def random_grayscale(probability: float = 0.1) -> Augment:
   torchvision's ``RandomGrayscale(p=probability)``: the luma
   ``0.2989·R + 0.587·G + 0.114·B`` copied to the three channels, cast back
   to the image's dtype (integer images are truncated, as torchvision's
-  tensor path does). Images with one channel are returned unchanged.
+  tensor path does). Images with one channel are returned unchanged. Each
+  image draws its own coin, as torchvision does for one image; given a
+  batch tensor, torchvision draws once for the whole batch.
 
   Args:
     probability: Chance that an image is turned to grayscale.
