@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -26,8 +27,9 @@ import jax.numpy as jnp
 from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Augment
 
-__all__ = ["compose", "per_sample", "random_crop", "random_flip",
-           "random_grayscale", "random_resized_crop"]
+__all__ = ["color_jitter", "compose", "gaussian_blur", "per_sample",
+           "random_crop", "random_flip", "random_grayscale",
+           "random_resized_crop"]
 
 ImageFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -309,3 +311,233 @@ def compose(*augmentations: Augment) -> Augment:
     return x
 
   return augment
+
+
+def _value_bound(dtype) -> float:
+  """The brightest value of an image dtype: 255 for integers, 1 for floats
+  (torchvision's convention)."""
+  return 255.0 if jnp.issubdtype(dtype, jnp.integer) else 1.0
+
+
+def _blend(a: jax.Array, b: jax.Array, ratio: jax.Array, dtype) -> jax.Array:
+  """torchvision's ``_blend``: ``ratio·a + (1 − ratio)·b`` clamped to the
+  dtype's range, back in ``dtype`` (integers truncated)."""
+  out = jnp.clip(ratio * a + (1.0 - ratio) * b, 0.0, _value_bound(dtype))
+  return out.astype(dtype).astype(jnp.float32)
+
+
+def _gray(image: jax.Array, dtype) -> jax.Array:
+  """torchvision's ``rgb_to_grayscale`` of a float copy of an image of
+  ``dtype`` (the luma truncated for integer dtypes), one channel."""
+  luma = image @ jnp.asarray(_LUMA, jnp.float32)
+  return luma.astype(dtype).astype(jnp.float32)[..., None]
+
+
+def _rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+  """RGB in [0, 1] to HSV in [0, 1] (the hexcone model, as torchvision)."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  top, bottom = jnp.max(rgb, -1), jnp.min(rgb, -1)
+  spread = top - bottom
+  flat = spread == 0
+  saturation = spread / jnp.where(flat, 1.0, top)
+  divisor = jnp.where(flat, 1.0, spread)
+  rc, gc, bc = ((top - c) / divisor for c in (r, g, b))
+  hue = jnp.where(top == r, bc - gc,
+                  jnp.where(top == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  hue = jnp.where(flat, 0.0, hue)
+  return jnp.stack([jnp.mod(hue / 6.0 + 1.0, 1.0), saturation, top], -1)
+
+
+def _hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+  """Inverse of :func:`_rgb_to_hsv`."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  sector = jnp.floor(h * 6.0)
+  f = h * 6.0 - sector
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  sector = jnp.mod(sector.astype(jnp.int32), 6)
+  # (r, g, b) in each of the six sectors of the hue circle.
+  table = jnp.stack([jnp.stack([v, q, p, p, t, v], -1),
+                     jnp.stack([t, v, v, q, p, p], -1),
+                     jnp.stack([p, p, t, v, v, q], -1)], -1)
+  return jnp.take_along_axis(table, sector[..., None, None], -2)[..., 0, :]
+
+
+def _jitter_range(name: str, value, center: float, low: float | None
+                  ) -> tuple[float, float] | None:
+  """ColorJitter's factor range: ``[center − v, center + v]`` (floored at
+  ``low``) for a number ``v``, or a given ``(min, max)``; None for 0."""
+  if isinstance(value, numbers.Number) and not isinstance(value, bool):
+    value = _validation.check_non_negative(name, value)
+    if value == 0:
+      return None
+    lo, hi = center - value, center + value
+    return (lo if low is None else max(low, lo)), hi
+  if (isinstance(value, (tuple, list)) and len(value) == 2
+      and all(isinstance(v, numbers.Number) and not isinstance(v, bool)
+              for v in value) and value[0] <= value[1]
+      and (low is None or value[0] >= low)):
+    return float(value[0]), float(value[1])
+  raise ValueError(f"{name} must be a non-negative number or a (min, max) "
+                   f"pair with min <= max, got {value!r}.")
+
+
+def color_jitter(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                 probability: float = 1.0) -> Augment:
+  """torchvision's ``ColorJitter``, applied to each image with ``probability``.
+
+  Each image draws a brightness factor ``b`` from ``[max(0, 1 − brightness),
+  1 + brightness]``, contrast ``c`` and saturation ``s`` likewise and a hue
+  shift ``h`` from ``[−hue, hue]`` (each may also be a ``(min, max)``
+  pair; 0 leaves the adjustment out), and applies the four adjustments in
+  a random order:
+
+  * brightness: ``b·x``;
+  * contrast: ``c·x + (1 − c)·mean(gray(x))``;
+  * saturation: ``s·x + (1 − s)·gray(x)``;
+  * hue: ``h`` added (mod 1) to the hue of the image in HSV.
+
+  Every result is clamped to the dtype's range (255 for integers, 1 for
+  floats) and cast back after each step, integers truncated, as
+  torchvision's tensor path does; ``gray`` is the luma of
+  :func:`random_grayscale`. On images with one channel saturation and hue
+  leave the image unchanged (torchvision's behaviour), and contrast uses
+  the image's own mean. ``RandomApply([ColorJitter(...)], p=probability)``
+  in torchvision terms.
+
+  Args:
+    brightness: Brightness jitter.
+    contrast: Contrast jitter.
+    saturation: Saturation jitter.
+    hue: Hue jitter, at most 0.5.
+    probability: Chance that an image is jittered at all.
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> jitter = color_jitter(brightness=(2.0, 2.0))
+    >>> x = jnp.array([[[[10, 20, 200]]]], jnp.uint8)
+    >>> jitter(x, jax.random.key(0)).ravel().tolist()
+    [20, 40, 255]
+  """
+  ranges = (_jitter_range("brightness", brightness, 1.0, 0.0),
+            _jitter_range("contrast", contrast, 1.0, 0.0),
+            _jitter_range("saturation", saturation, 1.0, 0.0),
+            _jitter_range("hue", hue, 0.0, None))
+  if ranges[3] is not None and not -0.5 <= ranges[3][0] <= ranges[3][1] <= 0.5:
+    raise ValueError(f"hue must lie within [-0.5, 0.5], got {hue!r}.")
+  probability = _validation.check_in_range("probability", probability, low=0,
+                                           high=1)
+  # Unused adjustments draw factor 1 (hue 0): the identity.
+  lows = jnp.asarray([r[0] if r else (0.0 if i == 3 else 1.0)
+                      for i, r in enumerate(ranges)], jnp.float32)
+  highs = jnp.asarray([r[1] if r else (0.0 if i == 3 else 1.0)
+                       for i, r in enumerate(ranges)], jnp.float32)
+
+  def jitter(image: jax.Array, key: jax.Array) -> jax.Array:
+    dtype, channels = image.dtype, image.shape[-1]
+    if channels not in (1, 3):
+      raise ValueError(f"color_jitter expects images with 1 or 3 channels, "
+                       f"got {channels}.")
+    gray = ((lambda x: _gray(x, dtype)) if channels == 3 else (lambda x: x))
+
+    def adjust_brightness(x, factor):
+      return _blend(x, 0.0, factor, dtype)
+
+    def adjust_contrast(x, factor):
+      return _blend(x, jnp.mean(gray(x)), factor, dtype)
+
+    def adjust_saturation(x, factor):
+      return x if channels == 1 else _blend(x, gray(x), factor, dtype)
+
+    def adjust_hue(x, factor):
+      if channels == 1:
+        return x
+      bound = _value_bound(dtype)
+      hsv = _rgb_to_hsv(x / bound)
+      hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + factor, 1.0))
+      rgb = _hsv_to_rgb(hsv)
+      if jnp.issubdtype(dtype, jnp.integer):
+        # torchvision's convert_image_dtype from float to integers.
+        return (rgb * (bound + 1.0 - 1e-3)).astype(dtype).astype(jnp.float32)
+      return rgb.astype(dtype).astype(jnp.float32)
+
+    adjustments = (adjust_brightness, adjust_contrast, adjust_saturation,
+                   adjust_hue)
+    apply_key, order_key, factor_key = jax.random.split(key, 3)
+    factors = jax.random.uniform(factor_key, (4,), minval=lows, maxval=highs)
+    order = jax.random.permutation(order_key, 4)
+    out = image.astype(jnp.float32)
+    for step in range(4):
+      out = jax.lax.switch(order[step], [
+          functools.partial(lambda fn, i, x: fn(x, factors[i]), fn, i)
+          for i, fn in enumerate(adjustments)], out)
+    return jnp.where(jax.random.bernoulli(apply_key, probability),
+                     out.astype(dtype), image)
+
+  return per_sample(jitter)
+
+
+def gaussian_blur(kernel_size: int = 3, sigma=(0.1, 2.0),
+                  probability: float = 1.0) -> Augment:
+  """torchvision's ``GaussianBlur``, applied to each image with ``probability``.
+
+  Each image draws ``σ`` uniformly from ``sigma = (min, max)`` (or takes a
+  fixed number) and is convolved, channel by channel, with the
+  ``kernel_size x kernel_size`` kernel ``g gᵀ``, ``g_i ∝ exp(−i² / 2σ²)``
+  for ``i = −k//2 … k//2`` (normalised to sum 1), the image reflect-padded
+  by ``k//2`` (without repeating the edge). Integer images are rounded
+  back. ``RandomApply([GaussianBlur(k, sigma)], p=probability)``.
+
+  Args:
+    kernel_size: Odd side of the square kernel.
+    sigma: Standard deviation, or the ``(min, max)`` it is drawn from.
+    probability: Chance that an image is blurred.
+
+  Returns:
+    A jit-compatible ``(x, key) -> x`` augmentation.
+
+  Example:
+    >>> blur = gaussian_blur(3, sigma=1.0)
+    >>> x = jnp.zeros((1, 3, 3, 1)).at[0, 1, 1, 0].set(1.0)
+    >>> round(float(blur(x, jax.random.key(0))[0, 1, 1, 0]), 4)
+    0.2042
+  """
+  kernel_size = _validation.check_positive_int("kernel_size", kernel_size)
+  if kernel_size % 2 == 0:
+    raise ValueError(f"kernel_size must be odd, got {kernel_size}.")
+  if isinstance(sigma, numbers.Number) and not isinstance(sigma, bool):
+    sigma = (sigma, sigma)
+  if (not isinstance(sigma, (tuple, list)) or len(sigma) != 2
+      or not all(isinstance(s, numbers.Number) and not isinstance(s, bool)
+                 and s > 0 for s in sigma) or sigma[0] > sigma[1]):
+    raise ValueError(f"sigma must be a positive number or a (min, max) pair "
+                     f"with 0 < min <= max, got {sigma!r}.")
+  low, high = float(sigma[0]), float(sigma[1])
+  probability = _validation.check_in_range("probability", probability, low=0,
+                                           high=1)
+  half = kernel_size // 2
+  offsets = jnp.arange(kernel_size, dtype=jnp.float32) - half
+
+  def blur(image: jax.Array, key: jax.Array) -> jax.Array:
+    h, w = image.shape[:2]
+    if half >= min(h, w):
+      raise ValueError(f"gaussian_blur(kernel_size={kernel_size}) needs "
+                       f"images larger than {half} pixels a side, got "
+                       f"{h}x{w}.")
+    apply_key, sigma_key = jax.random.split(key)
+    s = jax.random.uniform(sigma_key, (), minval=low, maxval=high)
+    g = jnp.exp(-0.5 * jnp.square(offsets / s))
+    g = g / jnp.sum(g)
+    padded = jnp.pad(image.astype(jnp.float32),
+                     [(half, half), (half, half), (0, 0)], mode="reflect")
+    rows = sum(g[i] * padded[i:i + h] for i in range(kernel_size))
+    out = sum(g[i] * rows[:, i:i + w] for i in range(kernel_size))
+    if jnp.issubdtype(image.dtype, jnp.integer):
+      out = jnp.round(out)
+    return jnp.where(jax.random.bernoulli(apply_key, probability),
+                     out.astype(image.dtype), image)
+
+  return per_sample(blur)

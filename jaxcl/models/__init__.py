@@ -2,6 +2,7 @@
 
 from jaxcl.models.adapter import Model, as_model, stream_keys
 from jaxcl.models.cnn import LeNet5, SimpleCNN, TorchConv
+from jaxcl.models.dualnet import DualNet
 from jaxcl.models.heads import (
                                 MTMLP,
                                 MLPFeatures,
@@ -24,11 +25,13 @@ MODELS = {
     "mt_slim_resnet18": mt_slim_resnet18,
     "pnn": PNN,
     "resnet32": ResNet32,
+    "dualnet": DualNet,
 }
 """Models by name (used by the CLI); construct with the keyword arguments each
 accepts (``num_classes`` always, ``n_tasks`` for multi-head ``mt_*`` ones)."""
 
 __all__ = [
+                                "DualNet",
                                 "LeNet5",
                                 "MLP",
                                 "MODELS",

@@ -6,7 +6,8 @@ and the ``jaxcl`` command.
 """
 
 from jaxcl.strategies import (architectural, bias_correction, classifiers,
-                              contrastive, cross_task, deep_slda, experts,
+                              contrastive, cross_task, deep_slda, dualnet,
+                              experts,
                               generative, meta, projection, prototypes,
                               pruning, regularization, rehearsal)
 from jaxcl.strategies.architectural import *  # noqa: F403
@@ -17,6 +18,7 @@ from jaxcl.strategies.classifiers import *  # noqa: F403
 from jaxcl.strategies.contrastive import *  # noqa: F403
 from jaxcl.strategies.cross_task import *  # noqa: F403
 from jaxcl.strategies.deep_slda import *  # noqa: F403
+from jaxcl.strategies.dualnet import *  # noqa: F403
 from jaxcl.strategies.experts import *  # noqa: F403
 from jaxcl.strategies.generative import *  # noqa: F403
 from jaxcl.strategies.meta import *  # noqa: F403
@@ -46,6 +48,7 @@ __all__ = [
     *contrastive.__all__,
     *cross_task.__all__,
     *deep_slda.__all__,
+    *dualnet.__all__,
     *experts.__all__,
     *generative.__all__,
     *meta.__all__,
@@ -60,6 +63,6 @@ register("naive", naive)
 for _family in (regularization, rehearsal, projection, generative,
                 architectural, deep_slda, bias_correction, meta,
                 prototypes, contrastive, experts, pruning, classifiers,
-                cross_task):
+                cross_task, dualnet):
   for _name, _factory in _family.STRATEGIES.items():
     register(_name, _factory)
