@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import (TwoLayer, assert_trees_close, device_experience,
-                      fit_seeds_alone, hook_context, log_softmax)
+                      hook_context, log_softmax)
 
 import jaxcl
 from jaxcl import cli
@@ -293,21 +293,24 @@ def test_memory_stores_the_experience_with_its_eval_mode_logits():
                              np.asarray(logits)[order], rtol=1e-6)
 
 
-def _image_bench():
-  rng = np.random.default_rng(0)
-  y = np.repeat(np.arange(4), 6)
-  x = rng.uniform(0, 255, (24, 16, 16, 3)).astype(np.uint8)
-  return jaxcl.benchmarks.class_incremental(
-      (x, y), (x, y), 2, fixed_class_order=range(4))
-
-
-def test_seeds_together_equal_seeds_alone():
-  runs = fit_seeds_alone(
-      DualNet(num_classes=4, nf=2, blocks=(1, 1, 1, 1), projector_hidden=4),
-      dual_net(inner_steps=1, n_outer=1, mem_size=6, batch_size_mem=2,
-               ssl_batch_size=4),
-      _image_bench(), epochs=1)
-  assert int(buffers.size(runs[0].state.cl_state.memory)) == 6
+def test_vmapped_updates_equal_updates_alone(updating):
+  """Seeds together: the batch update vmapped over two states and keys
+  equals each alone (to a small fraction of what it moves: float32 batch
+  norm over a few rows is ill-conditioned)."""
+  _, state, update = updating
+  states = [_with(state, 0.5, LR), _with(state, 1.0, 0.0)]
+  keys = [jax.random.key(7), jax.random.key(8)]
+  together, _ = jax.jit(jax.vmap(update))(
+      jax.tree.map(lambda *a: jnp.stack(a), *states), jnp.stack(keys))
+  flat = lambda tree: jnp.concatenate([a.ravel() for a in
+                                       jax.tree.leaves(tree)])
+  for i, (s, k) in enumerate(zip(states, keys)):
+    alone, _ = update(s, k)
+    mine = jax.tree.map(lambda a: a[i], together.params)
+    moved = flat(alone.params) - flat(s.params)
+    error = flat(mine) - flat(alone.params)
+    assert float(jnp.linalg.norm(error)) < 0.01 * float(
+        jnp.linalg.norm(moved))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -339,3 +342,108 @@ def test_cli_refuses_a_model_without_the_split(tmp_path, capsys):
                    "--n-experiences", "2", "--epochs", "1", "--no-progress",
                    "--compilation-cache", "", "--logdir", str(tmp_path)]) != 0
   assert "'slow' and 'fast'" in capsys.readouterr().err
+
+
+# The augmentations of the views, against numpy transcriptions of
+# torchvision's tensor code.
+def _images(seed=0, n=6, side=4, channels=3):
+  rng = np.random.default_rng(seed)
+  return rng.integers(0, 256, (n, side, side, channels)).astype(np.uint8)
+
+
+def _gray_np(x):
+  return (x.astype(np.float64) @ np.array([0.2989, 0.587, 0.114])).astype(
+      np.float32).astype(x.dtype).astype(np.float64)[..., None]
+
+
+def _blend_np(a, b, ratio):
+  return np.clip(ratio * a + (1 - ratio) * b, 0, 255).astype(np.uint8)
+
+
+def _hue_np(x, shift):
+  import colorsys
+  out = np.empty(x.shape)
+  for idx in np.ndindex(x.shape[:-1]):
+    h, s, v = colorsys.rgb_to_hsv(*(x[idx] / 255.0))
+    out[idx] = colorsys.hsv_to_rgb((h + shift) % 1.0, s, v)
+  return (out * (255 + 1 - 1e-3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"brightness": (1.5, 1.5)}, lambda x: _blend_np(x, 0.0, 1.5)),
+    ({"contrast": (0.5, 0.5)},
+     lambda x: _blend_np(x, _gray_np(x).mean(axis=(1, 2, 3), keepdims=True),
+                         0.5)),
+    ({"saturation": (0.3, 0.3)}, lambda x: _blend_np(x, _gray_np(x), 0.3)),
+    ({"hue": (0.2, 0.2)}, lambda x: _hue_np(x, 0.2)),
+])
+def test_color_jitter_adjustments_are_torchvisions(kwargs, expected):
+  x = _images()
+  out = jax.jit(jaxcl.benchmarks.augment.color_jitter(**kwargs))(
+      jnp.asarray(x), jax.random.key(0))
+  # Truncation after float32 rounding may differ by one level.
+  np.testing.assert_allclose(np.asarray(out, float), expected(x), atol=1)
+  assert np.mean(np.asarray(out) == expected(x)) > 0.95
+
+
+def test_color_jitter_orders_at_random_and_applies_with_probability():
+  augment = jaxcl.benchmarks.augment
+  x = _images(n=64)
+  out = np.asarray(augment.color_jitter(brightness=(2.0, 2.0),
+                                        contrast=(0.5, 0.5))(
+      jnp.asarray(x), jax.random.key(1)))
+  bright_first = _blend_np(
+      _blend_np(x, 0, 2.0),
+      _gray_np(_blend_np(x, 0, 2.0)).mean(axis=(1, 2, 3), keepdims=True), 0.5)
+  contrast_first = _blend_np(
+      _blend_np(x, _gray_np(x).mean(axis=(1, 2, 3), keepdims=True), 0.5),
+      0, 2.0)
+  first = np.all(np.abs(out.astype(int) - bright_first) <= 1, axis=(1, 2, 3))
+  second = np.all(np.abs(out.astype(int) - contrast_first) <= 1,
+                  axis=(1, 2, 3))
+  assert np.all(first | second) and first.any() and second.any()
+  # One channel: saturation and hue leave the image as it is.
+  gray = _images(channels=1)
+  np.testing.assert_array_equal(
+      augment.color_jitter(saturation=0.5, hue=0.5)(jnp.asarray(gray),
+                                                    jax.random.key(2)), gray)
+  kept = augment.color_jitter(brightness=(2.0, 2.0), probability=0.5)(
+      jnp.asarray(x), jax.random.key(3))
+  unchanged = np.all(np.asarray(kept) == x, axis=(1, 2, 3))
+  assert 0.25 < unchanged.mean() < 0.75
+
+
+def _blur_np(x, k, sigma):
+  offsets = np.arange(k) - k // 2
+  g = np.exp(-0.5 * (offsets / sigma) ** 2)
+  kernel = np.outer(g, g) / g.sum() ** 2
+  half = k // 2
+  padded = np.pad(x.astype(np.float64),
+                  [(0, 0), (half, half), (half, half), (0, 0)], mode="reflect")
+  h, w = x.shape[1:3]
+  return sum(kernel[i, j] * padded[:, i:i + h, j:j + w]
+             for i in range(k) for j in range(k))
+
+
+def test_gaussian_blur_is_torchvisions():
+  augment = jaxcl.benchmarks.augment
+  x = np.random.default_rng(4).uniform(0, 1, (3, 6, 5, 2)).astype(np.float32)
+  np.testing.assert_allclose(
+      augment.gaussian_blur(5, sigma=0.8)(jnp.asarray(x), jax.random.key(0)),
+      _blur_np(x, 5, 0.8), rtol=1e-5, atol=1e-6)
+  ints = _images(channels=3)
+  np.testing.assert_allclose(
+      augment.gaussian_blur(3, sigma=(1.3, 1.3))(jnp.asarray(ints),
+                                                 jax.random.key(0)),
+      np.round(_blur_np(ints, 3, 1.3)), atol=1)
+  # sigma drawn per image from its range: two images blur differently.
+  same = np.ones((2, 5, 5, 1), np.float32) * np.arange(5.0)[:, None]
+  out = np.asarray(augment.gaussian_blur(3, (0.1, 2.0))(
+      jnp.asarray(same), jax.random.key(5)))
+  assert not np.allclose(out[0], out[1])
+  with pytest.raises(ValueError, match="kernel_size must be odd"):
+    augment.gaussian_blur(4)
+  with pytest.raises(ValueError, match="sigma"):
+    augment.gaussian_blur(3, sigma=(2.0, 1.0))
+  with pytest.raises(ValueError, match="hue"):
+    augment.color_jitter(hue=0.7)
