@@ -2,12 +2,14 @@
 against numpy transcriptions of Avalanche, the slow update's interpolation,
 the memory's logits, seeds, the CLI and the refusals."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 from conftest import (TwoLayer, assert_trees_close, device_experience,
+                      fit_seeds_alone,
                       hook_context, log_softmax)
 
 import jaxcl
@@ -313,6 +315,50 @@ def test_vmapped_updates_equal_updates_alone(updating):
         jnp.linalg.norm(moved))
 
 
+class _SlowMLP(flax.linen.Module):
+  """A dense slow learner and its projector (made at init as well)."""
+
+  @flax.linen.compact
+  def __call__(self, x, project=False):
+    h = flax.linen.relu(flax.linen.Dense(8)(x.reshape(x.shape[0], -1)))
+    projector = flax.linen.Dense(8, use_bias=False, name="projector")
+    if project or self.is_initializing():
+      z = projector(h)
+      if project:
+        return z
+    return h
+
+
+class _SlowFastMLP(flax.linen.Module):
+  """The slow/fast split without batch norm (DualNet's chaotic batch
+  statistics over a few rows aside, seeds together equal seeds alone)."""
+
+  def setup(self):
+    self.slow = _SlowMLP()
+    self.fast = flax.linen.Dense(N_CLASSES)
+
+  def __call__(self, x, train=False):
+    return self.fast(self.slow(x))
+
+  def projection(self, x, train=False):
+    return self.slow(x, project=True)
+
+
+def test_seeds_together_equal_seeds_alone_without_batch_norm():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(N_CLASSES), 6)
+  x = np.clip(rng.uniform(0, 1, (N_CLASSES, 6, 6, 3))[y]
+              + rng.normal(0, 0.1, (len(y), 6, 6, 3)), 0, 1).astype(np.float32)
+  bench = jaxcl.benchmarks.class_incremental(
+      (x, y), (x, y), 3, fixed_class_order=range(N_CLASSES))
+  alone = fit_seeds_alone(_SlowFastMLP(), dual_net(
+      inner_steps=2, n_outer=2, mem_size=8, batch_size_mem=4,
+      ssl_batch_size=4), bench)
+  # The memory filled and replayed (its stored logits differ per seed).
+  memory = alone[0].state.cl_state.memory
+  assert int(buffers.size(memory)) == 8
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"inner_steps": 0}, "inner_steps"),
     ({"n_outer": 0}, "n_outer"),
@@ -411,6 +457,14 @@ def test_color_jitter_orders_at_random_and_applies_with_probability():
       jnp.asarray(x), jax.random.key(3))
   unchanged = np.all(np.asarray(kept) == x, axis=(1, 2, 3))
   assert 0.25 < unchanged.mean() < 0.75
+  # Adjustments not given are skipped, not applied as identities: no clamp
+  # to [0, 1], no HSV round trip (torchvision's ColorJitter() is a no-op).
+  outside = jnp.asarray([[[[1.5, -0.2, 0.3]]]], jnp.float32)
+  np.testing.assert_array_equal(
+      augment.color_jitter()(outside, jax.random.key(0)), outside)
+  np.testing.assert_allclose(
+      augment.color_jitter(brightness=(1.0, 1.0))(outside, jax.random.key(0)),
+      [[[[1.0, 0.0, 0.3]]]], rtol=1e-6)
 
 
 def _blur_np(x, k, sigma):

@@ -430,7 +430,7 @@ def color_jitter(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
     raise ValueError(f"hue must lie within [-0.5, 0.5], got {hue!r}.")
   probability = _validation.check_in_range("probability", probability, low=0,
                                            high=1)
-  # Unused adjustments draw factor 1 (hue 0): the identity.
+  # Unused adjustments draw factor 1 (hue 0), which they never apply.
   lows = jnp.asarray([r[0] if r else (0.0 if i == 3 else 1.0)
                       for i, r in enumerate(ranges)], jnp.float32)
   highs = jnp.asarray([r[1] if r else (0.0 if i == 3 else 1.0)
@@ -470,10 +470,14 @@ def color_jitter(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
     factors = jax.random.uniform(factor_key, (4,), minval=lows, maxval=highs)
     order = jax.random.permutation(order_key, 4)
     out = image.astype(jnp.float32)
+    # torchvision skips the adjustments it was not given (no clamp, no
+    # HSV round trip), keeping their places in the random order.
+    branches = [
+        functools.partial(lambda fn, i, x: fn(x, factors[i]), fn, i)
+        if ranges[i] is not None else (lambda x: x)
+        for i, fn in enumerate(adjustments)]
     for step in range(4):
-      out = jax.lax.switch(order[step], [
-          functools.partial(lambda fn, i, x: fn(x, factors[i]), fn, i)
-          for i, fn in enumerate(adjustments)], out)
+      out = jax.lax.switch(order[step], branches, out)
     return jnp.where(jax.random.bernoulli(apply_key, probability),
                      out.astype(dtype), image)
 
