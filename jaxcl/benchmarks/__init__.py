@@ -1,7 +1,8 @@
 """Benchmarks: the data model, scenario generators, augmentations, the catalogue."""
 
-from jaxcl.benchmarks import augment, classic, generators, scenario
+from jaxcl.benchmarks import augment, classic, files, generators, scenario
 from jaxcl.benchmarks.classic import *  # noqa: F403
+from jaxcl.benchmarks.files import *  # noqa: F403
 from jaxcl.benchmarks.generators import *  # noqa: F403
 from jaxcl.benchmarks.scenario import *  # noqa: F403
 
@@ -19,6 +20,7 @@ __all__ = [
     "BENCHMARKS",
     "augment",
     *classic.__all__,
+    *files.__all__,
     *generators.__all__,
     *scenario.__all__,
 ]

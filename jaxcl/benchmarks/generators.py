@@ -562,20 +562,49 @@ def dataset_per_experience(
     test_parts.append((x_test, y_test + offset, _tasks(len(y_test), task)))
     if offset_class_ids:
       offset += int(y_train.max()) + 1
+  return benchmark_from_parts(train_parts, test_parts,
+                              task_incremental=return_task_id, name=name,
+                              preprocess=preprocess, augment=augment)
+
+
+def benchmark_from_parts(train_parts: Sequence[_Part],
+                         test_parts: Sequence[_Part], *,
+                         task_incremental: bool, name: str,
+                         preprocess: Preprocess,
+                         augment: Augment | None) -> Benchmark:
+  """A benchmark whose experiences are given as ``(x, y, task)`` parts.
+
+  The scenario is ``task_incremental`` if so flagged, else
+  class-incremental when no two train experiences share a class, else
+  domain-incremental; ``n_classes`` is the largest train label plus one and
+  ``n_tasks`` the largest task label plus one.
+
+  Example:
+    >>> x = np.zeros((2, 3), np.float32)
+    >>> part = lambda y, t: (x, np.array(y, np.int32), np.full(2, t, np.int32))
+    >>> bench = benchmark_from_parts([part([0, 1], 0), part([2, 3], 0)],
+    ...                              [part([0, 3], 0)], task_incremental=False,
+    ...                              name="b", preprocess=lambda x: x,
+    ...                              augment=None)
+    >>> bench.scenario, bench.n_classes, len(bench.test_stream)
+    ('class_incremental', 4, 1)
+  """
   train_stream = _stream("train", train_parts)
   order = tuple(dict.fromkeys(c for e in train_stream for c in e.classes))
   disjoint = sum(len(e.classes) for e in train_stream) == len(order)
+  n_tasks = 1 + max(int(task.max()) for _, _, task in
+                    (*train_parts, *test_parts))
   return Benchmark(
       train_stream=train_stream,
       test_stream=_stream("test", test_parts),
       n_classes=max(order) + 1,
       class_order=order,
       input_shape=tuple(train_parts[0][0].shape[1:]),
-      scenario=("task_incremental" if return_task_id else
+      scenario=("task_incremental" if task_incremental else
                 "class_incremental" if disjoint else "domain_incremental"),
       name=name,
       preprocess=preprocess,
-      n_tasks=len(datasets) if return_task_id else 1,
+      n_tasks=n_tasks,
       augment=augment,
   )
 
