@@ -56,6 +56,9 @@ def test_read_images_gives_the_written_pixels_cropped_and_in_order(tmp_path):
                         image_size=(3, 4))
   np.testing.assert_array_equal(x[0], written[0][1:4, 2:6])
   assert x.shape == (2, 3, 4, 3)
+  # A box flush with the image's edges is the whole image.
+  x = files.read_images(paths[:1], boxes=[(0, 0, 5, 7)])
+  np.testing.assert_array_equal(x[0], written[0])
 
 
 def test_channels_one_is_the_luma_of_the_rgb_pixels(tmp_path):
@@ -79,6 +82,16 @@ def test_resizing_keeps_a_uniform_image_uniform(tmp_path):
     assert x.shape == (1, *size, 3)
     np.testing.assert_array_equal(x[0], np.broadcast_to(pixels[0, 0],
                                                         (*size, 3)))
+
+
+def test_shrinking_averages_neighbouring_pixels(tmp_path):
+  # A one-pixel checkerboard shrunk 4x: a smoothing filter gives its mean
+  # grey, where sampling (nearest neighbour) would keep black or white.
+  board = np.where(np.add.outer(np.arange(8), np.arange(8)) % 2 == 0,
+                   np.uint8(255), np.uint8(0))
+  x = files.read_images([write(tmp_path, "board.png", board)],
+                        image_size=(2, 2), channels=1)
+  assert np.all(np.abs(x.astype(int) - 127.5) <= 1), x[0, ..., 0]
 
 
 def test_images_of_several_sizes_need_an_image_size(tmp_path):
@@ -107,12 +120,17 @@ def test_images_of_several_sizes_need_an_image_size(tmp_path):
     ({"paths": ["{text}"]}, "Cannot read the image .*a.txt: "
      "UnidentifiedImageError"),
     ({"paths": []}, "paths is empty"),
+    ({"paths": ["{png}"], "channels": True}, "channels must be 1"),
+    ({"paths": ["{wide}"]}, r"wide.png has 'I;16' pixels \(more than 8 bits "
+     r"per channel\), which Pillow clips"),
 ])
 def test_read_images_refuses_clearly(tmp_path, kwargs, message):
   png = write(tmp_path, "a.png", random_pixels(0))
   text = tmp_path / "a.txt"
   text.write_text("not an image")
-  paths = [str(p).format(png=png, text=text) for p in kwargs.pop("paths")]
+  wide = write(tmp_path, "wide.png", np.full((3, 3), 40000, np.uint16))
+  paths = [str(p).format(png=png, text=text, wide=wide)
+           for p in kwargs.pop("paths")]
   with pytest.raises(ValueError, match=message):
     files.read_images(paths, **kwargs)
 
@@ -124,10 +142,11 @@ def test_read_filelist_takes_the_last_field_as_the_label(tmp_path):
                                           (files.Path("d.png"), 0)]
   assert files.read_filelist(listing, root=tmp_path)[1] == (
       tmp_path / "d.png", 0)
-  listing.write_text("a.png 1\nb.png cat\n")
-  with pytest.raises(ValueError, match=r"list.txt, line 2: expected 'path "
-                     r"label' .* got 'b.png cat'"):
-    files.read_filelist(listing)
+  for label in ("cat", "\u00b2"):  # A superscript two is a digit too.
+    listing.write_text(f"a.png 1\nb.png {label}\n")
+    with pytest.raises(ValueError, match=r"list.txt, line 2: expected 'path "
+                       f"label' .* got 'b.png {label}'"):
+      files.read_filelist(listing)
 
 
 def test_paths_benchmark_keeps_experiences_labels_and_pixels(coloured):
@@ -152,13 +171,16 @@ def test_paths_benchmark_keeps_experiences_labels_and_pixels(coloured):
 
 def test_task_labels_make_a_task_incremental_benchmark(coloured):
   groups = ((0, 1), (2, 3))
-  bench = jaxcl.benchmarks.paths_benchmark(
-      by_experience(coloured["train"], groups),
-      by_experience(coloured["test"], groups), task_labels=[0, 1])
+  train, test = (by_experience(coloured[s], groups) for s in ("train", "test"))
+  bench = jaxcl.benchmarks.paths_benchmark(train, test,
+                                           task_labels=np.array([0, 1]))
   assert bench.scenario == "task_incremental" and bench.n_tasks == 2
   for stream in (bench.train_stream, bench.test_stream):
     np.testing.assert_array_equal([np.unique(e.task) for e in stream],
                                   [[0], [1]])
+  # One task for every experience (Avalanche's way to ask for none).
+  bench = jaxcl.benchmarks.paths_benchmark(train, test, task_labels=[0, 0])
+  assert bench.scenario == "class_incremental" and bench.n_tasks == 1
 
 
 def test_a_complete_test_set_trains_and_evaluates_in_one_column(coloured):
@@ -232,9 +254,28 @@ def test_paths_benchmark_refuses_clearly(coloured, kwargs, message):
     jaxcl.benchmarks.paths_benchmark(train, test, **kwargs)
 
 
-def test_filelist_benchmark_refuses_an_empty_list(tmp_path):
+def test_labels_are_checked_before_any_image_is_read(coloured, tmp_path):
+  train = [[(p, y, None) for p, y, _ in coloured["train"]]]
+  with pytest.raises(ValueError, match=r"test_lists_of_files has labels "
+                     r"\[7\] that no train experience has"):
+    jaxcl.benchmarks.paths_benchmark(train, [[(tmp_path / "none.png", 7)]])
+
+
+def test_filelist_benchmark_errors_name_its_arguments(tmp_path):
   empty = tmp_path / "empty.txt"
   empty.write_text("\n")
   with pytest.raises(ValueError, match="empty.txt \\(train_file_lists\\) "
                      "names no image"):
     jaxcl.benchmarks.filelist_benchmark(None, [empty], empty)
+  listing = tmp_path / "list.txt"
+  listing.write_text("a.png 0\n")
+  with pytest.raises(ValueError, match="test_file_lists has 1 lists; "
+                     "expected 2"):
+    jaxcl.benchmarks.filelist_benchmark(None, [listing] * 2, listing)
+  with pytest.raises(TypeError, match=r"filelist_benchmark got unexpected "
+                     r"keyword arguments \['size'\]"):
+    jaxcl.benchmarks.filelist_benchmark(None, [listing], listing, size=2)
+  with pytest.raises(TypeError, match="complete_test_set_only must be True "
+                     "or False"):
+    jaxcl.benchmarks.filelist_benchmark(None, [listing], listing,
+                                        complete_test_set_only="yes")

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import numbers
 import os
 from collections.abc import Sequence
@@ -74,7 +75,8 @@ def read_filelist(filelist: PathLike, *,
     if not line.strip():
       continue
     fields = line.strip().rsplit(maxsplit=1)
-    if len(fields) != 2 or not fields[1].isdigit():
+    if len(fields) != 2 or not (fields[1].isascii()
+                                and fields[1].isdigit()):
       raise ValueError(f"{path}, line {number}: expected 'path label' with a "
                        f"non-negative integer label, got {line!r}.")
     entries.append((Path(fields[0]) if base is None else base / fields[0],
@@ -107,8 +109,8 @@ def _check_image_size(image_size) -> tuple[int, int] | None:
 
 def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
               mode: str) -> np.ndarray:
-  """One image as ``uint8[h, w, c]``: cropped to ``box``, resized to
-  ``size``, converted to ``mode`` (Pillow's "RGB" or "L")."""
+  """One image as ``uint8[h, w, c]``: cropped to ``box``, converted to
+  ``mode`` (Pillow's "RGB" or "L"), resized to ``size``."""
   from PIL import Image  # Lazy: only file benchmarks decode images.
 
   try:
@@ -120,6 +122,12 @@ def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
               f"The box (top, left, height, width) = {box} of {path} reaches "
               f"outside its {image.height}x{image.width} image.")
         image = image.crop((left, top, left + width, top + height))
+      if image.mode.startswith(("I", "F")):
+        # Pillow clips them to 8 bits (a 16-bit image becomes 0 or 255).
+        raise ValueError(
+            f"{path} has {image.mode!r} pixels (more than 8 bits per "
+            "channel), which Pillow clips when it converts them to 8 bits; "
+            "convert it to 8-bit RGB or grayscale first.")
       image = image.convert(mode)
       if size is not None and (image.height, image.width) != size:
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -146,6 +154,10 @@ def read_images(paths: Sequence[PathLike], *,
       for every image.
     channels: 3 (RGB, Avalanche's default loader) or 1 (grayscale).
 
+  As with Avalanche's loader, an alpha channel is dropped and EXIF
+  orientation is not applied. Images of more than 8 bits per channel
+  (16-bit, float) are refused: Pillow would clip them to 8 bits.
+
   Returns:
     The images, in the order of ``paths``.
 
@@ -168,22 +180,29 @@ def read_images(paths: Sequence[PathLike], *,
   boxes = [None if b is None else _check_box(f"boxes[{i}]", b)
            for i, b in enumerate(boxes)]
   size = _check_image_size(image_size)
-  if channels not in (1, 3):
+  if isinstance(channels, bool) or channels not in (1, 3):
     raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got "
                      f"{channels!r}.")
   mode = "RGB" if channels == 3 else "L"
   paths = [Path(p).expanduser() for p in paths]
-  with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
-    images = list(pool.map(lambda pb: _read_one(*pb, size, mode),
-                           zip(paths, boxes)))
-  first = images[0].shape
-  for path, image in zip(paths, images):
-    if image.shape != first:
+  first = _read_one(paths[0], boxes[0], size, mode)
+  # Filled in place: a list of images and its stack would double the peak.
+  images = np.empty((len(paths), *first.shape), np.uint8)
+  images[0] = first
+
+  def fill(k: int) -> None:
+    image = _read_one(paths[k], boxes[k], size, mode)
+    if image.shape != first.shape:
       raise ValueError(
-          f"{path} is {image.shape[0]}x{image.shape[1]} but {paths[0]} is "
-          f"{first[0]}x{first[1]}; pass image_size=(height, width) to resize "
-          "every image to one size.")
-  return np.stack(images)
+          f"{paths[k]} is {image.shape[0]}x{image.shape[1]} but {paths[0]} "
+          f"is {first.shape[0]}x{first.shape[1]}; pass image_size=(height, "
+          "width) to resize every image to one size.")
+    images[k] = image
+
+  with concurrent.futures.ThreadPoolExecutor(_READ_THREADS) as pool:
+    for done in pool.map(fill, range(1, len(paths))):
+      del done  # map re-raises the first failure, in order.
+  return images
 
 
 def _check_lists(name: str, lists) -> list[list[tuple]]:
@@ -210,7 +229,8 @@ def _check_lists(name: str, lists) -> list[list[tuple]]:
           or label < 0):
         raise ValueError(f"{where} has label {label!r}; expected a "
                          "non-negative integer class id.")
-      box = _check_box(f"{where}'s box", entry[2]) if len(entry) == 3 else None
+      box = (None if len(entry) == 2 or entry[2] is None
+             else _check_box(f"{where}'s box", entry[2]))
       entries.append((entry[0], int(label), box))
     checked.append(entries)
   return checked
@@ -219,6 +239,8 @@ def _check_lists(name: str, lists) -> list[list[tuple]]:
 def _check_task_labels(task_labels, n_experiences: int) -> list[int]:
   if task_labels is None:
     return [0] * n_experiences
+  if isinstance(task_labels, np.ndarray) and task_labels.ndim == 1:
+    task_labels = task_labels.tolist()
   if not isinstance(task_labels, Sequence) or len(task_labels) != n_experiences:
     raise ValueError(f"task_labels must hold one task label per train "
                      f"experience ({n_experiences}), got {task_labels!r}.")
@@ -250,7 +272,7 @@ def paths_benchmark(
     test_lists_of_files: The same per test experience: one list per train
       experience, or a single list with ``complete_test_set_only``.
     task_labels: One task label per experience (the train experience and its
-      test experience); ``None``: all 0. Avalanche requires them.
+      test experience); ``None``: all 0 (Avalanche requires them).
     complete_test_set_only: The test stream is one experience holding the
       whole test set (the accuracy matrix has one column).
     image_size: ``(height, width)`` to resize every image to; ``None``
@@ -263,7 +285,8 @@ def paths_benchmark(
     name: Name of the benchmark for logs.
 
   Returns:
-    A :class:`Benchmark` (task-incremental when ``task_labels`` are given).
+    A :class:`Benchmark`, task-incremental when ``task_labels`` holds
+    several distinct labels.
 
   Example:
     >>> bench = paths_benchmark(  # doctest: +SKIP
@@ -271,41 +294,56 @@ def paths_benchmark(
     ...     [[("t0.png", 0), ("t1.png", 1), ("t2.png", 2)]],
     ...     complete_test_set_only=True, image_size=(32, 32))
   """
-  train = _check_lists("train_lists_of_files", train_lists_of_files)
-  test = _check_lists("test_lists_of_files", test_lists_of_files)
+  return _benchmark(train_lists_of_files, test_lists_of_files,
+                    ("train_lists_of_files", "test_lists_of_files"),
+                    task_labels=task_labels,
+                    complete_test_set_only=complete_test_set_only,
+                    image_size=image_size, channels=channels,
+                    preprocess=preprocess, augment=augment, name=name)
+
+
+@_validation.checks_bool_arguments
+def _benchmark(train_lists, test_lists, names: tuple[str, str], *,
+               task_labels, complete_test_set_only: bool, image_size,
+               channels: int, preprocess: Preprocess | None,
+               augment: Augment | None, name: str) -> Benchmark:
+  """:func:`paths_benchmark`, with errors naming the caller's ``names`` of
+  the train and test lists; everything is checked before a file is read."""
+  train_name, test_name = names
+  train = _check_lists(train_name, train_lists)
+  test = _check_lists(test_name, test_lists)
   tasks = _check_task_labels(task_labels, len(train))
   expected = 1 if complete_test_set_only else len(train)
   if len(test) != expected:
     why = ("complete_test_set_only=True" if complete_test_set_only else
            f"one per train experience ({len(train)}); complete_test_set_only"
            "=True takes one list holding the whole test set")
-    raise ValueError(f"test_lists_of_files has {len(test)} lists; expected "
+    raise ValueError(f"{test_name} has {len(test)} lists; expected "
                      f"{expected}: {why}.")
   if complete_test_set_only and len(set(tasks)) > 1:
     raise ValueError(
         f"complete_test_set_only=True gives the test samples no task label "
         f"of their own, but task_labels is {list(tasks)}; give one test list "
         "per train experience instead.")
-  _check_image_size(image_size)  # Before any file is read.
-  lists = train + test
-  entries = [entry for files in lists for entry in files]
-  x = read_images([p for p, _, _ in entries], boxes=[b for _, _, b in entries],
-                  image_size=image_size, channels=channels)
-  ends = np.cumsum([len(files) for files in lists])
-  parts = [(x_k, np.array([label for _, label, _ in files], np.int32),
-            np.full(len(files), task, np.int32))
-           for x_k, files, task in zip(np.split(x, ends[:-1]), lists,
-                                       tasks + tasks[:len(test)])]
-  seen = {label for _, y, _ in parts[:len(train)] for label in y.tolist()}
-  unknown = sorted({label for _, y, _ in parts[len(train):]
-                    for label in y.tolist()} - seen)
-  if unknown:
-    raise ValueError(f"test_lists_of_files has labels {unknown} that no "
+  labels = [np.array([label for _, label, _ in files], np.int32)
+            for files in train + test]
+  unknown = np.setdiff1d(np.concatenate(labels[len(train):]),
+                         np.concatenate(labels[:len(train)]))
+  if unknown.size:
+    raise ValueError(f"{test_name} has labels {unknown.tolist()} that no "
                      "train experience has; expected test classes among the "
                      "train classes.")
+  _check_image_size(image_size)
+  entries = [entry for files in train + test for entry in files]
+  x = read_images([p for p, _, _ in entries], boxes=[b for _, _, b in entries],
+                  image_size=image_size, channels=channels)
+  ends = np.cumsum([len(y) for y in labels])
+  parts = [(x_k, y, np.full(len(y), task, np.int32))
+           for x_k, y, task in zip(np.split(x, ends[:-1]), labels,
+                                   tasks + tasks[:len(test)])]
   return generators.benchmark_from_parts(
       parts[:len(train)], parts[len(train):],
-      task_incremental=task_labels is not None, name=name,
+      task_incremental=len(set(tasks)) > 1, name=name,
       preprocess=normalizer(0.0, 1.0) if preprocess is None else preprocess,
       augment=augment)
 
@@ -343,9 +381,9 @@ def filelist_benchmark(
   """
   if isinstance(test_file_lists, (str, os.PathLike)):
     test_file_lists = [test_file_lists]
+  names = ("train_file_lists", "test_file_lists")
   lists = []
-  for argument, file_lists in (("train_file_lists", train_file_lists),
-                               ("test_file_lists", test_file_lists)):
+  for argument, file_lists in zip(names, (train_file_lists, test_file_lists)):
     if isinstance(file_lists, (str, os.PathLike)) or not isinstance(
         file_lists, Sequence) or not file_lists:
       raise ValueError(f"{argument} must be a non-empty sequence of file "
@@ -356,4 +394,13 @@ def filelist_benchmark(
         raise ValueError(f"The file list {f} ({argument}) names no image; "
                          "expected one 'path label' line per image.")
     lists.append(experiences)
-  return paths_benchmark(*lists, **{"name": "filelist_benchmark", **options})
+  # paths_benchmark's keyword arguments and defaults, but for the name.
+  defaults = {k: p.default for k, p in
+              inspect.signature(paths_benchmark).parameters.items()
+              if p.kind is p.KEYWORD_ONLY}
+  unknown = sorted(set(options) - set(defaults))
+  if unknown:
+    raise TypeError(f"filelist_benchmark got unexpected keyword arguments "
+                    f"{unknown}; expected some of {sorted(defaults)}.")
+  return _benchmark(*lists, names, **{**defaults, "name": "filelist_benchmark",
+                                      **options})
