@@ -5,8 +5,12 @@ import tracemalloc
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from conftest import make_benchmark
 
+import jaxcl
+from jaxcl import evaluation
 from jaxcl.benchmarks import (
   class_incremental,
   data_incremental,
@@ -370,6 +374,36 @@ def test_data_incremental_consecutive_chunks():
   shared = dataset_per_experience([((x, y), (x, y)), ((x, y), lacking)],
                                   offset_class_ids=False)
   assert task_incremental(shared).n_tasks == 2
+
+
+def test_data_incremental_chunks_train_their_first_samples_experience():
+  # Experiences of 10 samples (2 classes each) cut into chunks of 7, 7, 6:
+  # chunk 1 holds the end of experience 0, which it is the last to train.
+  x, y = _data(n_classes=4, per_class=5)
+  base = class_incremental((x, y), (x, y), 2, seed=2)
+  chunks = data_incremental(base, 3)
+  assert [e.test_experience for e in chunks.train_stream] == [0, 0, 1]
+  np.testing.assert_array_equal(
+      evaluation.trained_columns(chunks.train_stream, 2), [0, 0, 1])
+  # Re-split again (online, or a validation part held out), the pieces keep
+  # their chunk's test experience.
+  online = split_online(chunks, 4, shuffle=False)
+  assert [e.test_experience for e in online.train_stream] == [0, 0, 0, 0,
+                                                              1, 1]
+  valid = with_validation(chunks, 2, seed=0)
+  assert [e.test_experience for e in valid.train_stream] == [0, 0, 1]
+  # In fit, forgetting after the last chunk compares experience 0's
+  # accuracy when chunk 1 ended its training with its accuracy now.
+  blobs = make_benchmark(n_classes=4, n_experiences=2, per_class=12)
+  result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8, drop_rate=0.0),
+                     jaxcl.strategies.naive(), optax.sgd(0.1),
+                     data_incremental(blobs, 3), epochs=2, batch_size=4,
+                     seed=0)
+  R = result.accuracy_matrix
+  assert R.shape == (3, 2)
+  np.testing.assert_allclose(result.metrics["forgetting"], R[1, 0] - R[2, 0])
+  np.testing.assert_allclose(result.history[1]["accuracy_on_trained_"
+                                               "experiences"], R[1, 0])
 
 
 def test_with_validation_partition_and_class_balance():

@@ -137,7 +137,8 @@ def _subexp_fields(exp: Experience) -> dict[str, Any]:
   """The fields an experience keeps when its samples are re-split."""
   return {"origin_experience": exp.origin_experience,
           "is_first_subexp": exp.is_first_subexp,
-          "is_last_subexp": exp.is_last_subexp}
+          "is_last_subexp": exp.is_last_subexp,
+          "test_experience": exp.test_experience}
 
 
 def _stream(origin: str, parts: Sequence[_Part], *,
@@ -891,7 +892,7 @@ def split_online(
   experience_size = _validation.check_positive_int("experience_size",
                                                    experience_size)
   rng = _rng(seed)
-  parts, origins = [], []
+  parts, origins, tests = [], [], []
   for exp in benchmark.train_stream:
     order = rng.permutation(len(exp)) if shuffle else np.arange(len(exp))
     chunks = [order[s:s + experience_size]
@@ -904,14 +905,16 @@ def split_online(
     for idx in chunks:
       parts.append((exp.x[idx], exp.y[idx], exp.task[idx]))
       origins.append(origin)
+      tests.append(exp.test_experience)
   # An origin's first and last mini-experiences, among those kept.
   bounds = [None, *origins, None]
   fields = [{"origin_experience": origin,
              "is_first_subexp": (bounds[i] != origin if access_task_boundaries
                                  else None),
              "is_last_subexp": (bounds[i + 2] != origin
-                                if access_task_boundaries else None)}
-            for i, origin in enumerate(origins)]
+                                if access_task_boundaries else None),
+             "test_experience": test}
+            for i, (origin, test) in enumerate(zip(origins, tests))]
   if not parts:
     raise ValueError(f"drop_last=True with experience_size={experience_size} "
                      "drops every sample: each train experience is smaller; "
@@ -968,9 +971,16 @@ def data_incremental(
                      "training samples; expected at most one experience per "
                      "sample.")
   chunks = np.array_split(np.arange(len(y)), n_experiences)
+  # Each sample's test experience, for the metrics (a chunk's is its first
+  # sample's: it is the last chunk holding an experience's samples that
+  # ends its training, as forgetting needs).
+  columns = np.repeat([e.trained_column for e in benchmark.train_stream],
+                      [len(e) for e in benchmark.train_stream])
   return dataclasses.replace(
       benchmark,
-      train_stream=_stream("train", [(x[c], y[c], task[c]) for c in chunks]),
+      train_stream=_stream("train", [(x[c], y[c], task[c]) for c in chunks],
+                           fields=[{"test_experience": int(columns[c[0]])}
+                                   for c in chunks]),
       name=f"{benchmark.name}_data_incremental")
 
 

@@ -60,6 +60,11 @@ class Experience:
       experience; None unless the stream gives access to task boundaries.
     is_last_subexp: Whether this is the last mini-experience of its origin
       experience; None unless the stream gives access to task boundaries.
+    test_experience: The test experience whose data this train experience
+      holds, for the metrics that pair them (forgetting, forward transfer):
+      set by :func:`jaxcl.benchmarks.data_incremental`, whose chunks may
+      span two experiences (that of their first sample); None: the
+      ``origin_experience``, else ``index``.
   """
 
   x: np.ndarray
@@ -73,6 +78,7 @@ class Experience:
   origin_experience: int | None = None
   is_first_subexp: bool | None = None
   is_last_subexp: bool | None = None
+  test_experience: int | None = None
 
   def __post_init__(self):
     where = f"Experience {self.index} of stream {self.origin!r}:"
@@ -98,6 +104,15 @@ class Experience:
   def classes_seen_so_far(self) -> tuple[int, ...]:
     """Classes of this experience and of every experience before it."""
     return tuple(sorted(set(self.previous_classes) | set(self.classes)))
+
+  @property
+  def trained_column(self) -> int:
+    """The test experience this one trains, for the metrics:
+    ``test_experience``, else ``origin_experience``, else ``index``."""
+    for column in (self.test_experience, self.origin_experience):
+      if column is not None:
+        return column
+    return self.index
 
   @property
   def task_label(self) -> int:

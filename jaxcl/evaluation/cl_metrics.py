@@ -43,17 +43,18 @@ def stream_accuracy(correct: np.ndarray, count: np.ndarray) -> float:
 def trained_columns(train_stream, n_test: int) -> np.ndarray:
   """The test experience each train experience trains, or -1 for none.
 
-  A train experience trains test column ``origin_experience`` (online
-  mini-experiences) or else its own index; columns past the test stream
-  (e.g. new-instances streams, whose test stream is one experience) are -1.
+  A train experience trains its ``trained_column``: the test experience of
+  its first sample for data-incremental chunks, the original experience of
+  online mini-experiences, or else its own index (anything else without
+  that attribute: its index); columns past the test stream (e.g.
+  new-instances streams, whose test stream is one experience) are -1.
 
   Example:
     >>> trained_columns([type("E", (), {"index": i})() for i in range(3)], 1)
     array([ 0, -1, -1])
   """
-  cols = [getattr(e, "origin_experience", None) for e in train_stream]
-  cols = np.array([e.index if c is None else c
-                   for e, c in zip(train_stream, cols)], np.int64)
+  cols = np.array([getattr(e, "trained_column", e.index)
+                   for e in train_stream], np.int64)
   return np.where(cols < n_test, cols, -1)
 
 
