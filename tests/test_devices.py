@@ -137,21 +137,29 @@ print(json.dumps({
 """
 
 
-def _run_on_four_devices(script):
-  """Runs `script` with 4 simulated CPU devices; returns its last JSON line."""
+def _run_on_four_devices(script, cache):
+  """Runs `script` with 4 simulated CPU devices; returns its last JSON line.
+
+  The runs on one device that differ only in their seed build the same
+  programs: with a persistent compilation cache (`cache`, a fresh folder)
+  each is compiled once and loaded after, bit for bit the same program.
+  """
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "JAX_PLATFORMS": "cpu"}
+         "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   proc = subprocess.run([sys.executable, "-c", script], env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_four_devices_equal_one_device():
+def test_four_devices_equal_one_device(tmp_path):
   from jaxcl.strategies import REGISTRY
   names = [n for n in ("naive", "replay", "ewc") if n in REGISTRY]
   tests = str(pathlib.Path(__file__).parent)
-  out = _run_on_four_devices(SCRIPT.format(tests=tests, names=names))
+  out = _run_on_four_devices(SCRIPT.format(tests=tests, names=names),
+                             tmp_path)
   for name in names:
     assert out[name]["param_diff"] < 1e-5, name
     np.testing.assert_allclose(out[name]["acc"][0], out[name]["acc"][1], err_msg=name)
@@ -170,7 +178,7 @@ def test_four_devices_equal_one_device():
   assert out["streamed_seeds_diff"] < 1e-5
 
 
-def test_convolutional_model_on_four_devices_equals_one_device():
-  out = _run_on_four_devices(CNN_SCRIPT)
+def test_convolutional_model_on_four_devices_equals_one_device(tmp_path):
+  out = _run_on_four_devices(CNN_SCRIPT, tmp_path)
   assert out["data_parallel_diff"] < 1e-5
   assert out["seeds_sharded_diff"] < 1e-5

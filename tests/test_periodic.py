@@ -329,22 +329,26 @@ def test_a_gain_of_exactly_the_margin_improves():
   # 50 monitored samples, margin 1/50: one more correct sample is a gain of
   # exactly the margin, whatever float32 makes of k/50 − (k−1)/50.
   counts = collections.namedtuple("Counts", "correct count loss_sum")
-  watcher = jaxcl.training.periodic.make_watcher(
-      PeriodicEval(), EarlyStopping(patience=1, margin=0.02),
-      lambda state, data: counts(state.params.astype(jnp.int32)[None],
-                                 jnp.array([50]), jnp.zeros(1)))
+
+  def compiled_watcher(margin):
+    # Compiled, as in the training loop, and once for all 50 values of k
+    # (op by op, each call compiled the watcher's conditional anew).
+    watcher = jaxcl.training.periodic.make_watcher(
+        PeriodicEval(), EarlyStopping(patience=1, margin=margin),
+        lambda state, data: counts(state.params.astype(jnp.int32)[None],
+                                   jnp.array([50]), jnp.zeros(1)))
+    return jax.jit(watcher.start), jax.jit(watcher.check)
+
+  start, check = compiled_watcher(0.02)
   monitored = lambda k: _Monitored(jnp.float32(k), {}, jnp.int32(0))
   for k in range(1, 51):
-    watch, _ = watcher.start(monitored(k - 1), None)
-    watch, _ = watcher.check(monitored(k), watch, 1, None, True)
+    watch, _ = start(monitored(k - 1), None)
+    watch, _ = check(monitored(k), watch, 1, None, True)
     assert int(watch.best_at) == 1 and not bool(watch.stopped), k
   # Less than the margin is no improvement: the next tick stops.
-  watcher = jaxcl.training.periodic.make_watcher(
-      PeriodicEval(), EarlyStopping(patience=1, margin=0.03),
-      lambda state, data: counts(state.params.astype(jnp.int32)[None],
-                                 jnp.array([50]), jnp.zeros(1)))
-  watch, _ = watcher.start(monitored(5), None)
-  watch, _ = watcher.check(monitored(6), watch, 1, None, True)
+  start, check = compiled_watcher(0.03)
+  watch, _ = start(monitored(5), None)
+  watch, _ = check(monitored(6), watch, 1, None, True)
   assert int(watch.best_at) == 0 and bool(watch.stopped)
 
 

@@ -175,10 +175,13 @@ def test_gem_projection_matches_scipy_primal():
 def test_gem_projection_solves_rows_of_very_different_norms():
   # A tolerance shared by all rows scaled with the largest memory gradient
   # left the small one's violated constraint unprojected.
+  # Compiled, as in a training step: one compile per number of rows, where
+  # op by op the solver's loops compiled at every call.
+  project = jax.jit(gem_projection)
   G = np.array([[1000.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
   g = np.array([0.01, -0.5, 0.5])
-  out = np.asarray(gem_projection(jnp.asarray(g, jnp.float32),
-                                  jnp.asarray(G, jnp.float32), 0.0), np.float64)
+  out = np.asarray(project(jnp.asarray(g, jnp.float32),
+                           jnp.asarray(G, jnp.float32), 0.0), np.float64)
   # By hand: only row 1 binds; v1 = 0.5 / (1 + 1e-3), x = g + v1 G1.
   np.testing.assert_allclose(out, [0.01, -0.5 + 0.5 / 1.001, 0.5], rtol=1e-5,
                              atol=1e-7)
@@ -194,9 +197,8 @@ def test_gem_projection_solves_rows_of_very_different_norms():
     v = scipy.optimize.lsq_linear(L.T, -np.linalg.solve(L, G @ g),
                                   bounds=(0, np.inf), method="bvls",
                                   tol=1e-12).x
-    out = np.asarray(gem_projection(jnp.asarray(g, jnp.float32),
-                                    jnp.asarray(G, jnp.float32), 0.0),
-                     np.float64)
+    out = np.asarray(project(jnp.asarray(g, jnp.float32),
+                             jnp.asarray(G, jnp.float32), 0.0), np.float64)
     np.testing.assert_allclose(out, G.T @ v + g, rtol=1e-3,
                                atol=1e-3 * np.linalg.norm(g))
 
