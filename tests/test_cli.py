@@ -48,13 +48,28 @@ def test_run_end_to_end(tmp_path):
     assert (logdir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_values_in_the_strategy_spec_equal_the_flags(tmp_path):
+@pytest.fixture
+def xla_cache(tmp_path_factory):
+  """A fresh compilation cache for runs that build the same programs (each
+  is compiled once, then loaded); JAX's settings are restored after."""
+  from jax.experimental.compilation_cache import compilation_cache
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  before = {name: getattr(jax.config, name) for name in names}
+  yield str(tmp_path_factory.mktemp("xla_cache"))
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+def test_values_in_the_strategy_spec_equal_the_flags(tmp_path, xla_cache):
   def results(*args):
     logdir = tmp_path / str(len(list(tmp_path.iterdir())))
     assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
                      "--epochs", "1", *args, "--logdir", str(logdir),
                      "--quiet", "--no-progress", "--no-tensorboard",
-                     "--compilation-cache", ""]) == 0
+                     "--compilation-cache", xla_cache]) == 0
     return json.loads((logdir / "results.json").read_text())
   flags = results("--strategy", "replay+lwf", "--mem-size", "40",
                   "--alpha", "2")
@@ -110,15 +125,18 @@ def test_models_keep_their_own_dropout_unless_the_flag_is_given(
   assert built[0].drop_rate == drop_rate
 
 
-def test_device_memory_budget_streams_with_the_same_numbers(tmp_path):
+def test_device_memory_budget_streams_with_the_same_numbers(tmp_path,
+                                                            xla_cache):
+  # In this process (no interpreter and JAX to start three times), with a
+  # fresh cache: the two streamed runs share their programs.
   results = []
   budget = ("--device-memory-budget-mb", "0.05")
   for flags in ((), budget, ("--lazy", *budget)):
     logdir = tmp_path / f"run{len(results)}"
-    out = _jaxcl("run", "--n-experiences", "2", "--hidden-size", "32",
-                 "--logdir", str(logdir), "--no-progress", "--quiet",
-                 "--no-tensorboard", *flags, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "32",
+                     "--logdir", str(logdir), "--no-progress", "--quiet",
+                     "--no-tensorboard", *flags, "--compilation-cache",
+                     xla_cache]) == 0
     results.append(json.loads((logdir / "results.json").read_text()))
   # 0.05 MB is below one experience (≈ 2,000 digits of 796 bytes): streamed,
   # from memory, then from the records (--lazy).
