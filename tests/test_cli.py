@@ -11,7 +11,7 @@ import jax
 import jax.lib
 import numpy as np
 import pytest
-from conftest import make_benchmark
+from conftest import compilation_cache_in, make_benchmark
 
 import jaxcl
 from jaxcl import cli
@@ -52,15 +52,8 @@ def test_run_end_to_end(tmp_path):
 def xla_cache(tmp_path_factory):
   """A fresh compilation cache for runs that build the same programs (each
   is compiled once, then loaded); JAX's settings are restored after."""
-  from jax.experimental.compilation_cache import compilation_cache
-  names = ("jax_compilation_cache_dir",
-           "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  before = {name: getattr(jax.config, name) for name in names}
-  yield str(tmp_path_factory.mktemp("xla_cache"))
-  for name, value in before.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
+  with compilation_cache_in(tmp_path_factory.mktemp("xla_cache")) as folder:
+    yield folder
 
 
 def test_values_in_the_strategy_spec_equal_the_flags(tmp_path, xla_cache):
