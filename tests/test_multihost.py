@@ -372,11 +372,13 @@ def test_two_hosts_train_as_one_run(tmp_path):
 def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
   port = _free_port()
   logdirs = [tmp_path / "host0", tmp_path / "host1"]
-  # Each host reads half of the labels and of the streamed chunks.
+  # Each host reads half of the labels and of the streamed chunks (of one
+  # step each). Batches of 64: few steps, each an all-reduce between the
+  # hosts.
   run = [sys.executable, "-m", "jaxcl.cli", "run", "--n-experiences", "2",
-         "--batch-size", "16", "--hidden-size", "32", "--quiet",
+         "--batch-size", "64", "--hidden-size", "32", "--quiet",
          "--no-progress", "--compilation-cache", "", "--lazy",
-         "--device-memory-budget-mb", "0.05"]
+         "--device-memory-budget-mb", "0.5"]
   _on_two_hosts(lambda i: [
       *run, "--distributed", "--coordinator-address", f"localhost:{port}",
       "--num-processes", "2", "--process-id", str(i), "--logdir",
