@@ -821,7 +821,8 @@ def _result_fields(result) -> dict[str, Any]:
             "initial_accuracies": result.initial_accuracies,
             "confusion_matrix": result.confusion_matrix,
             "periodic": result.periodic, "nonfinite": result.nonfinite,
-            "minibatch": result.minibatch}
+            "minibatch": result.minibatch,
+            "trained_columns": result.trained_columns}
   return {
       "labels": list(result.labels),
       "accuracy_matrix": _accuracy_matrix(result),
@@ -835,6 +836,7 @@ def _result_fields(result) -> dict[str, Any]:
       "initial_accuracies": [run.initial_accuracies for run in result.runs],
       "nonfinite": [run.nonfinite for run in result.runs],
       "minibatch": [run.minibatch for run in result.runs],
+      "trained_columns": result.trained_columns,
   }
 
 

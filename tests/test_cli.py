@@ -93,6 +93,7 @@ def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
   assert results["metrics"]["stream_accuracy"] == (
       results["metrics_per_run"]["stream_accuracy"][0])
   assert results["accuracy_matrix"] == results["accuracy_matrices"][0]
+  assert results["trained_columns"] == [0, 1]
   # The confusion matrix counts the finite run's test samples once.
   tests = jaxcl.benchmarks.split_mnist(n_experiences=2).test_stream
   assert np.sum(results["confusion_matrix"]) == sum(len(e) for e in tests)
@@ -176,6 +177,7 @@ def test_online_size_cuts_experiences_and_evaluates_at_their_ends(tmp_path):
   evaluated = [i for i, row in enumerate(matrix) if row[0] is not None]
   assert evaluated == [3, 7]  # The last mini-experience of each experience.
   assert matrix[3][1] == 0.0  # Experience 1's classes are masked until seen.
+  assert results["trained_columns"] == [0] * 4 + [1] * 4
   assert results["config"]["online_size"] == 500
 
 

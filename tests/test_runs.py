@@ -18,6 +18,7 @@ def test_seeds_equal_separate_runs(tiny_benchmark, tiny_model):
   multi = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
                     seeds=[0, 3, 7], **kwargs)
   assert multi.labels == (0, 3, 7) and multi.accuracy_matrices.shape == (3, 2, 2)
+  np.testing.assert_array_equal(multi.trained_columns, [0, 1])
   for seed, run in zip(multi.labels, multi.runs):
     single = jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
                        seed=seed, **kwargs)

@@ -585,8 +585,18 @@ def test_online_streams_evaluate_at_the_end_of_each_origin_experience():
   origins = [e.origin_experience for e in bench.train_stream]
   result = jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(),
                      optax.sgd(0.1), bench, batch_size=8)
-  evaluated = [i for i in range(len(origins)) if not np.isnan(result.accuracy_matrix[i]).all()]
-  assert evaluated == [origins.index(1) - 1, len(origins) - 1]
+  R = result.accuracy_matrix
+  last_of_0 = origins.index(1) - 1
+  evaluated = [i for i in range(len(origins)) if not np.isnan(R[i]).all()]
+  assert evaluated == [last_of_0, len(origins) - 1]
+  # Mini-experiences train their origin's column; with it, the pure
+  # functions give fit's numbers (row i is not column i here).
+  np.testing.assert_array_equal(result.trained_columns, origins)
+  assert result.metrics["forgetting"] == pytest.approx(
+      R[last_of_0, 0] - R[-1, 0])
+  assert jaxcl.evaluation.stream_forgetting(
+      R, len(origins) - 1, result.trained_columns) == pytest.approx(
+          result.metrics["forgetting"])
 
 
 def test_device_experiences_carry_their_original_experience():

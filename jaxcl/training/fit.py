@@ -109,6 +109,11 @@ class Result:
       measures the model from that experience on (accuracy matrix rows,
       metrics, periodic evaluations, confusion matrix, class accuracies) is
       then NaN. None if it stayed finite.
+    trained_columns: ``int[T]``: the test experience (column of
+      ``accuracy_matrix``) each train experience trains, -1 for none
+      (:func:`jaxcl.evaluation.trained_columns`); the ``columns`` argument
+      with which :mod:`jaxcl.evaluation`'s functions of the accuracy matrix
+      give ``metrics``' values on any stream, online ones included.
   """
 
   accuracy_matrix: np.ndarray
@@ -124,6 +129,7 @@ class Result:
   periodic: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   nonfinite: tuple[int, int] | None = None
   minibatch: dict[str, np.ndarray] | None = None
+  trained_columns: np.ndarray | None = None
 
 
 def _check_run(run: Run) -> None:
@@ -324,6 +330,11 @@ class MultiResult:
   metrics: dict[str, tuple[float, float]]
   metrics_per_run: dict[str, list[float]]
   timings: dict[str, float]
+
+  @property
+  def trained_columns(self) -> np.ndarray:
+    """The runs' :attr:`Result.trained_columns` (the same for every run)."""
+    return self.runs[0].trained_columns
 
 
 def fit(
@@ -1151,6 +1162,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
              minibatch=(_concatenated(minibatch_parts[r]) if minibatch
                         else None),
              initial_accuracies=initial[r],
+             trained_columns=recorder.columns.copy(),
              confusion_matrix=chosen_or_none("confusion_matrix",
                                              lambda: confusion[r]),
              state=jax.tree.map(lambda a: a[r], state) if batched else state,
