@@ -182,6 +182,13 @@ def test_first_experience_with_half_classes_and_cub_default(mock_tfds):
   cub = classic.split_cub200(image_size=8, data_dir=mock_tfds)
   assert [len(e.classes) for e in cub.train_stream] == [100] + [10] * 10
   assert cub.train_stream[0].classes == tuple(range(100))  # shuffle=False.
+  # One experience may take every class (Avalanche's SplitCUB200 allows it).
+  whole = classic.split_cub200(1, classes_first_batch=200, image_size=8,
+                               data_dir=mock_tfds)
+  assert [len(e.classes) for e in whole.train_stream] == [200]
+  fashion = classic.split_fmnist(6, first_batch_with_half_classes=True,
+                                 seed=1, data_dir=mock_tfds)
+  assert [len(e.classes) for e in fashion.train_stream] == [5] + [1] * 5
 
 
 def test_split_cifar110(mock_tfds):
@@ -501,6 +508,12 @@ def test_compose_uses_one_key_per_augmentation():
      "classes_first_batch must be a positive integer, got 0"),
     (lambda d: classic.split_cub200(4, classes_first_batch=100, data_dir=d),
      "n_experiences=4 with classes_first_batch=100"),
+    (lambda d: classic.split_cub200(2, classes_first_batch=200, data_dir=d),
+     "n_experiences=2 with classes_first_batch=200: the first experience "
+     "takes 200 of the 200 classes, leaving 0 for 1 more"),
+    (lambda d: classic.split_fmnist(4, first_batch_with_half_classes=True,
+                                    data_dir=d),
+     "n_experiences=4 with first_batch_with_half_classes=True"),
     (lambda d: classic.rotated_mnist(3, rotations_list=[0, 90], data_dir=d),
      r"rotations_list has 2 entries; expected one per experience \(3\)"),
     (lambda d: classic.split_tiny_imagenet(7, data_dir=d),

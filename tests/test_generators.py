@@ -150,6 +150,21 @@ def test_new_instances_partition_sizes_and_seed():
   np.testing.assert_array_equal(ordered.train_stream[0].x[:, 0], np.arange(11))
 
 
+def test_new_instances_leftovers_go_where_avalanche_puts_them():
+  x = np.arange(23, dtype=np.float32)[:, None]
+  y = np.arange(23) % 3
+  # 23 = 5 * 4 + 3: runs of 4, then samples 20, 21, 22 one each to the
+  # first experiences (Avalanche's NIScenario without shuffling).
+  ordered = new_instances((x, y), (x, y), 5, shuffle=False)
+  assert [e.x[:, 0].astype(int).tolist() for e in ordered.train_stream] == [
+      [0, 1, 2, 3, 20], [4, 5, 6, 7, 21], [8, 9, 10, 11, 22],
+      [12, 13, 14, 15], [16, 17, 18, 19]]
+  # Shuffled, the experiences that get them are drawn from the seed.
+  sizes = {tuple(len(e) for e in new_instances(
+      (x, y), (x, y), 5, seed=seed).train_stream) for seed in range(10)}
+  assert len(sizes) > 1 and all(sorted(s) == [4, 4, 5, 5, 5] for s in sizes)
+
+
 def test_new_instances_balanced():
   x, y = _data(n_classes=3, per_class=10)
   b = new_instances((x, y), (x, y), 4, balance_experiences=True, seed=0)

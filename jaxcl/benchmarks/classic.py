@@ -162,7 +162,10 @@ def _check_split(n_classes: int, n_experiences: int, seed: int, *,
           f"{[d for d in range(1, n_classes + 1) if n_classes % d == 0]}.")
     return
   rest, others = n_classes - first_classes, n_experiences - 1
-  if others < 1 or rest < others or rest % others:
+  # One experience may take every class; otherwise each other experience
+  # takes an equal, positive share of the rest.
+  one_takes_all = others == 0 and rest == 0
+  if not one_takes_all and (others < 1 or rest < others or rest % others):
     raise ValueError(
         f"n_experiences={n_experiences} with {first_arg}: "
         f"the first experience takes {first_classes} of the {n_classes} "
@@ -245,6 +248,7 @@ def split_mnist(
 def split_fmnist(
     n_experiences: int = 5,
     *,
+    first_batch_with_half_classes: bool = False,
     return_task_id: bool = False,
     seed: int = 0,
     fixed_class_order: Sequence[int] | None = None,
@@ -257,20 +261,26 @@ def split_fmnist(
 ) -> Benchmark:
   """SplitFashionMNIST: tfds ``fashion_mnist`` split by classes.
 
-  Arguments as :func:`split_mnist`; ``data_dir`` must hold the prepared
-  ``fashion_mnist`` (no bundled fallback). Normalised with mean 0.2860, std
-  0.3530; no augmentation.
+  Arguments as :func:`split_mnist`, plus Avalanche's
+  ``first_batch_with_half_classes`` (a first experience with 5 classes, the
+  others split evenly over the other experiences); ``data_dir`` must hold
+  the prepared ``fashion_mnist`` (no bundled fallback). Normalised with mean
+  0.2860, std 0.3530; no augmentation.
 
   Example:
     >>> bench = split_fmnist(5, data_dir="~/tfds")  # doctest: +SKIP
   """
   _check_split(10, n_experiences, seed,
+               first_classes=5 if first_batch_with_half_classes else None,
+               first_arg="first_batch_with_half_classes=True",
                fixed_class_order=fixed_class_order,
                relabelling=(class_ids_from_zero_in_each_exp,
                             class_ids_from_zero_from_first_exp))
   splits = _load("split_fmnist", "fashion_mnist", data_dir, lazy=lazy,
                  split_over_hosts=split_over_hosts)
   return _split("split_fmnist", splits, n_experiences, FMNIST_MEAN, FMNIST_STD,
+                per_exp_classes=(
+                    {0: 5} if first_batch_with_half_classes else None),
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,

@@ -425,8 +425,11 @@ def new_instances(
       dataset order).
     balance_experiences: Spread the samples of each class evenly over the
       experiences (each experience gets ``n_c // n_experiences`` samples of
-      class ``c``; the remainder goes to randomly chosen experiences). If
-      False, experiences are consecutive chunks of the (shuffled) samples.
+      class ``c``). If False, experiences are consecutive chunks of
+      ``N // n_experiences`` of the (shuffled) samples. Either way, as in
+      Avalanche, the ``N % n_experiences`` samples left over go one each to
+      the first experiences, or with ``shuffle`` to experiences drawn at
+      random.
     fixed_exp_assignment: Explicit assignment, one sequence of train sample
       indices per experience (disjoint, not necessarily covering the data);
       overrides ``shuffle`` and ``balance_experiences``.
@@ -456,22 +459,26 @@ def new_instances(
   if fixed_exp_assignment is not None:
     groups = _check_assignment(fixed_exp_assignment, n_experiences,
                                len(y_train))
-  elif balance_experiences:
+  else:
     assignment = np.empty(len(y_train), np.int64)
-    for c in np.unique(y_train):
-      idx = np.flatnonzero(y_train == c)
+    pools = ([np.flatnonzero(y_train == c) for c in np.unique(y_train)]
+             if balance_experiences else [np.arange(len(y_train))])
+    for idx in pools:
       if shuffle:
         idx = rng.permutation(idx)
-      counts = np.full(n_experiences, len(idx) // n_experiences)
-      extra = len(idx) % n_experiences
+      even, extra = divmod(len(idx), n_experiences)
       lucky = (rng.permutation(n_experiences) if shuffle
                else np.arange(n_experiences))[:extra]
-      counts[lucky] += 1
-      assignment[idx] = np.repeat(np.arange(n_experiences), counts)
+      if balance_experiences:
+        # Avalanche: each experience takes its count of the class in turn.
+        counts = np.full(n_experiences, even)
+        counts[lucky] += 1
+        assignment[idx] = np.repeat(np.arange(n_experiences), counts)
+      else:
+        # Avalanche: runs of `even` samples, then the leftovers one each.
+        assignment[idx] = np.concatenate(
+            [np.repeat(np.arange(n_experiences), even), lucky])
     groups = [np.flatnonzero(assignment == e) for e in range(n_experiences)]
-  else:
-    order = rng.permutation(len(y_train)) if shuffle else np.arange(len(y_train))
-    groups = [np.sort(g) for g in np.array_split(order, n_experiences)]
   classes = np.unique(y_train)
   return Benchmark(
       train_stream=_stream("train", [
@@ -761,7 +768,10 @@ def rotate_images(x: np.ndarray, angle: float) -> np.ndarray:
 
   Nearest-neighbour sampling, zero fill, same size: what torchvision's
   ``RandomRotation(degrees=(angle, angle))`` does by default (Avalanche's
-  ``RotatedMNIST``).
+  ``RotatedMNIST``). A source position halfway between two pixels rounds to
+  the even one, as the nearest-neighbour ``grid_sample`` that rotates
+  Avalanche's float tensors does; PIL's rotation of an image rounds such
+  ties all one way, so at 45° and 135° a few pixels differ from it.
 
   Args:
     x: Images ``[N, H, W]`` or ``[N, H, W, C]``.
