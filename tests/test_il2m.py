@@ -320,11 +320,11 @@ def test_il2m_refuses_online_streams_before_compiling(monkeypatch):
 
   monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
   with pytest.raises(ValueError, match=(
-      r"got train experience 0, a mini-experience of experience 0 of an "
-      r"online stream \(split_online\), after whose last mini-experience no "
-      r"class is new and nothing would be rectified: expected the stream "
-      r"before split_online \(no --online-size\), or replay for online "
-      r"training")):
+      r"after the last mini-experience of an experience no class is new and "
+      r"nothing would be rectified; got train experience 0, a "
+      r"mini-experience of experience 0 of an online stream "
+      r"\(split_online\): expected the stream before split_online \(no "
+      r"--online-size\), or replay for online training")):
     jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), il2m(mem_size=8),
               optax.sgd(0.1), online, seed=0)
 

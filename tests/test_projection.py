@@ -490,6 +490,22 @@ def test_icarl_needs_a_dense_output_layer(tiny_benchmark):
     jaxcl.fit(plain, icarl(), optax.sgd(0.1), tiny_benchmark)
 
 
+def test_icarl_refuses_online_streams_before_compiling(monkeypatch):
+  online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
+
+  def compile_(*args, **kwargs):
+    raise AssertionError("compiled before refusing the input")
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+  with pytest.raises(ValueError, match=(
+      r"icarl picks each class's exemplars by herding .* got train "
+      r"experience 0, a mini-experience of experience 0 of an online stream "
+      r"\(split_online\): expected the stream before split_online \(no "
+      r"--online-size\), or replay or er_ace for online training")):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), icarl(memory_size=8),
+              optax.sgd(0.1), online, seed=0)
+
+
 # --------------------------------------------------------------- GSS-greedy
 
 
@@ -567,6 +583,7 @@ def test_registered_for_from_spec_and_cli():
 @pytest.mark.parametrize("make, error, message", [
     (lambda: gem(patterns_per_exp=0), ValueError, "patterns_per_exp"),
     (lambda: gem(memory_strength=-0.1), ValueError, "memory_strength"),
+    (lambda: gem(memory_strength=1e39), ValueError, "memory_strength=1e"),
     (lambda: agem(sample_size=2.5), TypeError, "sample_size"),
     (lambda: icarl(memory_size=0), ValueError, "memory_size"),
     (lambda: icarl(fixed_memory="yes"), TypeError, "fixed_memory"),

@@ -66,8 +66,8 @@ from jaxcl import _validation
 from jaxcl.strategies import buffers
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (in_chunks, init_model_state,
-                                          mask_logits, refuse_task_labels,
-                                          weighted_mean)
+                                          mask_logits, refuse_online_streams,
+                                          refuse_task_labels, weighted_mean)
 from jaxcl.strategies.rehearsal import _check_batch_size_mem, replay
 
 __all__ = ["BicState", "Il2mState", "bias_correct", "bic", "il2m",
@@ -498,20 +498,12 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
   """
   memory = replay(mem_size, batch_size_mem)
 
-  def adapt_data(experience, stream, seed):
-    del stream, seed
-    origin = getattr(experience, "origin_experience", None)
-    if origin is not None:
-      raise ValueError(
-          "il2m rectifies the classes first seen in the last trained "
-          "experience, with statistics taken at its end (a class-incremental "
-          "method; Avalanche's IL2MPlugin is not meant for online streams "
-          f"either); got train experience {experience.index}, a "
-          f"mini-experience of experience {origin} of an online stream "
-          "(split_online), after whose last mini-experience no class is new "
-          "and nothing would be rectified: expected the stream before "
-          "split_online (no --online-size), or replay for online training.")
-    return experience
+  adapt_data = refuse_online_streams(
+      "il2m rectifies the classes first seen in the last trained experience, "
+      "with statistics taken at its end (a class-incremental method; "
+      "Avalanche's IL2MPlugin is not meant for online streams either): after "
+      "the last mini-experience of an experience no class is new and nothing "
+      "would be rectified", "replay for online training")
 
   def init(ctx, params, key):
     refuse_task_labels(ctx, "il2m rectifies the scores of one "

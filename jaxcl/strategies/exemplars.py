@@ -41,6 +41,7 @@ from jaxcl.strategies.model_utils import (FAR_LOGIT, MASK_VALUE,
                                           in_chunks, init_model_state,
                                           l2_normalize,
                                           penultimate_features,
+                                          refuse_online_streams,
                                           visible_classes, weighted_mean)
 
 __all__ = [
@@ -400,6 +401,11 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
   Returns:
     The strategy; its state is an :class:`ICaRLState`.
 
+  Raises:
+    ValueError: Bad arguments; an online stream (``adapt_data``, before
+      compiling): a mini-experience would replace its classes' exemplars by
+      its own few samples and distil its own classes as old ones.
+
   Example:
     >>> icarl(memory_size=500).name
     'icarl'
@@ -520,6 +526,14 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
         teacher_params=state.params, teacher_model_state=state.model_state,
         old_classes=state.seen_classes))
 
-  return Strategy(name="icarl", init=init, begin_experience=begin_experience,
+  adapt_data = refuse_online_streams(
+      "icarl picks each class's exemplars by herding over the experience that "
+      "brought the class and distils from the model before it (Avalanche's "
+      "ICaRL counts classes per experience and takes no online streams "
+      "either): a mini-experience would replace its classes' exemplars by "
+      "its own few samples and distil its own classes as old ones",
+      "replay or er_ace for online training")
+  return Strategy(name="icarl", init=init, adapt_data=adapt_data,
+                  begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,
                   end_experience=end_experience, predict=nearest_mean_predict)

@@ -94,6 +94,34 @@ def refuse_task_labels(ctx: StrategyContext, reason: str) -> None:
     raise ValueError(reason)
 
 
+def refuse_online_streams(reason: str, instead: str
+                          ) -> Callable[[Any, Any, Any], Any]:
+  """An ``adapt_data`` that refuses the mini-experiences of online streams
+  (``split_online``) before anything compiles, for strategies whose
+  per-experience work needs whole experiences.
+
+  Args:
+    reason: What the strategy does that mini-experiences break (a sentence
+      without its final full stop).
+    instead: What to train online with instead.
+
+  Example:
+    >>> adapt = refuse_online_streams("x needs whole experiences",
+    ...                               "replay for online training")
+  """
+  def adapt_data(experience, stream, seed):
+    del stream, seed
+    origin = getattr(experience, "origin_experience", None)
+    if origin is not None:
+      raise ValueError(
+          f"{reason}; got train experience {experience.index}, a "
+          f"mini-experience of experience {origin} of an online stream "
+          f"(split_online): expected the stream before split_online (no "
+          f"--online-size), or {instead}.")
+    return experience
+  return adapt_data
+
+
 def own_class_mask(ctx: StrategyContext, batch: dict,
                    rows: jax.Array) -> jax.Array:
   """``batch``'s class mask with ``rows`` restricted to their own class.

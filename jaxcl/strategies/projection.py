@@ -252,7 +252,9 @@ def gem(patterns_per_exp: int = 256, memory_strength: float = 0.5) -> Strategy:
   """
   patterns = _validation.check_positive_int("patterns_per_exp",
                                             patterns_per_exp)
-  strength = _validation.check_non_negative("memory_strength", memory_strength)
+  # Beyond float32 the QP's bound is inf and the first projection NaN.
+  strength = _validation.check_float32_non_negative("memory_strength",
+                                                    memory_strength)
 
   def init(ctx, params, key):
     del params, key
@@ -307,8 +309,8 @@ def agem(patterns_per_exp: int = 256, sample_size: int = 64) -> Strategy:
 
   After each experience ``patterns_per_exp`` of its samples, chosen at
   random, are stored. Every step draws ``sample_size`` distinct samples
-  uniformly from the whole memory (in expectation balanced over experiences,
-  which all store the same number), computes their mean-loss gradient
+  uniformly from the whole memory (in expectation balanced over experiences
+  that all stored ``patterns_per_exp``), computes their mean-loss gradient
   ``g_ref`` (training mode) and, if ``g·g_ref < 0``, projects ``g`` with
   :func:`agem_projection`.
 
