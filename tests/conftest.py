@@ -33,6 +33,14 @@ def tiny_benchmark():
 
 
 @pytest.fixture
+def no_compiling(monkeypatch):
+  """Fails the test at any compile: for input that must be refused first."""
+  def compile_(*args, **kwargs):
+    raise AssertionError("compiled before refusing the input")
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
+
+
+@pytest.fixture
 def tiny_model():
   return jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
 

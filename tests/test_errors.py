@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
 import numpy as np
 import optax
 import pytest
@@ -502,22 +501,14 @@ def test_catalogue_has_at_least_25_cases_with_unique_names():
   assert len({c.name for c in CASES}) == len(CASES)
 
 
-def _forbid_compiling(monkeypatch) -> None:
-  def compile_(*args, **kwargs):
-    raise AssertionError("compiled before refusing the input")
-  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
-
-
-def test_the_compile_guard_catches_a_valid_run(tmp_path, monkeypatch):
-  _forbid_compiling(monkeypatch)
+def test_the_compile_guard_catches_a_valid_run(tmp_path, no_compiling):
   with pytest.raises(AssertionError, match="compiled before"):
     _fit(Paths(tmp_path / "new", tmp_path))
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_bad_input_is_refused_clearly_before_compiling(case, good_checkpoint,
-                                                       tmp_path, monkeypatch):
-  _forbid_compiling(monkeypatch)
+                                                       tmp_path, no_compiling):
   paths = Paths(pathlib.Path(shutil.copytree(good_checkpoint,
                                              tmp_path / "ckpt")),
                 tmp_path / "work")

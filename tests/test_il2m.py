@@ -312,13 +312,8 @@ def test_il2m_after_cwr_star_reads_the_consolidated_model():
                              rtol=1e-5)
 
 
-def test_il2m_refuses_online_streams_before_compiling(monkeypatch):
+def test_il2m_refuses_online_streams_before_compiling(no_compiling):
   online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
-
-  def compile_(*args, **kwargs):
-    raise AssertionError("compiled before refusing the input")
-
-  monkeypatch.setattr(jax.stages.Lowered, "compile", compile_)
   with pytest.raises(ValueError, match=(
       r"after the last mini-experience of an experience no class is new and "
       r"nothing would be rectified; got train experience 0, a "
