@@ -453,10 +453,14 @@ def test_lfl_penalises_penultimate_features_and_freezes_head():
   assert all(np.all(g == 0) for g in jax.tree.leaves(frozen["TorchLinear_1"]))
 
 
-@pytest.mark.parametrize("heads", [None, 2, 3])
+@pytest.mark.parametrize("heads", [None, 2, 3, "one task labelled 1"])
 def test_lfl_freezes_only_the_output_units_trained_before(heads):
   multi_head = heads is not None
-  if multi_head:  # Task 0: classes {0, 1}, trained; task 1: {2}, not yet.
+  one_task = heads == "one task labelled 1"
+  if one_task:  # Classes {0, 1} trained under label 1, the stream's only.
+    module = MTMLP(N_CLASSES, n_tasks=2, hidden_size=5, drop_rate=0.0)
+    ctx = _ctx(model=as_model(module), input_dim=4)
+  elif multi_head:  # Task 0: classes {0, 1}, trained; task 1: {2}, not yet.
     # A third head (a model with more heads than tasks) is never trained.
     module = MTMLP(N_CLASSES, n_tasks=heads, hidden_size=5, drop_rate=0.0)
     ctx = _ctx(model=as_model(module), input_dim=4)._replace(
@@ -466,6 +470,8 @@ def test_lfl_freezes_only_the_output_units_trained_before(heads):
     ctx = _ctx(model=as_model(module), input_dim=4)
   strategy = lfl(lambda_e=1.0)
   exp, data = _data(91, input_dim=4, labels=(0, 1))
+  if one_task:
+    data = data.replace(task=jnp.ones_like(data.task))
   params, _ = ctx.model.init(jax.random.key(0), jnp.zeros((1, 4)),
                              jnp.zeros((1,), jnp.int32))
   state = _end(strategy, ctx, _state(strategy, ctx, params,
@@ -478,7 +484,8 @@ def test_lfl_freezes_only_the_output_units_trained_before(heads):
   head = jax.tree.leaves(frozen[max(frozen)])  # the output layer: bias, kernel
   trained = np.array([True, True, False])
   for leaf in map(np.asarray, head):
-    if multi_head:  # Head 0's classes 0 and 1 frozen, the others free.
+    # One task (head 1 trained them): every head's classes 0 and 1 frozen.
+    if multi_head and not one_task:  # Head 0's classes 0 and 1 frozen.
       leaf, others = leaf[0], leaf[1:]
       assert np.all(others == 1)
     assert np.all(leaf[..., trained] == 0) and np.all(leaf[..., ~trained] == 1)

@@ -610,7 +610,10 @@ def _snapshot_teacher(ctx, state, data, key):
   # zero in each experience), so old_classes alone does not tell the heads
   # of past tasks from those of the current and future ones.
   task_classes = _task_classes(ctx)
-  trained = jnp.zeros(len(task_classes), jnp.int32).at[data.task].add(
+  # One task: its one row, whatever the stream's label is.
+  rows = data.task if ctx.task_classes is not None else jnp.zeros_like(
+      data.task)
+  trained = jnp.zeros(len(task_classes), jnp.int32).at[rows].add(
       data.valid.astype(jnp.int32), mode="drop") > 0
   units = trained[:, None] & state.seen_classes & jnp.asarray(task_classes)
   cl = state.cl_state
@@ -665,7 +668,8 @@ def lwf(alpha: float | Sequence[float] = 1.0,
   restricted to its classes seen before in an experience of that task (so
   only past tasks' heads count, also when class ids repeat across tasks),
   with the current model's heads computed again in evaluation mode (the
-  trained logits hold the current task's head only).
+  trained logits hold the current task's head only). A shared head whose
+  tasks repeat class ids adds the same term once per past task.
 
   Args:
     alpha: Distillation weight (≥ 0), or one per experience (the last one
@@ -774,7 +778,12 @@ def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
   for key in path:
     layer = layer[key]
   trained = classes
-  if layer["kernel"].ndim == 3:
+  if layer["kernel"].ndim == 3 and units.shape[0] == 1:
+    # A stream of one task trains the head of its label, whichever it is:
+    # the same units of every head (the others never train).
+    trained = jnp.broadcast_to(units, (layer["kernel"].shape[0],)
+                               + units.shape[1:])
+  elif layer["kernel"].ndim == 3:
     # A model may hold more heads than the benchmark has tasks: those past
     # the task table were never trained.
     heads, known = layer["kernel"].shape[0], min(layer["kernel"].shape[0],
@@ -801,14 +810,14 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
   penultimate features, both computed in evaluation mode. Features are the
   inputs of the model's output layer, the last ``flax.linen.Dense`` (or
   :class:`jaxcl.models.MultiHeadClassifier`) it calls, found with
-  ``flax.linen.intercept_methods``. Like Avalanche, the output units trained
-  in earlier experiences are frozen: their gradient is zeroed (with plain
-  SGD that freezes them; optimizers with momentum or weight decay still move
-  them, use ``optax.masked`` for those). Avalanche freezes its whole output
-  layer, whose growing heads add new classes and tasks as new, trainable
-  units; jaxcl's heads hold every class and task from the start, so the
-  units of classes (of a multi-head model: of task heads) not trained yet
-  stay trainable.
+  ``flax.linen.intercept_methods``. The output units trained in earlier
+  experiences are frozen: their gradient is zeroed (with plain SGD that
+  freezes them; optimizers with momentum or weight decay still move them,
+  use ``optax.masked`` for those). Avalanche freezes its whole last linear
+  layer, which a growing head replaces by a new, trainable one when classes
+  arrive (docs/strategies_regularization.md compares the two); jaxcl's
+  heads hold every class and task from the start, so the units of classes
+  (of a multi-head model: of task heads) not trained yet stay trainable.
 
   Args:
     lambda_e: Penalty weight (≥ 0), or one per experience (the last one
