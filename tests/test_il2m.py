@@ -319,7 +319,8 @@ def test_il2m_refuses_online_streams_before_compiling(no_compiling):
       r"nothing would be rectified; got train experience 0, a "
       r"mini-experience of experience 0 of an online stream "
       r"\(split_online\): expected the stream before split_online \(no "
-      r"--online-size\), or replay for online training")):
+      r"--online-size\), or replay\(storage='class_balanced'\) for "
+      r"online training")):
     jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), il2m(mem_size=8),
               optax.sgd(0.1), online, seed=0)
 

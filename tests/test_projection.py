@@ -496,7 +496,8 @@ def test_icarl_refuses_online_streams_before_compiling(no_compiling):
       r"icarl picks each class's exemplars by herding .* got train "
       r"experience 0, a mini-experience of experience 0 of an online stream "
       r"\(split_online\): expected the stream before split_online \(no "
-      r"--online-size\), or replay or er_ace for online training")):
+      r"--online-size\), or er_ace or replay\(storage='class_balanced'\) "
+      r"for online training")):
     jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), icarl(memory_size=8),
               optax.sgd(0.1), online, seed=0)
 

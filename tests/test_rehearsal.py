@@ -82,9 +82,11 @@ def test_er_ace_refuses_a_training_batch_its_memory_cannot_replay():
 
 def test_er_ace_restricts_current_classes_only_while_replaying():
   ctx = _ctx(IDENTITY, n_classes=4, dim=4, batch_size=3)
-  strategy = er_ace(mem_size=2, batch_size_mem=2)
+  # Four memory rows against two real current ones: the memory's weights
+  # are rescaled so that each part weighs its mean.
+  strategy = er_ace(mem_size=4, batch_size_mem=4)
   rng = np.random.default_rng(0)
-  mem_x, cur_x = rng.normal(size=(2, 4)), rng.normal(size=(3, 4))
+  mem_x, cur_x = rng.normal(size=(4, 4)), rng.normal(size=(3, 4))
   # Row 2 is padding: its label (2) is not "present" in the batch.
   batch = {"x": jnp.asarray(cur_x, jnp.float32), "y": jnp.array([0, 1, 2]),
            "task": jnp.zeros(3, jnp.int32), "weight": jnp.array([1., 1., 0.])}
@@ -93,7 +95,7 @@ def test_er_ace_restricts_current_classes_only_while_replaying():
 
   @jax.jit
   def replayed(index):
-    data = _data(mem_x, [2, 3], 0)
+    data = _data(mem_x, [2, 2, 3, 3], 0)
     begun = strategy.begin_experience(ctx, state, data.replace(index=index),
                                       jax.random.key(1))
     return begun.cl_state, strategy.transform_batch(
@@ -107,7 +109,7 @@ def test_er_ace_restricts_current_classes_only_while_replaying():
   second, out = replayed(1)
   assert second.replaying
   expected = (cross_entropy_np(cur_x[:2], [0, 1], classes=[0, 1]).mean()
-              + cross_entropy_np(mem_x, [2, 3]).mean()) / 2
+              + cross_entropy_np(mem_x, [2, 2, 3, 3]).mean()) / 2
   assert _task_loss(out, out["x"]) == pytest.approx(expected, rel=1e-5)
 
 
@@ -191,6 +193,23 @@ def test_mir_replays_the_samples_whose_loss_rises_most():
 
 # Two tasks of two classes each, logits masked to each sample's task.
 TASK_CLASSES = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+
+
+def test_der_leaves_its_unused_draw_out_of_batch_statistics():
+  # A model whose state is the number of rows batch norm would average.
+  def apply(params, state, x, task, train, key, batch_stats_mask=None):
+    if train:
+      state = {"rows": jnp.sum(batch_stats_mask, dtype=jnp.int32)}
+    return x @ params["w"], state
+  counting = Model(init=lambda key, x, task: (
+      {"w": jnp.zeros((6, 4))}, {"rows": jnp.zeros((), jnp.int32)}),
+                   apply=apply)
+  bench = make_benchmark()  # 24 samples per experience: full batches of 8.
+  for beta, rows in ((0.5, 8 + 8 + 8), (0.0, 8 + 8)):
+    run = jaxcl.fit(counting, der(mem_size=8, beta=beta), optax.sgd(0.1),
+                    bench, batch_size=8, metrics=["accuracy"])
+    # The current rows, the logit draw and (DER++) the label draw.
+    assert int(run.state.model_state["rows"]) == rows
 
 
 def test_der_compares_only_the_logits_training_does_not_mask():
@@ -392,6 +411,19 @@ def _fit(strategy, benchmark, epochs=8):
   return jaxcl.fit(jaxcl.models.MLP(6, hidden_size=16, drop_rate=0.0),
                    strategy, optax.sgd(0.1), benchmark, epochs=epochs,
                    batch_size=4)
+
+
+def test_experience_balanced_memory_warns_when_experiences_outnumber_slots():
+  ctx = _ctx(IDENTITY, n_classes=4, dim=4)  # 3 train experiences.
+  with pytest.warns(RuntimeWarning, match=r"An experience-balanced memory of "
+                    r"2 slots over 3 train experiences gives experiences 2 "
+                    r"to 2 no slot: from there on it stops changing"):
+    replay(mem_size=2).init(ctx, None, jax.random.key(0))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for strategy in (replay(mem_size=3), replay(mem_size=2,
+                                                storage="class_balanced")):
+      strategy.init(ctx, None, jax.random.key(0))
 
 
 def test_replay_family_compiles_once_and_keeps_old_classes(unequal_benchmark):

@@ -503,7 +503,8 @@ def il2m(mem_size: int = 2000, batch_size_mem: int = 0) -> Strategy:
       "with statistics taken at its end (a class-incremental method; "
       "Avalanche's IL2MPlugin is not meant for online streams either): after "
       "the last mini-experience of an experience no class is new and nothing "
-      "would be rectified", "replay for online training")
+      "would be rectified",
+      "replay(storage='class_balanced') for online training")
 
   def init(ctx, params, key):
     refuse_task_labels(ctx, "il2m rectifies the scores of one "

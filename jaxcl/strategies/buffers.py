@@ -59,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,6 +77,7 @@ __all__ = [
     "as_batch",
     "check_draw_size",
     "concat_batches",
+    "context_groups",
     "for_context",
     "gather",
     "group_counts",
@@ -238,10 +240,39 @@ def for_context(ctx, capacity: int, *, policy: str = "reservoir",
     >>> buf.n_groups == ctx.n_classes  # doctest: +SKIP
     True
   """
-  n_groups = {"reservoir": 1, "experience_balanced": ctx.n_experiences,
-              "class_balanced": ctx.n_classes}.get(policy, 1)
   return init(capacity, ctx.input_shape, ctx.x_dtype, policy=policy,
-              n_groups=n_groups, group_size=group_size, extras=extras)
+              n_groups=context_groups(ctx, policy, capacity, group_size),
+              group_size=group_size, extras=extras)
+
+
+def context_groups(ctx, policy: str, capacity: int,
+                   group_size: int | None = None) -> int:
+  """The number of groups of a ``policy`` memory on ``ctx``'s stream: its
+  experiences, its classes or one.
+
+  Warns when adaptive experience-balanced quotas run out of slots: with
+  more train experiences than ``capacity`` (an online stream's
+  mini-experiences), experiences from number ``capacity`` on get no slot
+  and the memory stops changing, as Avalanche's ``ExperienceBalancedBuffer``
+  does.
+
+  Example:
+    >>> context_groups(ctx, "class_balanced", 200)  # doctest: +SKIP
+    10
+  """
+  if (policy == "experience_balanced" and group_size is None
+      and ctx.n_experiences > capacity):
+    warnings.warn(
+        f"An experience-balanced memory of {capacity} slots over "
+        f"{ctx.n_experiences} train experiences gives experiences "
+        f"{capacity} to {ctx.n_experiences - 1} no slot: from there on it "
+        f"stops changing (as Avalanche's ExperienceBalancedBuffer). On "
+        f"online streams (split_online) a class-balanced memory or a "
+        f"reservoir keeps taking recent samples (replay's "
+        f"storage='class_balanced', CLI --storage class_balanced).",
+        RuntimeWarning, stacklevel=2)
+  return {"reservoir": 1, "experience_balanced": ctx.n_experiences,
+          "class_balanced": ctx.n_classes}.get(policy, 1)
 
 
 def _quotas(group_seen: jax.Array, capacity: int,

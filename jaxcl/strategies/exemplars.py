@@ -532,7 +532,7 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
       "ICaRL counts classes per experience and takes no online streams "
       "either): a mini-experience would replace its classes' exemplars by "
       "its own few samples and distil its own classes as old ones",
-      "replay or er_ace for online training")
+      "er_ace or replay(storage='class_balanced') for online training")
   return Strategy(name="icarl", init=init, adapt_data=adapt_data,
                   begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,

@@ -70,10 +70,9 @@ def feature_memory(name: str, ctx: StrategyContext, params: PyTree,
         f"outputs of shape {outputs.shape} for logits of shape "
         f"{logits.shape}: expected nothing to follow the last Dense the "
         f"model calls.")
-  groups = {"experience_balanced": ctx.n_experiences,
-            "class_balanced": ctx.n_classes}.get(policy, 1)
   return buffers.init(capacity, features.shape[1:], jnp.float32,
-                      policy=policy, n_groups=groups)
+                      policy=policy,
+                      n_groups=buffers.context_groups(ctx, policy, capacity))
 
 
 def store_features(ctx: StrategyContext, state, buffer: buffers.Buffer,

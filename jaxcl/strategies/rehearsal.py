@@ -176,12 +176,13 @@ class DerState:
   beta: jax.Array
 
 
-def _as_weight(rows: dict, name: str) -> dict:
+def _as_weight(rows: dict, name: str, used: jax.Array | bool = True) -> dict:
   """Memory rows counted only by a strategy's penalty, not the task loss;
-  as samples of the batch, they count in batch-norm statistics."""
+  as samples of the batch, they count in batch-norm statistics if the
+  penalty ``used`` them."""
   weight = rows["weight"]
   return {**rows, name: weight, "weight": jnp.zeros_like(weight),
-          "batch_stats_mask": weight > 0}
+          "batch_stats_mask": (weight > 0) & used}
 
 
 def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
@@ -238,8 +239,10 @@ def der(mem_size: int = 200, alpha: float = 0.1, beta: float = 0.5,
         batch,
         _as_weight(buffers.sample(cl_state.buffer, mse_key, n),
                    "der_mse_weight"),
+        # Drawn even for DER (beta = 0, sweepable), but then no sample of
+        # the batch: out of batch-norm statistics, as if never drawn.
         _as_weight(buffers.sample(cl_state.buffer, ce_key, n),
-                   "der_ce_weight"))
+                   "der_ce_weight", used=cl_state.beta > 0))
 
   def penalty(ctx, params, cl_state, batch, logits):
     del params
