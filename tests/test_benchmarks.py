@@ -80,7 +80,7 @@ def test_bad_data():
 def test_experiences_refuse_labels_a_cast_would_change():
   make = lambda y, task=None: Experience(
       x=np.zeros((3, 1)), y=y, task=np.zeros(3, int) if task is None else task,
-      index=0, classes=(0,), origin="train")
+      index=0, classes=(0, 1, 2), origin="train")
   with pytest.raises(TypeError, match=r"Experience 0 of stream 'train': y "
                      r"must be integers, got values of dtype float64"):
     make([0.5, 1.9, 2.99])
@@ -91,6 +91,11 @@ def test_experiences_refuse_labels_a_cast_would_change():
                      r"\(3, 1\)"):
     make([0, 1, 0], np.zeros((3, 1), int))
   assert make(np.array([0, 1, 0], np.uint8)).y.dtype == np.int32
+  # A label outside the classes would train against a masked logit.
+  with pytest.raises(ValueError, match=r"Experience 0 of stream 'train': "
+                     r"classes=\(0, 1, 2\) leaves out the labels \[3, 5\] "
+                     r"that y holds"):
+    make([3, 5, 0])
 
 
 def test_split_mnist_bundled():

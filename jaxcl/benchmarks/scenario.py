@@ -91,6 +91,14 @@ class Experience:
           f"Experience {self.index} of stream {self.origin!r}: x, y and task "
           f"must have the same length, got {len(self.x)}, {len(self.y)} and "
           f"{len(self.task)}.")
+    # Training masks the logits of classes outside `classes` (and of those
+    # never seen): a label left out would train against -1000.
+    missing = sorted(set(np.unique(self.y).tolist()) - set(self.classes))
+    if missing:
+      raise ValueError(
+          f"{where} classes={tuple(self.classes)} leaves out the labels "
+          f"{missing} that y holds; expected every label of y among the "
+          f"classes.")
 
   def __len__(self) -> int:
     return len(self.y)
