@@ -17,7 +17,8 @@ from conftest import make_benchmark
 import jaxcl
 from jaxcl.benchmarks import augment, class_incremental, normalizer
 from jaxcl.models import (MLP, MODELS, MTMLP, MultiHead, MultiHeadClassifier,
-                          ResNet32, SlimResNet18, TorchConv, as_model)
+                          ResNet32, SlimResNet18, TorchConv, TorchLinear,
+                          as_model)
 from jaxcl.strategies import naive
 
 # TorchConv's own gradients serve XLA:CPU alone; elsewhere JAX's rules run.
@@ -105,6 +106,40 @@ def test_resnet_parameter_counts_match_their_definitions(model, expected):
                   jax.tree_util.tree_leaves_with_path(variables["params"])
                   if "BatchNorm" in jax.tree_util.keystr(path))
   assert _count(variables["batch_stats"]) == bn_params
+
+
+def _uniform_like_pytorch(leaf, fan_in):
+  """``leaf`` is drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)): within the
+  bound, with the uniform's std 1/sqrt(3 fan_in) (5 %)."""
+  leaf = np.asarray(leaf)
+  assert np.abs(leaf).max() <= 1 / np.sqrt(fan_in)
+  assert leaf.std() == pytest.approx(1 / np.sqrt(3 * fan_in), rel=0.05)
+
+
+def test_initial_weights_follow_the_documented_distributions():
+  key, x = jax.random.key(0), jnp.ones((1, 784))
+  linear = TorchLinear(1024).init(key, x)["params"]
+  for leaf in (linear["Dense_0"]["kernel"], linear["Dense_0"]["bias"]):
+    _uniform_like_pytorch(leaf, fan_in=784)
+  conv = TorchConv(64, 3).init(key, jnp.ones((1, 8, 8, 16)))["params"]
+  for leaf in jax.tree.leaves(conv):
+    _uniform_like_pytorch(leaf, fan_in=16 * 3 * 3)
+  heads = MultiHeadClassifier(512, n_tasks=3).init(
+      key, jnp.ones((1, 300)), jnp.zeros((1,), jnp.int32))["params"]
+  for leaf in jax.tree.leaves(heads):  # Each head an nn.Linear(300, 512).
+    _uniform_like_pytorch(leaf, fan_in=300)
+  # ResNet32: Kaiming-normal convolutions (ReLU gain), classifier gain 1.
+  params = ResNet32(100, n=1).init(key, jnp.ones((1, 32, 32, 3)))["params"]
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    name = jax.tree_util.keystr(path)
+    if leaf.ndim == 4:
+      fan_in = np.prod(leaf.shape[:3])
+      assert np.std(leaf) == pytest.approx(np.sqrt(2 / fan_in), rel=0.1), name
+    elif leaf.ndim == 2:
+      assert np.std(leaf) == pytest.approx(np.sqrt(1 / leaf.shape[0]),
+                                           rel=0.05), name
+    elif "bias" in name:
+      assert np.all(np.asarray(leaf) == 0), name
 
 
 def test_batch_norm_state_updates_in_training_and_freezes_in_evaluation():
@@ -440,6 +475,15 @@ def test_torch_conv_native_cpu_gradients_equal_jax_rules(kernel_size, strides,
   grads = {native: jax.grad(loss, (1, 2))(native, params, x)
            for native in (True, False)}
   chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-5, atol=1e-5)
+  # A gradient of the gradient (La-MAML's second-order step) too.
+  def gradient_norm(native, params):
+    grad = jax.grad(loss, 1)(native, params, x)
+    return sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grad))
+
+  second = {native: jax.grad(gradient_norm, 1)(native, params)
+            for native in (True, False)}
+  chex.assert_trees_all_close(second[True], second[False], rtol=1e-4,
+                              atol=1e-4)
   # Seeds vmapped over stacked parameters, and per-sample gradients, with
   # few (unrolled) and many (looped) kernels under vmap.
   for n_seeds in (2, 9):

@@ -12,7 +12,8 @@ are read from prepared image folders with ``tfds.ImageFolder``.
 Images stay in their stored dtype (uint8) on the host and on the device;
 each benchmark normalises them in ``preprocess`` and augments training batches
 in ``augment``, both inside the compiled step, with Avalanche's constants and
-default training transforms.
+default training transforms (``split_imagenet``'s crop and flip are jaxcl's:
+Avalanche center-crops full-size images without augmentation).
 
 Example:
   >>> bench = split_mnist(n_experiences=5, seed=0)  # doctest: +SKIP

@@ -72,7 +72,18 @@ def _native_conv(strides: tuple[int, int], padding: Padding,
       return lax.map(lambda pair: native(*pair), (x, kernel)), True
     return lax.map(lambda k: native(x, k), kernel), True
 
-  return native
+  # JAX cannot differentiate a custom_vmap function, and the gradients of
+  # _conv are made of this one: a gradient of a gradient (La-MAML's
+  # second-order step) differentiates them. The convolution is bilinear, so
+  # its tangent is two plain convolutions, which JAX differentiates further.
+  differentiable = jax.custom_jvp(native)
+
+  @differentiable.defjvp
+  def _tangent(primals, tangents):
+    (x, kernel), (dx, dkernel) = primals, tangents
+    return native(x, kernel), conv(dx, kernel) + conv(x, dkernel)
+
+  return differentiable
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
