@@ -74,6 +74,12 @@ def test_steps_sum_to_the_experience_losses_of_a_fixed_model():
                                  rtol=1e-5)
       np.testing.assert_allclose(steps["accuracy"][here] @ counts, right,
                                  rtol=1e-6)
+  # Each epoch draws a new order: the same model, other batches (of the 24
+  # samples of experience 0 in batches of 8; experience 1's 9 samples keep
+  # their last batch of one with odds of 1 in 9).
+  epochs = [steps["loss"][(steps["experience"] == 0) & (steps["epoch"] == e)]
+            for e in range(2)]
+  assert len(epochs[0]) == 3 and not np.allclose(*epochs)
 
 
 def test_one_entry_per_step_taken_in_order():

@@ -887,7 +887,9 @@ def split_online(
     seed: Seed of the shuffling.
     access_task_boundaries: Record ``is_first_subexp``/``is_last_subexp``
       (whether a mini-experience starts/ends its origin experience); when
-      False they are None, as Avalanche hides them from training.
+      False they are None, as Avalanche hides them from training. Classes
+      are unmasked per mini-experience either way (Avalanche, with the
+      boundaries, unmasks the origin experience's at its first one).
 
   Returns:
     The benchmark with the online train stream (named ``<name>_online``).

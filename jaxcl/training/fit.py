@@ -391,7 +391,9 @@ def fit(
       returned and ``seed`` is ignored. The benchmark (class order) is shared.
     eval_batch_size: Chunk size of evaluation.
     mask_unseen_classes: Mask the logits of classes not trained on so far
-      (Avalanche's incremental classifier with masking).
+      (Avalanche's incremental classifier with masking) and, with task
+      labels, those outside each sample's task; False trains and evaluates
+      every logit (Avalanche's fixed heads, e.g. ``SimpleMLP``).
     loss: The task loss, Avalanche's ``criterion``: ``loss(logits, batch)
       -> [batch]`` per-sample losses (weighted and averaged by the loop;
       strategies add their penalties to it). Default
