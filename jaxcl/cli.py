@@ -262,6 +262,11 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                      help="fresh optimizer state at every experience "
                      "(older Avalanche releases' default; Avalanche 0.6, "
                      "like jaxcl, keeps it)")
+  train.add_argument("--no-class-masking", action="store_true",
+                     help="train and evaluate every logit from the start "
+                     "(Avalanche's fixed heads, e.g. SimpleMLP) instead of "
+                     "masking classes not seen yet and, with task labels, "
+                     "those of other tasks")
   train.add_argument("--seed", type=int, default=0,
                      help="seed of every random choice of the run (and of "
                      "the benchmark's class order)")
@@ -1063,6 +1068,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     **_watch_kwargs(args),
                     reset_optimizer=args.reset_optimizer,
                     reset_schedule=args.reset_schedule,
+                    mask_unseen_classes=not args.no_class_masking,
                     progress=primary and not args.no_progress,
                     checkpoint_dir=args.checkpoint_dir,
                     checkpoint_keep=args.checkpoint_keep,

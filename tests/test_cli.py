@@ -119,6 +119,23 @@ def test_models_keep_their_own_dropout_unless_the_flag_is_given(
   assert built[0].drop_rate == drop_rate
 
 
+@pytest.mark.parametrize("flags, masked", [([], True),
+                                           (["--no-class-masking"], False)])
+def test_class_masking_is_fits_unless_turned_off(tmp_path, monkeypatch, flags,
+                                                masked):
+  given = []
+
+  def fit(*args, **kwargs):
+    given.append(kwargs["mask_unseen_classes"])
+    raise KeyboardInterrupt  # Stops the run once fit is called.
+
+  monkeypatch.setattr(jaxcl, "fit", fit)
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(["run", *flags, "--logdir", str(tmp_path / "run"), "--quiet",
+              "--no-progress", "--no-tensorboard", "--compilation-cache", ""])
+  assert given == [masked]
+
+
 def test_device_memory_budget_streams_with_the_same_numbers(tmp_path,
                                                             xla_cache):
   # In this process (no interpreter and JAX to start three times), with a
