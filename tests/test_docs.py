@@ -55,7 +55,7 @@ _KEY_NAMES = {
     "jaxcl.checkpoint": ["Checkpointer"],
     "jaxcl.strategies.base": ["Strategy", "chain"],
     "jaxcl.training.optim": ["restart_schedules", "reset_optimizer_state",
-                             "schedule"],
+                             "one_schedule_step", "schedule"],
     "jaxcl.training.state": ["read_in_shares", "put_experiences"],
 }
 

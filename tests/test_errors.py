@@ -205,6 +205,13 @@ CASES = [
          lambda p: _fit(p, early_stopping=jaxcl.EarlyStopping(2, margin=-1.0),
                         periodic_eval=jaxcl.PeriodicEval(stream="test")),
          ValueError, r"early_stopping.margin must be in \[0, inf\), got -1\.0"),
+    Case("fit early_stopping patience below periodic_eval every",
+         lambda p: _fit(p, early_stopping=jaxcl.EarlyStopping(2),
+                        periodic_eval=jaxcl.PeriodicEval(every=5,
+                                                         stream="test")),
+         ValueError, r"early_stopping's patience=2 is below periodic_eval's "
+         r"every=5: every experience would stop after 2 epoch\(s\), before "
+         r"its first evaluation; expected patience >= every"),
     Case("fit device_memory_budget_mb=0",
          lambda p: _fit(p, device_memory_budget_mb=0), ValueError,
          r"device_memory_budget_mb must be in \(0, inf\), got 0"),

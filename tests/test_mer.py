@@ -94,6 +94,21 @@ def test_one_inner_step_without_reptile_is_training_sample_by_sample():
   np.testing.assert_array_equal(merged.accuracy_matrix, alone.accuracy_matrix)
 
 
+def test_schedules_advance_once_per_batch():
+  # MER applies the optimizer once per sample and inner step; a schedule
+  # sized in batches (the CLI's --lr-schedule) must not run out early.
+  bench = make_benchmark(n_classes=2, n_experiences=1, per_class=12)
+  model = jaxcl.models.MLP(num_classes=2, hidden_size=8, drop_rate=0.0)
+  run = jaxcl.fit(model, mer(n_inner_steps=2),
+                  optax.sgd(optax.linear_schedule(0.1, 0.0, 10)), bench,
+                  batch_size=5, epochs=2, metrics=["accuracy"])
+  counts = [int(node.count) for node in jax.tree.leaves(
+      run.state.opt_state,
+      is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+            if isinstance(node, optax.ScaleByScheduleState)]
+  assert counts == [2 * 5]  # 24 samples in batches of 5, twice.
+
+
 def test_memory_is_a_reservoir_of_the_stream():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)

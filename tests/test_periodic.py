@@ -16,7 +16,8 @@ from jaxcl import EarlyStopping, PeriodicEval
 from jaxcl.loggers.base import MetricWriter
 from jaxcl.strategies import naive
 from jaxcl.training import make_context, make_evaluate, stack_experiences
-from jaxcl.training.optim import reset_optimizer_state, restart_schedules
+from jaxcl.training.optim import (one_schedule_step, reset_optimizer_state,
+                                  restart_schedules)
 
 
 def _bench(**kwargs):
@@ -283,6 +284,26 @@ def test_restart_schedules_leaves_adam_bias_correction_alone():
     _, state = opt.update(params, state, params)
   restarted = restart_schedules(state)
   assert int(restarted[0].count) == 4 and int(restarted[1].count) == 0
+
+
+def test_one_schedule_step_per_batch_whatever_the_updates_in_it():
+  # A strategy's own update applied the optimizer 3 times in one batch:
+  # schedules (also inside an injected optimizer) advance once, Adam's bias
+  # correction thrice.
+  opt = optax.inject_hyperparams(
+      lambda b1: optax.adam(optax.cosine_decay_schedule(0.1, 50), b1=b1))(
+          b1=0.9)
+  params = {"w": jnp.ones(2)}
+  before = opt.init(params)
+  _, before = opt.update(params, before, params)
+  after = before
+  for _ in range(3):
+    _, after = opt.update(params, after, params)
+  stepped = one_schedule_step(before, after)
+  assert int(stepped.count) == 2  # The injecting wrapper's own count.
+  adam, scale = stepped.inner_state
+  assert int(adam.count) == 4 and int(scale.count) == 2
+  chex.assert_trees_all_equal(adam.mu, after.inner_state[0].mu)
 
 
 def test_restart_schedules_reaches_the_schedules_inside_injected_optimizers():

@@ -1380,6 +1380,15 @@ def _periodic_setup(periodic_eval: periodic.PeriodicEval | None,
                     f"{type(periodic_eval).__name__}.")
   periodic_eval = periodic_eval.validate(benchmark.valid_stream is not None,
                                          implied_by_early_stopping=implied)
+  if early_stopping is not None and early_stopping.patience < periodic_eval.every:
+    # The stop is tested at every tick: it would always come at tick
+    # `patience`, before the first evaluation during training could improve.
+    raise ValueError(
+        f"early_stopping's patience={early_stopping.patience} is below "
+        f"periodic_eval's every={periodic_eval.every}: every experience "
+        f"would stop after {early_stopping.patience} "
+        f"{periodic_eval.unit}(s), before its first evaluation; expected "
+        f"patience >= every (CLI: --early-stopping >= --periodic-eval).")
   stream = (benchmark.valid_stream if periodic_eval.stream == "valid"
             else benchmark.test_stream)
   return periodic_eval, early_stopping, stream

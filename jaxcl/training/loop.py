@@ -343,7 +343,10 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
       batch = {**batch, "x": augment_inputs(batch["x"], after_key)}
       new_state, cl_state = strategy.update(ctx, state.cl_state, state,
                                             batch, grads_key, ops)
-      new_state = new_state.replace(step=state.step + 1, cl_state=cl_state)
+      new_state = new_state.replace(
+          step=state.step + 1, cl_state=cl_state,
+          opt_state=optim.one_schedule_step(state.opt_state,
+                                            new_state.opt_state))
       # Measured as Avalanche's MER does: the batch's loss after the update,
       # a forward pass in training mode that updates batch statistics.
       loss, (logits, model_state) = loss_fn(new_state.params, new_state,

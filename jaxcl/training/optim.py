@@ -27,8 +27,8 @@ import optax
 
 from jaxcl import _validation
 
-__all__ = ["SCHEDULES", "reset_optimizer_state", "restart_schedules",
-           "schedule"]
+__all__ = ["SCHEDULES", "one_schedule_step", "reset_optimizer_state",
+           "restart_schedules", "schedule"]
 
 # Optimizer states whose `count` drives a schedule (not Adam's bias correction).
 _SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
@@ -68,6 +68,40 @@ def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
       node = node._replace(inner_state=_map_nodes(restart, node.inner_state))
     return node
   return _map_nodes(restart, opt_state)
+
+
+def one_schedule_step(before: optax.OptState,
+                      after: optax.OptState) -> optax.OptState:
+  """``after`` with every schedule one step past ``before``.
+
+  A strategy that replaces the optimizer step may apply the optimizer
+  several times per batch (MER once per sample and inner step, DualNet
+  ``inner_steps`` times); its schedules still advance once per batch, as
+  Avalanche's ``LRSchedulerPlugin`` steps per iteration or epoch, never per
+  inner update. Momentum, Adam's moments and bias-correction counts keep
+  every update.
+
+  Args:
+    before: The optimizer state before the batch.
+    after: The state after the strategy's updates.
+
+  Returns:
+    ``after`` with the schedules' step counts at ``before``'s plus one.
+  """
+  def one_step(new, old):
+    if not _is_schedule_state(new):
+      return new
+    new = new._replace(count=old.count + 1)
+    if isinstance(new, optax.InjectStatefulHyperparamsState):
+      # Its schedules' states are step counts (optax's wrapped plain
+      # schedules), as restart_schedules assumes.
+      new = new._replace(hyperparams_states=jax.tree.map(
+          lambda count: count + 1, old.hyperparams_states))
+    if isinstance(new, _INJECT_STATES):
+      new = new._replace(inner_state=_map_nodes(
+          one_step, new.inner_state, old.inner_state))
+    return new
+  return _map_nodes(one_step, after, before)
 
 
 def reset_optimizer_state(optimizer: optax.GradientTransformation,
