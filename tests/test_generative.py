@@ -339,3 +339,8 @@ def test_validates_and_registers():
     jaxcl.fit(MLP(num_classes=6, hidden_size=8), generative_replay(),
               optax.sgd(0.1), _uint8_benchmark(return_task_id=True),
               epochs=1, batch_size=4)
+  # int32 pixels' maximum is no intensity: generated values reached 7.8e7.
+  with pytest.raises(ValueError, match=r"got inputs of dtype int32, whose "
+                     r"maximum \(2147483647\) is no pixel's intensity"):
+    generative_replay().init(_ctx()._replace(x_dtype=np.int32), None,
+                             jax.random.key(0))

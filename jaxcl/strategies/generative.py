@@ -316,7 +316,9 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
 
   Raises:
     ValueError: On invalid hyperparameters; at initialisation, if the stream
-      has several task labels (generated samples have no task of their own).
+      has several task labels (generated samples have no task of their own)
+      or signed integer inputs (the decoder's intensities in [0, 1] map to
+      raw values in [0, the dtype's maximum]).
 
   Example:
     >>> generative_replay(latent_dim=16, reconstruction="bce").name
@@ -351,6 +353,14 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
         "generated samples are labelled by the previous solver and carry no "
         "task of their own (Avalanche's GenerativeReplay ignores task "
         "labels).")
+    if jnp.issubdtype(ctx.x_dtype, jnp.signedinteger):
+      raise ValueError(
+          f"generative_replay maps the decoder's intensities in [0, 1] to raw "
+          f"inputs in [0, max] of an unsigned integer dtype (uint8 pixels: "
+          f"[0, 255]) or to floats in [0, 1]; got inputs of dtype "
+          f"{jnp.dtype(ctx.x_dtype).name}, whose maximum "
+          f"({jnp.iinfo(ctx.x_dtype).max}) is no pixel's intensity. Give the "
+          f"benchmark uint8 pixels or floats in [0, 1].")
     vae = vae_for(ctx)
     vae_key, state_key = jax.random.split(key)
     generator = vae.init(vae_key, jnp.zeros((1, vae.n_features)),
