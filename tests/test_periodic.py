@@ -1,6 +1,7 @@
 """Periodic evaluation, early stopping and optimizer resets inside the compiled loop."""
 
 import collections
+import tempfile
 
 import chex
 import flax.struct
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import make_benchmark
+from conftest import compilation_cache_in, make_benchmark
 
 import jaxcl
 from jaxcl import EarlyStopping, PeriodicEval
@@ -457,12 +458,23 @@ def test_vmapped_runs_stop_by_step_as_their_single_runs_on_mnist():
                   periodic_eval=PeriodicEval(every=10, unit="step"))
   multi = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, seeds=[0, 1],
                     **settings)
-  single = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, seed=1,
-                     **settings)
-  assert [h["epochs_trained"] for h in multi.runs[1].history] == [
-      h["epochs_trained"] for h in single.history]
-  chex.assert_trees_all_close(multi.runs[1].state.params, single.state.params,
-                              atol=1e-6)
+  # The runs stop at different steps, and each as it does alone: a run that
+  # stopped must not train on while the other does.
+  epochs = [[h["epochs_trained"] for h in run.history] for run in multi.runs]
+  assert epochs[0] != epochs[1]
+  with tempfile.TemporaryDirectory() as folder, compilation_cache_in(folder):
+    singles = [jaxcl.fit(model, naive(), optax.sgd(0.05), bench, seed=seed,
+                         **settings) for seed in (0, 1)]
+  for run, single in zip(multi.runs, singles):
+    assert [h["epochs_trained"] for h in run.history] == [
+        h["epochs_trained"] for h in single.history]
+    # The restored best parameters would hide steps taken after a stop; the
+    # step count and the evaluations taken do not.
+    assert int(run.state.step) == int(single.state.step)
+    assert [(p["experience"], p["step"]) for p in run.periodic] == [
+        (p["experience"], p["step"]) for p in single.periodic]
+    chex.assert_trees_all_close(run.state.params, single.state.params,
+                                atol=1e-6)
 
 
 def test_run_axis_must_name_the_vmap_over_runs():
