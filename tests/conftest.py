@@ -173,6 +173,20 @@ def assert_remembers_the_first_experience(run, model, bench, margin=0.2):
   assert run.accuracy_matrix[-1, 0] > naive.accuracy_matrix[-1, 0] + margin
 
 
+def assert_refuses_online_streams(strategy, match):
+  """``fit`` refuses ``strategy`` on an online stream (mini-experiences of
+  8 samples) with a ``ValueError`` matching ``match`` that names the first
+  mini-experience and says what to do (with the ``no_compiling`` fixture:
+  before compiling)."""
+  online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
+  with pytest.raises(ValueError, match=(
+      match + r"; got train experience 0, a mini-experience of experience 0 "
+      r"of an online stream \(split_online\): expected the stream before "
+      r"split_online \(no --online-size\), or ")):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), strategy, optax.sgd(0.1),
+              online, seed=0)
+
+
 def assert_refuses_models_without_features(strategy, ctx):
   """``strategy.init`` refuses a model that is not Flax (no output layer to
   take penultimate features from), before compiling."""

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (assert_trees_close, device_experience, fit_seeds_alone,
-                      hook_state, make_benchmark, tiny_cli_metrics)
+from conftest import (assert_refuses_online_streams, assert_trees_close,
+                      device_experience, fit_seeds_alone, hook_state,
+                      make_benchmark, tiny_cli_metrics)
 
 import jaxcl
 from jaxcl.models import Model
@@ -313,16 +314,9 @@ def test_il2m_after_cwr_star_reads_the_consolidated_model():
 
 
 def test_il2m_refuses_online_streams_before_compiling(no_compiling):
-  online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
-  with pytest.raises(ValueError, match=(
-      r"after the last mini-experience of an experience no class is new and "
-      r"nothing would be rectified; got train experience 0, a "
-      r"mini-experience of experience 0 of an online stream "
-      r"\(split_online\): expected the stream before split_online \(no "
-      r"--online-size\), or replay\(storage='class_balanced'\) for "
-      r"online training")):
-    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), il2m(mem_size=8),
-              optax.sgd(0.1), online, seed=0)
+  assert_refuses_online_streams(
+      il2m(mem_size=8), r"after the last mini-experience of an experience no "
+      r"class is new and nothing would be rectified")
 
 
 def test_il2m_from_the_command_line(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
-from conftest import make_benchmark
+from conftest import assert_refuses_online_streams, make_benchmark
 from flax import linen as nn
 
 import jaxcl
@@ -491,15 +491,9 @@ def test_icarl_needs_a_dense_output_layer(tiny_benchmark):
 
 
 def test_icarl_refuses_online_streams_before_compiling(no_compiling):
-  online = jaxcl.benchmarks.split_online(make_benchmark(), 8)
-  with pytest.raises(ValueError, match=(
-      r"icarl picks each class's exemplars by herding .* got train "
-      r"experience 0, a mini-experience of experience 0 of an online stream "
-      r"\(split_online\): expected the stream before split_online \(no "
-      r"--online-size\), or er_ace or replay\(storage='class_balanced'\) "
-      r"for online training")):
-    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), icarl(memory_size=8),
-              optax.sgd(0.1), online, seed=0)
+  assert_refuses_online_streams(
+      icarl(memory_size=8), r"icarl picks each class's exemplars by herding "
+      r".* distil its own classes as old ones")
 
 
 # --------------------------------------------------------------- GSS-greedy
