@@ -18,6 +18,7 @@ from jaxcl.strategies import (
   StrategyContext,
   from_spec,
   gaussian_kl,
+  generate,
   generative_replay,
   naive,
   vae_loss,
@@ -248,6 +249,30 @@ def test_generator_trains_every_step_and_copies_freeze_at_boundaries():
   assert _equal(cl.old_params, state.params)
   np.testing.assert_array_equal(cl.old_seen, data.classes_mask)
   assert float(cl.experiences) == 1.0
+
+
+def test_the_generator_keeps_modelling_old_experiences():
+  # Experience 0 holds dark 4x4 images, experience 1 bright ones. Trained on
+  # the extended batches, the final generator still draws dark samples
+  # beside bright ones; one trained on the real rows alone (replayed rows
+  # dropped from its loss) draws bright samples only.
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(2), 64)
+  x = np.clip(np.where(y == 0, 40, 215)[:, None, None, None]
+              + rng.normal(0, 10, (128, 4, 4, 1)), 0, 255).astype(np.uint8)
+  bench = class_incremental((x, y), (x, y), 2, fixed_class_order=range(2),
+                            preprocess=normalizer(0.5, 0.5))
+  model = MLP(num_classes=2, hidden_size=8, drop_rate=0.0)
+  result = jaxcl.fit(
+      model, generative_replay(latent_dim=2, generator_hidden=16,
+                               generator_lr=1e-2, reconstruction="bce"),
+      optax.sgd(0.1), bench, epochs=5, batch_size=8, seed=0)
+  ctx = make_context(model, bench, optax.sgd(0.1), batch_size=8)
+  samples = generate(ctx, MlpVAE(16, 2, 16),
+                     result.state.cl_state.generator, jax.random.key(0), 1000)
+  brightness = np.asarray(samples, np.float64).reshape(1000, -1).mean(axis=1)
+  dark = np.mean(brightness < 128)
+  assert 0.2 < dark < 0.8, dark
 
 
 def test_rows_that_weigh_nothing_cannot_poison_the_generator():
