@@ -82,6 +82,7 @@ __all__ = [
     "gather",
     "group_counts",
     "init",
+    "offer_groups",
     "quotas",
     "random_rows",
     "sample",
@@ -332,6 +333,50 @@ def _groups(buffer: Buffer, y: jax.Array, experience) -> jax.Array:
   return jnp.zeros_like(y, jnp.int32)
 
 
+def _offer(buffer: Buffer, y: jax.Array, experience,
+           valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """The offered rows' groups (``n_groups`` for rows ignored like padding)
+  and every group's count of samples seen once they are offered."""
+  valid = (jnp.ones(y.shape, bool) if valid is None
+           else jnp.asarray(valid, bool))
+  group = _groups(buffer, y, experience)
+  valid = valid & (group >= 0) & (group < buffer.n_groups)
+  # Group n_groups marks padding: it is never counted nor kept.
+  group = jnp.where(valid, group, buffer.n_groups)
+  return group, buffer.group_seen.at[group].add(1, mode="drop")
+
+
+def offer_groups(buffer: Buffer, y: jax.Array, experience: jax.Array | int = 0,
+                 valid: jax.Array | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+  """The groups of rows offered to :func:`add`, and the quotas after it.
+
+  For callers that choose which rows to keep themselves (feature-based
+  exemplar selection): they rank each group's candidates and pass the
+  ranking to :func:`add` as ``scores``.
+
+  Args:
+    buffer: The buffer.
+    y: Labels ``[n]`` of the rows to offer.
+    experience: Their experience (scalar or ``[n]``), as for :func:`add`.
+    valid: ``bool[n]``, the rows to offer (default: all).
+
+  Returns:
+    ``(group, quota)``: ``int32[n]``, each row's group, ``n_groups`` for rows
+    that :func:`add` would ignore (padding, groups out of range); and
+    ``int32[n_groups]``, every group's quota once the rows are offered.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> buf = init(4, (1,), policy="class_balanced", n_groups=3)
+    >>> group, quota = offer_groups(buf, jnp.array([0, 2, 5]))
+    >>> group.tolist(), quota.tolist()
+    ([0, 2, 3], [2, 0, 2])
+  """
+  group, group_seen = _offer(buffer, jnp.asarray(y), experience, valid)
+  return group, _quotas(group_seen, buffer.capacity, buffer.group_size)
+
+
 def _keep_top(group: jax.Array, priority: jax.Array,
               quota: jax.Array) -> jax.Array:
   """``bool[m]``: whether each candidate ranks within its group's quota."""
@@ -401,14 +446,10 @@ def add(
   y = jnp.asarray(y)
   _check_rows(buffer, x, y, task, valid, experience, extras, scores)
   n, capacity, n_groups = y.shape[0], buffer.capacity, buffer.n_groups
-  valid = jnp.ones(n, bool) if valid is None else jnp.asarray(valid, bool)
-  group = _groups(buffer, y, experience)
-  valid = valid & (group >= 0) & (group < n_groups)
-  # Group n_groups marks padding: it is never counted nor kept.
-  group = jnp.where(valid, group, n_groups)
+  group, group_seen = _offer(buffer, y, experience, valid)
+  valid = group < n_groups
   priority = (jax.random.uniform(key, (n,)) if scores is None
               else jnp.asarray(scores, jnp.float32))
-  group_seen = buffer.group_seen.at[group].add(1, mode="drop")
   quota = jnp.append(_quotas(group_seen, capacity, buffer.group_size), 0)
   keep = _keep_top(
       jnp.concatenate([jnp.where(buffer.valid, buffer.group, n_groups), group]),

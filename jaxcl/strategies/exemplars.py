@@ -45,8 +45,10 @@ from jaxcl.strategies.model_utils import (FAR_LOGIT, MASK_VALUE,
                                           visible_classes, weighted_mean)
 
 __all__ = [
+    "SELECTIONS",
     "ExperienceMemory",
     "ICaRLState",
+    "add_experience_selected",
     "class_feature_means",
     "experience_memory",
     "herding",
@@ -54,6 +56,7 @@ __all__ = [
     "merge_class_statistics",
     "nearest_mean_logits",
     "nearest_mean_predict",
+    "selection_scores",
     "store_experience",
 ]
 
@@ -231,7 +234,7 @@ def merge_class_statistics(old: PyTree, new: PyTree, has_old: jax.Array,
 
 
 def herding(features: jax.Array, member: jax.Array,
-            n: jax.Array | int) -> jax.Array:
+            n: jax.Array | int, normalize: bool = True) -> jax.Array:
   """Herding selection of exemplars (Rebuffi et al., 2017, Algorithm 4).
 
   On L2-normalised features ``φ``, with ``μ`` the mean of the member rows,
@@ -240,9 +243,11 @@ def herding(features: jax.Array, member: jax.Array,
   ``p_k = argmin_i ‖μ − (φ_i + Σ_{j<k} φ_{p_j}) / k‖``.
 
   Args:
-    features: ``[N, F]`` features (normalised here).
+    features: ``[N, F]`` features.
     member: ``bool[N]``, the rows of the class.
     n: Number of exemplars to pick (may be traced; at most the members).
+    normalize: Normalise the features first (iCaRL); Avalanche's
+      ``HerdingSelectionStrategy`` herds the raw features.
 
   Returns:
     ``int32[N]``: the herding rank of each row (``k`` for the ``k``-th pick,
@@ -254,7 +259,7 @@ def herding(features: jax.Array, member: jax.Array,
     >>> herding(phi, jnp.array([True, True, True]), 2).tolist()
     [2, 0, 1]
   """
-  phi = l2_normalize(features)
+  phi = l2_normalize(features) if normalize else features
   weight = member.astype(phi.dtype)
   mu = weight @ phi / jnp.maximum(jnp.sum(weight), 1.0)
   sq_norm = jnp.sum(phi * phi, -1)
@@ -271,6 +276,106 @@ def herding(features: jax.Array, member: jax.Array,
   rank = jnp.zeros(member.shape, jnp.int32)
   rank, _ = jax.lax.fori_loop(0, n, pick, (rank, jnp.zeros_like(mu)))
   return rank
+
+
+# ------------------------------------------ feature-based selection in buffers
+
+SELECTIONS = ("random", "herding", "closest_to_center")
+"""How :func:`add_experience_selected` chooses the exemplars a buffer keeps."""
+
+
+def selection_scores(features: jax.Array, group: jax.Array, quota: jax.Array,
+                     selection: str) -> jax.Array:
+  """Priorities that keep each group's exemplars chosen from their features.
+
+  Avalanche's feature-based ``ExemplarsSelectionStrategy``s, group by group:
+
+  * ``"herding"`` (``HerdingSelectionStrategy``): :func:`herding` on the raw
+    features of the group's rows, ``quota[g]`` picks; the ``k``-th pick
+    scores ``-k`` and rows not picked score below every pick.
+  * ``"closest_to_center"`` (``ClosestToCenterSelectionStrategy``): minus
+    the squared distance of a row's features to the mean of its group's.
+
+  Args:
+    features: ``[n, F]`` features of the candidates.
+    group: ``int32[n]``, each candidate's group; ``quota.shape[0]`` (or
+      more) for rows that are not candidates.
+    quota: ``int32[n_groups]``, how many rows each group keeps.
+    selection: ``"herding"`` or ``"closest_to_center"``.
+
+  Returns:
+    ``float32[n]``: higher is kept first within a group (:func:`buffers.add`'s
+    ``scores``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> phi = jnp.array([[0.0], [2.0], [4.0], [5.0]])
+    >>> scores = selection_scores(phi, jnp.array([0, 0, 0, 1]),
+    ...                           jnp.array([1, 1]), "closest_to_center")
+    >>> (-scores).tolist()
+    [4.0, 0.0, 4.0, 0.0]
+  """
+  _validation.check_choice("selection", selection, SELECTIONS[1:])
+  n_groups = quota.shape[0]
+  member = jax.nn.one_hot(group, n_groups, dtype=features.dtype)
+  if selection == "closest_to_center":
+    centers = (member.T @ features
+               / jnp.maximum(jnp.sum(member, axis=0), 1.0)[:, None])
+    offset = features - member @ centers
+    return -jnp.sum(offset * offset, axis=-1)
+
+  def select(rank, g):
+    in_group = group == g
+    n = jnp.minimum(quota[g], jnp.sum(in_group))
+    return rank + herding(features, in_group, n, normalize=False), None
+
+  rank, _ = jax.lax.scan(select, jnp.zeros(group.shape, jnp.int32),
+                         jnp.arange(n_groups))
+  not_picked = -(group.shape[0] + 1)
+  return jnp.where(rank > 0, -rank, not_picked).astype(jnp.float32)
+
+
+def add_experience_selected(
+    buffer: buffers.Buffer, key: jax.Array, data,
+    features: Callable[[jax.Array, jax.Array], jax.Array],
+    selection: str = "random") -> buffers.Buffer:
+  """Offers an experience; each group keeps exemplars chosen by ``selection``.
+
+  ``"random"`` is :func:`buffers.add_experience` (random priorities drawn
+  once, so a shrinking group keeps a nested subset). ``"herding"`` and
+  ``"closest_to_center"`` are Avalanche's ``ParametricBuffer`` with that
+  selection strategy: every group's exemplars are chosen again from its
+  stored and offered rows by their current ``features``
+  (:func:`selection_scores`), groups that received nothing included.
+
+  Args:
+    buffer: The buffer (its policy says what a group is).
+    key: PRNG key (random selection only).
+    data: A :class:`jaxcl.training.ExperienceData`.
+    features: ``(x, task) -> [rows, F]`` features of raw inputs, evaluated
+      over the buffer and the experience in chunks.
+    selection: One of :data:`SELECTIONS`.
+
+  Returns:
+    The updated buffer.
+
+  Example:
+    >>> buf = add_experience_selected(buf, key, data, features,
+    ...                               "herding")  # doctest: +SKIP
+  """
+  _validation.check_choice("selection", selection, SELECTIONS)
+  if selection == "random":
+    return buffers.add_experience(buffer, key, data)
+  offered, quota = buffers.offer_groups(buffer, data.y, data.index,
+                                        data.valid)
+  stored = jnp.where(buffer.valid, buffer.group, buffer.n_groups)
+  phi = jnp.concatenate([in_chunks(features, buffer.x, buffer.task),
+                         in_chunks(features, data.x, data.task)])
+  scores = selection_scores(phi, jnp.concatenate([stored, offered]), quota,
+                            selection)
+  buffer = buffer.replace(priority=scores[:buffer.capacity])
+  return buffers.add_experience(buffer, key, data,
+                                scores=scores[buffer.capacity:])
 
 
 # ------------------------------------------------------------------ NME rule

@@ -37,9 +37,10 @@ import optax
 
 from jaxcl import _validation
 from jaxcl.benchmarks.scenario import Experience, Stream
-from jaxcl.strategies import buffers, latent
+from jaxcl.strategies import buffers, exemplars, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (MASK_VALUE, example_inputs,
+                                          feature_size,
                                           in_chunks, init_model_state,
                                           mask_logits, output_layer,
                                           output_layer_call,
@@ -114,7 +115,8 @@ def _with_memory_rows(ctx: StrategyContext, buffer: buffers.Buffer,
 
 
 def replay(mem_size: int = 200, batch_size_mem: int = 0,
-           storage: str = "experience_balanced") -> Strategy:
+           storage: str = "experience_balanced",
+           selection: str = "random") -> Strategy:
   """Experience replay (Avalanche's ``ReplayPlugin``).
 
   Each step appends ``batch_size_mem`` samples drawn uniformly (without
@@ -130,28 +132,53 @@ def replay(mem_size: int = 200, batch_size_mem: int = 0,
     storage: ``"experience_balanced"`` (Avalanche's default),
       ``"class_balanced"`` or ``"reservoir"`` (see
       :mod:`jaxcl.strategies.buffers`).
+    selection: Which samples each group of the memory keeps: ``"random"``
+      (Avalanche's reservoir buffers), or ``"herding"`` or
+      ``"closest_to_center"`` (Avalanche's ``ParametricBuffer`` with
+      ``HerdingSelectionStrategy`` or ``ClosestToCenterSelectionStrategy``,
+      grouped by ``storage``: by experience, by class, or one group for
+      ``"reservoir"``). Feature-based selection chooses every group's
+      exemplars again after each experience from its stored and new samples,
+      by the model's penultimate features at that point (see
+      :func:`jaxcl.strategies.exemplars.add_experience_selected`).
 
   Returns:
     The strategy; its ``cl_state`` is a :class:`~jaxcl.strategies.buffers.Buffer`.
 
+  Raises:
+    ValueError: On invalid arguments; with feature-based selection, at
+      initialisation, for a model without an output layer that
+      :func:`~jaxcl.strategies.model_utils.penultimate_features` finds.
+
   Example:
     >>> replay(mem_size=500, storage="class_balanced").name
+    'replay'
+    >>> replay(storage="class_balanced", selection="herding").name
     'replay'
   """
   mem_size = _validation.check_positive_int("mem_size", mem_size)
   batch_size_mem = _check_batch_size_mem(batch_size_mem, mem_size)
   storage = _validation.check_choice("storage", storage, buffers.POLICIES)
+  selection = _validation.check_choice("selection", selection,
+                                       exemplars.SELECTIONS)
 
   def init(ctx, params, key):
-    del params, key
+    if selection != "random":
+      # Fails here, before the stream compiles, for models without an
+      # output layer to read features from.
+      feature_size(ctx, params, init_model_state(ctx, key))
     return buffers.for_context(ctx, mem_size, policy=storage)
 
   def transform_batch(ctx, buffer, batch, key):
     return _with_memory_rows(ctx, buffer, batch, key, batch_size_mem)
 
   def end_experience(ctx, state, data, key):
-    return state.replace(
-        cl_state=buffers.add_experience(state.cl_state, key, data))
+    def features(x, task):
+      return penultimate_features(ctx, state.params, state.model_state, x,
+                                  task)
+
+    return state.replace(cl_state=exemplars.add_experience_selected(
+        state.cl_state, key, data, features, selection))
 
   return Strategy(name="replay", init=init, transform_batch=transform_batch,
                   end_experience=end_experience)
