@@ -52,6 +52,7 @@ __all__ = [
     "class_feature_means",
     "experience_memory",
     "herding",
+    "herding_groups",
     "icarl",
     "merge_class_statistics",
     "nearest_mean_logits",
@@ -260,21 +261,61 @@ def herding(features: jax.Array, member: jax.Array,
     [2, 0, 1]
   """
   phi = l2_normalize(features) if normalize else features
-  weight = member.astype(phi.dtype)
-  mu = weight @ phi / jnp.maximum(jnp.sum(weight), 1.0)
-  sq_norm = jnp.sum(phi * phi, -1)
+  return herding_groups(phi, jnp.where(member, 0, 1), jnp.reshape(n, (1,)))
+
+
+def _group_means(features: jax.Array, group: jax.Array, n_groups: int
+                 ) -> tuple[jax.Array, jax.Array]:
+  """``(member, means)``: ``[N, G]`` one-hot memberships (rows of no group
+  are all zero) and ``[G, F]`` mean features of every group."""
+  member = jax.nn.one_hot(group, n_groups, dtype=features.dtype)
+  count = jnp.maximum(jnp.sum(member, axis=0), 1.0)
+  return member, member.T @ features / count[:, None]
+
+
+def herding_groups(features: jax.Array, group: jax.Array,
+                   n: jax.Array) -> jax.Array:
+  """:func:`herding` in every group at once, on the features as given.
+
+  The groups' picks advance together, one step of all of them per pick, so
+  the sequential steps are the largest group's picks, not their sum.
+
+  Args:
+    features: ``[N, F]`` features (not normalised here).
+    group: ``int32[N]``, each row's group; ``n.shape[0]`` or more for rows of
+      no group.
+    n: ``int32[G]``, picks per group (clipped to its rows; may be traced).
+
+  Returns:
+    ``int32[N]``: each row's rank within its group (``k`` for the ``k``-th
+    pick, 0 for rows not picked).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> phi = jnp.array([[0.0], [1.0], [3.0], [5.0], [6.0]])
+    >>> herding_groups(phi, jnp.array([0, 0, 0, 1, 1]),
+    ...                jnp.array([2, 1])).tolist()
+    [0, 1, 2, 1, 0]
+  """
+  member, mu = _group_means(features, group, n.shape[0])
+  picks = jnp.minimum(n, jnp.sum(member, axis=0).astype(jnp.int32))
+  sq_norm = jnp.sum(features * features, -1)
+  no_pick = features.shape[0]
 
   def pick(k, carry):
     rank, total = carry
     # ‖k μ − Σ − φ_i‖² = k² × the squared distance of the mean to μ.
     target = (k + 1) * mu - total
-    dist = sq_norm - 2 * phi @ target
-    dist = jnp.where(member & (rank == 0), dist, jnp.inf)
-    i = jnp.argmin(dist)
-    return rank.at[i].set(k + 1), total + phi[i]
+    dist = sq_norm - 2 * target @ features.T
+    dist = jnp.where((member.T > 0) & (rank == 0), dist, jnp.inf)
+    i = jnp.argmin(dist, axis=1)
+    active = k < picks
+    rank = rank.at[jnp.where(active, i, no_pick)].set(k + 1, mode="drop")
+    return rank, total + jnp.where(active[:, None], features[i], 0.0)
 
-  rank = jnp.zeros(member.shape, jnp.int32)
-  rank, _ = jax.lax.fori_loop(0, n, pick, (rank, jnp.zeros_like(mu)))
+  rank = jnp.zeros(group.shape, jnp.int32)
+  rank, _ = jax.lax.fori_loop(0, jnp.max(picks, initial=0), pick,
+                              (rank, jnp.zeros_like(mu)))
   return rank
 
 
@@ -316,23 +357,13 @@ def selection_scores(features: jax.Array, group: jax.Array, quota: jax.Array,
     [4.0, 0.0, 4.0, 0.0]
   """
   _validation.check_choice("selection", selection, SELECTIONS[1:])
-  n_groups = quota.shape[0]
-  member = jax.nn.one_hot(group, n_groups, dtype=features.dtype)
-  if selection == "closest_to_center":
-    centers = (member.T @ features
-               / jnp.maximum(jnp.sum(member, axis=0), 1.0)[:, None])
-    offset = features - member @ centers
-    return -jnp.sum(offset * offset, axis=-1)
-
-  def select(rank, g):
-    in_group = group == g
-    n = jnp.minimum(quota[g], jnp.sum(in_group))
-    return rank + herding(features, in_group, n, normalize=False), None
-
-  rank, _ = jax.lax.scan(select, jnp.zeros(group.shape, jnp.int32),
-                         jnp.arange(n_groups))
-  not_picked = -(group.shape[0] + 1)
-  return jnp.where(rank > 0, -rank, not_picked).astype(jnp.float32)
+  if selection == "herding":
+    rank = herding_groups(features, group, quota)
+    not_picked = -(group.shape[0] + 1)
+    return jnp.where(rank > 0, -rank, not_picked).astype(jnp.float32)
+  member, centers = _group_means(features, group, quota.shape[0])
+  offset = features - member @ centers
+  return -jnp.sum(offset * offset, axis=-1)
 
 
 def add_experience_selected(
@@ -593,16 +624,10 @@ def icarl(memory_size: int = 2000, fixed_memory: bool = True) -> Strategy:
     # (re)selected from its data.
     keep = (cl.rank > 0) & (cl.rank <= per_class) & ~data.classes_mask[cl.y]
 
-    phi = in_chunks(features, data.x, data.task)
+    phi = l2_normalize(in_chunks(features, data.x, data.task))
     labels = data.y.astype(jnp.int32)
-
-    def select(rank, c):
-      member = data.valid & (labels == c)
-      n = jnp.minimum(per_class, jnp.sum(member))
-      return rank + herding(phi, member, n), None
-
-    picked, _ = jax.lax.scan(select, jnp.zeros(labels.shape, jnp.int32),
-                             jnp.arange(ctx.n_classes))
+    picked = herding_groups(phi, jnp.where(data.valid, labels, ctx.n_classes),
+                            jnp.full(ctx.n_classes, per_class))
     # The j-th picked row of the data goes to the j-th free slot.
     cap, k = keep.shape[0], min(keep.shape[0], labels.shape[0])
     chosen = picked > 0
