@@ -109,6 +109,29 @@ def test_schedules_advance_once_per_batch():
   assert counts == [2 * 5]  # 24 samples in batches of 5, twice.
 
 
+def test_every_update_of_a_batch_uses_the_batchs_learning_rate():
+  # A rate of 0.5 at batch 0 and 0 from batch 1 on: all of batch 0's
+  # single-sample updates take 0.5, as with a constant 0.5 (Avalanche's
+  # scheduler never steps inside a batch); the schedule then counts 1.
+  ctx = _ctx()
+  strategy = mer(mem_size=5, batch_size_mem=1, n_inner_steps=2)
+  x = np.random.default_rng(0).normal(size=(4, DIM)).astype(np.float32)
+  batch = {"x": jnp.asarray(x), "y": jnp.array([0, 1, 2, 0]),
+           "task": jnp.zeros(4, jnp.int32), "weight": jnp.ones(4)}
+
+  def one_batch(rate):
+    opt = optax.sgd(rate)
+    state = init_state(ctx, strategy, opt, jax.random.key(0),
+                       jnp.zeros((1, DIM)), jnp.zeros((1,), jnp.int32))
+    state = state.replace(seen_classes=jnp.ones(N_CLASSES, bool))
+    return jax.jit(make_train_step(ctx, strategy, opt))(
+        state, batch, jax.random.key(2))[0]
+
+  scheduled = one_batch(optax.piecewise_constant_schedule(0.5, {1: 0.0}))
+  assert_trees_close(scheduled.params, one_batch(0.5).params, atol=1e-7)
+  assert int(scheduled.opt_state[-1].count) == 1
+
+
 def test_memory_is_a_reservoir_of_the_stream():
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)

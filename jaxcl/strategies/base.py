@@ -158,7 +158,9 @@ class UpdateOps(NamedTuple):
       ``batch``: the gradient of ``loss``, ``transform_grads``, the optax
       update; not counted and without ``after_step``.
     apply: ``apply(state, grads) -> state``: the optax update with the
-      given gradients (parameters and optimizer state).
+      given gradients (parameters and optimizer state). ``step`` and
+      ``apply`` hold learning-rate schedules at the batch's step; the loop
+      advances them once after ``update``, however many updates it made.
     augment: ``augment(x, key) -> x``: the benchmark's training
       augmentation (the identity without one). The loop augments the
       batch once before ``update``, and ``loss`` and ``step`` do not

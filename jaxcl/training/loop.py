@@ -316,11 +316,20 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
     return (apply_updates(state, grads).replace(model_state=model_state),
             grads, loss, logits)
 
+  # A strategy's own updates hold the schedules: every update of a batch
+  # uses the batch's rate, and the batch advances them once (update below).
+  def held(before: TrainState, after: TrainState) -> TrainState:
+    return after.replace(opt_state=optim.hold_schedules(before.opt_state,
+                                                        after.opt_state))
+
+  def inner_apply(state: TrainState, grads):
+    return held(state, apply_updates(state, grads))
+
   # A strategy's own update sees its batch augmented once (as Avalanche's
   # loader transforms a mini-batch once), and augments what it draws.
   def plain_step(state: TrainState, batch: dict, key):
-    return apply_gradients(state, batch, *jax.random.split(key),
-                           augment=False)[0]
+    return held(state, apply_gradients(state, batch, *jax.random.split(key),
+                                       augment=False)[0])
 
   def training_loss(params, state: TrainState, batch: dict, key):
     return loss_fn(params, state, batch, key, augment=False)[0]
@@ -328,7 +337,7 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
   def augment_inputs(x, key):
     return x if ctx.augment is None else ctx.augment(x, key)
 
-  ops = UpdateOps(loss=training_loss, step=plain_step, apply=apply_updates,
+  ops = UpdateOps(loss=training_loss, step=plain_step, apply=inner_apply,
                   augment=augment_inputs)
 
   def update(state: TrainState, batch: dict, keys):

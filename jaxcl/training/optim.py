@@ -88,20 +88,44 @@ def one_schedule_step(before: optax.OptState,
   Returns:
     ``after`` with the schedules' step counts at ``before``'s plus one.
   """
-  def one_step(new, old):
+  return _schedules_past(before, after, 1)
+
+
+def hold_schedules(before: optax.OptState,
+                   after: optax.OptState) -> optax.OptState:
+  """``after`` with every schedule's step count back at ``before``'s.
+
+  The inner updates of a strategy's own update hold the schedules, so that
+  all of a batch's updates use the batch's learning rate (the rate of
+  schedule step ``b`` for batch ``b``); :func:`one_schedule_step` then
+  advances them once for the batch.
+
+  Args:
+    before: The optimizer state before an update.
+    after: The state after it.
+
+  Returns:
+    ``after`` with the schedules' step counts at ``before``'s.
+  """
+  return _schedules_past(before, after, 0)
+
+
+def _schedules_past(before: optax.OptState, after: optax.OptState,
+                    steps: int) -> optax.OptState:
+  def past(new, old):
     if not _is_schedule_state(new):
       return new
-    new = new._replace(count=old.count + 1)
+    new = new._replace(count=old.count + steps)
     if isinstance(new, optax.InjectStatefulHyperparamsState):
       # Its schedules' states are step counts (optax's wrapped plain
       # schedules), as restart_schedules assumes.
       new = new._replace(hyperparams_states=jax.tree.map(
-          lambda count: count + 1, old.hyperparams_states))
+          lambda count: count + steps, old.hyperparams_states))
     if isinstance(new, _INJECT_STATES):
       new = new._replace(inner_state=_map_nodes(
-          one_step, new.inner_state, old.inner_state))
+          past, new.inner_state, old.inner_state))
     return new
-  return _map_nodes(one_step, after, before)
+  return _map_nodes(past, after, before)
 
 
 def reset_optimizer_state(optimizer: optax.GradientTransformation,
