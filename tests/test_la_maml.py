@@ -101,9 +101,11 @@ def _setup(strategy, optimizer, n_chunks=2):
            "weight": jnp.array([1.0, 1.0, 1.0, 0.0])}
   x64 = x.astype(np.float64)
   y, weight = np.array([0, 1, 1, 0]), np.array([1.0, 1.0, 1.0, 0.0])
-  size = -(-4 // n_chunks)
-  chunks = [(x64[k * size:(k + 1) * size][:max(0, 4 - k * size)],
-             y[k * size:(k + 1) * size], weight[k * size:(k + 1) * size])
+  # Avalanche's chunks of the 3 samples: ceil(3 / n_chunks) rows each.
+  size = -(-3 // n_chunks)
+  chunks = [(x64[k * size:min((k + 1) * size, 3)],
+             y[k * size:min((k + 1) * size, 3)],
+             weight[k * size:min((k + 1) * size, 3)])
             for k in range(n_chunks)]
   mixed = (np.concatenate([x64[:4], x64[4:]]),
            np.concatenate([y, [2, 0]]), np.concatenate([weight, [1.0, 1.0]]))
@@ -115,18 +117,19 @@ def _setup(strategy, optimizer, n_chunks=2):
   return new, theta, alpha, chunks, mixed
 
 
-# Three updates on a batch of 4 cut it into 2, 2 and an empty chunk, whose
-# step is none and whose meta-loss term repeats the previous one (with a
-# bound that leaves the meta-gradients' scale unclipped).
+# The batch holds 3 samples and a padding row: 2 updates cut the samples
+# into 2 + 1, 3 into 1 + 1 + 1, and 4 into 1 + 1 + 1 and an empty chunk,
+# whose step is none and whose meta-loss term repeats the previous one (with
+# a bound that leaves the meta-gradients' scale unclipped).
 @pytest.mark.parametrize("second_order, n_chunks, clip", [
-    (True, 2, CLIP), (False, 2, CLIP), (True, 3, 100.0)])
+    (True, 2, CLIP), (False, 2, CLIP), (True, 3, 100.0), (True, 4, 100.0)])
 def test_la_maml_step_is_avalanches_update(second_order, n_chunks, clip):
   strategy = la_maml(mem_size=4, batch_size_mem=3, n_inner_updates=n_chunks,
                      second_order=second_order, grad_clip_norm=clip,
                      lr_alpha=0.3, alpha_init=0.2)
   new, theta, alpha, chunks, mixed = _setup(strategy, optax.sgd(0.1),
                                             n_chunks)
-  assert len(chunks[-1][1]) == (0 if n_chunks == 3 else 2)
+  assert len(chunks[-1][1]) == (0 if n_chunks == 4 else 1)
   held = None if second_order else _inner_grads(theta, alpha, chunks, clip)
   meta = lambda leaves: _meta_loss(leaves[:2], leaves[2:], chunks, mixed,
                                    held, clip)

@@ -35,11 +35,12 @@ Learning for Continual Learning", NeurIPS 2020. Every parameter has its own
 learnable learning rate ``α`` (from ``alpha_init``). Per mini-batch of B
 current samples, with ``θ`` the parameters:
 
-1. ``θ_0 = θ``; the batch is cut into ``n_inner_updates`` chunks of
-   ``ceil(B / n_inner_updates)`` rows; for chunk ``k``: ``g_k`` = the
-   gradient of the chunk's loss at ``θ_{k-1}``, clipped elementwise to
-   ``±grad_clip_norm``; ``θ_k = θ_{k-1} − α ⊙ g_k``; meta-loss ``L_k`` = the
-   loss of the batch and ``batch_size_mem`` memory samples at ``θ_k``.
+1. ``θ_0 = θ``; the batch's samples (padding rows aside) are cut into
+   ``n_inner_updates`` chunks of ``ceil(B / n_inner_updates)``; for chunk
+   ``k``: ``g_k`` = the gradient of the chunk's loss at ``θ_{k-1}``,
+   clipped elementwise to ``±grad_clip_norm``; ``θ_k = θ_{k-1} − α ⊙
+   g_k``; meta-loss ``L_k`` = the loss of the batch and ``batch_size_mem``
+   memory samples at ``θ_k``.
 2. The gradients of ``mean_k L_k`` with respect to ``θ`` and ``α`` (through
    the inner steps; with ``second_order=False`` the ``g_k`` are held
    constant) are each clipped to global norm ``grad_clip_norm``.
@@ -232,9 +233,16 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
 
   def update(ctx, cl_state, state, batch, key, ops):
     b = ctx.batch_size
-    chunk = math.ceil(b / n_inner_updates)
+    rows = math.ceil(b / n_inner_updates)  # The largest chunk's.
     draw_key, *keys = jax.random.split(key, 1 + 2 * n_inner_updates)
     current = {name: value[:b] for name, value in batch.items()}
+    # Avalanche chunks the batch's samples: padding rows (an epoch's last
+    # batch, small online mini-experiences) go last and count for nothing.
+    real = current["weight"] > 0
+    current = jax.tree.map(
+        lambda a: a[jnp.argsort(~real, stable=True)], current)
+    n_real = jnp.sum(real)
+    chunk = (n_real + n_inner_updates - 1) // n_inner_updates
     mixed = buffers.concat_batches(
         current, _draw(cl_state.memory, draw_key, batch_size_mem, ops))
 
@@ -243,21 +251,31 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     def clip_norm(tree):
       return optax.clip_by_global_norm(bound).update(tree, ())[0]
 
+    def chunk_rows(k):
+      """Chunk ``k``, samples ``[k c, (k + 1) c)`` of the ``n_real``, as
+      ``rows`` rows whose others weigh 0."""
+      start = jnp.minimum(k * chunk, b - rows)
+      index = start + jnp.arange(rows)
+      inside = (index >= k * chunk) & (index < jnp.minimum((k + 1) * chunk,
+                                                           n_real))
+      part = jax.tree.map(
+          lambda a: jax.lax.dynamic_slice_in_dim(a, start, rows), current)
+      return {**part, "weight": jnp.where(inside, part["weight"], 0.0)}
+
     def meta_loss(params, alpha):
       fast, total = params, 0.0
       for k in range(n_inner_updates):
-        # Chunks past the batch's end are empty (B = 8 and 5 updates: 2, 2,
+        # Chunks past the samples are empty (8 samples and 5 updates: 2, 2,
         # 2, 2, 0): no inner step, their meta-loss term repeats the last, as
         # with Avalanche's zero gradient of an empty chunk.
-        if k * chunk < b:
-          part = {name: value[k * chunk:(k + 1) * chunk]
-                  for name, value in current.items()}
-          grads = jax.grad(ops.loss)(fast, state, part, keys[2 * k])
-          if not second_order:
-            grads = jax.lax.stop_gradient(grads)
-          fast = jax.tree.map(
-              lambda p, a, g: p - a * jnp.clip(g, -bound, bound),
-              fast, alpha, grads)
+        grads = jax.grad(ops.loss)(fast, state, chunk_rows(k), keys[2 * k])
+        grads = jax.tree.map(
+            lambda g, k=k: jnp.where(k * chunk < n_real, g, 0.0), grads)
+        if not second_order:
+          grads = jax.lax.stop_gradient(grads)
+        fast = jax.tree.map(
+            lambda p, a, g: p - a * jnp.clip(g, -bound, bound),
+            fast, alpha, grads)
         total = total + ops.loss(fast, state, mixed, keys[2 * k + 1])
       return total / n_inner_updates
 
