@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (device_experience, fit_seeds_alone, log_softmax,
-                      make_benchmark, tiny_cli_metrics)
+from conftest import (assert_refuses_online_streams, device_experience,
+                      fit_seeds_alone, log_softmax, make_benchmark,
+                      tiny_cli_metrics)
 
 import jaxcl
 from jaxcl.models import Model
@@ -308,3 +309,10 @@ def test_bic_refuses_bad_arguments_task_labels_and_streaming():
 def test_bic_from_the_command_line(tmp_path):
   tiny_cli_metrics(tmp_path, "--strategy", "bic", "--mem-size",
                    "200", "--stage-2-epochs", "5")  # Exits with 0.
+
+
+def test_bic_refuses_online_streams_before_compiling(no_compiling):
+  assert_refuses_online_streams(
+      bic(mem_size=20), r"a mini-experience's few samples would mostly or "
+      r"all go to validation, leaving little or nothing to train on or to "
+      r"store")

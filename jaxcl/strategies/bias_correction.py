@@ -197,10 +197,12 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
   Differences from Avalanche, documented in ``docs/strategies_rehearsal.md``:
   the distillation normalises the softened outputs over the classes (as the
   paper and FACIL do; Avalanche's softmax runs over the batch) and uses
-  ``temperature`` (Avalanche's is fixed at 2); the classes outside the
-  correction keep their logits (Avalanche's layer adds 1 to them); held-out
-  samples stay in the experience with weight 0, so an epoch has as many
-  steps as without holding out.
+  ``temperature`` (Avalanche's is fixed at 2); held-out samples stay in the
+  experience with weight 0, so an epoch has as many steps as without
+  holding out; the correction is fitted on the held-out samples without
+  augmentation. In a chain, put ``bic`` after strategies that rewrite the
+  output layer at the end of an experience (CWR*, AR1): its teacher and
+  correction are taken at its own ``end_experience``.
 
   Args:
     mem_size: Replay memory capacity (Avalanche's default 2000).
@@ -220,7 +222,8 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
   Raises:
     ValueError: Bad arguments; a stream with task labels (``init``); the
       experience streamed from the host (the held-out rows are positions in
-      the whole experience).
+      the whole experience); an online stream (``adapt_data``, before
+      compiling).
 
   Example:
     >>> bic(mem_size=2000, val_percentage=0.1).name
@@ -354,7 +357,14 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
     return bias_correct(ctx.logits(params, model_state, x, task), cl.alpha,
                         cl.beta, cl.corrected)
 
-  return Strategy(name="bic", init=init, begin_experience=begin_experience,
+  adapt_data = refuse_online_streams(
+      "bic holds out a validation quota of every class from each experience "
+      "(Avalanche's BiCPlugin splits every experience too): a "
+      "mini-experience's few samples would mostly or all go to validation, "
+      "leaving little or nothing to train on or to store",
+      "replay(storage='class_balanced') or er_ace for online training")
+  return Strategy(name="bic", init=init, adapt_data=adapt_data,
+                  begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,
                   end_experience=end_experience, predict=predict,
                   drops_current_rows=True)
