@@ -198,3 +198,14 @@ def folder_problem(folder: str | os.PathLike[str]) -> str | None:
       return ("is a file" if existing == path
               else f"is inside the file {str(existing)!r}")
   return None
+
+
+def make_folder(name: str, folder: str | os.PathLike[str]) -> None:
+  """Creates ``folder`` now, so that one that cannot be made stops a run
+  before it compiles and trains, not at its first write."""
+  try:
+    pathlib.Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"{name} {os.fspath(folder)!r} cannot be created: "
+                     f"{type(error).__name__}: {error.strerror or error}; "
+                     "expected a folder this process can write.") from error

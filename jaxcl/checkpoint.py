@@ -1,6 +1,6 @@
 """Checkpoints of whole runs with orbax: resume a run exactly where it stopped.
 
-A checkpoint is one orbax step directory per finished experience holding two
+A checkpoint is one orbax step directory per evaluated experience holding two
 items: ``arrays`` (for ``fit``, the :class:`~jaxcl.training.TrainState`,
 written by orbax's ``StandardCheckpointHandler`` as tensorstore files; PRNG
 keys as their raw key data) and ``meta`` (one JSON file: the run's
@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import jax
+import jaxlib
 import numpy as np
 
 from jaxcl import _hosts, _validation
@@ -81,6 +82,22 @@ def _raw(tree: PyTree) -> PyTree:
   """Typed PRNG keys as their uint32 key data: orbax stores plain arrays."""
   return jax.tree.map(lambda a: jax.random.key_data(a) if _is_key(a) else a,
                       tree)
+
+
+def _restore_target(leaf: Any) -> jax.ShapeDtypeStruct:
+  """The saved form of a leaf of ``like``: key data for typed PRNG keys,
+  else its shape and its own dtype (numpy's 64-bit types included)."""
+  if _is_key(leaf):
+    leaf = jax.eval_shape(jax.random.key_data, leaf)
+  dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
+  return jax.ShapeDtypeStruct(np.shape(leaf), dtype)
+
+
+def _as_arrays(tree: PyTree) -> PyTree:
+  """Python numbers as numpy scalars (arrays and lazy views as they are)."""
+  return jax.tree.map(
+      lambda a: np.asarray(a) if isinstance(a, (bool, int, float)) else a,
+      tree)
 
 
 def place(arrays: PyTree, like: PyTree) -> PyTree:
@@ -324,7 +341,7 @@ class Checkpointer:
                        f"{str(self.directory)!r} already holds checkpoint "
                        f"{saved[-1]}; expected a larger step.")
     ocp = _orbax()
-    host = _hosts.host_copy(_raw(arrays))
+    host = _as_arrays(_hosts.host_copy(_raw(arrays)))
     body = {"config": self.config, "arrays_sha256": _checksum(host),
             "layout": _layout(host), "meta": _encode(meta)}
     payload = {"format": FORMAT, "sha256": _json_sha256(body), "body": body}
@@ -351,8 +368,7 @@ class Checkpointer:
       CheckpointError: if the newest readable checkpoint comes from a different
         configuration, or no checkpoint is usable.
     """
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
-                          jax.eval_shape(_raw, like))
+    target = jax.tree.map(_restore_target, like)
     # On several hosts orbax reads the folder on process 0 and shares what it
     # finds (a collective), so every host must look at the same folder.
     where = (f"the views of checkpoint_dir {str(self.directory)!r} (one "
@@ -590,5 +606,8 @@ def run_config(*, benchmark, train_stream, model, strategy_name: str,
       **_plain(dict(settings)),
       "state": _describe(state),
       "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      # XLA's options change the compiled code, not the lowered programs.
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "programs_sha256": _programs_sha256(programs),
   }

@@ -927,13 +927,13 @@ def _enable_cache(args: argparse.Namespace,
   """The compilation cache of ``--compilation-cache``. A folder the user
   named that cannot be created stops the run; the default one (under a
   read-only home, say) only costs the caching, with a warning."""
-  from jaxcl import compilation
+  from jaxcl import _validation, compilation
   from jaxcl.loggers.base import is_remote_path
   folder = args.compilation_cache
   named = ("compilation_cache" in typed if typed is not None
            else folder != str(compilation.DEFAULT_CACHE_DIR))
   if folder and named and not is_remote_path(folder):
-    _make_folder("--compilation-cache", folder)
+    _validation.make_folder("--compilation-cache", folder)
   in_flag_terms = lambda message: message.replace(
       f"folder={folder!r}", f"--compilation-cache {folder!r}")
   with warnings.catch_warnings(record=True) as caught:
@@ -962,17 +962,6 @@ def _new_default_logdir() -> pathlib.Path:
     return logdir
 
 
-def _make_folder(flag: str, folder: str) -> None:
-  """Creates ``folder`` now, so that one that cannot be made stops the run
-  before it trains, not at its first write."""
-  try:
-    pathlib.Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"{flag} {folder!r} cannot be created: "
-                     f"{type(error).__name__}: {error.strerror or error}; "
-                     "expected a folder this process can write.") from error
-
-
 def _run_on_joined_hosts(args: argparse.Namespace,
                          start: float) -> dict[str, Any]:
   """``run`` once the hosts (if several) have joined: train, write, report."""
@@ -980,7 +969,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   import optax
 
   import jaxcl
-  from jaxcl import _hosts, loggers
+  from jaxcl import _hosts, _validation, loggers
   from jaxcl.models import MODELS
   # Every host trains; one writes the outputs.
   primary = jax.process_index() == 0
@@ -1032,11 +1021,11 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   fresh_logdir = not args.logdir or not pathlib.Path(
       args.logdir).expanduser().exists()
   if args.checkpoint_dir:
-    _make_folder("--checkpoint-dir", args.checkpoint_dir)
+    _validation.make_folder("--checkpoint-dir", args.checkpoint_dir)
   if args.logdir:
     logdir = pathlib.Path(args.logdir).expanduser()
     if primary:
-      _make_folder("--logdir", args.logdir)
+      _validation.make_folder("--logdir", args.logdir)
   else:  # Only the primary host writes: the others make no folder.
     logdir = _new_default_logdir() if primary else pathlib.Path("runs")
   writer = None

@@ -299,6 +299,58 @@ def test_checkpointed_experiences_metrics_are_on_disk(tmp_path, monkeypatch):
   assert on_disk == [(1, {0}, True), (2, {0, 1}, True)]
 
 
+class _MinibatchRows(MetricWriter):
+  """Records the minibatch rows written, and how many at each save."""
+
+  def __init__(self):
+    self.rows, self.at_save = [], []
+
+  def write_scalars(self, step, scalars):
+    if any(name.startswith("minibatch/") for name in scalars):
+      self.rows.append((step, dict(scalars)))
+
+  def flush(self):
+    pass
+
+
+def test_minibatch_rows_of_runs_that_stop_apart_survive_checkpoints(
+    tmp_path, monkeypatch):
+  # Six runs stop early at different steps: each step's row (the mean over
+  # all runs) is written once, when every run has passed it, with
+  # checkpoints or without, and across a resume.
+  bench = jaxcl.benchmarks.with_validation(
+      make_benchmark(n_classes=8, n_experiences=4, per_class=16), 0.25)
+  save = checkpoint.Checkpointer.save
+  writer = None
+
+  def save_and_count(self, step, arrays, meta):
+    writer.at_save.append(len(writer.rows))
+    save(self, step, arrays, meta)
+
+  monkeypatch.setattr(checkpoint.Checkpointer, "save", save_and_count)
+
+  def run(folder):
+    nonlocal writer
+    writer = _MinibatchRows()
+    jaxcl.fit(jaxcl.models.MLP(8, hidden_size=16, drop_rate=0.25), naive(),
+              optax.sgd(0.3), bench, seeds=list(range(6)), epochs=10,
+              batch_size=8, periodic_eval=jaxcl.PeriodicEval(every=1),
+              early_stopping=jaxcl.EarlyStopping(patience=2),
+              metrics=["accuracy", "minibatch"], writer=writer,
+              checkpoint_dir=folder)
+    return writer
+
+  alone = run(None).rows
+  checkpointed = run(str(tmp_path))
+  assert checkpointed.rows == alone
+  # Killed after checkpoint 3 (of the two kept): what was written by then,
+  # and the resumed run's rows.
+  (tmp_path / "4").rename(tmp_path / "gone")
+  resumed = run(str(tmp_path))
+  assert checkpointed.rows[:checkpointed.at_save[2]] + resumed.rows == alone
+  assert len({step for step, _ in alone}) == len(alone)
+
+
 def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
   ckpt = _copy(finished, tmp_path)
   _garble_metadata(ckpt / "4")
@@ -349,6 +401,17 @@ def test_another_kind_of_device_is_refused(finished, tmp_path, monkeypatch):
   with pytest.raises(checkpoint.CheckpointError,
                      match=r'devices\.device_kind: checkpoint has "[^"]+", '
                      r'this run has "another kind"'):
+    _run(ckpt)
+
+
+def test_other_xla_flags_are_refused(finished, tmp_path, monkeypatch):
+  # XLA's options change the compiled code, not the lowered programs.
+  ckpt = _copy(finished, tmp_path)
+  flags = os.environ.get("XLA_FLAGS", "")
+  monkeypatch.setenv("XLA_FLAGS", f"{flags} --xla_cpu_max_isa=AVX".strip())
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"xla_flags: checkpoint has .*, this run has "
+                     r".*--xla_cpu_max_isa=AVX"):
     _run(ckpt)
 
 
@@ -485,6 +548,24 @@ def test_checkpointer_round_trips_keys_and_metadata_types(tmp_path):
   assert checkpoint.Checkpointer(folder, config={"a": 1}).steps() == [5]
 
 
+def test_checkpointer_round_trips_numpy_64_bit_leaves_and_numbers(tmp_path):
+  # A custom loop's state: numpy float64 and int64 arrays and Python
+  # numbers come back with their own dtypes (JAX's 32-bit defaults had the
+  # saved layout refused).
+  state = {"w": np.arange(3.0), "epoch": np.int64(4), "seen": 7, "lr": 0.5}
+  ckpt = checkpoint.Checkpointer(tmp_path / "c", config={})
+  ckpt.save(1, state, {})
+  for like in (state, jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype),
+      state)):
+    arrays = checkpoint.Checkpointer(tmp_path / "c", config={}).restore(
+        like).arrays
+    assert {k: (np.asarray(v).dtype, np.asarray(v).tolist())
+            for k, v in arrays.items()} == {
+                "w": (np.float64, [0.0, 1.0, 2.0]), "epoch": (np.int64, 4),
+                "seen": (np.int64, 7), "lr": (np.float64, 0.5)}
+
+
 def test_cli_resumes_from_checkpoint_dir(tmp_path):
   def run(logdir):
     assert cli.main([
@@ -547,6 +628,8 @@ def test_numpy_numbers_resume_the_run_python_numbers_wrote(finished, tmp_path,
      "checkpoint_dir '' names no folder; expected a folder path"),
     (dict(checkpoint_dir="  "), ValueError, "names no folder"),
     (dict(checkpoint_dir=7), TypeError, "checkpoint_dir must be a path, got 7"),
+    (dict(checkpoint_dir="/proc/jaxcl_ckpt"), ValueError,
+     "checkpoint_dir '/proc/jaxcl_ckpt' cannot be created: FileNotFoundError"),
     (dict(checkpoint_keep=0), ValueError,
      "checkpoint_keep must be a positive integer, got 0"),
     (dict(checkpoint_keep="two"), TypeError, "checkpoint_keep must be"),

@@ -807,6 +807,9 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       "budget": budget, "streamed": bool(trainer), "block": block,
       "split_test": split_test})
 
+  if checkpoint_dir is not None:
+    # Made now, so that one that cannot be is refused before any lowering.
+    _validation.make_folder("checkpoint_dir", checkpoint_dir)
   start = time.perf_counter()
   # One compiled init instead of Flax's op-by-op eager initialisation.
   init_fn = jax.jit(_init_fn(ctx, runs, sample, sample_task, batched),
@@ -1007,6 +1010,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   if bar is not None:
     bar.update(done)
   held = _HeldMinibatch(writer) if minibatch and writer is not None else None
+  if held is not None and restored is not None:
+    # The steps that some run had not passed at the checkpoint were held.
+    passed = int(np.min(per_run(state.step)))
+    held.add([{name: column[columns["step"] > passed]
+               for name, column in columns.items()}
+              for columns in meta["minibatch"]])
 
   def read_back(pending):
     """Host copies of the trained experiences' metrics, checked in order."""
@@ -1125,9 +1134,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       bar.update(len(indices))
     if checkpointer is not None:
       # A checkpointed experience's metrics must be on disk with it: a run
-      # killed later resumes after it and does not write them again.
-      if held is not None:
-        held.write()
+      # killed later resumes after it and does not write them again. Held
+      # minibatch steps stay held: a resumed run holds them again.
       if writer is not None:
         writer.flush()
       checkpointer.save(i + 1, state, {
