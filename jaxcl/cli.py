@@ -135,6 +135,16 @@ def _flag_kind(defaults: list[Any]) -> tuple[type, bool] | None:
   return kinds.pop(), sequence
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows a flag's default unless it is None or its help already says it
+  (``--logdir``'s "default: runs/<timestamp>")."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    if action.default is None or "default" in (action.help or ""):
+      return action.help or ""
+    return super()._get_help_string(action)
+
+
 def _strategy_flags(parser: argparse.ArgumentParser) -> None:
   """One flag per hyperparameter of the registered strategies."""
   from jaxcl.strategies import REGISTRY
@@ -191,7 +201,7 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
       "run", help="train a strategy over a benchmark and evaluate it",
       description="Train a strategy over a benchmark's train stream, evaluate "
       "on the test stream after every experience, and write the results.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=_DefaultsHelpFormatter)
   data = run.add_argument_group("benchmark")
   data.add_argument("--benchmark", default="split_mnist",
                     help=f"one of: {', '.join(sorted(BENCHMARKS))}")

@@ -71,7 +71,8 @@ def test_values_in_the_strategy_spec_equal_the_flags(tmp_path, xla_cache):
   # Every hyperparameter each strategy was built with, defaults included.
   replay, lwf = spec["config"]["strategy_hyperparameters"]
   assert replay == {"strategy": "replay", "mem_size": 40,
-                    "batch_size_mem": 0, "storage": "experience_balanced"}
+                    "batch_size_mem": 0, "storage": "experience_balanced",
+                    "selection": "random"}
   assert lwf == {"strategy": "lwf", "alpha": 2, "temperature": 2.0}
   assert flags["config"]["strategy_hyperparameters"][1]["alpha"] == 2.0
   assert results("--strategy", "replay+lwf", "--mem-size", "40")[

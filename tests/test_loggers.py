@@ -110,6 +110,23 @@ def test_csv_writer_splits_train_and_eval(tmp_path):
     ]
 
 
+def test_file_writers_put_each_call_on_disk_before_returning(tmp_path):
+    # A run killed (SIGTERM, a host stopped with os._exit) never closes its
+    # writers: what they were given must already be in the files.
+    jsonl = loggers.JsonlWriter(tmp_path / "m.jsonl")
+    table = loggers.CsvWriter(tmp_path)
+    jsonl.write_scalars(1, {"eval/stream/accuracy": 0.5})
+    table.write_scalars(1, {"train/loss": 0.25, "eval/stream/accuracy": 0.5})
+    assert json.loads((tmp_path / "m.jsonl").read_text()) == {
+        "step": 1, "eval/stream/accuracy": 0.5}
+    assert read_csv(tmp_path / "training_results.csv")[1:] == [
+        ["1", "train/loss", "0.25"]]
+    assert read_csv(tmp_path / "eval_results.csv")[1:] == [
+        ["1", "eval/stream/accuracy", "0.5"]]
+    jsonl.close()
+    table.close()
+
+
 def test_console_and_text_log_write_the_same_lines(tmp_path, capsys):
     stream = io.StringIO()
     path = tmp_path / "log.txt"
@@ -465,6 +482,13 @@ def test_format_metrics_table():
         "eval/stream/accuracy    0.912 ± 0.010",
         "eval/stream/forgetting            n/a",
         "bwt                           -0.0500",
+    ]
+    # Means too small or too large for 3 decimals keep 3 significant digits.
+    assert loggers.format_metrics_table(
+        {"train_loss": (4.2e-4, 1e-5), "train_flops": (54029311.0, 0.0)}
+    ).splitlines() == [
+        "train_loss   4.200e-04 ± 1.000e-05",
+        "train_flops  5.403e+07 ± 0.000e+00",
     ]
     undefined = loggers.format_metrics_table({"peak_device_memory_mb": float("nan"),
                                               "forgetting": (float("nan"), 0.0)})

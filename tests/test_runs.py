@@ -116,6 +116,36 @@ def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
                 optimizer=optax.sgd(0.1))
 
 
+@pytest.mark.parametrize("strategy", [
+    lambda v: from_scratch(),  # Its state holds a key.
+    lambda v: jaxcl.strategies.rar(mem_size=8, use_adversarial_replay=v > 0),
+], ids=["key_in_state", "hooks_switched"])
+def test_sweep_refuses_values_that_key_or_hooks_hid(tiny_benchmark,
+                                                    tiny_model, strategy):
+  # Keys compared unequal whatever their data, and a value that switches a
+  # hook on made the states differ: both swept runs trained as run 0.
+  with pytest.raises(ValueError, match="run 1 of the sweep (has the same "
+                     "strategy and optimizer state|builds a strategy with "
+                     "other hooks) than run 0|as run 0"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.0, 1.0], strategy=strategy,
+                optimizer=optax.sgd(0.1))
+
+
+def test_rar_sweep_over_attack_steps_equals_runs_alone(tiny_benchmark,
+                                                       tiny_model):
+  # The number of MI-FGSM steps lives in the state: each run takes its own.
+  rar = lambda n: jaxcl.strategies.rar(mem_size=8, iter_fgsm=int(n),
+                                       decay_factor_fgsm=0.5)
+  settings = dict(batch_size=5, epochs=2)
+  swept = jaxcl.sweep(tiny_model, tiny_benchmark, [2, 5], strategy=rar,
+                      optimizer=optax.sgd(0.1), **settings)
+  for run, n in zip(swept.runs, (2, 5)):
+    alone = jaxcl.fit(tiny_model, rar(n), optax.sgd(0.1), tiny_benchmark,
+                      **settings)
+    chex.assert_trees_all_close(run.state.params, alone.state.params,
+                                rtol=1e-5, atol=1e-6)
+
+
 def test_sweep_refuses_a_value_the_optimizer_recomputes(tiny_benchmark,
                                                         tiny_model):
   # inject_hyperparams stores the schedule's value but recomputes it from

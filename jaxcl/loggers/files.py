@@ -33,8 +33,9 @@ class JsonlWriter(MetricWriter):
     float values (NaN is written as the `NaN` literal, which Python's `json`
     reads back); each `write_texts` call the same with string values;
     `write_hparams` becomes `{"hparams": {...}}`. Images, videos, audio,
-    histograms and raw summaries are ignored. Lines are buffered until `flush`
-    or `close`.
+    histograms and raw summaries are ignored. Each call's line reaches the
+    file before the call returns (as Avalanche's CSV logger flushes every
+    row), so a killed run keeps what it wrote.
 
     Example:
         >>> writer = JsonlWriter("/tmp/jaxcl_example/metrics.jsonl")
@@ -48,6 +49,7 @@ class JsonlWriter(MetricWriter):
 
     def _write(self, record: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(record, default=_to_json) + "\n")
+        self._file.flush()
 
     def write_scalars(self, step: int, scalars: Mapping[str, ArrayLike]) -> None:
         check_scalars(scalars)
@@ -77,6 +79,7 @@ def _open_csv(path: pathlib.Path) -> tuple[TextIO, Any]:
     writer = csv.writer(file)
     if file.tell() == 0:
         writer.writerow(("step", "metric", "value"))
+        file.flush()
     return file, writer
 
 
@@ -86,7 +89,7 @@ class CsvWriter(MetricWriter):
     Scalars named `train/...` and `minibatch/...` go to
     `training_results.csv`, all others to `eval_results.csv`. Both are in long format, one row per value under the
     header `step,metric,value`; existing files are appended to. Only scalars
-    are written.
+    are written, each call's rows reaching the files before it returns.
 
     Example:
         >>> writer = CsvWriter("/tmp/jaxcl_example")
@@ -106,6 +109,7 @@ class CsvWriter(MetricWriter):
             training = name.startswith(("train/", "minibatch/"))
             writer = self._train if training else self._eval
             writer.writerow((step, name, float(value)))
+        self.flush()
 
     def flush(self) -> None:
         self._train_file.flush()

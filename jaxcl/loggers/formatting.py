@@ -145,12 +145,15 @@ def _format_entry(value: float | None | Sequence[float]) -> str:
         return "n/a"
     if np.ndim(value) == 0:
         return format_value(value)
-    mean, std = value
-    if np.isnan(float(mean)):
+    mean, std = float(value[0]), float(value[1])
+    if np.isnan(mean):
         return "n/a"
-    if np.isnan(float(std)):  # One run with a value: no spread to show.
-        return f"{float(mean):.3f} ± n/a"
-    return f"{float(mean):.3f} ± {float(std):.3f}"
+    # Both in the mean's notation: 3 decimals, or 3 significant digits for
+    # means too small or too large for them.
+    spec = ".3f" if mean == 0 or 1e-3 <= abs(mean) < 1e6 else ".3e"
+    if np.isnan(std):  # One run with a value: no spread to show.
+        return f"{mean:{spec}} ± n/a"
+    return f"{mean:{spec}} ± {std:{spec}}"
 
 
 def format_metrics_table(metrics: Mapping[str, float | None | Sequence[float]]) -> str:

@@ -1175,6 +1175,8 @@ class RarState:
     decay_factor_fgsm: Momentum decay of MI-FGSM.
     epsilon_fgsm: L-inf budget of the perturbation, a fraction of the
       input range.
+    iter_fgsm: MI-FGSM's ``iterations`` (int32), so that runs swept over it
+      each take their own number of steps.
 
   Each hyperparameter is 0 where the configuration does not read it (see
   :func:`rar`), so that a sweep over it is refused.
@@ -1185,6 +1187,7 @@ class RarState:
   beta_coef: jax.Array
   decay_factor_fgsm: jax.Array
   epsilon_fgsm: jax.Array
+  iter_fgsm: jax.Array
 
 
 def nearest_other_class(features: jax.Array, y: jax.Array,
@@ -1226,7 +1229,7 @@ def nearest_other_class(features: jax.Array, y: jax.Array,
 
 
 def mi_fgsm(loss_grad, x: jax.Array, epsilon: jax.Array, decay: jax.Array,
-            iterations: int, low: float = 0.0, high: float = 1.0
+            iterations: int | jax.Array, low: float = 0.0, high: float = 1.0
             ) -> jax.Array:
   """Targeted MI-FGSM (Dong et al., "Boosting Adversarial Attacks with
   Momentum", CVPR 2018) with Avalanche's RAR schedule.
@@ -1243,8 +1246,8 @@ def mi_fgsm(loss_grad, x: jax.Array, epsilon: jax.Array, decay: jax.Array,
     x: ``[m, ...]`` inputs.
     epsilon: The L-inf budget.
     decay: The momentum's decay.
-    iterations: Avalanche's ``iter_fgsm`` (static): ``iterations - 1``
-      steps of ``epsilon / iterations``.
+    iterations: Avalanche's ``iter_fgsm`` (a Python or traced integer):
+      ``iterations - 1`` steps of ``epsilon / iterations``.
     low: The smallest valid input value.
     high: The largest valid input value.
 
@@ -1402,7 +1405,8 @@ def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
       _refuse_signed_inputs(ctx.x_dtype)
       output_layer_path(ctx, params, init_model_state(ctx, key))
     return RarState(buffers.for_context(ctx, mem_size, policy="reservoir"),
-                    *map(jnp.float32, stored))
+                    *map(jnp.float32, stored),
+                    iter_fgsm=jnp.int32(iter_fgsm if adversarial else 0))
 
   def transform_batch(ctx, cl_state, batch, key):
     return _with_memory_rows(ctx, cl_state.buffer, batch, key, batch_size_mem)
@@ -1430,8 +1434,8 @@ def rar(batch_size_mem: int = 0, mem_size: int = 200, opt_lr: float = 0.1,
 
     scale = _input_scale(rows["x"].dtype)
     x_adv = mi_fgsm(jax.grad(target_loss), rows["x"],
-                    cl.epsilon_fgsm * scale, cl.decay_factor_fgsm, iter_fgsm,
-                    high=scale)
+                    cl.epsilon_fgsm * scale, cl.decay_factor_fgsm,
+                    cl.iter_fgsm, high=scale)
     replayed = {**rows, "x": x_adv, "weight": weight}
 
     def adversarial_loss(params):

@@ -615,19 +615,19 @@ def _stack_runs(states: Sequence[Any]) -> Any:
   for i, state in enumerate(states[1:], 1):
     leaves = jax.tree_util.tree_flatten_with_path(state)
     if leaves[1] != first[1]:
-      raise ValueError(
+      raise raised_on_every_host(ValueError(
           f"run {i} of the sweep builds a state of another structure than "
           "run 0 (the swept value changes the strategy's or optimizer's "
           "make-up); one compiled program cannot serve both: run the values "
-          "as separate fit calls.")
+          "as separate fit calls."))
     for (path, a), (_, b) in zip(first[0], leaves[0]):
       # Dtypes may differ (1 and 0.1 injected): stacking promotes them.
       if a.shape != b.shape:
-        raise ValueError(
+        raise raised_on_every_host(ValueError(
             f"run {i} of the sweep builds state{jax.tree_util.keystr(path)} "
             f"of shape {b.shape}, run 0 of {a.shape}: a swept value that "
             "changes shapes (e.g. a memory size) cannot share one compiled "
-            "program; run the values as separate fit calls.")
+            "program; run the values as separate fit calls."))
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
@@ -655,16 +655,26 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
   lost.
   """
   state = host_copy(state)
-  leaves = jax.tree.leaves((state.cl_state, state.opt_state))
+  # Typed keys compare by their data (np.array_equal finds two of them
+  # unequal, which let every sweep of a strategy holding a key pass).
+  leaves = [jax.random.key_data(leaf)
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key) else leaf
+            for leaf in jax.tree.leaves((state.cl_state, state.opt_state))]
   for i in range(1, len(runs)):
+    if _hook_layout(runs[i].strategy) != _hook_layout(runs[0].strategy):
+      raise raised_on_every_host(ValueError(
+          f"run {i} of the sweep builds a strategy with other hooks than run "
+          "0 (the swept value switches a part of the method on or off, as "
+          "rar's use_adversarial_replay): one compiled program cannot serve "
+          "both; run the values as separate fit calls."))
     if all(np.array_equal(leaf[0], leaf[i]) for leaf in leaves):
-      raise ValueError(
+      raise raised_on_every_host(ValueError(
           f"run {i} of the sweep has the same strategy and optimizer state as "
           "run 0: the swept hyperparameter is not stored in the state, so one "
           "compiled program cannot vary it, or the configuration does not "
           "use it (La-MAML's lr_alpha without learn_lr). Store it as an "
           "array in the strategy state, or use optax.inject_hyperparams for "
-          "optimizers.")
+          "optimizers."))
     if runs[i].optimizer is runs[0].optimizer:
       continue
     params, opt_state = jax.tree.map(lambda a, i=i: a[i],
@@ -674,12 +684,21 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
                                                          params)[0])
                     for run in (runs[0], runs[i]))
     if not all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
-      raise ValueError(
+      raise raised_on_every_host(ValueError(
           f"run {i} of the sweep would train with run 0's optimizer: its "
           "update differs on its own state (the swept value is recomputed "
           "inside the update, e.g. by an optax.inject_hyperparams schedule). "
           "Inject the value itself (inject_hyperparams(optax.sgd)("
-          "learning_rate=value)), or run the values as separate fit calls.")
+          "learning_rate=value)), or run the values as separate fit calls."))
+
+
+def _hook_layout(strategy: Strategy) -> tuple[Any, ...]:
+  """Which of a strategy's slots hold their default, and its flags: what a
+  swept value must not change, since one program runs run 0's hooks."""
+  defaults = Strategy._field_defaults
+  return tuple(value if isinstance(value, (str, bool)) else
+               value is defaults[name]
+               for name, value in strategy._asdict().items())
 
 
 def _fit_runs(model, runs: Sequence[Run], benchmark: Benchmark,
