@@ -781,13 +781,27 @@ def _watch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
   return {"periodic_eval": periodic, "early_stopping": stopping}
 
 
-def _write_images(writer, logdir: pathlib.Path, result) -> None:
-  """Accuracy matrix, curves and confusion matrix to TensorBoard and PNGs."""
+def _write_images(writer, logdir: pathlib.Path, result,
+                  sweep_name: str | None) -> None:
+  """Accuracy matrix, curves and confusion matrix to TensorBoard and PNGs:
+  one set, or with --sweep one per swept value."""
   from jaxcl import loggers
-  matrix = _accuracy_matrix(result)
-  loggers.write_result_images(writer, len(matrix) - 1, logdir,
-                              accuracy_matrix=matrix,
-                              confusion_matrix=_confusion_matrix(result))
+  for label, one in _reported(result, sweep_name):
+    matrix = _accuracy_matrix(one)
+    loggers.write_result_images(writer, len(matrix) - 1, logdir,
+                                accuracy_matrix=matrix,
+                                confusion_matrix=_confusion_matrix(one),
+                                label=label)
+
+
+def _reported(result, sweep_name: str | None) -> list[tuple[str | None, Any]]:
+  """What the outputs show: the result (seeds: their mean), or with --sweep
+  each swept value's run, labelled ``name=value``: a mean over other
+  hyperparameters measures nothing."""
+  if sweep_name is None:
+    return [(None, result)]
+  return [(f"{sweep_name}={value:g}", run)
+          for value, run in zip(result.labels, result.runs)]
 
 
 def _accuracy_matrix(result) -> Any:
@@ -1094,7 +1108,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
           if sweep_name == "lr" else _optimizer(args, lr, optax),
           **fit_kwargs)
     if writer is not None:
-      _write_images(writer, logdir, result)
+      _write_images(writer, logdir, result, sweep_name)
   except Exception:
     # Refused before any result (arguments fit checks, another run's
     # checkpoint): a folder this run created holds nothing of it.
@@ -1121,17 +1135,24 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   if not primary:
     return results
   (logdir / "results.json").write_text(json.dumps(loggers.json_safe(results), indent=2))
-  print("\nAccuracy matrix (row: after training experience i; column: test "
-        "experience j)")
-  if hasattr(result, "runs"):
-    finite = sum(run.nonfinite is None for run in result.runs)
-    left_out = (f" ({len(result.runs) - finite} left out: their loss became "
-                "NaN or infinite)" if finite < len(result.runs) else "")
-    print(f"mean over {len(result.runs)} runs {list(result.labels)}"
-          f"{left_out}:")
-  print(loggers.format_accuracy_matrix(_accuracy_matrix(result)))
-  print()
-  print(loggers.format_metrics_table({**result.metrics, **result.timings}))
+  for label, one in _reported(result, sweep_name):
+    print("\nAccuracy matrix (row: after training experience i; column: "
+          "test experience j)" + (f", {label}" if label else ""))
+    if label is None and hasattr(result, "runs"):
+      finite = sum(run.nonfinite is None for run in result.runs)
+      left_out = (f" ({len(result.runs) - finite} left out: their loss "
+                  "became NaN or infinite)" if finite < len(result.runs)
+                  else "")
+      print(f"mean over {len(result.runs)} runs {list(result.labels)}"
+            f"{left_out}:")
+    print(loggers.format_accuracy_matrix(_accuracy_matrix(one)))
+    print()
+    # The timings are the whole program's, once after the last table.
+    timings = result.timings if one is result else {}
+    print(loggers.format_metrics_table({**one.metrics, **timings}))
+  if sweep_name is not None:
+    print()
+    print(loggers.format_metrics_table(result.timings))
   print(f"\nResults written to {logdir}")
   return results
 

@@ -491,12 +491,12 @@ def test_arguments_checked_twice_stay_valid():
     assert args.early_stopping_mode == mode
 
 
-def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
+def test_sweep_over_learning_rate_reports_each_value(tmp_path, capsys):
   logdir = tmp_path / "sweep"
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
                    "--batch-size", "64", "--sweep", "lr=0.01,0.1", "--logdir",
-                   str(logdir), "--no-progress", "--no-tensorboard", "--quiet",
-                   "--compilation-cache", ""])
+                   str(logdir), "--no-progress", "--no-tensorboard",
+                   "--minibatch-metrics", "--compilation-cache", ""])
   assert code == 0
   results = json.loads((logdir / "results.json").read_text())
   assert results["labels"] == [0.01, 0.1]
@@ -504,13 +504,40 @@ def test_sweep_over_learning_rate_writes_mean_and_std(tmp_path):
   # Each run's accuracies before training (one per test experience).
   assert [len(a) for a in results["initial_accuracies"]] == [2, 2]
   per_run = results["metrics_per_run"]["stream_accuracy"]
-  assert len(per_run) == 2
+  assert len(per_run) == 2 and per_run[0] != per_run[1]
   assert results["metrics"]["stream_accuracy"] == pytest.approx(sum(per_run) / 2)
   assert len(results["accuracy_matrices"]) == 2
   # Both runs' final confusion counts, summed: each counts the 1,000 test
   # digits once.
   confusion = np.array(results["confusion_matrix"])
   assert confusion.shape == (10, 10) and confusion.sum() == 2 * 1000
+  # The logs keep the values apart: each one's stream accuracy after the
+  # last experience, no mean over learning rates.
+  last = [json.loads(line) for line in
+          (logdir / "metrics.jsonl").read_text().splitlines()
+          if '"eval/stream/accuracy' in line][-1]
+  assert [last[f"eval/stream/accuracy/value={v}"] for v in ("0.01", "0.1")] \
+      == pytest.approx(per_run)
+  assert "eval/stream/accuracy" not in last
+  assert "eval/stream/accuracy_std" not in last
+  step_rows = [json.loads(line) for line in
+               (logdir / "metrics.jsonl").read_text().splitlines()
+               if '"minibatch/loss' in line]
+  assert set(step_rows[0]) == {"step"} | {
+      f"minibatch/{name}/value={v}" for name in ("loss", "accuracy")
+      for v in ("0.01", "0.1")}
+  for value in ("lr=0.01", "lr=0.1"):
+    assert (logdir / f"accuracy_matrix_{value}.png").is_file()
+    assert (logdir / f"confusion_matrix_{value}.png").is_file()
+  # The console prints each value's matrix and metrics.
+  printed = capsys.readouterr().out
+  for value, accuracy in zip(("lr=0.01", "lr=0.1"), per_run):
+    table = printed.split(f"test experience j), {value}\n")[1].split(
+        "Accuracy matrix")[0]
+    shown = dict(line.split() for line in table.splitlines()
+                 if line.startswith("stream_accuracy "))
+    assert float(shown["stream_accuracy"]) == pytest.approx(accuracy,
+                                                             abs=1e-4)
 
 
 def test_seeds_and_sweep_together_are_refused(tmp_path, capsys):

@@ -246,6 +246,7 @@ def write_result_images(
     *,
     accuracy_matrix: ArrayLike,
     confusion_matrix: ArrayLike | None = None,
+    label: str | None = None,
 ) -> None:
     """Plots the results, writes them as images and saves them as PNGs.
 
@@ -253,7 +254,8 @@ def write_result_images(
     and, if `confusion_matrix` is given, `eval/stream/confusion_matrix`. Each
     goes to `writer.write_images` with a leading batch dimension of 1, and to
     `<logdir>/<last name component>.png`, overwriting the previous PNG (the
-    writer keeps the history per step).
+    writer keeps the history per step). With a `label` (one run of a sweep,
+    `"lr=0.1"`) the names end in `/<label>` and the PNGs in `_<label>`.
 
     Args:
         writer: Where to write the images, e.g. from `create_writers`.
@@ -262,6 +264,7 @@ def write_result_images(
         logdir: Directory for the PNGs; `None` saves none.
         accuracy_matrix: Accuracy matrix, as for `plot_accuracy_matrix`.
         confusion_matrix: Optional confusion matrix on the whole stream.
+        label: Optional name of the run the results belong to.
 
     Example:
         >>> from jaxcl.loggers import create_writers
@@ -280,7 +283,8 @@ def write_result_images(
     }
     if confusion_matrix is not None:
         images["eval/stream/confusion_matrix"] = plot_confusion_matrix(confusion_matrix)
-    writer.write_images(step, {name: image[None] for name, image in images.items()})
+    tag, suffix = (f"/{label}", f"_{label}") if label else ("", "")
+    writer.write_images(step, {name + tag: image[None] for name, image in images.items()})
     if logdir is not None:
         for name, image in images.items():
-            save_png(image, pathlib.Path(logdir) / f"{name.rsplit('/', 1)[-1]}.png")
+            save_png(image, pathlib.Path(logdir) / f"{name.rsplit('/', 1)[-1]}{suffix}.png")

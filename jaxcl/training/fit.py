@@ -15,6 +15,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import numbers
 import os
 import re
 import time
@@ -1028,7 +1029,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   bar = _progress_bar(n_exp) if progress else None
   if bar is not None:
     bar.update(done)
-  held = _HeldMinibatch(writer) if minibatch and writer is not None else None
+  # A sweep's runs are written apart, its values' scalars side by side.
+  swept_values = labels if swept else None
+  held = (_HeldMinibatch(writer, n_runs, swept_values)
+          if minibatch and writer is not None else None)
   if held is not None and restored is not None:
     # The steps that some run had not passed at the checkpoint were held.
     passed = int(np.min(per_run(state.step)))
@@ -1056,7 +1060,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           for history, run_points in zip(periodic_histories, points):
             history.extend(run_points)
           if writer is not None:
-            _write_periodic(writer, periodic_eval.stream, points)
+            _write_periodic(writer, periodic_eval.stream, points,
+                            swept_values)
         if minibatch:
           steps = _minibatch_columns(j, train_metrics.pop("minibatch"),
                                      nonfinite if flag_nonfinite else None)
@@ -1071,7 +1076,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
           # After the periodic points, which are written before the error.
           check(None)
         if writer is not None:  # Every experience's, evaluated or not.
-          _write_train(writer, j, train_metrics)
+          _write_train(writer, j, train_metrics, swept_values)
     return train_metrics
 
   # Experiences between two evaluations are dispatched without waiting for
@@ -1145,7 +1150,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         rows[r] = row = _diverged(row)
       history.append(row)
     if writer is not None:
-      _write_eval(writer, i, rows, R[:, i])
+      _write_eval(writer, i, rows, R[:, i], swept_values)
     if bar is not None:
       if "stream_accuracy" in rows[0]:
         bar.set_postfix(
@@ -1863,12 +1868,27 @@ def _mean_std(values) -> tuple[float, float]:
                                     else float("nan"))
 
 
-def _with_std(name: str, values) -> dict[str, float]:
+def _with_std(name: str, values, swept: Sequence[Any] | None = None
+              ) -> dict[str, float]:
   """``{name: mean}`` over runs, plus ``name_std`` if several; NaN runs are
-  skipped, and so is an aggregate that is NaN (the std of an infinity)."""
+  skipped, and so is an aggregate that is NaN (the std of an infinity).
+
+  The runs of a sweep (``swept``: their values) are kept apart instead, one
+  scalar per value, ``name/value=<v>``: a mean over other hyperparameters
+  measures nothing.
+  """
+  if swept is not None:
+    return {f"{name}/value={_value_text(value)}": float(v)
+            for value, v in zip(swept, values) if not np.isnan(v)}
   mean, std = _mean_std(values)
   return {k: v for k, v in {name: mean, name + "_std": std}.items()
           if not np.isnan(v)}
+
+
+def _value_text(value: Any) -> str:
+  """A swept value as a scalar's name shows it (``0.1``, ``1e-05``)."""
+  return (f"{value:g}" if isinstance(value, numbers.Real)
+          and not isinstance(value, bool) else str(value))
 
 
 def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
@@ -1878,17 +1898,20 @@ def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
 
 
 def _write_periodic(writer, stream: str,
-                    points: Sequence[Sequence[Mapping[str, Any]]]) -> None:
-  """Writes periodic evaluations at their optimizer step (mean over runs)."""
-  by_step: dict[int, list[Mapping[str, Any]]] = {}
-  for run_points in points:
+                    points: Sequence[Sequence[Mapping[str, Any]]],
+                    swept: Sequence[Any] | None) -> None:
+  """Writes periodic evaluations at their optimizer step (mean over runs,
+  or each swept value's)."""
+  by_step: dict[int, dict[int, Mapping[str, Any]]] = {}
+  for r, run_points in enumerate(points):
     for row in run_points:
-      by_step.setdefault(row["step"], []).append(row)
+      by_step.setdefault(row["step"], {})[r] = row
   for step, rows in sorted(by_step.items()):
     scalars = {}
     for name in ("accuracy", "loss"):
-      scalars.update(_with_std(f"periodic/{stream}/{name}",
-                               [row[f"stream_{name}"] for row in rows]))
+      values = [rows[r][f"stream_{name}"] if r in rows else np.nan
+                for r in range(len(points))]
+      scalars.update(_with_std(f"periodic/{stream}/{name}", values, swept))
     _write_scalars(writer, step, scalars)
 
 
@@ -1900,48 +1923,51 @@ class _HeldMinibatch:
   experiences, so one experience's entries may not hold every run's.
   """
 
-  def __init__(self, writer: Any):
+  def __init__(self, writer: Any, n_runs: int, swept: Sequence[Any] | None):
     self._writer, self._held = writer, {}
+    self._n_runs, self._swept = n_runs, swept
 
   def add(self, steps: Sequence[Mapping[str, np.ndarray]]) -> None:
     """Holds one experience's columns, one set per run."""
-    for columns in steps:
+    for r, columns in enumerate(steps):
       for step, loss, accuracy in zip(columns["step"].tolist(),
                                       columns["loss"].tolist(),
                                       columns["accuracy"].tolist()):
-        runs = self._held.setdefault(step, ([], []))
-        runs[0].append(loss)
-        runs[1].append(accuracy)
+        runs = self._held.setdefault(step, np.full((2, self._n_runs), np.nan))
+        runs[:, r] = loss, accuracy
 
   def write(self, upto: int | None = None) -> None:
     """Writes the held steps up to ``upto`` (all if None), in order."""
     for step in sorted(s for s in self._held if upto is None or s <= upto):
       losses, accuracies = self._held.pop(step)
       _write_scalars(self._writer, step, {
-          **_with_std("minibatch/loss", losses),
-          **_with_std("minibatch/accuracy", accuracies)})
+          **_with_std("minibatch/loss", losses, self._swept),
+          **_with_std("minibatch/accuracy", accuracies, self._swept)})
 
 
-def _write_train(writer, i: int, train_metrics: Mapping[str, np.ndarray]
-                 ) -> None:
+def _write_train(writer, i: int, train_metrics: Mapping[str, np.ndarray],
+                 swept: Sequence[Any] | None) -> None:
   """Writes experience ``i``'s training metrics, per epoch (step: the epoch
-  count over the stream); the mean (and std) over runs if several."""
+  count over the stream); the mean (and std) over runs if several, or each
+  swept value's."""
   epochs = train_metrics["loss"].shape[1]
   for e in range(epochs):
     _write_scalars(writer, i * epochs + e, {
-        **_with_std("train/loss", train_metrics["loss"][:, e]),
-        **_with_std("train/accuracy", train_metrics["accuracy"][:, e])})
+        **_with_std("train/loss", train_metrics["loss"][:, e], swept),
+        **_with_std("train/accuracy", train_metrics["accuracy"][:, e],
+                    swept)})
 
 
 def _write_eval(writer, i: int, rows: Sequence[Mapping[str, float]],
-                accuracies: np.ndarray) -> None:
+                accuracies: np.ndarray, swept: Sequence[Any] | None) -> None:
   """Writes the evaluation after experience ``i`` (step: ``i``); the mean
-  (and std) over runs if several."""
+  (and std) over runs if several, or each swept value's."""
   scalars = {}
   for j in range(accuracies.shape[1]):
-    scalars.update(_with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j]))
+    scalars.update(_with_std(f"eval/exp_{j:03d}/accuracy", accuracies[:, j],
+                             swept))
   for name in rows[0]:
     if name not in ("experience", "train_loss", "train_accuracy"):
       scalars.update(_with_std(f"eval/stream/{name.removeprefix('stream_')}",
-                              [row[name] for row in rows]))
+                               [row[name] for row in rows], swept))
   writer.write_scalars(i, scalars)
