@@ -75,6 +75,9 @@ single = jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), bench,
 out["seeds_sharded_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(
     jax.tree.leaves(seeds.runs[2].state.params),
     jax.tree.leaves(single.state.params)))
+# Each device evaluates its own runs (no gathering of the others').
+out["seeds_sharded_accuracy"] = [r.accuracy_matrix.tolist()
+                                 for r in (seeds.runs[2], single)]
 # An online stream: its mini-experiences train in blocks (one call per span).
 online = jaxcl.benchmarks.split_online(bench, 8)
 blocked = [jaxcl.fit(model, jaxcl.strategies.naive(), optax.sgd(0.1), online,
@@ -172,6 +175,7 @@ def test_four_devices_equal_one_device(tmp_path):
   assert len(out["periodic"][0]) > 2 and out["periodic"][0] == out["periodic"][1]
   assert out["three_seeds"][0] == out["three_seeds"][1]
   assert out["seeds_sharded_diff"] < 1e-5
+  assert out["seeds_sharded_accuracy"][0] == out["seeds_sharded_accuracy"][1]
   assert out["online_diff"] < 1e-5
   assert out["online_seeds_diff"] < 1e-5
   assert out["streamed_diff"] < 1e-5

@@ -807,6 +807,8 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     train_fn = jax.vmap(train_fn, in_axes=(0, None, None),
                         axis_name=run_axis)
     eval_fn = _evaluate_runs(eval_fn)
+    if place.batch is None and place.state is not None and _runs_one_by_one():
+      eval_fn = _evaluate_runs_in_place(eval_fn, place)
   if split_test:
     eval_fn = _evaluate_split(
         ctx, strategy, place, batched, eval_batch_size=eval_batch_size,
@@ -1661,6 +1663,21 @@ def _evaluate_runs(eval_fn: Callable) -> Callable:
     return jax.vmap(eval_fn, in_axes=(0, None))
   return lambda states, data: jax.lax.map(
       lambda state: eval_fn(state, data), states)
+
+
+def _evaluate_runs_in_place(eval_fn: Callable, place: _Placement) -> Callable:
+  """Runs split over the devices, each device evaluating its own.
+
+  A CPU's ``lax.map`` over a run axis split over devices gathered every
+  run's parameters on every device, which then evaluated all of them (4
+  seeds on 4 CPU devices: 0.66-0.74 s of evaluation against 0.21 s on one
+  device, the scale review).
+  """
+  mesh = place.state.mesh
+  (axis,) = mesh.axis_names
+  runs, whole = jax.sharding.PartitionSpec(axis), jax.sharding.PartitionSpec()
+  return jax.shard_map(eval_fn, mesh=mesh, in_specs=(runs, whole),
+                       out_specs=runs, check_vma=False)
 
 
 def _layout(stream: Stream) -> list[list[Any]]:
