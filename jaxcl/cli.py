@@ -140,7 +140,7 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
   (``--logdir``'s "default: runs/<timestamp>")."""
 
   def _get_help_string(self, action: argparse.Action) -> str:
-    if action.default is None or "default" in (action.help or ""):
+    if action.default is None or "default:" in (action.help or ""):
       return action.help or ""
     return super()._get_help_string(action)
 
@@ -800,7 +800,8 @@ def _reported(result, sweep_name: str | None) -> list[tuple[str | None, Any]]:
   hyperparameters measures nothing."""
   if sweep_name is None:
     return [(None, result)]
-  return [(f"{sweep_name}={value:g}", run)
+  from jaxcl.loggers import format_swept_value
+  return [(f"{sweep_name}={format_swept_value(value)}", run)
           for value, run in zip(result.labels, result.runs)]
 
 

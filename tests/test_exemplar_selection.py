@@ -42,7 +42,7 @@ def _avalanche_buffer(experiences, features, capacity, storage, selection):
   ``experiences``: ``(ids, labels)`` per experience; ``features[t]``: every
   sample's features under the model at the end of experience ``t``.
   """
-  kept, seen = {}, set()
+  kept, size, seen = {}, {}, set()
   for t, (ids, labels) in enumerate(experiences):
     if storage == "class_balanced":
       new = {int(c): ids[labels == c] for c in np.unique(labels)}
@@ -51,31 +51,45 @@ def _avalanche_buffer(experiences, features, capacity, storage, selection):
     seen |= set(new)
     length = dict(zip(sorted(seen), _group_lengths(capacity, len(seen))))
 
-    def resize(group):
+    def resize(group, n):
       members = np.asarray(kept[group])
       order = _avalanche_order(features[t][members], selection)
-      kept[group] = members[order[:length[group]]]
+      kept[group], size[group] = members[order[:n]], n
 
     for group, rows in new.items():
-      kept[group] = np.concatenate([kept.get(group, []), rows]).astype(int)
-      resize(group)
+      if group in kept:  # update_from_dataset: cut to the old size first.
+        kept[group] = np.concatenate([kept[group], rows])
+        resize(group, size[group])
+      else:
+        kept[group] = rows
+      resize(group, length[group])
     for group in kept:
-      resize(group)
+      resize(group, length[group])
   return {group: set(rows.tolist()) for group, rows in kept.items()}
 
 
-@pytest.mark.parametrize("storage", buffers.POLICIES)
-@pytest.mark.parametrize("selection", ["herding", "closest_to_center"])
-def test_memory_matches_avalanches_parametric_buffer(storage, selection):
-  # Three experiences, the last bringing back every class; the parameters
-  # move between experiences, so stored exemplars are chosen again by the
-  # features of the current model. With 7 slots no group is ever cut from 2
-  # samples to 1, which both rules leave to a tie.
+NEW_CLASSES = [[0] * 4 + [1] * 4, [2] * 4 + [3] * 4, [0, 1, 2, 3] * 2]
+# Class 1 comes back while class 2 is new: its stored and new samples are
+# cut to its old size (3), then to its new one (2).
+CLASS_RETURNS = [[0] * 4 + [1] * 4, [1] * 4 + [2] * 4,
+                 [0, 1, 2, 3, 3, 3, 0, 1]]
+
+
+@pytest.mark.parametrize("storage, selection, labels", [
+    *[(storage, selection, NEW_CLASSES) for storage in buffers.POLICIES
+      for selection in ("herding", "closest_to_center")],
+    *[("class_balanced", selection, CLASS_RETURNS)
+      for selection in ("herding", "closest_to_center")]])
+def test_memory_matches_avalanches_parametric_buffer(storage, selection,
+                                                     labels):
+  # Three experiences; the parameters move between experiences, so stored
+  # exemplars are chosen again by the features of the current model. With
+  # 7 slots no group is ever cut from 2 samples to 1, which both rules
+  # leave to a tie.
   ctx = hook_context(TwoLayer(), n_experiences=3)
   strategy = replay(mem_size=7, storage=storage, selection=selection)
   state = hook_state(ctx, strategy)
-  rng = np.random.default_rng(7)
-  labels = [[0] * 4 + [1] * 4, [2] * 4 + [3] * 4, [0, 1, 2, 3] * 2]
+  rng = np.random.default_rng(3)
   x = np.concatenate([np.random.default_rng(i).normal(size=(8, 3))
                       for i in range(3)])
   features = []

@@ -474,6 +474,16 @@ def test_accuracy_curves_legend_only_up_to_20_experiences(drawn_figures):
     assert len(drawn_figures[3].axes[0].get_lines()) == 100
 
 
+def test_swept_values_keep_distinct_names():
+    # %g keeps 6 digits: these pairs shared a scalar name, one value's curve
+    # overwriting the other's.
+    for pair in ([1234567.0, 1234568.0], [0.1, 0.10000001]):
+        names = {loggers.format_swept_value(v) for v in pair}
+        assert len(names) == 2, names
+    assert [loggers.format_swept_value(v) for v in (0.01, 5, 1e-05)] == [
+        "0.01", "5", "1e-05"]
+
+
 def test_format_metrics_table():
     table = loggers.format_metrics_table(
         {"eval/stream/accuracy": (0.912, 0.0101), "eval/stream/forgetting": None, "bwt": -0.05}

@@ -119,7 +119,10 @@ def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
 @pytest.mark.parametrize("strategy", [
     lambda v: from_scratch(),  # Its state holds a key.
     lambda v: jaxcl.strategies.rar(mem_size=8, use_adversarial_replay=v > 0),
-], ids=["key_in_state", "hooks_switched"])
+    lambda v: jaxcl.strategies.chain(
+        ewc(), jaxcl.strategies.rar(mem_size=8,
+                                    use_adversarial_replay=v > 0)),
+], ids=["key_in_state", "hooks_switched", "hooks_switched_in_a_chain"])
 def test_sweep_refuses_values_that_key_or_hooks_hid(tiny_benchmark,
                                                     tiny_model, strategy):
   # Keys compared unequal whatever their data, and a value that switches a

@@ -41,7 +41,8 @@ from jaxcl.loggers.event_file import EventFileWriter
 from jaxcl.loggers.factory import create_writers
 from jaxcl.loggers.files import CsvWriter, JsonlWriter
 from jaxcl.loggers.formatting import (format_accuracy_matrix,
-                                      format_metrics_table, json_safe)
+                                      format_metrics_table,
+                                      format_swept_value, json_safe)
 from jaxcl.loggers.plots import (
     plot_accuracy_curves,
     plot_accuracy_matrix,
@@ -68,6 +69,7 @@ __all__ = [
     "TextLogWriter",
     "format_accuracy_matrix",
     "format_metrics_table",
+    "format_swept_value",
     "json_safe",
     "plot_accuracy_matrix",
     "plot_accuracy_curves",

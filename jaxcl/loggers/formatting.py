@@ -1,6 +1,7 @@
 """Plain-text formatting of metrics, shared by the text writers and the CLI."""
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ from numpy.typing import ArrayLike
 
 __all__ = [
     "format_value",
+    "format_swept_value",
     "format_scalars",
     "format_accuracy_matrix",
     "format_metrics_table",
@@ -59,6 +61,24 @@ def format_value(value: ArrayLike) -> str:
     if value == 0 or 1e-3 <= abs(value) < 1e6:
         return f"{value:.4f}"
     return f"{value:.4e}"
+
+
+def format_swept_value(value: Any) -> str:
+    """Names a swept value in scalar names and file names, exactly.
+
+    Integers as they are, other numbers by their shortest exact text
+    (`repr`), so that two distinct values never share a name (`%g` keeps 6
+    digits: 1234567 and 1234568 would both be `1.23457e+06`).
+
+    Example:
+        >>> format_swept_value(0.01), format_swept_value(5), format_swept_value(1e-05)
+        ('0.01', '5', '1e-05')
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(float(value))
+    return str(value)
 
 
 def format_scalars(step: int, scalars: Mapping[str, ArrayLike]) -> str:

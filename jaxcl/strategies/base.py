@@ -218,7 +218,8 @@ class Strategy(NamedTuple):
   ``drops_current_rows`` says that ``transform_batch`` may weigh every
   current row 0 (BiC's held-out samples): the loop then checks every step
   for a sample to train on, after the transform, and skips the update
-  (optimizer state included) without one.
+  (optimizer state included) without one. ``members`` are the strategies a
+  :func:`chain` composed (empty otherwise): what its hooks are made of.
   """
 
   name: str = "naive"
@@ -233,6 +234,7 @@ class Strategy(NamedTuple):
   predict: Callable | None = None
   drops_current_rows: bool = False
   update: Callable | None = None
+  members: tuple[Strategy, ...] = ()
 
 
 def naive() -> Strategy:
@@ -396,4 +398,5 @@ def chain(*strategies: Strategy) -> Strategy:
       predict=predict if predict_owner else None,
       drops_current_rows=any(s.drops_current_rows for s in strategies),
       update=update if update_owner else None,
+      members=tuple(strategies),
   )

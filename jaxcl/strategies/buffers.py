@@ -82,6 +82,7 @@ __all__ = [
     "gather",
     "group_counts",
     "init",
+    "kept",
     "offer_groups",
     "quotas",
     "random_rows",
@@ -375,6 +376,27 @@ def offer_groups(buffer: Buffer, y: jax.Array, experience: jax.Array | int = 0,
   """
   group, group_seen = _offer(buffer, jnp.asarray(y), experience, valid)
   return group, _quotas(group_seen, buffer.capacity, buffer.group_size)
+
+
+def kept(group: jax.Array, priority: jax.Array, quota: jax.Array
+         ) -> jax.Array:
+  """``bool[m]``: the rows that rank within their group's quota.
+
+  Args:
+    group: ``int32[m]``, each row's group; ``quota.shape[0]`` or more for
+      rows of no group (never kept).
+    priority: ``float[m]``, higher first.
+    quota: ``int32[n_groups]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> kept(jnp.array([0, 0, 1, 2]), jnp.array([0.1, 0.9, 0.5, 0.7]),
+    ...      jnp.array([1, 1])).tolist()
+    [False, True, True, False]
+  """
+  n_groups = quota.shape[0]
+  group = jnp.where(group < n_groups, group, n_groups)
+  return _keep_top(group, priority, jnp.append(quota, 0))
 
 
 def _keep_top(group: jax.Array, priority: jax.Array,

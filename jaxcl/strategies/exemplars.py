@@ -375,9 +375,11 @@ def add_experience_selected(
   ``"random"`` is :func:`buffers.add_experience` (random priorities drawn
   once, so a shrinking group keeps a nested subset). ``"herding"`` and
   ``"closest_to_center"`` are Avalanche's ``ParametricBuffer`` with that
-  selection strategy: every group's exemplars are chosen again from its
-  stored and offered rows by their current ``features``
-  (:func:`selection_scores`), groups that received nothing included.
+  selection strategy: every group's exemplars are chosen again by their
+  current ``features`` (:func:`selection_scores`), groups that received
+  nothing included; as there, a group's stored and offered rows are first
+  cut to the group's size before the offer, then the survivors to its new
+  size.
 
   Args:
     buffer: The buffer (its policy says what a group is).
@@ -400,10 +402,18 @@ def add_experience_selected(
   offered, quota = buffers.offer_groups(buffer, data.y, data.index,
                                         data.valid)
   stored = jnp.where(buffer.valid, buffer.group, buffer.n_groups)
+  group = jnp.concatenate([stored, offered])
   phi = jnp.concatenate([in_chunks(features, buffer.x, buffer.task),
                          in_chunks(features, data.x, data.task)])
-  scores = selection_scores(phi, jnp.concatenate([stored, offered]), quota,
-                            selection)
+  # Avalanche first cuts a group's stored and new samples to the group's
+  # size before this experience, then the survivors to its new size, each
+  # time choosing among what is left (its update_from_dataset, then resize).
+  before = jnp.where(buffer.group_seen > 0, buffers.quotas(buffer), quota)
+  survivors = buffers.kept(
+      group, selection_scores(phi, group, before, selection), before)
+  scores = selection_scores(
+      phi, jnp.where(survivors, group, buffer.n_groups), quota, selection)
+  scores = jnp.where(survivors, scores, jnp.finfo(jnp.float32).min)
   buffer = buffer.replace(priority=scores[:buffer.capacity])
   return buffers.add_experience(buffer, key, data,
                                 scores=scores[buffer.capacity:])

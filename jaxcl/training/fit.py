@@ -15,7 +15,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
-import numbers
 import os
 import re
 import time
@@ -34,6 +33,7 @@ from jaxcl._hosts import (addressable, check_same_everywhere, host_copy, put,
                           stop_all_hosts_on_error)
 from jaxcl.benchmarks.scenario import Benchmark, Experience, Stream
 from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
+from jaxcl.loggers.formatting import format_swept_value
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.training import _runs, loop, periodic, streaming
@@ -694,10 +694,12 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
 
 
 def _hook_layout(strategy: Strategy) -> tuple[Any, ...]:
-  """Which of a strategy's slots hold their default, and its flags: what a
-  swept value must not change, since one program runs run 0's hooks."""
+  """Which of a strategy's slots hold their default, and its flags, with a
+  chain's members' too: what a swept value must not change, since one
+  program runs run 0's hooks."""
   defaults = Strategy._field_defaults
-  return tuple(value if isinstance(value, (str, bool)) else
+  return tuple(tuple(map(_hook_layout, value)) if name == "members" else
+               value if isinstance(value, (str, bool)) else
                value is defaults[name]
                for name, value in strategy._asdict().items())
 
@@ -1895,17 +1897,11 @@ def _with_std(name: str, values, swept: Sequence[Any] | None = None
   measures nothing.
   """
   if swept is not None:
-    return {f"{name}/value={_value_text(value)}": float(v)
+    return {f"{name}/value={format_swept_value(value)}": float(v)
             for value, v in zip(swept, values) if not np.isnan(v)}
   mean, std = _mean_std(values)
   return {k: v for k, v in {name: mean, name + "_std": std}.items()
           if not np.isnan(v)}
-
-
-def _value_text(value: Any) -> str:
-  """A swept value as a scalar's name shows it (``0.1``, ``1e-05``)."""
-  return (f"{value:g}" if isinstance(value, numbers.Real)
-          and not isinstance(value, bool) else str(value))
 
 
 def _write_scalars(writer, step: int, scalars: Mapping[str, float]) -> None:
