@@ -215,7 +215,7 @@ def test_streaming_hooks_see_a_subset_within_the_budget():
 def test_chunks_in_flight_stay_within_half_the_budget(monkeypatch, seeds):
   bench = make_benchmark(n_classes=4, n_experiences=2, per_class=400, dim=6)
   sample = streaming.sample_nbytes(bench.train_stream[0])
-  budget_rows, batch_size = 640, 8
+  budget_rows, batch_size = 640, 4
   trainers = []
   original = streaming.StreamingTrainer.__init__
 
@@ -227,11 +227,13 @@ def test_chunks_in_flight_stay_within_half_the_budget(monkeypatch, seeds):
   _fit(bench, naive(), budget_mb=budget_rows * sample / 2**20, epochs=1,
        batch_size=batch_size, seeds=seeds)
   (trainer,) = trainers
-  # Each chunk holds every run's batches: the two chunks dispatched last,
-  # the two queued and the one being read (5 in all) fit in half the budget.
+  # Each chunk holds every run's batches, each row with its int32 position:
+  # the two chunks dispatched last, the two queued and the one being read
+  # (5 in all) fit in half the budget, in bytes.
   runs = len(seeds or [0])
   assert trainer.chunk_steps > 1
-  assert 5 * trainer.chunk_steps * batch_size * runs <= budget_rows / 2
+  assert (5 * trainer.chunk_steps * batch_size * runs * (sample + 4)
+          <= budget_rows * sample / 2)
 
 
 def test_dispatch_waits_so_at_most_five_chunks_are_on_the_devices(

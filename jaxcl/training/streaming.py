@@ -55,8 +55,13 @@ _DISPATCHED = 2
 _CHUNKS_ALIVE = _PREFETCH + 1 + _DISPATCHED
 
 
+# A streamed chunk's rows also carry their position in the experience.
+_INDEX_NBYTES = 4
+
+
 def sample_nbytes(experience: Experience) -> int:
-  """Device bytes of one sample: its input, label, task label and weight."""
+  """Device bytes of one sample: its input, label, task label and weight
+  (a streamed chunk's rows carry an int32 position besides)."""
   x = experience.x
   return int(np.prod(x.shape[1:], dtype=np.int64)) * np.dtype(x.dtype).itemsize + 12
 
@@ -111,7 +116,8 @@ class StreamingTrainer:
     self.hook_rows = int(min(ctx.experience_size, max(budget_rows // 2, 1)))
     steps = parts.steps_per_epoch
     # The chunks alive at once share the other half.
-    per_chunk = budget_rows // (2 * _CHUNKS_ALIVE * self.batch_size * runs)
+    per_chunk = budget_bytes // (2 * _CHUNKS_ALIVE * self.batch_size * runs
+                                 * (sample_bytes + _INDEX_NBYTES))
     self.chunk_steps = int(min(steps, max(per_chunk, 1)))
     self.chunks_per_epoch = math.ceil(steps / self.chunk_steps)
     self.executables: tuple[Callable, ...] = ()
