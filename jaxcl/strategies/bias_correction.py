@@ -188,6 +188,15 @@ def _stage_2(ctx: StrategyContext, cl: BicState, logits: jax.Array,
   return ab[0], ab[1]
 
 
+# Why bic refuses online streams, and what to use instead.
+_BIC_ONLINE_REFUSAL = (
+    "bic holds out a validation quota of every class from each experience "
+    "(Avalanche's BiCPlugin splits every experience too): a "
+    "mini-experience's few samples would mostly or all go to validation, "
+    "leaving little or nothing to train on or to store",
+    "replay(storage='class_balanced') or er_ace for online training")
+
+
 def bic(mem_size: int = 2000, batch_size_mem: int = 0,
         val_percentage: float = 0.1, temperature: float = 2.0,
         stage_2_epochs: int = 200, lamb: float = -1.0,
@@ -357,13 +366,8 @@ def bic(mem_size: int = 2000, batch_size_mem: int = 0,
     return bias_correct(ctx.logits(params, model_state, x, task), cl.alpha,
                         cl.beta, cl.corrected)
 
-  adapt_data = refuse_online_streams(
-      "bic holds out a validation quota of every class from each experience "
-      "(Avalanche's BiCPlugin splits every experience too): a "
-      "mini-experience's few samples would mostly or all go to validation, "
-      "leaving little or nothing to train on or to store",
-      "replay(storage='class_balanced') or er_ace for online training")
-  return Strategy(name="bic", init=init, adapt_data=adapt_data,
+  return Strategy(name="bic", init=init,
+                  adapt_data=refuse_online_streams(*_BIC_ONLINE_REFUSAL),
                   begin_experience=begin_experience,
                   transform_batch=transform_batch, penalty=penalty,
                   end_experience=end_experience, predict=predict,
