@@ -148,16 +148,18 @@ def test_cwr_star_keeps_the_kernel_dtype():
   assert state.cl_state["consolidated"].dtype == jnp.bfloat16
 
 
-def test_cwr_star_consolidates_classes_a_streamed_subset_missed():
-  # The hooks of a streamed experience see a subset; classes_mask tells
-  # every class of the experience, and each counts at least one sample.
+def test_cwr_star_counts_the_whole_experience_not_the_hooks_rows():
+  # The hooks of a streamed experience see a subset of its rows; the counts
+  # are the whole experience's, and a class the subset missed is still
+  # consolidated.
   ctx = _ctx(MLP(N_CLASSES, hidden_size=5, drop_rate=0.0))
   strategy = cwr_star()
   data = _data([0, 0, 1]).replace(
       classes_mask=jnp.array([True, True, True]),
-      experience_size=jnp.int32(30))
+      class_counts=jnp.array([17, 9, 4], jnp.int32))
+  assert int(data.experience_size) == 30
   state = strategy.begin_experience(ctx, _state(strategy, ctx), data, None)
-  np.testing.assert_allclose(state.cl_state["counts"], [20.0, 10.0, 1.0])
+  np.testing.assert_array_equal(state.cl_state["counts"], [17.0, 9.0, 4.0])
   state = strategy.end_experience(ctx, state, data, None)
   assert np.all(state.cl_state["has_consolidated"])
 

@@ -289,6 +289,24 @@ def test_icarl_weighs_exemplars_by_the_whole_streamed_experience():
   assert float(result.state.cl_state.n_current) == 80.0
 
 
+def test_streamed_cwr_star_counts_classes_on_the_whole_experience():
+  # New instances: every class comes back in every experience, so CWR*'s
+  # consolidation weights √(past / current) depend on the exact counts;
+  # the hooks see a 20-row subset of each 80-sample experience.
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(4), [90, 30, 60, 60])
+  x = (rng.normal(0, 3, (4, 6))[y]
+       + rng.normal(0, 0.5, (len(y), 6))).astype(np.float32)
+  bench = jaxcl.benchmarks.new_instances((x, y), (x, y), 3, seed=0)
+  budget = 40 * streaming.sample_nbytes(bench.train_stream[0]) / 2**20
+  on_device, streamed = (
+      _fit(bench, jaxcl.strategies.cwr_star(), budget_mb=b, epochs=1,
+           batch_size=4) for b in (None, budget))
+  np.testing.assert_array_equal(streamed.state.cl_state["past_counts"],
+                                [90, 30, 60, 60])
+  _assert_same(streamed, on_device)
+
+
 def test_streaming_refuses_periodic_evaluation_before_compiling():
   bench = jaxcl.benchmarks.with_validation(make_benchmark(), 0.25)
   with pytest.raises(ValueError, match="streamed.*periodic"):

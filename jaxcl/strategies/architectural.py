@@ -99,9 +99,9 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
 
   The output layer is the last ``flax.linen.Dense`` the model calls (as
   Avalanche's default, the last linear layer); multi-head classifiers are
-  refused. In a streamed experience (:mod:`jaxcl.training.streaming`) the
-  per-class counts come from the hooks' subset, scaled to the experience
-  (at least one for each class the experience holds).
+  refused. The per-class counts are the whole experience's, also when it
+  is streamed (:mod:`jaxcl.training.streaming`) and the hooks see a subset
+  (``ExperienceData.class_counts``, counted on the host).
 
   Args:
     freeze_remaining_model: Freeze everything but the output layer from the
@@ -128,7 +128,7 @@ def cwr_star(freeze_remaining_model: bool = True) -> Strategy:
   def begin_experience(ctx, state, data, key):
     del key
     params, cl = _cwr_begin(ctx, state, state.cl_state,
-                            _experience_counts(ctx, data))
+                            data.class_counts.astype(jnp.float32))
     return state.replace(params=params, cl_state=cl)
 
   def transform_grads(ctx, grads, state, batch, key):
@@ -159,19 +159,6 @@ def _cwr_init(ctx: StrategyContext, params: PyTree,
           "counts": jnp.zeros((ctx.n_classes,), jnp.float32),
           "experiences_trained": jnp.zeros((), jnp.int32),
           "model_state": model_state}
-
-
-def _experience_counts(ctx: StrategyContext, data) -> jax.Array:
-  """Samples per class of the experience."""
-  per_class = jnp.zeros((ctx.n_classes,), jnp.float32).at[data.y].add(
-      data.valid.astype(jnp.float32), mode="drop")
-  # A streamed experience's hooks see a subset: scaled to the whole, and
-  # at least one sample for each class of the experience (classes_mask
-  # covers all of it), which the subset may have missed.
-  return jnp.where(
-      data.classes_mask,
-      jnp.maximum(per_class * (data.experience_size
-                               / jnp.maximum(data.size, 1)), 1.0), 0.0)
 
 
 def _cwr_begin(ctx: StrategyContext, state, cl: dict,
@@ -343,7 +330,7 @@ def ar1(rm_sz: int = 1500, latent_mb_size: int = 0) -> Strategy:
     stored = jnp.zeros(ctx.n_classes, jnp.float32).at[memory.y].add(
         memory.valid.astype(jnp.float32), mode="drop")
     params, cwr = _cwr_begin(ctx, state, cl.cwr,
-                             _experience_counts(ctx, data) + stored)
+                             data.class_counts + stored)
     later = cwr["experiences_trained"] > 0
     opt_state = jax.tree.map(
         lambda fresh, old: jnp.where(later, fresh, old),

@@ -1707,7 +1707,7 @@ def _put_test_stream(experiences: Sequence[Experience], max_size: int,
   return data, ExperienceData(x=samples, y=samples, task=samples,
                               size=place.data, index=place.data,
                               classes_mask=place.data,
-                              experience_size=place.data,
+                              class_counts=place.data,
                               origin_experience=place.data)
 
 
@@ -1738,7 +1738,7 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
   whole = jax.sharding.PartitionSpec()
   data_specs = ExperienceData(x=split, y=split, task=split, size=whole,
                               index=whole, classes_mask=whole,
-                              experience_size=whole, origin_experience=whole)
+                              class_counts=whole, origin_experience=whole)
   # The evaluation's scans start from constant (device-invariant) counts and
   # add device-varying ones; without the check, `psum` alone makes them
   # invariant again.

@@ -67,9 +67,11 @@ class ExperienceData:
     size: Number of real samples (scalar int32).
     index: Position of the experience in its stream (scalar int32).
     classes_mask: ``bool[n_classes]``, the classes present in the experience.
-    experience_size: Samples of the whole experience (scalar int32): ``size``,
-      except in the strategy hooks' subset of a streamed experience
-      (:mod:`jaxcl.training.streaming`), which holds only some of them.
+    class_counts: ``int32[n_classes]``, samples of each class in the whole
+      experience: the labels' counts, except in the strategy hooks' subset
+      of a streamed experience (:mod:`jaxcl.training.streaming`), which
+      holds only some of the samples and keeps the whole experience's
+      counts (CWR* and AR1 weigh their consolidation by them).
     origin_experience: Index of the original experience that an online
       mini-experience was cut from (``Experience.origin_experience``); the
       experience's own ``index`` otherwise (scalar int32).
@@ -81,13 +83,19 @@ class ExperienceData:
   size: jax.Array
   index: jax.Array
   classes_mask: jax.Array
-  experience_size: jax.Array
+  class_counts: jax.Array
   origin_experience: jax.Array
 
   @property
   def valid(self) -> jax.Array:
     """``bool[size_max]``: which rows are real samples."""
     return jnp.arange(self.y.shape[-1]) < self.size[..., None]
+
+  @property
+  def experience_size(self) -> jax.Array:
+    """Samples of the whole experience (int32): ``size``, except in the
+    hooks' subset of a streamed experience."""
+    return self.class_counts.sum(axis=-1, dtype=jnp.int32)
 
 
 def _pad(a: np.ndarray, size: int) -> np.ndarray:
@@ -109,6 +117,11 @@ def _check_fit(experiences: Sequence[Experience], size: int,
   if top >= n_classes:
     raise ValueError(f"n_classes={n_classes} leaves out class {top} of the "
                      f"experiences; expected n_classes > {top}.")
+
+
+def class_counts(experience: Experience, n_classes: int) -> np.ndarray:
+  """``int32[n_classes]``: the experience's samples of each class."""
+  return np.bincount(experience.y, minlength=n_classes).astype(np.int32)
 
 
 def _origin(experience: Experience) -> int:
@@ -140,7 +153,7 @@ def experience_data(experience: Experience, size: int,
       size=np.int32(len(experience)),
       index=np.int32(experience.index),
       classes_mask=mask,
-      experience_size=np.int32(len(experience)),
+      class_counts=class_counts(experience, n_classes),
       origin_experience=np.int32(_origin(experience)))
 
 
@@ -224,13 +237,14 @@ def put_experiences(experiences: Sequence[Experience], n_classes: int,
   masks = np.zeros((len(experiences), n_classes), bool)
   for row, experience in zip(masks, experiences):
     row[list(experience.classes)] = True
-  sizes = np.array([len(e) for e in experiences], np.int32)
   return ExperienceData(
       x=stacked("x"), y=stacked("y"), task=stacked("task"),
       **_hosts.put({
-          "size": sizes,
+          "size": np.array([len(e) for e in experiences], np.int32),
           "index": np.array([e.index for e in experiences], np.int32),
-          "classes_mask": masks, "experience_size": sizes,
+          "classes_mask": masks,
+          "class_counts": np.stack([class_counts(e, n_classes)
+                                    for e in experiences]),
           "origin_experience": np.array([_origin(e) for e in experiences],
                                         np.int32)}, sharding))
 

@@ -41,7 +41,8 @@ import numpy as np
 from jaxcl import _hosts
 from jaxcl.benchmarks.scenario import Experience
 from jaxcl.training import _runs, loop
-from jaxcl.training.state import TrainState, experience_data
+from jaxcl.training.state import (TrainState, class_counts,
+                                  experience_data)
 
 __all__ = ["StreamingTrainer", "default_budget_bytes", "sample_nbytes"]
 
@@ -221,12 +222,10 @@ class StreamingTrainer:
         task=experience.task[keep], index=experience.index,
         classes=experience.classes, origin=experience.origin,
         origin_experience=experience.origin_experience)
-    data = experience_data(subset, self.hook_rows, self.n_classes)
-    # Seen classes and the sample count come from the whole experience.
-    mask = np.zeros(self.n_classes, bool)
-    mask[list(experience.classes)] = True
-    return data.replace(classes_mask=jnp.asarray(mask),
-                        experience_size=np.int32(len(experience)))
+    # The subset's Experience keeps the whole one's classes (classes_mask);
+    # the class counts too come from the whole experience.
+    return experience_data(subset, self.hook_rows, self.n_classes).replace(
+        class_counts=class_counts(experience, self.n_classes))
 
   def _chunks(self, experience: Experience, order: np.ndarray,
               valid: np.ndarray) -> Iterator[dict]:
