@@ -6,6 +6,7 @@ Every error names the argument, the value received and what was expected.
 from __future__ import annotations
 
 import difflib
+import errno
 import functools
 import inspect
 import numbers
@@ -188,9 +189,13 @@ def folder_problem(folder: str | os.PathLike[str]) -> str | None:
   """Why no local folder can be at ``folder`` (``~`` expanded), or None.
 
   The folder need not exist; the nearest existing path at or above it
-  must be a directory.
+  must be a directory. A ``~`` that cannot be expanded (no home directory)
+  is left to :func:`create_folder`, which says so.
   """
-  path = pathlib.Path(folder).expanduser()
+  try:
+    path = pathlib.Path(folder).expanduser()
+  except RuntimeError:
+    return None
   for existing in (path, *path.parents):
     if existing.exists():
       if existing.is_dir():
@@ -200,12 +205,43 @@ def folder_problem(folder: str | os.PathLike[str]) -> str | None:
   return None
 
 
+class NotWritableError(PermissionError):
+  """An existing folder this process cannot write in."""
+
+
+def create_folder(folder: str | os.PathLike[str]) -> pathlib.Path:
+  """Creates ``folder`` (``~`` expanded) if need be and checks that this
+  process can write in it.
+
+  Returns:
+    The folder's path.
+
+  Raises:
+    OSError: It cannot be created, or (:class:`NotWritableError`) written.
+    RuntimeError: ``~`` without a home directory.
+  """
+  path = pathlib.Path(folder).expanduser()
+  path.mkdir(parents=True, exist_ok=True)
+  # mkdir accepts an existing folder that this process cannot write in.
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise NotWritableError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+  return path
+
+
+def error_reason(error: Exception) -> str:
+  """``<type>: <reason>`` of an error from :func:`create_folder`."""
+  kind = ("PermissionError" if isinstance(error, NotWritableError)
+          else type(error).__name__)
+  return f"{kind}: {getattr(error, 'strerror', None) or error}"
+
+
 def make_folder(name: str, folder: str | os.PathLike[str]) -> None:
   """Creates ``folder`` now, so that one that cannot be made stops a run
   before it compiles and trains, not at its first write."""
   try:
-    pathlib.Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"{name} {os.fspath(folder)!r} cannot be created: "
-                     f"{type(error).__name__}: {error.strerror or error}; "
-                     "expected a folder this process can write.") from error
+    create_folder(folder)
+  except (OSError, RuntimeError) as error:
+    verb = "written" if isinstance(error, NotWritableError) else "created"
+    raise ValueError(f"{name} {os.fspath(folder)!r} cannot be {verb}: "
+                     f"{error_reason(error)}; expected a folder this "
+                     "process can write.") from error

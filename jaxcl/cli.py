@@ -367,9 +367,10 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                    "configuration (pass the same --logdir to keep one log)")
   out.add_argument("--checkpoint-keep", type=int, default=2,
                    help="number of newest checkpoints kept")
-  out.add_argument("--compilation-cache", default=str(compilation.DEFAULT_CACHE_DIR),
-                   help="JAX persistent compilation cache folder ('' to "
-                   "disable)")
+  out.add_argument("--compilation-cache", default=compilation.DEFAULT_CACHE_DIR,
+                   help="JAX persistent compilation cache folder ('' turns "
+                   "the cache off, also one JAX_COMPILATION_CACHE_DIR "
+                   "names)")
   _strategy_flags(run)
   if not keep_defaults:
     for action in run._actions:  # pylint: disable=protected-access
@@ -950,14 +951,21 @@ def run(args: argparse.Namespace,
 def _enable_cache(args: argparse.Namespace,
                   typed: Collection[str] | None) -> None:
   """The compilation cache of ``--compilation-cache``. A folder the user
-  named that cannot be created stops the run; the default one (under a
-  read-only home, say) only costs the caching, with a warning."""
+  named that cannot be created or written stops the run; the default one
+  (under a read-only home, say) only costs the caching, with a warning;
+  ``''`` turns off any cache, JAX's own setting too."""
   from jaxcl import _validation, compilation
   from jaxcl.loggers.base import is_remote_path
   folder = args.compilation_cache
+  if not folder:
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+    jax.config.update("jax_compilation_cache_dir", None)
+    compilation_cache.reset_cache()
+    return
   named = ("compilation_cache" in typed if typed is not None
-           else folder != str(compilation.DEFAULT_CACHE_DIR))
-  if folder and named and not is_remote_path(folder):
+           else folder != compilation.DEFAULT_CACHE_DIR)
+  if named and not is_remote_path(folder):
     _validation.make_folder("--compilation-cache", folder)
   in_flag_terms = lambda message: message.replace(
       f"folder={folder!r}", f"--compilation-cache {folder!r}")

@@ -26,7 +26,9 @@ from typing import Any
 
 __all__ = ["DEFAULT_CACHE_DIR", "cached_json", "enable_compilation_cache"]
 
-DEFAULT_CACHE_DIR = pathlib.Path("~/.cache/jaxcl/xla").expanduser()
+# Expanded when used: a process without a home directory can still import
+# jaxcl (and run without the cache).
+DEFAULT_CACHE_DIR = "~/.cache/jaxcl/xla"
 
 
 def enable_compilation_cache(
@@ -49,8 +51,8 @@ def enable_compilation_cache(
 
   Returns:
     The cache location now in use, or ``None`` when ``folder`` is empty or
-    cannot be created (then with a ``RuntimeWarning``, and JAX's
-    configuration untouched).
+    cannot be created or written (``~`` without a home directory too; then
+    with a ``RuntimeWarning``, and JAX's configuration untouched).
 
   Raises:
     ValueError: If ``folder`` is a file or lies inside one.
@@ -73,20 +75,19 @@ def enable_compilation_cache(
     # pathlib collapses gs://bucket to gs:/bucket.
     location = re.sub(r"^([^:/]+):/+", r"\1://", location)
   else:
-    path = pathlib.Path(location).expanduser()
-    problem = _validation.folder_problem(path)
+    problem = _validation.folder_problem(location)
     if problem:
       raise ValueError(f"folder must be a directory for the compilation "
                        f"cache, but folder={location!r} {problem}.")
     try:  # JAX would warn at every compile that it cannot write there.
-      path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-      # A read-only home (a container, a cluster node) costs the caching,
-      # not the run.
+      path = _validation.create_folder(location)
+    except (OSError, RuntimeError) as error:
+      # A read-only or missing home (a container, a cluster node) costs the
+      # caching, not the run.
       current = jax.config.jax_compilation_cache_dir
       warnings.warn(
           f"folder={location!r} cannot hold the compilation cache "
-          f"({type(error).__name__}: {error.strerror or error}); "
+          f"({_validation.error_reason(error)}); "
           + (f"the cache stays at {current!r}." if current else
              "programs are compiled without it."),
           RuntimeWarning, stacklevel=2)
@@ -100,7 +101,9 @@ def enable_compilation_cache(
   return location
 
 
-def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> Any:
+def cached_json(kind: str, key: Sequence[Any] | Callable[[], Sequence[Any]],
+                compute: Callable[[], Any],
+                check: Callable[[Any], bool] | None = None) -> Any:
   """``compute()``, remembered in the compilation cache folder under ``key``.
 
   For values that are a function of programs the persistent cache holds
@@ -108,16 +111,21 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   process that loads those programs from the cache loads the value too. The
   value is stored as JSON in ``<cache folder>/jaxcl_<kind>/<sha256 of
   key>.json``, written atomically with the umask's permissions (the folder
-  may be shared); a missing or unreadable entry is computed again, and a
-  folder that cannot be written only costs the caching. Without a local
-  cache folder (none enabled, or a URL), this is ``compute()``.
+  may be shared); a missing or unreadable entry, or one ``check`` refuses,
+  is computed again and rewritten, and a folder that cannot be written only
+  costs the caching. Without a local cache folder (none enabled, or a URL),
+  this is ``compute()``.
 
   Args:
     kind: Name of the value, one subfolder per kind.
-    key: Everything the value depends on; each item's ``str`` is hashed,
-      along with the jax and jaxlib versions and the default backend's
-      platform version and device kind.
+    key: Everything the value depends on, or a function returning it (called
+      only when there is a cache folder: a key can cost more to build than
+      the value). Each item's ``str`` is hashed, along with the jax and
+      jaxlib versions and the default backend's platform version and device
+      kind.
     compute: Computes the value (JSON-serialisable; NaN allowed).
+    check: Whether a loaded value has the form ``compute`` gives (default:
+      any JSON value does).
 
   Returns:
     The value, computed or loaded.
@@ -125,7 +133,8 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   Example:
     >>> enable_compilation_cache("/tmp/jaxcl_example/xla")
     '/tmp/jaxcl_example/xla'
-    >>> cached_json("example", ["program text"], lambda: {"flops": 2.0})
+    >>> cached_json("example", ["program text"], lambda: {"flops": 2.0},
+    ...             check=lambda value: isinstance(value, dict))
     {'flops': 2.0}
   """
   import jax
@@ -136,6 +145,8 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
   location = jax.config.jax_compilation_cache_dir
   if not location or is_remote_path(location):
     return compute()
+  if callable(key):
+    key = key()
   device = jax.devices()[0]
   digest = hashlib.sha256()
   for item in (jax.__version__, jaxlib.version.__version__,
@@ -144,7 +155,9 @@ def cached_json(kind: str, key: Sequence[Any], compute: Callable[[], Any]) -> An
     digest.update(b"\0")
   path = pathlib.Path(location) / f"jaxcl_{kind}" / f"{digest.hexdigest()}.json"
   try:
-    return json.loads(path.read_text())
+    value = json.loads(path.read_text())
+    if check is None or check(value):
+      return value
   except (OSError, ValueError):
     pass
   value = compute()

@@ -410,7 +410,7 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
     tmp_path, monkeypatch, capsys):
   # A read-only or missing home stopped every run.
   monkeypatch.setattr(cli.compilation, "DEFAULT_CACHE_DIR",
-                      pathlib.Path("/proc/jaxcl_no_home/xla"))
+                      "/proc/jaxcl_no_home/xla")
   before = jax.config.jax_compilation_cache_dir
   args = ["run", "--n-experiences", "2", "--hidden-size", "8", "--epochs",
           "1", "--no-progress", "--quiet", "--no-tensorboard"]
@@ -425,6 +425,24 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
   assert ("--compilation-cache '/proc/jaxcl_no_home/xla' cannot be created: "
           "FileNotFoundError: No such file or directory; expected a folder "
           "this process can write." in capsys.readouterr().err)
+
+
+def test_an_empty_compilation_cache_flag_turns_off_jax_own_cache(
+    tmp_path, monkeypatch):
+  # A cache set through JAX (JAX_COMPILATION_CACHE_DIR) was still written.
+  from jax.experimental.compilation_cache import compilation_cache
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "env"))
+  try:
+    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
+                     "--epochs", "1", "--no-progress", "--quiet",
+                     "--no-tensorboard", "--logdir", str(tmp_path / "run"),
+                     "--compilation-cache", ""]) == 0
+    assert jax.config.jax_compilation_cache_dir is None
+    assert not (tmp_path / "env").exists()
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+    compilation_cache.reset_cache()
 
 
 def test_opt_in_metric_flags_record_every_step_and_the_disk_usage(tmp_path):

@@ -1,5 +1,6 @@
 """jaxcl.enable_compilation_cache: a second process loads, not compiles."""
 
+import collections
 import importlib
 import json
 import os
@@ -125,6 +126,48 @@ def test_a_folder_that_cannot_be_created_keeps_the_cache_in_use(
   assert jax.config.jax_compilation_cache_dir == in_use
 
 
+def test_an_existing_folder_that_cannot_be_written_is_not_used(
+    tmp_path, monkeypatch, restored_cache_config):
+  # mkdir accepted it, and JAX then warned at every compile. (The tests may
+  # run as root, whom permissions do not stop: os.access answers for them.)
+  folder = tmp_path / "read_only"
+  folder.mkdir()
+  access = os.access
+  monkeypatch.setattr(os, "access", lambda path, mode: access(
+      path, mode) and pathlib.Path(path) != folder)
+  jax.config.update("jax_compilation_cache_dir", None)
+  with pytest.warns(RuntimeWarning, match=r"cannot hold the compilation "
+                    r"cache \(PermissionError: Permission denied\); "
+                    "programs are compiled without it"):
+    assert jaxcl.enable_compilation_cache(folder) is None
+  assert jax.config.jax_compilation_cache_dir is None
+  with pytest.raises(ValueError, match=r"checkpoint_dir '.*read_only' cannot "
+                     r"be written: PermissionError: Permission denied; "
+                     r"expected a folder this process can write"):
+    jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(), optax.sgd(0.1),
+              make_benchmark(), checkpoint_dir=folder)
+
+
+def test_jaxcl_imports_and_runs_without_a_home_directory(tmp_path):
+  # The default cache folder was expanded at import: `import jaxcl.training`
+  # raised "Could not determine home directory".
+  program = (
+      "import os, pwd, warnings\n"
+      "pwd.getpwuid = lambda uid: (_ for _ in ()).throw(KeyError(uid))\n"
+      "import jaxcl, jaxcl.cli, jaxcl.training\n"
+      "with warnings.catch_warnings(record=True) as caught:\n"
+      "  warnings.simplefilter('always')\n"
+      "  print(jaxcl.enable_compilation_cache())\n"
+      "print(caught[0].message)\n")
+  env = {k: v for k, v in os.environ.items() if k != "HOME"}
+  out = subprocess.run([sys.executable, "-c", program], env=env, check=True,
+                       capture_output=True, text=True).stdout.splitlines()
+  assert out[-2] == "None"
+  assert out[-1] == ("folder='~/.cache/jaxcl/xla' cannot hold the "
+                     "compilation cache (RuntimeError: Could not determine "
+                     "home directory.); programs are compiled without it.")
+
+
 def test_remote_cache_folder_given_as_a_path_stays_remote(
     tmp_path, monkeypatch, restored_cache_config):
   # pathlib turns gs://bucket into gs:/bucket, which was taken for a local
@@ -170,6 +213,20 @@ def test_cached_json_computes_once_per_key_and_survives_bad_entries(
     entry.write_text("{truncated")
   assert cached_json("t", ["b"], compute(4.0)) == {"flops": 4.0}
   assert len(calls) == 3
+  # Valid JSON of another form is refused by `check`, computed and rewritten.
+  is_counts = lambda value: isinstance(value, dict) and "flops" in value
+  for entry in entries:
+    entry.write_text("null")
+  assert cached_json("t", ["a"], compute(5.0), check=is_counts) == {
+      "flops": 5.0}
+  assert cached_json("t", ["a"], compute(6.0), check=is_counts) == {
+      "flops": 5.0}
+  assert len(calls) == 4
+  # A key given as a function is built only where there is a cache folder.
+  built = []
+  jax.config.update("jax_compilation_cache_dir", None)
+  cached_json("t", lambda: built.append(1) or ["a"], compute(7.0))
+  assert not built
 
 
 def test_cached_json_only_computes_where_it_cannot_write(tmp_path,
@@ -208,6 +265,57 @@ def test_fit_loads_its_flop_counts_with_cached_programs(tmp_path, monkeypatch,
   wider = run(16)
   assert analysed == [1, 1]
   assert wider.metrics["train_flops"] > first.metrics["train_flops"]
+
+
+def test_fit_reanalyses_a_cached_flop_entry_of_another_form(
+    tmp_path, restored_cache_config):
+  # `null` in the entry raised a TypeError after experience 0 had trained.
+  jaxcl.enable_compilation_cache(tmp_path / "xla")
+  run = lambda: jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(),
+                          optax.sgd(0.1), make_benchmark(), batch_size=4)
+  first = run()
+  (entry,) = (tmp_path / "xla" / "jaxcl_flops").iterdir()
+  entry.write_text("null")
+  assert run().metrics["train_flops"] == first.metrics["train_flops"] > 0
+  assert json.loads(entry.read_text())["train_flops"] == first.metrics[
+      "train_flops"]
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["uneven", "online"])
+def test_each_program_compiles_once_whatever_the_stream_length(
+    online, restored_cache_config):
+  # Counts XLA's compiles (a cache hit records none, so no cache), not
+  # traces: a second compile of the same program went unnoticed.
+  jax.config.update("jax_compilation_cache_dir", None)
+  compiled = []
+
+  def listener(event, seconds, **kwargs):
+    del seconds
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(kwargs.get("fun_name"))
+
+  def fit(n_experiences):
+    bench = make_benchmark(n_classes=2 * n_experiences,
+                           n_experiences=n_experiences,
+                           sizes=[3, 17] * n_experiences)
+    if online:
+      bench = jaxcl.benchmarks.split_online(bench, 6)
+    compiled.clear()
+    jaxcl.fit(jaxcl.models.MLP(2 * n_experiences, hidden_size=8), naive(),
+              optax.sgd(0.1), bench, epochs=2, batch_size=4)
+    return collections.Counter(compiled)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    short = fit(2)  # Also compiles what any fit compiles once per process.
+    long = fit(4)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  # Online, the experiences between two evaluations train as one block.
+  train = "jit(train_block)" if online else "jit(train_experience)"
+  assert long[train] == 1 and long["jit(evaluate)"] == 1
+  assert max(long.values()) == 1, long
+  assert sum(long.values()) <= sum(short.values()), (short, long)
 
 
 @pytest.mark.parametrize("model", [

@@ -31,6 +31,7 @@ __all__ = [
     "flops",
     "named_call",
     "named_call_flops",
+    "named_call_flops_setting",
     "peak_device_memory_mb",
     "peak_host_memory_mb",
 ]
@@ -313,6 +314,24 @@ def named_call_flops(jaxpr: jax_core.ClosedJaxpr, name: str
   return None if count is None else (count, avals)
 
 
+def _analysis_cpu() -> jax.Device | None:
+  """The CPU device programs are lowered on for analysis, or None."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out.
+    return None
+
+
+def named_call_flops_setting() -> tuple[str, str]:
+  """What :func:`named_call_flops` counts with besides the program: the
+  platform lowered for (a CPU when there is one, else the default backend,
+  whose compiled program XLA analyses) and ``XLA_FLAGS``, which a compiled
+  program's count may depend on. Part of a cached count's key."""
+  cpu = _analysis_cpu()
+  return (cpu.platform if cpu is not None else jax.default_backend(),
+          os.environ.get("XLA_FLAGS", ""))
+
+
 def _lowered_for_analysis(fn: Callable[..., Any],
                           avals: Sequence[Any]) -> jax.stages.Lowered:
   """``fn`` lowered for the CPU where possible: XLA analyses that lowering
@@ -326,9 +345,8 @@ def _lowered_for_analysis(fn: Callable[..., Any],
                              weak_type=getattr(a, "weak_type", False))
         for a in avals))
 
-  try:
-    cpu = jax.local_devices(backend="cpu")[0]
-  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out.
+  cpu = _analysis_cpu()
+  if cpu is None:
     return lower(None)
   try:
     return lower(cpu)

@@ -985,11 +985,14 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         n_runs=len(runs) if batched else 1,
         runs_share_data=batched and not _runs_one_by_one(),
         own_update=strategy.update is not None)
+    # The key (the programs' text) is built in the thread too, and only
+    # where there is a cache folder.
     flops = pool.submit(
         compilation.cached_json, "flops",
-        [*(program.as_text() for program in lowered),
-         flop_analysis.keywords, _FLOP_ANALYSIS], flop_analysis
-    ) if "flops" in chosen else None
+        lambda: [*(program.as_text() for program in lowered),
+                 flop_analysis.keywords, _FLOP_ANALYSIS,
+                 system.named_call_flops_setting()],
+        flop_analysis, check=_is_flop_counts) if "flops" in chosen else None
     *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
   finally:
     pool.shutdown(wait=False)
@@ -1749,6 +1752,13 @@ def _evaluate_split(ctx: StrategyContext, strategy: Strategy,
 # Part of the cached FLOP counts' key: bumped when the analysis changes
 # while the programs it analyses may not.
 _FLOP_ANALYSIS = "named calls lowered for the CPU, session 12"
+
+
+def _is_flop_counts(value: Any) -> bool:
+  """Whether a cached value has :func:`_program_flops`'s form."""
+  return (isinstance(value, dict)
+          and set(value) == {"train_flops", "eval_flops"}
+          and all(isinstance(v, (int, float)) for v in value.values()))
 
 
 def _program_flops(train_jaxpr: Any, eval_jaxpr: Any, *, n_runs: int,
