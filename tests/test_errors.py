@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -86,6 +87,15 @@ def _cli(paths: Paths, *args: str):
   return code
 
 
+def _fit_in_64_bits(paths: Paths):
+  """The standard run with ``jax_enable_x64`` on."""
+  jax.config.update("jax_enable_x64", True)
+  try:
+    return _fit(paths)
+  finally:
+    jax.config.update("jax_enable_x64", False)
+
+
 def _data():
   """Two classes of samples: (x, y)."""
   first = make_benchmark().train_stream[0]
@@ -118,6 +128,9 @@ CASES = [
          r"epochs must be a positive integer, got 1\.5 of type float"),
     Case("fit epochs=0", lambda p: _fit(p, epochs=0), ValueError,
          r"epochs must be a positive integer, got 0\."),
+    Case("fit with jax_enable_x64", _fit_in_64_bits, ValueError,
+         r"jax_enable_x64=True: jaxcl runs its programs with 32-bit integers "
+         r"and floats; expected jax_enable_x64=False"),
     Case("fit eval_batch_size=-4", lambda p: _fit(p, eval_batch_size=-4),
          ValueError, r"eval_batch_size must be a positive integer, got -4"),
     Case("fit reset_optimizer='no'", lambda p: _fit(p, reset_optimizer="no"),

@@ -730,6 +730,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                 on_nonfinite: str = "raise") -> MultiResult:
   """Runs ``runs`` together: vmapped over a leading axis when ``batched``."""
   start_total = time.perf_counter()
+  if jax.config.jax_enable_x64:
+    # Labels, counts and steps would turn int64 and no longer match the
+    # int32 carries of the compiled loops (a TypeError deep in a scan).
+    raise ValueError("jax_enable_x64=True: jaxcl runs its programs with "
+                     "32-bit integers and floats; expected jax_enable_x64="
+                     "False (JAX's default) while fit or sweep runs.")
   strategy, optimizer = runs[0].strategy, runs[0].optimizer
   for run in runs:
     _check_run(run)
