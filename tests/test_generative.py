@@ -323,6 +323,45 @@ def test_one_compile_per_stream_and_generator_lr_sweeps_in_the_state():
   assert not _equal(*generators)
 
 
+def test_generator_weight_decay_is_pytorch_adams():
+  # PyTorch's Adam(weight_decay=wd) adds wd * theta to the gradient before
+  # the moments (L2, not AdamW): three steps on 0.5 |theta - c|^2, in numpy.
+  from jaxcl.strategies.generative import _generator_adam
+  lr, wd, b1, b2, eps = 0.1, 0.3, 0.9, 0.999, 1e-8
+  c = np.array([1.0, -2.0, 0.5])
+  theta, m, v = np.zeros(3), np.zeros(3), np.zeros(3)
+  optimizer = _generator_adam(lr, wd)
+  params = jnp.zeros(3)
+  opt_state = optimizer.init(params)
+  for t in range(1, 4):
+    g = (theta - c) + wd * theta
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+    theta = theta - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+    updates, opt_state = optimizer.update(params - c, opt_state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params, theta, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_generator_optimizer_starts_each_experience_afresh(reset):
+  bench = _uint8_benchmark()  # Three experiences of 16 samples.
+  values = [1e-3, 1e-2]
+  result = jaxcl.sweep(
+      MLP(num_classes=6, hidden_size=8, drop_rate=0.0), bench, values,
+      strategy=lambda lr: generative_replay(
+          latent_dim=2, generator_hidden=8, generator_lr=lr,
+          generator_weight_decay=1e-4, reset_generator_optimizer=reset),
+      optimizer=optax.sgd(0.1), epochs=2, batch_size=4)
+  for run, lr in zip(result.runs, values):
+    opt_state = run.state.cl_state.generator_opt_state
+    adam = opt_state.inner_state[1][0]
+    # 2 epochs of 4 steps per experience: the count starts over at each.
+    assert int(adam.count) == (8 if reset else 24)
+    # The swept rate survives the reset.
+    assert float(opt_state.hyperparams["learning_rate"]) == pytest.approx(lr)
+    assert float(opt_state.hyperparams["weight_decay"]) == pytest.approx(1e-4)
+
+
 def test_beats_naive_on_split_mnist():
   # Bundled class-incremental SplitMNIST (4,000 training digits), 2 epochs:
   # naive fine-tuning only predicts the last two digits (stream accuracy
@@ -358,6 +397,10 @@ def test_validates_and_registers():
     generative_replay(increasing_replay_size="false")
   with pytest.raises(ValueError, match="generator_lr must be in"):
     generative_replay(generator_lr=0.0)
+  with pytest.raises(ValueError, match="generator_weight_decay must be in"):
+    generative_replay(generator_weight_decay=-1e-4)
+  with pytest.raises(TypeError, match="reset_generator_optimizer must be"):
+    generative_replay(reset_generator_optimizer="yes")
   strategy = from_spec("generative_replay", latent_dim=4, reconstruction="bce")
   assert strategy.name == "generative_replay"
   with pytest.raises(ValueError, match="one task label"):

@@ -3,7 +3,8 @@
 Setting: iCaRL's ResNet-32, SGD lr 2.0, momentum 0.9, weight decay 1e-5,
 learning rate divided by 5 after epochs 49 and 63 of every experience, 70
 epochs, batch 128, 2,000 exemplars (fixed memory); 10 experiences of 10
-classes, CIFAR-100 normalisation, crop + flip.
+classes, inputs scaled to [0, 1] without normalisation (the baseline's
+``ToTensor`` alone), crop + flip.
 
 --local: CIFAR-100 is not bundled. The stand-in is bundled MNIST digits
 zero-padded to 32x32x3, 20 train / 10 test per digit, 10 experiences of one
@@ -21,7 +22,8 @@ def get_config():
   """The published setting of the row."""
   config = _common.base_config(name="scifar100_icarl",
                                row="SplitCIFAR100 (10) / iCaRL", published=0.48)
-  config.benchmark.update(name="split_cifar100", n_experiences=10)
+  config.benchmark.update(name="split_cifar100", n_experiences=10,
+                          normalize=((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))
   config.model = {"name": "resnet32"}
   config.optimizer.update(name="sgd", lr=2.0, momentum=0.9, weight_decay=1e-5,
                           lr_milestones=[49, 63], lr_gamma=0.2)

@@ -2,8 +2,12 @@
 
 Setting: slim ResNet-18 (nf 20), SGD lr 0.1, one pass (1 epoch), batch 10,
 class-balanced memory of 1,000 samples, 10 replayed samples per step;
-classes in the order 0..9, class-incremental; CIFAR-10 normalisation, random
-crop (padding 4) and horizontal flip.
+classes in the order 0..9, class-incremental, unseen classes masked (the
+baseline's ``IncrementalClassifier``); CIFAR-10 normalisation, random crop
+(padding 4) and horizontal flip: the baseline's version with a validation
+stream, which keeps SplitCIFAR10's default augmentation (its current
+version trains without augmentation); the 5% validation split it holds out
+and never uses is not held out here.
 
 --local: CIFAR-10 is not bundled. The stand-in is bundled MNIST digits
 zero-padded to 32x32 and repeated to 3 channels, 50 train / 20 test per

@@ -278,10 +278,19 @@ def _rows_that_count(x: jax.Array, counts: jax.Array) -> jax.Array:
   return jnp.where(keep, x, x[:1])
 
 
+def _generator_adam(learning_rate: float,
+                    weight_decay: float) -> optax.GradientTransformation:
+  """Adam with PyTorch's ``weight_decay`` (added to the gradient, not AdamW)."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.adam(learning_rate))
+
+
 def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
                       generator_lr: float = 1e-3, reconstruction: str = "mse",
                       replay_size: int = 0,
-                      increasing_replay_size: bool = False) -> Strategy:
+                      increasing_replay_size: bool = False,
+                      generator_weight_decay: float = 0.0,
+                      reset_generator_optimizer: bool = False) -> Strategy:
   """Deep generative replay with an MLP VAE (Avalanche's ``GenerativeReplay``).
 
   Each step, ``replay_size`` samples drawn from the frozen previous generator
@@ -310,6 +319,14 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
     increasing_replay_size: Weigh the generated rows by the number of
       experiences trained (only with ``replay_size=0``, as Avalanche ignores
       it otherwise).
+    generator_weight_decay: L2 weight decay of the generator's Adam, added to
+      its gradient as PyTorch's ``Adam(weight_decay=...)`` does (Avalanche's
+      default generator: 1e-4).
+    reset_generator_optimizer: Start every experience with a fresh Adam
+      state for the generator (its learning rate kept), as the Avalanche
+      releases that reset optimizers between experiences did for the
+      generator's trainer too; ``fit(reset_optimizer=True)`` resets the
+      solver's only.
 
   Returns:
     The strategy; its ``cl_state`` is a :class:`GenerativeReplayState`.
@@ -341,7 +358,12 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
     raise ValueError(f"increasing_replay_size applies only with replay_size=0 "
                      f"(replay as many samples as the batch), got "
                      f"replay_size={replay_size}.")
-  optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=generator_lr)
+  generator_weight_decay = _validation.check_in_range(
+      "generator_weight_decay", generator_weight_decay, low=0.0)
+  _validation.check_bool("reset_generator_optimizer",
+                         reset_generator_optimizer)
+  optimizer = optax.inject_hyperparams(_generator_adam)(
+      learning_rate=generator_lr, weight_decay=generator_weight_decay)
 
   def vae_for(ctx):
     return MlpVAE(n_features=math.prod(ctx.input_shape), latent_dim=latent_dim,
@@ -410,6 +432,15 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
         generator=optax.apply_updates(cl_state.generator, updates),
         generator_opt_state=opt_state)
 
+  def begin_experience(ctx, state, data, key):
+    # Here, not at the top: jaxcl.training's package imports the strategies.
+    from jaxcl.training import optim
+    del ctx, data, key
+    cl_state = state.cl_state
+    return state.replace(cl_state=cl_state.replace(
+        generator_opt_state=optim.reset_optimizer_state(
+            optimizer, cl_state.generator_opt_state, cl_state.generator)))
+
   def end_experience(ctx, state, data, key):
     del ctx, data, key
     cl_state = state.cl_state
@@ -418,9 +449,11 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
         old_model_state=state.model_state, old_seen=state.seen_classes,
         experiences=cl_state.experiences + 1))
 
+  resets = ({"begin_experience": begin_experience}
+            if reset_generator_optimizer else {})
   return Strategy(name="generative_replay", init=init,
                   transform_batch=transform_batch, after_step=after_step,
-                  end_experience=end_experience)
+                  end_experience=end_experience, **resets)
 
 
 STRATEGIES = {"generative_replay": generative_replay}
