@@ -11,7 +11,7 @@ Usage:
   python examples/dualnet.py dual_net naive replay
 """
 
-import sys
+import argparse
 import time
 
 import numpy as np
@@ -37,7 +37,16 @@ def run(name: str, seed: int) -> tuple[float, float, float, float]:
 
 
 def main() -> None:
-  for name in sys.argv[1:] or ["dual_net", "naive", "replay"]:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("strategies", nargs="*", metavar="STRATEGY",
+                      help=f"any of {', '.join(sorted(SPECS))} (default: "
+                      "all three)")
+  names = parser.parse_args().strategies or sorted(SPECS)
+  unknown = sorted(set(names) - set(SPECS))
+  if unknown:
+    parser.error(f"unknown strategies {unknown}; expected any of "
+                 f"{sorted(SPECS)}.")
+  for name in names:
     rows = np.asarray([run(name, seed) for seed in (0, 1, 2)])
     cells = [f"{rows[:, i].mean():.{d}f} ± {rows[:, i].std():.{d}f}"
              for i, d in ((0, 3), (1, 3), (2, 1), (3, 1))]

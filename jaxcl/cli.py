@@ -980,6 +980,33 @@ def _enable_cache(args: argparse.Namespace,
                   stacklevel=2)
 
 
+def _topmost_missing(path: pathlib.Path) -> pathlib.Path | None:
+  """The highest of ``path`` and its parents that does not exist, or None."""
+  missing = None
+  for folder in (path, *path.parents):
+    if folder.exists():
+      return missing
+    missing = folder
+  return missing
+
+
+def _remove_created(logdir: pathlib.Path,
+                    created: pathlib.Path | None) -> None:
+  """Removes ``logdir`` and its parents up to ``created`` (the topmost one
+  this run created; None: none), parents only while empty: a run started
+  beside this one may have put its own folder there."""
+  if created is None:
+    return
+  shutil.rmtree(logdir, ignore_errors=True)
+  for folder in logdir.parents:
+    if folder == created.parent:
+      break
+    try:
+      folder.rmdir()
+    except OSError:
+      break
+
+
 def _new_default_logdir() -> pathlib.Path:
   """``runs/<timestamp>``, created here; ``-1``, ``-2``, ... appended when
   another run took the name (runs started in the same second)."""
@@ -1050,9 +1077,10 @@ def _run_on_joined_hosts(args: argparse.Namespace,
     args.drop_rate = getattr(model, "drop_rate", getattr(
         getattr(model, "features", None), "drop_rate", None))
   seeds = _seeds(args)
+  # The topmost folder this run creates for its logs (None: the log folder
+  # exists), removed whole if the run is refused before writing anything.
   # Before the checkpoint folder, which may lie inside it.
-  fresh_logdir = not args.logdir or not pathlib.Path(
-      args.logdir).expanduser().exists()
+  created = _topmost_missing(pathlib.Path(args.logdir or "runs").expanduser())
   if args.checkpoint_dir:
     _validation.make_folder("--checkpoint-dir", args.checkpoint_dir)
   if args.logdir:
@@ -1061,6 +1089,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
       _validation.make_folder("--logdir", args.logdir)
   else:  # Only the primary host writes: the others make no folder.
     logdir = _new_default_logdir() if primary else pathlib.Path("runs")
+    created = created or logdir
   writer = None
   if primary:
     writers = []
@@ -1069,8 +1098,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
         writers.append(loggers.WandbWriter(
             project=args.wandb_project, name=logdir.name, dir=str(logdir)))
       except Exception:
-        if fresh_logdir:
-          shutil.rmtree(logdir, ignore_errors=True)
+        _remove_created(logdir, created)
         raise
     writer = _Tracked(loggers.MultiWriter([loggers.create_writers(
         str(logdir), console=not args.quiet,
@@ -1121,9 +1149,9 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   except Exception:
     # Refused before any result (arguments fit checks, another run's
     # checkpoint): a folder this run created holds nothing of it.
-    if writer is not None and fresh_logdir and not writer.wrote_scalars:
+    if writer is not None and not writer.wrote_scalars:
       writer.close()
-      shutil.rmtree(logdir, ignore_errors=True)
+      _remove_created(logdir, created)
     raise
   finally:
     if writer is not None:

@@ -394,6 +394,22 @@ def test_a_sweep_gives_a_hyperparameter_without_a_default(tmp_path, capsys):
     del REGISTRY["needs_strength"]
 
 
+@pytest.mark.parametrize("logdir", ["deep/a/b", None])
+def test_a_refusal_inside_fit_leaves_no_folders_it_created(
+    tmp_path, monkeypatch, capsys, logdir):
+  # Patience longer than the evaluations allow is refused inside fit, after
+  # the log folder exists; its new parents (or runs/) were left behind.
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "runs_elsewhere").mkdir()
+  where = ["--logdir", logdir] if logdir else []
+  code = cli.main(["run", "--early-stopping", "2", "--periodic-eval", "5",
+                   "--validation-size", "0.1", "--n-experiences", "2",
+                   "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", "", *where])
+  assert code == 2 and "patience" in capsys.readouterr().err
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["runs_elsewhere"]
+
+
 def test_a_failed_first_run_leaves_no_folder_with_its_checkpoints_inside(
     tmp_path):
   # The checkpoint folder inside the new log folder made it look old.

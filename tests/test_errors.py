@@ -286,7 +286,8 @@ CASES = [
          r"Unknown strategy 'naiv'; expected one of .*Did you mean 'naive'"),
     Case("from_spec unused hyperparameter",
          lambda p: from_spec("naive", mem_size=3), ValueError,
-         r"hyperparameters \['mem_size'\] are not used by strategy 'naive'"),
+         r"hyperparameters \['mem_size'\] are not used by strategy 'naive'; "
+         r"it takes \[\]\.$"),
     Case("from_spec value that is not a literal",
          lambda p: from_spec("lwf(alpha=x)"), ValueError,
          r"strategy spec 'lwf\(alpha=x\)': cannot read 'lwf\(alpha=x\)' "

@@ -204,9 +204,12 @@ def from_spec(spec: str, **hyperparameters: Any) -> Strategy:
   takes = open_parameters(spec)
   unused = set(given) - takes
   if unused:
+    # Only a spec that sets values itself can have taken a parameter away.
+    winning = (" (values the spec gives a strategy itself win)"
+               if any(own for _, own in terms) else "")
     raise ValueError(f"hyperparameters {sorted(unused)} are not used by "
-                     f"strategy {spec!r}; it takes {sorted(takes)} (values "
-                     "the spec gives a strategy itself win).")
+                     f"strategy {spec!r}; it takes {sorted(takes)}"
+                     f"{winning}.")
   strategies = []
   for (name, own), term in zip(terms, _split_terms(spec)):
     entry = REGISTRY[name]
