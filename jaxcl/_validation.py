@@ -235,6 +235,18 @@ def error_reason(error: Exception) -> str:
   return f"{kind}: {getattr(error, 'strerror', None) or error}"
 
 
+def expanded_folder(name: str,
+                    folder: str | os.PathLike[str]) -> pathlib.Path:
+  """``folder`` with ``~`` expanded; a ``ValueError`` naming ``name`` when
+  there is no home directory to expand it to."""
+  try:
+    return pathlib.Path(folder).expanduser()
+  except RuntimeError as error:
+    raise ValueError(f"{name} {os.fspath(folder)!r} cannot be created: "
+                     f"{error_reason(error)}; expected a folder this "
+                     "process can write.") from error
+
+
 def make_folder(name: str, folder: str | os.PathLike[str]) -> None:
   """Creates ``folder`` now, so that one that cannot be made stops a run
   before it compiles and trains, not at its first write."""

@@ -1078,13 +1078,14 @@ def _run_on_joined_hosts(args: argparse.Namespace,
         getattr(model, "features", None), "drop_rate", None))
   seeds = _seeds(args)
   # The topmost folder this run creates for its logs (None: the log folder
-  # exists), removed whole if the run is refused before writing anything.
+  # exists): a run refused before writing anything removes what it created.
   # Before the checkpoint folder, which may lie inside it.
-  created = _topmost_missing(pathlib.Path(args.logdir or "runs").expanduser())
+  logdir = (_validation.expanded_folder("--logdir", args.logdir)
+            if args.logdir else None)
+  created = _topmost_missing(logdir or pathlib.Path("runs"))
   if args.checkpoint_dir:
     _validation.make_folder("--checkpoint-dir", args.checkpoint_dir)
-  if args.logdir:
-    logdir = pathlib.Path(args.logdir).expanduser()
+  if logdir is not None:
     if primary:
       _validation.make_folder("--logdir", args.logdir)
   else:  # Only the primary host writes: the others make no folder.

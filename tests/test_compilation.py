@@ -148,7 +148,7 @@ def test_an_existing_folder_that_cannot_be_written_is_not_used(
               make_benchmark(), checkpoint_dir=folder)
 
 
-def test_jaxcl_imports_and_runs_without_a_home_directory(tmp_path):
+def test_jaxcl_imports_and_runs_without_a_home_directory():
   # The default cache folder was expanded at import: `import jaxcl.training`
   # raised "Could not determine home directory".
   program = (
@@ -166,6 +166,16 @@ def test_jaxcl_imports_and_runs_without_a_home_directory(tmp_path):
   assert out[-1] == ("folder='~/.cache/jaxcl/xla' cannot hold the "
                      "compilation cache (RuntimeError: Could not determine "
                      "home directory.); programs are compiled without it.")
+  # A log folder under ~ is refused like one that cannot be created.
+  cli = subprocess.run(
+      [sys.executable, "-c", program.split("import jaxcl")[0]
+       + "import sys, jaxcl.cli\nsys.exit(jaxcl.cli.main(['run', "
+       "'--logdir', '~/runs', '--no-progress', '--compilation-cache', '']))"],
+      env=env, capture_output=True, text=True)
+  assert cli.returncode == 2
+  assert ("--logdir '~/runs' cannot be created: RuntimeError: Could not "
+          "determine home directory.; expected a folder this process can "
+          "write.") in cli.stderr
 
 
 def test_remote_cache_folder_given_as_a_path_stays_remote(
@@ -284,8 +294,9 @@ def test_fit_reanalyses_a_cached_flop_entry_of_another_form(
 @pytest.mark.parametrize("online", [False, True], ids=["uneven", "online"])
 def test_each_program_compiles_once_whatever_the_stream_length(
     online, restored_cache_config):
-  # Counts XLA's compiles (a cache hit records none, so no cache), not
-  # traces: a second compile of the same program went unnoticed.
+  # Counts the programs handed to XLA (compiled, or loaded from a cache,
+  # which records the same event), not traces: a second compile of the
+  # same program went unnoticed.
   jax.config.update("jax_compilation_cache_dir", None)
   compiled = []
 

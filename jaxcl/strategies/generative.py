@@ -43,8 +43,7 @@ from jaxcl import _validation
 from jaxcl.models.mlp import TorchLinear
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.buffers import concat_batches
-from jaxcl.strategies.model_utils import (init_model_state,
-                                          refuse_task_labels, weighted_mean)
+from jaxcl.strategies.model_utils import init_model_state, refuse_task_labels
 
 __all__ = [
     "RECONSTRUCTIONS",
@@ -246,8 +245,9 @@ class GenerativeReplayState:
 
   Attributes:
     generator: Parameters of the :class:`MlpVAE` being trained.
-    generator_opt_state: Its optax state (the learning rate sits in it as an
-      array, ``optax.inject_hyperparams``, so it can be swept with ``vmap``).
+    generator_opt_state: Its optax state (the learning rate and weight decay
+      sit in it as arrays, ``optax.inject_hyperparams``, so they can be swept
+      with ``vmap``).
     old_generator: The generator frozen at the end of the last experience.
     old_params: The solver's parameters frozen at the same moment.
     old_model_state: The solver's model state frozen at the same moment.
@@ -303,8 +303,8 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
   (Avalanche generates ``k`` times the batch; the new experience's share of
   the loss is then ``1/(k+1)``, Shin et al.'s ratio); with ``replay_size > 0``
   every row weighs 1. After the solver's update, the generator takes one
-  Adam step on the VAE loss (:func:`vae_loss`, mean over the batch's rows
-  with the same weights). At the end of each experience the generator, the
+  Adam step on the VAE loss (:func:`vae_loss`, summed over the batch's rows
+  with the same weights, as Avalanche sums it). At the end of each experience the generator, the
   solver and the seen classes are frozen for the next one.
 
   Args:
@@ -423,7 +423,9 @@ def generative_replay(latent_dim: int = 2, generator_hidden: int = 400,
       # Batch statistics over every row when none counts (a 0/0 otherwise).
       losses = vae_loss(ctx, vae, generator, x, key, reconstruction,
                         counts | ~jnp.any(counts))
-      return weighted_mean(losses, batch["weight"])
+      # Summed over the batch as Avalanche's VAE loss is: Adam ignores the
+      # gradient's scale, but its weight decay and eps do not.
+      return jnp.sum(losses * batch["weight"])
 
     updates, opt_state = optimizer.update(
         jax.grad(loss)(cl_state.generator), cl_state.generator_opt_state,
