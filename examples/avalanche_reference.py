@@ -121,6 +121,14 @@ def main():
   else:
     strategy = Naive(model, **common)
 
+  if args.device.startswith("cuda"):
+    # CUDA's context and first kernels load outside the timed training, as
+    # jaxcl's backend starts before its train_s (Avalanche moves the model
+    # to the device inside train()).
+    model.to(args.device)
+    (torch.ones(8, 8, device=args.device) @ torch.ones(8, 8,
+                                                       device=args.device)).sum()
+    torch.cuda.synchronize(args.device)
   train_s = eval_s = 0.0
   results = {}
   for index, experience in enumerate(train_stream):
