@@ -136,8 +136,8 @@ def _check_float32_normal(name: str, value: float, zero: str) -> float:
   low, high = (float(np.finfo(np.float32).tiny),
                float(np.finfo(np.float32).max))
   if not low <= value <= high:
-    raise ValueError(f"{name}={value!r} is outside float32's range, where "
-                     f"the strategy keeps it; expected {zero}a value between "
+    raise ValueError(f"{name}={value!r} is outside float32's range, in "
+                     f"which jaxcl keeps it; expected {zero}a value between "
                      f"{low:.3g} and {high:.3g}.")
   return value
 

@@ -34,11 +34,6 @@ from jaxcl.loggers.base import ForwardingWriter
 __all__ = ["main", "build_parser"]
 
 
-# What a factory without the parameter offers: a default.
-_NO_PARAMETER = inspect.Parameter("absent", inspect.Parameter.KEYWORD_ONLY,
-                                  default=None)
-
-
 def _flag(name: str) -> str:
   return "--" + name.replace("_", "-")
 
@@ -478,9 +473,8 @@ def _check_args(args: argparse.Namespace,
                        f"{args.lr_schedule!r}: a swept schedule would need "
                        "one program per value.")
     for value in sweep_values:
-      _validation.check_in_range("--sweep lr values", value, low=0.0,
-                                 low_inclusive=False)
-  _validation.check_in_range("--lr", args.lr, low=0.0, low_inclusive=False)
+      _validation.check_float32_positive("--sweep lr values", value)
+  _validation.check_float32_positive("--lr", args.lr)
   _validation.check_in_range("--label-smoothing", args.label_smoothing,
                              low=0.0, high=1.0)
   _validation.check_in_range("--momentum", args.momentum, low=0.0, high=1.0,
@@ -908,7 +902,8 @@ def _load_benchmark(args: argparse.Namespace):
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
   given = {k: getattr(args, k) for k in ("n_experiences", "validation_size",
                                          "online_size", "image_size")
-           if getattr(args, k) and (k in accepted or k not in bench_kwargs)}
+           if getattr(args, k) is not None
+           and (k in accepted or k not in bench_kwargs)}
   try:
     benchmark = factory(**{k: v for k, v in bench_kwargs.items()
                            if k in accepted})
@@ -1039,13 +1034,11 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   hparams = _strategy_hparams(args)
   from jaxcl.strategies import REGISTRY
   names = {p for e in REGISTRY.values() for p in e.parameters}
-  # A swept hyperparameter without a default is checked with its first
-  # value here; the others with each value below.
-  required = sweep_name not in (None, "lr") and any(
-      REGISTRY[name].parameters.get(sweep_name, _NO_PARAMETER).default is
-      inspect.Parameter.empty for name, own in
-      jaxcl.strategies.parse_spec(args.strategy) if sweep_name not in own)
-  first = {sweep_name: sweep_values[0]} if required else {}
+  # A swept hyperparameter is checked with its first value here (one may
+  # need it, as online EWC's decay_factor); the others with each value
+  # below.
+  first = ({sweep_name: sweep_values[0]} if sweep_name not in (None, "lr")
+           else {})
   try:
     strategy = jaxcl.strategies.from_spec(args.strategy, **hparams, **first)
   except (ValueError, TypeError) as error:

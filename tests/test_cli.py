@@ -410,6 +410,21 @@ def test_a_refusal_inside_fit_leaves_no_folders_it_created(
   assert sorted(p.name for p in tmp_path.iterdir()) == ["runs_elsewhere"]
 
 
+def test_sweeps_a_value_the_strategy_needs_once_another_is_set(tmp_path):
+  # Online EWC needs decay_factor: the check built ewc(mode='online')
+  # without the swept value and refused what Python's sweep runs.
+  out = tmp_path / "sweep"
+  assert cli.main(["run", "--strategy", "ewc", "--mode", "online", "--sweep",
+                   "decay_factor=0.5,0.9", "--n-experiences", "2",
+                   "--epochs", "1", "--hidden-size", "8", "--no-progress",
+                   "--quiet", "--no-tensorboard", "--logdir", str(out),
+                   "--compilation-cache", ""]) == 0
+  results = json.loads((out / "results.json").read_text())
+  (ewc,) = results["config"]["strategy_hyperparameters"]
+  assert ewc["mode"] == "online" and ewc["decay_factor"] is None  # Swept.
+  assert len(results["labels"]) == len(results["accuracy_matrices"]) == 2
+
+
 def test_a_failed_first_run_leaves_no_folder_with_its_checkpoints_inside(
     tmp_path):
   # The checkpoint folder inside the new log folder made it look old.

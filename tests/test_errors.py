@@ -337,6 +337,21 @@ CASES = [
          lambda p: _cli(p, "--early-stopping", "1", "--periodic-stream",
                         "test", "--early-stopping-margin", "-1"),
          CliExit, r"--early-stopping-margin must be in \[0, inf\), got -1"),
+    # Beyond float32 they trained into a NaN loss after compiling.
+    Case("cli --lr 1e40", lambda p: _cli(p, "--lr", "1e40"), CliExit,
+         r"--lr=1e\+40 is outside float32's range, in which jaxcl keeps it; "
+         r"expected a value between 1.18e-38 and 3.4e\+38"),
+    Case("cli --ewc-lambda 1e40",
+         lambda p: _cli(p, "--strategy", "ewc", "--ewc-lambda", "1e40"),
+         CliExit, r"--ewc-lambda=1e\+40 is outside float32's range"),
+    Case("fit lwf alpha list beyond float32",
+         lambda p: _fit(p, strategy=jaxcl.strategies.lwf(alpha=[1, 1e40])),
+         ValueError, r"alpha\[1\]=1e\+40 is outside float32's range"),
+    # 0 was dropped from the rewording: the message named image_size.
+    Case("cli --image-size 0",
+         lambda p: _cli(p, "--benchmark", "split_imagenet", "--image-size",
+                        "0"),
+         CliExit, r"error: --image-size must be one of \(8, 16, 32, 64\)"),
     Case("cli --model mpl", lambda p: _cli(p, "--model", "mpl"), CliExit,
          r"Unknown --model 'mpl'; expected one of .*Did you mean 'mlp'"),
     Case("cli --strategy naiv", lambda p: _cli(p, "--strategy", "naiv"),

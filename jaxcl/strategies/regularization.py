@@ -170,9 +170,9 @@ def _check_schedule(name: str, value: float | Sequence[float]
     if len(value) == 0:
       raise ValueError(f"{name} must be a non-negative number or a non-empty "
                        f"list of them (one per experience), got {value!r}.")
-    return tuple(_validation.check_non_negative(f"{name}[{i}]", v)
+    return tuple(_validation.check_float32_non_negative(f"{name}[{i}]", v)
                  for i, v in enumerate(value))
-  return (_validation.check_non_negative(name, value),)
+  return (_validation.check_float32_non_negative(name, value),)
 
 
 def _schedule_array(values: tuple[float, ...], n_experiences: int) -> jax.Array:
@@ -286,7 +286,8 @@ def ewc(ewc_lambda: float = 1.0, mode: str = "separate",
     >>> ewc(ewc_lambda=0.4, mode="online", decay_factor=0.9).name
     'ewc'
   """
-  ewc_lambda = _validation.check_non_negative("ewc_lambda", ewc_lambda)
+  ewc_lambda = _validation.check_float32_non_negative("ewc_lambda",
+                                                      ewc_lambda)
   mode = _validation.check_choice("ewc mode", mode, _EWC_MODES)
   estimate = _FISHERS[_validation.check_choice("fisher", fisher, _FISHERS)]
   online = mode == "online"
@@ -425,7 +426,8 @@ def mas(lambda_reg: float = 1.0, alpha: float = 0.5) -> Strategy:
     >>> mas(lambda_reg=1.0, alpha=0.5).name
     'mas'
   """
-  lambda_reg = _validation.check_non_negative("lambda_reg", lambda_reg)
+  lambda_reg = _validation.check_float32_non_negative("lambda_reg",
+                                                      lambda_reg)
   alpha = _validation.check_in_range("alpha", alpha, low=0.0, high=1.0)
 
   def init(ctx, params, key):
@@ -493,7 +495,8 @@ def rwalk(ewc_lambda: float = 0.1, ewc_alpha: float = 0.9,
     >>> rwalk(ewc_lambda=0.1, ewc_alpha=0.9, delta_t=10).name
     'rwalk'
   """
-  ewc_lambda = _validation.check_non_negative("ewc_lambda", ewc_lambda)
+  ewc_lambda = _validation.check_float32_non_negative("ewc_lambda",
+                                                      ewc_lambda)
   ewc_alpha = _validation.check_in_range("ewc_alpha", ewc_alpha, low=0.0,
                                          high=1.0)
   delta_t = _validation.check_positive_int("delta_t", delta_t)

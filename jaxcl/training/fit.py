@@ -1390,7 +1390,7 @@ def _streaming_trainer(budget: int, train_stream: Stream,
     raise ValueError(
         f"the largest experience ({train_stream.max_size} samples, "
         f"{train_stream.max_size * sample_bytes / 2**20:.1f} MB) exceeds "
-        f"device_memory_budget_mb={budget / 2**20:.1f}, so it would be "
+        f"device_memory_budget_mb={budget / 2**20:g}, so it would be "
         "streamed, and periodic evaluation / early stopping need the "
         "on-device path; raise the budget or drop periodic_eval.")
   parts = loop.make_experience_parts(
