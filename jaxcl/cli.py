@@ -564,7 +564,8 @@ def _check_flags_take_effect(args: argparse.Namespace,
     refuse("reset_schedule", "--lr-schedule is constant")
   if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
     refuse("lr", "--sweep lr=... sets the learning rates")
-  from jaxcl.strategies import REGISTRY, open_parameters, parse_spec
+  from jaxcl.strategies import (REGISTRY, from_spec, open_parameters,
+                                parse_spec)
   takes = open_parameters(args.strategy)
   unused = sorted(set(_strategy_hparams(args)) - takes)
   if unused:
@@ -577,6 +578,21 @@ def _check_flags_take_effect(args: argparse.Namespace,
         f"{'sets' if set_in_spec else 'takes no'} {unused[0]}"
         f"{' itself' if set_in_spec else ''}; expected to leave it out (its "
         f"flags: {flags}).")
+  try:
+    trains = from_spec(args.strategy,
+                       **_strategy_hparams(args)).trains_with_optimizer
+  except (ValueError, TypeError):
+    trains = True  # Refused later, with its own message.
+  if not trains:
+    for name in ("lr", "optimizer", "momentum", "lr_schedule",
+                 "reset_optimizer", "reset_schedule"):
+      refuse(name, f"--strategy {args.strategy} trains no parameter with "
+             "the optimizer")
+    if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
+      raise ValueError(f"--sweep {args.sweep} has no effect: --strategy "
+                       f"{args.strategy} trains no parameter with the "
+                       "optimizer, so every value gives the same run; "
+                       "expected to leave it out.")
   if not args.checkpoint_dir:
     refuse("checkpoint_keep", "no --checkpoint-dir is given")
   if not (args.periodic_eval or args.early_stopping):
@@ -884,6 +900,25 @@ def _resolved_hyperparameters(spec: str, given: dict[str, Any],
   return resolved
 
 
+def _hparams_record(config: dict[str, Any]) -> dict[str, Any]:
+  """The run's config as the writers' hparams take it: numbers, strings and
+  bools; lists joined with commas (``--alpha 1,2``); each strategy's
+  resolved hyperparameters as ``strategy/<name>/<parameter>``; None (a
+  swept value, an unset flag) left out."""
+  def scalar(value):
+    if isinstance(value, (list, tuple)):
+      return ",".join(str(v) for v in value)
+    return value
+
+  flat = dict(config)
+  for strategy in flat.pop("strategy_hyperparameters", []):
+    name = strategy["strategy"]
+    flat.update({f"strategy/{name}/{k}": v for k, v in strategy.items()
+                 if k != "strategy"})
+  return {k: scalar(v) for k, v in flat.items()
+          if isinstance(scalar(v), (int, float, str, bool))}
+
+
 def _load_benchmark(args: argparse.Namespace):
   """The benchmark ``args`` name, with its validation and online splits."""
   import jax
@@ -1104,8 +1139,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   config["strategy_hyperparameters"] = _resolved_hyperparameters(
       args.strategy, _strategy_hparams(args), sweep_name)
   if writer is not None:
-    writer.write_hparams({k: v for k, v in config.items()
-                          if isinstance(v, (int, float, str, bool))})
+    writer.write_hparams(_hparams_record(config))
   fit_kwargs = dict(epochs=args.epochs, batch_size=args.batch_size,
                     eval_batch_size=args.eval_batch_size,
                     eval_every=args.eval_every, writer=writer,

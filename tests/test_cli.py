@@ -425,6 +425,22 @@ def test_sweeps_a_value_the_strategy_needs_once_another_is_set(tmp_path):
   assert len(results["labels"]) == len(results["accuracy_matrices"]) == 2
 
 
+def test_hparams_record_lists_and_each_strategy_hyperparameter(tmp_path):
+  # Lists and the strategies' hyperparameters were left out: two runs with
+  # --alpha 1,2 and --alpha 3,4 had the same hparams.
+  out = tmp_path / "run"
+  assert cli.main(["run", "--strategy", "lwf(temperature=1.5)", "--alpha",
+                   "1,2", "--n-experiences", "2", "--epochs", "1",
+                   "--hidden-size", "8", "--no-progress", "--quiet",
+                   "--no-tensorboard", "--logdir", str(out),
+                   "--compilation-cache", ""]) == 0
+  first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+  hparams = first["hparams"]
+  assert hparams["alpha"] == "1.0,2.0"
+  assert hparams["strategy/lwf/alpha"] == "1.0,2.0"
+  assert hparams["strategy/lwf/temperature"] == 1.5
+
+
 def test_a_failed_first_run_leaves_no_folder_with_its_checkpoints_inside(
     tmp_path):
   # The checkpoint folder inside the new log folder made it look old.

@@ -352,6 +352,17 @@ CASES = [
          lambda p: _cli(p, "--benchmark", "split_imagenet", "--image-size",
                         "0"),
          CliExit, r"error: --image-size must be one of \(8, 16, 32, 64\)"),
+    # Nothing trains with the optimizer: the flags changed nothing.
+    Case("cli --lr with streaming_lda",
+         lambda p: _cli(p, "--strategy", "streaming_lda+replay", "--lr",
+                        "0.5"),
+         CliExit, r"--lr 0.5 has no effect: --strategy streaming_lda\+replay "
+         r"trains no parameter with the optimizer"),
+    Case("cli --sweep lr with la_maml",
+         lambda p: _cli(p, "--strategy", "la_maml", "--sweep", "lr=0.1,0.2"),
+         CliExit, r"--sweep lr=0.1,0.2 has no effect: --strategy la_maml "
+         r"trains no parameter with the optimizer, so every value gives the "
+         r"same run"),
     Case("cli --model mpl", lambda p: _cli(p, "--model", "mpl"), CliExit,
          r"Unknown --model 'mpl'; expected one of .*Did you mean 'mlp'"),
     Case("cli --strategy naiv", lambda p: _cli(p, "--strategy", "naiv"),

@@ -220,6 +220,10 @@ class Strategy(NamedTuple):
   for a sample to train on, after the transform, and skips the update
   (optimizer state included) without one. ``members`` are the strategies a
   :func:`chain` composed (empty otherwise): what its hooks are made of.
+  ``trains_with_optimizer`` is False for a strategy whose parameters the
+  optimizer never moves (StreamingLDA zeroes every gradient; La-MAML
+  without ``sync_update`` steps by its own rates): the command line then
+  refuses optimizer flags, which would change nothing.
   """
 
   name: str = "naive"
@@ -235,6 +239,7 @@ class Strategy(NamedTuple):
   drops_current_rows: bool = False
   update: Callable | None = None
   members: tuple[Strategy, ...] = ()
+  trains_with_optimizer: bool = True
 
 
 def naive() -> Strategy:
@@ -399,4 +404,7 @@ def chain(*strategies: Strategy) -> Strategy:
       drops_current_rows=any(s.drops_current_rows for s in strategies),
       update=update if update_owner else None,
       members=tuple(strategies),
+      # Zeroed gradients, or an update that skips the optimizer, hold for
+      # the whole chain.
+      trains_with_optimizer=all(s.trains_with_optimizer for s in strategies),
   )

@@ -174,7 +174,8 @@ def streaming_lda(shrinkage_param: float = 1e-4,
   return Strategy(name="streaming_lda", init=init,
                   begin_experience=begin_experience,
                   transform_grads=transform_grads, after_step=after_step,
-                  end_experience=end_experience, predict=predict)
+                  end_experience=end_experience, predict=predict,
+                  trains_with_optimizer=False)
 
 
 STRATEGIES = {"streaming_lda": streaming_lda}

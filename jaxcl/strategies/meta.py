@@ -293,7 +293,8 @@ def la_maml(mem_size: int = 200, batch_size_mem: int = 10,
     return state, cl_state._replace(alpha=alpha)
 
   return Strategy(name="la_maml", init=init, update=update,
-                  end_experience=_store_experience)
+                  end_experience=_store_experience,
+                  trains_with_optimizer=sync_update)
 
 
 STRATEGIES = {"la_maml": la_maml, "mer": mer}
