@@ -363,9 +363,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   out.add_argument("--checkpoint-keep", type=int, default=2,
                    help="number of newest checkpoints kept")
   out.add_argument("--compilation-cache", default=compilation.DEFAULT_CACHE_DIR,
-                   help="JAX persistent compilation cache folder ('' turns "
-                   "the cache off, also one JAX_COMPILATION_CACHE_DIR "
-                   "names)")
+                   help="JAX persistent compilation cache folder ('' for "
+                   "none of jaxcl's: JAX's own JAX_COMPILATION_CACHE_DIR "
+                   "still applies)")
   _strategy_flags(run)
   if not keep_defaults:
     for action in run._actions:  # pylint: disable=protected-access
@@ -983,15 +983,11 @@ def _enable_cache(args: argparse.Namespace,
   """The compilation cache of ``--compilation-cache``. A folder the user
   named that cannot be created or written stops the run; the default one
   (under a read-only home, say) only costs the caching, with a warning;
-  ``''`` turns off any cache, JAX's own setting too."""
+  ``''`` enables none (JAX's own setting, if any, stays)."""
   from jaxcl import _validation, compilation
   from jaxcl.loggers.base import is_remote_path
   folder = args.compilation_cache
-  if not folder:
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-    jax.config.update("jax_compilation_cache_dir", None)
-    compilation_cache.reset_cache()
+  if not folder:  # JAX's own setting (JAX_COMPILATION_CACHE_DIR) stays.
     return
   named = ("compilation_cache" in typed if typed is not None
            else folder != compilation.DEFAULT_CACHE_DIR)
