@@ -1,6 +1,7 @@
 """Many runs in one program: seeds and sweeps equal separate runs."""
 
 import importlib
+import re
 
 import chex
 import jax
@@ -114,6 +115,21 @@ def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
                      "optimizer to be a function of the swept value"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0], strategy=same,
                 optimizer=optax.sgd(0.1))
+
+
+@pytest.mark.parametrize("strategy", [
+    jaxcl.strategies.streaming_lda(),
+    jaxcl.strategies.la_maml(),
+    jaxcl.strategies.chain(ewc(), jaxcl.strategies.la_maml()),
+], ids=["streaming_lda", "la_maml", "chain_with_la_maml"])
+def test_sweep_refuses_an_optimizer_the_strategy_never_uses(
+    tiny_benchmark, tiny_model, strategy, no_compiling):
+  # The CLI refuses --sweep lr for these; Python's sweep ran identical runs.
+  sgd = optax.inject_hyperparams(optax.sgd)
+  with pytest.raises(ValueError, match="varies only the optimizer, which "
+                     f"strategy '{re.escape(strategy.name)}' never uses"):
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 0.5], strategy=strategy,
+                optimizer=lambda lr: sgd(learning_rate=lr))
 
 
 @pytest.mark.parametrize("strategy", [

@@ -550,6 +550,12 @@ def sweep(
         f"value (e.g. strategy=lambda v: ewc(ewc_lambda=v)); got "
         f"{type(strategy).__name__} and {type(optimizer).__name__}, with "
         "which every run would be the same.")
+  if not callable(strategy) and not strategy.trains_with_optimizer:
+    raise ValueError(
+        f"sweep() varies only the optimizer, which strategy "
+        f"{strategy.name!r} never uses to move the parameters "
+        "(trains_with_optimizer=False): every run would be the same; sweep "
+        "one of the strategy's own values instead.")
   runs = [Run(strategy(v) if callable(strategy) else strategy,
               optimizer(v) if callable(optimizer) else optimizer,
               _check_seed(seed)) for v in values]
