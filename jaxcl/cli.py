@@ -559,7 +559,7 @@ def _check_flags_take_effect(args: argparse.Namespace,
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
-        refuse(name, f"{flag} {getattr(args, component)} takes no {name}")
+        refuse(name, f"{flag} {getattr(args, component)} does not use it")
   if args.lr_schedule == "constant":
     refuse("reset_schedule", "--lr-schedule is constant")
   if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
@@ -575,9 +575,8 @@ def _check_flags_take_effect(args: argparse.Namespace,
     raise ValueError(
         f"{_flag(unused[0])} {_as_typed(getattr(args, unused[0]))} has no "
         f"effect: --strategy {args.strategy} "
-        f"{'sets' if set_in_spec else 'takes no'} {unused[0]}"
-        f"{' itself' if set_in_spec else ''}; expected to leave it out (its "
-        f"flags: {flags}).")
+        + (f"sets {unused[0]} itself" if set_in_spec else "does not use it")
+        + f"; expected to leave it out (its flags: {flags}).")
   try:
     trains = from_spec(args.strategy,
                        **_strategy_hparams(args)).trains_with_optimizer
@@ -1218,6 +1217,11 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   return results
 
 
+# fit's and the checkpointer's words for what a flag sets.
+_FLAGS_OF_FIT_TERMS = ((r"\bon_nonfinite='flag'", "--on-nonfinite flag"),
+                       (r"\bcheckpoint_dir\b", "--checkpoint-dir"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``jaxcl`` console script."""
   try:
@@ -1225,7 +1229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run(args, _typed_flags(argv))
   except (ValueError, TypeError, OSError, FloatingPointError) as e:
     # fit's advice, in the command line's terms.
-    message = str(e).replace("on_nonfinite='flag'", "--on-nonfinite flag")
+    message = str(e)
+    for python, flag in _FLAGS_OF_FIT_TERMS:
+      message = re.sub(python, flag, message)
     print(f"jaxcl: error: {message}", file=sys.stderr)
   else:
     return 0

@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -566,7 +567,7 @@ def test_checkpointer_round_trips_numpy_64_bit_leaves_and_numbers(tmp_path):
                 "seen": (np.int64, 7), "lr": (np.float64, 0.5)}
 
 
-def test_cli_resumes_from_checkpoint_dir(tmp_path):
+def test_cli_resumes_from_checkpoint_dir(tmp_path, capsys):
   def run(logdir):
     assert cli.main([
         "run", "--n-experiences", "2", "--hidden-size", "16", "--batch-size",
@@ -589,6 +590,11 @@ def test_cli_resumes_from_checkpoint_dir(tmp_path):
       "--logdir", str(tmp_path / "c"), "--no-progress", "--no-tensorboard",
       "--quiet", "--compilation-cache", ""])
   assert code == 2 and not (tmp_path / "c").exists()
+  # The checkpointer's advice in the command line's words.
+  err = capsys.readouterr().err
+  assert re.search(r"checkpoint 2 in --checkpoint-dir '.*' was written by a "
+                   r"different configuration.*Pass another --checkpoint-dir",
+                   err), err
   assert _listing(tmp_path / "ckpt") == ["1", "2"]
 
 
