@@ -210,13 +210,21 @@ def test_same_seed_bit_identical_across_processes(tmp_path, reference):
 
 
 def test_resume_restores_state_metrics_and_position(finished, tmp_path,
-                                                    reference):
+                                                    reference, monkeypatch):
   ckpt = _copy(finished, tmp_path)
   assert _listing(ckpt) == ["3", "4"]  # Pruned to the default keep=2.
-  # A finished run resumes to its result without training again.
+  # A finished run resumes to its result without training again, and
+  # compiles the initial state's program alone (the checkpoint's arrays are
+  # placed like its state), not the training and evaluation programs.
+  compiled = []
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, *a, **k: (
+      compiled.append(self), compile_(self, *a, **k))[1])
   writer = _Writer()
   assert _summary(_run(ckpt, writer=writer)) == reference
   assert writer.steps == []
+  assert len(compiled) == 1
+  monkeypatch.undo()
   # Resuming after experience 3 trains the last experience only, exactly.
   (ckpt / "4").rename(tmp_path / "elsewhere")
   writer = _Writer()

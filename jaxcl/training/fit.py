@@ -981,6 +981,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       checkpointer = checkpoint.Checkpointer(
           checkpoint_dir, keep=checkpoint_keep, config=config)
       restored = checkpointer.restore(state_shape)
+      if restored is not None and restored.step == n_exp:
+        # A finished run: nothing left to train or evaluate. The initial
+        # state's program alone, whose state places the checkpoint's arrays.
+        programs[:] = [(init_lowered, _init_compiler_options())]
     if swept:
       # After the checkpoint's comparison, which refuses another run's
       # checkpoint before anything is compiled.
@@ -1005,10 +1009,14 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                  flop_analysis.keywords, _FLOP_ANALYSIS,
                  system.named_call_flops_setting()],
         flop_analysis, check=_is_flop_counts) if "flops" in chosen else None
-    *train_execs, init_exec, eval_exec = [job.result() for job in compiles]
+    execs = [job.result() for job in compiles]
   finally:
     pool.shutdown(wait=False)
-  train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
+  if len(execs) == 1:  # A finished run's.
+    init_exec, train_exec, eval_exec = execs[0], None, None
+  else:
+    *train_execs, init_exec, eval_exec = execs
+    train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
   state = init_exec(seeds)
   compile_s = time.perf_counter() - start
   recorder = _recorder(chosen, benchmark, flops)
