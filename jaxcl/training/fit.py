@@ -429,7 +429,8 @@ def fit(
       otherwise a schedule runs across the whole stream. Implied by
       ``reset_optimizer``.
     writer: Optional clu-style metric writer (see :mod:`jaxcl.loggers`); with
-      several runs, the mean and ``<name>_std`` over runs are written.
+      several seeds, the mean and ``<name>_std`` over runs are written (a
+      :func:`sweep` writes each value's apart, as ``<name>/value=<v>``).
     progress: Show a progress bar over experiences.
     data_parallel: Spread the work over all devices, every host's after
       ``jax.distributed.initialize`` (a ``Mesh`` with one ``"data"`` axis):
