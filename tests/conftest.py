@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import tempfile
 
 import flax.linen as nn
@@ -25,6 +26,35 @@ def make_benchmark(n_classes=4, n_experiences=2, per_class=12, dim=6, seed=0,
   return jaxcl.benchmarks.class_incremental(
       (x, y), (x, y), n_experiences, fixed_class_order=range(n_classes),
       **kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+  """One compilation cache for the whole test session, shared by its xdist
+  workers: the many runs that build the same programs compile them once.
+
+  The ``jaxcl run`` default folder points there too, so that no test writes
+  to the user's home. Tests that need a cache of their own switch to it with
+  :func:`compilation_cache_in`, which restores this one.
+  """
+  from jax.experimental.compilation_cache import compilation_cache
+
+  from jaxcl import compilation
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist each worker's folder lies in the session's own.
+  session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  folder = session / "xla_cache"
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  before = {name: getattr(jax.config, name) for name in names}
+  default = compilation.DEFAULT_CACHE_DIR
+  compilation.DEFAULT_CACHE_DIR = jaxcl.enable_compilation_cache(folder)
+  yield folder
+  compilation.DEFAULT_CACHE_DIR = default
+  for name, value in before.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 @pytest.fixture
