@@ -333,7 +333,8 @@ def test_each_program_compiles_once_whatever_the_stream_length(
     jaxcl.models.MLP(num_classes=4, hidden_size=16),
     jaxcl.models.SimpleCNN(num_classes=4),
 ], ids=["mlp", "simple_cnn"])
-def test_init_compiled_for_speed_builds_the_same_state(model):
+def test_init_compiled_for_speed_builds_the_same_state(model,
+                                                       optimized_compiles):
   """Init's compile-time options change no value by more than rounding.
 
   XLA's optimisation level 0 rounds a few initial weights differently from

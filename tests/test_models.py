@@ -38,16 +38,6 @@ def _images(n_classes=4, per_class=6, size=8, seed=0):
       augment=augment.compose(augment.random_crop(1), augment.random_flip()))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-  """Tiny inputs run once here: compile time (large for convolutions on CPU,
-  halved without XLA's optimisations) is what matters."""
-  previous = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
-
-
 def _traced_once():
   """naive() whose penalty raises if traced twice: one compile per stream.
 
