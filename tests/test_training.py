@@ -297,8 +297,13 @@ def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
   np.testing.assert_array_equal(swept.runs[0].accuracy_matrix,
                                 alone.accuracy_matrix)
   assert np.isnan(swept.runs[1].accuracy_matrix).all()
-  # Everything else that measures the diverged model is NaN too.
-  assert swept.runs[0].periodic == alone.periodic
+  # Everything else that measures the diverged model is NaN too. (The
+  # vmapped and the single program may round the loss apart.)
+  for point, expected in zip(swept.runs[0].periodic, alone.periodic,
+                             strict=True):
+    assert point.keys() == expected.keys()
+    for name in point:
+      np.testing.assert_allclose(point[name], expected[name], rtol=1e-6)
   assert all(np.isnan(p["stream_accuracy"]) and np.isnan(
       p["experience_accuracy"]).all() for p in swept.runs[1].periodic)
   assert [p["step"] for p in swept.runs[1].periodic] == [
