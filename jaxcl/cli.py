@@ -208,6 +208,13 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64), "
                     "split_cub200 (resized on the host; default 224)")
+  data.add_argument("--scenario", default=None,
+                    help="core50's scenario: ni, nc, nic, nicv2_79, "
+                    "nicv2_196 or nicv2_391 (default ni)")
+  data.add_argument("--run", type=int, default=None,
+                    help="core50's official run, 0-9, read from its file "
+                    "lists in --data-dir (nic and nicv2_* need one); "
+                    "without it ni and nc draw their order from --seed")
   data.add_argument("--data-dir", default=None,
                     help="tfds data directory with the full dataset prepared; "
                     "without it the bundled data is used")
@@ -555,7 +562,7 @@ def _check_flags_take_effect(args: argparse.Namespace,
       ("model", "--model", MODELS[args.model],
        ("hidden_size", "hidden_layers", "drop_rate")),
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
-       ("n_experiences", "return_task_id"))):
+       ("n_experiences", "return_task_id", "scenario", "run"))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -928,15 +935,18 @@ def _load_benchmark(args: argparse.Namespace):
   bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
-  if args.image_size is not None:
-    bench_kwargs["image_size"] = args.image_size
+  for name in ("image_size", "scenario", "run"):
+    if getattr(args, name) is not None:
+      bench_kwargs[name] = getattr(args, name)
   if args.lazy:  # Every host loads: sharing the labels' pass is collective.
     bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
-  given = {k: getattr(args, k) for k in ("n_experiences", "validation_size",
-                                         "online_size", "image_size")
-           if getattr(args, k) is not None
+  shown = {"n_experiences": args.n_experiences, "scenario": args.scenario,
+           "run": args.run, "image_size": args.image_size,
+           "validation_size": args.validation_size or None,
+           "online_size": args.online_size or None}
+  given = {k: v for k, v in shown.items() if v is not None
            and (k in accepted or k not in bench_kwargs)}
   try:
     benchmark = factory(**{k: v for k, v in bench_kwargs.items()
@@ -948,8 +958,8 @@ def _load_benchmark(args: argparse.Namespace):
       benchmark = jaxcl.benchmarks.split_online(benchmark, args.online_size,
                                                 seed=args.seed)
   except (ValueError, TypeError) as error:
-    raise _in_flag_terms(error, given,
-                         f"--benchmark {args.benchmark}") from error
+    raise _in_flag_terms(error, given, f"--benchmark {args.benchmark}",
+                         names=("run",)) from error
   return benchmark
 
 

@@ -8,6 +8,7 @@ class (tfds 4.9.10's default mock returns random labels and its batched
 """
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -377,6 +378,95 @@ def test_core50_from_image_folders(tmp_path, monkeypatch):
     classic.core50(data_dir=tmp_path)
   with pytest.raises(ValueError, match="needs data_dir"):
     classic.core50()
+
+
+def _write_core50_run(data_dir, folder, n_experiences, run, size=32):
+  """Images of objects 1..50 (pixel value = object number) and a run's file
+  lists: experience k holds objects k % 50 + 1 and (k + 7) % 50 + 1 of
+  session 1, the test list one image of session 3 of each of those
+  objects."""
+  images = data_dir / f"core50_{size}x{size}"
+  for session in (1, 3):
+    for obj in range(1, 51):
+      if not (images / f"s{session}" / f"o{obj}").exists():
+        _write_images(images / f"s{session}" / f"o{obj}", 1, size, obj)
+  lists = data_dir / folder / f"run{run}"
+  lists.mkdir(parents=True)
+  expected = []
+  for k in range(n_experiences):
+    objects = [k % 50 + 1, (k + 7) % 50 + 1]
+    (lists / f"train_batch_{k:02d}_filelist.txt").write_text("".join(
+        f"s1/o{o}/0.png {o - 1}\n" for o in objects))
+    expected.append(objects)
+  (lists / "test_filelist.txt").write_text("".join(
+      f"s3/o{o}/0.png {o - 1}\n" for o in sorted({*sum(expected, [])})))
+  return expected
+
+
+def test_core50_official_runs_from_file_lists(tmp_path):
+  expected = _write_core50_run(tmp_path, "batches_filelists/NI_inc", 8, 3)
+  ni = classic.core50(scenario="ni", run=3, mini=True, data_dir=tmp_path)
+  # The classes are the labels seen (all 50 objects in a real run).
+  assert ni.name == "core50_ni" and ni.n_classes == 15
+  assert len(ni.train_stream) == 8 and len(ni.test_stream) == 1
+  for exp, objects in zip(ni.train_stream, expected, strict=True):
+    # The lists' order and labels; the pixels show which file was read.
+    assert exp.y.tolist() == [o - 1 for o in objects]
+    np.testing.assert_array_equal(exp.x[:, 5, 5, 0], objects)
+  test, seen = ni.test_stream[0], sorted({*sum(expected, [])})
+  assert test.y.tolist() == [o - 1 for o in seen] and len(seen) == 15
+  np.testing.assert_array_equal(test.x[:, 0, 0, 1], seen)
+  categories = classic.core50(scenario="ni", run=3, mini=True,
+                              object_lvl=False, data_dir=tmp_path)
+  assert categories.n_classes == 3  # Objects 1-15: categories 0-2.
+  assert categories.train_stream[2].y.tolist() == [(3 - 1) // 5,
+                                                   (10 - 1) // 5]
+  # NICv2 lists sit beside the images' folder, not in batches_filelists;
+  # experiences 100 and up are numbered with three digits.
+  expected = _write_core50_run(tmp_path, "NIC_v2_196", 196, 0)
+  nic = classic.core50(scenario="nicv2_196", run=0, mini=True,
+                       data_dir=tmp_path)
+  assert len(nic.train_stream) == 196 and len(nic.test_stream) == 1
+  assert nic.train_stream[150].y.tolist() == [o - 1 for o in expected[150]]
+  (tmp_path / "NIC_v2_196" / "run0" / "train_batch_120_filelist.txt").unlink()
+  with pytest.raises(ValueError, match=r"lacks 1 of the 197 file lists of "
+                     r"CORe50 nicv2_196 run 0 \(train_batch_120_filelist.txt"
+                     r"\).*batches_filelists_NICv2.zip"):
+    classic.core50(scenario="nicv2_196", run=0, mini=True, data_dir=tmp_path)
+  with pytest.raises(ValueError, match=r"lacks 80 of the 80 file lists"):
+    classic.core50(scenario="nic", run=0, mini=True, data_dir=tmp_path)
+
+
+def test_core50_official_run_from_the_command_line(tmp_path):
+  _write_core50_run(tmp_path, "batches_filelists/NI_inc", 8, 2, size=128)
+  logdir = tmp_path / "run"
+  assert cli.main(["run", "--benchmark", "core50", "--scenario", "ni",
+                   "--run", "2", "--data-dir", str(tmp_path), "--epochs", "1",
+                   "--batch-size", "2", "--hidden-size", "4", "--no-progress",
+                   "--quiet", "--no-tensorboard", "--compilation-cache", "",
+                   "--logdir", str(logdir)]) == 0
+  results = json.loads((logdir / "results.json").read_text())
+  assert results["config"]["scenario"] == "ni"
+  assert results["config"]["run"] == 2
+  # Eight experiences, one test experience: the whole test set.
+  assert np.shape(results["accuracy_matrix"]) == (8, 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scenario": "nicv2_391"}, r"scenario='nicv2_391' exists only as the "
+     r"official file lists; expected run=0..9"),
+    ({"scenario": "nic", "run": 10}, r"run must be one of CORe50's ten "
+     r"official runs, 0..9, got 10"),
+    ({"run": -1}, r"run must be a non-negative integer, got -1"),
+    ({"scenario": "nicv3"}, r"Unknown scenario 'nicv3'; expected one of nc, "
+     r"ni, nic, nicv2_196, nicv2_391, nicv2_79"),
+    ({"run": 0, "data_dir": "gs://bucket/data"}, r"core50 with run=0 reads "
+     r"its images with Pillow from a local folder, got gs://bucket/data/"
+     r"core50_128x128"),
+])
+def test_core50_refuses_runs_it_cannot_read(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    classic.core50(**{"data_dir": "/nonexistent", **kwargs})
 
 
 def test_tiny_imagenet_prepared_from_the_official_layout(tmp_path):

@@ -415,6 +415,20 @@ CASES = [
          lambda p: _cli(p, "--benchmark", "core50", "--n-experiences", "3"),
          CliExit, r"--n-experiences 3 has no effect: --benchmark core50 does "
          r"not use it"),
+    Case("cli --run for a benchmark without official runs",
+         lambda p: _cli(p, "--run", "2"), CliExit,
+         r"--run 2 has no effect: --benchmark split_mnist does not use it; "
+         r"expected to leave it out"),
+    Case("cli core50 --scenario nicv2_391 without --run",
+         lambda p: _cli(p, "--benchmark", "core50", "--scenario",
+                        "nicv2_391", "--data-dir", str(p.tmp)), CliExit,
+         r"--scenario='nicv2_391' exists only as the official file lists; "
+         r"expected --run=0\.\.9 with it"),
+    Case("cli core50 --run 12",
+         lambda p: _cli(p, "--benchmark", "core50", "--run", "12",
+                        "--data-dir", str(p.tmp)), CliExit,
+         r"--benchmark core50 --run 12: run must be one of CORe50's ten "
+         r"official runs, 0\.\.9, got 12"),
     Case("cli --reset-schedule with a constant schedule",
          lambda p: _cli(p, "--reset-schedule"), CliExit,
          r"--reset-schedule has no effect: --lr-schedule is constant"),

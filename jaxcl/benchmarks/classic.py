@@ -969,11 +969,29 @@ _CORE50_ADVICE = (
     "https://vlomonaco.github.io/core50/ and unzip it into data_dir, giving "
     "data_dir/core50_128x128/s1..s11/o1..o50/*.png.")
 
+# Avalanche's CORe50 scenarios: where the official zips unpack each one's
+# file lists (relative to data_dir), and its number of train experiences.
+_CORE50_RUNS = {
+    "ni": ("batches_filelists/NI_inc", 8),
+    "nc": ("batches_filelists/NC_inc", 9),
+    "nic": ("batches_filelists/NIC_inc", 79),
+    "nicv2_79": ("NIC_v2_79", 79),
+    "nicv2_196": ("NIC_v2_196", 196),
+    "nicv2_391": ("NIC_v2_391", 391),
+}
+_CORE50_RUNS_ADVICE = (
+    "Download batches_filelists.zip (ni, nc, nic) or "
+    "batches_filelists_NICv2.zip (nicv2_*) from "
+    "https://vlomonaco.github.io/core50/data/ and unzip them into data_dir, "
+    "giving data_dir/batches_filelists/NI_inc/run0/ ... and "
+    "data_dir/NIC_v2_391/run0/ ...")
+
 
 @_validation.checks_bool_arguments
 def core50(
     *,
     scenario: str = "ni",
+    run: int | None = None,
     seed: int = 0,
     object_lvl: bool = True,
     mini: bool = False,
@@ -981,39 +999,65 @@ def core50(
 ) -> Benchmark:
   """CORe50 (Lomonaco & Maltoni, 2017): 50 objects in 11 sessions.
 
-  Read with ``tfds.ImageFolder`` from the official image folders
+  The images are read from the official folders
   (``data_dir/core50_128x128/s<session>/o<object>/*.png``; sessions 3, 7
   and 10 are the test set). Scenarios, as Avalanche's ``CORe50``:
 
-  * ``"ni"``: 8 experiences, one per training session, in an order drawn
-    from ``seed``; one test experience with all test sessions.
-  * ``"nc"``: 9 experiences over a class order drawn from ``seed``: 10
-    objects then 5 per experience (2 categories then 1 with
-    ``object_lvl=False``); one test experience per training experience.
+  * ``"ni"``: 8 experiences, one per training session; one test experience
+    with all test sessions.
+  * ``"nc"``: 9 experiences: 10 objects then 5 per experience (2 categories
+    then 1 with ``object_lvl=False``).
+  * ``"nic"``, ``"nicv2_79"``, ``"nicv2_196"``, ``"nicv2_391"``: 79, 79, 196
+    or 391 experiences of new instances and new classes (only with
+    ``run``).
 
-  Avalanche's fixed "runs" come from filelists shipped with the dataset;
-  jaxcl draws the orders from ``seed`` instead (NIC is not offered).
-  Normalised with ImageNet's mean and std, flipped horizontally in
-  training, as in Avalanche.
+  With ``run`` (0-9), the experiences are those of Avalanche's fixed run:
+  the official file lists (``batches_filelists.zip`` for ni, nc and nic,
+  ``batches_filelists_NICv2.zip`` for the NICv2 scenarios, unzipped into
+  ``data_dir``), with one test experience holding the whole test set, as
+  in Avalanche; ``seed`` is not used then. Without it, ``"ni"`` and
+  ``"nc"`` draw the session or class order from ``seed``, read with
+  ``tfds.ImageFolder``, and ``"nc"`` has one test experience per training
+  experience (its classes). Normalised with ImageNet's mean and std,
+  flipped horizontally in training, as in Avalanche.
 
   Args:
-    scenario: ``"ni"`` or ``"nc"``.
-    seed: Seed of the session or class order.
+    scenario: ``"ni"``, ``"nc"``, ``"nic"``, ``"nicv2_79"``,
+      ``"nicv2_196"`` or ``"nicv2_391"``.
+    run: Avalanche's run, 0-9 (the official file lists); ``None`` draws
+      the order from ``seed`` (``"ni"`` and ``"nc"`` only).
+    seed: Seed of the session or class order, without ``run``.
     object_lvl: 50 object classes (else the 10 categories, object // 5).
     mini: Use the 32x32 images (``core50_32x32``) instead of 128x128.
-    data_dir: Directory holding ``core50_128x128`` (or ``core50_32x32``).
+    data_dir: Directory holding ``core50_128x128`` (or ``core50_32x32``),
+      and the file lists for ``run``.
 
   Returns:
-    A :class:`Benchmark` (``new_instances`` or ``class_incremental``).
+    A :class:`Benchmark` (``new_instances`` or ``class_incremental``
+    without ``run``).
 
   Example:
-    >>> bench = core50(scenario="nc", data_dir="data")  # doctest: +SKIP
+    >>> bench = core50(scenario="nicv2_391", run=0,
+    ...                data_dir="data")  # doctest: +SKIP
+    >>> len(bench.train_stream), len(bench.test_stream)  # doctest: +SKIP
+    (391, 1)
   """
-  _validation.check_choice("scenario", scenario, ("ni", "nc"))
+  _validation.check_choice("scenario", scenario, _CORE50_RUNS)
+  if run is None and scenario not in ("ni", "nc"):
+    raise ValueError(f"scenario={scenario!r} exists only as the official "
+                     "file lists; expected run=0..9 with it (or scenario "
+                     "'ni' or 'nc' without run).")
+  if run is not None and _validation.check_non_negative_int("run", run) > 9:
+    raise ValueError(f"run must be one of CORe50's ten official runs, "
+                     f"0..9, got {run}.")
   seed = _validation.check_seed("seed", seed)
   size = 32 if mini else 128
   folder = f"core50_{size}x{size}"
   root = _folder_root("core50", data_dir, folder, _CORE50_ADVICE)
+  common = {"preprocess": normalizer(CORE50_MEAN, CORE50_STD),
+            "augment": _FLIP, "name": f"core50_{scenario}"}
+  if run is not None:
+    return _core50_run(root, scenario, run, object_lvl, common)
   sessions = _CORE50_TRAIN + _CORE50_TEST
   arrays, names = _image_folder(root, tuple(f"s{s}" for s in sessions),
                                 (size, size, 3), _CORE50_ADVICE)
@@ -1027,8 +1071,6 @@ def core50(
 
   train = pooled(range(n_train))
   test = pooled(range(n_train, len(sessions)))
-  common = {"preprocess": normalizer(CORE50_MEAN, CORE50_STD),
-            "augment": _FLIP, "name": f"core50_{scenario}"}
   if scenario == "ni":
     bounds = np.cumsum([0] + [len(labels[i]) for i in range(n_train)])
     order = np.random.default_rng(seed).permutation(n_train)
@@ -1038,4 +1080,35 @@ def core50(
   return generators.class_incremental(
       train, test, 9, per_exp_classes={0: 10 if object_lvl else 2}, seed=seed,
       **common)
+
+
+def _core50_run(images: Any, scenario: str, run: int, object_lvl: bool,
+                common: dict[str, Any]) -> Benchmark:
+  """CORe50's official run ``run`` of ``scenario``, from its file lists."""
+  from jaxcl.benchmarks import files
+
+  if "://" in str(images):
+    raise ValueError(f"core50 with run={run} reads its images with Pillow "
+                     f"from a local folder, got {images}; expected data_dir "
+                     "on a local file system.")
+  images = Path(str(images))
+  if not images.is_dir():
+    raise ValueError(f"{images} is not a folder. {_CORE50_ADVICE}")
+  lists_folder, n_experiences = _CORE50_RUNS[scenario]
+  lists = images.parent / lists_folder / f"run{run}"
+  names = [f"train_batch_{k:02d}_filelist.txt" for k in range(n_experiences)]
+  names.append("test_filelist.txt")
+  missing = [name for name in names if not (lists / name).is_file()]
+  if missing:
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    raise ValueError(f"{lists} lacks {len(missing)} of the {len(names)} file "
+                     f"lists of CORe50 {scenario} run {run} ({shown}). "
+                     f"{_CORE50_RUNS_ADVICE}")
+  experiences = [[(path, label if object_lvl else label // 5)
+                  for path, label in files.read_filelist(lists / name,
+                                                         root=images)]
+                 for name in names]
+  return files.paths_benchmark(experiences[:-1], experiences[-1:],
+                               complete_test_set_only=True, **common)
+
 
