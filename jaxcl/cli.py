@@ -207,10 +207,13 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   data.add_argument("--image-size", type=int, default=None,
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64), "
-                    "split_cub200 (resized on the host; default 224)")
+                    "split_cub200 and stream51 (resized on the host; "
+                    "default 224)")
   data.add_argument("--scenario", default=None,
                     help="core50's scenario: ni, nc, nic, nicv2_79, "
-                    "nicv2_196 or nicv2_391 (default ni)")
+                    "nicv2_196 or nicv2_391 (default ni); stream51's "
+                    "ordering: iid, class_iid, instance or class_instance "
+                    "(default class_instance)")
   data.add_argument("--run", type=int, default=None,
                     help="core50's official run, 0-9, read from its file "
                     "lists in --data-dir (nic and nicv2_* need one); "

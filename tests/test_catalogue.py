@@ -133,7 +133,7 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
   assert cli.main(["run", "--benchmark", "split_mnist", "--image-size", "32",
                    "--logdir", str(tmp_path / "other")]) != 0
   assert ("--image-size has no effect on --benchmark split_mnist; it sets "
-          "the image side of split_cub200, split_imagenet.") in (
+          "the image side of split_cub200, split_imagenet, stream51.") in (
               capsys.readouterr().err)
   assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
                    "48", "--data-dir", str(mock_tfds), "--logdir",

@@ -59,6 +59,13 @@ def test_read_images_gives_the_written_pixels_cropped_and_in_order(tmp_path):
   # A box flush with the image's edges is the whole image.
   x = files.read_images(paths[:1], boxes=[(0, 0, 5, 7)])
   np.testing.assert_array_equal(x[0], written[0])
+  # A box reaching past the bottom and right edges: refused, or clipped.
+  with pytest.raises(ValueError, match=r"The box \(top, left, height, "
+                     r"width\) = \(3, 4, 4, 5\) of .*0.png reaches outside "
+                     r"its 5x7 image"):
+    files.read_images(paths[:1], boxes=[(3, 4, 4, 5)])
+  x = files.read_images(paths[:1], boxes=[(3, 4, 4, 5)], clip_boxes=True)
+  np.testing.assert_array_equal(x[0], written[0][3:, 4:])
 
 
 def test_channels_one_is_the_luma_of_the_rgb_pixels(tmp_path):

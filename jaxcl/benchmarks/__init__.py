@@ -1,18 +1,21 @@
 """Benchmarks: the data model, scenario generators, augmentations, the catalogue."""
 
-from jaxcl.benchmarks import augment, classic, files, generators, scenario
+from jaxcl.benchmarks import (augment, classic, files, generators, scenario,
+                              videos)
 from jaxcl.benchmarks.classic import *  # noqa: F403
 from jaxcl.benchmarks.files import *  # noqa: F403
 from jaxcl.benchmarks.generators import *  # noqa: F403
 from jaxcl.benchmarks.scenario import *  # noqa: F403
+from jaxcl.benchmarks.videos import *  # noqa: F403
 
 BENCHMARKS = {
-    name: getattr(classic, name)
-    for name in ("split_mnist", "permuted_mnist", "rotated_mnist",
-                 "split_fmnist", "split_kmnist", "split_cifar10",
-                 "split_cifar100", "split_cifar110", "split_svhn",
-                 "split_omniglot", "split_cub200", "five_datasets",
-                 "split_tiny_imagenet", "split_imagenet", "core50")
+    **{name: getattr(classic, name)
+       for name in ("split_mnist", "permuted_mnist", "rotated_mnist",
+                    "split_fmnist", "split_kmnist", "split_cifar10",
+                    "split_cifar100", "split_cifar110", "split_svhn",
+                    "split_omniglot", "split_cub200", "five_datasets",
+                    "split_tiny_imagenet", "split_imagenet", "core50")},
+    "stream51": videos.stream51,
 }
 """The catalogue by name (used by the CLI)."""
 
@@ -23,4 +26,5 @@ __all__ = [
     *files.__all__,
     *generators.__all__,
     *scenario.__all__,
+    *videos.__all__,
 ]

@@ -108,15 +108,19 @@ def _check_image_size(image_size) -> tuple[int, int] | None:
 
 
 def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
-              mode: str) -> np.ndarray:
-  """One image as ``uint8[h, w, c]``: cropped to ``box``, converted to
-  ``mode`` (Pillow's "RGB" or "L"), resized to ``size``."""
+              mode: str, clip_box: bool = False) -> np.ndarray:
+  """One image as ``uint8[h, w, c]``: cropped to ``box`` (its part inside
+  the image with ``clip_box``), converted to ``mode`` (Pillow's "RGB" or
+  "L"), resized to ``size``."""
   from PIL import Image  # Lazy: only file benchmarks decode images.
 
   try:
     with Image.open(path) as image:
       if box is not None:
         top, left, height, width = box
+        if clip_box and top < image.height and left < image.width:
+          height = min(height, image.height - top)
+          width = min(width, image.width - left)
         if top + height > image.height or left + width > image.width:
           raise ValueError(
               f"The box (top, left, height, width) = {box} of {path} reaches "
@@ -141,13 +145,16 @@ def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
 def read_images(paths: Sequence[PathLike], *,
                 boxes: Sequence[Box | None] | None = None,
                 image_size: tuple[int, int] | None = None,
-                channels: int = 3) -> np.ndarray:
+                channels: int = 3, clip_boxes: bool = False) -> np.ndarray:
   """Decodes image files into one ``uint8[n, height, width, channels]`` array.
 
   Args:
     paths: The image files (any format Pillow reads: PNG, JPEG, ...).
     boxes: Per image, ``None`` or a crop box ``(top, left, height, width)``
       applied first (Avalanche's third tuple element).
+    clip_boxes: Crop to the part of a box inside its image (a box that
+      starts inside it but reaches past its bottom or right edge, such as
+      Stream-51's padded object boxes); otherwise such a box is an error.
     image_size: ``(height, width)`` to resize every image to (Pillow's
       bilinear filter, which smooths when shrinking, like torchvision's
       ``Resize``); ``None`` keeps their size, which must then be the same
@@ -185,13 +192,14 @@ def read_images(paths: Sequence[PathLike], *,
                      f"{channels!r}.")
   mode = "RGB" if channels == 3 else "L"
   paths = [Path(p).expanduser() for p in paths]
-  first = _read_one(paths[0], boxes[0], size, mode)
+  _validation.check_bool("clip_boxes", clip_boxes)
+  first = _read_one(paths[0], boxes[0], size, mode, clip_boxes)
   # Filled in place: a list of images and its stack would double the peak.
   images = np.empty((len(paths), *first.shape), np.uint8)
   images[0] = first
 
   def fill(k: int) -> None:
-    image = _read_one(paths[k], boxes[k], size, mode)
+    image = _read_one(paths[k], boxes[k], size, mode, clip_boxes)
     if image.shape != first.shape:
       raise ValueError(
           f"{paths[k]} is {image.shape[0]}x{image.shape[1]} but {paths[0]} "

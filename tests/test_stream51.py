@@ -1,0 +1,182 @@
+"""Stream-51 from synthetic metadata and frames laid out as the official zip."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcl import cli
+from jaxcl.benchmarks import files, videos as stream51
+
+# Three classes of two videos of three frames, in the metadata's order.
+_CLASSES, _VIDEOS, _FRAMES = 3, 2, 3
+_FRAME_W, _FRAME_H = 20, 16
+# The object: columns 4-13, rows 6-15 (reaching the bottom edge), as
+# [right, left, bottom, top]; padded by 1.2 its box reaches past the image.
+_BOX = [14, 4, 16, 6]
+
+
+def _frame_value(label, video, frame):
+  return 10 + 50 * label + 10 * video + frame
+
+
+def _write_frame(path, value):
+  """A frame whose object box holds ``value`` and the rest 255."""
+  pixels = np.full((_FRAME_H, _FRAME_W, 3), 255, np.uint8)
+  right, left, bottom, top = _BOX
+  pixels[top:bottom, left:right] = value
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture(name="stream51_dir")
+def _stream51_dir(tmp_path):
+  root = tmp_path / "Stream-51"
+  train, test = [], []
+  for label in range(_CLASSES):
+    for video in range(_VIDEOS):
+      for frame in range(_FRAMES):
+        path = f"train/c{label}/v{video}/{frame}.png"
+        _write_frame(root / path, _frame_value(label, video, frame))
+        train.append([label, video, video, frame, [_FRAME_W, _FRAME_H],
+                      _BOX, path])
+  # One test frame per class, and a novelty frame (class 51) left out.
+  for label in (*range(_CLASSES), 51):
+    path = f"test/c{label}.png"
+    _write_frame(root / path, 200 + label)
+    test.append([label, [_FRAME_W, _FRAME_H], _BOX, path])
+  (root / "Stream-51_meta_train.json").write_text(json.dumps(train))
+  (root / "Stream-51_meta_test.json").write_text(json.dumps(test))
+  return tmp_path
+
+
+def _avalanche_order(seed):
+  """(label, video) in the order Avalanche's class_instance ordering gives:
+  Python's global random, seeded before every shuffle."""
+  videos = {label: list(range(_VIDEOS)) for label in range(_CLASSES)}
+  for label in range(_CLASSES):
+    random.seed(seed)
+    random.shuffle(videos[label])
+  classes = list(range(_CLASSES))
+  random.seed(seed)
+  random.shuffle(classes)
+  return [(label, video) for label in classes for video in videos[label]]
+
+
+def _frames(exp):
+  """The object's value in each of an experience's (resized) frames."""
+  return exp.x[:, 4, 4, 0].tolist()
+
+
+@pytest.mark.parametrize("seed", [10, 3])
+def test_class_instance_orders_and_cuts_as_avalanche(stream51_dir, seed):
+  bench = stream51.stream51(scenario="class_instance", seed=seed,
+                            eval_num=2, ratio=1.0, image_size=8,
+                            data_dir=stream51_dir)
+  order = _avalanche_order(seed)
+  expected = [_frame_value(label, video, frame)
+              for label, video in order for frame in range(_FRAMES)]
+  per_class = _VIDEOS * _FRAMES
+  # Two classes, then the third; the crop keeps the object only.
+  assert [len(e) for e in bench.train_stream] == [2 * per_class, per_class]
+  assert _frames(bench.train_stream[0]) + _frames(
+      bench.train_stream[1]) == expected
+  assert (bench.train_stream[0].x[..., 1] != 255).all()
+  classes = [label for label, _ in order[::_VIDEOS]]
+  assert [e.classes for e in bench.train_stream] == [
+      tuple(sorted(classes[:2])), (classes[2],)]
+  # Cumulative test sets; the novelty frame is in none.
+  assert [sorted(e.y.tolist()) for e in bench.test_stream] == [
+      sorted(classes[:2]), [0, 1, 2]]
+  assert sorted(_frames(bench.test_stream[1])) == [200, 201, 202]
+  assert bench.n_classes == 3 and bench.name == "stream51_class_instance"
+  assert bench.scenario == "class_incremental"
+
+
+def test_instance_and_iid_orderings(stream51_dir):
+  bench = stream51.stream51(scenario="instance", eval_num=4, ratio=1.0,
+                            image_size=8, data_dir=stream51_dir)
+  videos = [(label, video) for label in range(_CLASSES)
+            for video in range(_VIDEOS)]
+  random.seed(10)
+  random.shuffle(videos)
+  expected = [_frame_value(label, video, frame)
+              for label, video in videos for frame in range(_FRAMES)]
+  assert [len(e) for e in bench.train_stream] == [4, 4, 4, 4, 2]
+  assert sum((_frames(e) for e in bench.train_stream), []) == expected
+  assert len(bench.test_stream) == 1
+  assert sorted(bench.test_stream[0].y.tolist()) == [0, 1, 2]
+  iid = stream51.stream51(scenario="iid", eval_num=18, ratio=1.0,
+                          image_size=8, data_dir=stream51_dir)
+  frames = [_frame_value(label, video, frame) for label in range(_CLASSES)
+            for video in range(_VIDEOS) for frame in range(_FRAMES)]
+  random.seed(10)
+  random.shuffle(frames)
+  assert _frames(iid.train_stream[0]) == frames
+
+
+def test_padded_boxes_are_clipped_to_the_frame(stream51_dir):
+  # Padded by 1.2 around the object's centre (9, 11), the box spans columns
+  # 3-14 and rows 5-16, one row past the 16-row frame: rows 5-15 are kept.
+  bench = stream51.stream51(eval_num=3, ratio=1.2, image_size=32,
+                            data_dir=stream51_dir)
+  x = np.concatenate([e.x for e in bench.train_stream])
+  first = x[x[:, 16, 16, 0] == _frame_value(0, 0, 0)]
+  expected = files.read_images(
+      [stream51_dir / "Stream-51" / "train/c0/v0/0.png"],
+      boxes=[(5, 3, 11, 12)], image_size=(32, 32))
+  np.testing.assert_array_equal(first, expected)
+  assert (first[0, :, 0] == 255).all()  # The padding's white left column.
+  unpadded = stream51.stream51(eval_num=3, ratio=1.0, image_size=32,
+                               data_dir=stream51_dir)
+  assert (unpadded.train_stream[0].x != 255).all()
+  whole = stream51.stream51(eval_num=3, bbox_crop=False, image_size=16,
+                            data_dir=stream51_dir)
+  assert (whole.train_stream[0].x[:, 0, 0] == 255).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scenario": "class"}, r"Unknown scenario 'class'; expected one of "
+     r"class_iid, class_instance, iid, instance"),
+    ({"eval_num": 0}, r"eval_num must be a positive integer, got 0"),
+    ({"ratio": 0.9}, r"ratio must be in \[1, inf\), got 0.9"),
+    ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
+    ({"data_dir": None}, r"stream51 is not in tfds and not bundled: it needs "
+     r"data_dir \(CLI: --data-dir DIR\)"),
+    ({"data_dir": "gs://bucket"}, r"stream51 reads its frames with Pillow "
+     r"from a local folder, got data_dir='gs://bucket'"),
+])
+def test_refusals_before_reading(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    stream51.stream51(**{"data_dir": "/nonexistent", **kwargs})
+
+
+def test_missing_or_malformed_metadata(tmp_path):
+  with pytest.raises(ValueError, match=r"Stream-51_meta_train.json does not "
+                     r"exist. Download Stream-51.zip"):
+    stream51.stream51(data_dir=tmp_path)
+  root = tmp_path / "Stream-51"
+  root.mkdir()
+  (root / "Stream-51_meta_train.json").write_text(json.dumps(
+      [[0, 0, 0, 0, [4, 4], [2, 0, 2, 0]]]))
+  with pytest.raises(ValueError, match=r"row 0: expected \[class, clip, "
+                     r"video, frame, shape, box, path\], got \[0, 0, 0, 0"):
+    stream51.stream51(data_dir=tmp_path)
+  (root / "Stream-51_meta_train.json").write_text("[]")
+  with pytest.raises(ValueError, match=r"Stream-51_meta_train.json names no "
+                     r"frame; expected the official metadata"):
+    stream51.stream51(data_dir=tmp_path)
+
+
+def test_from_the_command_line(stream51_dir, tmp_path):
+  logdir = tmp_path / "run"
+  assert cli.main(["run", "--benchmark", "stream51", "--scenario",
+                   "class_iid", "--image-size", "8", "--data-dir",
+                   str(stream51_dir), "--epochs", "1", "--hidden-size", "4",
+                   "--no-progress", "--quiet", "--no-tensorboard",
+                   "--compilation-cache", "", "--logdir", str(logdir)]) == 0
+  results = json.loads((logdir / "results.json").read_text())
+  # Three classes, ten per experience: one experience, one test set.
+  assert np.shape(results["accuracy_matrix"]) == (1, 1)
