@@ -380,26 +380,28 @@ def test_core50_from_image_folders(tmp_path, monkeypatch):
     classic.core50()
 
 
-def _write_core50_run(data_dir, folder, n_experiences, run, size=32):
+def _write_core50_run(data_dir, folder, n_experiences, run, size=32,
+                      renumber=False):
   """Images of objects 1..50 (pixel value = object number) and a run's file
   lists: experience k holds objects k % 50 + 1 and (k + 7) % 50 + 1 of
   session 1, the test list one image of session 3 of each of those
-  objects."""
+  objects. Labelled object - 1, or (``renumber``, as the nc lists) by the
+  objects' order of appearance."""
   images = data_dir / f"core50_{size}x{size}"
   for session in (1, 3):
     for obj in range(1, 51):
       if not (images / f"s{session}" / f"o{obj}").exists():
         _write_images(images / f"s{session}" / f"o{obj}", 1, size, obj)
+  expected = [[k % 50 + 1, (k + 7) % 50 + 1] for k in range(n_experiences)]
+  appearance = list(dict.fromkeys(sum(expected, [])))
+  label = appearance.index if renumber else (lambda o: o - 1)
   lists = data_dir / folder / f"run{run}"
   lists.mkdir(parents=True)
-  expected = []
-  for k in range(n_experiences):
-    objects = [k % 50 + 1, (k + 7) % 50 + 1]
+  for k, objects in enumerate(expected):
     (lists / f"train_batch_{k:02d}_filelist.txt").write_text("".join(
-        f"s1/o{o}/0.png {o - 1}\n" for o in objects))
-    expected.append(objects)
+        f"s1/o{o}/0.png {label(o)}\n" for o in objects))
   (lists / "test_filelist.txt").write_text("".join(
-      f"s3/o{o}/0.png {o - 1}\n" for o in sorted({*sum(expected, [])})))
+      f"s3/o{o}/0.png {label(o)}\n" for o in sorted(appearance)))
   return expected
 
 
@@ -421,20 +423,62 @@ def test_core50_official_runs_from_file_lists(tmp_path):
   assert categories.n_classes == 3  # Objects 1-15: categories 0-2.
   assert categories.train_stream[2].y.tolist() == [(3 - 1) // 5,
                                                    (10 - 1) // 5]
+  (tmp_path / "batches_filelists/NI_inc/run3/train_batch_05_filelist.txt"
+   ).write_text("\n")
+  with pytest.raises(ValueError, match=r"The file list .*NI_inc/run3/"
+                     r"train_batch_05_filelist.txt names no image"):
+    classic.core50(scenario="ni", run=3, mini=True, data_dir=tmp_path)
+
+
+def test_core50_nc_lists_number_objects_by_appearance(tmp_path):
+  expected = _write_core50_run(tmp_path, "batches_filelists/NC_inc", 9, 0,
+                               renumber=True)
+  order = list(dict.fromkeys(sum(expected, [])))
+  objects = classic.core50(scenario="nc", run=0, mini=True,
+                           data_dir=tmp_path)
+  assert objects.train_stream[4].y.tolist() == [order.index(o)
+                                                for o in expected[4]]
+  # Categories come from the object folders, not from the labels.
+  categories = classic.core50(scenario="nc", run=0, mini=True,
+                              object_lvl=False, data_dir=tmp_path)
+  for exp, objs in zip(categories.train_stream, expected, strict=True):
+    assert exp.y.tolist() == [(o - 1) // 5 for o in objs]
+  assert categories.test_stream[0].y.tolist() == [
+      (o - 1) // 5 for o in sorted(order)]
+  lists = tmp_path / "batches_filelists/NC_inc/run0"
+  (lists / "test_filelist.txt").write_text("s3/x1/0.png 0\n")
+  with pytest.raises(ValueError, match=r"test_filelist.txt lists .*s3/x1/"
+                     r"0.png, which is not in an object folder o1..o50"):
+    classic.core50(scenario="nc", run=0, mini=True, object_lvl=False,
+                   data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("scenario, folder, n_experiences", [
+    ("ni", "batches_filelists/NI_inc", 8),
+    ("nc", "batches_filelists/NC_inc", 9),
+    ("nic", "batches_filelists/NIC_inc", 79),
+    ("nicv2_79", "NIC_v2_79", 79),
+    ("nicv2_196", "NIC_v2_196", 196),
+    ("nicv2_391", "NIC_v2_391", 391),
+])
+def test_core50_reads_each_scenario_s_lists(tmp_path, scenario, folder,
+                                            n_experiences):
   # NICv2 lists sit beside the images' folder, not in batches_filelists;
   # experiences 100 and up are numbered with three digits.
-  expected = _write_core50_run(tmp_path, "NIC_v2_196", 196, 0)
-  nic = classic.core50(scenario="nicv2_196", run=0, mini=True,
-                       data_dir=tmp_path)
-  assert len(nic.train_stream) == 196 and len(nic.test_stream) == 1
-  assert nic.train_stream[150].y.tolist() == [o - 1 for o in expected[150]]
-  (tmp_path / "NIC_v2_196" / "run0" / "train_batch_120_filelist.txt").unlink()
-  with pytest.raises(ValueError, match=r"lacks 1 of the 197 file lists of "
-                     r"CORe50 nicv2_196 run 0 \(train_batch_120_filelist.txt"
-                     r"\).*batches_filelists_NICv2.zip"):
-    classic.core50(scenario="nicv2_196", run=0, mini=True, data_dir=tmp_path)
-  with pytest.raises(ValueError, match=r"lacks 80 of the 80 file lists"):
-    classic.core50(scenario="nic", run=0, mini=True, data_dir=tmp_path)
+  expected = _write_core50_run(tmp_path, folder, n_experiences, 7)
+  bench = classic.core50(scenario=scenario, run=7, mini=True,
+                         data_dir=tmp_path)
+  assert len(bench.train_stream) == n_experiences
+  assert len(bench.test_stream) == 1
+  np.testing.assert_array_equal(bench.train_stream[-1].x[:, 5, 5, 0],
+                                expected[-1])
+  last = tmp_path / folder / "run7" / (
+      f"train_batch_{n_experiences - 1:02d}_filelist.txt")
+  last.unlink()
+  with pytest.raises(ValueError, match=rf"lacks 1 of the "
+                     rf"{n_experiences + 1} file lists of CORe50 {scenario} "
+                     rf"run 7 \({last.name}\).*batches_filelists"):
+    classic.core50(scenario=scenario, run=7, mini=True, data_dir=tmp_path)
 
 
 def test_core50_official_run_from_the_command_line(tmp_path):
@@ -453,8 +497,9 @@ def test_core50_official_run_from_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"scenario": "nicv2_391"}, r"scenario='nicv2_391' exists only as the "
-     r"official file lists; expected run=0..9"),
+    ({"scenario": "nicv2_391"}, r"scenario='nicv2_391' needs run=0..9: it "
+     r"exists only as CORe50's official file lists; expected a run, or "
+     r"scenario='ni' or 'nc' \(drawn from the seed\)"),
     ({"scenario": "nic", "run": 10}, r"run must be one of CORe50's ten "
      r"official runs, 0..9, got 10"),
     ({"run": -1}, r"run must be a non-negative integer, got -1"),

@@ -422,8 +422,9 @@ CASES = [
     Case("cli core50 --scenario nicv2_391 without --run",
          lambda p: _cli(p, "--benchmark", "core50", "--scenario",
                         "nicv2_391", "--data-dir", str(p.tmp)), CliExit,
-         r"--scenario='nicv2_391' exists only as the official file lists; "
-         r"expected --run=0\.\.9 with it"),
+         r"--scenario='nicv2_391' needs --run=0\.\.9: it exists only as "
+         r"CORe50's official file lists; expected a run, or "
+         r"--scenario='ni' or 'nc'"),
     Case("cli core50 --run 12",
          lambda p: _cli(p, "--benchmark", "core50", "--run", "12",
                         "--data-dir", str(p.tmp)), CliExit,

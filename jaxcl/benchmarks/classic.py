@@ -1005,8 +1005,9 @@ def core50(
 
   * ``"ni"``: 8 experiences, one per training session; one test experience
     with all test sessions.
-  * ``"nc"``: 9 experiences: 10 objects then 5 per experience (2 categories
-    then 1 with ``object_lvl=False``).
+  * ``"nc"``: 9 experiences: 10 objects then 5 per experience (with
+    ``object_lvl=False``, seeded: 2 categories then 1; an official run's
+    first 10 objects are one of each category).
   * ``"nic"``, ``"nicv2_79"``, ``"nicv2_196"``, ``"nicv2_391"``: 79, 79, 196
     or 391 experiences of new instances and new classes (only with
     ``run``).
@@ -1015,7 +1016,9 @@ def core50(
   the official file lists (``batches_filelists.zip`` for ni, nc and nic,
   ``batches_filelists_NICv2.zip`` for the NICv2 scenarios, unzipped into
   ``data_dir``), with one test experience holding the whole test set, as
-  in Avalanche; ``seed`` is not used then. Without it, ``"ni"`` and
+  in Avalanche; ``seed`` is not used then. The labels are the lists' (the
+  nc lists number the objects in order of appearance), the categories
+  those of the images' object folders. Without it, ``"ni"`` and
   ``"nc"`` draw the session or class order from ``seed``, read with
   ``tfds.ImageFolder``, and ``"nc"`` has one test experience per training
   experience (its classes). Normalised with ImageNet's mean and std,
@@ -1027,7 +1030,8 @@ def core50(
     run: Avalanche's run, 0-9 (the official file lists); ``None`` draws
       the order from ``seed`` (``"ni"`` and ``"nc"`` only).
     seed: Seed of the session or class order, without ``run``.
-    object_lvl: 50 object classes (else the 10 categories, object // 5).
+    object_lvl: 50 object classes (else the 10 categories: objects 1-5
+      are category 0, 6-10 category 1, and so on).
     mini: Use the 32x32 images (``core50_32x32``) instead of 128x128.
     data_dir: Directory holding ``core50_128x128`` (or ``core50_32x32``),
       and the file lists for ``run``.
@@ -1044,9 +1048,9 @@ def core50(
   """
   _validation.check_choice("scenario", scenario, _CORE50_RUNS)
   if run is None and scenario not in ("ni", "nc"):
-    raise ValueError(f"scenario={scenario!r} exists only as the official "
-                     "file lists; expected run=0..9 with it (or scenario "
-                     "'ni' or 'nc' without run).")
+    raise ValueError(f"scenario={scenario!r} needs run=0..9: it exists only "
+                     "as CORe50's official file lists; expected a run, or "
+                     "scenario='ni' or 'nc' (drawn from the seed).")
   if run is not None and _validation.check_non_negative_int("run", run) > 9:
     raise ValueError(f"run must be one of CORe50's ten official runs, "
                      f"0..9, got {run}.")
@@ -1104,11 +1108,28 @@ def _core50_run(images: Any, scenario: str, run: int, object_lvl: bool,
     raise ValueError(f"{lists} lacks {len(missing)} of the {len(names)} file "
                      f"lists of CORe50 {scenario} run {run} ({shown}). "
                      f"{_CORE50_RUNS_ADVICE}")
-  experiences = [[(path, label if object_lvl else label // 5)
-                  for path, label in files.read_filelist(lists / name,
-                                                         root=images)]
-                 for name in names]
+  experiences = []
+  for name in names:
+    entries = files.read_filelist(lists / name, root=images)
+    if not entries:
+      raise ValueError(f"The file list {lists / name} names no image; "
+                       f"expected the official lists. {_CORE50_RUNS_ADVICE}")
+    experiences.append([(path, label if object_lvl
+                         else _core50_category(path, lists / name))
+                        for path, label in entries])
   return files.paths_benchmark(experiences[:-1], experiences[-1:],
                                complete_test_set_only=True, **common)
+
+
+def _core50_category(image: Path, filelist: Path) -> int:
+  """The category of a listed image, from its object folder ``o<1..50>``
+  (the nc lists renumber the objects, so their labels do not give it)."""
+  folder = image.parent.name
+  if not (folder.startswith("o") and folder[1:].isdigit()
+          and 1 <= int(folder[1:]) <= 50):
+    raise ValueError(f"{filelist} lists {image}, which is not in an object "
+                     "folder o1..o50; expected CORe50's s<session>/o<object>/"
+                     "<image> paths.")
+  return (int(folder[1:]) - 1) // 5
 
 

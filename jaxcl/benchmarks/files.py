@@ -8,7 +8,8 @@ whole test set. The images are decoded once on the host (Pillow, in
 threads), into one uint8 array per experience; from there they are like
 any other benchmark's: put on the device, preprocessed and augmented inside
 the compiled step. Folders laid out as ``split/label/image`` are read with
-``tfds.ImageFolder`` instead (``split_tiny_imagenet``, ``core50``).
+``tfds.ImageFolder`` instead (``split_tiny_imagenet``, ``core50`` without
+``run``).
 
 Example:
   >>> bench = paths_benchmark(  # doctest: +SKIP
