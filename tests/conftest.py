@@ -298,6 +298,16 @@ def tiny_cli_metrics(tmp_path, *flags):
   return json.loads((tmp_path / "results.json").read_text())["metrics"]
 
 
+def tiny_cli_results(logdir, *flags):
+  """Runs ``jaxcl run`` with ``flags`` for one epoch of a 4-unit MLP, with
+  nothing printed, and returns results.json."""
+  from jaxcl import cli
+  assert cli.main(["run", *flags, "--epochs", "1", "--hidden-size", "4",
+                   "--no-progress", "--quiet", "--no-tensorboard",
+                   "--compilation-cache", "", "--logdir", str(logdir)]) == 0
+  return json.loads((logdir / "results.json").read_text())
+
+
 def normal_batch(labels, weight, seed=3, dim=3):
   """A training batch of standard-normal ``dim``-feature inputs with
   ``labels`` and ``weight`` (0 on padding rows), task 0."""

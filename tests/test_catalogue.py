@@ -8,13 +8,13 @@ class (tfds 4.9.10's default mock returns random labels and its batched
 """
 
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import tiny_cli_results
 from PIL import Image
 
 import jaxcl
@@ -133,7 +133,8 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
   assert cli.main(["run", "--benchmark", "split_mnist", "--image-size", "32",
                    "--logdir", str(tmp_path / "other")]) != 0
   assert ("--image-size has no effect on --benchmark split_mnist; it sets "
-          "the image side of split_cub200, split_imagenet, stream51.") in (
+          "the image side of openloris, split_cub200, split_imagenet, "
+          "stream51.") in (
               capsys.readouterr().err)
   assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
                    "48", "--data-dir", str(mock_tfds), "--logdir",
@@ -483,13 +484,9 @@ def test_core50_reads_each_scenario_s_lists(tmp_path, scenario, folder,
 
 def test_core50_official_run_from_the_command_line(tmp_path):
   _write_core50_run(tmp_path, "batches_filelists/NI_inc", 8, 2, size=128)
-  logdir = tmp_path / "run"
-  assert cli.main(["run", "--benchmark", "core50", "--scenario", "ni",
-                   "--run", "2", "--data-dir", str(tmp_path), "--epochs", "1",
-                   "--batch-size", "2", "--hidden-size", "4", "--no-progress",
-                   "--quiet", "--no-tensorboard", "--compilation-cache", "",
-                   "--logdir", str(logdir)]) == 0
-  results = json.loads((logdir / "results.json").read_text())
+  results = tiny_cli_results(
+      tmp_path / "run", "--benchmark", "core50", "--scenario", "ni", "--run",
+      "2", "--data-dir", str(tmp_path), "--batch-size", "2")
   assert results["config"]["scenario"] == "ni"
   assert results["config"]["run"] == 2
   # Eight experiences, one test experience: the whole test set.
@@ -512,6 +509,92 @@ def test_core50_official_run_from_the_command_line(tmp_path):
 def test_core50_refuses_runs_it_cannot_read(kwargs, message):
   with pytest.raises(ValueError, match=message):
     classic.core50(**{"data_dir": "/nonexistent", **kwargs})
+
+
+def _write_openloris(data_dir, folder, n_experiences, sizes=(6,)):
+  """OpenLORIS lists of ``folder``: experience k holds one image of object
+  k % 4 with pixel value 10 * (k % 4) + k, of side sizes[k % len(sizes)];
+  the test list one image of each object."""
+  root = data_dir / "openloris"
+  lists = root / "batches_filelists" / "domain" / folder
+  lists.mkdir(parents=True)
+  values = []
+  for k in range(n_experiences):
+    obj, side = k % 4, sizes[k % len(sizes)]
+    path = root / "train" / f"{k}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((side, side, 3), 10 * obj + k, np.uint8)).save(
+        path)
+    (lists / f"train_batch_{k:02d}.txt").write_text(f"train/{k}.png {obj}\n")
+    values.append(10 * obj + k)
+  test = root / "test"
+  test.mkdir(exist_ok=True)
+  for obj in range(4):
+    Image.fromarray(np.full((sizes[0],) * 2 + (3,), 200 + obj,
+                            np.uint8)).save(test / f"{obj}.png")
+  (lists / "test.txt").write_text("".join(f"test/{obj}.png {obj}\n"
+                                          for obj in range(4)))
+  return values
+
+
+@pytest.mark.parametrize("factor, folder, n_experiences", [
+    ("clutter", "clutter", 9), ("pixel", "pixel", 9),
+    ("mixture-iros", "iros", 12)])
+def test_openloris_factors_from_the_official_lists(tmp_path, factor, folder,
+                                                   n_experiences):
+  values = _write_openloris(tmp_path, folder, n_experiences)
+  bench = classic.openloris(factor=factor, data_dir=tmp_path)
+  assert bench.name == f"openloris_{factor}"
+  assert [e.x[0, 0, 0, 0] for e in bench.train_stream] == values
+  assert [e.y.tolist() for e in bench.train_stream] == [
+      [k % 4] for k in range(n_experiences)]
+  assert len(bench.test_stream) == 1
+  assert bench.test_stream[0].y.tolist() == [0, 1, 2, 3]
+  assert bench.scenario == "domain_incremental" and bench.n_classes == 4
+  assert bench.input_shape == (6, 6, 3)
+  # x / 255 on the device, as Avalanche's ToTensor.
+  np.testing.assert_allclose(bench.preprocess(bench.test_stream[0].x[:1]),
+                             200 / 255, rtol=1e-6)
+
+
+def test_openloris_resizes_images_of_several_sizes(tmp_path):
+  _write_openloris(tmp_path, "occlusion", 9, sizes=(6, 9))
+  with pytest.raises(ValueError, match=r"is 9x9 but .* is 6x6; pass "
+                     r"image_size"):
+    classic.openloris(factor="occlusion", data_dir=tmp_path)
+  bench = classic.openloris(factor="occlusion", image_size=4,
+                            data_dir=tmp_path)
+  assert bench.input_shape == (4, 4, 3)
+  (tmp_path / "openloris/batches_filelists/domain/occlusion/test.txt"
+   ).unlink()
+  with pytest.raises(ValueError, match=r"lacks 1 of the 10 file lists of "
+                     r"OpenLORIS occlusion \(test.txt\).*batches_filelists"
+                     r".zip"):
+    classic.openloris(factor="occlusion", data_dir=tmp_path)
+
+
+def test_openloris_from_the_command_line(tmp_path):
+  _write_openloris(tmp_path, "iros", 12, sizes=(6, 9))
+  results = tiny_cli_results(
+      tmp_path / "run", "--benchmark", "openloris", "--factor",
+      "mixture-iros", "--image-size", "4", "--data-dir", str(tmp_path))
+  assert results["config"]["factor"] == "mixture-iros"
+  assert np.shape(results["accuracy_matrix"]) == (12, 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"factor": "lighting"}, r"Unknown factor 'lighting'; expected one of "
+     r"clutter, illumination, mixture-iros, occlusion, pixel"),
+    ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
+    ({"data_dir": None}, r"openloris is not in tfds and not bundled: it "
+     r"needs data_dir"),
+    ({"data_dir": "gs://bucket"}, r"openloris reads its images with Pillow "
+     r"from a local folder, got gs://bucket/openloris"),
+    ({}, r"/nonexistent/openloris is not a folder. Download train.zip"),
+])
+def test_openloris_refusals(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    classic.openloris(**{"data_dir": "/nonexistent", **kwargs})
 
 
 def test_tiny_imagenet_prepared_from_the_official_layout(tmp_path):

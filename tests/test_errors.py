@@ -419,6 +419,10 @@ CASES = [
          lambda p: _cli(p, "--run", "2"), CliExit,
          r"--run 2 has no effect: --benchmark split_mnist does not use it; "
          r"expected to leave it out"),
+    Case("cli --factor for a benchmark without factors",
+         lambda p: _cli(p, "--benchmark", "core50", "--factor", "pixel"),
+         CliExit, r"--factor pixel has no effect: --benchmark core50 does "
+         r"not use it; expected to leave it out"),
     Case("cli core50 --scenario nicv2_391 without --run",
          lambda p: _cli(p, "--benchmark", "core50", "--scenario",
                         "nicv2_391", "--data-dir", str(p.tmp)), CliExit,

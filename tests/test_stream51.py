@@ -5,9 +5,9 @@ import random
 
 import numpy as np
 import pytest
+from conftest import tiny_cli_results
 from PIL import Image
 
-from jaxcl import cli
 from jaxcl.benchmarks import files, videos as stream51
 
 # Three classes of two videos of three frames, in the metadata's order.
@@ -171,12 +171,8 @@ def test_missing_or_malformed_metadata(tmp_path):
 
 
 def test_from_the_command_line(stream51_dir, tmp_path):
-  logdir = tmp_path / "run"
-  assert cli.main(["run", "--benchmark", "stream51", "--scenario",
-                   "class_iid", "--image-size", "8", "--data-dir",
-                   str(stream51_dir), "--epochs", "1", "--hidden-size", "4",
-                   "--no-progress", "--quiet", "--no-tensorboard",
-                   "--compilation-cache", "", "--logdir", str(logdir)]) == 0
-  results = json.loads((logdir / "results.json").read_text())
+  results = tiny_cli_results(
+      tmp_path / "run", "--benchmark", "stream51", "--scenario", "class_iid",
+      "--image-size", "8", "--data-dir", str(stream51_dir))
   # Three classes, ten per experience: one experience, one test set.
   assert np.shape(results["accuracy_matrix"]) == (1, 1)

@@ -14,7 +14,8 @@ BENCHMARKS = {
                     "split_fmnist", "split_kmnist", "split_cifar10",
                     "split_cifar100", "split_cifar110", "split_svhn",
                     "split_omniglot", "split_cub200", "five_datasets",
-                    "split_tiny_imagenet", "split_imagenet", "core50")},
+                    "split_tiny_imagenet", "split_imagenet", "core50",
+                    "openloris")},
     "stream51": videos.stream51,
 }
 """The catalogue by name (used by the CLI)."""

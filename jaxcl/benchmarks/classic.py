@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ __all__ = [
   "SVHN_STD",
   "core50",
   "five_datasets",
+  "openloris",
   "permuted_mnist",
   "prepare_tiny_imagenet",
   "rotated_mnist",
@@ -1089,33 +1090,51 @@ def core50(
 def _core50_run(images: Any, scenario: str, run: int, object_lvl: bool,
                 common: dict[str, Any]) -> Benchmark:
   """CORe50's official run ``run`` of ``scenario``, from its file lists."""
+  images = _local_folder(images, f"core50 with run={run}", _CORE50_ADVICE)
+  lists_folder, n_experiences = _CORE50_RUNS[scenario]
+  names = [f"train_batch_{k:02d}_filelist.txt" for k in range(n_experiences)]
+  return _from_official_lists(
+      images, images.parent / lists_folder / f"run{run}",
+      [*names, "test_filelist.txt"], f"CORe50 {scenario} run {run}",
+      _CORE50_RUNS_ADVICE, common,
+      relabel=None if object_lvl else _core50_category)
+
+
+def _local_folder(folder: Any, what: str, advice: str) -> Path:
+  """``folder`` (from :func:`_folder_root`) as a local path that exists."""
+  if "://" in str(folder):
+    raise ValueError(f"{what} reads its images with Pillow from a local "
+                     f"folder, got {folder}; expected data_dir on a local "
+                     "file system.")
+  folder = Path(str(folder))
+  if not folder.is_dir():
+    raise ValueError(f"{folder} is not a folder. {advice}")
+  return folder
+
+
+def _from_official_lists(
+    images: Path, lists: Path, names: Sequence[str], what: str, advice: str,
+    common: dict[str, Any],
+    relabel: Callable[[Path, Path], int] | None = None,
+) -> Benchmark:
+  """A benchmark's official train file lists and its one test list (the
+  last of ``names``, in ``lists``; the images' paths relative to
+  ``images``); ``relabel(image, file_list)`` replaces the lists' labels."""
   from jaxcl.benchmarks import files
 
-  if "://" in str(images):
-    raise ValueError(f"core50 with run={run} reads its images with Pillow "
-                     f"from a local folder, got {images}; expected data_dir "
-                     "on a local file system.")
-  images = Path(str(images))
-  if not images.is_dir():
-    raise ValueError(f"{images} is not a folder. {_CORE50_ADVICE}")
-  lists_folder, n_experiences = _CORE50_RUNS[scenario]
-  lists = images.parent / lists_folder / f"run{run}"
-  names = [f"train_batch_{k:02d}_filelist.txt" for k in range(n_experiences)]
-  names.append("test_filelist.txt")
   missing = [name for name in names if not (lists / name).is_file()]
   if missing:
     shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
     raise ValueError(f"{lists} lacks {len(missing)} of the {len(names)} file "
-                     f"lists of CORe50 {scenario} run {run} ({shown}). "
-                     f"{_CORE50_RUNS_ADVICE}")
+                     f"lists of {what} ({shown}). {advice}")
   experiences = []
   for name in names:
     entries = files.read_filelist(lists / name, root=images)
     if not entries:
       raise ValueError(f"The file list {lists / name} names no image; "
-                       f"expected the official lists. {_CORE50_RUNS_ADVICE}")
-    experiences.append([(path, label if object_lvl
-                         else _core50_category(path, lists / name))
+                       f"expected the official lists. {advice}")
+    experiences.append([(path, label if relabel is None
+                         else relabel(path, lists / name))
                         for path, label in entries])
   return files.paths_benchmark(experiences[:-1], experiences[-1:],
                                complete_test_set_only=True, **common)
@@ -1131,5 +1150,73 @@ def _core50_category(image: Path, filelist: Path) -> int:
                      "folder o1..o50; expected CORe50's s<session>/o<object>/"
                      "<image> paths.")
   return (int(folder[1:]) - 1) // 5
+
+
+# OpenLORIS-Object's factors: their file lists' folder (under
+# batches_filelists/domain/, as batches_filelists.zip unpacks) and number of
+# train experiences.
+_OPENLORIS_FACTORS = {"clutter": ("clutter", 9),
+                      "illumination": ("illumination", 9),
+                      "occlusion": ("occlusion", 9), "pixel": ("pixel", 9),
+                      "mixture-iros": ("iros", 12)}
+_OPENLORIS_ADVICE = (
+    "Download train.zip, valid.zip, test.zip and batches_filelists.zip of "
+    "OpenLORIS-Object (https://lifelong-robotic-vision.github.io/dataset/"
+    "object) and unzip them into data_dir/openloris, giving "
+    "data_dir/openloris/batches_filelists/domain/<factor>/train_batch_00.txt "
+    "and the images those lists name.")
+
+
+@_validation.checks_bool_arguments
+def openloris(
+    *,
+    factor: str = "clutter",
+    image_size: int | None = None,
+    data_dir: PathLike | None = None,
+) -> Benchmark:
+  """OpenLORIS-Object (She et al., 2020): a robot's views of 69 objects.
+
+  Avalanche's ``OpenLORIS``: one experience per official file list of
+  ``factor`` (``batches_filelists/domain/<factor>/train_batch_XX.txt``), one
+  test experience holding the factor's ``test.txt``, labels as listed, task
+  label 0. The factors are the environment's variations: ``"clutter"``,
+  ``"illumination"``, ``"occlusion"``, ``"pixel"`` (9 experiences each,
+  the ICRA 2020 paper's) and ``"mixture-iros"`` (12, the IROS 2019
+  lifelong robotic vision competition's). Images are decoded with Pillow
+  on the host, kept at their size (or resized to ``image_size``), and
+  scaled to ``x / 255`` on the device, as Avalanche with ``ToTensor``; no
+  augmentation.
+
+  Args:
+    factor: ``"clutter"``, ``"illumination"``, ``"occlusion"``, ``"pixel"``
+      or ``"mixture-iros"``.
+    image_size: Side to resize every image to (bilinear); ``None`` keeps
+      their size, which must then be the same for every image.
+    data_dir: Directory holding ``openloris/`` (the unzipped official
+      archives), on a local file system.
+
+  Returns:
+    A domain-incremental :class:`Benchmark` (every experience holds the
+    same objects).
+
+  Example:
+    >>> bench = openloris(factor="illumination",
+    ...                   data_dir="~/data")  # doctest: +SKIP
+    >>> len(bench.train_stream), len(bench.test_stream)  # doctest: +SKIP
+    (9, 1)
+  """
+  _validation.check_choice("factor", factor, _OPENLORIS_FACTORS)
+  if image_size is not None:
+    image_size = _validation.check_positive_int("image_size", image_size)
+  root = _local_folder(
+      _folder_root("openloris", data_dir, "openloris", _OPENLORIS_ADVICE),
+      "openloris", _OPENLORIS_ADVICE)
+  folder, n_experiences = _OPENLORIS_FACTORS[factor]
+  names = [f"train_batch_{k:02d}.txt" for k in range(n_experiences)]
+  return _from_official_lists(
+      root, root / "batches_filelists" / "domain" / folder,
+      [*names, "test.txt"], f"OpenLORIS {factor}", _OPENLORIS_ADVICE,
+      {"image_size": None if image_size is None else (image_size,) * 2,
+       "name": f"openloris_{factor}"})
 
 
