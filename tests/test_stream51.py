@@ -16,16 +16,19 @@ _FRAME_W, _FRAME_H = 20, 16
 # The object: columns 4-13, rows 6-15 (reaching the bottom edge), as
 # [right, left, bottom, top]; padded by 1.2 its box reaches past the image.
 _BOX = [14, 4, 16, 6]
+# The test frames' object: 11 x 11 pixels, so the centre (9.5, 7.5) and
+# the padded edges are fractional and truncated.
+_TEST_BOX = [15, 4, 13, 2]
 
 
 def _frame_value(label, video, frame):
   return 10 + 50 * label + 10 * video + frame
 
 
-def _write_frame(path, value):
+def _write_frame(path, value, box=tuple(_BOX)):
   """A frame whose object box holds ``value`` and the rest 255."""
   pixels = np.full((_FRAME_H, _FRAME_W, 3), 255, np.uint8)
-  right, left, bottom, top = _BOX
+  right, left, bottom, top = box
   pixels[top:bottom, left:right] = value
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(pixels).save(path)
@@ -37,32 +40,38 @@ def _stream51_dir(tmp_path):
   train, test = [], []
   for label in range(_CLASSES):
     for video in range(_VIDEOS):
+      # Class 2's videos share their ids: only frame 0 starts a video.
+      ids = 0 if label == 2 else video
       for frame in range(_FRAMES):
         path = f"train/c{label}/v{video}/{frame}.png"
         _write_frame(root / path, _frame_value(label, video, frame))
-        train.append([label, video, video, frame, [_FRAME_W, _FRAME_H],
-                      _BOX, path])
+        train.append([label, ids, ids, frame, [_FRAME_W, _FRAME_H], _BOX,
+                      path])
   # One test frame per class, and a novelty frame (class 51) left out.
   for label in (*range(_CLASSES), 51):
     path = f"test/c{label}.png"
-    _write_frame(root / path, 200 + label)
-    test.append([label, [_FRAME_W, _FRAME_H], _BOX, path])
+    _write_frame(root / path, 200 + label, _TEST_BOX)
+    test.append([label, [_FRAME_W, _FRAME_H], _TEST_BOX, path])
   (root / "Stream-51_meta_train.json").write_text(json.dumps(train))
   (root / "Stream-51_meta_test.json").write_text(json.dumps(test))
   return tmp_path
 
 
-def _avalanche_order(seed):
-  """(label, video) in the order Avalanche's class_instance ordering gives:
-  Python's global random, seeded before every shuffle."""
-  videos = {label: list(range(_VIDEOS)) for label in range(_CLASSES)}
+def _avalanche_order(seed, within="videos"):
+  """Frame values in the order of Avalanche's class_instance (shuffling
+  ``videos`` within a class) or class_iid (``frames``) ordering: Python's
+  global random, seeded before every shuffle."""
+  classes = []
   for label in range(_CLASSES):
+    videos = [[_frame_value(label, video, frame) for frame in range(_FRAMES)]
+              for video in range(_VIDEOS)]
+    units = videos if within == "videos" else [[v] for v in sum(videos, [])]
     random.seed(seed)
-    random.shuffle(videos[label])
-  classes = list(range(_CLASSES))
+    random.shuffle(units)
+    classes.append(sum(units, []))
   random.seed(seed)
   random.shuffle(classes)
-  return [(label, video) for label in classes for video in videos[label]]
+  return sum(classes, [])
 
 
 def _frames(exp):
@@ -75,16 +84,14 @@ def test_class_instance_orders_and_cuts_as_avalanche(stream51_dir, seed):
   bench = stream51.stream51(scenario="class_instance", seed=seed,
                             eval_num=2, ratio=1.0, image_size=8,
                             data_dir=stream51_dir)
-  order = _avalanche_order(seed)
-  expected = [_frame_value(label, video, frame)
-              for label, video in order for frame in range(_FRAMES)]
+  expected = _avalanche_order(seed)
   per_class = _VIDEOS * _FRAMES
   # Two classes, then the third; the crop keeps the object only.
   assert [len(e) for e in bench.train_stream] == [2 * per_class, per_class]
   assert _frames(bench.train_stream[0]) + _frames(
       bench.train_stream[1]) == expected
   assert (bench.train_stream[0].x[..., 1] != 255).all()
-  classes = [label for label, _ in order[::_VIDEOS]]
+  classes = [(value - 10) // 50 for value in expected[::per_class]]
   assert [e.classes for e in bench.train_stream] == [
       tuple(sorted(classes[:2])), (classes[2],)]
   # Cumulative test sets; the novelty frame is in none.
@@ -95,11 +102,18 @@ def test_class_instance_orders_and_cuts_as_avalanche(stream51_dir, seed):
   assert bench.scenario == "class_incremental"
 
 
+@pytest.mark.parametrize("seed", [10, 3])
+def test_class_iid_shuffles_frames_within_classes(stream51_dir, seed):
+  bench = stream51.stream51(scenario="class_iid", seed=seed, eval_num=3,
+                            ratio=1.0, image_size=8, data_dir=stream51_dir)
+  assert _frames(bench.train_stream[0]) == _avalanche_order(seed, "frames")
+
+
 def test_instance_and_iid_orderings(stream51_dir):
   bench = stream51.stream51(scenario="instance", eval_num=4, ratio=1.0,
                             image_size=8, data_dir=stream51_dir)
   videos = [(label, video) for label in range(_CLASSES)
-            for video in range(_VIDEOS)]
+            for video in range(_VIDEOS)]  # Class 2's: split at frame 0.
   random.seed(10)
   random.shuffle(videos)
   expected = [_frame_value(label, video, frame)
@@ -135,6 +149,15 @@ def test_padded_boxes_are_clipped_to_the_frame(stream51_dir):
   whole = stream51.stream51(eval_num=3, bbox_crop=False, image_size=16,
                             data_dir=stream51_dir)
   assert (whole.train_stream[0].x[:, 0, 0] == 255).all()
+  # The 11 x 11 test object, centred at int(4 + 5.5) = 9, int(2 + 5.5) = 7
+  # and padded by 1.1 (6.05 each side): columns int(2.95) = 2 to
+  # int(15.05) = 15, rows int(0.95) = 0 to int(13.05) = 13.
+  padded = stream51.stream51(eval_num=3, image_size=32,
+                             data_dir=stream51_dir)
+  np.testing.assert_array_equal(
+      padded.test_stream[0].x[:1],
+      files.read_images([stream51_dir / "Stream-51" / "test/c0.png"],
+                        boxes=[(0, 2, 13, 13)], image_size=(32, 32)))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -159,15 +182,35 @@ def test_missing_or_malformed_metadata(tmp_path):
     stream51.stream51(data_dir=tmp_path)
   root = tmp_path / "Stream-51"
   root.mkdir()
-  (root / "Stream-51_meta_train.json").write_text(json.dumps(
-      [[0, 0, 0, 0, [4, 4], [2, 0, 2, 0]]]))
-  with pytest.raises(ValueError, match=r"row 0: expected \[class, clip, "
-                     r"video, frame, shape, box, path\], got \[0, 0, 0, 0"):
+  train = root / "Stream-51_meta_train.json"
+  train.write_text('[[0, 0, 0, 0, [4, 4]')
+  with pytest.raises(ValueError, match=r"Stream-51_meta_train.json is not "
+                     r"valid JSON \(Expecting"):
     stream51.stream51(data_dir=tmp_path)
-  (root / "Stream-51_meta_train.json").write_text("[]")
+  expected = (r"row 0: expected \[class \(an integer >= 0\), clip, video, "
+              r"frame \(integers\), shape \(2 integers\), box \(4 "
+              r"numbers\), path\], got ")
+  for row in ([0, 0, 0, 0, [4, 4], [2, 0, 2, 0]],  # No path.
+              [-1, 0, 0, 0, [4, 4], [2, 0, 2, 0], "a.png"],
+              [0, 0, 0, "0", [4, 4], [2, 0, 2, 0], "a.png"],
+              [0, 0, 0, 0, [4, 4], [2, 0, "2", 0], "a.png"]):
+    train.write_text(json.dumps([row]))
+    with pytest.raises(ValueError, match=expected):
+      stream51.stream51(data_dir=tmp_path)
+  train.write_text("[]")
   with pytest.raises(ValueError, match=r"Stream-51_meta_train.json names no "
                      r"frame; expected the official metadata"):
     stream51.stream51(data_dir=tmp_path)
+
+
+def test_missing_frames_are_refused_before_decoding(stream51_dir,
+                                                   monkeypatch):
+  (stream51_dir / "Stream-51" / "test" / "c1.png").unlink()
+  monkeypatch.setattr(files, "read_images", None)  # Never reached.
+  with pytest.raises(ValueError, match=r"1 of the 21 frames the metadata "
+                     r"names are not under .*Stream-51 \(first: "
+                     r"test/c1.png\)"):
+    stream51.stream51(data_dir=stream51_dir)
 
 
 def test_from_the_command_line(stream51_dir, tmp_path):

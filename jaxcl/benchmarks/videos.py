@@ -43,7 +43,8 @@ _ADVICE = (
     "they name.")
 
 # A metadata row: train [class, clip, video, frame, shape, box, path], test
-# [class, shape, box, path]; a box is [right, left, bottom, top] in pixels.
+# [class, shape, box, path]; a box is [right, left, bottom, top] in pixels,
+# a shape [width, height].
 Row = list[Any]
 
 
@@ -96,23 +97,57 @@ def _box(row: Row, ratio: float) -> tuple[int, int, int, int]:
   return y0, x0, max(y1 - y0, 1), max(x1 - x0, 1)
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_row(row: Any, counters: int) -> bool:
+  """Whether ``row`` is ``[class, *counters ints, ..., shape, box, path]``
+  (the fields Avalanche reads; any others are not used)."""
+  def numbers(value, n, kind):
+    return (isinstance(value, list) and len(value) == n
+            and all(kind(v) for v in value))
+
+  return (isinstance(row, list) and len(row) >= counters + 4
+          and _is_int(row[0]) and row[0] >= 0
+          and all(_is_int(v) for v in row[1:1 + counters])
+          and numbers(row[-3], 2, _is_int)
+          and numbers(row[-2], 4, lambda v: _is_int(v) or isinstance(
+              v, float))
+          and isinstance(row[-1], str))
+
+
 def _read_rows(root: Path, split: str) -> list[Row]:
+  """The checked rows of a split's metadata file."""
   path = root / f"Stream-51_meta_{split}.json"
   if not path.is_file():
     raise ValueError(f"{path} does not exist. {_ADVICE}")
-  rows = json.loads(path.read_text())
-  width = 7 if split == "train" else 4
-  for number, row in enumerate(rows):
-    if not (isinstance(row, list) and len(row) == width
-            and isinstance(row[-1], str) and isinstance(row[-2], list)
-            and len(row[-2]) == 4):
-      raise ValueError(f"{path}, row {number}: expected [class, "
-                       + ("clip, video, frame, " if width == 7 else "")
-                       + f"shape, box, path], got {row!r}.")
-  if not rows:
+  try:
+    rows = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}); expected the "
+                     f"official metadata. {_ADVICE}") from error
+  if not isinstance(rows, list) or not rows:
     raise ValueError(f"{path} names no frame; expected the official "
                      f"metadata. {_ADVICE}")
+  counters = 3 if split == "train" else 0
+  for number, row in enumerate(rows):
+    if not _is_row(row, counters):
+      raise ValueError(
+          f"{path}, row {number}: expected [class (an integer >= 0), "
+          + ("clip, video, frame (integers), " if counters else "")
+          + "shape (2 integers), box (4 numbers), path], got "
+          f"{row!r}.")
   return rows
+
+
+def _check_frames(root: Path, rows: Sequence[Row]) -> None:
+  """Refuses missing frames before any is decoded."""
+  missing = [row[-1] for row in rows if not (root / row[-1]).is_file()]
+  if missing:
+    raise ValueError(f"{len(missing)} of the {len(rows)} frames the "
+                     f"metadata names are not under {root} (first: "
+                     f"{', '.join(missing[:3])}). {_ADVICE}")
 
 
 def _experiences(rows: Sequence[Row], ordering: str,
@@ -145,11 +180,11 @@ def stream51(
   into experiences:
 
   * ``"class_instance"`` (Avalanche's default), ``"class_iid"``: every
-    ``eval_num`` classes (default 10: 6 experiences of the 51 classes), the
-    classes in a seeded order and, within a class, its videos
-    (``class_instance``) or its frames (``class_iid``) shuffled. Test
-    experience ``i`` holds the test frames of every class seen up to train
-    experience ``i`` (Avalanche's cumulative test sets).
+    ``eval_num`` classes (default 10: 6 experiences, the last with the
+    51st class), the classes in a seeded order and, within a class, its
+    videos (``class_instance``) or its frames (``class_iid``) shuffled.
+    Test experience ``i`` holds the test frames of every class seen up to
+    train experience ``i`` (Avalanche's cumulative test sets).
   * ``"instance"``, ``"iid"``: every ``eval_num`` frames (default 30,000),
     whole videos (``instance``) or single frames (``iid``) shuffled; one
     test experience, the whole test set.
@@ -157,12 +192,14 @@ def stream51(
   Avalanche offers only ``class_instance`` and ``instance``; ``iid`` and
   ``class_iid`` are its dataset's other two orderings, cut the same way.
   The test set's novelty frames (classes 51 and up, for open-set
-  recognition) are left out, as in Avalanche. Frames are cropped to their
-  object's bounding box padded by ``ratio`` (``bbox_crop``), resized to
-  ``image_size`` x ``image_size`` on the host (Pillow's bilinear filter;
-  Avalanche's default transform resizes to 224) and normalised with
-  ImageNet's mean and std; no augmentation. At 224 pixels the 150,736
-  train frames take 22.7 GB of host memory; ``image_size=64`` takes 1.9 GB.
+  recognition) are left out; Avalanche's ``instance`` test set keeps them
+  (counted as errors). Frames are cropped to their object's bounding box
+  padded by ``ratio`` (``bbox_crop``), resized to ``image_size`` x
+  ``image_size`` on the host (Pillow's bilinear filter; Avalanche's
+  default transform resizes to 224) and normalised with ImageNet's mean
+  and std; no augmentation. At 224 pixels the 150,736 train frames take
+  22.7 GB of host memory; ``image_size=64`` takes 1.9 GB. The metadata is
+  checked, and the frames it names looked for, before any is decoded.
 
   Args:
     scenario: One of :data:`STREAM51_ORDERINGS`.
@@ -203,6 +240,7 @@ def stream51(
   train_rows = _order(_read_rows(root, "train"), scenario, seed)
   known = {row[0] for row in train_rows}
   test_rows = [row for row in _read_rows(root, "test") if row[0] in known]
+  _check_frames(root, train_rows + test_rows)
   streams = _experiences(train_rows, scenario, eval_num)
 
   def images(rows: Sequence[Row]) -> np.ndarray:
