@@ -208,7 +208,7 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64), "
                     "split_cub200 and stream51 (resized on the host; "
-                    "default 224), openloris (default: as stored)")
+                    "default 224), openloris (default 50)")
   data.add_argument("--scenario", default=None,
                     help="core50's scenario: ni, nc, nic, nicv2_79, "
                     "nicv2_196 or nicv2_391 (default ni); stream51's "

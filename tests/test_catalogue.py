@@ -19,7 +19,7 @@ from PIL import Image
 
 import jaxcl
 from jaxcl import cli
-from jaxcl.benchmarks import augment, classic, sources
+from jaxcl.benchmarks import augment, classic, files, sources
 
 # Label ids used by the fake records; Omniglot's 1623 are capped to keep the
 # fake data small (its loader relabels the characters present).
@@ -429,6 +429,12 @@ def test_core50_official_runs_from_file_lists(tmp_path):
   with pytest.raises(ValueError, match=r"The file list .*NI_inc/run3/"
                      r"train_batch_05_filelist.txt names no image"):
     classic.core50(scenario="ni", run=3, mini=True, data_dir=tmp_path)
+  (tmp_path / "core50_32x32/s1/o3/0.png").unlink()
+  with pytest.raises(ValueError, match=r"1 of the 2 images the file list "
+                     r".*train_batch_02_filelist.txt names are not under "
+                     r".*core50_32x32 \(first: .*s1/o3/0.png\). Download "
+                     r"core50_128x128.zip"):
+    classic.core50(scenario="ni", run=3, mini=True, data_dir=tmp_path)
 
 
 def test_core50_nc_lists_number_objects_by_appearance(tmp_path):
@@ -447,6 +453,7 @@ def test_core50_nc_lists_number_objects_by_appearance(tmp_path):
   assert categories.test_stream[0].y.tolist() == [
       (o - 1) // 5 for o in sorted(order)]
   lists = tmp_path / "batches_filelists/NC_inc/run0"
+  _write_images(tmp_path / "core50_32x32/s3/x1", 1, 32, 1)
   (lists / "test_filelist.txt").write_text("s3/x1/0.png 0\n")
   with pytest.raises(ValueError, match=r"test_filelist.txt lists .*s3/x1/"
                      r"0.png, which is not in an object folder o1..o50"):
@@ -538,7 +545,8 @@ def _write_openloris(data_dir, folder, n_experiences, sizes=(6,)):
 
 
 @pytest.mark.parametrize("factor, folder, n_experiences", [
-    ("clutter", "clutter", 9), ("pixel", "pixel", 9),
+    ("clutter", "clutter", 9), ("illumination", "illumination", 9),
+    ("occlusion", "occlusion", 9), ("pixel", "pixel", 9),
     ("mixture-iros", "iros", 12)])
 def test_openloris_factors_from_the_official_lists(tmp_path, factor, folder,
                                                    n_experiences):
@@ -551,7 +559,7 @@ def test_openloris_factors_from_the_official_lists(tmp_path, factor, folder,
   assert len(bench.test_stream) == 1
   assert bench.test_stream[0].y.tolist() == [0, 1, 2, 3]
   assert bench.scenario == "domain_incremental" and bench.n_classes == 4
-  assert bench.input_shape == (6, 6, 3)
+  assert bench.input_shape == (50, 50, 3)  # The default size.
   # x / 255 on the device, as Avalanche's ToTensor.
   np.testing.assert_allclose(bench.preprocess(bench.test_stream[0].x[:1]),
                              200 / 255, rtol=1e-6)
@@ -561,16 +569,35 @@ def test_openloris_resizes_images_of_several_sizes(tmp_path):
   _write_openloris(tmp_path, "occlusion", 9, sizes=(6, 9))
   with pytest.raises(ValueError, match=r"is 9x9 but .* is 6x6; pass "
                      r"image_size"):
-    classic.openloris(factor="occlusion", data_dir=tmp_path)
+    classic.openloris(factor="occlusion", image_size=None, data_dir=tmp_path)
   bench = classic.openloris(factor="occlusion", image_size=4,
                             data_dir=tmp_path)
   assert bench.input_shape == (4, 4, 3)
-  (tmp_path / "openloris/batches_filelists/domain/occlusion/test.txt"
-   ).unlink()
+  lists = tmp_path / "openloris/batches_filelists/domain/occlusion"
+  with open(lists / "test.txt", "a") as test:
+    test.write("test/0.png 7\n")
+  with pytest.raises(ValueError, match=r"The test list .*occlusion/test.txt "
+                     r"has labels \[7\] that no train list of OpenLORIS "
+                     r"occlusion has"):
+    classic.openloris(factor="occlusion", data_dir=tmp_path)
+  (lists / "test.txt").unlink()
   with pytest.raises(ValueError, match=r"lacks 1 of the 10 file lists of "
                      r"OpenLORIS occlusion \(test.txt\).*batches_filelists"
                      r".zip"):
     classic.openloris(factor="occlusion", data_dir=tmp_path)
+
+
+def test_official_lists_naming_absent_images_are_refused_before_decoding(
+    tmp_path, monkeypatch):
+  _write_openloris(tmp_path, "pixel", 9)
+  (tmp_path / "openloris" / "test" / "2.png").unlink()
+  (tmp_path / "openloris" / "test" / "3.png").unlink()
+  monkeypatch.setattr(files, "_read_one", None)  # Never reached.
+  with pytest.raises(ValueError, match=r"2 of the 4 images the file list "
+                     r".*pixel/test.txt names are not under .*openloris "
+                     r"\(first: .*test/2.png\). Download the image "
+                     r"archives"):
+    classic.openloris(factor="pixel", data_dir=tmp_path)
 
 
 def test_openloris_from_the_command_line(tmp_path):
@@ -590,7 +617,8 @@ def test_openloris_from_the_command_line(tmp_path):
      r"needs data_dir"),
     ({"data_dir": "gs://bucket"}, r"openloris reads its images with Pillow "
      r"from a local folder, got gs://bucket/openloris"),
-    ({}, r"/nonexistent/openloris is not a folder. Download train.zip"),
+    ({}, r"/nonexistent/openloris is not a folder. Download the image "
+     r"archives"),
 ])
 def test_openloris_refusals(kwargs, message):
   with pytest.raises(ValueError, match=message):

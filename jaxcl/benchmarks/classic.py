@@ -1097,7 +1097,8 @@ def _core50_run(images: Any, scenario: str, run: int, object_lvl: bool,
       images, images.parent / lists_folder / f"run{run}",
       [*names, "test_filelist.txt"], f"CORe50 {scenario} run {run}",
       _CORE50_RUNS_ADVICE, common,
-      relabel=None if object_lvl else _core50_category)
+      relabel=None if object_lvl else _core50_category,
+      images_advice=_CORE50_ADVICE)
 
 
 def _local_folder(folder: Any, what: str, advice: str) -> Path:
@@ -1116,10 +1117,13 @@ def _from_official_lists(
     images: Path, lists: Path, names: Sequence[str], what: str, advice: str,
     common: dict[str, Any],
     relabel: Callable[[Path, Path], int] | None = None,
+    images_advice: str | None = None,
 ) -> Benchmark:
   """A benchmark's official train file lists and its one test list (the
   last of ``names``, in ``lists``; the images' paths relative to
-  ``images``); ``relabel(image, file_list)`` replaces the lists' labels."""
+  ``images``); ``relabel(image, file_list)`` replaces the lists' labels.
+  Everything the lists name is checked before any image is decoded; the
+  errors end with ``advice`` (``images_advice`` for absent images)."""
   from jaxcl.benchmarks import files
 
   missing = [name for name in names if not (lists / name).is_file()]
@@ -1133,9 +1137,20 @@ def _from_official_lists(
     if not entries:
       raise ValueError(f"The file list {lists / name} names no image; "
                        f"expected the official lists. {advice}")
+    absent = [path for path, _ in entries if not path.is_file()]
+    if absent:
+      raise ValueError(f"{len(absent)} of the {len(entries)} images the file "
+                       f"list {lists / name} names are not under {images} "
+                       f"(first: {absent[0]}). {images_advice or advice}")
     experiences.append([(path, label if relabel is None
                          else relabel(path, lists / name))
                         for path, label in entries])
+  trained = {label for entries in experiences[:-1] for _, label in entries}
+  unknown = sorted({label for _, label in experiences[-1]} - trained)
+  if unknown:
+    raise ValueError(f"The test list {lists / names[-1]} has labels "
+                     f"{unknown} that no train list of {what} has; expected "
+                     "the official lists.")
   return files.paths_benchmark(experiences[:-1], experiences[-1:],
                                complete_test_set_only=True, **common)
 
@@ -1160,18 +1175,19 @@ _OPENLORIS_FACTORS = {"clutter": ("clutter", 9),
                       "occlusion": ("occlusion", 9), "pixel": ("pixel", 9),
                       "mixture-iros": ("iros", 12)}
 _OPENLORIS_ADVICE = (
-    "Download train.zip, valid.zip, test.zip and batches_filelists.zip of "
-    "OpenLORIS-Object (https://lifelong-robotic-vision.github.io/dataset/"
-    "object) and unzip them into data_dir/openloris, giving "
-    "data_dir/openloris/batches_filelists/domain/<factor>/train_batch_00.txt "
-    "and the images those lists name.")
+    "Download the image archives (train, validation, test) and "
+    "batches_filelists.zip of OpenLORIS-Object "
+    "(https://lifelong-robotic-vision.github.io/dataset/object) and unzip "
+    "them into data_dir/openloris, giving data_dir/openloris/"
+    "batches_filelists/domain/<factor>/train_batch_00.txt (the folder iros "
+    "for mixture-iros) and the images those lists name.")
 
 
 @_validation.checks_bool_arguments
 def openloris(
     *,
     factor: str = "clutter",
-    image_size: int | None = None,
+    image_size: int | None = 50,
     data_dir: PathLike | None = None,
 ) -> Benchmark:
   """OpenLORIS-Object (She et al., 2020): a robot's views of 69 objects.
@@ -1182,16 +1198,19 @@ def openloris(
   label 0. The factors are the environment's variations: ``"clutter"``,
   ``"illumination"``, ``"occlusion"``, ``"pixel"`` (9 experiences each,
   the ICRA 2020 paper's) and ``"mixture-iros"`` (12, the IROS 2019
-  lifelong robotic vision competition's). Images are decoded with Pillow
-  on the host, kept at their size (or resized to ``image_size``), and
-  scaled to ``x / 255`` on the device, as Avalanche with ``ToTensor``; no
-  augmentation.
+  lifelong robotic vision competition's). The object crops come in many
+  sizes (the pixel factor is their size); they are decoded with Pillow on
+  the host, resized to ``image_size`` x ``image_size`` (50, as the
+  dataset's own benchmark code; Avalanche applies no transform by default)
+  and scaled to ``x / 255`` on the device, as Avalanche with
+  ``ToTensor``; no augmentation.
 
   Args:
     factor: ``"clutter"``, ``"illumination"``, ``"occlusion"``, ``"pixel"``
       or ``"mixture-iros"``.
     image_size: Side to resize every image to (bilinear); ``None`` keeps
-      their size, which must then be the same for every image.
+      their size, which must then be the same for every image (they are
+      not, in the released dataset).
     data_dir: Directory holding ``openloris/`` (the unzipped official
       archives), on a local file system.
 
