@@ -207,8 +207,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   data.add_argument("--image-size", type=int, default=None,
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64), "
-                    "split_cub200 and stream51 (resized on the host; "
-                    "default 224), openloris (default 50)")
+                    "split_cub200, stream51, clear10 and clear100 "
+                    "(resized on the host; default 224), openloris "
+                    "(default 50)")
   data.add_argument("--scenario", default=None,
                     help="core50's scenario: ni, nc, nic, nicv2_79, "
                     "nicv2_196 or nicv2_391 (default ni); stream51's "
@@ -217,6 +218,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   data.add_argument("--factor", default=None,
                     help="openloris's factor: clutter, illumination, "
                     "occlusion, pixel or mixture-iros (default clutter)")
+  data.add_argument("--evaluation-protocol", default=None,
+                    help="clear10's and clear100's protocol: streaming "
+                    "(default) or iid")
   data.add_argument("--run", type=int, default=None,
                     help="core50's official run, 0-9, read from its file "
                     "lists in --data-dir (nic and nicv2_* need one); "
@@ -568,7 +572,8 @@ def _check_flags_take_effect(args: argparse.Namespace,
       ("model", "--model", MODELS[args.model],
        ("hidden_size", "hidden_layers", "drop_rate")),
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
-       ("n_experiences", "return_task_id", "scenario", "factor", "run"))):
+       ("n_experiences", "return_task_id", "scenario", "factor",
+        "evaluation_protocol", "run"))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -941,7 +946,8 @@ def _load_benchmark(args: argparse.Namespace):
   bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
-  for name in ("image_size", "scenario", "factor", "run"):
+  for name in ("image_size", "scenario", "factor", "evaluation_protocol",
+               "run"):
     if getattr(args, name) is not None:
       bench_kwargs[name] = getattr(args, name)
   if args.lazy:  # Every host loads: sharing the labels' pass is collective.
@@ -950,6 +956,7 @@ def _load_benchmark(args: argparse.Namespace):
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
   shown = {"n_experiences": args.n_experiences, "scenario": args.scenario,
            "factor": args.factor, "run": args.run,
+           "evaluation_protocol": args.evaluation_protocol,
            "image_size": args.image_size,
            "validation_size": args.validation_size or None,
            "online_size": args.online_size or None}

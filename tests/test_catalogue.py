@@ -133,8 +133,8 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
   assert cli.main(["run", "--benchmark", "split_mnist", "--image-size", "32",
                    "--logdir", str(tmp_path / "other")]) != 0
   assert ("--image-size has no effect on --benchmark split_mnist; it sets "
-          "the image side of openloris, split_cub200, split_imagenet, "
-          "stream51.") in (
+          "the image side of clear10, clear100, openloris, split_cub200, "
+          "split_imagenet, stream51.") in (
               capsys.readouterr().err)
   assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
                    "48", "--data-dir", str(mock_tfds), "--logdir",
@@ -616,7 +616,7 @@ def test_openloris_from_the_command_line(tmp_path):
     ({"data_dir": None}, r"openloris is not in tfds and not bundled: it "
      r"needs data_dir"),
     ({"data_dir": "gs://bucket"}, r"openloris reads its images with Pillow "
-     r"from a local folder, got gs://bucket/openloris"),
+     r"from a local folder, got data_dir='gs://bucket'"),
     ({}, r"/nonexistent/openloris is not a folder. Download the image "
      r"archives"),
 ])

@@ -168,7 +168,7 @@ def test_padded_boxes_are_clipped_to_the_frame(stream51_dir):
     ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
     ({"data_dir": None}, r"stream51 is not in tfds and not bundled: it needs "
      r"data_dir \(CLI: --data-dir DIR\)"),
-    ({"data_dir": "gs://bucket"}, r"stream51 reads its frames with Pillow "
+    ({"data_dir": "gs://bucket"}, r"stream51 reads its images with Pillow "
      r"from a local folder, got data_dir='gs://bucket'"),
 ])
 def test_refusals_before_reading(kwargs, message):

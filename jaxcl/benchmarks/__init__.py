@@ -1,11 +1,14 @@
 """Benchmarks: the data model, scenario generators, augmentations, the catalogue."""
 
+import functools
+
 from jaxcl.benchmarks import (augment, classic, files, generators, scenario,
-                              videos)
+                              temporal, videos)
 from jaxcl.benchmarks.classic import *  # noqa: F403
 from jaxcl.benchmarks.files import *  # noqa: F403
 from jaxcl.benchmarks.generators import *  # noqa: F403
 from jaxcl.benchmarks.scenario import *  # noqa: F403
+from jaxcl.benchmarks.temporal import *  # noqa: F403
 from jaxcl.benchmarks.videos import *  # noqa: F403
 
 BENCHMARKS = {
@@ -17,6 +20,8 @@ BENCHMARKS = {
                     "split_tiny_imagenet", "split_imagenet", "core50",
                     "openloris")},
     "stream51": videos.stream51,
+    "clear10": functools.partial(temporal.clear, "clear10"),
+    "clear100": functools.partial(temporal.clear, "clear100"),
 }
 """The catalogue by name (used by the CLI)."""
 
@@ -27,5 +32,6 @@ __all__ = [
     *files.__all__,
     *generators.__all__,
     *scenario.__all__,
+    *temporal.__all__,
     *videos.__all__,
 ]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from jaxcl import _validation
-from jaxcl.benchmarks import augment, generators
+from jaxcl.benchmarks import augment, files, generators
 from jaxcl.benchmarks.scenario import Augment, Benchmark, normalizer
 
 __all__ = [
@@ -1124,8 +1124,6 @@ def _from_official_lists(
   ``images``); ``relabel(image, file_list)`` replaces the lists' labels.
   Everything the lists name is checked before any image is decoded; the
   errors end with ``advice`` (``images_advice`` for absent images)."""
-  from jaxcl.benchmarks import files
-
   missing = [name for name in names if not (lists / name).is_file()]
   if missing:
     shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -1227,9 +1225,10 @@ def openloris(
   _validation.check_choice("factor", factor, _OPENLORIS_FACTORS)
   if image_size is not None:
     image_size = _validation.check_positive_int("image_size", image_size)
-  root = _local_folder(
-      _folder_root("openloris", data_dir, "openloris", _OPENLORIS_ADVICE),
-      "openloris", _OPENLORIS_ADVICE)
+  root = files.local_data_dir("openloris", data_dir,
+                              _OPENLORIS_ADVICE) / "openloris"
+  if not root.is_dir():
+    raise ValueError(f"{root} is not a folder. {_OPENLORIS_ADVICE}")
   folder, n_experiences = _OPENLORIS_FACTORS[factor]
   names = [f"train_batch_{k:02d}.txt" for k in range(n_experiences)]
   return _from_official_lists(

@@ -109,10 +109,12 @@ def _check_image_size(image_size) -> tuple[int, int] | None:
 
 
 def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
-              mode: str, clip_box: bool = False) -> np.ndarray:
+              mode: str, clip_box: bool = False,
+              center_square: bool = False) -> np.ndarray:
   """One image as ``uint8[h, w, c]``: cropped to ``box`` (its part inside
-  the image with ``clip_box``), converted to ``mode`` (Pillow's "RGB" or
-  "L"), resized to ``size``."""
+  the image with ``clip_box``), then to its central square with
+  ``center_square``, converted to ``mode`` (Pillow's "RGB" or "L"),
+  resized to ``size``."""
   from PIL import Image  # Lazy: only file benchmarks decode images.
 
   try:
@@ -127,6 +129,12 @@ def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
               f"The box (top, left, height, width) = {box} of {path} reaches "
               f"outside its {image.height}x{image.width} image.")
         image = image.crop((left, top, left + width, top + height))
+      if center_square:
+        side = min(image.height, image.width)
+        # Where torchvision's CenterCrop puts it (Python's rounding).
+        top = int(round((image.height - side) / 2.0))
+        left = int(round((image.width - side) / 2.0))
+        image = image.crop((left, top, left + side, top + side))
       if image.mode.startswith(("I", "F")):
         # Pillow clips them to 8 bits (a 16-bit image becomes 0 or 255).
         raise ValueError(
@@ -143,10 +151,27 @@ def _read_one(path: Path, box: Box | None, size: tuple[int, int] | None,
   return pixels.reshape(*pixels.shape[:2], -1)
 
 
+def local_data_dir(benchmark: str, data_dir: PathLike | None,
+                   advice: str) -> Path:
+  """The ``data_dir`` of a benchmark whose images Pillow reads: given, on a
+  local file system, ``~`` expanded; ``advice`` says how to prepare it."""
+  if data_dir is None:
+    raise ValueError(f"{benchmark} is not in tfds and not bundled: it needs "
+                     f"data_dir (CLI: --data-dir DIR). {advice}")
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  data_dir = sources.expand_data_dir(data_dir)
+  if "://" in data_dir:
+    raise ValueError(f"{benchmark} reads its images with Pillow from a "
+                     f"local folder, got data_dir={data_dir!r}; expected a "
+                     "folder on a local file system.")
+  return Path(data_dir)
+
+
 def read_images(paths: Sequence[PathLike], *,
                 boxes: Sequence[Box | None] | None = None,
                 image_size: tuple[int, int] | None = None,
-                channels: int = 3, clip_boxes: bool = False) -> np.ndarray:
+                channels: int = 3, clip_boxes: bool = False,
+                center_square: bool = False) -> np.ndarray:
   """Decodes image files into one ``uint8[n, height, width, channels]`` array.
 
   Args:
@@ -156,6 +181,9 @@ def read_images(paths: Sequence[PathLike], *,
     clip_boxes: Crop to the part of a box inside its image (a box that
       starts inside it but reaches past its bottom or right edge, such as
       Stream-51's padded object boxes); otherwise such a box is an error.
+    center_square: Crop every image (after its box) to its central square
+      before resizing: torchvision's ``Resize(s)`` then ``CenterCrop(s)``
+      keep the same region (they resample before cropping).
     image_size: ``(height, width)`` to resize every image to (Pillow's
       bilinear filter, which smooths when shrinking, like torchvision's
       ``Resize``); ``None`` keeps their size, which must then be the same
@@ -194,13 +222,16 @@ def read_images(paths: Sequence[PathLike], *,
   mode = "RGB" if channels == 3 else "L"
   paths = [Path(p).expanduser() for p in paths]
   _validation.check_bool("clip_boxes", clip_boxes)
-  first = _read_one(paths[0], boxes[0], size, mode, clip_boxes)
+  _validation.check_bool("center_square", center_square)
+  first = _read_one(paths[0], boxes[0], size, mode, clip_boxes,
+                    center_square)
   # Filled in place: a list of images and its stack would double the peak.
   images = np.empty((len(paths), *first.shape), np.uint8)
   images[0] = first
 
   def fill(k: int) -> None:
-    image = _read_one(paths[k], boxes[k], size, mode, clip_boxes)
+    image = _read_one(paths[k], boxes[k], size, mode, clip_boxes,
+                      center_square)
     if image.shape != first.shape:
       raise ValueError(
           f"{paths[k]} is {image.shape[0]}x{image.shape[1]} but {paths[0]} "

@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxcl import _validation
 from jaxcl.benchmarks import files, generators
+from jaxcl.benchmarks.classic import IMAGENET_MEAN, IMAGENET_STD
 from jaxcl.benchmarks.scenario import Benchmark, normalizer
 
 __all__ = ["STREAM51_ORDERINGS", "stream51"]
@@ -35,7 +36,6 @@ __all__ = ["STREAM51_ORDERINGS", "stream51"]
 STREAM51_ORDERINGS = ("iid", "class_iid", "instance", "class_instance")
 """Stream-51's orderings of the training frames (``scenario``)."""
 
-_MEAN, _STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _ADVICE = (
     "Download Stream-51.zip from https://tyler-hayes.github.io/stream51 and "
     "unzip it into data_dir, giving data_dir/Stream-51/"
@@ -227,16 +227,7 @@ def stream51(
   eval_num = _validation.check_positive_int("eval_num", eval_num)
   ratio = _validation.check_in_range("ratio", ratio, low=1.0)
   image_size = _validation.check_positive_int("image_size", image_size)
-  if data_dir is None:
-    raise ValueError("stream51 is not in tfds and not bundled: it needs "
-                     f"data_dir (CLI: --data-dir DIR). {_ADVICE}")
-  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
-  data_dir = sources.expand_data_dir(data_dir)
-  if "://" in data_dir:
-    raise ValueError(f"stream51 reads its frames with Pillow from a local "
-                     f"folder, got data_dir={data_dir!r}; expected a folder "
-                     "on a local file system.")
-  root = Path(data_dir) / "Stream-51"
+  root = files.local_data_dir("stream51", data_dir, _ADVICE) / "Stream-51"
   train_rows = _order(_read_rows(root, "train"), scenario, seed)
   known = {row[0] for row in train_rows}
   test_rows = [row for row in _read_rows(root, "test") if row[0] in known]
@@ -267,4 +258,4 @@ def stream51(
     test = [part(test_x, test_rows)]
   return generators.benchmark_from_parts(
       train, test, task_incremental=False, name=f"stream51_{scenario}",
-      preprocess=normalizer(_MEAN, _STD), augment=None)
+      preprocess=normalizer(IMAGENET_MEAN, IMAGENET_STD), augment=None)

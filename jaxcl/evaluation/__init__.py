@@ -18,7 +18,8 @@ Example:
   ...                    metrics=selection)  # doctest: +SKIP
 """
 
-from jaxcl.evaluation.cl_metrics import (accuracy_on_trained_experiences, trained_columns,
+from jaxcl.evaluation.cl_metrics import (accuracy_on_trained_experiences,
+                                         clear_metrics, trained_columns,
                                          experience_forgetting,
                                          forward_transfer, stream_accuracy,
                                          stream_bwt, stream_forgetting,
@@ -45,6 +46,7 @@ __all__ = [
     "TopKAccuracy",
     "accuracy_on_trained_experiences",
     "amca",
+    "clear_metrics",
     "class_accuracy",
     "disk_usage_kb",
     "experience_forgetting",

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "accuracy_on_trained_experiences",
+    "clear_metrics",
     "trained_columns",
     "experience_forgetting",
     "forward_transfer",
@@ -189,3 +190,47 @@ def stream_forward_transfer(R: np.ndarray, initial: np.ndarray, current: int,
   f = forward_transfer(R, initial, current, columns)
   f = f[~np.isnan(f)]
   return float(np.mean(f)) if f.size else float("nan")
+
+
+def clear_metrics(R: np.ndarray) -> dict[str, float]:
+  """CLEAR's five summaries of a square accuracy matrix (Lin et al., 2021).
+
+  Avalanche's ``CLEARMetric``, for a stream whose test experience ``j`` is
+  the same period as train experience ``j`` (:func:`jaxcl.benchmarks.clear`):
+  ``in_domain`` is the mean of the diagonal, ``next_domain`` of the
+  superdiagonal (the next period, CLEAR's streaming protocol),
+  ``accuracy`` of the diagonal and everything below it,
+  ``backward_transfer`` of everything below and ``forward_transfer`` of
+  everything above. Means of the entries, unweighted; NaN (not evaluated)
+  entries make their means NaN, and a 1 x 1 matrix has no off-diagonal.
+
+  Args:
+    R: Accuracy matrix, ``R[i, j]`` the accuracy on period ``j`` after
+      training period ``i`` (``Result.accuracy_matrix``).
+
+  Returns:
+    ``{"in_domain", "next_domain", "accuracy", "backward_transfer",
+    "forward_transfer"}``.
+
+  Example:
+    >>> R = np.array([[0.8, 0.6], [0.7, 0.9]])
+    >>> m = clear_metrics(R)
+    >>> round(m["in_domain"], 3), m["next_domain"], round(m["accuracy"], 3)
+    (0.85, 0.6, 0.8)
+  """
+  R = np.asarray(R, np.float64)
+  if R.ndim != 2 or R.shape[0] != R.shape[1] or not R.size:
+    raise ValueError(f"R must be a square accuracy matrix (one test "
+                     f"experience per train experience), got shape "
+                     f"{R.shape}.")
+  below = np.tril_indices_from(R, -1)
+  above = np.triu_indices_from(R, 1)
+
+  def mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else float("nan")
+
+  return {"in_domain": mean(np.diag(R)),
+          "next_domain": mean(np.diag(R, 1)),
+          "accuracy": mean(R[np.tril_indices_from(R)]),
+          "backward_transfer": mean(R[below]),
+          "forward_transfer": mean(R[above])}
