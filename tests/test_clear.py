@@ -11,13 +11,17 @@ from PIL import Image
 from jaxcl.benchmarks import files, temporal
 from jaxcl.evaluation import clear_metrics
 
-_CLASSES = ("BACKGROUND", "baseball", "bus")
-_BUCKETS = ("1", "2")
+# In class_names.txt's order (the labels), which is not sorted; each
+# bucket's metadata lists the classes sorted. Bucket keys in file order,
+# which sorting them as strings would swap.
+_CLASSES = ("bus", "BACKGROUND", "baseball")
+_BUCKETS = ("9", "10")
 _PER_CLASS = {"train": 2, "test": 1}
 
 
 def _value(split, bucket, label, k):
-  return 10 + 100 * (split == "test") + 40 * int(bucket) + 10 * label + k
+  return (10 + 100 * (split == "test") + 40 * _BUCKETS.index(bucket)
+          + 10 * label + k)
 
 
 def _write_image(path, value, wide):
@@ -43,7 +47,8 @@ def _clear_dir(tmp_path):
     index = {}
     for bucket in _BUCKETS:
       index[bucket] = {}
-      for label, name in enumerate(_CLASSES):
+      for name in sorted(_CLASSES):
+        label = _CLASSES.index(name)
         entries = {}
         for k in range(count):
           image = f"labeled_images/{bucket}/{name}/{k}.png"
@@ -75,7 +80,7 @@ def test_streaming_trains_and_tests_on_each_bucket(clear_dir):
   assert bench.scenario == "domain_incremental" and bench.n_tasks == 1
   for bucket, exp, test in zip(_BUCKETS, bench.train_stream,
                                bench.test_stream, strict=True):
-    # The bucket's test images, then its train images (Avalanche's order).
+    # The bucket's test images, then its train images.
     assert _seen(exp) == _listed("test", bucket) + _listed("train", bucket)
     assert test.x is exp.x  # One copy of the images.
   # The central square only: the white margins are cropped away.
@@ -84,6 +89,7 @@ def test_streaming_trains_and_tests_on_each_bucket(clear_dir):
                          data_dir=clear_dir)
   assert tasks.scenario == "task_incremental"
   assert [e.task.tolist() for e in tasks.train_stream][1] == [1] * 9
+  assert [e.task.tolist() for e in tasks.test_stream][0] == [0] * 9
 
 
 def test_iid_trains_on_train_splits_and_tests_on_test_splits(clear_dir):
@@ -97,8 +103,8 @@ def test_iid_trains_on_train_splits_and_tests_on_test_splits(clear_dir):
 
 
 def test_center_square_matches_a_hand_placed_box(clear_dir):
-  wide = clear_dir / "clear10/train/labeled_images/1/BACKGROUND/0.png"
-  tall = clear_dir / "clear10/train/labeled_images/1/BACKGROUND/1.png"
+  wide = clear_dir / "clear10/train/labeled_images/9/BACKGROUND/1.png"
+  tall = clear_dir / "clear10/train/labeled_images/9/BACKGROUND/0.png"
   np.testing.assert_array_equal(
       files.read_images([wide, tall], image_size=(4, 4), center_square=True),
       files.read_images([wide, tall], boxes=[(0, 2, 8, 8), (2, 0, 8, 8)],
@@ -116,7 +122,9 @@ def test_center_square_matches_a_hand_placed_box(clear_dir):
     ({"data_dir": "gs://b"}, r"clear reads its images with Pillow from a "
      r"local folder, got data_dir='gs://b'"),
     ({}, r"/nonexistent/clear10/train/class_names.txt does not exist. "
-     r"Download the CLEAR release"),
+     r"Download the clear10 release"),
+    ({"data_name": "clear100"}, r"clear100/train/class_names.txt does not "
+     r"exist. Download the clear100 release .* giving data_dir/clear100/"),
 ])
 def test_refusals_before_reading(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -126,27 +134,42 @@ def test_refusals_before_reading(kwargs, message):
 def test_inconsistent_or_incomplete_releases(clear_dir, monkeypatch):
   monkeypatch.setattr(files, "_read_one", None)  # Never reached.
   root = clear_dir / "clear10"
-  (root / "test/labeled_images/2/bus/0.png").unlink()
+  (root / "test/labeled_images/10/bus/0.png").unlink()
   with pytest.raises(ValueError, match=r"1 image\(s\) the metadata of "
                      r".*clear10 names are not there \(first: .*test/"
-                     r"labeled_images/2/bus/0.png\)"):
+                     r"labeled_images/10/bus/0.png\)"):
     temporal.clear(data_dir=clear_dir)
   index = json.loads((root / "test/labeled_metadata.json").read_text())
-  del index["2"]["bus"]
+  bus = index["10"].pop("bus")
   (root / "test/labeled_metadata.json").write_text(json.dumps(index))
-  with pytest.raises(ValueError, match=r"bucket '2' lacks the classes "
+  with pytest.raises(ValueError, match=r"bucket '10' lacks the classes "
                      r"\['bus'\] of class_names.txt"):
     temporal.clear(data_dir=clear_dir)
-  del index["2"]
+  index["10"]["bus"] = 3
   (root / "test/labeled_metadata.json").write_text(json.dumps(index))
-  with pytest.raises(ValueError, match=r"The train buckets \['1', '2'\] and "
-                     r"the test buckets \['1'\] of .*clear10 differ"):
+  with pytest.raises(ValueError, match=r"bucket '10', class 'bus' names 3; "
+                     r"expected the path of its metadata file"):
     temporal.clear(data_dir=clear_dir)
-  (root / "test/class_names.txt").write_text("BACKGROUND\nbus\nbaseball")
+  index["10"]["bus"] = bus
+  for name in _CLASSES:
+    (root / "test" / index["10"][name]).write_text("{}")
+  (root / "test/labeled_metadata.json").write_text(json.dumps(index))
+  with pytest.raises(ValueError, match=r"bucket '10' names no image"):
+    temporal.clear(data_dir=clear_dir)
+  (root / "test" / bus).write_text("[]")
+  with pytest.raises(ValueError, match=r"bus.json holds a list; expected "
+                     r"\{id: \{\"IMG_PATH\": path"):
+    temporal.clear(data_dir=clear_dir)
+  del index["10"]
+  (root / "test/labeled_metadata.json").write_text(json.dumps(index))
+  with pytest.raises(ValueError, match=r"The train buckets \['9', '10'\] and "
+                     r"the test buckets \['9'\] of .*clear10 differ"):
+    temporal.clear(data_dir=clear_dir)
+  (root / "test/class_names.txt").write_text("\n".join(sorted(_CLASSES)))
   with pytest.raises(ValueError, match=r"test/class_names.txt differs from "
                      r".*train/class_names.txt"):
     temporal.clear(data_dir=clear_dir)
-  meta = root / "train/labeled_metadata/1/bus.json"
+  meta = root / "train/labeled_metadata/9/bus.json"
   meta.write_text(json.dumps({"id0": {"PATH": "x.png"}}))
   (root / "test/class_names.txt").write_text("\n".join(_CLASSES))
   with pytest.raises(ValueError, match=r"bus.json: image 'id0' has no "

@@ -33,59 +33,74 @@ CLEAR_DATASETS = ("clear10", "clear100")
 CLEAR_PROTOCOLS = ("streaming", "iid")
 """CLEAR's evaluation protocols (Avalanche's ``evaluation_protocol``)."""
 
-_ADVICE = (
-    "Download the CLEAR release (https://clear-benchmark.github.io) and "
-    "unzip it into data_dir/<data_name>, giving data_dir/clear10/train/"
-    "labeled_metadata.json, train/class_names.txt, the test/ counterparts "
-    "and the images they name.")
+def _advice(data_name: str) -> str:
+  return (f"Download the {data_name} release "
+          "(https://clear-benchmark.github.io) and unzip it into "
+          f"data_dir/{data_name}, giving data_dir/{data_name}/train/"
+          "labeled_metadata.json, train/class_names.txt, the test/ "
+          "counterparts and the images they name.")
 
 
-def _load_json(path: Path) -> Any:
+def _load_json(path: Path, advice: str) -> Any:
   if not path.is_file():
-    raise ValueError(f"{path} does not exist. {_ADVICE}")
+    raise ValueError(f"{path} does not exist. {advice}")
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as error:
     raise ValueError(f"{path} is not valid JSON ({error}). "
-                     f"{_ADVICE}") from error
+                     f"{advice}") from error
 
 
-def _class_names(split: Path) -> list[str]:
+def _class_names(split: Path, advice: str) -> list[str]:
   path = split / "class_names.txt"
   if not path.is_file():
-    raise ValueError(f"{path} does not exist. {_ADVICE}")
+    raise ValueError(f"{path} does not exist. {advice}")
   names = [line.strip() for line in path.read_text().splitlines()
            if line.strip()]
   if not names:
-    raise ValueError(f"{path} names no class. {_ADVICE}")
+    raise ValueError(f"{path} names no class. {advice}")
   return names
 
 
-def _buckets(split: Path, classes: list[str]) -> dict[str, list[tuple]]:
+def _buckets(split: Path, classes: list[str],
+             advice: str) -> dict[str, list[tuple]]:
   """A split's ``(image, label)`` pairs by bucket, in the metadata's order:
   class by class (``class_names.txt``'s order gives the labels), each
   class's images in its metadata file's order."""
   index = split / "labeled_metadata.json"
-  metadata = _load_json(index)
+  metadata = _load_json(index, advice)
   if not isinstance(metadata, dict) or not metadata:
     raise ValueError(f"{index} names no bucket; expected "
-                     "{bucket: {class name: metadata file}}. " + _ADVICE)
+                     "{bucket: {class name: metadata file}}. " + advice)
   buckets = {}
   for bucket, by_class in metadata.items():
-    missing = sorted(set(classes) - set(by_class or {}))
+    if not isinstance(by_class, dict):
+      raise ValueError(f"{index}: bucket {bucket!r} holds {by_class!r}; "
+                       "expected {class name: metadata file}. " + advice)
+    missing = sorted(set(classes) - set(by_class))
     if missing:
       raise ValueError(f"{index}: bucket {bucket!r} lacks the classes "
-                       f"{missing} of class_names.txt. {_ADVICE}")
+                       f"{missing} of class_names.txt. {advice}")
     pairs = []
     for label, name in enumerate(classes):
-      images = _load_json(split / by_class[name])
+      if not isinstance(by_class[name], str):
+        raise ValueError(f"{index}: bucket {bucket!r}, class {name!r} names "
+                         f"{by_class[name]!r}; expected the path of its "
+                         f"metadata file. {advice}")
+      path = split / by_class[name]
+      images = _load_json(path, advice)
+      if not isinstance(images, dict):
+        raise ValueError(f"{path} holds a {type(images).__name__}; expected "
+                         "{id: {\"IMG_PATH\": path, ...}}. " + advice)
       for key, image in images.items():
         if not (isinstance(image, dict)
                 and isinstance(image.get("IMG_PATH"), str)):
-          raise ValueError(f"{split / by_class[name]}: image {key!r} has "
-                           "no IMG_PATH; expected {id: {\"IMG_PATH\": "
-                           "path, ...}}. " + _ADVICE)
+          raise ValueError(f"{path}: image {key!r} has no IMG_PATH; "
+                           "expected {id: {\"IMG_PATH\": path, ...}}. "
+                           + advice)
         pairs.append((split / image["IMG_PATH"], label))
+    if not pairs:
+      raise ValueError(f"{index}: bucket {bucket!r} names no image. {advice}")
     buckets[str(bucket)] = pairs
   return buckets
 
@@ -99,17 +114,19 @@ def clear(
     image_size: int = 224,
     data_dir: str | os.PathLike | None = None,
 ) -> Benchmark:
-  """CLEAR by Avalanche's ``CLEAR``: one experience per yearly bucket.
+  """CLEAR (Avalanche's ``CLEAR``): one experience per yearly bucket.
 
   ``data_dir/<data_name>/{train,test}/`` each hold ``class_names.txt``
   (the labels, in order, the background class among them) and
   ``labeled_metadata.json`` (per bucket, per class, a metadata file whose
   entries' ``IMG_PATH`` name the images, relative to the split's folder),
-  as the release unzips. Protocols, as Avalanche's:
+  as the release unzips. CLEAR's protocols (Avalanche's
+  ``evaluation_protocol``; docs/benchmarks.md says where its loader
+  differs):
 
   * ``"streaming"``: experience ``i`` trains on all of bucket ``i`` (its
-    test images, then its train images, Avalanche's order), and the test
-    stream is the same buckets: CLEAR's "next-domain" accuracy of bucket
+    test images, then its train images), and the test stream is the same
+    buckets: CLEAR's "next-domain" accuracy of bucket
     ``i`` is the accuracy matrix's entry ``[i, i + 1]``
     (:func:`jaxcl.evaluation.clear_metrics`).
   * ``"iid"``: experience ``i`` trains on bucket ``i``'s train split and
@@ -140,18 +157,19 @@ def clear(
   _validation.check_choice("evaluation_protocol", evaluation_protocol,
                            CLEAR_PROTOCOLS)
   image_size = _validation.check_positive_int("image_size", image_size)
-  root = files.local_data_dir("clear", data_dir, _ADVICE) / data_name
-  classes = _class_names(root / "train")
-  if _class_names(root / "test") != classes:
+  advice = _advice(data_name)
+  root = files.local_data_dir("clear", data_dir, advice) / data_name
+  classes = _class_names(root / "train", advice)
+  if _class_names(root / "test", advice) != classes:
     raise ValueError(f"{root / 'test' / 'class_names.txt'} differs from "
                      f"{root / 'train' / 'class_names.txt'}; expected the "
-                     f"same classes in the same order. {_ADVICE}")
-  train, test = (_buckets(root / split, classes) for split in ("train",
-                                                               "test"))
+                     f"same classes in the same order. {advice}")
+  train, test = (_buckets(root / split, classes, advice)
+                 for split in ("train", "test"))
   if list(train) != list(test):
     raise ValueError(f"The train buckets {list(train)} and the test "
                      f"buckets {list(test)} of {root} differ; expected the "
-                     f"same buckets. {_ADVICE}")
+                     f"same buckets. {advice}")
   if evaluation_protocol == "streaming":
     train = {bucket: test[bucket] + pairs for bucket, pairs in train.items()}
   for pairs in (*train.values(), *test.values()):
@@ -159,7 +177,7 @@ def clear(
     if absent:
       raise ValueError(f"{len(absent)} image(s) the metadata of {root} "
                        f"names are not there (first: {absent[0]}). "
-                       f"{_ADVICE}")
+                       f"{advice}")
 
   def parts(buckets: dict[str, list[tuple]]) -> list[tuple]:
     return [(files.read_images([path for path, _ in pairs],
