@@ -167,6 +167,7 @@ def local_data_dir(benchmark: str, data_dir: PathLike | None,
   return Path(data_dir)
 
 
+@_validation.checks_bool_arguments
 def read_images(paths: Sequence[PathLike], *,
                 boxes: Sequence[Box | None] | None = None,
                 image_size: tuple[int, int] | None = None,
@@ -221,8 +222,6 @@ def read_images(paths: Sequence[PathLike], *,
                      f"{channels!r}.")
   mode = "RGB" if channels == 3 else "L"
   paths = [Path(p).expanduser() for p in paths]
-  _validation.check_bool("clip_boxes", clip_boxes)
-  _validation.check_bool("center_square", center_square)
   first = _read_one(paths[0], boxes[0], size, mode, clip_boxes,
                     center_square)
   # Filled in place: a list of images and its stack would double the peak.
