@@ -1216,6 +1216,14 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                       "processes": jax.process_count(),
                       "devices": jax.device_count()},
   }
+  # CLEAR's summaries need one test period per trained one (an online
+  # split trains several rows per period); linear in the entries, so those
+  # of the seeds' mean matrix are the mean of the seeds'.
+  clear = (args.benchmark in ("clear10", "clear100") and not args.online_size
+           and sweep_name is None)
+  if clear:
+    results["clear_metrics"] = jaxcl.evaluation.clear_metrics(
+        _accuracy_matrix(result))
   if not primary:
     return results
   (logdir / "results.json").write_text(json.dumps(loggers.json_safe(results), indent=2))
@@ -1237,6 +1245,9 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   if sweep_name is not None:
     print()
     print(loggers.format_metrics_table(result.timings))
+  if clear:
+    print("\nCLEAR's metrics of the accuracy matrix:")
+    print(loggers.format_metrics_table(results["clear_metrics"]))
   print(f"\nResults written to {logdir}")
   return results
 

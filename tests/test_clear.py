@@ -185,7 +185,13 @@ def test_from_the_command_line(clear_dir, tmp_path):
       tmp_path / "run", "--benchmark", "clear10", "--evaluation-protocol",
       "iid", "--image-size", "4", "--data-dir", str(clear_dir))
   assert results["config"]["evaluation_protocol"] == "iid"
-  assert np.shape(results["accuracy_matrix"]) == (2, 2)
+  R = np.array(results["accuracy_matrix"])
+  assert R.shape == (2, 2)
+  assert results["clear_metrics"]["next_domain"] == pytest.approx(R[0, 1])
+  assert results["clear_metrics"]["backward_transfer"] == pytest.approx(
+      R[1, 0])
+  assert results["clear_metrics"]["in_domain"] == pytest.approx(
+      (R[0, 0] + R[1, 1]) / 2)
 
 
 def test_clear_metrics_by_hand():
