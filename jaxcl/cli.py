@@ -226,8 +226,12 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     "lists in --data-dir (nic and nicv2_* need one); "
                     "without it ni and nc draw their order from --seed")
   data.add_argument("--data-dir", default=None,
-                    help="tfds data directory with the full dataset prepared; "
-                    "without it the bundled data is used")
+                    help="where the data is: a tfds data directory with the "
+                    "dataset prepared (without it the MNIST benchmarks use "
+                    "the bundled digits, the other tfds ones tfds's default "
+                    "directory); for split_tiny_imagenet, core50, stream51, "
+                    "openloris, clear10 and clear100 the local folder "
+                    "holding their files (required)")
   data.add_argument("--lazy", action="store_true",
                     help="leave the images in the tfds ArrayRecord files "
                     "until training reads them (with --distributed, each "
@@ -291,7 +295,8 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                      "those of other tasks")
   train.add_argument("--seed", type=int, default=0,
                      help="seed of every random choice of the run (and of "
-                     "the benchmark's class order)")
+                     "the benchmark's class order; stream51's frame order "
+                     "too: --seed 10 for Avalanche's default)")
   watch = run.add_argument_group(
       "periodic evaluation and early stopping (inside each experience)")
   watch.add_argument("--periodic-eval", type=int, default=0, metavar="N",

@@ -6,8 +6,11 @@ the prepared tfds dataset there (``tfds build NAME --data_dir DIR
 the real MNIST digits bundled in ``benchmarks_data/`` (no network needed) and
 the others use tfds's default data directory if the dataset is prepared
 there, else raise a ``ValueError`` saying how to prepare it. A leading ``~``
-in ``data_dir`` is expanded. Tiny ImageNet and CORe50 are not in tfds: they
-are read from prepared image folders with ``tfds.ImageFolder``.
+in ``data_dir`` is expanded. Tiny ImageNet, CORe50 and OpenLORIS are not in
+tfds: Tiny ImageNet and CORe50's seeded scenarios are read from prepared
+image folders with ``tfds.ImageFolder``; CORe50's official runs (``run=``)
+and OpenLORIS from their official file lists, with Pillow
+(:mod:`jaxcl.benchmarks.files`), from a local ``data_dir``.
 
 Images stay in their stored dtype (uint8) on the host and on the device;
 each benchmark normalises them in ``preprocess`` and augments training batches
@@ -1028,8 +1031,9 @@ def core50(
   Args:
     scenario: ``"ni"``, ``"nc"``, ``"nic"``, ``"nicv2_79"``,
       ``"nicv2_196"`` or ``"nicv2_391"``.
-    run: Avalanche's run, 0-9 (the official file lists); ``None`` draws
-      the order from ``seed`` (``"ni"`` and ``"nc"`` only).
+    run: Avalanche's run, 0-9 (the official file lists; Avalanche's
+      default is 0); ``None`` draws the order from ``seed`` (``"ni"`` and
+      ``"nc"`` only).
     seed: Seed of the session or class order, without ``run``.
     object_lvl: 50 object classes (else the 10 categories: objects 1-5
       are category 0, 6-10 category 1, and so on).
