@@ -613,10 +613,6 @@ def test_openloris_from_the_command_line(tmp_path):
     ({"factor": "lighting"}, r"Unknown factor 'lighting'; expected one of "
      r"clutter, illumination, mixture-iros, occlusion, pixel"),
     ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
-    ({"data_dir": None}, r"openloris is not in tfds and not bundled: it "
-     r"needs data_dir"),
-    ({"data_dir": "gs://bucket"}, r"openloris reads its images with Pillow "
-     r"from a local folder, got data_dir='gs://bucket'"),
     ({}, r"/nonexistent/openloris is not a folder. Download the image "
      r"archives"),
 ])

@@ -117,10 +117,6 @@ def test_center_square_matches_a_hand_placed_box(clear_dir):
     ({"evaluation_protocol": "online"}, r"Unknown evaluation_protocol "
      r"'online'; expected one of iid, streaming"),
     ({"image_size": 0}, r"image_size must be a positive integer, got 0"),
-    ({"data_dir": None}, r"clear is not in tfds and not bundled: it needs "
-     r"data_dir"),
-    ({"data_dir": "gs://b"}, r"clear reads its images with Pillow from a "
-     r"local folder, got data_dir='gs://b'"),
     ({}, r"/nonexistent/clear10/train/class_names.txt does not exist. "
      r"Download the clear10 release"),
     ({"data_name": "clear100"}, r"clear100/train/class_names.txt does not "

@@ -286,3 +286,16 @@ def test_filelist_benchmark_errors_name_its_arguments(tmp_path):
                      "or False"):
     jaxcl.benchmarks.filelist_benchmark(None, [listing], listing,
                                         complete_test_set_only="yes")
+
+
+@pytest.mark.parametrize("name", ["stream51", "openloris", "clear"])
+def test_benchmarks_read_with_pillow_need_a_local_data_dir(name):
+  factory = getattr(jaxcl.benchmarks, name)
+  with pytest.raises(ValueError, match=rf"^{name} is not in tfds and not "
+                     r"bundled: it needs data_dir \(CLI: --data-dir DIR\)\. "
+                     r"Download "):
+    factory()
+  with pytest.raises(ValueError, match=rf"^{name} reads its images with "
+                     r"Pillow from a local folder, got data_dir='gs://b/d'; "
+                     r"expected a folder on a local file system\.$"):
+    factory(data_dir="gs://b/d")
