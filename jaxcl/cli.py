@@ -206,10 +206,21 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help="give experience i task label i (task-incremental)")
   data.add_argument("--image-size", type=int, default=None,
                     help="image side of the benchmarks that offer several: "
-                    "split_imagenet (8, 16, 32 or 64; default 64), "
-                    "split_cub200, stream51, clear10 and clear100 "
+                    "split_imagenet (8, 16, 32 or 64; default 64; any "
+                    "with --full-resolution, default 224), split_cub200, "
+                    "split_inaturalist, stream51, clear10 and clear100 "
                     "(resized on the host; default 224), openloris "
                     "(default 50)")
+  data.add_argument("--full-resolution", action="store_true",
+                    help="split_imagenet: read tfds imagenet2012 (prepared "
+                    "by hand) and resize its images on the host, as "
+                    "Avalanche's SplitImageNet, instead of imagenet_resized "
+                    "(--image-size default 224)")
+  data.add_argument("--super-categories", default=None,
+                    help="split_inaturalist's supercategories, "
+                    "comma-separated, one experience each (default: "
+                    "Avalanche's ten, Amphibia,Animalia,Arachnida,Aves,"
+                    "Fungi,Insecta,Mammalia,Mollusca,Plantae,Reptilia)")
   data.add_argument("--scenario", default=None,
                     help="core50's scenario: ni, nc, nic, nicv2_79, "
                     "nicv2_196 or nicv2_391 (default ni); stream51's "
@@ -578,7 +589,8 @@ def _check_flags_take_effect(args: argparse.Namespace,
        ("hidden_size", "hidden_layers", "drop_rate")),
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
        ("n_experiences", "return_task_id", "scenario", "factor",
-        "evaluation_protocol", "run"))):
+        "evaluation_protocol", "run", "full_resolution",
+        "super_categories"))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -955,6 +967,11 @@ def _load_benchmark(args: argparse.Namespace):
                "run"):
     if getattr(args, name) is not None:
       bench_kwargs[name] = getattr(args, name)
+  if args.full_resolution:
+    bench_kwargs["full_resolution"] = True
+  if args.super_categories is not None:
+    bench_kwargs["super_categories"] = [
+        name.strip() for name in args.super_categories.split(",")]
   if args.lazy:  # Every host loads: sharing the labels' pass is collective.
     bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
@@ -963,6 +980,7 @@ def _load_benchmark(args: argparse.Namespace):
            "factor": args.factor, "run": args.run,
            "evaluation_protocol": args.evaluation_protocol,
            "image_size": args.image_size,
+           "super_categories": args.super_categories,
            "validation_size": args.validation_size or None,
            "online_size": args.online_size or None}
   given = {k: v for k, v in shown.items() if v is not None

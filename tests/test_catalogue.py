@@ -134,7 +134,7 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
                    "--logdir", str(tmp_path / "other")]) != 0
   assert ("--image-size has no effect on --benchmark split_mnist; it sets "
           "the image side of clear10, clear100, openloris, split_cub200, "
-          "split_imagenet, stream51.") in (
+          "split_imagenet, split_inaturalist, stream51.") in (
               capsys.readouterr().err)
   assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
                    "48", "--data-dir", str(mock_tfds), "--logdir",

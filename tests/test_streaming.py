@@ -125,7 +125,7 @@ def test_lazy_labels_are_read_without_decoding_images():
                               split_over_hosts=True)  # One host: all labels.
   np.testing.assert_array_equal(lazy.y, eager.y)
   np.testing.assert_array_equal(np.asarray(lazy.x), eager.x)
-  undecoded = sources._without_images(lazy.x._source)
+  undecoded = sources.without_images(lazy.x._source)
   assert isinstance(undecoded[0]["image"], bytes)
   assert undecoded[0]["label"] == eager.y[0]
   with pytest.raises(ValueError, match="split_over_hosts=True needs lazy"):

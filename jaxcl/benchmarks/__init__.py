@@ -2,11 +2,12 @@
 
 import functools
 
-from jaxcl.benchmarks import (augment, classic, files, generators, scenario,
-                              temporal, videos)
+from jaxcl.benchmarks import (augment, classic, files, generators, resizing,
+                              scenario, temporal, videos)
 from jaxcl.benchmarks.classic import *  # noqa: F403
 from jaxcl.benchmarks.files import *  # noqa: F403
 from jaxcl.benchmarks.generators import *  # noqa: F403
+from jaxcl.benchmarks.resizing import *  # noqa: F403
 from jaxcl.benchmarks.scenario import *  # noqa: F403
 from jaxcl.benchmarks.temporal import *  # noqa: F403
 from jaxcl.benchmarks.videos import *  # noqa: F403
@@ -17,7 +18,8 @@ BENCHMARKS = {
                     "split_fmnist", "split_kmnist", "split_cifar10",
                     "split_cifar100", "split_cifar110", "split_svhn",
                     "split_omniglot", "split_cub200", "five_datasets",
-                    "split_tiny_imagenet", "split_imagenet", "core50",
+                    "split_tiny_imagenet", "split_imagenet",
+                    "split_inaturalist", "core50",
                     "openloris")},
     "stream51": videos.stream51,
     "clear10": functools.partial(temporal.clear, "clear10"),
@@ -31,6 +33,7 @@ __all__ = [
     *classic.__all__,
     *files.__all__,
     *generators.__all__,
+    *resizing.__all__,
     *scenario.__all__,
     *temporal.__all__,
     *videos.__all__,

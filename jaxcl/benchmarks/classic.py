@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxcl import _validation
-from jaxcl.benchmarks import augment, files, generators
+from jaxcl import _hosts, _validation
+from jaxcl.benchmarks import augment, files, generators, resizing
 from jaxcl.benchmarks.scenario import Augment, Benchmark, normalizer
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
   "FMNIST_STD",
   "IMAGENET_MEAN",
   "IMAGENET_STD",
+  "INATURALIST_SUPERCATEGORIES",
   "KMNIST_MEAN",
   "KMNIST_STD",
   "MNIST_MEAN",
@@ -66,6 +67,7 @@ __all__ = [
   "prepare_tiny_imagenet",
   "rotated_mnist",
   "split_imagenet",
+  "split_inaturalist",
   "split_cifar10",
   "split_cifar100",
   "split_cifar110",
@@ -550,46 +552,21 @@ def split_omniglot(
                     class_ids_from_zero_from_first_exp))
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-  """Bilinear resize of one uint8 image to ``size x size`` (PIL)."""
-  from PIL import Image  # Lazy: only datasets of varying image sizes need it.
-  squeezed = image[..., 0] if image.shape[-1] == 1 else image
-  out = np.asarray(Image.fromarray(squeezed).resize((size, size),
-                                                    Image.BILINEAR))
-  return out.reshape(size, size, image.shape[-1])
+def _open_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
+                  split: str, resize: resizing.Resize, *,
+                  split_over_hosts: bool = False) -> resizing.ResizedSource:
+  """A tfds split of images of varying sizes, resized as they are read.
 
-
-class _Resized(Sequence):
-  """A data source whose records' images are resized when read."""
-
-  def __init__(self, source: Sequence, size: int):
-    self._source, self._size = source, size
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def _map(self, record):
-    return {"image": _resize(np.asarray(record["image"]), self._size),
-            "label": record["label"]}
-
-  def __getitem__(self, i):
-    return self._map(self._source[i])
-
-  def __getitems__(self, keys):
-    get = getattr(self._source, "__getitems__", None)
-    records = get(keys) if get else [self._source[k] for k in keys]
-    return [self._map(r) for r in records]
-
-
-def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
-                  size: int) -> list[Any]:
-  """Like :func:`_load` for images of varying sizes, resized on the host."""
+  Needs random access (ArrayRecord): the images are resized one by one.
+  With ``split_over_hosts`` the hosts agree on the opening, so that a host
+  that cannot open it makes the others raise too.
+  """
   import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
 
   from jaxcl.benchmarks import sources
   data_dir = sources.expand_data_dir(data_dir)
-  out = []
-  for split in ("train", "test"):
+
+  def open_split() -> resizing.ResizedSource:
     with _reading(benchmark, tfds_name, data_dir):
       try:
         source = tfds.builder(tfds_name, data_dir=data_dir).as_data_source(
@@ -600,8 +577,11 @@ def _load_resized(benchmark: str, tfds_name: str, data_dir: PathLike | None,
                 tfds_name, split, data_dir, error,
                 needs_random_access=f"{benchmark}, which resizes its images "
                 "one by one,")) from error
-    out.append(sources.arrays_from_data_source(_Resized(source, size)))
-  return out
+    return resizing.ResizedSource(source, resize)
+
+  if split_over_hosts:
+    return _hosts.read_together(f"{benchmark}'s {split!r} split", open_split)
+  return open_split()
 
 
 @_validation.checks_bool_arguments
@@ -649,12 +629,14 @@ def split_cub200(
                fixed_class_order=fixed_class_order)
   image_size = _validation.check_positive_int("image_size", image_size)
   per_exp = None if classes_first_batch is None else {0: classes_first_batch}
-  return _split("split_cub200", _load_resized(
-      "split_cub200", "caltech_birds2011", data_dir, image_size),
-                n_experiences, CIFAR10_MEAN, CIFAR10_STD, _FLIP,
-                per_exp_classes=per_exp, return_task_id=return_task_id,
-                seed=seed, fixed_class_order=fixed_class_order,
-                shuffle=shuffle)
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  splits = [sources.arrays_from_data_source(_open_resized(
+      "split_cub200", "caltech_birds2011", data_dir, split,
+      resizing.resize_square(image_size))) for split in ("train", "test")]
+  return _split("split_cub200", splits, n_experiences, CIFAR10_MEAN,
+                CIFAR10_STD, _FLIP, per_exp_classes=per_exp,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle)
 
 
 def _rgb32(x: np.ndarray) -> np.ndarray:
@@ -914,7 +896,8 @@ _IMAGENET_SIZES = (8, 16, 32, 64)
 def split_imagenet(
     n_experiences: int = 10,
     *,
-    image_size: int = 64,
+    image_size: int | None = None,
+    full_resolution: bool = False,
     return_task_id: bool = False,
     seed: int = 0,
     fixed_class_order: Sequence[int] | None = None,
@@ -925,47 +908,239 @@ def split_imagenet(
     lazy: bool = True,
     split_over_hosts: bool = False,
 ) -> Benchmark:
-  """SplitImageNet on downsampled ImageNet: 1,000 classes split by classes.
+  """SplitImageNet: ImageNet's 1,000 classes split by classes.
 
-  Reads tfds ``imagenet_resized/<image_size>x<image_size>`` (Chrabaszcz et
-  al., "A downsampled variant of ImageNet as an alternative to the CIFAR
-  datasets", 2017: the 1.28 million training images and the 50,000
-  validation images, which are the test set here, box-resized). Avalanche's
-  ``SplitImageNet`` reads the full-resolution images and crops them to 224
-  pixels; jaxcl has no host-side decoding and resizing pipeline, so it
-  offers the downsampled sets. Labels are that dataset's (they do not follow
-  ``imagenet2012``'s order). Normalised with ImageNet's mean and std;
-  training batches get a random crop (padding 4) and a horizontal flip.
-  The images stay in the tfds files until an experience reads them
-  (``lazy=True``, the default here: the 64-pixel training set is 15.7 GB).
+  Two sources of the same 1.28 million training images and 50,000
+  validation images (the test set here):
 
-  Arguments as :func:`split_cifar10`, plus ``image_size`` (8, 16, 32 or 64
-  pixels).
+  * ``full_resolution=False`` (default): tfds
+    ``imagenet_resized/<image_size>x<image_size>`` (Chrabaszcz et al., "A
+    downsampled variant of ImageNet as an alternative to the CIFAR
+    datasets", 2017: box-resized to 8, 16, 32 or 64 pixels, default 64).
+    Its labels are that dataset's (they do not follow ``imagenet2012``'s
+    order). Training batches get a random crop (padding 4) and a horizontal
+    flip, jaxcl's choice for such small images.
+  * ``full_resolution=True``: tfds ``imagenet2012`` (which tfds builds from
+    the official archives, downloaded by hand), as Avalanche's
+    ``SplitImageNet``: every image is resized on the host as it is read,
+    its shorter side to ``round(image_size * 256 / 224)`` and its central
+    ``image_size`` square kept (default 224: Avalanche's ``Resize(256)``,
+    ``CenterCrop(224)``, for training and test alike, without
+    augmentation). Labels follow the sorted WordNet ids, as torchvision's.
+    Needs the dataset prepared in ArrayRecord format.
+
+  Normalised with ImageNet's mean and std. The images stay in the tfds
+  files until an experience reads them (``lazy=True``, the default here:
+  the 64-pixel training set is 15.7 GB in memory, the 224-pixel one
+  193 GB), so a run decodes (and resizes) only the batches it trains on.
+
+  Arguments as :func:`split_cifar10`, plus ``image_size`` and
+  ``full_resolution``.
 
   Example:
     >>> bench = split_imagenet(10, image_size=32,
     ...                        data_dir="~/tfds")  # doctest: +SKIP
+    >>> bench = split_imagenet(10, full_resolution=True,
+    ...                        data_dir="~/tfds")  # doctest: +SKIP
   """
-  if (isinstance(image_size, bool)
-      or not isinstance(image_size, (int, np.integer))
-      or image_size not in _IMAGENET_SIZES):
+  if full_resolution:
+    image_size = _validation.check_positive_int(
+        "image_size", 224 if image_size is None else image_size)
+  elif image_size is None:
+    image_size = 64
+  elif (isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size not in _IMAGENET_SIZES):
     raise ValueError(f"image_size must be one of {_IMAGENET_SIZES} "
                      f"(the sizes of tfds imagenet_resized), got "
-                     f"{image_size!r}.")
+                     f"{image_size!r}; any positive size with "
+                     "full_resolution=True.")
   _check_split(1000, n_experiences, seed,
                fixed_class_order=fixed_class_order,
                relabelling=(class_ids_from_zero_in_each_exp,
                             class_ids_from_zero_from_first_exp))
-  name = f"imagenet_resized/{image_size}x{image_size}"
-  splits = _load("split_imagenet", name, data_dir, ("train", "validation"),
-                 lazy=lazy, split_over_hosts=split_over_hosts)
+  if full_resolution:
+    from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+    sources.check_split_over_hosts(lazy, split_over_hosts)
+    crop = resizing.resize_center_crop(image_size)
+    splits = [sources.arrays_from_data_source(
+        _open_resized("split_imagenet", "imagenet2012", data_dir, split, crop,
+                      split_over_hosts=split_over_hosts),
+        lazy=lazy, split_over_hosts=split_over_hosts)
+              for split in ("train", "validation")]
+  else:
+    splits = _load("split_imagenet", f"imagenet_resized/{image_size}x"
+                   f"{image_size}", data_dir, ("train", "validation"),
+                   lazy=lazy, split_over_hosts=split_over_hosts)
   return _split("split_imagenet", splits, n_experiences, IMAGENET_MEAN,
-                IMAGENET_STD, _CROP_FLIP, return_task_id=return_task_id,
-                seed=seed, fixed_class_order=fixed_class_order,
-                shuffle=shuffle,
+                IMAGENET_STD, None if full_resolution else _CROP_FLIP,
+                return_task_id=return_task_id, seed=seed,
+                fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
                 class_ids_from_zero_from_first_exp=(
                     class_ids_from_zero_from_first_exp))
+
+
+# tfds i_naturalist2018's supercategories, and the ten Avalanche's
+# SplitInaturalist takes by default (those with over 100 images).
+INATURALIST_SUPERCATEGORIES = (
+    "Fungi", "Plantae", "Chromista", "Reptilia", "Aves", "Amphibia",
+    "Actinopterygii", "Bacteria", "Animalia", "Protozoa", "Mammalia",
+    "Insecta", "Arachnida", "Mollusca")
+_INATURALIST_DEFAULT = ("Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
+                        "Insecta", "Mammalia", "Mollusca", "Plantae",
+                        "Reptilia")
+
+
+def _check_super_categories(super_categories: Any) -> tuple[str, ...]:
+  if super_categories is None:
+    return _INATURALIST_DEFAULT
+  if (isinstance(super_categories, str)
+      or not isinstance(super_categories, Sequence) or not super_categories):
+    raise ValueError(f"super_categories must be a non-empty sequence of "
+                     f"names, e.g. ('Aves', 'Insecta'), got "
+                     f"{super_categories!r}.")
+  unknown = [c for c in super_categories
+             if c not in INATURALIST_SUPERCATEGORIES]
+  if unknown:
+    raise ValueError(f"super_categories: {unknown!r} are not supercategories "
+                     f"of iNaturalist 2018; expected names among "
+                     f"{INATURALIST_SUPERCATEGORIES}.")
+  twice = sorted({c for c in super_categories
+                  if list(super_categories).count(c) > 1})
+  if twice:
+    raise ValueError(f"super_categories names {twice} more than once; "
+                     "expected each supercategory once (one experience "
+                     "each).")
+  return tuple(super_categories)
+
+
+def _supercategory_split(source: resizing.ResizedSource, names: Sequence[str],
+                         chosen: Sequence[str], split: str, lazy: bool,
+                         split_over_hosts: bool) -> tuple[Any, np.ndarray,
+                                                          np.ndarray]:
+  """The records of the ``chosen`` supercategories: images (a lazy view or
+  read), labels and their supercategory's position in ``chosen``."""
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  columns = sources.read_label_features(
+      source, ("label", "supercategory"), split_over_hosts=split_over_hosts)
+  position = np.full(len(names), -1)
+  position[[names.index(c) for c in chosen]] = np.arange(len(chosen))
+  group = position[columns[:, 1]]
+  keep = np.flatnonzero(group >= 0)
+  if keep.size == 0:
+    raise ValueError(f"split_inaturalist: the {split!r} split has no image of "
+                     f"the super_categories {list(chosen)}.")
+  images = sources.RecordArray(source)[keep]
+  return (images if lazy else np.asarray(images)), columns[keep, 0], group[keep]
+
+
+def _classes_by_group(labels: np.ndarray, group: np.ndarray,
+                      chosen: Sequence[str]) -> list[np.ndarray]:
+  """Each chosen supercategory's classes (sorted), checked to be disjoint."""
+  classes = [np.unique(labels[group == g]) for g in range(len(chosen))]
+  for g, own in enumerate(classes):
+    if own.size == 0:
+      raise ValueError(f"split_inaturalist: super_categories {chosen[g]!r} "
+                       "has no training image; its experience would be "
+                       "empty.")
+    for h in range(g):
+      shared = np.intersect1d(own, classes[h])
+      if shared.size:
+        raise ValueError(
+            f"split_inaturalist: classes {shared[:5].tolist()} have training "
+            f"images of both {chosen[h]!r} and {chosen[g]!r}; every class "
+            "must belong to one supercategory.")
+  return classes
+
+
+@_validation.checks_bool_arguments
+def split_inaturalist(
+    super_categories: Sequence[str] | None = None,
+    *,
+    image_size: int = 224,
+    return_task_id: bool = False,
+    class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
+    data_dir: PathLike | None = None,
+    lazy: bool = True,
+    split_over_hosts: bool = False,
+) -> Benchmark:
+  """SplitInaturalist: iNaturalist 2018, one supercategory per experience.
+
+  As Avalanche's ``SplitInaturalist``: experience ``i`` holds every image
+  of the classes (species) of ``super_categories[i]``, the test stream the
+  validation images of the same classes; labels are tfds
+  ``i_naturalist2018``'s species ids (0 to 8,141), which the head covers
+  unless relabelled. The supercategories differ widely in size (Plantae
+  and Insecta hold most of the 437,513 training images; Mammalia has 234
+  species). Within an experience, classes are in id order (Avalanche's
+  follow a Python set).
+
+  Every image is resized on the host as it is read, its shorter side to
+  ``round(image_size * 256 / 224)`` and its central ``image_size`` square
+  kept (default 224: Avalanche's ``Resize(256)``, ``CenterCrop(224)``,
+  for training and test alike, without augmentation), and normalised with
+  ImageNet's mean and std. Reading the labels takes one pass over the
+  records with the images undecoded; the images stay in the tfds files
+  until an experience reads them (``lazy=True``, the default: the default
+  training set is 65 GB at 224 pixels). Needs the dataset prepared in
+  ArrayRecord format.
+
+  Args:
+    super_categories: The supercategories, one experience each, in stream
+      order (default: Avalanche's ten with over 100 images, Amphibia,
+      Animalia, Arachnida, Aves, Fungi, Insecta, Mammalia, Mollusca,
+      Plantae, Reptilia); names from
+      :data:`INATURALIST_SUPERCATEGORIES`.
+    image_size: Side of the square crops.
+    return_task_id: Task label ``i`` for experience ``i``.
+    class_ids_from_zero_in_each_exp: Relabel each experience's classes
+      ``0..k-1``.
+    class_ids_from_zero_from_first_exp: Relabel the classes by their
+      position in the stream.
+    data_dir: tfds data directory with ``i_naturalist2018``.
+    lazy: Leave the images in the tfds files until read.
+    split_over_hosts: With ``lazy`` on several processes, each reads a
+      share of the labels (a collective).
+
+  Returns:
+    A class-incremental :class:`Benchmark`, one experience per
+    supercategory.
+
+  Raises:
+    ValueError: If ``super_categories`` names an unknown supercategory or
+      one twice, or one has no training image; or the dataset is missing.
+
+  Example:
+    >>> bench = split_inaturalist(["Aves", "Insecta"], image_size=128,
+    ...                           data_dir="~/tfds")  # doctest: +SKIP
+  """
+  chosen = _check_super_categories(super_categories)
+  image_size = _validation.check_positive_int("image_size", image_size)
+  generators.check_relabelling(class_ids_from_zero_in_each_exp,
+                               class_ids_from_zero_from_first_exp)
+  from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
+  sources.check_split_over_hosts(lazy, split_over_hosts)
+  crop = resizing.resize_center_crop(image_size)
+  splits = []
+  for split in ("train", "validation"):
+    source = _open_resized("split_inaturalist", "i_naturalist2018", data_dir,
+                           split, crop, split_over_hosts=split_over_hosts)
+    names = list(source.source.dataset_info.features["supercategory"].names)
+    splits.append(_supercategory_split(source, names, chosen, split, lazy,
+                                       split_over_hosts))
+  (x_train, y_train, group), (x_test, y_test, _) = splits
+  classes = _classes_by_group(y_train, group, chosen)
+  return generators.class_incremental(
+      (x_train, y_train), (x_test, y_test), len(chosen),
+      per_exp_classes={i: len(c) for i, c in enumerate(classes)},
+      fixed_class_order=np.concatenate(classes).tolist(),
+      return_task_id=return_task_id,
+      class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,
+      class_ids_from_zero_from_first_exp=class_ids_from_zero_from_first_exp,
+      preprocess=normalizer(IMAGENET_MEAN, IMAGENET_STD),
+      name="split_inaturalist")
 
 
 _CORE50_ADVICE = (

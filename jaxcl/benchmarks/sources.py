@@ -48,6 +48,7 @@ __all__ = [
     "has_tfds_dataset",
     "load_bundled",
     "load_tfds_split",
+    "read_label_features",
 ]
 
 def _installed_bundled_data(site: Path) -> Path | None:
@@ -165,20 +166,21 @@ class RecordArray:
         """What identifies the view's records without reading them, or None.
 
         A tfds data source names its dataset version and split (with every
-        split's shard lengths and size in bytes, metadata only); the view adds
-        its record indices. tfds treats a version's records as fixed: a
-        dataset rebuilt with other records under the same name and version
-        (a custom one) must get a new version to be told apart. Other sources
-        (and decoded ones) have no such name: None.
+        split's shard lengths and size in bytes, metadata only); a source
+        with a ``fingerprint()`` method (a
+        :class:`~jaxcl.benchmarks.resizing.ResizedSource`) gives its own;
+        the view adds its feature, shape and record indices. tfds treats a
+        version's records as fixed: a dataset rebuilt with other records
+        under the same name and version (a custom one) must get a new
+        version to be told apart. Other sources (and decoded ones) have no
+        such name: None.
         """
-        info = getattr(self._source, "dataset_info", None)
-        if info is None or getattr(self._source, "decoders", None) is not None:
+        source = source_fingerprint(self._source)
+        if source is None:
             return None
-        splits = sorted((name, list(split.shard_lengths), int(split.num_bytes))
-                        for name, split in info.splits.items())
         indices = hashlib.sha256(self._indices.tobytes()).hexdigest()
-        return (f"{info.full_name}|{self._source.split}|{splits}|"
-                f"{self._feature}|{self.dtype.str}{self.shape}|{indices}")
+        return (f"{source}|{self._feature}|{self.dtype.str}{self.shape}|"
+                f"{indices}")
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         del copy  # Reading always makes a new array.
@@ -189,6 +191,22 @@ class RecordArray:
             out[start:start + len(keys)] = _stack_like(
                 get_batch(keys), self._feature, keys, out)
         return out if dtype is None else out.astype(dtype)
+
+
+def source_fingerprint(source: Sequence[Mapping[str, Any]]) -> str | None:
+    """What identifies a data source's records without reading them, or None.
+
+    See :meth:`RecordArray.fingerprint`.
+    """
+    own = getattr(source, "fingerprint", None)
+    if callable(own):
+        return own()
+    info = getattr(source, "dataset_info", None)
+    if info is None or getattr(source, "decoders", None) is not None:
+        return None
+    splits = sorted((name, list(split.shard_lengths), int(split.num_bytes))
+                    for name, split in info.splits.items())
+    return f"{info.full_name}|{source.split}|{splits}"
 
 
 @_validation.checks_bool_arguments
@@ -221,13 +239,13 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
         >>> arrays_from_data_source(records).y
         array([3], dtype=int32)
     """
-    _check_split_over_hosts(lazy, split_over_hosts)
+    check_split_over_hosts(lazy, split_over_hosts)
     first = _agreed("the data source's first record",
                     lambda: _first_record(source), split_over_hosts)
     num = len(source)
     if lazy:
-        y = _labels(_without_images(source), split_over_hosts)
-        return ArraySplit(RecordArray(source), y)
+        y = read_label_features(source, split_over_hosts=split_over_hosts)
+        return ArraySplit(RecordArray(source), y[:, 0])
     get_batch = _batch_reader(source)
     x = np.empty((num, *np.shape(first["image"])),
                  np.asarray(first["image"]).dtype)
@@ -237,7 +255,7 @@ def arrays_from_data_source(source: Sequence[Mapping[str, Any]], *,
         keys = list(range(start, stop))
         records = get_batch(keys)
         x[start:stop] = _stack_like(records, "image", keys, x)
-        y[start:stop] = _record_labels(records)
+        y[start:stop] = _record_labels(records, "label")
     return ArraySplit(x, y)
 
 
@@ -257,11 +275,12 @@ def _stack_like(records: Sequence[Mapping[str, Any]], feature: str,
     return np.stack(items)
 
 
-def _record_labels(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """The records' labels, checked: an int32 array would silently
-    truncate float labels."""
-    return _validation.check_labels("the records' 'label' entries",
-                                    [r["label"] for r in records],
+def _record_labels(records: Sequence[Mapping[str, Any]],
+                   feature: str) -> np.ndarray:
+    """The records' ``feature`` labels, checked: an int32 array would
+    silently truncate float labels."""
+    return _validation.check_labels(f"the records' {feature!r} entries",
+                                    [r[feature] for r in records],
                                     integer_dtype=False)
 
 
@@ -281,7 +300,8 @@ def _first_record(source: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
     return first
 
 
-def _check_split_over_hosts(lazy: bool, split_over_hosts: bool) -> None:
+def check_split_over_hosts(lazy: bool, split_over_hosts: bool) -> None:
+    """Refuses ``split_over_hosts`` without ``lazy``."""
     if split_over_hosts and not lazy:
         raise ValueError("split_over_hosts=True needs lazy=True: without it "
                          "every host reads every image anyway.")
@@ -307,8 +327,18 @@ def _batch_reader(source: Sequence[Mapping[str, Any]]):
     return read
 
 
-def _without_images(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
-    """A tfds data source that leaves images undecoded; others as they are."""
+def without_images(
+        source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    """``source``'s records with their images left undecoded, if it can.
+
+    A tfds data source is rebuilt with ``SkipDecoding`` for its images; a
+    source with a ``without_images()`` method (a
+    :class:`~jaxcl.benchmarks.resizing.ResizedSource`) gives that; others
+    are returned as they are.
+    """
+    own = getattr(source, "without_images", None)
+    if own is not None:
+        return own()
     if (dataclasses.is_dataclass(source) and hasattr(source, "decoders")
             and source.decoders is None):
         try:
@@ -322,12 +352,51 @@ def _without_images(source: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str
     return source
 
 
-def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.ndarray:
-    """The int32 labels of every record; each host reads a share if split."""
+@_validation.checks_bool_arguments
+def read_label_features(source: Sequence[Mapping[str, Any]],
+                        features: Sequence[str] = ("label",), *,
+                        split_over_hosts: bool = False) -> np.ndarray:
+    """The integer ``features`` of every record, images left undecoded.
+
+    One pass over the records (a tfds source's images are not decoded, see
+    :func:`without_images`), e.g. to select samples by a feature before
+    any image is read.
+
+    Args:
+        source: A tfds random-access data source or a sequence of records.
+        features: Integer record entries to read (e.g. ``("label",
+            "supercategory")`` for tfds ``i_naturalist2018``).
+        split_over_hosts: On several processes (``jax.distributed``), each
+            reads a share of the records and they exchange them. A
+            collective: every process must make the same call.
+
+    Returns:
+        int32 ``[len(source), len(features)]``, column ``j`` feature ``j``.
+
+    Example:
+        >>> records = [{"label": 3, "group": 1}, {"label": 5, "group": 0}]
+        >>> read_label_features(records, ("label", "group")).tolist()
+        [[3, 1], [5, 0]]
+
+    Raises:
+        ValueError: If ``features`` is not a non-empty sequence of names.
+        TypeError: If a record's feature is not an integer.
+    """
+    if (isinstance(features, str) or not isinstance(features, Sequence)
+            or not features
+            or not all(isinstance(f, str) for f in features)):
+        raise ValueError(f"features must be a non-empty sequence of record "
+                         f"entry names, e.g. ('label',), got {features!r}.")
+    return _labels(without_images(source), tuple(features), split_over_hosts)
+
+
+def _labels(source: Sequence[Mapping[str, Any]], features: tuple[str, ...],
+            split_over_hosts: bool) -> np.ndarray:
+    """int32 ``[N, len(features)]``; each host reads a share if split."""
     num = len(source)
     hosts = jax.process_count() if split_over_hosts else 1
     if hosts == 1:
-        return _read_labels(source, 0, num)
+        return _read_labels(source, 0, num, features)
     # Shares of one size need one record count everywhere (local copies of a
     # dataset may differ); compared first, so that every host can raise.
     counts = np.asarray(multihost_utils.process_allgather(np.int64(num)))
@@ -337,18 +406,20 @@ def _labels(source: Sequence[Mapping[str, Any]], split_over_hosts: bool) -> np.n
                          "records on every host.")
     mine = _hosts.share_of(num)
     labels = _hosts.read_together("the labels", lambda: _read_labels(
-        source, mine.start, mine.stop))
+        source, mine.start, mine.stop, features))
     return _hosts.gather_shares(labels, num)
 
 
 def _read_labels(source: Sequence[Mapping[str, Any]], begin: int,
-                 stop: int) -> np.ndarray:
-    labels = np.empty((max(stop - begin, 0),), np.int32)
+                 stop: int, features: tuple[str, ...]) -> np.ndarray:
+    labels = np.empty((max(stop - begin, 0), len(features)), np.int32)
     get_batch = _batch_reader(source)
     for start in range(begin, stop, _BATCH):
         keys = list(range(start, min(start + _BATCH, stop)))
-        labels[start - begin:start - begin + len(keys)] = _record_labels(
-            get_batch(keys))
+        records = get_batch(keys)
+        for column, feature in enumerate(features):
+            labels[start - begin:start - begin + len(keys), column] = (
+                _record_labels(records, feature))
     return labels
 
 
@@ -384,7 +455,7 @@ def load_tfds_split(
     # tfds signals a missing or broken dataset with many exception types
     # (DatasetNotFoundError, NotImplementedError, FileNotFoundError, protobuf
     # ParseError, ...): all are reported as one ValueError saying what to do.
-    _check_split_over_hosts(lazy, split_over_hosts)
+    check_split_over_hosts(lazy, split_over_hosts)
     data_dir = expand_data_dir(data_dir)
 
     def load_error(error: Exception) -> ValueError:
@@ -454,7 +525,7 @@ def load_bundled(
         >>> test.x.shape, int(test.x.max())
         ((355, 8, 8, 1), 16)
     """
-    _check_split_over_hosts(lazy, split_over_hosts)
+    check_split_over_hosts(lazy, split_over_hosts)
     if name not in BUNDLED_BUILDERS:
         raise ValueError(
             f"Unknown bundled dataset {name!r}; available: {sorted(BUNDLED_BUILDERS)}."
