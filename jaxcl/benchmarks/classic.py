@@ -15,8 +15,12 @@ and OpenLORIS from their official file lists, with Pillow
 Images stay in their stored dtype (uint8) on the host and on the device;
 each benchmark normalises them in ``preprocess`` and augments training batches
 in ``augment``, both inside the compiled step, with Avalanche's constants and
-default training transforms (``split_imagenet``'s crop and flip are jaxcl's:
-Avalanche center-crops full-size images without augmentation).
+default training transforms (the downsampled ``split_imagenet``'s crop and
+flip are jaxcl's: Avalanche center-crops full-size images without
+augmentation, as ``split_imagenet(full_resolution=True)`` and
+``split_inaturalist`` do). Those two and ``split_cub200`` read photographs
+of varying sizes, which are resized on the host as they are read
+(:mod:`jaxcl.benchmarks.resizing`).
 
 Example:
   >>> bench = split_mnist(n_experiences=5, seed=0)  # doctest: +SKIP
