@@ -2,6 +2,8 @@
 SplitImageNet's ``full_resolution``, on small datasets written by tfds's own
 builders (ArrayRecord files, images of varying sizes)."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -287,3 +289,56 @@ def test_resized_sources_are_fingerprinted_by_dataset_and_resize(
   assert fingerprint(lambda image: image[:4, :4]) is None
   records = [{"image": np.zeros((5, 5, 3), np.uint8), "label": 0}] * 3
   assert fingerprint(resizing.resize_square(2), records) is None
+
+
+def test_stored_grayscale_and_cmyk_jpegs_become_rgb_as_avalanche_reads_them(
+    tmp_path):
+  # Random-pixel JPEG files in Pillow's L, CMYK and RGB modes, stored as
+  # they are; Avalanche's loader is Image.open(path).convert("RGB").
+  rng = np.random.default_rng(0)
+  files = []
+  for mode, channels, (h, w) in [("L", 1, (30, 41)), ("CMYK", 4, (37, 22)),
+                                 ("RGB", 3, (25, 25))]:
+    pixels = rng.integers(0, 256, (h, w, channels), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode).save(
+        buffer, "JPEG")
+    files.append(buffer.getvalue())
+
+  class Jpegs(tfds.builder_cls("i_naturalist2018"), skip_registration=True):
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": ((i, {"image": io.BytesIO(data), "label": i, "id":
+                             str(i), "supercategory": "Aves"})
+                        for i, data in enumerate(files))}
+
+  Jpegs.name = "i_naturalist2018"
+  Jpegs(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+  source = tfds.builder("i_naturalist2018", data_dir=tmp_path
+                        ).as_data_source(split="train")
+  crop = resizing.resize_center_crop(16)
+  read = resizing.ResizedSource(source, crop, workers=2)
+  got = read.__getitems__(list(range(3)))
+  for record in got:
+    with Image.open(io.BytesIO(files[record["label"]])) as image:
+      expected = crop(np.asarray(image.convert("RGB")))
+    assert record["image"].shape == (16, 16, 3)
+    np.testing.assert_array_equal(record["image"], expected)
+
+
+class _NoFirstRecord(list):
+  """Records whose first cannot be read."""
+
+  def __getitem__(self, index):
+    if index == 0:
+      raise AssertionError("record 0 was read")
+    return super().__getitem__(index)
+
+
+def test_a_view_of_selected_records_reads_none_outside_them():
+  records = _NoFirstRecord({"image": np.full((2, 2), i, np.uint8),
+                            "label": i} for i in range(4))
+  view = sources.RecordArray(records, indices=np.array([3, 1]))
+  assert view.shape == (2, 2, 2)
+  assert np.asarray(view)[:, 0, 0].tolist() == [3, 1]

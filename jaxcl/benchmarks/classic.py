@@ -1035,7 +1035,13 @@ def _supercategory_split(source: resizing.ResizedSource, names: Sequence[str],
   if keep.size == 0:
     raise ValueError(f"split_inaturalist: the {split!r} split has no image of "
                      f"the super_categories {list(chosen)}.")
-  images = sources.RecordArray(source)[keep]
+  def view() -> sources.RecordArray:
+    return sources.RecordArray(source, indices=keep)
+
+  # The view reads its first image: agreed between the hosts, so that one
+  # that fails makes the others raise rather than wait in a collective.
+  images = (_hosts.read_together(f"split_inaturalist's {split!r} images",
+                                 view) if split_over_hosts else view())
   return (images if lazy else np.asarray(images)), columns[keep, 0], group[keep]
 
 
@@ -1075,11 +1081,14 @@ def split_inaturalist(
   As Avalanche's ``SplitInaturalist``: experience ``i`` holds every image
   of the classes (species) of ``super_categories[i]``, the test stream the
   validation images of the same classes; labels are tfds
-  ``i_naturalist2018``'s species ids (0 to 8,141), which the head covers
-  unless relabelled. The supercategories differ widely in size (Plantae
-  and Insecta hold most of the 437,513 training images; Mammalia has 234
-  species). Within an experience, classes are in id order (Avalanche's
-  follow a Python set).
+  ``i_naturalist2018``'s species ids (0 to 8,141; the head spans them up
+  to the largest chosen one) unless relabelled (older Avalanche versions
+  relabelled each experience's classes from 0 with ``return_task_id``:
+  ``class_ids_from_zero_in_each_exp=True`` here). The supercategories
+  differ widely in size (Plantae and Insecta hold most of the 8,142
+  species, Aves the most of the 437,513 training images; Mammalia has 234
+  species). Within an experience, classes are in
+  id order (Avalanche's follow a Python set).
 
   Every image is resized on the host as it is read, its shorter side to
   ``round(image_size * 256 / 224)`` and its central ``image_size`` square
@@ -1127,11 +1136,15 @@ def split_inaturalist(
   from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
   sources.check_split_over_hosts(lazy, split_over_hosts)
   crop = resizing.resize_center_crop(image_size)
+  import tensorflow_datasets as tfds  # Lazy: tfds import is not free.
   splits = []
   for split in ("train", "validation"):
     source = _open_resized("split_inaturalist", "i_naturalist2018", data_dir,
                            split, crop, split_over_hosts=split_over_hosts)
-    names = list(source.source.dataset_info.features["supercategory"].names)
+    # The ids' names, from the builder (a data source may not carry them).
+    names = list(tfds.builder("i_naturalist2018", data_dir=sources
+                              .expand_data_dir(data_dir)).info.features[
+                                  "supercategory"].names)
     splits.append(_supercategory_split(source, names, chosen, split, lazy,
                                        split_over_hosts))
   (x_train, y_train, group), (x_test, y_test, _) = splits

@@ -119,7 +119,8 @@ class RecordArray:
         source: A tfds data source (``tfds.data_source(...)``) or any
             sequence of records.
         feature: The record entry to read.
-        indices: Records of the view (default: all).
+        indices: Records of the view (default: all); the first of them is
+            read for the item shape and dtype.
 
     Example:
         >>> records = [{"image": np.full((2, 2), i, np.uint8)} for i in range(5)]
@@ -133,7 +134,10 @@ class RecordArray:
         self._source, self._feature = source, feature
         self._indices = (np.arange(len(source)) if indices is None
                          else np.asarray(indices, np.int64))
-        first = np.asarray(source[0][feature])
+        # The view's own first record: a view of selected records reads
+        # none outside them.
+        first = np.asarray(source[int(self._indices[0]) if len(self._indices)
+                                  else 0][feature])
         self._item_shape, self.dtype = first.shape, first.dtype
 
     @property
