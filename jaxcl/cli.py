@@ -209,7 +209,8 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     "split_imagenet (8, 16, 32 or 64; default 64; any "
                     "with --full-resolution, default 224), split_cub200, "
                     "split_inaturalist, stream51, clear10 and clear100 "
-                    "(resized on the host; default 224), openloris "
+                    "(resized on the host; default 224), concon_* "
+                    "(default: the stored size), openloris "
                     "(default 50)")
   data.add_argument("--full-resolution", action="store_true",
                     help="split_imagenet: read tfds imagenet2012 (prepared "
@@ -241,8 +242,8 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     "dataset prepared (without it the MNIST benchmarks use "
                     "the bundled digits, the other tfds ones tfds's default "
                     "directory); for split_tiny_imagenet, core50, stream51, "
-                    "openloris, clear10 and clear100 the local folder "
-                    "holding their files (required)")
+                    "openloris, clear10, clear100 and concon_* the local "
+                    "folder holding their files (required)")
   data.add_argument("--lazy", action="store_true",
                     help="leave the images in the tfds ArrayRecord files "
                     "until training reads them (with --distributed, each "

@@ -288,7 +288,7 @@ def test_filelist_benchmark_errors_name_its_arguments(tmp_path):
                                         complete_test_set_only="yes")
 
 
-@pytest.mark.parametrize("name", ["stream51", "openloris", "clear"])
+@pytest.mark.parametrize("name", ["stream51", "openloris", "clear", "concon"])
 def test_benchmarks_read_with_pillow_need_a_local_data_dir(name):
   factory = getattr(jaxcl.benchmarks, name)
   with pytest.raises(ValueError, match=rf"^{name} is not in tfds and not "

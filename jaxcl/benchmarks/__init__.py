@@ -2,9 +2,10 @@
 
 import functools
 
-from jaxcl.benchmarks import (augment, classic, files, generators, resizing,
-                              scenario, temporal, videos)
+from jaxcl.benchmarks import (augment, classic, confounders, files,
+                              generators, resizing, scenario, temporal, videos)
 from jaxcl.benchmarks.classic import *  # noqa: F403
+from jaxcl.benchmarks.confounders import *  # noqa: F403
 from jaxcl.benchmarks.files import *  # noqa: F403
 from jaxcl.benchmarks.generators import *  # noqa: F403
 from jaxcl.benchmarks.resizing import *  # noqa: F403
@@ -24,6 +25,8 @@ BENCHMARKS = {
     "stream51": videos.stream51,
     "clear10": functools.partial(temporal.clear, "clear10"),
     "clear100": functools.partial(temporal.clear, "clear100"),
+    **{f"concon_{variant}": functools.partial(confounders.concon, variant)
+       for variant in confounders.CONCON_VARIANTS},
 }
 """The catalogue by name (used by the CLI)."""
 
@@ -31,6 +34,7 @@ __all__ = [
     "BENCHMARKS",
     "augment",
     *classic.__all__,
+    *confounders.__all__,
     *files.__all__,
     *generators.__all__,
     *resizing.__all__,
