@@ -39,7 +39,8 @@ def _flag(name: str) -> str:
 
 
 def _in_flag_terms(error: Exception, given: dict[str, Any], context: str,
-                   names: Sequence[str] = ()) -> Exception:
+                   names: Sequence[str] = (),
+                   switches: Collection[str] = ()) -> Exception:
   """``error`` of a Python API, reworded with the flags the user typed.
 
   The factories name their parameters (``n_experiences=7``); the CLI user
@@ -48,10 +49,14 @@ def _in_flag_terms(error: Exception, given: dict[str, Any], context: str,
   not inside a path or quoted code); a message that names a one-word
   parameter (``Unknown ewc mode 'foo'``) gets ``context`` and the flags
   given as a prefix. Other messages (a host that failed to read) stay as
-  they are.
+  they are. ``switches`` name flags typed without a value: their
+  ``name=True`` becomes the flag alone.
   """
   message = str(error)
   for name in {*given, *names}:
+    if name in switches:
+      message = re.sub(rf"(?<![\w\-/.'`(]){name}=True\b", _flag(name),
+                       message)
     if "_" in name:
       message = re.sub(rf"(?<![\w\-/.'`(]){name}\b(?![/.'`])", _flag(name),
                        message)
@@ -77,6 +82,10 @@ def _as_typed(value: Any) -> str:
     return ",".join(map(str, value))
   return str(value)
 
+
+# The benchmark factories' relabelling switches (flags without a value).
+_RELABELLING = ("class_ids_from_zero_in_each_exp",
+                "class_ids_from_zero_from_first_exp")
 
 _BOOLEANS = {"1": True, "true": True, "yes": True,
              "0": False, "false": False, "no": False}
@@ -204,6 +213,15 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help="number of experiences of the stream")
   data.add_argument("--return-task-id", action="store_true",
                     help="give experience i task label i (task-incremental)")
+  data.add_argument("--class-ids-from-zero-in-each-exp", action="store_true",
+                    help="relabel each experience's classes 0..k-1 (with "
+                    "--return-task-id: Avalanche's SplitCIFAR10/100 and "
+                    "SplitTinyImageNet default); split benchmarks only")
+  data.add_argument("--class-ids-from-zero-from-first-exp",
+                    action="store_true",
+                    help="relabel the classes by their position in the "
+                    "class order (experience 0 holds 0..k-1, the next the "
+                    "following ids); split benchmarks only")
   data.add_argument("--image-size", type=int, default=None,
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64; any "
@@ -591,7 +609,7 @@ def _check_flags_take_effect(args: argparse.Namespace,
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
        ("n_experiences", "return_task_id", "scenario", "factor",
         "evaluation_protocol", "run", "full_resolution",
-        "super_categories"))):
+        "super_categories", *_RELABELLING))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -968,8 +986,9 @@ def _load_benchmark(args: argparse.Namespace):
                "run"):
     if getattr(args, name) is not None:
       bench_kwargs[name] = getattr(args, name)
-  if args.full_resolution:
-    bench_kwargs["full_resolution"] = True
+  for switch in ("full_resolution", *_RELABELLING):
+    if getattr(args, switch):
+      bench_kwargs[switch] = True
   if args.super_categories is not None:
     bench_kwargs["super_categories"] = [
         name.strip() for name in args.super_categories.split(",")]
@@ -982,6 +1001,8 @@ def _load_benchmark(args: argparse.Namespace):
            "evaluation_protocol": args.evaluation_protocol,
            "image_size": args.image_size,
            "super_categories": args.super_categories,
+           **{switch: True for switch in _RELABELLING
+              if getattr(args, switch)},
            "validation_size": args.validation_size or None,
            "online_size": args.online_size or None}
   given = {k: v for k, v in shown.items() if v is not None
@@ -997,7 +1018,7 @@ def _load_benchmark(args: argparse.Namespace):
                                                 seed=args.seed)
   except (ValueError, TypeError) as error:
     raise _in_flag_terms(error, given, f"--benchmark {args.benchmark}",
-                         names=("run",)) from error
+                         names=("run",), switches=_RELABELLING) from error
   return benchmark
 
 

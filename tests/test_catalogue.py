@@ -133,7 +133,8 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
   assert cli.main(["run", "--benchmark", "split_mnist", "--image-size", "32",
                    "--logdir", str(tmp_path / "other")]) != 0
   assert ("--image-size has no effect on --benchmark split_mnist; it sets "
-          "the image side of clear10, clear100, openloris, split_cub200, "
+          "the image side of clear10, clear100, concon_disjoint, "
+          "concon_strict, concon_unconfounded, openloris, split_cub200, "
           "split_imagenet, split_inaturalist, stream51.") in (
               capsys.readouterr().err)
   assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
@@ -142,6 +143,37 @@ def test_image_size_from_the_command_line(mock_tfds, tmp_path, capsys):
   assert "--image-size must be one of (8, 16, 32, 64)" in (
       capsys.readouterr().err)
   assert not (tmp_path / "other").exists()
+
+
+def test_relabelling_from_the_command_line(tmp_path, capsys, monkeypatch):
+  results = tiny_cli_results(
+      tmp_path / "each", "--benchmark", "split_mnist", "--return-task-id",
+      "--class-ids-from-zero-in-each-exp")
+  # Every experience's two classes are 0 and 1: a head of two classes.
+  assert np.shape(results["confusion_matrix"]) == (2, 2)
+  assert results["config"]["class_ids_from_zero_in_each_exp"] is True
+  given = []
+
+  @functools.wraps(classic.split_mnist)  # The CLI reads its signature.
+  def recorded(**kwargs):
+    given.append(kwargs)
+    return classic.split_mnist(**kwargs)
+
+  monkeypatch.setitem(jaxcl.benchmarks.BENCHMARKS, "split_mnist", recorded)
+  tiny_cli_results(tmp_path / "first", "--benchmark", "split_mnist",
+                   "--class-ids-from-zero-from-first-exp")
+  assert given[0]["class_ids_from_zero_from_first_exp"] is True
+  assert "class_ids_from_zero_in_each_exp" not in given[0]
+  assert cli.main(["run", "--benchmark", "split_mnist",
+                   "--class-ids-from-zero-in-each-exp",
+                   "--class-ids-from-zero-from-first-exp", "--logdir",
+                   str(tmp_path / "both")]) != 0
+  assert "--class-ids-from-zero-in-each-exp and " in capsys.readouterr().err
+  assert cli.main(["run", "--benchmark", "permuted_mnist",
+                   "--class-ids-from-zero-in-each-exp", "--logdir",
+                   str(tmp_path / "none")]) != 0
+  assert ("--class-ids-from-zero-in-each-exp has no effect: --benchmark "
+          "permuted_mnist does not use it") in capsys.readouterr().err
 
 
 def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():
