@@ -209,8 +209,11 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   data = run.add_argument_group("benchmark")
   data.add_argument("--benchmark", default="split_mnist",
                     help=f"one of: {', '.join(sorted(BENCHMARKS))}")
-  data.add_argument("--n-experiences", type=int, default=5,
-                    help="number of experiences of the stream")
+  data.add_argument("--n-experiences", type=int, default=None,
+                    help="number of experiences of the stream (default: "
+                    "the benchmark's own, Avalanche's: 5 for split_mnist, "
+                    "10 for permuted_mnist and split_cifar100, 3 for "
+                    "concon_disjoint, ...)")
   data.add_argument("--return-task-id", action="store_true",
                     help="give experience i task label i (task-incremental)")
   data.add_argument("--class-ids-from-zero-in-each-exp", action="store_true",
@@ -235,6 +238,10 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     "by hand) and resize its images on the host, as "
                     "Avalanche's SplitImageNet, instead of imagenet_resized "
                     "(--image-size default 224)")
+  data.add_argument("--shuffle-order", action="store_true",
+                    help="concon_disjoint and concon_strict: shuffle the "
+                    "order of the three tasks with --seed, as Avalanche's "
+                    "shuffle_order")
   data.add_argument("--super-categories", default=None,
                     help="split_inaturalist's supercategories, "
                     "comma-separated, one experience each (default: "
@@ -452,6 +459,11 @@ def _check_args(args: argparse.Namespace,
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   if args.wandb_project is not None:
     _check_wandb(args.wandb_project)
+  if args.n_experiences is None:  # The benchmark's own, recorded resolved.
+    own = inspect.signature(BENCHMARKS[args.benchmark]).parameters.get(
+        "n_experiences")
+    if own is not None and isinstance(own.default, int):
+      args.n_experiences = own.default
   if args.image_size is not None and "image_size" not in inspect.signature(
       BENCHMARKS[args.benchmark]).parameters:
     sized = sorted(name for name, factory in BENCHMARKS.items()
@@ -480,8 +492,10 @@ def _check_args(args: argparse.Namespace,
   if args.early_stopping_mode is None:  # Recorded resolved in results.json.
     args.early_stopping_mode = ("min" if args.early_stopping_metric == "loss"
                                 else "max")
-  for name in ("n_experiences", "hidden_size", "hidden_layers", "epochs",
-               "batch_size", "eval_batch_size"):
+  if args.n_experiences is not None:
+    _validation.check_positive_int("--n-experiences", args.n_experiences)
+  for name in ("hidden_size", "hidden_layers", "epochs", "batch_size",
+               "eval_batch_size"):
     _validation.check_positive_int(_flag(name), getattr(args, name))
   if args.eval_every is not None:
     _validation.check_positive_int("--eval-every", args.eval_every)
@@ -609,7 +623,7 @@ def _check_flags_take_effect(args: argparse.Namespace,
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
        ("n_experiences", "return_task_id", "scenario", "factor",
         "evaluation_protocol", "run", "full_resolution",
-        "super_categories", *_RELABELLING))):
+        "super_categories", "shuffle_order", *_RELABELLING))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -979,14 +993,14 @@ def _load_benchmark(args: argparse.Namespace):
   import jaxcl
   from jaxcl.benchmarks import BENCHMARKS
   factory = BENCHMARKS[args.benchmark]
-  bench_kwargs = {"n_experiences": args.n_experiences, "seed": args.seed,
+  bench_kwargs = {"seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
-  for name in ("image_size", "scenario", "factor", "evaluation_protocol",
-               "run"):
+  for name in ("n_experiences", "image_size", "scenario", "factor",
+               "evaluation_protocol", "run"):
     if getattr(args, name) is not None:
       bench_kwargs[name] = getattr(args, name)
-  for switch in ("full_resolution", *_RELABELLING):
+  for switch in ("full_resolution", "shuffle_order", *_RELABELLING):
     if getattr(args, switch):
       bench_kwargs[switch] = True
   if args.super_categories is not None:

@@ -261,6 +261,32 @@ def test_a_mistyped_boolean_flag_is_refused(capsys):
   assert args.freeze_head is False
 
 
+@pytest.mark.parametrize("benchmark, expected", [
+    ("split_mnist", 5), ("permuted_mnist", 10), ("split_cifar100", 10),
+    ("split_cub200", 11), ("split_omniglot", 4), ("concon_disjoint", None)])
+def test_n_experiences_defaults_to_the_benchmarks_own(benchmark, expected):
+  # Avalanche's defaults, from the factories' signatures (None: the
+  # factory decides from its other arguments).
+  args = cli.build_parser().parse_args(["run", "--benchmark", benchmark])
+  cli._check_args(args)
+  assert args.n_experiences == expected
+  typed = cli.build_parser().parse_args(["run", "--benchmark", benchmark,
+                                         "--n-experiences", "2"])
+  cli._check_args(typed)
+  assert typed.n_experiences == 2
+
+
+def test_n_experiences_is_refused_where_the_benchmark_has_no_such_number():
+  args = cli.build_parser().parse_args(["run", "--benchmark", "core50"])
+  cli._check_args(args)
+  assert args.n_experiences is None
+  typed = cli.build_parser().parse_args(["run", "--benchmark", "core50",
+                                         "--n-experiences", "2"])
+  with pytest.raises(ValueError, match="--n-experiences 2 has no effect: "
+                     "--benchmark core50 does not use it"):
+    cli._check_args(typed)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--benchmark", "split_mnst"], "Did you mean 'split_mnist'"),
     (["--strategy", "naiv"], "Did you mean 'naive'"),

@@ -1,25 +1,32 @@
 """ConCon (Avalanche's ConConDisjoint / ConConStrict / ConConUnconfounded)
 read from folders laid out as the official archives unzip."""
 
+import dataclasses
 import random
 
 import numpy as np
+import optax
 import pytest
 from conftest import tiny_cli_results
 from PIL import Image
 
+import jaxcl
 from jaxcl.benchmarks import concon
+from jaxcl.strategies import naive
 
 # Images per (split, task, class); every image's pixels hold its identity
 # (task, class, index), so each one can be traced into the benchmark.
 _COUNTS = {"train": 3, "test": 2}
-_CLASSES = ("negative", "positive")
+# The official class folders, created in reverse order so that the order
+# a file system lists them in need not be the sorted one.
+_CLASSES = ("1", "0")
 
 
 def _write_variant(data_dir, folder, n_tasks, size=(6, 8), mode="RGBA"):
   for split, count in _COUNTS.items():
     for task in range(n_tasks):
-      for label, name in enumerate(_CLASSES):
+      for name in _CLASSES:
+        label = int(name)
         target = (data_dir / "concon" / folder / split / "images" /
                   f"t{task}" / name)
         target.mkdir(parents=True)
@@ -41,9 +48,12 @@ def data_dir(tmp_path_factory):
 
 
 def _identities(exp):
-  """(task, class, image index) of every sample, from its pixels."""
+  """(task, class, image index) of every sample, from its pixels; checks
+  that its label is the class of the folder it came from."""
   x = np.asarray(exp.x)
-  return sorted(tuple(int(v) // 10 for v in x[k, 0, 0]) for k in range(len(x)))
+  found = [tuple(int(v) // 10 for v in x[k, 0, 0]) for k in range(len(x))]
+  assert [c for _, c, _ in found] == exp.y.tolist()
+  return sorted(found)
 
 
 def test_one_experience_per_task_with_both_classes(data_dir):
@@ -113,19 +123,50 @@ def test_missing_or_inconsistent_files_are_named(tmp_path):
   odd = tmp_path / "concon/case_disjoint_main/test/images/t2/neutral"
   odd.mkdir()
   with pytest.raises(ValueError, match=r"t2 holds the class folders "
-                     r"\['negative', 'neutral', 'positive'\], another task or "
-                     r"split \['negative', 'positive'\]"):
+                     r"\['0', '1', 'neutral'\], another task or "
+                     r"split \['0', '1'\]"):
     concon("disjoint", data_dir=tmp_path)
   odd.rmdir()
+  # Hidden entries are not data.
+  (odd.parent / ".ipynb_checkpoints").mkdir()
+  (odd.parent / "0" / ".DS_Store").write_bytes(b"\0")
+  assert [len(e) for e in concon("disjoint", data_dir=tmp_path
+                                 ).test_stream] == [4, 4, 4]
   for image in (tmp_path / "concon/case_disjoint_main/train/images/t1/"
-                "positive").iterdir():
+                "1").iterdir():
     image.unlink()
-  with pytest.raises(ValueError, match=r"t1/positive holds no image"):
+  with pytest.raises(ValueError, match=r"t1/1 holds no image"):
     concon("disjoint", data_dir=tmp_path)
 
 
 def test_concon_from_the_command_line(data_dir, tmp_path):
+  # Without --n-experiences, each variant's own number of tasks.
+  for variant, n in (("strict", 3), ("unconfounded", 1)):
+    results = tiny_cli_results(
+        tmp_path / variant, "--benchmark", f"concon_{variant}", "--data-dir",
+        str(data_dir), "--batch-size", "2")
+    assert np.shape(results["accuracy_matrix"]) == (n, n)
   results = tiny_cli_results(
-      tmp_path / "run", "--benchmark", "concon_strict", "--n-experiences",
-      "3", "--data-dir", str(data_dir), "--batch-size", "2")
+      tmp_path / "one", "--benchmark", "concon_strict", "--n-experiences",
+      "1", "--data-dir", str(data_dir), "--batch-size", "2")
+  assert np.shape(results["accuracy_matrix"]) == (1, 1)
+
+
+def test_the_unconfounded_test_set_after_each_confounded_task(data_dir):
+  confounded = concon("disjoint", data_dir=data_dir)
+  clean = concon("unconfounded", data_dir=data_dir)
+  bench = dataclasses.replace(confounded, test_stream=clean.test_stream)
+  result = jaxcl.fit(jaxcl.models.MLP(2, hidden_size=4), naive(),
+                     optax.sgd(0.1), bench, epochs=1, batch_size=2)
+  assert np.shape(result.accuracy_matrix) == (3, 1)
+  # Accuracy on the 4 unconfounded test images: a multiple of 1/4.
+  np.testing.assert_allclose(np.asarray(result.accuracy_matrix) * 4 % 1, 0,
+                             atol=1e-6)
+
+
+def test_shuffle_order_from_the_command_line(data_dir, tmp_path):
+  results = tiny_cli_results(
+      tmp_path / "run", "--benchmark", "concon_strict", "--shuffle-order",
+      "--seed", "3", "--data-dir", str(data_dir), "--batch-size", "2")
+  assert results["config"]["shuffle_order"] is True
   assert np.shape(results["accuracy_matrix"]) == (3, 3)

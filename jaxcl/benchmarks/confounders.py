@@ -45,14 +45,17 @@ def _task_files(folder: Path, classes: list[str] | None
   if not folder.is_dir():
     raise ValueError(f"{folder} is missing: ConCon's files are not complete "
                      f"there. {_ADVICE}")
-  found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+  # Hidden entries (.DS_Store, .ipynb_checkpoints) are not data.
+  found = sorted(p.name for p in folder.iterdir()
+                 if p.is_dir() and not p.name.startswith("."))
   if classes is not None and found != classes:
     raise ValueError(f"{folder} holds the class folders {found}, another "
                      f"task or split {classes}; expected the same classes "
                      f"everywhere. {_ADVICE}")
   entries = []
   for label, name in enumerate(found):
-    images = sorted(p for p in (folder / name).iterdir() if p.is_file())
+    images = sorted(p for p in (folder / name).iterdir()
+                    if p.is_file() and not p.name.startswith("."))
     if not images:
       raise ValueError(f"The class folder {folder / name} holds no image. "
                        f"{_ADVICE}")
@@ -79,11 +82,17 @@ def concon(
   <class>/<image>`` (the archives unzipped into ``data_dir/concon``, which
   Avalanche calls ``dataset_root``). Experience ``i`` holds task ``i``'s
   training images, its test experience the task's test images; every
-  experience has the same two classes (domain-incremental, task label 0).
-  A class's id is its folder's position in sorted order (Avalanche numbers
-  the folders in the order the file system lists them). Images are read
-  as RGB and scaled to ``[-1, 1]`` (Avalanche's ``Normalize(0.5, 0.5)``),
-  without augmentation.
+  experience has the same two classes (with three experiences a
+  domain-incremental stream; task label 0). The class folders are ``0``
+  (negative) and ``1`` (positive); a class's id is its folder's position
+  in sorted order, so the folder's name (Avalanche numbers the folders in
+  the order the file system lists them). Images are read as RGB and scaled
+  to ``[-1, 1]`` (Avalanche's ``Normalize(0.5, 0.5)``), without
+  augmentation. The archives' ``val/`` split is not read, as in
+  Avalanche. The paper's measure, accuracy on unconfounded images after
+  training on a confounded stream, is the test stream of
+  ``concon("unconfounded")`` put in place of this one's (see
+  docs/benchmarks.md).
 
   Args:
     variant: ``"disjoint"``, ``"strict"`` or ``"unconfounded"``.
