@@ -205,19 +205,28 @@ def test_split_imagenet_full_resolution_reads_imagenet2012(tmp_path):
   train = [(0, 18, 21), (1, 30, 50), (2, 64, 40), (3, 19, 19), (0, 25, 30)]
   _prepare_fake_builder(
       "imagenet2012", tmp_path,
-      {"train": train, "validation": [(3, 40, 41), (1, 18, 18)]},
+      {"train": train, "validation": [(3, 40, 41), (1, 18, 18), (0, 20, 22)]},
       lambda i: {"file_name": f"{i}.JPEG"}, "array_record")
   bench = classic.split_imagenet(2, full_resolution=True, image_size=16,
                                  shuffle=False, data_dir=tmp_path)
   assert [e.classes for e in bench.train_stream] == [(0, 1), (2, 3)]
   assert [_colours(e) for e in bench.train_stream] == [[0, 1, 4], [2, 3]]
-  assert [_colours(e) for e in bench.test_stream] == [[1], [0]]
+  assert [_colours(e) for e in bench.test_stream] == [[1, 2], [0]]
   assert bench.train_stream[0].x.shape == (3, 16, 16, 3)
   assert bench.augment is None  # Avalanche's transform has no augmentation.
   with pytest.raises(ValueError, match=r"image_size must be one of \(8, 16, "
                      r"32, 64\) \(the sizes of tfds imagenet_resized\), got "
                      "224; any positive size with full_resolution=True"):
     classic.split_imagenet(image_size=224, data_dir=tmp_path)
+  # Avalanche's per_exp_classes: the first experience takes one class.
+  uneven = classic.split_imagenet(2, per_exp_classes={0: 1},
+                                  full_resolution=True, image_size=16,
+                                  shuffle=False, data_dir=tmp_path)
+  assert [e.classes for e in uneven.train_stream] == [(0,), (1, 2, 3)]
+  with pytest.raises(ValueError, match=r"per_exp_classes=\{0: 1001\} leaves "
+                     r"-1 of the 1000 classes"):
+    classic.split_imagenet(2, per_exp_classes={0: 1001},
+                           data_dir=tmp_path / "nothing")
 
 
 def test_split_imagenet_full_resolution_defaults_to_224(tmp_path, monkeypatch):

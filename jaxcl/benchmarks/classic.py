@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,8 @@ def _mnist(benchmark: str, data_dir: PathLike | None, *, lazy: bool = False,
 def _check_split(n_classes: int, n_experiences: int, seed: int, *,
                  first_classes: int | None = None, first_arg: str = "",
                  fixed_class_order: Sequence[int] | None = None,
-                 relabelling: tuple[bool, bool] = (False, False)) -> None:
+                 relabelling: tuple[bool, bool] = (False, False),
+                 per_exp_classes: Mapping[int, int] | None = None) -> None:
   """A split factory's own arguments, checked before any data is read.
 
   ``relabelling``: its ``class_ids_from_zero_in_each_exp`` and
@@ -165,6 +166,9 @@ def _check_split(n_classes: int, n_experiences: int, seed: int, *,
   _validation.check_seed("seed", seed)
   generators.check_relabelling(*relabelling)
   generators.check_class_order(n_classes, fixed_class_order)
+  if per_exp_classes is not None:
+    generators.class_group_sizes(n_classes, n_experiences, per_exp_classes)
+    return
   if first_classes is None:
     if n_classes % n_experiences:
       raise ValueError(
@@ -900,6 +904,7 @@ _IMAGENET_SIZES = (8, 16, 32, 64)
 def split_imagenet(
     n_experiences: int = 10,
     *,
+    per_exp_classes: Mapping[int, int] | None = None,
     image_size: int | None = None,
     full_resolution: bool = False,
     return_task_id: bool = False,
@@ -938,8 +943,10 @@ def split_imagenet(
   the 64-pixel training set is 15.7 GB in memory, the 224-pixel one
   193 GB), so a run decodes (and resizes) only the batches it trains on.
 
-  Arguments as :func:`split_cifar10`, plus ``image_size`` and
-  ``full_resolution``.
+  Arguments as :func:`split_cifar10`, plus ``image_size``,
+  ``full_resolution`` and, as Avalanche's, ``per_exp_classes``
+  (``{experience index: number of classes}`` for some experiences, the
+  other classes split evenly over the others).
 
   Example:
     >>> bench = split_imagenet(10, image_size=32,
@@ -962,7 +969,8 @@ def split_imagenet(
   _check_split(1000, n_experiences, seed,
                fixed_class_order=fixed_class_order,
                relabelling=(class_ids_from_zero_in_each_exp,
-                            class_ids_from_zero_from_first_exp))
+                            class_ids_from_zero_from_first_exp),
+               per_exp_classes=per_exp_classes)
   if full_resolution:
     from jaxcl.benchmarks import sources  # Lazy: tfds import is not free.
     sources.check_split_over_hosts(lazy, split_over_hosts)
@@ -978,6 +986,7 @@ def split_imagenet(
                    lazy=lazy, split_over_hosts=split_over_hosts)
   return _split("split_imagenet", splits, n_experiences, IMAGENET_MEAN,
                 IMAGENET_STD, None if full_resolution else _CROP_FLIP,
+                per_exp_classes=per_exp_classes,
                 return_task_id=return_task_id, seed=seed,
                 fixed_class_order=fixed_class_order, shuffle=shuffle,
                 class_ids_from_zero_in_each_exp=class_ids_from_zero_in_each_exp,

@@ -236,9 +236,14 @@ def check_class_order(n_classes: int, fixed_class_order: Sequence[int] | None,
     _class_order(np.arange(n_classes), fixed_class_order, False, 0, what)
 
 
-def _group_sizes(n_classes: int, n_experiences: int,
-                 per_exp_classes: Mapping[int, int] | None) -> list[int]:
-  """Classes per experience: ``per_exp_classes`` first, the rest evenly."""
+def class_group_sizes(n_classes: int, n_experiences: int,
+                      per_exp_classes: Mapping[int, int] | None) -> list[int]:
+  """Classes per experience: ``per_exp_classes`` first, the rest evenly.
+
+  Raises a ``ValueError`` (``TypeError`` for a ``per_exp_classes`` that is
+  not a mapping) naming what does not fit, so that a catalogue entry can
+  check its arguments before it reads any data.
+  """
   if per_exp_classes is not None and not isinstance(per_exp_classes, Mapping):
     raise TypeError(f"per_exp_classes must map experience indices to class "
                     f"counts (e.g. {{0: 5}}), got {per_exp_classes!r} of type "
@@ -347,7 +352,7 @@ def class_incremental(
                     class_ids_from_zero_from_first_exp)
   x_train, y_train, x_test, y_test = _train_test(train, test)
   classes = np.unique(y_train)
-  sizes = _group_sizes(len(classes), n_experiences, per_exp_classes)
+  sizes = class_group_sizes(len(classes), n_experiences, per_exp_classes)
   order = _class_order(classes, fixed_class_order, shuffle, seed)
   bounds = np.cumsum([0] + sizes)
   groups = [order[a:b] for a, b in itertools.pairwise(bounds)]
