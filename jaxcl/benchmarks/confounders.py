@@ -110,7 +110,8 @@ def concon(
     data_dir: The folder holding ``concon/``.
 
   Returns:
-    A domain-incremental :class:`Benchmark` of two classes.
+    A :class:`Benchmark` of two classes (domain-incremental with three
+    experiences).
 
   Raises:
     ValueError: If an argument is out of range, or the files are missing or
@@ -124,8 +125,8 @@ def concon(
   folder, n_tasks = CONCON_VARIANTS[variant]
   if n_experiences is None:
     n_experiences = n_tasks
-  allowed = (1,) if n_tasks == 1 else (3, 1)
-  if (isinstance(n_experiences, bool) or n_experiences not in allowed):
+  allowed = (n_tasks, 1) if n_tasks > 1 else (1,)
+  if isinstance(n_experiences, bool) or n_experiences not in allowed:
     raise ValueError(f"n_experiences must be {' or '.join(map(str, allowed))}"
                      f" for ConCon {variant} ({n_tasks} task"
                      f"{'s' if n_tasks > 1 else ''}), got {n_experiences!r}.")
