@@ -83,9 +83,10 @@ def _as_typed(value: Any) -> str:
   return str(value)
 
 
-# The benchmark factories' relabelling switches (flags without a value).
-_RELABELLING = ("class_ids_from_zero_in_each_exp",
-                "class_ids_from_zero_from_first_exp")
+# The benchmark factories' switches: flags typed without a value.
+_BENCHMARK_SWITCHES = ("full_resolution", "shuffle_order",
+                       "class_ids_from_zero_in_each_exp",
+                       "class_ids_from_zero_from_first_exp")
 
 _BOOLEANS = {"1": True, "true": True, "yes": True,
              "0": False, "false": False, "no": False}
@@ -211,20 +212,22 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     help=f"one of: {', '.join(sorted(BENCHMARKS))}")
   data.add_argument("--n-experiences", type=int, default=None,
                     help="number of experiences of the stream (default: "
-                    "the benchmark's own, Avalanche's: 5 for split_mnist, "
-                    "10 for permuted_mnist and split_cifar100, 3 for "
+                    "the benchmark factory's own: 5 for split_mnist, 10 for "
+                    "permuted_mnist and split_cifar100, 3 for "
                     "concon_disjoint, ...)")
   data.add_argument("--return-task-id", action="store_true",
                     help="give experience i task label i (task-incremental)")
   data.add_argument("--class-ids-from-zero-in-each-exp", action="store_true",
                     help="relabel each experience's classes 0..k-1 (with "
                     "--return-task-id: Avalanche's SplitCIFAR10/100 and "
-                    "SplitTinyImageNet default); split benchmarks only")
+                    "SplitTinyImageNet default); the split benchmarks "
+                    "but split_cub200 and split_cifar110")
   data.add_argument("--class-ids-from-zero-from-first-exp",
                     action="store_true",
                     help="relabel the classes by their position in the "
                     "class order (experience 0 holds 0..k-1, the next the "
-                    "following ids); split benchmarks only")
+                    "following ids); the split benchmarks but split_cub200 "
+                    "and split_cifar110")
   data.add_argument("--image-size", type=int, default=None,
                     help="image side of the benchmarks that offer several: "
                     "split_imagenet (8, 16, 32 or 64; default 64; any "
@@ -449,6 +452,22 @@ def _check_wandb(project: str) -> None:
                      "which jaxcl does not install: pip install wandb.")
 
 
+def _n_experiences(args: argparse.Namespace) -> int | None:
+  """``--n-experiences``, or the benchmark factory's own default (None
+  when the factory takes none, or decides from its other arguments).
+
+  Resolved where it is used, not written back into ``args``: a Namespace
+  run again with another ``--benchmark`` must not keep this one's count.
+  """
+  from jaxcl.benchmarks import BENCHMARKS
+  if args.n_experiences is not None:
+    return args.n_experiences
+  own = inspect.signature(BENCHMARKS[args.benchmark]).parameters.get(
+      "n_experiences")
+  return (own.default if own is not None and isinstance(own.default, int)
+          else None)
+
+
 def _check_args(args: argparse.Namespace,
                 typed: Collection[str] | None = None) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
@@ -459,11 +478,6 @@ def _check_args(args: argparse.Namespace,
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   if args.wandb_project is not None:
     _check_wandb(args.wandb_project)
-  if args.n_experiences is None:  # The benchmark's own, recorded resolved.
-    own = inspect.signature(BENCHMARKS[args.benchmark]).parameters.get(
-        "n_experiences")
-    if own is not None and isinstance(own.default, int):
-      args.n_experiences = own.default
   if args.image_size is not None and "image_size" not in inspect.signature(
       BENCHMARKS[args.benchmark]).parameters:
     sized = sorted(name for name, factory in BENCHMARKS.items()
@@ -609,6 +623,11 @@ def _check_flags_take_effect(args: argparse.Namespace,
              if typed is not None else
              {name for name, value in vars(args).items()
               if name in defaults and value != defaults[name]})
+  if (typed is None and args.n_experiences == 5 and "n_experiences" not in
+      inspect.signature(BENCHMARKS[args.benchmark]).parameters):
+    # results.json configs written before session 28 record the CLI's
+    # default of then, 5, for every benchmark.
+    changed.discard("n_experiences")
 
   def refuse(name: str, reason: str) -> None:
     if name in changed:
@@ -622,8 +641,8 @@ def _check_flags_take_effect(args: argparse.Namespace,
        ("hidden_size", "hidden_layers", "drop_rate")),
       ("benchmark", "--benchmark", BENCHMARKS[args.benchmark],
        ("n_experiences", "return_task_id", "scenario", "factor",
-        "evaluation_protocol", "run", "full_resolution",
-        "super_categories", "shuffle_order", *_RELABELLING))):
+        "evaluation_protocol", "run", "super_categories",
+        *_BENCHMARK_SWITCHES))):
     takes = inspect.signature(factory).parameters
     for name in names:
       if name not in takes:
@@ -996,26 +1015,31 @@ def _load_benchmark(args: argparse.Namespace):
   bench_kwargs = {"seed": args.seed,
                   "return_task_id": args.return_task_id,
                   "data_dir": args.data_dir}
-  for name in ("n_experiences", "image_size", "scenario", "factor",
-               "evaluation_protocol", "run"):
+  n_experiences = _n_experiences(args)
+  if n_experiences is not None:
+    bench_kwargs["n_experiences"] = n_experiences
+  for name in ("image_size", "scenario", "factor", "evaluation_protocol",
+               "run"):
     if getattr(args, name) is not None:
       bench_kwargs[name] = getattr(args, name)
-  for switch in ("full_resolution", "shuffle_order", *_RELABELLING):
+  for switch in _BENCHMARK_SWITCHES:
     if getattr(args, switch):
       bench_kwargs[switch] = True
   if args.super_categories is not None:
     bench_kwargs["super_categories"] = [
         name.strip() for name in args.super_categories.split(",")]
-  if args.lazy:  # Every host loads: sharing the labels' pass is collective.
-    bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   accepted = inspect.signature(factory).parameters
+  lazy_by_default = "lazy" in accepted and accepted["lazy"].default is True
+  if args.lazy or lazy_by_default:
+    # Every host loads: sharing the labels' pass is collective.
+    bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
-  shown = {"n_experiences": args.n_experiences, "scenario": args.scenario,
+  shown = {"n_experiences": n_experiences, "scenario": args.scenario,
            "factor": args.factor, "run": args.run,
            "evaluation_protocol": args.evaluation_protocol,
            "image_size": args.image_size,
            "super_categories": args.super_categories,
-           **{switch: True for switch in _RELABELLING
+           **{switch: True for switch in _BENCHMARK_SWITCHES
               if getattr(args, switch)},
            "validation_size": args.validation_size or None,
            "online_size": args.online_size or None}
@@ -1032,7 +1056,8 @@ def _load_benchmark(args: argparse.Namespace):
                                                 seed=args.seed)
   except (ValueError, TypeError) as error:
     raise _in_flag_terms(error, given, f"--benchmark {args.benchmark}",
-                         names=("run",), switches=_RELABELLING) from error
+                         names=("run", *_BENCHMARK_SWITCHES),
+                         switches=_BENCHMARK_SWITCHES) from error
   return benchmark
 
 
@@ -1211,6 +1236,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
         str(logdir), console=not args.quiet,
         tensorboard=not args.no_tensorboard), *writers]))
   config = {k: v for k, v in vars(args).items() if k != "command"}
+  config["n_experiences"] = _n_experiences(args)  # As the benchmark got it.
   config["strategy_name"] = strategy.name
   if sweep_name == "lr":  # Each run's is in the labels, not the flag's.
     config["lr"] = None

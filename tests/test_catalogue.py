@@ -176,6 +176,43 @@ def test_relabelling_from_the_command_line(tmp_path, capsys, monkeypatch):
           "permuted_mnist does not use it") in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("benchmark, flags, expected", [
+    ("split_imagenet", ["--full-resolution"], {"full_resolution": True}),
+    ("split_inaturalist", ["--super-categories", "Aves, Fungi"],
+     {"super_categories": ["Aves", "Fungi"]}),
+])
+def test_benchmark_flags_reach_the_factory(benchmark, flags, expected,
+                                           tmp_path, capsys, monkeypatch):
+  given = []
+  original = jaxcl.benchmarks.BENCHMARKS[benchmark]
+
+  @functools.wraps(original)  # The CLI reads its signature.
+  def recorded(**kwargs):
+    given.append(kwargs)
+    raise ValueError("recorded")
+
+  monkeypatch.setitem(jaxcl.benchmarks.BENCHMARKS, benchmark, recorded)
+  assert cli.main(["run", "--benchmark", benchmark, *flags, "--logdir",
+                   str(tmp_path / "run")]) != 0
+  assert given[0].items() >= expected.items()
+  # Both read lazily by default: the labels' pass is shared between hosts
+  # (one process here: not split).
+  assert given[0]["lazy"] is True and given[0]["split_over_hosts"] is False
+  assert cli.main(["run", "--benchmark", "split_mnist", *flags, "--logdir",
+                   str(tmp_path / "none")]) != 0
+  assert (f"{flags[0]}" + (f" {flags[1]}" if len(flags) > 1 else "") +
+          " has no effect: --benchmark split_mnist does not use it") in (
+              capsys.readouterr().err)
+
+
+def test_full_resolution_is_named_as_a_flag_in_errors(tmp_path, capsys):
+  assert cli.main(["run", "--benchmark", "split_imagenet", "--image-size",
+                   "48", "--logdir", str(tmp_path / "run")]) != 0
+  assert ("--image-size must be one of (8, 16, 32, 64) (the sizes of tfds "
+          "imagenet_resized), got 48; any positive size with "
+          "--full-resolution.") in capsys.readouterr().err
+
+
 def test_lazy_bundled_split_mnist_and_split_over_hosts_needs_lazy():
   lazy = classic.split_mnist(5, seed=1, lazy=True)
   eager = classic.split_mnist(5, seed=1)

@@ -265,26 +265,38 @@ def test_a_mistyped_boolean_flag_is_refused(capsys):
     ("split_mnist", 5), ("permuted_mnist", 10), ("split_cifar100", 10),
     ("split_cub200", 11), ("split_omniglot", 4), ("concon_disjoint", None)])
 def test_n_experiences_defaults_to_the_benchmarks_own(benchmark, expected):
-  # Avalanche's defaults, from the factories' signatures (None: the
-  # factory decides from its other arguments).
+  # The factories' own defaults, from their signatures (None: the factory
+  # decides from its other arguments).
   args = cli.build_parser().parse_args(["run", "--benchmark", benchmark])
   cli._check_args(args)
-  assert args.n_experiences == expected
+  assert cli._n_experiences(args) == expected
+  # Resolved where used, not stored: the same Namespace with another
+  # benchmark gets that one's default.
+  assert args.n_experiences is None
+  args.benchmark = "permuted_mnist"
+  assert cli._n_experiences(args) == 10
   typed = cli.build_parser().parse_args(["run", "--benchmark", benchmark,
                                          "--n-experiences", "2"])
   cli._check_args(typed)
-  assert typed.n_experiences == 2
+  assert cli._n_experiences(typed) == 2
 
 
 def test_n_experiences_is_refused_where_the_benchmark_has_no_such_number():
   args = cli.build_parser().parse_args(["run", "--benchmark", "core50"])
   cli._check_args(args)
-  assert args.n_experiences is None
+  assert cli._n_experiences(args) is None
   typed = cli.build_parser().parse_args(["run", "--benchmark", "core50",
                                          "--n-experiences", "2"])
   with pytest.raises(ValueError, match="--n-experiences 2 has no effect: "
                      "--benchmark core50 does not use it"):
     cli._check_args(typed)
+  # A results.json config of before session 28 records the default of
+  # then, 5, for every benchmark: checked again (no typed flags), accepted.
+  legacy = cli.build_parser().parse_args(["run", "--benchmark", "core50"])
+  legacy.n_experiences = 5
+  cli._check_args(legacy)
+  with pytest.raises(ValueError, match="--n-experiences 5 has no effect"):
+    cli._check_args(legacy, typed={"n_experiences"})
 
 
 @pytest.mark.parametrize("args, message", [

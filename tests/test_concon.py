@@ -2,6 +2,7 @@
 read from folders laid out as the official archives unzip."""
 
 import dataclasses
+import functools
 import random
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import tiny_cli_results
 from PIL import Image
 
 import jaxcl
+from jaxcl import cli
 from jaxcl.benchmarks import concon
 from jaxcl.strategies import naive
 
@@ -89,7 +91,7 @@ def test_shuffled_task_order_is_avalanche_random_order(data_dir):
 
 
 def test_one_experience_concatenates_the_tasks(data_dir):
-  bench = concon("disjoint", 1, shuffle_order=True, image_size=4,
+  bench = concon("disjoint", 1, image_size=4,
                  data_dir=data_dir)
   assert [len(e) for e in bench.train_stream] == [18]
   assert {t for t, _, _ in _identities(bench.train_stream[0])} == {0, 1, 2}
@@ -107,6 +109,11 @@ def test_one_experience_concatenates_the_tasks(data_dir):
      r"unconfounded \(1 task\), got 3"),
     (("strict",), {"image_size": 0}, "image_size must be a positive integer"),
     (("strict",), {"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\)"),
+    (("strict", 1), {"shuffle_order": True}, r"shuffle_order=True orders "
+     r"the tasks' experiences, but ConCon strict with n_experiences=1 has one "
+     r"experience; expected shuffle_order=False"),
+    (("unconfounded",), {"shuffle_order": True}, r"ConCon unconfounded with "
+     r"n_experiences=1 has one experience"),
 ])
 def test_arguments_are_refused_before_reading(args, kwargs, message,
                                               tmp_path):
@@ -164,9 +171,33 @@ def test_the_unconfounded_test_set_after_each_confounded_task(data_dir):
                              atol=1e-6)
 
 
-def test_shuffle_order_from_the_command_line(data_dir, tmp_path):
+def test_shuffle_order_from_the_command_line(data_dir, tmp_path, capsys,
+                                            monkeypatch):
+  built = []
+  original = jaxcl.benchmarks.BENCHMARKS["concon_strict"]
+
+  @functools.wraps(original)  # The CLI reads its signature.
+  def recorded(**kwargs):
+    built.append(original(**kwargs))
+    return built[-1]
+
+  monkeypatch.setitem(jaxcl.benchmarks.BENCHMARKS, "concon_strict", recorded)
   results = tiny_cli_results(
       tmp_path / "run", "--benchmark", "concon_strict", "--shuffle-order",
       "--seed", "3", "--data-dir", str(data_dir), "--batch-size", "2")
   assert results["config"]["shuffle_order"] is True
-  assert np.shape(results["accuracy_matrix"]) == (3, 3)
+  # Seed 3's order of the tasks, as Python's random draws it.
+  expected = [0, 1, 2]
+  random.Random(3).shuffle(expected)
+  assert expected != [0, 1, 2]
+  assert [_identities(e)[0][0] for e in built[0].train_stream] == expected
+  assert cli.main(["run", "--benchmark", "concon_unconfounded",
+                   "--shuffle-order", "--data-dir", str(data_dir),
+                   "--logdir", str(tmp_path / "one")]) != 0
+  assert ("--shuffle-order orders the tasks' experiences, but ConCon "
+          "unconfounded with n_experiences=1 has one experience") in (
+              capsys.readouterr().err)
+  assert cli.main(["run", "--benchmark", "split_mnist", "--shuffle-order",
+                   "--logdir", str(tmp_path / "none")]) != 0
+  assert ("--shuffle-order has no effect: --benchmark split_mnist does not "
+          "use it") in capsys.readouterr().err

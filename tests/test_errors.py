@@ -478,7 +478,7 @@ CASES = [
          lambda p: _cli(p, "--distributed", "--coordinator-address", "host"),
          CliExit, r"--coordinator-address must be HOST:PORT with a port in "
          r"\[1, 65535\], got 'host'"),
-    Case("cli --n-experiences typed for core50 (its default value)",
+    Case("cli --n-experiences typed for core50 (which takes none)",
          lambda p: _cli(p, "--benchmark", "core50", "--n-experiences", "5"),
          CliExit, r"--n-experiences 5 has no effect: --benchmark core50 "
          r"does not use it; expected to leave it out"),

@@ -102,8 +102,8 @@ def concon(
     seed: Seed of the task order with ``shuffle_order`` (Python's
       ``random``, seeded as Avalanche seeds it: the same seed gives
       Avalanche's order).
-    shuffle_order: Shuffle the order of the three tasks (ignored with one
-      experience, as in Avalanche).
+    shuffle_order: Shuffle the order of the three tasks (refused with one
+      experience; Avalanche ignores it there).
     image_size: Side to resize every image to (bilinear); ``None`` keeps
       the stored size, as Avalanche does (it must then be the same for
       every image).
@@ -131,6 +131,11 @@ def concon(
                      f" for ConCon {variant} ({n_tasks} task"
                      f"{'s' if n_tasks > 1 else ''}), got {n_experiences!r}.")
   _validation.check_seed("seed", seed)
+  if shuffle_order and n_experiences == 1:
+    raise ValueError(f"shuffle_order=True orders the tasks' experiences, but "
+                     f"ConCon {variant} with n_experiences=1 has one "
+                     "experience; expected shuffle_order=False (Avalanche "
+                     "ignores it).")
   size = (None if image_size is None else
           (_validation.check_positive_int("image_size", image_size),) * 2)
   root = files.local_data_dir("concon", data_dir, _ADVICE) / "concon" / folder
