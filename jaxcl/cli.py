@@ -248,8 +248,9 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   data.add_argument("--super-categories", default=None,
                     help="split_inaturalist's supercategories, "
                     "comma-separated, one experience each (default: "
-                    "Avalanche's ten, Amphibia,Animalia,Arachnida,Aves,"
-                    "Fungi,Insecta,Mammalia,Mollusca,Plantae,Reptilia)")
+                    "Avalanche's ten: Amphibia, Animalia, Arachnida, Aves, "
+                    "Fungi, Insecta, Mammalia, Mollusca, Plantae, "
+                    "Reptilia)")
   data.add_argument("--scenario", default=None,
                     help="core50's scenario: ni, nc, nic, nicv2_79, "
                     "nicv2_196 or nicv2_391 (default ni); stream51's "
