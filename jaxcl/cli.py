@@ -469,6 +469,14 @@ def _n_experiences(args: argparse.Namespace) -> int | None:
           else None)
 
 
+def _lazy(args: argparse.Namespace) -> bool:
+  """Whether the benchmark leaves its images in the tfds files: ``--lazy``,
+  or the factory's own default (split_imagenet, split_inaturalist)."""
+  from jaxcl.benchmarks import BENCHMARKS
+  own = inspect.signature(BENCHMARKS[args.benchmark]).parameters.get("lazy")
+  return args.lazy or (own is not None and own.default is True)
+
+
 def _check_args(args: argparse.Namespace,
                 typed: Collection[str] | None = None) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
@@ -1030,8 +1038,7 @@ def _load_benchmark(args: argparse.Namespace):
     bench_kwargs["super_categories"] = [
         name.strip() for name in args.super_categories.split(",")]
   accepted = inspect.signature(factory).parameters
-  lazy_by_default = "lazy" in accepted and accepted["lazy"].default is True
-  if args.lazy or lazy_by_default:
+  if _lazy(args):
     # Every host loads: sharing the labels' pass is collective.
     bench_kwargs.update(lazy=True, split_over_hosts=jax.process_count() > 1)
   # Not --data-dir: tfds's messages show Python calls with data_dir=.
@@ -1237,7 +1244,8 @@ def _run_on_joined_hosts(args: argparse.Namespace,
         str(logdir), console=not args.quiet,
         tensorboard=not args.no_tensorboard), *writers]))
   config = {k: v for k, v in vars(args).items() if k != "command"}
-  config["n_experiences"] = _n_experiences(args)  # As the benchmark got it.
+  # As the benchmark got them.
+  config.update(n_experiences=_n_experiences(args), lazy=_lazy(args))
   config["strategy_name"] = strategy.name
   if sweep_name == "lr":  # Each run's is in the labels, not the flag's.
     config["lr"] = None

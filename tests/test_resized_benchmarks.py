@@ -247,6 +247,8 @@ def test_split_inaturalist_from_the_command_line(inaturalist_dir, tmp_path,
   # Two experiences (Insecta, then Aves): a 2 x 2 accuracy matrix.
   assert np.shape(results["accuracy_matrix"]) == (2, 2)
   assert results["config"]["super_categories"] == "Insecta, Aves"
+  # Read lazily by default, recorded as the benchmark was built.
+  assert results["config"]["lazy"] is True
   assert cli.main(["run", "--benchmark", "split_inaturalist",
                    "--super-categories", "Aves,Birds", "--data-dir",
                    str(inaturalist_dir), "--logdir", str(tmp_path / "bad")
