@@ -5,8 +5,10 @@ JPEG files of 500x375 pixels, ImageNet's most common size, with tfds's own
 builder) into a temporary folder, then reads it as ``split_imagenet(...,
 full_resolution=True)`` does: every image decoded and resized to 256 and
 center-cropped to 224 by a :class:`jaxcl.benchmarks.ResizedSource`, with 1,
-2, 4, ... worker threads up to the host's cores. Prints images/s for each,
-and the rate of the labels' pass (images left undecoded).
+2, 4, ... worker threads up to the host's cores, then with every core and
+``draft=True`` (JPEG files decoded at a reduced scale: ``fast_decode``).
+Prints images/s for each, and the rate of the labels' pass (images left
+undecoded).
 
 Usage:
   python examples/benchmark_resizing.py [--images 512] [--image-size 224]
@@ -65,16 +67,15 @@ def main():
     crop = resize_center_crop(args.image_size)
     print(f"{args.images} JPEG images of 500x375 -> {args.image_size}x"
           f"{args.image_size}, {cores} cores")
-    workers = 1
-    while True:
-      view = sources.RecordArray(ResizedSource(source, crop, workers=workers))
+    counts = sorted({min(2**k, cores) for k in range(cores.bit_length() + 1)})
+    for workers, draft in [(w, False) for w in counts] + [(cores, True)]:
+      view = sources.RecordArray(ResizedSource(source, crop, workers=workers,
+                                               draft=draft))
       start = time.perf_counter()
       np.asarray(view)
       seconds = time.perf_counter() - start
-      print(f"workers {workers:2d}: {args.images / seconds:8.1f} images/s")
-      if workers >= cores:
-        break
-      workers = min(2 * workers, cores)
+      print(f"workers {workers:2d}{', draft' if draft else '       '}: "
+            f"{args.images / seconds:8.1f} images/s")
     start = time.perf_counter()
     sources.read_label_features(ResizedSource(source, crop))
     seconds = time.perf_counter() - start

@@ -84,7 +84,7 @@ def _as_typed(value: Any) -> str:
 
 
 # The benchmark factories' switches: flags typed without a value.
-_BENCHMARK_SWITCHES = ("full_resolution", "shuffle_order",
+_BENCHMARK_SWITCHES = ("full_resolution", "fast_decode", "shuffle_order",
                        "class_ids_from_zero_in_each_exp",
                        "class_ids_from_zero_from_first_exp")
 
@@ -241,6 +241,12 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
                     "by hand) and resize its images on the host, as "
                     "Avalanche's SplitImageNet, instead of imagenet_resized "
                     "(--image-size default 224)")
+  data.add_argument("--fast-decode", action="store_true",
+                    help="split_inaturalist and split_imagenet "
+                    "--full-resolution: decode the JPEG files at a reduced "
+                    "scale where the images are much larger than "
+                    "--image-size (faster; pixels close to, not the same "
+                    "as, a full decode's)")
   data.add_argument("--shuffle-order", action="store_true",
                     help="concon_disjoint and concon_strict: shuffle the "
                     "order of the three tasks with --seed, as Avalanche's "

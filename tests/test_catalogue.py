@@ -178,6 +178,7 @@ def test_relabelling_from_the_command_line(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("benchmark, flags, expected", [
     ("split_imagenet", ["--full-resolution"], {"full_resolution": True}),
+    ("split_inaturalist", ["--fast-decode"], {"fast_decode": True}),
     ("split_inaturalist", ["--super-categories", "Aves, Fungi"],
      {"super_categories": ["Aves", "Fungi"]}),
 ])

@@ -353,3 +353,63 @@ def test_a_view_of_selected_records_reads_none_outside_them():
   view = sources.RecordArray(records, indices=np.array([3, 1]))
   assert view.shape == (2, 2, 2)
   assert np.asarray(view)[:, 0, 0].tolist() == [3, 1]
+
+
+def _smooth_jpeg(h, w):
+  """A photograph-like JPEG file: smooth colour gradients."""
+  rows, cols = np.mgrid[0:h, 0:w]
+  pixels = np.stack([rows * 255 // h, cols * 255 // w,
+                     (rows + cols) * 255 // (h + w)], -1).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "JPEG", quality=95)
+  return buffer.getvalue()
+
+
+def test_draft_decodes_jpegs_at_a_reduced_scale_close_to_a_full_decode():
+  records = [{"image": _smooth_jpeg(300, 400), "label": 0}]
+  crop = resizing.resize_center_crop(32)  # Shorter side to 37 first.
+  seen = []
+
+  def spy(image):
+    seen.append(image.shape)
+    return crop(image)
+
+  spy.draft_size, spy.description = crop.draft_size, crop.description
+  exact = resizing.ResizedSource(records, spy)[0]["image"]
+  fast = resizing.ResizedSource(records, spy, draft=True)[0]["image"]
+  # libjpeg's largest scale that keeps the shorter side at least 37 and
+  # the longer at least ceil(37 * 400 / 300) = 50: 1/8, so 38 x 50.
+  assert seen == [(300, 400, 3), (38, 50, 3)]
+  assert fast.shape == exact.shape == (32, 32, 3)
+  difference = np.abs(fast.astype(int) - exact.astype(int))
+  assert 0 < difference.max() and difference.mean() < 3
+  with pytest.raises(ValueError, match="draft=True needs the resize's "
+                     "draft_size"):
+    resizing.ResizedSource(records, lambda image: image, draft=True)
+  with pytest.raises(TypeError, match="draft must be True or False"):
+    resizing.ResizedSource(records, crop, draft="yes")
+
+
+def test_draft_is_part_of_the_fingerprint(inaturalist_dir):
+  source = tfds.builder("i_naturalist2018", data_dir=inaturalist_dir
+                        ).as_data_source(split="train")
+  crop = resizing.resize_center_crop(12)
+  exact = resizing.ResizedSource(source, crop).fingerprint()
+  fast = resizing.ResizedSource(source, crop, draft=True).fingerprint()
+  assert exact != fast and "resize_center_crop(12, resize_to=14)|draft" in fast
+
+
+def test_fast_decode_reads_the_same_benchmark_from_png_files(inaturalist_dir,
+                                                              tmp_path):
+  # The fake dataset stores PNG files, which have no reduced-scale decode.
+  exact = classic.split_inaturalist(["Aves"], image_size=8,
+                                    data_dir=inaturalist_dir)
+  fast = classic.split_inaturalist(["Aves"], image_size=8, fast_decode=True,
+                                   data_dir=inaturalist_dir)
+  np.testing.assert_array_equal(np.asarray(fast.train_stream[0].x),
+                                np.asarray(exact.train_stream[0].x))
+  with pytest.raises(ValueError, match="fast_decode=True decodes "
+                     "full-resolution JPEG files, but imagenet_resized "
+                     "stores small decoded images; expected "
+                     "full_resolution=True"):
+    classic.split_imagenet(fast_decode=True, data_dir=tmp_path)
