@@ -252,7 +252,10 @@ def test_strategies_training_mode_passes_leave_padding_out_of_batch_norm():
   grad = lambda batch: jax.jit(jax.grad(
       lambda p: jaxcl.strategies.model_utils.task_loss(
           ctx, p, state, batch, jnp.ones(4, bool), train=True)))(params)
-  chex.assert_trees_all_close(grad(padded), grad(real), rtol=1e-4, atol=1e-5)
+  # Batch statistics of two rows amplify rounding (the padded batch sums in
+  # another order): 2e-5 apart on some machines. Padding counted in the
+  # statistics would move the gradients by their own size.
+  chex.assert_trees_all_close(grad(padded), grad(real), rtol=1e-3, atol=1e-4)
 
 
 def test_mtmlp_selects_the_head_of_each_sample():
@@ -482,8 +485,10 @@ def test_torch_conv_native_cpu_gradients_equal_jax_rules(kernel_size, strides,
         params)
     seeds = {native: jax.vmap(jax.grad(loss, 1), (None, 0, None))(
         native, stacked, x) for native in (True, False)}
+    # Kernels up to 9x larger give gradients up to ~10: the rounding of
+    # their sums reaches 1e-5 where terms cancel.
     chex.assert_trees_all_close(seeds[True], seeds[False], rtol=1e-5,
-                                atol=1e-5)
+                                atol=1e-4)
   for samples in (x, jnp.tile(x, (4, 1, 1, 1))):
     per_sample = {native: jax.vmap(jax.grad(loss, 1), (None, None, 0))(
         native, params, samples[:, None]) for native in (True, False)}
