@@ -198,7 +198,7 @@ def _typed_flags(argv: Sequence[str] | None) -> frozenset[str]:
 def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   """The parser; without ``keep_defaults``, flags not typed stay unset."""
   from jaxcl.benchmarks import BENCHMARKS
-  from jaxcl.models import MODELS
+  from jaxcl.models import BACKBONES, MODELS
   parser = argparse.ArgumentParser(
       prog="jaxcl", description="Continual learning in JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
@@ -297,7 +297,12 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   model.add_argument("--hidden-size", type=int, default=512,
                      help="width of each hidden layer (MLP models)")
   model.add_argument("--hidden-layers", type=int, default=1,
-                     help="number of hidden layers")
+                     help="number of hidden layers (LSTM layers of "
+                     "sequence_classifier models)")
+  model.add_argument("--head", default="linear",
+                     help="output layer: linear, or cosine (a cosine "
+                     "classifier on the model's features, as Avalanche's "
+                     f"CosineLinear; models: {', '.join(BACKBONES)})")
   model.add_argument("--drop-rate", type=float, default=None,
                      help="dropout probability (default: the model's own, "
                      "as Avalanche's: 0.5 for MLPs, 0.25 for SimpleCNN)")
@@ -483,12 +488,31 @@ def _lazy(args: argparse.Namespace) -> bool:
   return args.lazy or (own is not None and own.default is True)
 
 
+def _model(args: argparse.Namespace, benchmark: Any) -> Any:
+  """The Flax module ``--model`` and ``--head`` name, sized for
+  ``benchmark``, with the model flags it takes."""
+  from jaxcl.models import MODELS, CosineClassifier
+  cosine = args.head == "cosine"
+  offered = dict(num_classes=None if cosine else benchmark.n_classes,
+                 n_tasks=benchmark.n_tasks, hidden_size=args.hidden_size,
+                 hidden_layers=args.hidden_layers,
+                 rnn_layers=args.hidden_layers)
+  if args.drop_rate is not None:  # Else each model's own (Avalanche's).
+    offered["drop_rate"] = args.drop_rate
+  accepted = inspect.signature(MODELS[args.model]).parameters
+  model = MODELS[args.model](**{k: v for k, v in offered.items()
+                                if k in accepted})
+  if cosine:
+    model = CosineClassifier(model, num_classes=benchmark.n_classes)
+  return model
+
+
 def _check_args(args: argparse.Namespace,
                 typed: Collection[str] | None = None) -> None:
   """Validates names and numbers before anything is loaded or compiled."""
   from jaxcl import _validation
   from jaxcl.benchmarks import BENCHMARKS
-  from jaxcl.models import MODELS
+  from jaxcl.models import BACKBONES, MODELS
   from jaxcl.strategies import parse_spec
   _validation.check_choice("--benchmark", args.benchmark, BENCHMARKS)
   if args.wandb_project is not None:
@@ -512,6 +536,11 @@ def _check_args(args: argparse.Namespace,
                      "them, or reads image folders); expected one of "
                      f"{_lazy_benchmarks()}.")
   _validation.check_choice("--model", args.model, MODELS)
+  _validation.check_choice("--head", args.head, ("linear", "cosine"))
+  if args.head == "cosine" and args.model not in BACKBONES:
+    raise ValueError(f"--head cosine needs a model with a features-only form "
+                     f"to put the cosine layer on; --model {args.model} has "
+                     f"none. Expected one of {', '.join(BACKBONES)}.")
   _validation.check_choice("--optimizer", args.optimizer, ("sgd", "adam"))
   names = [name for name, _ in parse_spec(args.strategy)]
   twice = sorted({name for name in names if names.count(name) > 1})
@@ -658,7 +687,9 @@ def _check_flags_take_effect(args: argparse.Namespace,
        ("n_experiences", "return_task_id", "scenario", "factor",
         "evaluation_protocol", "run", "super_categories",
         *_BENCHMARK_SWITCHES))):
-    takes = inspect.signature(factory).parameters
+    takes = set(inspect.signature(factory).parameters)
+    if "rnn_layers" in takes:  # --hidden-layers sets an LSTM's layers.
+      takes.add("hidden_layers")
     for name in names:
       if name not in takes:
         refuse(name, f"{flag} {getattr(args, component)} does not use it")
@@ -1177,7 +1208,6 @@ def _run_on_joined_hosts(args: argparse.Namespace,
 
   import jaxcl
   from jaxcl import _hosts, _validation, loggers
-  from jaxcl.models import MODELS
   # Every host trains; one writes the outputs.
   primary = jax.process_index() == 0
   # Everything that can reject the arguments runs before the logdir exists;
@@ -1212,12 +1242,7 @@ def _run_on_joined_hosts(args: argparse.Namespace,
   # raise, rather than leave the others waiting for it in fit.
   benchmark = _hosts.read_together("the benchmark",
                                    lambda: _load_benchmark(args))
-  offered = dict(num_classes=benchmark.n_classes, n_tasks=benchmark.n_tasks,
-                 hidden_size=args.hidden_size, hidden_layers=args.hidden_layers)
-  if args.drop_rate is not None:  # Else each model's own (Avalanche's).
-    offered["drop_rate"] = args.drop_rate
-  accepted = inspect.signature(MODELS[args.model]).parameters
-  model = MODELS[args.model](**{k: v for k, v in offered.items() if k in accepted})
+  model = _model(args, benchmark)
   if args.drop_rate is None:  # Recorded as used: the model's own.
     args.drop_rate = getattr(model, "drop_rate", getattr(
         getattr(model, "features", None), "drop_rate", None))

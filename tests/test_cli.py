@@ -106,6 +106,12 @@ def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
 def test_models_keep_their_own_dropout_unless_the_flag_is_given(
     tmp_path, monkeypatch, flags, model, drop_rate):
   # Avalanche's SimpleCNN drops 0.25, its SimpleMLP 0.5.
+  built = _built_model(tmp_path, monkeypatch, "--model", model, *flags)
+  assert built.drop_rate == drop_rate
+
+
+def _built_model(tmp_path, monkeypatch, *flags):
+  """The model ``jaxcl run`` with ``flags`` hands to fit."""
   built = []
 
   def fit(model, *args, **kwargs):
@@ -114,10 +120,44 @@ def test_models_keep_their_own_dropout_unless_the_flag_is_given(
 
   monkeypatch.setattr(jaxcl, "fit", fit)
   with pytest.raises(KeyboardInterrupt):
-    cli.main(["run", "--model", model, *flags, "--logdir",
-              str(tmp_path / "run"), "--quiet", "--no-progress",
-              "--no-tensorboard", "--compilation-cache", ""])
-  assert built[0].drop_rate == drop_rate
+    cli.main(["run", *flags, "--logdir", str(tmp_path / "run"), "--quiet",
+              "--no-progress", "--no-tensorboard", "--compilation-cache", ""])
+  return built[0]
+
+
+def test_head_cosine_wraps_the_models_features(tmp_path, monkeypatch):
+  model = _built_model(tmp_path, monkeypatch, "--model", "simple_cnn",
+                       "--head", "cosine")
+  assert isinstance(model, jaxcl.models.CosineClassifier)
+  assert model.num_classes == 10 and model.features.num_classes is None
+  assert model.features.drop_rate == 0.25
+
+
+def test_hidden_layers_stack_the_lstm_of_a_sequence_classifier(
+    tmp_path, monkeypatch):
+  model = _built_model(tmp_path, monkeypatch, "--model",
+                       "sequence_classifier", "--hidden-size", "32",
+                       "--hidden-layers", "2")
+  assert (model.num_classes, model.hidden_size,
+          model.rnn_layers) == (10, 32, 2)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "mt_mlp", "--head", "cosine"],
+     "--head cosine needs a model with a features-only form to put the cosine "
+     "layer on; --model mt_mlp has none. Expected one of mlp, simple_cnn"),
+    (["--head", "cos"], "Unknown --head 'cos'"),
+    (["--model", "sequence_classifier", "--drop-rate", "0.1"],
+     "--drop-rate 0.1 has no effect: --model sequence_classifier does not "
+     "use it"),
+])
+def test_a_head_or_flag_the_model_cannot_take_is_refused(tmp_path, capsys,
+                                                         flags, message):
+  code = cli.main(["run", *flags, "--logdir", str(tmp_path / "x"),
+                   "--no-progress", "--no-tensorboard", "--quiet",
+                   "--compilation-cache", ""])
+  assert code == 2 and message in capsys.readouterr().err
+  assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("flags, masked", [([], True),

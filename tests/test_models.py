@@ -622,8 +622,8 @@ def test_a_model_returning_more_than_logits_is_a_clear_error():
     (MLP(10, hidden_size=0), (2, 4), ValueError,
      "hidden_size must be a positive integer, got 0"),
     (MLP(0), (2, 4), ValueError, "num_classes must be a positive integer"),
-    (MLP(None), (2, 4), TypeError,
-     "num_classes must be a positive integer, got None"),
+    (MLP(3, hidden_size=4.0), (2, 4), TypeError,
+     "hidden_size must be a positive integer, got 4.0 of type float"),
     (MTMLP(3, n_tasks=0), (2, 4), ValueError,
      "n_tasks must be a positive integer, got 0"),
     (SlimResNet18(nf=0), (1, 8, 8, 3), ValueError,
@@ -636,7 +636,7 @@ def test_a_model_returning_more_than_logits_is_a_clear_error():
      "strides must be a positive integer, got 0"),
     (TorchConv(4, 3, native_cpu_gradients="False"), (1, 8, 8, 3), TypeError,
      "native_cpu_gradients must be True or False"),
-], ids=["hidden_size", "num_classes", "none", "n_tasks", "nf", "n", "padding",
+], ids=["hidden_size", "num_classes", "float", "n_tasks", "nf", "n", "padding",
         "strides", "native_cpu_gradients"])
 def test_sizes_and_switches_are_checked_with_their_names(module, shape, error,
                                                          message):

@@ -97,6 +97,31 @@ def call_arguments(module: nn.Module, x: Any, offered: dict[str, Any]
   return bound.args[1:], bound.kwargs
 
 
+def call_features(features: nn.Module, x: Any, train: bool,
+                  batch_stats_mask: jax.Array | None) -> jax.Array:
+  """A backbone's features ``[batch, n]``, flattened per sample: the module
+  called with those of ``train`` and ``batch_stats_mask`` it takes.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxcl.models import MLP
+    >>> from flax import linen as nn
+    >>> class Backbone(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return call_features(MLP(None, hidden_size=3), x, False, None)
+    >>> x = jnp.ones((2, 4, 4))
+    >>> Backbone().apply(Backbone().init(jax.random.key(0), x), x).shape
+    (2, 3)
+  """
+  offered = {"train": train}
+  if batch_stats_mask is not None:
+    offered["batch_stats_mask"] = batch_stats_mask
+  args, kwargs = call_arguments(features, x, offered)
+  h = features(*args, **kwargs)
+  return h.reshape((h.shape[0], -1))
+
+
 def stream_keys(key: jax.Array, streams: Sequence[str]
                 ) -> dict[str, jax.Array]:
   """One key per random stream: ``dropout`` gets ``key`` itself, any other

@@ -22,18 +22,20 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxcl.models.adapter import call_arguments
+from jaxcl.models.adapter import call_features
 from jaxcl.models.cnn import SimpleCNN
 from jaxcl.models.mlp import (TorchLinear, _check_hidden_layers, _dropout,
                               check_sizes,
                               _torch_bias_init)
 from jaxcl.models.resnet import SlimResNet18
+from jaxcl.models.rnn import SequenceClassifier
 
 __all__ = [
   "MTMLP",
   "MLPFeatures",
   "MultiHead",
   "MultiHeadClassifier",
+  "mt_sequence_classifier",
   "mt_simple_cnn",
   "mt_slim_resnet18",
 ]
@@ -109,12 +111,7 @@ class MultiHead(nn.Module):
   def __call__(self, x: jnp.ndarray, task: jnp.ndarray,
                train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
-    offered = {"train": train}
-    if batch_stats_mask is not None:
-      offered["batch_stats_mask"] = batch_stats_mask
-    args, kwargs = call_arguments(self.features, x, offered)
-    h = self.features(*args, **kwargs)
-    h = h.reshape((h.shape[0], -1))
+    h = call_features(self.features, x, train, batch_stats_mask)
     return MultiHeadClassifier(self.num_classes, self.n_tasks,
                                name="heads")(h, task)
 
@@ -204,4 +201,20 @@ def mt_slim_resnet18(num_classes: int, n_tasks: int, nf: int = 20,
   """
   return MultiHead(SlimResNet18(num_classes=None, nf=nf,
                                 native_cpu_gradients=native_cpu_gradients),
+                   num_classes=num_classes, n_tasks=n_tasks)
+
+
+def mt_sequence_classifier(num_classes: int, n_tasks: int,
+                           hidden_size: int = 128,
+                           rnn_layers: int = 1) -> MultiHead:
+  """Avalanche's ``MTSimpleSequenceClassifier``: an LSTM's last output, one
+  head per task (see :class:`jaxcl.models.SequenceClassifier`).
+
+  Example:
+    >>> mt_sequence_classifier(num_classes=2, n_tasks=5).features.hidden_size
+    128
+  """
+  return MultiHead(SequenceClassifier(num_classes=None,
+                                      hidden_size=hidden_size,
+                                      rnn_layers=rnn_layers),
                    num_classes=num_classes, n_tasks=n_tasks)

@@ -80,7 +80,9 @@ class MLP(nn.Module):
   """Avalanche's ``SimpleMLP``: [Linear, ReLU, Dropout] x hidden_layers + Linear.
 
   Attributes:
-    num_classes: Width of the output layer.
+    num_classes: Width of the output layer; None returns the last hidden
+      layer's activations (a backbone for :class:`jaxcl.models.MultiHead`
+      or :class:`jaxcl.models.CosineClassifier`).
     input_size: Expected number of input features after flattening; ``None``
       infers it from the data. A mismatch raises a ``ValueError``.
     hidden_size: Width of each hidden layer.
@@ -90,7 +92,7 @@ class MLP(nn.Module):
     activation: Hidden-layer activation, ``"relu"`` (default) or ``"tanh"``.
   """
 
-  num_classes: int
+  num_classes: int | None
   input_size: int | None = None
   hidden_size: int = 512
   hidden_layers: int = 1
@@ -107,8 +109,11 @@ class MLP(nn.Module):
       raise ValueError(f"MLP activation {self.activation!r} is unknown; "
                        f"expected one of {sorted(ACTIVATIONS)}.")
     _check_hidden_layers(self.hidden_layers)
-    check_sizes(self, "num_classes", "hidden_size")
+    check_sizes(self, "hidden_size",
+                *(() if self.num_classes is None else ("num_classes",)))
     for _ in range(self.hidden_layers):
       x = ACTIVATIONS[self.activation](TorchLinear(self.hidden_size)(x))
       x = _dropout(self.drop_rate, train)(x)
+    if self.num_classes is None:
+      return x
     return TorchLinear(self.num_classes)(x)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcl import _validation
+from jaxcl.models import CosineLinear
 from jaxcl.strategies import buffers, latent
 from jaxcl.strategies.base import Strategy, StrategyContext
 from jaxcl.strategies.model_utils import (init_model_state, mask_logits,
@@ -47,7 +48,15 @@ def _keys(key_path) -> tuple[str, ...]:
 def _kernel(ctx: StrategyContext, params: PyTree, model_state: PyTree
             ) -> tuple[tuple[str, ...], jax.Array]:
   """The output layer's path and its ``[features, classes]`` kernel."""
-  path = output_layer_path(ctx, params, model_state)
+  head = output_layer(ctx, params, model_state)
+  path = head.path
+  if isinstance(head.module, CosineLinear):
+    # Its zeroed columns would get a zero gradient (the cosine of a zero
+    # vector is constant), so the experience's classes would never train.
+    raise ValueError(
+        f"cwr_star and ar1 reset the output layer's columns to zero, which "
+        f"a cosine output layer ({path}) cannot train from; expected a "
+        "linear output layer (flax.linen.Dense), e.g. jaxcl.models.MLP.")
   layer = params
   for key in path:
     layer = layer[key]

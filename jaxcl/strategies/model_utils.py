@@ -5,8 +5,9 @@ gradients, distillation, exemplar features) must see the logits the loop
 trains on, so :func:`mask_logits` masks them the same way and
 :func:`task_loss` is the loop's task loss averaged over the real rows.
 Penultimate features are, by convention, the inputs of the model's output
-layer (the last ``flax.linen.Dense``, ``DenseGeneral`` or
-:class:`jaxcl.models.MultiHeadClassifier` it calls), captured with
+layer (the last ``flax.linen.Dense``, ``DenseGeneral``,
+:class:`jaxcl.models.MultiHeadClassifier` or
+:class:`jaxcl.models.CosineLinear` it calls), captured with
 ``flax.linen.intercept_methods`` (:func:`penultimate_features`).
 
 Example:
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxcl.models import MultiHeadClassifier
+from jaxcl.models import CosineLinear, MultiHeadClassifier
+from jaxcl.models.cosine import l2_normalize
 from jaxcl.strategies.base import StrategyContext
 
 __all__ = [
@@ -64,7 +66,8 @@ statistics: the evaluation counts a logit at or below ``MASK_VALUE / 2`` as
 a masked class, so a far class must stay above it (and above masked ones)."""
 
 # Output layers whose first input is the penultimate features.
-_OUTPUT_LAYERS = (nn.Dense, nn.DenseGeneral, MultiHeadClassifier)
+_OUTPUT_LAYERS = (nn.Dense, nn.DenseGeneral, MultiHeadClassifier,
+                  CosineLinear)
 
 # Rows per forward pass when a strategy featurises a whole experience.
 _CHUNK = 512
@@ -193,27 +196,6 @@ def restrict_current_classes(ctx: StrategyContext, batch: dict,
              & (jnp.arange(rows) < ctx.batch_size))[:, None]
   return {**batch, "class_mask": jnp.where(current, before & allowed,
                                            before)}
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """Rows scaled to unit L2 norm: ``x / max(‖x‖, 1e-12)`` (PyTorch's
-  ``normalize``).
-
-  A zero row stays zero, with a zero gradient: ``jnp.linalg.norm``'s is NaN
-  there, which would spoil every parameter even at weight 0, and PyTorch's
-  is ``1e12`` (a model whose outputs start at zero would take a step of
-  that size).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
-    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
-  """
-  squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  nonzero = squared > 0
-  # The inner where keeps the masked branch's gradient finite at zero.
-  norm = jnp.sqrt(jnp.maximum(jnp.where(nonzero, squared, 1.0), 1e-24))
-  return jnp.where(nonzero, x / norm, 0.0)
 
 
 def mask_logits(ctx: StrategyContext, logits: jax.Array, seen: jax.Array,
@@ -384,8 +366,8 @@ def _last_output_call(ctx: StrategyContext, params: PyTree,
   if not calls:
     raise ValueError(
         "penultimate features need a Flax model whose output layer is a "
-        "flax.linen.Dense or jaxcl.models.MultiHeadClassifier (such as "
-        "jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
+        "flax.linen.Dense, jaxcl.models.MultiHeadClassifier or CosineLinear "
+        "(such as jaxcl.models.MLP or MTMLP): its features are that layer's inputs.")
   return calls[-1]
 
 
@@ -394,8 +376,9 @@ def output_layer_call(ctx: StrategyContext, params: PyTree,
                       ) -> tuple[tuple[str, ...], jax.Array]:
   """The scope path and the inputs of the model's output layer.
 
-  The output layer is the last ``flax.linen.Dense``, ``DenseGeneral`` or
-  :class:`jaxcl.models.MultiHeadClassifier` the model calls (evaluation
+  The output layer is the last ``flax.linen.Dense``, ``DenseGeneral``,
+  :class:`jaxcl.models.MultiHeadClassifier` or
+  :class:`jaxcl.models.CosineLinear` the model calls (evaluation
   mode). The path is where its parameters sit in ``params``.
 
   Args:

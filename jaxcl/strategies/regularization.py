@@ -770,8 +770,10 @@ def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
                           classes: jax.Array, units: jax.Array) -> PyTree:
   """Zeroes the output layer's gradient for the output units trained so far.
 
-  The layer under ``path`` is a ``Dense`` (kernel ``[d, C]``, bias ``[C]``),
-  whose units are ``classes`` (``bool[C]``), or a multi-head classifier
+  The layer under ``path`` is a ``Dense`` (kernel ``[d, C]``, bias ``[C]``)
+  or a cosine layer (kernel ``[d, C]``, a scalar ``sigma``, frozen with the
+  first trained unit), whose units are ``classes`` (``bool[C]``), or a
+  multi-head classifier
   (kernel ``[T, d, C]``, bias ``[T, C]``), whose units are ``units``
   (``bool[T, C]``). jaxcl's heads hold every class and task from the start,
   so the units of classes and tasks not trained yet stay trainable, as
@@ -798,6 +800,10 @@ def _freeze_trained_units(grads: PyTree, path: tuple[str, ...],
     keys = tuple(getattr(k, "key", k) for k in key_path)
     if keys[:len(path)] != path:
       return leaf
+    if leaf.ndim == 0:
+      # A scale shared by every unit (a cosine layer's sigma) moves the
+      # trained units' outputs too.
+      return jnp.where(jnp.any(trained), jnp.zeros_like(leaf), leaf)
     mask = trained if leaf.ndim == trained.ndim else trained[..., None, :]
     return jnp.where(mask, jnp.zeros_like(leaf), leaf)
   return jax.tree_util.tree_map_with_path(visit, grads)
