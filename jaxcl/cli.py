@@ -295,7 +295,8 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   model.add_argument("--model", default="mlp",
                      help=f"one of: {', '.join(sorted(MODELS))}")
   model.add_argument("--hidden-size", type=int, default=512,
-                     help="width of each hidden layer (MLP models)")
+                     help="width of each hidden layer (MLP models, pnn) or "
+                     "of the LSTM's state (sequence_classifier models)")
   model.add_argument("--hidden-layers", type=int, default=1,
                      help="number of hidden layers (LSTM layers of "
                      "sequence_classifier models)")
@@ -717,7 +718,7 @@ def _check_flags_take_effect(args: argparse.Namespace,
     trains = True  # Refused later, with its own message.
   if not trains:
     for name in ("lr", "optimizer", "momentum", "lr_schedule",
-                 "reset_optimizer", "reset_schedule"):
+                 "reset_optimizer", "reset_schedule", "head"):
       refuse(name, f"--strategy {args.strategy} trains no parameter with "
              "the optimizer")
     if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":

@@ -137,9 +137,11 @@ def test_hidden_layers_stack_the_lstm_of_a_sequence_classifier(
     tmp_path, monkeypatch):
   model = _built_model(tmp_path, monkeypatch, "--model",
                        "sequence_classifier", "--hidden-size", "32",
-                       "--hidden-layers", "2")
-  assert (model.num_classes, model.hidden_size,
-          model.rnn_layers) == (10, 32, 2)
+                       "--hidden-layers", "2", "--head", "cosine")
+  assert isinstance(model, jaxcl.models.CosineClassifier)
+  assert model.num_classes == 10
+  assert (model.features.num_classes, model.features.hidden_size,
+          model.features.rnn_layers) == (None, 32, 2)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -150,6 +152,9 @@ def test_hidden_layers_stack_the_lstm_of_a_sequence_classifier(
     (["--model", "sequence_classifier", "--drop-rate", "0.1"],
      "--drop-rate 0.1 has no effect: --model sequence_classifier does not "
      "use it"),
+    (["--strategy", "streaming_lda", "--head", "cosine"],
+     "--head cosine has no effect: --strategy streaming_lda trains no "
+     "parameter with the optimizer"),
 ])
 def test_a_head_or_flag_the_model_cannot_take_is_refused(tmp_path, capsys,
                                                          flags, message):

@@ -67,6 +67,28 @@ def test_a_zero_feature_row_gives_zero_logits_and_finite_gradients():
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize("module, error, message", [
+    (CosineClassifier(MLP(None, hidden_size=4), num_classes=0), ValueError,
+     "num_classes must be a positive integer, got 0"),
+    (CosineClassifier(MLP(None, hidden_size=4), 3, sigma="no"), TypeError,
+     "sigma must be True or False, got 'no'"),
+    (CosineLinear(3, sigma=None), TypeError,
+     "sigma must be True or False, got None"),
+    (CosineClassifier(MLP(10), num_classes=10), ValueError,
+     "CosineClassifier needs a backbone built with num_classes=None "
+     r"\(its features\), got MLP with num_classes=10"),
+    (jaxcl.models.MultiHead(MLP(10), num_classes=2, n_tasks=2), ValueError,
+     "MultiHead needs a backbone built with num_classes=None"),
+], ids=["num_classes", "sigma", "layer_sigma", "cosine_backbone",
+        "multi_head_backbone"])
+def test_bad_arguments_are_named(module, error, message):
+  x = jnp.ones((2, 6))
+  task = ((jnp.zeros(2, jnp.int32),)
+          if isinstance(module, jaxcl.models.MultiHead) else ())
+  with pytest.raises(error, match=message):
+    module.init(jax.random.key(0), x, *task)
+
+
 def test_cosine_classifier_runs_the_backbone_in_training_mode():
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
   model = as_model(CosineClassifier(SlimResNet18(num_classes=None, nf=4),

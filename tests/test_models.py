@@ -167,7 +167,10 @@ def test_batch_norm_state_updates_in_training_and_freezes_in_evaluation():
 @pytest.mark.parametrize("module", [
     SlimResNet18(num_classes=3, nf=4), ResNet32(num_classes=3, n=1),
     MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=3,
-              n_tasks=2)], ids=["slim_resnet18", "resnet32", "multi_head"])
+              n_tasks=2),
+    jaxcl.models.CosineClassifier(SlimResNet18(num_classes=None, nf=4),
+                                  num_classes=3)],
+    ids=["slim_resnet18", "resnet32", "multi_head", "cosine"])
 def test_batch_norm_statistics_leave_out_masked_rows(module):
   model = as_model(module)
   real = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
@@ -406,6 +409,23 @@ def test_multi_head_wrapper_and_registry():
       return model.apply(params, state, x, task, False, None)[0]
 
     assert jax.eval_shape(forward).shape == (2, 7), name
+
+
+def test_mlp_features_are_the_last_hidden_layer_after_dropout():
+  x = jax.random.normal(jax.random.key(1), (4, 6))
+  module = MLP(None, hidden_size=64, drop_rate=0.5)
+  variables = module.init(jax.random.key(0), x)
+  assert set(variables["params"]) == {"TorchLinear_0"}
+  dense = variables["params"]["TorchLinear_0"]["Dense_0"]
+  hidden = np.maximum(x @ dense["kernel"] + dense["bias"], 0)
+  np.testing.assert_allclose(module.apply(variables, x), hidden, atol=1e-6)
+  dropped = module.apply(variables, x, train=True,
+                         rngs={"dropout": jax.random.key(2)})
+  # Inverted dropout: each unit zeroed or scaled by 1 / (1 - 0.5).
+  kept = np.asarray(dropped) != 0
+  assert 0.3 < kept[hidden > 0].mean() < 0.7
+  np.testing.assert_allclose(np.asarray(dropped)[kept], 2 * hidden[kept],
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("activation, fn", [("relu", lambda h: np.maximum(h, 0)),

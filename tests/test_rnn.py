@@ -155,7 +155,11 @@ def test_fit_learns_the_order_of_a_sequence_in_one_compile():
      "num_classes must be a positive integer, got 0"),
     (SequenceClassifier(3), (4,), ValueError,
      r"expects inputs \[batch, time, ...\], got inputs of shape \(4,\)"),
-], ids=["rnn_layers", "hidden_size", "num_classes", "rank"])
+    (LSTM(2), (8, 3), ValueError, r"LSTM expects inputs \[batch, time, "
+     r"features\], got inputs of shape \(8, 3\)"),
+    (LSTM(2), (2, 5, 4, 3), ValueError, r"got inputs of shape \(2, 5, 4, 3\)"),
+], ids=["rnn_layers", "hidden_size", "num_classes", "rank", "lstm_2d",
+        "lstm_4d"])
 def test_bad_sizes_and_inputs_are_named(module, shape, error, message):
   with pytest.raises(error, match=message):
     module.init(jax.random.key(0), jnp.ones(shape))

@@ -122,6 +122,22 @@ def call_features(features: nn.Module, x: Any, train: bool,
   return h.reshape((h.shape[0], -1))
 
 
+def check_backbone(wrapper: nn.Module) -> None:
+  """Refuses a ``wrapper.features`` backbone that still has its output
+  layer (``num_classes`` set): the wrapper would classify its logits.
+
+  Example:
+    >>> from jaxcl.models import MLP, MultiHead
+    >>> check_backbone(MultiHead(MLP(None), num_classes=2, n_tasks=2))
+  """
+  classes = getattr(wrapper.features, "num_classes", None)
+  if classes is not None:
+    raise ValueError(
+        f"{type(wrapper).__name__} needs a backbone built with "
+        f"num_classes=None (its features), got "
+        f"{type(wrapper.features).__name__} with num_classes={classes!r}.")
+
+
 def stream_keys(key: jax.Array, streams: Sequence[str]
                 ) -> dict[str, jax.Array]:
   """One key per random stream: ``dropout`` gets ``key`` itself, any other

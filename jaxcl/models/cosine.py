@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxcl.models.adapter import call_features
+from jaxcl import _validation
+from jaxcl.models.adapter import call_features, check_backbone
 from jaxcl.models.mlp import check_sizes
 
 __all__ = ["CosineClassifier", "CosineLinear", "l2_normalize"]
@@ -79,6 +80,7 @@ class CosineLinear(nn.Module):
   @nn.compact
   def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
     check_sizes(self, "features")
+    _validation.check_bool("sigma", self.sigma)
     bound = 1.0 / np.sqrt(inputs.shape[-1])
     kernel = self.param(
         "kernel", lambda key, shape: jax.random.uniform(
@@ -118,5 +120,8 @@ class CosineClassifier(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    check_backbone(self)
+    check_sizes(self, "num_classes")
+    _validation.check_bool("sigma", self.sigma)
     h = call_features(self.features, x, train, batch_stats_mask)
     return CosineLinear(self.num_classes, self.sigma, name="head")(h)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxcl.models.adapter import call_features
+from jaxcl.models.adapter import call_features, check_backbone
 from jaxcl.models.cnn import SimpleCNN
 from jaxcl.models.mlp import (TorchLinear, _check_hidden_layers, _dropout,
                               check_sizes,
@@ -111,6 +111,7 @@ class MultiHead(nn.Module):
   def __call__(self, x: jnp.ndarray, task: jnp.ndarray,
                train: bool = False,
                batch_stats_mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    check_backbone(self)
     h = call_features(self.features, x, train, batch_stats_mask)
     return MultiHeadClassifier(self.num_classes, self.n_tasks,
                                name="heads")(h, task)

@@ -61,6 +61,9 @@ class LSTM(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if x.ndim != 3:
+      raise ValueError(f"LSTM expects inputs [batch, time, features], got "
+                       f"inputs of shape {x.shape}.")
     check_sizes(self, "hidden_size", "num_layers")
     bound = 1.0 / np.sqrt(self.hidden_size)
 

@@ -818,7 +818,8 @@ def lfl(lambda_e: float | Sequence[float] = 1e-4,
   samples and feature units) between the current and the teacher's
   penultimate features, both computed in evaluation mode. Features are the
   inputs of the model's output layer, the last ``flax.linen.Dense`` (or
-  :class:`jaxcl.models.MultiHeadClassifier`) it calls, found with
+  :class:`jaxcl.models.MultiHeadClassifier` or
+  :class:`jaxcl.models.CosineLinear`) it calls, found with
   ``flax.linen.intercept_methods``. The output units trained in earlier
   experiences are frozen: their gradient is zeroed (with plain SGD that
   freezes them; optimizers with momentum or weight decay still move them,
