@@ -333,7 +333,16 @@ def _parser(keep_defaults: bool) -> argparse.ArgumentParser:
   train.add_argument("--lr-schedule", default="constant",
                      help="learning-rate schedule: constant, cosine, linear "
                      "(both to 0) or step (x0.1 at 50%% and 75%%), over each "
-                     "experience with --reset-schedule, else over the stream")
+                     "experience with --reset-schedule, else over the stream; "
+                     "or plateau: x --plateau-factor after --plateau-patience "
+                     "epochs without a lower training loss (Avalanche's "
+                     "ReduceLROnPlateau on train_loss)")
+  train.add_argument("--plateau-patience", type=int, default=10,
+                     help="epochs without improvement before "
+                     "--lr-schedule plateau lowers the rate (PyTorch's 10)")
+  train.add_argument("--plateau-factor", type=float, default=0.1,
+                     help="what --lr-schedule plateau multiplies the rate by "
+                     "(PyTorch's 0.1)")
   train.add_argument("--reset-schedule", action="store_true",
                      help="restart the learning-rate schedule at every "
                      "experience")
@@ -590,7 +599,13 @@ def _check_args(args: argparse.Namespace,
   if watch["early_stopping"] is not None:
     watch["early_stopping"].validate()
   from jaxcl.training.optim import SCHEDULES
-  _validation.check_choice("--lr-schedule", args.lr_schedule, SCHEDULES)
+  _validation.check_choice("--lr-schedule", args.lr_schedule,
+                           (*SCHEDULES, "plateau"))
+  _validation.check_non_negative_int("--plateau-patience",
+                                     args.plateau_patience)
+  _validation.check_in_range("--plateau-factor", args.plateau_factor,
+                             low=0.0, high=1.0, low_inclusive=False,
+                             high_inclusive=False)
   sweep_name, sweep_values = _sweep(args)
   if sweep_name == "lr":
     if args.lr_schedule != "constant":
@@ -696,6 +711,9 @@ def _check_flags_take_effect(args: argparse.Namespace,
         refuse(name, f"{flag} {getattr(args, component)} does not use it")
   if args.lr_schedule == "constant":
     refuse("reset_schedule", "--lr-schedule is constant")
+  if args.lr_schedule != "plateau":
+    for name in ("plateau_patience", "plateau_factor"):
+      refuse(name, f"--lr-schedule is {args.lr_schedule}, not plateau")
   if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
     refuse("lr", "--sweep lr=... sets the learning rates")
   from jaxcl.strategies import (REGISTRY, from_spec, open_parameters,
@@ -712,13 +730,21 @@ def _check_flags_take_effect(args: argparse.Namespace,
         + (f"sets {unused[0]} itself" if set_in_spec else "does not use it")
         + f"; expected to leave it out (its flags: {flags}).")
   try:
-    trains = from_spec(args.strategy,
-                       **_strategy_hparams(args)).trains_with_optimizer
+    built = from_spec(args.strategy, **_strategy_hparams(args))
   except (ValueError, TypeError):
-    trains = True  # Refused later, with its own message.
+    built = None  # Refused later, with its own message.
+  trains = built is None or built.trains_with_optimizer
+  if built is not None and built.update is not None and (
+      args.lr_schedule == "plateau"):
+    raise ValueError(
+        f"--lr-schedule plateau: --strategy {args.strategy} makes its own "
+        "optimizer updates (several per batch, without the batch's loss), "
+        "which the plateau schedule needs for each; expected another "
+        "--lr-schedule.")
   if not trains:
     for name in ("lr", "optimizer", "momentum", "lr_schedule",
-                 "reset_optimizer", "reset_schedule", "head"):
+                 "reset_optimizer", "reset_schedule", "head",
+                 "plateau_patience", "plateau_factor"):
       refuse(name, f"--strategy {args.strategy} trains no parameter with "
              "the optimizer")
     if args.sweep is not None and args.sweep.partition("=")[0].strip() == "lr":
@@ -866,17 +892,29 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
   return name, _numbers("--sweep", values, float)
 
 
-def _optimizer(args: argparse.Namespace, lr: Any, optax, inject: bool = False):
+def _optimizer(args: argparse.Namespace, lr: Any, optax, epoch_steps: int,
+               inject: bool = False):
   """The optimizer of ``--optimizer``; ``inject`` puts lr in its state.
 
-  ``lr`` is a number or an optax schedule.
+  ``lr`` is a number or an optax schedule. With ``--lr-schedule plateau``
+  the updates are scaled by ``optax.contrib.reduce_on_plateau`` on the
+  training loss averaged over ``epoch_steps`` steps (an epoch).
   """
   if args.optimizer == "sgd":
     make = lambda learning_rate: optax.sgd(learning_rate,
                                            momentum=args.momentum or None)
   else:
     make = optax.adam
-  return optax.inject_hyperparams(make)(learning_rate=lr) if inject else make(lr)
+  optimizer = (optax.inject_hyperparams(make)(learning_rate=lr) if inject
+               else make(lr))
+  if args.lr_schedule != "plateau":
+    return optimizer
+  # PyTorch's ReduceLROnPlateau defaults: relative threshold 1e-4, no
+  # cooldown, no floor. It lowers the rate after `patience` + 1 epochs
+  # without improvement, optax's after `patience`.
+  return optax.chain(optimizer, optax.contrib.reduce_on_plateau(
+      factor=args.plateau_factor, patience=args.plateau_patience + 1,
+      rtol=1e-4, accumulation_size=epoch_steps))
 
 
 def _metric_selection(args):
@@ -896,16 +934,23 @@ def _learning_rate(args: argparse.Namespace, strategy, benchmark) -> Any:
   trains them (cumulative and joint enlarge them): the largest experience's
   when it restarts at every experience, else the whole stream's.
   """
-  if args.lr_schedule == "constant":
+  if args.lr_schedule in ("constant", "plateau"):
     return args.lr
   from jaxcl.training.optim import schedule
-  stream = benchmark.train_stream
-  steps = [args.epochs * math.ceil(
-      len(strategy.adapt_data(e, stream, args.seed)) / args.batch_size)
-           for e in stream]
+  steps = [args.epochs * epoch
+           for epoch in _steps_per_epoch(args, strategy, benchmark)]
   restarts = args.reset_schedule or args.reset_optimizer
   return schedule(args.lr_schedule, args.lr,
                   max(steps) if restarts else sum(steps))
+
+
+def _steps_per_epoch(args: argparse.Namespace, strategy,
+                     benchmark) -> list[int]:
+  """Each experience's optimizer steps per epoch, as the strategy trains it
+  (cumulative and joint enlarge the experiences)."""
+  stream = benchmark.train_stream
+  return [math.ceil(len(strategy.adapt_data(e, stream, args.seed))
+                    / args.batch_size) for e in stream]
 
 
 def _watch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -1301,11 +1346,15 @@ def _run_on_joined_hosts(args: argparse.Namespace,
                     loss=jaxcl.training.smoothed_cross_entropy(
                         args.label_smoothing))
   lr = _learning_rate(args, strategy, benchmark)
+  # reduce_on_plateau averages the loss over the largest experience's epoch.
+  epoch_steps = (max(_steps_per_epoch(args, strategy, benchmark))
+                 if args.lr_schedule == "plateau" else 1)
   try:
     if writer is not None and args.image_samples:
       loggers.write_image_samples(writer, benchmark, seed=args.seed)
     if sweep_name is None:
-      result = jaxcl.fit(model, strategy, _optimizer(args, lr, optax),
+      result = jaxcl.fit(model, strategy,
+                         _optimizer(args, lr, optax, epoch_steps),
                          benchmark, seed=args.seed, seeds=seeds, **fit_kwargs)
     else:
       hparams = _strategy_hparams(args)
@@ -1314,8 +1363,9 @@ def _run_on_joined_hosts(args: argparse.Namespace,
           strategy=(strategy if sweep_name == "lr" else lambda v:
                     jaxcl.strategies.from_spec(args.strategy,
                                                **{**hparams, sweep_name: v})),
-          optimizer=(lambda v: _optimizer(args, v, optax, inject=True))
-          if sweep_name == "lr" else _optimizer(args, lr, optax),
+          optimizer=(lambda v: _optimizer(args, v, optax, epoch_steps,
+                                          inject=True))
+          if sweep_name == "lr" else _optimizer(args, lr, optax, epoch_steps),
           **fit_kwargs)
     if writer is not None:
       _write_images(writer, logdir, result, sweep_name)

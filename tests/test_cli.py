@@ -9,7 +9,9 @@ import sys
 
 import jax
 import jax.lib
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import compilation_cache_in, make_benchmark
 
@@ -155,6 +157,14 @@ def test_hidden_layers_stack_the_lstm_of_a_sequence_classifier(
     (["--strategy", "streaming_lda", "--head", "cosine"],
      "--head cosine has no effect: --strategy streaming_lda trains no "
      "parameter with the optimizer"),
+    (["--strategy", "mer", "--lr-schedule", "plateau"],
+     "--lr-schedule plateau: --strategy mer makes its own optimizer updates"),
+    (["--plateau-patience", "3"], "--plateau-patience 3 has no effect: "
+     "--lr-schedule is constant, not plateau"),
+    (["--lr-schedule", "plateau", "--plateau-factor", "1"],
+     "--plateau-factor must be in (0, 1), got 1.0"),
+    (["--lr-schedule", "plateau", "--plateau-patience", "-1"],
+     "--plateau-patience must be a non-negative integer, got -1"),
 ])
 def test_a_head_or_flag_the_model_cannot_take_is_refused(tmp_path, capsys,
                                                          flags, message):
@@ -726,6 +736,38 @@ def test_lr_schedule_spans_the_steps_the_strategy_trains():
   assert length(naive(), reset=False) == 6
   assert length(cumulative(), reset=False) == 9
   assert length(cumulative(), reset=True) == 6
+
+
+def test_lr_schedule_plateau_chains_reduce_on_plateau_over_an_epoch(
+    tmp_path, monkeypatch):
+  given = []
+
+  def fit(model, strategy, optimizer, *args, **kwargs):
+    given.append(optimizer)
+    raise KeyboardInterrupt  # Stops the run once fit is called.
+
+  monkeypatch.setattr(jaxcl, "fit", fit)
+  with pytest.raises(KeyboardInterrupt):
+    cli.main(["run", "--n-experiences", "2", "--lr-schedule", "plateau",
+              "--plateau-patience", "0", "--plateau-factor", "0.5",
+              "--batch-size", "100", "--lr", "0.1", "--logdir",
+              str(tmp_path / "run"), "--quiet", "--no-progress",
+              "--no-tensorboard", "--compilation-cache", ""])
+  params = {"w": jnp.ones(2)}
+  optimizer = given[0]
+  state = optimizer.init(params)
+  plateau = state[-1]
+  assert isinstance(plateau, optax.contrib.ReduceLROnPlateauState)
+  # The larger of the two bundled SplitMNIST experiences, in batches of 100.
+  bench = jaxcl.benchmarks.split_mnist(n_experiences=2)
+  epoch = max(-(-len(e) // 100) for e in bench.train_stream)
+  grads = {"w": jnp.ones(2)}
+  for step in range(2 * epoch):
+    # A loss that never falls: the second epoch's average is a plateau of
+    # patience 0, which halves the scale once it closes.
+    updates, state = optimizer.update(grads, state, params, value=1.0)
+    assert float(state[-1].scale) == (0.5 if step == 2 * epoch - 1 else 1.0)
+  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones(2))
 
 
 def test_the_mean_accuracy_matrix_covers_the_runs_that_stayed_finite():

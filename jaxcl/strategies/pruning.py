@@ -277,10 +277,12 @@ def packnet(post_prune_epochs: int = 1,
         x = ctx.augment(x, augment_key)
       rows_batch = {"x": x, "y": data.y[rows], "task": data.task[rows],
                     "weight": weight}
-      grads = jax.grad(task_loss, argnums=1)(
+      loss, grads = jax.value_and_grad(task_loss, argnums=1)(
           ctx, params, state.model_state, rows_batch, state.seen_classes,
           True, dropout_key)
-      updates, new_opt = ctx.optimizer.update(grads, opt_state, params)
+      updates, new_opt = ctx.optimizer.update(
+          grads, opt_state, params, **optim.loss_arguments(ctx.optimizer,
+                                                           loss))
       # Masking the updates holds frozen and pruned entries exactly, whatever
       # the optimizer (momentum, weight decay).
       new = (optax.apply_updates(params, _masked(updates, trainable)),

@@ -36,7 +36,7 @@ from jaxcl.evaluation import cl_metrics, class_metrics, selection, system
 from jaxcl.loggers.formatting import format_swept_value
 from jaxcl.models.adapter import as_model
 from jaxcl.strategies.base import Strategy, StrategyContext
-from jaxcl.training import _runs, loop, periodic, streaming
+from jaxcl.training import _runs, loop, optim, periodic, streaming
 from jaxcl.training.loop import Loss
 from jaxcl.training.state import (
     ExperienceData,
@@ -688,8 +688,9 @@ def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
     params, opt_state = jax.tree.map(lambda a, i=i: a[i],
                                      (state.params, state.opt_state))
     grads = jax.tree.map(np.ones_like, params)
-    ours, theirs = (jax.tree.leaves(run.optimizer.update(grads, opt_state,
-                                                         params)[0])
+    ours, theirs = (jax.tree.leaves(run.optimizer.update(
+        grads, opt_state, params, **optim.loss_arguments(run.optimizer,
+                                                         1.0))[0])
                     for run in (runs[0], runs[i]))
     if not all(np.array_equal(a, b) for a, b in zip(ours, theirs)):
       raise raised_on_every_host(ValueError(
@@ -853,6 +854,12 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
+  if strategy.update is not None and optim.has_plateau(state_shape.opt_state):
+    raise ValueError(
+        f"{strategy.name} makes its own optimizer updates (several per batch, "
+        "without the batch's loss), which optax.contrib.reduce_on_plateau "
+        "needs for each; expected an optimizer without reduce_on_plateau "
+        "(a schedule as its learning rate instead).")
 
   def put_training(indices: Sequence[int], in_flight: Any) -> ExperienceData:
     """Experiences ``indices`` on the devices (one, or a block of them).

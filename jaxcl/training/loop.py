@@ -301,8 +301,10 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
     return (strategy.transform_batch(ctx, state.cl_state, batch, batch_key),
             tuple(keys))
 
-  def apply_updates(state: TrainState, grads):
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  def apply_updates(state: TrainState, grads, loss=None):
+    extra = {} if loss is None else optim.loss_arguments(optimizer, loss)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                          **extra)
     return state.replace(params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state)
 
@@ -313,7 +315,7 @@ def _step_parts(ctx: StrategyContext, strategy: Strategy,
         loss_fn, has_aux=True)(state.params, state, batch, dropout_key,
                                augment)
     grads = strategy.transform_grads(ctx, grads, state, batch, grads_key)
-    return (apply_updates(state, grads).replace(model_state=model_state),
+    return (apply_updates(state, grads, loss).replace(model_state=model_state),
             grads, loss, logits)
 
   # A strategy's own updates hold the schedules: every update of a batch

@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxcl import _validation
 
-__all__ = ["SCHEDULES", "one_schedule_step", "reset_optimizer_state",
-           "restart_schedules", "schedule"]
+__all__ = ["SCHEDULES", "has_plateau", "loss_arguments", "one_schedule_step",
+           "reset_optimizer_state", "restart_schedules", "schedule"]
 
 # Optimizer states whose `count` drives a schedule (not Adam's bias correction).
 _SCHEDULE_STATES = (optax.ScaleByScheduleState, optax.InjectHyperparamsState,
@@ -37,8 +38,49 @@ _INJECT_STATES = (optax.InjectHyperparamsState,
                   optax.InjectStatefulHyperparamsState)
 
 
+# optax.contrib.reduce_on_plateau: a learning-rate scale driven by the loss.
+_PLATEAU_STATES = (optax.contrib.ReduceLROnPlateauState,)
+
+
 def _is_schedule_state(node: Any) -> bool:
   return isinstance(node, _SCHEDULE_STATES)
+
+
+def _is_node(node: Any) -> bool:
+  return isinstance(node, _SCHEDULE_STATES + _PLATEAU_STATES)
+
+
+def loss_arguments(optimizer: optax.GradientTransformation,
+                   loss: Any) -> dict[str, Any]:
+  """The extra arguments of ``optimizer.update`` for a step of ``loss``.
+
+  Optimizers that take extra arguments (``optax.GradientTransformation
+  ExtraArgs``, which ``optax.chain`` and optax's own optimizers are) get the
+  step's training loss as ``value``, which
+  ``optax.contrib.reduce_on_plateau`` reads and the others ignore.
+
+  Example:
+    >>> import optax
+    >>> loss_arguments(optax.sgd(0.1), 0.5)
+    {'value': 0.5}
+  """
+  if isinstance(optimizer, optax.GradientTransformationExtraArgs):
+    return {"value": loss}
+  return {}
+
+
+def has_plateau(opt_state: optax.OptState) -> bool:
+  """Whether ``opt_state`` holds an ``optax.contrib.reduce_on_plateau``
+  state (works on shapes from ``jax.eval_shape`` too).
+
+  Example:
+    >>> import optax, jax.numpy as jnp
+    >>> opt = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())
+    >>> has_plateau(opt.init({"w": jnp.ones(2)}))
+    True
+  """
+  return any(isinstance(node, _PLATEAU_STATES) for node in jax.tree.leaves(
+      opt_state, is_leaf=lambda n: isinstance(n, _PLATEAU_STATES)))
 
 
 def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
@@ -47,6 +89,8 @@ def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
   Momentum, Adam moments and bias-correction counts are kept; only the
   learning-rate (or any injected hyperparameter) schedules start over, as
   Avalanche's ``LRSchedulerPlugin(reset_scheduler=True, reset_lr=True)``.
+  An ``optax.contrib.reduce_on_plateau`` starts over too: scale 1, no best
+  loss, no plateau (Avalanche's ``ReduceLROnPlateau`` rebuilt).
 
   Args:
     opt_state: The state of an optax optimizer.
@@ -55,6 +99,12 @@ def restart_schedules(opt_state: optax.OptState) -> optax.OptState:
     The same state with its schedules at step 0.
   """
   def restart(node):
+    if isinstance(node, _PLATEAU_STATES):
+      return node._replace(
+          scale=jnp.ones_like(node.scale),
+          best_value=jnp.full_like(node.best_value, jnp.inf),
+          **{name: jnp.zeros_like(getattr(node, name)) for name in (
+              "plateau_count", "cooldown_count", "count", "avg_value")})
     if not _is_schedule_state(node):
       return node
     node = node._replace(count=node.count * 0)
@@ -143,8 +193,9 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
     optimizer: The optimizer whose state is reset.
     opt_state: Its current state.
     params: The parameters the new state is built for.
-    keep_schedules: Also keep the schedules' step counts (momentum and
-      Adam's moments still start over), as a strategy that builds a new
+    keep_schedules: Also keep the schedules' step counts and
+      ``reduce_on_plateau``'s state (momentum and Adam's moments still
+      start over), as a strategy that builds a new
       optimizer for a new model keeps the learning rate where it was
       (Avalanche's ``make_optimizer``).
 
@@ -159,6 +210,8 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
     return new
 
   def keep_counts(new, old):
+    if isinstance(new, _PLATEAU_STATES):
+      return old
     if not _is_schedule_state(new):
       return new
     new = new._replace(count=old.count)
@@ -174,8 +227,8 @@ def reset_optimizer_state(optimizer: optax.GradientTransformation,
 
 
 def _map_nodes(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-  """Applies ``fn`` to the schedule/inject state nodes of ``tree``."""
-  return jax.tree.map(fn, tree, *rest, is_leaf=_is_schedule_state)
+  """Applies ``fn`` to the schedule/inject/plateau state nodes of ``tree``."""
+  return jax.tree.map(fn, tree, *rest, is_leaf=_is_node)
 
 
 def _multi_step(learning_rate: float, steps: int,
