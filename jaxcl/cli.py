@@ -603,15 +603,18 @@ def _check_args(args: argparse.Namespace,
                            (*SCHEDULES, "plateau"))
   _validation.check_non_negative_int("--plateau-patience",
                                      args.plateau_patience)
+  if args.plateau_patience > _MAX_PLATEAU_PATIENCE:  # optax's int32 count.
+    raise ValueError(f"--plateau-patience must be at most "
+                     f"{_MAX_PLATEAU_PATIENCE}, got {args.plateau_patience}.")
   _validation.check_in_range("--plateau-factor", args.plateau_factor,
                              low=0.0, high=1.0, low_inclusive=False,
                              high_inclusive=False)
   sweep_name, sweep_values = _sweep(args)
   if sweep_name == "lr":
-    if args.lr_schedule != "constant":
-      raise ValueError(f"--sweep lr=... needs --lr-schedule constant, got "
-                       f"{args.lr_schedule!r}: a swept schedule would need "
-                       "one program per value.")
+    if args.lr_schedule not in ("constant", "plateau"):
+      raise ValueError(f"--sweep lr=... needs --lr-schedule constant or "
+                       f"plateau, got {args.lr_schedule!r}: a swept schedule "
+                       "would need one program per value.")
     for value in sweep_values:
       _validation.check_float32_positive("--sweep lr values", value)
   _validation.check_float32_positive("--lr", args.lr)
@@ -890,6 +893,10 @@ def _sweep(args: argparse.Namespace) -> tuple[str | None, list[float]]:
         "a number; --sweep varies numeric hyperparameters (run the choices "
         "as separate jaxcl run commands).")
   return name, _numbers("--sweep", values, float)
+
+
+# optax counts a plateau's epochs in int32, up to patience + 1.
+_MAX_PLATEAU_PATIENCE = 2**31 - 2
 
 
 def _optimizer(args: argparse.Namespace, lr: Any, optax, epoch_steps: int,

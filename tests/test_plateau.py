@@ -63,6 +63,57 @@ def test_reset_schedule_restarts_the_plateau(reset_schedule):
     assert scale <= 0.5 ** 4
 
 
+def test_the_loss_includes_the_strategys_penalty():
+  penalised = naive()._replace(
+      penalty=lambda ctx, params, cl_state, batch, logits: jnp.asarray(3.0))
+  benchmark = make_benchmark(n_experiences=1, per_class=8)
+  optimizer = optax.chain(optax.sgd(0.0), optax.contrib.reduce_on_plateau(
+      accumulation_size=4))
+  result = jaxcl.fit(MLP(4, hidden_size=8, drop_rate=0.0), penalised,
+                     optimizer, benchmark, batch_size=8, seed=0)
+  _, _, plain = _frozen_fit(1, epochs=1)
+  np.testing.assert_allclose(
+      float(_plateau(result.state.opt_state).best_value),
+      float(_plateau(plain.state.opt_state).best_value) + 3.0, rtol=1e-6)
+
+
+def test_a_learning_rate_sweep_runs_with_a_plateau_in_one_program():
+  make = lambda lr: optax.chain(
+      optax.inject_hyperparams(optax.sgd)(learning_rate=lr),
+      optax.contrib.reduce_on_plateau(patience=1, factor=0.5,
+                                      accumulation_size=2))
+  result = jaxcl.sweep(MLP(4, hidden_size=8, drop_rate=0.0),
+                       make_benchmark(n_experiences=2, per_class=8),
+                       [0.0, 0.5], strategy=naive(), optimizer=make,
+                       epochs=3, batch_size=8, reset_schedule=True)
+  scales = _plateau(result.runs[0].state.opt_state).scale, _plateau(
+      result.runs[1].state.opt_state).scale
+  # The frozen run plateaus in the 2 windows after the first of the last
+  # experience; the trained one's loss falls at first.
+  assert float(scales[0]) == 0.5 ** 2 and float(scales[1]) > 0.5 ** 2
+
+
+def test_packnet_fine_tunes_with_a_plateau_optimizer():
+  benchmark = make_benchmark(n_experiences=2, per_class=8,
+                             return_task_id=True)
+  optimizer = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau(
+      accumulation_size=2))
+  result = jaxcl.fit(MLP(4, hidden_size=8, drop_rate=0.0),
+                     jaxcl.strategies.packnet(post_prune_epochs=1),
+                     optimizer, benchmark, batch_size=8, seed=0)
+  assert np.all(np.isfinite(result.accuracy_matrix))
+
+
+def test_a_plateau_out_of_reach_of_the_loss_is_refused():
+  inner = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau())
+  plain = optax.GradientTransformation(inner.init, inner.update)
+  with pytest.raises(ValueError, match="optimizer holds optax.contrib."
+                     "reduce_on_plateau, which needs each step's loss, but is "
+                     "a GradientTransformation"):
+    jaxcl.fit(MLP(4, hidden_size=8), naive(), plain, make_benchmark(),
+              batch_size=8)
+
+
 def test_a_falling_loss_keeps_the_scale():
   benchmark = make_benchmark(n_experiences=1, per_class=32)
   optimizer = optax.chain(optax.sgd(0.1), optax.contrib.reduce_on_plateau(

@@ -854,6 +854,14 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
                     out_shardings=place.state)
   seeds = np.array([r.seed for r in runs], np.uint32)
   state_shape = jax.eval_shape(init_fn, seeds)
+  if optim.has_plateau(state_shape.opt_state) and not isinstance(
+      optimizer, optax.GradientTransformationExtraArgs):
+    raise ValueError(
+        f"optimizer holds optax.contrib.reduce_on_plateau, which needs each "
+        f"step's loss, but is a {type(optimizer).__name__}, to which fit "
+        "passes no extra arguments; expected an optax."
+        "GradientTransformationExtraArgs, e.g. optax.chain(optimizer, "
+        "optax.contrib.reduce_on_plateau(...)).")
   if strategy.update is not None and optim.has_plateau(state_shape.opt_state):
     raise ValueError(
         f"{strategy.name} makes its own optimizer updates (several per batch, "
