@@ -59,6 +59,7 @@ def _ceil_pool(x):
   return x.reshape(n, hh // 2, 2, ww // 2, 2, c).max(axis=(2, 4))
 
 
+@pytest.mark.xdist_group("dualnet-updating")
 def test_model_gates_the_slow_stages_with_the_fast_convolutions(tiny):
   model, variables, x = tiny
   params, stats = variables["params"], variables["batch_stats"]
@@ -85,6 +86,7 @@ def test_model_gates_the_slow_stages_with_the_fast_convolutions(tiny):
                              atol=1e-6)
 
 
+@pytest.mark.xdist_group("dualnet-updating")
 def test_projection_is_the_projector_on_the_pooled_slow_trunk(tiny):
   model, variables, x = tiny
   stages = model.apply(variables, x,
@@ -195,7 +197,7 @@ def _batch(seed=2, rows=4):
 @pytest.fixture(scope="module")
 def updating():
   """``(strategy, ctx, state, update)``: a fresh state and the compiled
-  batch update."""
+  batch update (its tests share an xdist group: one worker compiles it)."""
   strategy = dual_net(inner_steps=2, n_outer=1, mem_size=8, batch_size_mem=3,
                       temperature=T, memory_strength=STRENGTH, slow_lr=0.5,
                       ssl_batch_size=4)
@@ -212,6 +214,7 @@ def _with(state, beta, lr):
       beta=jnp.float32(beta)), opt_state=opt_state)
 
 
+@pytest.mark.xdist_group("dualnet-updating")
 def test_slow_update_keeps_beta_of_the_change_of_slow_weights_and_stats(
     updating):
   _, _, before, update = updating
@@ -235,6 +238,7 @@ def test_slow_update_keeps_beta_of_the_change_of_slow_weights_and_stats(
                      before.model_state["batch_stats"]["fast"], atol=0)
 
 
+@pytest.mark.xdist_group("dualnet-updating")
 def test_fast_update_steps_on_avalanches_loss(updating):
   _, ctx, state, update = updating
   # Three samples in the memory: each step draws them all.
@@ -261,13 +265,14 @@ def test_fast_update_steps_on_avalanches_loss(updating):
     return (ce(current, batch["y"]) + ce(replay, memory["y"])
             + STRENGTH * kl / N_CLASSES)
 
+  @jax.jit  # One step compiled, run twice: half the program of two.
   def step(params):
     return jax.tree.map(lambda p, g: p - LR * g, params,
                         jax.grad(loss)(params))
 
   # Two inner steps; the batch statistics in the reference stay at the
   # state's, which training-mode forward passes do not read.
-  expected = jax.jit(lambda p: step(step(p)))(state.params)
+  expected = step(step(state.params))
   # float32 through batch norm over 3 rows of 1x1 maps is ill-conditioned:
   # the update agrees to a small fraction of its size (in float64, 1e-6).
   flat = lambda tree: jnp.concatenate([a.ravel() for a in
@@ -279,13 +284,16 @@ def test_fast_update_steps_on_avalanches_loss(updating):
   assert not np.allclose(bias(new.params), bias(state.params))
 
 
+@pytest.mark.xdist_group("dualnet-updating")
 def test_memory_stores_the_experience_with_its_eval_mode_logits(updating):
   strategy, ctx, state, _ = updating
   batch = _batch(seed=7, rows=6)
   # Five samples padded to six rows.
   data = device_experience(np.asarray(batch["x"][:5]), [0, 1, 2, 0, 1], 0, 6,
                            N_CLASSES)
-  new = strategy.end_experience(ctx, state, data, jax.random.key(0))
+  # Compiled: eager, the ResNet runs op by op (slower).
+  new = jax.jit(lambda state, data: strategy.end_experience(
+      ctx, state, data, jax.random.key(0)))(state, data)
   memory = new.cl_state.memory
   assert int(buffers.size(memory)) == 5
   logits, _ = ctx.model.apply(state.params, state.model_state, batch["x"],
@@ -419,8 +427,9 @@ def test_color_jitter_adjustments_are_torchvisions(kwargs, expected):
 def test_color_jitter_orders_at_random_and_applies_with_probability():
   augment = jaxcl.benchmarks.augment
   x = _images(n=64)
-  out = np.asarray(augment.color_jitter(brightness=(2.0, 2.0),
-                                        contrast=(0.5, 0.5))(
+  # Each augmentation compiled, as training runs it (eager is slower).
+  out = np.asarray(jax.jit(augment.color_jitter(brightness=(2.0, 2.0),
+                                                contrast=(0.5, 0.5)))(
       jnp.asarray(x), jax.random.key(1)))
   bright_first = _blend_np(
       _blend_np(x, 0, 2.0),
@@ -435,9 +444,10 @@ def test_color_jitter_orders_at_random_and_applies_with_probability():
   # One channel: saturation and hue leave the image as it is.
   gray = _images(channels=1)
   np.testing.assert_array_equal(
-      augment.color_jitter(saturation=0.5, hue=0.5)(jnp.asarray(gray),
-                                                    jax.random.key(2)), gray)
-  kept = augment.color_jitter(brightness=(2.0, 2.0), probability=0.5)(
+      jax.jit(augment.color_jitter(saturation=0.5, hue=0.5))(
+          jnp.asarray(gray), jax.random.key(2)), gray)
+  kept = jax.jit(augment.color_jitter(brightness=(2.0, 2.0),
+                                      probability=0.5))(
       jnp.asarray(x), jax.random.key(3))
   unchanged = np.all(np.asarray(kept) == x, axis=(1, 2, 3))
   assert 0.25 < unchanged.mean() < 0.75
@@ -445,10 +455,10 @@ def test_color_jitter_orders_at_random_and_applies_with_probability():
   # to [0, 1], no HSV round trip (torchvision's ColorJitter() is a no-op).
   outside = jnp.asarray([[[[1.5, -0.2, 0.3]]]], jnp.float32)
   np.testing.assert_array_equal(
-      augment.color_jitter()(outside, jax.random.key(0)), outside)
+      jax.jit(augment.color_jitter())(outside, jax.random.key(0)), outside)
   np.testing.assert_allclose(
-      augment.color_jitter(brightness=(1.0, 1.0))(outside, jax.random.key(0)),
-      [[[[1.0, 0.0, 0.3]]]], rtol=1e-6)
+      jax.jit(augment.color_jitter(brightness=(1.0, 1.0)))(
+          outside, jax.random.key(0)), [[[[1.0, 0.0, 0.3]]]], rtol=1e-6)
 
 
 def _blur_np(x, k, sigma):
@@ -466,17 +476,19 @@ def _blur_np(x, k, sigma):
 def test_gaussian_blur_is_torchvisions():
   augment = jaxcl.benchmarks.augment
   x = np.random.default_rng(4).uniform(0, 1, (3, 6, 5, 2)).astype(np.float32)
+  # Each blur compiled, as training runs it (eager is slower).
   np.testing.assert_allclose(
-      augment.gaussian_blur(5, sigma=0.8)(jnp.asarray(x), jax.random.key(0)),
+      jax.jit(augment.gaussian_blur(5, sigma=0.8))(jnp.asarray(x),
+                                                   jax.random.key(0)),
       _blur_np(x, 5, 0.8), rtol=1e-5, atol=1e-6)
   ints = _images(channels=3)
   np.testing.assert_allclose(
-      augment.gaussian_blur(3, sigma=(1.3, 1.3))(jnp.asarray(ints),
-                                                 jax.random.key(0)),
+      jax.jit(augment.gaussian_blur(3, sigma=(1.3, 1.3)))(jnp.asarray(ints),
+                                                          jax.random.key(0)),
       np.round(_blur_np(ints, 3, 1.3)), atol=1)
   # sigma drawn per image from its range: two images blur differently.
   same = np.ones((2, 5, 5, 1), np.float32) * np.arange(5.0)[:, None]
-  out = np.asarray(augment.gaussian_blur(3, (0.1, 2.0))(
+  out = np.asarray(jax.jit(augment.gaussian_blur(3, (0.1, 2.0)))(
       jnp.asarray(same), jax.random.key(5)))
   assert not np.allclose(out[0], out[1])
   with pytest.raises(ValueError, match="kernel_size must be odd"):

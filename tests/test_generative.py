@@ -115,7 +115,8 @@ def _strategy(**kwargs):
 
 @functools.cache
 def _initial_state():
-  """The initial state of every :func:`_strategy` (one compile for all)."""
+  """The initial state of every :func:`_strategy` (one compile for all; its
+  tests share an xdist group, so that one worker compiles it)."""
   return jax.jit(lambda: _strategy().init(_ctx(LINEAR), SOLVER,
                                           jax.random.key(0)))()
 
@@ -136,6 +137,7 @@ def _jitted_transform(strategy, ctx):
       ctx, cl_state, batch, key))
 
 
+@pytest.mark.xdist_group("generative-initial-state")
 def test_generated_samples_are_labelled_by_the_old_solver_over_seen_classes():
   ctx = _ctx(LINEAR)
   strategy = _strategy()
@@ -166,6 +168,7 @@ def test_generated_samples_are_labelled_by_the_old_solver_over_seen_classes():
      ({}, 3, 4, 3 / 4),
      ({"increasing_replay_size": True}, 3, 4, 3 * 3 / 4),  # 3x the real rows
      ({"replay_size": 6}, 2, 6, 1.0)])    # one mean over every row
+@pytest.mark.xdist_group("generative-initial-state")
 def test_batch_composition_and_replay_weights(kwargs, experiences, rows,
                                               replay_weight):
   ctx = _ctx(LINEAR)
@@ -184,6 +187,7 @@ def test_batch_composition_and_replay_weights(kwargs, experiences, rows,
     assert share == pytest.approx(1 / (experiences + 1))
 
 
+@pytest.mark.xdist_group("generative-initial-state")
 def test_replay_weight_counts_the_current_rows_only():
   # Chained after a memory (say replay), the batch already holds 2 memory
   # rows behind the 4 current ones: the generated rows weigh as much as the
@@ -275,6 +279,7 @@ def test_the_generator_keeps_modelling_old_experiences():
   assert 0.2 < dark < 0.8, dark
 
 
+@pytest.mark.xdist_group("generative-initial-state")
 def test_rows_that_weigh_nothing_cannot_poison_the_generator():
   # An encoder whose log-variance explodes (exp overflows) on bright inputs:
   # the bright row weighs 0, so it must not turn the update into NaN.
@@ -304,25 +309,6 @@ def _traced_once(strategy, *slots):
       for slot in slots})
 
 
-def test_one_compile_per_stream_and_generator_lr_sweeps_in_the_state():
-  bench = _uint8_benchmark()
-  values = [1e-4, 1e-2]
-  result = jaxcl.sweep(
-      MLP(num_classes=6, hidden_size=16, drop_rate=0.0), bench, values,
-      strategy=lambda lr: _traced_once(
-          generative_replay(latent_dim=2, generator_hidden=16,
-                            generator_lr=lr),
-          "transform_batch", "after_step", "end_experience"),
-      optimizer=optax.sgd(0.1), epochs=2, batch_size=4)
-  for run, lr in zip(result.runs, values):
-    cl = run.state.cl_state
-    assert float(cl.experiences) == 3.0
-    assert float(cl.generator_opt_state.hyperparams["learning_rate"]) == \
-        pytest.approx(lr)
-  generators = [r.state.cl_state.generator for r in result.runs]
-  assert not _equal(*generators)
-
-
 def test_generator_weight_decay_is_pytorch_adams():
   # PyTorch's Adam(weight_decay=wd) adds wd * theta to the gradient before
   # the moments (L2, not AdamW): three steps on 0.5 |theta - c|^2, in numpy.
@@ -343,23 +329,32 @@ def test_generator_weight_decay_is_pytorch_adams():
 
 
 @pytest.mark.parametrize("reset", [False, True])
-def test_reset_generator_optimizer_starts_each_experience_afresh(reset):
+def test_one_compile_per_stream_and_generator_optimizer_sweeps_and_resets(
+    reset):
+  # chex counts traces per call site, which both cases share: count anew.
+  chex.clear_trace_counter()
   bench = _uint8_benchmark()  # Three experiences of 16 samples.
   values = [1e-3, 1e-2]
   result = jaxcl.sweep(
       MLP(num_classes=6, hidden_size=8, drop_rate=0.0), bench, values,
-      strategy=lambda lr: generative_replay(
-          latent_dim=2, generator_hidden=8, generator_lr=lr,
-          generator_weight_decay=1e-4, reset_generator_optimizer=reset),
+      strategy=lambda lr: _traced_once(
+          generative_replay(latent_dim=2, generator_hidden=8,
+                            generator_lr=lr, generator_weight_decay=1e-4,
+                            reset_generator_optimizer=reset),
+          "transform_batch", "after_step", "end_experience"),
       optimizer=optax.sgd(0.1), epochs=2, batch_size=4)
   for run, lr in zip(result.runs, values):
-    opt_state = run.state.cl_state.generator_opt_state
+    cl = run.state.cl_state
+    assert float(cl.experiences) == 3.0
+    opt_state = cl.generator_opt_state
     adam = opt_state.inner_state[1][0]
     # 2 epochs of 4 steps per experience: the count starts over at each.
     assert int(adam.count) == (8 if reset else 24)
-    # The swept rate survives the reset.
+    # The swept rate lives in the state and survives the reset.
     assert float(opt_state.hyperparams["learning_rate"]) == pytest.approx(lr)
     assert float(opt_state.hyperparams["weight_decay"]) == pytest.approx(1e-4)
+  generators = [r.state.cl_state.generator for r in result.runs]
+  assert not _equal(*generators)
 
 
 def test_beats_naive_on_split_mnist():

@@ -1,6 +1,7 @@
 """GSA and random_resized_crop: against numpy transcriptions, memory task
 tags and draws, seeds, CLI, refusals."""
 
+import functools
 import importlib
 
 import jax
@@ -67,7 +68,9 @@ def test_resized_crop_matches_torchs_bilinear_resize(box):
 def test_random_resized_crop_draws_torchvisions_windows():
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 6, 3)),
                   jnp.float32)
-  whole = augment.random_resized_crop(scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  # Compiled, as training runs it (eager runs op by op, slower).
+  whole = jax.jit(augment.random_resized_crop(scale=(1.0, 1.0),
+                                              ratio=(1.0, 1.0)))
   np.testing.assert_allclose(whole(x, jax.random.key(0)), x, atol=1e-6)
   keys = jax.random.split(jax.random.key(2), 500)
   boxes = np.asarray(jax.jit(jax.vmap(lambda k: augment._crop_box(
@@ -114,15 +117,22 @@ def _batch(labels, weight, seed=5):
           "weight": jnp.asarray(weight, jnp.float32)}
 
 
+@functools.cache
+def _hooks(strategy, ctx):
+  """``strategy``'s compiled begin and end of an experience on ``ctx``,
+  made once: every experience of every run reuses their traces."""
+  return (jax.jit(lambda s, d: strategy.begin_experience(
+      ctx, s, d, jax.random.key(7))),
+          jax.jit(lambda s, d, k: strategy.end_experience(ctx, s, d, k)))
+
+
 def _run(strategy, ctx, state, experiences):
   """Begins and ends each ``(labels, index[, origin])`` experience in turn
   (its inputs drawn with seed ``index``)."""
+  begin, end = _hooks(strategy, ctx)
   for labels, index, *origin in experiences:
     data = _experience(labels, index, index, *origin)
-    state = jax.jit(lambda s, d: strategy.begin_experience(
-        ctx, s, d, jax.random.key(7)))(state, data)
-    state = jax.jit(lambda s, d, k: strategy.end_experience(
-        ctx, s, d, k))(state, data, jax.random.key(index))
+    state = end(begin(state, data), data, jax.random.key(index))
   return state
 
 
@@ -237,15 +247,23 @@ def no_augmentation(monkeypatch):
   monkeypatch.setattr(gsa_module, "_augment", lambda x, key: x)
 
 
-def _replaying(steps):
-  """Task 0 of classes 0 and 3, then task 1 of class 1 (seen {0, 1, 3}:
-  class 3 is at position 2 among them), with running sums set."""
+@functools.cache
+def _replayed():
+  """``(ctx, strategy, state)`` after task 0 of classes 0 and 3, then task
+  1 of class 1 (one run for the module: the hooks leave the augmentation
+  alone)."""
   ctx = _ctx()
   # The mixed batch (B = 16, rate 1/3) takes every row: the 5 earlier
   # ones stored (of at most 10) and x_cur's 4 (of at most 5).
   strategy = gsa(mem_size=16, batch_size_mem=16, batch_size_mem_cur=4)
-  state = _run(strategy, ctx, hook_state(ctx, strategy),
-               [([0, 3, 0, 3, 3], 0), ([1, 1], 1)])
+  return ctx, strategy, _run(strategy, ctx, hook_state(ctx, strategy),
+                             [([0, 3, 0, 3, 3], 0), ([1, 1], 1)])
+
+
+def _replaying(steps):
+  """Task 0 of classes 0 and 3, then task 1 of class 1 (seen {0, 1, 3}:
+  class 3 is at position 2 among them), with running sums set."""
+  ctx, strategy, state = _replayed()
   moved = jax.tree.map(lambda p: p * 1.5 - 0.1, state.params)
   cl = state.cl_state.replace(
       task_steps=jnp.int32(steps), count=jnp.array([30., 20., 0., 10.]),
@@ -254,12 +272,21 @@ def _replaying(steps):
   return ctx, strategy, state.replace(params=moved, cl_state=cl)
 
 
+def _penalty(ctx, strategy, params, cl, batch):
+  """``strategy``'s loss, compiled (eager runs it op by op). Traced anew
+  for the augmentation of the moment; the state and batch are arguments,
+  so that the same program compiles once."""
+  return jax.jit(lambda params, cl, batch: strategy.penalty(
+      ctx, params, cl, batch, None))(params, cl, batch)
+
+
 def _stored(cl, where):
   valid = np.asarray(cl.buffer.valid & where(cl.buffer.extras["gsa_task"]))
   return np.asarray(cl.buffer.x)[valid], np.asarray(cl.buffer.y)[valid]
 
 
 @pytest.mark.parametrize("steps", [2, 7], ids=["warm-up", "ant"])
+@pytest.mark.xdist_group("gsa-replayed")
 def test_loss_and_statistics_match_numpy(no_augmentation, steps):
   ctx, strategy, state = _replaying(steps)
   cl = state.cl_state
@@ -291,6 +318,7 @@ def test_loss_and_statistics_match_numpy(no_augmentation, steps):
   assert not np.array_equal(after.key, cl.key)
 
 
+@pytest.mark.xdist_group("gsa-replayed")
 def test_ant_is_read_by_class_id(no_augmentation):
   # Seen {0, 1, 3}: Avalanche reads class 3's ANT at index 3 of the seen
   # classes' ANT, past its end, and does not scale class 3's target.
@@ -299,7 +327,7 @@ def test_ant_is_read_by_class_id(no_augmentation):
                               positive=jnp.array([12., 5., 0., 0.]),
                               negative=jnp.array([9., 4., 3., 1e4]))
   batch = _batch([1, 1, 1], [1.0, 1.0, 0.0])
-  got = strategy.penalty(ctx, state.params, cl, batch, None)
+  got = _penalty(ctx, strategy, state.params, cl, batch)
   x_mem, y_mem = _stored(cl, lambda t: t == 1)
   x_prev, y_prev = _stored(cl, lambda t: t == 0)
   expected = [_numpy_gsa(
@@ -320,28 +348,28 @@ def test_first_task_without_memory_is_the_current_classes_loss(
       ctx, s, d, jax.random.key(7)))(state, _experience([0, 2, 2], 0, 0))
   cl = state.cl_state
   batch = _batch([0, 2, 2], [1.0, 1.0, 1.0])
-  got = strategy.penalty(ctx, state.params, cl, batch, None)
+  # Compiled: eager, the loss and the sums run op by op (slower).
+  got, after = jax.jit(lambda state: (
+      strategy.penalty(ctx, state.params, cl, batch, None),
+      strategy.after_step(ctx, state, state, None, batch,
+                          jax.random.key(1))))(state)
   expected, _ = _numpy_gsa(state.params, np.asarray(batch["x"]), [0, 2, 2],
                            None, None, [0, 2], [0, 2], None, 0,
                            with_memory=False)
   assert float(got) == pytest.approx(expected, rel=1e-5)
-  after = strategy.after_step(ctx, state, state, None, batch,
-                              jax.random.key(1))
   assert not np.any(np.asarray(after.count)) and int(after.task_steps) == 1
 
 
+@pytest.mark.xdist_group("gsa-replayed")
 def test_the_augmentation_changes_the_loss_not_its_finiteness(monkeypatch):
   ctx, strategy, state = _replaying(7)
   batch = _batch([1, 1, 1], [1.0, 1.0, 0.0])
-
-  def loss_and_grad():
-    return jax.jit(jax.value_and_grad(lambda p: strategy.penalty(
-        ctx, p, state.cl_state, batch, None)))(state.params)
-
-  augmented, grads = loss_and_grad()
+  augmented, grads = jax.jit(jax.value_and_grad(
+      lambda p: strategy.penalty(ctx, p, state.cl_state, batch, None)))(
+          state.params)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   monkeypatch.setattr(gsa_module, "_augment", lambda x, key: x)
-  plain, _ = loss_and_grad()
+  plain = _penalty(ctx, strategy, state.params, state.cl_state, batch)
   assert float(augmented) != pytest.approx(float(plain), rel=1e-3)
 
 

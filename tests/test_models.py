@@ -119,7 +119,8 @@ def test_initial_weights_follow_the_documented_distributions():
   for leaf in jax.tree.leaves(heads):  # Each head an nn.Linear(300, 512).
     _uniform_like_pytorch(leaf, fan_in=300)
   # ResNet32: Kaiming-normal convolutions (ReLU gain), classifier gain 1.
-  params = ResNet32(100, n=1).init(key, jnp.ones((1, 32, 32, 3)))["params"]
+  params = jax.jit(ResNet32(100, n=1).init)(  # Eager, it runs op by op.
+      key, jnp.ones((1, 32, 32, 3)))["params"]
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     name = jax.tree_util.keystr(path)
     if leaf.ndim == 4:
@@ -164,13 +165,16 @@ def test_batch_norm_state_updates_in_training_and_freezes_in_evaluation():
                          atol=1e-3)
 
 
+# SlimResNet18 is checked as a backbone: its batch norms all lie before its
+# output layer, which is all num_classes adds. The cosine classifier wraps
+# the smaller ResNet32: what it adds is passing the mask on.
 @pytest.mark.parametrize("module", [
-    SlimResNet18(num_classes=3, nf=4), ResNet32(num_classes=3, n=1),
+    ResNet32(num_classes=3, n=1),
     MultiHead(SlimResNet18(num_classes=None, nf=4), num_classes=3,
               n_tasks=2),
-    jaxcl.models.CosineClassifier(SlimResNet18(num_classes=None, nf=4),
+    jaxcl.models.CosineClassifier(ResNet32(num_classes=None, n=1),
                                   num_classes=3)],
-    ids=["slim_resnet18", "resnet32", "multi_head", "cosine"])
+    ids=["resnet32", "multi_head", "cosine"])
 def test_batch_norm_statistics_leave_out_masked_rows(module):
   model = as_model(module)
   real = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
@@ -193,8 +197,9 @@ def test_batch_norm_statistics_leave_out_masked_rows(module):
                               (logits, expected_state), rtol=1e-5, atol=1e-5)
 
 
-def test_fit_keeps_zero_weight_rows_out_of_batch_norm():
-  """Replay's empty memory rows (weight 0) leave a first experience as naive
+def test_fit_carries_batch_stats_and_keeps_zero_weight_rows_out():
+  """A ResNet's fit returns its batch statistics, moved by training; and
+  replay's empty memory rows (weight 0) leave a first experience as naive
   training leaves it, with batch norm too; its last batch is partial (30
   samples in batches of 4), as Avalanche's smaller last batch."""
   rng = np.random.default_rng(0)
@@ -203,11 +208,21 @@ def test_fit_keeps_zero_weight_rows_out_of_batch_norm():
        ).astype(np.uint8)
   bench = class_incremental((x, y), (x, y), 1, fixed_class_order=[0, 1],
                             preprocess=normalizer(0.5, 0.25))
-  trained = [jaxcl.fit(ResNet32(num_classes=2, n=1), strategy,
-                       optax.sgd(0.05), bench, epochs=2, batch_size=4).state
+  model = ResNet32(num_classes=2, n=1)
+  results = [jaxcl.fit(model, strategy, optax.sgd(0.05), bench, epochs=2,
+                       batch_size=4)
              for strategy in (naive(), jaxcl.strategies.replay(mem_size=8))]
-  chex.assert_trees_all_close(*[(s.params, s.model_state) for s in trained],
-                              rtol=1e-4, atol=1e-5)
+  stats = results[0].state.model_state["batch_stats"]
+  init = jax.eval_shape(as_model(model).init, jax.random.key(0),
+                        jnp.zeros((1, 8, 8, 3)), jnp.zeros(1, jnp.int32))[1]
+  assert jax.tree.structure(stats) == jax.tree.structure(init["batch_stats"])
+  means = [a for p, a in jax.tree_util.tree_leaves_with_path(stats)
+           if "mean" in jax.tree_util.keystr(p)]
+  assert all(np.abs(m).sum() > 0 for m in means)  # Updated from zero.
+  assert np.isfinite(results[0].accuracy_matrix).all()
+  chex.assert_trees_all_close(
+      *[(r.state.params, r.state.model_state) for r in results], rtol=1e-4,
+      atol=1e-5)
 
 
 def test_batch_norm_counts_the_memory_rows_only_a_penalty_reads():
@@ -240,25 +255,29 @@ def test_batch_norm_counts_the_memory_rows_only_a_penalty_reads():
 def test_strategies_training_mode_passes_leave_padding_out_of_batch_norm():
   """GEM's, A-GEM's and MAS's own training-mode passes (task_loss,
   ctx.logits) keep zero-weight rows out of batch statistics, as the step."""
-  model = as_model(SlimResNet18(num_classes=4, nf=2))
+  model = as_model(ResNet32(num_classes=4, n=1))  # Batch norm, few layers.
   loss = lambda logits, batch: optax.softmax_cross_entropy_with_integer_labels(
       logits, batch["y"])
   ctx = jaxcl.strategies.StrategyContext(model, lambda x: x, loss, 4, 2,
                                          (8, 8, 3), 4, 8)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  params, state = model.init(jax.random.key(1), x, jnp.zeros(2, jnp.int32))
+  # Compiled: the ResNet's eager init runs op by op (slower than compiling).
+  params, state = jax.jit(model.init)(jax.random.key(1), x,
+                                      jnp.zeros(2, jnp.int32))
   real = {"x": x, "y": jnp.array([0, 1]), "task": jnp.zeros(2, jnp.int32),
           "weight": jnp.ones(2)}
   padded = {"x": jnp.concatenate([x, jnp.zeros((2, 8, 8, 3))]),
             "y": jnp.array([0, 1, 0, 0]), "task": jnp.zeros(4, jnp.int32),
             "weight": jnp.array([1.0, 1.0, 0.0, 0.0])}
-  grad = lambda batch: jax.jit(jax.grad(
+  grad = lambda params, batch: jax.grad(
       lambda p: jaxcl.strategies.model_utils.task_loss(
-          ctx, p, state, batch, jnp.ones(4, bool), train=True)))(params)
+          ctx, p, state, batch, jnp.ones(4, bool), train=True))(params)
+  padded_grad, real_grad = jax.jit(lambda params: (  # One program for both.
+      grad(params, padded), grad(params, real)))(params)
   # Batch statistics of two rows amplify rounding (the padded batch sums in
   # another order): 2e-5 apart on some machines. Padding counted in the
   # statistics would move the gradients by their own size.
-  chex.assert_trees_all_close(grad(padded), grad(real), rtol=1e-3, atol=1e-4)
+  chex.assert_trees_all_close(padded_grad, real_grad, rtol=1e-3, atol=1e-4)
 
 
 def test_mtmlp_selects_the_head_of_each_sample():
@@ -322,30 +341,18 @@ def test_multi_head_cnn_fits_augmented_images_in_one_compile():
   assert result.state.params["heads"]["kernel"].shape == (2, 64, 4)
 
 
-def test_resnet_fit_carries_batch_stats():
-  bench = _images(size=8)
-  model = ResNet32(num_classes=4, n=1)
-  result = jaxcl.fit(model, naive(), optax.sgd(0.05), bench, epochs=1,
-                     batch_size=6)
-  stats = result.state.model_state["batch_stats"]
-  init = jax.eval_shape(as_model(model).init, jax.random.key(0),
-                        jnp.zeros((1, 8, 8, 3)), jnp.zeros(1, jnp.int32))[1]
-  assert jax.tree.structure(stats) == jax.tree.structure(init["batch_stats"])
-  means = [a for p, a in jax.tree_util.tree_leaves_with_path(stats)
-           if "mean" in jax.tree_util.keystr(p)]
-  assert all(np.abs(m).sum() > 0 for m in means)  # Updated from zero.
-  assert np.isfinite(result.accuracy_matrix).all()
-
-
 def test_multi_head_passes_train_by_position_to_a_lifted_backbone():
   # nn.remat with a static `train` sees only positional arguments.
   backbone = nn.remat(SlimResNet18, static_argnums=(2,))(num_classes=None,
                                                          nf=2)
   model = as_model(MultiHead(backbone, num_classes=3, n_tasks=2))
   x, task = jnp.zeros((2, 8, 8, 3)), jnp.array([0, 1])
-  params, state = model.init(jax.random.key(0), x, task)
-  logits, _ = model.apply(params, state, x, task, True, None,
-                          batch_stats_mask=jnp.array([True, False]))
+  # Traced only (eval_shape): a keyword `train` fails while tracing.
+  params, state = jax.eval_shape(model.init, jax.random.key(0), x, task)
+  logits, _ = jax.eval_shape(
+      lambda params, state: model.apply(
+          params, state, x, task, True, None,
+          batch_stats_mask=jnp.array([True, False])), params, state)
   assert logits.shape == (2, 3)
 
 
@@ -485,35 +492,42 @@ def test_torch_conv_native_cpu_gradients_equal_jax_rules(kernel_size, strides,
   def loss(native, params, x):
     return jnp.sum(jnp.sin(convs[native].apply(params, x)))
 
-  grads = {native: jax.grad(loss, (1, 2))(native, params, x)
-           for native in (True, False)}
-  chex.assert_trees_all_close(grads[True], grads[False], rtol=1e-5, atol=1e-5)
-  # A gradient of the gradient (La-MAML's second-order step) too.
   def gradient_norm(native, params):
     grad = jax.grad(loss, 1)(native, params, x)
     return sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grad))
 
-  second = {native: jax.grad(gradient_norm, 1)(native, params)
-            for native in (True, False)}
-  chex.assert_trees_all_close(second[True], second[False], rtol=1e-4,
-                              atol=1e-4)
-  # Seeds vmapped over stacked parameters, and per-sample gradients, with
-  # few (unrolled) and many (looped) kernels under vmap.
-  for n_seeds in (2, 9):
-    stacked = jax.tree.map(
+  def stacked(n_seeds):
+    return jax.tree.map(
         lambda a: a * jnp.arange(1, n_seeds + 1).reshape(-1, *[1] * a.ndim),
         params)
-    seeds = {native: jax.vmap(jax.grad(loss, 1), (None, 0, None))(
-        native, stacked, x) for native in (True, False)}
-    # Kernels up to 9x larger give gradients up to ~10: the rounding of
-    # their sums reaches 1e-5 where terms cancel.
-    chex.assert_trees_all_close(seeds[True], seeds[False], rtol=1e-5,
-                                atol=1e-4)
-  for samples in (x, jnp.tile(x, (4, 1, 1, 1))):
-    per_sample = {native: jax.vmap(jax.grad(loss, 1), (None, None, 0))(
-        native, params, samples[:, None]) for native in (True, False)}
-    chex.assert_trees_all_close(per_sample[True], per_sample[False],
-                                rtol=1e-5, atol=1e-5)
+
+  def gradients(native):
+    """Every gradient compared below, for one choice of rules."""
+    return {
+        "grads": jax.grad(loss, (1, 2))(native, params, x),
+        # A gradient of the gradient (La-MAML's second-order step) too.
+        "second": jax.grad(gradient_norm, 1)(native, params),
+        # Seeds vmapped over stacked parameters, and per-sample gradients,
+        # with few (unrolled) and many (looped) kernels under vmap.
+        "seeds": [jax.vmap(jax.grad(loss, 1), (None, 0, None))(
+            native, stacked(n_seeds), x) for n_seeds in (2, 9)],
+        "per_sample": [jax.vmap(jax.grad(loss, 1), (None, None, 0))(
+            native, params, samples[:, None])
+                       for samples in (x, jnp.tile(x, (4, 1, 1, 1)))]}
+
+  # One compiled program for all (eager runs op by op; each program
+  # compiles on its own).
+  native, rules = jax.jit(lambda: (gradients(True), gradients(False)))()
+  chex.assert_trees_all_close(native["grads"], rules["grads"], rtol=1e-5,
+                              atol=1e-5)
+  chex.assert_trees_all_close(native["second"], rules["second"], rtol=1e-4,
+                              atol=1e-4)
+  # Kernels up to 9x larger give gradients up to ~10: the rounding of
+  # their sums reaches 1e-5 where terms cancel.
+  chex.assert_trees_all_close(native["seeds"], rules["seeds"], rtol=1e-5,
+                              atol=1e-4)
+  chex.assert_trees_all_close(native["per_sample"], rules["per_sample"],
+                              rtol=1e-5, atol=1e-5)
 
 
 @cpu_convolutions
@@ -546,16 +560,18 @@ def test_conv_models_train_the_same_with_native_cpu_gradients(make):
   models = {native: as_model(make(native)) for native in (True, False)}
   x = jax.random.normal(jax.random.key(0), (4, 12, 12, 3))
   task = jnp.zeros(4, jnp.int32)
-  params, state = models[True].init(jax.random.key(1), x, task)
+  # Compiled rather than eager, which runs the ResNets op by op (slower).
+  params, state = jax.jit(models[True].init)(jax.random.key(1), x, task)
 
   def loss(native, params):
     logits, _ = models[native].apply(params, state, x, task, True,
                                       jax.random.key(2))
     return jnp.sum(logits ** 2)
 
-  chex.assert_trees_all_close(jax.grad(loss, 1)(True, params),
-                              jax.grad(loss, 1)(False, params),
-                              rtol=1e-4, atol=1e-5)
+  native, rules = jax.jit(lambda params: (  # One program for both.
+      jax.grad(loss, 1)(True, params), jax.grad(loss, 1)(False, params)))(
+          params)
+  chex.assert_trees_all_close(native, rules, rtol=1e-4, atol=1e-5)
 
 
 def test_torch_conv_forward_mode_needs_jax_rules():
@@ -569,21 +585,26 @@ def test_torch_conv_forward_mode_needs_jax_rules():
     native = TorchConv(2, 3)
     with pytest.raises(TypeError, match="custom_vjp"):
       jax.jvp(lambda x: native.apply(params, x), (x,), (x,))
+  # The rest is lowered, not run: forward mode through a custom VJP fails
+  # while lowering (not while tracing), and only structures are checked.
   model = jaxcl.models.SimpleCNN(2, native_cpu_gradients=False)
   images = jnp.ones((1, 10, 10, 1))
-  variables = model.init(jax.random.key(0), images)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
   # A Hessian-vector product, forward over reverse.
   loss = lambda v: jnp.sum(model.apply(v, images) ** 2)
-  _, hvp = jax.jvp(jax.grad(loss), (variables,), (variables,))
-  assert jax.tree.structure(hvp) == jax.tree.structure(variables)
+  hvp = jax.jit(lambda v: jax.jvp(jax.grad(loss), (v,), (v,))[1]).trace(
+      variables)
+  hvp.lower()
+  assert jax.tree.structure(hvp.out_info) == jax.tree.structure(variables)
   # The multi-head factories pass the choice on to their backbones.
   task = jnp.zeros(1, jnp.int32)
   for make in (jaxcl.models.mt_simple_cnn,
                functools.partial(jaxcl.models.mt_slim_resnet18, nf=2)):
     multi_head = make(2, n_tasks=2, native_cpu_gradients=False)
-    variables = multi_head.init(jax.random.key(0), images, task)
-    jax.jvp(lambda x, m=multi_head, v=variables: m.apply(v, x, task),
-            (images,), (images,))
+    variables = jax.eval_shape(multi_head.init, jax.random.key(0), images,
+                               task)
+    jax.jit(lambda v, m=multi_head: jax.jvp(
+        lambda x: m.apply(v, x, task), (images,), (images,))).lower(variables)
 
 
 class _SowsAuxiliaryLoss(nn.Module):
