@@ -209,8 +209,8 @@ def test_same_seed_bit_identical_across_processes(tmp_path, reference):
   assert out.read_text() == reference
 
 
-def test_resume_restores_state_metrics_and_position(finished, tmp_path,
-                                                    reference, monkeypatch):
+def test_resume_restores_state_metrics_and_position_without_unpickling(
+    finished, tmp_path, reference, monkeypatch):
   ckpt = _copy(finished, tmp_path)
   assert _listing(ckpt) == ["3", "4"]  # Pruned to the default keep=2.
   # A finished run resumes to its result without training again, and
@@ -225,8 +225,13 @@ def test_resume_restores_state_metrics_and_position(finished, tmp_path,
   assert writer.steps == []
   assert len(compiled) == 1
   monkeypatch.undo()
-  # Resuming after experience 3 trains the last experience only, exactly.
+  # Resuming after experience 3 trains the last experience only, exactly,
+  # and loads the checkpoint without pickle.
   (ckpt / "4").rename(tmp_path / "elsewhere")
+  def refuse(*args, **kwargs):
+    raise AssertionError("pickle used while loading a checkpoint")
+  for name in ("load", "loads", "Unpickler"):
+    monkeypatch.setattr(pickle, name, refuse)
   writer = _Writer()
   assert _summary(_run(ckpt, writer=writer)) == reference
   assert writer.steps == [3]
@@ -300,12 +305,10 @@ def test_checkpointed_experiences_metrics_are_on_disk(tmp_path, monkeypatch):
     save(self, step, arrays, meta)
 
   monkeypatch.setattr(checkpoint.Checkpointer, "save", save_and_look)
-  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=10)
-  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=8), naive(), optax.sgd(0.1),
-            bench, batch_size=8, writer=writer,
-            checkpoint_dir=str(tmp_path / "ckpt"))
+  _run(tmp_path / "ckpt", writer=writer)
   writer.close()
-  assert on_disk == [(1, {0}, True), (2, {0, 1}, True)]
+  assert on_disk == [(step, set(range(step)), True)
+                     for step in range(1, N_EXP + 1)]
 
 
 class _MinibatchRows(MetricWriter):
@@ -322,11 +325,12 @@ class _MinibatchRows(MetricWriter):
     pass
 
 
-def test_minibatch_rows_of_runs_that_stop_apart_survive_checkpoints(
+def test_runs_that_stop_apart_resume_identically_with_their_minibatch_rows(
     tmp_path, monkeypatch):
   # Six runs stop early at different steps: each step's row (the mean over
   # all runs) is written once, when every run has passed it, with
-  # checkpoints or without, and across a resume.
+  # checkpoints or without, and across a resume, which gives the same runs
+  # (the vmapped state: every leaf has a leading run axis).
   bench = jaxcl.benchmarks.with_validation(
       make_benchmark(n_classes=8, n_experiences=4, per_class=16), 0.25)
   save = checkpoint.Checkpointer.save
@@ -341,23 +345,31 @@ def test_minibatch_rows_of_runs_that_stop_apart_survive_checkpoints(
   def run(folder):
     nonlocal writer
     writer = _MinibatchRows()
-    jaxcl.fit(jaxcl.models.MLP(8, hidden_size=16, drop_rate=0.25), naive(),
-              optax.sgd(0.3), bench, seeds=list(range(6)), epochs=10,
-              batch_size=8, periodic_eval=jaxcl.PeriodicEval(every=1),
-              early_stopping=jaxcl.EarlyStopping(patience=2),
-              metrics=["accuracy", "minibatch"], writer=writer,
-              checkpoint_dir=folder)
-    return writer
+    # Adam: optimizer state of every run to resume too.
+    result = jaxcl.fit(
+        jaxcl.models.MLP(8, hidden_size=16, drop_rate=0.25), naive(),
+        optax.adam(0.01), bench, seeds=list(range(6)), epochs=10,
+        batch_size=8, periodic_eval=jaxcl.PeriodicEval(every=1),
+        early_stopping=jaxcl.EarlyStopping(patience=2),
+        metrics=[*SETTINGS["metrics"], "minibatch"], writer=writer,
+        checkpoint_dir=folder)
+    return result, writer
 
-  alone = run(None).rows
-  checkpointed = run(str(tmp_path))
-  assert checkpointed.rows == alone
+  _, alone = run(None)
+  full, checkpointed = run(str(tmp_path))
+  assert checkpointed.rows == alone.rows
   # Killed after checkpoint 3 (of the two kept): what was written by then,
   # and the resumed run's rows.
   (tmp_path / "4").rename(tmp_path / "gone")
-  resumed = run(str(tmp_path))
-  assert checkpointed.rows[:checkpointed.at_save[2]] + resumed.rows == alone
-  assert len({step for step, _ in alone}) == len(alone)
+  resumed, after = run(str(tmp_path))
+  assert checkpointed.rows[:checkpointed.at_save[2]] + after.rows == (
+      alone.rows)
+  assert len({step for step, _ in alone.rows}) == len(alone.rows)
+  np.testing.assert_array_equal(resumed.accuracy_matrices,
+                                full.accuracy_matrices)
+  np.testing.assert_equal(resumed.metrics_per_run, full.metrics_per_run)
+  assert [_state_sha256(r.state) for r in resumed.runs] == [
+      _state_sha256(r.state) for r in full.runs]
 
 
 def test_no_usable_checkpoint_is_refused_and_left_intact(finished, tmp_path):
@@ -479,19 +491,6 @@ def test_a_flagged_nonfinite_loss_is_remembered_on_resume(tmp_path):
   assert not np.isnan(full.accuracy_matrix[:2]).any()
 
 
-def test_several_runs_resume_identically(tmp_path):
-  # The vmapped state: every leaf has a leading run axis.
-  run = lambda: _run(tmp_path, seeds=[0, 1], epochs=1, strategy=naive())
-  full = run()
-  (tmp_path / "4").rename(tmp_path / "elsewhere")
-  resumed = run()
-  np.testing.assert_array_equal(resumed.accuracy_matrices,
-                                full.accuracy_matrices)
-  np.testing.assert_equal(resumed.metrics_per_run, full.metrics_per_run)
-  assert [_state_sha256(r.state) for r in resumed.runs] == [
-      _state_sha256(r.state) for r in full.runs]
-
-
 def test_online_stream_trained_in_blocks_resumes_identically(tmp_path):
   # Two origin experiences cut into 5 mini-experiences each; evaluations and
   # checkpoints after mini-experiences 4 and 9, each span one block.
@@ -509,16 +508,6 @@ def test_online_stream_trained_in_blocks_resumes_identically(tmp_path):
   assert writer.steps == [9]  # Only the second span was trained again.
   assert _summary(resumed) == _summary(full)
   assert _state_sha256(resumed.state) == _state_sha256(full.state)
-
-
-def test_loading_never_unpickles(finished, tmp_path, monkeypatch, reference):
-  ckpt = _copy(finished, tmp_path)
-  (ckpt / "4").rename(tmp_path / "elsewhere")
-  def refuse(*args, **kwargs):
-    raise AssertionError("pickle used while loading a checkpoint")
-  for name in ("load", "loads", "Unpickler"):
-    monkeypatch.setattr(pickle, name, refuse)
-  assert _summary(_run(ckpt)) == reference
 
 
 def test_checkpointer_round_trips_keys_and_metadata_types(tmp_path):

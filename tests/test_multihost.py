@@ -14,18 +14,25 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from jaxcl import _hosts
 
-# One host: join the others, then compare runs over the 4 global devices
-# with the same runs on one of its own devices.
+# The bundled digits' records that WORKER reads: about 180 training samples
+# an experience of 5, more than the hooks' subset of 137, in fewer steps
+# than the whole splits (each an all-reduce between the hosts).
+DIGITS_SPLITS = ("train[:900]", "test[:220]")
+
+# One host: join the others, then make runs over the 4 global devices, which
+# the test compares with the same runs on one device (one of this host's, or
+# the test's own: _runs_on_one_device).
 WORKER = r"""
 import faulthandler, gc, json, pathlib, shutil, sys, threading
 # A host stuck in a collective prints every thread's stack and exits.
 faulthandler.dump_traceback_later(540, exit=True)
-process_id, port, tests, checkpoints = sys.argv[1:]
+process_id, port, tests, checkpoints, caches = sys.argv[1:]
 import jax
 from jax.experimental import multihost_utils
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -34,13 +41,15 @@ jax.distributed.initialize(f"localhost:{port}", num_processes=2,
 import numpy as np, optax, tensorflow_datasets as tfds
 sys.path.insert(0, tests)
 from conftest import make_benchmark
+from test_multihost import DIGITS_SPLITS, summary
 import jaxcl
 from jaxcl import _hosts
 
 # Fits that build the same programs as an earlier one (the resumed run,
-# the damaged stream's) load them from this host's cache instead of
-# compiling them again: XLA's compiles are most of a fit's time here.
-jaxcl.enable_compilation_cache(f"{checkpoints}-xla-of-host-{process_id}")
+# the damaged stream's, FIT_STOPPER's) load them from this host's cache
+# instead of compiling them again: XLA's compiles are most of a fit's time
+# here.
+jaxcl.enable_compilation_cache(f"{caches}/host{process_id}")
 
 assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
 bench = make_benchmark(n_classes=4, n_experiences=2, per_class=20)
@@ -53,31 +62,12 @@ def fit(name="naive", benchmark=bench, model=model, batch_size=8, **kwargs):
                    benchmark, batch_size=batch_size, **kwargs)
 
 
-def summary(result):
-  params = jax.tree.leaves(result.state.params)
-  # Runs split over both hosts' devices come back gathered in host memory.
-  where = (len(params[0].sharding.device_set)
-           if isinstance(params[0], jax.Array) else "host")
-  return {"params": [np.asarray(p).tolist() for p in params],
-          "devices": where, "accuracy": result.accuracy_matrix.tolist()}
-
-
-out = {}
 # Naive's run over both hosts' devices writes the checkpoints that a run
 # resumes from at the end.
 whole = fit(epochs=2, data_parallel=True, checkpoint_dir=checkpoints)
-out["naive"] = [summary(whole), summary(fit(epochs=2, data_parallel=False))]
-for name in ("replay", "ewc"):
-  out[name] = [summary(fit(name, epochs=2, data_parallel=p))
-               for p in (True, False)]
-out["online"] = [summary(fit(benchmark=online, data_parallel=p))
-                 for p in (True, False)]
-# Streamed from the host in chunks, put on the devices from a thread while
-# the previous chunk's all-reduces run: the numbers of naive's run on one
-# device (streamed on one device, they are those: test_streaming.py; the
-# lazy digits below stream on one device of each host too).
-out["streamed"] = [summary(fit(epochs=2, device_memory_budget_mb=0.0005,
-                               data_parallel=True)), out["naive"][1]]
+out = {"naive": summary(whole),
+       "replay": summary(fit("replay", epochs=2, data_parallel=True)),
+       "online": summary(fit(benchmark=online, data_parallel=True))}
 
 
 class Counted:
@@ -102,11 +92,13 @@ class Counted:
 
 
 # Each host reads half of the labels, the images of its devices' half of
-# every streamed batch, and its devices' half of the test stream.
+# every batch streamed from the host in chunks (put on the devices from a
+# thread while the previous chunk's all-reduces run), and its devices' half
+# of the test stream.
 sources = jaxcl.benchmarks.sources
 records = [Counted(tfds.builder_from_directory(
     str(sources.BUNDLED_DATA_DIR / "digits_bundled" / "1.0.0")
-).as_data_source(split=split)) for split in ("train", "test")]
+).as_data_source(split=split)) for split in DIGITS_SPLITS]
 train, test = [sources.arrays_from_data_source(r, lazy=True,
                                                split_over_hosts=True)
                for r in records]
@@ -124,22 +116,20 @@ for p, name in ((True, "split"), (False, "whole")):
 # EWC's importance pass reads a subset of each experience: half on each host.
 for r in records:
   r.reads = 0
-fit("ewc", benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
-    device_memory_budget_mb=0.02)
+out["ewc"] = summary(fit("ewc", benchmark=digits,
+                         model=jaxcl.models.MLP(10, hidden_size=16),
+                         device_memory_budget_mb=0.02))
 reads["ewc"] = [r.reads for r in records]
 reads["sizes"] = [len(e) for e in digits.train_stream]
-# On the devices (no budget), batches split: every device holds whole
-# training experiences, read in shares; the test stream is split. Seeds
-# split over the devices: the test stream is whole too, read in shares.
-# Whole experiences are read whatever the batch size: larger batches take
-# fewer steps, each an all-reduce between the hosts.
-for name, kwargs in (("on_device", {"batch_size": 32}),
-                     ("seeds", {"seeds": [3, 1, 0, 2]})):
-  for r in records:
-    r.reads = 0
-  result = fit(benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
-               **kwargs)
-  reads[name] = [r.reads for r in records]
+# On the devices (no budget), seeds split over the devices: every device
+# holds whole training experiences and the whole test stream, read in shares
+# (the batches that data parallelism splits read them so too; its split
+# test stream is read as the streamed run's above).
+for r in records:
+  r.reads = 0
+result = fit(benchmark=digits, model=jaxcl.models.MLP(10, hidden_size=16),
+             seeds=[3, 1, 0, 2])
+reads["seeds"] = [r.reads for r in records]
 # Run 2, on host 1's devices, is seed 0's: the run of seed 0 alone on one
 # device (streamed there, the same numbers: test_streaming.py).
 out["seeds"] = [summary(result.runs[2]), out["lazy"][1]]
@@ -286,9 +276,59 @@ def _on_two_hosts(command, folder, succeed=True, exit_codes=(2, 2)):
   return [out.read_text() for out, _ in logs]
 
 
-def test_two_hosts_train_as_one_run(tmp_path):
+def summary(result):
+  """A run's parameters, the devices that hold them and its accuracy
+  matrix, as JSON (runs split over several hosts' devices come back
+  gathered in host memory: "host")."""
+  params = jax.tree.leaves(result.state.params)
+  where = (len(params[0].sharding.device_set)
+           if isinstance(params[0], jax.Array) else "host")
+  return {"params": [np.asarray(p).tolist() for p in params],
+          "devices": where, "accuracy": result.accuracy_matrix.tolist()}
+
+
+def _runs_on_one_device():
+  """WORKER's runs over both hosts' devices, made on this process's device,
+  by name (their summaries): the numbers of a host's own device, made once
+  instead of on each host."""
+  import optax
+  import tensorflow_datasets as tfds
+  from conftest import make_benchmark
+
+  import jaxcl
+  from jaxcl.benchmarks import sources
+
+  def fit(name, benchmark, model, **kwargs):
+    return summary(jaxcl.fit(model, jaxcl.strategies.from_spec(name),
+                             optax.sgd(0.1), benchmark, batch_size=8,
+                             **kwargs))
+
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=20)
+  model = jaxcl.models.MLP(4, hidden_size=16, drop_rate=0.0)
+  folder = sources.BUNDLED_DATA_DIR / "digits_bundled" / "1.0.0"
+  train, test = [sources.arrays_from_data_source(
+      tfds.builder_from_directory(str(folder)).as_data_source(split=split),
+      lazy=True) for split in DIGITS_SPLITS]
+  return {"naive": fit("naive", bench, model, epochs=2),
+          "replay": fit("replay", bench, model, epochs=2),
+          "online": fit("naive", jaxcl.benchmarks.split_online(bench, 8),
+                        model),
+          "ewc": fit("ewc", jaxcl.benchmarks.class_incremental(
+              train, test, 5, seed=0), jaxcl.models.MLP(10, hidden_size=16),
+                     device_memory_budget_mb=0.02)}
+
+
+@pytest.fixture(scope="module")
+def host_caches(tmp_path_factory):
+  """The hosts' compilation caches, shared by this module's tests: a later
+  test's hosts load the programs that an earlier one's compiled."""
+  return tmp_path_factory.mktemp("host_caches")
+
+
+@pytest.mark.xdist_group("test_multihost-host_caches")
+def test_two_hosts_train_as_one_run(tmp_path, host_caches):
   args = [str(_free_port()), str(pathlib.Path(__file__).parent),
-          str(tmp_path / "checkpoints")]
+          str(tmp_path / "checkpoints"), str(host_caches)]
   outputs = [json.loads([line for line in stdout.splitlines()
                          if line.startswith("{")][-1])
              for stdout in _on_two_hosts(
@@ -296,7 +336,7 @@ def test_two_hosts_train_as_one_run(tmp_path):
                  tmp_path)]
   reads = [out.pop("reads") for out in outputs]
   assert [out.pop("lengths") for out in outputs] == [
-      "The data source has [355, 1442] records on the processes; "
+      "The data source has [220, 900] records on the processes; "
       "split_over_hosts needs the same records on every host."] * 2
   # A host that cannot read its share of the labels raises its own error,
   # and the others name it, instead of waiting for it.
@@ -337,10 +377,9 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert sum(hooks) == subset and abs(hooks[0] - hooks[1]) <= 5, hooks
   # Lazy inputs that every device holds whole are read once over the hosts
   # (and a couple of training samples by each, for shapes).
-  for name in ("on_device", "seeds"):
-    for split, total in zip(zip(*(r[name] for r in reads)), (n, n_test)):
-      assert total <= sum(split) <= total + 4 and (
-          abs(split[0] - split[1]) <= 2 * 5), (name, split)
+  for split, total in zip(zip(*(r["seeds"] for r in reads)), (n, n_test)):
+    assert total <= sum(split) <= total + 4 and (
+        abs(split[0] - split[1]) <= 2 * 5), split
   # The test stream, split over the devices with the batches or whole on
   # each host's device without data parallelism: read once over both hosts.
   for name in ("split", "whole"):
@@ -354,10 +393,11 @@ def test_two_hosts_train_as_one_run(tmp_path):
   assert "fit's arguments differ between the 2 processes in: seeds;" in (
       out.pop("disagreement"))
   assert out.pop("disagreement_on_every_host") is True
+  alone = _runs_on_one_device()
+  assert set(out) == {*alone, "seeds", "lazy", "checkpoint"}
+  pairs = {name: [out.pop(name), run] for name, run in alone.items()}
   expected_devices = {"seeds": ("host", 1), "checkpoint": (4, 4)}
-  assert set(out) == {"naive", "replay", "ewc", "seeds", "online",
-                      "streamed", "lazy", "checkpoint"}
-  for name, (spread, single) in out.items():
+  for name, (spread, single) in {**pairs, **out}.items():
     assert (spread["devices"], single["devices"]) == expected_devices.get(
         name, (4, 1)), name
     np.testing.assert_array_equal(spread["accuracy"], single["accuracy"],
@@ -369,24 +409,24 @@ def test_two_hosts_train_as_one_run(tmp_path):
                 if p.name[0].isdigit()) == ["1", "2", "2.unusable"]
 
 
-def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path):
+def test_cli_on_two_hosts_writes_one_set_of_outputs(tmp_path, monkeypatch):
+  from jaxcl import cli
   port = _free_port()
   logdirs = [tmp_path / "host0", tmp_path / "host1"]
   # Each host reads half of the labels and of the streamed chunks (of one
   # step each). Batches of 64: few steps, each an all-reduce between the
   # hosts.
-  run = [sys.executable, "-m", "jaxcl.cli", "run", "--n-experiences", "2",
-         "--batch-size", "64", "--hidden-size", "32", "--quiet",
-         "--no-progress", "--compilation-cache", "", "--lazy",
-         "--device-memory-budget-mb", "0.5"]
+  run = ["run", "--n-experiences", "2", "--batch-size", "64",
+         "--hidden-size", "32", "--quiet", "--no-progress",
+         "--compilation-cache", "", "--lazy", "--device-memory-budget-mb",
+         "0.5"]
   _on_two_hosts(lambda i: [
-      *run, "--distributed", "--coordinator-address", f"localhost:{port}",
-      "--num-processes", "2", "--process-id", str(i), "--logdir",
-      str(logdirs[i])], tmp_path)
-  alone = subprocess.run([*run, "--logdir", str(tmp_path / "alone")],
-                         cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
-  assert alone.returncode == 0, alone.stderr
+      sys.executable, "-m", "jaxcl.cli", *run, "--distributed",
+      "--coordinator-address", f"localhost:{port}", "--num-processes", "2",
+      "--process-id", str(i), "--logdir", str(logdirs[i])], tmp_path)
+  # The same run alone, in this process (on its one device).
+  monkeypatch.chdir(tmp_path)
+  assert cli.main([*run, "--logdir", str(tmp_path / "alone")]) == 0
   results = json.loads((logdirs[0] / "results.json").read_text())
   assert results["config"]["lazy"]
   assert results["accuracy_matrix"] == json.loads(
@@ -474,9 +514,11 @@ def test_a_host_that_raises_stops_the_others(tmp_path, failing,
 
 # Inside fit, which watches on its own: host 1's writer fails (a full disk)
 # after the first evaluation, while host 0 goes on to the next experience.
+# The run is WORKER's first, whose programs the hosts load from their caches
+# when that test ran before.
 FIT_STOPPER = r"""
 import sys
-process_id, port, tests = sys.argv[1:]
+process_id, port, tests, caches = sys.argv[1:]
 import jax, optax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"localhost:{port}", num_processes=2,
@@ -485,27 +527,31 @@ sys.path.insert(0, tests)
 from conftest import make_benchmark
 import jaxcl
 
+jaxcl.enable_compilation_cache(f"{caches}/host{process_id}")
+
+
 class FullDisk(jaxcl.loggers.MetricWriter):
   def write_scalars(self, step, scalars):
     raise OSError("no space left on device")
 
-bench = make_benchmark(n_classes=4, n_experiences=4, per_class=20)
+bench = make_benchmark(n_classes=4, n_experiences=2, per_class=20)
 try:
-  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=16), jaxcl.strategies.naive(),
-            optax.sgd(0.1), bench, batch_size=8,
-            writer=FullDisk() if process_id == "1" else None)
+  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=16, drop_rate=0.0),
+            jaxcl.strategies.naive(), optax.sgd(0.1), bench, batch_size=8,
+            epochs=2, writer=FullDisk() if process_id == "1" else None)
 except OSError as error:
   print(f"raised {error}", file=sys.stderr)
   sys.exit(2)
 """
 
 
-def test_a_host_failing_inside_fit_stops_the_others(tmp_path):
+@pytest.mark.xdist_group("test_multihost-host_caches")
+def test_a_host_failing_inside_fit_stops_the_others(tmp_path, host_caches):
   port = str(_free_port())
   errors = _on_two_hosts(lambda i: [
       sys.executable, "-c", FIT_STOPPER, str(i), port,
-      str(pathlib.Path(__file__).parent)], tmp_path, succeed=False,
-      exit_codes=[1, 2])
+      str(pathlib.Path(__file__).parent), str(host_caches)], tmp_path,
+      succeed=False, exit_codes=[1, 2])
   assert "raised no space left on device" in errors[1], errors[1]
   assert ("jaxcl: error: process 1 failed: OSError: no space left on device; "
           "process 0 stops too.") in errors[0], errors[0]

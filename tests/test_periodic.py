@@ -91,15 +91,26 @@ def test_periodic_eval_by_steps_and_on_the_test_stream():
   assert len(result.periodic[0]["experience_accuracy"]) == len(bench.test_stream)
 
 
+_CURVE_SETTINGS = dict(epochs=8, batch_size=8,
+                       periodic_eval=PeriodicEval(every=1),
+                       eval_before_training=False)
+
+
+@pytest.fixture(scope="module")
+def plain():
+  """The run without early stopping whose curves the stopped runs follow."""
+  return jaxcl.fit(_model(), naive(), optax.sgd(0.5), _bench(),
+                   **_CURVE_SETTINGS)
+
+
+@pytest.mark.xdist_group("test_periodic-plain")
 @pytest.mark.parametrize("metric,mode,margin", [("loss", "min", 0.0),
                                                 ("accuracy", "max", 0.02)])
 def test_early_stopping_follows_avalanche_rule_and_restores_the_best(
-    metric, mode, margin):
+    plain, metric, mode, margin):
   bench = _bench()
-  kwargs = dict(epochs=8, batch_size=8, periodic_eval=PeriodicEval(every=1),
-                eval_before_training=False)
-  plain = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, **kwargs)
-  stopped = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, **kwargs,
+  stopped = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench,
+                      **_CURVE_SETTINGS,
                       early_stopping=EarlyStopping(patience=2, metric=metric,
                                                    mode=mode, margin=margin))
   sign = 1.0 if mode == "max" else -1.0
@@ -130,17 +141,6 @@ class _Recorder(MetricWriter):
     self.rows.append((step, dict(scalars)))
 
 
-def test_epochs_after_an_early_stop_write_no_empty_rows():
-  writer = _Recorder()
-  result = jaxcl.fit(_model(), naive(), optax.sgd(0.0), _bench(), epochs=6,
-                     batch_size=8, periodic_eval=PeriodicEval(every=1),
-                     early_stopping=EarlyStopping(patience=2), writer=writer)
-  assert [h["epochs_trained"] for h in result.history] == [2.0, 2.0]
-  train_steps = [step for step, row in writer.rows if "train/loss" in row]
-  assert train_steps == [0, 1, 6, 7]  # the epochs trained of each experience
-  assert all(row for _, row in writer.rows)
-
-
 def test_every_experience_writes_its_training_metrics():
   # eval_every=2: experiences 0 and 2 are not evaluated, but trained.
   writer = _Recorder()
@@ -163,13 +163,18 @@ def test_early_stopping_counts_epochs_of_smaller_experiences():
   assert [h["epochs_trained"] for h in result.history] == [4.0, 4.0]
 
 
-def test_early_stopping_does_not_wait_for_the_next_evaluation():
+def test_early_stopping_stops_between_evaluations_and_writes_nothing_after():
   # Nothing improves at learning rate 0: the stop comes `patience` epochs
   # after the evaluation before training, between two evaluations.
+  writer = _Recorder()
   result = jaxcl.fit(_model(), naive(), optax.sgd(0.0), _bench(), epochs=8,
                      batch_size=8, periodic_eval=PeriodicEval(every=2),
-                     early_stopping=EarlyStopping(patience=3))
+                     early_stopping=EarlyStopping(patience=3), writer=writer)
   assert [h["epochs_trained"] for h in result.history] == [3.0, 3.0]
+  # The epochs after the stop write no rows, empty ones neither.
+  train_steps = [step for step, row in writer.rows if "train/loss" in row]
+  assert train_steps == [0, 1, 2, 8, 9, 10]  # each experience's epochs
+  assert all(row for _, row in writer.rows)
 
 
 def test_early_stopping_weighs_the_epochs_after_the_last_evaluation():
@@ -202,23 +207,6 @@ def test_a_stop_at_the_last_epoch_still_evaluates_it():
   assert result.history[0]["epochs_trained"] == 3
   assert [p["step"] for p in result.periodic if p["experience"] == 0] == [
       0, 2 * steps, 3 * steps]
-
-
-def test_early_stopping_keeps_one_compile_and_vmapped_runs_stop_separately():
-  bench = _bench()
-  strategy = naive()._replace(
-      penalty=chex.assert_max_traces(naive().penalty, n=1))
-  multi = jaxcl.fit(_model(), strategy, optax.sgd(0.5), bench, epochs=6,
-                    batch_size=8, seeds=[0, 1],
-                    early_stopping=EarlyStopping(patience=1))
-  for seed, run in zip([0, 1], multi.runs):
-    single = jaxcl.fit(_model(), naive(), optax.sgd(0.5), bench, epochs=6,
-                       batch_size=8, seed=seed,
-                       early_stopping=EarlyStopping(patience=1))
-    assert [h["epochs_trained"] for h in run.history] == [
-        h["epochs_trained"] for h in single.history]
-    np.testing.assert_allclose(run.accuracy_matrix, single.accuracy_matrix,
-                               atol=1e-6)
 
 
 def test_reset_schedule_restarts_the_count_at_each_experience():
@@ -426,22 +414,32 @@ def _counting_model(calls):
   return jaxcl.models.Model(base.init, apply)
 
 
-def test_vmapped_runs_skip_steps_and_evaluations_no_run_needs():
-  # A margin no epoch can reach: every run stops after its first epoch, so
-  # the other five epochs train and evaluate nothing, for one run as for two.
+def test_vmapped_runs_compile_once_stop_as_alone_and_skip_what_none_needs():
+  # Each run stops as it does alone; once every run has stopped, the epochs
+  # left train and evaluate nothing, for one run as for two.
   bench = _bench()
-  stop = EarlyStopping(patience=1, margin=10.0)
+  settings = dict(epochs=6, batch_size=8,
+                  early_stopping=EarlyStopping(patience=1))
+  strategy = naive()._replace(
+      penalty=chex.assert_max_traces(naive().penalty, n=1))
   single, vmapped = collections.Counter(), collections.Counter()
-  for seed in (0, 1):
-    jaxcl.fit(_counting_model(single), naive(), optax.sgd(0.5), bench,
-              epochs=6, batch_size=8, seed=seed, early_stopping=stop)
-  multi = jaxcl.fit(_counting_model(vmapped), naive(), optax.sgd(0.5), bench,
-                    epochs=6, batch_size=8, seeds=[0, 1], early_stopping=stop)
+  multi = jaxcl.fit(_counting_model(vmapped), strategy, optax.sgd(0.5), bench,
+                    seeds=[0, 1], **settings)
+  alone = [jaxcl.fit(_counting_model(single), naive(), optax.sgd(0.5), bench,
+                     seed=seed, **settings) for seed in (0, 1)]
   jax.effects_barrier()
-  assert [h["epochs_trained"] for run in multi.runs for h in run.history] == [
-      1] * 4
-  steps = sum(-(-len(e) // 8) for e in bench.train_stream)
-  assert single["train"] == vmapped["train"] == 2 * steps
+  for run, one in zip(multi.runs, alone):
+    assert [h["epochs_trained"] for h in run.history] == [
+        h["epochs_trained"] for h in one.history]
+    np.testing.assert_allclose(run.accuracy_matrix, one.accuracy_matrix,
+                               atol=1e-6)
+  # Both stop before the last epoch: some epochs are left to skip.
+  epochs = [h["epochs_trained"] for run in multi.runs for h in run.history]
+  assert max(epochs) < 6
+  steps = [-(-len(e) // 8) for e in bench.train_stream]
+  trained = sum(h["epochs_trained"] * n for run in multi.runs
+                for h, n in zip(run.history, steps))
+  assert single["train"] == vmapped["train"] == trained
   assert single["eval"] == vmapped["eval"] > 0
 
 
