@@ -349,7 +349,23 @@ def two_experiences():
   return make_benchmark(n_experiences=2)
 
 
-def test_classes_not_seen_yet_are_never_predicted(two_experiences):
+def _fit_unmasked(strategy, bench):
+  """One epoch of plain fine-tuning on ``bench`` whose predictions
+  ``strategy`` makes, without the loop's own masking of unseen classes."""
+  return jaxcl.fit(MLP(4, hidden_size=16, drop_rate=0.0),
+                   chain(naive(), strategy), optax.sgd(0.1), bench, seed=0,
+                   epochs=1, batch_size=4, mask_unseen_classes=False)
+
+
+@pytest.fixture(scope="module")
+def unmasked_fecam(two_experiences):
+  """:func:`_fit_unmasked` of ``fecam()``."""
+  return _fit_unmasked(fecam(), two_experiences)
+
+
+@pytest.mark.xdist_group("test_classifiers-unmasked_fecam")
+def test_classes_not_seen_yet_are_never_predicted(two_experiences,
+                                                   unmasked_fecam):
   ctx = _ctx()
   x = jnp.asarray(np.random.default_rng(5).normal(size=(64, DIM)),
                   jnp.float32)
@@ -361,12 +377,9 @@ def test_classes_not_seen_yet_are_never_predicted(two_experiences):
     logits = predict_rows(ctx, strategy, state, state.cl_state, x)
     assert set(np.argmax(logits, 1).tolist()) <= {0, 1}
     np.testing.assert_array_equal(logits[:, 2:], MASK_VALUE)
-    # Without the loop's own masking of unseen classes, the classifier's
-    # alone keeps the first experience's classes after it.
-    result = jaxcl.fit(MLP(4, hidden_size=16, drop_rate=0.0),
-                       chain(naive(), strategy), optax.sgd(0.1),
-                       two_experiences, seed=0, epochs=1, batch_size=4,
-                       mask_unseen_classes=False)
+  # Without the loop's own masking of unseen classes, the classifier's
+  # alone keeps the first experience's classes after it.
+  for result in (_fit_unmasked(ncm(), two_experiences), unmasked_fecam):
     assert result.accuracy_matrix[0, 0] > 0.9
     assert result.accuracy_matrix[-1].min() > 0.5
 
@@ -394,18 +407,19 @@ def test_fecam_without_kept_covariances_checkpoints_and_resumes(
   assert_trees_close(resumed.state.cl_state, first.state.cl_state, atol=0)
 
 
-def test_sweeps_shrinkage_as_single_runs(two_experiences):
-  model = MLP(4, hidden_size=16, drop_rate=0.0)
-  kwargs = {"epochs": 1, "batch_size": 4}
-  swept = jaxcl.sweep(model, two_experiences, [0.1, 3.0],
+@pytest.mark.xdist_group("test_classifiers-unmasked_fecam")
+def test_sweeps_shrinkage_as_single_runs(two_experiences, unmasked_fecam):
+  # The second run has fecam's default shrink1, that of unmasked_fecam.
+  swept = jaxcl.sweep(MLP(4, hidden_size=16, drop_rate=0.0), two_experiences,
+                      [3.0, 1.0],
                       strategy=lambda s: chain(naive(), fecam(shrink1=s)),
-                      optimizer=optax.sgd(0.1), **kwargs)
-  alone = jaxcl.fit(model, chain(naive(), fecam(shrink1=3.0)),
-                    optax.sgd(0.1), two_experiences, seed=0, **kwargs)
+                      optimizer=optax.sgd(0.1), epochs=1, batch_size=4,
+                      mask_unseen_classes=False)
+  alone = unmasked_fecam.state.cl_state[1].class_covs
   np.testing.assert_allclose(swept.runs[1].state.cl_state[1].class_covs,
-                             alone.state.cl_state[1].class_covs, atol=1e-5)
-  assert not np.allclose(swept.runs[0].state.cl_state[1].class_covs,
-                         alone.state.cl_state[1].class_covs, atol=1e-5)
+                             alone, atol=1e-5)
+  assert not np.allclose(swept.runs[0].state.cl_state[1].class_covs, alone,
+                         atol=1e-5)
 
 
 def test_chains_refuse_a_second_prediction_rule():

@@ -1,11 +1,11 @@
 """The `jaxcl` command end to end, and its argument errors."""
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.lib
@@ -20,19 +20,28 @@ from jaxcl import cli
 from jaxcl.strategies import cumulative, from_spec, naive
 
 
-def _jaxcl(*args, cwd):
-  return subprocess.run([sys.executable, "-m", "jaxcl.cli", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=300)
+# Two experiences, an MLP of 32 units, batches of 64: the default run's
+# flags, and those of the runs that compare with it or load its programs.
+_SMALL_RUN = ["--n-experiences", "2", "--epochs", "1", "--batch-size", "64",
+              "--hidden-size", "32"]
 
 
-def test_run_end_to_end(tmp_path):
-  logdir = tmp_path / "run"
-  out = _jaxcl("run", "--n-experiences", "2", "--epochs", "1",
-               "--batch-size", "64", "--hidden-size", "32", "--logdir",
-               str(logdir), "--no-progress", "--compilation-cache", "",
-               cwd=tmp_path)
-  assert out.returncode == 0, out.stderr
-  assert "Accuracy matrix" in out.stdout and "stream_accuracy" in out.stdout
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+  """``jaxcl run`` with ``_SMALL_RUN``'s flags and every output:
+  ``(logdir, what it printed)``."""
+  logdir = tmp_path_factory.mktemp("default_run") / "run"
+  with contextlib.redirect_stdout(io.StringIO()) as stdout:
+    assert cli.main(["run", *_SMALL_RUN, "--logdir", str(logdir),
+                     "--no-progress", "--compilation-cache", ""]) == 0
+  return logdir, stdout.getvalue()
+
+
+@pytest.mark.xdist_group("test_cli-default_run")
+def test_run_end_to_end(default_run):
+  # In this process: `python -m jaxcl.cli` runs in test_multihost.py.
+  logdir, stdout = default_run
+  assert "Accuracy matrix" in stdout and "stream_accuracy" in stdout
   results = json.loads((logdir / "results.json").read_text())
   matrix = results["accuracy_matrix"]
   assert len(matrix) == 2 and len(matrix[0]) == 2
@@ -58,17 +67,21 @@ def xla_cache(tmp_path_factory):
     yield folder
 
 
-def test_values_in_the_strategy_spec_equal_the_flags(tmp_path, xla_cache):
+def test_values_in_the_strategy_spec_equal_the_flags_and_are_recorded(
+    tmp_path, xla_cache):
   def results(*args):
+    """results.json and the hparams recorded of a run with ``args``."""
     logdir = tmp_path / str(len(list(tmp_path.iterdir())))
     assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
                      "--epochs", "1", *args, "--logdir", str(logdir),
                      "--quiet", "--no-progress", "--no-tensorboard",
                      "--compilation-cache", xla_cache]) == 0
-    return json.loads((logdir / "results.json").read_text())
-  flags = results("--strategy", "replay+lwf", "--mem-size", "40",
-                  "--alpha", "2")
-  spec = results("--strategy", "replay(mem_size=40)+lwf(alpha=2)")
+    first = json.loads((logdir / "metrics.jsonl").read_text().splitlines()[0])
+    return json.loads((logdir / "results.json").read_text()), first["hparams"]
+  flags, _ = results("--strategy", "replay+lwf", "--mem-size", "40",
+                     "--alpha", "2")
+  spec, spec_hparams = results("--strategy",
+                               "replay(mem_size=40)+lwf(alpha=2)")
   assert spec["accuracy_matrix"] == flags["accuracy_matrix"]
   # Every hyperparameter each strategy was built with, defaults included.
   replay, lwf = spec["config"]["strategy_hyperparameters"]
@@ -77,18 +90,29 @@ def test_values_in_the_strategy_spec_equal_the_flags(tmp_path, xla_cache):
                     "selection": "random"}
   assert lwf == {"strategy": "lwf", "alpha": 2, "temperature": 2.0}
   assert flags["config"]["strategy_hyperparameters"][1]["alpha"] == 2.0
-  assert results("--strategy", "replay+lwf", "--mem-size", "40")[
-      "accuracy_matrix"] != flags["accuracy_matrix"]
+  # Alpha [2, 1]: 1 on the second experience (the first has no teacher).
+  other, hparams = results("--strategy", "replay+lwf", "--mem-size", "40",
+                           "--alpha", "2,1")
+  assert other["accuracy_matrix"] != flags["accuracy_matrix"]
+  # The hparams record lists and the strategies' hyperparameters, as set by
+  # the spec or the flags: two runs with --alpha 1,2 and --alpha 3,4 had the
+  # same hparams.
+  assert spec_hparams["strategy/replay/mem_size"] == 40
+  assert spec_hparams["strategy/lwf/temperature"] == 2.0
+  assert hparams["alpha"] == "2.0,1.0"
+  assert hparams["strategy/lwf/alpha"] == "2.0,1.0"
 
 
 def test_a_diverging_swept_value_is_flagged_and_the_others_reported(tmp_path):
   logdir = tmp_path / "run"
+  # The programs of test_sweep_over_learning_rate_reports_each_value's
+  # sweep (the rates are in the state), compiled once.
   with pytest.warns(RuntimeWarning, match=r"label 1e\+30"):
     assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
                      "--epochs", "1", "--sweep", "lr=0.05,1e30",
-                     "--on-nonfinite", "flag", "--logdir", str(logdir),
-                     "--quiet", "--no-progress", "--no-tensorboard",
-                     "--compilation-cache", ""]) == 0
+                     "--on-nonfinite", "flag", "--minibatch-metrics",
+                     "--logdir", str(logdir), "--quiet", "--no-progress",
+                     "--no-tensorboard", "--compilation-cache", ""]) == 0
   results = json.loads((logdir / "results.json").read_text())
   assert results["nonfinite"][0] is None and results["nonfinite"][1][0] == 0
   # NaN is written as null; the mean is the finite run's value.
@@ -194,27 +218,31 @@ def test_class_masking_is_fits_unless_turned_off(tmp_path, monkeypatch, flags,
   assert given == [masked]
 
 
-def test_device_memory_budget_streams_with_the_same_numbers(tmp_path,
-                                                            xla_cache):
-  # In this process (no interpreter and JAX to start three times), with a
-  # fresh cache: the two streamed runs share their programs.
+@pytest.mark.xdist_group("test_cli-default_run")
+def test_a_memory_budget_streams_the_same_numbers_with_jax_own_cache(
+    tmp_path, xla_cache, default_run):
+  # In this process (no interpreter and JAX to start twice), with JAX's own
+  # cache in a fresh folder: the two streamed runs share their programs.
+  expected = json.loads((default_run[0] / "results.json").read_text())
   results = []
   budget = ("--device-memory-budget-mb", "0.05")
-  for flags in ((), budget, ("--lazy", *budget)):
+  for flags in (budget, ("--lazy", *budget)):
     logdir = tmp_path / f"run{len(results)}"
-    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "32",
-                     "--logdir", str(logdir), "--no-progress", "--quiet",
-                     "--no-tensorboard", *flags, "--compilation-cache",
-                     xla_cache]) == 0
+    assert cli.main(["run", *_SMALL_RUN, "--logdir", str(logdir),
+                     "--no-progress", "--quiet", "--no-tensorboard", *flags,
+                     "--compilation-cache", ""]) == 0
+    # '' enables no cache of jaxcl's; one set through JAX (its
+    # JAX_COMPILATION_CACHE_DIR) stays, as --help and README say.
+    assert jax.config.jax_compilation_cache_dir == xla_cache
     results.append(json.loads((logdir / "results.json").read_text()))
   # 0.05 MB is below one experience (≈ 2,000 digits of 796 bytes): streamed,
   # from memory, then from the records (--lazy).
-  assert results[1]["config"]["device_memory_budget_mb"] == 0.05
-  assert results[2]["config"]["lazy"]
-  for streamed in results[1:]:
-    assert streamed["accuracy_matrix"] == results[0]["accuracy_matrix"]
+  assert results[0]["config"]["device_memory_budget_mb"] == 0.05
+  assert results[1]["config"]["lazy"]
+  for streamed in results:
+    assert streamed["accuracy_matrix"] == expected["accuracy_matrix"]
     assert streamed["metrics"]["stream_loss"] == (
-        results[0]["metrics"]["stream_loss"])
+        expected["metrics"]["stream_loss"])
 
 
 def test_periodic_eval_early_stopping_and_schedule_flags(tmp_path):
@@ -376,15 +404,19 @@ def test_bad_arguments_exit_2_with_clear_message(tmp_path, capsys, args, message
   assert not logdir.exists()
 
 
-def test_a_diverging_run_ends_with_a_clear_error(tmp_path, capsys):
+def test_a_diverging_run_ends_with_a_clear_error_and_leaves_no_folder(
+    tmp_path, capsys):
+  # The checkpoint folder inside the new log folder made it look old.
+  logdir = tmp_path / "x"
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
-                   "--lr", "1e9", "--logdir", str(tmp_path / "x"),
-                   "--no-progress", "--no-tensorboard", "--quiet",
+                   "--lr", "1e9", "--logdir", str(logdir), "--checkpoint-dir",
+                   str(logdir / "ckpt"), "--no-progress", "--quiet",
                    "--compilation-cache", ""])
   assert code == 2
   err = capsys.readouterr().err
   assert "jaxcl: error: The training loss became NaN or infinite" in err
   assert "other runs" not in err  # A single run has none to let finish.
+  assert not logdir.exists()
   assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
                    "--lr", "1e9", "--seeds", "0,1", "--logdir",
                    str(tmp_path / "y"), "--no-progress", "--no-tensorboard",
@@ -520,42 +552,14 @@ def test_sweeps_a_value_the_strategy_needs_once_another_is_set(tmp_path):
   assert len(results["labels"]) == len(results["accuracy_matrices"]) == 2
 
 
-def test_hparams_record_lists_and_each_strategy_hyperparameter(tmp_path):
-  # Lists and the strategies' hyperparameters were left out: two runs with
-  # --alpha 1,2 and --alpha 3,4 had the same hparams.
-  out = tmp_path / "run"
-  assert cli.main(["run", "--strategy", "lwf(temperature=1.5)", "--alpha",
-                   "1,2", "--n-experiences", "2", "--epochs", "1",
-                   "--hidden-size", "8", "--no-progress", "--quiet",
-                   "--no-tensorboard", "--logdir", str(out),
-                   "--compilation-cache", ""]) == 0
-  first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-  hparams = first["hparams"]
-  assert hparams["alpha"] == "1.0,2.0"
-  assert hparams["strategy/lwf/alpha"] == "1.0,2.0"
-  assert hparams["strategy/lwf/temperature"] == 1.5
-
-
-def test_a_failed_first_run_leaves_no_folder_with_its_checkpoints_inside(
-    tmp_path):
-  # The checkpoint folder inside the new log folder made it look old.
-  logdir = tmp_path / "ewc"
-  assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
-                   "--lr", "1e38", "--optimizer", "adam", "--logdir",
-                   str(logdir), "--checkpoint-dir", str(logdir / "ckpt"),
-                   "--no-progress", "--quiet", "--compilation-cache",
-                   ""]) == 2
-  assert not logdir.exists()
-
-
 def test_an_unwritable_default_cache_folder_only_costs_the_caching(
     tmp_path, monkeypatch, capsys):
   # A read-only or missing home stopped every run.
   monkeypatch.setattr(cli.compilation, "DEFAULT_CACHE_DIR",
                       "/proc/jaxcl_no_home/xla")
   before = jax.config.jax_compilation_cache_dir
-  args = ["run", "--n-experiences", "2", "--hidden-size", "8", "--epochs",
-          "1", "--no-progress", "--quiet", "--no-tensorboard"]
+  # The default run's flags: its programs, compiled once in the suite's cache.
+  args = ["run", *_SMALL_RUN, "--no-progress", "--quiet", "--no-tensorboard"]
   with pytest.warns(RuntimeWarning, match="--compilation-cache "
                     "'/proc/jaxcl_no_home/xla' cannot hold the compilation "
                     "cache"):
@@ -567,23 +571,6 @@ def test_an_unwritable_default_cache_folder_only_costs_the_caching(
   assert ("--compilation-cache '/proc/jaxcl_no_home/xla' cannot be created: "
           "FileNotFoundError: No such file or directory; expected a folder "
           "this process can write." in capsys.readouterr().err)
-
-
-def test_an_empty_compilation_cache_flag_leaves_jax_own_cache(tmp_path):
-  # '' enables no cache of jaxcl's; one set through JAX (its
-  # JAX_COMPILATION_CACHE_DIR) stays, as --help and README say.
-  from jax.experimental.compilation_cache import compilation_cache
-  before = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "env"))
-  try:
-    assert cli.main(["run", "--n-experiences", "2", "--hidden-size", "8",
-                     "--epochs", "1", "--no-progress", "--quiet",
-                     "--no-tensorboard", "--logdir", str(tmp_path / "run"),
-                     "--compilation-cache", ""]) == 0
-    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
-  finally:
-    jax.config.update("jax_compilation_cache_dir", before)
-    compilation_cache.reset_cache()
 
 
 def test_opt_in_metric_flags_record_every_step_and_the_disk_usage(tmp_path):
@@ -653,7 +640,7 @@ def test_arguments_checked_twice_stay_valid():
 def test_sweep_over_learning_rate_reports_each_value(tmp_path, capsys):
   logdir = tmp_path / "sweep"
   code = cli.main(["run", "--n-experiences", "2", "--hidden-size", "16",
-                   "--batch-size", "64", "--sweep", "lr=0.01,0.1", "--logdir",
+                   "--epochs", "1", "--sweep", "lr=0.01,0.1", "--logdir",
                    str(logdir), "--no-progress", "--no-tensorboard",
                    "--minibatch-metrics", "--compilation-cache", ""])
   assert code == 0
@@ -766,12 +753,13 @@ def test_lr_schedule_plateau_chains_reduce_on_plateau_over_an_epoch(
       n_experiences=2).train_stream]
   epoch = -(-(sum(sizes) if strategy == "cumulative" else max(sizes)) // 100)
   grads = {"w": jnp.ones(2)}
+  update = jax.jit(optimizer.update)  # As fit runs it; one compile.
   # Window 1 sets the best loss; window 2 beats it by 2e-4, more than
   # PyTorch's relative threshold of 1e-4; window 3 does not, a plateau of
   # patience 0 that halves the scale once the window closes.
   for step in range(3 * epoch):
     value = 1.0 if step < epoch else 1.0 - 2e-4
-    updates, state = optimizer.update(grads, state, params, value=value)
+    updates, state = update(grads, state, params, value=value)
     assert float(state[-1].scale) == (0.5 if step == 3 * epoch - 1 else 1.0)
   np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones(2))
 

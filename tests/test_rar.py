@@ -280,8 +280,9 @@ def test_the_adversarial_term_runs_the_model_in_training_mode():
     return beta * jnp.mean(-jnp.take_along_axis(
         jax.nn.log_softmax(logits), jnp.asarray(mem_y)[:, None], 1))
 
+  grad = jax.jit(jax.grad(term), static_argnums=1)
   expected, evaluation = (
-      jax.tree.map(jnp.add, grads, jax.grad(term)(state.params, train))
+      jax.tree.map(jnp.add, grads, grad(state.params, train))
       for train in (True, False))
   assert_trees_close(out, expected, rtol=1e-4, atol=1e-6)
   with pytest.raises(AssertionError):
@@ -342,32 +343,27 @@ def test_memory_samples_without_a_target_are_left_out():
   assert_trees_close(out, grads, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kwargs", [{"use_adversarial_replay": False},
-                                    {"beta_coef": 0.0}])
-def test_without_the_adversarial_term_it_is_replay_with_a_reservoir(kwargs):
+def test_the_adversarial_term_alone_sets_it_apart_from_reservoir_replay():
   bench = make_benchmark(n_experiences=2)
   model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
   fit = lambda s: jaxcl.fit(model, s, optax.sgd(0.1), bench, seed=0,
                             epochs=2, batch_size=4)
-  ours = fit(rar(batch_size_mem=3, mem_size=8, **kwargs))
   theirs = fit(replay(mem_size=8, batch_size_mem=3, storage="reservoir"))
-  np.testing.assert_allclose(ours.accuracy_matrix, theirs.accuracy_matrix)
-  assert_trees_close(ours.state.params, theirs.state.params, atol=1e-6)
-  assert_trees_close(ours.state.cl_state.buffer, theirs.state.cl_state)
-  # The reservoir holds 8 of the 48 samples seen.
-  buffer = jax.device_get(ours.state.cl_state.buffer)
-  assert int(buffers.size(buffer)) == 8 and int(buffer.seen) == 48
-
-
-def test_the_adversarial_term_changes_training():
-  bench = make_benchmark(n_experiences=2)
-  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
-  fit = lambda s: jaxcl.fit(model, s, optax.sgd(0.1), bench, seed=0,
-                            epochs=1, batch_size=4)
-  on, off = (fit(rar(batch_size_mem=4, mem_size=8, beta_coef=b))
-             for b in (1.0, 0.0))
+  # Without the term's hooks, and with them at a weight of 0: replay.
+  without, weightless = (fit(rar(batch_size_mem=3, mem_size=8, **kwargs))
+                         for kwargs in ({"use_adversarial_replay": False},
+                                        {"beta_coef": 0.0}))
+  for ours in (without, weightless):
+    np.testing.assert_allclose(ours.accuracy_matrix, theirs.accuracy_matrix)
+    assert_trees_close(ours.state.params, theirs.state.params, atol=1e-6)
+    assert_trees_close(ours.state.cl_state.buffer, theirs.state.cl_state)
+    # The reservoir holds 8 of the 48 samples seen.
+    buffer = jax.device_get(ours.state.cl_state.buffer)
+    assert int(buffers.size(buffer)) == 8 and int(buffer.seen) == 48
+  # The term changes training (the program of beta_coef=0, loaded).
+  on = fit(rar(batch_size_mem=3, mem_size=8, beta_coef=1.0))
   diff = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
-                      on.state.params, off.state.params)
+                      on.state.params, weightless.state.params)
   assert max(jax.tree.leaves(diff)) > 1e-3
 
 
@@ -442,14 +438,19 @@ def test_values_the_configuration_does_not_read_are_stored_as_zero():
     cl_state = hook_state(ctx, rar(**given, **kwargs)).cl_state
     np.testing.assert_allclose([getattr(cl_state, n) for n in names], stored,
                                rtol=1e-6, err_msg=str(kwargs))
-  # So a sweep over such a value is refused, as La-MAML's lr_alpha.
-  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
-  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  # So the runs of a sweep over such a value start from the same state
+  # (fit compares them whole) ...
   for name, kwargs in [("beta_coef", dict(use_adversarial_replay=False)),
                        ("decay_factor_fgsm", dict(iter_fgsm=2)),
                        ("epsilon_fgsm", dict(iter_fgsm=1))]:
-    with pytest.raises(ValueError, match="does not use it"):
-      jaxcl.sweep(model, bench, [0.1, 0.3], batch_size=4,
-                  strategy=lambda v, name=name, kwargs=kwargs: rar(
-                      mem_size=8, batch_size_mem=4, **{name: v}, **kwargs),
-                  optimizer=optax.sgd(0.1))
+    runs = [hook_state(ctx, rar(**{name: v}, **kwargs)).cl_state
+            for v in (0.1, 0.3)]
+    assert_trees_close(*runs, rtol=0, atol=0)
+  # ... and fit refuses it, as La-MAML's lr_alpha.
+  bench = make_benchmark(n_classes=4, n_experiences=2, per_class=6)
+  model = jaxcl.models.MLP(num_classes=4, hidden_size=8, drop_rate=0.0)
+  with pytest.raises(ValueError, match="does not use it"):
+    jaxcl.sweep(model, bench, [0.1, 0.3], batch_size=4,
+                strategy=lambda v: rar(mem_size=8, batch_size_mem=4,
+                                       epsilon_fgsm=v, iter_fgsm=1),
+                optimizer=optax.sgd(0.1))

@@ -77,13 +77,17 @@ def test_scr_loss_matches_avalanche_in_value_and_gradient():
 def _replaying_batch(ctx, strategy):
   """A state whose memory holds 3 samples of classes 0 and 1 each, and a
   transformed batch of classes 2 (one padding row) with 4 memory rows."""
-  state = hook_state(ctx, strategy)
-  state = strategy.end_experience(
-      ctx, state, normal_experience([0, 0, 0, 1, 1, 1], 0), jax.random.key(1))
-  batch = normal_batch([2, 2, 2, 2], [1.0, 1.0, 1.0, 0.0], dim=DIM)
-  out = strategy.transform_batch(ctx, state.cl_state, batch,
-                                 jax.random.key(4))
-  return state, out
+  # Jitted as fit runs the hooks: one program compiles in less time than
+  # their operations one by one.
+  @jax.jit
+  def hooks(state, data, batch):
+    state = strategy.end_experience(ctx, state, data, jax.random.key(1))
+    return state, strategy.transform_batch(ctx, state.cl_state, batch,
+                                           jax.random.key(4))
+
+  return hooks(hook_state(ctx, strategy),
+               normal_experience([0, 0, 0, 1, 1, 1], 0),
+               normal_batch([2, 2, 2, 2], [1.0, 1.0, 1.0, 0.0], dim=DIM))
 
 
 @pytest.mark.parametrize("augment", [None, lambda x, key: x[:, ::-1] * 2.0])
@@ -94,15 +98,22 @@ def test_scr_trains_on_the_loss_of_two_views_of_batch_and_memory(augment):
   # batch_size memory rows follow the current ones.
   assert out["y"].shape == (8,) and int(jnp.sum(out["weight"][4:])) == 4
   assert set(np.asarray(out["y"][4:]).tolist()) <= {0, 1}
-  logits = mask_unseen(ctx.logits(state.params, state.model_state, out["x"],
-                                  out["task"]), jnp.ones(N_CLASSES, bool))
+
+  @jax.jit
+  def logits_and_penalty(state, batch):
+    logits = mask_unseen(ctx.logits(state.params, state.model_state,
+                                    batch["x"], batch["task"]),
+                         jnp.ones(N_CLASSES, bool))
+    return logits, strategy.penalty(ctx, state.params, state.cl_state, batch,
+                                    logits)
+
+  logits, penalty = logits_and_penalty(state, out)
   assert float(jnp.sum(cross_entropy(logits, out) * out["weight"])) == 0.0
   used = np.asarray(out["weight"]) > 0
   x = np.asarray(out["x"])[used]
   second = x if augment is None else x[:, ::-1] * 2.0
   views = np.stack([unit_rows(two_layer_numpy(state.params, x)[1]),
                     unit_rows(two_layer_numpy(state.params, second)[1])], 1)
-  penalty = strategy.penalty(ctx, state.params, state.cl_state, out, logits)
   assert float(penalty) == pytest.approx(
       _avalanche_scr(views, np.asarray(out["y"])[used], 0.5), rel=1e-5)
   # Each step leaves a fresh key for the next one's view and dropout.
@@ -199,31 +210,31 @@ def two_experiences():
   return make_benchmark(n_experiences=2)
 
 
-def test_scr_vmapped_seeds_equal_single_runs_and_learn(two_experiences):
+def test_scr_vmapped_seeds_and_swept_temperatures_equal_single_runs(
+    two_experiences):
   # With dropout, so that the per-step key of each run is checked too.
   model = MLP(4, hidden_size=32, drop_rate=0.1)
-  for alone in fit_seeds_alone(model, scr(mem_size=8), two_experiences):
-    np.testing.assert_array_equal(alone.accuracy_matrix[-1], [1.0, 1.0])
-    assert np.all(alone.state.cl_state.has_mean)
-
-
-def test_scr_sweeps_temperature_as_single_runs_and_chains(two_experiences):
-  model = MLP(4, hidden_size=32, drop_rate=0.0)
-  kwargs = {"epochs": 2, "batch_size": 4}
-  swept = jaxcl.sweep(model, two_experiences, [0.05, 0.5],
+  alone = fit_seeds_alone(model, scr(mem_size=8), two_experiences)
+  for run in alone:
+    np.testing.assert_array_equal(run.accuracy_matrix[-1], [1.0, 1.0])
+    assert np.all(run.state.cl_state.has_mean)
+  # Seed 0's run alone has the default temperature, 0.1: the sweep's first.
+  swept = jaxcl.sweep(model, two_experiences, [0.1, 0.5],
                       strategy=lambda t: scr(mem_size=8, temperature=t),
-                      optimizer=optax.sgd(0.1), **kwargs)
-  alone = jaxcl.fit(model, scr(mem_size=8, temperature=0.05),
-                    optax.sgd(0.1), two_experiences, seed=0, **kwargs)
+                      optimizer=optax.sgd(0.1), epochs=2, batch_size=4)
   np.testing.assert_allclose(swept.runs[0].accuracy_matrix,
-                             alone.accuracy_matrix, atol=1e-6)
+                             alone[0].accuracy_matrix, atol=1e-6)
   np.testing.assert_allclose(swept.runs[0].state.cl_state.class_means,
-                             alone.state.cl_state.class_means, atol=1e-5)
+                             alone[0].state.cl_state.class_means, atol=1e-5)
   assert not np.allclose(swept.runs[1].state.cl_state.class_means,
-                         alone.state.cl_state.class_means, atol=1e-5)
-  # In a chain, SCR keeps its state and its prediction rule.
-  chained = jaxcl.fit(model, chain(ewc(ewc_lambda=1.0), scr(mem_size=8)),
-                      optax.sgd(0.1), two_experiences, seed=0, **kwargs)
+                         alone[0].state.cl_state.class_means, atol=1e-5)
+
+
+def test_scr_in_a_chain_keeps_its_state_and_prediction_rule(two_experiences):
+  chained = jaxcl.fit(MLP(4, hidden_size=32, drop_rate=0.0),
+                      chain(ewc(ewc_lambda=1.0), scr(mem_size=8)),
+                      optax.sgd(0.1), two_experiences, seed=0, epochs=2,
+                      batch_size=4)
   assert np.all(np.isfinite(chained.accuracy_matrix))
   scr_state = chained.state.cl_state[1]
   assert int(buffers.size(scr_state.buffer)) == 8

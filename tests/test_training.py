@@ -226,12 +226,24 @@ def test_one_compile_per_stream_with_unequal_experiences(tiny_model):
   assert int(result.state.step) == expected
 
 
-def test_same_seed_same_numbers_different_seed_different(tiny_benchmark,
-                                                         tiny_model):
-  def run(seed):
-    return jaxcl.fit(tiny_model, naive(), optax.sgd(0.05), tiny_benchmark,
-                     epochs=2, batch_size=5, seed=seed)
-  a, b, c = run(0), run(0), run(1)
+def _plain_fit(seed, lr=0.05, **kwargs):
+  """Two epochs of naive fine-tuning of the conftest's tiny model on its
+  tiny benchmark, with SGD at ``lr`` in batches of 5 (the last padded)."""
+  return jaxcl.fit(jaxcl.models.MLP(num_classes=4, hidden_size=8,
+                                    drop_rate=0.0), naive(), optax.sgd(lr),
+                   make_benchmark(), epochs=2, batch_size=5, seed=seed,
+                   **kwargs)
+
+
+@pytest.fixture(scope="module")
+def plain_fit():
+  """:func:`_plain_fit` of seed 0."""
+  return _plain_fit(0)
+
+
+@pytest.mark.xdist_group("test_training-plain_fit")
+def test_same_seed_same_numbers_different_seed_different(plain_fit):
+  a, b, c = plain_fit, _plain_fit(0), _plain_fit(1)
   np.testing.assert_array_equal(a.accuracy_matrix, b.accuracy_matrix)
   chex.assert_trees_all_equal(a.state.params, b.state.params)
   assert not np.allclose(
@@ -283,13 +295,13 @@ def test_a_flagged_nonfinite_loss_trains_on_with_nan_metrics(tiny_benchmark,
 def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
     tiny_benchmark, tiny_model):
   optimizer = lambda lr: optax.inject_hyperparams(optax.sgd)(learning_rate=lr)
+  # The same programs flagged and raised (on_nonfinite is the host's).
+  kwargs = dict(strategy=naive(), optimizer=optimizer, batch_size=4, epochs=2,
+                periodic_eval=jaxcl.PeriodicEval(every=1, stream="test"))
   with pytest.warns(RuntimeWarning, match=r"experience 0 .*\(run 1, label "
                     r"1e\+30\); training goes on"):
     swept = jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30],
-                        strategy=naive(), optimizer=optimizer, batch_size=4,
-                        on_nonfinite="flag", epochs=2,
-                        periodic_eval=jaxcl.PeriodicEval(every=1,
-                                                         stream="test"))
+                        on_nonfinite="flag", **kwargs)
   alone = jaxcl.fit(tiny_model, naive(), optimizer(0.1), tiny_benchmark,
                     batch_size=4, epochs=2,
                     periodic_eval=jaxcl.PeriodicEval(every=1, stream="test"))
@@ -318,8 +330,7 @@ def test_a_diverging_swept_value_leaves_the_other_runs_to_finish(
   assert mean == alone.metrics["stream_accuracy"] and np.isnan(std)
   with pytest.raises(FloatingPointError, match=r"\(run 1, label 1e\+30\).*"
                      r"on_nonfinite='flag'"):
-    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30], strategy=naive(),
-                optimizer=optimizer, batch_size=4)
+    jaxcl.sweep(tiny_model, tiny_benchmark, [0.1, 1e30], **kwargs)
   with pytest.raises(ValueError, match="Unknown on_nonfinite 'warn'; expected "
                      "one of flag, raise"):
     jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
@@ -414,28 +425,32 @@ def test_smoothed_cross_entropy_spreads_over_the_visible_classes():
     smoothed_cross_entropy(1.5)
 
 
-def test_fit_trains_and_evaluates_with_the_given_loss(tiny_benchmark,
-                                                      tiny_model):
-  def run(lr, **kwargs):
-    return jaxcl.fit(tiny_model, naive(), optax.sgd(lr), tiny_benchmark,
-                     batch_size=4, **kwargs)
+@pytest.mark.xdist_group("test_training-plain_fit")
+def test_fit_trains_evaluates_and_checkpoints_with_the_given_loss(
+    plain_fit, tmp_path):
   # SGD on twice the loss is SGD at twice the rate: the same parameters,
   # and the evaluation's loss, the same criterion, twice as large.
-  doubled = run(0.05, loss=lambda logits, batch: 2 * cross_entropy(logits,
-                                                                   batch))
-  plain = run(0.1)
-  chex.assert_trees_all_close(doubled.state.params, plain.state.params,
+  twice = lambda logits, batch: 2 * cross_entropy(logits, batch)
+  doubled = _plain_fit(0, 0.025, loss=twice)
+  chex.assert_trees_all_close(doubled.state.params, plain_fit.state.params,
                               rtol=1e-6)
   np.testing.assert_allclose([r["stream_loss"] for r in doubled.history],
-                             [2 * r["stream_loss"] for r in plain.history],
+                             [2 * r["stream_loss"] for r in plain_fit.history],
                              rtol=1e-6)
-  smoothed = run(0.1, loss=smoothed_cross_entropy(0.2))
+  # Another loss trains otherwise, and the checkpoint names it: resuming
+  # with another is refused.
+  smoothed = _plain_fit(0, loss=smoothed_cross_entropy(0.1),
+                        checkpoint_dir=tmp_path)
   assert not np.allclose(jax.tree.leaves(smoothed.state.params)[0],
-                         jax.tree.leaves(plain.state.params)[0])
+                         jax.tree.leaves(plain_fit.state.params)[0])
+  with pytest.raises(jaxcl.checkpoint.CheckpointError,
+                     match=r"smoothed_cross_entropy\(0\.1\).*"
+                     r"smoothed_cross_entropy\(0\.2\)"):
+    _plain_fit(0, loss=smoothed_cross_entropy(0.2), checkpoint_dir=tmp_path)
 
 
 def test_every_caller_gives_the_loss_the_whole_batch(tiny_benchmark,
-                                                     tiny_model, tmp_path):
+                                                     tiny_model):
   seen = []
 
   def recording(logits, batch):
@@ -447,16 +462,6 @@ def test_every_caller_gives_the_loss_the_whole_batch(tiny_benchmark,
             optax.sgd(0.1), tiny_benchmark, batch_size=4, loss=recording)
   assert len(seen) > 2 and all(
       keys >= {"x", "y", "task", "weight"} for keys in seen), seen
-  # A checkpoint names the loss it was trained with.
-  def run(eps):
-    return jaxcl.fit(tiny_model, naive(), optax.sgd(0.1), tiny_benchmark,
-                     batch_size=4, loss=smoothed_cross_entropy(eps),
-                     checkpoint_dir=tmp_path / "ckpt")
-  run(0.1)
-  with pytest.raises(jaxcl.checkpoint.CheckpointError,
-                     match=r"smoothed_cross_entropy\(0\.1\).*"
-                     r"smoothed_cross_entropy\(0\.2\)"):
-    run(0.2)
 
 
 @pytest.mark.parametrize("loss, error, message", [
@@ -545,26 +550,26 @@ def test_blocks_of_experiences_train_as_one_call_per_experience(
     return result
 
   # 1: one call per experience; 3: blocks of 3, 2, 3, 2 (the last of each
-  # span padded and skipped); 5: one block per span.
-  one, *blocked = run(1), run(3), run(5)
+  # span padded and skipped), so full and padded blocks, two read back at
+  # each evaluation (one block per span, 5, takes the same paths).
+  one, blocked = run(1), run(3)
   runs = lambda result: result.runs if seeds else [result]
-  for other in blocked:
-    for a, b in zip(runs(other), runs(one), strict=True):
-      np.testing.assert_allclose(a.accuracy_matrix, b.accuracy_matrix)
-      chex.assert_trees_all_close(a.state.params, b.state.params,
-                                  rtol=1e-6, atol=1e-6)
-      chex.assert_trees_all_equal(a.state.cl_state, b.state.cl_state)
-      chex.assert_trees_all_equal(a.state.step, b.state.step)
-      np.testing.assert_allclose([h["train_loss"] for h in a.history],
-                                 [h["train_loss"] for h in b.history],
-                                 rtol=1e-6)
-      # Periodic evaluations inside each experience, besides the one before
-      # training: one at step 2, and for the 8 experiences of 5 samples (3
-      # steps at batch 2; the 2 of 4 samples take 2) one of the final state.
-      assert len(a.periodic) == len(b.periodic) == (28 if periodic else 0)
-      for p, q in zip(a.periodic, b.periodic):
-        assert (p["experience"], p["step"]) == (q["experience"], q["step"])
-        np.testing.assert_allclose(p["stream_accuracy"], q["stream_accuracy"])
+  for a, b in zip(runs(blocked), runs(one), strict=True):
+    np.testing.assert_allclose(a.accuracy_matrix, b.accuracy_matrix)
+    chex.assert_trees_all_close(a.state.params, b.state.params, rtol=1e-6,
+                                atol=1e-6)
+    chex.assert_trees_all_equal(a.state.cl_state, b.state.cl_state)
+    chex.assert_trees_all_equal(a.state.step, b.state.step)
+    np.testing.assert_allclose([h["train_loss"] for h in a.history],
+                               [h["train_loss"] for h in b.history],
+                               rtol=1e-6)
+    # Periodic evaluations inside each experience, besides the one before
+    # training: one at step 2, and for the 8 experiences of 5 samples (3
+    # steps at batch 2; the 2 of 4 samples take 2) one of the final state.
+    assert len(a.periodic) == len(b.periodic) == (28 if periodic else 0)
+    for p, q in zip(a.periodic, b.periodic):
+      assert (p["experience"], p["step"]) == (q["experience"], q["step"])
+      np.testing.assert_allclose(p["stream_accuracy"], q["stream_accuracy"])
 
 
 @pytest.mark.parametrize("block", [1, 5])
