@@ -1453,11 +1453,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"jaxcl: error: {message}", file=sys.stderr)
   else:
     return 0
-  # The error's traceback may hold device arrays in reference cycles, freed
-  # only at Python's next collection: JAX destroys its backend at exit, before
-  # the hosts' shutdown barrier, only if no array keeps it alive.
-  gc.collect()
+  # On several hosts, the error's traceback may hold device arrays in
+  # reference cycles, freed only at Python's next collection: JAX destroys
+  # its backend at exit, before the hosts' shutdown barrier, only if no array
+  # keeps it alive. One process skips the full collection, whose cost grows
+  # with the heap (up to a second in a long session that calls main).
+  if _joined_other_hosts():
+    gc.collect()
   return 2
+
+
+def _joined_other_hosts() -> bool:
+  """Whether this process joined others with ``jax.distributed`` (without
+  importing JAX)."""
+  distributed = sys.modules.get("jax._src.distributed")
+  state = getattr(distributed, "global_state", None)
+  return getattr(state, "client", None) is not None
 
 
 if __name__ == "__main__":

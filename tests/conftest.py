@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic benchmarks that train in well under a second."""
 
 import contextlib
+import gc
 import json
 import os
 import tempfile
@@ -23,6 +24,14 @@ import optax  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxcl  # noqa: E402
+
+# Tracing and lowering allocate millions of short-lived objects, and every
+# 700 of them CPython's default thresholds run a collection; the full ones
+# walk the whole heap, which JAX's caches grow over a session (about 5 % of
+# a worker's time, measured). Fewer collections, as a long-running JAX
+# process would tune them; the suite's results do not depend on when
+# garbage is collected.
+gc.set_threshold(50_000, 20, 20)
 
 
 def make_benchmark(n_classes=4, n_experiences=2, per_class=12, dim=6, seed=0,

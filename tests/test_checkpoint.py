@@ -33,6 +33,11 @@ from jaxcl import _hosts, checkpoint, cli
 from jaxcl.loggers import MetricWriter
 from jaxcl.strategies import REGISTRY, Strategy, from_spec, naive
 
+# One xdist worker runs the module: its module fixtures (the reference run,
+# a finished run's checkpoints, the module's compilation cache) are computed
+# once.
+pytestmark = pytest.mark.xdist_group("test_checkpoint")
+
 # A strategy with a replay buffer, a Fisher/parameter snapshot and λ in its
 # state, when those strategies are registered.
 SPEC, HPARAMS = (("replay+ewc", {"mem_size": 16})

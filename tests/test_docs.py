@@ -75,7 +75,8 @@ def _section_ids(html: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def api_html(tmp_path_factory):
-  """Builds the reference with docs/api.md's command into a temporary folder."""
+  """Builds the reference with docs/api.md's command into a temporary folder
+  (its tests share an xdist group: one worker builds it)."""
   args = _api_command()
   assert args[0] == "python" and "-o" in args, args
   out = tmp_path_factory.mktemp("api")
@@ -91,6 +92,7 @@ def api_html(tmp_path_factory):
   return out
 
 
+@pytest.mark.xdist_group("api_html")
 def test_api_reference_documents_every_exported_name(api_html):
   assert (api_html / "index.html").is_file()
   assert (api_html / "search.js").is_file()
@@ -107,6 +109,7 @@ def test_api_reference_documents_every_exported_name(api_html):
     assert not missing, f"{page} does not document {missing}"
 
 
+@pytest.mark.xdist_group("api_html")
 def test_api_top_level_entries_are_not_empty(api_html):
   """The lazily loaded top-level names get their docstrings, not a bare name."""
   html = (api_html / "jaxcl.html").read_text()
