@@ -219,8 +219,9 @@ def test_resume_restores_state_metrics_and_position_without_unpickling(
   ckpt = _copy(finished, tmp_path)
   assert _listing(ckpt) == ["3", "4"]  # Pruned to the default keep=2.
   # A finished run resumes to its result without training again, and
-  # compiles the initial state's program alone (the checkpoint's arrays are
-  # placed like its state), not the training and evaluation programs.
+  # compiles the initial state's programs alone (the model's and the rest:
+  # the checkpoint's arrays are placed like its state), not the training and
+  # evaluation programs.
   compiled = []
   compile_ = jax.stages.Lowered.compile
   monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, *a, **k: (
@@ -228,7 +229,8 @@ def test_resume_restores_state_metrics_and_position_without_unpickling(
   writer = _Writer()
   assert _summary(_run(ckpt, writer=writer)) == reference
   assert writer.steps == []
-  assert len(compiled) == 1
+  assert [c.as_text().split()[1] for c in compiled] == [
+      "@jit_init_model", "@jit_init_state"]
   monkeypatch.undo()
   # Resuming after experience 3 trains the last experience only, exactly,
   # and loads the checkpoint without pickle.

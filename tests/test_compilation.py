@@ -291,6 +291,32 @@ def test_fit_reanalyses_a_cached_flop_entry_of_another_form(
       "train_flops"]
 
 
+def test_runs_of_other_strategies_load_the_models_init_from_the_cache(
+    tmp_path, restored_cache_config):
+  # The model's initialisation is a program of its own, the same for every
+  # strategy and optimizer: a run with another strategy and optimizer loads
+  # it from the cache, and compiles the rest of its initial state anew.
+  folder = tmp_path / "xla"
+  jaxcl.enable_compilation_cache(folder)
+  bench, model = make_benchmark(), jaxcl.models.MLP(4, hidden_size=8)
+
+  def programs(name):
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.startswith(f"jit_{name}-"))
+
+  jaxcl.fit(model, naive(), optax.sgd(0.1), bench, batch_size=4)
+  models, states = programs("init_model"), programs("init_state")
+  assert models and states
+  jaxcl.fit(model, jaxcl.strategies.ewc(), optax.adam(0.01), bench,
+            batch_size=4)
+  assert programs("init_model") == models
+  assert len(programs("init_state")) == 2 * len(states)
+  # Another model is another program.
+  jaxcl.fit(jaxcl.models.MLP(4, hidden_size=16), naive(), optax.sgd(0.1),
+            bench, batch_size=4)
+  assert len(programs("init_model")) == 2 * len(models)
+
+
 @pytest.mark.parametrize("online", [False, True], ids=["uneven", "online"])
 def test_each_program_compiles_once_whatever_the_stream_length(
     online, restored_cache_config):

@@ -110,7 +110,9 @@ def test_sweep_refuses_values_that_reach_nothing_before_compiling_training(
   with pytest.raises(ValueError, match="not stored in the state"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0],
                 strategy=lambda v: same, optimizer=optax.sgd(0.1))
-  assert len(compiled) == 1  # The initial state's program alone.
+  # The initial state's programs alone (the model's, then the rest).
+  assert [c.as_text().split()[1] for c in compiled] == [
+      "@jit_init_model", "@jit_init_state"]
   with pytest.raises(TypeError, match="sweep\\(\\) needs strategy or "
                      "optimizer to be a function of the swept value"):
     jaxcl.sweep(tiny_model, tiny_benchmark, [1.0, 2.0], strategy=same,

@@ -639,19 +639,51 @@ def _stack_runs(states: Sequence[Any]) -> Any:
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
-def _init_fn(ctx, runs: Sequence[Run], sample, sample_task, batched: bool):
-  """A jittable ``seeds -> state`` building every run's initial state."""
-  def init_one(run: Run, seed):
-    return loop.init_state(ctx, run.strategy, run.optimizer,
-                           jax.random.key(seed), sample, sample_task)
+def _init_fns(ctx, runs: Sequence[Run], sample, sample_task, batched: bool):
+  """Two jittable halves of every run's initial state: ``init_model(seeds)
+  -> (params, model_state)`` (a program that depends on the model, its
+  inputs and the number of seeds alone, so the compilation cache serves it
+  to runs of any strategy and optimizer: it is most of init's compile time)
+  and
+  ``init_state(seeds, params, model_state) -> state``."""
+  def model_one(seed):
+    return loop.init_model(ctx, jax.random.key(seed), sample, sample_task)
+
+  def rest_one(run: Run, seed, params, model_state):
+    return loop.init_from_model(ctx, run.strategy, run.optimizer,
+                                jax.random.key(seed), params, model_state)
+
+  def stacked_rest(seeds, params, model_state):
+    # Runs differ by hyperparameters stored in their states: build each.
+    return _stack_runs([
+        rest_one(r, seeds[i], *jax.tree.map(lambda a, i=i: a[i],
+                                            (params, model_state)))
+        for i, r in enumerate(runs)])
+
   if not batched:
-    return lambda seeds: init_one(runs[0], seeds[0])
-  if all(r.strategy is runs[0].strategy and r.optimizer is runs[0].optimizer
-         for r in runs):
-    return jax.vmap(functools.partial(init_one, runs[0]))
-  # Runs differ by hyperparameters stored in their states: build each.
-  return lambda seeds: _stack_runs([init_one(r, s)
-                                   for r, s in zip(runs, seeds)])
+    model_all = lambda seeds: model_one(seeds[0])
+    rest_all = lambda seeds, *variables: rest_one(runs[0], seeds[0],
+                                                  *variables)
+  else:
+    model_all = jax.vmap(model_one)
+    same = all(r.strategy is runs[0].strategy
+               and r.optimizer is runs[0].optimizer for r in runs)
+    rest_all = (jax.vmap(functools.partial(rest_one, runs[0])) if same
+                else stacked_rest)
+
+  def init_model(seeds):
+    return model_all(seeds)
+
+  def init_state(seeds, params, model_state):
+    return rest_all(seeds, params, model_state)
+
+  return init_model, init_state
+
+
+def _initial_state(init_execs: Sequence[Any], seeds: np.ndarray) -> Any:
+  """The runs' initial state from the compiled halves of :func:`_init_fns`."""
+  model_exec, rest_exec = init_execs
+  return rest_exec(seeds, *model_exec(seeds))
 
 
 def _check_sweep_varies(state: TrainState, runs: Sequence[Run]) -> None:
@@ -849,11 +881,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     # Made now, so that one that cannot be is refused before any lowering.
     _validation.make_folder("checkpoint_dir", checkpoint_dir)
   start = time.perf_counter()
-  # One compiled init instead of Flax's op-by-op eager initialisation.
-  init_fn = jax.jit(_init_fn(ctx, runs, sample, sample_task, batched),
-                    out_shardings=place.state)
+  # Compiled init instead of Flax's op-by-op eager initialisation.
+  model_init, rest_init = [
+      jax.jit(fn, out_shardings=place.state)
+      for fn in _init_fns(ctx, runs, sample, sample_task, batched)]
   seeds = np.array([r.seed for r in runs], np.uint32)
-  state_shape = jax.eval_shape(init_fn, seeds)
+  model_shape = jax.eval_shape(model_init, seeds)
+  state_shape = jax.eval_shape(rest_init, seeds, *model_shape)
   if optim.has_plateau(state_shape.opt_state) and not isinstance(
       optimizer, optax.GradientTransformationExtraArgs):
     raise ValueError(
@@ -940,7 +974,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
   # before the training and evaluation programs compile.
   defer_compiles = check_first or swept
   pool = concurrent.futures.ThreadPoolExecutor(
-      len(train_lowered) + 3, thread_name_prefix="jaxcl-compile")
+      len(train_lowered) + 4, thread_name_prefix="jaxcl-compile")
   programs: list[tuple[Any, dict[str, Any] | None]] = []
   compiles: list[concurrent.futures.Future] = []
 
@@ -957,8 +991,10 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     programs.extend((program, None) for program in train_lowered)
     if not defer_compiles:
       compile_lowered()
-    init_lowered = init_fn.lower(seeds)
-    programs.append((init_lowered, _init_compiler_options()))
+    init_lowered = (model_init.lower(seeds),
+                    rest_init.lower(seeds, *model_shape))
+    programs.extend((program, _init_compiler_options())
+                    for program in init_lowered)
     if not defer_compiles:
       compile_lowered()
     eval_traced = jax.jit(
@@ -966,7 +1002,7 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
         out_shardings=place.state).trace(state_shape, test_data)
     eval_lowered = eval_traced.lower()
     programs.append((eval_lowered, None))
-    lowered = (init_lowered, *train_lowered, eval_lowered)
+    lowered = (*init_lowered, *train_lowered, eval_lowered)
     checkpointer = restored = config = None
     if check_first:
       config = checkpoint.run_config(
@@ -999,14 +1035,18 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
       restored = checkpointer.restore(state_shape)
       if restored is not None and restored.step == n_exp:
         # A finished run: nothing left to train or evaluate. The initial
-        # state's program alone, whose state places the checkpoint's arrays.
-        programs[:] = [(init_lowered, _init_compiler_options())]
+        # state's programs alone, whose state places the checkpoint's arrays.
+        programs[:] = [(program, _init_compiler_options())
+                       for program in init_lowered]
     if swept:
       # After the checkpoint's comparison, which refuses another run's
       # checkpoint before anything is compiled.
-      init_compiled = _compile(init_lowered, _init_compiler_options())
-      compiled_early[id(init_lowered)] = init_compiled
-      _check_sweep_varies(init_compiled(seeds), runs)
+      for program in init_lowered:
+        compiled_early[id(program)] = _compile(program,
+                                               _init_compiler_options())
+      _check_sweep_varies(_initial_state(
+          [compiled_early[id(program)] for program in init_lowered], seeds),
+                          runs)
     compile_lowered()
     # Analysing the FLOPs needs the GIL, which XLA's compiles leave free; the
     # first evaluation's metrics wait for it, so with cached programs it
@@ -1028,12 +1068,13 @@ def _train_runs(model, runs: Sequence[Run], benchmark: Benchmark, *,
     execs = [job.result() for job in compiles]
   finally:
     pool.shutdown(wait=False)
-  if len(execs) == 1:  # A finished run's.
-    init_exec, train_exec, eval_exec = execs[0], None, None
+  if len(execs) == len(init_lowered):  # A finished run's.
+    init_execs, train_exec, eval_exec = execs, None, None
   else:
-    *train_execs, init_exec, eval_exec = execs
+    *train_execs, model_exec, rest_exec, eval_exec = execs
+    init_execs = (model_exec, rest_exec)
     train_exec = trainer.bind(train_execs) if trainer else train_execs[0]
-  state = init_exec(seeds)
+  state = _initial_state(init_execs, seeds)
   compile_s = time.perf_counter() - start
   recorder = _recorder(chosen, benchmark, flops)
 

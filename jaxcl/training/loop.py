@@ -45,6 +45,8 @@ __all__ = [
     "TrainMetrics",
     "cross_entropy",
     "smoothed_cross_entropy",
+    "init_from_model",
+    "init_model",
     "init_state",
     "make_evaluate",
     "make_experience_parts",
@@ -194,9 +196,49 @@ def init_state(ctx: StrategyContext, strategy: Strategy,
   Returns:
     The initial :class:`TrainState`.
   """
-  model_key, strategy_key, loop_key = jax.random.split(key, 3)
-  params, model_state = ctx.model.init(model_key, ctx.preprocess(sample_x),
-                                       sample_task)
+  params, model_state = init_model(ctx, key, sample_x, sample_task)
+  return init_from_model(ctx, strategy, optimizer, key, params, model_state)
+
+
+def init_model(ctx: StrategyContext, key: jax.Array, sample_x: jax.Array,
+               sample_task: jax.Array) -> tuple[Any, Any]:
+  """The model half of :func:`init_state`: ``(params, model_state)``.
+
+  It depends on the model, the inputs' shapes and preprocessing alone, so a
+  program of it (``fit`` compiles one) is the same for every strategy and
+  optimizer, and the persistent compilation cache serves it to all of their
+  runs.
+
+  Args:
+    ctx: The strategy context (holds the model).
+    key: The run's PRNG key (as given to :func:`init_state`).
+    sample_x: One batch of raw inputs (only its shape matters).
+    sample_task: Matching task labels.
+
+  Returns:
+    The model's parameters and its other variables.
+  """
+  model_key, _, _ = jax.random.split(key, 3)
+  return ctx.model.init(model_key, ctx.preprocess(sample_x), sample_task)
+
+
+def init_from_model(ctx: StrategyContext, strategy: Strategy,
+                    optimizer: optax.GradientTransformation, key: jax.Array,
+                    params: Any, model_state: Any) -> TrainState:
+  """The rest of :func:`init_state`, from :func:`init_model`'s output.
+
+  Args:
+    ctx: The strategy context.
+    strategy: The strategy whose ``init`` builds ``cl_state``.
+    optimizer: An optax gradient transformation.
+    key: The run's PRNG key (the one given to :func:`init_model`).
+    params: The model's initial parameters.
+    model_state: Its other variables.
+
+  Returns:
+    The initial :class:`TrainState`.
+  """
+  _, strategy_key, loop_key = jax.random.split(key, 3)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
