@@ -2,6 +2,7 @@
 
 import contextlib
 import gc
+import importlib
 import json
 import os
 import tempfile
@@ -15,6 +16,14 @@ import tempfile
 # inherit it. Tests about compile options turn them back on
 # (``optimized_compiles``).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA:CPU's older fusion emitters compile the suite's programs in about two
+# thirds of the CPU time of its MLIR ones (fit's init program already uses
+# them, jaxcl.training.fit._init_compiler_options); their kernels run some
+# 10 % slower, which programs that mostly run once do not feel. Also
+# inherited by the subprocesses (those that set XLA_FLAGS add theirs to it).
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+      os.environ.get("XLA_FLAGS"), "--xla_cpu_use_fusion_emitters=false"]))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -84,6 +93,17 @@ def optimized_compiles():
   jax.config.update("jax_disable_most_optimizations", False)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture
+def fit_with_mlir_emitters(monkeypatch):
+  """``fit`` compiles training and evaluation with XLA:CPU's MLIR fusion
+  emitters, as it does outside the suite (which turns them off, above): for
+  runs whose rounding is amplified into what a test compares."""
+  fit_module = importlib.import_module("jaxcl.training.fit")
+  compile_ = fit_module._compile
+  monkeypatch.setattr(fit_module, "_compile", lambda program, options: compile_(
+      program, {"xla_cpu_use_fusion_emitters": True, **(options or {})}))
 
 
 @pytest.fixture

@@ -143,7 +143,8 @@ def _run_on_four_devices(script, cache):
   (`cache`, a fresh folder) each is compiled once and loaded after, bit for
   bit the same program.
   """
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+         " --xla_force_host_platform_device_count=4",
          "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -238,7 +238,8 @@ def _on_two_hosts(command, folder, succeed=True, exit_codes=(2, 2)):
   # faulthandler prints every thread's stack when a host that hangs is
   # stopped with SIGABRT, so that a failure says where it hung.
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONFAULTHANDLER": "1",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+         "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") +
+         " --xla_force_host_platform_device_count=2"}
   logs = [(folder / f"host{i}.out", folder / f"host{i}.err") for i in range(2)]
   hosts = []
   for i, (out, err) in enumerate(logs):
