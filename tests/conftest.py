@@ -5,6 +5,8 @@ import gc
 import importlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 # The suite's programs are tiny and mostly run once: compiling them is most
@@ -16,14 +18,31 @@ import tempfile
 # inherit it. Tests about compile options turn them back on
 # (``optimized_compiles``).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+
+def _with_xla_flag(flag: str) -> str | None:
+  """``XLA_FLAGS`` with ``flag`` added, if this jaxlib's XLA knows it (an
+  unknown flag aborts every process that starts a backend, so a CPU client
+  is started with it in a subprocess first: 0.3 s, once per session, as
+  the workers inherit the result)."""
+  flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), flag]))
+  probe = subprocess.run(
+      [sys.executable, "-c",
+       "import jaxlib.xla_client as xc; xc.make_cpu_client()"],
+      env={**os.environ, "XLA_FLAGS": flags}, capture_output=True)
+  return flags if probe.returncode == 0 else None
+
+
 # XLA:CPU's older fusion emitters compile the suite's programs in about two
 # thirds of the CPU time of its MLIR ones (fit's init program already uses
 # them, jaxcl.training.fit._init_compiler_options); their kernels run some
 # 10 % slower, which programs that mostly run once do not feel. Also
 # inherited by the subprocesses (those that set XLA_FLAGS add theirs to it).
+# A jaxlib without the flag compiles with its default.
 if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-      os.environ.get("XLA_FLAGS"), "--xla_cpu_use_fusion_emitters=false"]))
+  _flags = _with_xla_flag("--xla_cpu_use_fusion_emitters=false")
+  if _flags is not None:
+    os.environ["XLA_FLAGS"] = _flags
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
