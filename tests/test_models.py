@@ -607,6 +607,89 @@ def test_torch_conv_forward_mode_needs_jax_rules():
         lambda x: m.apply(v, x, task), (images,), (images,))).lower(variables)
 
 
+def _plain_mlp(params, x):
+  """MLP(3, hidden_layers=2, drop_rate=0) written with plain ``@``: JAX's own
+  differentiation rules, for the custom tangent of TorchLinear to match."""
+  layers = [params["params"][f"TorchLinear_{i}"]["Dense_0"] for i in range(3)]
+  h = x.reshape(x.shape[0], -1)
+  for layer in layers[:-1]:
+    h = jax.nn.relu(h @ layer["kernel"] + layer["bias"])
+  return h @ layers[-1]["kernel"] + layers[-1]["bias"]
+
+
+def test_torch_linear_derivatives_equal_jax_rules():
+  # On the CPU TorchLinear's product has its own tangent rule; every kind of
+  # derivative jaxcl and its users take must equal JAX's rules for `@`.
+  model = MLP(3, hidden_size=6, hidden_layers=2, drop_rate=0.0)
+  x = jax.random.normal(jax.random.key(0), (5, 2, 2))
+  params = model.init(jax.random.key(1), x)
+  forwards = {"torch_linear": model.apply, "plain": _plain_mlp}
+
+  def loss(forward, params, x):
+    return jnp.sum(jnp.sin(forwards[forward](params, x)))
+
+  def derivatives(forward):
+    grads = jax.grad(loss, (1, 2))
+    seeds = jax.tree.map(lambda a: a * jnp.arange(1.0, 4.0).reshape(
+        -1, *[1] * a.ndim), params)
+    return {
+        "grads": grads(forward, params, x),
+        # La-MAML's second-order step: a gradient of a gradient.
+        "second": jax.grad(lambda p: sum(
+            jnp.sum(g ** 2) for g in jax.tree.leaves(
+                grads(forward, p, x))))(params),
+        # Forward mode, and forward over reverse (Hessian-vector products).
+        "jvp": jax.jvp(lambda p: loss(forward, p, x), (params,), (params,)),
+        "hvp": jax.jvp(lambda p: jax.grad(loss, 1)(forward, p, x),
+                       (params,), (params,))[1],
+        # Seeds vmapped over stacked parameters; per-sample gradients.
+        "seeds": jax.vmap(grads, (None, 0, None))(forward, seeds, x),
+        "per_sample": jax.vmap(grads, (None, None, 0))(forward, params,
+                                                       x[:, None])}
+
+  torch_linear, plain = jax.jit(lambda: (derivatives("torch_linear"),
+                                         derivatives("plain")))()
+  chex.assert_trees_all_close(torch_linear, plain, rtol=1e-5, atol=1e-5)
+  # Inputs with more than one leading axis (a sequence of feature vectors).
+  layer = TorchLinear(4)
+  sequences = jax.random.normal(jax.random.key(2), (2, 3, 5))
+  variables = layer.init(jax.random.key(3), sequences)
+  dense = variables["params"]["Dense_0"]
+  chex.assert_trees_all_close(
+      jax.grad(lambda v: jnp.sum(jnp.sin(layer.apply(v, sequences))))(
+          variables)["params"]["Dense_0"],
+      jax.grad(lambda d: jnp.sum(jnp.sin(sequences @ d["kernel"]
+                                         + d["bias"])))(dense),
+      rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="TorchLinear's own tangent rule serves the CPU only")
+def test_torch_linear_gradients_in_a_scan_contract_the_left_last_axis():
+  # What makes them fast: XLA:CPU's YNNPACK products take only a left
+  # operand contracted over its last axis; JAX's rules give the kernels'
+  # gradients as products contracting the leading (sample) axis of both.
+  model = MLP(10, drop_rate=0.0)
+  xs = jnp.zeros((3, 32, 784))
+  ys = jnp.zeros((3, 32), jnp.int32)
+  params = model.init(jax.random.key(0), xs[0])
+
+  def train(params, xs, ys):
+    def step(params, batch):
+      grads = jax.grad(lambda p: jnp.mean(
+          optax.softmax_cross_entropy_with_integer_labels(
+              model.apply(p, batch[0]), batch[1])))(params)
+      return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads), None
+    return jax.lax.scan(step, params, (xs, ys))[0]
+
+  hlo = jax.jit(train).lower(params, xs, ys).compile().as_text()
+  contracted = re.findall(r" dot\(.*?lhs_contracting_dims=\{(\d+)\}", hlo)
+  # Two products forward, both kernels' gradients, the hidden layer's input
+  # gradient (the images are not differentiated).
+  assert len(contracted) == 5
+  assert set(contracted) == {"1"}
+
+
 class _SowsAuxiliaryLoss(nn.Module):
   """Batch norm plus an auxiliary value sown into its own collection."""
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax import lax
 
 from jaxcl import _validation
 
@@ -29,11 +30,53 @@ def _torch_bias_init(fan_in: int):
   return init
 
 
+@jax.custom_jvp
+def _matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``x @ kernel``, differentiated into products XLA:CPU's YNNPACK takes.
+
+  JAX's rules give the kernel's gradient as a product that contracts the
+  leading (sample) axis of both the inputs and the output's cotangent.
+  XLA:CPU (jax 0.10) runs only products contracting the left operand's last
+  axis with YNNPACK and hands this one to Eigen: the 784x512 gradient of a
+  batch of 32 took 223 us against YNNPACK's 200, the 512x10 one of the
+  output layer 35 us against 10. The tangent below multiplies by a
+  materialised transpose of the inputs (the barrier keeps XLA from folding
+  the two transposes away), which reverse mode turns into a product that
+  contracts its left operand's last axis. Same values, in forward and
+  reverse mode, under `vmap` and to any order.
+  """
+  return x @ kernel
+
+
+@_matmul.defjvp
+def _matmul_tangent(primals, tangents):
+  (x, kernel), (dx, dkernel) = primals, tangents
+  rows = x.reshape(-1, x.shape[-1])
+  inputs = lax.optimization_barrier(rows.T).T
+  dy = (inputs @ dkernel).reshape(*x.shape[:-1], kernel.shape[-1])
+  return _matmul(x, kernel), dx @ kernel + dy
+
+
+def _dense_product_for_cpu(lhs: jax.Array, rhs: jax.Array, dimension_numbers,
+                           precision=None, **unused) -> jax.Array:
+  """``nn.Dense``'s product call, routed to :func:`_matmul`.
+
+  Only :class:`TorchLinear` passes it, with what ``nn.Dense`` always asks
+  for: ``lhs``'s last axis contracted with ``rhs``'s first, default
+  precision.
+  """
+  del dimension_numbers, precision, unused
+  return _matmul(lhs, rhs)
+
+
 class TorchLinear(nn.Module):
   """A dense layer initialised like PyTorch's ``nn.Linear``.
 
   Weights and biases are drawn from U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so
-  models start from the same distribution as Avalanche's.
+  models start from the same distribution as Avalanche's. On the CPU
+  backend its product has a custom tangent rule whose gradients XLA:CPU
+  runs as YNNPACK matrix products (:func:`_matmul`: the same values; a
+  training step of a 784-512-10 MLP at batch 32 runs 5-10 % faster).
   """
 
   features: int
@@ -41,10 +84,12 @@ class TorchLinear(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     fan_in = x.shape[-1]
+    on_cpu = jax.default_backend() == "cpu"
     return nn.Dense(
         self.features,
         kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-        bias_init=_torch_bias_init(fan_in))(x)
+        bias_init=_torch_bias_init(fan_in),
+        dot_general=_dense_product_for_cpu if on_cpu else None)(x)
 
 
 # Hidden-layer activations by name (ReLU is SimpleMLP's; tanh is the
