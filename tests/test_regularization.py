@@ -7,6 +7,7 @@ have closed forms in numpy; a few run whole streams through ``jaxcl.fit`` and
 
 import collections
 import functools
+import re
 
 import chex
 import flax.linen as nn
@@ -194,6 +195,25 @@ def test_online_ewc_decays_importance_and_anchors_last_params():
 
 
 # SI --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the update waits for the loss on the CPU only")
+def test_penalty_value_leaves_the_parameters_updated_in_place(monkeypatch):
+  # EWC's loss reads every parameter (its penalty's value); the update must
+  # wait for it, or XLA:CPU copies each parameter in every step first.
+  compiled = []
+  compile_ = jax.stages.Lowered.compile
+  monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, *a, **k: (
+      compiled.append(compile_(self, *a, **k)), compiled[-1])[1])
+  jaxcl.fit(MLP(4, hidden_size=40, drop_rate=0.0), ewc(1.0), optax.sgd(0.1),
+            make_benchmark(dim=24), epochs=1, batch_size=4, progress=False)
+  training, = [c.as_text() for c in compiled
+               if c.as_text().split()[1] == "jit_train_experience,"]
+  # The 24x40 kernel, copied from the loop's state (its own, the anchor's or
+  # the importance's) inside the loop body.
+  assert re.findall(r"f32\[24,40\]\{1,0\} copy\(%get-tuple-element",
+                    training) == []
 
 
 def test_si_path_integral_on_two_sgd_steps():
